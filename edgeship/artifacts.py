@@ -1,0 +1,206 @@
+"""Artifacts, the content-addressed store and the run manifest.
+
+An artifact's id is a hash of (stage, config, input ids, edgeship version), so
+the same work is found again on a rerun. Outputs are built in a staging folder
+and renamed into place, so a killed run never leaves a half-written artifact
+that looks complete; the record ``artifact.json`` is written last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgeship import __version__
+
+RECORD = "artifact.json"
+
+
+class Artifact(BaseModel):
+    """One stage output: a main file, its sha256 and what made it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    kind: str
+    stage: str
+    path: Path
+    sha256: str
+    size: int
+    parents: tuple[str, ...] = ()
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def stable_hash(value: Any) -> str:
+    """sha256 of a JSON rendering with sorted keys (paths and enums as strings)."""
+    text = json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def artifact_id(stage: str, config: Mapping[str, Any], inputs: Sequence[str]) -> str:
+    return stable_hash({"stage": stage, "config": config, "inputs": list(inputs), "edgeship": __version__})[:32]
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write to a temporary file beside ``path``, fsync, then rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _fsync_tree(folder: Path) -> None:
+    for file in folder.rglob("*"):
+        if file.is_file():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+class ArtifactStore:
+    """Artifacts on disk under ``root/<id[:2]>/<id>/``; complete once ``artifact.json`` is there."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def folder(self, aid: str) -> Path:
+        return self.root / aid[:2] / aid
+
+    def get(self, aid: str) -> Artifact | None:
+        """The complete artifact with this id, or ``None`` (absent, unfinished or tampered with)."""
+        record = self.folder(aid) / RECORD
+        if not record.is_file():
+            return None
+        try:
+            artifact = Artifact.model_validate_json(record.read_text())
+        except ValueError:
+            return None
+        if not artifact.path.is_file() or artifact.path.stat().st_size != artifact.size:
+            return None
+        if sha256_file(artifact.path) != artifact.sha256:
+            return None
+        return artifact
+
+    @contextlib.contextmanager
+    def staging(self, aid: str) -> Iterator[Path]:
+        """A fresh folder to build ``aid`` in; removed unless ``commit`` moved it into place."""
+        tmp_root = self.root / "tmp"
+        tmp_root.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(dir=tmp_root, prefix=f"{aid}-"))
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def commit(
+        self,
+        staging: Path,
+        *,
+        aid: str,
+        kind: str,
+        stage: str,
+        main_file: Path,
+        parents: Sequence[str] = (),
+        meta: Mapping[str, Any] | None = None,
+    ) -> Artifact:
+        """Record ``main_file`` (inside ``staging``) and move the folder into the store."""
+        relative = main_file.relative_to(staging)
+        final = self.folder(aid)
+        artifact = Artifact(
+            id=aid,
+            kind=kind,
+            stage=stage,
+            path=final / relative,
+            sha256=sha256_file(main_file),
+            size=main_file.stat().st_size,
+            parents=tuple(parents),
+            meta=dict(meta or {}),
+        )
+        write_atomic(staging / RECORD, artifact.model_dump_json(indent=2))
+        _fsync_tree(staging)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():  # a stale or incomplete copy (``get`` said no): replace it
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        return artifact
+
+
+Status = Literal["ok", "failed", "skipped"]
+
+
+class ManifestEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    stage: str
+    name: str
+    status: Status
+    reason: str = ""
+    reused: bool = False
+    artifact: str | None = None
+    kind: str | None = None
+    path: str | None = None
+    sha256: str | None = None
+    parents: tuple[str, ...] = ()
+    config: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class Manifest(BaseModel):
+    """What a run made, rewritten atomically after every stage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = 1
+    edgeship: str = __version__
+    run_id: str
+    recipe: dict[str, Any]
+    recipe_path: str | None = None
+    started: float = Field(default_factory=time.time)
+    finished: float | None = None
+    status: Literal["running", "ok", "failed", "interrupted"] = "running"
+    tools: dict[str, str] = Field(default_factory=dict)
+    device: dict[str, Any] = Field(default_factory=dict)
+    entries: list[ManifestEntry] = Field(default_factory=list)
+
+    def add(self, entry: ManifestEntry) -> None:
+        self.entries = [e for e in self.entries if (e.stage, e.name) != (entry.stage, entry.name)] + [entry]
+
+    def record(self, stage: str, name: str, artifact: Artifact, *, reused: bool, config: Mapping[str, Any], seconds: float,
+               metrics: Mapping[str, Any] | None = None) -> None:
+        self.add(ManifestEntry(stage=stage, name=name, status="ok", reused=reused, artifact=artifact.id, kind=artifact.kind,
+                               path=str(artifact.path), sha256=artifact.sha256, parents=artifact.parents, config=dict(config),
+                               metrics=dict(metrics or artifact.meta.get("metrics", {})), seconds=round(seconds, 3)))
+
+    def save(self, path: Path) -> None:
+        write_atomic(path, self.model_dump_json(indent=2))

@@ -1,0 +1,138 @@
+"""ONNX Runtime (CPU): FP32 as exported, INT8 with ``quantize_static`` (QDQ) from the calibration set."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from edgeship.backends import installed_versions
+from edgeship.backends.base import Availability, CalibrationSet, Feed, Precision, Runner, TensorMeta
+from edgeship.errors import BackendUnavailable, BuildError
+from edgeship.recipe import OnnxRuntimeConfig
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from edgeship.artifacts import Artifact
+
+ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
+              "tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_, "tensor(double)": np.float64}
+
+
+class OnnxRuntimeBackend:
+    name: ClassVar[str] = "onnxruntime"
+    precisions: ClassVar[frozenset[Precision]] = frozenset({Precision.FP32, Precision.INT8})
+
+    def availability(self) -> Availability:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            return Availability(self.name, False, reason=f"cannot import onnxruntime: {exc}", install="pip install onnxruntime")
+        providers = ", ".join(p.removesuffix("ExecutionProvider") for p in ort.get_available_providers())
+        return Availability(self.name, True, installed_versions(("onnxruntime",)) or {"onnxruntime": ort.__version__},
+                            device=f"CPU (providers: {providers})")
+
+    def build(self, onnx: Artifact, precision: Precision, calibration: CalibrationSet | None, cfg: BaseModel,
+              out_dir: Path) -> Path:
+        """Write ``model.onnx`` (FP32) or ``model.int8.onnx`` (QDQ INT8) under ``out_dir``."""
+        if not isinstance(cfg, OnnxRuntimeConfig):
+            raise TypeError(f"onnxruntime needs an OnnxRuntimeConfig, got {type(cfg).__name__}")
+        if precision not in self.precisions:
+            raise BuildError(self.name, precision, f"unsupported precision; onnxruntime builds {sorted(self.precisions)}")
+        if not self.availability().available:
+            raise BackendUnavailable(self.name, self.availability().reason)
+        if precision is Precision.INT8 and calibration is None:
+            raise BuildError(self.name, precision, "INT8 needs a calibration set")
+        try:
+            if precision is Precision.FP32:
+                return self._build_fp32(onnx.path, out_dir)
+            return self._build_int8(onnx.path, calibration, cfg, out_dir)  # type: ignore[arg-type]
+        except BuildError:
+            raise
+        except Exception as exc:  # the quantizer raises anything; record its words
+            raise BuildError(self.name, precision, f"{type(exc).__name__}: {exc}") from exc
+
+    def runner(self, engine: Path, *, threads: int) -> OnnxRuntimeRunner:
+        return OnnxRuntimeRunner(engine, threads=threads)
+
+    @staticmethod
+    def _build_fp32(source: Path, out_dir: Path) -> Path:
+        target = out_dir / "model.onnx"
+        shutil.copyfile(source, target)
+        return target
+
+    @staticmethod
+    def _build_int8(source: Path, calibration: CalibrationSet, cfg: OnnxRuntimeConfig, out_dir: Path) -> Path:
+        from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        if cfg.calibration_size is not None:
+            calibration = calibration.subset(cfg.calibration_size)
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self._feeds = iter(calibration)
+
+            def get_next(self) -> dict[str, Any] | None:
+                return next(self._feeds, None)
+
+            def rewind(self) -> None:
+                self._feeds = iter(calibration)
+
+        prepared = out_dir / "prepared.onnx"
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
+        target = out_dir / "model.int8.onnx"
+        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                  "percentile": CalibrationMethod.Percentile}[cfg.calibration_method]
+        activation = QuantType.QUInt8 if cfg.activation_type == "uint8" else QuantType.QInt8
+        extra: dict[str, Any] = {"ActivationSymmetric": cfg.activation_type == "int8", "WeightSymmetric": True}
+        if cfg.calibration_method == "percentile":
+            extra["CalibPercentile"] = cfg.percentile
+        quantize_static(str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
+                        activation_type=activation, weight_type=QuantType.QInt8, calibrate_method=method, extra_options=extra)
+        prepared.unlink()
+        for leftover in out_dir.glob("*.onnx-augmented*"):
+            leftover.unlink()
+        return target
+
+
+class OnnxRuntimeRunner(Runner):
+    """One CPU InferenceSession with pinned intra-op threads and sequential execution."""
+
+    def __init__(self, engine: Path, *, threads: int) -> None:
+        super().__init__()
+        self.engine = Path(engine)
+        self.threads = threads
+        self._session: Any = None
+        self._meta: dict[str, TensorMeta] = {}
+
+    def _activate(self) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        self._session = ort.InferenceSession(str(self.engine), sess_options=options, providers=["CPUExecutionProvider"])
+        self._meta = {
+            i.name: TensorMeta(i.name, np.dtype(ORT_DTYPES.get(i.type, np.float32)),
+                               tuple(d if isinstance(d, int) else None for d in i.shape))
+            for i in self._session.get_inputs()
+        }
+        self._outputs = [o.name for o in self._session.get_outputs()]
+
+    def _deactivate(self) -> None:
+        self._session = None
+
+    def input_metadata(self) -> dict[str, TensorMeta]:
+        if self._session is None:
+            raise RuntimeError("enter the runner before asking for its inputs")
+        return dict(self._meta)
+
+    def _infer(self, feed: Feed) -> Feed:
+        return dict(zip(self._outputs, self._session.run(self._outputs, feed), strict=True))

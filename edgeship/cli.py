@@ -1,0 +1,114 @@
+"""The ``edgeship`` command line: ``run``, ``backends``, ``report``.
+
+Every error a user can cause prints one line and exits 2 (``--debug`` shows the
+traceback); a failed release gate exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from edgeship.errors import EdgeshipError
+
+DEFAULT_RECIPE = Path("recipes/default.yaml")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    console = _console(quiet=getattr(args, "quiet", False))
+    try:
+        return int(args.handler(args, console))
+    except EdgeshipError as exc:
+        if args.debug:
+            raise
+        Console(stderr=True, highlight=False, soft_wrap=True).print(f"edgeship: error: {exc}", markup=False)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        Console(stderr=True).print("edgeship: interrupted; rerun the same recipe to resume from the last completed stage")
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgeship", description="From a trained PyTorch model to qualified edge engines.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("--version", action="version", version=f"edgeship {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a recipe (default: recipes/default.yaml, else the built-in default)")
+    run.add_argument("recipe", nargs="?", type=Path, help="recipe YAML file")
+    run.add_argument("--force", action="append", default=[], metavar="STAGE",
+                     help="redo STAGE even if its output is in the store (model, export, build, validate, report); repeatable")
+    run.add_argument("--quiet", action="store_true", help="print only errors and the final report path")
+    run.set_defaults(handler=_run)
+
+    backends = sub.add_parser("backends", help="which backends are installed, their versions, devices and precisions")
+    backends.set_defaults(handler=_backends)
+
+    report = sub.add_parser("report", help="print the summary table of a run's report.json")
+    report.add_argument("path", type=Path, help="report.json or its run folder")
+    report.set_defaults(handler=_report)
+    return parser
+
+
+def _console(*, quiet: bool = False) -> Console:
+    if sys.stdout.isatty():
+        return Console(quiet=quiet)
+    return Console(quiet=quiet, width=max(shutil.get_terminal_size((140, 24)).columns, 140))
+
+
+def _version() -> str:
+    from edgeship import __version__
+
+    return __version__
+
+
+def _run(args: argparse.Namespace, console: Console) -> int:
+    from edgeship.pipeline.run import run
+    from edgeship.recipe import load_recipe
+
+    path: Path | None = args.recipe
+    if path is None and DEFAULT_RECIPE.is_file():
+        path = DEFAULT_RECIPE
+    recipe = load_recipe(path)
+    if path is None:
+        console.print("no recipe given and no recipes/default.yaml here: running the built-in default recipe")
+    result = run(recipe, force=args.force, console=console, recipe_path=path)
+    if args.quiet:
+        print(result.report_path)
+    return result.exit_code
+
+
+def _backends(args: argparse.Namespace, console: Console) -> int:
+    from edgeship.backends import REGISTRY, availability
+
+    table = Table(title="edgeship backends")
+    for column in ("backend", "available", "versions", "device", "precisions", "notes / install"):
+        table.add_column(column)
+    for name, spec in REGISTRY.items():
+        state = availability(name)
+        versions = ", ".join(f"{k} {v}" for k, v in state.versions.items()) or "not installed"
+        mark = "[green]yes[/green]" if state.available else "[red]no[/red]"
+        notes = "" if state.available else state.reason + ("" if spec.adapter is None else f"; install: {state.install}")
+        table.add_row(name, mark, escape(versions), escape(state.device or "—"), ", ".join(sorted(spec.precisions)), escape(notes))
+    console.print(table)
+    return 0
+
+
+def _report(args: argparse.Namespace, console: Console) -> int:
+    from edgeship.pipeline.report import load_report, print_summary
+
+    print_summary(load_report(args.path), console)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

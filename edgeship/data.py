@@ -1,0 +1,273 @@
+"""Datasets, splits, preprocessing and calibration sets.
+
+The default data is Fashion-MNIST from the Debian package ``dataset-fashion-mnist``:
+training and validation from the train set, a calibration set disjoint from both,
+evaluation on the official 10,000 test images. Without the package, scikit-learn's
+digits stand in, with a notice saying how to install the real data.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeship.backends.base import CalibrationSet
+from edgeship.errors import DataError
+from edgeship.recipe import CalibrationConfig, DataConfig, Preprocessing
+
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_MNIST_INSTALL = "sudo apt-get install dataset-fashion-mnist"
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+ARRAY_SUFFIXES = frozenset({".npy", ".npz"})
+
+
+@dataclass(frozen=True)
+class Split:
+    """Raw images (N, H, W) or (N, H, W, C) uint8 and their int64 labels."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    source: str
+    classes: tuple[str, ...]
+    train: Split
+    val: Split
+    calibration: Split
+    eval: Split
+    fingerprint: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def preprocess(images: np.ndarray, p: Preprocessing) -> np.ndarray:
+    """uint8 images (N, H, W[, C]) to float32 NCHW model inputs."""
+    if images.ndim == 3:
+        images = images[..., None]
+    if p.resize is not None and images.shape[1:3] != tuple(p.resize):
+        images = _resize(images, p.resize)
+    channels = 1 if p.color == "gray" else 3
+    if images.shape[-1] != channels:
+        if images.shape[-1] == 1:
+            images = np.repeat(images, channels, axis=-1)
+        elif channels == 1:
+            images = images[..., :3].mean(axis=-1, keepdims=True)
+        else:
+            raise DataError(f"cannot make {channels} channels from images of shape {images.shape[1:]}")
+    x = images.astype(np.float32) * np.float32(p.scale)
+    mean = np.asarray(p.mean, np.float32).reshape(1, 1, 1, -1)
+    std = np.asarray(p.std, np.float32).reshape(1, 1, 1, -1)
+    return np.ascontiguousarray(((x - mean) / std).transpose(0, 3, 1, 2))
+
+
+def _resize(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    out = [np.asarray(Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img).resize(size[::-1], Image.BILINEAR)) for img in images]
+    arr = np.stack(out)
+    return arr[..., None] if arr.ndim == 3 else arr
+
+
+def load_dataset(cfg: DataConfig, calibration: CalibrationConfig, *, seed: int, notice: Callable[[str], None] = print) -> Dataset:
+    """Load the recipe's dataset and cut it into train / val / calibration / eval."""
+    if cfg.dataset == "fashion_mnist":
+        if _has_fashion_mnist(cfg.root):
+            return _split(_read_fashion_mnist(cfg.root), cfg, calibration, seed=seed, name="fashion_mnist", source=str(cfg.root),
+                          classes=FASHION_MNIST_CLASSES)
+        if not cfg.fallback:
+            raise DataError(f"{cfg.root}: Fashion-MNIST IDX files not found; install them with `{FASHION_MNIST_INSTALL}`")
+        notice(f"Fashion-MNIST not found under {cfg.root}; using scikit-learn's digits instead. "
+               f"For the real data: {FASHION_MNIST_INSTALL}")
+    return _split(_read_digits(), cfg, calibration, seed=seed, name="digits", source="sklearn.datasets.load_digits",
+                  classes=tuple(str(i) for i in range(10)))
+
+
+def _has_fashion_mnist(root: Path) -> bool:
+    return all(_idx_path(root, stem) is not None for stem in _FASHION_FILES.values())
+
+
+_FASHION_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+def _idx_path(root: Path, stem: str) -> Path | None:
+    for candidate in (root / f"{stem}.gz", root / stem):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped) as used by MNIST-style datasets."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read IDX file: {exc}") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DataError(f"{path}: not an unsigned-byte IDX file")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = int(np.prod(shape))
+    if len(data) - header != expected:
+        raise DataError(f"{path}: IDX header promises {expected} bytes of data, file has {len(data) - header}")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _read_fashion_mnist(root: Path) -> tuple[Split, Split]:
+    arrays = {key: read_idx(_idx_path(root, stem)) for key, stem in _FASHION_FILES.items()}  # type: ignore[arg-type]
+    train = Split(arrays["train_images"], arrays["train_labels"].astype(np.int64))
+    test = Split(arrays["test_images"], arrays["test_labels"].astype(np.int64))
+    return train, test
+
+
+def _read_digits() -> tuple[Split, Split]:
+    """scikit-learn digits (1,797 8×8 images, 0..16) as uint8, 20% held out as the test split."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.round(digits.images * (255 / 16)).astype(np.uint8)
+    labels = digits.target.astype(np.int64)
+    order = np.random.default_rng(12345).permutation(len(labels))
+    cut = len(labels) // 5
+    test, train = order[:cut], order[cut:]
+    return Split(images[train], labels[train]), Split(images[test], labels[test])
+
+
+def _split(parts: tuple[Split, Split], cfg: DataConfig, calibration: CalibrationConfig, *, seed: int, name: str, source: str,
+           classes: tuple[str, ...]) -> Dataset:
+    """Cut the train set into calibration, validation and training (disjoint, seeded)."""
+    train_full, test = parts
+    n = len(train_full)
+    order = np.random.default_rng(seed).permutation(n)
+    # On small data (the digits fallback), the held-out parts shrink so training keeps most of it.
+    n_cal = 0 if calibration.source is not None else min(calibration.size, n // 5)
+    n_val = min(cfg.val_size, n // 5)
+    cal_idx, val_idx, train_idx = order[:n_cal], order[n_cal : n_cal + n_val], order[n_cal + n_val :]
+    if cfg.train_size is not None:
+        train_idx = train_idx[: cfg.train_size]
+    eval_split = test if cfg.eval_size is None else Split(test.images[: cfg.eval_size], test.labels[: cfg.eval_size])
+
+    def take(idx: np.ndarray) -> Split:
+        return Split(train_full.images[np.sort(idx)], train_full.labels[np.sort(idx)])
+
+    digest = hashlib.sha256()
+    for array in (train_full.images, train_full.labels, eval_split.images, eval_split.labels, order):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    digest.update(json.dumps({"cal": n_cal, "val": n_val, "train": len(train_idx), "name": name}).encode())
+    return Dataset(name=name, source=source, classes=classes, train=take(train_idx), val=take(val_idx),
+                   calibration=take(cal_idx), eval=eval_split, fingerprint=digest.hexdigest())
+
+
+def fingerprint_samples(samples: np.ndarray, preprocessing: Preprocessing, origin: str) -> str:
+    """sha256 of the samples (shape, dtype, bytes), the preprocessing and where they came from."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"shape": samples.shape, "dtype": str(samples.dtype), "origin": origin,
+                              "preprocessing": preprocessing.model_dump(mode="json")}, sort_keys=True).encode())
+    digest.update(np.ascontiguousarray(samples).tobytes())
+    return digest.hexdigest()
+
+
+def calibration_set(dataset: Dataset, cfg: CalibrationConfig, preprocessing: Preprocessing, *, input_shape: tuple[int, ...]) -> CalibrationSet:
+    """The calibration set: the held-out train images, or the recipe's own ``source``."""
+    if cfg.source is None:
+        samples = preprocess(dataset.calibration.images, preprocessing)
+        origin = f"{dataset.name}:train-holdout"
+    else:
+        samples = load_samples(cfg.source, preprocessing, input_shape=input_shape)[: cfg.size]
+        origin = str(cfg.source)
+    _check_samples(samples, origin, input_shape)
+    return CalibrationSet(samples, fingerprint_samples(samples, preprocessing, origin))
+
+
+def load_samples(source: Path, preprocessing: Preprocessing, *, input_shape: tuple[int, ...]) -> np.ndarray:
+    """Model inputs from a folder of images or .npy/.npz files, or from one such file.
+
+    uint8 arrays are raw images (N, H, W[, C]) and get the recipe's preprocessing;
+    float arrays are taken as ready model inputs (N, C, H, W).
+    """
+    files = sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith(".")) if source.is_dir() else [source]
+    usable = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES | ARRAY_SUFFIXES]
+    if not usable:
+        raise DataError(f"{source}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) or arrays (.npy, .npz) found")
+    batches: list[np.ndarray] = []
+    images: list[np.ndarray] = []
+    for path in usable:
+        if path.suffix.lower() in ARRAY_SUFFIXES:
+            batches.extend(_array_samples(path, preprocessing, input_shape))
+        else:
+            images.append(_read_image(path, preprocessing))
+    if images:
+        shapes = {img.shape for img in images}
+        if len(shapes) > 1 and preprocessing.resize is None:
+            raise DataError(f"{source}: images differ in size {sorted(shapes)}; set preprocessing.resize")
+        batches.append(preprocess(np.stack(images) if len(shapes) == 1 else np.stack([_resize(i[None], preprocessing.resize)[0] for i in images]),  # type: ignore[arg-type]
+                                  preprocessing))
+    samples = np.concatenate(batches) if batches else np.empty((0, *input_shape), np.float32)
+    if len(samples) == 0:
+        raise DataError(f"{source}: the calibration data is empty")
+    return samples
+
+
+def _read_image(path: Path, p: Preprocessing) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("L" if p.color == "gray" else "RGB"))
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DataError(f"{path}: cannot read image: {exc}") from None
+
+
+def _array_samples(path: Path, p: Preprocessing, input_shape: tuple[int, ...]) -> list[np.ndarray]:
+    try:
+        if path.suffix.lower() == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = [archive[key] for key in archive.files]
+        else:
+            arrays = [np.load(path, allow_pickle=False)]
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read array file: {exc}") from None
+    out = []
+    for array in arrays:
+        if array.dtype == np.uint8:
+            out.append(preprocess(array if array.ndim >= 3 else array[None], p))
+        elif array.dtype in (np.float32, np.float64):
+            batch = array.astype(np.float32)
+            if batch.ndim == len(input_shape):
+                batch = batch[None]
+            if batch.shape[1:] != tuple(input_shape):
+                raise DataError(f"{path}: float samples must have shape (N, {', '.join(map(str, input_shape))}), got {array.shape}")
+            out.append(batch)
+        else:
+            raise DataError(f"{path}: expected uint8 images or float32 model inputs, got dtype {array.dtype}")
+    return out
+
+
+def _check_samples(samples: np.ndarray, origin: str, input_shape: tuple[int, ...]) -> None:
+    if len(samples) == 0:
+        raise DataError(f"{origin}: the calibration set is empty")
+    if samples.shape[1:] != tuple(input_shape):
+        raise DataError(f"{origin}: calibration samples have shape {samples.shape[1:]}, the model expects {tuple(input_shape)}")
+    if not np.isfinite(samples).all():
+        raise DataError(f"{origin}: calibration data contains NaN or inf")

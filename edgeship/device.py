@@ -1,0 +1,67 @@
+"""What machine the numbers were measured on, and which tool versions made them."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+INT8_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8", "amx_bf16", "amx_tile", "asimddp", "i8mm")
+TOOLS = ("torch", "onnx", "onnxruntime", "onnxslim", "onnxscript", "numpy", "pydantic")
+
+
+def describe_device() -> dict[str, Any]:
+    """CPU model, INT8-relevant ISA flags, core counts, memory, OS and the NVIDIA GPU if any."""
+    from edgeship.backends import nvidia_gpu
+
+    cpu, flags = _cpuinfo()
+    info: dict[str, Any] = {
+        "cpu": cpu or platform.processor() or platform.machine(),
+        "machine": platform.machine(),
+        "isa_flags": [f for f in INT8_FLAGS if f in flags],
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_gib": _memory_gib(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "gpu": nvidia_gpu() or None,
+    }
+    return info
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for dist in TOOLS:
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    from edgeship import __version__
+
+    versions["edgeship"] = __version__
+    return versions
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    path = Path("/proc/cpuinfo")
+    if not path.is_file():
+        return "", set()
+    model, flags = "", set()
+    for line in path.read_text(errors="replace").splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key in ("model name", "Model") and not model:
+            model = value.strip()
+        elif key in ("flags", "Features") and not flags:
+            flags = set(value.split())
+    return model, flags
+
+
+def _memory_gib() -> float | None:
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+    return round(pages / 2**30, 1)

@@ -1,0 +1,55 @@
+"""The error hierarchy. Every error a user can cause is an ``EdgeshipError``.
+
+The CLI prints ``str(error)`` on one line and exits with ``error.exit_code``;
+anything else is a programming error and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class EdgeshipError(Exception):
+    """Root of every error edgeship raises on purpose."""
+
+    exit_code: int = 2
+
+
+class RecipeError(EdgeshipError):
+    """The recipe is wrong: names the file, the key and what is allowed."""
+
+
+class DataError(EdgeshipError):
+    """Calibration or evaluation data is wrong: names the file and what was expected."""
+
+
+class BackendUnavailable(EdgeshipError):
+    """A backend's runtime is not installed or its device is missing."""
+
+    def __init__(self, backend: str, reason: str) -> None:
+        super().__init__(f"backend {backend!r} is unavailable: {reason}")
+        self.backend = backend
+        self.reason = reason
+
+
+class BuildError(EdgeshipError):
+    """Building one engine failed; the run records it and goes on with the others."""
+
+    def __init__(self, backend: str, precision: str, reason: str) -> None:
+        super().__init__(f"{backend}/{precision} build failed: {reason}")
+        self.backend = backend
+        self.precision = precision
+        self.reason = reason
+
+
+class StageError(EdgeshipError):
+    """A pipeline stage could not produce its output."""
+
+    def __init__(self, stage: str, reason: str) -> None:
+        super().__init__(f"stage {stage!r} failed: {reason}")
+        self.stage = stage
+        self.reason = reason
+
+
+class GateFailed(EdgeshipError):
+    """A release gate failed: the run finished, but an engine may not ship."""
+
+    exit_code = 1

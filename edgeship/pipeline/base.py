@@ -1,0 +1,86 @@
+"""The Stage protocol and the RunContext every stage works in."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from pydantic import BaseModel
+from rich.console import Console
+
+from edgeship.artifacts import Artifact, ArtifactStore, Manifest, ManifestEntry, artifact_id
+
+if TYPE_CHECKING:
+    from edgeship.data import Dataset
+    from edgeship.recipe import Recipe
+
+
+class Stage(Protocol):
+    """One pipeline step: artifacts in, artifacts out, keyed by its config."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[BaseModel]]
+
+    def run(self, inputs: Mapping[str, Artifact], cfg: BaseModel, ctx: RunContext) -> Mapping[str, Artifact]: ...
+
+
+@dataclass(frozen=True)
+class Made:
+    """What a stage's work function hands back: the main file, its kind, and facts about it."""
+
+    main_file: Path
+    kind: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunContext:
+    """Shared state of one run: the store, the manifest, the data, the console."""
+
+    recipe: Recipe
+    store: ArtifactStore
+    manifest: Manifest
+    run_dir: Path
+    console: Console
+    dataset: Dataset
+    force: frozenset[str] = frozenset()
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.run_dir / "manifest.json"
+
+    def save_manifest(self) -> None:
+        self.manifest.save(self.manifest_path)
+
+    def produce(self, stage: str, name: str, *, config: Mapping[str, Any], parents: Sequence[Artifact],
+                make: Callable[[Path], Made], extra_key: Mapping[str, Any] | None = None) -> Artifact:
+        """The artifact for (stage, config, parents): reused from the store when complete, else made now.
+
+        The key holds each parent's id *and* sha256, so a parent rebuilt with different
+        content (``--force``) never lets a stale child be reused.
+        """
+        key = {"config": dict(config), **(extra_key or {})}
+        aid = artifact_id(stage, key, [f"{p.id}:{p.sha256}" for p in parents])
+        if stage not in self.force:
+            found = self.store.get(aid)
+            if found is not None:
+                self.manifest.record(stage, name, found, reused=True, config=config, seconds=0.0)
+                self.console.print(f"[dim]↺ {stage}: {name} reused from the store ({aid[:12]})[/dim]")
+                return found
+        started = time.perf_counter()
+        with self.store.staging(aid) as folder:
+            made = make(folder)
+            artifact = self.store.commit(folder, aid=aid, kind=made.kind, stage=stage, main_file=made.main_file,
+                                         parents=[p.id for p in parents], meta=made.meta)
+        seconds = time.perf_counter() - started
+        self.manifest.record(stage, name, artifact, reused=False, config=config, seconds=seconds)
+        self.console.print(f"[green]✓[/green] {stage}: {name} ({seconds:.1f} s)")
+        return artifact
+
+    def record_problem(self, stage: str, name: str, status: str, reason: str, config: Mapping[str, Any] | None = None) -> None:
+        self.manifest.add(ManifestEntry(stage=stage, name=name, status=status, reason=reason, config=dict(config or {})))  # type: ignore[arg-type]
+        colour = "yellow" if status == "skipped" else "red"
+        self.console.print(f"[{colour}]{'–' if status == 'skipped' else '✗'} {stage}: {name} {status}: {reason}[/{colour}]")

@@ -1,0 +1,131 @@
+"""The ``export`` stage: PyTorch → ONNX with a dynamic batch axis, checked, simplified, parity-tested."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from edgeship.artifacts import Artifact
+from edgeship.errors import StageError
+from edgeship.pipeline.base import Made, RunContext
+from edgeship.recipe import ExportConfig
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+class ExportStage:
+    name: ClassVar[str] = "export"
+    Config: ClassVar[type[ExportConfig]] = ExportConfig
+
+    def run(self, inputs: Mapping[str, Artifact], cfg: ExportConfig, ctx: RunContext) -> dict[str, Artifact]:
+        model_artifact = inputs["model"]
+        artifact = ctx.produce(self.name, "onnx", config=cfg.model_dump(mode="json"), parents=[model_artifact],
+                               extra_key={"eval": ctx.dataset.fingerprint},
+                               make=lambda folder: self._make(folder, model_artifact, cfg, ctx))
+        return {"onnx": artifact}
+
+    def _make(self, folder: Path, model_artifact: Artifact, cfg: ExportConfig, ctx: RunContext) -> Made:
+        import onnx
+        import torch
+
+        from edgeship.data import preprocess
+        from edgeship.pipeline.model import load_model
+
+        model = load_model(model_artifact, ctx.recipe.model)
+        shape = tuple(model_artifact.meta["input_shape"])
+        raw = folder / "raw.onnx"
+        with ctx.console.status("exporting to ONNX"):
+            _export(model, shape, raw, cfg.opset)
+        try:
+            onnx.checker.check_model(str(raw), full_check=True)
+        except onnx.checker.ValidationError as exc:
+            raise StageError(self.name, f"onnx.checker rejected the export: {exc}") from None
+        nodes_before = len(onnx.load(str(raw)).graph.node)
+        target = folder / "model.onnx"
+        if cfg.simplify:
+            _simplify(raw, target)
+            onnx.checker.check_model(str(target), full_check=True)
+            raw.unlink()
+        else:
+            raw.rename(target)
+        exported = onnx.load(str(target))
+        batch = preprocess(ctx.dataset.eval.images[: cfg.parity_batch], ctx.recipe.data.preprocessing)
+        with torch.no_grad():
+            expected = model(torch.from_numpy(batch)).numpy()
+        got = _run_onnx(target, batch)
+        error = float(np.abs(got - expected).max())
+        if not error <= cfg.parity_atol:
+            raise StageError(self.name, f"ONNX output differs from PyTorch by {error:.3g} (max abs) on {len(batch)} "
+                                        f"evaluation images; the limit is export.parity_atol={cfg.parity_atol:g}")
+        meta: dict[str, Any] = {
+            "input_name": INPUT_NAME,
+            "output_name": OUTPUT_NAME,
+            "input_shape": list(shape),
+            "num_classes": model_artifact.meta["num_classes"],
+            "opset": cfg.opset,
+            "nodes_exported": nodes_before,
+            "nodes": len(exported.graph.node),
+            "ops": sorted({n.op_type for n in exported.graph.node}),
+            "metrics": {"parity_max_abs_error": error, "parity_batch": len(batch)},
+        }
+        return Made(target, "onnx", meta)
+
+
+def _export(model: Any, shape: tuple[int, ...], path: Path, opset: int) -> None:
+    """torch.onnx.export (dynamo) with a dynamic batch axis, its chatter kept off the terminal."""
+    import torch
+
+    example = torch.zeros(2, *shape)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    quiet = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet), _quiet_loggers():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              opset_version=opset, dynamo=True, dynamic_shapes=({0: batch},), external_data=False,
+                              verbose=False)
+        except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds
+            last = str(exc).strip().splitlines()
+            raise StageError("export", f"torch.onnx.export failed: {type(exc).__name__}: {last[0] if last else ''}") from exc
+
+
+@contextlib.contextmanager
+def _quiet_loggers() -> Any:
+    names = ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")
+    saved = {name: logging.getLogger(name).level for name in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _simplify(source: Path, target: Path) -> None:
+    import onnx
+    import onnxslim
+
+    quiet = io.StringIO()
+    with contextlib.redirect_stdout(quiet):
+        slim = onnxslim.slim(onnx.load(str(source)))
+    if slim is None:
+        raise StageError("export", "onnxslim returned no model")
+    onnx.save(slim, str(target))
+
+
+def _run_onnx(path: Path, batch: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: batch})[0]

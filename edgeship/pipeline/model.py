@@ -1,0 +1,136 @@
+"""The ``model`` stage: the FP32 PyTorch model everything starts from.
+
+A zoo model is trained here (seeded) and cached by a hash of the data and the
+config; a user's ``factory`` is imported and, with a ``checkpoint``, loaded with
+``torch.load(weights_only=True)`` (trained here when no checkpoint is given).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from edgeship.artifacts import Artifact
+from edgeship.errors import DataError, RecipeError
+from edgeship.pipeline.base import Made, RunContext
+from edgeship.recipe import ModelConfig, Preprocessing
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from edgeship.data import Dataset
+
+
+def input_shape(dataset: Dataset, p: Preprocessing) -> tuple[int, int, int]:
+    """(C, H, W) of the model input the data and preprocessing produce."""
+    height, width = p.resize or dataset.eval.images.shape[1:3]
+    return (1 if p.color == "gray" else 3, int(height), int(width))
+
+
+def instantiate(cfg: ModelConfig, *, in_channels: int, num_classes: int) -> nn.Module:
+    """A fresh model from the zoo or the user's factory (trusted code named in the recipe)."""
+    from edgeship import zoo
+
+    if cfg.zoo is not None:
+        return zoo.build(cfg.zoo, in_channels=in_channels, num_classes=num_classes, width=cfg.width)
+    module_name, _, function = cfg.factory.partition(":")  # type: ignore[union-attr]
+    try:
+        factory = getattr(importlib.import_module(module_name), function)
+    except (ImportError, AttributeError) as exc:
+        raise RecipeError(f"'model.factory': cannot import {cfg.factory!r}: {exc}") from None
+    model = factory()
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise RecipeError(f"'model.factory': {cfg.factory!r} returned {type(model).__name__}, expected a torch.nn.Module")
+    return model
+
+
+def load_checkpoint(model: nn.Module, path: Path) -> None:
+    """Load a weights-only state_dict into ``model``; refuse pickles and other architectures."""
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
+        raise DataError(f"{path}: not a weights-only checkpoint (refused by torch.load(weights_only=True): {first})") from None
+    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read checkpoint: {exc}") from None
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping):
+        raise DataError(f"{path}: expected a state_dict (mapping of tensors), got {type(state).__name__}")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        reason = " ".join(str(exc).split())[:300]
+        raise DataError(f"{path}: checkpoint does not fit the model's architecture: {reason}") from None
+
+
+def load_model(artifact: Artifact, cfg: ModelConfig) -> nn.Module:
+    """The model stored in a ``model`` artifact, in eval mode."""
+    import torch
+
+    model = instantiate(cfg, in_channels=artifact.meta["input_shape"][0], num_classes=artifact.meta["num_classes"])
+    model.load_state_dict(torch.load(artifact.path, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+class ModelStage:
+    name: ClassVar[str] = "model"
+    Config: ClassVar[type[ModelConfig]] = ModelConfig
+
+    def run(self, inputs: Mapping[str, Artifact], cfg: ModelConfig, ctx: RunContext) -> dict[str, Artifact]:
+        p = ctx.recipe.data.preprocessing
+        shape = input_shape(ctx.dataset, p)
+        key: dict[str, Any] = {"dataset": ctx.dataset.fingerprint, "preprocessing": p.model_dump(mode="json"), "seed": ctx.recipe.seed}
+        if cfg.checkpoint is not None:
+            from edgeship.artifacts import sha256_file
+
+            key["checkpoint_sha256"] = sha256_file(cfg.checkpoint)
+        label = cfg.zoo or cfg.factory or "model"
+        artifact = ctx.produce(self.name, label, config=cfg.model_dump(mode="json"), parents=[], extra_key=key,
+                               make=lambda folder: self._make(folder, cfg, ctx, shape))
+        return {"model": artifact}
+
+    def _make(self, folder: Path, cfg: ModelConfig, ctx: RunContext, shape: tuple[int, int, int]) -> Made:
+        import torch
+
+        from edgeship.measure import top1
+        from edgeship.zoo.train import predict, seed_everything, train_classifier
+
+        dataset, p = ctx.dataset, ctx.recipe.data.preprocessing
+        seed_everything(ctx.recipe.seed)
+        model = instantiate(cfg, in_channels=shape[0], num_classes=dataset.num_classes)
+        meta: dict[str, Any] = {"input_shape": list(shape), "num_classes": dataset.num_classes, "classes": list(dataset.classes),
+                                "source": "zoo" if cfg.zoo else "factory", "architecture": cfg.zoo or cfg.factory}
+        if cfg.checkpoint is not None:
+            load_checkpoint(model, cfg.checkpoint)
+            meta["checkpoint"] = str(cfg.checkpoint)
+        _check_output(model, shape, dataset.num_classes, label=meta["architecture"])
+        if cfg.checkpoint is None:
+            history = train_classifier(model, dataset.train, dataset.val, p, cfg.train, seed=ctx.recipe.seed, console=ctx.console)
+            meta["history"] = {"train_loss": history.train_loss, "train_accuracy": history.train_accuracy,
+                               "val_accuracy": history.val_accuracy}
+        meta["parameters"] = sum(t.numel() for t in model.parameters())
+        meta["metrics"] = {"val_top1": top1(predict(model, dataset.val.images, p), dataset.val.labels)} if len(dataset.val) else {}
+        target = folder / "model.pt"
+        torch.save(model.state_dict(), target)
+        return Made(target, "pytorch-state-dict", meta)
+
+
+def _check_output(model: nn.Module, shape: tuple[int, int, int], num_classes: int, *, label: str) -> None:
+    import torch
+
+    with torch.no_grad():
+        try:
+            out = model.eval()(torch.zeros(2, *shape))
+        except Exception as exc:  # noqa: BLE001 - a user model fails in its own ways
+            raise DataError(f"model {label!r} cannot run on inputs of shape (N, {', '.join(map(str, shape))}): {exc}") from None
+    if tuple(out.shape) != (2, num_classes):
+        raise DataError(f"model {label!r} outputs shape {tuple(out.shape[1:])} per sample, the data has {num_classes} classes")

@@ -1,0 +1,135 @@
+"""The ``report`` stage: ``report.json`` (versioned schema) and the terminal summary table."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+from rich.console import Console
+from rich.table import Table
+
+from edgeship.artifacts import Artifact, write_atomic
+from edgeship.pipeline.base import RunContext
+from edgeship.pipeline.validate import BASELINE
+
+SCHEMA = "edgeship.report"
+SCHEMA_VERSION = 1
+
+
+class ReportConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ReportStage:
+    name: ClassVar[str] = "report"
+    Config: ClassVar[type[ReportConfig]] = ReportConfig
+
+    def run(self, inputs: Mapping[str, Artifact], cfg: ReportConfig, ctx: RunContext) -> dict[str, Artifact]:
+        report = build_report(inputs, ctx)
+        path = ctx.run_dir / "report.json"
+        write_atomic(path, json.dumps(report, indent=2))
+        print_summary(report, ctx.console)
+        return {}
+
+
+def build_report(results: Mapping[str, Artifact], ctx: RunContext) -> dict[str, Any]:
+    """The report document: baseline, every requested engine with its status, and the run's context."""
+    baseline = results.get(BASELINE)
+    base_metrics = baseline.meta["metrics"] if baseline else {}
+    base_top1 = base_metrics.get("top1")
+    engines = []
+    for entry in ctx.manifest.entries:
+        if entry.stage != "build":
+            continue
+        row: dict[str, Any] = {"name": entry.name, "backend": entry.config.get("backend"), "precision": entry.config.get("precision"),
+                               "status": entry.status, "reason": entry.reason, "artifact": entry.artifact, "sha256": entry.sha256,
+                               "path": entry.path}
+        validation = results.get(entry.name)
+        if entry.status == "ok" and validation is None:
+            failure = next((e for e in ctx.manifest.entries if e.stage == "validate" and e.name == entry.name), None)
+            row.update(status="failed", reason=f"validation failed: {failure.reason if failure else 'no result'}")
+        if validation is not None:
+            metrics = dict(validation.meta["metrics"])
+            row.update(metrics)
+            if base_top1 is not None:
+                row["top1_drop_points"] = round(100 * (base_top1 - metrics["top1"]), 4)
+                row["top1_relative_to_fp32"] = round(metrics["top1"] / base_top1, 6) if base_top1 else None
+        engines.append(row)
+    dataset = ctx.dataset
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "run_id": ctx.manifest.run_id,
+        "recipe": ctx.recipe.name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "edgeship": ctx.manifest.edgeship,
+        "device": ctx.manifest.device,
+        "tools": ctx.manifest.tools,
+        "threads": ctx.recipe.threads(),
+        "dataset": {"name": dataset.name, "source": dataset.source, "train": len(dataset.train), "val": len(dataset.val),
+                    "calibration": len(dataset.calibration), "eval": len(dataset.eval), "fingerprint": dataset.fingerprint},
+        "baseline": {"name": BASELINE, **base_metrics} if baseline else None,
+        "engines": engines,
+        "notes": ["Latency is measured on this machine with the threads shown; engines are not yet timed in isolated "
+                  "processes, and release gates are not applied in this version."],
+    }
+
+
+def print_summary(report: Mapping[str, Any], console: Console) -> None:
+    """The summary table: every engine with precision, size, p50/p99, top-1, drop vs FP32, status."""
+    device = report.get("device", {})
+    table = Table(title=f"edgeship · {report['run_id']} · {device.get('cpu', '?')} · {report.get('threads')} threads")
+    for column, justify in (("engine", "left"), ("precision", "left"), ("size", "right"), ("p50 ms", "right"), ("p99 ms", "right"),
+                            ("top-1", "right"), ("drop vs FP32", "right"), ("agreement", "right"), ("status", "left")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    baseline = report.get("baseline")
+    if baseline:
+        lat = baseline.get("latency", {})
+        table.add_row(BASELINE.split("/")[0], "fp32", _size(baseline.get("size_bytes")), _ms(lat.get("p50_ms")), _ms(lat.get("p99_ms")),
+                      _pct(baseline.get("top1")), "baseline", "—", "[green]ok[/green]")
+    for row in report.get("engines", []):
+        lat = row.get("latency", {})
+        status = row["status"]
+        colour = {"ok": "green", "skipped": "yellow"}.get(status, "red")
+        status_text = f"[{colour}]{status}[/{colour}]" + (f" {row['reason']}" if row.get("reason") else "")
+        drop = row.get("top1_drop_points")
+        table.add_row(row.get("backend") or "?", row.get("precision") or "?", _size(row.get("size_bytes")), _ms(lat.get("p50_ms")),
+                      _ms(lat.get("p99_ms")), _pct(row.get("top1")), "—" if drop is None else f"{drop:+.2f} pt",
+                      _pct(row.get("top1_agreement")), status_text)
+    console.print(table)
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    from edgeship.errors import DataError
+
+    if path.is_dir():
+        path = path / "report.json"
+    try:
+        report = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: no report here") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable report.json: {exc}") from None
+    if not isinstance(report, dict) or report.get("schema") != SCHEMA:
+        raise DataError(f"{path}: not an edgeship report (schema {SCHEMA!r} expected)")
+    if report.get("schema_version") != SCHEMA_VERSION:
+        raise DataError(f"{path}: report schema version {report.get('schema_version')}, this edgeship reads {SCHEMA_VERSION}")
+    return report
+
+
+def _size(value: int | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value / 1024:.0f} KiB" if value < 1024**2 else f"{value / 1024**2:.1f} MiB"
+
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.2f}%"

@@ -1,0 +1,114 @@
+"""Run a recipe: model → export → build → validate → report, with the manifest kept current."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from edgeship.artifacts import ArtifactStore, Manifest
+from edgeship.errors import EdgeshipError, RecipeError
+from edgeship.recipe import Recipe
+
+STAGES = ("model", "export", "build", "validate", "report")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    run_dir: Path
+    report: dict[str, Any]
+    manifest: Manifest
+    exit_code: int
+
+    @property
+    def report_path(self) -> Path:
+        return self.run_dir / "report.json"
+
+
+def run(recipe: Recipe, *, force: Iterable[str] = (), console: Console | None = None, recipe_path: Path | None = None) -> RunResult:
+    """Run ``recipe`` end to end and return where its report is."""
+    from edgeship.data import calibration_set, load_dataset
+    from edgeship.device import describe_device, tool_versions
+    from edgeship.pipeline.base import RunContext
+    from edgeship.pipeline.build import BuildStage, requested
+    from edgeship.pipeline.export import ExportStage
+    from edgeship.pipeline.model import ModelStage, input_shape
+    from edgeship.pipeline.report import ReportConfig, ReportStage
+    from edgeship.pipeline.validate import ValidateStage
+
+    force = frozenset(force)
+    unknown = force - set(STAGES)
+    if unknown:
+        raise RecipeError(f"--force {', '.join(sorted(unknown))}: unknown stage; stages are {', '.join(STAGES)}")
+    console = console or Console()
+    store = ArtifactStore(_writable(recipe.store, "store"))
+    run_dir = _new_run_dir(_writable(recipe.reports, "reports"), recipe.name)
+    manifest = Manifest(run_id=run_dir.name, recipe=recipe.model_dump(mode="json", by_alias=True),
+                        recipe_path=str(recipe_path) if recipe_path else None, tools=tool_versions(), device=describe_device())
+    manifest.save(run_dir / "manifest.json")
+    console.print(f"[bold]edgeship[/bold] run [cyan]{run_dir.name}[/cyan] → {run_dir}")
+    ctx: RunContext | None = None
+    try:
+        threads = recipe.threads()
+        import torch
+
+        torch.set_num_threads(threads)
+        dataset = load_dataset(recipe.data, recipe.calibration, seed=recipe.seed, notice=lambda text: console.print(f"[yellow]{text}[/yellow]"))
+        console.print(f"data: {dataset.name} ({dataset.source}): train {len(dataset.train)}, val {len(dataset.val)}, "
+                      f"calibration {len(dataset.calibration) or recipe.calibration.source}, eval {len(dataset.eval)}")
+        ctx = RunContext(recipe=recipe, store=store, manifest=manifest, run_dir=run_dir, console=console, dataset=dataset, force=force)
+
+        model = ModelStage().run({}, recipe.model, ctx)["model"]
+        ctx.save_manifest()
+        onnx = ExportStage().run({"model": model}, recipe.export, ctx)["onnx"]
+        ctx.save_manifest()
+        needs_calibration = any("int8" in getattr(c, "precisions", ()) for _, c in requested(recipe.backends))
+        calibration = (calibration_set(dataset, recipe.calibration, recipe.data.preprocessing,
+                                       input_shape=input_shape(dataset, recipe.data.preprocessing)) if needs_calibration else None)
+        engines = BuildStage(calibration).run({"onnx": onnx}, recipe.backends, ctx)
+        ctx.save_manifest()
+        results = ValidateStage().run({"model": model, **engines}, recipe.validate_, ctx)
+        ctx.save_manifest()
+        ReportStage().run(results, ReportConfig(), ctx)
+        manifest.status = "ok"
+    except KeyboardInterrupt:
+        manifest.status = "interrupted"
+        raise
+    except EdgeshipError:
+        manifest.status = "failed"
+        raise
+    finally:
+        manifest.finished = time.time()
+        manifest.save(run_dir / "manifest.json")
+    from edgeship.pipeline.report import load_report
+
+    console.print(f"report: {run_dir / 'report.json'}")
+    return RunResult(run_dir.name, run_dir, load_report(run_dir), manifest, exit_code=0)
+
+
+def _writable(folder: Path, key: str) -> Path:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RecipeError(f"'{key}': cannot create folder {folder}: {exc.strerror}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise RecipeError(f"'{key}': folder {folder} is not writable")
+    return folder
+
+
+def _new_run_dir(reports: Path, name: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for attempt in range(1000):
+        folder = reports / (f"{name}-{stamp}" + (f"-{attempt}" if attempt else ""))
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise RecipeError(f"'reports': cannot make a new run folder under {reports}")

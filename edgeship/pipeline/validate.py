@@ -1,0 +1,137 @@
+"""The ``validate`` stage: latency and accuracy of the FP32 PyTorch baseline and of every engine.
+
+Each engine is scored on the whole evaluation split (top-1, and agreement with
+the FP32 PyTorch outputs) and timed with the shared harness at the recipe's
+batch size, threads pinned. Results are keyed by the engine, the config and the
+device, so a rerun on the same machine reuses them and another machine measures anew.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from edgeship.artifacts import Artifact
+from edgeship.backends import get_backend
+from edgeship.backends.base import Runner
+from edgeship.errors import StageError
+from edgeship.measure import agreement, summarize, time_calls, top1
+from edgeship.pipeline.base import Made, RunContext
+from edgeship.progress import progress_bar
+from edgeship.recipe import ValidateConfig
+
+BASELINE = "pytorch/fp32"
+
+
+class ValidateStage:
+    name: ClassVar[str] = "validate"
+    Config: ClassVar[type[ValidateConfig]] = ValidateConfig
+
+    def run(self, inputs: Mapping[str, Artifact], cfg: ValidateConfig, ctx: RunContext) -> dict[str, Artifact]:
+        threads = ctx.recipe.threads()
+        config = {**cfg.model_dump(mode="json"), "threads": threads}
+        device = {k: ctx.manifest.device.get(k) for k in ("cpu", "isa_flags", "logical_cores", "gpu")}
+        key = {"eval": ctx.dataset.fingerprint, "device": device}
+        model = inputs["model"]
+        results = {BASELINE: ctx.produce(self.name, BASELINE, config=config, parents=[model], extra_key=key,
+                                         make=lambda folder: self._baseline(folder, model, cfg, threads, ctx))}
+        ctx.save_manifest()
+        reference = np.load(results[BASELINE].folder / "logits.npy")
+        for name, engine in inputs.items():
+            if name == "model":
+                continue
+            try:
+                results[name] = ctx.produce(self.name, name, config=config, parents=[engine, results[BASELINE]], extra_key=key,
+                                            make=lambda folder, e=engine, n=name: self._engine(folder, n, e, reference, cfg, threads, ctx))
+            except StageError as exc:
+                ctx.record_problem(self.name, name, "failed", exc.reason, config)
+            ctx.save_manifest()
+        return results
+
+    def _baseline(self, folder: Path, model_artifact: Artifact, cfg: ValidateConfig, threads: int, ctx: RunContext) -> Made:
+        import torch
+
+        from edgeship.data import preprocess
+        from edgeship.pipeline.model import load_model
+
+        torch.set_num_threads(threads)
+        model = load_model(model_artifact, ctx.recipe.model)
+        p = ctx.recipe.data.preprocessing
+
+        def run_batch(x: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return model(torch.from_numpy(x)).numpy()
+
+        logits = self._evaluate(BASELINE, run_batch, cfg, ctx)
+        sample = preprocess(ctx.dataset.eval.images[: cfg.batch_size], p)
+        latency = self._time(BASELINE, lambda: run_batch(sample), cfg, ctx)
+        np.save(folder / "logits.npy", logits)
+        metrics = {"top1": top1(logits, ctx.dataset.eval.labels), "eval_samples": len(logits), "size_bytes": model_artifact.size,
+                   "latency": latency, "threads": threads}
+        return self._write(folder, BASELINE, metrics)
+
+    def _engine(self, folder: Path, name: str, engine: Artifact, reference: np.ndarray, cfg: ValidateConfig, threads: int,
+                ctx: RunContext) -> Made:
+        from edgeship.data import preprocess
+
+        backend = get_backend(engine.meta["backend"])
+        input_name = engine.meta["input_name"]
+        p = ctx.recipe.data.preprocessing
+        started = time.perf_counter()
+        try:
+            with backend.runner(engine.path, threads=threads) as runner:
+                load_ms = (time.perf_counter() - started) * 1e3
+                sample = preprocess(ctx.dataset.eval.images[: cfg.batch_size], p)
+                first_started = time.perf_counter()
+                _single_output(runner, {input_name: sample})
+                first_ms = (time.perf_counter() - first_started) * 1e3
+                logits = self._evaluate(name, lambda x: _single_output(runner, {input_name: x}), cfg, ctx)
+                latency = self._time(name, lambda: runner.infer({input_name: sample}), cfg, ctx)
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise StageError(self.name, f"{name}: {type(exc).__name__}: {exc}") from exc
+        metrics: dict[str, Any] = {"top1": top1(logits, ctx.dataset.eval.labels), "eval_samples": len(logits),
+                                   "size_bytes": engine.size, "latency": latency, "load_ms": round(load_ms, 3),
+                                   "first_inference_ms": round(first_ms, 3), "threads": threads,
+                                   **agreement(logits, reference)}
+        np.save(folder / "logits.npy", logits)
+        return self._write(folder, name, metrics)
+
+    @staticmethod
+    def _write(folder: Path, name: str, metrics: dict[str, Any]) -> Made:
+        target = folder / "result.json"
+        target.write_text(json.dumps({"engine": name, "metrics": metrics}, indent=2))
+        return Made(target, "validation", {"engine": name, "metrics": metrics})
+
+    @staticmethod
+    def _evaluate(name: str, run_batch: Callable[[np.ndarray], np.ndarray], cfg: ValidateConfig, ctx: RunContext) -> np.ndarray:
+        from edgeship.data import preprocess
+
+        images, p = ctx.dataset.eval.images, ctx.recipe.data.preprocessing
+        out = []
+        with progress_bar(ctx.console) as bar:
+            task = bar.add_task(f"accuracy {name}", total=len(images), info="")
+            for start in range(0, len(images), cfg.eval_batch_size):
+                batch = preprocess(images[start : start + cfg.eval_batch_size], p)
+                out.append(run_batch(batch))
+                bar.update(task, advance=len(batch))
+        return np.concatenate(out)
+
+    @staticmethod
+    def _time(name: str, call: Callable[[], object], cfg: ValidateConfig, ctx: RunContext) -> dict[str, Any]:
+        with progress_bar(ctx.console) as bar:
+            task = bar.add_task(f"latency {name}", total=cfg.iterations, info=f"batch {cfg.batch_size}")
+            times = time_calls(call, warmup=cfg.warmup, iterations=cfg.iterations, min_seconds=cfg.min_seconds,
+                               on_step=lambda: bar.update(task, advance=1))
+        return summarize(times, cfg.batch_size).as_dict()
+
+
+def _single_output(runner: Runner, feed: dict[str, np.ndarray]) -> np.ndarray:
+    outputs = runner.infer(feed)
+    if len(outputs) != 1:
+        raise ValueError(f"expected one output (logits), the engine gave {sorted(outputs)}")
+    return next(iter(outputs.values()))

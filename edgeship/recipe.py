@@ -1,0 +1,256 @@
+"""Recipes: YAML files validated by pydantic models, one per stage and per backend.
+
+Every model forbids unknown keys. ``load_recipe`` turns any problem into a
+one-line ``RecipeError`` naming the file, the key and what is allowed.
+Input paths in a recipe (checkpoints, data folders) are relative to the recipe
+file; output folders (store, reports) are relative to the working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
+
+from edgeship.backends.base import Precision
+from edgeship.errors import RecipeError
+from edgeship.zoo import ZOO
+
+FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Preprocessing(_Section):
+    """How raw uint8 images become model inputs: ``(pixel * scale - mean) / std``, NCHW float32."""
+
+    scale: PositiveFloat = 1 / 255
+    mean: tuple[float, ...] = (0.2860,)
+    std: tuple[PositiveFloat, ...] = (0.3530,)
+    color: Literal["gray", "rgb"] = "gray"
+    resize: tuple[PositiveInt, PositiveInt] | None = Field(default=None, description="(height, width); None keeps the size")
+
+    @model_validator(mode="after")
+    def _channels_match(self) -> Preprocessing:
+        channels = 1 if self.color == "gray" else 3
+        for key in ("mean", "std"):
+            if len(getattr(self, key)) not in (1, channels):
+                raise ValueError(f"{key} needs 1 or {channels} values for color={self.color!r}")
+        return self
+
+
+class DataConfig(_Section):
+    """The labelled data: training, validation (held out from training) and evaluation splits."""
+
+    dataset: Literal["fashion_mnist", "digits"] = "fashion_mnist"
+    root: Path = FASHION_MNIST_ROOT
+    fallback: bool = Field(default=True, description="use scikit-learn digits when the dataset is absent")
+    train_size: PositiveInt | None = Field(default=None, description="cap on training images; None uses all")
+    val_size: PositiveInt = 5000
+    eval_size: PositiveInt | None = Field(default=None, description="cap on evaluation images; None uses the whole test set")
+    preprocessing: Preprocessing = Preprocessing()
+
+
+class CalibrationConfig(_Section):
+    """The INT8 calibration set, shared by every backend."""
+
+    size: PositiveInt = 1000
+    source: Path | None = Field(default=None, description="folder of images or .npy/.npz files; None holds out images from the train set")
+
+
+class TrainConfig(_Section):
+    epochs: PositiveInt = 4
+    batch_size: PositiveInt = 128
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: PositiveFloat = 0.1
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=5e-4, ge=0)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+
+
+class ModelConfig(_Section):
+    """A bundled zoo architecture (trained here) or a user's ``factory`` (+ ``checkpoint``)."""
+
+    zoo: str | None = None
+    width: PositiveInt = Field(default=16, description="zoo models: channels of the first stage")
+    factory: str | None = Field(default=None, description="'package.module:function' returning an nn.Module; trusted code")
+    checkpoint: Path | None = Field(default=None, description="state_dict loaded with torch.load(weights_only=True)")
+    train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if self.zoo is not None and self.factory is not None:
+            raise ValueError("give either zoo or factory, not both")
+        if self.checkpoint is not None and self.factory is None:
+            raise ValueError("checkpoint needs factory (zoo models are trained here)")
+        if self.factory is not None and ":" not in self.factory:
+            raise ValueError(f"factory must look like 'package.module:function', got {self.factory!r}")
+        if self.zoo is None and self.factory is None:
+            object.__setattr__(self, "zoo", "resnet_small")
+        if self.zoo is not None and self.zoo not in ZOO:
+            raise ValueError(f"unknown zoo model {self.zoo!r}; the zoo has {', '.join(sorted(ZOO))}")
+        return self
+
+
+class ExportConfig(_Section):
+    opset: int = Field(default=18, ge=13, le=23)
+    simplify: bool = True
+    parity_atol: PositiveFloat = Field(default=1e-4, description="max abs error vs PyTorch on an evaluation batch")
+    parity_batch: PositiveInt = 64
+
+
+class OnnxRuntimeConfig(_Section):
+    enabled: bool = True
+    precisions: tuple[Precision, ...] = (Precision.FP32, Precision.INT8)
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    percentile: float = Field(default=99.999, gt=90, le=100)
+    calibration_size: PositiveInt | None = Field(default=None, description="use the first N calibration samples; None uses all")
+    per_channel: bool = True
+    activation_type: Literal["uint8", "int8"] = "uint8"
+
+    @field_validator("precisions")
+    @classmethod
+    def _supported(cls, value: tuple[Precision, ...]) -> tuple[Precision, ...]:
+        unsupported = [p.value for p in value if p not in (Precision.FP32, Precision.INT8)]
+        if unsupported:
+            raise ValueError(f"onnxruntime builds fp32 and int8, not {', '.join(unsupported)}")
+        if not value:
+            raise ValueError("list at least one precision")
+        return tuple(dict.fromkeys(value))
+
+
+class BackendsConfig(_Section):
+    onnxruntime: OnnxRuntimeConfig = OnnxRuntimeConfig()
+
+
+class ValidateConfig(_Section):
+    warmup: int = Field(default=20, ge=0)
+    iterations: PositiveInt = Field(default=200, description="at least this many timed iterations")
+    min_seconds: float = Field(default=2.0, ge=0, description="and at least this long")
+    batch_size: PositiveInt = 1
+    threads: PositiveInt | None = Field(default=None, description="inference threads, pinned; None uses every core")
+    eval_batch_size: PositiveInt = 250
+
+
+class Recipe(_Section):
+    version: Literal[1] = 1
+    name: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    store: Path = Path(".edgeship/store")
+    reports: Path = Path("reports")
+    data: DataConfig = DataConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
+    model: ModelConfig = ModelConfig()
+    export: ExportConfig = ExportConfig()
+    backends: BackendsConfig = BackendsConfig()
+    validate_: ValidateConfig = Field(default=ValidateConfig(), alias="validate")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def threads(self) -> int:
+        return self.validate_.threads or os.cpu_count() or 1
+
+
+def load_recipe(path: str | os.PathLike[str] | None = None) -> Recipe:
+    """Read and validate a recipe; ``None`` gives the bundled default."""
+    if path is None:
+        return Recipe()
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: recipe file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"{path}: cannot read recipe: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise RecipeError(f"{path}: not valid YAML{where}: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}")
+    raw = _resolve_input_paths(raw, path.parent)
+    raw.setdefault("name", path.stem)
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise RecipeError(f"{path}: {_describe(exc)}") from None
+    _check_files(recipe, path)
+    return recipe
+
+
+def _resolve_input_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Make the recipe's input paths relative to the recipe file."""
+    raw = dict(raw)
+    for section, key in (("model", "checkpoint"), ("calibration", "source"), ("data", "root")):
+        block = raw.get(section)
+        if isinstance(block, dict) and isinstance(block.get(key), str):
+            block = dict(block)
+            block[key] = str((base / Path(block[key]).expanduser()).resolve()) if not Path(block[key]).is_absolute() else block[key]
+            raw[section] = block
+    return raw
+
+
+def _check_files(recipe: Recipe, path: Path) -> None:
+    if recipe.model.checkpoint is not None and not recipe.model.checkpoint.is_file():
+        raise RecipeError(f"{path}: 'model.checkpoint': file not found: {recipe.model.checkpoint}")
+    if recipe.calibration.source is not None and not recipe.calibration.source.exists():
+        raise RecipeError(f"{path}: 'calibration.source': no such file or folder: {recipe.calibration.source}")
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line for the first validation error, with the allowed keys for a typo."""
+    errors = exc.errors()
+    first = errors[0]
+    loc = tuple(first["loc"])
+    more = f" (and {len(errors) - 1} more problem{'s' * (len(errors) > 2)})" if len(errors) > 1 else ""
+    if first["type"] == "extra_forbidden":
+        parent = loc[:-1]
+        where = f"in '{_dotted(parent)}'" if parent else "at the top level"
+        allowed = _allowed_keys(parent)
+        return f"unknown key '{loc[-1]}' {where}; allowed keys: {', '.join(allowed)}{more}"
+    key = _dotted(loc) or "recipe"
+    got = first.get("input")
+    got_text = f" (got {got!r})" if not isinstance(got, dict) and first["type"] != "missing" else ""
+    message = first["msg"].removeprefix("Value error, ")
+    return f"'{key}': {message}{got_text}{more}"
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the model found by walking ``loc`` from ``Recipe``."""
+    model: type[BaseModel] = Recipe
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = next((f for name, f in model.model_fields.items() if part in (name, f.alias)), None)
+        nested = _model_in(field.annotation) if field else None
+        if nested is None:
+            return []
+        model = nested
+    return sorted(f.alias or name for name, f in model.model_fields.items())
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found:
+                return found
+    return None

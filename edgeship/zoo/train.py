@@ -1,0 +1,83 @@
+"""Seeded supervised training of a classifier on a ``Split``, with a rich progress bar."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from rich.console import Console
+from torch import nn
+
+from edgeship.data import Split, preprocess
+from edgeship.progress import progress_bar
+from edgeship.recipe import Preprocessing, TrainConfig
+
+
+@dataclass
+class TrainHistory:
+    train_loss: list[float] = field(default_factory=list)
+    train_accuracy: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: np.ndarray, p: Preprocessing, *, batch_size: int = 500) -> np.ndarray:
+    """Logits (N, classes) of ``model`` in eval mode on raw uint8 ``images``."""
+    model.eval()
+    out = [model(torch.from_numpy(preprocess(images[i : i + batch_size], p))).numpy() for i in range(0, len(images), batch_size)]
+    return np.concatenate(out)
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(axis=1) == labels).mean())
+
+
+def train_classifier(model: nn.Module, train: Split, val: Split, p: Preprocessing, cfg: TrainConfig, *, seed: int,
+                     console: Console) -> TrainHistory:
+    """Train ``model`` in place: cross-entropy, cosine schedule, validation each epoch."""
+    seed_everything(seed)
+    rng = np.random.default_rng(seed)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    if cfg.optimizer == "sgd":
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                                           weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, pct_start=0.15,
+                                                   anneal_strategy="cos")
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    history = TrainHistory()
+    with progress_bar(console) as bar:
+        task = bar.add_task("train teacher", total=total, info="")
+        for epoch in range(cfg.epochs):
+            model.train()
+            order = rng.permutation(len(train))
+            loss_sum, correct, seen = 0.0, 0, 0
+            for step in range(steps_per_epoch):
+                idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                x = torch.from_numpy(preprocess(train.images[idx], p))
+                y = torch.from_numpy(train.labels[idx])
+                logits = model(x)
+                loss = loss_fn(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                loss_sum += loss.item() * len(idx)
+                correct += int((logits.detach().argmax(1) == y).sum())
+                seen += len(idx)
+                bar.update(task, advance=1, info=f"epoch {epoch + 1}/{cfg.epochs} loss {loss_sum / seen:.3f} acc {correct / seen:.3f}")
+            history.train_loss.append(loss_sum / seen)
+            history.train_accuracy.append(correct / seen)
+            history.val_accuracy.append(accuracy(predict(model, val.images, p), val.labels))
+            bar.update(task, info=f"epoch {epoch + 1}/{cfg.epochs} loss {loss_sum / seen:.3f} val acc {history.val_accuracy[-1]:.3f}")
+    model.eval()
+    return history

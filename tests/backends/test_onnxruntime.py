@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from backends.contract import BackendContract, onnx_artifact, ort_reference
+from edgeship.backends.base import CalibrationSet, Precision
+from edgeship.backends.onnxruntime import OnnxRuntimeBackend
+from edgeship.recipe import OnnxRuntimeConfig
+
+
+class TestOnnxRuntimeContract(BackendContract):
+    backend = "onnxruntime"
+    config = OnnxRuntimeConfig()
+
+
+@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
+def test_int8_is_qdq_with_per_channel_weights(method: str, tiny_cnn_onnx: Path, calibration_samples: np.ndarray, tmp_path: Path) -> None:
+    calibration = CalibrationSet(calibration_samples[:16], "fp", batch_size=8)
+    cfg = OnnxRuntimeConfig(calibration_method=method)
+    engine = OnnxRuntimeBackend().build(onnx_artifact(tiny_cnn_onnx), Precision.INT8, calibration, cfg, tmp_path)
+    graph = onnx.load(str(engine)).graph
+    ops = [n.op_type for n in graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    weight_scales = [i for i in graph.initializer if i.name.endswith("_scale") and len(i.dims) == 1 and i.dims[0] > 1]
+    assert weight_scales, "per-channel weights carry one scale per output channel"
+    assert [p.name for p in tmp_path.iterdir()] == [engine.name], "only the engine is left in the output folder"
+    batch = calibration_samples[32:48]
+    with OnnxRuntimeBackend().runner(engine, threads=1) as runner:
+        out = runner.infer({"input": batch})["logits"]
+    assert np.isfinite(out).all()
+    assert (out.argmax(1) == ort_reference(tiny_cnn_onnx, batch).argmax(1)).mean() >= 0.75
+
+
+def test_runner_pins_threads(tiny_cnn_onnx: Path) -> None:
+    runner = OnnxRuntimeBackend().runner(tiny_cnn_onnx, threads=1)
+    with runner:
+        assert runner._session.get_session_options().intra_op_num_threads == 1

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgeship.artifacts import ArtifactStore, Manifest, ManifestEntry, artifact_id, sha256_file, write_atomic
+
+
+def make(store: ArtifactStore, aid: str, payload: bytes = b"engine bytes") -> object:
+    with store.staging(aid) as folder:
+        (folder / "model.bin").write_bytes(payload)
+        return store.commit(folder, aid=aid, kind="engine/test", stage="build", main_file=folder / "model.bin",
+                            parents=("p1",), meta={"metrics": {"x": 1}})
+
+
+def test_commit_then_get_returns_the_same_verified_artifact(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    aid = artifact_id("build", {"a": 1}, ["in"])
+    made = make(store, aid)
+    found = store.get(aid)
+    assert found == made
+    assert found.path.read_bytes() == b"engine bytes"
+    assert found.sha256 == sha256_file(found.path)
+    assert not any((tmp_path / "tmp").iterdir()), "staging folders must not be left behind"
+
+
+def test_ids_depend_on_stage_config_and_inputs() -> None:
+    base = artifact_id("build", {"a": 1}, ["x"])
+    assert base == artifact_id("build", {"a": 1}, ["x"])
+    assert len({base, artifact_id("export", {"a": 1}, ["x"]), artifact_id("build", {"a": 2}, ["x"]),
+                artifact_id("build", {"a": 1}, ["y"])}) == 4
+
+
+def test_tampered_or_truncated_artifact_is_not_reused(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    made = make(store, "ab" * 16)
+    made.path.write_bytes(b"engine bytez")  # same size, other content
+    assert store.get("ab" * 16) is None
+    made.path.write_bytes(b"engine")
+    assert store.get("ab" * 16) is None
+
+
+def test_failed_build_leaves_nothing_that_looks_complete(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    with pytest.raises(RuntimeError), store.staging("cd" * 16) as folder:
+        (folder / "model.bin").write_bytes(b"half")
+        raise RuntimeError("killed")
+    assert store.get("cd" * 16) is None
+    assert not store.folder("cd" * 16).exists()
+    assert not any((tmp_path / "tmp").iterdir())
+
+
+def test_commit_replaces_an_incomplete_folder(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    stale = store.folder("ef" * 16)
+    stale.mkdir(parents=True)
+    (stale / "model.bin").write_bytes(b"partial")
+    make(store, "ef" * 16, b"complete")
+    assert store.get("ef" * 16).path.read_bytes() == b"complete"
+
+
+def test_write_atomic_replaces_and_leaves_no_temporaries(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "file.json"
+    write_atomic(target, "one")
+    write_atomic(target, b"two")
+    assert target.read_text() == "two"
+    assert [p.name for p in target.parent.iterdir()] == ["file.json"]
+
+
+def test_manifest_round_trip_and_replacing_entries(tmp_path: Path) -> None:
+    manifest = Manifest(run_id="r1", recipe={"name": "x"})
+    manifest.add(ManifestEntry(stage="build", name="ort/int8", status="failed", reason="boom"))
+    manifest.add(ManifestEntry(stage="build", name="ort/int8", status="ok"))
+    manifest.save(tmp_path / "manifest.json")
+    loaded = Manifest.model_validate_json((tmp_path / "manifest.json").read_text())
+    assert [(e.name, e.status) for e in loaded.entries] == [("ort/int8", "ok")]

@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import HAS_FASHION_MNIST
+from edgeship.data import calibration_set, load_dataset, load_samples, preprocess, read_idx
+from edgeship.errors import DataError
+from edgeship.recipe import CalibrationConfig, DataConfig, Preprocessing
+
+GRAY = Preprocessing()
+SHAPE = (1, 28, 28)
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def fake_fashion_mnist(root: Path, n_train: int = 300, n_test: int = 50) -> None:
+    rng = np.random.default_rng(1)
+    root.mkdir(parents=True, exist_ok=True)
+    for stem, array in (("train-images-idx3-ubyte", rng.integers(0, 256, (n_train, 28, 28))),
+                        ("train-labels-idx1-ubyte", rng.integers(0, 10, n_train)),
+                        ("t10k-images-idx3-ubyte", rng.integers(0, 256, (n_test, 28, 28))),
+                        ("t10k-labels-idx1-ubyte", rng.integers(0, 10, n_test))):
+        (root / f"{stem}.gz").write_bytes(gzip.compress(idx_bytes(array)))
+
+
+def test_read_idx_plain_and_gzip(tmp_path: Path) -> None:
+    array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    (tmp_path / "a").write_bytes(idx_bytes(array))
+    (tmp_path / "a.gz").write_bytes(gzip.compress(idx_bytes(array)))
+    assert (read_idx(tmp_path / "a") == array).all()
+    assert (read_idx(tmp_path / "a.gz") == array).all()
+
+
+def test_read_idx_rejects_bad_files(tmp_path: Path) -> None:
+    (tmp_path / "bad").write_bytes(b"\x00\x00\x0d\x01\x00\x00\x00\x01x")
+    with pytest.raises(DataError, match="not an unsigned-byte IDX"):
+        read_idx(tmp_path / "bad")
+    (tmp_path / "short").write_bytes(idx_bytes(np.zeros((4, 2), np.uint8))[:-3])
+    with pytest.raises(DataError, match="promises 8 bytes"):
+        read_idx(tmp_path / "short")
+
+
+def test_splits_are_disjoint_and_seeded(tmp_path: Path) -> None:
+    fake_fashion_mnist(tmp_path)
+    cfg = DataConfig(root=tmp_path, val_size=40)
+    first = load_dataset(cfg, CalibrationConfig(size=30), seed=0)
+    assert (len(first.calibration), len(first.val), len(first.train), len(first.eval)) == (30, 40, 230, 50)
+    rows = {split: {r.tobytes() for r in getattr(first, split).images} for split in ("train", "val", "calibration")}
+    assert not rows["train"] & rows["val"] and not rows["train"] & rows["calibration"] and not rows["val"] & rows["calibration"]
+    again = load_dataset(cfg, CalibrationConfig(size=30), seed=0)
+    assert again.fingerprint == first.fingerprint and (again.calibration.images == first.calibration.images).all()
+    assert load_dataset(cfg, CalibrationConfig(size=30), seed=1).fingerprint != first.fingerprint
+
+
+@pytest.mark.skipif(not HAS_FASHION_MNIST, reason="Debian package dataset-fashion-mnist is not installed (make test installs it)")
+def test_real_fashion_mnist_default_splits() -> None:
+    data = load_dataset(DataConfig(), CalibrationConfig(), seed=0)
+    assert data.name == "fashion_mnist"
+    assert (len(data.calibration), len(data.val), len(data.train), len(data.eval)) == (1000, 5000, 54000, 10000)
+    assert data.eval.images.shape == (10000, 28, 28) and set(np.unique(data.eval.labels)) == set(range(10))
+
+
+def test_missing_dataset_falls_back_to_digits_with_a_notice(tmp_path: Path) -> None:
+    notices: list[str] = []
+    data = load_dataset(DataConfig(root=tmp_path / "absent"), CalibrationConfig(), seed=0, notice=notices.append)
+    assert data.name == "digits" and len(data.eval) == 359
+    assert len(notices) == 1 and "apt-get install dataset-fashion-mnist" in notices[0]
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
+        load_dataset(DataConfig(root=tmp_path / "absent", fallback=False), CalibrationConfig(), seed=0)
+
+
+def test_preprocess_normalizes_to_nchw_float32() -> None:
+    images = np.full((2, 4, 5), 255, np.uint8)
+    out = preprocess(images, Preprocessing(mean=(0.5,), std=(0.25,)))
+    assert out.shape == (2, 1, 4, 5) and out.dtype == np.float32
+    assert np.allclose(out, 2.0)
+    rgb = preprocess(images, Preprocessing(color="rgb", mean=(0.0,), std=(1.0,), resize=(8, 8)))
+    assert rgb.shape == (2, 3, 8, 8)
+
+
+def test_calibration_fingerprint_follows_samples_and_preprocessing(tmp_path: Path) -> None:
+    fake_fashion_mnist(tmp_path)
+    data = load_dataset(DataConfig(root=tmp_path, val_size=40), CalibrationConfig(size=30), seed=0)
+    a = calibration_set(data, CalibrationConfig(size=30), GRAY, input_shape=SHAPE)
+    b = calibration_set(data, CalibrationConfig(size=30), GRAY, input_shape=SHAPE)
+    c = calibration_set(data, CalibrationConfig(size=30), Preprocessing(mean=(0.5,)), input_shape=SHAPE)
+    assert a.fingerprint == b.fingerprint != c.fingerprint
+    assert len(a) == 30 and a[0]["input"].shape == (1, 1, 28, 28) and len(list(a)) == len(list(a))
+
+
+def test_user_calibration_folder_of_images_and_arrays(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(tmp_path / f"img{i}.png")
+    np.save(tmp_path / "raw.npy", rng.integers(0, 256, (4, 28, 28), dtype=np.uint8))
+    np.savez(tmp_path / "ready.npz", x=rng.normal(size=(5, 1, 28, 28)).astype(np.float32))
+    samples = load_samples(tmp_path, GRAY, input_shape=SHAPE)
+    assert samples.shape == (12, 1, 28, 28) and samples.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "pattern"),
+    [
+        ("nan.npy", np.full((2, 1, 28, 28), np.nan, np.float32), "NaN or inf"),
+        ("shape.npy", np.zeros((2, 3, 28, 28), np.float32), r"must have shape \(N, 1, 28, 28\)"),
+        ("dtype.npy", np.zeros((2, 28, 28), np.int64), "expected uint8 images or float32"),
+        ("broken.png", b"not a png", "cannot read image"),
+    ],
+)
+def test_bad_calibration_data_names_the_file(tmp_path: Path, name: str, content: object, pattern: str) -> None:
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        np.save(path, content)
+    with pytest.raises(DataError, match=pattern) as err:
+        fake_fashion_mnist(tmp_path / "fm")
+        data = load_dataset(DataConfig(root=tmp_path / "fm", val_size=40), CalibrationConfig(source=path), seed=0)
+        calibration_set(data, CalibrationConfig(source=path), GRAY, input_shape=SHAPE)
+    assert name in str(err.value)
+
+
+def test_empty_calibration_folder(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("nothing here")
+    with pytest.raises(DataError, match="no images"):
+        load_samples(tmp_path, GRAY, input_shape=SHAPE)

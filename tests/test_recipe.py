@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgeship.errors import RecipeError
+from edgeship.recipe import Recipe, load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_bundled_default_matches_builtin_defaults() -> None:
+    assert load_recipe(ROOT / "recipes" / "default.yaml") == Recipe()
+
+
+def test_every_bundled_recipe_loads() -> None:
+    for path in (ROOT / "recipes").glob("*.yaml"):
+        assert load_recipe(path).name == path.stem
+
+
+def test_typo_names_key_allowed_keys_and_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "calibraton:\n  size: 10\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    message = str(err.value)
+    assert "\n" not in message
+    assert str(path) in message and "'calibraton'" in message
+    assert "allowed keys:" in message and "calibration" in message
+
+
+def test_nested_typo_lists_that_sections_keys(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match=r"unknown key 'calibraton_method' in 'backends.onnxruntime'; allowed keys: .*calibration_method"):
+        load_recipe(write(tmp_path, "backends:\n  onnxruntime:\n    calibraton_method: entropy\n"))
+
+
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        ("validate: {iterations: many}", r"'validate.iterations': .*integer.*'many'"),
+        ("model: {train: {epochs: -1}}", r"'model.train.epochs': .*greater than 0"),
+        ("backends: {onnxruntime: {precisions: [fp16]}}", r"onnxruntime builds fp32 and int8, not fp16"),
+        ("backends: {onnxruntime: {calibration_method: kl}}", r"'backends.onnxruntime.calibration_method'"),
+        ("model: {zoo: nope}", r"unknown zoo model 'nope'"),
+        ("model: {factory: no_colon}", r"package.module:function"),
+        ("[1, 2]", r"a recipe is a mapping"),
+        ("data: [", r"not valid YAML at line"),
+        ("model: {factory: 'a.b:c', checkpoint: missing.pt}", r"'model.checkpoint': file not found"),
+    ],
+)
+def test_bad_recipes_give_one_line_errors(tmp_path: Path, text: str, pattern: str) -> None:
+    with pytest.raises(RecipeError, match=pattern) as err:
+        load_recipe(write(tmp_path, text))
+    assert "\n" not in str(err.value)
+
+
+def test_missing_recipe_file(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match="recipe file not found"):
+        load_recipe(tmp_path / "absent.yaml")
+
+
+def test_input_paths_are_relative_to_the_recipe(tmp_path: Path) -> None:
+    (tmp_path / "weights.pt").write_bytes(b"x")
+    recipe = load_recipe(write(tmp_path, "model: {factory: 'pkg.mod:make', checkpoint: weights.pt}\n"))
+    assert recipe.model.checkpoint == tmp_path / "weights.pt"
+    assert recipe.model.zoo is None
+
+
+def test_name_defaults_to_file_stem_and_none_gives_default(tmp_path: Path) -> None:
+    path = tmp_path / "my-recipe.yaml"
+    path.write_text("seed: 3\n")
+    assert load_recipe(path).name == "my-recipe"
+    assert load_recipe(None) == Recipe()
