@@ -114,6 +114,8 @@ class OnnxRuntimeConfig(_Section):
     calibration_size: PositiveInt | None = Field(default=None, description="use the first N calibration samples; None uses all")
     per_channel: bool = True
     activation_type: Literal["uint8", "int8"] = "uint8"
+    reduce_range: bool = Field(default=True, description="7-bit weights: avoids u8s8 saturation (VPMADDUBSW) on x86 CPUs "
+                                                         "without VNNI; false only when every target CPU has VNNI")
 
     @field_validator("precisions")
     @classmethod

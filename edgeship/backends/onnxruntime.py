@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -91,8 +93,10 @@ class OnnxRuntimeBackend:
         extra: dict[str, Any] = {"ActivationSymmetric": cfg.activation_type == "int8", "WeightSymmetric": True}
         if cfg.calibration_method == "percentile":
             extra["CalibPercentile"] = cfg.percentile
-        quantize_static(str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
-                        activation_type=activation, weight_type=QuantType.QInt8, calibrate_method=method, extra_options=extra)
+        with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print their progress
+            quantize_static(str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
+                            activation_type=activation, weight_type=QuantType.QInt8, calibrate_method=method, reduce_range=cfg.reduce_range,
+                            extra_options=extra)
         prepared.unlink()
         for leftover in out_dir.glob("*.onnx-augmented*"):
             leftover.unlink()

@@ -49,9 +49,10 @@ def build_report(results: Mapping[str, Artifact], ctx: RunContext) -> dict[str, 
                                "status": entry.status, "reason": entry.reason, "artifact": entry.artifact, "sha256": entry.sha256,
                                "path": entry.path}
         validation = results.get(entry.name)
+        validated = next((e for e in ctx.manifest.entries if e.stage == "validate" and e.name == entry.name), None)
+        row["reused"] = {"build": entry.reused, "validate": validated.reused if validated else None}
         if entry.status == "ok" and validation is None:
-            failure = next((e for e in ctx.manifest.entries if e.stage == "validate" and e.name == entry.name), None)
-            row.update(status="failed", reason=f"validation failed: {failure.reason if failure else 'no result'}")
+            row.update(status="failed", reason=f"validation failed: {validated.reason if validated else 'no result'}")
         if validation is not None:
             metrics = dict(validation.meta["metrics"])
             row.update(metrics)
@@ -75,7 +76,8 @@ def build_report(results: Mapping[str, Artifact], ctx: RunContext) -> dict[str, 
         "baseline": {"name": BASELINE, **base_metrics} if baseline else None,
         "engines": engines,
         "notes": ["Latency is measured on this machine with the threads shown; engines are not yet timed in isolated "
-                  "processes, and release gates are not applied in this version."],
+                  "processes, and release gates are not applied in this version.",
+                  "Results reused from the store (reused.validate) were measured at their measured_at time on this device."],
     }
 
 

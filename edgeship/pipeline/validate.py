@@ -103,6 +103,7 @@ class ValidateStage:
 
     @staticmethod
     def _write(folder: Path, name: str, metrics: dict[str, Any]) -> Made:
+        metrics["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         target = folder / "result.json"
         target.write_text(json.dumps({"engine": name, "metrics": metrics}, indent=2))
         return Made(target, "validation", {"engine": name, "metrics": metrics})
@@ -125,8 +126,13 @@ class ValidateStage:
     def _time(name: str, call: Callable[[], object], cfg: ValidateConfig, ctx: RunContext) -> dict[str, Any]:
         with progress_bar(ctx.console) as bar:
             task = bar.add_task(f"latency {name}", total=cfg.iterations, info=f"batch {cfg.batch_size}")
-            times = time_calls(call, warmup=cfg.warmup, iterations=cfg.iterations, min_seconds=cfg.min_seconds,
-                               on_step=lambda: bar.update(task, advance=1))
+            done = [0]
+
+            def step() -> None:  # runs past ``iterations`` until ``min_seconds`` is reached too
+                done[0] += 1
+                bar.update(task, completed=done[0], total=max(cfg.iterations, done[0]))
+
+            times = time_calls(call, warmup=cfg.warmup, iterations=cfg.iterations, min_seconds=cfg.min_seconds, on_step=step)
         return summarize(times, cfg.batch_size).as_dict()
 
 

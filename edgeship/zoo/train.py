@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -39,6 +40,33 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(axis=1) == labels).mean())
 
 
+ONEDNN_IC_BLOCK = 8  # AVX2 channel block of oneDNN's 1x1 convolution kernels
+
+
+def onednn_hazards(model: nn.Module) -> list[str]:
+    """1×1 strided convolutions with fewer input channels than oneDNN's AVX2 block.
+
+    Their backward-weights pass hangs or returns wrong gradients in oneDNN's
+    ``jit_1x1:avx2`` kernel (uxlfoundation/oneDNN#6035); seen here with torch 2.13
+    on a width-4 ResNet. Training such a model must not use oneDNN.
+    """
+    found = []
+    for name, module in model.named_modules():
+        if (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and max(module.stride) > 1
+                and module.in_channels // module.groups < ONEDNN_IC_BLOCK):
+            found.append(name)
+    return found
+
+
+def _backward_guard(model: nn.Module, console: Console) -> contextlib.AbstractContextManager[object]:
+    hazards = onednn_hazards(model)
+    if not hazards:
+        return contextlib.nullcontext()
+    console.print(f"[yellow]training without oneDNN (slower): 1×1 strided convolutions with < {ONEDNN_IC_BLOCK} input "
+                  f"channels ({', '.join(hazards)}) hit oneDNN bug #6035[/yellow]")
+    return torch.backends.mkldnn.flags(enabled=False)
+
+
 def train_classifier(model: nn.Module, train: Split, val: Split, p: Preprocessing, cfg: TrainConfig, *, seed: int,
                      console: Console) -> TrainHistory:
     """Train ``model`` in place: cross-entropy, cosine schedule, validation each epoch."""
@@ -55,7 +83,7 @@ def train_classifier(model: nn.Module, train: Split, val: Split, p: Preprocessin
                                                    anneal_strategy="cos")
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     history = TrainHistory()
-    with progress_bar(console) as bar:
+    with _backward_guard(model, console), progress_bar(console) as bar:
         task = bar.add_task("train teacher", total=total, info="")
         for epoch in range(cfg.epochs):
             model.train()
@@ -78,6 +106,9 @@ def train_classifier(model: nn.Module, train: Split, val: Split, p: Preprocessin
             history.train_loss.append(loss_sum / seen)
             history.train_accuracy.append(correct / seen)
             history.val_accuracy.append(accuracy(predict(model, val.images, p), val.labels))
-            bar.update(task, info=f"epoch {epoch + 1}/{cfg.epochs} loss {loss_sum / seen:.3f} val acc {history.val_accuracy[-1]:.3f}")
+            summary = f"epoch {epoch + 1}/{cfg.epochs} loss {loss_sum / seen:.3f} val acc {history.val_accuracy[-1]:.3f}"
+            bar.update(task, info=summary)
+            if not console.is_terminal:  # a log gets one line per epoch instead of a live bar
+                console.print(f"train teacher: {summary}")
     model.eval()
     return history

@@ -1,0 +1,78 @@
+"""The model stage's user path: factory + weights-only checkpoint, and its errors."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgeship.errors import DataError, RecipeError
+from edgeship.pipeline.model import input_shape, instantiate, load_checkpoint
+from edgeship.recipe import ModelConfig, Preprocessing
+from edgeship.zoo import build
+
+FACTORY_MODULE = '''
+import torch
+def make():
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+def not_a_model():
+    return 42
+'''
+
+
+@pytest.fixture
+def user_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    (tmp_path / "usermodels.py").write_text(FACTORY_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "usermodels"
+    sys.modules.pop("usermodels", None)
+
+
+def test_factory_and_weights_only_checkpoint(user_package: str, tmp_path: Path) -> None:
+    source = instantiate(ModelConfig(factory=f"{user_package}:make"), in_channels=1, num_classes=10)
+    torch.save(source.state_dict(), tmp_path / "weights.pt")
+    model = instantiate(ModelConfig(factory=f"{user_package}:make"), in_channels=1, num_classes=10)
+    load_checkpoint(model, tmp_path / "weights.pt")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), source.state_dict().values(), strict=True))
+
+
+def test_checkpoint_for_another_architecture(user_package: str, tmp_path: Path) -> None:
+    torch.save(build("resnet_small", in_channels=1, num_classes=10, width=4).state_dict(), tmp_path / "other.pt")
+    model = instantiate(ModelConfig(factory=f"{user_package}:make"), in_channels=1, num_classes=10)
+    with pytest.raises(DataError, match=r"other.pt: checkpoint does not fit the model's architecture"):
+        load_checkpoint(model, tmp_path / "other.pt")
+
+
+def test_pickled_object_is_refused(user_package: str, tmp_path: Path) -> None:
+    model = instantiate(ModelConfig(factory=f"{user_package}:make"), in_channels=1, num_classes=10)
+    torch.save({"optimizer": Path("not/a/tensor")}, tmp_path / "pickle.pt")
+    with pytest.raises(DataError, match=r"pickle.pt: not a weights-only checkpoint"):
+        load_checkpoint(model, tmp_path / "pickle.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"\x00garbage")
+    with pytest.raises(DataError, match="garbage.pt"):
+        load_checkpoint(model, tmp_path / "garbage.pt")
+
+
+@pytest.mark.parametrize(("factory", "pattern"), [("usermodels:absent", "cannot import"), ("nowhere.mod:make", "cannot import"),
+                                                  ("usermodels:not_a_model", "returned int")])
+def test_bad_factories(user_package: str, factory: str, pattern: str) -> None:
+    with pytest.raises(RecipeError, match=pattern):
+        instantiate(ModelConfig(factory=factory), in_channels=1, num_classes=10)
+
+
+def test_zoo_model_shapes() -> None:
+    model = build("resnet_small", in_channels=3, num_classes=7, width=4).eval()
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
+
+
+def test_input_shape_follows_preprocessing() -> None:
+    class Data:
+        class eval:  # noqa: N801 - mimics Dataset.eval
+            import numpy as np
+
+            images = np.zeros((1, 28, 28), np.uint8)
+
+    assert input_shape(Data, Preprocessing()) == (1, 28, 28)  # type: ignore[arg-type]
+    assert input_shape(Data, Preprocessing(color="rgb", mean=(0.5,), std=(0.5,), resize=(32, 40))) == (3, 32, 40)  # type: ignore[arg-type]

@@ -1,0 +1,103 @@
+"""End to end on a tiny recipe: model → export → ORT FP32/INT8 → validate → report, then a warm rerun."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from conftest import tiny_recipe
+from edgeship import run
+from edgeship.artifacts import Manifest, sha256_file
+from edgeship.errors import RecipeError
+from edgeship.recipe import Recipe
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="module")
+def recipe(workspace: Path) -> Recipe:
+    return tiny_recipe(workspace)
+
+
+@pytest.fixture(scope="module")
+def cold(recipe: Recipe) -> tuple[object, float]:
+    started = time.perf_counter()
+    result = run(recipe, console=Console(quiet=True))
+    return result, time.perf_counter() - started
+
+
+def test_report_lists_baseline_and_both_engines(cold: tuple[object, float]) -> None:
+    result, _ = cold
+    report = json.loads(result.report_path.read_text())
+    assert report["schema"] == "edgeship.report" and report["schema_version"] == 1
+    assert [e["name"] for e in report["engines"]] == ["onnxruntime/fp32", "onnxruntime/int8"]
+    assert all(e["status"] == "ok" for e in report["engines"])
+    assert report["baseline"]["eval_samples"] == 1000 and report["threads"] == 1
+
+
+def test_numbers_are_consistent(cold: tuple[object, float]) -> None:
+    result, _ = cold
+    report = result.report
+    base = report["baseline"]["top1"]
+    fp32, int8 = report["engines"]
+    assert base > 0.5, "the tiny teacher must learn something for the comparison to mean anything"
+    assert fp32["top1"] == pytest.approx(base, abs=0.002) and fp32["top1_agreement"] >= 0.998
+    assert fp32["max_abs_error"] < 1e-3
+    assert abs(int8["top1_drop_points"]) <= 3.0 and int8["top1_agreement"] >= 0.95
+    assert int8["size_bytes"] < fp32["size_bytes"]
+    for row in (fp32, int8, report["baseline"]):
+        lat = row["latency"]
+        assert row == report["baseline"] or row["top1_drop_points"] == pytest.approx(100 * (base - row["top1"]), abs=1e-3)
+        assert 0 < lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"] <= lat["max_ms"]
+        assert lat["iterations"] >= 20
+
+
+def test_manifest_lists_every_artifact_with_matching_sha256(cold: tuple[object, float]) -> None:
+    result, _ = cold
+    manifest = Manifest.model_validate_json((result.run_dir / "manifest.json").read_text())
+    assert manifest.status == "ok" and manifest.finished is not None
+    assert manifest.tools["torch"].startswith("2.") and manifest.device["logical_cores"]
+    names = {(e.stage, e.name) for e in manifest.entries}
+    assert {("model", "resnet_small"), ("export", "onnx"), ("build", "onnxruntime/fp32"), ("build", "onnxruntime/int8"),
+            ("validate", "pytorch/fp32"), ("validate", "onnxruntime/int8")} <= names
+    for entry in manifest.entries:
+        assert entry.status == "ok" and not entry.reused
+        assert sha256_file(Path(entry.path)) == entry.sha256
+        assert entry.config, "every entry records the config that made it"
+    build = next(e for e in manifest.entries if e.name == "onnxruntime/int8" and e.stage == "build")
+    export = next(e for e in manifest.entries if e.stage == "export")
+    assert build.parents == (export.artifact,)
+
+
+def test_warm_rerun_reuses_every_stage(recipe: Recipe, cold: tuple[object, float]) -> None:
+    first, cold_seconds = cold
+    started = time.perf_counter()
+    second = run(recipe, console=Console(quiet=True))
+    warm_seconds = time.perf_counter() - started
+    assert second.run_dir != first.run_dir
+    assert all(e.reused for e in second.manifest.entries if e.stage != "report")
+    assert [e["top1"] for e in second.report["engines"]] == [e["top1"] for e in first.report["engines"]]
+    assert warm_seconds < cold_seconds
+
+
+def test_force_redoes_only_that_stage(recipe: Recipe, cold: tuple[object, float]) -> None:
+    first, _ = cold
+    forced = run(recipe, force=["validate"], console=Console(quiet=True))
+    by_stage = {(e.stage, e.name): e for e in forced.manifest.entries}
+    assert all(not e.reused for (stage, _), e in by_stage.items() if stage == "validate")
+    assert all(e.reused for (stage, _), e in by_stage.items() if stage in ("model", "export", "build"))
+    assert forced.report["baseline"]["top1"] == first.report["baseline"]["top1"]
+
+
+def test_unknown_force_stage_is_a_recipe_error(recipe: Recipe) -> None:
+    with pytest.raises(RecipeError, match="unknown stage"):
+        run(recipe, force=["calibrate"], console=Console(quiet=True))

@@ -1,0 +1,62 @@
+"""The command line: exit codes, one-line errors without tracebacks, the backends table."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgeship.cli import main
+
+
+def edgeship(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edgeship", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_recipe_typo_is_one_line_exit_2_without_traceback(tmp_path: Path) -> None:
+    recipe = tmp_path / "typo.yaml"
+    recipe.write_text("calibraton:\n  size: 100\n")
+    done = edgeship("run", str(recipe))
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert str(recipe) in lines[0] and "'calibraton'" in lines[0] and "allowed keys" in lines[0]
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    recipe = tmp_path / "typo.yaml"
+    recipe.write_text("calibraton: {}\n")
+    done = edgeship("--debug", "run", str(recipe))
+    assert done.returncode != 0 and "Traceback" in done.stderr
+
+
+def test_unwritable_reports_folder(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"reports: {blocker}/reports\nstore: {tmp_path}/store\n")
+    assert main(["run", str(recipe)]) == 2
+
+
+def test_backends_table_lists_every_backend() -> None:
+    done = edgeship("backends")
+    assert done.returncode == 0
+    for name in ("onnxruntime", "openvino", "tflite", "tensorrt"):
+        assert name in done.stdout
+    assert "issue #5" in done.stdout and "issue #6" in done.stdout
+
+
+def test_report_command_reads_a_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = {"schema": "edgeship.report", "schema_version": 1, "run_id": "r-1", "threads": 2, "device": {"cpu": "test cpu"},
+              "baseline": {"top1": 0.9, "size_bytes": 2048, "latency": {"p50_ms": 1.0, "p99_ms": 2.0}},
+              "engines": [{"backend": "onnxruntime", "precision": "int8", "status": "failed", "reason": "boom"}]}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    assert main(["report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "r-1" in out and "failed" in out and "90.00%" in out
+    (tmp_path / "report.json").write_text("{}")
+    assert main(["report", str(tmp_path)]) == 2
