@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 
 from edgeship.artifacts import ArtifactStore, Manifest
-from edgeship.errors import EdgeshipError, RecipeError
+from edgeship.errors import RecipeError
 from edgeship.recipe import Recipe
 
 STAGES = ("model", "export", "build", "validate", "report")
@@ -80,7 +80,7 @@ def run(recipe: Recipe, *, force: Iterable[str] = (), console: Console | None = 
     except KeyboardInterrupt:
         manifest.status = "interrupted"
         raise
-    except EdgeshipError:
+    except Exception:
         manifest.status = "failed"
         raise
     finally:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -64,7 +66,15 @@ def _backward_guard(model: nn.Module, console: Console) -> contextlib.AbstractCo
         return contextlib.nullcontext()
     console.print(f"[yellow]training without oneDNN (slower): 1×1 strided convolutions with < {ONEDNN_IC_BLOCK} input "
                   f"channels ({', '.join(hazards)}) hit oneDNN bug #6035[/yellow]")
-    return torch.backends.mkldnn.flags(enabled=False)
+    return _quiet_mkldnn_off()
+
+
+@contextlib.contextmanager
+def _quiet_mkldnn_off() -> Iterator[None]:
+    with warnings.catch_warnings():  # flags() warns about Intel-GPU TF32 on every CPU build
+        warnings.simplefilter("ignore", UserWarning)
+        with torch.backends.mkldnn.flags(enabled=False):
+            yield
 
 
 def train_classifier(model: nn.Module, train: Split, val: Split, p: Preprocessing, cfg: TrainConfig, *, seed: int,
