@@ -188,7 +188,8 @@ def fingerprint_samples(samples: np.ndarray, preprocessing: Preprocessing, origi
     return digest.hexdigest()
 
 
-def calibration_set(dataset: Dataset, cfg: CalibrationConfig, preprocessing: Preprocessing, *, input_shape: tuple[int, ...]) -> CalibrationSet:
+def calibration_set(dataset: Dataset, cfg: CalibrationConfig, preprocessing: Preprocessing, *,
+                    input_shape: tuple[int, ...]) -> CalibrationSet:
     """The calibration set: the held-out train images, or the recipe's own ``source``."""
     if cfg.source is None:
         samples = preprocess(dataset.calibration.images, preprocessing)
@@ -218,11 +219,11 @@ def load_samples(source: Path, preprocessing: Preprocessing, *, input_shape: tup
         else:
             images.append(_read_image(path, preprocessing))
     if images:
-        shapes = {img.shape for img in images}
-        if len(shapes) > 1 and preprocessing.resize is None:
-            raise DataError(f"{source}: images differ in size {sorted(shapes)}; set preprocessing.resize")
-        batches.append(preprocess(np.stack(images) if len(shapes) == 1 else np.stack([_resize(i[None], preprocessing.resize)[0] for i in images]),  # type: ignore[arg-type]
-                                  preprocessing))
+        if len({img.shape for img in images}) > 1:
+            if preprocessing.resize is None:
+                raise DataError(f"{source}: images differ in size {sorted({i.shape for i in images})}; set preprocessing.resize")
+            images = [_resize(img[None], preprocessing.resize)[0] for img in images]
+        batches.append(preprocess(np.stack(images), preprocessing))
     samples = np.concatenate(batches) if batches else np.empty((0, *input_shape), np.float32)
     if len(samples) == 0:
         raise DataError(f"{source}: the calibration data is empty")

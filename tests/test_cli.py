@@ -60,3 +60,20 @@ def test_report_command_reads_a_report(tmp_path: Path, capsys: pytest.CaptureFix
     assert "r-1" in out and "failed" in out and "90.00%" in out
     (tmp_path / "report.json").write_text("{}")
     assert main(["report", str(tmp_path)]) == 2
+
+
+def test_run_without_argument_uses_recipes_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeship.pipeline import run as run_module
+
+    seen = {}
+
+    def fake_run(recipe: object, **kwargs: object) -> object:
+        seen["recipe"], seen["path"] = recipe, kwargs["recipe_path"]
+        raise KeyboardInterrupt  # stop here; the real run is covered by the end-to-end tests
+
+    monkeypatch.setattr(run_module, "run", fake_run)
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "default.yaml").write_text("name: default\nseed: 7\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["run"]) == 130
+    assert seen["recipe"].seed == 7 and str(seen["path"]) == "recipes/default.yaml"

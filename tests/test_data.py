@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import HAS_FASHION_MNIST
 from edgeship.data import calibration_set, load_dataset, load_samples, preprocess, read_idx
 from edgeship.errors import DataError
 from edgeship.recipe import CalibrationConfig, DataConfig, Preprocessing
+
+from conftest import HAS_FASHION_MNIST
 
 GRAY = Preprocessing()
 SHAPE = (1, 28, 28)
@@ -132,3 +133,12 @@ def test_empty_calibration_folder(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("nothing here")
     with pytest.raises(DataError, match="no images"):
         load_samples(tmp_path, GRAY, input_shape=SHAPE)
+
+
+def test_images_of_different_sizes_need_resize(tmp_path: Path) -> None:
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((30, 20), np.uint8)).save(tmp_path / "b.png")
+    with pytest.raises(DataError, match="differ in size"):
+        load_samples(tmp_path, GRAY, input_shape=SHAPE)
+    resized = load_samples(tmp_path, Preprocessing(resize=(28, 28)), input_shape=SHAPE)
+    assert resized.shape == (2, 1, 28, 28)

@@ -6,10 +6,11 @@ import numpy as np
 import onnx
 import pytest
 
-from backends.contract import BackendContract, onnx_artifact, ort_reference
 from edgeship.backends.base import CalibrationSet, Precision
 from edgeship.backends.onnxruntime import OnnxRuntimeBackend
 from edgeship.recipe import OnnxRuntimeConfig
+
+from backends.contract import BackendContract, onnx_artifact, ort_reference
 
 
 class TestOnnxRuntimeContract(BackendContract):

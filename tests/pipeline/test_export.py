@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 from rich.console import Console
 
-from conftest import tiny_recipe
 from edgeship.artifacts import ArtifactStore, Manifest
 from edgeship.data import load_dataset
 from edgeship.errors import StageError
@@ -18,6 +15,8 @@ from edgeship.pipeline import export as export_module
 from edgeship.pipeline.base import RunContext
 from edgeship.pipeline.export import ExportStage
 from edgeship.pipeline.model import ModelStage
+
+from conftest import tiny_recipe
 
 
 @pytest.fixture(scope="module")

@@ -76,3 +76,27 @@ def test_input_shape_follows_preprocessing() -> None:
 
     assert input_shape(Data, Preprocessing()) == (1, 28, 28)  # type: ignore[arg-type]
     assert input_shape(Data, Preprocessing(color="rgb", mean=(0.5,), std=(0.5,), resize=(32, 40))) == (3, 32, 40)  # type: ignore[arg-type]
+
+
+def test_model_stage_uses_a_user_checkpoint_without_training(user_package: str, tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from edgeship.artifacts import ArtifactStore, Manifest
+    from edgeship.data import load_dataset
+    from edgeship.pipeline.base import RunContext
+    from edgeship.pipeline.model import ModelStage
+
+    from conftest import tiny_recipe
+
+    source = instantiate(ModelConfig(factory=f"{user_package}:make"), in_channels=1, num_classes=10)
+    torch.save(source.state_dict(), tmp_path / "weights.pt")
+    recipe = tiny_recipe(tmp_path, model={"factory": f"{user_package}:make", "checkpoint": str(tmp_path / "weights.pt")},
+                         data={"train_size": 100, "val_size": 50, "eval_size": 50})
+    ctx = RunContext(recipe=recipe, store=ArtifactStore(recipe.store), manifest=Manifest(run_id="t", recipe={}), run_dir=tmp_path,
+                     console=Console(quiet=True), dataset=load_dataset(recipe.data, recipe.calibration, seed=0, notice=lambda _: None))
+    artifact = ModelStage().run({}, recipe.model, ctx)["model"]
+    assert artifact.meta["source"] == "factory" and "history" not in artifact.meta
+    stored = torch.load(artifact.path, weights_only=True)
+    assert all(torch.equal(stored[k], v) for k, v in source.state_dict().items())
+    again = ModelStage().run({}, recipe.model, ctx)["model"]
+    assert again == artifact and ctx.manifest.entries[-1].reused

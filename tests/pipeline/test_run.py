@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from conftest import tiny_recipe
 from edgeship import run
 from edgeship.artifacts import Manifest, sha256_file
 from edgeship.errors import RecipeError
 from edgeship.recipe import Recipe
+
+from conftest import tiny_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -101,3 +102,33 @@ def test_force_redoes_only_that_stage(recipe: Recipe, cold: tuple[object, float]
 def test_unknown_force_stage_is_a_recipe_error(recipe: Recipe) -> None:
     with pytest.raises(RecipeError, match="unknown stage"):
         run(recipe, force=["calibrate"], console=Console(quiet=True))
+
+
+def test_failed_build_is_recorded_and_the_other_engine_goes_on(recipe: Recipe, cold: tuple[object, float],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeship.backends.onnxruntime import OnnxRuntimeBackend
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("simulated quantizer crash")
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "_build_int8", staticmethod(broken))
+    changed = recipe.model_copy(update={"backends": recipe.backends.model_copy(update={
+        "onnxruntime": recipe.backends.onnxruntime.model_copy(update={"calibration_method": "percentile"})})})
+    result = run(changed, console=Console(quiet=True))
+    fp32, int8 = result.report["engines"]
+    assert fp32["status"] == "ok" and fp32["top1"] > 0.5
+    assert int8["status"] == "failed" and "simulated quantizer crash" in int8["reason"] and "top1" not in int8
+    entry = next(e for e in result.manifest.entries if e.stage == "build" and e.name == "onnxruntime/int8")
+    assert entry.status == "failed" and entry.artifact is None
+
+
+def test_unavailable_backend_is_skipped_with_its_reason(recipe: Recipe, cold: tuple[object, float],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeship.backends.base import Availability
+    from edgeship.pipeline import build
+
+    monkeypatch.setattr(build, "availability",
+                        lambda name: Availability(name, False, reason="onnxruntime is not installed", install="pip install onnxruntime"))
+    result = run(recipe, console=Console(quiet=True))
+    assert [(e["status"], "pip install onnxruntime" in e["reason"]) for e in result.report["engines"]] == [("skipped", True)] * 2
+    assert result.report["baseline"]["top1"] > 0.5
