@@ -12,7 +12,7 @@ import os
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
@@ -107,6 +107,10 @@ class ExportConfig(_Section):
 
 
 class OnnxRuntimeConfig(_Section):
+    # keys that only shape INT8 engines: changing them must not rebuild the FP32 one
+    INT8_ONLY: ClassVar[frozenset[str]] = frozenset(
+        {"calibration_method", "percentile", "calibration_size", "per_channel", "activation_type", "reduce_range"})
+
     enabled: bool = True
     precisions: tuple[Precision, ...] = (Precision.FP32, Precision.INT8)
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"

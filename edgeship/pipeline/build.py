@@ -39,7 +39,7 @@ class BuildStage:
             state = availability(backend_name)
             for precision in backend_cfg.precisions:  # type: ignore[attr-defined]
                 name = engine_name(backend_name, precision)
-                config = {"backend": backend_name, "precision": precision.value, **backend_cfg.model_dump(mode="json")}
+                config = engine_config(backend_name, precision, backend_cfg)
                 if not state.available:
                     ctx.record_problem(self.name, name, "skipped", f"{state.reason}; install: {state.install}", config)
                     continue
@@ -65,6 +65,13 @@ class BuildStage:
             return Made(main, f"engine/{backend_name}", meta)
 
         return ctx.produce(self.name, engine_name(backend_name, precision), config=config, parents=[onnx], extra_key=extra, make=make)
+
+
+def engine_config(backend: str, precision: Precision, cfg: BaseModel) -> dict[str, object]:
+    """What identifies one engine: its backend section minus the keys that cannot change it."""
+    ignored = {"enabled", "precisions"} | (set() if precision is Precision.INT8 else set(getattr(cfg, "INT8_ONLY", ())))
+    settings = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in ignored}
+    return {"backend": backend, "precision": precision.value, **settings}
 
 
 def requested(cfg: BackendsConfig) -> list[tuple[str, BaseModel]]:
