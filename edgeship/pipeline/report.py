@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from rich.console import Console
 from rich.table import Table
 
-from edgeship.artifacts import Artifact, write_atomic
+from edgeship.artifacts import Artifact, ManifestEntry, sha256_file, write_atomic
 from edgeship.pipeline.base import RunContext
 from edgeship.pipeline.validate import BASELINE
 
@@ -32,6 +32,8 @@ class ReportStage:
         report = build_report(inputs, ctx)
         path = ctx.run_dir / "report.json"
         write_atomic(path, json.dumps(report, indent=2))
+        ctx.manifest.add(ManifestEntry(stage=self.name, name=path.name, status="ok", kind="report", path=str(path),
+                                       sha256=sha256_file(path), config={"schema": SCHEMA, "schema_version": SCHEMA_VERSION}))
         print_summary(report, ctx.console)
         return {}
 

@@ -69,7 +69,7 @@ def test_manifest_lists_every_artifact_with_matching_sha256(cold: tuple[object, 
     assert manifest.tools["torch"].startswith("2.") and manifest.device["logical_cores"]
     names = {(e.stage, e.name) for e in manifest.entries}
     assert {("model", "resnet_small"), ("export", "onnx"), ("build", "onnxruntime/fp32"), ("build", "onnxruntime/int8"),
-            ("validate", "pytorch/fp32"), ("validate", "onnxruntime/int8")} <= names
+            ("validate", "pytorch/fp32"), ("validate", "onnxruntime/int8"), ("report", "report.json")} <= names
     for entry in manifest.entries:
         assert entry.status == "ok" and not entry.reused
         assert sha256_file(Path(entry.path)) == entry.sha256
