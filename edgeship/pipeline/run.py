@@ -60,7 +60,7 @@ def run(recipe: Recipe, *, force: Iterable[str] = (), console: Console | None = 
 
         torch.set_num_threads(threads)
         dataset = load_dataset(recipe.data, recipe.calibration, seed=recipe.seed,
-                               notice=lambda text: console.print(f"[yellow]{text}[/yellow]"))
+                               notice=lambda text: console.print(f"[yellow]{text}[/yellow]", soft_wrap=True))
         console.print(f"data: {dataset.name} ({dataset.source}): train {len(dataset.train)}, val {len(dataset.val)}, "
                       f"calibration {len(dataset.calibration) or recipe.calibration.source}, eval {len(dataset.eval)}")
         ctx = RunContext(recipe=recipe, store=store, manifest=manifest, run_dir=run_dir, console=console, dataset=dataset, force=force)

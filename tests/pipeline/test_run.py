@@ -126,3 +126,16 @@ def test_unavailable_backend_is_skipped_with_its_reason(recipe: Recipe, cold: Ru
     result = run(recipe, console=Console(quiet=True))
     assert [(e["status"], "pip install onnxruntime" in e["reason"]) for e in result.report["engines"]] == [("skipped", True)] * 2
     assert result.report["baseline"]["top1"] > 0.5
+
+
+def test_digits_fallback_runs_end_to_end(tmp_path: Path) -> None:
+    from rich.console import Console as RichConsole
+
+    console = RichConsole(record=True, width=200)
+    recipe = tiny_recipe(tmp_path, data={"root": str(tmp_path / "no-fashion-mnist"), "val_size": 200},
+                         model={"width": 8, "train": {"epochs": 3, "optimizer": "adamw", "lr": 0.01, "weight_decay": 0.0}})
+    result = run(recipe, console=console)
+    assert "apt-get install dataset-fashion-mnist" in " ".join(console.export_text().split())
+    assert result.report["dataset"]["name"] == "digits" and result.report["dataset"]["eval"] == 359
+    assert result.report["baseline"]["top1"] > 0.8
+    assert [e["status"] for e in result.report["engines"]] == ["ok", "ok"]
