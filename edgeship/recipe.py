@@ -99,6 +99,56 @@ class ModelConfig(_Section):
         return self
 
 
+class SensitivityConfig(_Section):
+    """Prune each layer group alone at several ratios and measure validation accuracy."""
+
+    enabled: bool = True
+    ratios: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    max_drop: float = Field(default=2.0, ge=0, description="points of top-1 a layer may cost on its own; "
+                                                          "layers past it are pruned less or not at all")
+    val_size: PositiveInt = Field(default=2000, description="validation images per evaluation")
+
+    @field_validator("ratios")
+    @classmethod
+    def _fractions(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value or any(not 0 < r < 1 for r in value):
+            raise ValueError("ratios must be fractions strictly between 0 and 1")
+        return tuple(sorted(set(value)))
+
+
+class BnSparsityConfig(_Section):
+    """Network slimming: L1 on BatchNorm γ while training briefly before pruning."""
+
+    epochs: int = Field(default=0, ge=0)
+    weight: PositiveFloat = 1e-4
+
+
+class PruneConfig(_Section):
+    """Structured channel pruning (Torch-Pruning, DepGraph) or unstructured magnitude pruning."""
+
+    enabled: bool = False
+    method: Literal["structured", "unstructured"] = "structured"
+    importance: Literal["l1", "bn_gamma", "taylor"] = "l1"
+    keep_macs: float = Field(default=0.5, gt=0, lt=1, description="structured: fraction of MACs to keep")
+    sparsity: float = Field(default=0.5, gt=0, lt=1, description="unstructured: fraction of weights set to zero")
+    global_pruning: bool = False
+    ratios: dict[str, float] | None = Field(default=None, description="per-layer-group ratios by module name; skips the sensitivity search")
+    ignore_layers: tuple[str, ...] = Field(default=(), description="module names never pruned; the classifier always is")
+    steps: PositiveInt = Field(default=2, description="iterative schedule: prune → fine-tune, this many times")
+    sensitivity: SensitivityConfig = SensitivityConfig()
+    bn_sparsity: BnSparsityConfig = BnSparsityConfig()
+    finetune: TrainConfig = TrainConfig(epochs=1, lr=0.02)
+    taylor_batches: PositiveInt = Field(default=8, description="taylor: training batches whose gradients score channels")
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratio_range(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        bad = {k: v for k, v in (value or {}).items() if not 0 <= v < 1}
+        if bad:
+            raise ValueError(f"a prune ratio must be in [0, 1), got {bad}")
+        return value
+
+
 class ExportConfig(_Section):
     opset: int = Field(default=18, ge=13, le=23)
     simplify: bool = True
@@ -154,6 +204,7 @@ class Recipe(_Section):
     data: DataConfig = DataConfig()
     calibration: CalibrationConfig = CalibrationConfig()
     model: ModelConfig = ModelConfig()
+    prune: PruneConfig = PruneConfig()
     export: ExportConfig = ExportConfig()
     backends: BackendsConfig = BackendsConfig()
     validate_: ValidateConfig = Field(default=ValidateConfig(), alias="validate")

@@ -8,6 +8,7 @@ config; a user's ``factory`` is imported and, with a ``checkpoint``, loaded with
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -77,6 +78,13 @@ def load_model(artifact: Artifact, cfg: ModelConfig) -> nn.Module:
     import torch
 
     model = instantiate(cfg, in_channels=artifact.meta["input_shape"][0], num_classes=artifact.meta["num_classes"])
+    pruning = artifact.meta.get("pruning") or {}
+    if pruning.get("history_file"):  # structured: rebuild the pruned structure from the original model
+        from edgeship.pruning import replay
+
+        model.load_state_dict(torch.load(artifact.folder / pruning["base_file"], map_location="cpu", weights_only=True))
+        history = json.loads((artifact.folder / pruning["history_file"]).read_text())
+        replay(model.eval(), torch.zeros(1, *artifact.meta["input_shape"]), history)
     model.load_state_dict(torch.load(artifact.path, map_location="cpu", weights_only=True))
     return model.eval()
 

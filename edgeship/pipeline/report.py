@@ -76,6 +76,8 @@ def build_report(results: Mapping[str, Artifact], ctx: RunContext) -> dict[str, 
         "dataset": {"name": dataset.name, "source": dataset.source, "train": len(dataset.train), "val": len(dataset.val),
                     "calibration": len(dataset.calibration), "eval": len(dataset.eval), "fingerprint": dataset.fingerprint},
         "baseline": {"name": BASELINE, **base_metrics} if baseline else None,
+        "prune": next(({"method": e.config.get("method"), "reused": e.reused, **e.metrics}
+                       for e in ctx.manifest.entries if e.stage == "prune" and e.status == "ok"), None),
         "engines": engines,
         "notes": ["Latency is measured on this machine with the threads shown; engines are not yet timed in isolated "
                   "processes, and release gates are not applied in this version.",

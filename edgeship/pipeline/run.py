@@ -15,7 +15,7 @@ from edgeship.artifacts import ArtifactStore, Manifest
 from edgeship.errors import RecipeError
 from edgeship.recipe import Recipe
 
-STAGES = ("model", "export", "build", "validate", "report")
+STAGES = ("model", "prune-sensitivity", "prune", "export", "build", "validate", "report")
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,13 @@ def run(recipe: Recipe, *, force: Iterable[str] = (), console: Console | None = 
 
         model = ModelStage().run({}, recipe.model, ctx)["model"]
         ctx.save_manifest()
-        onnx = ExportStage().run({"model": model}, recipe.export, ctx)["onnx"]
+        student = model
+        if recipe.prune.enabled:
+            from edgeship.pipeline.prune import PruneStage
+
+            student = PruneStage().run({"model": model}, recipe.prune, ctx)["model"]
+            ctx.save_manifest()
+        onnx = ExportStage().run({"model": student}, recipe.export, ctx)["onnx"]
         ctx.save_manifest()
         needs_calibration = any("int8" in getattr(c, "precisions", ()) for _, c in requested(recipe.backends))
         calibration = (calibration_set(dataset, recipe.calibration, recipe.data.preprocessing,

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 ZOO: dict[str, str] = {
     "resnet_small": "edgeship.zoo.resnet:resnet_small",
+    "mobilenet_small": "edgeship.zoo.mobilenet:mobilenet_small",
 }
 
 

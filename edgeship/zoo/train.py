@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,8 +78,9 @@ def _quiet_mkldnn_off() -> Iterator[None]:
 
 
 def train_classifier(model: nn.Module, train: Split, val: Split, p: Preprocessing, cfg: TrainConfig, *, seed: int,
-                     console: Console) -> TrainHistory:
-    """Train ``model`` in place: cross-entropy, cosine schedule, validation each epoch."""
+                     console: Console, label: str = "train teacher",
+                     penalty: Callable[[nn.Module], torch.Tensor] | None = None) -> TrainHistory:
+    """Train ``model`` in place: cross-entropy (+ ``penalty``), cosine schedule, validation each epoch."""
     seed_everything(seed)
     rng = np.random.default_rng(seed)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
@@ -94,7 +95,7 @@ def train_classifier(model: nn.Module, train: Split, val: Split, p: Preprocessin
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     history = TrainHistory()
     with _backward_guard(model, console), progress_bar(console) as bar:
-        task = bar.add_task("train teacher", total=total, info="")
+        task = bar.add_task(label, total=total, info="")
         for epoch in range(cfg.epochs):
             model.train()
             order = rng.permutation(len(train))
@@ -105,6 +106,8 @@ def train_classifier(model: nn.Module, train: Split, val: Split, p: Preprocessin
                 y = torch.from_numpy(train.labels[idx])
                 logits = model(x)
                 loss = loss_fn(logits, y)
+                if penalty is not None:
+                    loss = loss + penalty(model)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -119,6 +122,6 @@ def train_classifier(model: nn.Module, train: Split, val: Split, p: Preprocessin
             summary = f"epoch {epoch + 1}/{cfg.epochs} loss {loss_sum / seen:.3f} val acc {history.val_accuracy[-1]:.3f}"
             bar.update(task, info=summary)
             if not console.is_terminal:  # a log gets one line per epoch instead of a live bar
-                console.print(f"train teacher: {summary}")
+                console.print(f"{label}: {summary}")
     model.eval()
     return history

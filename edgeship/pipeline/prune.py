@@ -1,0 +1,293 @@
+"""The ``prune`` stage: a smaller student from the teacher, judged by measured latency.
+
+Structured: Torch-Pruning (DepGraph) removes coupled channels; per-group ratios come
+from a sensitivity scan (cached by model + data hash) chosen to meet a MACs target
+with the least accuracy loss, then an iterative prune → fine-tune schedule.
+Unstructured: global magnitude masks, fine-tuned, made permanent. Either way the
+model before and after is exported and timed on ONNX Runtime FP32 with the same
+harness as the validate stage: a MACs ratio alone is not a result.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from edgeship.artifacts import Artifact
+from edgeship.pipeline.base import Made, RunContext
+from edgeship.progress import progress_bar
+from edgeship.recipe import PruneConfig
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+class PruneStage:
+    name: ClassVar[str] = "prune"
+    Config: ClassVar[type[PruneConfig]] = PruneConfig
+
+    def run(self, inputs: Mapping[str, Artifact], cfg: PruneConfig, ctx: RunContext) -> dict[str, Artifact]:
+        teacher = inputs["model"]
+        key = {"dataset": ctx.dataset.fingerprint, "seed": ctx.recipe.seed, "threads": ctx.recipe.threads(),
+               "validate": ctx.recipe.validate_.model_dump(mode="json")}
+        parents = [teacher]
+        curves: Artifact | None = None
+        if cfg.method == "structured" and cfg.ratios is None and cfg.sensitivity.enabled and not cfg.global_pruning:
+            curves = self._sensitivity(teacher, cfg, ctx)
+            parents.append(curves)
+        student = ctx.produce(self.name, f"{cfg.method} {cfg.importance}" if cfg.method == "structured" else "magnitude",
+                              config=cfg.model_dump(mode="json"), parents=parents, extra_key=key,
+                              make=lambda folder: self._make(folder, teacher, curves, cfg, ctx))
+        _publish(student, ctx.run_dir / "prune")
+        return {"model": student}
+
+    # -- sensitivity ---------------------------------------------------------------------------------------
+
+    def _sensitivity(self, teacher: Artifact, cfg: PruneConfig, ctx: RunContext) -> Artifact:
+        config = {"sensitivity": cfg.sensitivity.model_dump(mode="json"), "importance": cfg.importance,
+                  "ignore_layers": list(cfg.ignore_layers)}
+        return ctx.produce("prune-sensitivity", "sensitivity", config=config, parents=[teacher],
+                           extra_key={"dataset": ctx.dataset.fingerprint},
+                           make=lambda folder: self._scan(folder, teacher, cfg, ctx))
+
+    def _scan(self, folder: Path, teacher: Artifact, cfg: PruneConfig, ctx: RunContext) -> Made:
+        from edgeship.pipeline.model import load_model
+        from edgeship.pruning import layer_groups, sensitivity_scan
+
+        model = load_model(teacher, ctx.recipe.model)
+        example = _example(teacher)
+        evaluate = _evaluator(ctx, cfg.sensitivity.val_size)
+        base = evaluate(model)
+        groups = layer_groups(model, example, cfg.ignore_layers)
+        with progress_bar(ctx.console) as bar:
+            task = bar.add_task("sensitivity scan", total=len(groups) * len(cfg.sensitivity.ratios), info=f"{len(groups)} layer groups")
+            curves = sensitivity_scan(model, example, groups, cfg.sensitivity.ratios, evaluate, ignore=cfg.ignore_layers,
+                                      importance=cfg.importance, on_step=lambda: bar.advance(task))
+        document = {"base_accuracy": base, "val_images": min(cfg.sensitivity.val_size, len(ctx.dataset.val)),
+                    "importance": cfg.importance if cfg.importance != "taylor" else "l1 (taylor needs gradients; the scan uses L1)",
+                    "curves": curves}
+        target = folder / "sensitivity.json"
+        target.write_text(json.dumps(document, indent=2))
+        _plot_sensitivity(document, cfg.sensitivity.max_drop, folder / "sensitivity.png")
+        return Made(target, "prune-sensitivity", {"groups": groups, "base_accuracy": base})
+
+    # -- the pruning itself ----------------------------------------------------------------------------------
+
+    def _make(self, folder: Path, teacher: Artifact, curves: Artifact | None, cfg: PruneConfig, ctx: RunContext) -> Made:
+        import torch
+
+        from edgeship.pipeline.model import load_model
+        from edgeship.pruning import count
+        from edgeship.zoo.train import seed_everything
+
+        seed_everything(ctx.recipe.seed)
+        model = load_model(teacher, ctx.recipe.model)
+        example = _example(teacher)
+        evaluate = _evaluator(ctx, None)
+        macs, params = count(model, example)
+        before = {"macs": macs, "parameters": params, "val_top1": evaluate(model), **_measure(model, teacher, ctx)}
+        torch.save(model.state_dict(), folder / "base.pt")
+        if cfg.method == "unstructured":
+            details = self._unstructured(model, cfg, ctx)
+        else:
+            details = self._structured(model, example, teacher, curves, cfg, ctx, folder)
+        macs, params = count(model, example)
+        after = {"macs": macs, "parameters": params, "val_top1": evaluate(model), **_measure(model, teacher, ctx)}
+        if after["parameters"] == before["parameters"] and cfg.method == "structured":
+            details["warning"] = "no channel was removed: every layer group is ignored, fixed at ratio 0 or past max_drop"
+            ctx.console.print(f"[yellow]prune: {details['warning']}[/yellow]")
+        metrics = {
+            "before": before,
+            "after": after,
+            "macs_kept": round(after["macs"] / before["macs"], 4),
+            "parameters_kept": round(after["parameters"] / before["parameters"], 4),
+            "latency_speedup_p50": round(before["latency"]["p50_ms"] / after["latency"]["p50_ms"], 3),
+            "val_top1_drop_points": round(100 * (before["val_top1"] - after["val_top1"]), 3),
+        }
+        target = folder / "model.pt"
+        torch.save(model.state_dict(), target)
+        (folder / "prune.json").write_text(json.dumps({"metrics": metrics, **details}, indent=2))
+        ctx.console.print(f"prune: MACs kept {metrics['macs_kept']:.1%}, parameters kept {metrics['parameters_kept']:.1%}, "
+                          f"ORT FP32 p50 {before['latency']['p50_ms']:.3f} → {after['latency']['p50_ms']:.3f} ms "
+                          f"(×{metrics['latency_speedup_p50']:.2f}), val top-1 {before['val_top1']:.2%} → {after['val_top1']:.2%}")
+        meta = {key: teacher.meta[key] for key in ("input_shape", "num_classes", "classes", "architecture")}
+        meta.update(source="pruned", pruning={"method": cfg.method, "base_file": "base.pt",
+                                              "history_file": "history.json" if cfg.method == "structured" else None},
+                    metrics=metrics)
+        return Made(target, "pytorch-state-dict", meta)
+
+    def _structured(self, model: nn.Module, example: torch.Tensor, teacher: Artifact, curves: Artifact | None, cfg: PruneConfig,
+                    ctx: RunContext, folder: Path) -> dict[str, Any]:
+        from edgeship.pruning import count, kept_macs, layer_groups, make_pruner, ratios_for_drop, search
+
+        if cfg.bn_sparsity.epochs:
+            self._bn_sparsity(model, cfg, ctx)
+        base_macs = count(model, example)[0]
+        groups = layer_groups(model, example, cfg.ignore_layers)
+        common = {"ignore": cfg.ignore_layers, "importance": cfg.importance}
+        plan: dict[str, Any] = {"groups": groups, "target_macs_kept": cfg.keep_macs}
+        ratios: dict[str, float] | None
+        global_ratio: float | None = None
+        if cfg.ratios is not None:
+            ratios, plan["chosen_by"] = dict(cfg.ratios), "recipe"
+            plan["expected_macs_kept"] = kept_macs(model, example, base_macs, ratios=ratios, **common)
+        elif cfg.global_pruning:
+            global_ratio, plan["expected_macs_kept"] = search(
+                lambda t: kept_macs(model, example, base_macs, global_ratio=t, **common), cfg.keep_macs)
+            ratios, plan["chosen_by"], plan["global_ratio"] = None, "global importance ranking", global_ratio
+        elif curves is not None:
+            document = json.loads(curves.path.read_text())
+            base_acc, max_drop = document["base_accuracy"], cfg.sensitivity.max_drop
+            t, plan["expected_macs_kept"] = search(
+                lambda t: kept_macs(model, example, base_macs, ratios=ratios_for_drop(document["curves"], base_acc, t * max_drop),
+                                    **common), cfg.keep_macs)
+            ratios = ratios_for_drop(document["curves"], base_acc, t * max_drop)
+            plan.update(chosen_by="sensitivity", allowed_drop_points_per_group=round(t * max_drop, 4))
+        else:
+            t, plan["expected_macs_kept"] = search(
+                lambda t: kept_macs(model, example, base_macs, ratios={g: 0.95 * t for g in groups}, **common), cfg.keep_macs)
+            ratios, plan["chosen_by"] = {g: round(0.95 * t, 4) for g in groups}, "uniform"
+        plan["ratios"] = ratios
+        if plan["expected_macs_kept"] > cfg.keep_macs + 0.01:
+            plan["warning"] = (f"target not reached: keeping {plan['expected_macs_kept']:.1%} of MACs, asked {cfg.keep_macs:.0%} "
+                               f"(layers past sensitivity.max_drop={cfg.sensitivity.max_drop} points are pruned less)")
+            ctx.console.print(f"[yellow]prune: {plan['warning']}[/yellow]")
+        pruner = make_pruner(model, example, ratios=ratios, global_ratio=global_ratio, steps=cfg.steps, **common)
+        history_of_steps = []
+        for step in range(cfg.steps):
+            if cfg.importance == "taylor":
+                self._taylor_gradients(model, cfg, ctx)
+            pruner.step()
+            model.zero_grad(set_to_none=True)
+            tuned = self._finetune(model, cfg, ctx, label=f"fine-tune {step + 1}/{cfg.steps}")
+            history_of_steps.append({"step": step + 1, "macs": count(model, example)[0], "val_accuracy": tuned})
+        (folder / "history.json").write_text(json.dumps(pruner.pruning_history()))
+        plan["steps"] = history_of_steps
+        return plan
+
+    def _unstructured(self, model: nn.Module, cfg: PruneConfig, ctx: RunContext) -> dict[str, Any]:
+        from edgeship.pruning import apply_magnitude_masks, classifier_name, layer_sparsity, make_masks_permanent
+
+        ignore = (*cfg.ignore_layers, classifier_name(model))
+        apply_magnitude_masks(model, cfg.sparsity, ignore)
+        tuned = self._finetune(model, cfg, ctx, label="fine-tune (masked)")
+        make_masks_permanent(model)
+        sparsity = layer_sparsity(model)
+        return {"target_sparsity": cfg.sparsity, "layer_sparsity": sparsity, "fine_tune_val_accuracy": tuned,
+                "note": "zeros are stored densely: dense engines (ONNX Runtime, OpenVINO, TFLite, TensorRT) run them no faster"}
+
+    def _finetune(self, model: nn.Module, cfg: PruneConfig, ctx: RunContext, *, label: str) -> list[float]:
+        from edgeship.zoo.train import train_classifier
+
+        history = train_classifier(model, ctx.dataset.train, ctx.dataset.val, ctx.recipe.data.preprocessing, cfg.finetune,
+                                   seed=ctx.recipe.seed, console=ctx.console, label=label)
+        return history.val_accuracy
+
+    def _bn_sparsity(self, model: nn.Module, cfg: PruneConfig, ctx: RunContext) -> None:
+        import torch
+
+        from edgeship.zoo.train import train_classifier
+
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        weight = cfg.bn_sparsity.weight
+
+        def penalty(_: nn.Module) -> torch.Tensor:
+            return weight * sum(bn.weight.abs().sum() for bn in norms)
+
+        train_classifier(model, ctx.dataset.train, ctx.dataset.val, ctx.recipe.data.preprocessing,
+                         cfg.finetune.model_copy(update={"epochs": cfg.bn_sparsity.epochs}), seed=ctx.recipe.seed,
+                         console=ctx.console, label="BN-γ sparsity training", penalty=penalty)
+
+    def _taylor_gradients(self, model: nn.Module, cfg: PruneConfig, ctx: RunContext) -> None:
+        """Accumulate loss gradients over a few training batches: Taylor importance reads weight × grad."""
+        import torch
+
+        from edgeship.data import preprocess
+
+        model.eval()
+        model.zero_grad(set_to_none=True)
+        train, p, batch = ctx.dataset.train, ctx.recipe.data.preprocessing, cfg.finetune.batch_size
+        for i in range(min(cfg.taylor_batches, -(-len(train) // batch))):
+            x = torch.from_numpy(preprocess(train.images[i * batch : (i + 1) * batch], p))
+            y = torch.from_numpy(train.labels[i * batch : (i + 1) * batch])
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+
+
+def _example(artifact: Artifact) -> torch.Tensor:
+    import torch
+
+    return torch.zeros(1, *artifact.meta["input_shape"])
+
+
+def _evaluator(ctx: RunContext, limit: int | None) -> Any:
+    from edgeship.measure import top1
+    from edgeship.zoo.train import predict
+
+    val = ctx.dataset.val
+    images, labels = (val.images, val.labels) if limit is None else (val.images[:limit], val.labels[:limit])
+
+    def evaluate(model: nn.Module) -> float:
+        return top1(predict(model, images, ctx.recipe.data.preprocessing), labels)
+
+    return evaluate
+
+
+def _measure(model: nn.Module, teacher: Artifact, ctx: RunContext) -> dict[str, Any]:
+    """ONNX size and measured ORT FP32 latency (batch 1, threads pinned, the validate harness)."""
+    from edgeship.backends.onnxruntime import OnnxRuntimeRunner
+    from edgeship.measure import summarize, time_calls
+    from edgeship.pipeline.export import _export, _simplify
+
+    cfg, threads = ctx.recipe.validate_, ctx.recipe.threads()
+    shape = tuple(teacher.meta["input_shape"])
+    with tempfile.TemporaryDirectory() as tmp:
+        raw, slim = Path(tmp) / "raw.onnx", Path(tmp) / "model.onnx"
+        _export(model.eval(), shape, raw, ctx.recipe.export.opset)
+        _simplify(raw, slim)
+        sample = np.zeros((1, *shape), np.float32)
+        with OnnxRuntimeRunner(slim, threads=threads) as runner:
+            times = time_calls(lambda: runner.infer({"input": sample}), warmup=cfg.warmup, iterations=cfg.iterations,
+                               min_seconds=cfg.min_seconds)
+        return {"onnx_bytes": slim.stat().st_size, "latency": summarize(times, 1).as_dict(), "threads": threads}
+
+
+def _plot_sensitivity(document: Mapping[str, Any], max_drop: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    for group, curve in document["curves"].items():
+        ratios = [float(r) for r in curve]
+        ax.plot([100 * r for r in ratios], [100 * a for a in curve.values()], marker="o", label=group)
+    base = 100 * document["base_accuracy"]
+    ax.axhline(base, color="black", linewidth=1, label="unpruned")
+    ax.axhline(base - max_drop, color="red", linestyle="--", linewidth=1, label=f"max_drop ({max_drop:g} pt)")
+    ax.set(xlabel="channels pruned in the group alone (%)", ylabel="validation top-1 (%)",
+           title=f"Pruning sensitivity per layer group ({document['val_images']} validation images)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _publish(student: Artifact, target: Path) -> None:
+    """Copy the stage's human-readable files (JSON, PNG) into the run folder."""
+    target.mkdir(parents=True, exist_ok=True)
+    for file in student.folder.glob("*.json"):
+        if file.name != "artifact.json":
+            shutil.copyfile(file, target / file.name)
+    for parent_id in student.parents:
+        parent = student.folder.parent.parent / parent_id[:2] / parent_id
+        for name in ("sensitivity.json", "sensitivity.png"):
+            if (parent / name).is_file():
+                shutil.copyfile(parent / name, target / name)

@@ -1,0 +1,114 @@
+"""Pruning algorithms on ResNet-style (residual adds) and MobileNetV2-style (depthwise, inverted residual) nets."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from edgeship.errors import RecipeError
+from edgeship.pipeline.export import _export
+from edgeship.pruning import (
+    apply_magnitude_masks,
+    count,
+    kept_macs,
+    layer_groups,
+    layer_sparsity,
+    make_masks_permanent,
+    make_pruner,
+    ratios_for_drop,
+    replay,
+    search,
+)
+from edgeship.zoo import build
+
+EXAMPLE = torch.zeros(1, 1, 28, 28)
+
+
+def fresh(arch: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build(arch, in_channels=1, num_classes=10, width=16).eval()
+
+
+@pytest.mark.parametrize("arch", ["resnet_small", "mobilenet_small"])
+def test_macs_target_is_met_and_the_pruned_model_exports(arch: str, tmp_path) -> None:
+    model = fresh(arch)
+    base_macs, base_params = count(model, EXAMPLE)
+    groups = layer_groups(model, EXAMPLE, ())
+    t, expected = search(lambda t: kept_macs(model, EXAMPLE, base_macs, ratios={g: 0.95 * t for g in groups}), 0.5)
+    assert 0.4 <= expected <= 0.5
+    pruner = make_pruner(model, EXAMPLE, importance="l1", ratios={g: 0.95 * t for g in groups}, steps=2)
+    pruner.step()
+    pruner.step()
+    macs, params = count(model, EXAMPLE)
+    assert macs / base_macs == pytest.approx(expected, abs=0.01) and params < base_params
+    x = torch.randn(3, 1, 28, 28)
+    assert model(x).shape == (3, 10), "the classifier keeps every class"
+    path = tmp_path / "pruned.onnx"
+    _export(model, (1, 28, 28), path, opset=18)
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    assert np.abs(out - model(x).detach().numpy()).max() < 1e-4
+
+
+@pytest.mark.parametrize("arch", ["resnet_small", "mobilenet_small"])
+def test_history_replays_to_identical_outputs(arch: str) -> None:
+    original = fresh(arch)
+    pruned = copy.deepcopy(original)
+    groups = layer_groups(pruned, EXAMPLE, ())
+    pruner = make_pruner(pruned, EXAMPLE, importance="l1", ratios={g: 0.4 for g in groups})
+    pruner.step()
+    history = json.loads(json.dumps(pruner.pruning_history()))
+    rebuilt = replay(copy.deepcopy(original), EXAMPLE, history)
+    rebuilt.load_state_dict(pruned.state_dict())
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(rebuilt(x), pruned(x))
+
+
+def test_depthwise_groups_stay_consistent() -> None:
+    model = fresh("mobilenet_small")
+    pruner = make_pruner(model, EXAMPLE, importance="l1", global_ratio=0.5)
+    pruner.step()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d) and module.groups > 1:
+            assert module.groups == module.in_channels == module.out_channels
+
+
+def test_ignored_layers_and_unknown_names() -> None:
+    model = fresh("resnet_small")
+    assert "stem.0" not in layer_groups(model, EXAMPLE, ("stem.0",))
+    with pytest.raises(RecipeError, match="'prune.ignore_layers': no module named 'stem.9'"):
+        layer_groups(model, EXAMPLE, ("stem.9",))
+    with pytest.raises(RecipeError, match="'prune.ratios': no module named 'nope'"):
+        make_pruner(model, EXAMPLE, importance="l1", ratios={"nope": 0.5})
+
+
+@pytest.mark.parametrize("importance", ["bn_gamma", "taylor"])
+def test_other_importance_criteria_prune(importance: str) -> None:
+    model = fresh("resnet_small")
+    base = count(model, EXAMPLE)[0]
+    if importance == "taylor":
+        torch.nn.functional.cross_entropy(model(torch.randn(8, 1, 28, 28)), torch.arange(8)).backward()
+    make_pruner(model, EXAMPLE, importance=importance, ratios={"layer1.conv1": 0.5}).step()
+    assert model.layer1.conv1.out_channels == 8 and count(model, EXAMPLE)[0] < base
+
+
+def test_ratios_for_drop_respects_the_threshold() -> None:
+    curves = {"a": {"0.1": 0.90, "0.5": 0.89, "0.9": 0.50}, "b": {"0.1": 0.70, "0.5": 0.60}}
+    assert ratios_for_drop(curves, 0.90, 2.0) == {"a": 0.5, "b": 0.0}
+    assert ratios_for_drop(curves, 0.90, 50.0) == {"a": 0.9, "b": 0.5}
+
+
+def test_unstructured_masks_survive_and_become_permanent() -> None:
+    model = fresh("resnet_small")
+    apply_magnitude_masks(model, 0.6, ignore=("fc",))
+    make_masks_permanent(model)
+    sparsity = layer_sparsity(model)
+    assert sparsity["fc"] == 0.0
+    weights = [(m.weight.numel(), sparsity[n]) for n, m in model.named_modules() if n in sparsity and n != "fc"]
+    overall = sum(n * s for n, s in weights) / sum(n for n, _ in weights)
+    assert overall == pytest.approx(0.6, abs=0.01)
+    assert not any(name.endswith("_orig") for name, _ in model.named_parameters())
