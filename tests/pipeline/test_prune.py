@@ -9,10 +9,11 @@ import pytest
 import torch
 from rich.console import Console
 
-from conftest import tiny_recipe
 from edgeship import RunResult, run
 from edgeship.artifacts import ArtifactStore
 from edgeship.recipe import Recipe
+
+from conftest import tiny_recipe
 
 pytestmark = pytest.mark.slow
 PRUNE = {"enabled": True, "keep_macs": 0.5, "steps": 2, "sensitivity": {"val_size": 300, "max_drop": 40.0, "ratios": [0.2, 0.5, 0.8]},
