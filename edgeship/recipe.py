@@ -104,8 +104,9 @@ class SensitivityConfig(_Section):
 
     enabled: bool = True
     ratios: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-    max_drop: float = Field(default=2.0, ge=0, description="points of top-1 a layer may cost on its own; "
-                                                          "layers past it are pruned less or not at all")
+    max_drop: float = Field(default=25.0, ge=0, description="points of validation top-1 a layer group may cost when pruned "
+                                                           "alone, before any fine-tuning; groups past it are pruned less "
+                                                           "or not at all")
     val_size: PositiveInt = Field(default=2000, description="validation images per evaluation")
 
     @field_validator("ratios")
@@ -123,6 +124,13 @@ class BnSparsityConfig(_Section):
     weight: PositiveFloat = 1e-4
 
 
+class LatencyTarget(_Section):
+    """Prune until the measured FP32 latency (batch 1, p50) on ``backend`` is at most ``p50_ms``."""
+
+    backend: Literal["onnxruntime"] = "onnxruntime"
+    p50_ms: PositiveFloat
+
+
 class PruneConfig(_Section):
     """Structured channel pruning (Torch-Pruning, DepGraph) or unstructured magnitude pruning."""
 
@@ -130,6 +138,7 @@ class PruneConfig(_Section):
     method: Literal["structured", "unstructured"] = "structured"
     importance: Literal["l1", "bn_gamma", "taylor"] = "l1"
     keep_macs: float = Field(default=0.5, gt=0, lt=1, description="structured: fraction of MACs to keep")
+    latency_target: LatencyTarget | None = Field(default=None, description="structured: a measured latency target instead of keep_macs")
     sparsity: float = Field(default=0.5, gt=0, lt=1, description="unstructured: fraction of weights set to zero")
     global_pruning: bool = False
     ratios: dict[str, float] | None = Field(default=None, description="per-layer-group ratios by module name; skips the sensitivity search")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -125,7 +125,7 @@ class PruneStage:
 
     def _structured(self, model: nn.Module, example: torch.Tensor, teacher: Artifact, curves: Artifact | None, cfg: PruneConfig,
                     ctx: RunContext, folder: Path) -> dict[str, Any]:
-        from edgeship.pruning import count, kept_macs, layer_groups, make_pruner, ratios_for_drop, search
+        from edgeship.pruning import count, kept_macs, layer_groups, make_pruner, prune_once, search
 
         if cfg.bn_sparsity.epochs:
             self._bn_sparsity(model, cfg, ctx)
@@ -133,31 +133,29 @@ class PruneStage:
         groups = layer_groups(model, example, cfg.ignore_layers)
         common = {"ignore": cfg.ignore_layers, "importance": cfg.importance}
         plan: dict[str, Any] = {"groups": groups, "target_macs_kept": cfg.keep_macs}
-        ratios: dict[str, float] | None
-        global_ratio: float | None = None
+        choose = self._chooser(model, example, groups, curves, cfg, plan)
         if cfg.ratios is not None:
-            ratios, plan["chosen_by"] = dict(cfg.ratios), "recipe"
-            plan["expected_macs_kept"] = kept_macs(model, example, base_macs, ratios=ratios, **common)
-        elif cfg.global_pruning:
-            global_ratio, plan["expected_macs_kept"] = search(
-                lambda t: kept_macs(model, example, base_macs, global_ratio=t, **common), cfg.keep_macs)
-            ratios, plan["chosen_by"], plan["global_ratio"] = None, "global importance ranking", global_ratio
-        elif curves is not None:
-            document = json.loads(curves.path.read_text())
-            base_acc, max_drop = document["base_accuracy"], cfg.sensitivity.max_drop
-            t, plan["expected_macs_kept"] = search(
-                lambda t: kept_macs(model, example, base_macs, ratios=ratios_for_drop(document["curves"], base_acc, t * max_drop),
-                                    **common), cfg.keep_macs)
-            ratios = ratios_for_drop(document["curves"], base_acc, t * max_drop)
-            plan.update(chosen_by="sensitivity", allowed_drop_points_per_group=round(t * max_drop, 4))
+            t = 1.0
+        elif cfg.latency_target is not None:
+            base_ms = _measure(model, teacher, ctx, quick=True)["latency"]["p50_ms"]
+            target = cfg.latency_target.p50_ms / base_ms
+            with ctx.console.status(f"searching ratios for p50 ≤ {cfg.latency_target.p50_ms} ms on {cfg.latency_target.backend}"):
+                t, kept = search(lambda t: _measure(prune_once(model, example, **choose(t), **common), teacher, ctx,
+                                                    quick=True)["latency"]["p50_ms"] / base_ms, target, iterations=8)
+            plan.update(target_p50_ms=cfg.latency_target.p50_ms, base_p50_ms=base_ms, expected_p50_ms=round(kept * base_ms, 4))
+            if kept > target:
+                plan["warning"] = (f"latency target not reached: {kept * base_ms:.3f} ms at the most pruning allowed, "
+                                   f"asked {cfg.latency_target.p50_ms} ms")
         else:
-            t, plan["expected_macs_kept"] = search(
-                lambda t: kept_macs(model, example, base_macs, ratios={g: 0.95 * t for g in groups}, **common), cfg.keep_macs)
-            ratios, plan["chosen_by"] = {g: round(0.95 * t, 4) for g in groups}, "uniform"
-        plan["ratios"] = ratios
-        if plan["expected_macs_kept"] > cfg.keep_macs + 0.01:
+            t, _ = search(lambda t: kept_macs(model, example, base_macs, **choose(t), **common), cfg.keep_macs)
+        chosen = choose(t)
+        ratios, global_ratio = chosen.get("ratios"), chosen.get("global_ratio")
+        plan.update(ratios=ratios, global_ratio=global_ratio,
+                    expected_macs_kept=kept_macs(model, example, base_macs, **chosen, **common))
+        if cfg.latency_target is None and plan["expected_macs_kept"] > cfg.keep_macs + 0.01:
             plan["warning"] = (f"target not reached: keeping {plan['expected_macs_kept']:.1%} of MACs, asked {cfg.keep_macs:.0%} "
                                f"(layers past sensitivity.max_drop={cfg.sensitivity.max_drop} points are pruned less)")
+        if "warning" in plan:
             ctx.console.print(f"[yellow]prune: {plan['warning']}[/yellow]")
         pruner = make_pruner(model, example, ratios=ratios, global_ratio=global_ratio, steps=cfg.steps, **common)
         history_of_steps = []
@@ -171,6 +169,26 @@ class PruneStage:
         (folder / "history.json").write_text(json.dumps(pruner.pruning_history()))
         plan["steps"] = history_of_steps
         return plan
+
+    @staticmethod
+    def _chooser(model: nn.Module, example: torch.Tensor, groups: list[str], curves: Artifact | None, cfg: PruneConfig,
+                 plan: dict[str, Any]) -> Callable[[float], dict[str, Any]]:
+        """How much to prune at strength t in [0, 1]: the recipe's ratios, a global ratio, sensitivity or uniform."""
+        from edgeship.pruning import MAX_RATIO, ratios_for_drop
+
+        if cfg.ratios is not None:
+            plan["chosen_by"] = "recipe"
+            return lambda t: {"ratios": dict(cfg.ratios or {})}
+        if cfg.global_pruning:
+            plan["chosen_by"] = "global importance ranking"
+            return lambda t: {"global_ratio": t}
+        if curves is not None:
+            document = json.loads(curves.path.read_text())
+            base, max_drop = document["base_accuracy"], cfg.sensitivity.max_drop
+            plan["chosen_by"] = f"sensitivity (per-group drop ≤ t × {max_drop:g} points)"
+            return lambda t: {"ratios": ratios_for_drop(document["curves"], base, t * max_drop)}
+        plan["chosen_by"] = "uniform"
+        return lambda t: {"ratios": {g: round(MAX_RATIO * t, 4) for g in groups}}
 
     def _unstructured(self, model: nn.Module, cfg: PruneConfig, ctx: RunContext) -> dict[str, Any]:
         from edgeship.pruning import apply_magnitude_masks, classifier_name, layer_sparsity, make_masks_permanent
@@ -239,8 +257,8 @@ def _evaluator(ctx: RunContext, limit: int | None) -> Any:
     return evaluate
 
 
-def _measure(model: nn.Module, teacher: Artifact, ctx: RunContext) -> dict[str, Any]:
-    """ONNX size and measured ORT FP32 latency (batch 1, threads pinned, the validate harness)."""
+def _measure(model: nn.Module, teacher: Artifact, ctx: RunContext, *, quick: bool = False) -> dict[str, Any]:
+    """ONNX size and measured ORT FP32 latency (batch 1, threads pinned, the validate harness; ``quick`` for searches)."""
     from edgeship.backends.onnxruntime import OnnxRuntimeRunner
     from edgeship.measure import summarize, time_calls
     from edgeship.pipeline.export import _export, _simplify
@@ -253,8 +271,8 @@ def _measure(model: nn.Module, teacher: Artifact, ctx: RunContext) -> dict[str, 
         _simplify(raw, slim)
         sample = np.zeros((1, *shape), np.float32)
         with OnnxRuntimeRunner(slim, threads=threads) as runner:
-            times = time_calls(lambda: runner.infer({"input": sample}), warmup=cfg.warmup, iterations=cfg.iterations,
-                               min_seconds=cfg.min_seconds)
+            warmup, iterations, seconds = (5, 50, 0.3) if quick else (cfg.warmup, cfg.iterations, cfg.min_seconds)
+            times = time_calls(lambda: runner.infer({"input": sample}), warmup=warmup, iterations=iterations, min_seconds=seconds)
         return {"onnx_bytes": slim.stat().st_size, "latency": summarize(times, 1).as_dict(), "threads": threads}
 
 
