@@ -107,6 +107,17 @@ def make_pruner(model: nn.Module, example: torch.Tensor, *, importance: Importan
                                   "list the offending module in prune.ignore_layers") from None
 
 
+def check_runs(model: nn.Module, example: torch.Tensor) -> None:
+    """A pruned model must still run; a forward that hard-codes channel counts does not."""
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    except Exception as exc:  # noqa: BLE001
+        reason = " ".join(str(exc).split())[:200]
+        raise StageError("prune", f"the pruned model no longer runs ({type(exc).__name__}: {reason}); a module whose forward "
+                                  "hard-codes a channel count cannot be pruned: name it in prune.ignore_layers") from None
+
+
 def prune_once(model: nn.Module, example: torch.Tensor, **kwargs: Any) -> nn.Module:
     """A pruned deep copy (one step): for MAC searches and the sensitivity scan. L1 importance unless given."""
     pruned = copy.deepcopy(model)
@@ -114,6 +125,7 @@ def prune_once(model: nn.Module, example: torch.Tensor, **kwargs: Any) -> nn.Mod
     if kwargs["importance"] == "taylor":  # scans use magnitude: Taylor scores need a training pass each time
         kwargs["importance"] = "l1"
     make_pruner(pruned, example, **kwargs).step()
+    check_runs(pruned, example)
     return pruned
 
 

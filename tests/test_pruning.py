@@ -112,3 +112,25 @@ def test_unstructured_masks_survive_and_become_permanent() -> None:
     overall = sum(n * s for n, s in weights) / sum(n for n, _ in weights)
     assert overall == pytest.approx(0.6, abs=0.01)
     assert not any(name.endswith("_orig") for name, _ in model.named_parameters())
+
+
+class HardCoded(torch.nn.Module):
+    """A forward that hard-codes its channel count: pruning it must fail loudly, naming the fix."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.head = torch.nn.Conv2d(8, 8, 1)
+        self.fc = torch.nn.Linear(8 * 28 * 28, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.head(self.conv(x)).reshape(-1, 8 * 28 * 28))
+
+
+def test_a_model_broken_by_pruning_is_a_clear_error() -> None:
+    from edgeship.errors import StageError
+    from edgeship.pruning import prune_once
+
+    model = HardCoded().eval()
+    with pytest.raises(StageError, match="no longer runs.*prune.ignore_layers"):
+        prune_once(model, EXAMPLE, ratios={"head": 0.5})

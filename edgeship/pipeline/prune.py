@@ -51,7 +51,7 @@ class PruneStage:
     # -- sensitivity ---------------------------------------------------------------------------------------
 
     def _sensitivity(self, teacher: Artifact, cfg: PruneConfig, ctx: RunContext) -> Artifact:
-        config = {"sensitivity": cfg.sensitivity.model_dump(mode="json"), "importance": cfg.importance,
+        config = {"sensitivity": cfg.sensitivity.model_dump(mode="json", exclude={"max_drop"}), "importance": cfg.importance,
                   "ignore_layers": list(cfg.ignore_layers)}
         return ctx.produce("prune-sensitivity", "sensitivity", config=config, parents=[teacher],
                            extra_key={"dataset": ctx.dataset.fingerprint},
@@ -125,7 +125,7 @@ class PruneStage:
 
     def _structured(self, model: nn.Module, example: torch.Tensor, teacher: Artifact, curves: Artifact | None, cfg: PruneConfig,
                     ctx: RunContext, folder: Path) -> dict[str, Any]:
-        from edgeship.pruning import count, kept_macs, layer_groups, make_pruner, prune_once, search
+        from edgeship.pruning import check_runs, count, kept_macs, layer_groups, make_pruner, prune_once, search
 
         if cfg.bn_sparsity.epochs:
             self._bn_sparsity(model, cfg, ctx)
@@ -163,6 +163,7 @@ class PruneStage:
             if cfg.importance == "taylor":
                 self._taylor_gradients(model, cfg, ctx)
             pruner.step()
+            check_runs(model, example)
             model.zero_grad(set_to_none=True)
             tuned = self._finetune(model, cfg, ctx, label=f"fine-tune {step + 1}/{cfg.steps}")
             history_of_steps.append({"step": step + 1, "macs": count(model, example)[0], "val_accuracy": tuned})
