@@ -81,7 +81,7 @@ def _importance(kind: Importance) -> Any:
 
 
 def make_pruner(model: nn.Module, example: torch.Tensor, *, importance: Importance, ratios: Mapping[str, float] | None = None,
-                global_ratio: float | None = None, ignore: Sequence[str] = (), steps: int = 1) -> Any:
+                global_ratio: float | None = None, ignore: Sequence[str] = (), steps: int = 1, round_to: int | None = None) -> Any:
     """A Torch-Pruning MetaPruner: per-group ``ratios`` by root module name, or one ``global_ratio``."""
     import torch_pruning as tp
 
@@ -99,7 +99,7 @@ def make_pruner(model: nn.Module, example: torch.Tensor, *, importance: Importan
     try:
         return tp.pruner.MetaPruner(model, example, importance=_importance(importance), iterative_steps=steps,
                                     ignored_layers=ignored_modules(model, ignore), max_pruning_ratio=MAX_RATIO,
-                                    root_module_types=list(ROOT_TYPES), **kwargs)
+                                    root_module_types=list(ROOT_TYPES), round_to=round_to, **kwargs)
     except (RecipeError, StageError):
         raise
     except Exception as exc:  # noqa: BLE001

@@ -141,6 +141,8 @@ class PruneConfig(_Section):
     latency_target: LatencyTarget | None = Field(default=None, description="structured: a measured latency target instead of keep_macs")
     sparsity: float = Field(default=0.5, gt=0, lt=1, description="unstructured: fraction of weights set to zero")
     global_pruning: bool = False
+    round_to: PositiveInt | None = Field(default=8, description="keep channel counts multiples of this: CPU/GPU kernels vectorize "
+                                                               "over 8 or 16 channels, and odd counts (11, 22, …) run no faster")
     ratios: dict[str, float] | None = Field(default=None, description="per-layer-group ratios by module name; skips the sensitivity search")
     ignore_layers: tuple[str, ...] = Field(default=(), description="module names never pruned; the classifier always is")
     steps: PositiveInt = Field(default=2, description="iterative schedule: prune → fine-tune, this many times")

@@ -134,3 +134,10 @@ def test_a_model_broken_by_pruning_is_a_clear_error() -> None:
     model = HardCoded().eval()
     with pytest.raises(StageError, match="no longer runs.*prune.ignore_layers"):
         prune_once(model, EXAMPLE, ratios={"head": 0.5})
+
+
+def test_round_to_keeps_channel_counts_hardware_friendly() -> None:
+    model = fresh("resnet_small")
+    make_pruner(model, EXAMPLE, importance="l1", global_ratio=0.3, round_to=8).step()
+    convs = [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(c % 8 == 0 for c in convs) and sum(convs) < sum(16 * k for k in (1, 1, 1, 2, 2, 2, 4, 4, 4))

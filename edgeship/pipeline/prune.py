@@ -131,7 +131,7 @@ class PruneStage:
             self._bn_sparsity(model, cfg, ctx)
         base_macs = count(model, example)[0]
         groups = layer_groups(model, example, cfg.ignore_layers)
-        common = {"ignore": cfg.ignore_layers, "importance": cfg.importance}
+        common = {"ignore": cfg.ignore_layers, "importance": cfg.importance, "round_to": cfg.round_to}
         plan: dict[str, Any] = {"groups": groups, "target_macs_kept": cfg.keep_macs}
         choose = self._chooser(model, example, groups, curves, cfg, plan)
         if cfg.ratios is not None:
