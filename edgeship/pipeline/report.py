@@ -107,6 +107,13 @@ def print_summary(report: Mapping[str, Any], console: Console) -> None:
                       _ms(lat.get("p99_ms")), _pct(row.get("top1")), "—" if drop is None else f"{drop:+.2f} pt",
                       _pct(row.get("top1_agreement")), status_text)
     console.print(table)
+    prune = report.get("prune")
+    if prune:
+        before, after = prune["before"], prune["after"]
+        console.print(f"prune ({prune.get('method')}): MACs kept {prune['macs_kept']:.1%}, parameters kept {prune['parameters_kept']:.1%}, "
+                      f"ONNX {_size(before['onnx_bytes'])} → {_size(after['onnx_bytes'])}, measured ORT FP32 p50 "
+                      f"{before['latency']['p50_ms']:.3f} → {after['latency']['p50_ms']:.3f} ms (×{prune['latency_speedup_p50']:.2f}), "
+                      f"val top-1 {_pct(before['val_top1'])} → {_pct(after['val_top1'])}", soft_wrap=True)
 
 
 def load_report(path: Path) -> dict[str, Any]:
