@@ -50,14 +50,10 @@ def count(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
 
 def layer_groups(model: nn.Module, example: torch.Tensor, ignore: Sequence[str]) -> list[str]:
     """Names of the root modules of every prunable group of coupled channels."""
-    import torch_pruning as tp
-
     names = {module: name for name, module in model.named_modules()}
     graph = _dependency_graph(model, example)
     groups = graph.get_all_groups(ignored_layers=ignored_modules(model, ignore), root_module_types=list(ROOT_TYPES))
-    roots = [names[group[0].dep.target.module] for group in groups if group[0].dep.target.module in names]
-    del tp
-    return roots
+    return [names[group[0].dep.target.module] for group in groups if group[0].dep.target.module in names]
 
 
 def _dependency_graph(model: nn.Module, example: torch.Tensor) -> Any:
@@ -180,12 +176,13 @@ def replay(model: nn.Module, example: torch.Tensor, history: Sequence[Any]) -> n
 
 
 def prunable_weights(model: nn.Module, ignore: Sequence[str]) -> list[tuple[str, nn.Module]]:
-    skip = set(ignore)
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, ROOT_TYPES) and name not in skip]
+    """Every Conv2d/Linear except the ignored modules and the classifier."""
+    skip = {id(m) for m in ignored_modules(model, ignore)}
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, ROOT_TYPES) and id(m) not in skip]
 
 
 def apply_magnitude_masks(model: nn.Module, sparsity: float, ignore: Sequence[str]) -> None:
-    """Global L1 magnitude pruning to ``sparsity``: masks stay attached (fine-tuning keeps zeros at zero)."""
+    """Global L1 magnitude pruning to ``sparsity`` (classifier kept): masks stay attached, so fine-tuning keeps zeros at zero."""
     from torch.nn.utils import prune
 
     targets = prunable_weights(model, ignore)

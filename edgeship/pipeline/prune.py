@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from edgeship.artifacts import Artifact
+from edgeship.artifacts import RECORD, Artifact, ArtifactStore
 from edgeship.pipeline.base import Made, RunContext
 from edgeship.progress import progress_bar
 from edgeship.recipe import PruneConfig
@@ -45,7 +45,7 @@ class PruneStage:
         student = ctx.produce(self.name, f"{cfg.method} {cfg.importance}" if cfg.method == "structured" else "magnitude",
                               config=cfg.model_dump(mode="json"), parents=parents, extra_key=key,
                               make=lambda folder: self._make(folder, teacher, curves, cfg, ctx))
-        _publish(student, ctx.run_dir / "prune")
+        _publish(student, ctx.store, ctx.run_dir / "prune")
         return {"model": student}
 
     # -- sensitivity ---------------------------------------------------------------------------------------
@@ -133,7 +133,7 @@ class PruneStage:
         groups = layer_groups(model, example, cfg.ignore_layers)
         common = {"ignore": cfg.ignore_layers, "importance": cfg.importance, "round_to": cfg.round_to}
         plan: dict[str, Any] = {"groups": groups, "target_macs_kept": cfg.keep_macs}
-        choose = self._chooser(model, example, groups, curves, cfg, plan)
+        choose = self._chooser(groups, curves, cfg, plan)
         if cfg.ratios is not None:
             t = 1.0
         elif cfg.latency_target is not None:
@@ -172,8 +172,7 @@ class PruneStage:
         return plan
 
     @staticmethod
-    def _chooser(model: nn.Module, example: torch.Tensor, groups: list[str], curves: Artifact | None, cfg: PruneConfig,
-                 plan: dict[str, Any]) -> Callable[[float], dict[str, Any]]:
+    def _chooser(groups: list[str], curves: Artifact | None, cfg: PruneConfig, plan: dict[str, Any]) -> Callable[[float], dict[str, Any]]:
         """How much to prune at strength t in [0, 1]: the recipe's ratios, a global ratio, sensitivity or uniform."""
         from edgeship.pruning import MAX_RATIO, ratios_for_drop
 
@@ -192,10 +191,9 @@ class PruneStage:
         return lambda t: {"ratios": {g: round(MAX_RATIO * t, 4) for g in groups}}
 
     def _unstructured(self, model: nn.Module, cfg: PruneConfig, ctx: RunContext) -> dict[str, Any]:
-        from edgeship.pruning import apply_magnitude_masks, classifier_name, layer_sparsity, make_masks_permanent
+        from edgeship.pruning import apply_magnitude_masks, layer_sparsity, make_masks_permanent
 
-        ignore = (*cfg.ignore_layers, classifier_name(model))
-        apply_magnitude_masks(model, cfg.sparsity, ignore)
+        apply_magnitude_masks(model, cfg.sparsity, cfg.ignore_layers)
         tuned = self._finetune(model, cfg, ctx, label="fine-tune (masked)")
         make_masks_permanent(model)
         sparsity = layer_sparsity(model)
@@ -262,7 +260,7 @@ def _measure(model: nn.Module, teacher: Artifact, ctx: RunContext, *, quick: boo
     """ONNX size and measured ORT FP32 latency (batch 1, threads pinned, the validate harness; ``quick`` for searches)."""
     from edgeship.backends.onnxruntime import OnnxRuntimeRunner
     from edgeship.measure import summarize, time_calls
-    from edgeship.pipeline.export import _export, _simplify
+    from edgeship.pipeline.export import INPUT_NAME, _export, _simplify
 
     cfg, threads = ctx.recipe.validate_, ctx.recipe.threads()
     shape = tuple(teacher.meta["input_shape"])
@@ -273,7 +271,7 @@ def _measure(model: nn.Module, teacher: Artifact, ctx: RunContext, *, quick: boo
         sample = np.zeros((1, *shape), np.float32)
         with OnnxRuntimeRunner(slim, threads=threads) as runner:
             warmup, iterations, seconds = (5, 50, 0.3) if quick else (cfg.warmup, cfg.iterations, cfg.min_seconds)
-            times = time_calls(lambda: runner.infer({"input": sample}), warmup=warmup, iterations=iterations, min_seconds=seconds)
+            times = time_calls(lambda: runner.infer({INPUT_NAME: sample}), warmup=warmup, iterations=iterations, min_seconds=seconds)
         return {"onnx_bytes": slim.stat().st_size, "latency": summarize(times, 1).as_dict(), "threads": threads}
 
 
@@ -299,14 +297,14 @@ def _plot_sensitivity(document: Mapping[str, Any], max_drop: float, path: Path) 
     plt.close(fig)
 
 
-def _publish(student: Artifact, target: Path) -> None:
+def _publish(student: Artifact, store: ArtifactStore, target: Path) -> None:
     """Copy the stage's human-readable files (JSON, PNG) into the run folder."""
     target.mkdir(parents=True, exist_ok=True)
     for file in student.folder.glob("*.json"):
-        if file.name != "artifact.json":
+        if file.name != RECORD:
             shutil.copyfile(file, target / file.name)
     for parent_id in student.parents:
-        parent = student.folder.parent.parent / parent_id[:2] / parent_id
+        parent = store.folder(parent_id)
         for name in ("sensitivity.json", "sensitivity.png"):
             if (parent / name).is_file():
                 shutil.copyfile(parent / name, target / name)
