@@ -111,6 +111,10 @@ class ArtifactStore:
             return None
         return artifact
 
+    def scratch(self, aid: str) -> Path:
+        """A folder for ``aid``'s resumable work (training checkpoints) that outlives a crash; removed on commit."""
+        return self.root / "scratch" / aid
+
     @contextlib.contextmanager
     def staging(self, aid: str) -> Iterator[Path]:
         """A fresh folder to build ``aid`` in; removed unless ``commit`` moved it into place."""
@@ -152,6 +156,7 @@ class ArtifactStore:
         if final.exists():  # a stale or incomplete copy (``get`` said no): replace it
             shutil.rmtree(final)
         os.replace(staging, final)
+        shutil.rmtree(self.scratch(aid), ignore_errors=True)
         return artifact
 
 

@@ -197,11 +197,11 @@ def calibration_set(dataset: Dataset, cfg: CalibrationConfig, preprocessing: Pre
     else:
         samples = load_samples(cfg.source, preprocessing, input_shape=input_shape)[: cfg.size]
         origin = str(cfg.source)
-    _check_samples(samples, origin, input_shape)
+    check_samples(samples, origin, input_shape)
     return CalibrationSet(samples, fingerprint_samples(samples, preprocessing, origin))
 
 
-def load_samples(source: Path, preprocessing: Preprocessing, *, input_shape: tuple[int, ...]) -> np.ndarray:
+def load_samples(source: Path, preprocessing: Preprocessing, *, input_shape: tuple[int, ...], what: str = "calibration data") -> np.ndarray:
     """Model inputs from a folder of images or .npy/.npz files, or from one such file.
 
     uint8 arrays are raw images (N, H, W[, C]) and get the recipe's preprocessing;
@@ -226,7 +226,7 @@ def load_samples(source: Path, preprocessing: Preprocessing, *, input_shape: tup
         batches.append(preprocess(np.stack(images), preprocessing))
     samples = np.concatenate(batches) if batches else np.empty((0, *input_shape), np.float32)
     if len(samples) == 0:
-        raise DataError(f"{source}: the calibration data is empty")
+        raise DataError(f"{source}: the {what} is empty")
     return samples
 
 
@@ -265,10 +265,11 @@ def _array_samples(path: Path, p: Preprocessing, input_shape: tuple[int, ...]) -
     return out
 
 
-def _check_samples(samples: np.ndarray, origin: str, input_shape: tuple[int, ...]) -> None:
+def check_samples(samples: np.ndarray, origin: str, input_shape: tuple[int, ...], *, what: str = "calibration") -> None:
+    """Non-empty, the model's input shape, finite: else a ``DataError`` naming ``origin``."""
     if len(samples) == 0:
-        raise DataError(f"{origin}: the calibration set is empty")
+        raise DataError(f"{origin}: the {what} set is empty")
     if samples.shape[1:] != tuple(input_shape):
-        raise DataError(f"{origin}: calibration samples have shape {samples.shape[1:]}, the model expects {tuple(input_shape)}")
+        raise DataError(f"{origin}: {what} samples have shape {samples.shape[1:]}, the model expects {tuple(input_shape)}")
     if not np.isfinite(samples).all():
-        raise DataError(f"{origin}: calibration data contains NaN or inf")
+        raise DataError(f"{origin}: {what} data contains NaN or inf")

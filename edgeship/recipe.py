@@ -8,6 +8,7 @@ file; output folders (store, reports) are relative to the working directory.
 
 from __future__ import annotations
 
+import copy
 import os
 import types
 import typing
@@ -160,6 +161,49 @@ class PruneConfig(_Section):
         return value
 
 
+class HintConfig(_Section):
+    """FitNets: match a student feature map to a teacher's (a learned 1×1 regressor bridges different widths)."""
+
+    student: str = Field(description="module name in the student whose output is the hint's guided layer")
+    teacher: str | None = Field(default=None, description="module name in the teacher; None uses the student's name")
+
+
+class DistillConfig(_Section):
+    """Knowledge distillation: the (pruned) student learns from the teacher's outputs."""
+
+    SOFT_OBJECTIVES: ClassVar[frozenset[str]] = frozenset({"soft", "soft_hard"})
+
+    enabled: bool = False
+    teacher: ModelConfig | None = Field(default=None, description="None: the pipeline's model before pruning")
+    student: ModelConfig | None = Field(default=None, description="None: the pruned model; else a zoo/factory model, "
+                                                                  "trained from its init or checkpoint")
+    objective: Literal["soft", "soft_hard", "mse"] = Field(
+        default="soft_hard", description="soft: KL at temperature T scaled by T²; soft_hard: alpha·soft + (1-alpha)·CE on "
+                                         "labels; mse: MSE between logits")
+    temperature: PositiveFloat = 4.0
+    alpha: float = Field(default=0.9, ge=0, le=1, description="soft_hard: weight of the soft part; the hard part gets 1 - alpha")
+    hints: tuple[HintConfig, ...] = Field(default=(), description="FitNets hint losses on named intermediate features")
+    hint_weight: PositiveFloat = 1.0
+    transfer: Literal["labeled", "unlabeled"] = Field(
+        default="labeled", description="labeled: the training split with its labels; unlabeled: the teacher supplies every target")
+    transfer_source: Path | None = Field(default=None, description="unlabeled: a folder of images or .npy/.npz inputs; "
+                                                                   "None uses the training images without their labels")
+    transfer_size: PositiveInt | None = Field(default=None, description="use the first N transfer samples; None uses all")
+    train: TrainConfig = TrainConfig(epochs=3, lr=0.01)
+    patience: PositiveInt | None = Field(default=2, description="early stopping: epochs without a better validation top-1; "
+                                                               "None trains every epoch")
+    ablation: bool = Field(default=True, description="also fine-tune the same student on hard labels only (same epochs "
+                                                     "and seed) to show what distillation bought")
+
+    @model_validator(mode="after")
+    def _labels_needed(self) -> DistillConfig:
+        if self.transfer == "unlabeled" and self.objective == "soft_hard":
+            raise ValueError("objective soft_hard needs labels; with transfer: unlabeled use soft or mse")
+        if self.transfer_source is not None and self.transfer != "unlabeled":
+            raise ValueError("transfer_source is unlabeled data: set transfer: unlabeled")
+        return self
+
+
 class ExportConfig(_Section):
     opset: int = Field(default=18, ge=13, le=23)
     simplify: bool = True
@@ -216,6 +260,7 @@ class Recipe(_Section):
     calibration: CalibrationConfig = CalibrationConfig()
     model: ModelConfig = ModelConfig()
     prune: PruneConfig = PruneConfig()
+    distill: DistillConfig = DistillConfig()
     export: ExportConfig = ExportConfig()
     backends: BackendsConfig = BackendsConfig()
     validate_: ValidateConfig = Field(default=ValidateConfig(), alias="validate")
@@ -258,15 +303,20 @@ def load_recipe(path: str | os.PathLike[str] | None = None) -> Recipe:
     return recipe
 
 
+INPUT_PATHS = (("model", "checkpoint"), ("calibration", "source"), ("data", "root"), ("distill", "transfer_source"),
+               ("distill", "teacher", "checkpoint"), ("distill", "student", "checkpoint"))
+
+
 def _resolve_input_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     """Make the recipe's input paths relative to the recipe file."""
-    raw = dict(raw)
-    for section, key in (("model", "checkpoint"), ("calibration", "source"), ("data", "root")):
-        block = raw.get(section)
+    raw = copy.deepcopy(raw)
+    for *sections, key in INPUT_PATHS:
+        block: Any = raw
+        for section in sections:
+            block = block.get(section) if isinstance(block, dict) else None
         if isinstance(block, dict) and isinstance(block.get(key), str):
-            block = dict(block)
-            block[key] = str((base / Path(block[key]).expanduser()).resolve()) if not Path(block[key]).is_absolute() else block[key]
-            raw[section] = block
+            path = Path(block[key]).expanduser()
+            block[key] = str(path if path.is_absolute() else (base / path).resolve())
     return raw
 
 
@@ -275,6 +325,13 @@ def _check_files(recipe: Recipe, path: Path) -> None:
         raise RecipeError(f"{path}: 'model.checkpoint': file not found: {recipe.model.checkpoint}")
     if recipe.calibration.source is not None and not recipe.calibration.source.exists():
         raise RecipeError(f"{path}: 'calibration.source': no such file or folder: {recipe.calibration.source}")
+    for role in ("teacher", "student"):
+        model = getattr(recipe.distill, role)
+        if model is not None and model.checkpoint is not None and not model.checkpoint.is_file():
+            raise RecipeError(f"{path}: 'distill.{role}.checkpoint': file not found: {model.checkpoint}")
+    source = recipe.distill.transfer_source
+    if source is not None and not source.exists():
+        raise RecipeError(f"{path}: 'distill.transfer_source': no such file or folder: {source}")
 
 
 def _describe(exc: ValidationError) -> str:

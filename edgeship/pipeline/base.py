@@ -55,6 +55,13 @@ class RunContext:
     def save_manifest(self) -> None:
         self.manifest.save(self.manifest_path)
 
+    @staticmethod
+    def artifact_id(stage: str, *, config: Mapping[str, Any], parents: Sequence[Artifact],
+                    extra_key: Mapping[str, Any] | None = None) -> str:
+        """The id ``produce`` gives the output of (stage, config, parents, extra_key)."""
+        key = {"config": dict(config), **(extra_key or {})}
+        return artifact_id(stage, key, [f"{p.id}:{p.sha256}" for p in parents])
+
     def produce(self, stage: str, name: str, *, config: Mapping[str, Any], parents: Sequence[Artifact],
                 make: Callable[[Path], Made], extra_key: Mapping[str, Any] | None = None) -> Artifact:
         """The artifact for (stage, config, parents): reused from the store when complete, else made now.
@@ -62,8 +69,7 @@ class RunContext:
         The key holds each parent's id *and* sha256, so a parent rebuilt with different
         content (``--force``) never lets a stale child be reused.
         """
-        key = {"config": dict(config), **(extra_key or {})}
-        aid = artifact_id(stage, key, [f"{p.id}:{p.sha256}" for p in parents])
+        aid = self.artifact_id(stage, config=config, parents=parents, extra_key=extra_key)
         if stage not in self.force:
             found = self.store.get(aid)
             if found is not None:

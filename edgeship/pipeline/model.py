@@ -73,10 +73,18 @@ def load_checkpoint(model: nn.Module, path: Path) -> None:
         raise DataError(f"{path}: checkpoint does not fit the model's architecture: {reason}") from None
 
 
-def load_model(artifact: Artifact, cfg: ModelConfig) -> nn.Module:
-    """The model stored in a ``model`` artifact, in eval mode."""
+def load_model(artifact: Artifact, cfg: ModelConfig | None = None) -> nn.Module:
+    """The model stored in a model artifact, in eval mode.
+
+    The architecture comes from the config recorded in the artifact (a distilled
+    student may differ from the recipe's model); ``cfg`` serves artifacts without one.
+    """
     import torch
 
+    if "model_config" in artifact.meta:
+        cfg = ModelConfig.model_validate(artifact.meta["model_config"])
+    if cfg is None:
+        raise ValueError(f"artifact {artifact.id} records no model config; pass one")
     model = instantiate(cfg, in_channels=artifact.meta["input_shape"][0], num_classes=artifact.meta["num_classes"])
     pruning = artifact.meta.get("pruning") or {}
     if pruning.get("history_file"):  # structured: rebuild the pruned structure from the original model
@@ -90,8 +98,15 @@ def load_model(artifact: Artifact, cfg: ModelConfig) -> nn.Module:
 
 
 class ModelStage:
+    """The FP32 model: ``role`` names it in the manifest (model, teacher, student); ``train=False`` keeps a zoo
+    model at its seeded initialisation (a student that distillation trains from scratch)."""
+
     name: ClassVar[str] = "model"
     Config: ClassVar[type[ModelConfig]] = ModelConfig
+
+    def __init__(self, *, role: str = "model", train: bool = True) -> None:
+        self.role = role
+        self.train = train
 
     def run(self, inputs: Mapping[str, Artifact], cfg: ModelConfig, ctx: RunContext) -> dict[str, Artifact]:
         p = ctx.recipe.data.preprocessing
@@ -101,7 +116,11 @@ class ModelStage:
             from edgeship.artifacts import sha256_file
 
             key["checkpoint_sha256"] = sha256_file(cfg.checkpoint)
+        if not self.train:
+            key["untrained"] = True
         label = cfg.zoo or cfg.factory or "model"
+        if self.role != "model":
+            label = f"{self.role}: {label}"
         artifact = ctx.produce(self.name, label, config=cfg.model_dump(mode="json"), parents=[], extra_key=key,
                                make=lambda folder: self._make(folder, cfg, ctx, shape))
         return {"model": artifact}
@@ -116,12 +135,15 @@ class ModelStage:
         seed_everything(ctx.recipe.seed)
         model = instantiate(cfg, in_channels=shape[0], num_classes=dataset.num_classes)
         meta: dict[str, Any] = {"input_shape": list(shape), "num_classes": dataset.num_classes, "classes": list(dataset.classes),
-                                "source": "zoo" if cfg.zoo else "factory", "architecture": cfg.zoo or cfg.factory}
+                                "source": "zoo" if cfg.zoo else "factory", "architecture": cfg.zoo or cfg.factory,
+                                "model_config": cfg.model_dump(mode="json")}
         if cfg.checkpoint is not None:
             load_checkpoint(model, cfg.checkpoint)
             meta["checkpoint"] = str(cfg.checkpoint)
         _check_output(model, shape, dataset.num_classes, label=meta["architecture"])
-        if cfg.checkpoint is None:
+        if cfg.checkpoint is None and not self.train:
+            meta["source"] += " (untrained)"
+        elif cfg.checkpoint is None:
             history = train_classifier(model, dataset.train, dataset.val, p, cfg.train, seed=ctx.recipe.seed, console=ctx.console)
             meta["history"] = {"train_loss": history.train_loss, "train_accuracy": history.train_accuracy,
                                "val_accuracy": history.val_accuracy}

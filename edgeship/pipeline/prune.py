@@ -117,7 +117,8 @@ class PruneStage:
         ctx.console.print(f"prune: MACs kept {metrics['macs_kept']:.1%}, parameters kept {metrics['parameters_kept']:.1%}, "
                           f"ORT FP32 p50 {before['latency']['p50_ms']:.3f} → {after['latency']['p50_ms']:.3f} ms "
                           f"(×{metrics['latency_speedup_p50']:.2f}), val top-1 {before['val_top1']:.2%} → {after['val_top1']:.2%}")
-        meta = {key: teacher.meta[key] for key in ("input_shape", "num_classes", "classes", "architecture")}
+        meta = {key: teacher.meta[key] for key in ("input_shape", "num_classes", "classes", "architecture", "model_config")
+                if key in teacher.meta}
         meta.update(source="pruned", pruning={"method": cfg.method, "base_file": "base.pt",
                                               "history_file": "history.json" if cfg.method == "structured" else None},
                     metrics=metrics)

@@ -78,11 +78,25 @@ def build_report(results: Mapping[str, Artifact], ctx: RunContext) -> dict[str, 
         "baseline": {"name": BASELINE, **base_metrics} if baseline else None,
         "prune": next(({"method": e.config.get("method"), "reused": e.reused, **e.metrics}
                        for e in ctx.manifest.entries if e.stage == "prune" and e.status == "ok"), None),
+        "distill": _distill_section(ctx),
         "engines": engines,
         "notes": ["Latency is measured on this machine with the threads shown; engines are not yet timed in isolated "
                   "processes, and release gates are not applied in this version.",
                   "Results reused from the store (reused.validate) were measured at their measured_at time on this device."],
     }
+
+
+def _distill_section(ctx: RunContext) -> dict[str, Any] | None:
+    """Teacher, student before recovery, hard-label fine-tune and distilled top-1, from this run's manifest."""
+    from edgeship.pipeline.distill import ABLATION, comparison
+
+    entries = {e.stage: e for e in ctx.manifest.entries if e.status == "ok"}
+    if "distill" not in entries:
+        return None
+    distilled, ablation = entries["distill"], entries.get(ABLATION)
+    return {"name": distilled.name, "reused": distilled.reused, "seconds": distilled.seconds + (ablation.seconds if ablation else 0.0),
+            **comparison(distilled.metrics, ablation.metrics if ablation else None),
+            "epochs_run": distilled.metrics.get("epochs_run"), "best_epoch": distilled.metrics.get("best_epoch")}
 
 
 def print_summary(report: Mapping[str, Any], console: Console) -> None:
@@ -114,6 +128,15 @@ def print_summary(report: Mapping[str, Any], console: Console) -> None:
                       f"ONNX {_size(before['onnx_bytes'])} → {_size(after['onnx_bytes'])}, measured ORT FP32 p50 "
                       f"{before['latency']['p50_ms']:.3f} → {after['latency']['p50_ms']:.3f} ms (×{prune['latency_speedup_p50']:.2f}), "
                       f"val top-1 {_pct(before['val_top1'])} → {_pct(after['val_top1'])}", soft_wrap=True)
+    distill = report.get("distill")
+    if distill:
+        top1 = distill["top1"]
+        hard = top1.get("hard_label_finetune")
+        console.print(f"distill ({distill['name']}): test top-1 teacher {_pct(top1['teacher']['eval_top1'])}, student before "
+                      f"{_pct(top1['student_before']['eval_top1'])}, hard-label fine-tune "
+                      f"{_pct(hard['eval_top1']) if hard else 'not run'}, distilled {_pct(top1['distilled']['eval_top1'])} "
+                      f"({-distill['distilled_drop_vs_teacher_points']:+.2f} pt vs teacher"
+                      + (f", {distill['gain_over_hard_labels_points']:+.2f} pt over hard labels)" if hard else ")"), soft_wrap=True)
 
 
 def load_report(path: Path) -> dict[str, Any]:

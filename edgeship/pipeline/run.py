@@ -1,4 +1,4 @@
-"""Run a recipe: model → export → build → validate → report, with the manifest kept current."""
+"""Run a recipe: model → prune → distill → export → build → validate → report, with the manifest kept current."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from edgeship.artifacts import ArtifactStore, Manifest
 from edgeship.errors import RecipeError
 from edgeship.recipe import Recipe
 
-STAGES = ("model", "prune-sensitivity", "prune", "export", "build", "validate", "report")
+STAGES = ("model", "prune-sensitivity", "prune", "distill-ablation", "distill", "export", "build", "validate", "report")
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,11 @@ def run(recipe: Recipe, *, force: Iterable[str] = (), console: Console | None = 
             from edgeship.pipeline.prune import PruneStage
 
             student = PruneStage().run({"model": model}, recipe.prune, ctx)["model"]
+            ctx.save_manifest()
+        if recipe.distill.enabled:
+            from edgeship.pipeline.distill import DistillStage
+
+            student = DistillStage().run({"teacher": model, "student": student}, recipe.distill, ctx)["model"]
             ctx.save_manifest()
         onnx = ExportStage().run({"model": student}, recipe.export, ctx)["onnx"]
         ctx.save_manifest()

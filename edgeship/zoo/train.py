@@ -60,7 +60,7 @@ def onednn_hazards(model: nn.Module) -> list[str]:
     return found
 
 
-def _backward_guard(model: nn.Module, console: Console) -> contextlib.AbstractContextManager[object]:
+def backward_guard(model: nn.Module, console: Console) -> contextlib.AbstractContextManager[object]:
     hazards = onednn_hazards(model)
     if not hazards:
         return contextlib.nullcontext()
@@ -94,7 +94,7 @@ def train_classifier(model: nn.Module, train: Split, val: Split, p: Preprocessin
                                                    anneal_strategy="cos")
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     history = TrainHistory()
-    with _backward_guard(model, console), progress_bar(console) as bar:
+    with backward_guard(model, console), progress_bar(console) as bar:
         task = bar.add_task(label, total=total, info="")
         for epoch in range(cfg.epochs):
             model.train()

@@ -1,0 +1,163 @@
+"""Knowledge distillation on plain ``nn.Module``s: the objectives, FitNets hints and the student wrapper.
+
+- soft (Hinton): KL(teacher ‖ student) of the softmax at temperature T, scaled by T² so
+  its gradients keep their size as T changes;
+- soft_hard: ``alpha · soft + (1 - alpha) · CE(student, labels)`` with the hard part at T = 1;
+- mse: mean squared error between the logits;
+- hints (FitNets): MSE between a student feature map, through a learned 1×1 regressor
+  when the widths differ, and the teacher's feature map at the named layer.
+
+The teacher runs once per batch under ``torch.no_grad()`` and never receives gradients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeship.errors import RecipeError
+
+Objective = Literal["soft", "soft_hard", "mse"]
+
+
+def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's soft-target loss: ``T² · KL(softmax(t/T) ‖ softmax(s/T))``, averaged over the batch."""
+    log_student = F.log_softmax(student_logits / temperature, dim=1)
+    log_teacher = F.log_softmax(teacher_logits / temperature, dim=1)
+    return F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True) * temperature**2
+
+
+def logit_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None, *,
+               objective: Objective, temperature: float, alpha: float) -> torch.Tensor:
+    """The recipe's objective on one batch of logits (``labels`` only for soft_hard)."""
+    if objective == "mse":
+        return F.mse_loss(student_logits, teacher_logits)
+    soft = soft_target_loss(student_logits, teacher_logits, temperature)
+    if objective == "soft":
+        return soft
+    if labels is None:
+        raise ValueError("objective soft_hard needs labels")
+    return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
+
+
+@dataclass(frozen=True)
+class Hint:
+    """One FitNets pair: the student's guided layer and the teacher's hint layer, by module name."""
+
+    student: str
+    teacher: str
+
+
+class FeatureTap:
+    """Forward hooks that keep the latest output of named modules."""
+
+    def __init__(self, model: nn.Module, names: Sequence[str], *, role: str) -> None:
+        modules = dict(model.named_modules())
+        unknown = [name for name in names if name not in modules]
+        if unknown:
+            known = ", ".join(name for name in modules if name)
+            raise RecipeError(f"'distill.hints': the {role} has no module named {', '.join(map(repr, unknown))}; "
+                              f"its modules are {known}")
+        self.outputs: dict[str, torch.Tensor] = {}
+        self._handles = [modules[name].register_forward_hook(self._keep(name)) for name in dict.fromkeys(names)]
+
+    def _keep(self, name: str):  # noqa: ANN202 - a hook closure
+        def hook(_: nn.Module, __: object, output: torch.Tensor) -> None:
+            self.outputs[name] = output
+
+        return hook
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.outputs = {}
+
+
+def _regressor(student: torch.Tensor, teacher: torch.Tensor, hint: Hint) -> nn.Module:
+    """Identity when the widths match; else a 1×1 convolution (feature maps) or a linear layer (vectors)."""
+    if student.shape[2:] != teacher.shape[2:] or student.dim() != teacher.dim():
+        raise RecipeError(f"'distill.hints': student {hint.student!r} gives features of shape {tuple(student.shape[1:])}, "
+                          f"teacher {hint.teacher!r} gives {tuple(teacher.shape[1:])}; a hint needs the same spatial size")
+    cs, ct = student.shape[1], teacher.shape[1]
+    if cs == ct:
+        return nn.Identity()
+    if student.dim() == 4:
+        return nn.Conv2d(cs, ct, kernel_size=1, bias=False)
+    if student.dim() == 2:
+        return nn.Linear(cs, ct, bias=False)
+    raise RecipeError(f"'distill.hints': {hint.student!r} gives {student.dim()}-d features; hints take (N, C) or (N, C, H, W)")
+
+
+class Distiller(nn.Module):
+    """The trainable side of distillation: the student plus one regressor per hint.
+
+    The teacher is held outside the module tree (its weights are not in
+    ``state_dict`` and not in ``parameters``), frozen and in eval mode.
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, example: torch.Tensor, *, objective: Objective,
+                 temperature: float = 4.0, alpha: float = 0.9, hints: Sequence[Hint] = (), hint_weight: float = 1.0) -> None:
+        super().__init__()
+        self.student = student
+        self._teacher = (teacher.eval().requires_grad_(False),)
+        self.objective, self.temperature, self.alpha = objective, temperature, alpha
+        self.hints, self.hint_weight = tuple(hints), hint_weight
+        self._student_tap = FeatureTap(student, [h.student for h in self.hints], role="student")
+        self._teacher_tap = FeatureTap(teacher, [h.teacher for h in self.hints], role="teacher")
+        with torch.no_grad():
+            was_training = student.training
+            t_out, s_out = teacher(example), student.eval()(example)
+            student.train(was_training)
+        if t_out.shape != s_out.shape:
+            raise RecipeError(f"distill: the teacher outputs shape {tuple(t_out.shape)} and the student {tuple(s_out.shape)} "
+                              "for the same batch; the student must have the teacher's output space")
+        self.regressors = nn.ModuleList(_regressor(self._student_tap.outputs[h.student], self._teacher_tap.outputs[h.teacher], h)
+                                        for h in self.hints)
+
+    @property
+    def teacher(self) -> nn.Module:
+        return self._teacher[0]
+
+    def train(self, mode: bool = True) -> Distiller:
+        super().train(mode)
+        self.teacher.eval()  # BatchNorm statistics of the teacher never move
+        return self
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, student logits) for one batch; the teacher runs once, without gradients."""
+        with torch.no_grad():
+            teacher_logits = self.teacher(x)
+        student_logits = self.student(x)
+        loss = logit_loss(student_logits, teacher_logits, labels, objective=self.objective, temperature=self.temperature,
+                          alpha=self.alpha)
+        if self.hints:
+            loss = loss + self.hint_weight * self.hint_loss()
+        return loss, student_logits
+
+    def hint_loss(self) -> torch.Tensor:
+        """Mean over hints of the MSE between regressed student features and teacher features (last forward pass)."""
+        terms = [F.mse_loss(regressor(self._student_tap.outputs[h.student]), self._teacher_tap.outputs[h.teacher])
+                 for h, regressor in zip(self.hints, self.regressors, strict=True)]
+        return torch.stack(terms).mean()
+
+    def close(self) -> None:
+        self._student_tap.close()
+        self._teacher_tap.close()
+
+
+@contextlib.contextmanager
+def distiller(student: nn.Module, teacher: nn.Module, example: torch.Tensor, **kwargs: object) -> Iterator[Distiller]:
+    """A ``Distiller`` whose feature hooks are removed on exit (the student is exported afterwards)."""
+    module = Distiller(student, teacher, example, **kwargs)  # type: ignore[arg-type]
+    try:
+        yield module
+    finally:
+        module.close()
+

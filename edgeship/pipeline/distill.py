@@ -1,0 +1,223 @@
+"""The ``distill`` stage: the pruned (or a named) student recovers accuracy from the teacher.
+
+The student trains on the transfer set with the recipe's objective (soft targets,
+soft + hard, logits MSE, optional FitNets hints), validated each epoch on the
+held-out split, with early stopping and the best epoch kept; an interrupted run
+resumes from its last epoch checkpoint. For the report, the same student is also
+fine-tuned on hard labels alone (same epochs, seed and schedule, cached apart), so
+the run shows what distillation bought over plain fine-tuning.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from edgeship.artifacts import Artifact
+from edgeship.errors import RecipeError
+from edgeship.pipeline.base import Made, RunContext
+from edgeship.recipe import DistillConfig
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from edgeship.training import TransferSet
+
+ABLATION = "distill-ablation"
+STRUCTURE_FILES = ("base.pt", "history.json")  # a pruned student's structure travels with its weights
+
+
+class DistillStage:
+    name: ClassVar[str] = "distill"
+    Config: ClassVar[type[DistillConfig]] = DistillConfig
+
+    def run(self, inputs: Mapping[str, Artifact], cfg: DistillConfig, ctx: RunContext) -> dict[str, Artifact]:
+        from edgeship.pipeline.model import ModelStage
+
+        teacher = inputs["teacher"] if cfg.teacher is None else ModelStage(role="teacher").run({}, cfg.teacher, ctx)["model"]
+        if cfg.student is not None:
+            student = ModelStage(role="student", train=False).run({}, cfg.student, ctx)["model"]
+        else:
+            student = inputs["student"]
+            if student.id == teacher.id:
+                raise RecipeError("'distill': there is no student: enable prune (the pruned model is the student) or name a "
+                                  "model in distill.student")
+        key = {"dataset": ctx.dataset.fingerprint, "seed": ctx.recipe.seed, "transfer": self._transfer_key(cfg, ctx)}
+        ablation = None
+        if cfg.ablation and cfg.transfer == "labeled":
+            config = {"train": cfg.train.model_dump(mode="json"), "patience": cfg.patience, "transfer_size": cfg.transfer_size}
+            work = ctx.store.scratch(ctx.artifact_id(ABLATION, config=config, parents=[student], extra_key=key))
+            ablation = ctx.produce(ABLATION, "hard-label fine-tune", config=config, parents=[student], extra_key=key,
+                                   make=lambda folder: self._make(folder, None, student, cfg, ctx, work / "train.ckpt"))
+            ctx.save_manifest()
+        config = cfg.model_dump(mode="json", exclude={"enabled", "ablation"})
+        work = ctx.store.scratch(ctx.artifact_id(self.name, config=config, parents=[teacher, student], extra_key=key))
+        distilled = ctx.produce(self.name, _label(cfg), config=config, parents=[teacher, student], extra_key=key,
+                                make=lambda folder: self._make(folder, teacher, student, cfg, ctx, work / "train.ckpt"))
+        publish(distilled, ablation, cfg, ctx.run_dir / "distill")
+        return {"model": distilled}
+
+    # -- training ------------------------------------------------------------------------------------------
+
+    def _make(self, folder: Path, teacher_artifact: Artifact | None, student_artifact: Artifact, cfg: DistillConfig,
+              ctx: RunContext, checkpoint: Path) -> Made:
+        """Distil ``student`` from ``teacher`` (or, with no teacher, fine-tune it on hard labels: the ablation)."""
+        import torch
+
+        from edgeship.distillation import Hint, distiller
+        from edgeship.pipeline.model import load_model
+        from edgeship.training import HardLabels, fit
+        from edgeship.zoo.train import seed_everything
+
+        seed_everything(ctx.recipe.seed)
+        student = load_model(student_artifact, ctx.recipe.model)
+        transfer = self._transfer(cfg, ctx, hard_labels=teacher_artifact is None)
+        score = _scorer(ctx)
+        scores: dict[str, Any] = {"student_before": score(student)}
+        started = time.perf_counter()
+        fit_args = {"seed": ctx.recipe.seed, "console": ctx.console, "patience": cfg.patience, "checkpoint": checkpoint,
+                    "stage": self.name}
+        if teacher_artifact is None:
+            history = fit(HardLabels(student), transfer, lambda: score(student, val_only=True), cfg.train,
+                          label="hard-label fine-tune (ablation)", **fit_args)
+        else:
+            teacher = load_model(teacher_artifact, ctx.recipe.model)
+            scores["teacher"] = score(teacher)
+            example = transfer.batch(np.arange(min(len(transfer), 8)))[0]
+            hints = [Hint(h.student, h.teacher or h.student) for h in cfg.hints]
+            with distiller(student, teacher, example, objective=cfg.objective, temperature=cfg.temperature, alpha=cfg.alpha,
+                           hints=hints, hint_weight=cfg.hint_weight) as module:
+                history = fit(module, transfer, lambda: score(student, val_only=True), cfg.train, label=f"distill ({_label(cfg)})",
+                              **fit_args)
+        seconds = time.perf_counter() - started
+        scores["student_after"] = score(student)
+        target = folder / "model.pt"
+        torch.save(student.state_dict(), target)
+        for name in STRUCTURE_FILES:
+            if (student_artifact.folder / name).is_file():
+                shutil.copyfile(student_artifact.folder / name, folder / name)
+        metrics = {**scores, "epochs_run": len(history.val_accuracy), "best_epoch": history.best_epoch,
+                   "stopped_early": history.stopped_early, "train_seconds": round(seconds, 2),
+                   "transfer": {"samples": len(transfer), "labeled": transfer.labels is not None}}
+        if teacher_artifact is not None:
+            metrics["objective"] = {"name": cfg.objective, "temperature": cfg.temperature, "alpha": cfg.alpha,
+                                    "hints": [h.model_dump() for h in cfg.hints], "hint_weight": cfg.hint_weight}
+        (folder / "training.json").write_text(json.dumps({"metrics": metrics, "history": history.as_dict()}, indent=2))
+        meta = {k: v for k, v in student_artifact.meta.items() if k in ("input_shape", "num_classes", "classes", "architecture",
+                                                                         "model_config", "pruning")}
+        meta.update(source="distilled" if teacher_artifact is not None else "hard-label fine-tuned", metrics=metrics,
+                    history=history.as_dict())
+        return Made(target, "pytorch-state-dict", meta)
+
+    def _transfer(self, cfg: DistillConfig, ctx: RunContext, *, hard_labels: bool) -> TransferSet:
+        """The labeled training split, its images without labels, or the recipe's unlabeled ``transfer_source``."""
+        from edgeship.training import TransferSet
+
+        train, p = ctx.dataset.train, ctx.recipe.data.preprocessing
+        if cfg.transfer_source is not None and not hard_labels:
+            return TransferSet(self._source_samples(cfg, ctx), None)
+        labels = train.labels if (cfg.transfer == "labeled" or hard_labels) else None
+        size = cfg.transfer_size or len(train)
+        return TransferSet(train.images[:size], None if labels is None else labels[:size], p)
+
+    @staticmethod
+    def _source_samples(cfg: DistillConfig, ctx: RunContext) -> np.ndarray:
+        from edgeship.data import check_samples, load_samples
+        from edgeship.pipeline.model import input_shape
+
+        assert cfg.transfer_source is not None
+        shape = input_shape(ctx.dataset, ctx.recipe.data.preprocessing)
+        samples = load_samples(cfg.transfer_source, ctx.recipe.data.preprocessing, input_shape=shape, what="transfer data")
+        samples = samples[: cfg.transfer_size or len(samples)]
+        check_samples(samples, str(cfg.transfer_source), shape, what="transfer")
+        return samples
+
+    def _transfer_key(self, cfg: DistillConfig, ctx: RunContext) -> str:
+        if cfg.transfer_source is None:
+            return f"{ctx.dataset.name}:train"
+        from edgeship.data import fingerprint_samples
+
+        return fingerprint_samples(self._source_samples(cfg, ctx), ctx.recipe.data.preprocessing, str(cfg.transfer_source))
+
+
+def _label(cfg: DistillConfig) -> str:
+    text = {"soft": f"soft T={cfg.temperature:g}", "soft_hard": f"soft+hard T={cfg.temperature:g} alpha={cfg.alpha:g}",
+            "mse": "logits MSE"}[cfg.objective]
+    return text + (f" + {len(cfg.hints)} hint{'s' * (len(cfg.hints) > 1)}" if cfg.hints else "")
+
+
+def _scorer(ctx: RunContext) -> Any:
+    """``score(model)``: top-1 on the validation split (model selection) and the evaluation split (the report)."""
+    from edgeship.measure import top1
+    from edgeship.zoo.train import predict
+
+    p, val, test = ctx.recipe.data.preprocessing, ctx.dataset.val, ctx.dataset.eval
+
+    def score(model: nn.Module, *, val_only: bool = False) -> Any:
+        val_top1 = top1(predict(model, val.images, p), val.labels)
+        if val_only:
+            return val_top1
+        return {"val_top1": val_top1, "eval_top1": top1(predict(model, test.images, p), test.labels)}
+
+    return score
+
+
+# -- the comparison in the run folder --------------------------------------------------------------------------
+
+def comparison(distilled: Mapping[str, Any], ablation: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Teacher, student before recovery, hard-label fine-tune and distilled, side by side (top-1, val and eval)."""
+    rows = {"teacher": distilled["teacher"], "student_before": distilled["student_before"],
+            "hard_label_finetune": ablation["student_after"] if ablation else None, "distilled": distilled["student_after"]}
+    out: dict[str, Any] = {"top1": rows}
+    teacher = rows["teacher"]["eval_top1"]
+    out["distilled_drop_vs_teacher_points"] = round(100 * (teacher - rows["distilled"]["eval_top1"]), 3)
+    if ablation:
+        out["gain_over_hard_labels_points"] = round(100 * (rows["distilled"]["eval_top1"] - ablation["student_after"]["eval_top1"]), 3)
+    else:
+        out["hard_label_finetune_note"] = "not run: distill.ablation is off or the transfer set has no labels"
+    return out
+
+
+def publish(distilled: Artifact, ablation: Artifact | None, cfg: DistillConfig, target: Path) -> None:
+    """``distill.json`` (the comparison and both training histories) and ``curves.png`` in the run folder."""
+    target.mkdir(parents=True, exist_ok=True)
+    document = {"objective": _label(cfg), **comparison(distilled.meta["metrics"], ablation.meta["metrics"] if ablation else None),
+                "distill": {"metrics": distilled.meta["metrics"], "history": distilled.meta["history"]},
+                "hard_label_finetune": {"metrics": ablation.meta["metrics"], "history": ablation.meta["history"]} if ablation else None}
+    (target / "distill.json").write_text(json.dumps(document, indent=2))
+    plot_curves(document, target / "curves.png")
+
+
+def plot_curves(document: Mapping[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+    runs = {f"distilled ({document['objective']})": document["distill"]}
+    if document.get("hard_label_finetune"):
+        runs["hard-label fine-tune"] = document["hard_label_finetune"]
+    for name, run in runs.items():
+        history = run["history"]
+        epochs = list(range(1, len(history["val_accuracy"]) + 1))
+        loss_ax.plot(epochs, history["train_loss"], marker="o", label=name)
+        acc_ax.plot(epochs, [100 * a for a in history["val_accuracy"]], marker="o", label=name)
+    top1 = document["top1"]
+    acc_ax.axhline(100 * top1["teacher"]["val_top1"], color="black", linewidth=1, label="teacher")
+    acc_ax.axhline(100 * top1["student_before"]["val_top1"], color="grey", linestyle="--", linewidth=1, label="student before")
+    loss_ax.set(xlabel="epoch", ylabel="training loss (each run's own objective)", title="Training loss")
+    acc_ax.set(xlabel="epoch", ylabel="validation top-1 (%)", title="Validation top-1 (held out)")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,196 @@
+"""A resumable training loop: cosine schedule, validation each epoch, early stopping, best weights kept.
+
+``fit`` trains any module whose ``forward(x, labels)`` returns ``(loss, logits)`` (the
+distiller, or plain cross-entropy on hard labels). After every epoch it writes a
+checkpoint atomically; started again with the same checkpoint path, it continues
+from the last completed epoch and ends with the same weights as an uninterrupted run
+(each epoch's sample order depends only on the seed and the epoch). A NaN or inf loss
+stops training with a clear error and leaves the last good checkpoint in place.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from torch import nn
+
+from edgeship.artifacts import write_atomic
+from edgeship.data import preprocess
+from edgeship.errors import StageError
+from edgeship.progress import progress_bar
+from edgeship.recipe import Preprocessing, TrainConfig
+
+
+@dataclass(frozen=True)
+class TransferSet:
+    """Training inputs with labels (or ``None``): raw uint8 images preprocessed per batch, or ready float32 NCHW inputs."""
+
+    inputs: np.ndarray
+    labels: np.ndarray | None
+    preprocessing: Preprocessing | None = None
+
+    def __post_init__(self) -> None:
+        if self.labels is not None and len(self.labels) != len(self.inputs):
+            raise ValueError(f"{len(self.inputs)} inputs but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = self.inputs[idx] if self.preprocessing is None else preprocess(self.inputs[idx], self.preprocessing)
+        y = None if self.labels is None else torch.from_numpy(self.labels[idx])
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), y
+
+
+class HardLabels(nn.Module):
+    """Plain supervised fine-tuning in ``fit``'s shape: cross-entropy on the labels."""
+
+    def __init__(self, student: nn.Module) -> None:
+        super().__init__()
+        self.student = student
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if labels is None:
+            raise ValueError("hard-label training needs labels")
+        logits = self.student(x)
+        return F.cross_entropy(logits, labels), logits
+
+
+@dataclass
+class FitHistory:
+    """Per-epoch curves and how training ended."""
+
+    train_loss: list[float] = field(default_factory=list)
+    train_accuracy: list[float | None] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
+    best_epoch: int = 0
+    stopped_early: bool = False
+    resumed_from_epoch: int = 0
+
+    @property
+    def best_val_accuracy(self) -> float | None:
+        return self.val_accuracy[self.best_epoch - 1] if self.best_epoch else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "best_val_accuracy": self.best_val_accuracy}
+
+
+def fit(module: nn.Module, data: TransferSet, evaluate: Callable[[], float], cfg: TrainConfig, *, seed: int, console: Console,
+        label: str, patience: int | None = None, checkpoint: Path | None = None, stage: str = "train",
+        on_epoch: Callable[[int], None] | None = None) -> FitHistory:
+    """Train ``module`` in place and leave it holding the weights of its best validation epoch.
+
+    ``evaluate`` returns the validation top-1 of the current weights. ``checkpoint``
+    (a file path) makes the run resumable. ``on_epoch(epoch)`` is called after each
+    saved epoch (tests use it to interrupt a run).
+    """
+    from edgeship.zoo.train import backward_guard, seed_everything
+
+    seed_everything(seed)
+    steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
+    optimizer = make_optimizer(module, cfg)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
+    history, best_state, bad_epochs = FitHistory(), _copy_state(module), 0
+    start = 0
+    if checkpoint is not None and checkpoint.is_file():
+        saved = _load_checkpoint(checkpoint, stage)
+        module.load_state_dict(saved["module"])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        torch.set_rng_state(saved["torch_rng"])
+        best_state, bad_epochs, start = saved["best_state"], saved["bad_epochs"], saved["epoch"]
+        history = FitHistory(**saved["history"])
+        history.resumed_from_epoch = start
+        console.print(f"{label}: resuming after epoch {start}/{cfg.epochs} from {checkpoint}")
+    student = getattr(module, "student", module)
+    with backward_guard(student, console), progress_bar(console) as bar:
+        task = bar.add_task(label, total=cfg.epochs * steps_per_epoch, completed=start * steps_per_epoch, info="")
+        for epoch in range(start, cfg.epochs):
+            if history.stopped_early:
+                break
+            module.train()
+            order = np.random.default_rng([seed, epoch]).permutation(len(data))
+            loss_sum, correct, labelled, seen = 0.0, 0, 0, 0
+            for step in range(steps_per_epoch):
+                x, y = data.batch(order[step * cfg.batch_size : (step + 1) * cfg.batch_size])
+                loss, logits = module(x, y)
+                if not torch.isfinite(loss):
+                    raise StageError(stage, _diverged(label, float(loss.item()), epoch, step, checkpoint, start_epoch=epoch))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                loss_sum += loss.item() * len(x)
+                seen += len(x)
+                if y is not None:
+                    correct += int((logits.detach().argmax(1) == y).sum())
+                    labelled += len(y)
+                accuracy = f" acc {correct / labelled:.3f}" if labelled else ""
+                bar.update(task, advance=1, info=f"epoch {epoch + 1}/{cfg.epochs} loss {loss_sum / seen:.4f}{accuracy}")
+            history.train_loss.append(loss_sum / seen)
+            history.train_accuracy.append(correct / labelled if labelled else None)
+            history.val_accuracy.append(evaluate())
+            if history.best_epoch == 0 or history.val_accuracy[-1] > history.val_accuracy[history.best_epoch - 1]:
+                history.best_epoch, best_state, bad_epochs = epoch + 1, _copy_state(module), 0
+            else:
+                bad_epochs += 1
+                history.stopped_early = patience is not None and bad_epochs >= patience and epoch + 1 < cfg.epochs
+            summary = (f"epoch {epoch + 1}/{cfg.epochs} loss {history.train_loss[-1]:.4f} val top-1 {history.val_accuracy[-1]:.4f}"
+                       + (f" (best epoch {history.best_epoch})" if history.best_epoch != epoch + 1 else " (best)")
+                       + (" — early stop" if history.stopped_early else ""))
+            bar.update(task, info=summary)
+            if not console.is_terminal:  # a log gets one line per epoch instead of a live bar
+                console.print(f"{label}: {summary}")
+            if checkpoint is not None:
+                _save_checkpoint(checkpoint, {"epoch": epoch + 1, "module": module.state_dict(), "optimizer": optimizer.state_dict(),
+                                              "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(),
+                                              "best_state": best_state, "bad_epochs": bad_epochs, "history": asdict(history)})
+            if on_epoch is not None:
+                on_epoch(epoch + 1)
+        bar.update(task, completed=cfg.epochs * steps_per_epoch)
+    module.load_state_dict(best_state)
+    module.eval()
+    return history
+
+
+def make_optimizer(module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in module.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _copy_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {key: value.detach().clone() for key, value in module.state_dict().items()}
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomic(path, buffer.getvalue())
+
+
+def _load_checkpoint(path: Path, stage: str) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a damaged checkpoint is reported, never trusted
+        raise StageError(stage, f"{path}: cannot resume from this checkpoint ({type(exc).__name__}: {exc}); delete it to start "
+                                  "over") from None
+
+
+def _diverged(label: str, value: float, epoch: int, step: int, checkpoint: Path | None, *, start_epoch: int) -> str:
+    if checkpoint is not None and checkpoint.is_file():
+        kept = f"the last good checkpoint (after epoch {start_epoch}) is kept at {checkpoint}"
+    else:
+        kept = "no epoch had completed, so there is no checkpoint to keep"
+    return (f"{label}: the loss became {value} at epoch {epoch + 1}, step {step + 1}; training stopped and {kept}. "
+            "Lower the learning rate or the temperature")
