@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import os
-import types
 import typing
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -336,7 +335,7 @@ def _check_files(recipe: Recipe, path: Path) -> None:
 
 def _describe(exc: ValidationError) -> str:
     """One line for the first validation error, with the allowed keys for a typo."""
-    errors = exc.errors()
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")  # a typo explains the "missing" key beside it
     first = errors[0]
     loc = tuple(first["loc"])
     more = f" (and {len(errors) - 1} more problem{'s' * (len(errors) > 2)})" if len(errors) > 1 else ""
@@ -373,7 +372,7 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
 def _model_in(annotation: Any) -> type[BaseModel] | None:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+    if typing.get_origin(annotation) is not None:  # Optional[...], tuple[Model, ...], dict[str, Model]
         for arg in typing.get_args(annotation):
             found = _model_in(arg)
             if found:

@@ -55,6 +55,14 @@ def test_nested_typo_lists_that_sections_keys(tmp_path: Path) -> None:
         ("[1, 2]", r"a recipe is a mapping"),
         ("data: [", r"not valid YAML at line"),
         ("model: {factory: 'a.b:c', checkpoint: missing.pt}", r"'model.checkpoint': file not found"),
+        ("distill: {temperature: -2}", r"'distill.temperature': .*greater than 0.*-2"),
+        ("distill: {alpha: 1.5}", r"'distill.alpha': .*less than or equal to 1"),
+        ("distill: {objective: kl}", r"'distill.objective': .*'soft', 'soft_hard' or 'mse'"),
+        ("distill: {transfer: unlabeled}", r"soft_hard needs labels; with transfer: unlabeled use soft or mse"),
+        ("distill: {transfer_source: imgs}", r"transfer_source is unlabeled data: set transfer: unlabeled"),
+        ("distill: {transfer: unlabeled, objective: soft, transfer_source: nowhere}", r"'distill.transfer_source': no such file"),
+        ("distill: {student: {factory: 'a.b:c', checkpoint: gone.pt}}", r"'distill.student.checkpoint': file not found"),
+        ("distill: {hints: [{studnet: layer2}]}", r"unknown key 'studnet' in 'distill.hints.0'; allowed keys: student, teacher"),
     ],
 )
 def test_bad_recipes_give_one_line_errors(tmp_path: Path, text: str, pattern: str) -> None:
@@ -80,3 +88,12 @@ def test_name_defaults_to_file_stem_and_none_gives_default(tmp_path: Path) -> No
     path.write_text("seed: 3\n")
     assert load_recipe(path).name == "my-recipe"
     assert load_recipe(None) == Recipe()
+
+
+def test_distill_input_paths_are_relative_to_the_recipe(tmp_path: Path) -> None:
+    (tmp_path / "unlabeled").mkdir()
+    (tmp_path / "teacher.pt").write_bytes(b"x")
+    recipe = load_recipe(write(tmp_path, "distill:\n  transfer: unlabeled\n  objective: soft\n  transfer_source: unlabeled\n"
+                                         "  teacher: {factory: 'pkg.mod:make', checkpoint: teacher.pt}\n"))
+    assert recipe.distill.transfer_source == tmp_path / "unlabeled"
+    assert recipe.distill.teacher is not None and recipe.distill.teacher.checkpoint == tmp_path / "teacher.pt"
