@@ -105,6 +105,11 @@ class DistillStage:
         metrics = {**scores, "epochs_run": len(history.val_accuracy), "best_epoch": history.best_epoch,
                    "stopped_early": history.stopped_early, "train_seconds": round(seconds, 2),
                    "transfer": {"samples": len(transfer), "labeled": transfer.labels is not None}}
+        before, after = scores["student_before"]["val_top1"], scores["student_after"]["val_top1"]
+        if after < before:
+            metrics["warning"] = (f"training left the student worse on validation than it started ({before:.2%} → {after:.2%}); "
+                                  "try a lower learning rate or fewer epochs")
+            ctx.console.print(f"[yellow]{self.name}: {metrics['warning']}[/yellow]")
         if teacher_artifact is not None:
             metrics["objective"] = {"name": cfg.objective, "temperature": cfg.temperature, "alpha": cfg.alpha,
                                     "hints": [h.model_dump() for h in cfg.hints], "hint_weight": cfg.hint_weight}
