@@ -8,7 +8,7 @@ labels, and agreement with the FP32 reference outputs.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -58,6 +58,21 @@ def time_calls(call: Callable[[], object], *, warmup: int, iterations: int, min_
         if on_step is not None:
             on_step()
     return np.asarray(times, dtype=np.int64)
+
+
+def time_interleaved(calls: Mapping[str, Callable[[], object]], *, warmup: int, iterations: int, min_seconds: float,
+                     rounds: int = 5) -> dict[str, np.ndarray]:
+    """Per-call times (ns) of several calls, timed in alternating rounds and pooled per call.
+
+    Comparing two engines timed minutes apart lets any change of background load
+    in between decide the ratio; alternating rounds spread it over both.
+    """
+    times: dict[str, list[np.ndarray]] = {name: [] for name in calls}
+    for round_index in range(rounds):
+        for name, call in calls.items():
+            times[name].append(time_calls(call, warmup=warmup if round_index == 0 else min(warmup, 5),
+                                          iterations=-(-iterations // rounds), min_seconds=min_seconds / rounds))
+    return {name: np.concatenate(parts) for name, parts in times.items()}
 
 
 def top1(logits: np.ndarray, labels: np.ndarray) -> float:

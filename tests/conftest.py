@@ -22,6 +22,8 @@ def tiny_recipe(tmp: Path, **overrides: object) -> Recipe:
         "calibration": {"size": 200},
         "model": {"width": 8, "train": {"epochs": 2, "optimizer": "adamw", "lr": 0.005, "weight_decay": 0.0}},
         "validate": {"warmup": 2, "iterations": 20, "min_seconds": 0.05, "threads": 1},
+        "prune": {"enabled": False},  # tests that prune or distill say so
+        "distill": {"enabled": False},
     }
     raw.update(overrides)
     return Recipe.model_validate(raw)

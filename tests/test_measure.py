@@ -38,3 +38,13 @@ def test_top1_and_agreement() -> None:
     assert agreement(reference, reference)["mean_cosine"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="differ in shape"):
         agreement(outputs[:2], reference)
+
+
+def test_interleaved_timing_alternates_rounds_and_pools_each_call() -> None:
+    from edgeship.measure import time_interleaved
+
+    order: list[str] = []
+    times = time_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, warmup=0, iterations=10,
+                             min_seconds=0.0, rounds=5)
+    assert {name: len(t) for name, t in times.items()} == {"a": 10, "b": 10}
+    assert "".join(order) == "aabb" * 5, "each round times every call in turn"

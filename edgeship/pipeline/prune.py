@@ -10,6 +10,8 @@ harness as the validate stage: a MACs ratio alone is not a result.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import shutil
 import tempfile
@@ -92,14 +94,18 @@ class PruneStage:
         example = _example(teacher)
         evaluate = _evaluator(ctx, None)
         macs, params = count(model, example)
-        before = {"macs": macs, "parameters": params, "val_top1": evaluate(model), **_measure(model, teacher, ctx)}
+        before = {"macs": macs, "parameters": params, "val_top1": evaluate(model)}
+        original = copy.deepcopy(model)
         torch.save(model.state_dict(), folder / "base.pt")
         if cfg.method == "unstructured":
             details = self._unstructured(model, cfg, ctx)
         else:
             details = self._structured(model, example, teacher, curves, cfg, ctx, folder)
         macs, params = count(model, example)
-        after = {"macs": macs, "parameters": params, "val_top1": evaluate(model), **_measure(model, teacher, ctx)}
+        after = {"macs": macs, "parameters": params, "val_top1": evaluate(model)}
+        timed = _measure_models({"before": original, "after": model}, teacher, ctx)
+        before.update(timed["before"])
+        after.update(timed["after"])
         if after["parameters"] == before["parameters"] and cfg.method == "structured":
             details["warning"] = "no channel was removed: every layer group is ignored, fixed at ratio 0 or past max_drop"
             ctx.console.print(f"[yellow]prune: {details['warning']}[/yellow]")
@@ -258,22 +264,35 @@ def _evaluator(ctx: RunContext, limit: int | None) -> Any:
 
 
 def _measure(model: nn.Module, teacher: Artifact, ctx: RunContext, *, quick: bool = False) -> dict[str, Any]:
-    """ONNX size and measured ORT FP32 latency (batch 1, threads pinned, the validate harness; ``quick`` for searches)."""
+    """ONNX size and measured ORT FP32 latency of one model (``quick`` for searches)."""
+    return _measure_models({"model": model}, teacher, ctx, quick=quick)["model"]
+
+
+def _measure_models(models: Mapping[str, nn.Module], teacher: Artifact, ctx: RunContext, *,
+                    quick: bool = False) -> dict[str, dict[str, Any]]:
+    """ONNX size and measured ORT FP32 latency (batch 1, threads pinned, the validate harness) of each model.
+
+    Several models are timed in alternating rounds, so their ratio is measured under the same load.
+    """
     from edgeship.backends.onnxruntime import OnnxRuntimeRunner
-    from edgeship.measure import summarize, time_calls
+    from edgeship.measure import summarize, time_interleaved
     from edgeship.pipeline.export import INPUT_NAME, _export, _simplify
 
     cfg, threads = ctx.recipe.validate_, ctx.recipe.threads()
     shape = tuple(teacher.meta["input_shape"])
-    with tempfile.TemporaryDirectory() as tmp:
-        raw, slim = Path(tmp) / "raw.onnx", Path(tmp) / "model.onnx"
-        _export(model.eval(), shape, raw, ctx.recipe.export.opset)
-        _simplify(raw, slim)
-        sample = np.zeros((1, *shape), np.float32)
-        with OnnxRuntimeRunner(slim, threads=threads) as runner:
-            warmup, iterations, seconds = (5, 50, 0.3) if quick else (cfg.warmup, cfg.iterations, cfg.min_seconds)
-            times = time_calls(lambda: runner.infer({INPUT_NAME: sample}), warmup=warmup, iterations=iterations, min_seconds=seconds)
-        return {"onnx_bytes": slim.stat().st_size, "latency": summarize(times, 1).as_dict(), "threads": threads}
+    sample = np.zeros((1, *shape), np.float32)
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        files, calls = {}, {}
+        for name, model in models.items():
+            raw, files[name] = Path(tmp) / f"{name}.raw.onnx", Path(tmp) / f"{name}.onnx"
+            _export(model.eval(), shape, raw, ctx.recipe.export.opset)
+            _simplify(raw, files[name])
+            runner = stack.enter_context(OnnxRuntimeRunner(files[name], threads=threads))
+            calls[name] = lambda r=runner: r.infer({INPUT_NAME: sample})
+        warmup, iterations, seconds = (5, 50, 0.3) if quick else (cfg.warmup, cfg.iterations, cfg.min_seconds)
+        times = time_interleaved(calls, warmup=warmup, iterations=iterations, min_seconds=seconds, rounds=1 if quick else 5)
+        return {name: {"onnx_bytes": files[name].stat().st_size, "latency": summarize(times[name], 1).as_dict(), "threads": threads}
+                for name in models}
 
 
 def _plot_sensitivity(document: Mapping[str, Any], max_drop: float, path: Path) -> None:

@@ -63,7 +63,7 @@ def build_report(results: Mapping[str, Artifact], ctx: RunContext) -> dict[str, 
                 row["top1_relative_to_fp32"] = round(metrics["top1"] / base_top1, 6) if base_top1 else None
         engines.append(row)
     dataset = ctx.dataset
-    return {
+    report = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
         "run_id": ctx.manifest.run_id,
@@ -84,6 +84,20 @@ def build_report(results: Mapping[str, Artifact], ctx: RunContext) -> dict[str, 
                   "processes, and release gates are not applied in this version.",
                   "Results reused from the store (reused.validate) were measured at their measured_at time on this device."],
     }
+    report["student_vs_teacher"] = student_vs_teacher(report)
+    return report
+
+
+def student_vs_teacher(report: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The pipeline's verdict on the student: measured ORT FP32 latency ratio (both timed in the prune stage of
+    one run, same harness) and the test top-1 of its ORT FP32 engine against the teacher's PyTorch FP32 top-1."""
+    prune, baseline = report.get("prune"), report.get("baseline")
+    engine = next((e for e in report.get("engines", []) if e.get("name") == "onnxruntime/fp32" and e.get("status") == "ok"), None)
+    if not prune or not baseline or engine is None:
+        return None
+    return {"teacher_p50_ms": prune["before"]["latency"]["p50_ms"], "student_p50_ms": prune["after"]["latency"]["p50_ms"],
+            "latency_reduction": prune["latency_speedup_p50"], "teacher_top1": baseline["top1"], "student_top1": engine["top1"],
+            "top1_drop_points": engine["top1_drop_points"], "stages": "prune + distill" if report.get("distill") else "prune"}
 
 
 def _distill_section(ctx: RunContext) -> dict[str, Any] | None:
@@ -128,6 +142,12 @@ def print_summary(report: Mapping[str, Any], console: Console) -> None:
                       f"ONNX {_size(before['onnx_bytes'])} → {_size(after['onnx_bytes'])}, measured ORT FP32 p50 "
                       f"{before['latency']['p50_ms']:.3f} → {after['latency']['p50_ms']:.3f} ms (×{prune['latency_speedup_p50']:.2f}), "
                       f"val top-1 {_pct(before['val_top1'])} → {_pct(after['val_top1'])}", soft_wrap=True)
+    verdict = report.get("student_vs_teacher")
+    if verdict:
+        console.print(f"[bold]student vs teacher ({verdict['stages']})[/bold]: measured ORT FP32 p50 {verdict['teacher_p50_ms']:.3f} → "
+                      f"{verdict['student_p50_ms']:.3f} ms ([bold]×{verdict['latency_reduction']:.2f}[/bold]), test top-1 "
+                      f"{_pct(verdict['teacher_top1'])} → {_pct(verdict['student_top1'])} "
+                      f"([bold]{-verdict['top1_drop_points']:+.2f} pt[/bold])", soft_wrap=True)
     distill = report.get("distill")
     if distill:
         top1 = distill["top1"]

@@ -45,6 +45,9 @@ def test_report_compares_teacher_pruned_hard_label_and_distilled(distilled: RunR
     fp32 = next(e for e in distilled.report["engines"] if e["name"] == "onnxruntime/fp32")
     assert fp32["status"] == "ok"
     assert fp32["top1"] == pytest.approx(top1["distilled"]["eval_top1"], abs=0.002), "the engine is the distilled student"
+    verdict = distilled.report["student_vs_teacher"]
+    assert verdict["stages"] == "prune + distill" and verdict["latency_reduction"] == distilled.report["prune"]["latency_speedup_p50"]
+    assert verdict["top1_drop_points"] == pytest.approx(100 * (top1["teacher"]["eval_top1"] - fp32["top1"]), abs=1e-3)
     folder = distilled.run_dir / "distill"
     assert (folder / "curves.png").stat().st_size > 5000
     document = json.loads((folder / "distill.json").read_text())
