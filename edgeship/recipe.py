@@ -79,7 +79,7 @@ class ModelConfig(_Section):
     """A bundled zoo architecture (trained here) or a user's ``factory`` (+ ``checkpoint``)."""
 
     zoo: str | None = None
-    width: PositiveInt = Field(default=16, description="zoo models: channels of the first stage")
+    width: PositiveInt = Field(default=32, description="zoo models: channels of the first stage")
     factory: str | None = Field(default=None, description="'package.module:function' returning an nn.Module; trusted code")
     checkpoint: Path | None = Field(default=None, description="state_dict loaded with torch.load(weights_only=True)")
     train: TrainConfig = TrainConfig()
@@ -104,7 +104,7 @@ class SensitivityConfig(_Section):
 
     enabled: bool = True
     ratios: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-    max_drop: float = Field(default=25.0, ge=0, description="points of validation top-1 a layer group may cost when pruned "
+    max_drop: float = Field(default=40.0, ge=0, description="points of validation top-1 a layer group may cost when pruned "
                                                            "alone, before any fine-tuning; groups past it are pruned less "
                                                            "or not at all")
     val_size: PositiveInt = Field(default=2000, description="validation images per evaluation")
@@ -134,10 +134,10 @@ class LatencyTarget(_Section):
 class PruneConfig(_Section):
     """Structured channel pruning (Torch-Pruning, DepGraph) or unstructured magnitude pruning."""
 
-    enabled: bool = False
+    enabled: bool = True
     method: Literal["structured", "unstructured"] = "structured"
     importance: Literal["l1", "bn_gamma", "taylor"] = "l1"
-    keep_macs: float = Field(default=0.5, gt=0, lt=1, description="structured: fraction of MACs to keep")
+    keep_macs: float = Field(default=0.25, gt=0, lt=1, description="structured: fraction of MACs to keep")
     latency_target: LatencyTarget | None = Field(default=None, description="structured: a measured latency target instead of keep_macs")
     sparsity: float = Field(default=0.5, gt=0, lt=1, description="unstructured: fraction of weights set to zero")
     global_pruning: bool = False
@@ -172,15 +172,15 @@ class DistillConfig(_Section):
 
     SOFT_OBJECTIVES: ClassVar[frozenset[str]] = frozenset({"soft", "soft_hard"})
 
-    enabled: bool = False
+    enabled: bool = True
     teacher: ModelConfig | None = Field(default=None, description="None: the pipeline's model before pruning")
     student: ModelConfig | None = Field(default=None, description="None: the pruned model; else a zoo/factory model, "
                                                                   "trained from its init or checkpoint")
     objective: Literal["soft", "soft_hard", "mse"] = Field(
         default="soft_hard", description="soft: KL at temperature T scaled by T²; soft_hard: alpha·soft + (1-alpha)·CE on "
                                          "labels; mse: MSE between logits")
-    temperature: PositiveFloat = 4.0
-    alpha: float = Field(default=0.9, ge=0, le=1, description="soft_hard: weight of the soft part; the hard part gets 1 - alpha")
+    temperature: PositiveFloat = 2.0
+    alpha: float = Field(default=0.7, ge=0, le=1, description="soft_hard: weight of the soft part; the hard part gets 1 - alpha")
     hints: tuple[HintConfig, ...] = Field(default=(), description="FitNets hint losses on named intermediate features")
     hint_weight: PositiveFloat = 1.0
     transfer: Literal["labeled", "unlabeled"] = Field(
@@ -188,7 +188,7 @@ class DistillConfig(_Section):
     transfer_source: Path | None = Field(default=None, description="unlabeled: a folder of images or .npy/.npz inputs; "
                                                                    "None uses the training images without their labels")
     transfer_size: PositiveInt | None = Field(default=None, description="use the first N transfer samples; None uses all")
-    train: TrainConfig = TrainConfig(epochs=3, lr=0.01)
+    train: TrainConfig = TrainConfig(epochs=2, lr=0.01)
     patience: PositiveInt | None = Field(default=2, description="early stopping: epochs without a better validation top-1; "
                                                                "None trains every epoch")
     ablation: bool = Field(default=True, description="also fine-tune the same student on hard labels only (same epochs "

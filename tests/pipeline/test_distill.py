@@ -70,10 +70,10 @@ def test_distilled_artifact_keeps_the_pruned_structure(distilled: RunResult, wor
 
 
 def test_changing_the_objective_reuses_the_ablation(distilled: RunResult, workspace: Path) -> None:
-    result = run(tiny_recipe(workspace, prune=PRUNE, distill={**DISTILL, "temperature": 2.0, "hints": []}), console=Console(quiet=True))
+    result = run(tiny_recipe(workspace, prune=PRUNE, distill={**DISTILL, "temperature": 3.0, "hints": []}), console=Console(quiet=True))
     by_stage = {e.stage: e for e in result.manifest.entries}
     assert by_stage["distill-ablation"].reused and by_stage["prune"].reused and not by_stage["distill"].reused
-    assert result.report["distill"]["name"] == "soft+hard T=2 alpha=0.9"
+    assert result.report["distill"]["name"] == "soft+hard T=3 alpha=0.7"
 
 
 def test_an_interrupted_distillation_resumes_from_its_last_epoch(distilled: RunResult, workspace: Path,
