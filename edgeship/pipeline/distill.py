@@ -48,25 +48,26 @@ class DistillStage:
             if student.id == teacher.id:
                 raise RecipeError("'distill': there is no student: enable prune (the pruned model is the student) or name a "
                                   "model in distill.student")
-        key = {"dataset": ctx.dataset.fingerprint, "seed": ctx.recipe.seed, "transfer": self._transfer_key(cfg, ctx)}
+        source = self._source_samples(cfg, ctx) if cfg.transfer_source is not None else None  # read once: key and training
+        key = {"dataset": ctx.dataset.fingerprint, "seed": ctx.recipe.seed, "transfer": self._transfer_key(cfg, ctx, source)}
         ablation = None
         if cfg.ablation and cfg.transfer == "labeled":
             config = {"train": cfg.train.model_dump(mode="json"), "patience": cfg.patience, "transfer_size": cfg.transfer_size}
             work = ctx.store.scratch(ctx.artifact_id(ABLATION, config=config, parents=[student], extra_key=key))
             ablation = ctx.produce(ABLATION, "hard-label fine-tune", config=config, parents=[student], extra_key=key,
-                                   make=lambda folder: self._make(folder, None, student, cfg, ctx, work / "train.ckpt"))
+                                   make=lambda folder: self._make(folder, None, student, cfg, ctx, work / "train.ckpt", None))
             ctx.save_manifest()
         config = cfg.model_dump(mode="json", exclude={"enabled", "ablation"})
         work = ctx.store.scratch(ctx.artifact_id(self.name, config=config, parents=[teacher, student], extra_key=key))
         distilled = ctx.produce(self.name, _label(cfg), config=config, parents=[teacher, student], extra_key=key,
-                                make=lambda folder: self._make(folder, teacher, student, cfg, ctx, work / "train.ckpt"))
+                                make=lambda folder: self._make(folder, teacher, student, cfg, ctx, work / "train.ckpt", source))
         publish(distilled, ablation, cfg, ctx.run_dir / "distill")
         return {"model": distilled}
 
     # -- training ------------------------------------------------------------------------------------------
 
     def _make(self, folder: Path, teacher_artifact: Artifact | None, student_artifact: Artifact, cfg: DistillConfig,
-              ctx: RunContext, checkpoint: Path) -> Made:
+              ctx: RunContext, checkpoint: Path, source: np.ndarray | None) -> Made:
         """Distil ``student`` from ``teacher`` (or, with no teacher, fine-tune it on hard labels: the ablation)."""
         import torch
 
@@ -77,7 +78,7 @@ class DistillStage:
 
         seed_everything(ctx.recipe.seed)
         student = load_model(student_artifact, ctx.recipe.model)
-        transfer = self._transfer(cfg, ctx, hard_labels=teacher_artifact is None)
+        transfer = self._transfer(cfg, ctx, source)
         score = _scorer(ctx)
         scores: dict[str, Any] = {"student_before": score(student)}
         started = time.perf_counter()
@@ -120,14 +121,15 @@ class DistillStage:
                     history=history.as_dict())
         return Made(target, "pytorch-state-dict", meta)
 
-    def _transfer(self, cfg: DistillConfig, ctx: RunContext, *, hard_labels: bool) -> TransferSet:
-        """The labeled training split, its images without labels, or the recipe's unlabeled ``transfer_source``."""
+    @staticmethod
+    def _transfer(cfg: DistillConfig, ctx: RunContext, source: np.ndarray | None) -> TransferSet:
+        """The recipe's unlabeled ``source`` samples, or the training split (its labels unless transfer: unlabeled)."""
         from edgeship.training import TransferSet
 
         train, p = ctx.dataset.train, ctx.recipe.data.preprocessing
-        if cfg.transfer_source is not None and not hard_labels:
-            return TransferSet(self._source_samples(cfg, ctx), None)
-        labels = train.labels if (cfg.transfer == "labeled" or hard_labels) else None
+        if source is not None:
+            return TransferSet(source, None)
+        labels = train.labels if cfg.transfer == "labeled" else None
         size = cfg.transfer_size or len(train)
         return TransferSet(train.images[:size], None if labels is None else labels[:size], p)
 
@@ -143,12 +145,13 @@ class DistillStage:
         check_samples(samples, str(cfg.transfer_source), shape, what="transfer")
         return samples
 
-    def _transfer_key(self, cfg: DistillConfig, ctx: RunContext) -> str:
-        if cfg.transfer_source is None:
+    @staticmethod
+    def _transfer_key(cfg: DistillConfig, ctx: RunContext, source: np.ndarray | None) -> str:
+        if source is None:
             return f"{ctx.dataset.name}:train"
         from edgeship.data import fingerprint_samples
 
-        return fingerprint_samples(self._source_samples(cfg, ctx), ctx.recipe.data.preprocessing, str(cfg.transfer_source))
+        return fingerprint_samples(source, ctx.recipe.data.preprocessing, str(cfg.transfer_source))
 
 
 def _label(cfg: DistillConfig) -> str:
@@ -183,7 +186,7 @@ def comparison(distilled: Mapping[str, Any], ablation: Mapping[str, Any] | None)
     teacher = rows["teacher"]["eval_top1"]
     out["distilled_drop_vs_teacher_points"] = round(100 * (teacher - rows["distilled"]["eval_top1"]), 3)
     if ablation:
-        out["gain_over_hard_labels_points"] = round(100 * (rows["distilled"]["eval_top1"] - ablation["student_after"]["eval_top1"]), 3)
+        out["gain_over_hard_labels_points"] = round(100 * (rows["distilled"]["eval_top1"] - rows["hard_label_finetune"]["eval_top1"]), 3)
     else:
         out["hard_label_finetune_note"] = "not run: distill.ablation is off or the transfer set has no labels"
     return out
