@@ -1,4 +1,4 @@
-# make run   — set up .venv (CPU torch 2.13.0, edgeship, CPU backends), install the Debian
+# make run   — set up .venv (CPU torch 2.13.0, edgeship, ONNX Runtime, OpenVINO and TFLite), install the Debian
 #              Fashion-MNIST package when possible, and run the default recipe.
 # make test  — set up .venv and run the test suite.
 VENV   := .venv
@@ -21,7 +21,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "torch==2.13.0" -e ".[dev]"
+	$(PY) -m pip install -q "torch==2.13.0" -e ".[dev,openvino,tflite]"
 	touch $(STAMP)
 
 # Best effort: without the package edgeship falls back to scikit-learn's digits and says so.

@@ -39,10 +39,27 @@ class Artifact(BaseModel):
     size: int
     parents: tuple[str, ...] = ()
     meta: dict[str, Any] = Field(default_factory=dict)
+    files: dict[str, str] = Field(default_factory=dict, description="sha256 of every file of the artifact, by path in its folder")
 
     @property
     def folder(self) -> Path:
         return self.path.parent
+
+    def verify(self) -> str | None:
+        """Why the files on disk no longer match this record, or ``None`` when they all do."""
+        if not self.path.is_file():
+            return f"{self.path.name} is missing"
+        if self.path.stat().st_size != self.size:
+            return f"{self.path.name} is {self.path.stat().st_size} bytes, {self.size} recorded"
+        if sha256_file(self.path) != self.sha256:
+            return f"{self.path.name} does not match its recorded sha256"
+        for name, digest in self.files.items():
+            file = self.folder / name
+            if not file.is_file():
+                return f"{name} is missing"
+            if sha256_file(file) != digest:
+                return f"{name} does not match its recorded sha256"
+        return None
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -105,11 +122,7 @@ class ArtifactStore:
             artifact = Artifact.model_validate_json(record.read_text())
         except ValueError:
             return None
-        if not artifact.path.is_file() or artifact.path.stat().st_size != artifact.size:
-            return None
-        if sha256_file(artifact.path) != artifact.sha256:
-            return None
-        return artifact
+        return artifact if artifact.verify() is None else None
 
     def scratch(self, aid: str) -> Path:
         """A folder for ``aid``'s resumable work (training checkpoints) that outlives a crash; removed on commit."""
@@ -149,6 +162,8 @@ class ArtifactStore:
             size=main_file.stat().st_size,
             parents=tuple(parents),
             meta=dict(meta or {}),
+            files={file.relative_to(staging).as_posix(): sha256_file(file) for file in sorted(staging.rglob("*"))
+                   if file.is_file() and file.name != RECORD},
         )
         write_atomic(staging / RECORD, artifact.model_dump_json(indent=2))
         _fsync_tree(staging)

@@ -210,6 +210,17 @@ class ExportConfig(_Section):
     parity_batch: PositiveInt = 64
 
 
+def _precisions(backend: str, value: tuple[Precision, ...], allowed: frozenset[Precision]) -> tuple[Precision, ...]:
+    """Check a backend's ``precisions`` list: non-empty, supported, without duplicates."""
+    unsupported = [p.value for p in value if p not in allowed]
+    if unsupported:
+        names = " and ".join(p.value for p in sorted(allowed))
+        raise ValueError(f"{backend} builds {names}, not {', '.join(unsupported)}")
+    if not value:
+        raise ValueError("list at least one precision")
+    return tuple(dict.fromkeys(value))
+
+
 class OnnxRuntimeConfig(_Section):
     # keys that only shape INT8 engines: changing them must not rebuild the FP32 one
     INT8_ONLY: ClassVar[frozenset[str]] = frozenset(
@@ -228,16 +239,46 @@ class OnnxRuntimeConfig(_Section):
     @field_validator("precisions")
     @classmethod
     def _supported(cls, value: tuple[Precision, ...]) -> tuple[Precision, ...]:
-        unsupported = [p.value for p in value if p not in (Precision.FP32, Precision.INT8)]
-        if unsupported:
-            raise ValueError(f"onnxruntime builds fp32 and int8, not {', '.join(unsupported)}")
-        if not value:
-            raise ValueError("list at least one precision")
-        return tuple(dict.fromkeys(value))
+        return _precisions("onnxruntime", value, frozenset({Precision.FP32, Precision.INT8}))
+
+
+class OpenVinoConfig(_Section):
+    INT8_ONLY: ClassVar[frozenset[str]] = frozenset({"preset", "subset_size", "fast_bias_correction"})
+
+    enabled: bool = True
+    precisions: tuple[Precision, ...] = (Precision.FP32, Precision.FP16, Precision.INT8)
+    preset: Literal["performance", "mixed"] = Field(
+        default="performance", description="nncf.quantize preset: symmetric activations (performance) or asymmetric (mixed)")
+    subset_size: PositiveInt = Field(default=300, description="calibration samples nncf.quantize uses")
+    fast_bias_correction: bool = True
+    performance_hint: Literal["latency", "throughput"] = "latency"
+    benchmark_app: bool = Field(default=True, description="cross-check our latency with OpenVINO's benchmark_app on the same IR")
+
+    @field_validator("precisions")
+    @classmethod
+    def _supported(cls, value: tuple[Precision, ...]) -> tuple[Precision, ...]:
+        return _precisions("openvino", value, frozenset(Precision))
+
+
+class TfliteConfig(_Section):
+    INT8_ONLY: ClassVar[frozenset[str]] = frozenset({"io_type", "calibration_size"})
+
+    enabled: bool = True
+    precisions: tuple[Precision, ...] = (Precision.FP32, Precision.FP16, Precision.INT8)
+    io_type: Literal["int8", "float32"] = Field(
+        default="int8", description="model input/output type of the full-integer INT8 build; the runner converts either way")
+    calibration_size: PositiveInt | None = Field(default=300, description="representative samples; None uses the whole set")
+
+    @field_validator("precisions")
+    @classmethod
+    def _supported(cls, value: tuple[Precision, ...]) -> tuple[Precision, ...]:
+        return _precisions("tflite", value, frozenset(Precision))
 
 
 class BackendsConfig(_Section):
     onnxruntime: OnnxRuntimeConfig = OnnxRuntimeConfig()
+    openvino: OpenVinoConfig = OpenVinoConfig()
+    tflite: TfliteConfig = TfliteConfig()
 
 
 class ValidateConfig(_Section):

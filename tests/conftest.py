@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ def tiny_recipe(tmp: Path, **overrides: object) -> Recipe:
         "validate": {"warmup": 2, "iterations": 20, "min_seconds": 0.05, "threads": 1},
         "prune": {"enabled": False},  # tests that prune or distill say so
         "distill": {"enabled": False},
+        "backends": {"openvino": {"enabled": False}, "tflite": {"enabled": False}},  # tests that build them say so
     }
     raw.update(overrides)
     return Recipe.model_validate(raw)
@@ -47,3 +49,43 @@ def tiny_cnn_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def calibration_samples() -> np.ndarray:
     return np.random.default_rng(0).normal(size=(64, 1, 28, 28)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class TrainedCnn:
+    """A small CNN trained on scikit-learn's digits (upscaled to 1×28×28), exported to ONNX,
+    with a calibration split and a disjoint evaluation split of preprocessed inputs."""
+
+    onnx: Path
+    calibration: np.ndarray
+    evaluation: np.ndarray
+    labels: np.ndarray
+
+
+@pytest.fixture(scope="session")
+def trained_cnn(tmp_path_factory: pytest.TempPathFactory) -> TrainedCnn:
+    import torch
+    from sklearn.datasets import load_digits
+
+    from edgeship.pipeline.export import _export
+    from edgeship.zoo import build
+
+    digits = load_digits()
+    images = np.pad(np.kron(digits.images, np.ones((3, 3))), ((0, 0), (2, 2), (2, 2))) / 16.0
+    inputs = ((images - 0.5) / 0.5).astype(np.float32)[:, None]
+    order = np.random.default_rng(0).permutation(len(inputs))
+    train, calibration, evaluation = order[:1200], order[1200:1400], order[1400:]
+    torch.manual_seed(0)
+    model = build("resnet_small", in_channels=1, num_classes=10, width=8)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.005)
+    x, y = torch.from_numpy(inputs[train]), torch.from_numpy(digits.target[train])
+    model.train()
+    for epoch in range(10):
+        for batch in torch.randperm(len(x), generator=torch.Generator().manual_seed(epoch)).split(64):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+            optimizer.step()
+    model.eval()
+    path = tmp_path_factory.mktemp("trained") / "digits.onnx"
+    _export(model, (1, 28, 28), path, opset=18)
+    return TrainedCnn(path, inputs[calibration], inputs[evaluation], digits.target[evaluation])

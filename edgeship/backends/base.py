@@ -132,6 +132,10 @@ class Runner(abc.ABC):
     @abc.abstractmethod
     def input_metadata(self) -> dict[str, TensorMeta]: ...
 
+    def describe(self) -> dict[str, object]:
+        """How the engine runs (threads, execution precision, delegates), as the runtime reports it."""
+        return {}
+
     @abc.abstractmethod
     def _activate(self) -> None: ...
 

@@ -138,5 +138,12 @@ class OnnxRuntimeRunner(Runner):
             raise RuntimeError("enter the runner before asking for its inputs")
         return dict(self._meta)
 
+    def describe(self) -> dict[str, object]:
+        if self._session is None:
+            raise RuntimeError("enter the runner before asking how it runs")
+        options = self._session.get_session_options()
+        return {"intra_op_num_threads": options.intra_op_num_threads, "inter_op_num_threads": options.inter_op_num_threads,
+                "execution_mode": str(options.execution_mode).split(".")[-1], "providers": self._session.get_providers()}
+
     def _infer(self, feed: Feed) -> Feed:
         return dict(zip(self._outputs, self._session.run(self._outputs, feed), strict=True))

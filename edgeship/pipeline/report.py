@@ -49,7 +49,7 @@ def build_report(results: Mapping[str, Artifact], ctx: RunContext) -> dict[str, 
             continue
         row: dict[str, Any] = {"name": entry.name, "backend": entry.config.get("backend"), "precision": entry.config.get("precision"),
                                "status": entry.status, "reason": entry.reason, "artifact": entry.artifact, "sha256": entry.sha256,
-                               "path": entry.path}
+                               "path": entry.path, "build_seconds": entry.seconds}
         validation = results.get(entry.name)
         validated = next((e for e in ctx.manifest.entries if e.stage == "validate" and e.name == entry.name), None)
         row["reused"] = {"build": entry.reused, "validate": validated.reused if validated else None}
@@ -135,6 +135,17 @@ def print_summary(report: Mapping[str, Any], console: Console) -> None:
                       _ms(lat.get("p99_ms")), _pct(row.get("top1")), "—" if drop is None else f"{drop:+.2f} pt",
                       _pct(row.get("top1_agreement")), status_text)
     console.print(table)
+    for row in report.get("engines", []):
+        check = row.get("cross_check")
+        if not check:
+            continue
+        if check["status"] == "ok":
+            colour = "green" if check["within_5pct"] else "yellow"
+            console.print(f"latency cross-check {row['name']}: our p50 {check['ours_p50_ms']:.3f} ms, {check['tool']} median "
+                          f"{check['median_ms']:.3f} ms ([{colour}]×{check['ratio']:.2f}[/{colour}])" + cross_check_reason(check),
+                          soft_wrap=True)
+        else:
+            console.print(f"[yellow]latency cross-check {row['name']} failed: {check['reason']}[/yellow]", soft_wrap=True)
     prune = report.get("prune")
     if prune:
         before, after = prune["before"], prune["after"]
@@ -157,6 +168,15 @@ def print_summary(report: Mapping[str, Any], console: Console) -> None:
                       f"{_pct(hard['eval_top1']) if hard else 'not run'}, distilled {_pct(top1['distilled']['eval_top1'])} "
                       f"({-distill['distilled_drop_vs_teacher_points']:+.2f} pt vs teacher"
                       + (f", {distill['gain_over_hard_labels_points']:+.2f} pt over hard labels)" if hard else ")"), soft_wrap=True)
+
+
+def cross_check_reason(check: Mapping[str, Any]) -> str:
+    """Why our p50 and the backend tool's median differ by more than 5%, from what was measured."""
+    if check["within_5pct"] or "bare_ratio" not in check:
+        return ""
+    return (f"; the engine call alone times ×{check['bare_ratio']:.2f} of the tool's median in our harness, so the rest is the "
+            f"{1e3 * check['call_overhead_ms']:.0f} µs Python call around it (wrapping inputs, copying outputs), which the tool "
+            "leaves out and every backend's p50 here includes")
 
 
 def load_report(path: Path) -> dict[str, Any]:

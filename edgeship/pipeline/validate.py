@@ -9,6 +9,7 @@ device, so a rerun on the same machine reuses them and another machine measures 
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -45,11 +46,12 @@ class ValidateStage:
         for name, engine in inputs.items():
             if name == "model":
                 continue
+            engine_cfg = {**config, "cross_check": _wants_cross_check(ctx, engine.meta["backend"])}
             try:
-                results[name] = ctx.produce(self.name, name, config=config, parents=[engine, results[BASELINE]], extra_key=key,
+                results[name] = ctx.produce(self.name, name, config=engine_cfg, parents=[engine, results[BASELINE]], extra_key=key,
                                             make=lambda folder, e=engine, n=name: self._engine(folder, n, e, reference, cfg, threads, ctx))
             except StageError as exc:
-                ctx.record_problem(self.name, name, "failed", exc.reason, config)
+                ctx.record_problem(self.name, name, "failed", exc.reason, engine_cfg)
             ctx.save_manifest()
         return results
 
@@ -92,14 +94,43 @@ class ValidateStage:
                 first_ms = (time.perf_counter() - first_started) * 1e3
                 logits = self._evaluate(name, lambda x: _single_output(runner, {input_name: x}), cfg, ctx)
                 latency = self._time(name, lambda: runner.infer({input_name: sample}), cfg, ctx)
+                runtime = runner.describe()
+                wants_check = _wants_cross_check(ctx, engine.meta["backend"])
+                bare_call = getattr(runner, "bare_call", None) if wants_check else None
+                bare = self._time(f"{name} bare call", bare_call({input_name: sample}), cfg, ctx) if bare_call else None
         except (RuntimeError, ValueError, OSError) as exc:
             raise StageError(self.name, f"{name}: {type(exc).__name__}: {exc}") from exc
         metrics: dict[str, Any] = {"top1": top1(logits, ctx.dataset.eval.labels), "eval_samples": len(logits),
-                                   "size_bytes": engine.size, "latency": latency, "load_ms": round(load_ms, 3),
-                                   "first_inference_ms": round(first_ms, 3), "threads": threads,
+                                   "size_bytes": engine_bytes(engine), "latency": latency, "load_ms": round(load_ms, 3),
+                                   "first_inference_ms": round(first_ms, 3), "threads": threads, "runtime": runtime,
                                    **agreement(logits, reference)}
+        if wants_check:
+            metrics["cross_check"] = self._cross_check(name, backend.cross_check, engine, latency, bare, cfg, threads, ctx)  # type: ignore[attr-defined]
         np.save(folder / "logits.npy", logits)
         return self._write(folder, name, metrics)
+
+    @staticmethod
+    def _cross_check(name: str, cross_check: Callable[..., dict[str, Any]], engine: Artifact, latency: dict[str, Any],
+                     bare: dict[str, Any] | None, cfg: ValidateConfig, threads: int, ctx: RunContext) -> dict[str, Any]:
+        """The backend's own benchmark tool on the same engine, threads and batch, beside our p50.
+
+        ``ratio`` compares our p50 per ``infer`` (the number the report uses) with the tool's median;
+        ``bare_ratio`` compares the engine call alone, timed by our harness, so a difference
+        can be told apart: harness (bare_ratio) or the Python call around the engine (ratio / bare_ratio).
+        """
+        with ctx.console.status(f"cross-checking {name} latency with the backend's own benchmark tool"):
+            try:
+                theirs = cross_check(engine.path, threads=threads, batch_size=cfg.batch_size, input_shape=tuple(engine.meta["input_shape"]),
+                                     input_name=engine.meta["input_name"], seconds=max(cfg.min_seconds, 1.0))
+            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                return {"status": "failed", "reason": str(exc)}
+        ratio = latency["p50_ms"] / theirs["median_ms"]
+        check = {"status": "ok", **theirs, "ours_p50_ms": latency["p50_ms"], "ratio": round(ratio, 4),
+                 "within_5pct": abs(ratio - 1) <= 0.05}
+        if bare is not None:
+            check.update(ours_bare_p50_ms=bare["p50_ms"], bare_ratio=round(bare["p50_ms"] / theirs["median_ms"], 4),
+                         call_overhead_ms=round(latency["p50_ms"] - bare["p50_ms"], 4))
+        return check
 
     @staticmethod
     def _write(folder: Path, name: str, metrics: dict[str, Any]) -> Made:
@@ -134,6 +165,19 @@ class ValidateStage:
 
             times = time_calls(call, warmup=cfg.warmup, iterations=cfg.iterations, min_seconds=cfg.min_seconds, on_step=step)
         return summarize(times, cfg.batch_size).as_dict()
+
+
+def engine_bytes(engine: Artifact) -> int:
+    """An engine's size on disk: every file it needs (an OpenVINO IR's .bin too), not just its main file."""
+    if not engine.files:
+        return engine.size
+    return sum((engine.folder / name).stat().st_size for name in engine.files if not name.endswith(".json"))
+
+
+def _wants_cross_check(ctx: RunContext, backend: str) -> bool:
+    """Whether the recipe asks for ``backend``'s own benchmark tool beside our harness (OpenVINO's ``benchmark_app``)."""
+    section = getattr(ctx.recipe.backends, backend, None)
+    return bool(getattr(section, "benchmark_app", False)) and hasattr(get_backend(backend), "cross_check")
 
 
 def _single_output(runner: Runner, feed: dict[str, np.ndarray]) -> np.ndarray:

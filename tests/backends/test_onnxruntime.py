@@ -16,6 +16,7 @@ from backends.contract import BackendContract, onnx_artifact, ort_reference
 class TestOnnxRuntimeContract(BackendContract):
     backend = "onnxruntime"
     config = OnnxRuntimeConfig()
+    runtime_modules = ("onnxruntime",)
 
 
 @pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
@@ -34,9 +35,3 @@ def test_int8_is_qdq_with_per_channel_weights(method: str, tiny_cnn_onnx: Path, 
         out = runner.infer({"input": batch})["logits"]
     assert np.isfinite(out).all()
     assert (out.argmax(1) == ort_reference(tiny_cnn_onnx, batch).argmax(1)).mean() >= 0.75
-
-
-def test_runner_pins_threads(tiny_cnn_onnx: Path) -> None:
-    runner = OnnxRuntimeBackend().runner(tiny_cnn_onnx, threads=1)
-    with runner:
-        assert runner._session.get_session_options().intra_op_num_threads == 1

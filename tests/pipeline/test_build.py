@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from edgeship.backends.base import Precision
 from edgeship.pipeline.build import engine_config, requested
-from edgeship.recipe import BackendsConfig, OnnxRuntimeConfig
+from edgeship.recipe import BackendsConfig, OnnxRuntimeConfig, OpenVinoConfig, TfliteConfig
 
 
 def test_fp32_identity_ignores_int8_only_settings() -> None:
@@ -13,5 +13,15 @@ def test_fp32_identity_ignores_int8_only_settings() -> None:
 
 
 def test_disabled_backends_are_not_requested() -> None:
-    assert [name for name, _ in requested(BackendsConfig())] == ["onnxruntime"]
-    assert requested(BackendsConfig(onnxruntime=OnnxRuntimeConfig(enabled=False))) == []
+    assert [name for name, _ in requested(BackendsConfig())] == ["onnxruntime", "openvino", "tflite"]
+    only_tflite = BackendsConfig(onnxruntime=OnnxRuntimeConfig(enabled=False), openvino=OpenVinoConfig(enabled=False))
+    assert [name for name, _ in requested(only_tflite)] == ["tflite"]
+
+
+def test_engine_identity_per_backend() -> None:
+    assert "preset" not in engine_config("openvino", Precision.FP16, OpenVinoConfig())
+    assert engine_config("openvino", Precision.INT8, OpenVinoConfig())["preset"] == "performance"
+    assert engine_config("openvino", Precision.FP32, OpenVinoConfig()) != engine_config("openvino", Precision.FP32,
+                                                                                          OpenVinoConfig(performance_hint="throughput"))
+    assert engine_config("tflite", Precision.FP32, TfliteConfig()) == engine_config("tflite", Precision.FP32, TfliteConfig(io_type="float32"))
+    assert engine_config("tflite", Precision.INT8, TfliteConfig()) != engine_config("tflite", Precision.INT8, TfliteConfig(io_type="float32"))

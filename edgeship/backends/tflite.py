@@ -1,0 +1,320 @@
+"""TFLite / LiteRT (CPU, XNNPACK): onnx2tf → SavedModel → ``TFLiteConverter`` at FP32, FP16 or full-integer INT8.
+
+An engine is a folder: ``model.<precision>.tflite`` (the main file) and ``io.json``, which says how
+each tensor's layout differs from the ONNX model's (onnx2tf makes image tensors NHWC). The runner
+reads it, so feeds and outputs stay in the ONNX layout and in float32 whatever the model's I/O is.
+
+onnx2tf fetches sample images from the internet for a static-batch, 3-channel image input.
+edgeship hands it local data instead, so a build never touches the network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from edgeship.backends import installed_versions
+from edgeship.backends.base import Availability, CalibrationSet, Feed, Precision, Runner, TensorMeta
+from edgeship.errors import BackendUnavailable, BuildError
+from edgeship.recipe import TfliteConfig
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from edgeship.artifacts import Artifact
+
+IO_FILE = "io.json"
+INSTALL = "pip install 'edgeship[tflite]'"
+DISTRIBUTIONS = ("ai-edge-litert", "onnx2tf", "tensorflow")
+# onnx2tf's layout for channel-first tensors of each rank: ONNX (N, C, ...) → (N, ..., C)
+TO_CHANNELS_LAST = {3: (0, 2, 1), 4: (0, 2, 3, 1), 5: (0, 2, 3, 4, 1)}
+
+
+class TfliteBackend:
+    name: ClassVar[str] = "tflite"
+    precisions: ClassVar[frozenset[Precision]] = frozenset(Precision)
+
+    def availability(self) -> Availability:
+        missing = [module for module in ("ai_edge_litert", "onnx2tf", "tensorflow") if not _importable(module)]
+        if missing:
+            return Availability(self.name, False, installed_versions(DISTRIBUTIONS), reason=f"cannot import {', '.join(missing)}",
+                                install=INSTALL)
+        return Availability(self.name, True, installed_versions(DISTRIBUTIONS), device="CPU (XNNPACK)")
+
+    def build(self, onnx: Artifact, precision: Precision, calibration: CalibrationSet | None, cfg: BaseModel,
+              out_dir: Path) -> Path:
+        """Write ``model.<precision>.tflite`` and ``io.json`` under ``out_dir``; return the ``.tflite``."""
+        if not isinstance(cfg, TfliteConfig):
+            raise TypeError(f"tflite needs a TfliteConfig, got {type(cfg).__name__}")
+        if precision not in self.precisions:
+            raise BuildError(self.name, precision, f"unsupported precision; tflite builds {sorted(self.precisions)}")
+        state = self.availability()
+        if not state.available:
+            raise BackendUnavailable(self.name, f"{state.reason}; install: {state.install}")
+        if precision is Precision.INT8 and calibration is None:
+            raise BuildError(self.name, precision, "INT8 needs a calibration set")
+        if precision is Precision.INT8 and cfg.calibration_size is not None:
+            calibration = calibration.subset(cfg.calibration_size)  # type: ignore[union-attr]
+        work = Path(tempfile.mkdtemp(dir=out_dir, prefix=".work-"))
+        try:
+            saved_model = _onnx_to_saved_model(onnx.path, work, calibration, precision)
+            model = _convert(saved_model, precision, calibration, cfg)
+            target = out_dir / f"model.{precision.value}.tflite"
+            target.write_bytes(model)
+            (out_dir / IO_FILE).write_text(json.dumps(_io_layout(onnx.path, target), indent=2))
+            return target
+        except BuildError:
+            raise
+        except Exception as exc:  # reading the ONNX or the new model back
+            raise BuildError(self.name, precision, f"{type(exc).__name__}: {_error_line(str(exc))}") from exc
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def runner(self, engine: Path, *, threads: int) -> TfliteRunner:
+        return TfliteRunner(engine, threads=threads)
+
+
+def _onnx_to_saved_model(source: Path, work: Path, calibration: CalibrationSet | None, precision: Precision) -> Path:
+    """onnx2tf, offline and quiet; a failure is a ``BuildError`` with the converter's own message."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    folder = work / "saved_model"
+    with _captured_output() as log:
+        import onnx2tf
+        import onnx2tf.onnx2tf as onnx2tf_main
+
+    with _captured_output() as log, _patched(onnx2tf_main, "download_test_image_data", lambda: _local_sample_images(calibration)):
+        try:
+            onnx2tf.convert(input_onnx_file_path=str(source), output_folder_path=str(folder), non_verbose=True,
+                            copy_onnx_input_output_names_to_tflite=True, disable_model_save=False)
+        except SystemExit as exc:  # onnx2tf exits on errors after printing them
+            raise BuildError("tflite", precision, f"onnx2tf failed (exit {exc.code}): {_error_line(log.getvalue())}") from None
+        except Exception as exc:
+            message = _error_line(str(exc) or log.getvalue())
+            raise BuildError("tflite", precision, f"onnx2tf failed: {type(exc).__name__}: {message}") from exc
+    if not (folder / "saved_model.pb").is_file():
+        raise BuildError("tflite", precision, f"onnx2tf wrote no SavedModel: {_error_line(log.getvalue())}")
+    return folder
+
+
+def _convert(saved_model: Path, precision: Precision, calibration: CalibrationSet | None, cfg: TfliteConfig) -> bytes:
+    """SavedModel → ``.tflite`` bytes with the TFLite converter: FP32 as is, FP16 weights, or full-integer INT8."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    if precision is Precision.FP16:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif precision is Precision.INT8:
+        assert calibration is not None
+
+        def representative() -> Iterator[list[np.ndarray]]:
+            for sample in calibration.samples:
+                yield [channels_last(sample[None])]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        io_type = tf.int8 if cfg.io_type == "int8" else tf.float32
+        converter.inference_input_type = io_type
+        converter.inference_output_type = io_type
+    with _captured_output() as log:
+        try:
+            return converter.convert()
+        except Exception as exc:
+            raise BuildError("tflite", precision, f"TFLite converter: {type(exc).__name__}: "
+                                                  f"{_error_line(str(exc) or log.getvalue())}") from exc
+
+
+def channels_last(array: np.ndarray) -> np.ndarray:
+    perm = TO_CHANNELS_LAST.get(array.ndim)
+    return np.ascontiguousarray(array.transpose(perm)) if perm else array
+
+
+def _io_layout(onnx_path: Path, tflite_path: Path) -> dict[str, Any]:
+    """For each ONNX input and output, the permutation from its ONNX layout to the TFLite tensor's."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    interpreter = _interpreter(tflite_path, threads=1)
+    signature = interpreter.get_signature_runner()
+    layout: dict[str, Any] = {"inputs": {}, "outputs": {}}
+    for kind, onnx_values, details in (("inputs", graph.input, signature.get_input_details()),
+                                       ("outputs", graph.output, signature.get_output_details())):
+        for value in onnx_values:
+            if value.name not in details:
+                raise ValueError(f"the TFLite model has no {kind[:-1]} named {value.name!r} (has {sorted(details)})")
+            onnx_shape = [d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim]
+            tflite_shape = [int(d) for d in details[value.name]["shape_signature"]]
+            layout[kind][value.name] = {"perm": _perm(onnx_shape, tflite_shape), "onnx_shape": onnx_shape}
+    return layout
+
+
+def _perm(onnx_shape: list[int], tflite_shape: list[int]) -> list[int] | None:
+    """``None`` when the TFLite tensor has the ONNX layout, else the ONNX → TFLite axis permutation."""
+    def same(a: list[int], b: list[int]) -> bool:
+        return len(a) == len(b) and all(x == y or x < 0 or y < 0 for x, y in zip(a, b, strict=True))
+
+    if same(onnx_shape, tflite_shape):
+        return None
+    perm = TO_CHANNELS_LAST.get(len(onnx_shape))
+    if perm and same([onnx_shape[i] for i in perm], tflite_shape):
+        return list(perm)
+    raise ValueError(f"cannot map the ONNX shape {onnx_shape} to the TFLite shape {tflite_shape}")
+
+
+class TfliteRunner(Runner):
+    """A LiteRT interpreter (XNNPACK, ``num_threads`` pinned) behind ONNX-layout, float32 feeds."""
+
+    def __init__(self, engine: Path, *, threads: int) -> None:
+        super().__init__()
+        self.engine = Path(engine)
+        self.threads = threads
+        self._interpreter: Any = None
+        self._meta: dict[str, TensorMeta] = {}
+
+    def _activate(self) -> None:
+        try:
+            layout = json.loads(self.engine.with_name(IO_FILE).read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{self.engine.with_name(IO_FILE)}: the engine's layout record is missing or unreadable: {exc}") from None
+        with _captured_output():  # LiteRT logs its delegate to the C++ stderr
+            self._interpreter = _interpreter(self.engine, threads=self.threads)
+            self._interpreter.allocate_tensors()
+        signature = self._interpreter.get_signature_runner()
+        self._inputs = {name: (details, layout["inputs"][name]["perm"]) for name, details in signature.get_input_details().items()}
+        self._outputs = {name: (details, layout["outputs"][name]["perm"]) for name, details in signature.get_output_details().items()}
+        del signature  # it holds views of the interpreter's buffers, which forbid re-allocating them
+        self._meta = {}
+        for name in self._inputs:
+            shape = tuple(None if d < 0 else d for d in layout["inputs"][name]["onnx_shape"])
+            self._meta[name] = TensorMeta(name, np.dtype(np.float32), shape)
+        self._shapes: dict[str, tuple[int, ...]] = {name: tuple(details["shape"]) for name, (details, _) in self._inputs.items()}
+        self._allocated = True
+
+    def _deactivate(self) -> None:
+        self._interpreter = None
+
+    def input_metadata(self) -> dict[str, TensorMeta]:
+        if self._interpreter is None:
+            raise RuntimeError("enter the runner before asking for its inputs")
+        return dict(self._meta)
+
+    def describe(self) -> dict[str, Any]:
+        dtypes = {name: np.dtype(details["dtype"]).name for name, (details, _) in self._inputs.items()}
+        if self._interpreter is None:
+            raise RuntimeError("enter the runner before asking how it runs")
+        return {"num_threads": self.threads, "op_resolver": "AUTO (XNNPACK delegate applied by default)", "input_dtypes": dtypes}
+
+    def _infer(self, feed: Feed) -> Feed:
+        interpreter = self._interpreter
+        tensors = {}
+        for name, array in feed.items():
+            details, perm = self._inputs[name]
+            tensors[name] = _quantize(array.transpose(perm) if perm else array, details)
+            if self._shapes.get(name) != tensors[name].shape:  # a new batch size: resize, then re-plan
+                interpreter.resize_tensor_input(details["index"], tensors[name].shape, strict=True)
+                self._shapes[name] = tensors[name].shape
+                self._allocated = False
+        if not self._allocated:
+            interpreter.allocate_tensors()
+            self._allocated = True
+        for name, tensor in tensors.items():
+            interpreter.set_tensor(self._inputs[name][0]["index"], tensor)
+        interpreter.invoke()
+        out = {}
+        for name, (details, perm) in self._outputs.items():
+            value = _dequantize(interpreter.get_tensor(details["index"]), details)
+            out[name] = np.ascontiguousarray(value.transpose(np.argsort(perm))) if perm else value
+        return out
+
+
+def _quantize(array: np.ndarray, details: dict[str, Any]) -> np.ndarray:
+    dtype = np.dtype(details["dtype"])
+    if dtype == np.float32:
+        return np.ascontiguousarray(array, dtype=np.float32)
+    scale, zero_point = details["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(array / scale) + zero_point, info.min, info.max).astype(dtype)
+
+
+def _dequantize(array: np.ndarray, details: dict[str, Any]) -> np.ndarray:
+    if array.dtype == np.float32:
+        return array.copy()
+    scale, zero_point = details["quantization"]
+    return ((array.astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+
+def _interpreter(path: Path, *, threads: int) -> Any:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    return Interpreter(model_path=str(path), num_threads=threads, experimental_op_resolver_type=OpResolverType.AUTO)
+
+
+def _local_sample_images(calibration: CalibrationSet | None) -> np.ndarray:
+    """What onnx2tf would download: 20 NHWC float32 images in [0, 1]. From the calibration set when it has
+    three-channel images, else a fixed pseudo-random set; onnx2tf resizes them to the input and only checks
+    its own conversion with them."""
+    if calibration is not None and calibration.samples.ndim == 4 and calibration.samples.shape[1] == 3:
+        images = channels_last(calibration.samples[:20]).astype(np.float32)
+        low, high = images.min(), images.max()
+        return (images - low) / (high - low + 1e-12)
+    return np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32)
+
+
+@contextlib.contextmanager
+def _patched(owner: Any, name: str, value: Any) -> Iterator[None]:
+    saved = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, saved)
+
+
+@contextlib.contextmanager
+def _captured_output() -> Iterator[io.StringIO]:
+    """Everything written to stdout/stderr, Python's and the C++ libraries' file descriptors alike."""
+    log = io.StringIO()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        for fd in saved:
+            os.dup2(sink.fileno(), fd)
+        try:
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                yield log
+        finally:
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+            sink.seek(0)
+            log.write(sink.read().decode(errors="replace"))
+
+
+def _error_line(text: str) -> str:
+    """The converter's most telling line: its last ERROR line, else the last line, without colour codes."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    errors = [line for line in lines if "ERROR" in line or "Error" in line]
+    return (errors or lines or ["no message"])[-1][:400]
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package that fails to import, or a module blocked in sys.modules
+        return False

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgeship.backends import availability
+from edgeship.backends.base import CalibrationSet, Precision
+from edgeship.recipe import OpenVinoConfig
+
+from backends.contract import BackendContract, onnx_artifact
+from conftest import TrainedCnn
+
+pytestmark = pytest.mark.skipif(not availability("openvino").available, reason=f"openvino: {availability('openvino').reason}")
+
+
+class TestOpenVinoContract(BackendContract):
+    backend = "openvino"
+    config = OpenVinoConfig()
+    runtime_modules = ("openvino", "nncf")
+
+
+def test_engine_pins_fp32_execution(trained_cnn: TrainedCnn, tmp_path: Path) -> None:
+    """OpenVINO runs f32 models in bf16 by default on CPUs with AVX512-BF16/AMX; an FP32 engine must not."""
+    from edgeship.backends.openvino import OpenVinoBackend
+
+    engine = OpenVinoBackend().build(onnx_artifact(trained_cnn.onnx), Precision.FP32, None, OpenVinoConfig(), tmp_path)
+    assert json.loads((tmp_path / "runtime.json").read_text())["INFERENCE_PRECISION_HINT"] == "f32"
+    with OpenVinoBackend().runner(engine, threads=1) as runner:
+        assert "float32" in runner.describe()["inference_precision_hint"]
+        assert runner.describe()["performance_hint"] == "LATENCY"
+
+
+def test_int8_has_fake_quantize_and_smaller_weights(trained_cnn: TrainedCnn, tmp_path: Path) -> None:
+    from edgeship.backends.openvino import OpenVinoBackend
+
+    calibration = CalibrationSet(trained_cnn.calibration, "fp")
+    fp32 = OpenVinoBackend().build(onnx_artifact(trained_cnn.onnx), Precision.FP32, None, OpenVinoConfig(), tmp_path / "fp32")
+    int8 = OpenVinoBackend().build(onnx_artifact(trained_cnn.onnx), Precision.INT8, calibration,
+                                   OpenVinoConfig(subset_size=50, preset="mixed"), tmp_path / "int8")
+    assert "FakeQuantize" in int8.read_text() and "FakeQuantize" not in fp32.read_text()
+    assert int8.with_suffix(".bin").stat().st_size < 0.5 * fp32.with_suffix(".bin").stat().st_size
+
+
+def test_benchmark_app_cross_check(trained_cnn: TrainedCnn, tmp_path: Path) -> None:
+    from edgeship.backends.openvino import OpenVinoBackend, benchmark_app
+
+    engine = OpenVinoBackend().build(onnx_artifact(trained_cnn.onnx), Precision.FP32, None, OpenVinoConfig(), tmp_path)
+    result = benchmark_app(engine, threads=1, batch_size=2, input_shape=(1, 28, 28), input_name="input", seconds=1)
+    assert result["tool"] == "benchmark_app" and 0 < result["median_ms"] < 100 and result["iterations"] > 10
+    assert "-nthreads 1" in result["command"] and "input[2,1,28,28]" in result["command"] and "-infer_precision f32" in result["command"]
+
+
+def test_benchmark_app_failure_is_reported(tmp_path: Path) -> None:
+    from edgeship.backends.openvino import benchmark_app
+
+    broken = tmp_path / "model.xml"
+    broken.write_text("<net>not an IR</net>")
+    with pytest.raises(RuntimeError, match="benchmark_app exit"):
+        benchmark_app(broken, threads=1, batch_size=1, input_shape=(1, 28, 28), input_name="input", seconds=1)
+
+
+def test_unconvertible_onnx_is_a_build_error(tmp_path: Path) -> None:
+    from edgeship.backends.openvino import OpenVinoBackend
+    from edgeship.errors import BuildError
+
+    bogus = tmp_path / "bogus.onnx"
+    bogus.write_bytes(b"not a model")
+    (tmp_path / "out").mkdir()
+    with pytest.raises(BuildError, match=r"openvino/fp32"):
+        OpenVinoBackend().build(onnx_artifact(bogus), Precision.FP32, None, OpenVinoConfig(), tmp_path / "out")

@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeship.backends import availability
+from edgeship.backends.base import CalibrationSet, Precision
+from edgeship.errors import BuildError
+from edgeship.recipe import TfliteConfig
+
+from backends.contract import BackendContract, onnx_artifact
+from conftest import TrainedCnn
+
+pytestmark = pytest.mark.skipif(not availability("tflite").available, reason=f"tflite: {availability('tflite').reason}")
+
+
+class TestTfliteContract(BackendContract):
+    backend = "tflite"
+    config = TfliteConfig()
+    runtime_modules = ("ai_edge_litert", "onnx2tf", "tensorflow")
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
+    """Every attempt to open a network connection fails and is recorded."""
+    attempts: list[object] = []
+
+    def refuse(self: socket.socket, address: object, *args: object) -> None:
+        attempts.append(address)
+        raise OSError(f"network disabled in this test (tried {address})")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: attempts.append(a) or (_ for _ in ()).throw(OSError("no DNS")))
+    yield attempts
+
+
+@pytest.fixture(scope="module")
+def static_rgb_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-channel image model with a *static* batch of 1: the case where onnx2tf downloads sample images."""
+    import torch
+
+    from edgeship.zoo import build
+
+    torch.manual_seed(0)
+    model = build("resnet_small", in_channels=3, num_classes=10, width=4).eval()
+    path = tmp_path_factory.mktemp("static") / "static.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 3, 32, 32),), str(path), input_names=["input"], output_names=["logits"], opset_version=18,
+                      dynamo=True, external_data=False, verbose=False)
+    return path
+
+
+def test_static_batch_image_model_builds_offline(static_rgb_onnx: Path, no_network: list[object], tmp_path: Path) -> None:
+    from edgeship.backends.tflite import TfliteBackend
+
+    samples = np.random.default_rng(0).normal(size=(16, 3, 32, 32)).astype(np.float32)
+    artifact = onnx_artifact(static_rgb_onnx)
+    for precision in (Precision.FP32, Precision.INT8):
+        (tmp_path / precision).mkdir()
+        engine = TfliteBackend().build(artifact, precision, CalibrationSet(samples, "fp"), TfliteConfig(), tmp_path / precision)
+        with TfliteBackend().runner(engine, threads=1) as runner:
+            assert runner.input_metadata()["input"].shape == (1, 3, 32, 32)
+            assert runner.infer({"input": samples[:1]})["logits"].shape == (1, 10)
+    assert no_network == [], f"the build tried the network: {no_network}"
+
+
+def test_feeds_stay_nchw_and_layout_is_recorded(trained_cnn: TrainedCnn, tmp_path: Path) -> None:
+    from edgeship.backends.tflite import TfliteBackend, _interpreter
+
+    engine = TfliteBackend().build(onnx_artifact(trained_cnn.onnx), Precision.FP32, None, TfliteConfig(), tmp_path)
+    layout = json.loads((tmp_path / "io.json").read_text())
+    assert layout["inputs"]["input"] == {"perm": [0, 2, 3, 1], "onnx_shape": [-1, 1, 28, 28]}
+    assert layout["outputs"]["logits"]["perm"] is None
+    details = _interpreter(engine, threads=1).get_input_details()[0]
+    assert list(details["shape_signature"]) == [-1, 28, 28, 1], "the engine itself is NHWC with a dynamic batch"
+
+
+@pytest.mark.parametrize("io_type", ["int8", "float32"])
+def test_int8_is_full_integer_with_the_chosen_io(io_type: str, trained_cnn: TrainedCnn, tmp_path: Path) -> None:
+    from edgeship.backends.tflite import TfliteBackend, _interpreter
+
+    calibration = CalibrationSet(trained_cnn.calibration, "fp")
+    engine = TfliteBackend().build(onnx_artifact(trained_cnn.onnx), Precision.INT8, calibration,
+                                   TfliteConfig(io_type=io_type, calibration_size=100), tmp_path)
+    interpreter = _interpreter(engine, threads=1)
+    assert np.dtype(interpreter.get_input_details()[0]["dtype"]) == np.dtype(io_type)
+    assert np.dtype(interpreter.get_output_details()[0]["dtype"]) == np.dtype(io_type)
+    weights = [t for t in interpreter.get_tensor_details() if len(t["shape"]) == 4 and t["quantization_parameters"]["scales"].size > 1]
+    assert weights and all(np.dtype(t["dtype"]) == np.int8 for t in weights), "conv weights are per-channel int8"
+    with TfliteBackend().runner(engine, threads=1) as runner:
+        out = runner.infer({"input": trained_cnn.evaluation[:50]})["logits"]
+    assert out.dtype == np.float32 and (out.argmax(1) == trained_cnn.labels[:50]).mean() > 0.9
+
+
+def test_conversion_failure_is_a_build_error_with_the_converter_message(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgeship.backends.tflite import TfliteBackend
+
+    node = helper.make_node("NoSuchOp", ["input"], ["logits"], domain="com.example")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])])
+    path = tmp_path / "custom.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.example", 1)]), path)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(BuildError, match=r"tflite/fp32 build failed: onnx2tf") as caught:
+        TfliteBackend().build(onnx_artifact(path), Precision.FP32, None, TfliteConfig(), tmp_path / "out")
+    assert "NoSuchOp" in str(caught.value) or "exit" in str(caught.value)
+    assert not list((tmp_path / "out").glob("*.tflite")), "a failed build leaves no engine"

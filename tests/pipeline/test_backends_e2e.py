@@ -1,0 +1,80 @@
+"""The tiny recipe through every CPU backend at every precision: build, validate, report, cross-check."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from edgeship import RunResult, run
+from edgeship.artifacts import ArtifactStore
+from edgeship.backends import availability
+
+from conftest import tiny_recipe
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not (availability("openvino").available and availability("tflite").available),
+                                 reason="needs the openvino and tflite extras: pip install 'edgeship[openvino,tflite]'")]
+ENGINES = ["onnxruntime/fp32", "onnxruntime/int8", "openvino/fp16", "openvino/fp32", "openvino/int8", "tflite/fp16", "tflite/fp32",
+           "tflite/int8"]
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
+    recipe = tiny_recipe(tmp_path_factory.mktemp("all-backends"), backends={})
+    return run(recipe, console=Console(quiet=True))
+
+
+def test_every_engine_is_built_validated_and_reported(result: RunResult) -> None:
+    rows = {row["name"]: row for row in result.report["engines"]}
+    assert sorted(rows) == ENGINES
+    base = result.report["baseline"]["top1"]
+    for name, row in rows.items():
+        assert row["status"] == "ok", (name, row["reason"])
+        assert row["size_bytes"] > 0 and row["build_seconds"] > 0 and row["latency"]["p50_ms"] > 0
+        if name.endswith("fp32"):
+            assert row["max_abs_error"] < 1e-3 and row["top1"] == pytest.approx(base, abs=0.002), name
+        elif name.endswith("fp16"):
+            assert row["top1_agreement"] >= 0.99, name
+        else:  # the tiny recipe's model is barely trained (about 63% top-1), so its margins are thin
+            assert row["top1_agreement"] >= 0.9 and abs(row["top1_drop_points"]) <= 3.0, name
+    assert rows["openvino/fp32"]["runtime"]["inference_num_threads"] == "1"
+    assert "float32" in rows["openvino/fp32"]["runtime"]["inference_precision_hint"]
+    assert rows["tflite/int8"]["runtime"]["input_dtypes"] == {"input": "int8"}
+    ir = rows["openvino/fp32"]
+    assert ir["size_bytes"] > Path(ir["path"]).stat().st_size, "an IR's size counts its .bin"
+
+
+def test_openvino_latency_is_cross_checked_with_benchmark_app(result: RunResult) -> None:
+    for name in ("openvino/fp32", "openvino/fp16", "openvino/int8"):
+        check = next(row for row in result.report["engines"] if row["name"] == name)["cross_check"]
+        assert check["status"] == "ok" and check["tool"] == "benchmark_app", check
+        assert check["ratio"] == pytest.approx(check["ours_p50_ms"] / check["median_ms"], rel=1e-3)
+        assert 0.5 < check["bare_ratio"] < 2, "the two harnesses time the same engine call on the same machine"
+        assert check["call_overhead_ms"] == pytest.approx(check["ours_p50_ms"] - check["ours_bare_p50_ms"], abs=1e-3)
+    assert all("cross_check" not in row for row in result.report["engines"] if row["backend"] != "openvino")
+
+
+def test_every_engine_file_is_hashed(result: RunResult) -> None:
+    store = ArtifactStore(result.manifest.recipe and Path(result.manifest.recipe["store"]))
+    for entry in result.manifest.entries:
+        if entry.stage == "build":
+            artifact = store.get(entry.artifact)
+            assert artifact is not None and artifact.sha256 == entry.sha256
+            assert artifact.path.name in artifact.files
+    ir = next(e for e in result.manifest.entries if e.stage == "build" and e.name == "openvino/int8")
+    assert {"model.xml", "model.bin", "runtime.json"} <= set(store.get(ir.artifact).files)
+
+
+def test_missing_backend_package_is_skipped_with_the_install_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    recipe = tiny_recipe(tmp_path, backends={"onnxruntime": {"precisions": ["fp32"]}, "tflite": {"enabled": False}})
+    report = run(recipe, console=Console(quiet=True)).report
+    rows = {row["name"]: row for row in report["engines"]}
+    assert rows["onnxruntime/fp32"]["status"] == "ok"
+    for precision in ("fp32", "fp16", "int8"):
+        row = rows[f"openvino/{precision}"]
+        assert row["status"] == "skipped" and "cannot import openvino" in row["reason"]
+        assert "pip install 'edgeship[openvino]'" in row["reason"]
