@@ -62,6 +62,7 @@ def build_report(results: Mapping[str, Artifact], ctx: RunContext) -> dict[str, 
                 row["top1_drop_points"] = round(100 * (base_top1 - metrics["top1"]), 4)
                 row["top1_relative_to_fp32"] = round(metrics["top1"] / base_top1, 6) if base_top1 else None
         engines.append(row)
+    _add_drop_vs_backend_fp32(engines)
     dataset = ctx.dataset
     report = {
         "schema": SCHEMA,
@@ -86,6 +87,15 @@ def build_report(results: Mapping[str, Artifact], ctx: RunContext) -> dict[str, 
     }
     report["student_vs_teacher"] = student_vs_teacher(report)
     return report
+
+
+def _add_drop_vs_backend_fp32(engines: list[dict[str, Any]]) -> None:
+    """Each engine's top-1 drop against its own backend's FP32 engine: the quantization effect alone, apart
+    from what pruning and distillation changed against the baseline."""
+    fp32 = {row["backend"]: row["top1"] for row in engines if row["precision"] == "fp32" and row.get("top1") is not None}
+    for row in engines:
+        if row.get("top1") is not None and row["backend"] in fp32:
+            row["top1_drop_vs_backend_fp32_points"] = round(100 * (fp32[row["backend"]] - row["top1"]), 4)
 
 
 def student_vs_teacher(report: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -118,22 +128,25 @@ def print_summary(report: Mapping[str, Any], console: Console) -> None:
     device = report.get("device", {})
     table = Table(title=f"edgeship · {report['run_id']} · {device.get('cpu', '?')} · {report.get('threads')} threads")
     for column, justify in (("engine", "left"), ("precision", "left"), ("size", "right"), ("p50 ms", "right"), ("p99 ms", "right"),
-                            ("top-1", "right"), ("drop vs FP32", "right"), ("agreement", "right"), ("status", "left")):
+                            ("top-1", "right"), ("drop vs baseline", "right"), ("vs own FP32", "right"), ("agreement", "right"),
+                            ("build s", "right"), ("status", "left")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     baseline = report.get("baseline")
     if baseline:
         lat = baseline.get("latency", {})
         table.add_row(BASELINE.split("/")[0], "fp32", _size(baseline.get("size_bytes")), _ms(lat.get("p50_ms")), _ms(lat.get("p99_ms")),
-                      _pct(baseline.get("top1")), "baseline", "—", "[green]ok[/green]")
+                      _pct(baseline.get("top1")), "baseline", "—", "—", "—", "[green]ok[/green]")
     for row in report.get("engines", []):
         lat = row.get("latency", {})
         status = row["status"]
         colour = {"ok": "green", "skipped": "yellow"}.get(status, "red")
         status_text = f"[{colour}]{status}[/{colour}]" + (f" {row['reason']}" if row.get("reason") else "")
-        drop = row.get("top1_drop_points")
+        drop, own = row.get("top1_drop_points"), row.get("top1_drop_vs_backend_fp32_points")
+        build = row.get("build_seconds")
         table.add_row(row.get("backend") or "?", row.get("precision") or "?", _size(row.get("size_bytes")), _ms(lat.get("p50_ms")),
                       _ms(lat.get("p99_ms")), _pct(row.get("top1")), "—" if drop is None else f"{drop:+.2f} pt",
-                      _pct(row.get("top1_agreement")), status_text)
+                      "—" if own is None or row.get("precision") == "fp32" else f"{own:+.2f} pt", _pct(row.get("top1_agreement")),
+                      "—" if not build else f"{build:.1f}", status_text)
     console.print(table)
     for row in report.get("engines", []):
         check = row.get("cross_check")

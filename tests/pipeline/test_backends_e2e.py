@@ -40,6 +40,9 @@ def test_every_engine_is_built_validated_and_reported(result: RunResult) -> None
             assert row["top1_agreement"] >= 0.99, name
         else:  # the tiny recipe's model is barely trained (about 63% top-1), so its margins are thin
             assert row["top1_agreement"] >= 0.9 and abs(row["top1_drop_points"]) <= 3.0, name
+    for row in rows.values():
+        own_fp32 = rows[f"{row['backend']}/fp32"]["top1"]
+        assert row["top1_drop_vs_backend_fp32_points"] == pytest.approx(100 * (own_fp32 - row["top1"]), abs=1e-3)
     assert rows["openvino/fp32"]["runtime"]["inference_num_threads"] == "1"
     assert "float32" in rows["openvino/fp32"]["runtime"]["inference_precision_hint"]
     assert rows["tflite/int8"]["runtime"]["input_dtypes"] == {"input": "int8"}

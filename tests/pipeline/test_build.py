@@ -23,5 +23,6 @@ def test_engine_identity_per_backend() -> None:
     assert engine_config("openvino", Precision.INT8, OpenVinoConfig())["preset"] == "performance"
     assert engine_config("openvino", Precision.FP32, OpenVinoConfig()) != engine_config("openvino", Precision.FP32,
                                                                                           OpenVinoConfig(performance_hint="throughput"))
-    assert engine_config("tflite", Precision.FP32, TfliteConfig()) == engine_config("tflite", Precision.FP32, TfliteConfig(io_type="float32"))
-    assert engine_config("tflite", Precision.INT8, TfliteConfig()) != engine_config("tflite", Precision.INT8, TfliteConfig(io_type="float32"))
+    float_io = TfliteConfig(io_type="float32")
+    assert engine_config("tflite", Precision.FP32, TfliteConfig()) == engine_config("tflite", Precision.FP32, float_io)
+    assert engine_config("tflite", Precision.INT8, TfliteConfig()) != engine_config("tflite", Precision.INT8, float_io)
