@@ -146,12 +146,15 @@ def _io_layout(onnx_path: Path, tflite_path: Path) -> dict[str, Any]:
     import onnx
 
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    initializers = {init.name for init in graph.initializer}  # older ONNX files list weights among the inputs
     interpreter = _interpreter(tflite_path, threads=1)
     signature = interpreter.get_signature_runner()
     layout: dict[str, Any] = {"inputs": {}, "outputs": {}}
     for kind, onnx_values, details in (("inputs", graph.input, signature.get_input_details()),
                                        ("outputs", graph.output, signature.get_output_details())):
         for value in onnx_values:
+            if value.name in initializers:
+                continue
             if value.name not in details:
                 raise ValueError(f"the TFLite model has no {kind[:-1]} named {value.name!r} (has {sorted(details)})")
             onnx_shape = [d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim]

@@ -128,7 +128,7 @@ def print_summary(report: Mapping[str, Any], console: Console) -> None:
     device = report.get("device", {})
     table = Table(title=f"edgeship · {report['run_id']} · {device.get('cpu', '?')} · {report.get('threads')} threads")
     for column, justify in (("engine", "left"), ("precision", "left"), ("size", "right"), ("p50 ms", "right"), ("p99 ms", "right"),
-                            ("top-1", "right"), ("drop vs baseline", "right"), ("vs own FP32", "right"), ("agreement", "right"),
+                            ("top-1", "right"), ("drop vs baseline", "right"), ("drop vs own FP32", "right"), ("agreement", "right"),
                             ("build s", "right"), ("status", "left")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     baseline = report.get("baseline")
