@@ -146,6 +146,23 @@ class Runner(abc.ABC):
     def _infer(self, feed: Feed) -> Feed: ...
 
 
+def check_build_request(backend: Backend, cfg: object, config_type: type, precision: Precision,
+                        calibration: CalibrationSet | None) -> None:
+    """What every ``build`` checks first: its own config section, a supported precision, the runtime
+    installed, and a calibration set for INT8. Raises ``TypeError``, ``BuildError`` or ``BackendUnavailable``."""
+    from edgeship.errors import BackendUnavailable, BuildError
+
+    if not isinstance(cfg, config_type):
+        raise TypeError(f"{backend.name} needs a {config_type.__name__}, got {type(cfg).__name__}")
+    if precision not in backend.precisions:
+        raise BuildError(backend.name, precision, f"unsupported precision; {backend.name} builds {sorted(backend.precisions)}")
+    state = backend.availability()
+    if not state.available:
+        raise BackendUnavailable(backend.name, f"{state.reason}; install: {state.install}")
+    if precision is Precision.INT8 and calibration is None:
+        raise BuildError(backend.name, precision, "INT8 needs a calibration set")
+
+
 @runtime_checkable
 class Backend(Protocol):
     """Builds engines from an exported ONNX model and runs them."""

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from edgeship.backends import installed_versions
-from edgeship.backends.base import Availability, CalibrationSet, Feed, Precision, Runner, TensorMeta
-from edgeship.errors import BackendUnavailable, BuildError
+from edgeship.backends.base import Availability, CalibrationSet, Feed, Precision, Runner, TensorMeta, check_build_request
+from edgeship.errors import BuildError
 from edgeship.recipe import OnnxRuntimeConfig
 
 if TYPE_CHECKING:
@@ -40,14 +40,7 @@ class OnnxRuntimeBackend:
     def build(self, onnx: Artifact, precision: Precision, calibration: CalibrationSet | None, cfg: BaseModel,
               out_dir: Path) -> Path:
         """Write ``model.onnx`` (FP32) or ``model.int8.onnx`` (QDQ INT8) under ``out_dir``."""
-        if not isinstance(cfg, OnnxRuntimeConfig):
-            raise TypeError(f"onnxruntime needs an OnnxRuntimeConfig, got {type(cfg).__name__}")
-        if precision not in self.precisions:
-            raise BuildError(self.name, precision, f"unsupported precision; onnxruntime builds {sorted(self.precisions)}")
-        if not self.availability().available:
-            raise BackendUnavailable(self.name, self.availability().reason)
-        if precision is Precision.INT8 and calibration is None:
-            raise BuildError(self.name, precision, "INT8 needs a calibration set")
+        check_build_request(self, cfg, OnnxRuntimeConfig, precision, calibration)
         try:
             if precision is Precision.FP32:
                 return self._build_fp32(onnx.path, out_dir)

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from edgeship.backends import installed_versions
-from edgeship.backends.base import Availability, CalibrationSet, Feed, Precision, Runner, TensorMeta
-from edgeship.errors import BackendUnavailable, BuildError
+from edgeship.backends.base import Availability, CalibrationSet, Feed, Precision, Runner, TensorMeta, check_build_request
+from edgeship.errors import BuildError
 from edgeship.recipe import OpenVinoConfig
 
 if TYPE_CHECKING:
@@ -52,15 +52,7 @@ class OpenVinoBackend:
     def build(self, onnx: Artifact, precision: Precision, calibration: CalibrationSet | None, cfg: BaseModel,
               out_dir: Path) -> Path:
         """Write ``model.xml`` + ``model.bin`` + ``runtime.json`` under ``out_dir``; return the ``.xml``."""
-        if not isinstance(cfg, OpenVinoConfig):
-            raise TypeError(f"openvino needs an OpenVinoConfig, got {type(cfg).__name__}")
-        if precision not in self.precisions:
-            raise BuildError(self.name, precision, f"unsupported precision; openvino builds {sorted(self.precisions)}")
-        state = self.availability()
-        if not state.available:
-            raise BackendUnavailable(self.name, f"{state.reason}; install: {state.install}")
-        if precision is Precision.INT8 and calibration is None:
-            raise BuildError(self.name, precision, "INT8 needs a calibration set")
+        check_build_request(self, cfg, OpenVinoConfig, precision, calibration)
         try:
             return self._build(onnx.path, precision, calibration, cfg, out_dir)
         except BuildError:

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from edgeship.backends import installed_versions
-from edgeship.backends.base import Availability, CalibrationSet, Feed, Precision, Runner, TensorMeta
-from edgeship.errors import BackendUnavailable, BuildError
+from edgeship.backends.base import Availability, CalibrationSet, Feed, Precision, Runner, TensorMeta, check_build_request
+from edgeship.errors import BuildError
 from edgeship.recipe import TfliteConfig
 
 if TYPE_CHECKING:
@@ -55,15 +55,7 @@ class TfliteBackend:
     def build(self, onnx: Artifact, precision: Precision, calibration: CalibrationSet | None, cfg: BaseModel,
               out_dir: Path) -> Path:
         """Write ``model.<precision>.tflite`` and ``io.json`` under ``out_dir``; return the ``.tflite``."""
-        if not isinstance(cfg, TfliteConfig):
-            raise TypeError(f"tflite needs a TfliteConfig, got {type(cfg).__name__}")
-        if precision not in self.precisions:
-            raise BuildError(self.name, precision, f"unsupported precision; tflite builds {sorted(self.precisions)}")
-        state = self.availability()
-        if not state.available:
-            raise BackendUnavailable(self.name, f"{state.reason}; install: {state.install}")
-        if precision is Precision.INT8 and calibration is None:
-            raise BuildError(self.name, precision, "INT8 needs a calibration set")
+        check_build_request(self, cfg, TfliteConfig, precision, calibration)
         if precision is Precision.INT8 and cfg.calibration_size is not None:
             calibration = calibration.subset(cfg.calibration_size)  # type: ignore[union-attr]
         work = Path(tempfile.mkdtemp(dir=out_dir, prefix=".work-"))
