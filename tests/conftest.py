@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,3 +91,18 @@ def trained_cnn(tmp_path_factory: pytest.TempPathFactory) -> TrainedCnn:
     path = tmp_path_factory.mktemp("trained") / "digits.onnx"
     _export(model, (1, 28, 28), path, opset=18)
     return TrainedCnn(path, inputs[calibration], inputs[evaluation], digits.target[evaluation])
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
+    """Every attempt to open a network connection fails and is recorded."""
+    attempts: list[object] = []
+
+    def refuse(self: socket.socket, address: object, *args: object) -> None:
+        attempts.append(address)
+        raise OSError(f"network disabled in this test (tried {address})")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: attempts.append(a) or (_ for _ in ()).throw(OSError("no DNS")))
+    yield attempts

@@ -70,3 +70,16 @@ def test_unconvertible_onnx_is_a_build_error(tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     with pytest.raises(BuildError, match=r"openvino/fp32"):
         OpenVinoBackend().build(onnx_artifact(bogus), Precision.FP32, None, OpenVinoConfig(), tmp_path / "out")
+
+
+def test_builds_and_runs_offline(trained_cnn: TrainedCnn, no_network: list[object], tmp_path: Path) -> None:
+    """convert_model, nncf.quantize and the runner never reach for the network (NNCF and OpenVINO ship telemetry)."""
+    from edgeship.backends.openvino import OpenVinoBackend
+
+    calibration = CalibrationSet(trained_cnn.calibration[:32], "fp")
+    for precision in Precision:
+        (tmp_path / precision).mkdir()
+        engine = OpenVinoBackend().build(onnx_artifact(trained_cnn.onnx), precision, calibration, OpenVinoConfig(), tmp_path / precision)
+        with OpenVinoBackend().runner(engine, threads=1) as runner:
+            runner.infer({"input": trained_cnn.evaluation[:2]})
+    assert no_network == [], f"tried the network: {no_network}"

@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import json
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,21 +21,6 @@ class TestTfliteContract(BackendContract):
     backend = "tflite"
     config = TfliteConfig()
     runtime_modules = ("ai_edge_litert", "onnx2tf", "tensorflow")
-
-
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
-    """Every attempt to open a network connection fails and is recorded."""
-    attempts: list[object] = []
-
-    def refuse(self: socket.socket, address: object, *args: object) -> None:
-        attempts.append(address)
-        raise OSError(f"network disabled in this test (tried {address})")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: attempts.append(a) or (_ for _ in ()).throw(OSError("no DNS")))
-    yield attempts
 
 
 @pytest.fixture(scope="module")
