@@ -108,6 +108,7 @@ class Runner(abc.ABC):
 
     def __init__(self) -> None:
         self._active = False
+        self._meta: dict[str, TensorMeta] = {}  # filled by ``_activate``
 
     def __enter__(self) -> Runner:
         self._activate()
@@ -129,11 +130,19 @@ class Runner(abc.ABC):
             meta[name].check(array)
         return self._infer(feed)
 
-    @abc.abstractmethod
-    def input_metadata(self) -> dict[str, TensorMeta]: ...
+    def input_metadata(self) -> dict[str, TensorMeta]:
+        """Name, dtype and shape of each input, in the ONNX layout."""
+        if not self._active:
+            raise RuntimeError("enter the runner before asking for its inputs")
+        return dict(self._meta)
 
     def describe(self) -> dict[str, object]:
         """How the engine runs (threads, execution precision, delegates), as the runtime reports it."""
+        if not self._active:
+            raise RuntimeError("enter the runner before asking how it runs")
+        return self._describe()
+
+    def _describe(self) -> dict[str, object]:
         return {}
 
     @abc.abstractmethod

@@ -104,7 +104,6 @@ class OnnxRuntimeRunner(Runner):
         self.engine = Path(engine)
         self.threads = threads
         self._session: Any = None
-        self._meta: dict[str, TensorMeta] = {}
 
     def _activate(self) -> None:
         import onnxruntime as ort
@@ -126,14 +125,7 @@ class OnnxRuntimeRunner(Runner):
     def _deactivate(self) -> None:
         self._session = None
 
-    def input_metadata(self) -> dict[str, TensorMeta]:
-        if self._session is None:
-            raise RuntimeError("enter the runner before asking for its inputs")
-        return dict(self._meta)
-
-    def describe(self) -> dict[str, object]:
-        if self._session is None:
-            raise RuntimeError("enter the runner before asking how it runs")
+    def _describe(self) -> dict[str, object]:
         options = self._session.get_session_options()
         return {"intra_op_num_threads": options.intra_op_num_threads, "inter_op_num_threads": options.inter_op_num_threads,
                 "execution_mode": str(options.execution_mode).split(".")[-1], "providers": self._session.get_providers()}

@@ -176,7 +176,6 @@ class TfliteRunner(Runner):
         self.engine = Path(engine)
         self.threads = threads
         self._interpreter: Any = None
-        self._meta: dict[str, TensorMeta] = {}
 
     def _activate(self) -> None:
         try:
@@ -200,15 +199,8 @@ class TfliteRunner(Runner):
     def _deactivate(self) -> None:
         self._interpreter = None
 
-    def input_metadata(self) -> dict[str, TensorMeta]:
-        if self._interpreter is None:
-            raise RuntimeError("enter the runner before asking for its inputs")
-        return dict(self._meta)
-
-    def describe(self) -> dict[str, Any]:
+    def _describe(self) -> dict[str, Any]:
         dtypes = {name: np.dtype(details["dtype"]).name for name, (details, _) in self._inputs.items()}
-        if self._interpreter is None:
-            raise RuntimeError("enter the runner before asking how it runs")
         return {"num_threads": self.threads, "op_resolver": "AUTO (XNNPACK delegate applied by default)", "input_dtypes": dtypes}
 
     def _infer(self, feed: Feed) -> Feed:
