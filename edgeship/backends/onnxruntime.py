@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.metadata
 import io
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -29,6 +32,13 @@ class OnnxRuntimeBackend:
     precisions: ClassVar[frozenset[Precision]] = frozenset({Precision.FP32, Precision.INT8})
 
     def availability(self) -> Availability:
+        installed = onnxruntime_distributions()
+        if len(installed) > 1:
+            listed = ", ".join(f"{name} {version}" for name, version in installed)
+            return Availability(self.name, False, dict(installed),
+                                reason=f"{len(installed)} ONNX Runtime distributions are installed ({listed}); they share the "
+                                       "onnxruntime package folder and overwrite each other's files",
+                                install=f"pip uninstall -y {' '.join(name for name, _ in installed)} && pip install onnxruntime")
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -61,39 +71,62 @@ class OnnxRuntimeBackend:
 
     @staticmethod
     def _build_int8(source: Path, calibration: CalibrationSet, cfg: OnnxRuntimeConfig, out_dir: Path) -> Path:
-        from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-
         if cfg.calibration_size is not None:
             calibration = calibration.subset(cfg.calibration_size)
-
-        class Reader(CalibrationDataReader):
-            def __init__(self) -> None:
-                self._feeds = iter(calibration)
-
-            def get_next(self) -> dict[str, Any] | None:
-                return next(self._feeds, None)
-
-            def rewind(self) -> None:
-                self._feeds = iter(calibration)
-
-        prepared = out_dir / "prepared.onnx"
-        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
         target = out_dir / "model.int8.onnx"
-        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                  "percentile": CalibrationMethod.Percentile}[cfg.calibration_method]
-        activation = QuantType.QUInt8 if cfg.activation_type == "uint8" else QuantType.QInt8
-        extra: dict[str, Any] = {"ActivationSymmetric": cfg.activation_type == "int8", "WeightSymmetric": True}
-        if cfg.calibration_method == "percentile":
-            extra["CalibPercentile"] = cfg.percentile
-        with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print their progress
-            quantize_static(str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
-                            activation_type=activation, weight_type=QuantType.QInt8, calibrate_method=method, reduce_range=cfg.reduce_range,
-                            extra_options=extra)
-        prepared.unlink()
-        for leftover in out_dir.glob("*.onnx-augmented*"):
-            leftover.unlink()
+        extra: dict[str, Any] = {"CalibPercentile": cfg.percentile} if cfg.calibration_method == "percentile" else {}
+        quantize_qdq(source, target, calibration, method=cfg.calibration_method, per_channel=cfg.per_channel,
+                     activation_type=cfg.activation_type, reduce_range=cfg.reduce_range, extra_options=extra)
         return target
+
+
+def quantize_qdq(source: Path, target: Path, calibration: CalibrationSet, *, method: str, per_channel: bool,
+                 activation_type: str = "int8", reduce_range: bool = False, extra_options: Mapping[str, Any] | None = None) -> None:
+    """ONNX Runtime's ``quantize_static`` in QDQ format, calibrated on ``calibration``: int8 weights, symmetric;
+    activations int8 (symmetric) or uint8. ``method`` is minmax | entropy | percentile. Work files stay beside ``target``
+    only while it runs."""
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._feeds = iter(calibration)
+
+        def get_next(self) -> dict[str, Any] | None:
+            return next(self._feeds, None)
+
+        def rewind(self) -> None:
+            self._feeds = iter(calibration)
+
+    prepared = target.with_name(f".{target.stem}.prepared.onnx")
+    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
+    calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                 "percentile": CalibrationMethod.Percentile}[method]
+    activation = QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8
+    extra = {"ActivationSymmetric": activation_type == "int8", "WeightSymmetric": True, **(extra_options or {})}
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print their progress
+            quantize_static(str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                            activation_type=activation, weight_type=QuantType.QInt8, calibrate_method=calibrate,
+                            reduce_range=reduce_range, extra_options=extra)
+    finally:
+        prepared.unlink(missing_ok=True)
+        for leftover in target.parent.glob("*.onnx-augmented*"):
+            leftover.unlink()
+
+
+@functools.cache
+def onnxruntime_distributions() -> tuple[tuple[str, str], ...]:
+    """(name, version) of every installed distribution that writes the ``onnxruntime`` package: onnxruntime,
+    onnxruntime-gpu, onnxruntime-openvino, ort-nightly… More than one means a broken environment."""
+    found = set()
+    for dist in importlib.metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if not name.startswith(("onnxruntime", "ort-nightly")):
+            continue
+        if any(file.parts and file.parts[0] == "onnxruntime" for file in dist.files or ()):
+            found.add((name, dist.version))
+    return tuple(sorted(found))
 
 
 class OnnxRuntimeRunner(Runner):

@@ -11,12 +11,9 @@ edgeship hands it local data instead, so a build never touches the network.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
-import re
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +23,7 @@ import numpy as np
 
 from edgeship.backends import installed_versions
 from edgeship.backends.base import Availability, CalibrationSet, Feed, Precision, Runner, TensorMeta, check_build_request
+from edgeship.backends.tooling import captured_output, error_line, importable
 from edgeship.errors import BuildError
 from edgeship.recipe import TfliteConfig
 
@@ -46,7 +44,7 @@ class TfliteBackend:
     precisions: ClassVar[frozenset[Precision]] = frozenset(Precision)
 
     def availability(self) -> Availability:
-        missing = [module for module in ("ai_edge_litert", "onnx2tf", "tensorflow") if not _importable(module)]
+        missing = [module for module in ("ai_edge_litert", "onnx2tf", "tensorflow") if not importable(module)]
         if missing:
             return Availability(self.name, False, installed_versions(DISTRIBUTIONS), reason=f"cannot import {', '.join(missing)}",
                                 install=INSTALL)
@@ -69,7 +67,7 @@ class TfliteBackend:
         except BuildError:
             raise
         except Exception as exc:  # reading the ONNX or the new model back
-            raise BuildError(self.name, precision, f"{type(exc).__name__}: {_error_line(str(exc))}") from exc
+            raise BuildError(self.name, precision, f"{type(exc).__name__}: {error_line(str(exc))}") from exc
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -81,21 +79,21 @@ def _onnx_to_saved_model(source: Path, work: Path, calibration: CalibrationSet |
     """onnx2tf, offline and quiet; a failure is a ``BuildError`` with the converter's own message."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     folder = work / "saved_model"
-    with _captured_output() as log:
+    with captured_output() as log:
         import onnx2tf
         import onnx2tf.onnx2tf as onnx2tf_main
 
-    with _captured_output() as log, _patched(onnx2tf_main, "download_test_image_data", lambda: _local_sample_images(calibration)):
+    with captured_output() as log, _patched(onnx2tf_main, "download_test_image_data", lambda: _local_sample_images(calibration)):
         try:
             onnx2tf.convert(input_onnx_file_path=str(source), output_folder_path=str(folder), non_verbose=True,
                             copy_onnx_input_output_names_to_tflite=True, disable_model_save=False)
         except SystemExit as exc:  # onnx2tf exits on errors after printing them
-            raise BuildError("tflite", precision, f"onnx2tf failed (exit {exc.code}): {_error_line(log.getvalue())}") from None
+            raise BuildError("tflite", precision, f"onnx2tf failed (exit {exc.code}): {error_line(log.getvalue())}") from None
         except Exception as exc:
-            message = _error_line(str(exc) or log.getvalue())
+            message = error_line(str(exc) or log.getvalue())
             raise BuildError("tflite", precision, f"onnx2tf failed: {type(exc).__name__}: {message}") from exc
     if not (folder / "saved_model.pb").is_file():
-        raise BuildError("tflite", precision, f"onnx2tf wrote no SavedModel: {_error_line(log.getvalue())}")
+        raise BuildError("tflite", precision, f"onnx2tf wrote no SavedModel: {error_line(log.getvalue())}")
     return folder
 
 
@@ -120,12 +118,12 @@ def _convert(saved_model: Path, precision: Precision, calibration: CalibrationSe
         io_type = tf.int8 if cfg.io_type == "int8" else tf.float32
         converter.inference_input_type = io_type
         converter.inference_output_type = io_type
-    with _captured_output() as log:
+    with captured_output() as log:
         try:
             return converter.convert()
         except Exception as exc:
             raise BuildError("tflite", precision, f"TFLite converter: {type(exc).__name__}: "
-                                                  f"{_error_line(str(exc) or log.getvalue())}") from exc
+                                                  f"{error_line(str(exc) or log.getvalue())}") from exc
 
 
 def channels_last(array: np.ndarray) -> np.ndarray:
@@ -182,7 +180,7 @@ class TfliteRunner(Runner):
             layout = json.loads(self.engine.with_name(IO_FILE).read_text())
         except (OSError, ValueError) as exc:
             raise ValueError(f"{self.engine.with_name(IO_FILE)}: the engine's layout record is missing or unreadable: {exc}") from None
-        with _captured_output():  # LiteRT logs its delegate to the C++ stderr
+        with captured_output():  # LiteRT logs its delegate to the C++ stderr
             self._interpreter = _interpreter(self.engine, threads=self.threads)
             self._interpreter.allocate_tensors()
         signature = self._interpreter.get_signature_runner()
@@ -267,41 +265,3 @@ def _patched(owner: Any, name: str, value: Any) -> Iterator[None]:
         yield
     finally:
         setattr(owner, name, saved)
-
-
-@contextlib.contextmanager
-def _captured_output() -> Iterator[io.StringIO]:
-    """Everything written to stdout/stderr, Python's and the C++ libraries' file descriptors alike."""
-    log = io.StringIO()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = {fd: os.dup(fd) for fd in (1, 2)}
-    with tempfile.TemporaryFile(mode="w+b") as sink:
-        for fd in saved:
-            os.dup2(sink.fileno(), fd)
-        try:
-            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-                yield log
-        finally:
-            for fd, copy in saved.items():
-                os.dup2(copy, fd)
-                os.close(copy)
-            sink.seek(0)
-            log.write(sink.read().decode(errors="replace"))
-
-
-def _error_line(text: str) -> str:
-    """The converter's most telling line: its last ERROR line, else the last line, without colour codes."""
-    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in text.splitlines()]
-    lines = [line for line in lines if line]
-    errors = [line for line in lines if "ERROR" in line or "Error" in line]
-    return (errors or lines or ["no message"])[-1][:400]
-
-
-def _importable(module: str) -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # a parent package that fails to import, or a module blocked in sys.modules
-        return False

@@ -35,3 +35,20 @@ def test_int8_is_qdq_with_per_channel_weights(method: str, tiny_cnn_onnx: Path, 
         out = runner.infer({"input": batch})["logits"]
     assert np.isfinite(out).all()
     assert (out.argmax(1) == ort_reference(tiny_cnn_onnx, batch).argmax(1)).mean() >= 0.75
+
+
+def test_this_environment_holds_one_onnxruntime_distribution() -> None:
+    """The tensorrt extras must never bring onnxruntime-gpu beside onnxruntime (ModelOpt's own [onnx] extra would)."""
+    from edgeship.backends.onnxruntime import onnxruntime_distributions
+
+    assert [name for name, _ in onnxruntime_distributions()] == ["onnxruntime"]
+
+
+def test_two_onnxruntime_distributions_make_the_backend_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgeship.backends.onnxruntime as ort_module
+
+    monkeypatch.setattr(ort_module, "onnxruntime_distributions", lambda: (("onnxruntime", "1.32.0"), ("onnxruntime-gpu", "1.24.2")))
+    state = ort_module.OnnxRuntimeBackend().availability()
+    assert not state.available
+    assert "2 ONNX Runtime distributions are installed (onnxruntime 1.32.0, onnxruntime-gpu 1.24.2)" in state.reason
+    assert state.install == "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime"

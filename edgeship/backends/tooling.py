@@ -1,0 +1,49 @@
+"""Helpers for driving third-party converters: capture what they print, and pick the line that says what went wrong."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def captured_output() -> Iterator[io.StringIO]:
+    """Everything written to stdout/stderr, Python's and the C++ libraries' file descriptors alike."""
+    log = io.StringIO()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        for fd in saved:
+            os.dup2(sink.fileno(), fd)
+        try:
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                yield log
+        finally:
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+            sink.seek(0)
+            log.write(sink.read().decode(errors="replace"))
+
+
+def error_line(text: str) -> str:
+    """A tool's most telling line: its last ERROR line, else the last line, without colour codes."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    errors = [line for line in lines if "ERROR" in line or "Error" in line]
+    return (errors or lines or ["no message"])[-1][:400]
+
+
+def importable(module: str) -> bool:
+    """Whether ``module`` can be found, without importing it (a module blocked in ``sys.modules`` is not)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package that fails to import, or a module blocked in sys.modules
+        return False
