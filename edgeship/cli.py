@@ -100,7 +100,30 @@ def _backends(args: argparse.Namespace, console: Console) -> int:
         notes = "" if state.available else state.reason + ("" if spec.adapter is None else f"; install: {state.install}")
         table.add_row(name, mark, escape(versions), escape(state.device or "—"), ", ".join(sorted(spec.precisions)), escape(notes))
     console.print(table)
+    for name, spec in REGISTRY.items():
+        if spec.adapter and not availability(name).available:
+            line = _preparation_line(name)
+            if line:
+                console.print(escape(line), soft_wrap=True)
     return 0
+
+
+def _preparation_line(name: str) -> str:
+    """For a preparing backend (TensorRT) whose engines cannot be built here: what the run still does on this machine."""
+    from edgeship.backends import get_backend
+    from edgeship.backends.base import PreparingBackend
+
+    backend = get_backend(name)
+    if not isinstance(backend, PreparingBackend):
+        return ""
+    versions = backend.preparation_versions()
+    if "nvidia-modelopt" in versions:
+        tools = f"ModelOpt {versions['nvidia-modelopt']} (AutoCast FP16, Q/DQ INT8)"
+    else:
+        tools = ("ONNX Runtime's quantize_static for INT8 only; FP16 needs ModelOpt AutoCast: "
+                 "pip install 'edgeship[tensorrt-onnx]'")
+    return (f"{name}: no engines here, but its precision-bound ONNX is still prepared with {tools} and scored on ONNX Runtime, "
+            "reported as a prediction, not a measurement")
 
 
 def _report(args: argparse.Namespace, console: Console) -> int:

@@ -276,10 +276,55 @@ class TfliteConfig(_Section):
         return _precisions("tflite", value, frozenset(Precision))
 
 
+class TensorRtProfile(_Section):
+    """The optimization profile of the dynamic batch axis: TensorRT tunes for ``opt`` and accepts ``min``…``max``."""
+
+    min: PositiveInt = 1
+    opt: PositiveInt = 1
+    max: PositiveInt = 64
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TensorRtProfile:
+        if not self.min <= self.opt <= self.max:
+            raise ValueError(f"needs min ≤ opt ≤ max, got {self.min}, {self.opt}, {self.max}")
+        return self
+
+
+class TensorRtConfig(_Section):
+    """TensorRT 10/11, strongly typed: the precision is decided in the ONNX (ModelOpt AutoCast FP16, explicit Q/DQ INT8)
+    before the engine build, and that ONNX-side preparation runs on any CPU."""
+
+    INT8_ONLY: ClassVar[frozenset[str]] = frozenset({"qdq_tool", "calibration_method", "calibration_size", "high_precision"})
+    # keys that change the engine but not the prepared ONNX: changing them rebuilds the engine, not the calibration
+    ENGINE_ONLY: ClassVar[frozenset[str]] = frozenset({"workspace_mib", "optimization_level", "timing_cache", "batch"})
+
+    enabled: bool = True
+    precisions: tuple[Precision, ...] = (Precision.FP16, Precision.INT8)
+    qdq_tool: Literal["auto", "modelopt", "onnxruntime"] = Field(
+        default="auto", description="who writes the INT8 Q/DQ: ModelOpt, or ONNX Runtime's quantize_static with TensorRT's settings; "
+                                    "auto takes ModelOpt when it imports")
+    calibration_method: Literal["entropy", "max"] = "entropy"
+    calibration_size: PositiveInt | None = Field(default=None, description="use the first N calibration samples; None uses all")
+    high_precision: Literal["fp16", "fp32"] = Field(
+        default="fp16", description="type of the layers the INT8 model leaves unquantized (ModelOpt's high_precision_dtype); "
+                                    "ONNX Runtime's quantizer always leaves them fp32")
+    workspace_mib: PositiveInt = Field(default=1024, description="builder workspace memory-pool limit")
+    optimization_level: int = Field(default=3, ge=0, le=5, description="builder optimization level (TensorRT's default is 3)")
+    timing_cache: Path | None = Field(default=None, description="a timing cache file shared by builds on one GPU; None keeps one "
+                                                                "beside each engine")
+    batch: TensorRtProfile = TensorRtProfile()
+
+    @field_validator("precisions")
+    @classmethod
+    def _supported(cls, value: tuple[Precision, ...]) -> tuple[Precision, ...]:
+        return _precisions("tensorrt", value, frozenset(Precision))
+
+
 class BackendsConfig(_Section):
     onnxruntime: OnnxRuntimeConfig = OnnxRuntimeConfig()
     openvino: OpenVinoConfig = OpenVinoConfig()
     tflite: TfliteConfig = TfliteConfig()
+    tensorrt: TensorRtConfig = TensorRtConfig()
 
 
 class ValidateConfig(_Section):

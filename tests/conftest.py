@@ -27,7 +27,8 @@ def tiny_recipe(tmp: Path, **overrides: object) -> Recipe:
         "validate": {"warmup": 2, "iterations": 20, "min_seconds": 0.05, "threads": 1},
         "prune": {"enabled": False},  # tests that prune or distill say so
         "distill": {"enabled": False},
-        "backends": {"openvino": {"enabled": False}, "tflite": {"enabled": False}},  # tests that build them say so
+        # tests that build them say so
+        "backends": {"openvino": {"enabled": False}, "tflite": {"enabled": False}, "tensorrt": {"enabled": False}},
     }
     raw.update(overrides)
     return Recipe.model_validate(raw)

@@ -7,6 +7,7 @@ says so in its availability instead of pretending.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import shutil
@@ -26,6 +27,7 @@ class BackendSpec:
     install: str
     precisions: frozenset[Precision]
     pending: str = ""  # why there is no adapter yet
+    calibrated: frozenset[Precision] = frozenset({Precision.INT8})  # precisions whose build uses the calibration set
 
 
 REGISTRY: dict[str, BackendSpec] = {
@@ -35,9 +37,10 @@ REGISTRY: dict[str, BackendSpec] = {
                             "pip install 'edgeship[openvino]'", frozenset({P.FP32, P.FP16, P.INT8})),
     "tflite": BackendSpec("tflite", "edgeship.backends.tflite:TfliteBackend", ("ai-edge-litert", "onnx2tf", "tensorflow"),
                           "pip install 'edgeship[tflite]'", frozenset({P.FP32, P.FP16, P.INT8})),
-    "tensorrt": BackendSpec("tensorrt", None, ("tensorrt", "polygraphy"),
-                            "pip install 'edgeship[tensorrt]' on a machine with an NVIDIA GPU (libraries from NVIDIA's index)",
-                            frozenset({P.FP16, P.INT8}), pending="edgeship's TensorRT adapter is not built yet (issue #6)"),
+    # FP16 is calibrated too: ModelOpt AutoCast runs calibration inputs to keep overflowing nodes in FP32
+    "tensorrt": BackendSpec("tensorrt", "edgeship.backends.tensorrt:TensorRtBackend", ("tensorrt", "polygraphy", "nvidia-modelopt"),
+                            "pip install --extra-index-url https://pypi.nvidia.com 'edgeship[tensorrt]' on a machine with an NVIDIA GPU",
+                            frozenset(P), calibrated=frozenset({P.FP16, P.INT8})),
 }
 
 
@@ -61,6 +64,7 @@ def installed_versions(distributions: tuple[str, ...]) -> dict[str, str]:
     return found
 
 
+@functools.cache
 def nvidia_gpu() -> str:
     """The first NVIDIA GPU's name from nvidia-smi, or '' when there is none."""
     if shutil.which("nvidia-smi") is None:

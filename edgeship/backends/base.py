@@ -197,3 +197,23 @@ class Backend(Protocol):
         ...
 
     def runner(self, engine: Path, *, threads: int) -> Runner: ...
+
+
+PREPARE_INFO = "prepare.json"
+
+
+@runtime_checkable
+class PreparingBackend(Backend, Protocol):
+    """A backend whose precision is decided in the ONNX before an engine build that needs a device (TensorRT).
+
+    ``prepare`` runs anywhere and writes the backend-bound ONNX plus ``prepare.json`` (which tool made it, how);
+    ``compile`` turns a prepared ONNX into the engine. ``build`` is the two in one. The pipeline keeps the
+    prepared ONNX as an artifact of its own and scores it on ONNX Runtime, labelled as a prediction, where the
+    engine cannot be built.
+    """
+
+    def prepare(self, onnx: Path, precision: Precision, calibration: CalibrationSet | None, cfg: BaseModel, out_dir: Path) -> Path: ...
+
+    def compile(self, prepared: Path, precision: Precision, cfg: BaseModel, out_dir: Path) -> Path: ...
+
+    def preparation_versions(self) -> dict[str, str]: ...

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 
 from edgeship.artifacts import Artifact, ArtifactStore, Manifest, ManifestEntry, artifact_id
 
@@ -89,4 +90,5 @@ class RunContext:
     def record_problem(self, stage: str, name: str, status: str, reason: str, config: Mapping[str, Any] | None = None) -> None:
         self.manifest.add(ManifestEntry(stage=stage, name=name, status=status, reason=reason, config=dict(config or {})))  # type: ignore[arg-type]
         colour = "yellow" if status == "skipped" else "red"
-        self.console.print(f"[{colour}]{'–' if status == 'skipped' else '✗'} {stage}: {name} {status}: {reason}[/{colour}]")
+        self.console.print(f"[{colour}]{'–' if status == 'skipped' else '✗'} {stage}: {name} {status}: {escape(reason)}[/{colour}]",
+                           soft_wrap=True)

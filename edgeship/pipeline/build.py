@@ -3,10 +3,16 @@
 A backend that is not available is recorded as ``skipped`` with its reason; a
 failed build is recorded as ``failed`` with the tool's message. Either way the
 other engines go on, and neither is ever reported as a success.
+
+A preparing backend (TensorRT) first makes its backend-bound ONNX (stage
+``prepare``, on the CPU), then compiles the engine from it where its device is
+present. The prepared ONNX is an output either way, so the validate stage can
+score it on ONNX Runtime as a labelled prediction.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar
@@ -15,10 +21,12 @@ from pydantic import BaseModel
 
 from edgeship.artifacts import Artifact
 from edgeship.backends import REGISTRY, availability, get_backend
-from edgeship.backends.base import CalibrationSet, Precision
+from edgeship.backends.base import PREPARE_INFO, CalibrationSet, Precision, PreparingBackend
 from edgeship.errors import BackendUnavailable, BuildError
 from edgeship.pipeline.base import Made, RunContext
 from edgeship.recipe import BackendsConfig
+
+PREPARE = "prepare"  # the stage name of prepared ONNX artifacts, made inside the build stage
 
 
 def engine_name(backend: str, precision: Precision | str) -> str:
@@ -33,38 +41,95 @@ class BuildStage:
         self.calibration = calibration
 
     def run(self, inputs: Mapping[str, Artifact], cfg: BackendsConfig, ctx: RunContext) -> dict[str, Artifact]:
+        """Every engine that built, by name, and for a preparing backend (TensorRT) each prepared ONNX under
+        ``prediction_name(engine)``, whether its engine built or not."""
         onnx = inputs["onnx"]
-        engines: dict[str, Artifact] = {}
+        outputs: dict[str, Artifact] = {}
         for backend_name, backend_cfg in requested(cfg):
             state = availability(backend_name)
+            backend = get_backend(backend_name) if REGISTRY[backend_name].adapter else None
             for precision in backend_cfg.precisions:  # type: ignore[attr-defined]
                 name = engine_name(backend_name, precision)
                 config = engine_config(backend_name, precision, backend_cfg)
+                source = onnx
+                if isinstance(backend, PreparingBackend):
+                    try:
+                        source = outputs[prediction_name(name)] = self._prepare_one(ctx, onnx, backend, precision, backend_cfg)
+                    except (BuildError, BackendUnavailable) as exc:
+                        status = "skipped" if isinstance(exc, BackendUnavailable) else "failed"
+                        ctx.record_problem(PREPARE, name, status, str(exc), prepare_config(backend_name, precision, backend_cfg))
+                        ctx.record_problem(self.name, name, status, f"no {backend_name}-bound ONNX: {exc}", config)
+                        ctx.save_manifest()
+                        continue
+                    ctx.save_manifest()
                 if not state.available:
                     ctx.record_problem(self.name, name, "skipped", f"{state.reason}; install: {state.install}", config)
                     continue
                 try:
-                    engines[name] = self._build_one(ctx, onnx, backend_name, precision, backend_cfg, config)
+                    outputs[name] = self._build_one(ctx, source, backend_name, precision, backend_cfg, config)
                 except (BuildError, BackendUnavailable) as exc:
                     ctx.record_problem(self.name, name, "failed", str(exc), config)
                 ctx.save_manifest()
-        return engines
+        return outputs
 
-    def _build_one(self, ctx: RunContext, onnx: Artifact, backend_name: str, precision: Precision, backend_cfg: BaseModel,
+    def _calibration_for(self, backend_name: str, precision: Precision, onnx: Artifact) -> CalibrationSet | None:
+        if precision not in REGISTRY[backend_name].calibrated or self.calibration is None:
+            return None
+        return self.calibration.renamed(onnx.meta["input_name"])
+
+    def _prepare_one(self, ctx: RunContext, onnx: Artifact, backend: PreparingBackend, precision: Precision,
+                     backend_cfg: BaseModel) -> Artifact:
+        """The backend-bound ONNX (e.g. TensorRT's AutoCast FP16 or Q/DQ INT8), made on the CPU and kept as an artifact."""
+        name = engine_name(backend.name, precision)
+        calibration = self._calibration_for(backend.name, precision, onnx)
+        versions = backend.preparation_versions()
+        extra = {"calibration": calibration.fingerprint if calibration else None, "versions": versions}
+
+        def make(folder: Path) -> Made:
+            with ctx.console.status(f"preparing the {name} ONNX"):
+                main = backend.prepare(onnx.path, precision, calibration, backend_cfg, folder)
+            info = json.loads((folder / PREPARE_INFO).read_text())
+            meta = {"backend": backend.name, "precision": precision.value, "versions": versions, "prepared_by": info,
+                    "input_name": onnx.meta["input_name"], "input_shape": onnx.meta["input_shape"],
+                    "predicts": name, "runs_on": "onnxruntime", "metrics": info}
+            return Made(main, f"prepared-onnx/{backend.name}", meta)
+
+        return ctx.produce(PREPARE, name, config=prepare_config(backend.name, precision, backend_cfg), parents=[onnx],
+                           extra_key=extra, make=make)
+
+    def _build_one(self, ctx: RunContext, source: Artifact, backend_name: str, precision: Precision, backend_cfg: BaseModel,
                    config: dict[str, object]) -> Artifact:
+        """One engine from the exported ONNX, or for a preparing backend from its prepared ONNX (``source``)."""
         backend = get_backend(backend_name)
-        calibration = self.calibration.renamed(onnx.meta["input_name"]) if precision is Precision.INT8 and self.calibration else None
+        preparing = isinstance(backend, PreparingBackend)
+        calibration = None if preparing else self._calibration_for(backend_name, precision, source)
         extra = {"calibration": calibration.fingerprint if calibration else None, "versions": backend.availability().versions}
 
         def make(folder: Path) -> Made:
             with ctx.console.status(f"building {engine_name(backend_name, precision)}"):
-                main = backend.build(onnx, precision, calibration, backend_cfg, folder)
+                if preparing:
+                    main = backend.compile(source.path, precision, backend_cfg, folder)  # type: ignore[attr-defined]
+                else:
+                    main = backend.build(source, precision, calibration, backend_cfg, folder)
             meta = {"backend": backend_name, "precision": precision.value, "versions": extra["versions"],
                     "calibration_fingerprint": extra["calibration"], "calibration_samples": len(calibration.samples) if calibration else 0,
-                    "input_name": onnx.meta["input_name"], "input_shape": onnx.meta["input_shape"]}
+                    "input_name": source.meta["input_name"], "input_shape": source.meta["input_shape"]}
+            if preparing:
+                meta["prepared_by"] = source.meta["prepared_by"]
             return Made(main, f"engine/{backend_name}", meta)
 
-        return ctx.produce(self.name, engine_name(backend_name, precision), config=config, parents=[onnx], extra_key=extra, make=make)
+        return ctx.produce(self.name, engine_name(backend_name, precision), config=config, parents=[source], extra_key=extra, make=make)
+
+
+def prediction_name(engine: str) -> str:
+    """The name under which a prepared ONNX is scored on ONNX Runtime in place of (or beside) its engine."""
+    return f"{engine} predicted on onnxruntime"
+
+
+def prepare_config(backend: str, precision: Precision, cfg: BaseModel) -> dict[str, object]:
+    """What identifies a prepared ONNX: the engine's identity without the keys only the engine build reads."""
+    engine_only = set(getattr(cfg, "ENGINE_ONLY", ()))
+    return {k: v for k, v in engine_config(backend, precision, cfg).items() if k not in engine_only}
 
 
 def engine_config(backend: str, precision: Precision, cfg: BaseModel) -> dict[str, object]:

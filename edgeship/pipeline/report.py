@@ -10,10 +10,12 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgeship.artifacts import Artifact, ManifestEntry, sha256_file, write_atomic
 from edgeship.pipeline.base import RunContext
+from edgeship.pipeline.build import PREPARE, prediction_name
 from edgeship.pipeline.validate import BASELINE
 
 SCHEMA = "edgeship.report"
@@ -58,9 +60,17 @@ def build_report(results: Mapping[str, Artifact], ctx: RunContext) -> dict[str, 
         if validation is not None:
             metrics = dict(validation.meta["metrics"])
             row.update(metrics)
-            if base_top1 is not None:
-                row["top1_drop_points"] = round(100 * (base_top1 - metrics["top1"]), 4)
-                row["top1_relative_to_fp32"] = round(metrics["top1"] / base_top1, 6) if base_top1 else None
+            row.update(_drops(metrics["top1"], base_top1))
+        prepared = next((e for e in ctx.manifest.entries if e.stage == PREPARE and e.name == entry.name), None)
+        if prepared is not None:
+            row["prepared"] = {"status": prepared.status, "reason": prepared.reason, "seconds": prepared.seconds, "reused": prepared.reused,
+                               "path": prepared.path, "sha256": prepared.sha256, **prepared.metrics}
+        prediction = results.get(prediction_name(entry.name))
+        if prediction is not None:
+            metrics = prediction.meta["metrics"]
+            row["predicted"] = {**metrics["predicted"], "top1": metrics["top1"], "eval_samples": metrics["eval_samples"],
+                                **{k: metrics[k] for k in ("top1_agreement", "max_abs_error", "mean_cosine")},
+                                **_drops(metrics["top1"], base_top1)}
         engines.append(row)
     _add_drop_vs_backend_fp32(engines)
     dataset = ctx.dataset
@@ -85,8 +95,20 @@ def build_report(results: Mapping[str, Artifact], ctx: RunContext) -> dict[str, 
                   "processes, and release gates are not applied in this version.",
                   "Results reused from the store (reused.validate) were measured at their measured_at time on this device."],
     }
+    if any(row["backend"] == "tensorrt" for row in engines):
+        report["notes"].append("A TensorRT engine runs only on the GPU model (compute capability) and the TensorRT version it was "
+                               "built with (each engine's runtime shows both); rebuild it for any other. Where no engine was built, "
+                               "the TensorRT-bound ONNX was scored on ONNX Runtime on the CPU: those figures are predictions, "
+                               "not TensorRT measurements.")
     report["student_vs_teacher"] = student_vs_teacher(report)
     return report
+
+
+def _drops(top1: float, base_top1: float | None) -> dict[str, Any]:
+    if base_top1 is None:
+        return {}
+    return {"top1_drop_points": round(100 * (base_top1 - top1), 4),
+            "top1_relative_to_fp32": round(top1 / base_top1, 6) if base_top1 else None}
 
 
 def _add_drop_vs_backend_fp32(engines: list[dict[str, Any]]) -> None:
@@ -140,14 +162,22 @@ def print_summary(report: Mapping[str, Any], console: Console) -> None:
         lat = row.get("latency", {})
         status = row["status"]
         colour = {"ok": "green", "skipped": "yellow"}.get(status, "red")
-        status_text = f"[{colour}]{status}[/{colour}]" + (f" {row['reason']}" if row.get("reason") else "")
+        status_text = f"[{colour}]{status}[/{colour}]" + (f" {escape(row['reason'])}" if row.get("reason") else "")
         drop, own = row.get("top1_drop_points"), row.get("top1_drop_vs_backend_fp32_points")
         build = row.get("build_seconds")
+        top1, drop_text, agree = _pct(row.get("top1")), "—" if drop is None else f"{drop:+.2f} pt", _pct(row.get("top1_agreement"))
+        predicted = row.get("predicted")
+        if predicted and row.get("top1") is None:  # never in the measured columns' own style: it was not measured on the engine
+            top1, agree = f"[italic]{_pct(predicted['top1'])} pred.[/italic]", f"[italic]{_pct(predicted['top1_agreement'])} pred.[/italic]"
+            drop_text = f"[italic]{predicted['top1_drop_points']:+.2f} pt pred.[/italic]" if "top1_drop_points" in predicted else "—"
         table.add_row(row.get("backend") or "?", row.get("precision") or "?", _size(row.get("size_bytes")), _ms(lat.get("p50_ms")),
-                      _ms(lat.get("p99_ms")), _pct(row.get("top1")), "—" if drop is None else f"{drop:+.2f} pt",
-                      "—" if own is None or row.get("precision") == "fp32" else f"{own:+.2f} pt", _pct(row.get("top1_agreement")),
+                      _ms(lat.get("p99_ms")), top1, drop_text,
+                      "—" if own is None or row.get("precision") == "fp32" else f"{own:+.2f} pt", agree,
                       "—" if not build else f"{build:.1f}", status_text)
     console.print(table)
+    for row in report.get("engines", []):
+        if row.get("predicted") or row.get("prepared"):
+            console.print(prepared_line(row), soft_wrap=True)
     for row in report.get("engines", []):
         check = row.get("cross_check")
         if not check:
@@ -158,7 +188,7 @@ def print_summary(report: Mapping[str, Any], console: Console) -> None:
                           f"{check['median_ms']:.3f} ms ([{colour}]×{check['ratio']:.2f}[/{colour}])" + cross_check_reason(check),
                           soft_wrap=True)
         else:
-            console.print(f"[yellow]latency cross-check {row['name']} failed: {check['reason']}[/yellow]", soft_wrap=True)
+            console.print(f"[yellow]latency cross-check {row['name']} failed: {escape(check['reason'])}[/yellow]", soft_wrap=True)
     prune = report.get("prune")
     if prune:
         before, after = prune["before"], prune["after"]
@@ -181,6 +211,25 @@ def print_summary(report: Mapping[str, Any], console: Console) -> None:
                       f"{_pct(hard['eval_top1']) if hard else 'not run'}, distilled {_pct(top1['distilled']['eval_top1'])} "
                       f"({-distill['distilled_drop_vs_teacher_points']:+.2f} pt vs teacher"
                       + (f", {distill['gain_over_hard_labels_points']:+.2f} pt over hard labels)" if hard else ")"), soft_wrap=True)
+
+
+def prepared_line(row: Mapping[str, Any]) -> str:
+    """One line on a prepared ONNX (TensorRT's): which tool made it, and its accuracy as predicted on ONNX Runtime."""
+    prepared, predicted = row.get("prepared") or {}, row.get("predicted")
+    if prepared.get("status", "ok") != "ok":
+        return f"[yellow]{row['name']}: no prepared ONNX: {escape(str(prepared.get('reason')))}[/yellow]"
+    if prepared.get("tool") == "none":
+        text = f"{row['name']}: ONNX is the exported FP32 model"
+    else:
+        tool = f"{prepared.get('tool', '?')} {prepared.get('version') or ''}".strip()
+        if prepared.get("fallback_reason"):
+            tool += f" (ModelOpt unavailable: {prepared['fallback_reason']})"
+        text = f"{row['name']}: ONNX prepared by {escape(tool)} in {prepared.get('seconds', 0):.1f} s"
+    if predicted:
+        text += (f"; [italic]{predicted['label']}[/italic]: top-1 {_pct(predicted['top1'])}"
+                 + (f" ({0.0 - predicted['top1_drop_points']:+.2f} pt vs baseline)" if "top1_drop_points" in predicted else "")
+                 + f", agreement {_pct(predicted['top1_agreement'])}")
+    return text
 
 
 def cross_check_reason(check: Mapping[str, Any]) -> str:

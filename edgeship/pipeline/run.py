@@ -15,7 +15,7 @@ from edgeship.artifacts import ArtifactStore, Manifest
 from edgeship.errors import RecipeError
 from edgeship.recipe import Recipe
 
-STAGES = ("model", "prune-sensitivity", "prune", "distill-ablation", "distill", "export", "build", "validate", "report")
+STAGES = ("model", "prune-sensitivity", "prune", "distill-ablation", "distill", "export", "prepare", "build", "validate", "report")
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class RunResult:
 
 def run(recipe: Recipe, *, force: Iterable[str] = (), console: Console | None = None, recipe_path: Path | None = None) -> RunResult:
     """Run ``recipe`` end to end and return where its report is."""
+    from edgeship.backends import REGISTRY
     from edgeship.data import calibration_set, load_dataset
     from edgeship.device import describe_device, tool_versions
     from edgeship.pipeline.base import RunContext
@@ -80,12 +81,12 @@ def run(recipe: Recipe, *, force: Iterable[str] = (), console: Console | None = 
             ctx.save_manifest()
         onnx = ExportStage().run({"model": student}, recipe.export, ctx)["onnx"]
         ctx.save_manifest()
-        needs_calibration = any("int8" in getattr(c, "precisions", ()) for _, c in requested(recipe.backends))
+        needs_calibration = any(set(getattr(c, "precisions", ())) & REGISTRY[name].calibrated for name, c in requested(recipe.backends))
         calibration = (calibration_set(dataset, recipe.calibration, recipe.data.preprocessing,
                                        input_shape=input_shape(dataset, recipe.data.preprocessing)) if needs_calibration else None)
-        engines = BuildStage(calibration).run({"onnx": onnx}, recipe.backends, ctx)
+        built = BuildStage(calibration).run({"onnx": onnx}, recipe.backends, ctx)
         ctx.save_manifest()
-        results = ValidateStage().run({"model": model, **engines}, recipe.validate_, ctx)
+        results = ValidateStage().run({"model": model, **built}, recipe.validate_, ctx)
         ctx.save_manifest()
         ReportStage().run(results, ReportConfig(), ctx)
         manifest.status = "ok"

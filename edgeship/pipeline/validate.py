@@ -46,7 +46,8 @@ class ValidateStage:
         for name, engine in inputs.items():
             if name == "model":
                 continue
-            engine_cfg = {**config, "cross_check": _wants_cross_check(ctx, engine.meta["backend"])}
+            runs_on = engine.meta.get("runs_on", engine.meta["backend"])
+            engine_cfg = {**config, "cross_check": "predicts" not in engine.meta and _wants_cross_check(ctx, runs_on)}
             try:
                 results[name] = ctx.produce(self.name, name, config=engine_cfg, parents=[engine, results[BASELINE]], extra_key=key,
                                             make=lambda folder, e=engine, n=name: self._engine(folder, n, e, reference, cfg, threads, ctx))
@@ -79,11 +80,17 @@ class ValidateStage:
 
     def _engine(self, folder: Path, name: str, engine: Artifact, reference: np.ndarray, cfg: ValidateConfig, threads: int,
                 ctx: RunContext) -> Made:
+        """Score and time one engine; a prepared ONNX standing in for an engine (``meta["predicts"]``) is scored only,
+        on the runtime it names, and labelled as a prediction: its latency there says nothing about its engine."""
         from edgeship.data import preprocess
 
-        backend = get_backend(engine.meta["backend"])
+        predicts = engine.meta.get("predicts")
+        runs_on = engine.meta.get("runs_on", engine.meta["backend"])
+        backend = get_backend(runs_on)
         input_name = engine.meta["input_name"]
         p = ctx.recipe.data.preprocessing
+        wants_check = not predicts and _wants_cross_check(ctx, runs_on)
+        latency = bare = None
         started = time.perf_counter()
         try:
             with backend.runner(engine.path, threads=threads) as runner:
@@ -93,19 +100,22 @@ class ValidateStage:
                 _single_output(runner, {input_name: sample})
                 first_ms = (time.perf_counter() - first_started) * 1e3
                 logits = self._evaluate(name, lambda x: _single_output(runner, {input_name: x}), cfg, ctx)
-                latency = self._time(name, lambda: runner.infer({input_name: sample}), cfg, ctx)
+                if not predicts:
+                    latency = self._time(name, lambda: runner.infer({input_name: sample}), cfg, ctx)
                 runtime = runner.describe()
-                wants_check = _wants_cross_check(ctx, engine.meta["backend"])
                 bare_call = getattr(runner, "bare_call", None) if wants_check else None
                 bare = self._time(f"{name} bare call", bare_call({input_name: sample}), cfg, ctx) if bare_call else None
         except (RuntimeError, ValueError, OSError) as exc:
             raise StageError(self.name, f"{name}: {type(exc).__name__}: {exc}") from exc
-        metrics: dict[str, Any] = {"top1": top1(logits, ctx.dataset.eval.labels), "eval_samples": len(logits),
-                                   "size_bytes": engine_bytes(engine), "latency": latency, "load_ms": round(load_ms, 3),
-                                   "first_inference_ms": round(first_ms, 3), "threads": threads, "runtime": runtime,
-                                   **agreement(logits, reference)}
+        metrics: dict[str, Any] = {"top1": top1(logits, ctx.dataset.eval.labels), "eval_samples": len(logits), "threads": threads,
+                                   "runtime": runtime, **agreement(logits, reference)}
+        if predicts:
+            metrics["predicted"] = {"engine": predicts, "on": runs_on, "label": prediction_label(engine.meta["backend"], runs_on)}
+        else:
+            metrics.update(size_bytes=engine_bytes(engine), latency=latency, load_ms=round(load_ms, 3),
+                           first_inference_ms=round(first_ms, 3))
         if wants_check:
-            metrics["cross_check"] = self._cross_check(name, backend.cross_check, engine, latency, bare, cfg, threads, ctx)  # type: ignore[attr-defined]
+            metrics["cross_check"] = self._cross_check(name, backend.cross_check, engine, latency, bare, cfg, threads, ctx)  # type: ignore[attr-defined,arg-type]
         np.save(folder / "logits.npy", logits)
         return self._write(folder, name, metrics)
 
@@ -165,6 +175,11 @@ class ValidateStage:
 
             times = time_calls(call, warmup=cfg.warmup, iterations=cfg.iterations, min_seconds=cfg.min_seconds, on_step=step)
         return summarize(times, cfg.batch_size).as_dict()
+
+
+def prediction_label(backend: str, runs_on: str) -> str:
+    names = {"onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT", "openvino": "OpenVINO", "tflite": "TFLite"}
+    return f"predicted on {names.get(runs_on, runs_on)}, not measured on {names.get(backend, backend)}"
 
 
 def engine_bytes(engine: Artifact) -> int:

@@ -23,7 +23,7 @@ ENGINES = ["onnxruntime/fp32", "onnxruntime/int8", "openvino/fp16", "openvino/fp
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
-    recipe = tiny_recipe(tmp_path_factory.mktemp("all-backends"), backends={})
+    recipe = tiny_recipe(tmp_path_factory.mktemp("all-backends"), backends={"tensorrt": {"enabled": False}})  # test_tensorrt_e2e has it
     return run(recipe, console=Console(quiet=True))
 
 

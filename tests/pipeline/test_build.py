@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from edgeship.backends.base import Precision
 from edgeship.pipeline.build import engine_config, requested
-from edgeship.recipe import BackendsConfig, OnnxRuntimeConfig, OpenVinoConfig, TfliteConfig
+from edgeship.recipe import BackendsConfig, OnnxRuntimeConfig, OpenVinoConfig, TensorRtConfig, TfliteConfig
 
 
 def test_fp32_identity_ignores_int8_only_settings() -> None:
@@ -13,8 +13,9 @@ def test_fp32_identity_ignores_int8_only_settings() -> None:
 
 
 def test_disabled_backends_are_not_requested() -> None:
-    assert [name for name, _ in requested(BackendsConfig())] == ["onnxruntime", "openvino", "tflite"]
-    only_tflite = BackendsConfig(onnxruntime=OnnxRuntimeConfig(enabled=False), openvino=OpenVinoConfig(enabled=False))
+    assert [name for name, _ in requested(BackendsConfig())] == ["onnxruntime", "openvino", "tflite", "tensorrt"]
+    only_tflite = BackendsConfig(onnxruntime=OnnxRuntimeConfig(enabled=False), openvino=OpenVinoConfig(enabled=False),
+                                 tensorrt=TensorRtConfig(enabled=False))
     assert [name for name, _ in requested(only_tflite)] == ["tflite"]
 
 
@@ -26,3 +27,16 @@ def test_engine_identity_per_backend() -> None:
     float_io = TfliteConfig(io_type="float32")
     assert engine_config("tflite", Precision.FP32, TfliteConfig()) == engine_config("tflite", Precision.FP32, float_io)
     assert engine_config("tflite", Precision.INT8, TfliteConfig()) != engine_config("tflite", Precision.INT8, float_io)
+
+
+def test_tensorrt_preparation_ignores_engine_only_settings() -> None:
+    """Changing the builder's workspace, level, cache or profile rebuilds the engine, never the calibrated ONNX."""
+    from edgeship.pipeline.build import prepare_config
+
+    base = TensorRtConfig()
+    engine_side = TensorRtConfig(workspace_mib=4096, optimization_level=5, batch={"max": 8})
+    assert prepare_config("tensorrt", Precision.INT8, base) == prepare_config("tensorrt", Precision.INT8, engine_side)
+    assert engine_config("tensorrt", Precision.INT8, base) != engine_config("tensorrt", Precision.INT8, engine_side)
+    ort_qdq = TensorRtConfig(qdq_tool="onnxruntime")
+    assert prepare_config("tensorrt", Precision.INT8, base) != prepare_config("tensorrt", Precision.INT8, ort_qdq)
+    assert prepare_config("tensorrt", Precision.FP16, base) == prepare_config("tensorrt", Precision.FP16, ort_qdq)

@@ -1,0 +1,64 @@
+"""One NVIDIA ModelOpt step in a child process: ``python -m edgeship.backends.modelopt_worker REQUEST.json``.
+
+ModelOpt's ONNX quantizer patches ONNX Runtime's quantization classes for the whole process
+(``modelopt.onnx.quantization.ort_patching.patch_ort_modules``) and never undoes it. Running it
+here keeps edgeship's own ``quantize_static`` (the ONNX Runtime backend, the Q/DQ fallback)
+exactly as ONNX Runtime ships it.
+
+The request names the step (``autocast`` | ``quantize``), the source and target ONNX files, an
+``.npz`` of calibration inputs keyed by input name, and the step's settings. Exit 0 after the
+target is written; 3 when ModelOpt cannot be imported; 1 on any other failure. Either way the last
+line on stderr says why.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+MODELOPT_MISSING = 3
+
+
+def main(argv: list[str]) -> int:
+    request = json.loads(Path(argv[0]).read_text())
+    try:
+        import modelopt.onnx.autocast  # noqa: F401
+        import modelopt.onnx.quantization  # noqa: F401
+    except Exception as exc:  # ImportError, or a dependency failing at import
+        print(f"cannot import ModelOpt: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return MODELOPT_MISSING
+    try:
+        {"autocast": _autocast, "quantize": _quantize}[request["step"]](request)
+    except Exception as exc:  # ModelOpt raises anything; its words go to the parent
+        print(f"ModelOpt {request['step']} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _autocast(request: dict[str, Any]) -> None:
+    """FP16 with float32 I/O: AutoCast keeps in FP32 the nodes whose activations (seen on the calibration inputs)
+    or initializers would overflow FP16."""
+    import onnx
+    from modelopt.onnx.autocast import convert_to_mixed_precision
+
+    model = convert_to_mixed_precision(onnx_path=request["source"], low_precision_type="fp16", keep_io_types=True,
+                                       calibration_data=request.get("calibration"), providers=["cpu"])
+    onnx.save(model, request["target"])
+
+
+def _quantize(request: dict[str, Any]) -> None:
+    """Explicit INT8 Q/DQ for TensorRT, calibrated on ONNX Runtime's CPU provider."""
+    import numpy as np
+    from modelopt.onnx.quantization import quantize
+
+    with np.load(request["calibration"]) as data:
+        calibration = {name: data[name] for name in data.files}
+    quantize(onnx_path=request["source"], quantize_mode="int8", calibration_data=calibration,
+             calibration_method=request["method"], calibration_shapes=request["calibration_shapes"], calibration_eps=["cpu"],
+             high_precision_dtype=request["high_precision"], output_path=request["target"], log_level="WARNING")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

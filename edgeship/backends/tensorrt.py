@@ -1,0 +1,341 @@
+"""TensorRT 10/11 (NVIDIA GPU): strongly typed engines from ONNX whose precision is decided before the build.
+
+TensorRT 11 has no INT8 calibrators and no FP16/INT8 builder flags, and TensorRT 10 on Jetson
+takes the same path: the network is parsed strongly typed, so every tensor keeps the type the
+ONNX gives it. The work is therefore in two steps:
+
+1. ``prepare`` (any CPU): the TensorRT-bound ONNX. FP16 from ModelOpt AutoCast (float32 I/O kept);
+   INT8 as explicit Q/DQ from ModelOpt's ONNX quantizer, or from ONNX Runtime's ``quantize_static``
+   with TensorRT's settings when ModelOpt cannot be imported; FP32 as exported. ``prepare.json``
+   records which tool made it. ModelOpt runs in a child process (see ``modelopt_worker``).
+2. ``compile`` (needs ``tensorrt`` and a CUDA GPU): Polygraphy parses the prepared ONNX strongly
+   typed and builds with a workspace limit, the builder optimization level, a timing cache and an
+   optimization profile for the dynamic batch. ``engine.json`` records the TensorRT version, the GPU,
+   its compute capability and the timing cache's sha256: an engine runs only there.
+
+Where TensorRT or the GPU is missing, the pipeline still prepares, and scores the prepared ONNX
+on ONNX Runtime as a prediction; it never reports a TensorRT number it did not measure.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from edgeship.backends import installed_versions, nvidia_gpu
+from edgeship.backends.base import (
+    PREPARE_INFO,
+    Availability,
+    CalibrationSet,
+    Feed,
+    Precision,
+    Runner,
+    TensorMeta,
+    check_build_request,
+)
+from edgeship.backends.modelopt_worker import MODELOPT_MISSING
+from edgeship.backends.tooling import captured_output, error_line, importable
+from edgeship.errors import BackendUnavailable, BuildError
+from edgeship.recipe import TensorRtConfig
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from edgeship.artifacts import Artifact
+
+INSTALL = ("pip install --extra-index-url https://pypi.nvidia.com 'edgeship[tensorrt]' on a machine with an NVIDIA GPU "
+           "(TensorRT's libraries come from NVIDIA's index)")
+PREPARE_INSTALL = "pip install 'edgeship[tensorrt-onnx]'"
+DISTRIBUTIONS = ("tensorrt", "polygraphy", "nvidia-modelopt")
+ENGINE_FILE = "model.engine"
+ENGINE_INFO = "engine.json"
+AUTOCAST_SAMPLES = 100  # calibration inputs AutoCast runs to find activations that would overflow FP16
+CALIBRATION_BATCH = 32  # inputs per ModelOpt calibration step
+# ONNX Runtime's quantize_static as TensorRT wants Q/DQ: int8 symmetric activations and weights, weights per channel and
+# kept float behind their own Q/DQ pair (TensorRT folds them), a dedicated pair per consumer, biases left float (TensorRT
+# fuses them; it has no int32 bias DequantizeLinear).
+ORT_TENSORRT_OPTIONS: dict[str, Any] = {"AddQDQPairToWeight": True, "DedicatedQDQPair": True, "QuantizeBias": False,
+                                        "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}}
+
+
+class TensorRtBackend:
+    name: ClassVar[str] = "tensorrt"
+    precisions: ClassVar[frozenset[Precision]] = frozenset(Precision)
+
+    def availability(self) -> Availability:
+        """Whether engines can be built and run here: ``tensorrt`` and Polygraphy importable, and a CUDA GPU present."""
+        problems = []
+        missing = [module for module in ("tensorrt", "polygraphy") if not importable(module)]
+        if missing:
+            problems.append(f"cannot import {', '.join(missing)} (TensorRT is not installed)")
+        gpu = nvidia_gpu()
+        if not gpu:
+            problems.append("no CUDA GPU (nvidia-smi finds none)")
+        return Availability(self.name, not problems, installed_versions(DISTRIBUTIONS), device=gpu or "no CUDA GPU",
+                            reason="; ".join(problems), install=INSTALL)
+
+    def build(self, onnx: Artifact, precision: Precision, calibration: CalibrationSet | None, cfg: BaseModel,
+              out_dir: Path) -> Path:
+        """``prepare`` then ``compile``: write ``model.engine`` and ``engine.json`` under ``out_dir``."""
+        check_build_request(self, cfg, TensorRtConfig, precision, calibration)
+        work = Path(tempfile.mkdtemp(dir=out_dir, prefix=".work-"))
+        try:
+            prepared = self.prepare(onnx.path, precision, calibration, cfg, work)
+            return self.compile(prepared, precision, cfg, out_dir)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def prepare(self, onnx: Path, precision: Precision, calibration: CalibrationSet | None, cfg: BaseModel, out_dir: Path) -> Path:
+        """Write the TensorRT-bound ONNX (``model.<precision>.onnx``) and ``prepare.json`` under ``out_dir``. Runs on the CPU.
+
+        Raises ``BackendUnavailable`` when the tool it needs is missing, ``BuildError`` when the tool fails.
+        """
+        if not isinstance(cfg, TensorRtConfig):
+            raise TypeError(f"{self.name} needs a TensorRtConfig, got {type(cfg).__name__}")
+        if precision is Precision.INT8 and calibration is None:
+            raise BuildError(self.name, precision, "INT8 needs a calibration set")
+        target = out_dir / f"model.{precision.value}.onnx"
+        started = time.perf_counter()
+        work = Path(tempfile.mkdtemp(dir=out_dir, prefix=".work-"))
+        try:
+            if precision is Precision.FP32:
+                shutil.copyfile(onnx, target)
+                info: dict[str, Any] = {"tool": "none", "note": "the exported FP32 model as is"}
+            elif precision is Precision.FP16:
+                info = self._autocast(onnx, target, calibration, work)
+            else:
+                info = self._quantize(onnx, target, calibration, cfg, work)  # type: ignore[arg-type]
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        info.update(precision=precision.value, seconds=round(time.perf_counter() - started, 3), io=_io_types(target))
+        if precision is Precision.INT8:
+            info["qdq"] = qdq_summary(target)
+        (out_dir / PREPARE_INFO).write_text(json.dumps(info, indent=2))
+        return target
+
+    def compile(self, prepared: Path, precision: Precision, cfg: BaseModel, out_dir: Path) -> Path:
+        """Build the engine from a prepared ONNX with Polygraphy, strongly typed; write ``model.engine`` and ``engine.json``."""
+        if not isinstance(cfg, TensorRtConfig):
+            raise TypeError(f"{self.name} needs a TensorRtConfig, got {type(cfg).__name__}")
+        state = self.availability()
+        if not state.available:
+            raise BackendUnavailable(self.name, f"{state.reason}; install: {state.install}")
+        try:
+            return _compile(prepared, precision, cfg, out_dir)
+        except (BuildError, BackendUnavailable):
+            raise
+        except Exception as exc:  # the parser and builder raise anything; record their words
+            raise BuildError(self.name, precision, f"{type(exc).__name__}: {error_line(str(exc))}") from exc
+
+    def runner(self, engine: Path, *, threads: int) -> TensorRtRunner:
+        return TensorRtRunner(engine, threads=threads)
+
+    def preparation_versions(self) -> dict[str, str]:
+        """The tools that may write a prepared ONNX: ModelOpt, or ONNX Runtime's quantizer in its place."""
+        return installed_versions(("nvidia-modelopt", "onnxruntime", "onnx"))
+
+    # -- the ONNX-side steps -------------------------------------------------------------------------------------
+
+    def _autocast(self, source: Path, target: Path, calibration: CalibrationSet | None, work: Path) -> dict[str, Any]:
+        request: dict[str, Any] = {"step": "autocast", "source": str(source), "target": str(target)}
+        if calibration is not None:
+            request["calibration"] = str(_write_npz(calibration.subset(AUTOCAST_SAMPLES), work))
+        code, message, version = _run_worker(request, work)
+        if code == MODELOPT_MISSING:
+            raise BackendUnavailable(self.name, f"FP16 needs ModelOpt AutoCast: {message}; install: {PREPARE_INSTALL}")
+        if code:
+            raise BuildError(self.name, Precision.FP16, message)
+        return {"tool": "modelopt.onnx.autocast", "version": version, "keep_io_types": True, "low_precision_type": "fp16",
+                "reference_inputs": (f"{min(AUTOCAST_SAMPLES, len(calibration.samples))} calibration samples" if calibration
+                                     else "random inputs in [-1, 1] (no calibration set given)")}
+
+    def _quantize(self, source: Path, target: Path, calibration: CalibrationSet, cfg: TensorRtConfig, work: Path) -> dict[str, Any]:
+        if cfg.calibration_size is not None:
+            calibration = calibration.subset(cfg.calibration_size)
+        settings = {"calibration_method": cfg.calibration_method, "calibration_samples": len(calibration.samples),
+                    "calibration_fingerprint": calibration.fingerprint}
+        fallback_reason = ""
+        if cfg.qdq_tool in ("auto", "modelopt"):
+            batch = min(CALIBRATION_BATCH, len(calibration.samples))
+            request = {"step": "quantize", "source": str(source), "target": str(target), "method": cfg.calibration_method,
+                       "calibration": str(_write_npz(calibration, work)), "high_precision": cfg.high_precision,
+                       "calibration_shapes": f"{calibration.input_name}:" + "x".join(map(str, (batch, *calibration.samples.shape[1:])))}
+            code, message, version = _run_worker(request, work)
+            if code == 0:
+                return {"tool": "modelopt.onnx.quantization", "version": version, **settings, "high_precision": cfg.high_precision}
+            if code != MODELOPT_MISSING:
+                raise BuildError(self.name, Precision.INT8, message)
+            if cfg.qdq_tool == "modelopt":
+                raise BackendUnavailable(self.name, f"qdq_tool: modelopt: {message}; install: {PREPARE_INSTALL}")
+            fallback_reason = message
+        from edgeship.backends.onnxruntime import quantize_qdq
+
+        try:
+            quantize_qdq(source, target, calibration, method={"entropy": "entropy", "max": "minmax"}[cfg.calibration_method],
+                         per_channel=True, activation_type="int8", reduce_range=False, extra_options=ORT_TENSORRT_OPTIONS)
+        except Exception as exc:  # the quantizer raises anything; record its words
+            raise BuildError(self.name, Precision.INT8, f"onnxruntime quantize_static: {type(exc).__name__}: {exc}") from exc
+        info = {"tool": "onnxruntime.quantization.quantize_static", "version": installed_versions(("onnxruntime",)).get("onnxruntime"),
+                **settings, "high_precision": "fp32", "settings": {"quant_format": "QDQ", "per_channel": True,
+                                                                    "activation_type": "int8", "symmetric": True, **ORT_TENSORRT_OPTIONS}}
+        if fallback_reason:
+            info["fallback_reason"] = fallback_reason
+        return info
+
+
+def _run_worker(request: dict[str, Any], work: Path) -> tuple[int, str, str | None]:
+    """Run one ModelOpt step in a child process; (exit code, its last telling line, ModelOpt's version)."""
+    path = work / "request.json"
+    path.write_text(json.dumps(request))
+    done = subprocess.run([sys.executable, "-m", "edgeship.backends.modelopt_worker", str(path)], capture_output=True, text=True,
+                          check=False)
+    version = installed_versions(("nvidia-modelopt",)).get("nvidia-modelopt")
+    if done.returncode == 0 and not Path(request["target"]).is_file():
+        return 1, f"ModelOpt {request['step']} wrote no model: {error_line(done.stderr + done.stdout)}", version
+    message = done.stderr.strip().splitlines()[-1] if done.returncode and done.stderr.strip() else error_line(done.stderr + done.stdout)
+    return done.returncode, message[:400], version
+
+
+def _write_npz(calibration: CalibrationSet, work: Path) -> Path:
+    path = work / "calibration.npz"
+    np.savez(path, **{calibration.input_name: calibration.samples})
+    return path
+
+
+def _io_types(model_path: Path) -> dict[str, dict[str, str]]:
+    """Each graph input's and output's element type, e.g. {"inputs": {"input": "FLOAT"}}."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    initializers = {init.name for init in graph.initializer}
+
+    def kind(value: Any) -> str:
+        return onnx.TensorProto.DataType.Name(value.type.tensor_type.elem_type)
+
+    return {"inputs": {v.name: kind(v) for v in graph.input if v.name not in initializers},
+            "outputs": {v.name: kind(v) for v in graph.output}}
+
+
+def qdq_summary(model_path: Path) -> dict[str, Any]:
+    """What the Q/DQ in a model looks like: node counts, zero-point types, whether every zero point is 0 (symmetric),
+    and how many scales are per channel."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    constants = {init.name: init for init in graph.initializer}
+    constants.update({node.output[0]: next(a.t for a in node.attribute if a.name == "value")
+                      for node in graph.node if node.op_type == "Constant" and any(a.name == "value" for a in node.attribute)})
+    counts = {"QuantizeLinear": 0, "DequantizeLinear": 0}
+    zero_types: set[str] = set()
+    symmetric, per_channel = True, 0
+    for node in graph.node:
+        if node.op_type not in counts:
+            continue
+        counts[node.op_type] += 1
+        scale = constants.get(node.input[1])
+        if scale is not None and numpy_helper.to_array(scale).size > 1:
+            per_channel += 1
+        zero = constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if zero is not None:
+            zero_types.add(onnx.TensorProto.DataType.Name(zero.data_type))
+            symmetric = symmetric and not numpy_helper.to_array(zero).any()
+    return {"quantize_linear": counts["QuantizeLinear"], "dequantize_linear": counts["DequantizeLinear"],
+            "zero_point_types": sorted(zero_types), "symmetric": symmetric, "per_channel_scales": per_channel}
+
+
+# -- the GPU side -----------------------------------------------------------------------------------------------------
+
+def gpu_facts() -> dict[str, str]:
+    """The GPU's name and compute capability, from nvidia-smi ('' when there is no GPU)."""
+    name, _, capability = nvidia_gpu().partition(",")
+    return {"gpu": name.strip(), "compute_capability": capability.strip()}
+
+
+def _compile(prepared: Path, precision: Precision, cfg: TensorRtConfig, out_dir: Path) -> Path:
+    import onnx
+    import tensorrt as trt
+    from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, Profile, SaveEngine
+
+    from edgeship.artifacts import sha256_file
+
+    graph = onnx.load(str(prepared), load_external_data=False).graph
+    initializers = {init.name for init in graph.initializer}
+    profile, profile_info = Profile(), {}
+    for value in (v for v in graph.input if v.name not in initializers):
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+        if None in dims[1:]:
+            raise BuildError("tensorrt", precision, f"input {value.name!r} has a dynamic axis other than the batch: {dims}")
+        if dims and dims[0] is None:
+            rest = tuple(dims[1:])
+            profile.add(value.name, min=(cfg.batch.min, *rest), opt=(cfg.batch.opt, *rest), max=(cfg.batch.max, *rest))
+            profile_info[value.name] = {"min": [cfg.batch.min, *rest], "opt": [cfg.batch.opt, *rest], "max": [cfg.batch.max, *rest]}
+    cache = Path(cfg.timing_cache) if cfg.timing_cache else out_dir / "timing.cache"
+    config = CreateConfig(profiles=[profile] if profile_info else None,
+                          memory_pool_limits={trt.MemoryPoolType.WORKSPACE: cfg.workspace_mib << 20},
+                          builder_optimization_level=cfg.optimization_level,
+                          load_timing_cache=str(cache) if cache.is_file() else None)
+    target = out_dir / ENGINE_FILE
+    with captured_output() as log:
+        network = NetworkFromOnnxPath(str(prepared), strongly_typed=True)
+        SaveEngine(EngineFromNetwork(network, config=config, save_timing_cache=str(cache)), str(target))()
+    if not target.is_file():
+        raise BuildError("tensorrt", precision, f"Polygraphy wrote no engine: {error_line(log.getvalue())}")
+    prepare_info = prepared.parent / PREPARE_INFO
+    info = {"tensorrt": trt.__version__, **gpu_facts(), "strongly_typed": True, "profile": profile_info,
+            "max_batch": cfg.batch.max if profile_info else None, "workspace_mib": cfg.workspace_mib,
+            "optimization_level": cfg.optimization_level, "timing_cache": str(cache), "timing_cache_sha256": sha256_file(cache),
+            "prepared": json.loads(prepare_info.read_text()) if prepare_info.is_file() else None,
+            "portability": "runs only on this GPU model (compute capability) with this TensorRT version; rebuild for any other"}
+    (out_dir / ENGINE_INFO).write_text(json.dumps(info, indent=2))
+    return target
+
+
+class TensorRtRunner(Runner):
+    """Polygraphy's ``TrtRunner`` on a serialized engine. ``threads`` does not apply: the engine runs on the GPU.
+
+    Batches larger than the engine's profile allows are run in chunks of its maximum batch."""
+
+    def __init__(self, engine: Path, *, threads: int) -> None:
+        super().__init__()
+        self.engine = Path(engine)
+        self.threads = threads
+        self._runner: Any = None
+        self._info: dict[str, Any] = {}
+
+    def _activate(self) -> None:
+        from polygraphy.backend.common import BytesFromPath
+        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+        from polygraphy.datatype import DataType
+
+        info_path = self.engine.parent / ENGINE_INFO
+        self._info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+        self._runner = TrtRunner(EngineFromBytes(BytesFromPath(str(self.engine))))
+        self._runner.activate()
+        self._meta = {name: TensorMeta(name, np.dtype(DataType.to_dtype(meta.dtype, "numpy")),
+                                       tuple(None if d is None or d < 0 else int(d) for d in meta.shape))
+                      for name, meta in self._runner.get_input_metadata().items()}
+
+    def _deactivate(self) -> None:
+        if self._runner is not None:
+            self._runner.deactivate()
+        self._runner = None
+
+    def _describe(self) -> dict[str, object]:
+        return {key: self._info.get(key) for key in ("tensorrt", "gpu", "compute_capability", "profile", "timing_cache_sha256")}
+
+    def _infer(self, feed: Feed) -> Feed:
+        limit = self._info.get("max_batch")
+        batch = len(next(iter(feed.values())))
+        if not limit or batch <= limit:
+            return {name: np.array(out) for name, out in self._runner.infer(feed).items()}
+        chunks = [self._infer({k: v[start : start + limit] for k, v in feed.items()}) for start in range(0, batch, limit)]
+        return {name: np.concatenate([chunk[name] for chunk in chunks]) for name in chunks[0]}

@@ -1,0 +1,211 @@
+"""TensorRT: the ONNX-side preparation on the CPU (always), engine build and run through the contract (TensorRT + CUDA only).
+
+ModelOpt runs in a child process, so these tests steer that process through ``PYTHONPATH``: a folder
+whose ``modelopt`` package fails to import stands for a machine without ModelOpt, and a
+``sitecustomize`` that refuses sockets stands for a machine without a network.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeship.backends.base import CalibrationSet, Precision
+from edgeship.backends.tensorrt import TensorRtBackend, qdq_summary
+from edgeship.errors import BackendUnavailable, BuildError
+from edgeship.recipe import TensorRtConfig
+
+from backends.contract import BackendContract, onnx_artifact, ort_reference
+from conftest import TrainedCnn
+
+
+class TestTensorRtContract(BackendContract):
+    """Builds FP32, FP16 and INT8 engines of the trained CNN and compares them with ORT FP32. Skipped, with the
+    reason, where ``tensorrt`` or a CUDA GPU is missing (as on every machine of this project so far)."""
+
+    backend = "tensorrt"
+    config = TensorRtConfig()
+    runtime_modules = ("tensorrt",)
+
+    def test_runner_pins_threads(self) -> None:  # type: ignore[override]
+        pytest.skip("a TensorRT engine runs on the GPU: there is no CPU thread count to pin")
+
+
+@pytest.fixture(scope="module")
+def calibration(trained_cnn: TrainedCnn) -> CalibrationSet:
+    return CalibrationSet(trained_cnn.calibration, "digits-calibration")
+
+
+@pytest.fixture(scope="module")
+def prepared(trained_cnn: TrainedCnn, calibration: CalibrationSet, tmp_path_factory: pytest.TempPathFactory) -> dict[Precision, Path]:
+    """FP16 and INT8 prepared with the default settings (ModelOpt AutoCast and ModelOpt Q/DQ)."""
+    out = {}
+    for precision in (Precision.FP16, Precision.INT8):
+        folder = tmp_path_factory.mktemp(f"trt-prepared-{precision}")
+        out[precision] = TensorRtBackend().prepare(trained_cnn.onnx, precision, calibration, TensorRtConfig(), folder)
+    return out
+
+
+def predict(model: Path, inputs: np.ndarray) -> np.ndarray:
+    return ort_reference(model, inputs)
+
+
+def info(model: Path) -> dict[str, object]:
+    return json.loads((model.parent / "prepare.json").read_text())
+
+
+@pytest.fixture
+def without_modelopt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Child processes find a ``modelopt`` that cannot be imported, as on a machine without it."""
+    package = tmp_path / "blocked" / "modelopt"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("raise ImportError(\"No module named 'modelopt' (blocked by the test)\")\n")
+    monkeypatch.setenv("PYTHONPATH", str(package.parent))
+
+
+def test_autocast_fp16_keeps_float32_io_and_follows_fp32(prepared: dict[Precision, Path], trained_cnn: TrainedCnn) -> None:
+    import onnx
+
+    model = prepared[Precision.FP16]
+    graph = onnx.load(str(model)).graph
+    assert [i.type.tensor_type.elem_type for i in graph.input] == [onnx.TensorProto.FLOAT]
+    assert [o.type.tensor_type.elem_type for o in graph.output] == [onnx.TensorProto.FLOAT]
+    assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in graph.initializer), "the weights must be FP16"
+    made = info(model)
+    assert made["tool"] == "modelopt.onnx.autocast" and made["version"] and made["keep_io_types"] is True
+    reference = predict(trained_cnn.onnx, trained_cnn.evaluation)
+    out = predict(model, trained_cnn.evaluation)
+    assert out.dtype == np.float32
+    relative = float(np.abs(out - reference).max() / np.abs(reference).max())
+    assert 0 < relative <= 1e-2, f"FP16 relative error {relative:.3g}"
+
+
+def test_modelopt_int8_is_symmetric_qdq_and_agrees_with_fp32(prepared: dict[Precision, Path], trained_cnn: TrainedCnn) -> None:
+    model = prepared[Precision.INT8]
+    qdq = qdq_summary(model)
+    assert qdq["quantize_linear"] > 0 and qdq["dequantize_linear"] > 0
+    assert qdq["zero_point_types"] == ["INT8"] and qdq["symmetric"] is True and qdq["per_channel_scales"] > 0
+    made = info(model)
+    assert made["tool"] == "modelopt.onnx.quantization" and made["calibration_method"] == "entropy"
+    assert made["calibration_samples"] == len(trained_cnn.calibration) and made["qdq"] == qdq
+    assert made["io"] == {"inputs": {"input": "FLOAT"}, "outputs": {"logits": "FLOAT"}}
+    reference = predict(trained_cnn.onnx, trained_cnn.evaluation).argmax(1)
+    agreement = float((predict(model, trained_cnn.evaluation).argmax(1) == reference).mean())
+    assert agreement >= 0.98, f"INT8 top-1 agreement {agreement:.4f} on {len(reference)} evaluation inputs"
+
+
+def test_qdq_summary_sees_asymmetric_activations(trained_cnn: TrainedCnn, calibration: CalibrationSet, tmp_path: Path) -> None:
+    """The symmetry check can fail: ONNX Runtime's own INT8 (uint8 activations) has non-zero zero points."""
+    from edgeship.backends.onnxruntime import quantize_qdq
+
+    target = tmp_path / "asymmetric.onnx"
+    quantize_qdq(trained_cnn.onnx, target, calibration.subset(32), method="minmax", per_channel=True, activation_type="uint8")
+    summary = qdq_summary(target)
+    assert summary["symmetric"] is False and "UINT8" in summary["zero_point_types"]
+
+
+def test_int8_falls_back_to_onnxruntime_without_modelopt(without_modelopt: None, trained_cnn: TrainedCnn,
+                                                          calibration: CalibrationSet, tmp_path: Path) -> None:
+    model = TensorRtBackend().prepare(trained_cnn.onnx, Precision.INT8, calibration, TensorRtConfig(calibration_method="max"), tmp_path)
+    made = info(model)
+    assert made["tool"] == "onnxruntime.quantization.quantize_static" and "blocked by the test" in made["fallback_reason"]
+    assert made["high_precision"] == "fp32" and made["calibration_method"] == "max"
+    qdq = qdq_summary(model)
+    assert qdq["zero_point_types"] == ["INT8"] and qdq["symmetric"] is True and qdq["per_channel_scales"] > 0
+    reference = predict(trained_cnn.onnx, trained_cnn.evaluation).argmax(1)
+    agreement = float((predict(model, trained_cnn.evaluation).argmax(1) == reference).mean())
+    assert agreement >= 0.98, f"INT8 top-1 agreement {agreement:.4f}"
+
+
+def test_modelopt_asked_for_by_name_must_be_there(without_modelopt: None, trained_cnn: TrainedCnn, calibration: CalibrationSet,
+                                                  tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(BackendUnavailable, match=r"modelopt.*blocked by the test.*edgeship\[tensorrt-onnx\]"):
+        TensorRtBackend().prepare(trained_cnn.onnx, Precision.INT8, calibration, TensorRtConfig(qdq_tool="modelopt"), out)
+    with pytest.raises(BackendUnavailable, match=r"FP16 needs ModelOpt AutoCast"):
+        TensorRtBackend().prepare(trained_cnn.onnx, Precision.FP16, calibration, TensorRtConfig(), out)
+    assert not list(out.iterdir()), "a failed preparation leaves nothing behind"
+
+
+def test_onnxruntime_tool_by_name(trained_cnn: TrainedCnn, calibration: CalibrationSet, tmp_path: Path) -> None:
+    model = TensorRtBackend().prepare(trained_cnn.onnx, Precision.INT8, calibration.subset(64), TensorRtConfig(qdq_tool="onnxruntime"),
+                                      tmp_path)
+    assert info(model)["tool"] == "onnxruntime.quantization.quantize_static" and "fallback_reason" not in info(model)
+
+
+def test_modelopt_leaves_this_process_unpatched(prepared: dict[Precision, Path]) -> None:
+    """ModelOpt patches ONNX Runtime's quantizer process-wide; it ran in a child, so ours is as ONNX Runtime ships it."""
+    from onnxruntime.quantization.calibrate import CalibraterBase
+
+    assert "modelopt" not in sys.modules
+    assert CalibraterBase.create_inference_session.__module__.startswith("onnxruntime")
+
+
+def test_modelopt_failure_is_a_build_error_with_its_words(tmp_path: Path, calibration: CalibrationSet) -> None:
+    bogus = tmp_path / "bogus.onnx"
+    bogus.write_bytes(b"not a model")
+    (tmp_path / "out").mkdir()
+    with pytest.raises(BuildError, match=r"tensorrt/int8 build failed: ModelOpt quantize failed"):
+        TensorRtBackend().prepare(bogus, Precision.INT8, calibration.subset(8), TensorRtConfig(), tmp_path / "out")
+    assert not list((tmp_path / "out").iterdir())
+
+
+def test_int8_preparation_needs_calibration(trained_cnn: TrainedCnn, tmp_path: Path) -> None:
+    with pytest.raises(BuildError, match="calibration"):
+        TensorRtBackend().prepare(trained_cnn.onnx, Precision.INT8, None, TensorRtConfig(), tmp_path)
+
+
+def test_preparation_works_offline(trained_cnn: TrainedCnn, calibration: CalibrationSet, tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """ModelOpt's child process with every socket refused (a sitecustomize) prepares FP16 and INT8 and tries no connection."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    attempts = tmp_path / "attempts.log"
+    loaded = tmp_path / "hook-loaded"
+    (hooks / "sitecustomize.py").write_text(
+        f"open({str(loaded)!r}, 'w').close()\n"
+        "import socket\n"
+        "def _refuse(*args, **kwargs):\n"
+        f"    open({str(attempts)!r}, 'a').write(repr(args[1:] or args) + '\\n')\n"
+        "    raise OSError('network disabled in this test')\n"
+        "socket.socket.connect = _refuse\nsocket.socket.connect_ex = _refuse\nsocket.getaddrinfo = _refuse\n")
+    monkeypatch.setenv("PYTHONPATH", str(hooks))
+    for precision in (Precision.FP16, Precision.INT8):
+        (tmp_path / precision).mkdir()
+        model = TensorRtBackend().prepare(trained_cnn.onnx, precision, calibration.subset(64), TensorRtConfig(), tmp_path / precision)
+        assert info(model)["tool"].startswith("modelopt")
+    assert loaded.exists(), "the child process must have run with the network refused"
+    assert not attempts.exists(), attempts.read_text()
+
+
+def test_availability_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgeship.backends.tensorrt as trt_module
+
+    monkeypatch.setattr(trt_module, "importable", lambda module: True)
+    monkeypatch.setattr(trt_module, "nvidia_gpu", lambda: "")
+    state = TensorRtBackend().availability()
+    assert not state.available and state.reason == "no CUDA GPU (nvidia-smi finds none)"
+    monkeypatch.setattr(trt_module, "importable", lambda module: module != "tensorrt")
+    monkeypatch.setattr(trt_module, "nvidia_gpu", lambda: "NVIDIA L4, 8.9")
+    state = TensorRtBackend().availability()
+    assert not state.available and state.reason.startswith("cannot import tensorrt") and state.device == "NVIDIA L4, 8.9"
+    assert "pypi.nvidia.com" in state.install and "edgeship[tensorrt]" in state.install
+    monkeypatch.setattr(trt_module, "importable", lambda module: True)
+    assert TensorRtBackend().availability().available
+
+
+def test_build_without_tensorrt_or_gpu_is_unavailable_never_faked(trained_cnn: TrainedCnn, calibration: CalibrationSet,
+                                                                  tmp_path: Path) -> None:
+    backend = TensorRtBackend()
+    if backend.availability().available:
+        pytest.skip("TensorRT and a CUDA GPU are present: the contract tests build real engines")
+    with pytest.raises(BackendUnavailable, match="tensorrt"):
+        backend.build(onnx_artifact(trained_cnn.onnx), Precision.FP16, calibration, TensorRtConfig(), tmp_path)
+    with pytest.raises(BackendUnavailable, match="tensorrt"):
+        backend.compile(trained_cnn.onnx, Precision.FP16, TensorRtConfig(), tmp_path)
+    assert not list(tmp_path.iterdir())
