@@ -55,11 +55,13 @@ def test_backends_table_lists_every_backend() -> None:
 def test_report_command_reads_a_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     report = {"schema": "edgeship.report", "schema_version": 1, "run_id": "r-1", "threads": 2, "device": {"cpu": "test cpu"},
               "baseline": {"top1": 0.9, "size_bytes": 2048, "latency": {"p50_ms": 1.0, "p99_ms": 2.0}},
-              "engines": [{"backend": "onnxruntime", "precision": "int8", "status": "failed", "reason": "boom"}]}
+              "engines": [{"name": "onnxruntime/int8", "backend": "onnxruntime", "precision": "int8", "status": "failed",
+                           "reason": "boom [see log]"}]}
     (tmp_path / "report.json").write_text(json.dumps(report))
     assert main(["report", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "r-1" in out and "failed" in out and "90.00%" in out
+    assert "r-1" in out and "failed (1)" in out and "90.00%" in out
+    assert "(1) onnxruntime/int8 failed: boom [see log]" in out
     (tmp_path / "report.json").write_text("{}")
     assert main(["report", str(tmp_path)]) == 2
 

@@ -284,9 +284,14 @@ def _compile(prepared: Path, precision: Precision, cfg: TensorRtConfig, out_dir:
                           builder_optimization_level=cfg.optimization_level,
                           load_timing_cache=str(cache) if cache.is_file() else None)
     target = out_dir / ENGINE_FILE
-    with captured_output() as log:
-        network = NetworkFromOnnxPath(str(prepared), strongly_typed=True)
-        SaveEngine(EngineFromNetwork(network, config=config, save_timing_cache=str(cache)), str(target))()
+    log = None
+    try:
+        with captured_output() as log:
+            network = NetworkFromOnnxPath(str(prepared), strongly_typed=True)
+            SaveEngine(EngineFromNetwork(network, config=config, save_timing_cache=str(cache)), str(target))()
+    except Exception as exc:  # the parser's and builder's own words are in what they logged
+        said = (log.getvalue() if log is not None else "") + "\n" + str(exc)
+        raise BuildError("tensorrt", precision, f"Polygraphy/TensorRT: {type(exc).__name__}: {error_line(said)}") from exc
     if not target.is_file():
         raise BuildError("tensorrt", precision, f"Polygraphy wrote no engine: {error_line(log.getvalue())}")
     prepare_info = prepared.parent / PREPARE_INFO
@@ -320,9 +325,11 @@ class TensorRtRunner(Runner):
         self._info = json.loads(info_path.read_text()) if info_path.is_file() else {}
         self._runner = TrtRunner(EngineFromBytes(BytesFromPath(str(self.engine))))
         self._runner.activate()
-        self._meta = {name: TensorMeta(name, np.dtype(DataType.to_dtype(meta.dtype, "numpy")),
-                                       tuple(None if d is None or d < 0 else int(d) for d in meta.shape))
-                      for name, meta in self._runner.get_input_metadata().items()}
+        self._meta = {}
+        for name, meta in self._runner.get_input_metadata().items():  # dynamic dims come as -1, None or a name
+            dtype = DataType.to_dtype(meta.dtype, "numpy") if isinstance(meta.dtype, DataType) else meta.dtype
+            shape = tuple(int(d) if isinstance(d, int) and d >= 0 else None for d in meta.shape)
+            self._meta[name] = TensorMeta(name, np.dtype(dtype), shape)
 
     def _deactivate(self) -> None:
         if self._runner is not None:

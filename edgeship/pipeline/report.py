@@ -73,6 +73,7 @@ def build_report(results: Mapping[str, Artifact], ctx: RunContext) -> dict[str, 
                                 **_drops(metrics["top1"], base_top1)}
         engines.append(row)
     _add_drop_vs_backend_fp32(engines)
+    _add_predicted_drop_vs_onnx_fp32(engines)
     dataset = ctx.dataset
     report = {
         "schema": SCHEMA,
@@ -120,6 +121,16 @@ def _add_drop_vs_backend_fp32(engines: list[dict[str, Any]]) -> None:
             row["top1_drop_vs_backend_fp32_points"] = round(100 * (fp32[row["backend"]] - row["top1"]), 4)
 
 
+def _add_predicted_drop_vs_onnx_fp32(engines: list[dict[str, Any]]) -> None:
+    """A prediction's top-1 drop against the exported FP32 ONNX on the same runtime (``onnxruntime/fp32``): what the
+    backend's FP16/INT8 preparation alone costs."""
+    exported = next((row.get("top1") for row in engines if row["name"] == "onnxruntime/fp32"), None)
+    for row in engines:
+        predicted = row.get("predicted")
+        if predicted and exported is not None and predicted.get("on") == "onnxruntime":
+            predicted["top1_drop_vs_onnx_fp32_points"] = round(100 * (exported - predicted["top1"]), 4)
+
+
 def student_vs_teacher(report: Mapping[str, Any]) -> dict[str, Any] | None:
     """The pipeline's verdict on the student: measured ORT FP32 latency ratio (both timed in the prune stage of
     one run, same harness) and the test top-1 of its ORT FP32 engine against the teacher's PyTorch FP32 top-1."""
@@ -158,23 +169,17 @@ def print_summary(report: Mapping[str, Any], console: Console) -> None:
         lat = baseline.get("latency", {})
         table.add_row(BASELINE.split("/")[0], "fp32", _size(baseline.get("size_bytes")), _ms(lat.get("p50_ms")), _ms(lat.get("p99_ms")),
                       _pct(baseline.get("top1")), "baseline", "—", "—", "—", "[green]ok[/green]")
+    reasons: dict[str, list[str]] = {}  # one footnote per distinct reason, so long install commands do not fill the table
     for row in report.get("engines", []):
-        lat = row.get("latency", {})
-        status = row["status"]
-        colour = {"ok": "green", "skipped": "yellow"}.get(status, "red")
-        status_text = f"[{colour}]{status}[/{colour}]" + (f" {escape(row['reason'])}" if row.get("reason") else "")
-        drop, own = row.get("top1_drop_points"), row.get("top1_drop_vs_backend_fp32_points")
-        build = row.get("build_seconds")
-        top1, drop_text, agree = _pct(row.get("top1")), "—" if drop is None else f"{drop:+.2f} pt", _pct(row.get("top1_agreement"))
-        predicted = row.get("predicted")
-        if predicted and row.get("top1") is None:  # never in the measured columns' own style: it was not measured on the engine
-            top1, agree = f"[italic]{_pct(predicted['top1'])} pred.[/italic]", f"[italic]{_pct(predicted['top1_agreement'])} pred.[/italic]"
-            drop_text = f"[italic]{predicted['top1_drop_points']:+.2f} pt pred.[/italic]" if "top1_drop_points" in predicted else "—"
-        table.add_row(row.get("backend") or "?", row.get("precision") or "?", _size(row.get("size_bytes")), _ms(lat.get("p50_ms")),
-                      _ms(lat.get("p99_ms")), top1, drop_text,
-                      "—" if own is None or row.get("precision") == "fp32" else f"{own:+.2f} pt", agree,
-                      "—" if not build else f"{build:.1f}", status_text)
+        if row.get("reason"):
+            reasons.setdefault(f"{row['status']}: {row['reason']}", []).append(row["name"])
+    marks = {reason: f"({n})" for n, reason in enumerate(reasons, 1)}
+    for row in report.get("engines", []):
+        mark = marks.get(f"{row['status']}: {row['reason']}", "") if row.get("reason") else ""
+        table.add_row(*_engine_cells(row, mark))
     console.print(table)
+    for reason, names in reasons.items():
+        console.print(f"{marks[reason]} {', '.join(names)} {escape(reason)}", soft_wrap=True)
     for row in report.get("engines", []):
         if row.get("predicted") or row.get("prepared"):
             console.print(prepared_line(row), soft_wrap=True)
@@ -211,6 +216,32 @@ def print_summary(report: Mapping[str, Any], console: Console) -> None:
                       f"{_pct(hard['eval_top1']) if hard else 'not run'}, distilled {_pct(top1['distilled']['eval_top1'])} "
                       f"({-distill['distilled_drop_vs_teacher_points']:+.2f} pt vs teacher"
                       + (f", {distill['gain_over_hard_labels_points']:+.2f} pt over hard labels)" if hard else ")"), soft_wrap=True)
+
+
+def _engine_cells(row: Mapping[str, Any], mark: str) -> list[str]:
+    """One engine's table cells; a prediction (TensorRT's prepared ONNX on ONNX Runtime) is shown as such, never as measured."""
+    lat = row.get("latency", {})
+    colour = {"ok": "green", "skipped": "yellow"}.get(row["status"], "red")
+    drop, own = row.get("top1_drop_points"), row.get("top1_drop_vs_backend_fp32_points")
+    top1, agree = _pct(row.get("top1")), _pct(row.get("top1_agreement"))
+    drop_text, own_text = _points(drop), "—" if row.get("precision") == "fp32" else _points(own)
+    predicted = row.get("predicted")
+    if predicted and row.get("top1") is None:
+        top1, agree = _predicted(_pct(predicted["top1"])), _predicted(_pct(predicted["top1_agreement"]))
+        drop_text = _predicted(_points(predicted.get("top1_drop_points")))
+        own_text = _predicted(_points(predicted.get("top1_drop_vs_onnx_fp32_points")))
+    build = row.get("build_seconds")
+    return [row.get("backend") or "?", row.get("precision") or "?", _size(row.get("size_bytes")), _ms(lat.get("p50_ms")),
+            _ms(lat.get("p99_ms")), top1, drop_text, own_text, agree, "—" if not build else f"{build:.1f}",
+            f"[{colour}]{row['status']}[/{colour}] {mark}".rstrip()]
+
+
+def _points(value: float | None) -> str:
+    return "—" if value is None else f"{value:+.2f} pt"
+
+
+def _predicted(text: str) -> str:
+    return text if text == "—" else f"[italic]{text} pred.[/italic]"
 
 
 def prepared_line(row: Mapping[str, Any]) -> str:
