@@ -390,7 +390,7 @@ def load_recipe(path: str | os.PathLike[str] | None = None) -> Recipe:
 
 
 INPUT_PATHS = (("model", "checkpoint"), ("calibration", "source"), ("data", "root"), ("distill", "transfer_source"),
-               ("distill", "teacher", "checkpoint"), ("distill", "student", "checkpoint"))
+               ("distill", "teacher", "checkpoint"), ("distill", "student", "checkpoint"), ("backends", "tensorrt", "timing_cache"))
 
 
 def _resolve_input_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:

@@ -83,6 +83,16 @@ def test_input_paths_are_relative_to_the_recipe(tmp_path: Path) -> None:
     assert recipe.model.zoo is None
 
 
+def test_tensorrt_settings_are_checked_and_the_timing_cache_is_relative_to_the_recipe(tmp_path: Path) -> None:
+    recipe = load_recipe(write(tmp_path, "backends:\n  tensorrt: {timing_cache: cache/l4.cache, batch: {max: 8}}\n"))
+    assert recipe.backends.tensorrt.timing_cache == tmp_path / "cache" / "l4.cache"
+    assert recipe.backends.tensorrt.batch.max == 8 and recipe.backends.tensorrt.precisions == ("fp16", "int8")
+    for bad, key in (("batch: {min: 4, opt: 2}", "batch"), ("optimization_level: 6", "optimization_level"),
+                     ("calibration_method: percentile", "calibration_method"), ("qdq_tool: trtexec", "qdq_tool")):
+        with pytest.raises(RecipeError, match=key):
+            load_recipe(write(tmp_path, f"backends:\n  tensorrt: {{{bad}}}\n"))
+
+
 def test_name_defaults_to_file_stem_and_none_gives_default(tmp_path: Path) -> None:
     path = tmp_path / "my-recipe.yaml"
     path.write_text("seed: 3\n")
