@@ -164,7 +164,7 @@ class TensorRtBackend:
                     "calibration_fingerprint": calibration.fingerprint}
         fallback_reason = ""
         if cfg.qdq_tool in ("auto", "modelopt"):
-            batch = min(CALIBRATION_BATCH, len(calibration.samples))
+            batch = _static_batch(source, calibration.input_name) or min(CALIBRATION_BATCH, len(calibration.samples))
             request = {"step": "quantize", "source": str(source), "target": str(target), "method": cfg.calibration_method,
                        "calibration": str(_write_npz(calibration, work)), "high_precision": cfg.high_precision,
                        "calibration_shapes": f"{calibration.input_name}:" + "x".join(map(str, (batch, *calibration.samples.shape[1:])))}
@@ -202,6 +202,17 @@ def _run_worker(request: dict[str, Any], work: Path) -> tuple[int, str, str | No
         return 1, f"ModelOpt {request['step']} wrote no model: {error_line(done.stderr + done.stdout)}", version
     message = done.stderr.strip().splitlines()[-1] if done.returncode and done.stderr.strip() else error_line(done.stderr + done.stdout)
     return done.returncode, message[:400], version
+
+
+def _static_batch(model_path: Path, input_name: str) -> int | None:
+    """The input's batch size when the ONNX fixes it (calibration steps must match it), else None."""
+    import onnx
+
+    for value in onnx.load(str(model_path), load_external_data=False).graph.input:
+        if value.name == input_name and value.type.tensor_type.shape.dim:
+            first = value.type.tensor_type.shape.dim[0]
+            return first.dim_value if first.HasField("dim_value") and first.dim_value > 0 else None
+    return None
 
 
 def _write_npz(calibration: CalibrationSet, work: Path) -> Path:

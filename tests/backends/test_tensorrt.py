@@ -209,3 +209,17 @@ def test_build_without_tensorrt_or_gpu_is_unavailable_never_faked(trained_cnn: T
     with pytest.raises(BackendUnavailable, match="tensorrt"):
         backend.compile(trained_cnn.onnx, Precision.FP16, TensorRtConfig(), tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+def test_static_batch_model_is_calibrated_one_input_at_a_time(trained_cnn: TrainedCnn, calibration: CalibrationSet,
+                                                              tmp_path: Path) -> None:
+    import onnx
+
+    model = onnx.load(str(trained_cnn.onnx))
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    static = tmp_path / "static.onnx"
+    onnx.save(model, str(static))
+    (tmp_path / "out").mkdir()
+    prepared_model = TensorRtBackend().prepare(static, Precision.INT8, calibration.subset(40), TensorRtConfig(), tmp_path / "out")
+    assert info(prepared_model)["tool"] == "modelopt.onnx.quantization" and qdq_summary(prepared_model)["symmetric"]
