@@ -113,6 +113,9 @@ class TensorRtBackend:
                 info = self._autocast(onnx, target, calibration, work)
             else:
                 info = self._quantize(onnx, target, calibration, cfg, work)  # type: ignore[arg-type]
+        except BaseException:
+            target.unlink(missing_ok=True)  # a tool that failed after writing must not leave a model that looks finished
+            raise
         finally:
             shutil.rmtree(work, ignore_errors=True)
         info.update(precision=precision.value, seconds=round(time.perf_counter() - started, 3), io=_io_types(target))

@@ -183,10 +183,11 @@ def prediction_label(backend: str, runs_on: str) -> str:
 
 
 def engine_bytes(engine: Artifact) -> int:
-    """An engine's size on disk: every file it needs (an OpenVINO IR's .bin too), not just its main file."""
+    """An engine's size on disk: every file it needs (an OpenVINO IR's .bin too), not just its main file; edgeship's
+    JSON side files and build caches (TensorRT's timing cache) are not shipped, so they do not count."""
     if not engine.files:
         return engine.size
-    return sum((engine.folder / name).stat().st_size for name in engine.files if not name.endswith(".json"))
+    return sum((engine.folder / name).stat().st_size for name in engine.files if not name.endswith((".json", ".cache")))
 
 
 def _wants_cross_check(ctx: RunContext, backend: str) -> bool:
