@@ -27,12 +27,13 @@ def main(argv: list[str]) -> int:
         import modelopt.onnx.autocast  # noqa: F401
         import modelopt.onnx.quantization  # noqa: F401
     except Exception as exc:  # ImportError, or a dependency failing at import
-        print(f"cannot import ModelOpt: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"cannot import ModelOpt: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
         return MODELOPT_MISSING
     try:
         {"autocast": _autocast, "quantize": _quantize}[request["step"]](request)
     except Exception as exc:  # ModelOpt raises anything; its words go to the parent
-        print(f"ModelOpt {request['step']} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        said = " ".join(str(exc).split())  # one line: the parent reports the last line of stderr
+        print(f"ModelOpt {request['step']} failed: {type(exc).__name__}: {said}", file=sys.stderr)
         return 1
     return 0
 

@@ -113,9 +113,12 @@ class TensorRtBackend:
                 info = self._autocast(onnx, target, calibration, work)
             else:
                 info = self._quantize(onnx, target, calibration, cfg, work)  # type: ignore[arg-type]
-        except BaseException:
+        except (BuildError, BackendUnavailable):
             target.unlink(missing_ok=True)  # a tool that failed after writing must not leave a model that looks finished
             raise
+        except Exception as exc:  # reading the ONNX, or the fallback quantizer: record their words
+            target.unlink(missing_ok=True)
+            raise BuildError(self.name, precision, f"{type(exc).__name__}: {error_line(str(exc))}") from exc
         finally:
             shutil.rmtree(work, ignore_errors=True)
         info.update(precision=precision.value, seconds=round(time.perf_counter() - started, 3), io=_io_types(target))
@@ -185,7 +188,8 @@ class TensorRtBackend:
             quantize_qdq(source, target, calibration, method={"entropy": "entropy", "max": "minmax"}[cfg.calibration_method],
                          per_channel=True, activation_type="int8", reduce_range=False, extra_options=ORT_TENSORRT_OPTIONS)
         except Exception as exc:  # the quantizer raises anything; record its words
-            raise BuildError(self.name, Precision.INT8, f"onnxruntime quantize_static: {type(exc).__name__}: {exc}") from exc
+            message = f"onnxruntime quantize_static: {type(exc).__name__}: {error_line(str(exc))}"
+            raise BuildError(self.name, Precision.INT8, message) from exc
         info = {"tool": "onnxruntime.quantization.quantize_static", "version": installed_versions(("onnxruntime",)).get("onnxruntime"),
                 **settings, "high_precision": "fp32", "settings": {"quant_format": "QDQ", "per_channel": True,
                                                                     "activation_type": "int8", "symmetric": True, **ORT_TENSORRT_OPTIONS}}
@@ -195,14 +199,19 @@ class TensorRtBackend:
 
 
 def _run_worker(request: dict[str, Any], work: Path) -> tuple[int, str, str | None]:
-    """Run one ModelOpt step in a child process; (exit code, its last telling line, ModelOpt's version)."""
+    """Run one ModelOpt step in a child process; (exit code, its last telling line, ModelOpt's version).
+
+    ModelOpt writes its model, and intermediate files beside it, in ``work``; only a finished model is moved to the target."""
+    target = Path(request["target"])
     path = work / "request.json"
-    path.write_text(json.dumps(request))
+    path.write_text(json.dumps({**request, "target": str(work / target.name)}))
     done = subprocess.run([sys.executable, "-m", "edgeship.backends.modelopt_worker", str(path)], capture_output=True, text=True,
                           check=False)
     version = installed_versions(("nvidia-modelopt",)).get("nvidia-modelopt")
-    if done.returncode == 0 and not Path(request["target"]).is_file():
+    if done.returncode == 0 and not (work / target.name).is_file():
         return 1, f"ModelOpt {request['step']} wrote no model: {error_line(done.stderr + done.stdout)}", version
+    if done.returncode == 0:
+        shutil.move(work / target.name, target)
     message = done.stderr.strip().splitlines()[-1] if done.returncode and done.stderr.strip() else error_line(done.stderr + done.stdout)
     return done.returncode, message[:400], version
 

@@ -93,6 +93,7 @@ def test_modelopt_int8_is_symmetric_qdq_and_agrees_with_fp32(prepared: dict[Prec
     assert made["tool"] == "modelopt.onnx.quantization" and made["calibration_method"] == "entropy"
     assert made["calibration_samples"] == len(trained_cnn.calibration) and made["qdq"] == qdq
     assert made["io"] == {"inputs": {"input": "FLOAT"}, "outputs": {"logits": "FLOAT"}}
+    assert sorted(p.name for p in model.parent.iterdir()) == ["model.int8.onnx", "prepare.json"], "no tool leftovers"
     reference = predict(trained_cnn.onnx, trained_cnn.evaluation).argmax(1)
     agreement = float((predict(model, trained_cnn.evaluation).argmax(1) == reference).mean())
     assert agreement >= 0.98, f"INT8 top-1 agreement {agreement:.4f} on {len(reference)} evaluation inputs"
@@ -146,13 +147,23 @@ def test_modelopt_leaves_this_process_unpatched(prepared: dict[Precision, Path])
     assert CalibraterBase.create_inference_session.__module__.startswith("onnxruntime")
 
 
-def test_modelopt_failure_is_a_build_error_with_its_words(tmp_path: Path, calibration: CalibrationSet) -> None:
+def test_unreadable_onnx_is_a_build_error_for_every_precision(tmp_path: Path, calibration: CalibrationSet) -> None:
     bogus = tmp_path / "bogus.onnx"
     bogus.write_bytes(b"not a model")
     (tmp_path / "out").mkdir()
-    with pytest.raises(BuildError, match=r"tensorrt/int8 build failed: ModelOpt quantize failed"):
-        TensorRtBackend().prepare(bogus, Precision.INT8, calibration.subset(8), TensorRtConfig(), tmp_path / "out")
+    for precision, tool_words in ((Precision.INT8, "DecodeError"), (Precision.FP16, "ModelOpt autocast failed")):
+        with pytest.raises(BuildError, match=rf"tensorrt/{precision} build failed: .*{tool_words}"):
+            TensorRtBackend().prepare(bogus, precision, calibration.subset(8), TensorRtConfig(), tmp_path / "out")
     assert not list((tmp_path / "out").iterdir())
+
+
+def test_modelopt_failure_is_a_build_error_with_its_words(trained_cnn: TrainedCnn, calibration: CalibrationSet,
+                                                          tmp_path: Path) -> None:
+    """Calibration inputs of the wrong shape: ModelOpt's own complaint reaches the error."""
+    wrong = CalibrationSet(np.zeros((8, 1, 14, 14), np.float32), "wrong-shape")
+    with pytest.raises(BuildError, match=r"tensorrt/int8 build failed: ModelOpt quantize failed: \w+"):
+        TensorRtBackend().prepare(trained_cnn.onnx, Precision.INT8, wrong, TensorRtConfig(), tmp_path)
+    assert not list(tmp_path.iterdir())
 
 
 def test_int8_preparation_needs_calibration(trained_cnn: TrainedCnn, tmp_path: Path) -> None:
