@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+PERCENTILES = (50, 90, 95, 99)
+CI_LEVEL = 0.95
 
 
 @dataclass(frozen=True)
 class LatencyStats:
-    """Per-call latency in milliseconds."""
+    """Per-call latency in milliseconds, each statistic with a bootstrap confidence interval (``ci95``)."""
 
     iterations: int
     batch_size: int
@@ -29,19 +32,49 @@ class LatencyStats:
     min_ms: float
     max_ms: float
     throughput: float  # samples per second at this batch size
+    ci95: dict[str, tuple[float, float]] = field(default_factory=dict)  # statistic name → (low, high)
 
-    def as_dict(self) -> dict[str, float | int]:
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+    def as_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items() if k != "ci95"}
+        out["ci95"] = {name: [round(low, 4), round(high, 4)] for name, (low, high) in self.ci95.items()}
+        return out
 
 
-def summarize(times_ns: np.ndarray, batch_size: int) -> LatencyStats:
+def summarize(times_ns: np.ndarray, batch_size: int, *, resamples: int = 1000, seed: int = 0) -> LatencyStats:
+    """Mean, std, percentiles (numpy's linear interpolation) and their bootstrap 95% intervals, in milliseconds."""
     ms = np.asarray(times_ns, dtype=np.float64) / 1e6
     if len(ms) == 0:
         raise ValueError("no timings to summarize")
-    p50, p90, p95, p99 = np.percentile(ms, [50, 90, 95, 99])
+    p50, p90, p95, p99 = np.percentile(ms, PERCENTILES)
     return LatencyStats(len(ms), batch_size, float(ms.mean()), float(ms.std(ddof=1)) if len(ms) > 1 else 0.0, float(p50),
                         float(p90), float(p95), float(p99), float(ms.min()), float(ms.max()),
-                        float(batch_size * 1000 / ms.mean()))
+                        float(batch_size * 1000 / ms.mean()), bootstrap_ci(ms, resamples=resamples, seed=seed))
+
+
+def bootstrap_ci(values: np.ndarray, *, resamples: int = 1000, level: float = CI_LEVEL, seed: int = 0,
+                 chunk: int = 100) -> dict[str, tuple[float, float]]:
+    """Percentile-bootstrap intervals of the mean, std and p50/p90/p95/p99 of ``values``.
+
+    Resamples with replacement ``resamples`` times (seeded, so a rerun gives the same interval), ``chunk``
+    resamples at a time so memory stays at ``chunk × len(values)``. A single value gives a zero-width interval.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values)
+    if n == 0:
+        raise ValueError("no values to bootstrap")
+    if n == 1:
+        return {name: (float(values[0]), float(values[0])) for name in ("mean_ms", "std_ms", *(f"p{q}_ms" for q in PERCENTILES))}
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[np.ndarray]] = {"mean_ms": [], "std_ms": [], **{f"p{q}_ms": [] for q in PERCENTILES}}
+    for start in range(0, resamples, chunk):
+        sample = values[rng.integers(0, n, size=(min(chunk, resamples - start), n))]
+        draws["mean_ms"].append(sample.mean(axis=1))
+        draws["std_ms"].append(sample.std(axis=1, ddof=1))
+        for q, row in zip(PERCENTILES, np.percentile(sample, PERCENTILES, axis=1), strict=True):
+            draws[f"p{q}_ms"].append(row)
+    tail = 100 * (1 - level) / 2
+    return {name: (float(np.percentile(np.concatenate(parts), tail)), float(np.percentile(np.concatenate(parts), 100 - tail)))
+            for name, parts in draws.items()}
 
 
 def time_calls(call: Callable[[], object], *, warmup: int, iterations: int, min_seconds: float,
