@@ -106,7 +106,9 @@ class Runner(abc.ABC):
     feeds and outputs are always in the ONNX model's own layout (NCHW).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, engine: Path, *, threads: int) -> None:
+        self.engine = Path(engine)
+        self.threads = threads  # pinned by the runtime; a GPU runner ignores it
         self._active = False
         self._meta: dict[str, TensorMeta] = {}  # filled by ``_activate``
 

@@ -133,9 +133,7 @@ class OnnxRuntimeRunner(Runner):
     """One CPU InferenceSession with pinned intra-op threads and sequential execution."""
 
     def __init__(self, engine: Path, *, threads: int) -> None:
-        super().__init__()
-        self.engine = Path(engine)
-        self.threads = threads
+        super().__init__(engine, threads=threads)
         self._session: Any = None
 
     def _activate(self) -> None:

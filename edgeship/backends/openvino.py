@@ -119,9 +119,7 @@ class OpenVinoRunner(Runner):
     """One compiled model with a single synchronous infer request, threads and precision pinned."""
 
     def __init__(self, engine: Path, *, threads: int) -> None:
-        super().__init__()
-        self.engine = Path(engine)
-        self.threads = threads
+        super().__init__(engine, threads=threads)
         self._compiled: Any = None
         self._request: Any = None
 

@@ -42,7 +42,7 @@ from edgeship.backends.base import (
     check_build_request,
 )
 from edgeship.backends.modelopt_worker import MODELOPT_MISSING
-from edgeship.backends.tooling import captured_output, error_line, importable
+from edgeship.backends.tooling import captured_output, error_line, fed_inputs, importable
 from edgeship.errors import BackendUnavailable, BuildError
 from edgeship.recipe import TensorRtConfig
 
@@ -238,12 +238,11 @@ def _io_types(model_path: Path) -> dict[str, dict[str, str]]:
     import onnx
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
-    initializers = {init.name for init in graph.initializer}
 
     def kind(value: Any) -> str:
         return onnx.TensorProto.DataType.Name(value.type.tensor_type.elem_type)
 
-    return {"inputs": {v.name: kind(v) for v in graph.input if v.name not in initializers},
+    return {"inputs": {v.name: kind(v) for v in fed_inputs(graph)},
             "outputs": {v.name: kind(v) for v in graph.output}}
 
 
@@ -291,9 +290,8 @@ def _compile(prepared: Path, precision: Precision, cfg: TensorRtConfig, out_dir:
     from edgeship.artifacts import sha256_file
 
     graph = onnx.load(str(prepared), load_external_data=False).graph
-    initializers = {init.name for init in graph.initializer}
     profile, profile_info = Profile(), {}
-    for value in (v for v in graph.input if v.name not in initializers):
+    for value in fed_inputs(graph):
         dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
         if None in dims[1:]:
             raise BuildError("tensorrt", precision, f"input {value.name!r} has a dynamic axis other than the batch: {dims}")
@@ -333,9 +331,7 @@ class TensorRtRunner(Runner):
     Batches larger than the engine's profile allows are run in chunks of its maximum batch."""
 
     def __init__(self, engine: Path, *, threads: int) -> None:
-        super().__init__()
-        self.engine = Path(engine)
-        self.threads = threads
+        super().__init__(engine, threads=threads)
         self._runner: Any = None
         self._info: dict[str, Any] = {}
 

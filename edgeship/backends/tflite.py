@@ -23,7 +23,7 @@ import numpy as np
 
 from edgeship.backends import installed_versions
 from edgeship.backends.base import Availability, CalibrationSet, Feed, Precision, Runner, TensorMeta, check_build_request
-from edgeship.backends.tooling import captured_output, error_line, importable
+from edgeship.backends.tooling import captured_output, error_line, fed_inputs, importable
 from edgeship.errors import BuildError
 from edgeship.recipe import TfliteConfig
 
@@ -136,15 +136,12 @@ def _io_layout(onnx_path: Path, tflite_path: Path) -> dict[str, Any]:
     import onnx
 
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    initializers = {init.name for init in graph.initializer}  # older ONNX files list weights among the inputs
     interpreter = _interpreter(tflite_path, threads=1)
     signature = interpreter.get_signature_runner()
     layout: dict[str, Any] = {"inputs": {}, "outputs": {}}
-    for kind, onnx_values, details in (("inputs", graph.input, signature.get_input_details()),
+    for kind, onnx_values, details in (("inputs", fed_inputs(graph), signature.get_input_details()),
                                        ("outputs", graph.output, signature.get_output_details())):
         for value in onnx_values:
-            if value.name in initializers:
-                continue
             if value.name not in details:
                 raise ValueError(f"the TFLite model has no {kind[:-1]} named {value.name!r} (has {sorted(details)})")
             onnx_shape = [d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim]
@@ -170,9 +167,7 @@ class TfliteRunner(Runner):
     """A LiteRT interpreter (XNNPACK, ``num_threads`` pinned) behind ONNX-layout, float32 feeds."""
 
     def __init__(self, engine: Path, *, threads: int) -> None:
-        super().__init__()
-        self.engine = Path(engine)
-        self.threads = threads
+        super().__init__(engine, threads=threads)
         self._interpreter: Any = None
 
     def _activate(self) -> None:

@@ -10,6 +10,7 @@ import re
 import sys
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -47,3 +48,9 @@ def importable(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):  # a parent package that fails to import, or a module blocked in sys.modules
         return False
+
+
+def fed_inputs(graph: Any) -> list[Any]:
+    """An ONNX graph's inputs that are fed at run time: older ONNX files also list their weights among the inputs."""
+    initializers = {init.name for init in graph.initializer}
+    return [value for value in graph.input if value.name not in initializers]

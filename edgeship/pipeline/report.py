@@ -63,8 +63,9 @@ def build_report(results: Mapping[str, Artifact], ctx: RunContext) -> dict[str, 
             row.update(_drops(metrics["top1"], base_top1))
         prepared = next((e for e in ctx.manifest.entries if e.stage == PREPARE and e.name == entry.name), None)
         if prepared is not None:
-            row["prepared"] = {"status": prepared.status, "reason": prepared.reason, "seconds": prepared.seconds, "reused": prepared.reused,
-                               "path": prepared.path, "sha256": prepared.sha256, **prepared.metrics}
+            # ``seconds`` comes from prepare.json in the metrics: the preparation's own time, also when it is reused
+            row["prepared"] = {"status": prepared.status, "reason": prepared.reason, "reused": prepared.reused, "path": prepared.path,
+                               "sha256": prepared.sha256, **prepared.metrics}
         prediction = results.get(prediction_name(entry.name))
         if prediction is not None:
             metrics = prediction.meta["metrics"]

@@ -46,8 +46,7 @@ class ValidateStage:
         for name, engine in inputs.items():
             if name == "model":
                 continue
-            runs_on = engine.meta.get("runs_on", engine.meta["backend"])
-            engine_cfg = {**config, "cross_check": "predicts" not in engine.meta and _wants_cross_check(ctx, runs_on)}
+            engine_cfg = {**config, "cross_check": _wants_cross_check(ctx, engine)}
             try:
                 results[name] = ctx.produce(self.name, name, config=engine_cfg, parents=[engine, results[BASELINE]], extra_key=key,
                                             make=lambda folder, e=engine, n=name: self._engine(folder, n, e, reference, cfg, threads, ctx))
@@ -89,7 +88,7 @@ class ValidateStage:
         backend = get_backend(runs_on)
         input_name = engine.meta["input_name"]
         p = ctx.recipe.data.preprocessing
-        wants_check = not predicts and _wants_cross_check(ctx, runs_on)
+        wants_check = _wants_cross_check(ctx, engine)
         latency = bare = None
         started = time.perf_counter()
         try:
@@ -190,8 +189,12 @@ def engine_bytes(engine: Artifact) -> int:
     return sum((engine.folder / name).stat().st_size for name in engine.files if not name.endswith((".json", ".cache")))
 
 
-def _wants_cross_check(ctx: RunContext, backend: str) -> bool:
-    """Whether the recipe asks for ``backend``'s own benchmark tool beside our harness (OpenVINO's ``benchmark_app``)."""
+def _wants_cross_check(ctx: RunContext, engine: Artifact) -> bool:
+    """Whether the recipe asks for the engine's backend's own benchmark tool beside our harness (OpenVINO's
+    ``benchmark_app``); never for a prediction, which is not timed."""
+    if "predicts" in engine.meta:
+        return False
+    backend = engine.meta["backend"]
     section = getattr(ctx.recipe.backends, backend, None)
     return bool(getattr(section, "benchmark_app", False)) and hasattr(get_backend(backend), "cross_check")
 
