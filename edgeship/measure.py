@@ -15,6 +15,7 @@ import numpy as np
 
 PERCENTILES = (50, 90, 95, 99)
 CI_LEVEL = 0.95
+QUANTILE_GRID = tuple(range(101))  # the distribution kept with every summary (0th..100th percentile), for plots
 
 
 @dataclass(frozen=True)
@@ -33,10 +34,13 @@ class LatencyStats:
     max_ms: float
     throughput: float  # samples per second at this batch size
     ci95: dict[str, tuple[float, float]] = field(default_factory=dict)  # statistic name → (low, high)
+    quantiles_ms: tuple[float, ...] = ()  # at QUANTILE_GRID
 
     def as_dict(self) -> dict[str, object]:
-        out: dict[str, object] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items() if k != "ci95"}
+        out: dict[str, object] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()
+                                  if k not in ("ci95", "quantiles_ms")}
         out["ci95"] = {name: [round(low, 4), round(high, 4)] for name, (low, high) in self.ci95.items()}
+        out["quantiles_ms"] = [round(q, 4) for q in self.quantiles_ms]
         return out
 
 
@@ -48,7 +52,8 @@ def summarize(times_ns: np.ndarray, batch_size: int, *, resamples: int = 1000, s
     p50, p90, p95, p99 = np.percentile(ms, PERCENTILES)
     return LatencyStats(len(ms), batch_size, float(ms.mean()), float(ms.std(ddof=1)) if len(ms) > 1 else 0.0, float(p50),
                         float(p90), float(p95), float(p99), float(ms.min()), float(ms.max()),
-                        float(batch_size * 1000 / ms.mean()), bootstrap_ci(ms, resamples=resamples, seed=seed))
+                        float(batch_size * 1000 / ms.mean()), bootstrap_ci(ms, resamples=resamples, seed=seed),
+                        tuple(float(q) for q in np.percentile(ms, QUANTILE_GRID)))
 
 
 def bootstrap_ci(values: np.ndarray, *, resamples: int = 1000, level: float = CI_LEVEL, seed: int = 0,

@@ -12,7 +12,7 @@ import copy
 import os
 import typing
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
@@ -331,9 +331,41 @@ class ValidateConfig(_Section):
     warmup: int = Field(default=20, ge=0)
     iterations: PositiveInt = Field(default=200, description="at least this many timed iterations")
     min_seconds: float = Field(default=2.0, ge=0, description="and at least this long")
-    batch_size: PositiveInt = 1
+    batch_size: PositiveInt = Field(default=1, description="the latency batch: p50/p99 and the latency gate are taken here")
+    throughput_batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [8, 64],
+                                                      description="also time these batch sizes, for samples per second")
+    throughput_seconds: float = Field(default=1.0, ge=0, description="at least this long per throughput batch size")
     threads: PositiveInt | None = Field(default=None, description="inference threads, pinned; None uses every core")
+    cpus: list[Annotated[int, Field(ge=0)]] | None = Field(
+        default=None, description="CPU affinity of each engine's measuring process; None: the first `threads` usable CPUs")
     eval_batch_size: PositiveInt = 250
+
+    def affinity(self, threads: int) -> tuple[int, ...] | None:
+        """The CPUs each engine is pinned to, or ``None`` where the OS has no affinity call."""
+        if not hasattr(os, "sched_getaffinity"):
+            return None
+        usable = sorted(os.sched_getaffinity(0))
+        if self.cpus is None:
+            return tuple(usable[:threads])
+        missing = sorted(set(self.cpus) - set(usable))
+        if missing:
+            raise RecipeError(f"'validate.cpus': CPUs {missing} are not usable here; usable: {usable}")
+        return tuple(self.cpus)
+
+
+class GatesConfig(_Section):
+    """Release gates, the same for every engine. A limit left at null is not applied (the gate is not-applicable)."""
+
+    max_drop_points: PositiveFloat | None = Field(default=None, description="top-1 at most this many points below the FP32 baseline")
+    min_fraction_of_fp32: float | None = Field(default=0.99, gt=0, le=1,
+                                               description="top-1 at least this fraction of the FP32 baseline's (MLPerf: 0.99)")
+    min_agreement: float | None = Field(default=0.95, gt=0, le=1,
+                                        description="top-1 agreement with the FP32 baseline's outputs, at least")
+    max_p99_ms: PositiveFloat | None = Field(default=None, description="p99 latency at validate.batch_size, judged on its upper 95% bound")
+    max_size_mib: PositiveFloat | None = Field(default=None, description="engine size on disk, at most")
+    required: list[str] | None = Field(
+        default=None, description="engines that must pass for exit code 0 ('openvino/int8', 'tflite/*'); "
+                                  "null: every engine requested whose backend is available here")
 
 
 class Recipe(_Section):
@@ -350,6 +382,7 @@ class Recipe(_Section):
     export: ExportConfig = ExportConfig()
     backends: BackendsConfig = BackendsConfig()
     validate_: ValidateConfig = Field(default=ValidateConfig(), alias="validate")
+    gates: GatesConfig = GatesConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -24,7 +24,8 @@ def tiny_recipe(tmp: Path, **overrides: object) -> Recipe:
         "data": {"train_size": 3000, "val_size": 500, "eval_size": 1000},
         "calibration": {"size": 200},
         "model": {"width": 8, "train": {"epochs": 2, "optimizer": "adamw", "lr": 0.005, "weight_decay": 0.0}},
-        "validate": {"warmup": 2, "iterations": 20, "min_seconds": 0.05, "threads": 1},
+        "validate": {"warmup": 2, "iterations": 20, "min_seconds": 0.05, "threads": 1, "throughput_batch_sizes": [4],
+                     "throughput_seconds": 0.02},
         "prune": {"enabled": False},  # tests that prune or distill say so
         "distill": {"enabled": False},
         # tests that build them say so

@@ -28,19 +28,21 @@ class BackendSpec:
     precisions: frozenset[Precision]
     pending: str = ""  # why there is no adapter yet
     calibrated: frozenset[Precision] = frozenset({Precision.INT8})  # precisions whose build uses the calibration set
+    runtime_module: str = ""  # what a runner imports; the harness imports it before timing an engine's load
 
 
 REGISTRY: dict[str, BackendSpec] = {
     "onnxruntime": BackendSpec("onnxruntime", "edgeship.backends.onnxruntime:OnnxRuntimeBackend", ("onnxruntime",),
-                               "pip install edgeship", frozenset({P.FP32, P.INT8})),
+                               "pip install edgeship", frozenset({P.FP32, P.INT8}), runtime_module="onnxruntime"),
     "openvino": BackendSpec("openvino", "edgeship.backends.openvino:OpenVinoBackend", ("openvino", "nncf"),
-                            "pip install 'edgeship[openvino]'", frozenset({P.FP32, P.FP16, P.INT8})),
+                            "pip install 'edgeship[openvino]'", frozenset({P.FP32, P.FP16, P.INT8}), runtime_module="openvino"),
     "tflite": BackendSpec("tflite", "edgeship.backends.tflite:TfliteBackend", ("ai-edge-litert", "onnx2tf", "tensorflow"),
-                          "pip install 'edgeship[tflite]'", frozenset({P.FP32, P.FP16, P.INT8})),
+                          "pip install 'edgeship[tflite]'", frozenset({P.FP32, P.FP16, P.INT8}),
+                          runtime_module="ai_edge_litert.interpreter"),
     # FP16 is calibrated too: ModelOpt AutoCast runs calibration inputs to keep overflowing nodes in FP32
     "tensorrt": BackendSpec("tensorrt", "edgeship.backends.tensorrt:TensorRtBackend", ("tensorrt", "polygraphy", "nvidia-modelopt"),
                             "pip install --extra-index-url https://pypi.nvidia.com 'edgeship[tensorrt]' on a machine with an NVIDIA GPU",
-                            frozenset(P), calibrated=frozenset({P.FP16, P.INT8})),
+                            frozenset(P), calibrated=frozenset({P.FP16, P.INT8}), runtime_module="tensorrt"),
 }
 
 

@@ -1,15 +1,18 @@
 """The ``validate`` stage: latency and accuracy of the FP32 PyTorch baseline and of every engine.
 
-Each engine is scored on the whole evaluation split (top-1, and agreement with
-the FP32 PyTorch outputs) and timed with the shared harness at the recipe's
-batch size, threads pinned. Results are keyed by the engine, the config and the
-device, so a rerun on the same machine reuses them and another machine measures anew.
+Each engine (and the baseline) is measured by ``edgeship.harness`` in a process of its own, pinned to
+the recipe's CPUs and threads: load and first-inference time, latency at the recipe's batch size with
+bootstrap 95% intervals, throughput at its other batch sizes, peak RSS, and its outputs on the whole
+evaluation split (top-1, and agreement with the FP32 PyTorch outputs). Results are keyed by the
+engine, the config and the device, so a rerun on the same machine reuses them and another machine
+measures anew. The raw per-iteration timings stay in each result's artifact (``timings.npz``).
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,14 +22,15 @@ import numpy as np
 
 from edgeship.artifacts import Artifact
 from edgeship.backends import get_backend
-from edgeship.backends.base import Runner
 from edgeship.errors import StageError
-from edgeship.measure import agreement, summarize, time_calls, top1
+from edgeship.harness import HarnessError, HarnessSpec, measure_isolated
+from edgeship.measure import agreement, top1
 from edgeship.pipeline.base import Made, RunContext
 from edgeship.progress import progress_bar
 from edgeship.recipe import ValidateConfig
 
 BASELINE = "pytorch/fp32"
+MEASURED_KEYS = ("load_ms", "first_inference_ms", "import_ms", "latency", "throughput", "memory", "cpus")
 
 
 class ValidateStage:
@@ -35,87 +39,74 @@ class ValidateStage:
 
     def run(self, inputs: Mapping[str, Artifact], cfg: ValidateConfig, ctx: RunContext) -> dict[str, Artifact]:
         threads = ctx.recipe.threads()
-        config = {**cfg.model_dump(mode="json"), "threads": threads}
+        cpus = cfg.affinity(threads)
+        config = {**cfg.model_dump(mode="json"), "threads": threads, "cpus": list(cpus) if cpus else None}
         device = {k: ctx.manifest.device.get(k) for k in ("cpu", "isa_flags", "logical_cores", "gpu")}
         key = {"eval": ctx.dataset.fingerprint, "device": device}
         model = inputs["model"]
-        results = {BASELINE: ctx.produce(self.name, BASELINE, config=config, parents=[model], extra_key=key,
-                                         make=lambda folder: self._baseline(folder, model, cfg, threads, ctx))}
-        ctx.save_manifest()
-        reference = np.load(results[BASELINE].folder / "logits.npy")
-        for name, engine in inputs.items():
-            if name == "model":
-                continue
-            engine_cfg = {**config, "cross_check": _wants_cross_check(ctx, engine)}
-            try:
-                results[name] = ctx.produce(self.name, name, config=engine_cfg, parents=[engine, results[BASELINE]], extra_key=key,
-                                            make=lambda folder, e=engine, n=name: self._engine(folder, n, e, reference, cfg, threads, ctx))
-            except StageError as exc:
-                ctx.record_problem(self.name, name, "failed", exc.reason, engine_cfg)
+        with tempfile.TemporaryDirectory(prefix="edgeship-eval-") as scratch:
+            eval_inputs = self._eval_inputs(ctx, Path(scratch))
+            measure = _Measure(cfg, threads, cpus, eval_inputs, ctx)
+            results = {BASELINE: ctx.produce(self.name, BASELINE, config=config, parents=[model], extra_key=key,
+                                             make=lambda folder: self._baseline(folder, model, measure, ctx))}
             ctx.save_manifest()
+            reference = np.load(results[BASELINE].folder / "logits.npy")
+            for name, engine in inputs.items():
+                if name == "model":
+                    continue
+                engine_cfg = {**config, "cross_check": _wants_cross_check(ctx, engine)}
+                try:
+                    results[name] = ctx.produce(self.name, name, config=engine_cfg, parents=[engine, results[BASELINE]], extra_key=key,
+                                                make=lambda folder, e=engine, n=name: self._engine(folder, n, e, reference, measure, ctx))
+                except StageError as exc:
+                    ctx.record_problem(self.name, name, "failed", exc.reason, engine_cfg)
+                ctx.save_manifest()
         return results
 
-    def _baseline(self, folder: Path, model_artifact: Artifact, cfg: ValidateConfig, threads: int, ctx: RunContext) -> Made:
-        import torch
-
+    @staticmethod
+    def _eval_inputs(ctx: RunContext, folder: Path) -> Path:
+        """The preprocessed evaluation split, written once for every measuring process to map."""
         from edgeship.data import preprocess
-        from edgeship.pipeline.model import load_model
 
-        torch.set_num_threads(threads)
-        model = load_model(model_artifact, ctx.recipe.model)
-        p = ctx.recipe.data.preprocessing
+        path = folder / "eval-inputs.npy"
+        np.save(path, preprocess(ctx.dataset.eval.images, ctx.recipe.data.preprocessing))
+        return path
 
-        def run_batch(x: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                return model(torch.from_numpy(x)).numpy()
+    def _baseline(self, folder: Path, model_artifact: Artifact, measure: _Measure, ctx: RunContext) -> Made:
+        from edgeship.artifacts import RECORD
+        from edgeship.pipeline.export import INPUT_NAME
 
-        logits = self._evaluate(BASELINE, run_batch, cfg, ctx)
-        sample = preprocess(ctx.dataset.eval.images[: cfg.batch_size], p)
-        latency = self._time(BASELINE, lambda: run_batch(sample), cfg, ctx)
-        np.save(folder / "logits.npy", logits)
+        result = measure(BASELINE, folder, backend="pytorch", engine=model_artifact.folder / RECORD, input_name=INPUT_NAME,
+                         timed=True, torch_model_config=ctx.recipe.model.model_dump(mode="json"))
+        logits = np.load(folder / "logits.npy")
         metrics = {"top1": top1(logits, ctx.dataset.eval.labels), "eval_samples": len(logits), "size_bytes": model_artifact.size,
-                   "latency": latency, "threads": threads}
+                   "threads": measure.threads, "runtime": result["runtime"], "isolated": True,
+                   **{k: result[k] for k in MEASURED_KEYS if k in result}}
         return self._write(folder, BASELINE, metrics)
 
-    def _engine(self, folder: Path, name: str, engine: Artifact, reference: np.ndarray, cfg: ValidateConfig, threads: int,
-                ctx: RunContext) -> Made:
+    def _engine(self, folder: Path, name: str, engine: Artifact, reference: np.ndarray, measure: _Measure, ctx: RunContext) -> Made:
         """Score and time one engine; a prepared ONNX standing in for an engine (``meta["predicts"]``) is scored only,
         on the runtime it names, and labelled as a prediction: its latency there says nothing about its engine."""
-        from edgeship.data import preprocess
-
         predicts = engine.meta.get("predicts")
         runs_on = engine.meta.get("runs_on", engine.meta["backend"])
-        backend = get_backend(runs_on)
-        input_name = engine.meta["input_name"]
-        p = ctx.recipe.data.preprocessing
         wants_check = _wants_cross_check(ctx, engine)
-        latency = bare = None
-        started = time.perf_counter()
+        result = measure(name, folder, backend=runs_on, engine=engine.path, input_name=engine.meta["input_name"],
+                         timed=not predicts, bare_call=wants_check)
+        logits = np.load(folder / "logits.npy")
         try:
-            with backend.runner(engine.path, threads=threads) as runner:
-                load_ms = (time.perf_counter() - started) * 1e3
-                sample = preprocess(ctx.dataset.eval.images[: cfg.batch_size], p)
-                first_started = time.perf_counter()
-                _single_output(runner, {input_name: sample})
-                first_ms = (time.perf_counter() - first_started) * 1e3
-                logits = self._evaluate(name, lambda x: _single_output(runner, {input_name: x}), cfg, ctx)
-                if not predicts:
-                    latency = self._time(name, lambda: runner.infer({input_name: sample}), cfg, ctx)
-                runtime = runner.describe()
-                bare_call = getattr(runner, "bare_call", None) if wants_check else None
-                bare = self._time(f"{name} bare call", bare_call({input_name: sample}), cfg, ctx) if bare_call else None
-        except (RuntimeError, ValueError, OSError) as exc:
-            raise StageError(self.name, f"{name}: {type(exc).__name__}: {exc}") from exc
-        metrics: dict[str, Any] = {"top1": top1(logits, ctx.dataset.eval.labels), "eval_samples": len(logits), "threads": threads,
-                                   "runtime": runtime, **agreement(logits, reference)}
+            agree = agreement(logits, reference)
+        except ValueError as exc:
+            raise StageError(self.name, f"{name}: {exc}") from None
+        metrics: dict[str, Any] = {"top1": top1(logits, ctx.dataset.eval.labels), "eval_samples": len(logits), "threads": measure.threads,
+                                   "runtime": result["runtime"], "isolated": True, **agree}
         if predicts:
             metrics["predicted"] = {"engine": predicts, "on": runs_on, "label": prediction_label(engine.meta["backend"], runs_on)}
         else:
-            metrics.update(size_bytes=engine_bytes(engine), latency=latency, load_ms=round(load_ms, 3),
-                           first_inference_ms=round(first_ms, 3))
+            metrics.update(size_bytes=engine_bytes(engine), **{k: result[k] for k in MEASURED_KEYS if k in result})
         if wants_check:
-            metrics["cross_check"] = self._cross_check(name, backend.cross_check, engine, latency, bare, cfg, threads, ctx)  # type: ignore[attr-defined,arg-type]
-        np.save(folder / "logits.npy", logits)
+            backend = get_backend(runs_on)
+            metrics["cross_check"] = self._cross_check(name, backend.cross_check, engine, result["latency"],  # type: ignore[attr-defined]
+                                                       result.get("bare_latency"), measure.cfg, measure.threads, ctx)
         return self._write(folder, name, metrics)
 
     @staticmethod
@@ -148,33 +139,6 @@ class ValidateStage:
         target.write_text(json.dumps({"engine": name, "metrics": metrics}, indent=2))
         return Made(target, "validation", {"engine": name, "metrics": metrics})
 
-    @staticmethod
-    def _evaluate(name: str, run_batch: Callable[[np.ndarray], np.ndarray], cfg: ValidateConfig, ctx: RunContext) -> np.ndarray:
-        from edgeship.data import preprocess
-
-        images, p = ctx.dataset.eval.images, ctx.recipe.data.preprocessing
-        out = []
-        with progress_bar(ctx.console) as bar:
-            task = bar.add_task(f"accuracy {name}", total=len(images), info="")
-            for start in range(0, len(images), cfg.eval_batch_size):
-                batch = preprocess(images[start : start + cfg.eval_batch_size], p)
-                out.append(run_batch(batch))
-                bar.update(task, advance=len(batch))
-        return np.concatenate(out)
-
-    @staticmethod
-    def _time(name: str, call: Callable[[], object], cfg: ValidateConfig, ctx: RunContext) -> dict[str, Any]:
-        with progress_bar(ctx.console) as bar:
-            task = bar.add_task(f"latency {name}", total=cfg.iterations, info=f"batch {cfg.batch_size}")
-            done = [0]
-
-            def step() -> None:  # runs past ``iterations`` until ``min_seconds`` is reached too
-                done[0] += 1
-                bar.update(task, completed=done[0], total=max(cfg.iterations, done[0]))
-
-            times = time_calls(call, warmup=cfg.warmup, iterations=cfg.iterations, min_seconds=cfg.min_seconds, on_step=step)
-        return summarize(times, cfg.batch_size).as_dict()
-
 
 def prediction_label(backend: str, runs_on: str) -> str:
     names = {"onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT", "openvino": "OpenVINO", "tflite": "TFLite"}
@@ -199,8 +163,29 @@ def _wants_cross_check(ctx: RunContext, engine: Artifact) -> bool:
     return bool(getattr(section, "benchmark_app", False)) and hasattr(get_backend(backend), "cross_check")
 
 
-def _single_output(runner: Runner, feed: dict[str, np.ndarray]) -> np.ndarray:
-    outputs = runner.infer(feed)
-    if len(outputs) != 1:
-        raise ValueError(f"expected one output (logits), the engine gave {sorted(outputs)}")
-    return next(iter(outputs.values()))
+class _Measure:
+    """Runs the harness for one engine in its own process, with the stage's progress bar, and keeps its files in the
+    result's folder (spec, result, stderr log, timings, outputs)."""
+
+    def __init__(self, cfg: ValidateConfig, threads: int, cpus: tuple[int, ...] | None, eval_inputs: Path, ctx: RunContext) -> None:
+        self.cfg, self.threads, self.cpus, self.eval_inputs, self.ctx = cfg, threads, cpus, eval_inputs, ctx
+
+    def __call__(self, name: str, folder: Path, *, backend: str, engine: Path, input_name: str, timed: bool,
+                 bare_call: bool = False, torch_model_config: dict[str, Any] | None = None) -> dict[str, Any]:
+        cfg = self.cfg
+        spec = HarnessSpec(backend=backend, engine=engine, torch_model_config=torch_model_config, input_name=input_name,
+                           inputs=self.eval_inputs, outputs=folder / "logits.npy", timings=folder / "timings.npz" if timed else None,
+                           threads=self.threads, cpus=self.cpus, warmup=cfg.warmup, iterations=cfg.iterations,
+                           min_seconds=cfg.min_seconds, batch_size=cfg.batch_size,
+                           throughput_batch_sizes=tuple(cfg.throughput_batch_sizes) if timed else (),
+                           throughput_seconds=cfg.throughput_seconds, eval_batch_size=cfg.eval_batch_size, bare_call=bare_call)
+        with progress_bar(self.ctx.console) as bar:
+            task = bar.add_task(f"{name}: starting its process", total=None, info=f"batch {cfg.batch_size}, {self.threads} threads")
+
+            def progress(what: str, done: int, total: int) -> None:
+                bar.update(task, description=f"{name}: {what}", completed=done, total=total)
+
+            try:
+                return measure_isolated(spec, folder, progress)
+            except HarnessError as exc:
+                raise StageError(ValidateStage.name, f"{name}: {exc}") from None

@@ -1,0 +1,273 @@
+"""One engine, measured alone: load, first inference, latency, throughput, peak memory and outputs.
+
+``measure`` does the work in the current process; ``measure_isolated`` runs it in a child process
+(``python -m edgeship.harness SPEC RESULT``) pinned to the CPUs it is given, so that one engine's
+memory, threads or warmed caches never colour another's, and its peak RSS is its own. The validate
+stage and the device agent both use this module, so a number means the same thing wherever it is taken.
+
+The child reports progress as JSON lines on stdout and, on failure, one line on stderr.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+from edgeship.measure import summarize, time_calls
+
+Progress = Callable[[str, int, int], None]  # task, done, total
+THROUGHPUT_WARMUP = 5
+THROUGHPUT_MIN_ITERATIONS = 20
+
+
+class HarnessError(RuntimeError):
+    """The engine could not be loaded or run; the message is one line."""
+
+
+class HarnessSpec(BaseModel):
+    """What to measure and where to put the raw results."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: str = Field(description="a registered backend, or 'pytorch' for the FP32 baseline")
+    engine: Path = Field(description="the engine's main file; for 'pytorch' the model artifact's artifact.json")
+    torch_model_config: dict[str, Any] | None = None
+    input_name: str
+    inputs: Path = Field(description=".npy of preprocessed inputs in the ONNX layout; latency samples are its first rows")
+    outputs: Path | None = Field(default=None, description="write the outputs for every input here (.npy); None: not scored")
+    timings: Path | None = Field(default=None, description="write per-iteration times here (.npz); None: not timed")
+    threads: PositiveInt
+    cpus: tuple[int, ...] | None = Field(default=None, description="CPU affinity of the child; None keeps the parent's")
+    warmup: int = Field(default=20, ge=0)
+    iterations: PositiveInt = 200
+    min_seconds: float = Field(default=2.0, ge=0)
+    batch_size: PositiveInt = 1
+    throughput_batch_sizes: tuple[PositiveInt, ...] = ()
+    throughput_seconds: float = Field(default=1.0, ge=0)
+    eval_batch_size: PositiveInt = 250
+    bare_call: bool = Field(default=False, description="also time the runtime call without our checks (runner.bare_call)")
+
+
+def measure(spec: HarnessSpec, progress: Progress | None = None) -> dict[str, Any]:
+    """Measure ``spec.engine`` in this process; see the module docstring. Raises ``HarnessError``."""
+    progress = progress or (lambda task, done, total: None)
+    inputs = np.load(spec.inputs, mmap_mode="r")
+    if len(inputs) == 0:
+        raise HarnessError(f"{spec.inputs}: no inputs")
+    baseline_rss = _peak_rss()
+    started = time.perf_counter()
+    runtime_module = _runtime_module(spec.backend)
+    if runtime_module:
+        try:
+            importlib.import_module(runtime_module)
+        except ImportError as exc:
+            raise HarnessError(f"{spec.backend}: cannot import {runtime_module}: {exc}") from None
+    import_ms = (time.perf_counter() - started) * 1e3
+    result: dict[str, Any] = {"pid": os.getpid(), "threads": spec.threads, "cpus": _affinity(), "import_ms": round(import_ms, 3)}
+    try:
+        started = time.perf_counter()
+        with _runner(spec) as runner:
+            result["load_ms"] = round((time.perf_counter() - started) * 1e3, 3)
+            call = _caller(runner, spec.input_name)
+            sample = _rows(inputs, spec.batch_size)
+            started = time.perf_counter()
+            call(sample)
+            result["first_inference_ms"] = round((time.perf_counter() - started) * 1e3, 3)
+            result["runtime"] = runner.describe()
+            if spec.timings is not None:
+                result.update(_time_engine(spec, runner, call, inputs, progress))
+            result["memory"] = {"baseline_rss_bytes": baseline_rss, "peak_rss_bytes": _peak_rss()}
+            if spec.outputs is not None:
+                outputs = _score(spec, call, inputs, progress)
+                result["memory"]["peak_rss_with_eval_bytes"] = _peak_rss()
+                np.save(spec.outputs, outputs)
+    except HarnessError:
+        raise
+    except (RuntimeError, ValueError, OSError, KeyError, TypeError) as exc:
+        raise HarnessError(f"{type(exc).__name__}: {_one_line(str(exc))}") from exc
+    return result
+
+
+def measure_isolated(spec: HarnessSpec, work_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
+    """``measure`` in a child process of its own; raises ``HarnessError`` with the child's one-line reason."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    spec_path, result_path = work_dir / "harness-spec.json", work_dir / "harness-result.json"
+    spec_path.write_text(spec.model_dump_json(indent=2))
+    result_path.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "edgeship.harness", str(spec_path), str(result_path)]
+    log = work_dir / "harness-stderr.log"  # a file, not a pipe: a chatty runtime cannot fill it and stall the child
+    with log.open("w") as stderr, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True) as child:
+        assert child.stdout is not None
+        for line in child.stdout:
+            event = _event(line)
+            if event and progress:
+                progress(event["task"], event["done"], event["total"])
+        code = child.wait()
+    if code != 0 or not result_path.is_file():
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        raise HarnessError(lines[-1] if lines else f"the measuring process exited with code {code}")
+    return json.loads(result_path.read_text())
+
+
+def _time_engine(spec: HarnessSpec, runner: Any, call: Callable[[np.ndarray], Any], inputs: np.ndarray,
+                 progress: Progress) -> dict[str, Any]:
+    """Latency at ``batch_size``, throughput at each of ``throughput_batch_sizes``, and the bare call if asked."""
+    sample = _rows(inputs, spec.batch_size)
+    times = _timed("latency", lambda: call(sample), spec.warmup, spec.iterations, spec.min_seconds, progress)
+    raw = {"latency": times}
+    out: dict[str, Any] = {"latency": summarize(times, spec.batch_size).as_dict()}
+    bare = getattr(runner, "bare_call", None) if spec.bare_call else None
+    if bare is not None:
+        raw["bare"] = _timed("bare call", bare({spec.input_name: sample}), spec.warmup, spec.iterations, spec.min_seconds, progress)
+        out["bare_latency"] = summarize(raw["bare"], spec.batch_size).as_dict()
+    throughput: dict[str, Any] = {}
+    for batch in spec.throughput_batch_sizes:
+        rows = _rows(inputs, batch)
+        try:
+            times = _timed(f"throughput batch {batch}", lambda r=rows: call(r), min(spec.warmup, THROUGHPUT_WARMUP),
+                           THROUGHPUT_MIN_ITERATIONS, spec.throughput_seconds, progress)
+        except (RuntimeError, ValueError) as exc:  # e.g. a static-batch engine: the other batch sizes still count
+            throughput[str(batch)] = {"status": "failed", "reason": _one_line(str(exc))}
+            continue
+        raw[f"batch{batch}"] = times
+        stats = summarize(times, batch)
+        low, high = stats.ci95["mean_ms"]
+        throughput[str(batch)] = {"status": "ok", "samples_per_second": round(stats.throughput, 2),
+                                  "ci95": [round(batch * 1000 / high, 2), round(batch * 1000 / low, 2)],
+                                  "p50_ms": round(stats.p50_ms, 4), "iterations": stats.iterations}
+    out["throughput"] = throughput
+    assert spec.timings is not None
+    np.savez(spec.timings, **raw)
+    return out
+
+
+def _timed(task: str, call: Callable[[], object], warmup: int, iterations: int, min_seconds: float, progress: Progress) -> np.ndarray:
+    done = [0]
+    last = [0.0]
+
+    def step() -> None:
+        done[0] += 1
+        now = time.perf_counter()
+        if now - last[0] > 0.1:  # a line every 100 ms at most: reporting must not cost what it measures
+            last[0] = now
+            progress(task, done[0], max(iterations, done[0]))
+
+    times = time_calls(call, warmup=warmup, iterations=iterations, min_seconds=min_seconds, on_step=step)
+    progress(task, len(times), len(times))
+    return times
+
+
+def _score(spec: HarnessSpec, call: Callable[[np.ndarray], Any], inputs: np.ndarray, progress: Progress) -> np.ndarray:
+    out = []
+    for start in range(0, len(inputs), spec.eval_batch_size):
+        out.append(np.asarray(call(np.array(inputs[start : start + spec.eval_batch_size]))))  # a copy: the map is read-only
+        progress("accuracy", min(start + spec.eval_batch_size, len(inputs)), len(inputs))
+    return np.concatenate(out)
+
+
+def _runner(spec: HarnessSpec) -> Any:
+    if spec.backend == "pytorch":
+        from edgeship.backends.pytorch import TorchRunner
+
+        return TorchRunner(spec.engine, threads=spec.threads, model_config=spec.torch_model_config)
+    from edgeship.backends import get_backend
+
+    return get_backend(spec.backend).runner(spec.engine, threads=spec.threads)
+
+
+def _runtime_module(backend: str) -> str:
+    """The runtime package a runner imports, imported before the load is timed so ``load_ms`` is the engine's own."""
+    if backend == "pytorch":
+        return "torch"
+    from edgeship.backends import REGISTRY
+
+    return REGISTRY[backend].runtime_module
+
+
+def _caller(runner: Any, input_name: str) -> Callable[[np.ndarray], np.ndarray]:
+    def call(x: np.ndarray) -> np.ndarray:
+        outputs = runner.infer({input_name: x})
+        if len(outputs) != 1:
+            raise ValueError(f"expected one output (logits), the engine gave {sorted(outputs)}")
+        return next(iter(outputs.values()))
+
+    return call
+
+
+def _rows(inputs: np.ndarray, count: int) -> np.ndarray:
+    """The first ``count`` inputs, repeated when there are fewer, as one contiguous batch."""
+    index = np.arange(count) % len(inputs)
+    return np.ascontiguousarray(inputs[index])
+
+
+def _peak_rss() -> int:
+    """This process's peak resident set size in bytes (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def _affinity() -> list[int] | None:
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+
+
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else "no message"
+
+
+def _event(line: str) -> dict[str, Any] | None:
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) and {"task", "done", "total"} <= set(event) else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Child entry point: ``python -m edgeship.harness SPEC.json RESULT.json``."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m edgeship.harness SPEC.json RESULT.json", file=sys.stderr)
+        return 2
+    try:
+        spec = HarnessSpec.model_validate_json(Path(args[0]).read_text())
+    except (OSError, ValueError) as exc:
+        print(f"{args[0]}: not a harness spec: {_one_line(str(exc))}", file=sys.stderr)
+        return 2
+    if spec.cpus is not None and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, spec.cpus)  # before any runtime starts its thread pool
+        except OSError as exc:
+            print(f"cannot pin to CPUs {list(spec.cpus)}: {exc.strerror}", file=sys.stderr)
+            return 2
+    stdout = sys.stdout
+
+    def progress(task: str, done: int, total: int) -> None:
+        stdout.write(json.dumps({"task": task, "done": done, "total": total}) + "\n")
+        stdout.flush()
+
+    sys.stdout = sys.stderr  # a runtime's own prints must not mix with the progress lines
+    try:
+        result = measure(spec, progress)
+    except HarnessError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    from edgeship.artifacts import write_atomic
+
+    write_atomic(Path(args[1]), json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
