@@ -80,6 +80,15 @@ def artifact_id(stage: str, config: Mapping[str, Any], inputs: Sequence[str]) ->
     return stable_hash({"stage": stage, "config": config, "inputs": list(inputs), "edgeship": __version__})[:32]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
 def write_atomic(path: Path, data: bytes | str) -> None:
     """Write to a temporary file beside ``path``, fsync, then rename over it."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,6 +99,7 @@ def write_atomic(path: Path, data: bytes | str) -> None:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; the file gets the mode a plain open() would give
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -211,6 +221,9 @@ class Manifest(BaseModel):
     status: Literal["running", "ok", "failed", "interrupted"] = "running"
     tools: dict[str, str] = Field(default_factory=dict)
     device: dict[str, Any] = Field(default_factory=dict)
+    source: dict[str, Any] = Field(default_factory=dict, description="edgeship's git commit and whether its tree was dirty")
+    dataset: dict[str, Any] = Field(default_factory=dict, description="the data the run used: name, source, split sizes, fingerprint")
+    calibration: dict[str, Any] | None = Field(default=None, description="the calibration set: samples and fingerprint")
     entries: list[ManifestEntry] = Field(default_factory=list)
 
     def add(self, entry: ManifestEntry) -> None:
@@ -221,6 +234,14 @@ class Manifest(BaseModel):
         self.add(ManifestEntry(stage=stage, name=name, status="ok", reused=reused, artifact=artifact.id, kind=artifact.kind,
                                path=str(artifact.path), sha256=artifact.sha256, parents=artifact.parents, config=dict(config),
                                metrics=dict(metrics or artifact.meta.get("metrics", {})), seconds=round(seconds, 3)))
+
+    def annotate(self, stage: str, name: str, metrics: Mapping[str, Any]) -> None:
+        """Add facts to an entry's metrics (a published curve, a training history), so the report needs only the manifest."""
+        for entry in self.entries:
+            if (entry.stage, entry.name) == (stage, name):
+                entry.metrics.update(metrics)
+                return
+        raise KeyError(f"no manifest entry {stage}/{name}")
 
     def save(self, path: Path) -> None:
         write_atomic(path, self.model_dump_json(indent=2))

@@ -1,4 +1,4 @@
-"""The ``edgeship`` command line: ``run``, ``backends``, ``report``.
+"""The ``edgeship`` command line: ``run``, ``backends``, ``validate``, ``report``.
 
 Every error a user can cause prints one line and exits 2 (``--debug`` shows the
 traceback); a failed release gate exits 1.
@@ -53,8 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     backends = sub.add_parser("backends", help="which backends are installed, their versions, devices and precisions")
     backends.set_defaults(handler=_backends)
 
-    report = sub.add_parser("report", help="print the summary table of a run's report.json")
-    report.add_argument("path", type=Path, help="report.json or its run folder")
+    report = sub.add_parser("report", help="rebuild a run's report.json, junit.xml and report.html from its manifest.json alone")
+    report.add_argument("path", type=Path, help="the run folder (reports/<run-id>) or its manifest.json")
     report.set_defaults(handler=_report)
     return parser
 
@@ -127,10 +127,13 @@ def _preparation_line(name: str) -> str:
 
 
 def _report(args: argparse.Namespace, console: Console) -> int:
-    from edgeship.pipeline.report import load_report, print_summary
+    from edgeship.pipeline.report import print_summary, rebuild
 
-    print_summary(load_report(args.path), console)
-    return 0
+    report = rebuild(args.path)
+    print_summary(report, console)
+    folder = args.path if args.path.is_dir() else args.path.parent
+    console.print(f"report: {folder / 'report.html'}")
+    return int(report["release"]["exit_code"])
 
 
 if __name__ == "__main__":

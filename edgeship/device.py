@@ -65,3 +65,17 @@ def _memory_gib() -> float | None:
     except (ValueError, OSError, AttributeError):
         return None
     return round(pages / 2**30, 1)
+
+
+def source_revision() -> dict[str, Any]:
+    """edgeship's git commit and whether its working tree had changes, when it runs from a checkout."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None, "note": "not a git checkout (an installed package)"}
+    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}

@@ -389,6 +389,25 @@ class Recipe(_Section):
     def threads(self) -> int:
         return self.validate_.threads or os.cpu_count() or 1
 
+    def engine_names(self) -> list[str]:
+        """'backend/precision' of every engine the recipe asks for, in backend order."""
+        names = []
+        for backend in self.backends.model_fields:
+            section = getattr(self.backends, backend)
+            if getattr(section, "enabled", True):
+                names.extend(f"{backend}/{p.value if isinstance(p, Precision) else p}" for p in getattr(section, "precisions", ()))
+        return names
+
+    @model_validator(mode="after")
+    def _required_engines_exist(self) -> Recipe:
+        import fnmatch
+
+        names = self.engine_names()
+        for pattern in self.gates.required or []:
+            if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+                raise ValueError(f"gates.required: {pattern!r} matches no engine this recipe builds ({', '.join(names) or 'none'})")
+        return self
+
 
 def load_recipe(path: str | os.PathLike[str] | None = None) -> Recipe:
     """Read and validate a recipe; ``None`` gives the bundled default."""

@@ -62,6 +62,9 @@ class DistillStage:
         distilled = ctx.produce(self.name, _label(cfg), config=config, parents=[teacher, student], extra_key=key,
                                 make=lambda folder: self._make(folder, teacher, student, cfg, ctx, work / "train.ckpt", source))
         publish(distilled, ablation, cfg, ctx.run_dir / "distill")
+        ctx.manifest.annotate(self.name, _label(cfg), {"history": distilled.meta["history"]})
+        if ablation is not None:
+            ctx.manifest.annotate(ABLATION, "hard-label fine-tune", {"history": ablation.meta["history"]})
         return {"model": distilled}
 
     # -- training ------------------------------------------------------------------------------------------
@@ -203,29 +206,9 @@ def publish(distilled: Artifact, ablation: Artifact | None, cfg: DistillConfig, 
 
 
 def plot_curves(document: Mapping[str, Any], path: Path) -> None:
-    import matplotlib
+    from edgeship.render.plots import save_png, training_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
-    runs = {f"distilled ({document['objective']})": document["distill"]}
+    histories = {f"distilled ({document['objective']})": document["distill"]["history"]}
     if document.get("hard_label_finetune"):
-        runs["hard-label fine-tune"] = document["hard_label_finetune"]
-    for name, run in runs.items():
-        history = run["history"]
-        epochs = list(range(1, len(history["val_accuracy"]) + 1))
-        loss_ax.plot(epochs, history["train_loss"], marker="o", label=name)
-        acc_ax.plot(epochs, [100 * a for a in history["val_accuracy"]], marker="o", label=name)
-    top1 = document["top1"]
-    acc_ax.axhline(100 * top1["teacher"]["val_top1"], color="black", linewidth=1, label="teacher")
-    acc_ax.axhline(100 * top1["student_before"]["val_top1"], color="grey", linestyle="--", linewidth=1, label="student before")
-    loss_ax.set(xlabel="epoch", ylabel="training loss (each run's own objective)", title="Training loss")
-    acc_ax.set(xlabel="epoch", ylabel="validation top-1 (%)", title="Validation top-1 (held out)")
-    for ax in (loss_ax, acc_ax):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+        histories["hard-label fine-tune"] = document["hard_label_finetune"]["history"]
+    save_png(training_figure(histories, document["top1"]), path)

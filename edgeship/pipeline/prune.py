@@ -55,9 +55,12 @@ class PruneStage:
     def _sensitivity(self, teacher: Artifact, cfg: PruneConfig, ctx: RunContext) -> Artifact:
         config = {"sensitivity": cfg.sensitivity.model_dump(mode="json", exclude={"max_drop"}), "importance": cfg.importance,
                   "ignore_layers": list(cfg.ignore_layers)}
-        return ctx.produce("prune-sensitivity", "sensitivity", config=config, parents=[teacher],
-                           extra_key={"dataset": ctx.dataset.fingerprint},
-                           make=lambda folder: self._scan(folder, teacher, cfg, ctx))
+        curves = ctx.produce("prune-sensitivity", "sensitivity", config=config, parents=[teacher],
+                             extra_key={"dataset": ctx.dataset.fingerprint},
+                             make=lambda folder: self._scan(folder, teacher, cfg, ctx))
+        document = json.loads(curves.path.read_text())
+        ctx.manifest.annotate("prune-sensitivity", "sensitivity", {**document, "max_drop": cfg.sensitivity.max_drop})
+        return curves
 
     def _scan(self, folder: Path, teacher: Artifact, cfg: PruneConfig, ctx: RunContext) -> Made:
         from edgeship.pipeline.model import load_model
@@ -296,25 +299,9 @@ def _measure_models(models: Mapping[str, nn.Module], teacher: Artifact, ctx: Run
 
 
 def _plot_sensitivity(document: Mapping[str, Any], max_drop: float, path: Path) -> None:
-    import matplotlib
+    from edgeship.render.plots import save_png, sensitivity_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    for group, curve in document["curves"].items():
-        ratios = [float(r) for r in curve]
-        ax.plot([100 * r for r in ratios], [100 * a for a in curve.values()], marker="o", label=group)
-    base = 100 * document["base_accuracy"]
-    ax.axhline(base, color="black", linewidth=1, label="unpruned")
-    ax.axhline(base - max_drop, color="red", linestyle="--", linewidth=1, label=f"max_drop ({max_drop:g} pt)")
-    ax.set(xlabel="channels pruned in the group alone (%)", ylabel="validation top-1 (%)",
-           title=f"Pruning sensitivity per layer group ({document['val_images']} validation images)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_png(sensitivity_figure(document, max_drop), path)
 
 
 def _publish(student: Artifact, store: ArtifactStore, target: Path) -> None:

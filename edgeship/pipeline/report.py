@@ -1,9 +1,14 @@
-"""The ``report`` stage: ``report.json`` (versioned schema) and the terminal summary table."""
+"""The ``report`` stage: ``report.json`` (versioned schema), ``junit.xml``, ``report.html`` and the terminal summary.
+
+The report is a pure function of the run's manifest (``build_report``), so ``edgeship report RUN_DIR``
+rebuilds it byte for byte from ``manifest.json`` alone; the gates and the per-backend recommendation
+are applied here (``edgeship.gates``).
+"""
 
 from __future__ import annotations
 
+import datetime
 import json
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -13,13 +18,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from edgeship.artifacts import Artifact, ManifestEntry, sha256_file, write_atomic
+from edgeship.artifacts import Artifact, Manifest, ManifestEntry, sha256_file, write_atomic
+from edgeship.gates import format_value, judge, recommend, required_engines
 from edgeship.pipeline.base import RunContext
 from edgeship.pipeline.build import PREPARE, prediction_name
 from edgeship.pipeline.validate import BASELINE
+from edgeship.recipe import GatesConfig
 
 SCHEMA = "edgeship.report"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+OUTPUTS = ("report.json", "junit.xml", "report.html")
 
 
 class ReportConfig(BaseModel):
@@ -31,77 +39,124 @@ class ReportStage:
     Config: ClassVar[type[ReportConfig]] = ReportConfig
 
     def run(self, inputs: Mapping[str, Artifact], cfg: ReportConfig, ctx: RunContext) -> dict[str, Artifact]:
-        report = build_report(inputs, ctx)
-        path = ctx.run_dir / "report.json"
-        write_atomic(path, json.dumps(report, indent=2))
-        ctx.manifest.add(ManifestEntry(stage=self.name, name=path.name, status="ok", kind="report", path=str(path),
-                                       sha256=sha256_file(path), config={"schema": SCHEMA, "schema_version": SCHEMA_VERSION}))
+        # built from the manifest as saved, exactly what ``edgeship report RUN_DIR`` reads later
+        ctx.save_manifest()
+        report = write_reports(Manifest.model_validate_json(ctx.manifest_path.read_text()), ctx.run_dir)
+        for name in OUTPUTS:
+            path = ctx.run_dir / name
+            ctx.manifest.add(ManifestEntry(stage=self.name, name=name, status="ok", kind="report", path=str(path),
+                                           sha256=sha256_file(path), config={"schema": SCHEMA, "schema_version": SCHEMA_VERSION}))
         print_summary(report, ctx.console)
         return {}
 
 
-def build_report(results: Mapping[str, Artifact], ctx: RunContext) -> dict[str, Any]:
-    """The report document: baseline, every requested engine with its status, and the run's context."""
-    baseline = results.get(BASELINE)
-    base_metrics = baseline.meta["metrics"] if baseline else {}
+def write_reports(manifest: Manifest, run_dir: Path) -> dict[str, Any]:
+    """``report.json``, ``junit.xml`` and ``report.html`` of a run, from its manifest; returns the report."""
+    from edgeship.render.html import render_html
+    from edgeship.render.junit import render_junit
+
+    report = build_report(manifest)
+    write_atomic(run_dir / "report.json", json.dumps(report, indent=2) + "\n")
+    write_atomic(run_dir / "junit.xml", render_junit(report))
+    write_atomic(run_dir / "report.html", render_html(report))
+    return report
+
+
+def rebuild(run_dir: Path) -> dict[str, Any]:
+    """``edgeship report RUN_DIR``: the report files again, from ``manifest.json`` alone."""
+    from edgeship.errors import DataError
+
+    path = run_dir / "manifest.json" if run_dir.is_dir() else run_dir
+    try:
+        manifest = Manifest.model_validate_json(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: no manifest.json here (give a run folder under reports/)") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable edgeship manifest: {str(exc).splitlines()[0]}") from None
+    return write_reports(manifest, path.parent)
+
+
+def build_report(manifest: Manifest) -> dict[str, Any]:
+    """The report document: baseline, every requested engine with its gates and verdict, the recommendation per
+    backend, and the run's provenance, from the manifest alone."""
+    entries = [e for e in manifest.entries if e.stage != ReportStage.name]
+    validations = {e.name: e for e in entries if e.stage == "validate" and e.status == "ok"}
+    baseline_entry = validations.get(BASELINE)
+    base_metrics = baseline_entry.metrics if baseline_entry else {}
     base_top1 = base_metrics.get("top1")
+    gates = GatesConfig.model_validate(manifest.recipe.get("gates") or {})
     engines = []
-    for entry in ctx.manifest.entries:
+    for entry in entries:
         if entry.stage != "build":
             continue
         row: dict[str, Any] = {"name": entry.name, "backend": entry.config.get("backend"), "precision": entry.config.get("precision"),
                                "status": entry.status, "reason": entry.reason, "artifact": entry.artifact, "sha256": entry.sha256,
                                "path": entry.path, "build_seconds": entry.seconds}
-        validation = results.get(entry.name)
-        validated = next((e for e in ctx.manifest.entries if e.stage == "validate" and e.name == entry.name), None)
+        validation = validations.get(entry.name)
+        validated = next((e for e in entries if e.stage == "validate" and e.name == entry.name), None)
         row["reused"] = {"build": entry.reused, "validate": validated.reused if validated else None}
         if entry.status == "ok" and validation is None:
             row.update(status="failed", reason=f"validation failed: {validated.reason if validated else 'no result'}")
         if validation is not None:
-            metrics = dict(validation.meta["metrics"])
-            row.update(metrics)
-            row.update(_drops(metrics["top1"], base_top1))
-        prepared = next((e for e in ctx.manifest.entries if e.stage == PREPARE and e.name == entry.name), None)
+            row.update(validation.metrics)
+            row.update(_drops(validation.metrics["top1"], base_top1))
+        prepared = next((e for e in entries if e.stage == PREPARE and e.name == entry.name), None)
         if prepared is not None:
             # ``seconds`` comes from prepare.json in the metrics: the preparation's own time, also when it is reused
             row["prepared"] = {"status": prepared.status, "reason": prepared.reason, "reused": prepared.reused, "path": prepared.path,
                                "sha256": prepared.sha256, **prepared.metrics}
-        prediction = results.get(prediction_name(entry.name))
+        prediction = validations.get(prediction_name(entry.name))
         if prediction is not None:
-            metrics = prediction.meta["metrics"]
+            metrics = prediction.metrics
             row["predicted"] = {**metrics["predicted"], "top1": metrics["top1"], "eval_samples": metrics["eval_samples"],
                                 **{k: metrics[k] for k in ("top1_agreement", "max_abs_error", "mean_cosine")},
                                 **_drops(metrics["top1"], base_top1)}
         engines.append(row)
     _add_drop_vs_backend_fp32(engines)
     _add_predicted_drop_vs_onnx_fp32(engines)
-    dataset = ctx.dataset
-    report = {
+    for row in engines:
+        row["verdict"], row["gates"] = judge(row, base_top1, gates)
+    required = required_engines(engines, gates)
+    for row in engines:
+        row["required"] = row["name"] in required
+    failing = [row["name"] for row in engines if row["required"] and row["verdict"] != "pass"]
+    validate_cfg = baseline_entry.config if baseline_entry else {}
+    report: dict[str, Any] = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
-        "run_id": ctx.manifest.run_id,
-        "recipe": ctx.recipe.name,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "edgeship": ctx.manifest.edgeship,
-        "device": ctx.manifest.device,
-        "tools": ctx.manifest.tools,
-        "threads": ctx.recipe.threads(),
-        "dataset": {"name": dataset.name, "source": dataset.source, "train": len(dataset.train), "val": len(dataset.val),
-                    "calibration": len(dataset.calibration), "eval": len(dataset.eval), "fingerprint": dataset.fingerprint},
-        "baseline": {"name": BASELINE, **base_metrics} if baseline else None,
+        "run_id": manifest.run_id,
+        "recipe": manifest.recipe.get("name"),
+        "recipe_path": manifest.recipe_path,
+        "created": datetime.datetime.fromtimestamp(manifest.started, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "edgeship": manifest.edgeship,
+        "source": manifest.source,
+        "device": manifest.device,
+        "tools": manifest.tools,
+        "threads": validate_cfg.get("threads"),
+        "cpus": validate_cfg.get("cpus"),
+        "dataset": manifest.dataset,
+        "calibration": manifest.calibration,
+        "baseline": {"name": BASELINE, **base_metrics} if baseline_entry else None,
         "prune": next(({"method": e.config.get("method"), "reused": e.reused, **e.metrics}
-                       for e in ctx.manifest.entries if e.stage == "prune" and e.status == "ok"), None),
-        "distill": _distill_section(ctx),
+                       for e in entries if e.stage == "prune" and e.status == "ok"), None),
+        "sensitivity": next((e.metrics for e in entries if e.stage == "prune-sensitivity" and e.status == "ok"), None),
+        "distill": _distill_section(entries),
+        "gates": gates.model_dump(mode="json"),
         "engines": engines,
-        "notes": ["Latency is measured on this machine with the threads shown; engines are not yet timed in isolated "
-                  "processes, and release gates are not applied in this version.",
+        "recommendations": recommend([row for row in engines if row["backend"]]),
+        "release": {"required": required, "failing": failing, "passed": not failing, "exit_code": 1 if failing else 0},
+        "notes": ["Each engine and the baseline were measured in a process of their own, pinned to the CPUs shown, one after "
+                  "another; latency intervals are percentile-bootstrap 95% intervals over the per-iteration times.",
                   "Results reused from the store (reused.validate) were measured at their measured_at time on this device."],
+        "recipe_document": manifest.recipe,
+        "artifacts": [{"stage": e.stage, "name": e.name, "artifact": e.artifact, "sha256": e.sha256, "path": e.path}
+                      for e in entries if e.sha256],
     }
     if any(row["backend"] == "tensorrt" for row in engines):
         report["notes"].append("A TensorRT engine runs only on the GPU model (compute capability) and the TensorRT version it was "
                                "built with (each engine's runtime shows both); rebuild it for any other. Where no engine was built, "
                                "the TensorRT-bound ONNX was scored on ONNX Runtime on the CPU: those figures are predictions, "
-                               "not TensorRT measurements.")
+                               "not TensorRT measurements, and never pass a gate.")
     report["student_vs_teacher"] = student_vs_teacher(report)
     return report
 
@@ -144,17 +199,19 @@ def student_vs_teacher(report: Mapping[str, Any]) -> dict[str, Any] | None:
             "top1_drop_points": engine["top1_drop_points"], "stages": "prune + distill" if report.get("distill") else "prune"}
 
 
-def _distill_section(ctx: RunContext) -> dict[str, Any] | None:
-    """Teacher, student before recovery, hard-label fine-tune and distilled top-1, from this run's manifest."""
+def _distill_section(entries: list[ManifestEntry]) -> dict[str, Any] | None:
+    """Teacher, student before recovery, hard-label fine-tune and distilled top-1, and both training histories."""
     from edgeship.pipeline.distill import ABLATION, comparison
 
-    entries = {e.stage: e for e in ctx.manifest.entries if e.status == "ok"}
-    if "distill" not in entries:
+    done = {e.stage: e for e in entries if e.status == "ok"}
+    if "distill" not in done:
         return None
-    distilled, ablation = entries["distill"], entries.get(ABLATION)
+    distilled, ablation = done["distill"], done.get(ABLATION)
     return {"name": distilled.name, "reused": distilled.reused, "seconds": distilled.seconds + (ablation.seconds if ablation else 0.0),
             **comparison(distilled.metrics, ablation.metrics if ablation else None),
-            "epochs_run": distilled.metrics.get("epochs_run"), "best_epoch": distilled.metrics.get("best_epoch")}
+            "epochs_run": distilled.metrics.get("epochs_run"), "best_epoch": distilled.metrics.get("best_epoch"),
+            "history": {"distilled": distilled.metrics.get("history"),
+                        "hard_label_finetune": ablation.metrics.get("history") if ablation else None}}
 
 
 def print_summary(report: Mapping[str, Any], console: Console) -> None:
@@ -163,24 +220,40 @@ def print_summary(report: Mapping[str, Any], console: Console) -> None:
     table = Table(title=f"edgeship · {report['run_id']} · {device.get('cpu', '?')} · {report.get('threads')} threads")
     for column, justify in (("engine", "left"), ("precision", "left"), ("size", "right"), ("p50 ms", "right"), ("p99 ms", "right"),
                             ("top-1", "right"), ("drop vs baseline", "right"), ("drop vs own FP32", "right"), ("agreement", "right"),
-                            ("build s", "right"), ("status", "left")):
+                            ("build s", "right"), ("verdict", "left"), ("ship", "left")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     baseline = report.get("baseline")
     if baseline:
         lat = baseline.get("latency", {})
         table.add_row(BASELINE.split("/")[0], "fp32", _size(baseline.get("size_bytes")), _ms(lat.get("p50_ms")), _ms(lat.get("p99_ms")),
-                      _pct(baseline.get("top1")), "baseline", "—", "—", "—", "[green]ok[/green]")
+                      _pct(baseline.get("top1")), "baseline", "—", "—", "—", "reference", "")
     reasons: dict[str, list[str]] = {}  # one footnote per distinct reason, so long install commands do not fill the table
     for row in report.get("engines", []):
         if row.get("reason"):
             reasons.setdefault(f"{row['status']}: {row['reason']}", []).append(row["name"])
     marks = {reason: f"({n})" for n, reason in enumerate(reasons, 1)}
+    shipped = {r["engine"] for r in report.get("recommendations", {}).values() if r.get("engine")}
     for row in report.get("engines", []):
         mark = marks.get(f"{row['status']}: {row['reason']}", "") if row.get("reason") else ""
-        table.add_row(*_engine_cells(row, mark))
+        table.add_row(*_engine_cells(row, mark), "[bold green]✓[/bold green]" if row["name"] in shipped else "")
     console.print(table)
     for reason, names in reasons.items():
         console.print(f"{marks[reason]} {', '.join(names)} {escape(reason)}", soft_wrap=True)
+    for row in report.get("engines", []):
+        for gate in row.get("gates", []):
+            if gate["outcome"] == "fail":
+                console.print(f"[red]gate failed[/red] {row['name']}: {gate['title']} {format_value(gate['gate'], gate['value'])} vs "
+                              f"limit {format_value(gate['gate'], gate['limit'])} ({escape(gate['detail'])})", soft_wrap=True)
+    for backend, choice in report.get("recommendations", {}).items():
+        head = f"[bold]{backend}[/bold]: ship [bold green]{choice['engine']}[/bold green]" if choice["engine"] else \
+            f"[bold]{backend}[/bold]: [red]nothing to ship[/red]"
+        console.print(f"{head} — {escape(choice['reason'])}", soft_wrap=True)
+    release = report.get("release")
+    if release:
+        if release["passed"]:
+            console.print(f"[bold green]release gates: pass[/bold green] ({len(release['required'])} required engines)")
+        else:
+            console.print(f"[bold red]release gates: fail[/bold red]: {', '.join(release['failing'])} (exit code 1)")
     for row in report.get("engines", []):
         if row.get("predicted") or row.get("prepared"):
             console.print(prepared_line(row), soft_wrap=True)
@@ -232,9 +305,12 @@ def _engine_cells(row: Mapping[str, Any], mark: str) -> list[str]:
         drop_text = _predicted(_points(predicted.get("top1_drop_points")))
         own_text = _predicted(_points(predicted.get("top1_drop_vs_onnx_fp32_points")))
     build = row.get("build_seconds")
+    verdict = row.get("verdict", row["status"])
+    colour = {"pass": "green", "fail": "red", "skipped": "yellow"}.get(verdict, colour)
+    text = verdict if verdict in ("pass", "fail") else row["status"]
     return [row.get("backend") or "?", row.get("precision") or "?", _size(row.get("size_bytes")), _ms(lat.get("p50_ms")),
             _ms(lat.get("p99_ms")), top1, drop_text, own_text, agree, "—" if not build else f"{build:.1f}",
-            f"[{colour}]{row['status']}[/{colour}] {mark}".rstrip()]
+            f"[{colour}]{text}[/{colour}] {mark}".rstrip()]
 
 
 def _points(value: float | None) -> str:

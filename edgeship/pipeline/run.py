@@ -35,7 +35,7 @@ def run(recipe: Recipe, *, force: Iterable[str] = (), console: Console | None = 
     """Run ``recipe`` end to end and return where its report is."""
     from edgeship.backends import REGISTRY
     from edgeship.data import calibration_set, load_dataset
-    from edgeship.device import describe_device, tool_versions
+    from edgeship.device import describe_device, source_revision, tool_versions
     from edgeship.pipeline.base import RunContext
     from edgeship.pipeline.build import BuildStage, requested
     from edgeship.pipeline.export import ExportStage
@@ -51,7 +51,8 @@ def run(recipe: Recipe, *, force: Iterable[str] = (), console: Console | None = 
     store = ArtifactStore(_writable(recipe.store, "store"))
     run_dir = _new_run_dir(_writable(recipe.reports, "reports"), recipe.name)
     manifest = Manifest(run_id=run_dir.name, recipe=recipe.model_dump(mode="json", by_alias=True),
-                        recipe_path=str(recipe_path) if recipe_path else None, tools=tool_versions(), device=describe_device())
+                        recipe_path=str(recipe_path) if recipe_path else None, tools=tool_versions(), device=describe_device(),
+                        source=source_revision())
     manifest.save(run_dir / "manifest.json")
     console.print(f"[bold]edgeship[/bold] run [cyan]{run_dir.name}[/cyan] → {run_dir}")
     ctx: RunContext | None = None
@@ -64,6 +65,8 @@ def run(recipe: Recipe, *, force: Iterable[str] = (), console: Console | None = 
                                notice=lambda text: console.print(f"[yellow]{text}[/yellow]", soft_wrap=True))
         console.print(f"data: {dataset.name} ({dataset.source}): train {len(dataset.train)}, val {len(dataset.val)}, "
                       f"calibration {len(dataset.calibration) or recipe.calibration.source}, eval {len(dataset.eval)}")
+        manifest.dataset = {"name": dataset.name, "source": dataset.source, "train": len(dataset.train), "val": len(dataset.val),
+                            "calibration": len(dataset.calibration), "eval": len(dataset.eval), "fingerprint": dataset.fingerprint}
         ctx = RunContext(recipe=recipe, store=store, manifest=manifest, run_dir=run_dir, console=console, dataset=dataset, force=force)
 
         model = ModelStage().run({}, recipe.model, ctx)["model"]
@@ -84,6 +87,9 @@ def run(recipe: Recipe, *, force: Iterable[str] = (), console: Console | None = 
         needs_calibration = any(set(getattr(c, "precisions", ())) & REGISTRY[name].calibrated for name, c in requested(recipe.backends))
         calibration = (calibration_set(dataset, recipe.calibration, recipe.data.preprocessing,
                                        input_shape=input_shape(dataset, recipe.data.preprocessing)) if needs_calibration else None)
+        if calibration is not None:
+            manifest.calibration = {"samples": len(calibration.samples), "fingerprint": calibration.fingerprint,
+                                    "source": str(recipe.calibration.source) if recipe.calibration.source else "held out from train"}
         built = BuildStage(calibration).run({"onnx": onnx}, recipe.backends, ctx)
         ctx.save_manifest()
         results = ValidateStage().run({"model": model, **built}, recipe.validate_, ctx)
@@ -101,8 +107,9 @@ def run(recipe: Recipe, *, force: Iterable[str] = (), console: Console | None = 
         manifest.save(run_dir / "manifest.json")
     from edgeship.pipeline.report import load_report
 
-    console.print(f"report: {run_dir / 'report.json'}")
-    return RunResult(run_dir.name, run_dir, load_report(run_dir), manifest, exit_code=0)
+    report = load_report(run_dir)
+    console.print(f"report: {run_dir / 'report.html'}")
+    return RunResult(run_dir.name, run_dir, report, manifest, exit_code=report["release"]["exit_code"])
 
 
 def _writable(folder: Path, key: str) -> Path:

@@ -1,0 +1,264 @@
+"""``report.html``: the release qualification report as one self-contained page (inline CSS and SVG, no script,
+nothing fetched), rendered from the report document alone."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from html import escape
+from typing import Any
+
+from edgeship.render import plots
+
+SECTIONS = ("verdict", "recommendations", "gates", "pareto", "latency", "throughput", "pipeline", "provenance", "notes")
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1180px;padding:1.2em 1.6em;color:#1b1b1b}
+h1{font-size:1.5em;margin:.2em 0}h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
+table{border-collapse:collapse;margin:.6em 0;font-variant-numeric:tabular-nums}
+th,td{border:1px solid #ddd;padding:.25em .55em;text-align:right;vertical-align:top}th{background:#f4f4f4}
+td.l,th.l{text-align:left}td.c,th.c{text-align:center}.pass{color:#16794a;font-weight:600}.fail{color:#b3261e;font-weight:600}
+.skipped,.not-applicable{color:#8a6d00}.error{color:#b3261e}.pred{font-style:italic;color:#555}
+.banner{padding:.6em 1em;border-radius:6px;font-size:1.1em;margin:.8em 0}.banner.pass{background:#e6f4ea}.banner.fail{background:#fce8e6}
+figure{margin:1em 0}figure svg{max-width:100%;height:auto}figcaption{color:#555;font-size:.9em}
+code,pre{font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,monospace}pre{background:#f7f7f7;padding:.6em;overflow:auto;max-height:28em}
+.muted{color:#666}.ship{color:#16794a;font-weight:700}
+"""
+
+
+def render_html(report: Mapping[str, Any]) -> str:
+    sections = [_verdict(report), _recommendations(report), _gates(report), _pareto(report), _latency(report),
+                _throughput(report), _pipeline(report), _provenance(report), _notes(report)]
+    device = report.get("device") or {}
+    title = f"edgeship release qualification · {report['run_id']}"
+    head = (f"<h1>{escape(title)}</h1><p class=muted>recipe <b>{escape(str(report.get('recipe')))}</b> · "
+            f"edgeship {escape(str(report.get('edgeship')))} · {escape(str(device.get('cpu')))} · {report.get('threads')} threads "
+            f"on CPUs {escape(str(report.get('cpus')))} · {escape(str(report.get('created')))}</p>")
+    return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
+            "<meta name=viewport content='width=device-width,initial-scale=1'>"
+            f"<title>{escape(title)}</title><style>{CSS}</style></head><body>\n{head}\n" + "\n".join(sections) + "\n</body></html>\n")
+
+
+def _section(key: str, title: str, body: str) -> str:
+    return f"<section id={key}><h2>{escape(title)}</h2>\n{body}\n</section>"
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], numeric: Iterable[int] = ()) -> str:
+    """``rows`` hold ready HTML cells; the ``numeric`` columns are right-aligned, the rest left."""
+    right = set(numeric)
+    head = "".join(f"<th class={'r' if i in right else 'l'}>{escape(h)}</th>" for i, h in enumerate(headers))
+    body = "".join("<tr>" + "".join(f"<td class={'r' if i in right else 'l'}>{c}</td>" for i, c in enumerate(row)) + "</tr>"
+                   for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _figure(make: Callable[[], Any], caption: str) -> str:
+    return f"<figure>{plots.svg(make())}<figcaption>{escape(caption)}</figcaption></figure>"
+
+
+def _verdict(report: Mapping[str, Any]) -> str:
+    release = report.get("release") or {}
+    passed = release.get("passed")
+    banner = (f"<div class='banner {'pass' if passed else 'fail'}'>Release gates: <b>{'PASS' if passed else 'FAIL'}</b> — "
+              + (f"all {len(release.get('required', []))} required engines pass" if passed
+                 else "failing: " + escape(", ".join(release.get("failing", [])))) + f" (exit code {release.get('exit_code')})</div>")
+    shipped = {r["engine"] for r in (report.get("recommendations") or {}).values() if r.get("engine")}
+    rows = []
+    baseline = report.get("baseline")
+    if baseline:
+        rows.append(["PyTorch baseline", "fp32", _size(baseline.get("size_bytes")), *_latency_cells(baseline.get("latency")),
+                     _pct(baseline.get("top1")), "reference", "", "", ""])
+    for row in report.get("engines", []):
+        top1, drop = _pct(row.get("top1")), _points(row.get("top1_drop_points"))
+        predicted = row.get("predicted")
+        if predicted and row.get("top1") is None:
+            top1 = f"<span class=pred>{_pct(predicted['top1'])} predicted</span>"
+            drop = f"<span class=pred>{_points(predicted.get('top1_drop_points'))} predicted</span>"
+        failed = [g["gate"] for g in row.get("gates", []) if g["outcome"] == "fail"]
+        verdict = row.get("verdict", row["status"])
+        reason = escape(row.get("reason") or "")
+        gates = "all applicable pass" if verdict == "pass" else ("fails " + ", ".join(failed) if failed else reason)
+        rows.append([escape(row["name"]), escape(str(row.get("precision"))), _size(row.get("size_bytes")),
+                     *_latency_cells(row.get("latency")), top1, drop, f"<span class={escape(verdict)}>{escape(verdict)}</span>",
+                     gates, "<span class=ship>✓ ship</span>" if row["name"] in shipped else ("required" if row.get("required") else "")])
+    table = _table(["engine", "precision", "size", "p50 ms (95% CI)", "p99 ms (95% CI)", "top-1", "drop vs FP32", "verdict", "gates",
+                    "recommended"], rows, numeric=range(2, 7))
+    return _section("verdict", "Verdict", banner + table)
+
+
+def _recommendations(report: Mapping[str, Any]) -> str:
+    rows = [[escape(backend), f"<span class=ship>{escape(choice['engine'])}</span>" if choice.get("engine") else
+             "<span class=fail>nothing to ship</span>", escape(choice["reason"])]
+            for backend, choice in (report.get("recommendations") or {}).items()]
+    text = ("<p>Per backend, the engine to ship is the fastest one that passes every gate, by measured p50; where the fastest "
+            "is not measurably faster (95% intervals overlap), the more accurate of them.</p>")
+    return _section("recommendations", "Recommendation per backend", text + _table(["backend", "engine", "why"], rows))
+
+
+def _gates(report: Mapping[str, Any]) -> str:
+    """A matrix: one row per engine, one column per gate, each cell the outcome with the measured value."""
+    from edgeship.gates import GATES, TITLES, format_value
+
+    gates = report.get("gates") or {}
+    limits = [f"{TITLES[name]}: {format_value(name, gates.get(name)) if gates.get(name) is not None else 'no limit'}"
+              for name in GATES]
+    body = []
+    for row in report.get("engines", []):
+        head = f"<td class=l>{escape(row['name'])}</td><td class=l><span class={row['verdict']}>{row['verdict']}</span></td>"
+        if row.get("verdict") in ("skipped", "error"):  # never measured: one explanation across the gate columns
+            predictions = [f"{TITLES[g['gate']]} {format_value(g['gate'], g['prediction']['value'])} (would {g['prediction']['would']})"
+                           for g in row.get("gates", []) if g.get("prediction")]
+            text = f"not measured: {escape(row['status'])}: {escape(row.get('reason') or 'no result')}"
+            if predictions:
+                text += f"<br><span class=pred>{escape(str(row['predicted']['label']))}: {escape('; '.join(predictions))}</span>"
+            body.append(f"<tr>{head}<td class=l colspan={len(GATES)}>{text}</td></tr>")
+            continue
+        cells = []
+        for gate in row.get("gates", []):
+            value = "" if gate["value"] is None else f"<br>{format_value(gate['gate'], gate['value'])}"
+            cells.append(f"<td class=c title='{escape(gate['detail'], quote=True)}'><span class={gate['outcome']}>{gate['outcome']}</span>"
+                         f"{value}</td>")
+        body.append(f"<tr>{head}{''.join(cells)}</tr>")
+    headers = "".join(f"<th class={'l' if i < 2 else 'c'}>{escape(h)}</th>" for i, h in enumerate(("engine", "verdict",
+                                                                                                    *(TITLES[name] for name in GATES))))
+    table = f"<table><thead><tr>{headers}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return _section("gates", "Gates × engines", f"<p class=muted>Limits: {escape('; '.join(limits))}; required: "
+                    f"{escape(str(gates.get('required') or 'every engine whose backend is available'))}. Hover a cell for how it "
+                    "was measured; p99 is judged on the upper bound of its 95% interval.</p>" + table)
+
+
+def _measured(report: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    rows = [r for r in report.get("engines", []) if r.get("latency") and r.get("top1") is not None]
+    baseline = report.get("baseline")
+    if baseline and baseline.get("latency"):
+        rows = [{**baseline, "name": "pytorch/fp32", "backend": "pytorch", "precision": "fp32"}, *rows]
+    return rows
+
+
+def _pareto(report: Mapping[str, Any]) -> str:
+    rows = _measured(report)
+    if not rows:
+        return _section("pareto", "Accuracy against latency", "<p>No engine was measured.</p>")
+    points = [{"name": r["name"], "backend": r["backend"], "precision": r["precision"], "top1": r["top1"],
+               "p50_ms": r["latency"]["p50_ms"], "p50_ci": r["latency"]["ci95"]["p50_ms"]} for r in rows]
+    front = ", ".join(p["name"] for p in plots.pareto_front(points))
+    return _section("pareto", "Accuracy against latency", _figure(lambda: plots.pareto_figure(points),
+                    f"Every measured engine and the PyTorch baseline; colour: backend, marker: precision. Pareto front: {front}."))
+
+
+def _latency(report: Mapping[str, Any]) -> str:
+    rows = _measured(report)
+    if not rows:
+        return _section("latency", "Latency distribution per engine", "<p>No engine was measured.</p>")
+    table = _table(["engine", "iterations", "mean ms", "std ms", "p50", "p90", "p95", "p99", "max ms", "load ms", "first call ms"],
+                   numeric=range(1, 11), rows=[[escape(r["name"]), str(r["latency"]["iterations"]), *(_ci(r["latency"], k) for k in
+                     ("mean_ms", "std_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms")), f"{r['latency']['max_ms']:.3f}",
+                     _num(r.get("load_ms")), _num(r.get("first_inference_ms"))] for r in rows])
+    return _section("latency", "Latency distribution per engine",
+                    _figure(lambda: plots.latency_figure(rows), "Per-iteration latency up to the 99th percentile, each engine measured "
+                            "in its own process; the table gives each statistic with its bootstrap 95% interval.") + table)
+
+
+def _throughput(report: Mapping[str, Any]) -> str:
+    rows = [r for r in _measured(report) if r.get("throughput")]
+    if not rows:
+        return _section("throughput", "Throughput and memory", "<p>No throughput was measured.</p>")
+    batches = sorted({b for r in rows for b in r["throughput"]}, key=int)
+    cells = []
+    for r in rows:
+        memory = r.get("memory") or {}
+        cells.append([escape(r["name"]), *(_throughput_cell(r["throughput"].get(b)) for b in batches),
+                      _size(memory.get("peak_rss_bytes")), _size(memory.get("baseline_rss_bytes")), escape(str(r.get("cpus")))])
+    table = _table(["engine", *(f"batch {b} samples/s (95% CI)" for b in batches), "peak RSS", "of which before load", "CPUs"], cells,
+                   numeric=range(1, len(batches) + 3))
+    return _section("throughput", "Throughput and memory", _figure(lambda: plots.throughput_figure(rows), "Samples per second.")
+                    + table + "<p class=muted>Peak RSS is the measuring process's own peak (ru_maxrss) after load, first call, "
+                    "latency and throughput runs, before accuracy scoring; 'before load' is the interpreter and edgeship alone.</p>")
+
+
+def _pipeline(report: Mapping[str, Any]) -> str:
+    parts = []
+    sensitivity, prune, distill = report.get("sensitivity"), report.get("prune"), report.get("distill")
+    if sensitivity and sensitivity.get("curves"):
+        parts.append("<h3>Prune sensitivity</h3>" + _figure(lambda: plots.sensitivity_figure(sensitivity, sensitivity.get("max_drop", 0.0)),
+                     "Each layer group pruned alone at each ratio, before fine-tuning; the search keeps groups above the red line."))
+    if prune:
+        before, after = prune["before"], prune["after"]
+        parts.append("<h3>MACs and parameters</h3>" + _figure(lambda: plots.footprint_figure(prune),
+                     f"{prune.get('method')} pruning; ONNX {_size(before['onnx_bytes'])} → {_size(after['onnx_bytes'])}, measured ORT "
+                     f"FP32 p50 {before['latency']['p50_ms']:.3f} → {after['latency']['p50_ms']:.3f} ms."))
+    if distill:
+        top1 = distill["top1"]
+        parts.append("<h3>Distillation</h3>" + _figure(lambda: plots.ablation_figure(top1),
+                     f"{distill['name']}: {-distill['distilled_drop_vs_teacher_points']:+.2f} pt vs the teacher"
+                     + (f", {distill['gain_over_hard_labels_points']:+.2f} pt over hard labels alone." if "gain_over_hard_labels_points"
+                        in distill else ".")))
+        history = distill.get("history") or {}
+        if history.get("distilled"):
+            parts.append(_figure(lambda: plots.training_figure({"distilled": history["distilled"],
+                                                                "hard-label fine-tune": history.get("hard_label_finetune")}, top1),
+                                 "Training curves (validation split held out from training)."))
+    verdict = report.get("student_vs_teacher")
+    if verdict:
+        parts.append(f"<p>Student vs teacher ({escape(verdict['stages'])}): ORT FP32 p50 {verdict['teacher_p50_ms']:.3f} → "
+                     f"{verdict['student_p50_ms']:.3f} ms (×{verdict['latency_reduction']:.2f}), test top-1 "
+                     f"{_pct(verdict['teacher_top1'])} → {_pct(verdict['student_top1'])}.</p>")
+    return _section("pipeline", "Pipeline", "\n".join(parts) or "<p>Pruning and distillation were off in this recipe.</p>")
+
+
+def _provenance(report: Mapping[str, Any]) -> str:
+    source = report.get("source") or {}
+    facts = [("edgeship", f"{report.get('edgeship')} · commit {source.get('commit') or 'unknown'}"
+              + (" (uncommitted changes)" if source.get("dirty") else "")),
+             ("recipe file", str(report.get("recipe_path"))), ("dataset", json.dumps(report.get("dataset"))),
+             ("calibration set", json.dumps(report.get("calibration"))), ("device", json.dumps(report.get("device"))),
+             ("tools", ", ".join(f"{k} {v}" for k, v in (report.get("tools") or {}).items()))]
+    rows = [[escape(k), f"<code>{escape(v)}</code>"] for k, v in facts]
+    artifacts = _table(["stage", "name", "sha256", "artifact id"],
+                       [[escape(a["stage"]), escape(a["name"]), f"<code>{escape(str(a['sha256']))}</code>",
+                         f"<code>{escape(str(a.get('artifact') or '—'))}</code>"] for a in report.get("artifacts", [])])
+    recipe = f"<details><summary>recipe as run</summary><pre>{escape(json.dumps(report.get('recipe_document'), indent=2))}</pre></details>"
+    return _section("provenance", "Provenance", _table(["what", "value"], rows) + "<h3>Artifacts</h3>" + artifacts + recipe)
+
+
+def _notes(report: Mapping[str, Any]) -> str:
+    return _section("notes", "Notes", "<ul>" + "".join(f"<li>{escape(n)}</li>" for n in report.get("notes", [])) + "</ul>")
+
+
+def _latency_cells(latency: Mapping[str, Any] | None) -> list[str]:
+    if not latency:
+        return ["—", "—"]
+    return [_ci(latency, "p50_ms"), _ci(latency, "p99_ms")]
+
+
+def _ci(latency: Mapping[str, Any], key: str) -> str:
+    bounds = (latency.get("ci95") or {}).get(key)
+    value = f"{latency[key]:.4f}"
+    return value if not bounds else f"{value} <span class=muted>({bounds[0]:.4f}–{bounds[1]:.4f})</span>"
+
+
+def _throughput_cell(entry: Mapping[str, Any] | None) -> str:
+    if not entry:
+        return "—"
+    if entry.get("status") != "ok":
+        return f"<span class=fail>failed</span> <span class=muted>{escape(str(entry.get('reason')))}</span>"
+    low, high = entry["ci95"]
+    return f"{entry['samples_per_second']:,.0f} <span class=muted>({low:,.0f}–{high:,.0f})</span>"
+
+
+def _size(value: int | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value / 1024:.0f} KiB" if value < 1024**2 else f"{value / 1024**2:.1f} MiB"
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.2f}%"
+
+
+def _points(value: float | None) -> str:
+    return "—" if value is None else f"{-value:+.2f} pt"
+
+
+def _num(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"

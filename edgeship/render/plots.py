@@ -1,0 +1,206 @@
+"""Figures for the run folder (PNG) and the report page (inline SVG), from plain report data.
+
+Every function takes data and returns a matplotlib ``Figure``; ``svg`` turns one into an inline
+``<svg>`` element with no external references, ``save_png`` into a file.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+COLOURS = {"pytorch": "#444444", "onnxruntime": "#1f77b4", "openvino": "#9467bd", "tflite": "#ff7f0e", "tensorrt": "#2ca02c"}
+MARKERS = {"fp32": "o", "fp16": "s", "int8": "^"}
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    matplotlib.rcParams["svg.hashsalt"] = "edgeship"  # stable element ids: the same data gives the same page
+    matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text: smaller, selectable, searchable
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plain_log_ticks(axis: Any) -> None:
+    """Log-scale ticks as plain numbers (0.02, 0.1), not 2×10⁻²."""
+    from matplotlib.ticker import FuncFormatter
+
+    formatter = FuncFormatter(lambda value, _: f"{value:g}")
+    axis.set_major_formatter(formatter)
+    axis.set_minor_formatter(formatter)
+
+
+def svg(fig: Any) -> str:
+    """The figure as an inline ``<svg>`` element (no XML prolog, no date), and close it."""
+    plt = _pyplot()
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
+    plt.close(fig)
+    text = buffer.getvalue()
+    return text[text.index("<svg"):]
+
+
+def save_png(fig: Any, path: Path) -> None:
+    plt = _pyplot()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def sensitivity_figure(document: Mapping[str, Any], max_drop: float) -> Any:
+    """Validation top-1 of each layer group pruned alone, per ratio (Torch-Pruning style sensitivity curves)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for group, curve in document["curves"].items():
+        ratios = [float(r) for r in curve]
+        ax.plot([100 * r for r in ratios], [100 * a for a in curve.values()], marker="o", label=group)
+    base = 100 * document["base_accuracy"]
+    ax.axhline(base, color="black", linewidth=1, label="unpruned")
+    ax.axhline(base - max_drop, color="red", linestyle="--", linewidth=1, label=f"max_drop ({max_drop:g} pt)")
+    ax.set(xlabel="channels pruned in the group alone (%)", ylabel="validation top-1 (%)",
+           title=f"Pruning sensitivity per layer group ({document['val_images']} validation images)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def training_figure(histories: Mapping[str, Mapping[str, Sequence[float]] | None], top1: Mapping[str, Any]) -> Any:
+    """Training loss and validation top-1 per epoch of each run (distilled, hard-label fine-tune)."""
+    plt = _pyplot()
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, history in histories.items():
+        if not history:
+            continue
+        epochs = list(range(1, len(history["val_accuracy"]) + 1))
+        loss_ax.plot(epochs, history["train_loss"], marker="o", label=name)
+        acc_ax.plot(epochs, [100 * a for a in history["val_accuracy"]], marker="o", label=name)
+    acc_ax.axhline(100 * top1["teacher"]["val_top1"], color="black", linewidth=1, label="teacher")
+    acc_ax.axhline(100 * top1["student_before"]["val_top1"], color="grey", linestyle="--", linewidth=1, label="student before")
+    loss_ax.set(xlabel="epoch", ylabel="training loss (each run's own objective)", title="Training loss")
+    acc_ax.set(xlabel="epoch", ylabel="validation top-1 (%)", title="Validation top-1 (held out)")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    return fig
+
+
+def ablation_figure(top1: Mapping[str, Any]) -> Any:
+    """Test top-1 of the teacher, the pruned student before recovery, the hard-label fine-tune and the distilled student."""
+    plt = _pyplot()
+    names = [("teacher", "teacher"), ("student_before", "pruned, before"), ("hard_label_finetune", "hard-label fine-tune"),
+             ("distilled", "distilled")]
+    shown = [(label, 100 * top1[key]["eval_top1"]) for key, label in names if top1.get(key)]
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    bars = ax.barh([label for label, _ in shown], [value for _, value in shown], color=["#444", "#bbb", "#8fb3d9", "#1f77b4"][: len(shown)])
+    for bar, (_, value) in zip(bars, shown, strict=True):
+        ax.text(value, bar.get_y() + bar.get_height() / 2, f" {value:.2f}%", va="center", fontsize=9)
+    low = min(value for _, value in shown)
+    ax.set(xlim=(max(0.0, low - 3), 100), xlabel="test top-1 (%)", title="Distillation ablation")
+    ax.invert_yaxis()
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def footprint_figure(prune: Mapping[str, Any]) -> Any:
+    """MACs and parameters before and after pruning."""
+    plt = _pyplot()
+    before, after = prune["before"], prune["after"]
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    for ax, key, unit, scale in ((axes[0], "macs", "MMACs", 1e6), (axes[1], "parameters", "thousand parameters", 1e3)):
+        values = [before[key] / scale, after[key] / scale]
+        bars = ax.bar(["before", "after"], values, color=["#bbb", "#1f77b4"])
+        for bar, value in zip(bars, values, strict=True):
+            ax.text(bar.get_x() + bar.get_width() / 2, value, f"{value:.1f}", ha="center", va="bottom", fontsize=9)
+        ax.set(ylabel=unit, title=f"{key.capitalize()}: {after[key] / before[key]:.1%} kept")
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def pareto_figure(points: Sequence[Mapping[str, Any]]) -> Any:
+    """Top-1 against p50 latency (with its 95% interval) for every measured engine and the baseline; the Pareto front
+    (no other point both faster and more accurate) joined by a line."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for point in points:
+        low, high = point["p50_ci"]
+        ax.errorbar(point["p50_ms"], 100 * point["top1"], xerr=[[point["p50_ms"] - low], [high - point["p50_ms"]]],
+                    marker=MARKERS.get(point["precision"], "*"), markersize=9 if point["backend"] != "pytorch" else 12,
+                    color=COLOURS.get(point["backend"], "black"), linestyle="none", capsize=3)
+        ax.annotate(point["name"], (point["p50_ms"], 100 * point["top1"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    front = pareto_front(points)
+    if len(front) > 1:
+        ax.plot([p["p50_ms"] for p in front], [100 * p["top1"] for p in front], color="black", linewidth=1, alpha=0.5,
+                linestyle="--", label="Pareto front")
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set(xscale="log", xlabel="p50 latency per call (ms, log scale; bars: 95% interval)", ylabel="top-1 (%)",
+           title="Accuracy against latency")
+    _plain_log_ticks(ax.xaxis)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    return fig
+
+
+def pareto_front(points: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The points no other point beats on both latency (lower) and top-1 (higher), fastest first."""
+    front, best = [], -1.0
+    for point in sorted(points, key=lambda p: (p["p50_ms"], -p["top1"])):
+        if point["top1"] > best:
+            front.append(point)
+            best = point["top1"]
+    return front
+
+
+def latency_figure(rows: Sequence[Mapping[str, Any]]) -> Any:
+    """One violin per engine from its kept distribution (0th..99th percentile), with p50 and p99 marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 0.55 * len(rows) + 1.5))
+    grid = np.linspace(0, 99, 991)
+    data = []
+    for row in rows:
+        q = np.asarray(row["latency"]["quantiles_ms"], dtype=float)
+        data.append(np.interp(grid, np.arange(len(q)), q))  # an equal-weight sample of the distribution up to p99
+    parts = ax.violinplot(data, vert=False, showextrema=False, widths=0.8)
+    for body, row in zip(parts["bodies"], rows, strict=True):
+        body.set_facecolor(COLOURS.get(row["backend"], "grey"))
+        body.set_alpha(0.6)
+    for y, row in enumerate(rows, 1):
+        lat = row["latency"]
+        ax.plot([lat["p50_ms"]], [y], marker="|", color="black", markersize=14)
+        ax.plot([lat["p99_ms"]], [y], marker="|", color="red", markersize=14)
+    ax.set_yticks(range(1, len(rows) + 1), [row["name"] for row in rows])
+    ax.set(xscale="log", xlabel="latency per call (ms, log scale), up to p99; black: p50, red: p99",
+           title=f"Latency distribution per engine (batch {rows[0]['latency']['batch_size'] if rows else '?'})")
+    ax.invert_yaxis()
+    _plain_log_ticks(ax.xaxis)
+    ax.grid(axis="x", alpha=0.3, which="both")
+    fig.tight_layout()
+    return fig
+
+
+def throughput_figure(rows: Sequence[Mapping[str, Any]]) -> Any:
+    """Samples per second at each measured batch size, per engine."""
+    plt = _pyplot()
+    batches = sorted({int(b) for row in rows for b, t in row["throughput"].items() if t.get("status") == "ok"})
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) * max(len(batches), 1) / 2 + 1.8))
+    height = 0.8 / max(len(batches), 1)
+    for i, batch in enumerate(batches):
+        values = [row["throughput"].get(str(batch), {}).get("samples_per_second", 0.0) for row in rows]
+        ax.barh(np.arange(len(rows)) + i * height, values, height=height, label=f"batch {batch}")
+    ax.set_yticks(np.arange(len(rows)) + height * (len(batches) - 1) / 2, [row["name"] for row in rows])
+    ax.set(xlabel="samples per second", title="Throughput")
+    ax.invert_yaxis()
+    ax.legend(fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
