@@ -1,19 +1,28 @@
 # make run   — set up .venv (CPU torch 2.13.0, edgeship, ONNX Runtime, OpenVINO and TFLite), install the Debian
 #              Fashion-MNIST package when possible, and run the default recipe.
-# make test  — set up .venv and run the test suite.
+# make test  — set up .venv (and Debian chromium for the report page check, when apt and root allow) and run the test suite.
+# make report-check — open the newest reports/<run>/report.html in headless Chromium: no console errors, plots visible,
+#              a screenshot saved as report.png beside it.
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: run test setup data clean
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: run test setup data chromium report-check clean
 
 run: setup data
 	$(VENV)/bin/edgeship run recipes/default.yaml
 
-test: setup data
+test: setup data chromium
 	$(PY) -m pytest -q
+
+report-check: setup chromium
+	@latest=$$(ls -td reports/*/ 2>/dev/null | head -1); \
+	if [ -z "$$latest" ]; then echo "no run under reports/: make run first"; exit 2; fi; \
+	$(PY) -m edgeship.render.browser "$$latest"
 
 setup: $(STAMP)
 
@@ -30,6 +39,14 @@ data:
 		($(SUDO) apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
 		 ($(SUDO) apt-get update -qq >/dev/null 2>&1 && $(SUDO) apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1)) \
 		|| echo "note: could not install dataset-fashion-mnist (needs apt and root); edgeship will use scikit-learn's digits"; \
+	fi
+
+# Best effort: Debian's chromium for the report page check (Playwright drives it; its own browser download is never used).
+chromium:
+	@if [ ! -x $(CHROMIUM) ]; then \
+		($(SUDO) apt-get install -y -qq chromium >/dev/null 2>&1 || \
+		 ($(SUDO) apt-get update -qq >/dev/null 2>&1 && $(SUDO) apt-get install -y -qq chromium >/dev/null 2>&1)) \
+		|| echo "note: could not install chromium (needs apt and root); the report page check is skipped with that reason"; \
 	fi
 
 clean:

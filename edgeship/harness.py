@@ -212,7 +212,16 @@ def _rows(inputs: np.ndarray, count: int) -> np.ndarray:
 
 
 def _peak_rss() -> int:
-    """This process's peak resident set size in bytes (Linux reports KiB, macOS bytes)."""
+    """This process's peak resident set size in bytes.
+
+    On Linux this is ``VmHWM`` of the process's own memory map: ``ru_maxrss`` is kept across ``execve``, so a
+    child started from a large parent (the pipeline, with PyTorch loaded) would report the parent's size.
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 

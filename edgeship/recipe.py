@@ -392,7 +392,7 @@ class Recipe(_Section):
     def engine_names(self) -> list[str]:
         """'backend/precision' of every engine the recipe asks for, in backend order."""
         names = []
-        for backend in self.backends.model_fields:
+        for backend in type(self.backends).model_fields:
             section = getattr(self.backends, backend)
             if getattr(section, "enabled", True):
                 names.extend(f"{backend}/{p.value if isinstance(p, Precision) else p}" for p in getattr(section, "precisions", ()))

@@ -52,18 +52,24 @@ def test_backends_table_lists_every_backend() -> None:
         assert "tensorrt: no engines here, but its precision-bound ONNX is still prepared with ModelOpt" in " ".join(done.stdout.split())
 
 
-def test_report_command_reads_a_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    report = {"schema": "edgeship.report", "schema_version": 1, "run_id": "r-1", "threads": 2, "device": {"cpu": "test cpu"},
-              "baseline": {"top1": 0.9, "size_bytes": 2048, "latency": {"p50_ms": 1.0, "p99_ms": 2.0}},
-              "engines": [{"name": "onnxruntime/int8", "backend": "onnxruntime", "precision": "int8", "status": "failed",
-                           "reason": "boom [see log]"}]}
-    (tmp_path / "report.json").write_text(json.dumps(report))
-    assert main(["report", str(tmp_path)]) == 0
+def test_report_command_rebuilds_from_a_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edgeship.artifacts import Manifest, ManifestEntry
+
+    latency = {"p50_ms": 1.0, "p99_ms": 2.0, "batch_size": 1, "ci95": {"p50_ms": [0.9, 1.1], "p99_ms": [1.8, 2.2]}}
+    manifest = Manifest(run_id="r-1", recipe={"name": "r"}, device={"cpu": "test cpu"}, entries=[
+        ManifestEntry(stage="validate", name="pytorch/fp32", status="ok", config={"threads": 2},
+                      metrics={"top1": 0.9, "size_bytes": 2048, "latency": latency}),
+        ManifestEntry(stage="build", name="onnxruntime/int8", status="failed", reason="boom [see log]",
+                      config={"backend": "onnxruntime", "precision": "int8"})])
+    (tmp_path / "manifest.json").write_text(manifest.model_dump_json())
+    assert main(["report", str(tmp_path)]) == 1, "a required engine that failed to build fails the release"
     out = capsys.readouterr().out
     assert "r-1" in out and "failed (1)" in out and "90.00%" in out
-    assert "(1) onnxruntime/int8 failed: boom [see log]" in out
-    (tmp_path / "report.json").write_text("{}")
+    assert "(1) onnxruntime/int8 failed: boom [see log]" in out and "release gates: fail" in out
+    assert {p.name for p in tmp_path.iterdir()} >= {"report.json", "junit.xml", "report.html"}
+    (tmp_path / "manifest.json").write_text("{}")
     assert main(["report", str(tmp_path)]) == 2
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
 
 
 def test_run_without_argument_uses_recipes_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -128,11 +128,17 @@ def _gates(report: Mapping[str, Any]) -> str:
 
 
 def _measured(report: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    rows = [r for r in report.get("engines", []) if r.get("latency") and r.get("top1") is not None]
+    """The baseline and every engine measured by this version's harness (a full latency summary, with top-1)."""
+    rows = [r for r in report.get("engines", []) if _complete(r)]
     baseline = report.get("baseline")
-    if baseline and baseline.get("latency"):
+    if baseline and _complete(baseline):
         rows = [{**baseline, "name": "pytorch/fp32", "backend": "pytorch", "precision": "fp32"}, *rows]
     return rows
+
+
+def _complete(row: Mapping[str, Any]) -> bool:
+    latency = row.get("latency") or {}
+    return row.get("top1") is not None and {"iterations", "quantiles_ms", "ci95", "max_ms"} <= set(latency)
 
 
 def _pareto(report: Mapping[str, Any]) -> str:

@@ -170,7 +170,7 @@ def latency_figure(rows: Sequence[Mapping[str, Any]]) -> Any:
     for row in rows:
         q = np.asarray(row["latency"]["quantiles_ms"], dtype=float)
         data.append(np.interp(grid, np.arange(len(q)), q))  # an equal-weight sample of the distribution up to p99
-    parts = ax.violinplot(data, vert=False, showextrema=False, widths=0.8)
+    parts = ax.violinplot(data, orientation="horizontal", showextrema=False, widths=0.8)
     for body, row in zip(parts["bodies"], rows, strict=True):
         body.set_facecolor(COLOURS.get(row["backend"], "grey"))
         body.set_alpha(0.6)

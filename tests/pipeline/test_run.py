@@ -36,7 +36,7 @@ def cold(recipe: Recipe) -> RunResult:
 def test_report_lists_baseline_and_both_engines(cold: RunResult) -> None:
     result = cold
     report = json.loads(result.report_path.read_text())
-    assert report["schema"] == "edgeship.report" and report["schema_version"] == 1
+    assert report["schema"] == "edgeship.report" and report["schema_version"] == 2
     assert [e["name"] for e in report["engines"]] == ["onnxruntime/fp32", "onnxruntime/int8"]
     assert all(e["status"] == "ok" for e in report["engines"])
     assert report["baseline"]["eval_samples"] == 1000 and report["threads"] == 1
@@ -139,3 +139,118 @@ def test_digits_fallback_runs_end_to_end(tmp_path: Path) -> None:
     assert result.report["dataset"]["name"] == "digits" and result.report["dataset"]["eval"] == 359
     assert result.report["baseline"]["top1"] > 0.8
     assert [e["status"] for e in result.report["engines"]] == ["ok", "ok"]
+
+
+def test_each_engine_is_measured_in_a_pinned_process_of_its_own(cold: RunResult) -> None:
+    import os
+
+    import numpy as np
+
+    rows = [cold.report["baseline"], *cold.report["engines"]]
+    pids = set()
+    for row in rows:
+        assert row["isolated"] is True and row["cpus"] == sorted(os.sched_getaffinity(0))[:1], "threads: 1 pins one CPU"
+        memory = row["memory"]
+        assert 0 < memory["baseline_rss_bytes"] <= memory["peak_rss_bytes"] <= memory["peak_rss_with_eval_bytes"]
+        assert row["load_ms"] > 0 and row["first_inference_ms"] > 0 and row["import_ms"] >= 0
+        assert row["throughput"]["4"]["status"] == "ok" and row["throughput"]["4"]["samples_per_second"] > 0
+        low, high = row["throughput"]["4"]["ci95"]
+        assert low <= row["throughput"]["4"]["samples_per_second"] <= high
+        assert len(row["latency"]["quantiles_ms"]) == 101 and row["latency"]["ci95"]["p99_ms"][1] >= row["latency"]["p99_ms"]
+    entries = [e for e in cold.manifest.entries if e.stage == "validate"]
+    for entry in entries:
+        folder = Path(entry.path).parent
+        pids.add(json.loads((folder / "harness-result.json").read_text())["pid"])
+        timings = np.load(folder / "timings.npz")
+        assert len(timings["latency"]) == entry.metrics["latency"]["iterations"]
+    assert len(pids) == len(entries) and os.getpid() not in pids, "one process per engine, never this one"
+
+
+def test_report_command_rebuilds_every_file_byte_for_byte_from_the_manifest(cold: RunResult) -> None:
+    from edgeship.cli import main
+    from edgeship.pipeline.report import OUTPUTS
+
+    before = {name: (cold.run_dir / name).read_bytes() for name in OUTPUTS}
+    for name in OUTPUTS:
+        (cold.run_dir / name).unlink()
+    code = main(["report", str(cold.run_dir)])
+    assert code == cold.report["release"]["exit_code"] == cold.exit_code
+    for name in OUTPUTS:
+        assert (cold.run_dir / name).read_bytes() == before[name], name
+
+
+def test_junit_has_one_case_per_gate_and_engine(cold: RunResult) -> None:
+    import xml.etree.ElementTree as ET
+
+    from edgeship.gates import GATES
+
+    root = ET.parse(cold.run_dir / "junit.xml").getroot()
+    assert root.tag == "testsuites"
+    suites = root.findall("testsuite")
+    assert [s.get("name") for s in suites] == [e["name"] for e in cold.report["engines"]]
+    cases = root.findall("testsuite/testcase")
+    assert len(cases) == len(GATES) * len(suites) == int(root.get("tests"))
+    for suite, row in zip(suites, cold.report["engines"], strict=True):
+        assert [c.get("name") for c in suite.findall("testcase")] == list(GATES)
+        failures = sum(g["outcome"] == "fail" for g in row["gates"])
+        assert len(suite.findall("testcase/failure")) == failures == int(suite.get("failures"))
+        assert len(suite.findall("testcase/skipped")) == sum(g["outcome"] == "not-applicable" for g in row["gates"])
+
+
+def test_html_report_has_every_section_and_inline_plots(cold: RunResult) -> None:
+    from html.parser import HTMLParser
+
+    from edgeship.render.html import SECTIONS
+
+    class Collect(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sections: list[str] = []
+            self.svgs = 0
+            self.external: list[str] = []
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            values = dict(attrs)
+            if tag == "section":
+                self.sections.append(values.get("id") or "")
+            self.svgs += tag == "svg"
+            for key in ("src", "href"):
+                if values.get(key) and not str(values[key]).startswith("#"):
+                    self.external.append(str(values[key]))
+
+    page = Collect()
+    page.feed((cold.run_dir / "report.html").read_text())
+    assert page.sections == list(SECTIONS)
+    assert page.svgs >= 3, "Pareto, latency distribution and throughput plots at least"
+    assert page.external == [], "self-contained: nothing to fetch"
+
+
+def test_report_page_renders_in_headless_chromium(cold: RunResult) -> None:
+    from edgeship.render.browser import check_page, chromium
+
+    if chromium() is None:
+        pytest.skip("no Chromium here: apt-get install chromium (make test installs it where apt and root are available)")
+    pytest.importorskip("playwright", reason="playwright is in the dev extra: pip install -e '.[dev]'")
+    shot = cold.run_dir / "report.png"
+    result = check_page(cold.run_dir / "report.html", shot)
+    assert result.ok, result.problems()
+    assert result.sections[:3] == ["verdict", "recommendations", "gates"] and result.visible_plots >= 3
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def test_gates_are_applied_without_measuring_again(recipe: Recipe, cold: RunResult) -> None:
+    strict = recipe.model_copy(update={"gates": recipe.gates.model_copy(update={"max_size_mib": 1e-6, "min_agreement": None,
+                                                                               "min_fraction_of_fp32": None})})
+    failed = run(strict, console=Console(quiet=True))
+    assert all(e.reused for e in failed.manifest.entries if e.stage in ("build", "validate"))
+    assert failed.exit_code == 1 and failed.report["release"]["failing"] == ["onnxruntime/fp32", "onnxruntime/int8"]
+    size = next(g for g in failed.report["engines"][0]["gates"] if g["gate"] == "max_size_mib")
+    assert size["outcome"] == "fail" and size["value"] > size["limit"]
+    assert all(choice["engine"] is None for choice in failed.report["recommendations"].values())
+
+    loose = recipe.model_copy(update={"gates": recipe.gates.model_copy(update={"min_agreement": 0.5, "min_fraction_of_fp32": 0.5,
+                                                                              "required": ["onnxruntime/fp32"]})})
+    passed = run(loose, console=Console(quiet=True))
+    assert passed.exit_code == 0 and passed.report["release"] == {"required": ["onnxruntime/fp32"], "failing": [], "passed": True,
+                                                                  "exit_code": 0}
+    assert passed.report["recommendations"]["onnxruntime"]["engine"] in ("onnxruntime/fp32", "onnxruntime/int8")

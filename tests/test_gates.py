@@ -1,0 +1,133 @@
+"""Gate logic on synthetic rows: every outcome, skipped and failed engines, required engines, the recommendation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from edgeship.gates import GATES, format_value, judge, recommend, required_engines
+from edgeship.recipe import GatesConfig, Recipe
+
+BASE = 0.92
+
+
+def row(name: str, *, top1: float = 0.918, agreement: float = 0.99, p50: float = 0.1, ci: tuple[float, float] | None = None,
+        p99_high: float = 0.2, size: int = 100_000, status: str = "ok", reason: str = "") -> dict[str, Any]:
+    backend, precision = name.split("/")
+    out: dict[str, Any] = {"name": name, "backend": backend, "precision": precision, "status": status, "reason": reason}
+    if status == "ok":
+        low, high = ci or (p50 * 0.99, p50 * 1.01)
+        out.update(top1=top1, top1_agreement=agreement, eval_samples=1000, size_bytes=size,
+                   latency={"p50_ms": p50, "p99_ms": p99_high * 0.9, "batch_size": 1, "ci95": {"p50_ms": [low, high],
+                                                                                                "p99_ms": [p99_high * 0.8, p99_high]}})
+    return out
+
+
+def judged(rows: list[dict[str, Any]], gates: GatesConfig) -> list[dict[str, Any]]:
+    for r in rows:
+        r["verdict"], r["gates"] = judge(r, BASE, gates)
+    return rows
+
+
+def outcomes(r: dict[str, Any]) -> dict[str, str]:
+    return {g["gate"]: g["outcome"] for g in r["gates"]}
+
+
+ALL = GatesConfig(max_drop_points=1.0, min_fraction_of_fp32=0.99, min_agreement=0.97, max_p99_ms=0.5, max_size_mib=1.0)
+
+
+def test_every_gate_passes_with_value_and_limit() -> None:
+    verdict, gates = judge(row("onnxruntime/int8"), BASE, ALL)
+    assert verdict == "pass" and [g["gate"] for g in gates] == list(GATES)
+    assert all(g["outcome"] == "pass" and g["value"] is not None and g["limit"] is not None for g in gates)
+    drop = next(g for g in gates if g["gate"] == "max_drop_points")
+    assert drop["value"] == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize(("change", "gate"), [
+    ({"top1": 0.905}, "max_drop_points"),  # 1.5 pt
+    ({"top1": 0.905}, "min_fraction_of_fp32"),  # 98.4%
+    ({"agreement": 0.96}, "min_agreement"),
+    ({"p99_high": 0.51}, "max_p99_ms"),
+    ({"size": 2 * 1024**2}, "max_size_mib"),
+])
+def test_each_gate_fails_on_its_own_measure(change: dict[str, Any], gate: str) -> None:
+    verdict, _ = judge(row("openvino/int8", **change), BASE, ALL)
+    assert verdict == "fail" and outcomes({"gates": judge(row("openvino/int8", **change), BASE, ALL)[1]})[gate] == "fail"
+
+
+def test_latency_is_judged_on_the_upper_bound_of_p99() -> None:
+    r = row("tflite/int8", p99_high=0.55)  # p99 itself 0.495 is under 0.5, its upper bound is not
+    assert r["latency"]["p99_ms"] < 0.5
+    verdict, gates = judge(r, BASE, ALL)
+    assert verdict == "fail" and outcomes({"gates": gates})["max_p99_ms"] == "fail"
+
+
+def test_a_limit_left_null_is_not_applicable_and_never_fails() -> None:
+    verdict, gates = judge(row("tflite/fp32", agreement=0.1, size=10**9), BASE, GatesConfig(min_agreement=None, min_fraction_of_fp32=None))
+    assert verdict == "pass" and set(outcomes({"gates": gates}).values()) == {"not-applicable"}
+    assert all(g["detail"] == "no limit set in the recipe" for g in gates)
+
+
+def test_a_skipped_or_failed_engine_is_never_a_pass() -> None:
+    skipped, gates = judge(row("tensorrt/int8", status="skipped", reason="no CUDA GPU"), BASE, ALL)
+    assert skipped == "skipped" and set(outcomes({"gates": gates}).values()) == {"not-applicable"}
+    assert "no CUDA GPU" in gates[0]["detail"]
+    failed, gates = judge(row("openvino/int8", status="failed", reason="nncf crashed"), BASE, ALL)
+    assert failed == "error" and all("nncf crashed" in g["detail"] for g in gates)
+
+
+def test_a_prediction_is_shown_against_the_gate_but_does_not_pass() -> None:
+    r = row("tensorrt/int8", status="skipped", reason="no CUDA GPU")
+    r["predicted"] = {"top1": 0.919, "top1_agreement": 0.99, "eval_samples": 1000, "label": "predicted on ONNX Runtime"}
+    verdict, gates = judge(r, BASE, ALL)
+    assert verdict == "skipped"
+    fraction = next(g for g in gates if g["gate"] == "min_fraction_of_fp32")
+    assert fraction["outcome"] == "not-applicable" and fraction["prediction"]["would"] == "pass"
+    assert "prediction" not in next(g for g in gates if g["gate"] == "max_p99_ms")
+
+
+def test_required_engines_default_to_every_engine_not_skipped() -> None:
+    rows = [row("onnxruntime/fp32"), row("openvino/int8", status="failed"), row("tensorrt/int8", status="skipped")]
+    assert required_engines(rows, GatesConfig()) == ["onnxruntime/fp32", "openvino/int8"]
+    assert required_engines(rows, GatesConfig(required=["tensorrt/*"])) == ["tensorrt/int8"]
+
+
+def test_a_required_pattern_that_matches_nothing_is_a_recipe_error() -> None:
+    with pytest.raises(ValueError, match="gates.required: 'openvino/int9' matches no engine"):
+        Recipe.model_validate({"gates": {"required": ["openvino/int9"]}})
+
+
+def test_recommendation_is_the_fastest_passing_engine_with_the_reason() -> None:
+    rows = judged([row("openvino/fp32", p50=0.20), row("openvino/fp16", p50=0.19), row("openvino/int8", p50=0.08)], ALL)
+    choice = recommend(rows)["openvino"]
+    assert choice["engine"] == "openvino/int8"
+    assert "INT8 2.38× faster than FP16" in choice["reason"] and choice["reason"].endswith("INT8 chosen")
+
+
+def test_a_faster_engine_that_fails_a_gate_is_passed_over_and_named() -> None:
+    rows = judged([row("tflite/fp16", p50=0.104, top1=0.918), row("tflite/int8", p50=0.100, top1=0.904)], ALL)
+    choice = recommend(rows)["tflite"]
+    assert choice["engine"] == "tflite/fp16"
+    assert choice["reason"].startswith("INT8 1.04× faster than FP16 but fails max_drop_points (1.60 pt vs limit 1.00 pt)")
+    assert choice["reason"].endswith("FP16 chosen")
+
+
+def test_engines_within_measurement_noise_go_to_the_more_accurate() -> None:
+    rows = judged([row("onnxruntime/fp32", p50=0.101, ci=(0.098, 0.104), top1=0.919),
+                   row("onnxruntime/int8", p50=0.100, ci=(0.097, 0.103), top1=0.915)], ALL)
+    choice = recommend(rows)["onnxruntime"]
+    assert choice["engine"] == "onnxruntime/fp32" and "95% intervals overlap" in choice["reason"]
+
+
+def test_no_engine_passing_means_nothing_to_ship_and_why() -> None:
+    rows = judged([row("tflite/int8", agreement=0.5), row("tflite/fp32", status="skipped", reason="x")], ALL)
+    choice = recommend(rows)["tflite"]
+    assert choice["engine"] is None and "INT8 fails min_agreement (50.00% vs limit 97.00%)" in choice["reason"]
+    assert "FP32 skipped" in choice["reason"]
+
+
+def test_values_read_in_their_units() -> None:
+    assert format_value("min_agreement", 0.9734) == "97.34%" and format_value("max_drop_points", 0.5) == "0.50 pt"
+    assert format_value("max_p99_ms", 0.08991) == "0.0899 ms" and format_value("max_size_mib", None) == "—"
