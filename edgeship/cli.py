@@ -53,6 +53,16 @@ def _parser() -> argparse.ArgumentParser:
     backends = sub.add_parser("backends", help="which backends are installed, their versions, devices and precisions")
     backends.set_defaults(handler=_backends)
 
+    validate = sub.add_parser("validate", help="qualify an existing engine file (built here or elsewhere) against a recipe's "
+                                               "data, baseline and gates, without the earlier stages")
+    validate.add_argument("engine", type=Path, help="engine file: .onnx (ONNX Runtime), .xml (OpenVINO IR, .bin beside it), "
+                                                    ".tflite (io.json beside it, as edgeship writes), .engine/.plan (TensorRT)")
+    validate.add_argument("--recipe", type=Path, default=None, help="recipe YAML (default: recipes/default.yaml, else the built-in)")
+    validate.add_argument("--backend", default=None, help="the backend that runs it (default: from the file suffix)")
+    validate.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=None,
+                          help="its precision, for the report (default: read from the file)")
+    validate.set_defaults(handler=_validate)
+
     report = sub.add_parser("report", help="rebuild a run's report.json, junit.xml and report.html from its manifest.json alone")
     report.add_argument("path", type=Path, help="the run folder (reports/<run-id>) or its manifest.json")
     report.set_defaults(handler=_report)
@@ -84,6 +94,17 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     result = run(recipe, force=args.force, console=console, recipe_path=path)
     if args.quiet:
         print(result.report_path)
+    return result.exit_code
+
+
+def _validate(args: argparse.Namespace, console: Console) -> int:
+    from edgeship.pipeline.qualify import qualify
+    from edgeship.recipe import load_recipe
+
+    path: Path | None = args.recipe
+    if path is None and DEFAULT_RECIPE.is_file():
+        path = DEFAULT_RECIPE
+    result = qualify(load_recipe(path), args.engine, backend=args.backend, precision=args.precision, console=console, recipe_path=path)
     return result.exit_code
 
 

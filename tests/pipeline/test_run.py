@@ -255,3 +255,39 @@ def test_gates_are_applied_without_measuring_again(recipe: Recipe, cold: RunResu
     assert passed.exit_code == 0 and passed.report["release"] == {"required": ["onnxruntime/fp32"], "failing": [], "passed": True,
                                                                   "exit_code": 0}
     assert passed.report["recommendations"]["onnxruntime"]["engine"] in ("onnxruntime/fp32", "onnxruntime/int8")
+
+
+def test_validate_command_qualifies_an_engine_file_like_a_built_one(recipe: Recipe, cold: RunResult, tmp_path: Path) -> None:
+    import shutil
+
+    from edgeship.pipeline.qualify import qualify
+
+    built = next(e for e in cold.report["engines"] if e["name"] == "onnxruntime/int8")
+    foreign = tmp_path / "elsewhere.onnx"
+    shutil.copyfile(built["path"], foreign)
+    result = qualify(recipe, foreign, console=Console(quiet=True))
+    assert next(e for e in result.manifest.entries if e.stage == "model").reused, "the baseline comes from the store"
+    (row,) = result.report["engines"]
+    assert row["name"] == "onnxruntime/int8" and row["precision"] == "int8", "precision read from the Q/DQ nodes"
+    assert row["top1"] == built["top1"] and row["top1_agreement"] == built["top1_agreement"]
+    assert result.report["release"]["required"] == ["onnxruntime/int8"]
+    assert result.exit_code == (0 if row["verdict"] == "pass" else 1)
+    assert {p.name for p in result.run_dir.iterdir()} >= {"report.json", "junit.xml", "report.html", "manifest.json"}
+
+
+def test_validate_command_refuses_bad_engine_files_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edgeship.cli import main
+
+    truncated = tmp_path / "model.onnx"
+    truncated.write_bytes(b"\x08\x07\x12\x04trunc")
+    unknown = tmp_path / "model.bin"
+    unknown.write_bytes(b"x")
+    for path, expected in ((truncated, "model.onnx: not a readable ONNX model"), (unknown, "cannot tell the backend from the suffix"),
+                           (tmp_path / "missing.onnx", "no such engine file")):
+        assert main(["validate", str(path), "--recipe", str(tmp_path / "none.yaml")]) == 2
+        assert "recipe file not found" in capsys.readouterr().err
+        recipe = tmp_path / "r.yaml"
+        recipe.write_text(f"store: {tmp_path / 'store'}\nreports: {tmp_path / 'reports'}\n")
+        assert main(["validate", str(path), "--recipe", str(recipe)]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
