@@ -38,7 +38,7 @@ class PruneStage:
     def run(self, inputs: Mapping[str, Artifact], cfg: PruneConfig, ctx: RunContext) -> dict[str, Artifact]:
         teacher = inputs["model"]
         key = {"dataset": ctx.dataset.fingerprint, "seed": ctx.recipe.seed, "threads": ctx.recipe.threads(),
-               "validate": ctx.recipe.validate_.model_dump(mode="json")}
+               "validate": ctx.recipe.validate_.model_dump(mode="json", include={"warmup", "iterations", "min_seconds", "batch_size"})}
         parents = [teacher]
         curves: Artifact | None = None
         if cfg.method == "structured" and cfg.ratios is None and cfg.sensitivity.enabled and not cfg.global_pruning:

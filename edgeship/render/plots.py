@@ -32,9 +32,9 @@ def _plain_log_ticks(axis: Any) -> None:
     """Log-scale ticks as plain numbers (0.02, 0.1), not 2×10⁻²."""
     from matplotlib.ticker import FuncFormatter
 
-    formatter = FuncFormatter(lambda value, _: f"{value:g}")
-    axis.set_major_formatter(formatter)
-    axis.set_minor_formatter(formatter)
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    # minor ticks labelled at 2× and 5× only, so labels do not run into each other
+    axis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}" if f"{value:.0e}"[0] in "25" else ""))
 
 
 def svg(fig: Any) -> str:
