@@ -9,13 +9,12 @@ from the store when it is there), and the report is the same report.
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from edgeship.artifacts import ArtifactStore, Manifest, sha256_file
+from edgeship.artifacts import sha256_file
 from edgeship.errors import DataError
 from edgeship.recipe import Recipe
 
@@ -75,11 +74,10 @@ def qualify(recipe: Recipe, engine: Path, *, backend: str | None = None, precisi
     """Validate and gate one engine file; returns the ``RunResult``."""
     from edgeship.backends import availability, get_backend
     from edgeship.data import load_dataset
-    from edgeship.device import describe_device, source_revision, tool_versions
     from edgeship.pipeline.base import RunContext
     from edgeship.pipeline.model import ModelStage
-    from edgeship.pipeline.report import ReportConfig, ReportStage, load_report
-    from edgeship.pipeline.run import RunResult, _new_run_dir, _writable  # noqa: F811
+    from edgeship.pipeline.report import ReportConfig, ReportStage
+    from edgeship.pipeline.run import dataset_record, finish, recording, start
     from edgeship.pipeline.validate import ValidateStage
 
     console = console or Console()
@@ -93,18 +91,12 @@ def qualify(recipe: Recipe, engine: Path, *, backend: str | None = None, precisi
     name = f"{backend}/{precision}"
     input_name, input_shape = _probe(get_backend(backend), engine)
     recipe = recipe.model_copy(update={"gates": recipe.gates.model_copy(update={"required": [name]})})
-    store = ArtifactStore(_writable(recipe.store, "store"))
-    run_dir = _new_run_dir(_writable(recipe.reports, "reports"), f"{recipe.name}-validate")
-    manifest = Manifest(run_id=run_dir.name, recipe=recipe.model_dump(mode="json", by_alias=True),
-                        recipe_path=str(recipe_path) if recipe_path else None, tools=tool_versions(), device=describe_device(),
-                        source=source_revision())
-    manifest.save(run_dir / "manifest.json")
+    store, run_dir, manifest = start(recipe, f"{recipe.name}-validate", recipe_path)
     console.print(f"[bold]edgeship[/bold] validate [cyan]{engine}[/cyan] as {name} → {run_dir}")
-    try:
+    with recording(manifest, run_dir):
         dataset = load_dataset(recipe.data, recipe.calibration, seed=recipe.seed,
                                notice=lambda text: console.print(f"[yellow]{text}[/yellow]", soft_wrap=True))
-        manifest.dataset = {"name": dataset.name, "source": dataset.source, "train": len(dataset.train), "val": len(dataset.val),
-                            "calibration": len(dataset.calibration), "eval": len(dataset.eval), "fingerprint": dataset.fingerprint}
+        manifest.dataset = dataset_record(dataset)
         ctx = RunContext(recipe=recipe, store=store, manifest=manifest, run_dir=run_dir, console=console, dataset=dataset)
         model = ModelStage().run({}, recipe.model, ctx)["model"]
         ctx.save_manifest()
@@ -115,16 +107,7 @@ def qualify(recipe: Recipe, engine: Path, *, backend: str | None = None, precisi
         results = ValidateStage().run({"model": model, name: imported}, recipe.validate_, ctx)
         ctx.save_manifest()
         ReportStage().run(results, ReportConfig(), ctx)
-        manifest.status = "ok"
-    except BaseException:
-        manifest.status = "failed"
-        raise
-    finally:
-        manifest.finished = time.time()
-        manifest.save(run_dir / "manifest.json")
-    report = load_report(run_dir)
-    console.print(f"report: {run_dir / 'report.html'}")
-    return RunResult(run_dir.name, run_dir, report, manifest, exit_code=report["release"]["exit_code"])
+    return finish(run_dir, manifest, console)
 
 
 def _probe(backend: object, engine: Path) -> tuple[str, list[int]]:

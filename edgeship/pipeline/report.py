@@ -24,6 +24,8 @@ from edgeship.pipeline.base import RunContext
 from edgeship.pipeline.build import PREPARE, prediction_name
 from edgeship.pipeline.validate import BASELINE
 from edgeship.recipe import GatesConfig
+from edgeship.render.text import pct as _pct
+from edgeship.render.text import size as _size
 
 SCHEMA = "edgeship.report"
 SCHEMA_VERSION = 2
@@ -367,15 +369,5 @@ def load_report(path: Path) -> dict[str, Any]:
     return report
 
 
-def _size(value: int | None) -> str:
-    if value is None:
-        return "—"
-    return f"{value / 1024:.0f} KiB" if value < 1024**2 else f"{value / 1024**2:.1f} MiB"
-
-
 def _ms(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
-
-
-def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.2f}%"

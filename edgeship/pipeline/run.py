@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from edgeship.artifacts import ArtifactStore, Manifest
 from edgeship.errors import RecipeError
 from edgeship.recipe import Recipe
+
+if TYPE_CHECKING:
+    from edgeship.data import Dataset
 
 STAGES = ("model", "prune-sensitivity", "prune", "distill-ablation", "distill", "export", "prepare", "build", "validate", "report")
 
@@ -35,7 +39,6 @@ def run(recipe: Recipe, *, force: Iterable[str] = (), console: Console | None = 
     """Run ``recipe`` end to end and return where its report is."""
     from edgeship.backends import REGISTRY
     from edgeship.data import calibration_set, load_dataset
-    from edgeship.device import describe_device, source_revision, tool_versions
     from edgeship.pipeline.base import RunContext
     from edgeship.pipeline.build import BuildStage, requested
     from edgeship.pipeline.export import ExportStage
@@ -48,15 +51,10 @@ def run(recipe: Recipe, *, force: Iterable[str] = (), console: Console | None = 
     if unknown:
         raise RecipeError(f"--force {', '.join(sorted(unknown))}: unknown stage; stages are {', '.join(STAGES)}")
     console = console or Console()
-    store = ArtifactStore(_writable(recipe.store, "store"))
-    run_dir = _new_run_dir(_writable(recipe.reports, "reports"), recipe.name)
-    manifest = Manifest(run_id=run_dir.name, recipe=recipe.model_dump(mode="json", by_alias=True),
-                        recipe_path=str(recipe_path) if recipe_path else None, tools=tool_versions(), device=describe_device(),
-                        source=source_revision())
-    manifest.save(run_dir / "manifest.json")
+    store, run_dir, manifest = start(recipe, recipe.name, recipe_path)
     console.print(f"[bold]edgeship[/bold] run [cyan]{run_dir.name}[/cyan] → {run_dir}")
     ctx: RunContext | None = None
-    try:
+    with recording(manifest, run_dir):
         threads = recipe.threads()
         import torch
 
@@ -65,8 +63,7 @@ def run(recipe: Recipe, *, force: Iterable[str] = (), console: Console | None = 
                                notice=lambda text: console.print(f"[yellow]{text}[/yellow]", soft_wrap=True))
         console.print(f"data: {dataset.name} ({dataset.source}): train {len(dataset.train)}, val {len(dataset.val)}, "
                       f"calibration {len(dataset.calibration) or recipe.calibration.source}, eval {len(dataset.eval)}")
-        manifest.dataset = {"name": dataset.name, "source": dataset.source, "train": len(dataset.train), "val": len(dataset.val),
-                            "calibration": len(dataset.calibration), "eval": len(dataset.eval), "fingerprint": dataset.fingerprint}
+        manifest.dataset = dataset_record(dataset)
         ctx = RunContext(recipe=recipe, store=store, manifest=manifest, run_dir=run_dir, console=console, dataset=dataset, force=force)
 
         model = ModelStage().run({}, recipe.model, ctx)["model"]
@@ -95,6 +92,27 @@ def run(recipe: Recipe, *, force: Iterable[str] = (), console: Console | None = 
         results = ValidateStage().run({"model": model, **built}, recipe.validate_, ctx)
         ctx.save_manifest()
         ReportStage().run(results, ReportConfig(), ctx)
+    return finish(run_dir, manifest, console)
+
+
+def start(recipe: Recipe, label: str, recipe_path: Path | None) -> tuple[ArtifactStore, Path, Manifest]:
+    """The store, a new run folder under ``reports`` and the run's manifest (saved), for ``run`` and ``edgeship validate``."""
+    from edgeship.device import describe_device, source_revision, tool_versions
+
+    store = ArtifactStore(_writable(recipe.store, "store"))
+    run_dir = _new_run_dir(_writable(recipe.reports, "reports"), label)
+    manifest = Manifest(run_id=run_dir.name, recipe=recipe.model_dump(mode="json", by_alias=True),
+                        recipe_path=str(recipe_path) if recipe_path else None, tools=tool_versions(), device=describe_device(),
+                        source=source_revision())
+    manifest.save(run_dir / "manifest.json")
+    return store, run_dir, manifest
+
+
+@contextlib.contextmanager
+def recording(manifest: Manifest, run_dir: Path) -> Iterator[None]:
+    """Mark the manifest ok, interrupted or failed by how the block ends, and save it either way."""
+    try:
+        yield
         manifest.status = "ok"
     except KeyboardInterrupt:
         manifest.status = "interrupted"
@@ -105,11 +123,20 @@ def run(recipe: Recipe, *, force: Iterable[str] = (), console: Console | None = 
     finally:
         manifest.finished = time.time()
         manifest.save(run_dir / "manifest.json")
+
+
+def finish(run_dir: Path, manifest: Manifest, console: Console) -> RunResult:
     from edgeship.pipeline.report import load_report
 
     report = load_report(run_dir)
     console.print(f"report: {run_dir / 'report.html'}")
     return RunResult(run_dir.name, run_dir, report, manifest, exit_code=report["release"]["exit_code"])
+
+
+def dataset_record(dataset: Dataset) -> dict[str, Any]:
+    """What the manifest keeps of the data: name, source, split sizes, fingerprint."""
+    return {"name": dataset.name, "source": dataset.source, "train": len(dataset.train), "val": len(dataset.val),
+            "calibration": len(dataset.calibration), "eval": len(dataset.eval), "fingerprint": dataset.fingerprint}
 
 
 def _writable(folder: Path, key: str) -> Path:

@@ -9,6 +9,8 @@ from html import escape
 from typing import Any
 
 from edgeship.render import plots
+from edgeship.render.text import pct as _pct
+from edgeship.render.text import size as _size
 
 SECTIONS = ("verdict", "recommendations", "gates", "pareto", "latency", "throughput", "pipeline", "provenance", "notes")
 
@@ -250,16 +252,6 @@ def _throughput_cell(entry: Mapping[str, Any] | None) -> str:
         return f"<span class=fail>failed</span> <span class=muted>{escape(str(entry.get('reason')))}</span>"
     low, high = entry["ci95"]
     return f"{entry['samples_per_second']:,.0f} <span class=muted>({low:,.0f}–{high:,.0f})</span>"
-
-
-def _size(value: int | None) -> str:
-    if value is None:
-        return "—"
-    return f"{value / 1024:.0f} KiB" if value < 1024**2 else f"{value / 1024**2:.1f} MiB"
-
-
-def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.2f}%"
 
 
 def _points(value: float | None) -> str:
