@@ -53,7 +53,6 @@ def run(recipe: Recipe, *, force: Iterable[str] = (), console: Console | None = 
     console = console or Console()
     store, run_dir, manifest = start(recipe, recipe.name, recipe_path)
     console.print(f"[bold]edgeship[/bold] run [cyan]{run_dir.name}[/cyan] → {run_dir}")
-    ctx: RunContext | None = None
     with recording(manifest, run_dir):
         threads = recipe.threads()
         import torch
