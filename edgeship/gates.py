@@ -62,6 +62,18 @@ def recommend(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def accuracy_drop(top1: float, baseline_top1: float | None) -> dict[str, Any]:
+    """Top-1 below the FP32 baseline, in points and as a fraction of the baseline's (MLPerf style); ``{}`` without one."""
+    if baseline_top1 is None:
+        return {}
+    return {"top1_drop_points": round(100 * (baseline_top1 - top1), 4),
+            "top1_relative_to_fp32": round(top1 / baseline_top1, 6) if baseline_top1 else None}
+
+
+def _passes(name: str, value: float, limit: float) -> bool:
+    return value <= limit if name.startswith("max_") else value >= limit
+
+
 def _judge_one(name: str, row: Mapping[str, Any], baseline_top1: float | None, gates: GatesConfig) -> dict[str, Any]:
     limit = getattr(gates, name)
     if limit is None:
@@ -69,19 +81,18 @@ def _judge_one(name: str, row: Mapping[str, Any], baseline_top1: float | None, g
     value, detail = _measured(name, row, baseline_top1)
     if value is None:
         return _gate(name, gates, "not-applicable", None, detail)
-    ok = value <= limit if name.startswith("max_") else value >= limit
-    return _gate(name, gates, "pass" if ok else "fail", value, detail)
+    return _gate(name, gates, "pass" if _passes(name, value, limit) else "fail", value, detail)
 
 
 def _measured(name: str, row: Mapping[str, Any], baseline_top1: float | None) -> tuple[float | None, str]:
     """The value a gate judges, and how it was measured, from a measured (or predicted) row."""
     top1 = row.get("top1")
     if name in ("max_drop_points", "min_fraction_of_fp32"):
-        if baseline_top1 is None or top1 is None:
+        drops = accuracy_drop(top1, baseline_top1) if top1 is not None else {}
+        value = drops.get("top1_drop_points" if name == "max_drop_points" else "top1_relative_to_fp32")
+        if value is None or baseline_top1 is None or top1 is None:
             return None, "no FP32 baseline top-1"
-        if name == "max_drop_points":
-            return round(100 * (baseline_top1 - top1), 4), f"top-1 {100 * top1:.2f}% vs FP32 {100 * baseline_top1:.2f}%"
-        return round(top1 / baseline_top1, 6), f"top-1 {100 * top1:.2f}% vs FP32 {100 * baseline_top1:.2f}%"
+        return value, f"top-1 {100 * top1:.2f}% vs FP32 {100 * baseline_top1:.2f}%"
     if name == "min_agreement":
         agree = row.get("top1_agreement")
         return (None, "no agreement measured") if agree is None else (agree, f"{row.get('eval_samples')} evaluation samples")
@@ -103,8 +114,7 @@ def _prediction(name: str, row: Mapping[str, Any], baseline_top1: float | None, 
     value, _ = _measured(name, predicted, baseline_top1)
     if value is None:
         return None
-    ok = value <= limit if name.startswith("max_") else value >= limit
-    return {"value": value, "would": "pass" if ok else "fail", "label": predicted.get("label")}
+    return {"value": value, "would": "pass" if _passes(name, value, limit) else "fail", "label": predicted.get("label")}
 
 
 def _gate(name: str, gates: GatesConfig, outcome: Outcome, value: float | None, detail: str,

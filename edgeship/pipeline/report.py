@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgeship.artifacts import Artifact, Manifest, ManifestEntry, sha256_file, write_atomic
-from edgeship.gates import format_value, judge, recommend, required_engines
+from edgeship.gates import accuracy_drop, format_value, judge, recommend, required_engines
 from edgeship.pipeline.base import RunContext
 from edgeship.pipeline.build import PREPARE, prediction_name
 from edgeship.pipeline.validate import BASELINE
@@ -68,14 +68,26 @@ def rebuild(run_dir: Path) -> dict[str, Any]:
     """``edgeship report RUN_DIR``: the report files again, from ``manifest.json`` alone."""
     from edgeship.errors import DataError
 
-    path = run_dir / "manifest.json" if run_dir.is_dir() else run_dir
+    path, text = _read_run_file(run_dir, "manifest.json", missing="no manifest.json here (give a run folder under reports/)")
     try:
-        manifest = Manifest.model_validate_json(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: no manifest.json here (give a run folder under reports/)") from None
-    except (OSError, ValueError) as exc:
+        manifest = Manifest.model_validate_json(text)
+    except ValueError as exc:
         raise DataError(f"{path}: not a readable edgeship manifest: {str(exc).splitlines()[0]}") from None
     return write_reports(manifest, path.parent)
+
+
+def _read_run_file(path: Path, name: str, *, missing: str) -> tuple[Path, str]:
+    """The text of ``path`` (or of ``name`` in it, for a folder), or a ``DataError`` naming the file."""
+    from edgeship.errors import DataError
+
+    if path.is_dir():
+        path = path / name
+    try:
+        return path, path.read_text()
+    except FileNotFoundError:
+        raise DataError(f"{path}: {missing}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read {name}: {exc}") from None
 
 
 def build_report(manifest: Manifest) -> dict[str, Any]:
@@ -101,7 +113,7 @@ def build_report(manifest: Manifest) -> dict[str, Any]:
             row.update(status="failed", reason=f"validation failed: {validated.reason if validated else 'no result'}")
         if validation is not None:
             row.update(validation.metrics)
-            row.update(_drops(validation.metrics["top1"], base_top1))
+            row.update(accuracy_drop(validation.metrics["top1"], base_top1))
         prepared = next((e for e in entries if e.stage == PREPARE and e.name == entry.name), None)
         if prepared is not None:
             # ``seconds`` comes from prepare.json in the metrics: the preparation's own time, also when it is reused
@@ -112,7 +124,7 @@ def build_report(manifest: Manifest) -> dict[str, Any]:
             metrics = prediction.metrics
             row["predicted"] = {**metrics["predicted"], "top1": metrics["top1"], "eval_samples": metrics["eval_samples"],
                                 **{k: metrics[k] for k in ("top1_agreement", "max_abs_error", "mean_cosine")},
-                                **_drops(metrics["top1"], base_top1)}
+                                **accuracy_drop(metrics["top1"], base_top1)}
         engines.append(row)
     _add_drop_vs_backend_fp32(engines)
     _add_predicted_drop_vs_onnx_fp32(engines)
@@ -161,13 +173,6 @@ def build_report(manifest: Manifest) -> dict[str, Any]:
                                "not TensorRT measurements, and never pass a gate.")
     report["student_vs_teacher"] = student_vs_teacher(report)
     return report
-
-
-def _drops(top1: float, base_top1: float | None) -> dict[str, Any]:
-    if base_top1 is None:
-        return {}
-    return {"top1_drop_points": round(100 * (base_top1 - top1), 4),
-            "top1_relative_to_fp32": round(top1 / base_top1, 6) if base_top1 else None}
 
 
 def _add_drop_vs_backend_fp32(engines: list[dict[str, Any]]) -> None:
@@ -354,13 +359,10 @@ def cross_check_reason(check: Mapping[str, Any]) -> str:
 def load_report(path: Path) -> dict[str, Any]:
     from edgeship.errors import DataError
 
-    if path.is_dir():
-        path = path / "report.json"
+    path, text = _read_run_file(path, "report.json", missing="no report here")
     try:
-        report = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: no report here") from None
-    except (OSError, ValueError) as exc:
+        report = json.loads(text)
+    except ValueError as exc:
         raise DataError(f"{path}: not a readable report.json: {exc}") from None
     if not isinstance(report, dict) or report.get("schema") != SCHEMA:
         raise DataError(f"{path}: not an edgeship report (schema {SCHEMA!r} expected)")

@@ -10,6 +10,7 @@ measures anew. The raw per-iteration timings stay in each result's artifact (``t
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import tempfile
@@ -45,8 +46,7 @@ class ValidateStage:
         key = {"eval": ctx.dataset.fingerprint, "device": device}
         model = inputs["model"]
         with tempfile.TemporaryDirectory(prefix="edgeship-eval-") as scratch:
-            eval_inputs = self._eval_inputs(ctx, Path(scratch))
-            measure = _Measure(cfg, threads, cpus, eval_inputs, ctx)
+            measure = _Measure(cfg, threads, cpus, Path(scratch), ctx)
             results = {BASELINE: ctx.produce(self.name, BASELINE, config=config, parents=[model], extra_key=key,
                                              make=lambda folder: self._baseline(folder, model, measure, ctx))}
             ctx.save_manifest()
@@ -62,15 +62,6 @@ class ValidateStage:
                     ctx.record_problem(self.name, name, "failed", exc.reason, engine_cfg)
                 ctx.save_manifest()
         return results
-
-    @staticmethod
-    def _eval_inputs(ctx: RunContext, folder: Path) -> Path:
-        """The preprocessed evaluation split, written once for every measuring process to map."""
-        from edgeship.data import preprocess
-
-        path = folder / "eval-inputs.npy"
-        np.save(path, preprocess(ctx.dataset.eval.images, ctx.recipe.data.preprocessing))
-        return path
 
     def _baseline(self, folder: Path, model_artifact: Artifact, measure: _Measure, ctx: RunContext) -> Made:
         from edgeship.artifacts import RECORD
@@ -167,8 +158,18 @@ class _Measure:
     """Runs the harness for one engine in its own process, with the stage's progress bar, and keeps its files in the
     result's folder (spec, result, stderr log, timings, outputs)."""
 
-    def __init__(self, cfg: ValidateConfig, threads: int, cpus: tuple[int, ...] | None, eval_inputs: Path, ctx: RunContext) -> None:
-        self.cfg, self.threads, self.cpus, self.eval_inputs, self.ctx = cfg, threads, cpus, eval_inputs, ctx
+    def __init__(self, cfg: ValidateConfig, threads: int, cpus: tuple[int, ...] | None, scratch: Path, ctx: RunContext) -> None:
+        self.cfg, self.threads, self.cpus, self.scratch, self.ctx = cfg, threads, cpus, scratch, ctx
+
+    @functools.cached_property
+    def eval_inputs(self) -> Path:
+        """The preprocessed evaluation split, written once, on first need (a rerun that reuses every result needs none),
+        for every measuring process to map."""
+        from edgeship.data import preprocess
+
+        path = self.scratch / "eval-inputs.npy"
+        np.save(path, preprocess(self.ctx.dataset.eval.images, self.ctx.recipe.data.preprocessing))
+        return path
 
     def __call__(self, name: str, folder: Path, *, backend: str, engine: Path, input_name: str, timed: bool,
                  bare_call: bool = False, torch_model_config: dict[str, Any] | None = None) -> dict[str, Any]:
