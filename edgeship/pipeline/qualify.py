@@ -1,7 +1,7 @@
 """``edgeship validate ENGINE --recipe R``: qualify an engine file made elsewhere, without the earlier stages.
 
 The engine (with the files it needs beside it: an IR's ``.bin``, edgeship's ``runtime.json`` or ``io.json``)
-is copied into the store by its content hash as an ``import`` artifact, checked by loading it once, then
+is checked by loading it once, copied into the store as a ``build`` entry keyed by its path and sha256, then
 measured and gated exactly like a built engine: the recipe's model stage gives the FP32 baseline (reused
 from the store when it is there), and the report is the same report.
 """
