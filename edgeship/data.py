@@ -11,8 +11,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +29,16 @@ ARRAY_SUFFIXES = frozenset({".npy", ".npz"})
 
 @dataclass(frozen=True)
 class Split:
-    """Raw images (N, H, W) or (N, H, W, C) uint8 and their int64 labels."""
+    """Raw images (N, H, W) or (N, H, W, C) uint8 and their int64 labels (None: unlabelled)."""
 
     images: np.ndarray
-    labels: np.ndarray
+    labels: np.ndarray | None
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.images)
+
+
+EMPTY = Split(np.empty((0, 0, 0, 3), np.uint8), None)
 
 
 @dataclass(frozen=True)
@@ -48,10 +51,16 @@ class Dataset:
     calibration: Split
     eval: Split
     fingerprint: str
+    probes: Mapping[str, np.ndarray] = field(default_factory=dict)  # photo name → raw image, for the export's sanity check
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the evaluation split has labels; without them accuracy is agreement with the FP32 reference."""
+        return self.eval.labels is not None
 
 
 def preprocess(images: np.ndarray, p: Preprocessing) -> np.ndarray:
@@ -84,6 +93,8 @@ def _resize(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def load_dataset(cfg: DataConfig, calibration: CalibrationConfig, *, seed: int, notice: Callable[[str], None] = print) -> Dataset:
     """Load the recipe's dataset and cut it into train / val / calibration / eval."""
+    if cfg.dataset == "sample_photos":
+        return _sample_photos(cfg, calibration, seed=seed)
     if cfg.dataset == "fashion_mnist":
         if _has_fashion_mnist(cfg.root):
             return _split(_read_fashion_mnist(cfg.root), cfg, calibration, seed=seed, name="fashion_mnist", source=str(cfg.root),
@@ -94,6 +105,22 @@ def load_dataset(cfg: DataConfig, calibration: CalibrationConfig, *, seed: int, 
                f"For the real data: {FASHION_MNIST_INSTALL}")
     return _split(_read_digits(), cfg, calibration, seed=seed, name="digits", source="sklearn.datasets.load_digits",
                   classes=tuple(str(i) for i in range(10)))
+
+
+def _sample_photos(cfg: DataConfig, calibration: CalibrationConfig, *, seed: int) -> Dataset:
+    """Crops of the photographs bundled with scikit-learn and scikit-image: calibration and evaluation, no labels,
+    no training data (see ``edgeship.photos``)."""
+    from edgeship.photos import load_crops
+
+    size = cfg.preprocessing.resize
+    if size is None:  # the recipe validator requires it; a direct caller may not
+        raise DataError("data.preprocessing.resize: the sample_photos crops need a size (height, width), e.g. [224, 224]")
+    crops = load_crops(size, calibration_size=None if calibration.source is not None else calibration.size,
+                       eval_size=cfg.eval_size, seed=seed)
+    cal = EMPTY if calibration.source is not None else Split(crops.calibration, None)
+    return Dataset(name="sample_photos", source=f"{len(crops.photos)} photos bundled with scikit-learn and scikit-image: "
+                   + ", ".join(crops.photos), classes=(), train=EMPTY, val=EMPTY, calibration=cal, eval=Split(crops.evaluation, None),
+                   fingerprint=crops.fingerprint, probes=crops.probes)
 
 
 def _has_fashion_mnist(root: Path) -> bool:

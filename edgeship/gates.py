@@ -25,7 +25,7 @@ MIB = 1024**2
 def judge(row: Mapping[str, Any], baseline_top1: float | None, gates: GatesConfig) -> tuple[Verdict, list[dict[str, Any]]]:
     """The verdict on one engine row of the report and each gate's outcome."""
     status = row.get("status")
-    if status != "ok" or row.get("top1") is None:
+    if status != "ok" or (row.get("top1") is None and row.get("top1_agreement") is None):
         verdict: Verdict = "skipped" if status == "skipped" else "error"
         why = f"not measured: {status}: {row.get('reason') or 'no result'}"
         return verdict, [_gate(name, gates, "not-applicable", None, why, prediction=_prediction(name, row, baseline_top1, gates))
@@ -57,9 +57,16 @@ def recommend(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
             continue
         fastest = passing[0]
         tied = [r for r in passing[1:] if not _significantly_faster(fastest, r)]
-        chosen = max([fastest, *tied], key=lambda r: (r["top1"], -r.get("size_bytes", 0)))
+        chosen = max([fastest, *tied], key=lambda r: (accuracy(r)[0], -r.get("size_bytes", 0)))
         out[backend] = {"engine": chosen["name"], "precision": chosen["precision"], "reason": _reason(chosen, fastest, tied, engines)}
     return out
+
+
+def accuracy(row: Mapping[str, Any]) -> tuple[float, str]:
+    """The accuracy figure that ranks engines: top-1 against labels, or on unlabelled data top-1 agreement with FP32."""
+    if row.get("top1") is not None:
+        return row["top1"], "top-1"
+    return row.get("top1_agreement") or 0.0, "top-1 agreement"
 
 
 def accuracy_drop(top1: float, baseline_top1: float | None) -> dict[str, Any]:
@@ -90,12 +97,17 @@ def _measured(name: str, row: Mapping[str, Any], baseline_top1: float | None) ->
     if name in ("max_drop_points", "min_fraction_of_fp32"):
         drops = accuracy_drop(top1, baseline_top1) if top1 is not None else {}
         value = drops.get("top1_drop_points" if name == "max_drop_points" else "top1_relative_to_fp32")
-        if value is None or baseline_top1 is None or top1 is None:
+        if top1 is None:
+            return None, "no labels in the evaluation data: accuracy is top-1 agreement with FP32 (min_agreement)"
+        if value is None or baseline_top1 is None:
             return None, "no FP32 baseline top-1"
         return value, f"top-1 {100 * top1:.2f}% vs FP32 {100 * baseline_top1:.2f}%"
     if name == "min_agreement":
         agree = row.get("top1_agreement")
-        return (None, "no agreement measured") if agree is None else (agree, f"{row.get('eval_samples')} evaluation samples")
+        if agree is None:
+            return None, "no agreement measured"
+        top5 = row.get("top5_agreement")
+        return agree, f"{row.get('eval_samples')} evaluation samples" + (f"; top-5 agreement {100 * top5:.2f}%" if top5 is not None else "")
     if name == "max_p99_ms":
         latency = row.get("latency") or {}
         bounds = (latency.get("ci95") or {}).get("p99_ms")
@@ -140,14 +152,15 @@ def _reason(chosen: Mapping[str, Any], fastest: Mapping[str, Any], tied: Sequenc
     for other in sorted(faster_failing, key=lambda r: r["latency"]["p50_ms"]):
         parts.append(f"{_label(other)} {_speedup(other, chosen):.2f}× faster than {label} but fails {_failed(other)}")
     if chosen is not fastest:
+        (mine, what), (theirs, _) = accuracy(chosen), accuracy(fastest)
         parts.append(f"{_label(fastest)} is not measurably faster (p50 {_p50(fastest)} vs {_p50(chosen)} ms, 95% intervals overlap) "
-                     f"and {label} has the higher top-1 ({100 * chosen['top1']:.2f}% vs {100 * fastest['top1']:.2f}%)")
+                     f"and {label} has the higher {what} ({100 * mine:.2f}% vs {100 * theirs:.2f}%)")
     slower = [r for r in engines if r.get("verdict") == "pass" and r is not chosen and r not in tied and r is not fastest]
     if slower and chosen is fastest:
         nearest = min(slower, key=lambda r: r["latency"]["p50_ms"])
         parts.append(f"{label} {_speedup(chosen, nearest):.2f}× faster than {_label(nearest)} (p50 {_p50(chosen)} vs {_p50(nearest)} ms)")
     if tied and chosen is fastest:
-        parts.append(f"{', '.join(_label(r) for r in tied)} within measurement noise, lower or equal top-1")
+        parts.append(f"{', '.join(_label(r) for r in tied)} within measurement noise, lower or equal {accuracy(chosen)[1]}")
     if not parts:
         parts.append(f"the only engine of its backend that passes every gate (p50 {_p50(chosen)} ms)")
     return "; ".join(parts) + f": {label} chosen"

@@ -118,14 +118,27 @@ def top1(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def agreement(outputs: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    """How closely ``outputs`` follow the FP32 ``reference`` (same shape, one row per sample)."""
+    """How closely ``outputs`` follow the FP32 ``reference`` (same shape, one row per sample).
+
+    ``top1_agreement``: the same top class as the reference. ``top5_agreement`` (with at least 5 classes): the
+    reference's top class is among the five highest outputs, i.e. top-5 accuracy with the reference as the labels.
+    """
     if outputs.shape != reference.shape:
         raise ValueError(f"outputs {outputs.shape} and reference {reference.shape} differ in shape")
     a = outputs.reshape(len(outputs), -1).astype(np.float64)
     b = reference.reshape(len(reference), -1).astype(np.float64)
     cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-    return {
+    out = {
         "top1_agreement": float((a.argmax(1) == b.argmax(1)).mean()),
         "max_abs_error": float(np.abs(a - b).max()),
         "mean_cosine": float(cos.mean()),
     }
+    if a.shape[1] >= 5:
+        out["top5_agreement"] = topk(a, b.argmax(1), 5)
+    return out
+
+
+def topk(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Fraction of rows whose label is among the ``k`` highest logits (ties broken by numpy's partition)."""
+    best = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+    return float((best == np.asarray(labels)[:, None]).any(axis=1).mean())

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, V
 from edgeship.backends.base import Precision
 from edgeship.errors import RecipeError
 from edgeship.zoo import ZOO
+from edgeship.zoo.pretrained import PRETRAINED
 
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 
@@ -47,15 +48,31 @@ class Preprocessing(_Section):
 
 
 class DataConfig(_Section):
-    """The labelled data: training, validation (held out from training) and evaluation splits."""
+    """The data: training, validation (held out from training) and evaluation splits.
 
-    dataset: Literal["fashion_mnist", "digits"] = "fashion_mnist"
+    ``sample_photos`` has no labels and no training split: crops of the photographs bundled with scikit-learn and
+    scikit-image, for a pretrained model's calibration and evaluation (accuracy there is agreement with FP32).
+    """
+
+    UNLABELLED: ClassVar[frozenset[str]] = frozenset({"sample_photos"})
+
+    dataset: Literal["fashion_mnist", "digits", "sample_photos"] = "fashion_mnist"
     root: Path = FASHION_MNIST_ROOT
     fallback: bool = Field(default=True, description="use scikit-learn digits when the dataset is absent")
     train_size: PositiveInt | None = Field(default=None, description="cap on training images; None uses all")
     val_size: PositiveInt = 5000
     eval_size: PositiveInt | None = Field(default=None, description="cap on evaluation images; None uses the whole test set")
     preprocessing: Preprocessing = Preprocessing()
+
+    @model_validator(mode="after")
+    def _photos_need_size(self) -> DataConfig:
+        if self.dataset == "sample_photos" and self.preprocessing.resize is None:
+            raise ValueError("dataset sample_photos needs preprocessing.resize, the model's input (height, width), e.g. [224, 224]")
+        return self
+
+    @property
+    def labelled(self) -> bool:
+        return self.dataset not in self.UNLABELLED
 
 
 class CalibrationConfig(_Section):
@@ -76,27 +93,38 @@ class TrainConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """A bundled zoo architecture (trained here) or a user's ``factory`` (+ ``checkpoint``)."""
+    """A bundled zoo architecture (trained here), a ``pretrained`` network from an installed package, or a user's
+    ``factory`` (+ ``checkpoint``)."""
 
     zoo: str | None = None
     width: PositiveInt = Field(default=32, description="zoo models: channels of the first stage")
+    pretrained: str | None = Field(default=None, description="a pretrained network loaded from its installed package, never "
+                                                             "downloaded; e.g. efficientnet_lite0")
     factory: str | None = Field(default=None, description="'package.module:function' returning an nn.Module; trusted code")
     checkpoint: Path | None = Field(default=None, description="state_dict loaded with torch.load(weights_only=True)")
     train: TrainConfig = TrainConfig()
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
-        if self.zoo is not None and self.factory is not None:
-            raise ValueError("give either zoo or factory, not both")
-        if self.checkpoint is not None and self.factory is None:
-            raise ValueError("checkpoint needs factory (zoo models are trained here)")
+        given = [key for key in ("zoo", "pretrained", "factory") if getattr(self, key) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of zoo, pretrained or factory, not {' and '.join(given)}")
+        if self.checkpoint is not None and self.factory is None and self.pretrained is None:
+            raise ValueError("checkpoint needs factory or pretrained (zoo models are trained here)")
         if self.factory is not None and ":" not in self.factory:
             raise ValueError(f"factory must look like 'package.module:function', got {self.factory!r}")
-        if self.zoo is None and self.factory is None:
+        if not given:
             object.__setattr__(self, "zoo", "resnet_small")
         if self.zoo is not None and self.zoo not in ZOO:
             raise ValueError(f"unknown zoo model {self.zoo!r}; the zoo has {', '.join(sorted(ZOO))}")
+        if self.pretrained is not None and self.pretrained not in PRETRAINED:
+            raise ValueError(f"unknown pretrained model {self.pretrained!r}; known: {', '.join(sorted(PRETRAINED))}")
         return self
+
+    @property
+    def label(self) -> str:
+        """How the manifest and the report name the architecture."""
+        return self.zoo or self.pretrained or self.factory or "model"
 
 
 class SensitivityConfig(_Section):
@@ -239,7 +267,7 @@ class OnnxRuntimeConfig(_Section):
     @field_validator("precisions")
     @classmethod
     def _supported(cls, value: tuple[Precision, ...]) -> tuple[Precision, ...]:
-        return _precisions("onnxruntime", value, frozenset({Precision.FP32, Precision.INT8}))
+        return _precisions("onnxruntime", value, frozenset(Precision))
 
 
 class OpenVinoConfig(_Section):
@@ -397,6 +425,21 @@ class Recipe(_Section):
             if getattr(section, "enabled", True):
                 names.extend(f"{backend}/{p.value if isinstance(p, Precision) else p}" for p in getattr(section, "precisions", ()))
         return names
+
+    @model_validator(mode="after")
+    def _labels_for_training(self) -> Recipe:
+        """Every stage that trains or scores against labels needs a labelled dataset."""
+        if self.data.labelled:
+            return self
+        why = f"data.dataset {self.data.dataset!r} has no labels or training images"
+        if self.model.zoo is not None or (self.model.factory is not None and self.model.checkpoint is None):
+            raise ValueError(f"model: a {'zoo' if self.model.zoo else 'factory'} model without a checkpoint is trained here, and {why}; "
+                             "use model.pretrained or a checkpoint")
+        for stage in ("prune", "distill"):
+            if getattr(self, stage).enabled:
+                raise ValueError(f"{stage}.enabled: {stage} fine-tunes and scores on labelled images, and {why}; set {stage}.enabled: "
+                                 "false, or use a labelled dataset")
+        return self
 
     @model_validator(mode="after")
     def _required_engines_exist(self) -> Recipe:

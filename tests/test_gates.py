@@ -131,3 +131,30 @@ def test_no_engine_passing_means_nothing_to_ship_and_why() -> None:
 def test_values_read_in_their_units() -> None:
     assert format_value("min_agreement", 0.9734) == "97.34%" and format_value("max_drop_points", 0.5) == "0.50 pt"
     assert format_value("max_p99_ms", 0.08991) == "0.0899 ms" and format_value("max_size_mib", None) == "—"
+
+
+def unlabelled(name: str, *, agreement: float, p50: float = 0.1, ci: tuple[float, float] | None = None) -> dict[str, Any]:
+    """A row measured on data without labels: no top-1, agreement with FP32 only."""
+    r = row(name, agreement=agreement, p50=p50, ci=ci)
+    r.update(top1=None, top5_agreement=min(1.0, agreement + 0.02))
+    return r
+
+
+def test_without_labels_accuracy_gates_step_aside_and_agreement_decides() -> None:
+    verdict, gates = judge(unlabelled("tflite/int8", agreement=0.98), None, ALL)
+    by_gate = {g["gate"]: g for g in gates}
+    assert verdict == "pass"
+    for gate in ("max_drop_points", "min_fraction_of_fp32"):
+        assert by_gate[gate]["outcome"] == "not-applicable" and "no labels" in by_gate[gate]["detail"]
+    assert by_gate["min_agreement"]["outcome"] == "pass" and by_gate["min_agreement"]["value"] == 0.98
+    assert "top-5 agreement 100.00%" in by_gate["min_agreement"]["detail"]
+    assert judge(unlabelled("tflite/int8", agreement=0.96), None, ALL)[0] == "fail"
+
+
+def test_without_labels_a_tie_goes_to_the_higher_agreement() -> None:
+    gates = GatesConfig(min_fraction_of_fp32=None, min_agreement=0.9)
+    rows = judged([unlabelled("openvino/int8", agreement=0.95, p50=0.100, ci=(0.098, 0.102)),
+                   unlabelled("openvino/fp16", agreement=0.999, p50=0.101, ci=(0.099, 0.103))], gates)
+    choice = recommend(rows)["openvino"]
+    assert choice["engine"] == "openvino/fp16"
+    assert "higher top-1 agreement (99.90% vs 95.00%)" in choice["reason"]

@@ -81,3 +81,15 @@ def test_bootstrap_median_interval_covers_the_true_median_about_95_percent_of_th
 def test_bootstrap_of_one_value_is_a_point() -> None:
     stats = summarize(np.array([2_000_000]), batch_size=1)
     assert stats.ci95["p99_ms"] == (2.0, 2.0) and stats.as_dict()["ci95"]["mean_ms"] == [2.0, 2.0]
+
+
+def test_top5_agreement_is_top5_accuracy_against_the_reference_top_class() -> None:
+    reference = np.zeros((3, 8))
+    reference[:, 0] = 1.0  # the reference's top class is 0 for every row
+    outputs = np.array([[9, 8, 7, 6, 5, 4, 3, 2],      # class 0 first
+                        [1, 8, 7, 6, 5, 9, 3, 2],      # class 0 not in the top 5
+                        [4, 8, 7, 6, 5, 0, 3, 2]], float)  # class 0 fifth
+    found = agreement(outputs, reference)
+    assert found["top1_agreement"] == pytest.approx(1 / 3)
+    assert found["top5_agreement"] == pytest.approx(2 / 3)
+    assert "top5_agreement" not in agreement(outputs[:, :4], reference[:, :4])  # fewer than 5 classes

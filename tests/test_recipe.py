@@ -8,6 +8,7 @@ from edgeship.errors import RecipeError
 from edgeship.recipe import Recipe, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
+PHOTOS = "data: {dataset: sample_photos, preprocessing: {resize: [224, 224], color: rgb}}\n"
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -45,7 +46,15 @@ def test_nested_typo_lists_that_sections_keys(tmp_path: Path) -> None:
     [
         ("validate: {iterations: many}", r"'validate.iterations': .*integer.*'many'"),
         ("model: {train: {epochs: -1}}", r"'model.train.epochs': .*greater than 0"),
-        ("backends: {onnxruntime: {precisions: [fp16]}}", r"onnxruntime builds fp32 and int8, not fp16"),
+        ("backends: {onnxruntime: {precisions: [fp64]}}", r"'backends.onnxruntime.precisions.0': .*'fp32', 'fp16' or 'int8'"),
+        ("model: {pretrained: resnet9000}", r"unknown pretrained model 'resnet9000'; known: efficientnet_lite0"),
+        ("model: {pretrained: efficientnet_lite0, zoo: resnet_small}", r"give one of zoo, pretrained or factory, not zoo and pretrained"),
+        ("data: {dataset: sample_photos}", r"dataset sample_photos needs preprocessing.resize"),
+        (PHOTOS + "model: {zoo: resnet_small}\nprune: {enabled: false}\ndistill: {enabled: false}",
+         r"a zoo model without a checkpoint is trained here, and data.dataset 'sample_photos' has no labels"),
+        (PHOTOS + "model: {pretrained: efficientnet_lite0}\ndistill: {enabled: false}",
+         r"'recipe': prune.enabled: prune fine-tunes and scores on labelled images.*set prune.enabled: false"),
+        (PHOTOS + "model: {pretrained: efficientnet_lite0}\nprune: {enabled: false}", r"set distill.enabled: false"),
         ("backends: {onnxruntime: {calibration_method: kl}}", r"'backends.onnxruntime.calibration_method'"),
         ("model: {zoo: nope}", r"unknown zoo model 'nope'"),
         ("model: {factory: no_colon}", r"package.module:function"),

@@ -1,4 +1,5 @@
-"""ONNX Runtime (CPU): FP32 as exported, INT8 with ``quantize_static`` (QDQ) from the calibration set."""
+"""ONNX Runtime (CPU): FP32 as exported, FP16 weights and activations (float32 I/O kept), INT8 with ``quantize_static``
+(QDQ) from the calibration set."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tenso
 
 class OnnxRuntimeBackend:
     name: ClassVar[str] = "onnxruntime"
-    precisions: ClassVar[frozenset[Precision]] = frozenset({Precision.FP32, Precision.INT8})
+    precisions: ClassVar[frozenset[Precision]] = frozenset(Precision)
 
     def availability(self) -> Availability:
         installed = onnxruntime_distributions()
@@ -49,11 +50,13 @@ class OnnxRuntimeBackend:
 
     def build(self, onnx: Artifact, precision: Precision, calibration: CalibrationSet | None, cfg: BaseModel,
               out_dir: Path) -> Path:
-        """Write ``model.onnx`` (FP32) or ``model.int8.onnx`` (QDQ INT8) under ``out_dir``."""
+        """Write ``model.onnx`` (FP32), ``model.fp16.onnx`` or ``model.int8.onnx`` (QDQ INT8) under ``out_dir``."""
         check_build_request(self, cfg, OnnxRuntimeConfig, precision, calibration)
         try:
             if precision is Precision.FP32:
                 return self._build_fp32(onnx.path, out_dir)
+            if precision is Precision.FP16:
+                return self._build_fp16(onnx.path, out_dir)
             return self._build_int8(onnx.path, calibration, cfg, out_dir)  # type: ignore[arg-type]
         except BuildError:
             raise
@@ -67,6 +70,17 @@ class OnnxRuntimeBackend:
     def _build_fp32(source: Path, out_dir: Path) -> Path:
         target = out_dir / "model.onnx"
         shutil.copyfile(source, target)
+        return target
+
+    @staticmethod
+    def _build_fp16(source: Path, out_dir: Path) -> Path:
+        """Every float tensor in FP16 (ONNX Runtime's own converter); the model keeps float32 inputs and outputs, so
+        callers feed the same arrays. ONNX Runtime's CPU provider runs ops that lack an FP16 kernel through casts."""
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        target = out_dir / "model.fp16.onnx"
+        onnx.save(convert_float_to_float16(onnx.load(str(source)), keep_io_types=True), str(target))
         return target
 
     @staticmethod

@@ -65,6 +65,7 @@ class ExportStage:
         if not error <= cfg.parity_atol:
             raise StageError(self.name, f"ONNX output differs from PyTorch by {error:.3g} (max abs) on {len(batch)} "
                                         f"evaluation images; the limit is export.parity_atol={cfg.parity_atol:g}")
+        sanity = _sanity_check(target, model_artifact, ctx)
         meta: dict[str, Any] = {
             "input_name": INPUT_NAME,
             "output_name": OUTPUT_NAME,
@@ -74,9 +75,32 @@ class ExportStage:
             "nodes_exported": nodes_before,
             "nodes": len(exported.graph.node),
             "ops": sorted({n.op_type for n in exported.graph.node}),
-            "metrics": {"parity_max_abs_error": error, "parity_batch": len(batch)},
+            "metrics": {"parity_max_abs_error": error, "parity_batch": len(batch), **({"sanity": sanity} if sanity else {})},
         }
         return Made(target, "onnx", meta)
+
+
+def _sanity_check(onnx_path: Path, model_artifact: Artifact, ctx: RunContext) -> list[dict[str, Any]] | None:
+    """The exported FP32 model on whole photos whose ImageNet class is known (``edgeship.photos.PROBES``): a wrong
+    class means the preprocessing (scale, channel order, size) does not match the model's training, so every later
+    number would be meaningless. Runs for an ImageNet model on data that brings probe photos; None otherwise."""
+    from edgeship.data import preprocess
+    from edgeship.photos import judge_probes
+
+    probes = ctx.dataset.probes
+    if not probes or model_artifact.meta.get("class_set") != "imagenet":
+        return None
+    names = list(probes)
+    logits = _run_onnx(onnx_path, preprocess(np.stack([probes[n] for n in names]), ctx.recipe.data.preprocessing))
+    results = judge_probes(dict(zip(names, logits, strict=True)), tuple(model_artifact.meta["classes"]))
+    wrong = [r for r in results if not r["ok"]]
+    if wrong:
+        raise StageError("export", "sanity check failed, the preprocessing does not match the model (check "
+                                   "data.preprocessing scale/mean/std/color): " + "; ".join(
+                                       f"{r['photo']} predicted {r['predicted']!r}, expected {' or '.join(map(repr, r['expected']))}"
+                                       for r in wrong))
+    ctx.console.print("sanity check: " + ", ".join(f"{r['photo']} → {r['predicted']}" for r in results))
+    return results
 
 
 def _export(model: Any, shape: tuple[int, ...], path: Path, opset: int) -> None:

@@ -30,10 +30,15 @@ def input_shape(dataset: Dataset, p: Preprocessing) -> tuple[int, int, int]:
     return (1 if p.color == "gray" else 3, int(height), int(width))
 
 
-def instantiate(cfg: ModelConfig, *, in_channels: int, num_classes: int) -> nn.Module:
-    """A fresh model from the zoo or the user's factory (trusted code named in the recipe)."""
+def instantiate(cfg: ModelConfig, *, in_channels: int, num_classes: int, weights: bool = True) -> nn.Module:
+    """A fresh model from the zoo, a pretrained network (with its weights unless ``weights=False``) or the user's
+    factory (trusted code named in the recipe)."""
     from edgeship import zoo
 
+    if cfg.pretrained is not None:
+        from edgeship.zoo import pretrained
+
+        return pretrained.build(cfg.pretrained, weights=weights)
     if cfg.zoo is not None:
         return zoo.build(cfg.zoo, in_channels=in_channels, num_classes=num_classes, width=cfg.width)
     module_name, _, function = cfg.factory.partition(":")  # type: ignore[union-attr]
@@ -85,7 +90,7 @@ def load_model(artifact: Artifact, cfg: ModelConfig | None = None) -> nn.Module:
         cfg = ModelConfig.model_validate(artifact.meta["model_config"])
     if cfg is None:
         raise ValueError(f"artifact {artifact.id} records no model config; pass one")
-    model = instantiate(cfg, in_channels=artifact.meta["input_shape"][0], num_classes=artifact.meta["num_classes"])
+    model = instantiate(cfg, in_channels=artifact.meta["input_shape"][0], num_classes=artifact.meta["num_classes"], weights=False)
     pruning = artifact.meta.get("pruning") or {}
     if pruning.get("history_file"):  # structured: rebuild the pruned structure from the original model
         from edgeship.pruning import replay
@@ -116,9 +121,13 @@ class ModelStage:
             from edgeship.artifacts import sha256_file
 
             key["checkpoint_sha256"] = sha256_file(cfg.checkpoint)
+        if cfg.pretrained is not None:
+            from edgeship.zoo.pretrained import PRETRAINED
+
+            key["pretrained_packages"] = PRETRAINED[cfg.pretrained].versions()
         if not self.train:
             key["untrained"] = True
-        label = cfg.zoo or cfg.factory or "model"
+        label = cfg.label
         if self.role != "model":
             label = f"{self.role}: {label}"
         artifact = ctx.produce(self.name, label, config=cfg.model_dump(mode="json"), parents=[], extra_key=key,
@@ -133,25 +142,47 @@ class ModelStage:
 
         dataset, p = ctx.dataset, ctx.recipe.data.preprocessing
         seed_everything(ctx.recipe.seed)
-        model = instantiate(cfg, in_channels=shape[0], num_classes=dataset.num_classes)
-        meta: dict[str, Any] = {"input_shape": list(shape), "num_classes": dataset.num_classes, "classes": list(dataset.classes),
-                                "source": "zoo" if cfg.zoo else "factory", "architecture": cfg.zoo or cfg.factory,
-                                "model_config": cfg.model_dump(mode="json")}
+        class_names, class_set = _classes(cfg, dataset)
+        model = instantiate(cfg, in_channels=shape[0], num_classes=len(class_names))
+        meta: dict[str, Any] = {"input_shape": list(shape), "num_classes": len(class_names), "classes": list(class_names),
+                                "class_set": class_set, "source": "zoo" if cfg.zoo else "pretrained" if cfg.pretrained else "factory",
+                                "architecture": cfg.label, "model_config": cfg.model_dump(mode="json")}
         if cfg.checkpoint is not None:
             load_checkpoint(model, cfg.checkpoint)
             meta["checkpoint"] = str(cfg.checkpoint)
-        _check_output(model, shape, dataset.num_classes, label=meta["architecture"])
-        if cfg.checkpoint is None and not self.train:
+        _check_output(model, shape, len(class_names), label=meta["architecture"])
+        if cfg.pretrained is not None:
+            from edgeship.zoo.pretrained import PRETRAINED
+
+            meta["pretrained"] = {"name": cfg.pretrained, "packages": PRETRAINED[cfg.pretrained].versions(),
+                                  "description": PRETRAINED[cfg.pretrained].description}
+        elif cfg.checkpoint is None and not self.train:
             meta["source"] += " (untrained)"
         elif cfg.checkpoint is None:
             history = train_classifier(model, dataset.train, dataset.val, p, cfg.train, seed=ctx.recipe.seed, console=ctx.console)
             meta["history"] = {"train_loss": history.train_loss, "train_accuracy": history.train_accuracy,
                                "val_accuracy": history.val_accuracy}
         meta["parameters"] = sum(t.numel() for t in model.parameters())
-        meta["metrics"] = {"val_top1": top1(predict(model, dataset.val.images, p), dataset.val.labels)} if len(dataset.val) else {}
+        meta["metrics"] = ({"val_top1": top1(predict(model, dataset.val.images, p), dataset.val.labels)}
+                           if len(dataset.val) and dataset.val.labels is not None else {})
         target = folder / "model.pt"
         torch.save(model.state_dict(), target)
         return Made(target, "pytorch-state-dict", meta)
+
+
+def _classes(cfg: ModelConfig, dataset: Dataset) -> tuple[tuple[str, ...], str]:
+    """The class names of the model's outputs and where they come from: a pretrained network's own label space, else
+    the dataset's classes."""
+    if cfg.pretrained is not None:
+        from edgeship.zoo.pretrained import PRETRAINED, classes
+
+        class_set = PRETRAINED[cfg.pretrained].class_set
+        names = classes(class_set)
+        if dataset.labelled and dataset.classes != names:
+            raise DataError(f"data.dataset {dataset.name!r} has {dataset.num_classes} classes; the pretrained {cfg.pretrained!r} "
+                            f"predicts the {len(names)} {class_set} classes")
+        return names, class_set
+    return dataset.classes, dataset.name
 
 
 def _check_output(model: nn.Module, shape: tuple[int, int, int], num_classes: int, *, label: str) -> None:

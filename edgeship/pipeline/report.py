@@ -28,7 +28,7 @@ from edgeship.render.text import pct as _pct
 from edgeship.render.text import size as _size
 
 SCHEMA = "edgeship.report"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 OUTPUTS = ("report.json", "junit.xml", "report.html")
 
 
@@ -113,7 +113,8 @@ def build_report(manifest: Manifest) -> dict[str, Any]:
             row.update(status="failed", reason=f"validation failed: {validated.reason if validated else 'no result'}")
         if validation is not None:
             row.update(validation.metrics)
-            row.update(accuracy_drop(validation.metrics["top1"], base_top1))
+            if validation.metrics.get("top1") is not None:
+                row.update(accuracy_drop(validation.metrics["top1"], base_top1))
         prepared = next((e for e in entries if e.stage == PREPARE and e.name == entry.name), None)
         if prepared is not None:
             # ``seconds`` comes from prepare.json in the metrics: the preparation's own time, also when it is reused
@@ -123,8 +124,8 @@ def build_report(manifest: Manifest) -> dict[str, Any]:
         if prediction is not None:
             metrics = prediction.metrics
             row["predicted"] = {**metrics["predicted"], "top1": metrics["top1"], "eval_samples": metrics["eval_samples"],
-                                **{k: metrics[k] for k in ("top1_agreement", "max_abs_error", "mean_cosine")},
-                                **accuracy_drop(metrics["top1"], base_top1)}
+                                **{k: metrics[k] for k in AGREEMENT_KEYS if k in metrics},
+                                **(accuracy_drop(metrics["top1"], base_top1) if metrics["top1"] is not None else {})}
         engines.append(row)
     _add_drop_vs_backend_fp32(engines)
     _add_predicted_drop_vs_onnx_fp32(engines)
@@ -149,6 +150,7 @@ def build_report(manifest: Manifest) -> dict[str, Any]:
         "threads": validate_cfg.get("threads"),
         "cpus": validate_cfg.get("cpus"),
         "dataset": manifest.dataset,
+        "accuracy": accuracy_basis(manifest.dataset),
         "calibration": manifest.calibration,
         "baseline": {"name": BASELINE, **base_metrics} if baseline_entry else None,
         "prune": next(({"method": e.config.get("method"), "reused": e.reused, **e.metrics}
@@ -173,6 +175,21 @@ def build_report(manifest: Manifest) -> dict[str, Any]:
                                "not TensorRT measurements, and never pass a gate.")
     report["student_vs_teacher"] = student_vs_teacher(report)
     return report
+
+
+AGREEMENT_KEYS = ("top1_agreement", "top5_agreement", "max_abs_error", "mean_cosine")
+
+
+def accuracy_basis(dataset: Mapping[str, Any] | None) -> dict[str, str]:
+    """What the report's accuracy figures are: top-1 against labels, or (unlabelled data) agreement with the FP32
+    PyTorch model, which the report must never call accuracy. ``key`` is the engine-row field that ranks and plots."""
+    dataset = dataset or {}
+    if dataset.get("labelled", True):
+        return {"basis": "labels", "key": "top1", "title": "top-1", "text": f"top-1 accuracy on the labelled {dataset.get('name', '')} "
+                "evaluation split".replace("  ", " ")}
+    return {"basis": "agreement", "key": "top1_agreement", "title": "top-1 agreement",
+            "text": f"no labels ({dataset.get('name')}): accuracy is top-1 / top-5 agreement with the FP32 PyTorch model on "
+                    f"{dataset.get('eval')} evaluation images, not accuracy against ground truth"}
 
 
 def _add_drop_vs_backend_fp32(engines: list[dict[str, Any]]) -> None:
@@ -225,15 +242,16 @@ def print_summary(report: Mapping[str, Any], console: Console) -> None:
     """The summary table: every engine with precision, size, p50/p99, top-1, drop vs FP32, status."""
     device = report.get("device", {})
     table = Table(title=f"edgeship · {report['run_id']} · {device.get('cpu', '?')} · {report.get('threads')} threads")
-    for column, justify in (("engine", "left"), ("precision", "left"), ("size", "right"), ("p50 ms", "right"), ("p99 ms", "right"),
-                            ("top-1", "right"), ("drop vs baseline", "right"), ("drop vs own FP32", "right"), ("agreement", "right"),
-                            ("build s", "right"), ("verdict", "left"), ("ship", "left")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    labelled = (report.get("accuracy") or {}).get("basis", "labels") == "labels"
+    accuracy_columns = ACCURACY_COLUMNS if labelled else AGREEMENT_COLUMNS
+    for column in ("engine", "precision", "size", "p50 ms", "p99 ms", *accuracy_columns, "build s", "verdict", "ship"):
+        table.add_column(column, justify="left" if column in ("engine", "precision", "verdict", "ship") else "right")
     baseline = report.get("baseline")
     if baseline:
         lat = baseline.get("latency", {})
+        reference = [_pct(baseline.get("top1")), "baseline", "—", "—"] if labelled else ["reference", "reference", "—"]
         table.add_row(BASELINE.split("/")[0], "fp32", _size(baseline.get("size_bytes")), _ms(lat.get("p50_ms")), _ms(lat.get("p99_ms")),
-                      _pct(baseline.get("top1")), "baseline", "—", "—", "—", "reference", "")
+                      *reference, "—", "reference", "")
     reasons: dict[str, list[str]] = {}  # one footnote per distinct reason, so long install commands do not fill the table
     for row in report.get("engines", []):
         if row.get("reason"):
@@ -242,7 +260,7 @@ def print_summary(report: Mapping[str, Any], console: Console) -> None:
     shipped = {r["engine"] for r in report.get("recommendations", {}).values() if r.get("engine")}
     for row in report.get("engines", []):
         mark = marks.get(f"{row['status']}: {row['reason']}", "") if row.get("reason") else ""
-        table.add_row(*_engine_cells(row, mark), "[bold green]✓[/bold green]" if row["name"] in shipped else "")
+        table.add_row(*_engine_cells(row, mark, labelled=labelled), "[bold green]✓[/bold green]" if row["name"] in shipped else "")
     console.print(table)
     for reason, names in reasons.items():
         console.print(f"{marks[reason]} {', '.join(names)} {escape(reason)}", soft_wrap=True)
@@ -299,10 +317,24 @@ def print_summary(report: Mapping[str, Any], console: Console) -> None:
                       + (f", {distill['gain_over_hard_labels_points']:+.2f} pt over hard labels)" if hard else ")"), soft_wrap=True)
 
 
-def _engine_cells(row: Mapping[str, Any], mark: str) -> list[str]:
+ACCURACY_COLUMNS = ("top-1", "drop vs baseline", "drop vs own FP32", "agreement")
+AGREEMENT_COLUMNS = ("top-1 agreement", "top-5 agreement", "cosine")
+
+
+def _engine_cells(row: Mapping[str, Any], mark: str, *, labelled: bool = True) -> list[str]:
     """One engine's table cells; a prediction (TensorRT's prepared ONNX on ONNX Runtime) is shown as such, never as measured."""
     lat = row.get("latency", {})
     colour = {"ok": "green", "skipped": "yellow"}.get(row["status"], "red")
+    build = row.get("build_seconds")
+    verdict = row.get("verdict", row["status"])
+    colour = {"pass": "green", "fail": "red", "skipped": "yellow"}.get(verdict, colour)
+    text = verdict if verdict in ("pass", "fail") else row["status"]
+    return [row.get("backend") or "?", row.get("precision") or "?", _size(row.get("size_bytes")), _ms(lat.get("p50_ms")),
+            _ms(lat.get("p99_ms")), *(_accuracy_cells(row) if labelled else _agreement_cells(row)),
+            "—" if not build else f"{build:.1f}", f"[{colour}]{text}[/{colour}] {mark}".rstrip()]
+
+
+def _accuracy_cells(row: Mapping[str, Any]) -> list[str]:
     drop, own = row.get("top1_drop_points"), row.get("top1_drop_vs_backend_fp32_points")
     top1, agree = _pct(row.get("top1")), _pct(row.get("top1_agreement"))
     drop_text, own_text = _points(drop), "—" if row.get("precision") == "fp32" else _points(own)
@@ -311,13 +343,17 @@ def _engine_cells(row: Mapping[str, Any], mark: str) -> list[str]:
         top1, agree = _predicted(_pct(predicted["top1"])), _predicted(_pct(predicted["top1_agreement"]))
         drop_text = _predicted(_points(predicted.get("top1_drop_points")))
         own_text = _predicted(_points(predicted.get("top1_drop_vs_onnx_fp32_points")))
-    build = row.get("build_seconds")
-    verdict = row.get("verdict", row["status"])
-    colour = {"pass": "green", "fail": "red", "skipped": "yellow"}.get(verdict, colour)
-    text = verdict if verdict in ("pass", "fail") else row["status"]
-    return [row.get("backend") or "?", row.get("precision") or "?", _size(row.get("size_bytes")), _ms(lat.get("p50_ms")),
-            _ms(lat.get("p99_ms")), top1, drop_text, own_text, agree, "—" if not build else f"{build:.1f}",
-            f"[{colour}]{text}[/{colour}] {mark}".rstrip()]
+    return [top1, drop_text, own_text, agree]
+
+
+def _agreement_cells(row: Mapping[str, Any]) -> list[str]:
+    """Unlabelled data: agreement with the FP32 PyTorch model (top-1, top-5) and the mean cosine of the outputs."""
+    source, mark = row, lambda text: text
+    if row.get("predicted") and row.get("top1_agreement") is None:
+        source, mark = row["predicted"], _predicted
+    cosine = source.get("mean_cosine")
+    return [mark(_pct(source.get("top1_agreement"))), mark(_pct(source.get("top5_agreement"))),
+            mark("—" if cosine is None else f"{cosine:.5f}")]
 
 
 def _points(value: float | None) -> str:
@@ -340,10 +376,17 @@ def prepared_line(row: Mapping[str, Any]) -> str:
         if prepared.get("fallback_reason"):
             tool += f" (ModelOpt unavailable: {prepared['fallback_reason']})"
         text = f"{row['name']}: ONNX prepared by {escape(tool)} in {prepared.get('seconds', 0):.1f} s"
+        subnormal = (prepared.get("qdq") or {}).get("subnormal_fp16_scales")
+        if subnormal:
+            text += (f" [yellow]({subnormal} FP16 weight scales are subnormal, from near-zero channels; ONNX Runtime's CPU "
+                     "DequantizeLinear mishandles them, so the prediction below may be wrong: high_precision: fp32 avoids "
+                     "them)[/yellow]")
     if predicted:
-        text += (f"; [italic]{predicted['label']}[/italic]: top-1 {_pct(predicted['top1'])}"
-                 + (f" ({0.0 - predicted['top1_drop_points']:+.2f} pt vs baseline)" if "top1_drop_points" in predicted else "")
-                 + f", agreement {_pct(predicted['top1_agreement'])}")
+        text += (f"; [italic]{predicted['label']}[/italic]: "
+                 + (f"top-1 {_pct(predicted['top1'])}, " if predicted.get("top1") is not None else "")
+                 + (f"({0.0 - predicted['top1_drop_points']:+.2f} pt vs baseline), " if "top1_drop_points" in predicted else "")
+                 + f"agreement {_pct(predicted['top1_agreement'])}"
+                 + (f", top-5 agreement {_pct(predicted['top5_agreement'])}" if predicted.get("top5_agreement") is not None else ""))
     return text
 
 

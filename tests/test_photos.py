@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+
+from edgeship import photos
+from edgeship.photos import Crop, crop_plan, crops_in, halves, judge_probes, load_crops, render
+
+
+def _overlap(a: Crop, b: Crop) -> bool:
+    (ay, ax, aside), (by, bx, bside) = a.box, b.box
+    return ay < by + bside and by < ay + aside and ax < bx + bside and bx < ax + aside
+
+
+def test_halves_cut_the_longer_side():
+    assert halves(100, 300) == ((0, 0, 100, 150), (0, 150, 100, 150))
+    assert halves(301, 100) == ((0, 0, 150, 100), (150, 0, 151, 100))
+
+
+def test_crops_stay_inside_their_region_at_every_scale_and_come_mirrored():
+    region = (0, 150, 100, 150)
+    crops = crops_in("p", region)
+    assert {c.mirrored for c in crops} == {False, True} and len(crops) % 2 == 0
+    sides = sorted({c.box[2] for c in crops})
+    assert sides == sorted({round(s * 100) for s in photos.SCALES})
+    for crop in crops:
+        top, left, side = crop.box
+        assert top >= 0 and top + side <= 100 and left >= 150 and left + side <= 300
+    assert len({(c.box, c.mirrored) for c in crops}) == len(crops)
+
+
+def test_calibration_and_evaluation_crops_never_share_a_pixel():
+    sizes = {"a": (427, 640), "b": (512, 512), "c": (300, 451), "d": (640, 300)}
+    calibration, evaluation = crop_plan(sizes)
+    assert calibration and evaluation
+    for name in sizes:
+        cal = [c for c in calibration if c.photo == name]
+        ev = [c for c in evaluation if c.photo == name]
+        assert cal and ev
+        assert not any(_overlap(a, b) for a in cal for b in ev), name
+
+
+def test_the_calibration_half_alternates_from_photo_to_photo():
+    calibration, _ = crop_plan({"a": (100, 200), "b": (100, 200)})
+    left_of = {c.photo: c.box[1] < 100 for c in calibration}
+    assert left_of == {"a": True, "b": False}
+
+
+def test_render_resizes_and_mirrors():
+    image = np.arange(40 * 40 * 3, dtype=np.uint8).reshape(40, 40, 3)
+    plain, mirrored = render([Crop("x", (0, 0, 40), False), Crop("x", (0, 0, 40), True)], {"x": image}, (40, 40))
+    assert plain.shape == (40, 40, 3)
+    np.testing.assert_array_equal(mirrored, plain[:, ::-1])
+
+
+def test_the_bundled_photos_are_found_without_a_network():
+    found = photos.available_photos()
+    assert {"flower.jpg", "china.jpg"} <= set(found)  # scikit-learn is a core dependency
+    assert all(path.is_file() for path in found.values())
+
+
+def test_crop_sets_are_deterministic_disjoint_and_sized():
+    first = load_crops((32, 32), calibration_size=20, eval_size=30, seed=0)
+    again = load_crops((32, 32), calibration_size=20, eval_size=30, seed=0)
+    other = load_crops((32, 32), calibration_size=20, eval_size=30, seed=1)
+    assert first.calibration.shape == (20, 32, 32, 3) and first.evaluation.shape == (30, 32, 32, 3)
+    assert first.calibration.dtype == np.uint8
+    np.testing.assert_array_equal(first.evaluation, again.evaluation)
+    assert first.fingerprint == again.fingerprint != other.fingerprint
+    cal_rows = {row.tobytes() for row in first.calibration}
+    assert not any(row.tobytes() in cal_rows for row in first.evaluation)
+    assert "flower.jpg" in first.probes and first.probes["flower.jpg"].shape == (32, 32, 3)
+
+
+def test_no_photos_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(photos, "package_folder", lambda package: None)
+    with pytest.raises(photos.DataError, match="no sample photos found.*edgeship\\[efficientnet\\]"):
+        photos.available_photos()
+
+
+def test_probes_are_judged_on_the_top_class():
+    classes = ("daisy", "mushroom", "espresso", "cup", "x", "y")
+    logits = {"flower.jpg": np.array([3.0, 1, 0, 0, 0, 0]), "coffee.png": np.array([0.0, 5, 1, 0, 0, 0])}
+    results = {r["photo"]: r for r in judge_probes(logits, classes)}
+    assert results["flower.jpg"]["ok"] and results["flower.jpg"]["predicted"] == "daisy"
+    assert not results["coffee.png"]["ok"] and results["coffee.png"]["predicted"] == "mushroom"
+    assert [name for name, _ in results["coffee.png"]["top5"]][:2] == ["mushroom", "espresso"]
+    assert sum(p for _, p in results["flower.jpg"]["top5"]) <= 1.0
