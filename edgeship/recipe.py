@@ -252,7 +252,7 @@ def _precisions(backend: str, value: tuple[Precision, ...], allowed: frozenset[P
 class OnnxRuntimeConfig(_Section):
     # keys that only shape INT8 engines: changing them must not rebuild the FP32 one
     INT8_ONLY: ClassVar[frozenset[str]] = frozenset(
-        {"calibration_method", "percentile", "calibration_size", "per_channel", "activation_type", "reduce_range"})
+        {"calibration_method", "percentile", "calibration_size", "per_channel", "activation_type", "reduce_range", "keep_float"})
 
     enabled: bool = True
     precisions: tuple[Precision, ...] = (Precision.FP32, Precision.INT8)
@@ -263,6 +263,8 @@ class OnnxRuntimeConfig(_Section):
     activation_type: Literal["uint8", "int8"] = "uint8"
     reduce_range: bool = Field(default=True, description="7-bit weights: avoids u8s8 saturation (VPMADDUBSW) on x86 CPUs "
                                                          "without VNNI; false only when every target CPU has VNNI")
+    keep_float: int = Field(default=0, ge=0, description="INT8: keep this many of the most INT8-sensitive Conv/Gemm layers "
+                                                          "(weight-only sensitivity on calibration samples) in float")
 
     @field_validator("precisions")
     @classmethod
@@ -271,7 +273,7 @@ class OnnxRuntimeConfig(_Section):
 
 
 class OpenVinoConfig(_Section):
-    INT8_ONLY: ClassVar[frozenset[str]] = frozenset({"preset", "subset_size", "fast_bias_correction"})
+    INT8_ONLY: ClassVar[frozenset[str]] = frozenset({"preset", "subset_size", "fast_bias_correction", "keep_float"})
 
     enabled: bool = True
     precisions: tuple[Precision, ...] = (Precision.FP32, Precision.FP16, Precision.INT8)
@@ -280,6 +282,8 @@ class OpenVinoConfig(_Section):
     subset_size: PositiveInt = Field(default=300, description="calibration samples nncf.quantize uses")
     fast_bias_correction: bool = Field(default=False, description="NNCF fast bias correction; the full one cost 0.6 pt less top-1 "
                                                                   "on the default model (91.87% vs 91.29%, FP32 91.94%)")
+    keep_float: int = Field(default=0, ge=0, description="INT8: keep this many of the most INT8-sensitive Conv/Gemm layers "
+                                                          "(weight-only sensitivity on calibration samples) in float")
     performance_hint: Literal["latency", "throughput"] = "latency"
     benchmark_app: bool = Field(default=True, description="cross-check our latency with OpenVINO's benchmark_app on the same IR")
 
@@ -322,7 +326,8 @@ class TensorRtConfig(_Section):
     """TensorRT 10/11, strongly typed: the precision is decided in the ONNX (ModelOpt AutoCast FP16, explicit Q/DQ INT8)
     before the engine build, and that ONNX-side preparation runs on any CPU."""
 
-    INT8_ONLY: ClassVar[frozenset[str]] = frozenset({"qdq_tool", "calibration_method", "calibration_size", "high_precision"})
+    INT8_ONLY: ClassVar[frozenset[str]] = frozenset({"qdq_tool", "calibration_method", "calibration_size", "high_precision",
+                                                     "keep_float"})
     # keys that change the engine but not the prepared ONNX: changing them rebuilds the engine, not the calibration
     ENGINE_ONLY: ClassVar[frozenset[str]] = frozenset({"workspace_mib", "optimization_level", "timing_cache", "batch"})
 
@@ -333,6 +338,8 @@ class TensorRtConfig(_Section):
                                     "auto takes ModelOpt when it imports")
     calibration_method: Literal["entropy", "max"] = "entropy"
     calibration_size: PositiveInt | None = Field(default=None, description="use the first N calibration samples; None uses all")
+    keep_float: int = Field(default=0, ge=0, description="INT8: keep this many of the most INT8-sensitive Conv/Gemm layers "
+                                                          "(weight-only sensitivity on calibration samples) out of the Q/DQ")
     high_precision: Literal["fp16", "fp32"] = Field(
         default="fp16", description="type of the layers the INT8 model leaves unquantized (ModelOpt's high_precision_dtype); "
                                     "ONNX Runtime's quantizer always leaves them fp32")

@@ -58,7 +58,8 @@ def _quantize(request: dict[str, Any]) -> None:
         calibration = {name: data[name] for name in data.files}
     quantize(onnx_path=request["source"], quantize_mode="int8", calibration_data=calibration,
              calibration_method=request["method"], calibration_shapes=request["calibration_shapes"], calibration_eps=["cpu"],
-             high_precision_dtype=request["high_precision"], output_path=request["target"], log_level="WARNING")
+             high_precision_dtype=request["high_precision"], output_path=request["target"], log_level="WARNING",
+             nodes_to_exclude=request.get("nodes_to_exclude") or None)
 
 
 if __name__ == "__main__":

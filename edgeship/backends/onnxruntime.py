@@ -16,6 +16,7 @@ import numpy as np
 
 from edgeship.backends import installed_versions
 from edgeship.backends.base import Availability, CalibrationSet, Feed, Precision, Runner, TensorMeta, check_build_request
+from edgeship.backends.sensitivity import keep_float
 from edgeship.errors import BuildError
 from edgeship.recipe import OnnxRuntimeConfig
 
@@ -89,16 +90,18 @@ class OnnxRuntimeBackend:
             calibration = calibration.subset(cfg.calibration_size)
         target = out_dir / "model.int8.onnx"
         extra: dict[str, Any] = {"CalibPercentile": cfg.percentile} if cfg.calibration_method == "percentile" else {}
+        keep = keep_float(source, calibration.samples, cfg.keep_float, out_dir)
         quantize_qdq(source, target, calibration, method=cfg.calibration_method, per_channel=cfg.per_channel,
-                     activation_type=cfg.activation_type, reduce_range=cfg.reduce_range, extra_options=extra)
+                     activation_type=cfg.activation_type, reduce_range=cfg.reduce_range, extra_options=extra, nodes_to_exclude=keep)
         return target
 
 
 def quantize_qdq(source: Path, target: Path, calibration: CalibrationSet, *, method: str, per_channel: bool,
-                 activation_type: str = "int8", reduce_range: bool = False, extra_options: Mapping[str, Any] | None = None) -> None:
+                 activation_type: str = "int8", reduce_range: bool = False, extra_options: Mapping[str, Any] | None = None,
+                 nodes_to_exclude: list[str] | None = None) -> None:
     """ONNX Runtime's ``quantize_static`` in QDQ format, calibrated on ``calibration``: int8 weights, symmetric;
-    activations int8 (symmetric) or uint8. ``method`` is minmax | entropy | percentile. Work files stay beside ``target``
-    only while it runs."""
+    activations int8 (symmetric) or uint8. ``method`` is minmax | entropy | percentile; ``nodes_to_exclude`` stay float.
+    Work files stay beside ``target`` only while it runs."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -122,7 +125,7 @@ def quantize_qdq(source: Path, target: Path, calibration: CalibrationSet, *, met
         with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print their progress
             quantize_static(str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                             activation_type=activation, weight_type=QuantType.QInt8, calibrate_method=calibrate,
-                            reduce_range=reduce_range, extra_options=extra)
+                            reduce_range=reduce_range, extra_options=extra, nodes_to_exclude=list(nodes_to_exclude or []))
     finally:
         prepared.unlink(missing_ok=True)
         for leftover in target.parent.glob("*.onnx-augmented*"):

@@ -78,10 +78,14 @@ class OpenVinoBackend:
         if precision is Precision.INT8:
             import nncf
 
+            from edgeship.backends.sensitivity import keep_float
+
             assert calibration is not None
+            keep = keep_float(source, calibration.samples, cfg.keep_float, out_dir)  # ONNX node names survive in the IR's op names
+            ignored = nncf.IgnoredScope(patterns=[f"^{re.escape(name)}(/.*)?$" for name in keep], validate=False) if keep else None
             model = nncf.quantize(model, nncf.Dataset(calibration), preset=nncf.QuantizationPreset(cfg.preset),
                                   subset_size=min(cfg.subset_size, len(calibration.samples)),
-                                  fast_bias_correction=cfg.fast_bias_correction)
+                                  fast_bias_correction=cfg.fast_bias_correction, ignored_scope=ignored)
         target = out_dir / "model.xml"
         ov.save_model(model, str(target), compress_to_fp16=precision is Precision.FP16)
         runtime = {"device": "CPU", "PERFORMANCE_HINT": cfg.performance_hint.upper(),

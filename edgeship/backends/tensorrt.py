@@ -20,6 +20,7 @@ on ONNX Runtime as a prediction; it never reports a TensorRT number it did not m
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -42,6 +43,7 @@ from edgeship.backends.base import (
     check_build_request,
 )
 from edgeship.backends.modelopt_worker import MODELOPT_MISSING
+from edgeship.backends.sensitivity import keep_float
 from edgeship.backends.tooling import captured_output, error_line, fed_inputs, importable
 from edgeship.errors import BackendUnavailable, BuildError
 from edgeship.recipe import TensorRtConfig
@@ -166,13 +168,17 @@ class TensorRtBackend:
     def _quantize(self, source: Path, target: Path, calibration: CalibrationSet, cfg: TensorRtConfig, work: Path) -> dict[str, Any]:
         if cfg.calibration_size is not None:
             calibration = calibration.subset(cfg.calibration_size)
-        settings = {"calibration_method": cfg.calibration_method, "calibration_samples": len(calibration.samples),
-                    "calibration_fingerprint": calibration.fingerprint}
+        settings: dict[str, Any] = {"calibration_method": cfg.calibration_method, "calibration_samples": len(calibration.samples),
+                                    "calibration_fingerprint": calibration.fingerprint}
+        keep = keep_float(source, calibration.samples, cfg.keep_float, target.parent)
+        if keep:
+            settings["float_layers"] = keep
         fallback_reason = ""
         if cfg.qdq_tool in ("auto", "modelopt"):
             batch = _static_batch(source, calibration.input_name) or min(CALIBRATION_BATCH, len(calibration.samples))
             request = {"step": "quantize", "source": str(source), "target": str(target), "method": cfg.calibration_method,
                        "calibration": str(_write_npz(calibration, work)), "high_precision": cfg.high_precision,
+                       "nodes_to_exclude": [f"^{re.escape(name)}$" for name in keep],
                        "calibration_shapes": f"{calibration.input_name}:" + "x".join(map(str, (batch, *calibration.samples.shape[1:])))}
             code, message, version = _run_worker(request, work)
             if code == 0:
@@ -186,7 +192,8 @@ class TensorRtBackend:
 
         try:
             quantize_qdq(source, target, calibration, method={"entropy": "entropy", "max": "minmax"}[cfg.calibration_method],
-                         per_channel=True, activation_type="int8", reduce_range=False, extra_options=ORT_TENSORRT_OPTIONS)
+                         per_channel=True, activation_type="int8", reduce_range=False, extra_options=ORT_TENSORRT_OPTIONS,
+                         nodes_to_exclude=keep)
         except Exception as exc:  # the quantizer raises anything; record its words
             message = f"onnxruntime quantize_static: {type(exc).__name__}: {error_line(str(exc))}"
             raise BuildError(self.name, Precision.INT8, message) from exc

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from edgeship.artifacts import Artifact
 from edgeship.backends import REGISTRY, availability, get_backend
 from edgeship.backends.base import PREPARE_INFO, CalibrationSet, Precision, PreparingBackend
+from edgeship.backends.sensitivity import FLOAT_LAYERS_FILE
 from edgeship.errors import BackendUnavailable, BuildError
 from edgeship.pipeline.base import Made, RunContext
 from edgeship.recipe import BackendsConfig
@@ -116,6 +117,9 @@ class BuildStage:
                     "input_name": source.meta["input_name"], "input_shape": source.meta["input_shape"]}
             if preparing:
                 meta["prepared_by"] = source.meta["prepared_by"]
+            kept = folder / FLOAT_LAYERS_FILE
+            if kept.is_file():
+                meta["metrics"] = {"float_layers": json.loads(kept.read_text())}
             return Made(main, f"engine/{backend_name}", meta)
 
         return ctx.produce(self.name, engine_name(backend_name, precision), config=config, parents=[source], extra_key=extra, make=make)

@@ -109,6 +109,8 @@ def build_report(manifest: Manifest) -> dict[str, Any]:
         validation = validations.get(entry.name)
         validated = next((e for e in entries if e.stage == "validate" and e.name == entry.name), None)
         row["reused"] = {"build": entry.reused, "validate": validated.reused if validated else None}
+        if entry.metrics.get("float_layers"):
+            row["float_layers"] = entry.metrics["float_layers"]
         if entry.status == "ok" and validation is None:
             row.update(status="failed", reason=f"validation failed: {validated.reason if validated else 'no result'}")
         if validation is not None:
@@ -283,6 +285,9 @@ def print_summary(report: Mapping[str, Any], console: Console) -> None:
         if row.get("predicted") or row.get("prepared"):
             console.print(prepared_line(row), soft_wrap=True)
     for row in report.get("engines", []):
+        if row.get("float_layers"):
+            console.print(float_layers_line(row), soft_wrap=True)
+    for row in report.get("engines", []):
         check = row.get("cross_check")
         if not check:
             continue
@@ -388,6 +393,14 @@ def prepared_line(row: Mapping[str, Any]) -> str:
                  + f"agreement {_pct(predicted['top1_agreement'])}"
                  + (f", top-5 agreement {_pct(predicted['top5_agreement'])}" if predicted.get("top5_agreement") is not None else ""))
     return text
+
+
+def float_layers_line(row: Mapping[str, Any]) -> str:
+    """Which layers an INT8 engine keeps in float (``keep_float``) and how INT8 scored them alone."""
+    kept = row["float_layers"]
+    worst = ", ".join(f"{r['weight']} (cosine {r['cosine']:.4f})" for r in kept["ranking"][: kept["count"]])
+    return (f"{row['name']}: {len(kept['nodes'])} layers kept in float (keep_float {kept['count']} + the convolutions feeding them); "
+            f"most INT8-sensitive, weights alone in INT8 on {kept['samples']} calibration samples: {worst}")
 
 
 def cross_check_reason(check: Mapping[str, Any]) -> str:

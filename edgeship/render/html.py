@@ -231,6 +231,12 @@ def _pipeline(report: Mapping[str, Any]) -> str:
             parts.append(_figure(lambda: plots.training_figure({"distilled": history["distilled"],
                                                                 "hard-label fine-tune": history.get("hard_label_finetune")}, top1),
                                  "Training curves (validation split held out from training)."))
+    kept = [row for row in report.get("engines", []) if row.get("float_layers")]
+    if kept:
+        from edgeship.pipeline.report import float_layers_line
+
+        parts.append("<h3>INT8 layers kept in float</h3><ul>" + "".join(f"<li>{escape(float_layers_line(row))}</li>" for row in kept)
+                     + "</ul>")
     verdict = report.get("student_vs_teacher")
     if verdict:
         parts.append(f"<p>Student vs teacher ({escape(verdict['stages'])}): ORT FP32 p50 {verdict['teacher_p50_ms']:.3f} → "
