@@ -44,8 +44,21 @@ def count(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
     """(MACs, parameters) of one forward pass on ``example``."""
     import torch_pruning as tp
 
+    _count_subclasses(model)
     macs, params = tp.utils.count_ops_and_params(model, example)
     return int(macs), int(params)
+
+
+def _count_subclasses(model: nn.Module) -> None:
+    """Torch-Pruning's MAC counter looks modules up by exact type, so a subclass of ``nn.Conv2d`` (EfficientNet's
+    ``Conv2dStaticSamePadding``, timm's ``Conv2dSame``) counted zero MACs; count it as its nearest known base."""
+    from torch_pruning.utils.op_counter import MODULES_MAPPING
+
+    for kind in {type(module) for module in model.modules()}:
+        if kind not in MODULES_MAPPING:
+            base = next((b for b in kind.__mro__[1:] if b in MODULES_MAPPING), None)
+            if base is not None:
+                MODULES_MAPPING[kind] = MODULES_MAPPING[base]
 
 
 def layer_groups(model: nn.Module, example: torch.Tensor, ignore: Sequence[str]) -> list[str]:

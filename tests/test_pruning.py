@@ -141,3 +141,19 @@ def test_round_to_keeps_channel_counts_hardware_friendly() -> None:
     make_pruner(model, EXAMPLE, importance="l1", global_ratio=0.3, round_to=8).step()
     convs = [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert all(c % 8 == 0 for c in convs) and sum(convs) < sum(16 * k for k in (1, 1, 1, 2, 2, 2, 4, 4, 4))
+
+
+class PaddedConv(torch.nn.Conv2d):
+    """A conv subclass with its own forward, like EfficientNet's Conv2dStaticSamePadding."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(torch.nn.functional.pad(x, (0, 1, 0, 1)), self.weight, self.bias, self.stride)
+
+
+def test_count_includes_conv_subclasses() -> None:
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.Flatten(), torch.nn.LazyLinear(4))
+    subclassed = torch.nn.Sequential(PaddedConv(3, 8, 3, stride=2), torch.nn.Flatten(), torch.nn.LazyLinear(4))
+    example = torch.randn(1, 3, 17, 17)  # 17 + 1 padded → the same 8×8 output either way
+    plain(example), subclassed(example)
+    conv_macs = 8 * 8 * 8 * 3 * 3 * 3
+    assert count(subclassed, example)[0] == count(plain, example)[0] >= conv_macs
