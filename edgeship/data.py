@@ -91,10 +91,31 @@ def _resize(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return arr[..., None] if arr.ndim == 3 else arr
 
 
-def load_dataset(cfg: DataConfig, calibration: CalibrationConfig, *, seed: int, notice: Callable[[str], None] = print) -> Dataset:
-    """Load the recipe's dataset and cut it into train / val / calibration / eval."""
+@dataclass(frozen=True)
+class LabelSpace:
+    """A pretrained model's classes, for labelled images of one's own: ``names`` in output order, and ``index``, every
+    name a class folder may carry → its output index."""
+
+    names: tuple[str, ...]
+    index: Mapping[str, int]
+    description: str   # e.g. "the ImageNet classes of efficientnet_lite0"
+
+    def index_of(self, folder: Path) -> int:
+        try:
+            return self.index[folder.name.lower()]
+        except KeyError:
+            raise DataError(f"{folder}: the class folder's name is not one of {self.description} (a class name, WordNet id or "
+                            "output index, e.g. 'daisy', 'n11939491' or '985')") from None
+
+
+def load_dataset(cfg: DataConfig, calibration: CalibrationConfig, *, seed: int, notice: Callable[[str], None] = print,
+                 label_space: LabelSpace | None = None) -> Dataset:
+    """Load the recipe's dataset and cut it into train / val / calibration / eval. ``label_space``: the pretrained model's
+    classes, which an ``image_folder``'s class folders are named after (else the folders are the classes)."""
     if cfg.dataset == "sample_photos":
         return _sample_photos(cfg, calibration, seed=seed)
+    if cfg.dataset == "image_folder":
+        return _image_folder(cfg, calibration, seed=seed, label_space=label_space)
     if cfg.dataset == "fashion_mnist":
         if _has_fashion_mnist(cfg.root):
             return _split(_read_fashion_mnist(cfg.root), cfg, calibration, seed=seed, name="fashion_mnist", source=str(cfg.root),
@@ -121,6 +142,60 @@ def _sample_photos(cfg: DataConfig, calibration: CalibrationConfig, *, seed: int
     return Dataset(name="sample_photos", source=f"{len(crops.photos)} photos bundled with scikit-learn and scikit-image: "
                    + ", ".join(crops.photos), classes=(), train=EMPTY, val=EMPTY, calibration=cal, eval=Split(crops.evaluation, None),
                    fingerprint=crops.fingerprint, probes=crops.probes)
+
+
+def _image_folder(cfg: DataConfig, calibration: CalibrationConfig, *, seed: int, label_space: LabelSpace | None) -> Dataset:
+    """The user's labelled images: ``root/train/<class>/*`` (training, validation and calibration are cut from it) and
+    ``root/test/<class>/*`` (evaluation). Read whole into memory, resized to ``preprocessing.resize``."""
+    root = cfg.root
+    layout = f"image_folder expects {root}/train/<class>/<images> and {root}/test/<class>/<images>"
+    for part in ("train", "test"):
+        if not (root / part).is_dir():
+            raise DataError(f"data.root: {root / part} is not a folder; {layout}")
+    train_folders = _class_folders(root / "train", layout)
+    if label_space is None:
+        classes = tuple(folder.name for folder in train_folders)
+        index = {folder.name: i for i, folder in enumerate(train_folders)}
+    else:
+        classes = label_space.names
+        index = {folder.name: label_space.index_of(folder) for folder in train_folders}
+    test_folders = _class_folders(root / "test", layout)
+    for folder in test_folders:
+        if folder.name not in index:
+            if label_space is None:
+                raise DataError(f"{folder}: a test class with no train folder; the classes are {', '.join(classes)}")
+            index[folder.name] = label_space.index_of(folder)
+    train = _read_classes(train_folders, index, cfg.preprocessing)
+    test = _read_classes(test_folders, index, cfg.preprocessing)
+    mixed = np.random.default_rng(seed).permutation(len(test))  # so that eval_size takes every class, not the first ones
+    test = Split(test.images[mixed], test.labels[mixed])  # type: ignore[index]
+    return _split((train, test), cfg, calibration, seed=seed, name="image_folder", source=str(root), classes=classes)
+
+
+def _class_folders(folder: Path, layout: str) -> list[Path]:
+    folders = sorted(path for path in folder.iterdir() if path.is_dir() and not path.name.startswith("."))
+    if not folders:
+        raise DataError(f"{folder}: no class folders; {layout}")
+    return folders
+
+
+def _read_classes(folders: list[Path], index: Mapping[str, int], p: Preprocessing) -> Split:
+    """Every image of every class folder (sorted), at ``p.resize`` or the one size they share."""
+    images: list[np.ndarray] = []
+    labels: list[int] = []
+    for folder in folders:
+        files = sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."))
+        if not files:
+            raise DataError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        for path in files:
+            image = _read_image(path, p)
+            image = image[..., None] if image.ndim == 2 else image
+            images.append(_resize(image[None], p.resize)[0] if p.resize is not None and image.shape[:2] != tuple(p.resize) else image)
+            labels.append(index[folder.name])
+    sizes = sorted({image.shape for image in images})
+    if len(sizes) > 1:
+        raise DataError(f"{folders[0].parent}: images differ in size ({sizes[0]}, {sizes[-1]}, …); set data.preprocessing.resize")
+    return Split(np.stack(images), np.asarray(labels, np.int64))
 
 
 def _has_fashion_mnist(root: Path) -> bool:

@@ -52,12 +52,14 @@ class DataConfig(_Section):
 
     ``sample_photos`` has no labels and no training split: crops of the photographs bundled with scikit-learn and
     scikit-image, for a pretrained model's calibration and evaluation (accuracy there is agreement with FP32).
+    ``image_folder`` is the user's labelled images: ``root/train/<class>/*`` and ``root/test/<class>/*``.
     """
 
     UNLABELLED: ClassVar[frozenset[str]] = frozenset({"sample_photos"})
 
-    dataset: Literal["fashion_mnist", "digits", "sample_photos"] = "fashion_mnist"
-    root: Path = FASHION_MNIST_ROOT
+    dataset: Literal["fashion_mnist", "digits", "sample_photos", "image_folder"] = "fashion_mnist"
+    root: Path = Field(default=FASHION_MNIST_ROOT, description="fashion_mnist: the IDX files; image_folder: the folder holding "
+                                                               "train/ and test/, one subfolder of images per class")
     fallback: bool = Field(default=True, description="use scikit-learn digits when the dataset is absent")
     train_size: PositiveInt | None = Field(default=None, description="cap on training images; None uses all")
     val_size: PositiveInt = 5000
@@ -65,9 +67,11 @@ class DataConfig(_Section):
     preprocessing: Preprocessing = Preprocessing()
 
     @model_validator(mode="after")
-    def _photos_need_size(self) -> DataConfig:
+    def _dataset_needs(self) -> DataConfig:
         if self.dataset == "sample_photos" and self.preprocessing.resize is None:
             raise ValueError("dataset sample_photos needs preprocessing.resize, the model's input (height, width), e.g. [224, 224]")
+        if self.dataset == "image_folder" and self.root == FASHION_MNIST_ROOT:
+            raise ValueError("dataset image_folder needs root: the folder holding train/ and test/, one subfolder of images per class")
         return self
 
     @property
@@ -445,7 +449,7 @@ class Recipe(_Section):
         for stage in ("prune", "distill"):
             if getattr(self, stage).enabled:
                 raise ValueError(f"{stage}.enabled: {stage} fine-tunes and scores on labelled images, and {why}; set {stage}.enabled: "
-                                 "false, or use a labelled dataset")
+                                 "false, or use labelled images of your own (data.dataset: image_folder)")
         return self
 
     @model_validator(mode="after")

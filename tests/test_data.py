@@ -142,3 +142,68 @@ def test_images_of_different_sizes_need_resize(tmp_path: Path) -> None:
         load_samples(tmp_path, GRAY, input_shape=SHAPE)
     resized = load_samples(tmp_path, Preprocessing(resize=(28, 28)), input_shape=SHAPE)
     assert resized.shape == (2, 1, 28, 28)
+
+
+def image_folder(root: Path, classes: dict[str, dict[str, int]], size: tuple[int, int] = (12, 10)) -> Path:
+    """root/<part>/<class>/<i>.png: ``classes[part][name]`` images of one grey level per class, numbered from 0."""
+    for part, counts in classes.items():
+        for c, (name, n) in enumerate(sorted(counts.items())):
+            (root / part / name).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(np.full((*size, 3), 20 * c + i, np.uint8)).save(root / part / name / f"{i}.png")
+    return root
+
+
+def folder_config(root: Path, **preprocessing: object) -> DataConfig:
+    return DataConfig(dataset="image_folder", root=root, val_size=2,
+                      preprocessing=Preprocessing(color="rgb", mean=(0.0,), std=(1.0,), **preprocessing))
+
+
+def test_image_folder_classes_are_the_sorted_folders_and_splits_are_disjoint(tmp_path: Path) -> None:
+    root = image_folder(tmp_path, {"train": {"cat": 6, "ant": 5, "bee": 4}, "test": {"ant": 2, "bee": 2, "cat": 3}})
+    data = load_dataset(folder_config(root, resize=(8, 8)), CalibrationConfig(size=3), seed=0)
+    assert data.classes == ("ant", "bee", "cat") and data.labelled
+    assert (len(data.train), len(data.val), len(data.calibration), len(data.eval)) == (10, 2, 3, 7)
+    assert data.eval.images.shape == (7, 8, 8, 3) and sorted(data.eval.labels.tolist()) == [0, 0, 1, 1, 2, 2, 2]
+    # every image's grey level is 20 × class + index: labels follow folders, and no training image is held out twice
+    seen = np.concatenate([data.train.images[:, 0, 0, 0], data.val.images[:, 0, 0, 0], data.calibration.images[:, 0, 0, 0]])
+    assert sorted(seen.tolist()) == [0, 1, 2, 3, 4, 20, 21, 22, 23, 40, 41, 42, 43, 44, 45]
+    assert all(level // 20 == label for level, label in zip(data.train.images[:, 0, 0, 0], data.train.labels, strict=True))
+    again = load_dataset(folder_config(root, resize=(8, 8)), CalibrationConfig(size=3), seed=0)
+    assert again.fingerprint == data.fingerprint
+
+
+def test_image_folder_named_after_a_pretrained_models_classes(tmp_path: Path) -> None:
+    from edgeship.zoo.pretrained import label_space
+
+    root = image_folder(tmp_path, {"train": {"daisy": 5, "n07920052": 5}, "test": {"Daisy": 1, "967": 2}})
+    data = load_dataset(folder_config(root), CalibrationConfig(size=1), seed=0, label_space=label_space("efficientnet_lite0"))
+    assert len(data.classes) == 1000 and data.classes[985] == "daisy"
+    assert sorted(set(data.train.labels.tolist())) == [967, 985] and sorted(data.eval.labels.tolist()) == [967, 967, 985]
+
+
+@pytest.mark.parametrize(("classes", "pattern"), [
+    ({"train": {"ant": 2}}, r"test is not a folder; image_folder expects"),
+    ({"train": {"ant": 2}, "test": {"bee": 1}}, r"test/bee: a test class with no train folder; the classes are ant"),
+    ({"train": {"ant": 2, "bee": 0}, "test": {"ant": 1}}, r"train/bee: no images"),
+])
+def test_image_folder_errors_name_the_folder(tmp_path: Path, classes: dict[str, dict[str, int]], pattern: str) -> None:
+    root = image_folder(tmp_path, classes)
+    with pytest.raises(DataError, match=pattern):
+        load_dataset(folder_config(root), CalibrationConfig(size=1), seed=0)
+
+
+def test_image_folder_class_not_in_the_label_space(tmp_path: Path) -> None:
+    from edgeship.zoo.pretrained import label_space
+
+    root = image_folder(tmp_path, {"train": {"crane": 1}, "test": {"crane": 1}})  # two ImageNet classes: use the WordNet id
+    with pytest.raises(DataError, match=r"train/crane: the class folder's name is not one of the 1000 imagenet classes"):
+        load_dataset(folder_config(root), CalibrationConfig(size=1), seed=0, label_space=label_space("efficientnet_lite0"))
+
+
+def test_image_folder_of_mixed_sizes_needs_resize(tmp_path: Path) -> None:
+    root = image_folder(tmp_path, {"train": {"ant": 2}, "test": {"ant": 1}})
+    Image.fromarray(np.zeros((5, 5, 3), np.uint8)).save(root / "train" / "ant" / "small.png")
+    with pytest.raises(DataError, match=r"images differ in size .*set data.preprocessing.resize"):
+        load_dataset(folder_config(root), CalibrationConfig(size=1), seed=0)
+    assert load_dataset(folder_config(root, resize=(6, 6)), CalibrationConfig(size=1), seed=0).train.images.shape[1:] == (6, 6, 3)

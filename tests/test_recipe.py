@@ -53,7 +53,9 @@ def test_nested_typo_lists_that_sections_keys(tmp_path: Path) -> None:
         (PHOTOS + "model: {zoo: resnet_small}\nprune: {enabled: false}\ndistill: {enabled: false}",
          r"a zoo model without a checkpoint is trained here, and data.dataset 'sample_photos' has no labels"),
         (PHOTOS + "model: {pretrained: efficientnet_lite0}\ndistill: {enabled: false}",
-         r"'recipe': prune.enabled: prune fine-tunes and scores on labelled images.*set prune.enabled: false"),
+         r"'recipe': prune.enabled: prune fine-tunes and scores on labelled images.*set prune.enabled: false, or use labelled "
+         r"images of your own \(data.dataset: image_folder\)"),
+        ("data: {dataset: image_folder}", r"dataset image_folder needs root: the folder holding train/ and test/"),
         (PHOTOS + "model: {pretrained: efficientnet_lite0}\nprune: {enabled: false}", r"set distill.enabled: false"),
         ("backends: {onnxruntime: {calibration_method: kl}}", r"'backends.onnxruntime.calibration_method'"),
         ("model: {zoo: nope}", r"unknown zoo model 'nope'"),

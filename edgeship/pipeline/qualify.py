@@ -73,11 +73,10 @@ def qualify(recipe: Recipe, engine: Path, *, backend: str | None = None, precisi
             console: Console | None = None, recipe_path: Path | None = None) -> RunResult:
     """Validate and gate one engine file; returns the ``RunResult``."""
     from edgeship.backends import availability, get_backend
-    from edgeship.data import load_dataset
     from edgeship.pipeline.base import RunContext
     from edgeship.pipeline.model import ModelStage
     from edgeship.pipeline.report import ReportConfig, ReportStage
-    from edgeship.pipeline.run import dataset_record, finish, recording, start
+    from edgeship.pipeline.run import dataset_record, finish, recipe_dataset, recording, start
     from edgeship.pipeline.validate import ValidateStage
 
     console = console or Console()
@@ -94,8 +93,7 @@ def qualify(recipe: Recipe, engine: Path, *, backend: str | None = None, precisi
     store, run_dir, manifest = start(recipe, f"{recipe.name}-validate", recipe_path)
     console.print(f"[bold]edgeship[/bold] validate [cyan]{engine}[/cyan] as {name} → {run_dir}")
     with recording(manifest, run_dir):
-        dataset = load_dataset(recipe.data, recipe.calibration, seed=recipe.seed,
-                               notice=lambda text: console.print(f"[yellow]{text}[/yellow]", soft_wrap=True))
+        dataset = recipe_dataset(recipe, console)
         manifest.dataset = dataset_record(dataset)
         ctx = RunContext(recipe=recipe, store=store, manifest=manifest, run_dir=run_dir, console=console, dataset=dataset)
         model = ModelStage().run({}, recipe.model, ctx)["model"]

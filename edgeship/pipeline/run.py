@@ -38,7 +38,7 @@ class RunResult:
 def run(recipe: Recipe, *, force: Iterable[str] = (), console: Console | None = None, recipe_path: Path | None = None) -> RunResult:
     """Run ``recipe`` end to end and return where its report is."""
     from edgeship.backends import REGISTRY
-    from edgeship.data import calibration_set, load_dataset
+    from edgeship.data import calibration_set
     from edgeship.pipeline.base import RunContext
     from edgeship.pipeline.build import BuildStage, requested
     from edgeship.pipeline.export import ExportStage
@@ -58,8 +58,7 @@ def run(recipe: Recipe, *, force: Iterable[str] = (), console: Console | None = 
         import torch
 
         torch.set_num_threads(threads)
-        dataset = load_dataset(recipe.data, recipe.calibration, seed=recipe.seed,
-                               notice=lambda text: console.print(f"[yellow]{text}[/yellow]", soft_wrap=True))
+        dataset = recipe_dataset(recipe, console)
         console.print(f"data: {dataset.name} ({dataset.source}): train {len(dataset.train)}, val {len(dataset.val)}, "
                       f"calibration {len(dataset.calibration) or recipe.calibration.source}, eval {len(dataset.eval)}")
         manifest.dataset = dataset_record(dataset)
@@ -130,6 +129,16 @@ def finish(run_dir: Path, manifest: Manifest, console: Console) -> RunResult:
     report = load_report(run_dir)
     console.print(f"report: {run_dir / 'report.html'}")
     return RunResult(run_dir.name, run_dir, report, manifest, exit_code=report["release"]["exit_code"])
+
+
+def recipe_dataset(recipe: Recipe, console: Console) -> Dataset:
+    """The recipe's data; an ``image_folder``'s class folders are named after a pretrained model's classes."""
+    from edgeship.data import load_dataset
+    from edgeship.zoo.pretrained import label_space
+
+    return load_dataset(recipe.data, recipe.calibration, seed=recipe.seed,
+                        notice=lambda text: console.print(f"[yellow]{text}[/yellow]", soft_wrap=True),
+                        label_space=label_space(recipe.model.pretrained) if recipe.model.pretrained else None)
 
 
 def dataset_record(dataset: Dataset) -> dict[str, Any]:

@@ -20,6 +20,8 @@ from edgeship.errors import RecipeError
 if TYPE_CHECKING:
     from torch import nn
 
+    from edgeship.data import LabelSpace
+
 IMAGENET_CLASSES_FILE = Path(__file__).with_name("imagenet_classes.txt")
 
 
@@ -71,10 +73,46 @@ def classes(class_set: str) -> tuple[str, ...]:
     return _imagenet()
 
 
+def label_space(name: str) -> LabelSpace:
+    """The classes of the named network's outputs, for naming the class folders of one's own labelled images."""
+    from edgeship.data import LabelSpace
+
+    class_set = PRETRAINED[name].class_set
+    names = classes(class_set)
+    return LabelSpace(names, class_index(class_set), f"the {len(names)} {class_set} classes of {name}")
+
+
+def class_index(class_set: str) -> dict[str, int]:
+    """Every name a folder of images may carry for a class of the label space → its output index. ImageNet: the
+    WordNet id (``n11939491``), the index (``985``) or any lemma, case-insensitive (``daisy``); a lemma two classes
+    share (``crane``: the bird and the machine) is left out, so such a folder must use the WordNet id."""
+    if class_set != "imagenet":
+        raise ValueError(f"unknown class set {class_set!r}")
+    return dict(_imagenet_index())
+
+
+@functools.cache
+def _imagenet_rows() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    rows = [line.split("\t", 1) for line in IMAGENET_CLASSES_FILE.read_text().splitlines() if line and not line.startswith("#")]
+    return tuple((synset, tuple(lemma.strip() for lemma in lemmas.split(","))) for synset, lemmas in rows)
+
+
 @functools.cache
 def _imagenet() -> tuple[str, ...]:
-    rows = [line.split("\t", 1) for line in IMAGENET_CLASSES_FILE.read_text().splitlines() if line and not line.startswith("#")]
-    return tuple(lemmas.split(",")[0].strip() for _, lemmas in rows)
+    return tuple(lemmas[0] for _, lemmas in _imagenet_rows())
+
+
+@functools.cache
+def _imagenet_index() -> tuple[tuple[str, int], ...]:
+    by_lemma: dict[str, set[int]] = {}
+    for i, (_, lemmas) in enumerate(_imagenet_rows()):
+        for lemma in lemmas:
+            by_lemma.setdefault(lemma.lower(), set()).add(i)
+    index = {lemma: next(iter(ids)) for lemma, ids in by_lemma.items() if len(ids) == 1}
+    for i, (synset, _) in enumerate(_imagenet_rows()):
+        index[synset.lower()] = i
+        index[str(i)] = i
+    return tuple(index.items())
 
 
 def efficientnet_lite0(weights: bool) -> nn.Module:
