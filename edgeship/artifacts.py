@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -125,14 +125,47 @@ class ArtifactStore:
 
     def get(self, aid: str) -> Artifact | None:
         """The complete artifact with this id, or ``None`` (absent, unfinished or tampered with)."""
+        return self.lookup(aid)[0]
+
+    def lookup(self, aid: str) -> tuple[Artifact | None, str | None]:
+        """``(artifact, None)`` when complete and intact; ``(None, why)`` when a stored copy no longer matches its
+        record (truncated, edited, a file missing); ``(None, None)`` when there is none, or only an unfinished one."""
         record = self.folder(aid) / RECORD
         if not record.is_file():
-            return None
+            return None, None
         try:
             artifact = Artifact.model_validate_json(record.read_text())
         except ValueError:
-            return None
-        return artifact if artifact.verify() is None else None
+            return None, f"its record {RECORD} is unreadable"
+        parts = artifact.path.parts
+        if aid not in parts:
+            return None, f"its record {RECORD} names a file outside the artifact: {artifact.path}"
+        inside = parts[len(parts) - parts[::-1].index(aid):]  # the main file's path inside the artifact folder
+        if artifact.path != self.folder(aid).joinpath(*inside):  # a store copied or moved elsewhere
+            artifact = artifact.model_copy(update={"path": self.folder(aid).joinpath(*inside)})
+        problem = artifact.verify()
+        return (artifact, None) if problem is None else (None, problem)
+
+    @contextlib.contextmanager
+    def lock(self, aid: str, *, waiting: Callable[[], None] | None = None) -> Iterator[None]:
+        """Hold ``aid``'s file lock: one process at a time looks up, builds and commits an artifact, so runs sharing a
+        store never build the same artifact at once or replace one another's. ``waiting`` is called when another
+        process holds it."""
+        from filelock import FileLock, Timeout
+
+        folder = self.root / "locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(folder / f"{aid}.lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            if waiting is not None:
+                waiting()
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
 
     def scratch(self, aid: str) -> Path:
         """A folder for ``aid``'s resumable work (training checkpoints) that outlives a crash; removed on commit."""
@@ -140,9 +173,12 @@ class ArtifactStore:
 
     @contextlib.contextmanager
     def staging(self, aid: str) -> Iterator[Path]:
-        """A fresh folder to build ``aid`` in; removed unless ``commit`` moved it into place."""
+        """A fresh folder to build ``aid`` in; removed unless ``commit`` moved it into place. Call it holding ``lock(aid)``:
+        any other staging folder of ``aid`` is then a killed run's leftover, and is removed."""
         tmp_root = self.root / "tmp"
         tmp_root.mkdir(parents=True, exist_ok=True)
+        for leftover in tmp_root.glob(f"{aid}-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
         folder = Path(tempfile.mkdtemp(dir=tmp_root, prefix=f"{aid}-"))
         try:
             yield folder
@@ -196,6 +232,7 @@ class ManifestEntry(BaseModel):
     status: Status
     reason: str = ""
     reused: bool = False
+    rebuilt: str = Field(default="", description="why the stored copy was not reused: it no longer matched its record")
     artifact: str | None = None
     kind: str | None = None
     path: str | None = None
@@ -230,10 +267,11 @@ class Manifest(BaseModel):
         self.entries = [e for e in self.entries if (e.stage, e.name) != (entry.stage, entry.name)] + [entry]
 
     def record(self, stage: str, name: str, artifact: Artifact, *, reused: bool, config: Mapping[str, Any], seconds: float,
-               metrics: Mapping[str, Any] | None = None) -> None:
-        self.add(ManifestEntry(stage=stage, name=name, status="ok", reused=reused, artifact=artifact.id, kind=artifact.kind,
-                               path=str(artifact.path), sha256=artifact.sha256, parents=artifact.parents, config=dict(config),
-                               metrics=dict(metrics or artifact.meta.get("metrics", {})), seconds=round(seconds, 3)))
+               metrics: Mapping[str, Any] | None = None, rebuilt: str = "") -> None:
+        """An ``ok`` entry; ``rebuilt`` says why a stored copy was not reused (it was damaged)."""
+        self.add(ManifestEntry(stage=stage, name=name, status="ok", reused=reused, rebuilt=rebuilt, artifact=artifact.id,
+                               kind=artifact.kind, path=str(artifact.path), sha256=artifact.sha256, parents=artifact.parents,
+                               config=dict(config), metrics=dict(metrics or artifact.meta.get("metrics", {})), seconds=round(seconds, 3)))
 
     def annotate(self, stage: str, name: str, metrics: Mapping[str, Any]) -> None:
         """Add facts to an entry's metrics (a published curve, a training history), so the report needs only the manifest."""

@@ -32,13 +32,44 @@ def test_ids_depend_on_stage_config_and_inputs() -> None:
                 artifact_id("build", {"a": 1}, ["y"])}) == 4
 
 
-def test_tampered_or_truncated_artifact_is_not_reused(tmp_path: Path) -> None:
+def test_tampered_or_truncated_artifact_is_not_reused_and_says_why(tmp_path: Path) -> None:
     store = ArtifactStore(tmp_path)
     made = make(store, "ab" * 16)
+    assert store.lookup("ab" * 16) == (made, None)
     made.path.write_bytes(b"engine bytez")  # same size, other content
     assert store.get("ab" * 16) is None
+    assert store.lookup("ab" * 16) == (None, "model.bin does not match its recorded sha256")
     made.path.write_bytes(b"engine")
-    assert store.get("ab" * 16) is None
+    assert store.lookup("ab" * 16) == (None, "model.bin is 6 bytes, 12 recorded")
+    made.path.unlink()
+    assert store.lookup("ab" * 16) == (None, "model.bin is missing")
+    (made.folder / "artifact.json").write_text("{not json")
+    assert store.lookup("ab" * 16) == (None, "its record artifact.json is unreadable")
+    assert store.lookup("cd" * 16) == (None, None)
+
+
+def test_lock_is_held_by_one_process_at_a_time(tmp_path: Path) -> None:
+    import multiprocessing
+
+    store = ArtifactStore(tmp_path)
+    waited: list[bool] = []
+    context = multiprocessing.get_context("spawn")
+    with store.lock("ab" * 16):
+        other = context.Process(target=_hold_lock_then_write, args=(tmp_path, "ab" * 16))
+        other.start()
+        other.join(timeout=2)
+        assert other.is_alive(), "the other process got the lock while this one held it"
+        assert not (tmp_path / "held").exists()
+    other.join(timeout=30)
+    assert other.exitcode == 0 and (tmp_path / "held").read_text() == "ok"
+    with store.lock("ab" * 16, waiting=lambda: waited.append(True)):
+        pass
+    assert waited == []
+
+
+def _hold_lock_then_write(root: Path, aid: str) -> None:
+    with ArtifactStore(root).lock(aid):
+        (root / "held").write_text("ok")
 
 
 def test_failed_build_leaves_nothing_that_looks_complete(tmp_path: Path) -> None:
@@ -75,3 +106,14 @@ def test_manifest_round_trip_and_replacing_entries(tmp_path: Path) -> None:
     manifest.save(tmp_path / "manifest.json")
     loaded = Manifest.model_validate_json((tmp_path / "manifest.json").read_text())
     assert [(e.name, e.status) for e in loaded.entries] == [("ort/int8", "ok")]
+
+
+def test_a_copied_store_finds_its_artifacts_in_their_new_place(tmp_path: Path) -> None:
+    import shutil
+
+    made = make(ArtifactStore(tmp_path / "a"), "ab" * 16)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    (tmp_path / "a" / "ab" / ("ab" * 16) / "model.bin").write_bytes(b"the original, edited")
+    found = ArtifactStore(tmp_path / "b").get("ab" * 16)
+    assert found is not None and found.path == tmp_path / "b" / "ab" / ("ab" * 16) / "model.bin"
+    assert found.sha256 == made.sha256

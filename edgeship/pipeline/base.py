@@ -71,19 +71,29 @@ class RunContext:
         content (``--force``) never lets a stale child be reused.
         """
         aid = self.artifact_id(stage, config=config, parents=parents, extra_key=extra_key)
-        if stage not in self.force:
-            found = self.store.get(aid)
-            if found is not None:
-                self.manifest.record(stage, name, found, reused=True, config=config, seconds=0.0)
-                self.console.print(f"[dim]↺ {stage}: {name} reused from the store ({aid[:12]})[/dim]")
-                return found
-        started = time.perf_counter()
-        with self.store.staging(aid) as folder:
-            made = make(folder)
-            artifact = self.store.commit(folder, aid=aid, kind=made.kind, stage=stage, main_file=made.main_file,
-                                         parents=[p.id for p in parents], meta=made.meta)
+
+        def waiting() -> None:
+            self.console.print(f"[dim]… {stage}: {name}: another run is building it ({aid[:12]}); waiting[/dim]")
+
+        with self.store.lock(aid, waiting=waiting):
+            damaged = None
+            if stage not in self.force:
+                found, damaged = self.store.lookup(aid)
+                if found is not None:
+                    self.manifest.record(stage, name, found, reused=True, config=config, seconds=0.0)
+                    self.console.print(f"[dim]↺ {stage}: {name} reused from the store ({aid[:12]})[/dim]")
+                    return found
+                if damaged is not None:
+                    self.console.print(f"[yellow]⚠ {stage}: {name}: the stored copy ({aid[:12]}) is damaged: {escape(damaged)}; "
+                                       "rebuilding it[/yellow]", soft_wrap=True)
+            started = time.perf_counter()
+            with self.store.staging(aid) as folder:
+                made = make(folder)
+                artifact = self.store.commit(folder, aid=aid, kind=made.kind, stage=stage, main_file=made.main_file,
+                                             parents=[p.id for p in parents], meta=made.meta)
         seconds = time.perf_counter() - started
-        self.manifest.record(stage, name, artifact, reused=False, config=config, seconds=seconds)
+        self.manifest.record(stage, name, artifact, reused=False, config=config, seconds=seconds,
+                             rebuilt=f"the stored copy was damaged: {damaged}" if damaged else "")
         self.console.print(f"[green]✓[/green] {stage}: {name} ({seconds:.1f} s)")
         return artifact
 

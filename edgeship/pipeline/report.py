@@ -170,6 +170,9 @@ def build_report(manifest: Manifest) -> dict[str, Any]:
         "artifacts": [{"stage": e.stage, "name": e.name, "artifact": e.artifact, "sha256": e.sha256, "path": e.path}
                       for e in entries if e.sha256],
     }
+    for entry in entries:
+        if entry.rebuilt:
+            report["notes"].append(f"Rebuilt {entry.stage} {entry.name}: {entry.rebuilt}.")
     if any(row["backend"] == "tensorrt" for row in engines):
         report["notes"].append("A TensorRT engine runs only on the GPU model (compute capability) and the TensorRT version it was "
                                "built with (each engine's runtime shows both); rebuild it for any other. Where no engine was built, "

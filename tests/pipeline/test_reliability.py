@@ -1,0 +1,116 @@
+"""A run that is killed resumes with the same artifacts; a damaged stored artifact is found, reported and rebuilt;
+two runs sharing one store finish with consistent manifests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from rich.console import Console
+
+from edgeship import RunResult, run
+from edgeship.artifacts import Manifest, sha256_file
+from edgeship.recipe import Recipe
+
+from conftest import tiny_recipe
+
+pytestmark = pytest.mark.slow
+# the stages whose output is a deterministic function of their inputs (validate holds timings, report a date)
+DETERMINISTIC = ("model", "export", "build")
+
+
+def recipe_file(folder: Path, recipe: Recipe) -> Path:
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe.model_dump(mode="json", by_alias=True), sort_keys=False))
+    return path
+
+
+def edgeship_run(recipe: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    return subprocess.Popen([sys.executable, "-m", "edgeship", "run", str(recipe)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env, cwd=recipe.parent)
+
+
+def digests(manifest: Manifest) -> dict[tuple[str, str], str | None]:
+    return {(e.stage, e.name): e.sha256 for e in manifest.entries if e.stage in DETERMINISTIC}
+
+
+def read_manifest(run_dir: Path) -> Manifest:
+    return Manifest.model_validate_json((run_dir / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def cold(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
+    return run(tiny_recipe(tmp_path_factory.mktemp("cold")), console=Console(quiet=True))
+
+
+def test_killed_during_build_resumes_with_identical_artifacts(cold: RunResult, tmp_path: Path) -> None:
+    recipe = recipe_file(tmp_path, tiny_recipe(tmp_path))
+    process = edgeship_run(recipe)
+    seen = []
+    for line in process.stdout:  # type: ignore[union-attr]
+        seen.append(line)
+        if "✓ build:" in line:  # one engine is built, the next is being built: kill -9
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "".join(seen)
+    killed = read_manifest(next((tmp_path / "reports").iterdir()))
+    assert killed.status == "running", "SIGKILL leaves no chance to mark the manifest: it must say the run never finished"
+
+    console = Console(record=True, width=200)
+    resumed = run(Recipe.model_validate(yaml.safe_load(recipe.read_text())), console=console)
+    text = console.export_text()
+    assert "↺ model:" in text and "↺ export:" in text and "↺ build: onnxruntime/fp32" in text, text
+    assert "✓ build: onnxruntime/int8" in text, "the engine the kill interrupted is built again"
+    assert digests(resumed.manifest) == digests(cold.manifest)
+    assert not list((tmp_path / "store" / "tmp").iterdir()), "the killed run's staging folder is cleaned up"
+    assert resumed.exit_code == cold.exit_code
+
+
+def test_a_damaged_stored_artifact_is_reported_and_rebuilt(cold: RunResult, tmp_path: Path) -> None:
+    import shutil
+
+    recipe = tiny_recipe(tmp_path)
+    shutil.copytree(cold.run_dir.parent.parent / "store", tmp_path / "store")
+    entry = next(e for e in cold.manifest.entries if (e.stage, e.name) == ("build", "onnxruntime/int8"))
+    engine = tmp_path / "store" / Path(entry.path).relative_to(cold.run_dir.parent.parent / "store")
+    engine.write_bytes(engine.read_bytes()[: engine.stat().st_size // 2])  # truncated
+
+    console = Console(record=True, width=300)
+    result = run(recipe, console=console)
+    text = " ".join(console.export_text().split())
+    assert "⚠ build: onnxruntime/int8: the stored copy" in text and "is damaged: model.int8.onnx is" in text, text
+    assert "rebuilding it" in text and "✓ build: onnxruntime/int8" in text
+    rebuilt = next(e for e in result.manifest.entries if (e.stage, e.name) == ("build", "onnxruntime/int8"))
+    assert rebuilt.rebuilt.startswith("the stored copy was damaged: model.int8.onnx is") and not rebuilt.reused
+    assert rebuilt.sha256 == entry.sha256 == sha256_file(engine), "rebuilt byte for byte"
+    assert any(note.startswith("Rebuilt build onnxruntime/int8: the stored copy was damaged") for note in result.report["notes"])
+
+
+def test_two_runs_sharing_a_store_finish_with_consistent_manifests(cold: RunResult, tmp_path: Path) -> None:
+    recipe = recipe_file(tmp_path, tiny_recipe(tmp_path))
+    first = edgeship_run(recipe)
+    time.sleep(1.0)  # the second starts while the first trains the model
+    second = edgeship_run(recipe)
+    outputs = [process.communicate(timeout=600)[0] for process in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], outputs
+    assert "another run is building it" in outputs[1], outputs[1]
+    manifests = [read_manifest(folder) for folder in sorted((tmp_path / "reports").iterdir())]
+    assert len(manifests) == 2 and all(m.status == "ok" for m in manifests)
+    assert digests(manifests[0]) == digests(manifests[1]) == digests(cold.manifest)
+    for manifest in manifests:
+        for entry in manifest.entries:
+            if entry.path:
+                assert sha256_file(Path(entry.path)) == entry.sha256, f"{entry.stage} {entry.name}"
+    built = [sum(not e.reused for e in m.entries if e.stage in DETERMINISTIC) for m in manifests]
+    assert sorted(built)[0] == 0, f"one run built, the other waited and reused everything: {built}"
+    report = json.loads((sorted((tmp_path / "reports").iterdir())[1] / "report.json").read_text())
+    assert [engine["status"] for engine in report["engines"]] == ["ok", "ok"]
