@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from edgeship.errors import EdgeshipError
+from edgeship.errors import EdgeshipError, disk_refusal
 
 DEFAULT_RECIPE = Path("recipes/default.yaml")
 
@@ -35,6 +35,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         Console(stderr=True).print("edgeship: interrupted; rerun the same recipe to resume from the last completed stage")
         return 130
+    except OSError as exc:  # the disk refused a write outside any artifact (the manifest, a report file)
+        if args.debug or disk_refusal(exc) is None:
+            raise
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            f"edgeship: error: the disk refused a write ({exc.strerror}: {exc.filename}); free space and rerun", markup=False)
+        return 2
 
 
 def _parser() -> argparse.ArgumentParser:

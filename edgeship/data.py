@@ -373,5 +373,8 @@ def check_samples(samples: np.ndarray, origin: str, input_shape: tuple[int, ...]
         raise DataError(f"{origin}: the {what} set is empty")
     if samples.shape[1:] != tuple(input_shape):
         raise DataError(f"{origin}: {what} samples have shape {samples.shape[1:]}, the model expects {tuple(input_shape)}")
-    if not np.isfinite(samples).all():
-        raise DataError(f"{origin}: {what} data contains NaN or inf")
+    finite = np.isfinite(samples)
+    if not finite.all():
+        first = int(np.argmin(finite.reshape(len(samples), -1).all(axis=1)))
+        counts = f"{int(np.isnan(samples).sum())} NaN, {int(np.isinf(samples).sum())} inf"
+        raise DataError(f"{origin}: {what} data contains NaN or inf ({counts}; first in sample {first}); expected finite values")

@@ -53,3 +53,22 @@ class GateFailed(EdgeshipError):
     """A release gate failed: the run finished, but an engine may not ship."""
 
     exit_code = 1
+
+
+class StorageError(EdgeshipError):
+    """The disk refused a write (full, over quota, read-only): the run stops; what it finished stays in the store."""
+
+
+DISK_ERRNOS = frozenset({28, 122, 30})  # ENOSPC, EDQUOT, EROFS
+
+
+def disk_refusal(exc: BaseException) -> OSError | None:
+    """The OSError in ``exc``'s chain (itself, its cause or context) that says the disk refused a write, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in DISK_ERRNOS:
+            return current
+        current = current.__cause__ or current.__context__
+    return None

@@ -107,7 +107,9 @@ def measure_isolated(spec: HarnessSpec, work_dir: Path, progress: Progress | Non
     result_path.unlink(missing_ok=True)
     command = [sys.executable, "-m", "edgeship.harness", str(spec_path), str(result_path)]
     log = work_dir / "harness-stderr.log"  # a file, not a pipe: a chatty runtime cannot fill it and stall the child
-    with log.open("w") as stderr, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True) as child:
+    # the child imports what this process imports: a recipe's factory module may be importable only through sys.path
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(entry for entry in sys.path if entry)}
+    with log.open("w") as stderr, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env) as child:
         assert child.stdout is not None
         for line in child.stdout:
             event = _event(line)

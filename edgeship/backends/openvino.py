@@ -196,5 +196,8 @@ def benchmark_app(engine: Path, *, threads: int, batch_size: int, input_shape: t
 
 
 def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else ""
+    """The telling line of an OpenVINO error: the frontend's summary of what it could not convert (``No conversion rule
+    found for operations: Det-20``) when there is one, else the first line."""
+    lines = [line.strip().lstrip("- ").strip() for line in str(exc).splitlines() if line.strip()]
+    summary = [line for line in lines if line.startswith(("No conversion rule", "Model wasn't fully converted"))]
+    return (summary or lines or [""])[-1]

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from edgeship.artifacts import Artifact, ArtifactStore, Manifest, ManifestEntry, artifact_id
+from edgeship.errors import StorageError, disk_refusal
 
 if TYPE_CHECKING:
     from edgeship.data import Dataset
@@ -87,10 +88,17 @@ class RunContext:
                     self.console.print(f"[yellow]⚠ {stage}: {name}: the stored copy ({aid[:12]}) is damaged: {escape(damaged)}; "
                                        "rebuilding it[/yellow]", soft_wrap=True)
             started = time.perf_counter()
-            with self.store.staging(aid) as folder:
-                made = make(folder)
-                artifact = self.store.commit(folder, aid=aid, kind=made.kind, stage=stage, main_file=made.main_file,
-                                             parents=[p.id for p in parents], meta=made.meta)
+            try:
+                with self.store.staging(aid) as folder:
+                    made = make(folder)
+                    artifact = self.store.commit(folder, aid=aid, kind=made.kind, stage=stage, main_file=made.main_file,
+                                                 parents=[p.id for p in parents], meta=made.meta)
+            except Exception as exc:
+                refusal = disk_refusal(exc)
+                if refusal is None:
+                    raise
+                raise StorageError(f"{stage} {name}: the disk refused a write ({refusal.strerror}: {refusal.filename or self.store.root}); "
+                                   f"free space and rerun: every finished artifact is kept in {self.store.root}") from exc
         seconds = time.perf_counter() - started
         self.manifest.record(stage, name, artifact, reused=False, config=config, seconds=seconds,
                              rebuilt=f"the stored copy was damaged: {damaged}" if damaged else "")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -63,19 +64,37 @@ def load_checkpoint(model: nn.Module, path: Path) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
-        raise DataError(f"{path}: not a weights-only checkpoint (refused by torch.load(weights_only=True): {first})") from None
-    except (OSError, RuntimeError, EOFError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read checkpoint: {exc}") from None
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        why = next((line.split("error:", 1)[1].split(". Please")[0].strip() for line in lines if "WeightsUnpickler error:" in line),
+                   re.sub(r"\x1b\[[0-9;]*m", "", lines[0]) if lines else "unsupported content")
+        raise DataError(f"{path}: not a weights-only checkpoint, refused by torch.load(weights_only=True): {why}; "
+                        "save the model's state_dict instead") from None
+    except Exception as exc:  # noqa: BLE001 - torch.load fails on a non-checkpoint in any way it likes (IndexError on text)
+        raise DataError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+                        "expected a state_dict saved with torch.save") from None
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping):
         raise DataError(f"{path}: expected a state_dict (mapping of tensors), got {type(state).__name__}")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        reason = " ".join(str(exc).split())[:300]
-        raise DataError(f"{path}: checkpoint does not fit the model's architecture: {reason}") from None
+    problem = _architecture_mismatch(model.state_dict(), state)
+    if problem:
+        raise DataError(f"{path}: checkpoint is for another architecture than {type(model).__name__}: {problem}")
+    model.load_state_dict(state, strict=True)
+
+
+def _architecture_mismatch(expected: Mapping[str, Any], given: Mapping[str, Any]) -> str:
+    """What differs between a model's state_dict and a checkpoint's, in a line: missing and unexpected keys, shapes."""
+
+    def some(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (f", … ({len(keys)} in all)" if len(keys) > 3 else "")
+
+    missing = [key for key in expected if key not in given]
+    unexpected = [key for key in given if key not in expected]
+    shapes = [f"{key} {tuple(given[key].shape)} vs {tuple(expected[key].shape)}" for key in expected
+              if key in given and hasattr(given[key], "shape") and tuple(given[key].shape) != tuple(expected[key].shape)]
+    parts = ([f"missing {some(missing)}"] if missing else []) + ([f"unexpected {some(unexpected)}"] if unexpected else []) + \
+            ([f"shape {some(shapes)}"] if shapes else [])
+    return "; ".join(parts)
 
 
 def load_model(artifact: Artifact, cfg: ModelConfig | None = None) -> nn.Module:
