@@ -349,14 +349,18 @@ def _array_samples(path: Path, p: Preprocessing, input_shape: tuple[int, ...]) -
                 arrays = [archive[key] for key in archive.files]
         else:
             arrays = [np.load(path, allow_pickle=False)]
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read array file: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - numpy fails on a damaged file in many ways (EOFError, BadZipFile, ValueError)
+        raise DataError(f"{path}: cannot read array file ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
     out = []
     for array in arrays:
         if array.dtype == np.uint8:
-            out.append(preprocess(array if array.ndim >= 3 else array[None], p))
+            images = array if array.ndim >= 3 else array[None]
+            if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3, 4)) or 0 in images.shape[1:]:
+                raise DataError(f"{path}: uint8 images must be (H, W), (N, H, W) or (N, H, W, C) with C 1, 3 or 4, got shape {array.shape}")
+            out.append(preprocess(images, p))
         elif array.dtype in (np.float32, np.float64):
-            batch = array.astype(np.float32)
+            with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, which check_samples reports
+                batch = array.astype(np.float32)
             if batch.ndim == len(input_shape):
                 batch = batch[None]
             if batch.shape[1:] != tuple(input_shape):

@@ -536,16 +536,22 @@ def _describe(exc: ValidationError) -> str:
         parent = loc[:-1]
         where = f"in '{_dotted(parent)}'" if parent else "at the top level"
         allowed = _allowed_keys(parent)
-        return f"unknown key '{loc[-1]}' {where}; allowed keys: {', '.join(allowed)}{more}"
+        return f"unknown key '{_printable(loc[-1])}' {where}; allowed keys: {', '.join(allowed)}{more}"
     key = _dotted(loc) or "recipe"
     got = first.get("input")
     got_text = f" (got {got!r})" if not isinstance(got, dict) and first["type"] != "missing" else ""
-    message = first["msg"].removeprefix("Value error, ")
+    message = _printable(first["msg"].removeprefix("Value error, "))
     return f"'{key}': {message}{got_text}{more}"
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(part) for part in loc)
+    return ".".join(_printable(part) for part in loc)
+
+
+def _printable(value: object) -> str:
+    """``value`` as text on one line: control characters (a newline in a YAML key) escaped."""
+    text = str(value)
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
