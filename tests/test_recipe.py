@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from edgeship.errors import RecipeError
 from edgeship.recipe import Recipe, load_recipe
@@ -118,3 +119,17 @@ def test_distill_input_paths_are_relative_to_the_recipe(tmp_path: Path) -> None:
                                          "  teacher: {factory: 'pkg.mod:make', checkpoint: teacher.pt}\n"))
     assert recipe.distill.transfer_source == tmp_path / "unlabeled"
     assert recipe.distill.teacher is not None and recipe.distill.teacher.checkpoint == tmp_path / "teacher.pt"
+
+
+@pytest.mark.parametrize("name", ["../escape", "/etc/cron.d/x", "a/b", "..\\x", "x\n"])
+def test_a_recipe_name_cannot_leave_the_reports_folder(name: str, tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match=r"'name'"):
+        load_recipe(write(tmp_path, yaml.safe_dump({"name": name})))
+
+
+def test_run_folders_stay_inside_reports(tmp_path: Path) -> None:
+    from edgeship.pipeline.run import _new_run_dir
+
+    assert _new_run_dir(tmp_path, "..").parent == tmp_path, "'..-<stamp>' is a plain folder name"
+    with pytest.raises(RecipeError, match=r"would put the run folder outside"):
+        _new_run_dir(tmp_path, "../../elsewhere")

@@ -161,6 +161,8 @@ def _new_run_dir(reports: Path, name: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for attempt in range(1000):
         folder = reports / (f"{name}-{stamp}" + (f"-{attempt}" if attempt else ""))
+        if folder.resolve().parent != reports.resolve():  # the recipe's name pattern forbids it; a caller's label might not
+            raise RecipeError(f"'name': {name!r} would put the run folder outside {reports}")
         try:
             folder.mkdir()
             return folder
