@@ -30,7 +30,10 @@ class Pickled:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
     """A finished tiny run whose store the bad runs share."""
-    return run(tiny_recipe(tmp_path_factory.mktemp("built")), console=Console(quiet=True))
+    recipe = tiny_recipe(tmp_path_factory.mktemp("built"), backends={
+        "onnxruntime": {"precisions": ["fp32", "int8"]}, "openvino": {"precisions": ["fp32"]}, "tflite": {"precisions": ["fp32"]},
+        "tensorrt": {"enabled": False}})
+    return run(recipe, console=Console(quiet=True))
 
 
 def workspace(result: RunResult) -> Path:
@@ -163,11 +166,15 @@ def test_bad_calibration_data(case: str, built: RunResult, tmp_path: Path, capsy
 # -- engines given to `edgeship validate` ------------------------------------------------------------------------
 
 def _truncated_copy(name: str) -> Callable[[RunResult, Path], Path]:
+    """A copy of the run's ``name`` engine folder whose main file lost its second half."""
     def make(result: RunResult, folder: Path) -> Path:
+        import shutil
+
         entry = next(e for e in result.manifest.entries if (e.stage, e.name) == ("build", name))
-        data = Path(entry.path).read_bytes()
-        target = folder / Path(entry.path).name
-        target.write_bytes(data[: len(data) // 2])
+        source = Path(entry.path)
+        shutil.copytree(source.parent, folder / "engine", ignore=shutil.ignore_patterns("artifact.json"))
+        target = folder / "engine" / source.name
+        target.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
         return target
     return make
 
@@ -180,6 +187,10 @@ def _text_as_onnx(result: RunResult, folder: Path) -> Path:
 ENGINES: dict[str, tuple[Callable[[RunResult, Path], Path], str]] = {
     "truncated ONNX engine": (_truncated_copy("onnxruntime/int8"), r"model\.int8\.onnx: not a readable ONNX model"),
     "non-ONNX file as a model": (_text_as_onnx, r"model\.onnx: not a readable ONNX model"),
+    "truncated OpenVINO IR": (_truncated_copy("openvino/fp32"), r"model\.xml: cannot be loaded as a openvino engine \(truncated or "
+                                                                 r"not one\?\): \S"),
+    "truncated TFLite engine": (_truncated_copy("tflite/fp32"), r"model\.fp32\.tflite: cannot be loaded as a tflite engine "
+                                                                r"\(truncated or not one\?\): The model is not a valid Flatbuffer buffer"),
 }
 
 

@@ -83,9 +83,11 @@ def _onnx_to_saved_model(source: Path, work: Path, calibration: CalibrationSet |
         import onnx2tf
         import onnx2tf.onnx2tf as onnx2tf_main
 
+    own_copy = work / source.name  # onnx2tf overwrites its input with its simplified model: never hand it the stored ONNX
+    shutil.copyfile(source, own_copy)
     with captured_output() as log, _patched(onnx2tf_main, "download_test_image_data", lambda: _local_sample_images(calibration)):
         try:
-            onnx2tf.convert(input_onnx_file_path=str(source), output_folder_path=str(folder), non_verbose=True,
+            onnx2tf.convert(input_onnx_file_path=str(own_copy), output_folder_path=str(folder), non_verbose=True,
                             copy_onnx_input_output_names_to_tflite=True, disable_model_save=False)
         except SystemExit as exc:  # onnx2tf exits on errors after printing them
             raise BuildError("tflite", precision, f"onnx2tf failed (exit {exc.code}): {error_line(log.getvalue())}") from None

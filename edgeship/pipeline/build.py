@@ -23,7 +23,7 @@ from edgeship.artifacts import Artifact
 from edgeship.backends import REGISTRY, availability, get_backend
 from edgeship.backends.base import PREPARE_INFO, CalibrationSet, Precision, PreparingBackend
 from edgeship.backends.sensitivity import FLOAT_LAYERS_FILE
-from edgeship.errors import BackendUnavailable, BuildError
+from edgeship.errors import BackendUnavailable, BuildError, StageError
 from edgeship.pipeline.base import Made, RunContext
 from edgeship.recipe import BackendsConfig
 
@@ -70,6 +70,10 @@ class BuildStage:
                     outputs[name] = self._build_one(ctx, source, backend_name, precision, backend_cfg, config)
                 except (BuildError, BackendUnavailable) as exc:
                     ctx.record_problem(self.name, name, "failed", str(exc), config)
+                changed = source.verify()
+                if changed is not None:  # a converter wrote to its input: every later engine would be built from other bytes
+                    raise StageError(self.name, f"building {name} changed its input {source.path}: {changed}; "
+                                                "a backend must not write to the stored ONNX")
                 ctx.save_manifest()
         return outputs
 

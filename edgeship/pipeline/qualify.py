@@ -114,7 +114,9 @@ def _probe(backend: object, engine: Path) -> tuple[str, list[int]]:
         with backend.runner(engine, threads=1) as runner:  # type: ignore[attr-defined]
             inputs = runner.input_metadata()
     except (RuntimeError, ValueError, OSError) as exc:
-        raise DataError(f"{engine}: cannot be loaded as a {backend.name} engine: {str(exc).splitlines()[0]}") from None  # type: ignore[attr-defined]
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]  # OpenVINO's last line is the telling one
+        raise DataError(f"{engine}: cannot be loaded as a {backend.name} engine "  # type: ignore[attr-defined]
+                        f"(truncated or not one?): {lines[-1] if lines else type(exc).__name__}") from None
     if len(inputs) != 1:
         raise DataError(f"{engine}: expected one input (an image batch), the engine has {sorted(inputs)}")
     meta = next(iter(inputs.values()))
