@@ -6,6 +6,8 @@ anything else is a programming error and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
+
 
 class EdgeshipError(Exception):
     """Root of every error edgeship raises on purpose."""
@@ -59,7 +61,7 @@ class StorageError(EdgeshipError):
     """The disk refused a write (full, over quota, read-only): the run stops; what it finished stays in the store."""
 
 
-DISK_ERRNOS = frozenset({28, 122, 30})  # ENOSPC, EDQUOT, EROFS
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
 def disk_refusal(exc: BaseException) -> OSError | None:
