@@ -188,7 +188,7 @@ def _read_classes(folders: list[Path], index: Mapping[str, int], p: Preprocessin
         if not files:
             raise DataError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         for path in files:
-            image = _read_image(path, p)
+            image = read_image(path, p.color)
             image = image[..., None] if image.ndim == 2 else image
             images.append(_resize(image[None], p.resize)[0] if p.resize is not None and image.shape[:2] != tuple(p.resize) else image)
             labels.append(index[folder.name])
@@ -319,7 +319,7 @@ def load_samples(source: Path, preprocessing: Preprocessing, *, input_shape: tup
         if path.suffix.lower() in ARRAY_SUFFIXES:
             batches.extend(_array_samples(path, preprocessing, input_shape))
         else:
-            images.append(_read_image(path, preprocessing))
+            images.append(read_image(path, preprocessing.color))
     if images:
         if len({img.shape for img in images}) > 1:
             if preprocessing.resize is None:
@@ -332,12 +332,13 @@ def load_samples(source: Path, preprocessing: Preprocessing, *, input_shape: tup
     return samples
 
 
-def _read_image(path: Path, p: Preprocessing) -> np.ndarray:
+def read_image(path: Path, color: str = "rgb") -> np.ndarray:
+    """An image file as uint8: (H, W) for ``gray``, (H, W, 3) for ``rgb`` (grayscale repeated, alpha dropped)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("L" if p.color == "gray" else "RGB"))
+            return np.asarray(img.convert("L" if color == "gray" else "RGB"))
     except (OSError, UnidentifiedImageError) as exc:
         raise DataError(f"{path}: cannot read image: {exc}") from None
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeship.data import read_image
 from edgeship.errors import DataError
 
 # (package, file): natural photographs only, no diagrams or microscopy; motorcycle_right is left out as the
@@ -77,17 +78,6 @@ def available_photos() -> dict[str, Path]:
     if not found:
         raise DataError(f"no sample photos found (scikit-learn's sample images or scikit-image's data); install them with {INSTALL}")
     return found
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8: grayscale repeated to three channels, alpha dropped."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DataError(f"{path}: cannot read image: {exc}") from None
 
 
 def halves(height: int, width: int) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
@@ -157,7 +147,7 @@ class PhotoCrops:
 def load_crops(size: tuple[int, int], *, calibration_size: int | None, eval_size: int | None, seed: int) -> PhotoCrops:
     """The crop sets, each shuffled with ``seed`` and cut to its size (None keeps every crop)."""
     paths = available_photos()
-    images = {name: read_rgb(path) for name, path in paths.items()}
+    images = {name: read_image(path) for name, path in paths.items()}
     cal_plan, eval_plan = crop_plan({name: img.shape[:2] for name, img in images.items()})
     rng = np.random.default_rng(seed)
     cal_plan = [cal_plan[i] for i in rng.permutation(len(cal_plan))][:calibration_size]

@@ -5,9 +5,9 @@ import builtins
 import pytest
 import torch
 
-from edgeship.data import preprocess
+from edgeship.data import preprocess, read_image
 from edgeship.errors import RecipeError
-from edgeship.photos import available_photos, center_crop, read_rgb
+from edgeship.photos import available_photos, center_crop
 from edgeship.recipe import Preprocessing
 from edgeship.zoo import pretrained
 
@@ -33,7 +33,7 @@ def test_efficientnet_lite0_loads_its_weights_and_keeps_relu6(lite0):
 
 def test_efficientnet_lite0_sees_a_daisy_in_flower_jpg(lite0):
     """Preprocessing check on the model itself: [-1, 1] RGB at 224×224."""
-    image = center_crop(read_rgb(available_photos()["flower.jpg"]), (224, 224))
+    image = center_crop(read_image(available_photos()["flower.jpg"]), (224, 224))
     x = torch.from_numpy(preprocess(image[None], EFFICIENTNET_INPUT))
     assert float(x.min()) >= -1 and float(x.max()) <= 1
     with torch.no_grad():
