@@ -24,6 +24,7 @@ from edgeship.pipeline.base import RunContext
 from edgeship.pipeline.build import PREPARE, prediction_name
 from edgeship.pipeline.validate import BASELINE
 from edgeship.recipe import GatesConfig
+from edgeship.render.text import float_layers_line
 from edgeship.render.text import pct as _pct
 from edgeship.render.text import size as _size
 
@@ -396,14 +397,6 @@ def prepared_line(row: Mapping[str, Any]) -> str:
                  + f"agreement {_pct(predicted['top1_agreement'])}"
                  + (f", top-5 agreement {_pct(predicted['top5_agreement'])}" if predicted.get("top5_agreement") is not None else ""))
     return text
-
-
-def float_layers_line(row: Mapping[str, Any]) -> str:
-    """Which layers an INT8 engine keeps in float (``keep_float``) and how INT8 scored them alone."""
-    kept = row["float_layers"]
-    worst = ", ".join(f"{r['weight']} (cosine {r['cosine']:.4f})" for r in kept["ranking"][: kept["count"]])
-    return (f"{row['name']}: {len(kept['nodes'])} layers kept in float (keep_float {kept['count']} + the convolutions feeding them); "
-            f"most INT8-sensitive, weights alone in INT8 on {kept['samples']} calibration samples: {worst}")
 
 
 def cross_check_reason(check: Mapping[str, Any]) -> str:

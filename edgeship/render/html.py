@@ -9,6 +9,7 @@ from html import escape
 from typing import Any
 
 from edgeship.render import plots
+from edgeship.render.text import float_layers_line
 from edgeship.render.text import pct as _pct
 from edgeship.render.text import size as _size
 
@@ -233,8 +234,6 @@ def _pipeline(report: Mapping[str, Any]) -> str:
                                  "Training curves (validation split held out from training)."))
     kept = [row for row in report.get("engines", []) if row.get("float_layers")]
     if kept:
-        from edgeship.pipeline.report import float_layers_line
-
         parts.append("<h3>INT8 layers kept in float</h3><ul>" + "".join(f"<li>{escape(float_layers_line(row))}</li>" for row in kept)
                      + "</ul>")
     verdict = report.get("student_vs_teacher")
