@@ -86,12 +86,40 @@ class OpenVinoBackend:
             model = nncf.quantize(model, nncf.Dataset(calibration), preset=nncf.QuantizationPreset(cfg.preset),
                                   subset_size=min(cfg.subset_size, len(calibration.samples)),
                                   fast_bias_correction=cfg.fast_bias_correction, ignored_scope=ignored)
+        _name_generated_nodes(model, _onnx_names(source))
         target = out_dir / "model.xml"
         ov.save_model(model, str(target), compress_to_fp16=precision is Precision.FP16)
         runtime = {"device": "CPU", "PERFORMANCE_HINT": cfg.performance_hint.upper(),
                    "INFERENCE_PRECISION_HINT": execution_precision(precision)}
         (out_dir / RUNTIME_FILE).write_text(json.dumps(runtime, indent=2))
         return target
+
+
+GENERATED_NAME = re.compile(r"^([A-Za-z][A-Za-z0-9]*)_(\d+)$")
+
+
+def _onnx_names(source: Path) -> set[str]:
+    """Every node, tensor and initializer name of the ONNX model (read without its weights)."""
+    import onnx
+
+    graph = onnx.load(str(source), load_external_data=False).graph
+    return ({node.name for node in graph.node} | {name for node in graph.node for name in node.output}
+            | {tensor.name for tensor in graph.initializer} | {value.name for value in graph.input})
+
+
+def _name_generated_nodes(model: Any, onnx_names: set[str]) -> None:
+    """Name the nodes OpenVINO made itself by their position, so one ONNX gives one IR byte for byte.
+
+    The converter and its constant folding name new nodes from a process-global counter
+    (``Reshape_15`` in a fresh process, ``Reshape_2925`` after a few builds), so the same
+    build in another process wrote another ``model.xml``. Names that come from the ONNX
+    are kept; ``Type_<n>`` names that do not become ``Type_ov<position>``.
+    """
+    for position, node in enumerate(model.get_ordered_ops()):
+        name = node.get_friendly_name()
+        match = GENERATED_NAME.match(name)
+        if match and name not in onnx_names:
+            node.set_friendly_name(f"{match.group(1)}_ov{position}")
 
 
 def execution_precision(precision: Precision) -> str:

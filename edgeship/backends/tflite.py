@@ -82,6 +82,11 @@ def _onnx_to_saved_model(source: Path, work: Path, calibration: CalibrationSet |
     with captured_output() as log:
         import onnx2tf
         import onnx2tf.onnx2tf as onnx2tf_main
+        import tf_keras
+
+    # Keras numbers its layers and models per process (model_5, then model_11 on the next build) and the names land in
+    # the .tflite: a fresh session makes every build in a process write the bytes a fresh process writes
+    tf_keras.backend.clear_session()
 
     own_copy = work / source.name  # onnx2tf overwrites its input with its simplified model: never hand it the stored ONNX
     shutil.copyfile(source, own_copy)

@@ -147,6 +147,18 @@ class BackendContract:
             victim.write_bytes(victim.read_bytes()[:-1] + b"\0")
             assert store.get(aid) is None, f"{precision}: an edited {victim.name} must not pass as the recorded engine"
 
+    def test_a_second_build_is_byte_identical(self, impl: Backend, engines: dict[Precision, Path], trained_cnn: TrainedCnn,
+                                              tmp_path: Path) -> None:
+        """The same ONNX and calibration give the same engine files, in the same process too: a resumed run
+        reuses engines by hash and rebuilds the rest, so a build must not depend on what ran before it."""
+        precision = Precision.INT8 if Precision.INT8 in impl.precisions else min(impl.precisions)
+        calibration = CalibrationSet(trained_cnn.calibration, "test-fingerprint", batch_size=1)
+        again = impl.build(onnx_artifact(trained_cnn.onnx), precision, calibration if precision is Precision.INT8 else None,
+                           self.config, tmp_path)
+        first = {p.name: sha256_file(p) for p in engines[precision].parent.iterdir() if p.is_file()}
+        second = {p.name: sha256_file(p) for p in again.parent.iterdir() if p.is_file()}
+        assert second == first, f"{precision} engine files differ between two builds"
+
     def test_unsupported_precision_is_a_build_error(self, impl: Backend, trained_cnn: TrainedCnn, tmp_path: Path) -> None:
         missing = [p for p in Precision if p not in impl.precisions]
         if not missing:
