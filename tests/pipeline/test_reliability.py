@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -45,8 +46,8 @@ def edgeship_run(recipe: Path) -> subprocess.Popen[str]:
                             text=True, env=env, cwd=recipe.parent)
 
 
-def digests(manifest: Manifest) -> dict[tuple[str, str], str | None]:
-    return {(e.stage, e.name): e.sha256 for e in manifest.entries if e.stage in DETERMINISTIC}
+def digests(manifest: Manifest, stages: tuple[str, ...] = DETERMINISTIC) -> dict[tuple[str, str], str | None]:
+    return {(e.stage, e.name): e.sha256 for e in manifest.entries if e.stage in stages}
 
 
 def read_manifest(run_dir: Path) -> Manifest:
@@ -80,6 +81,39 @@ def test_killed_during_build_resumes_with_identical_artifacts(cold: RunResult, t
     assert digests(resumed.manifest) == digests(cold.manifest)
     assert not list((tmp_path / "store" / "tmp").iterdir()), "the killed run's staging folder is cleaned up"
     assert resumed.exit_code == cold.exit_code
+
+
+def distill_recipe(tmp: Path) -> Recipe:
+    return tiny_recipe(tmp, distill={"enabled": True, "ablation": False, "hints": [], "student": {"zoo": "resnet_small", "width": 4},
+                                     "train": {"epochs": 3, "optimizer": "adamw", "lr": 0.002, "weight_decay": 0.0}})
+
+
+def test_killed_during_training_resumes_from_the_last_epoch_with_identical_weights(tmp_path_factory: pytest.TempPathFactory,
+                                                                                    tmp_path: Path) -> None:
+    cold_distill = run(distill_recipe(tmp_path_factory.mktemp("cold-distill")), console=Console(quiet=True))
+    recipe = recipe_file(tmp_path, distill_recipe(tmp_path))
+    process = edgeship_run(recipe)
+    seen = []
+    for line in process.stdout:  # type: ignore[union-attr]
+        seen.append(line)
+        if re.search(r"distill \(.*\): epoch 1/3", line):
+            deadline = time.monotonic() + 60  # the line is printed just before the epoch's checkpoint is renamed into place
+            while not list((tmp_path / "store" / "scratch").glob("*/train.ckpt")) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            process.send_signal(signal.SIGKILL)  # while epoch 2 trains
+            break
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "".join(seen)
+
+    console = Console(record=True, width=200)
+    resumed = run(Recipe.model_validate(yaml.safe_load(recipe.read_text())), console=console)
+    text = console.export_text()
+    assert "↺ model:" in text, "the teacher finished before the kill and is reused"
+    resumed_from = re.search(r"resuming after epoch (\d)/3", text)
+    assert resumed_from and int(resumed_from.group(1)) >= 1, text
+    stages = ("model", "distill", "export", "build")
+    assert digests(resumed.manifest, stages) == digests(cold_distill.manifest, stages), "the resumed student is the uninterrupted one"
+    assert not list((tmp_path / "store" / "scratch").iterdir()), "the finished stage removes its checkpoint folder"
 
 
 def test_a_damaged_stored_artifact_is_reported_and_rebuilt(cold: RunResult, tmp_path: Path) -> None:
