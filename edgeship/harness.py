@@ -245,6 +245,23 @@ def _event(line: str) -> dict[str, Any] | None:
     return event if isinstance(event, dict) and {"task", "done", "total"} <= set(event) else None
 
 
+def _die_with_parent() -> None:
+    """On Linux, have the kernel kill this process when its parent dies: a killed run or device agent must not leave a
+    measuring process behind, using the CPUs the next measurement is pinned to."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Child entry point: ``python -m edgeship.harness SPEC.json RESULT.json``."""
     args = sys.argv[1:] if argv is None else argv
@@ -256,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"{args[0]}: not a harness spec: {_one_line(str(exc))}", file=sys.stderr)
         return 2
+    _die_with_parent()
     if spec.cpus is not None and hasattr(os, "sched_setaffinity"):
         try:
             os.sched_setaffinity(0, spec.cpus)  # before any runtime starts its thread pool
