@@ -30,7 +30,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "torch==2.13.0" -e ".[dev,openvino,tflite,tensorrt-onnx,efficientnet]"
+	$(PY) -m pip install -q "torch==2.13.0" -e ".[dev,openvino,tflite,tensorrt-onnx,efficientnet,agent]"
 	touch $(STAMP)
 
 # Best effort: without the package edgeship falls back to scikit-learn's digits and says so.

@@ -1,4 +1,4 @@
-"""The ``edgeship`` command line: ``run``, ``backends``, ``validate``, ``report``.
+"""The ``edgeship`` command line: ``run``, ``backends``, ``validate``, ``report``, ``agent serve``.
 
 Every error a user can cause prints one line and exits 2 (``--debug`` shows the
 traceback); a failed release gate exits 1.
@@ -72,6 +72,18 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="rebuild a run's report.json, junit.xml and report.html from its manifest.json alone")
     report.add_argument("path", type=Path, help="the run folder (reports/<run-id>) or its manifest.json")
     report.set_defaults(handler=_report)
+
+    agent = sub.add_parser("agent", help="the device agent: run on an edge device so a host's runs measure engines there")
+    agent_sub = agent.add_subparsers(dest="agent_command", required=True)
+    serve = agent_sub.add_parser("serve", help="serve GET /device, uploads by sha256 and measurement jobs, one at a time")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    serve.add_argument("--token-file", type=Path, required=True, help="file whose first line is the bearer token every request needs")
+    serve.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "edgeship-agent",
+                       help="folder for uploaded engines and feeds, by sha256, and job results (default ~/.cache/edgeship-agent)")
+    serve.add_argument("--max-upload-mib", type=float, default=2048.0, help="largest upload accepted, MiB (default 2048)")
+    serve.add_argument("--cpus", default=None, help="CPUs every measurement is pinned to, e.g. 0,1 (default: the first `threads`)")
+    serve.set_defaults(handler=_agent_serve)
     return parser
 
 
@@ -161,6 +173,37 @@ def _report(args: argparse.Namespace, console: Console) -> int:
     folder = args.path if args.path.is_dir() else args.path.parent
     console.print(f"report: {folder / 'report.html'}")
     return int(report["release"]["exit_code"])
+
+
+def _agent_serve(args: argparse.Namespace, console: Console) -> int:
+    import importlib.util
+    import socket
+
+    from edgeship.errors import DataError, RecipeError
+
+    missing = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise EdgeshipError(f"the device agent needs {' and '.join(missing)}: pip install 'edgeship[agent]'")
+    try:
+        cpus = tuple(int(cpu) for cpu in args.cpus.split(",")) if args.cpus else None
+    except ValueError:
+        raise RecipeError(f"--cpus {args.cpus!r}: expected CPU numbers separated by commas, e.g. 0,1") from None
+    from edgeship.agent.server import read_token, serve
+
+    try:
+        read_token(args.token_file)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:  # uvicorn's own bind failure is a log line and exit 1
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((args.host, args.port))
+        except OSError as exc:
+            raise DataError(f"--host {args.host} --port {args.port}: cannot listen there: {exc.strerror}") from None
+    serve(host=args.host, port=args.port, token_file=args.token_file, cache=args.cache, max_upload_mib=args.max_upload_mib,
+          cpus=cpus, announce=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
+    return 0
 
 
 if __name__ == "__main__":

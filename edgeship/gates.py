@@ -47,10 +47,11 @@ def unmatched_patterns(names: Iterable[str], gates: GatesConfig) -> list[str]:
 
 
 def recommend(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per backend: the engine to ship (the fastest passing by measured p50) and the reason, or none and why."""
+    """Per backend (per backend and device, ``target``, for rows measured on a remote device): the engine to ship (the
+    fastest passing by measured p50) and the reason, or none and why."""
     out: dict[str, dict[str, Any]] = {}
-    for backend in dict.fromkeys(row["backend"] for row in rows):
-        engines = [row for row in rows if row["backend"] == backend]
+    for backend in dict.fromkeys(row.get("target") or row["backend"] for row in rows):
+        engines = [row for row in rows if (row.get("target") or row["backend"]) == backend]
         passing = sorted((r for r in engines if r.get("verdict") == "pass"), key=lambda r: r["latency"]["p50_ms"])
         if not passing:
             out[backend] = {"engine": None, "reason": "no engine passes every gate: " + "; ".join(_why_not(r) for r in engines)}

@@ -392,6 +392,40 @@ class ValidateConfig(_Section):
         return tuple(self.cpus)
 
 
+class DeviceConfig(_Section):
+    """An edge device running ``edgeship agent serve``: engines of its backends are measured there too, and reported
+    under its name (``onnxruntime/int8@nuc``). The host itself (``local``) always measures every engine."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="the device's name in the report")
+    url: str = Field(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$", description="the agent's address, e.g. http://10.0.0.7:8765")
+    token_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="the environment variable holding the agent's bearer token")
+    backends: list[str] | None = Field(default=None, description="backends to measure there; null: every one available there")
+    threads: PositiveInt | None = Field(default=None, description="inference threads there; null: validate.threads, else all its cores")
+    timeout_s: PositiveFloat = Field(default=30.0, description="one request's timeout (the connection: at most 10 s)")
+    job_timeout_s: PositiveFloat = Field(default=1800.0, description="one engine's measurement, queueing there included")
+    retries: int = Field(default=2, ge=0, le=10, description="attempts after the first when the device is unreachable, times out "
+                                                             "or loses the job")
+    retry_delay_s: float = Field(default=2.0, ge=0, description="before the first retry; doubled before each next one")
+    outputs_limit_mib: float = Field(default=64.0, ge=0, description="outputs up to this size come back and are scored here; "
+                                                                     "larger ones are scored on the device")
+
+    @field_validator("name")
+    @classmethod
+    def _not_local(cls, value: str) -> str:
+        if value == "local":
+            raise ValueError("'local' is the host itself, which always measures every engine; give the remote device another name")
+        return value
+
+    @field_validator("backends")
+    @classmethod
+    def _known_backends(cls, value: list[str] | None) -> list[str] | None:
+        known = list(BackendsConfig.model_fields)
+        unknown = [name for name in value or [] if name not in known]
+        if unknown:
+            raise ValueError(f"unknown backend {unknown[0]!r}; expected some of {known}")
+        return value
+
+
 class GatesConfig(_Section):
     """Release gates, the same for every engine. A limit left at null is not applied (the gate is not-applicable)."""
 
@@ -422,8 +456,18 @@ class Recipe(_Section):
     backends: BackendsConfig = BackendsConfig()
     validate_: ValidateConfig = Field(default=ValidateConfig(), alias="validate")
     gates: GatesConfig = GatesConfig()
+    devices: list[DeviceConfig] = Field(default_factory=list, description="edge devices running `edgeship agent serve`")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("devices")
+    @classmethod
+    def _unique_devices(cls, value: list[DeviceConfig]) -> list[DeviceConfig]:
+        names = [device.name for device in value]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"device name {repeated[0]!r} appears twice; each device needs its own name")
+        return value
 
     def threads(self) -> int:
         return self.validate_.threads or os.cpu_count() or 1

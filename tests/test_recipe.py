@@ -75,6 +75,13 @@ def test_nested_typo_lists_that_sections_keys(tmp_path: Path) -> None:
         ("distill: {transfer: unlabeled, objective: soft, transfer_source: nowhere}", r"'distill.transfer_source': no such file"),
         ("distill: {student: {factory: 'a.b:c', checkpoint: gone.pt}}", r"'distill.student.checkpoint': file not found"),
         ("distill: {hints: [{studnet: layer2}]}", r"unknown key 'studnet' in 'distill.hints.0'; allowed keys: student, teacher"),
+        ("devices: [{name: local, url: 'http://h:1', token_env: T}]", r"'devices.0.name': 'local' is the host itself"),
+        ("devices: [{name: a, url: 'http://h:1', token_env: T}, {name: a, url: 'http://g:1', token_env: T}]",
+         r"device name 'a' appears twice"),
+        ("devices: [{name: a, url: 'ftp://h', token_env: T}]", r"'devices.0.url'"),
+        ("devices: [{name: a, url: 'http://h:1', token_env: T, backends: [tensorflow]}]", r"unknown backend 'tensorflow'"),
+        ("devices: [{name: a, url: 'http://h:1', token_env: T, retries: -1}]", r"'devices.0.retries': .*greater than or equal to 0"),
+        ("devices: [{name: a, url: 'http://h:1'}]", r"'devices.0.token_env'"),
     ],
 )
 def test_bad_recipes_give_one_line_errors(tmp_path: Path, text: str, pattern: str) -> None:

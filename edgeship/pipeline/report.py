@@ -130,6 +130,7 @@ def build_report(manifest: Manifest) -> dict[str, Any]:
                                 **{k: metrics[k] for k in AGREEMENT_KEYS if k in metrics},
                                 **(accuracy_drop(metrics["top1"], base_top1) if metrics["top1"] is not None else {})}
         engines.append(row)
+        engines.extend(_device_rows(row, entries, base_top1))
     _add_drop_vs_backend_fp32(engines)
     _add_predicted_drop_vs_onnx_fp32(engines)
     for row in engines:
@@ -162,6 +163,7 @@ def build_report(manifest: Manifest) -> dict[str, Any]:
         "distill": _distill_section(entries),
         "gates": gates.model_dump(mode="json"),
         "engines": engines,
+        "devices": _devices(entries),
         "recommendations": recommend([row for row in engines if row["backend"]]),
         "release": {"required": required, "failing": failing, "passed": not failing, "exit_code": 1 if failing else 0},
         "notes": ["Each engine and the baseline were measured in a process of their own, pinned to the CPUs shown, one after "
@@ -174,6 +176,10 @@ def build_report(manifest: Manifest) -> dict[str, Any]:
     for entry in entries:
         if entry.rebuilt:
             report["notes"].append(f"Rebuilt {entry.stage} {entry.name}: {entry.rebuilt}.")
+    if report["devices"]:
+        report["notes"].append("Rows named <engine>@<device> were measured on that device by its edgeship agent, with the same "
+                               "harness as this host's rows; the FP32 baseline and the reference outputs are this host's. Each "
+                               "device has its own recommendation.")
     if any(row["backend"] == "tensorrt" for row in engines):
         report["notes"].append("A TensorRT engine runs only on the GPU model (compute capability) and the TensorRT version it was "
                                "built with (each engine's runtime shows both); rebuild it for any other. Where no engine was built, "
@@ -184,6 +190,40 @@ def build_report(manifest: Manifest) -> dict[str, Any]:
 
 
 AGREEMENT_KEYS = ("top1_agreement", "top5_agreement", "max_abs_error", "mean_cosine")
+DEVICE_KEYS = ("device_name", "agent", "device", "agent_edgeship")
+
+
+def _device_rows(engine: dict[str, Any], entries: list[ManifestEntry], base_top1: float | None) -> list[dict[str, Any]]:
+    """The engine measured on each device of the recipe (validate entries ``<engine>@<device>``), one row each, judged
+    like any engine; ``target`` (``<backend>@<device>``) groups them for that device's recommendation."""
+    rows = []
+    for entry in entries:
+        if entry.stage != "validate" or not entry.name.startswith(f"{engine['name']}@"):
+            continue
+        device = entry.name.rsplit("@", 1)[1]
+        row = {**{k: engine[k] for k in ("backend", "precision", "artifact", "sha256", "path", "build_seconds")},
+               "name": entry.name, "device_name": device, "target": f"{engine['backend']}@{device}", "status": entry.status,
+               "reason": entry.reason, "reused": {"build": engine["reused"]["build"], "validate": entry.reused}}
+        if engine["status"] != "ok":
+            row.update(status=engine["status"], reason=engine["reason"])
+        if entry.status == "ok":
+            row.update({k: v for k, v in entry.metrics.items() if k not in DEVICE_KEYS})
+            if entry.metrics.get("top1") is not None:
+                row.update(accuracy_drop(entry.metrics["top1"], base_top1))
+        rows.append(row)
+    return rows
+
+
+def _devices(entries: list[ManifestEntry]) -> dict[str, Any]:
+    """Each remote device that measured an engine: its agent's address, its description and its edgeship version."""
+    devices: dict[str, Any] = {}
+    for entry in entries:
+        if entry.stage == "validate" and entry.status == "ok" and entry.metrics.get("device_name"):
+            devices.setdefault(entry.metrics["device_name"], {k: entry.metrics.get(k) for k in ("agent", "device", "agent_edgeship")})
+        elif entry.stage == "validate" and "@" in entry.name:
+            devices.setdefault(entry.name.rsplit("@", 1)[1], {"agent": (entry.config.get("device") or {}).get("url"), "device": None,
+                                                              "agent_edgeship": None})
+    return devices
 
 
 def accuracy_basis(dataset: Mapping[str, Any] | None) -> dict[str, str]:
@@ -201,10 +241,13 @@ def accuracy_basis(dataset: Mapping[str, Any] | None) -> dict[str, str]:
 def _add_drop_vs_backend_fp32(engines: list[dict[str, Any]]) -> None:
     """Each engine's top-1 drop against its own backend's FP32 engine: the quantization effect alone, apart
     from what pruning and distillation changed against the baseline."""
-    fp32 = {row["backend"]: row["top1"] for row in engines if row["precision"] == "fp32" and row.get("top1") is not None}
+    def target(row: dict[str, Any]) -> str:
+        return row.get("target") or row["backend"]
+
+    fp32 = {target(row): row["top1"] for row in engines if row["precision"] == "fp32" and row.get("top1") is not None}
     for row in engines:
-        if row.get("top1") is not None and row["backend"] in fp32:
-            row["top1_drop_vs_backend_fp32_points"] = round(100 * (fp32[row["backend"]] - row["top1"]), 4)
+        if row.get("top1") is not None and target(row) in fp32:
+            row["top1_drop_vs_backend_fp32_points"] = round(100 * (fp32[target(row)] - row["top1"]), 4)
 
 
 def _add_predicted_drop_vs_onnx_fp32(engines: list[dict[str, Any]]) -> None:
@@ -338,7 +381,8 @@ def _engine_cells(row: Mapping[str, Any], mark: str, *, labelled: bool = True) -
     verdict = row.get("verdict", row["status"])
     colour = {"pass": "green", "fail": "red", "skipped": "yellow"}.get(verdict, colour)
     text = verdict if verdict in ("pass", "fail") else row["status"]
-    return [row.get("backend") or "?", row.get("precision") or "?", _size(row.get("size_bytes")), _ms(lat.get("p50_ms")),
+    where = row.get("target") or row.get("backend") or "?"  # onnxruntime@nuc for a row measured on a device
+    return [where, row.get("precision") or "?", _size(row.get("size_bytes")), _ms(lat.get("p50_ms")),
             _ms(lat.get("p99_ms")), *(_accuracy_cells(row) if labelled else _agreement_cells(row)),
             "—" if not build else f"{build:.1f}", f"[{colour}]{text}[/{colour}] {mark}".rstrip()]
 

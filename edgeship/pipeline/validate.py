@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+from rich.markup import escape
 
 from edgeship.artifacts import Artifact
 from edgeship.backends import get_backend
@@ -28,7 +30,10 @@ from edgeship.harness import HarnessError, HarnessSpec, measure_isolated
 from edgeship.measure import agreement, top1
 from edgeship.pipeline.base import Made, RunContext
 from edgeship.progress import progress_bar
-from edgeship.recipe import ValidateConfig
+from edgeship.recipe import DeviceConfig, ValidateConfig
+
+if TYPE_CHECKING:
+    from edgeship.agent.client import AgentClient, AgentError
 
 BASELINE = "pytorch/fp32"
 MEASURED_KEYS = ("load_ms", "first_inference_ms", "import_ms", "latency", "throughput", "memory", "cpus")
@@ -61,6 +66,54 @@ class ValidateStage:
                 except StageError as exc:
                     ctx.record_problem(self.name, name, "failed", exc.reason, engine_cfg)
                 ctx.save_manifest()
+            for device in ctx.recipe.devices:
+                engines = {name: engine for name, engine in inputs.items() if name != "model" and "predicts" not in engine.meta
+                           and (device.backends is None or engine.meta["backend"] in device.backends)}
+                if engines:
+                    results.update(self._on_device(device, engines, results[BASELINE], reference, config, measure, ctx))
+        return results
+
+    def _on_device(self, device: DeviceConfig, engines: Mapping[str, Artifact], baseline: Artifact, reference: np.ndarray,
+                   config: dict[str, Any], local: _Measure, ctx: RunContext) -> dict[str, Artifact]:
+        """Every engine of the device's backends measured on it through its agent, as ``<engine>@<device>``; a device
+        that cannot be reached, or fails a job, is recorded ``failed`` for that engine with the cause, and the run goes on."""
+        from edgeship.agent.client import AgentClient, AgentError, with_retries
+
+        names = {name: f"{name}@{device.name}" for name in engines}
+        policy = {"retries": device.retries, "delay_s": device.retry_delay_s}
+        device_cfg = {**config, "device": device.model_dump(mode="json", include={"name", "url", "threads", "outputs_limit_mib"})}
+        token = os.environ.get(device.token_env)
+        if not token:
+            for name in engines:
+                ctx.record_problem(self.name, names[name], "failed", f"device {device.name}: the environment variable {device.token_env} "
+                                   "(the agent's bearer token) is not set", device_cfg)
+            return {}
+        results: dict[str, Artifact] = {}
+        with AgentClient(device.url, token, timeout_s=device.timeout_s) as client:
+            try:
+                described = with_retries(client.device, **policy, on_retry=_retry_note(ctx, f"device {device.name}"))
+            except AgentError as exc:
+                for name in engines:
+                    ctx.record_problem(self.name, names[name], "failed", f"device {device.name}: {exc}", device_cfg)
+                return {}
+            threads = device.threads or ctx.recipe.validate_.threads or described["device"].get("usable_cores") or 1
+            remote = _RemoteMeasure(local, client, device, described, threads, reference)
+            facts = {k: described["device"].get(k) for k in ("cpu", "isa_flags", "logical_cores", "gpu")}
+            key = {"eval": ctx.dataset.fingerprint, "device": facts, "device_name": device.name}
+            for name, engine in engines.items():
+                backend = described["backends"].get(engine.meta["backend"], {})
+                engine_cfg = {**device_cfg, "threads": threads, "cpus": None, "cross_check": _wants_cross_check(ctx, engine)}
+                if not backend.get("available"):
+                    ctx.record_problem(self.name, names[name], "skipped", f"{engine.meta['backend']} is not available on {device.name}: "
+                                       f"{backend.get('reason') or 'unknown to its edgeship'}", engine_cfg)
+                    continue
+                try:
+                    results[names[name]] = ctx.produce(
+                        self.name, names[name], config=engine_cfg, parents=[engine, baseline], extra_key=key,
+                        make=lambda folder, e=engine, n=names[name]: self._engine(folder, n, e, reference, remote, ctx))
+                except StageError as exc:
+                    ctx.record_problem(self.name, names[name], "failed", exc.reason, engine_cfg)
+                ctx.save_manifest()
         return results
 
     def _baseline(self, folder: Path, model_artifact: Artifact, measure: _Measure, ctx: RunContext) -> Made:
@@ -75,29 +128,37 @@ class ValidateStage:
                    **{k: result[k] for k in MEASURED_KEYS if k in result}}
         return self._write(folder, BASELINE, metrics)
 
-    def _engine(self, folder: Path, name: str, engine: Artifact, reference: np.ndarray, measure: _Measure, ctx: RunContext) -> Made:
+    def _engine(self, folder: Path, name: str, engine: Artifact, reference: np.ndarray, measure: _Measure | _RemoteMeasure,
+                ctx: RunContext) -> Made:
         """Score and time one engine; a prepared ONNX standing in for an engine (``meta["predicts"]``) is scored only,
         on the runtime it names, and labelled as a prediction: its latency there says nothing about its engine."""
         predicts = engine.meta.get("predicts")
         runs_on = engine.meta.get("runs_on", engine.meta["backend"])
         wants_check = _wants_cross_check(ctx, engine)
         result = measure(name, folder, backend=runs_on, engine=engine.path, input_name=engine.meta["input_name"],
-                         timed=not predicts, bare_call=wants_check)
-        logits = np.load(folder / "logits.npy")
-        try:
-            agree = agreement(logits, reference)
-        except ValueError as exc:
-            raise StageError(self.name, f"{name}: {exc}") from None
-        metrics: dict[str, Any] = {"top1": _top1(logits, ctx), "eval_samples": len(logits), "threads": measure.threads,
-                                   "runtime": result["runtime"], "isolated": True, **agree}
+                         timed=not predicts, bare_call=wants_check, artifact=engine)
+        if "scores" in result:  # scored on the device: its outputs were too large to send back
+            scores = dict(result["scores"])
+        else:
+            logits = np.load(folder / "logits.npy")
+            try:
+                scores = {"top1": _top1(logits, ctx), "eval_samples": len(logits), **agreement(logits, reference)}
+            except ValueError as exc:
+                raise StageError(self.name, f"{name}: {exc}") from None
+        metrics: dict[str, Any] = {**scores, "threads": measure.threads, "runtime": result["runtime"], "isolated": True,
+                                   **measure.where()}
         if predicts:
             metrics["predicted"] = {"engine": predicts, "on": runs_on, "label": prediction_label(engine.meta["backend"], runs_on)}
         else:
             metrics.update(size_bytes=engine_bytes(engine), **{k: result[k] for k in MEASURED_KEYS if k in result})
         if wants_check:
-            backend = get_backend(runs_on)
-            metrics["cross_check"] = self._cross_check(name, backend.cross_check, engine, result["latency"],  # type: ignore[attr-defined]
-                                                       result.get("bare_latency"), measure.cfg, measure.threads, ctx)
+            if "cross_check_tool" in result:  # run by the agent on the device
+                metrics["cross_check"] = _compare(result["cross_check_tool"], result["latency"], result.get("bare_latency"))
+            else:
+                backend = get_backend(runs_on)
+                metrics["cross_check"] = self._cross_check(name, backend.cross_check, engine,  # type: ignore[attr-defined]
+                                                           result["latency"], result.get("bare_latency"), measure.cfg,
+                                                           measure.threads, ctx)
         return self._write(folder, name, metrics)
 
     @staticmethod
@@ -115,13 +176,7 @@ class ValidateStage:
                                      input_name=engine.meta["input_name"], seconds=max(cfg.min_seconds, 1.0))
             except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
                 return {"status": "failed", "reason": str(exc)}
-        ratio = latency["p50_ms"] / theirs["median_ms"]
-        check = {"status": "ok", **theirs, "ours_p50_ms": latency["p50_ms"], "ratio": round(ratio, 4),
-                 "within_5pct": abs(ratio - 1) <= 0.05}
-        if bare is not None:
-            check.update(ours_bare_p50_ms=bare["p50_ms"], bare_ratio=round(bare["p50_ms"] / theirs["median_ms"], 4),
-                         call_overhead_ms=round(latency["p50_ms"] - bare["p50_ms"], 4))
-        return check
+        return _compare({"status": "ok", **theirs}, latency, bare)
 
     @staticmethod
     def _write(folder: Path, name: str, metrics: dict[str, Any]) -> Made:
@@ -129,6 +184,18 @@ class ValidateStage:
         target = folder / "result.json"
         target.write_text(json.dumps({"engine": name, "metrics": metrics}, indent=2))
         return Made(target, "validation", {"engine": name, "metrics": metrics})
+
+
+def _compare(theirs: dict[str, Any], latency: dict[str, Any], bare: dict[str, Any] | None) -> dict[str, Any]:
+    """Our p50 beside the backend tool's median (``theirs``, status ``ok`` or ``failed``)."""
+    if theirs.get("status") != "ok":
+        return theirs
+    ratio = latency["p50_ms"] / theirs["median_ms"]
+    check = {**theirs, "ours_p50_ms": latency["p50_ms"], "ratio": round(ratio, 4), "within_5pct": abs(ratio - 1) <= 0.05}
+    if bare is not None:
+        check.update(ours_bare_p50_ms=bare["p50_ms"], bare_ratio=round(bare["p50_ms"] / theirs["median_ms"], 4),
+                     call_overhead_ms=round(latency["p50_ms"] - bare["p50_ms"], 4))
+    return check
 
 
 def _top1(logits: np.ndarray, ctx: RunContext) -> float | None:
@@ -177,8 +244,13 @@ class _Measure:
         np.save(path, preprocess(self.ctx.dataset.eval.images, self.ctx.recipe.data.preprocessing))
         return path
 
+    def where(self) -> dict[str, Any]:
+        """Where the numbers were taken, for the result's metrics: nothing to add for this host (the manifest's device)."""
+        return {}
+
     def __call__(self, name: str, folder: Path, *, backend: str, engine: Path, input_name: str, timed: bool,
-                 bare_call: bool = False, torch_model_config: dict[str, Any] | None = None) -> dict[str, Any]:
+                 bare_call: bool = False, torch_model_config: dict[str, Any] | None = None,
+                 artifact: Artifact | None = None) -> dict[str, Any]:
         cfg = self.cfg
         spec = HarnessSpec(backend=backend, engine=engine, torch_model_config=torch_model_config, input_name=input_name,
                            inputs=self.eval_inputs, outputs=folder / "logits.npy", timings=folder / "timings.npz" if timed else None,
@@ -196,3 +268,76 @@ class _Measure:
                 return measure_isolated(spec, folder, progress)
             except HarnessError as exc:
                 raise StageError(ValidateStage.name, f"{name}: {exc}") from None
+
+
+def _retry_note(ctx: RunContext, what: str) -> Callable[[int, AgentError], None]:
+    def note(attempt: int, exc: AgentError) -> None:
+        ctx.console.print(f"[yellow]↻ {escape(what)}: {escape(str(exc))}; retry {attempt}[/yellow]", soft_wrap=True)
+
+    return note
+
+
+class _RemoteMeasure:
+    """The harness on a device agent, behind ``_Measure``'s call: the engine's files and the evaluation inputs go up
+    by hash, the job runs there, its outputs (or, over the device's ``outputs_limit_mib``, its scores) and timings come
+    back into the result's folder."""
+
+    def __init__(self, local: _Measure, client: AgentClient, device: DeviceConfig, described: dict[str, Any], threads: int,
+                 reference: np.ndarray) -> None:
+        self.local, self.client, self.device, self.described, self.threads = local, client, device, described, threads
+        self.cfg, self.reference = local.cfg, reference
+
+    def where(self) -> dict[str, Any]:
+        return {"device_name": self.device.name, "agent": self.device.url, "device": self.described["device"],
+                "agent_edgeship": self.described.get("edgeship")}
+
+    @functools.cached_property
+    def _scoring_files(self) -> dict[str, Path]:
+        """The reference outputs and labels, for a device that scores outputs itself."""
+        ctx = self.local.ctx
+        files = {"reference": self.local.scratch / "reference.npy"}
+        np.save(files["reference"], self.reference)
+        if ctx.dataset.eval.labels is not None:
+            files["labels"] = self.local.scratch / "labels.npy"
+            np.save(files["labels"], np.asarray(ctx.dataset.eval.labels))
+        return files
+
+    def __call__(self, name: str, folder: Path, *, backend: str, engine: Path, input_name: str, timed: bool,
+                 bare_call: bool = False, torch_model_config: dict[str, Any] | None = None,
+                 artifact: Artifact | None = None) -> dict[str, Any]:
+        from edgeship.agent.client import AgentError, measure_remote, with_retries
+        from edgeship.agent.protocol import EngineRef, JobRequest
+        from edgeship.artifacts import sha256_file
+
+        assert artifact is not None and artifact.files, "a remote measurement sends every file of a stored engine"
+        cfg, device = self.cfg, self.device
+        files = {digest: artifact.folder / file for file, digest in artifact.files.items()}
+        inputs = self.local.eval_inputs
+        digests = {"inputs": sha256_file(inputs)}
+        files[digests["inputs"]] = inputs
+        scoring: dict[str, str] = {}
+        if self.reference.astype(np.float32).nbytes > device.outputs_limit_mib * 1024 * 1024:  # the outputs are this size
+            for role, path in self._scoring_files.items():
+                scoring[role] = sha256_file(path)
+                files[scoring[role]] = path
+        request = JobRequest(engine=EngineRef(backend=backend, main=engine.name, sha256=artifact.sha256, files=dict(artifact.files)),
+                             inputs=digests["inputs"], input_name=input_name, input_shape=tuple(artifact.meta["input_shape"]),
+                             threads=self.threads, warmup=cfg.warmup, iterations=cfg.iterations, min_seconds=cfg.min_seconds,
+                             batch_size=cfg.batch_size, throughput_batch_sizes=tuple(cfg.throughput_batch_sizes) if timed else (),
+                             throughput_seconds=cfg.throughput_seconds, eval_batch_size=cfg.eval_batch_size, timed=timed,
+                             bare_call=bare_call, cross_check=bare_call, outputs="metrics" if scoring else "full", **scoring)
+        with progress_bar(self.local.ctx.console) as bar:
+            task = bar.add_task(f"{name}: sending it to {device.name}", total=None, info=f"{device.url}, {self.threads} threads")
+
+            def progress(what: str, done: int, total: int) -> None:
+                bar.update(task, description=f"{name}: {what}", completed=done, total=total or None)
+
+            try:
+                result = with_retries(lambda: measure_remote(self.client, request, files, folder, job_timeout_s=device.job_timeout_s,
+                                                             progress=progress),
+                                      retries=device.retries, delay_s=device.retry_delay_s,
+                                      on_retry=_retry_note(self.local.ctx, name))
+            except AgentError as exc:
+                raise StageError(ValidateStage.name, f"device {device.name}: {exc}") from None
+        (folder / "harness-result.json").write_text(json.dumps(result, indent=2))
+        return result

@@ -251,6 +251,9 @@ def _provenance(report: Mapping[str, Any]) -> str:
              ("recipe file", str(report.get("recipe_path"))), ("dataset", json.dumps(report.get("dataset"))),
              ("calibration set", json.dumps(report.get("calibration"))), ("device", json.dumps(report.get("device"))),
              ("tools", ", ".join(f"{k} {v}" for k, v in (report.get("tools") or {}).items()))]
+    for name, remote in (report.get("devices") or {}).items():
+        facts.append((f"device {name}", f"{remote.get('agent')} · edgeship {remote.get('agent_edgeship')} · "
+                                        f"{json.dumps(remote.get('device'))}"))
     rows = [[escape(k), f"<code>{escape(v)}</code>"] for k, v in facts]
     artifacts = _table(["stage", "name", "sha256", "artifact id"],
                        [[escape(a["stage"]), escape(a["name"]), f"<code>{escape(str(a['sha256']))}</code>",

@@ -1,0 +1,96 @@
+"""What the host and the device agent exchange: an engine by the sha256 of its files, a job, and its state.
+
+Files travel by hash (``PUT /files/<sha256>``), so an engine or a feed sent once is never sent again, and a
+name in a request can only ever be a plain file name inside the agent's cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+
+PROTOCOL = 1
+SHA256 = r"^[0-9a-f]{64}$"
+FILE_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"  # one path component, never '.', '..' or hidden
+ENGINE_HEADER = "X-Edgeship-Engine-Sha256"
+RESULT_FILES = ("logits.npy", "timings.npz")
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EngineRef(_Message):
+    """An engine as the agent rebuilds it: its backend, its main file and every file by sha256."""
+
+    backend: str = Field(pattern=r"^[a-z0-9_]+$")
+    main: str = Field(pattern=FILE_NAME)
+    sha256: str = Field(pattern=SHA256, description="the main file's sha256: the engine's identity in every reply")
+    files: dict[str, str] = Field(description="file name → sha256, the main file included")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EngineRef:
+        import re
+
+        for name, digest in self.files.items():
+            if not re.match(FILE_NAME, name) or not re.match(SHA256, digest):
+                raise ValueError(f"files: {name!r} → {digest!r} is not a plain file name and a sha256")
+        if self.files.get(self.main) != self.sha256:
+            raise ValueError(f"files: the main file {self.main!r} must be listed with the engine's sha256")
+        return self
+
+
+class JobRequest(_Message):
+    """Measure one engine: the harness's settings, the inputs by sha256, and how much to send back."""
+
+    engine: EngineRef
+    inputs: str = Field(pattern=SHA256, description=".npy of preprocessed inputs in the ONNX layout")
+    input_name: str
+    input_shape: tuple[int, ...] = Field(description="one sample's shape, for the backend's own benchmark tool")
+    threads: PositiveInt
+    warmup: int = Field(default=20, ge=0)
+    iterations: PositiveInt = 200
+    min_seconds: float = Field(default=2.0, ge=0)
+    batch_size: PositiveInt = 1
+    throughput_batch_sizes: tuple[PositiveInt, ...] = ()
+    throughput_seconds: float = Field(default=1.0, ge=0)
+    eval_batch_size: PositiveInt = 250
+    timed: bool = True
+    bare_call: bool = False
+    cross_check: bool = False
+    outputs: Literal["full", "metrics"] = Field(
+        default="full", description="full: send the outputs back; metrics: score them here against `reference` (and `labels`)")
+    reference: str | None = Field(default=None, pattern=SHA256, description=".npy of the FP32 reference outputs (metrics mode)")
+    labels: str | None = Field(default=None, pattern=SHA256, description=".npy of the evaluation labels (metrics mode), if labelled")
+
+    @model_validator(mode="after")
+    def _scoring_inputs(self) -> JobRequest:
+        if self.outputs == "metrics" and self.reference is None:
+            raise ValueError("outputs 'metrics' needs the reference outputs' sha256 in 'reference'")
+        return self
+
+    def hashes(self) -> dict[str, str]:
+        """Every file the job needs, by role, for the 'missing file' answer."""
+        needed = {f"engine file {name}": digest for name, digest in self.engine.files.items()}
+        needed["inputs"] = self.inputs
+        for role in ("reference", "labels"):
+            if getattr(self, role):
+                needed[role] = getattr(self, role)
+        return needed
+
+
+class JobState(_Message):
+    """A job as the agent reports it. ``engine`` is repeated in every reply, so the host can check it."""
+
+    id: str
+    state: Literal["queued", "running", "done", "failed"]
+    engine: EngineRef
+    position: int | None = Field(default=None, description="jobs ahead of this one, while queued")
+    progress: dict[str, Any] | None = None
+    submitted: float
+    started: float | None = None
+    finished: float | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    files: tuple[str, ...] = ()

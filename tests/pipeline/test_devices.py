@@ -1,0 +1,180 @@
+"""On-device validation through a real agent (``edgeship agent serve`` in a subprocess on loopback): the same outputs
+as the local measurement, faults recorded per device while the run goes on, and a killed agent mid-job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from rich.console import Console
+
+from edgeship import run
+
+from conftest import tiny_recipe
+
+pytestmark = pytest.mark.slow
+TOKEN = "loopback-test-token-0123456789"
+
+
+@dataclass(frozen=True)
+class RunningAgent:
+    url: str
+    process: subprocess.Popen[str]
+    cache: Path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def agent_process(folder: Path, *extra: str) -> Iterator[RunningAgent]:
+    """``edgeship agent serve`` on a free loopback port, until it answers ``GET /device``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "token").write_text(TOKEN + "\n")
+    port = free_port()
+    command = [sys.executable, "-m", "edgeship", "agent", "serve", "--port", str(port), "--token-file", str(folder / "token"),
+               "--cache", str(folder / "cache"), *extra]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/device", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, process.stdout.read()  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "the agent did not start"
+            time.sleep(0.2)
+        yield RunningAgent(url, process, folder / "cache")
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+
+
+def device(name: str, url: str, **settings: object) -> dict[str, object]:
+    return {"name": name, "url": url, "token_env": "EDGESHIP_TEST_TOKEN", "retries": 1, "retry_delay_s": 0.1, **settings}
+
+
+def rows(result: object) -> dict[str, dict[str, object]]:
+    return {row["name"]: row for row in result.report["engines"]}  # type: ignore[attr-defined]
+
+
+def logits(result: object, name: str) -> np.ndarray:
+    entry = next(e for e in result.manifest.entries if e.stage == "validate" and e.name == name)  # type: ignore[attr-defined]
+    return np.load(Path(entry.path).parent / "logits.npy")
+
+
+def test_a_device_measures_the_same_outputs_and_faults_stay_with_their_device(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGESHIP_TEST_TOKEN", TOKEN)
+    monkeypatch.setenv("EDGESHIP_WRONG_TOKEN", "not-the-token-0123456789")
+    with agent_process(tmp_path / "agent") as agent:
+        recipe = tiny_recipe(tmp_path, devices=[
+            device("loop", agent.url),
+            device("nobody", f"http://127.0.0.1:{free_port()}"),  # nothing listens there
+            device("wrongtoken", agent.url, token_env="EDGESHIP_WRONG_TOKEN"),
+            device("notoken", agent.url, token_env="EDGESHIP_UNSET_TOKEN"),
+            device("small", agent.url, outputs_limit_mib=0.001, backends=["onnxruntime", "openvino"]),
+        ])
+        console = Console(record=True, width=250)
+        result = run(recipe, console=console)
+    text = console.export_text()
+    found = rows(result)
+    for engine in ("onnxruntime/fp32", "onnxruntime/int8"):
+        local, remote = found[engine], found[f"{engine}@loop"]
+        assert local["status"] == remote["status"] == "ok"
+        assert np.array_equal(logits(result, engine), logits(result, f"{engine}@loop")), "same engine, same outputs on the device"
+        assert remote["top1"] == local["top1"] and remote["top1_agreement"] == local["top1_agreement"]
+        assert remote["sha256"] == local["sha256"] and remote["latency"]["iterations"] >= 20
+        assert remote["memory"]["peak_rss_bytes"] > 0 and remote["target"] == "onnxruntime@loop"
+        assert found[f"{engine}@small"]["top1"] == local["top1"], "scored on the device, outputs over its limit"
+        assert found[f"{engine}@nobody"]["status"] == "failed" and "unreachable" in found[f"{engine}@nobody"]["reason"]
+        assert "after 2 attempts" in found[f"{engine}@nobody"]["reason"], "the recipe's retry policy: 1 retry"
+        assert "refused the token (401)" in found[f"{engine}@wrongtoken"]["reason"]
+        assert "EDGESHIP_UNSET_TOKEN" in found[f"{engine}@notoken"]["reason"] and "is not set" in found[f"{engine}@notoken"]["reason"]
+    assert "↻ device nobody" in text, "a retry is announced"
+    assert result.report["recommendations"]["onnxruntime@loop"]["engine"] in ("onnxruntime/fp32@loop", "onnxruntime/int8@loop")
+    assert result.report["devices"]["loop"]["agent"] == agent.url and result.report["devices"]["loop"]["device"]["cpu"]
+    assert result.exit_code == 1 and "onnxruntime/fp32@nobody" in result.report["release"]["failing"]
+    assert "onnxruntime/fp32" not in result.report["release"]["failing"], "the host's own rows are judged on their own"
+    html = (result.run_dir / "report.html").read_text()
+    assert "onnxruntime/int8@loop" in html and "measured on that device by its edgeship agent" in html
+
+
+def test_a_rerun_reuses_device_results_and_the_agent_reuses_uploads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGESHIP_TEST_TOKEN", TOKEN)
+    with agent_process(tmp_path / "agent") as agent:
+        recipe = tiny_recipe(tmp_path, devices=[device("loop", agent.url)])
+        run(recipe, console=Console(quiet=True))
+        uploads = sorted(p.name for p in (agent.cache / "files").iterdir())
+        again = run(recipe, console=Console(quiet=True))
+        reused = {e.name: e.reused for e in again.manifest.entries if e.stage == "validate"}
+        assert reused["onnxruntime/int8@loop"] and reused["onnxruntime/fp32@loop"], "same engine, same device: the result is reused"
+        forced = run(recipe, force=["validate"], console=Console(quiet=True))
+        assert all(not e.reused for e in forced.manifest.entries if e.stage == "validate")
+        assert sorted(p.name for p in (agent.cache / "files").iterdir()) == uploads, "nothing uploaded twice"
+        assert len(uploads) == 3, "two engines and one evaluation set"
+
+
+def test_an_agent_killed_mid_job_fails_that_device_and_the_run_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGESHIP_TEST_TOKEN", TOKEN)
+    with agent_process(tmp_path / "agent") as agent:
+        recipe = tiny_recipe(tmp_path, devices=[device("doomed", agent.url, retries=1, retry_delay_s=0.2)],
+                             validate={"warmup": 2, "iterations": 20, "min_seconds": 5.0, "threads": 1, "throughput_batch_sizes": []})
+
+        def kill_when_measuring() -> None:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                if list((agent.cache / "jobs").glob("*/harness-spec.json")):
+                    time.sleep(0.5)
+                    os.kill(agent.process.pid, signal.SIGKILL)  # the agent, mid-job
+                    return
+                time.sleep(0.05)
+
+        killer = threading.Thread(target=kill_when_measuring)
+        killer.start()
+        result = run(recipe, console=Console(quiet=True))
+        killer.join()
+    found = rows(result)
+    assert agent.process.returncode == -signal.SIGKILL
+    assert found["onnxruntime/fp32"]["status"] == found["onnxruntime/int8"]["status"] == "ok", "the host's measurements go on"
+    for name in ("onnxruntime/fp32@doomed", "onnxruntime/int8@doomed"):
+        assert found[name]["status"] == "failed" and "device doomed" in found[name]["reason"], found[name]
+        assert "unreachable" in found[name]["reason"] or "timed out" in found[name]["reason"], found[name]["reason"]
+    assert (result.run_dir / "report.html").is_file() and result.exit_code == 1
+
+
+def test_agent_serve_refuses_bad_settings_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "short").write_text("abc\n")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        (tmp_path / "good").write_text(TOKEN)
+        cases = {
+            "short: expected a token of at least 16 characters": ["--token-file", str(tmp_path / "short")],
+            "cannot read the token file": ["--token-file", str(tmp_path / "missing")],
+            f"--port {port}: cannot listen there": ["--token-file", str(tmp_path / "good"), "--port", str(port)],
+            "--cpus 'a,b': expected CPU numbers": ["--token-file", str(tmp_path / "good"), "--cpus", "a,b"],
+        }
+        for expected, args in cases.items():
+            done = subprocess.run([sys.executable, "-m", "edgeship", "agent", "serve", *args], capture_output=True, text=True, timeout=60)
+            assert done.returncode == 2 and expected in done.stderr, (args, done.stderr)
+            assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
