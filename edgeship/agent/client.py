@@ -31,11 +31,11 @@ class AgentError(RuntimeError):
 class AgentClient:
     """One device agent at ``url``, with its bearer token."""
 
-    def __init__(self, url: str, token: str, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, url: str, token: str, *, timeout_s: float = 30.0, transport: Any = None) -> None:
         import httpx
 
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"},
+        self._http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, transport=transport,
                                   timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)))
 
     def close(self) -> None:
