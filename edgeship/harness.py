@@ -35,20 +35,12 @@ class HarnessError(RuntimeError):
     """The engine could not be loaded or run; the message is one line."""
 
 
-class HarnessSpec(BaseModel):
-    """What to measure and where to put the raw results."""
+class MeasureSettings(BaseModel):
+    """How an engine is measured, wherever: here (``HarnessSpec``) or on a device agent (``JobRequest``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: str = Field(description="a registered backend, or 'pytorch' for the FP32 baseline")
-    engine: Path = Field(description="the engine's main file; for 'pytorch' the model artifact's artifact.json")
-    torch_model_config: dict[str, Any] | None = None
-    input_name: str
-    inputs: Path = Field(description=".npy of preprocessed inputs in the ONNX layout; latency samples are its first rows")
-    outputs: Path | None = Field(default=None, description="write the outputs for every input here (.npy); None: not scored")
-    timings: Path | None = Field(default=None, description="write per-iteration times here (.npz); None: not timed")
     threads: PositiveInt
-    cpus: tuple[int, ...] | None = Field(default=None, description="CPU affinity of the child; None keeps the parent's")
     warmup: int = Field(default=20, ge=0)
     iterations: PositiveInt = 200
     min_seconds: float = Field(default=2.0, ge=0)
@@ -57,6 +49,23 @@ class HarnessSpec(BaseModel):
     throughput_seconds: float = Field(default=1.0, ge=0)
     eval_batch_size: PositiveInt = 250
     bare_call: bool = Field(default=False, description="also time the runtime call without our checks (runner.bare_call)")
+
+    def settings(self) -> dict[str, Any]:
+        """These fields alone, to build another message from."""
+        return {name: getattr(self, name) for name in MeasureSettings.model_fields}
+
+
+class HarnessSpec(MeasureSettings):
+    """What to measure and where to put the raw results."""
+
+    backend: str = Field(description="a registered backend, or 'pytorch' for the FP32 baseline")
+    engine: Path = Field(description="the engine's main file; for 'pytorch' the model artifact's artifact.json")
+    torch_model_config: dict[str, Any] | None = None
+    input_name: str
+    inputs: Path = Field(description=".npy of preprocessed inputs in the ONNX layout; latency samples are its first rows")
+    outputs: Path | None = Field(default=None, description="write the outputs for every input here (.npy); None: not scored")
+    timings: Path | None = Field(default=None, description="write per-iteration times here (.npz); None: not timed")
+    cpus: tuple[int, ...] | None = Field(default=None, description="CPU affinity of the child; None keeps the parent's")
 
 
 def measure(spec: HarnessSpec, progress: Progress | None = None) -> dict[str, Any]:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from edgeship.harness import MeasureSettings
 
 PROTOCOL = 1
 SHA256 = r"^[0-9a-f]{64}$"
@@ -41,23 +43,14 @@ class EngineRef(_Message):
         return self
 
 
-class JobRequest(_Message):
+class JobRequest(MeasureSettings):
     """Measure one engine: the harness's settings, the inputs by sha256, and how much to send back."""
 
     engine: EngineRef
     inputs: str = Field(pattern=SHA256, description=".npy of preprocessed inputs in the ONNX layout")
     input_name: str
     input_shape: tuple[int, ...] = Field(description="one sample's shape, for the backend's own benchmark tool")
-    threads: PositiveInt
-    warmup: int = Field(default=20, ge=0)
-    iterations: PositiveInt = 200
-    min_seconds: float = Field(default=2.0, ge=0)
-    batch_size: PositiveInt = 1
-    throughput_batch_sizes: tuple[PositiveInt, ...] = ()
-    throughput_seconds: float = Field(default=1.0, ge=0)
-    eval_batch_size: PositiveInt = 250
     timed: bool = True
-    bare_call: bool = False
     cross_check: bool = False
     outputs: Literal["full", "metrics"] = Field(
         default="full", description="full: send the outputs back; metrics: score them here against `reference` (and `labels`)")

@@ -146,14 +146,9 @@ class Agent:
         engine = self._engine_folder(request) / request.engine.main
         folder = self._job_dir(job)
         folder.mkdir(parents=True, exist_ok=True)
-        spec = HarnessSpec(backend=request.engine.backend, engine=engine, input_name=request.input_name,
+        spec = HarnessSpec(**request.settings(), backend=request.engine.backend, engine=engine, input_name=request.input_name,
                            inputs=self.file_path(request.inputs), outputs=folder / "logits.npy",
-                           timings=folder / "timings.npz" if request.timed else None, threads=request.threads,
-                           cpus=self._cpus(request.threads), warmup=request.warmup, iterations=request.iterations,
-                           min_seconds=request.min_seconds, batch_size=request.batch_size,
-                           throughput_batch_sizes=request.throughput_batch_sizes if request.timed else (),
-                           throughput_seconds=request.throughput_seconds, eval_batch_size=request.eval_batch_size,
-                           bare_call=request.bare_call)
+                           timings=folder / "timings.npz" if request.timed else None, cpus=self._cpus(request.threads))
 
         def progress(task: str, done: int, total: int) -> None:
             job.progress = {"task": task, "done": done, "total": total}

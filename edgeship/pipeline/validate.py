@@ -186,6 +186,13 @@ class ValidateStage:
         return Made(target, "validation", {"engine": name, "metrics": metrics})
 
 
+def settings(cfg: ValidateConfig, threads: int, *, timed: bool, bare_call: bool) -> dict[str, Any]:
+    """The harness settings of the recipe's ``validate:`` section, for a measurement here or on a device."""
+    return {"threads": threads, "warmup": cfg.warmup, "iterations": cfg.iterations, "min_seconds": cfg.min_seconds,
+            "batch_size": cfg.batch_size, "throughput_batch_sizes": tuple(cfg.throughput_batch_sizes) if timed else (),
+            "throughput_seconds": cfg.throughput_seconds, "eval_batch_size": cfg.eval_batch_size, "bare_call": bare_call}
+
+
 def _compare(theirs: dict[str, Any], latency: dict[str, Any], bare: dict[str, Any] | None) -> dict[str, Any]:
     """Our p50 beside the backend tool's median (``theirs``, status ``ok`` or ``failed``)."""
     if theirs.get("status") != "ok":
@@ -252,12 +259,9 @@ class _Measure:
                  bare_call: bool = False, torch_model_config: dict[str, Any] | None = None,
                  artifact: Artifact | None = None) -> dict[str, Any]:
         cfg = self.cfg
-        spec = HarnessSpec(backend=backend, engine=engine, torch_model_config=torch_model_config, input_name=input_name,
-                           inputs=self.eval_inputs, outputs=folder / "logits.npy", timings=folder / "timings.npz" if timed else None,
-                           threads=self.threads, cpus=self.cpus, warmup=cfg.warmup, iterations=cfg.iterations,
-                           min_seconds=cfg.min_seconds, batch_size=cfg.batch_size,
-                           throughput_batch_sizes=tuple(cfg.throughput_batch_sizes) if timed else (),
-                           throughput_seconds=cfg.throughput_seconds, eval_batch_size=cfg.eval_batch_size, bare_call=bare_call)
+        spec = HarnessSpec(**settings(cfg, self.threads, timed=timed, bare_call=bare_call), backend=backend, engine=engine,
+                           torch_model_config=torch_model_config, input_name=input_name, inputs=self.eval_inputs,
+                           outputs=folder / "logits.npy", timings=folder / "timings.npz" if timed else None, cpus=self.cpus)
         with progress_bar(self.ctx.console) as bar:
             task = bar.add_task(f"{name}: starting its process", total=None, info=f"batch {cfg.batch_size}, {self.threads} threads")
 
@@ -322,10 +326,8 @@ class _RemoteMeasure:
                 files[scoring[role]] = path
         request = JobRequest(engine=EngineRef(backend=backend, main=engine.name, sha256=artifact.sha256, files=dict(artifact.files)),
                              inputs=digests["inputs"], input_name=input_name, input_shape=tuple(artifact.meta["input_shape"]),
-                             threads=self.threads, warmup=cfg.warmup, iterations=cfg.iterations, min_seconds=cfg.min_seconds,
-                             batch_size=cfg.batch_size, throughput_batch_sizes=tuple(cfg.throughput_batch_sizes) if timed else (),
-                             throughput_seconds=cfg.throughput_seconds, eval_batch_size=cfg.eval_batch_size, timed=timed,
-                             bare_call=bare_call, cross_check=bare_call, outputs="metrics" if scoring else "full", **scoring)
+                             **settings(cfg, self.threads, timed=timed, bare_call=bare_call), timed=timed, cross_check=bare_call,
+                             outputs="metrics" if scoring else "full", **scoring)
         with progress_bar(self.local.ctx.console) as bar:
             task = bar.add_task(f"{name}: sending it to {device.name}", total=None, info=f"{device.url}, {self.threads} threads")
 
