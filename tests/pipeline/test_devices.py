@@ -178,3 +178,62 @@ def test_agent_serve_refuses_bad_settings_in_one_line(tmp_path: Path) -> None:
             done = subprocess.run([sys.executable, "-m", "edgeship", "agent", "serve", *args], capture_output=True, text=True, timeout=60)
             assert done.returncode == 2 and expected in done.stderr, (args, done.stderr)
             assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+@contextmanager
+def network_namespace(tag: str, subnet: str) -> Iterator[tuple[str, str]]:
+    """A network namespace joined to this one by a veth pair: (namespace, its address). Skips where namespaces cannot be
+    made (not root, no `ip`)."""
+    namespace, host_end, device_end = f"es{tag}{os.getpid()}", f"e{tag}{os.getpid()}h", f"e{tag}{os.getpid()}d"
+    commands = [["ip", "netns", "add", namespace], ["ip", "link", "add", host_end, "type", "veth", "peer", "name", device_end],
+                ["ip", "link", "set", device_end, "netns", namespace], ["ip", "addr", "add", f"{subnet}.1/24", "dev", host_end],
+                ["ip", "link", "set", host_end, "up"], ["ip", "netns", "exec", namespace, "ip", "addr", "add", f"{subnet}.2/24", "dev",
+                                                         device_end],
+                ["ip", "netns", "exec", namespace, "ip", "link", "set", device_end, "up"],
+                ["ip", "netns", "exec", namespace, "ip", "link", "set", "lo", "up"]]
+    try:
+        for command in commands:
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                pytest.skip(f"cannot make a network namespace here ({' '.join(command)}: {done.stderr.strip()})")
+        yield namespace, f"{subnet}.2"
+    finally:
+        subprocess.run(["ip", "netns", "del", namespace], capture_output=True)  # takes the veth pair with it
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or os.geteuid() != 0, reason="network namespaces need Linux and root")
+def test_two_agents_in_their_own_network_namespaces_as_two_hosts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGESHIP_TEST_TOKEN", TOKEN)
+    (tmp_path / "token").write_text(TOKEN)
+    base = os.getpid() % 200 + 20
+    agents = []
+    port = str(free_port())  # free on this host, so a refusal on 127.0.0.1 below is the namespaces' doing
+    with network_namespace("a", f"10.77.{base}") as (ns_a, ip_a), network_namespace("b", f"10.78.{base}") as (ns_b, ip_b):
+        for namespace, address in ((ns_a, ip_a), (ns_b, ip_b)):
+            agents.append(subprocess.Popen(["ip", "netns", "exec", namespace, sys.executable, "-m", "edgeship", "agent", "serve",
+                                            "--host", address, "--port", port, "--token-file", str(tmp_path / "token"),
+                                            "--cache", str(tmp_path / namespace)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
+        try:
+            for address in (ip_a, ip_b):
+                deadline = time.monotonic() + 120
+                while True:
+                    try:
+                        httpx.get(f"http://{address}:{port}/device", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+                        break
+                    except httpx.TransportError:
+                        assert time.monotonic() < deadline, f"the agent at {address} did not start"
+                        time.sleep(0.2)
+            with pytest.raises(httpx.TransportError):
+                httpx.get(f"http://127.0.0.1:{port}/device", timeout=2)  # it listens in its namespace, not on this host
+            recipe = tiny_recipe(tmp_path, devices=[device("a", f"http://{ip_a}:{port}"), device("b", f"http://{ip_b}:{port}")])
+            result = run(recipe, console=Console(quiet=True))
+        finally:
+            for agent in agents:
+                agent.kill()
+                agent.wait(timeout=30)
+    found = rows(result)
+    for engine in ("onnxruntime/fp32", "onnxruntime/int8"):
+        for name in ("a", "b"):
+            assert found[f"{engine}@{name}"]["status"] == "ok", found[f"{engine}@{name}"]
+            assert np.array_equal(logits(result, f"{engine}@{name}"), logits(result, engine))
+    assert result.report["devices"]["a"]["agent"] == f"http://{ip_a}:{port}" and result.exit_code == 0
