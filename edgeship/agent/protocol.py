@@ -6,6 +6,7 @@ name in a request can only ever be a plain file name inside the agent's cache.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -17,6 +18,12 @@ SHA256 = r"^[0-9a-f]{64}$"
 FILE_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"  # one path component, never '.', '..' or hidden
 ENGINE_HEADER = "X-Edgeship-Engine-Sha256"
 RESULT_FILES = ("logits.npy", "timings.npz")
+
+
+def matches(pattern: str, value: str) -> bool:
+    """``value`` is all ``pattern`` (one of the anchored patterns above) and nothing more: ``re.match`` with ``$`` would
+    also take a trailing newline."""
+    return re.fullmatch(pattern.removeprefix("^").removesuffix("$"), value) is not None
 
 
 class _Message(BaseModel):
@@ -33,10 +40,8 @@ class EngineRef(_Message):
 
     @model_validator(mode="after")
     def _consistent(self) -> EngineRef:
-        import re
-
         for name, digest in self.files.items():
-            if not re.match(FILE_NAME, name) or not re.match(SHA256, digest):
+            if not matches(FILE_NAME, name) or not matches(SHA256, digest):
                 raise ValueError(f"files: {name!r} → {digest!r} is not a plain file name and a sha256")
         if self.files.get(self.main) != self.sha256:
             raise ValueError(f"files: the main file {self.main!r} must be listed with the engine's sha256")

@@ -30,7 +30,7 @@ import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request, Response  # the `agent` extra; only `agent serve` imports this module
 from fastapi.responses import FileResponse
 
-from edgeship.agent.protocol import ENGINE_HEADER, FILE_NAME, PROTOCOL, RESULT_FILES, SHA256, JobRequest, JobState
+from edgeship.agent.protocol import ENGINE_HEADER, FILE_NAME, PROTOCOL, RESULT_FILES, SHA256, JobRequest, JobState, matches
 from edgeship.harness import HarnessError, HarnessSpec, measure_isolated
 
 KEEP_JOBS = 32  # finished jobs whose folders stay for the host to fetch
@@ -87,7 +87,7 @@ class Agent:
         return self._description
 
     def file_path(self, digest: str) -> Path:
-        assert _matches(SHA256, digest)
+        assert matches(SHA256, digest)
         return self.cache / "files" / digest
 
     def submit(self, request: JobRequest) -> _Job:
@@ -212,12 +212,6 @@ class Agent:
         return scores
 
 
-def _matches(pattern: str, value: str) -> bool:
-    import re
-
-    return re.fullmatch(pattern.strip("^$"), value) is not None
-
-
 def create_app(agent: Agent, token: str, *, max_upload_bytes: int) -> FastAPI:
     """The FastAPI application over ``agent``; every route needs the bearer ``token``."""
     expected = f"Bearer {token}".encode()
@@ -236,7 +230,7 @@ def create_app(agent: Agent, token: str, *, max_upload_bytes: int) -> FastAPI:
         return job
 
     def checked_sha(digest: str) -> str:
-        if not _matches(SHA256, digest):
+        if not matches(SHA256, digest):
             raise HTTPException(400, "a file is named by its sha256: 64 lowercase hex digits")
         return digest
 
@@ -297,7 +291,7 @@ def create_app(agent: Agent, token: str, *, max_upload_bytes: int) -> FastAPI:
     @app.get("/jobs/{job_id}/files/{name}")
     def job_file(job_id: str, name: str) -> FileResponse:
         job = job_or_404(job_id)
-        path = agent.result_file(job, name) if _matches(FILE_NAME, name) else None
+        path = agent.result_file(job, name) if matches(FILE_NAME, name) else None
         if path is None:
             raise HTTPException(404, f"job {job_id} has no {name!r}")
         return FileResponse(path, media_type="application/octet-stream", headers={ENGINE_HEADER: job.request.engine.sha256})

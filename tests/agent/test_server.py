@@ -114,6 +114,14 @@ def test_engine_file_names_cannot_leave_the_cache(file_name: str) -> None:
     digest = "0" * 64
     with pytest.raises(ValueError, match="plain file name|pattern"):
         EngineRef(backend="onnxruntime", main=file_name, sha256=digest, files={file_name: digest})
+    with pytest.raises(ValueError, match="plain file name"):  # a side file is checked as strictly as the main one
+        EngineRef(backend="onnxruntime", main="model.xml", sha256=digest, files={"model.xml": digest, file_name: digest})
+
+
+def test_a_trailing_newline_is_not_a_plain_file_name() -> None:
+    digest = "0" * 64
+    with pytest.raises(ValueError, match="plain file name"):
+        EngineRef(backend="openvino", main="model.xml", sha256=digest, files={"model.xml": digest, "model.bin\n": digest})
 
 
 def test_a_job_whose_files_were_not_uploaded_is_refused_with_what_is_missing(client: object, tiny_cnn_onnx: Path) -> None:
