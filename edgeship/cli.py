@@ -184,10 +184,16 @@ def _agent_serve(args: argparse.Namespace, console: Console) -> int:
     missing = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
     if missing:
         raise EdgeshipError(f"the device agent needs {' and '.join(missing)}: pip install 'edgeship[agent]'")
+    from edgeship.harness import pinned_cpus
+
     try:
         cpus = tuple(int(cpu) for cpu in args.cpus.split(",")) if args.cpus else None
     except ValueError:
         raise RecipeError(f"--cpus {args.cpus!r}: expected CPU numbers separated by commas, e.g. 0,1") from None
+    try:
+        pinned_cpus(len(cpus or ()), cpus)
+    except ValueError as exc:
+        raise RecipeError(f"--cpus {args.cpus!r}: {exc}") from None
     from edgeship.agent.server import read_token, serve
 
     try:

@@ -17,7 +17,7 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +235,37 @@ def _peak_rss() -> int:
                 return int(line.split()[1]) * 1024
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def pinned_cpus(threads: int, chosen: Sequence[int] | None = None) -> tuple[int, ...] | None:
+    """The CPUs a measuring process is pinned to: ``chosen``, else the first ``threads`` usable ones; ``None`` where the
+    OS has no affinity call. ``ValueError`` when a chosen CPU is not usable here."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    usable = sorted(os.sched_getaffinity(0))
+    if chosen is None:
+        return tuple(usable[:threads])
+    missing = sorted(set(chosen) - set(usable))
+    if missing:
+        raise ValueError(f"CPUs {missing} are not usable here; usable: {usable}")
+    return tuple(chosen)
+
+
+def tool_cross_check(backend: str, engine: Path, *, threads: int, batch_size: int, input_shape: tuple[int, ...], input_name: str,
+                     min_seconds: float) -> dict[str, Any]:
+    """The backend's own benchmark tool (``cross_check``, e.g. OpenVINO's ``benchmark_app``) on ``engine`` with these
+    settings: ``{"status": "ok", **its result}``, or ``{"status": "failed", "reason": …}``."""
+    from edgeship.backends import get_backend
+
+    implementation = getattr(get_backend(backend), "cross_check", None)
+    if implementation is None:
+        return {"status": "failed", "reason": f"{backend} has no benchmark tool of its own"}
+    try:
+        theirs = implementation(engine, threads=threads, batch_size=batch_size, input_shape=input_shape, input_name=input_name,
+                                seconds=max(min_seconds, 1.0))
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        return {"status": "failed", "reason": str(exc)}
+    return {"status": "ok", **theirs}
 
 
 def _affinity() -> list[int] | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -115,6 +116,12 @@ def time_interleaved(calls: Mapping[str, Callable[[], object]], *, warmup: int, 
 
 def top1(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(axis=1) == labels).mean())
+
+
+def scores(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
+    """An engine's scores on the evaluation split: top-1 against ``labels`` (None without labels), the sample count,
+    and its ``agreement`` with the FP32 ``reference``."""
+    return {"top1": None if labels is None else top1(outputs, labels), "eval_samples": len(outputs), **agreement(outputs, reference)}
 
 
 def agreement(outputs: np.ndarray, reference: np.ndarray) -> dict[str, float]:

@@ -381,15 +381,12 @@ class ValidateConfig(_Section):
 
     def affinity(self, threads: int) -> tuple[int, ...] | None:
         """The CPUs each engine is pinned to, or ``None`` where the OS has no affinity call."""
-        if not hasattr(os, "sched_getaffinity"):
-            return None
-        usable = sorted(os.sched_getaffinity(0))
-        if self.cpus is None:
-            return tuple(usable[:threads])
-        missing = sorted(set(self.cpus) - set(usable))
-        if missing:
-            raise RecipeError(f"'validate.cpus': CPUs {missing} are not usable here; usable: {usable}")
-        return tuple(self.cpus)
+        from edgeship.harness import pinned_cpus
+
+        try:
+            return pinned_cpus(threads, self.cpus)
+        except ValueError as exc:
+            raise RecipeError(f"'validate.cpus': {exc}") from None
 
 
 class DeviceConfig(_Section):

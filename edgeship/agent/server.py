@@ -31,7 +31,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request, Response  # the `a
 from fastapi.responses import FileResponse
 
 from edgeship.agent.protocol import ENGINE_HEADER, FILE_NAME, PROTOCOL, RESULT_FILES, SHA256, JobRequest, JobState, matches
-from edgeship.harness import HarnessError, HarnessSpec, measure_isolated
+from edgeship.harness import HarnessError, HarnessSpec, measure_isolated, pinned_cpus, tool_cross_check
 
 KEEP_JOBS = 32  # finished jobs whose folders stay for the host to fetch
 CHUNK = 1 << 20
@@ -148,14 +148,16 @@ class Agent:
         folder.mkdir(parents=True, exist_ok=True)
         spec = HarnessSpec(**request.settings(), backend=request.engine.backend, engine=engine, input_name=request.input_name,
                            inputs=self.file_path(request.inputs), outputs=folder / "logits.npy",
-                           timings=folder / "timings.npz" if request.timed else None, cpus=self._cpus(request.threads))
+                           timings=folder / "timings.npz" if request.timed else None, cpus=pinned_cpus(request.threads, self.cpus))
 
         def progress(task: str, done: int, total: int) -> None:
             job.progress = {"task": task, "done": done, "total": total}
 
         result = measure_isolated(spec, folder, progress)
         if request.cross_check and request.timed:
-            result["cross_check_tool"] = self._cross_check(engine, request)
+            result["cross_check_tool"] = tool_cross_check(request.engine.backend, engine, threads=request.threads,
+                                                          batch_size=request.batch_size, input_shape=request.input_shape,
+                                                          input_name=request.input_name, min_seconds=request.min_seconds)
         if request.outputs == "metrics":
             result["scores"] = self._score(folder / "logits.npy", request)
             (folder / "logits.npy").unlink()
@@ -181,35 +183,11 @@ class Agent:
                 shutil.rmtree(staging, ignore_errors=True)
         return folder
 
-    def _cpus(self, threads: int) -> tuple[int, ...] | None:
-        if self.cpus is not None:
-            return self.cpus
-        if not hasattr(os, "sched_getaffinity"):
-            return None
-        return tuple(sorted(os.sched_getaffinity(0))[:threads])
-
-    def _cross_check(self, engine: Path, request: JobRequest) -> dict[str, Any]:
-        from edgeship.backends import get_backend
-
-        backend = get_backend(request.engine.backend)
-        if not hasattr(backend, "cross_check"):
-            return {"status": "failed", "reason": f"{request.engine.backend} has no benchmark tool of its own"}
-        try:
-            return {"status": "ok", **backend.cross_check(engine, threads=request.threads, batch_size=request.batch_size,
-                                                          input_shape=request.input_shape, input_name=request.input_name,
-                                                          seconds=max(request.min_seconds, 1.0))}
-        except (RuntimeError, OSError) as exc:
-            return {"status": "failed", "reason": str(exc)}
-
     def _score(self, logits_path: Path, request: JobRequest) -> dict[str, Any]:
-        from edgeship.measure import agreement, top1
+        from edgeship.measure import scores
 
-        logits = np.load(logits_path)
-        reference = np.load(self.file_path(request.reference))  # type: ignore[arg-type]
-        scores: dict[str, Any] = {"eval_samples": len(logits), **agreement(logits, reference)}
         labels = np.load(self.file_path(request.labels)) if request.labels else None
-        scores["top1"] = None if labels is None else top1(logits, labels)
-        return scores
+        return scores(np.load(logits_path), np.load(self.file_path(request.reference)), labels)  # type: ignore[arg-type]
 
 
 def create_app(agent: Agent, token: str, *, max_upload_bytes: int) -> FastAPI:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -26,8 +25,8 @@ from rich.markup import escape
 from edgeship.artifacts import Artifact
 from edgeship.backends import get_backend
 from edgeship.errors import StageError
-from edgeship.harness import HarnessError, HarnessSpec, measure_isolated
-from edgeship.measure import agreement, top1
+from edgeship.harness import HarnessError, HarnessSpec, measure_isolated, tool_cross_check
+from edgeship.measure import scores, top1
 from edgeship.pipeline.base import Made, RunContext
 from edgeship.progress import progress_bar
 from edgeship.recipe import DeviceConfig, ValidateConfig
@@ -123,7 +122,8 @@ class ValidateStage:
         result = measure(BASELINE, folder, backend="pytorch", engine=model_artifact.folder / RECORD, input_name=INPUT_NAME,
                          timed=True, torch_model_config=ctx.recipe.model.model_dump(mode="json"))
         logits = np.load(folder / "logits.npy")
-        metrics = {"top1": _top1(logits, ctx), "eval_samples": len(logits), "size_bytes": model_artifact.size,
+        labels = ctx.dataset.eval.labels  # None on unlabelled data, where agreement with FP32 is the only measure
+        metrics = {"top1": None if labels is None else top1(logits, labels), "eval_samples": len(logits), "size_bytes": model_artifact.size,
                    "threads": measure.threads, "runtime": result["runtime"], "isolated": True,
                    **{k: result[k] for k in MEASURED_KEYS if k in result}}
         return self._write(folder, BASELINE, metrics)
@@ -138,45 +138,30 @@ class ValidateStage:
         result = measure(name, folder, backend=runs_on, engine=engine.path, input_name=engine.meta["input_name"],
                          timed=not predicts, bare_call=wants_check, artifact=engine)
         if "scores" in result:  # scored on the device: its outputs were too large to send back
-            scores = dict(result["scores"])
+            scored = dict(result["scores"])
         else:
-            logits = np.load(folder / "logits.npy")
             try:
-                scores = {"top1": _top1(logits, ctx), "eval_samples": len(logits), **agreement(logits, reference)}
+                scored = scores(np.load(folder / "logits.npy"), reference, ctx.dataset.eval.labels)
             except ValueError as exc:
                 raise StageError(self.name, f"{name}: {exc}") from None
-        metrics: dict[str, Any] = {**scores, "threads": measure.threads, "runtime": result["runtime"], "isolated": True,
+        metrics: dict[str, Any] = {**scored, "threads": measure.threads, "runtime": result["runtime"], "isolated": True,
                                    **measure.where()}
         if predicts:
             metrics["predicted"] = {"engine": predicts, "on": runs_on, "label": prediction_label(engine.meta["backend"], runs_on)}
         else:
             metrics.update(size_bytes=engine_bytes(engine), **{k: result[k] for k in MEASURED_KEYS if k in result})
-        if wants_check:
-            if "cross_check_tool" in result:  # run by the agent on the device
-                metrics["cross_check"] = _compare(result["cross_check_tool"], result["latency"], result.get("bare_latency"))
-            else:
-                backend = get_backend(runs_on)
-                metrics["cross_check"] = self._cross_check(name, backend.cross_check, engine,  # type: ignore[attr-defined]
-                                                           result["latency"], result.get("bare_latency"), measure.cfg,
-                                                           measure.threads, ctx)
+        if wants_check:  # the agent ran the tool on the device; here it runs on this host
+            theirs = result.get("cross_check_tool") or self._cross_check(name, runs_on, engine, measure.cfg, measure.threads, ctx)
+            metrics["cross_check"] = _compare(theirs, result["latency"], result.get("bare_latency"))
         return self._write(folder, name, metrics)
 
     @staticmethod
-    def _cross_check(name: str, cross_check: Callable[..., dict[str, Any]], engine: Artifact, latency: dict[str, Any],
-                     bare: dict[str, Any] | None, cfg: ValidateConfig, threads: int, ctx: RunContext) -> dict[str, Any]:
-        """The backend's own benchmark tool on the same engine, threads and batch, beside our p50.
-
-        ``ratio`` compares our p50 per ``infer`` (the number the report uses) with the tool's median;
-        ``bare_ratio`` compares the engine call alone, timed by our harness, so a difference
-        can be told apart: harness (bare_ratio) or the Python call around the engine (ratio / bare_ratio).
-        """
+    def _cross_check(name: str, backend: str, engine: Artifact, cfg: ValidateConfig, threads: int, ctx: RunContext) -> dict[str, Any]:
+        """The backend's own benchmark tool on the same engine, threads and batch."""
         with ctx.console.status(f"cross-checking {name} latency with the backend's own benchmark tool"):
-            try:
-                theirs = cross_check(engine.path, threads=threads, batch_size=cfg.batch_size, input_shape=tuple(engine.meta["input_shape"]),
-                                     input_name=engine.meta["input_name"], seconds=max(cfg.min_seconds, 1.0))
-            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-                return {"status": "failed", "reason": str(exc)}
-        return _compare({"status": "ok", **theirs}, latency, bare)
+            return tool_cross_check(backend, engine.path, threads=threads, batch_size=cfg.batch_size,
+                                    input_shape=tuple(engine.meta["input_shape"]), input_name=engine.meta["input_name"],
+                                    min_seconds=cfg.min_seconds)
 
     @staticmethod
     def _write(folder: Path, name: str, metrics: dict[str, Any]) -> Made:
@@ -194,7 +179,12 @@ def settings(cfg: ValidateConfig, threads: int, *, timed: bool, bare_call: bool)
 
 
 def _compare(theirs: dict[str, Any], latency: dict[str, Any], bare: dict[str, Any] | None) -> dict[str, Any]:
-    """Our p50 beside the backend tool's median (``theirs``, status ``ok`` or ``failed``)."""
+    """Our p50 beside the backend tool's median (``theirs``, status ``ok`` or ``failed``).
+
+    ``ratio`` compares our p50 per ``infer`` (the number the report uses) with the tool's median;
+    ``bare_ratio`` compares the engine call alone, timed by our harness, so a difference
+    can be told apart: harness (bare_ratio) or the Python call around the engine (ratio / bare_ratio).
+    """
     if theirs.get("status") != "ok":
         return theirs
     ratio = latency["p50_ms"] / theirs["median_ms"]
@@ -203,12 +193,6 @@ def _compare(theirs: dict[str, Any], latency: dict[str, Any], bare: dict[str, An
         check.update(ours_bare_p50_ms=bare["p50_ms"], bare_ratio=round(bare["p50_ms"] / theirs["median_ms"], 4),
                      call_overhead_ms=round(latency["p50_ms"] - bare["p50_ms"], 4))
     return check
-
-
-def _top1(logits: np.ndarray, ctx: RunContext) -> float | None:
-    """Top-1 against the evaluation labels; None on unlabelled data, where agreement with FP32 is the only measure."""
-    labels = ctx.dataset.eval.labels
-    return None if labels is None else top1(logits, labels)
 
 
 def prediction_label(backend: str, runs_on: str) -> str:

@@ -173,6 +173,7 @@ def test_agent_serve_refuses_bad_settings_in_one_line(tmp_path: Path) -> None:
             "cannot read the token file": ["--token-file", str(tmp_path / "missing")],
             f"--port {port}: cannot listen there": ["--token-file", str(tmp_path / "good"), "--port", str(port)],
             "--cpus 'a,b': expected CPU numbers": ["--token-file", str(tmp_path / "good"), "--cpus", "a,b"],
+            "--cpus '0,4096': CPUs [4096] are not usable here": ["--token-file", str(tmp_path / "good"), "--cpus", "0,4096"],
         }
         for expected, args in cases.items():
             done = subprocess.run([sys.executable, "-m", "edgeship", "agent", "serve", *args], capture_output=True, text=True, timeout=60)
