@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import secrets
+import socket
 import statistics
 import subprocess
 import sys
@@ -27,12 +28,15 @@ from pathlib import Path
 import httpx
 import numpy as np
 import yaml
+from rich.console import Console
 
 from edgeship.agent.client import AgentClient, measure_remote
 from edgeship.agent.protocol import EngineRef, JobRequest
 from edgeship.artifacts import ArtifactStore, sha256_file
-from edgeship.data import load_dataset, preprocess
+from edgeship.data import preprocess
 from edgeship.harness import HarnessSpec, measure_isolated
+from edgeship.pipeline.run import recipe_dataset
+from edgeship.pipeline.validate import settings
 from edgeship.recipe import load_recipe
 
 
@@ -50,12 +54,14 @@ def main() -> None:
     assert artifact is not None, f"{args.engine} is not in {recipe.store}"
     cfg, threads = recipe.validate_, recipe.threads()
     work = Path(tempfile.mkdtemp(prefix="agent-overhead-"))
-    dataset = load_dataset(recipe.data, recipe.calibration, seed=recipe.seed, notice=lambda line: None)
+    dataset = recipe_dataset(recipe, Console(quiet=True))
     inputs = work / "inputs.npy"
     np.save(inputs, preprocess(dataset.eval.images[:256], recipe.data.preprocessing))
     token = secrets.token_urlsafe(24)
     (work / "token").write_text(token)
-    port = 18765
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     agent = subprocess.Popen([sys.executable, "-m", "edgeship", "agent", "serve", "--port", str(port), "--token-file",
                               str(work / "token"), "--cache", str(work / "cache")], stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -64,15 +70,14 @@ def main() -> None:
         client = AgentClient(url, token)
         files = {digest: artifact.folder / name for name, digest in artifact.files.items()}
         files[sha256_file(inputs)] = inputs
+        latency_only = {**settings(cfg, threads, timed=True, bare_call=False), "throughput_batch_sizes": ()}
         request = JobRequest(engine=EngineRef(backend=entry["config"]["backend"], main=artifact.path.name, sha256=artifact.sha256,
                                               files=dict(artifact.files)),
                              inputs=sha256_file(inputs), input_name=artifact.meta["input_name"],
-                             input_shape=tuple(artifact.meta["input_shape"]), threads=threads, warmup=cfg.warmup,
-                             iterations=cfg.iterations, min_seconds=cfg.min_seconds, batch_size=cfg.batch_size)
-        spec = HarnessSpec(backend=request.engine.backend, engine=artifact.path, input_name=request.input_name, inputs=inputs,
-                           outputs=work / "local-logits.npy", timings=work / "local-timings.npz", threads=threads,
-                           cpus=cfg.affinity(threads), warmup=cfg.warmup, iterations=cfg.iterations, min_seconds=cfg.min_seconds,
-                           batch_size=cfg.batch_size)
+                             input_shape=tuple(artifact.meta["input_shape"]), **latency_only)
+        spec = HarnessSpec(**latency_only, backend=request.engine.backend, engine=artifact.path, input_name=request.input_name,
+                           inputs=inputs, outputs=work / "local-logits.npy", timings=work / "local-timings.npz",
+                           cpus=cfg.affinity(threads))
         local, remote = [], []
         for round_ in range(args.rounds):
             order = ("local", "remote") if round_ % 2 == 0 else ("remote", "local")
