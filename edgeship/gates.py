@@ -46,12 +46,17 @@ def unmatched_patterns(names: Iterable[str], gates: GatesConfig) -> list[str]:
     return [p for p in gates.required or [] if not any(fnmatch.fnmatchcase(n, p) for n in names)]
 
 
+def target(row: Mapping[str, Any]) -> str | None:
+    """Where a row's engine runs, for grouping: its backend, or ``<backend>@<device>`` when measured on a remote device."""
+    return row.get("target") or row.get("backend")
+
+
 def recommend(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per backend (per backend and device, ``target``, for rows measured on a remote device): the engine to ship (the
     fastest passing by measured p50) and the reason, or none and why."""
     out: dict[str, dict[str, Any]] = {}
-    for backend in dict.fromkeys(row.get("target") or row["backend"] for row in rows):
-        engines = [row for row in rows if (row.get("target") or row["backend"]) == backend]
+    for backend in dict.fromkeys(target(row) for row in rows):
+        engines = [row for row in rows if target(row) == backend]
         passing = sorted((r for r in engines if r.get("verdict") == "pass"), key=lambda r: r["latency"]["p50_ms"])
         if not passing:
             out[backend] = {"engine": None, "reason": "no engine passes every gate: " + "; ".join(_why_not(r) for r in engines)}

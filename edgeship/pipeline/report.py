@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgeship.artifacts import Artifact, Manifest, ManifestEntry, sha256_file, write_atomic
-from edgeship.gates import accuracy_drop, format_value, judge, recommend, required_engines
+from edgeship.gates import accuracy_drop, format_value, judge, recommend, required_engines, target
 from edgeship.pipeline.base import RunContext
 from edgeship.pipeline.build import PREPARE, prediction_name
 from edgeship.pipeline.validate import BASELINE
@@ -241,9 +241,6 @@ def accuracy_basis(dataset: Mapping[str, Any] | None) -> dict[str, str]:
 def _add_drop_vs_backend_fp32(engines: list[dict[str, Any]]) -> None:
     """Each engine's top-1 drop against its own backend's FP32 engine: the quantization effect alone, apart
     from what pruning and distillation changed against the baseline."""
-    def target(row: dict[str, Any]) -> str:
-        return row.get("target") or row["backend"]
-
     fp32 = {target(row): row["top1"] for row in engines if row["precision"] == "fp32" and row.get("top1") is not None}
     for row in engines:
         if row.get("top1") is not None and target(row) in fp32:
@@ -381,8 +378,7 @@ def _engine_cells(row: Mapping[str, Any], mark: str, *, labelled: bool = True) -
     verdict = row.get("verdict", row["status"])
     colour = {"pass": "green", "fail": "red", "skipped": "yellow"}.get(verdict, colour)
     text = verdict if verdict in ("pass", "fail") else row["status"]
-    where = row.get("target") or row.get("backend") or "?"  # onnxruntime@nuc for a row measured on a device
-    return [where, row.get("precision") or "?", _size(row.get("size_bytes")), _ms(lat.get("p50_ms")),
+    return [target(row) or "?", row.get("precision") or "?", _size(row.get("size_bytes")), _ms(lat.get("p50_ms")),
             _ms(lat.get("p99_ms")), *(_accuracy_cells(row) if labelled else _agreement_cells(row)),
             "—" if not build else f"{build:.1f}", f"[{colour}]{text}[/{colour}] {mark}".rstrip()]
 

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from edgeship.agent.client import AgentClient, AgentError
 
 BASELINE = "pytorch/fp32"
+# what of a device's description keys its results: another machine measures anew, a reboot does not
+DEVICE_FACTS = ("cpu", "isa_flags", "logical_cores", "gpu")
 MEASURED_KEYS = ("load_ms", "first_inference_ms", "import_ms", "latency", "throughput", "memory", "cpus")
 
 
@@ -46,7 +48,7 @@ class ValidateStage:
         threads = ctx.recipe.threads()
         cpus = cfg.affinity(threads)
         config = {**cfg.model_dump(mode="json"), "threads": threads, "cpus": list(cpus) if cpus else None}
-        device = {k: ctx.manifest.device.get(k) for k in ("cpu", "isa_flags", "logical_cores", "gpu")}
+        device = {k: ctx.manifest.device.get(k) for k in DEVICE_FACTS}
         key = {"eval": ctx.dataset.fingerprint, "device": device}
         model = inputs["model"]
         with tempfile.TemporaryDirectory(prefix="edgeship-eval-") as scratch:
@@ -97,7 +99,7 @@ class ValidateStage:
                 return {}
             threads = device.threads or ctx.recipe.validate_.threads or described["device"].get("usable_cores") or 1
             remote = _RemoteMeasure(local, client, device, described, threads, reference)
-            facts = {k: described["device"].get(k) for k in ("cpu", "isa_flags", "logical_cores", "gpu")}
+            facts = {k: described["device"].get(k) for k in DEVICE_FACTS}
             key = {"eval": ctx.dataset.fingerprint, "device": facts, "device_name": device.name}
             for name, engine in engines.items():
                 backend = described["backends"].get(engine.meta["backend"], {})
@@ -280,14 +282,24 @@ class _RemoteMeasure:
                 "agent_edgeship": self.described.get("edgeship")}
 
     @functools.cached_property
-    def _scoring_files(self) -> dict[str, Path]:
-        """The reference outputs and labels, for a device that scores outputs itself."""
-        ctx = self.local.ctx
-        files = {"reference": self.local.scratch / "reference.npy"}
-        np.save(files["reference"], self.reference)
-        if ctx.dataset.eval.labels is not None:
-            files["labels"] = self.local.scratch / "labels.npy"
-            np.save(files["labels"], np.asarray(ctx.dataset.eval.labels))
+    def _inputs(self) -> tuple[str, Path]:
+        """The evaluation inputs' sha256 and file, hashed once for every engine sent."""
+        from edgeship.artifacts import sha256_file
+
+        return sha256_file(self.local.eval_inputs), self.local.eval_inputs
+
+    @functools.cached_property
+    def _scoring_files(self) -> dict[str, tuple[str, Path]]:
+        """The reference outputs and labels (role → sha256 and file), for a device that scores the outputs itself."""
+        from edgeship.artifacts import sha256_file
+
+        arrays = {"reference": self.reference}
+        if self.local.ctx.dataset.eval.labels is not None:
+            arrays["labels"] = np.asarray(self.local.ctx.dataset.eval.labels)
+        files = {}
+        for role, array in arrays.items():
+            np.save(self.local.scratch / f"{role}.npy", array)
+            files[role] = (sha256_file(self.local.scratch / f"{role}.npy"), self.local.scratch / f"{role}.npy")
         return files
 
     def __call__(self, name: str, folder: Path, *, backend: str, engine: Path, input_name: str, timed: bool,
@@ -295,23 +307,18 @@ class _RemoteMeasure:
                  artifact: Artifact | None = None) -> dict[str, Any]:
         from edgeship.agent.client import AgentError, measure_remote, with_retries
         from edgeship.agent.protocol import EngineRef, JobRequest
-        from edgeship.artifacts import sha256_file
 
         assert artifact is not None and artifact.files, "a remote measurement sends every file of a stored engine"
         cfg, device = self.cfg, self.device
+        scored_there = self.reference.astype(np.float32).nbytes > device.outputs_limit_mib * 1024 * 1024  # the outputs' size
+        sent = {"inputs": self._inputs, **(self._scoring_files if scored_there else {})}
         files = {digest: artifact.folder / file for file, digest in artifact.files.items()}
-        inputs = self.local.eval_inputs
-        digests = {"inputs": sha256_file(inputs)}
-        files[digests["inputs"]] = inputs
-        scoring: dict[str, str] = {}
-        if self.reference.astype(np.float32).nbytes > device.outputs_limit_mib * 1024 * 1024:  # the outputs are this size
-            for role, path in self._scoring_files.items():
-                scoring[role] = sha256_file(path)
-                files[scoring[role]] = path
+        files.update(dict(sent.values()))
+        scoring = {role: digest for role, (digest, _) in sent.items() if role != "inputs"}
         request = JobRequest(engine=EngineRef(backend=backend, main=engine.name, sha256=artifact.sha256, files=dict(artifact.files)),
-                             inputs=digests["inputs"], input_name=input_name, input_shape=tuple(artifact.meta["input_shape"]),
+                             inputs=self._inputs[0], input_name=input_name, input_shape=tuple(artifact.meta["input_shape"]),
                              **settings(cfg, self.threads, timed=timed, bare_call=bare_call), timed=timed, cross_check=bare_call,
-                             outputs="metrics" if scoring else "full", **scoring)
+                             outputs="metrics" if scored_there else "full", **scoring)
         with progress_bar(self.local.ctx.console) as bar:
             task = bar.add_task(f"{name}: sending it to {device.name}", total=None, info=f"{device.url}, {self.threads} threads")
 
