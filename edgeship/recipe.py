@@ -253,10 +253,26 @@ def _precisions(backend: str, value: tuple[Precision, ...], allowed: frozenset[P
     return tuple(dict.fromkeys(value))
 
 
+def _keep_float(what: str = "in float") -> Any:
+    """The ``keep_float`` key, one definition for every backend that has it."""
+    return Field(default=0, ge=0, description=f"INT8: keep this many of the most INT8-sensitive Conv/Gemm layers (weight-only "
+                                              f"sensitivity on calibration samples) {what}")
+
+
+def _weight_rounding() -> Any:
+    """The ``weight_rounding`` key, one definition for every INT8 backend."""
+    return Field(default="nearest", description="INT8 weights: nearest (what the quantizer does) or gptq (rounded to keep each "
+                                                "layer's outputs on calibration samples closest to FP32; same grid, same size)")
+
+
+WeightRounding = Literal["nearest", "gptq"]
+
+
 class OnnxRuntimeConfig(_Section):
     # keys that only shape INT8 engines: changing them must not rebuild the FP32 one
     INT8_ONLY: ClassVar[frozenset[str]] = frozenset(
-        {"calibration_method", "percentile", "calibration_size", "per_channel", "activation_type", "reduce_range", "keep_float"})
+        {"calibration_method", "percentile", "calibration_size", "per_channel", "activation_type", "reduce_range", "keep_float",
+         "weight_rounding", "float_outputs"})
 
     enabled: bool = True
     precisions: tuple[Precision, ...] = (Precision.FP32, Precision.INT8)
@@ -267,8 +283,10 @@ class OnnxRuntimeConfig(_Section):
     activation_type: Literal["uint8", "int8"] = "uint8"
     reduce_range: bool = Field(default=True, description="7-bit weights: avoids u8s8 saturation (VPMADDUBSW) on x86 CPUs "
                                                          "without VNNI; false only when every target CPU has VNNI")
-    keep_float: int = Field(default=0, ge=0, description="INT8: keep this many of the most INT8-sensitive Conv/Gemm layers "
-                                                          "(weight-only sensitivity on calibration samples) in float")
+    keep_float: int = _keep_float()
+    weight_rounding: WeightRounding = _weight_rounding()
+    float_outputs: bool = Field(default=True, description="INT8: no Q/DQ pair on the model's outputs; rounding the logits to 8 bits "
+                                                          "turns near-ties into ties (top-1 then follows the index)")
 
     @field_validator("precisions")
     @classmethod
@@ -277,7 +295,7 @@ class OnnxRuntimeConfig(_Section):
 
 
 class OpenVinoConfig(_Section):
-    INT8_ONLY: ClassVar[frozenset[str]] = frozenset({"preset", "subset_size", "fast_bias_correction", "keep_float"})
+    INT8_ONLY: ClassVar[frozenset[str]] = frozenset({"preset", "subset_size", "fast_bias_correction", "keep_float", "weight_rounding"})
 
     enabled: bool = True
     precisions: tuple[Precision, ...] = (Precision.FP32, Precision.FP16, Precision.INT8)
@@ -286,8 +304,8 @@ class OpenVinoConfig(_Section):
     subset_size: PositiveInt = Field(default=300, description="calibration samples nncf.quantize uses")
     fast_bias_correction: bool = Field(default=False, description="NNCF fast bias correction; the full one cost 0.6 pt less top-1 "
                                                                   "on the default model (91.87% vs 91.29%, FP32 91.94%)")
-    keep_float: int = Field(default=0, ge=0, description="INT8: keep this many of the most INT8-sensitive Conv/Gemm layers "
-                                                          "(weight-only sensitivity on calibration samples) in float")
+    keep_float: int = _keep_float()
+    weight_rounding: WeightRounding = _weight_rounding()
     performance_hint: Literal["latency", "throughput"] = "latency"
     benchmark_app: bool = Field(default=True, description="cross-check our latency with OpenVINO's benchmark_app on the same IR")
 
@@ -298,13 +316,14 @@ class OpenVinoConfig(_Section):
 
 
 class TfliteConfig(_Section):
-    INT8_ONLY: ClassVar[frozenset[str]] = frozenset({"io_type", "calibration_size"})
+    INT8_ONLY: ClassVar[frozenset[str]] = frozenset({"io_type", "calibration_size", "weight_rounding"})
 
     enabled: bool = True
     precisions: tuple[Precision, ...] = (Precision.FP32, Precision.FP16, Precision.INT8)
     io_type: Literal["int8", "float32"] = Field(
         default="int8", description="model input/output type of the full-integer INT8 build; the runner converts either way")
     calibration_size: PositiveInt | None = Field(default=300, description="representative samples; None uses the whole set")
+    weight_rounding: WeightRounding = _weight_rounding()
 
     @field_validator("precisions")
     @classmethod
@@ -331,7 +350,7 @@ class TensorRtConfig(_Section):
     before the engine build, and that ONNX-side preparation runs on any CPU."""
 
     INT8_ONLY: ClassVar[frozenset[str]] = frozenset({"qdq_tool", "calibration_method", "calibration_size", "high_precision",
-                                                     "keep_float"})
+                                                     "keep_float", "weight_rounding"})
     # keys that change the engine but not the prepared ONNX: changing them rebuilds the engine, not the calibration
     ENGINE_ONLY: ClassVar[frozenset[str]] = frozenset({"workspace_mib", "optimization_level", "timing_cache", "batch"})
 
@@ -342,8 +361,8 @@ class TensorRtConfig(_Section):
                                     "auto takes ModelOpt when it imports")
     calibration_method: Literal["entropy", "max"] = "entropy"
     calibration_size: PositiveInt | None = Field(default=None, description="use the first N calibration samples; None uses all")
-    keep_float: int = Field(default=0, ge=0, description="INT8: keep this many of the most INT8-sensitive Conv/Gemm layers "
-                                                          "(weight-only sensitivity on calibration samples) out of the Q/DQ")
+    keep_float: int = _keep_float("out of the Q/DQ")
+    weight_rounding: WeightRounding = _weight_rounding()
     high_precision: Literal["fp16", "fp32"] = Field(
         default="fp16", description="type of the layers the INT8 model leaves unquantized (ModelOpt's high_precision_dtype); "
                                     "ONNX Runtime's quantizer always leaves them fp32")

@@ -16,6 +16,7 @@ import numpy as np
 
 from edgeship.backends import installed_versions
 from edgeship.backends.base import Availability, CalibrationSet, Feed, Precision, Runner, TensorMeta, check_build_request
+from edgeship.backends.rounding import rounded_source
 from edgeship.backends.sensitivity import keep_float
 from edgeship.errors import BuildError
 from edgeship.recipe import OnnxRuntimeConfig
@@ -91,17 +92,19 @@ class OnnxRuntimeBackend:
         target = out_dir / "model.int8.onnx"
         extra: dict[str, Any] = {"CalibPercentile": cfg.percentile} if cfg.calibration_method == "percentile" else {}
         keep = keep_float(source, calibration.samples, cfg.keep_float, out_dir)
-        quantize_qdq(source, target, calibration, method=cfg.calibration_method, per_channel=cfg.per_channel,
-                     activation_type=cfg.activation_type, reduce_range=cfg.reduce_range, extra_options=extra, nodes_to_exclude=keep)
+        with rounded_source(source, calibration.samples, cfg.weight_rounding, keep, out_dir) as rounded:
+            quantize_qdq(rounded, target, calibration, method=cfg.calibration_method, per_channel=cfg.per_channel,
+                         activation_type=cfg.activation_type, reduce_range=cfg.reduce_range, extra_options=extra,
+                         nodes_to_exclude=keep, float_outputs=cfg.float_outputs)
         return target
 
 
 def quantize_qdq(source: Path, target: Path, calibration: CalibrationSet, *, method: str, per_channel: bool,
                  activation_type: str = "int8", reduce_range: bool = False, extra_options: Mapping[str, Any] | None = None,
-                 nodes_to_exclude: list[str] | None = None) -> None:
+                 nodes_to_exclude: list[str] | None = None, float_outputs: bool = False) -> None:
     """ONNX Runtime's ``quantize_static`` in QDQ format, calibrated on ``calibration``: int8 weights, symmetric;
-    activations int8 (symmetric) or uint8. ``method`` is minmax | entropy | percentile; ``nodes_to_exclude`` stay float.
-    Work files stay beside ``target`` only while it runs."""
+    activations int8 (symmetric) or uint8. ``method`` is minmax | entropy | percentile; ``nodes_to_exclude`` stay float;
+    ``float_outputs`` drops the Q/DQ pair on each graph output. Work files stay beside ``target`` only while it runs."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -126,10 +129,47 @@ def quantize_qdq(source: Path, target: Path, calibration: CalibrationSet, *, met
             quantize_static(str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                             activation_type=activation, weight_type=QuantType.QInt8, calibrate_method=calibrate,
                             reduce_range=reduce_range, extra_options=extra, nodes_to_exclude=list(nodes_to_exclude or []))
+        if float_outputs:
+            import onnx
+
+            model = onnx.load(str(target))
+            if unquantize_outputs(model):
+                onnx.save(model, str(target))
     finally:
         prepared.unlink(missing_ok=True)
         for leftover in target.parent.glob("*.onnx-augmented*"):
             leftover.unlink()
+
+
+def unquantize_outputs(model: Any) -> int:
+    """Remove the QuantizeLinear → DequantizeLinear pair that ends at a graph output, so the last layer writes the
+    output in float; the pair's float input takes the output's name. Returns how many outputs were changed."""
+    producer = {output: node for node in model.graph.node for output in node.output}
+    consumers: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    changed = 0
+    for output in model.graph.output:
+        dequantize = producer.get(output.name)
+        if dequantize is None or dequantize.op_type != "DequantizeLinear":
+            continue
+        quantize = producer.get(dequantize.input[0])
+        if quantize is None or quantize.op_type != "QuantizeLinear" or consumers.get(quantize.output[0]) != 1:
+            continue
+        source = quantize.input[0]
+        if source not in producer or any(source == o.name for o in model.graph.output):
+            continue
+        model.graph.node.remove(quantize)
+        model.graph.node.remove(dequantize)
+        for node in model.graph.node:
+            node.input[:] = [output.name if name == source else name for name in node.input]
+            node.output[:] = [output.name if name == source else name for name in node.output]
+        for info in list(model.graph.value_info):
+            if info.name == source:
+                model.graph.value_info.remove(info)
+        changed += 1
+    return changed
 
 
 @functools.cache

@@ -74,14 +74,18 @@ class OpenVinoBackend:
     def _build(source: Path, precision: Precision, calibration: CalibrationSet | None, cfg: OpenVinoConfig, out_dir: Path) -> Path:
         import openvino as ov
 
-        model = ov.convert_model(str(source))
-        if precision is Precision.INT8:
+        if precision is not Precision.INT8:
+            model = ov.convert_model(str(source))
+        else:
             import nncf
 
+            from edgeship.backends.rounding import rounded_source
             from edgeship.backends.sensitivity import keep_float
 
             assert calibration is not None
             keep = keep_float(source, calibration.samples, cfg.keep_float, out_dir)  # ONNX node names survive in the IR's op names
+            with rounded_source(source, calibration.samples, cfg.weight_rounding, keep, out_dir) as rounded:
+                model = ov.convert_model(str(rounded))
             ignored = nncf.IgnoredScope(patterns=[f"^{re.escape(name)}(/.*)?$" for name in keep], validate=False) if keep else None
             model = nncf.quantize(model, nncf.Dataset(calibration), preset=nncf.QuantizationPreset(cfg.preset),
                                   subset_size=min(cfg.subset_size, len(calibration.samples)),

@@ -43,6 +43,7 @@ from edgeship.backends.base import (
     check_build_request,
 )
 from edgeship.backends.modelopt_worker import MODELOPT_MISSING
+from edgeship.backends.rounding import rounded_source
 from edgeship.backends.sensitivity import keep_float
 from edgeship.backends.tooling import captured_output, error_line, fed_inputs, importable
 from edgeship.errors import BackendUnavailable, BuildError
@@ -173,6 +174,12 @@ class TensorRtBackend:
         keep = keep_float(source, calibration.samples, cfg.keep_float, target.parent)
         if keep:
             settings["float_layers"] = keep
+        settings["weight_rounding"] = cfg.weight_rounding
+        with rounded_source(source, calibration.samples, cfg.weight_rounding, keep, target.parent) as rounded:
+            return self._quantize_rounded(rounded, target, calibration, cfg, work, settings, keep)
+
+    def _quantize_rounded(self, source: Path, target: Path, calibration: CalibrationSet, cfg: TensorRtConfig, work: Path,
+                          settings: dict[str, Any], keep: list[str]) -> dict[str, Any]:
         fallback_reason = ""
         if cfg.qdq_tool in ("auto", "modelopt"):
             batch = _static_batch(source, calibration.input_name) or min(CALIBRATION_BATCH, len(calibration.samples))

@@ -23,6 +23,7 @@ import numpy as np
 
 from edgeship.backends import installed_versions
 from edgeship.backends.base import Availability, CalibrationSet, Feed, Precision, Runner, TensorMeta, check_build_request
+from edgeship.backends.rounding import rounded_source
 from edgeship.backends.tooling import captured_output, error_line, fed_inputs, importable
 from edgeship.errors import BuildError
 from edgeship.recipe import TfliteConfig
@@ -58,7 +59,12 @@ class TfliteBackend:
             calibration = calibration.subset(cfg.calibration_size)  # type: ignore[union-attr]
         work = Path(tempfile.mkdtemp(dir=out_dir, prefix=".work-"))
         try:
-            saved_model = _onnx_to_saved_model(onnx.path, work, calibration, precision)
+            if precision is Precision.INT8:
+                assert calibration is not None
+                with rounded_source(onnx.path, calibration.samples, cfg.weight_rounding, (), out_dir) as source:
+                    saved_model = _onnx_to_saved_model(source, work, calibration, precision)
+            else:
+                saved_model = _onnx_to_saved_model(onnx.path, work, calibration, precision)
             model = _convert(saved_model, precision, calibration, cfg)
             target = out_dir / f"model.{precision.value}.tflite"
             target.write_bytes(model)

@@ -22,11 +22,14 @@ from pydantic import BaseModel
 from edgeship.artifacts import Artifact
 from edgeship.backends import REGISTRY, availability, get_backend
 from edgeship.backends.base import PREPARE_INFO, CalibrationSet, Precision, PreparingBackend
+from edgeship.backends.rounding import WEIGHT_ROUNDING_FILE
 from edgeship.backends.sensitivity import FLOAT_LAYERS_FILE
 from edgeship.errors import BackendUnavailable, BuildError, StageError
 from edgeship.pipeline.base import Made, RunContext
 from edgeship.recipe import BackendsConfig
 
+# side files an INT8 build may leave beside its engine, and the metric each becomes
+SIDE_METRICS = {FLOAT_LAYERS_FILE: "float_layers", WEIGHT_ROUNDING_FILE: "weight_rounding"}
 PREPARE = "prepare"  # the stage name of prepared ONNX artifacts, made inside the build stage
 
 
@@ -96,7 +99,7 @@ class BuildStage:
             info = json.loads((folder / PREPARE_INFO).read_text())
             meta = {"backend": backend.name, "precision": precision.value, "versions": versions, "prepared_by": info,
                     "input_name": onnx.meta["input_name"], "input_shape": onnx.meta["input_shape"],
-                    "predicts": name, "runs_on": "onnxruntime", "metrics": info}
+                    "predicts": name, "runs_on": "onnxruntime", "metrics": {**info, **side_metrics(folder)}}
             return Made(main, f"prepared-onnx/{backend.name}", meta)
 
         return ctx.produce(PREPARE, name, config=prepare_config(backend.name, precision, backend_cfg), parents=[onnx],
@@ -121,12 +124,16 @@ class BuildStage:
                     "input_name": source.meta["input_name"], "input_shape": source.meta["input_shape"]}
             if preparing:
                 meta["prepared_by"] = source.meta["prepared_by"]
-            kept = folder / FLOAT_LAYERS_FILE
-            if kept.is_file():
-                meta["metrics"] = {"float_layers": json.loads(kept.read_text())}
+            if side := side_metrics(folder):
+                meta["metrics"] = side
             return Made(main, f"engine/{backend_name}", meta)
 
         return ctx.produce(self.name, engine_name(backend_name, precision), config=config, parents=[source], extra_key=extra, make=make)
+
+
+def side_metrics(folder: Path) -> dict[str, object]:
+    """The side files of an INT8 build in ``folder`` (layers kept in float, weight rounding), by metric name."""
+    return {metric: json.loads((folder / file).read_text()) for file, metric in SIDE_METRICS.items() if (folder / file).is_file()}
 
 
 def prediction_name(engine: str) -> str:

@@ -24,7 +24,7 @@ from edgeship.pipeline.base import RunContext
 from edgeship.pipeline.build import PREPARE, prediction_name
 from edgeship.pipeline.validate import BASELINE
 from edgeship.recipe import GatesConfig
-from edgeship.render.text import float_layers_line
+from edgeship.render.text import float_layers_line, weight_rounding_line
 from edgeship.render.text import pct as _pct
 from edgeship.render.text import size as _size
 
@@ -110,8 +110,9 @@ def build_report(manifest: Manifest) -> dict[str, Any]:
         validation = validations.get(entry.name)
         validated = next((e for e in entries if e.stage == "validate" and e.name == entry.name), None)
         row["reused"] = {"build": entry.reused, "validate": validated.reused if validated else None}
-        if entry.metrics.get("float_layers"):
-            row["float_layers"] = entry.metrics["float_layers"]
+        for side in ("float_layers", "weight_rounding"):
+            if entry.metrics.get(side):
+                row[side] = entry.metrics[side]
         if entry.status == "ok" and validation is None:
             row.update(status="failed", reason=f"validation failed: {validated.reason if validated else 'no result'}")
         if validation is not None:
@@ -331,6 +332,8 @@ def print_summary(report: Mapping[str, Any], console: Console) -> None:
     for row in report.get("engines", []):
         if row.get("float_layers"):
             console.print(float_layers_line(row), soft_wrap=True)
+        if row.get("weight_rounding"):
+            console.print(weight_rounding_line(row), soft_wrap=True)
     for row in report.get("engines", []):
         check = row.get("cross_check")
         if not check:

@@ -9,7 +9,7 @@ from html import escape
 from typing import Any
 
 from edgeship.render import plots
-from edgeship.render.text import float_layers_line
+from edgeship.render.text import float_layers_line, weight_rounding_line
 from edgeship.render.text import pct as _pct
 from edgeship.render.text import size as _size
 
@@ -232,9 +232,10 @@ def _pipeline(report: Mapping[str, Any]) -> str:
             parts.append(_figure(lambda: plots.training_figure({"distilled": history["distilled"],
                                                                 "hard-label fine-tune": history.get("hard_label_finetune")}, top1),
                                  "Training curves (validation split held out from training)."))
-    kept = [row for row in report.get("engines", []) if row.get("float_layers")]
-    if kept:
-        parts.append("<h3>INT8 layers kept in float</h3><ul>" + "".join(f"<li>{escape(float_layers_line(row))}</li>" for row in kept)
+    lines = [line(row) for row in report.get("engines", []) for key, line in (("float_layers", float_layers_line),
+                                                                               ("weight_rounding", weight_rounding_line)) if row.get(key)]
+    if lines:
+        parts.append("<h3>INT8 weights: layers kept in float, rounding</h3><ul>" + "".join(f"<li>{escape(text)}</li>" for text in lines)
                      + "</ul>")
     verdict = report.get("student_vs_teacher")
     if verdict:

@@ -16,6 +16,16 @@ def pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.2f}%"
 
 
+def weight_rounding_line(row: Mapping[str, Any]) -> str:
+    """How an INT8 engine's weights were rounded (``weight_rounding: gptq``) and what it bought, layer by layer."""
+    done = row["weight_rounding"]
+    layers = done["layers"]
+    ratio = done.get("median_error_ratio")
+    gain = f"; each layer's output error on them is ×{ratio:.2f} of nearest rounding's (median)" if ratio is not None else ""
+    return (f"{row['name']}: {len(layers)} layers' INT8 weights rounded by {done['method'].upper()} on {done['samples']} "
+            f"calibration samples{gain}" + (f"; {len(done['skipped'])} layers not rounded" if done.get("skipped") else ""))
+
+
 def float_layers_line(row: Mapping[str, Any]) -> str:
     """Which layers an INT8 engine keeps in float (``keep_float``) and how INT8 scored them alone."""
     kept = row["float_layers"]

@@ -8,6 +8,7 @@ tests always run.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from pydantic import BaseModel
 from edgeship.artifacts import Artifact, ArtifactStore, sha256_file
 from edgeship.backends import REGISTRY, availability, get_backend
 from edgeship.backends.base import Availability, Backend, CalibrationSet, Precision, Runner
+from edgeship.backends.rounding import WEIGHT_ROUNDING_FILE
 from edgeship.errors import BuildError
 
 from conftest import TrainedCnn
@@ -158,6 +160,24 @@ class BackendContract:
         first = {p.name: sha256_file(p) for p in engines[precision].parent.iterdir() if p.is_file()}
         second = {p.name: sha256_file(p) for p in again.parent.iterdir() if p.is_file()}
         assert second == first, f"{precision} engine files differ between two builds"
+
+    def test_int8_with_gptq_rounded_weights(self, impl: Backend, trained_cnn: TrainedCnn, tmp_path: Path) -> None:
+        """``weight_rounding: gptq`` gives an INT8 engine that follows FP32 as closely as nearest rounding must, records
+        each layer's rounding beside it and leaves no work file behind."""
+        if Precision.INT8 not in impl.precisions or "weight_rounding" not in type(self.config).model_fields:
+            pytest.skip(f"{self.backend} builds no INT8 or has no weight_rounding")
+        calibration = CalibrationSet(trained_cnn.calibration, "test-fingerprint", batch_size=1)
+        engine = impl.build(onnx_artifact(trained_cnn.onnx), Precision.INT8, calibration,
+                            self.config.model_copy(update={"weight_rounding": "gptq"}), tmp_path)
+        record = json.loads((tmp_path / WEIGHT_ROUNDING_FILE).read_text())
+        assert record["method"] == "gptq" and record["layers"]
+        assert all(row["chosen"] == ("gptq" if row["gptq_error"] < row["nearest_error"] else "nearest") for row in record["layers"])
+        assert record["median_error_ratio"] < 1, record["layers"]
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no work files are left beside the engine"
+        reference = ort_reference(trained_cnn.onnx, trained_cnn.evaluation)
+        with impl.runner(engine, threads=1) as runner:
+            out = runner.infer({"input": trained_cnn.evaluation})["logits"]
+        assert float((out.argmax(1) == reference.argmax(1)).mean()) >= 0.98
 
     def test_unsupported_precision_is_a_build_error(self, impl: Backend, trained_cnn: TrainedCnn, tmp_path: Path) -> None:
         missing = [p for p in Precision if p not in impl.precisions]

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from onnx import numpy_helper
 
 from edgeship.backends.base import CalibrationSet, Precision
+from edgeship.backends.rounding import WEIGHT_ROUNDING_FILE, round_weights
 from edgeship.backends.tensorrt import TensorRtBackend, qdq_summary
 from edgeship.errors import BackendUnavailable, BuildError
 from edgeship.recipe import TensorRtConfig
@@ -234,3 +236,50 @@ def test_static_batch_model_is_calibrated_one_input_at_a_time(trained_cnn: Train
     (tmp_path / "out").mkdir()
     prepared_model = TensorRtBackend().prepare(static, Precision.INT8, calibration.subset(40), TensorRtConfig(), tmp_path / "out")
     assert info(prepared_model)["tool"] == "modelopt.onnx.quantization" and qdq_summary(prepared_model)["symmetric"]
+
+
+def test_modelopt_int8_with_gptq_weights_keeps_their_integers(trained_cnn: TrainedCnn, calibration: CalibrationSet,
+                                                             tmp_path: Path) -> None:
+    """ModelOpt's weight quantizer (per channel, max) re-derives the scales from the GPTQ-rounded weights and keeps
+    the integers GPTQ chose; the prepared ONNX records the rounding and still follows FP32."""
+    calibration = calibration.subset(64)
+    cfg = TensorRtConfig(weight_rounding="gptq", high_precision="fp32")
+    model = TensorRtBackend().prepare(trained_cnn.onnx, Precision.INT8, calibration, cfg, tmp_path)
+    assert info(model)["weight_rounding"] == "gptq"
+    record = json.loads((tmp_path / WEIGHT_ROUNDING_FILE).read_text())
+    rounded, _ = round_weights(trained_cnn.onnx, calibration.samples)
+    expected = {i.name: numpy_helper.to_array(i) for i in rounded.graph.initializer}
+    assert [row["weight"] for row in record["layers"]] and all(row["weight"] in expected for row in record["layers"])
+    quantized = dequantized_weights(model)  # ModelOpt leaves some layers (here layer1 and the Gemm) unquantized
+    assert quantized and quantized.keys() <= {row["weight"] for row in record["layers"]}
+    for name, value in quantized.items():
+        np.testing.assert_allclose(value, expected[name], rtol=1e-6, atol=1e-7, err_msg=name)
+    reference = predict(trained_cnn.onnx, trained_cnn.evaluation).argmax(1)
+    assert float((predict(model, trained_cnn.evaluation).argmax(1) == reference).mean()) >= 0.98
+
+
+def dequantized_weights(model: Path) -> dict[str, np.ndarray]:
+    """Each quantized weight as the prepared ONNX hands it to its layer: the float initializer through QuantizeLinear and
+    DequantizeLinear (or a stored INT8 initializer through DequantizeLinear), computed with ONNX Runtime."""
+    import onnx
+
+    graph = onnx.load(str(model)).graph
+    initializers = {i.name for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    wanted = {}
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear":
+            continue
+        source = producer.get(node.input[0])
+        origin = source.input[0] if source is not None and source.op_type == "QuantizeLinear" else node.input[0]
+        if origin in initializers and origin != graph.input[0].name:
+            wanted[origin.removesuffix("_quantized")] = node.output[0]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(onnx.load(str(model)))
+    del probe.graph.output[:]
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in wanted.values())
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    values = session.run(list(wanted.values()), {graph.input[0].name: np.zeros((1, 1, 28, 28), np.float32)})
+    return dict(zip(wanted, values, strict=True))

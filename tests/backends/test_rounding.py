@@ -1,0 +1,178 @@
+"""GPTQ weight rounding: lower layer error than nearest rounding, on the grid every backend's quantizer reproduces."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeship.backends.base import CalibrationSet
+from edgeship.backends.onnxruntime import OnnxRuntimeBackend, unquantize_outputs
+from edgeship.backends.rounding import WEIGHT_ROUNDING_FILE, _hessians, _im2col, eligible_layers, round_weights
+from edgeship.backends.sensitivity import fake_quantize
+from edgeship.recipe import OnnxRuntimeConfig
+
+QMAX = 127
+
+
+def small_net(path: Path) -> Path:
+    """stem (3×3, stride 2, SAME_UPPER) → Relu → depthwise 3×3 → Relu → pointwise 1×1 → mean → Gemm: the layer kinds of
+    a mobile network, with weights wide enough that nearest rounding loses signal."""
+    rng = np.random.default_rng(0)
+    weights = {"w_stem": rng.normal(0, 0.4, (8, 3, 3, 3)), "w_dw": rng.normal(0, 0.5, (8, 1, 3, 3)),
+               "w_pw": rng.normal(0, 0.3, (16, 8, 1, 1)), "w_fc": rng.normal(0, 0.3, (5, 16)), "b_fc": np.zeros(5)}
+    weights["w_dw"][:, 0, 0, 0] = 3.0  # one large tap per channel coarsens the grid of the others
+    nodes = [helper.make_node("Conv", ["input", "w_stem"], ["s"], name="stem", strides=[2, 2], auto_pad="SAME_UPPER", kernel_shape=[3, 3]),
+             helper.make_node("Relu", ["s"], ["sr"], name="r1"),
+             helper.make_node("Conv", ["sr", "w_dw"], ["d"], name="dw", group=8, pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+             helper.make_node("Relu", ["d"], ["dr"], name="r2"),
+             helper.make_node("Conv", ["dr", "w_pw"], ["p"], name="pw", kernel_shape=[1, 1]),
+             helper.make_node("ReduceMean", ["p"], ["m"], name="pool", axes=[2, 3], keepdims=0),
+             helper.make_node("Gemm", ["m", "w_fc", "b_fc"], ["logits"], name="fc", transB=1)]
+    graph = helper.make_graph(nodes, "small", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 12, 12])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])],
+                              [numpy_helper.from_array(value.astype(np.float32), name) for name, value in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Path:
+    return small_net(tmp_path / "net.onnx")
+
+
+@pytest.fixture
+def samples() -> np.ndarray:
+    """Smooth, correlated images (neighbouring pixels alike), as real photographs are: where GPTQ has something to use."""
+    rng = np.random.default_rng(1)
+    coarse = rng.normal(size=(48, 3, 4, 4)).astype(np.float32)
+    return np.repeat(np.repeat(coarse, 3, axis=2), 3, axis=3) + 0.05 * rng.normal(size=(48, 3, 12, 12)).astype(np.float32)
+
+
+def test_patches_times_weights_is_the_convolution(net: Path, samples: np.ndarray) -> None:
+    """The columns the statistics come from are the convolution's own: strides, SAME padding and groups included."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    model = onnx.load(str(net))
+    inputs = {"stem": samples[:4], "dw": np.abs(samples[:4, :, ::2, ::2].repeat(3, axis=1)[:, :8])}
+    for node in (n for n in model.graph.node if n.name in inputs):
+        weight = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == node.input[1]))
+        x = inputs[node.name]
+        single = helper.make_model(helper.make_graph([node], "one", [helper.make_tensor_value_info(node.input[0], TensorProto.FLOAT, None)],
+                                                     [helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT, None)],
+                                                     [numpy_helper.from_array(weight, node.input[1])]),
+                                   opset_imports=[helper.make_opsetid("", 17)])
+        single.ir_version = 8
+        expected = ort.InferenceSession(single.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {node.input[0]: x})[0]
+        columns = _im2col(torch.from_numpy(x), node, F).numpy()  # (groups, N·L, K)
+        groups = columns.shape[0]
+        w = weight.reshape(groups, weight.shape[0] // groups, -1)
+        got = np.einsum("gnk,gok->gon", columns, w).reshape(weight.shape[0], x.shape[0], -1).transpose(1, 0, 2)
+        np.testing.assert_allclose(got, expected.reshape(got.shape), rtol=1e-4, atol=1e-4)
+
+
+def test_gptq_lowers_every_layers_output_error_on_the_backends_grid(net: Path, samples: np.ndarray) -> None:
+    model, record = round_weights(net, samples)
+    original = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(net)).graph.initializer}
+    rounded = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert [row["node"] for row in record["layers"]] == ["stem", "dw", "pw", "fc"] and not record["skipped"]
+    for row in record["layers"]:
+        assert row["gptq_error"] < row["nearest_error"] and row["chosen"] == "gptq", row
+        w, r = original[row["weight"]], rounded[row["weight"]]
+        scale = np.abs(w.reshape(len(w), -1)).max(1) / QMAX
+        assert np.array_equal(fake_quantize(r), r), "a max-abs per-channel quantizer reads back the same values"
+        assert np.allclose(np.abs(r.reshape(len(r), -1)).max(1), QMAX * scale, rtol=1e-6), "each channel keeps its scale"
+        assert not np.array_equal(r, fake_quantize(w)), "GPTQ chose other integers than nearest rounding"
+    assert record["median_error_ratio"] < 1
+
+
+def test_kept_layers_and_shared_weights_are_not_rounded(net: Path, samples: np.ndarray) -> None:
+    model, record = round_weights(net, samples, keep=["dw"])
+    assert record["skipped"] == {"dw": "kept in float"} and record["kept_float"] == ["dw"]
+    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert np.array_equal(weights["w_dw"], numpy_helper.to_array(next(i for i in onnx.load(str(net)).graph.initializer
+                                                                       if i.name == "w_dw")))
+    shared = onnx.load(str(net))
+    shared.graph.node.append(helper.make_node("Conv", ["input", "w_stem"], ["extra"], name="twin", strides=[2, 2],
+                                              auto_pad="SAME_UPPER", kernel_shape=[3, 3]))
+    _, skipped = eligible_layers(shared, set())
+    assert skipped == {"stem": "weight shared with another node", "twin": "weight shared with another node"}
+
+
+def test_statistics_come_from_the_samples_given(net: Path, samples: np.ndarray) -> None:
+    one = _hessians(str(net), 0, samples[:8].tobytes(), samples[:8].shape)
+    two = _hessians(str(net), 0, samples[8:16].tobytes(), samples[8:16].shape)
+    assert set(one) == {"stem", "dw", "pw", "fc"}
+    assert one["dw"].shape == (8, 9, 9) and one["stem"].shape == (1, 27, 27) and one["fc"].shape == (1, 16, 16)
+    assert not np.allclose(one["pw"], two["pw"])
+
+
+def test_onnxruntime_int8_stores_the_gptq_integers(net: Path, samples: np.ndarray, tmp_path: Path) -> None:
+    """ONNX Runtime's quantizer re-derives each scale from the rounded weights and lands on the integers GPTQ chose."""
+    out = tmp_path / "gptq"
+    out.mkdir()
+    cfg = OnnxRuntimeConfig(reduce_range=False, weight_rounding="gptq")
+    engine = OnnxRuntimeBackend._build_int8(net, CalibrationSet(samples, "t"), cfg, out)
+    model, _ = round_weights(net, samples)
+    rounded = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    stored = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(engine)).graph.initializer}
+    for name in ("w_stem", "w_dw", "w_pw", "w_fc"):
+        w = rounded[name]
+        scale = np.abs(w.reshape(len(w), -1)).max(1) / QMAX
+        expected = np.round(w.reshape(len(w), -1) / scale[:, None]).reshape(w.shape)
+        np.testing.assert_array_equal(stored[f"{name}_quantized"].astype(np.float32), expected)
+    record = json.loads((out / WEIGHT_ROUNDING_FILE).read_text())
+    assert [row["weight"] for row in record["layers"]] == ["w_stem", "w_dw", "w_pw", "w_fc"]
+    assert sorted(p.name for p in out.iterdir()) == ["model.int8.onnx", WEIGHT_ROUNDING_FILE]
+
+
+def test_gptq_int8_follows_fp32_closer_than_nearest(net: Path, samples: np.ndarray, tmp_path: Path) -> None:
+    reference = ort.InferenceSession(str(net), providers=["CPUExecutionProvider"]).run(None, {"input": samples})[0]
+    errors = {}
+    for method in ("nearest", "gptq"):
+        out = tmp_path / method
+        out.mkdir()
+        engine = OnnxRuntimeBackend._build_int8(net, CalibrationSet(samples, "t"),
+                                                OnnxRuntimeConfig(reduce_range=False, weight_rounding=method), out)
+        got = ort.InferenceSession(str(engine), providers=["CPUExecutionProvider"]).run(None, {"input": samples})[0]
+        errors[method] = float(np.linalg.norm(got - reference) / np.linalg.norm(reference))
+    assert errors["gptq"] < errors["nearest"], errors
+
+
+def test_float_outputs_leave_the_logits_unquantized(net: Path, samples: np.ndarray, tmp_path: Path) -> None:
+    producers = {}
+    for float_outputs in (False, True):
+        out = tmp_path / str(float_outputs)
+        out.mkdir()
+        engine = OnnxRuntimeBackend._build_int8(net, CalibrationSet(samples, "t"),
+                                                OnnxRuntimeConfig(reduce_range=False, float_outputs=float_outputs), out)
+        graph = onnx.load(str(engine)).graph
+        producers[float_outputs] = next(node.op_type for node in graph.node if "logits" in node.output)
+        ort.InferenceSession(str(engine), providers=["CPUExecutionProvider"]).run(None, {"input": samples[:2]})
+    assert producers == {False: "DequantizeLinear", True: "Gemm"}
+    assert unquantize_outputs(onnx.load(str(tmp_path / "True" / "model.int8.onnx"))) == 0, "nothing left to change"
+
+
+def test_a_layer_gptq_does_not_help_keeps_nearest_rounding(net: Path, samples: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgeship.backends.rounding as rounding
+
+    real = rounding.gptq
+
+    def worse_on_dw(weight: np.ndarray, hessian: np.ndarray) -> tuple[np.ndarray, float, float]:
+        rounded, before, after = real(weight, hessian)
+        return (rounded, before, before * 1.5) if weight.shape[1] == 1 else (rounded, before, after)
+
+    monkeypatch.setattr(rounding, "gptq", worse_on_dw)
+    model, record = round_weights(net, samples)
+    chosen = {row["node"]: row["chosen"] for row in record["layers"]}
+    assert chosen == {"stem": "gptq", "dw": "nearest", "pw": "gptq", "fc": "gptq"}
+    original = numpy_helper.to_array(next(i for i in onnx.load(str(net)).graph.initializer if i.name == "w_dw"))
+    assert np.array_equal(numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "w_dw")), fake_quantize(original))
