@@ -9,7 +9,8 @@ pinned, so every backend's quantizer computes the same scale and reads back exac
 result is an ordinary FP32 ONNX that any INT8 path consumes (ONNX Runtime, NNCF, ModelOpt, the TFLite converter).
 
 On EfficientNet-Lite0 with every weight in INT8 and activations in float it takes top-1 agreement with FP32 from
-82.0% to 93.8% on the sample-photo crops (measured, 64 samples). Layers a backend keeps in float keep their weights.
+82.0% to 94.2% on the sample-photo crops (measured, 64 samples); in the recipe's ONNX Runtime INT8 engine, from 93.8%
+to 95.8% with the same calibration (and unquantized logits). Layers a backend keeps in float keep their weights.
 """
 
 from __future__ import annotations
