@@ -59,6 +59,7 @@ def test_nested_typo_lists_that_sections_keys(tmp_path: Path) -> None:
         ("data: {dataset: image_folder}", r"dataset image_folder needs root: the folder holding train/ and test/"),
         (PHOTOS + "model: {pretrained: efficientnet_lite0}\nprune: {enabled: false}", r"set distill.enabled: false"),
         ("backends: {onnxruntime: {calibration_method: kl}}", r"'backends.onnxruntime.calibration_method'"),
+        ("backends: {tflite: {weight_rounding: adaround}}", r"'backends.tflite.weight_rounding': .*'nearest' or 'gptq'.*adaround"),
         ("model: {zoo: nope}", r"unknown zoo model 'nope'"),
         ("model: {factory: no_colon}", r"package.module:function"),
         ("prune: {keep_macs: 0}", r"'prune.keep_macs': .*greater than 0"),
