@@ -21,10 +21,10 @@ from rich.table import Table
 from edgeship.artifacts import Artifact, Manifest, ManifestEntry, sha256_file, write_atomic
 from edgeship.gates import accuracy_drop, format_value, judge, recommend, required_engines, target
 from edgeship.pipeline.base import RunContext
-from edgeship.pipeline.build import PREPARE, prediction_name
+from edgeship.pipeline.build import PREPARE, SIDE_METRICS, prediction_name
 from edgeship.pipeline.validate import BASELINE
 from edgeship.recipe import GatesConfig
-from edgeship.render.text import float_layers_line, weight_rounding_line
+from edgeship.render.text import int8_weight_lines
 from edgeship.render.text import pct as _pct
 from edgeship.render.text import size as _size
 
@@ -110,7 +110,7 @@ def build_report(manifest: Manifest) -> dict[str, Any]:
         validation = validations.get(entry.name)
         validated = next((e for e in entries if e.stage == "validate" and e.name == entry.name), None)
         row["reused"] = {"build": entry.reused, "validate": validated.reused if validated else None}
-        for side in ("float_layers", "weight_rounding"):
+        for side in SIDE_METRICS.values():
             if entry.metrics.get(side):
                 row[side] = entry.metrics[side]
         if entry.status == "ok" and validation is None:
@@ -330,10 +330,8 @@ def print_summary(report: Mapping[str, Any], console: Console) -> None:
         if row.get("predicted") or row.get("prepared"):
             console.print(prepared_line(row), soft_wrap=True)
     for row in report.get("engines", []):
-        if row.get("float_layers"):
-            console.print(float_layers_line(row), soft_wrap=True)
-        if row.get("weight_rounding"):
-            console.print(weight_rounding_line(row), soft_wrap=True)
+        for line in int8_weight_lines(row):
+            console.print(line, soft_wrap=True)
     for row in report.get("engines", []):
         check = row.get("cross_check")
         if not check:

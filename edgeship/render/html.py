@@ -9,7 +9,7 @@ from html import escape
 from typing import Any
 
 from edgeship.render import plots
-from edgeship.render.text import float_layers_line, weight_rounding_line
+from edgeship.render.text import int8_weight_lines
 from edgeship.render.text import pct as _pct
 from edgeship.render.text import size as _size
 
@@ -232,8 +232,7 @@ def _pipeline(report: Mapping[str, Any]) -> str:
             parts.append(_figure(lambda: plots.training_figure({"distilled": history["distilled"],
                                                                 "hard-label fine-tune": history.get("hard_label_finetune")}, top1),
                                  "Training curves (validation split held out from training)."))
-    lines = [line(row) for row in report.get("engines", []) for key, line in (("float_layers", float_layers_line),
-                                                                               ("weight_rounding", weight_rounding_line)) if row.get(key)]
+    lines = [line for row in report.get("engines", []) for line in int8_weight_lines(row)]
     if lines:
         parts.append("<h3>INT8 weights: layers kept in float, rounding</h3><ul>" + "".join(f"<li>{escape(text)}</li>" for text in lines)
                      + "</ul>")

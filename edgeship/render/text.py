@@ -16,6 +16,11 @@ def pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.2f}%"
 
 
+def int8_weight_lines(row: Mapping[str, Any]) -> list[str]:
+    """What an INT8 engine's report row says of its weights: the layers kept in float, then how the rest were rounded."""
+    return [line(row) for key, line in (("float_layers", float_layers_line), ("weight_rounding", weight_rounding_line)) if row.get(key)]
+
+
 def weight_rounding_line(row: Mapping[str, Any]) -> str:
     """How an INT8 engine's weights were rounded (``weight_rounding: gptq``) and what it bought, layer by layer."""
     done = row["weight_rounding"]

@@ -90,6 +90,8 @@ def test_int8_engines_agree_with_fp32_pytorch(offline_run) -> None:
     assert rounding["method"] == "gptq" and rounding["median_error_ratio"] < 0.8
     assert {row["node"] for row in rounding["layers"]}.isdisjoint(int8["float_layers"]["nodes"]), "float layers keep their weights"
     assert "INT8 weights rounded by GPTQ" in done.stdout
+    html = next((tmp / "reports").glob("*/report.html")).read_text()
+    assert f"onnxruntime/int8: {len(int8['float_layers']['nodes'])} layers kept in float" in html and "INT8 weights rounded by GPTQ" in html
     assert rows["tflite/fp32"]["top1_agreement"] >= 0.99
 
 
