@@ -27,13 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from edgeship.backends.sensitivity import fake_quantize
+from edgeship.backends.sensitivity import QMAX, WEIGHTED_OPS, channel_scales, fake_quantize
 
 WEIGHT_ROUNDING_FILE = "weight_rounding.json"
 SAMPLES = 64  # calibration samples the input statistics come from
 DAMPING = 0.01  # of the mean diagonal of H, added to it (GPTQ's default)
 BATCH = 8
-QMAX = 127
 
 
 @contextlib.contextmanager
@@ -67,21 +66,39 @@ def round_weights(source: Path, samples: np.ndarray, keep: Sequence[str] = ()) -
     model = onnx.load(str(source))
     inits = {init.name: init for init in model.graph.initializer}
     layers, skipped = eligible_layers(model, set(keep))
-    statistics = _hessians(str(source), source.stat().st_mtime_ns, samples[:SAMPLES].tobytes(), samples[:SAMPLES].shape)
+    every_layer = _rounded_layers(str(source), source.stat().st_mtime_ns, samples[:SAMPLES].tobytes(), samples[:SAMPLES].shape)
     rows = []
     for node in layers:
+        weight, row = every_layer[node.name]
+        inits[node.input[1]].CopyFrom(numpy_helper.from_array(weight, node.input[1]))
+        rows.append(dict(row))
+    ratios = [min(row["gptq_error"], row["nearest_error"]) / row["nearest_error"] for row in rows if row["nearest_error"] > 0]
+    record = {"method": "gptq", "samples": min(len(samples), SAMPLES), "damping": DAMPING, "layers": rows, "skipped": skipped,
+              "kept_float": sorted(keep), "median_error_ratio": round(float(np.median(ratios)), 4) if ratios else None}
+    return model, record
+
+
+@functools.lru_cache(maxsize=2)
+def _rounded_layers(path: str, _mtime: int, data: bytes, shape: tuple[int, ...]) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
+    """Every eligible layer's rounded weight and record: computed once per model and samples, as each INT8 backend of a
+    run asks for the same rounding (a backend's ``keep`` only leaves some of them out)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(path)
+    inits = {init.name: init for init in model.graph.initializer}
+    statistics = _hessians(path, np.frombuffer(data, np.float32).reshape(shape))
+    out = {}
+    for node in eligible_layers(model, set())[0]:
         weight = numpy_helper.to_array(inits[node.input[1]])
         rounded, before, after = gptq(weight, statistics[node.name])
         if not np.array_equal(fake_quantize(rounded), rounded):  # a backend's quantizer would pick other integers
             raise RuntimeError(f"GPTQ rounding of {node.input[1]} is not reproducible by a per-channel max-abs quantizer")
         chosen = "gptq" if after < before else "nearest"  # GPTQ is greedy: on a layer it does not help, nearest stays
-        inits[node.input[1]].CopyFrom(numpy_helper.from_array(rounded if chosen == "gptq" else fake_quantize(weight), node.input[1]))
-        rows.append({"node": node.name, "weight": node.input[1], "nearest_error": round(before, 6), "gptq_error": round(after, 6),
-                     "chosen": chosen})
-    ratios = [min(row["gptq_error"], row["nearest_error"]) / row["nearest_error"] for row in rows if row["nearest_error"] > 0]
-    record = {"method": "gptq", "samples": min(len(samples), SAMPLES), "damping": DAMPING, "layers": rows, "skipped": skipped,
-              "kept_float": sorted(keep), "median_error_ratio": round(float(np.median(ratios)), 4) if ratios else None}
-    return model, record
+        out[node.name] = (rounded if chosen == "gptq" else fake_quantize(weight),
+                          {"node": node.name, "weight": node.input[1], "nearest_error": round(before, 6),
+                           "gptq_error": round(after, 6), "chosen": chosen})
+    return out
 
 
 def eligible_layers(model: Any, keep: set[str]) -> tuple[list[Any], dict[str, str]]:
@@ -93,7 +110,7 @@ def eligible_layers(model: Any, keep: set[str]) -> tuple[list[Any], dict[str, st
             uses[name] = uses.get(name, 0) + 1
     layers, skipped = [], {}
     for node in model.graph.node:
-        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 2 or node.input[1] not in inits:
+        if node.op_type not in WEIGHTED_OPS or len(node.input) < 2 or node.input[1] not in inits:
             continue
         reason = None
         weight = inits[node.input[1]]
@@ -122,7 +139,7 @@ def gptq(weight: np.ndarray, hessian: np.ndarray) -> tuple[np.ndarray, float, fl
     out_channels = weight.shape[0]
     groups = hessian.shape[0]
     flat = weight.reshape(out_channels, -1).astype(np.float64)
-    scale = (np.maximum(np.abs(weight.reshape(out_channels, -1)).max(axis=1), np.finfo(np.float32).tiny) / QMAX).astype(np.float32)
+    scale = channel_scales(weight)
     integers = np.empty_like(flat)
     per_group = out_channels // groups
     for g in range(groups):
@@ -168,15 +185,13 @@ def _output_error(weight: np.ndarray, rounded: np.ndarray, hessian: np.ndarray) 
     return math.sqrt(max(np.einsum("gok,gkl,gol->", d, hessian, d), 0.0) / energy) if energy > 0 else 0.0
 
 
-@functools.lru_cache(maxsize=2)
-def _hessians(path: str, _mtime: int, data: bytes, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+def _hessians(path: str, samples: np.ndarray) -> dict[str, np.ndarray]:
     """``H = Σ x xᵀ`` per group of every eligible layer, from the FP32 model's own inputs to it on the samples."""
     import onnx
     import onnxruntime as ort
     import torch
     import torch.nn.functional as F  # noqa: N812
 
-    samples = np.frombuffer(data, np.float32).reshape(shape)
     model = onnx.load(path)
     layers, _ = eligible_layers(model, set())
     outputs = {output.name for output in model.graph.output}

@@ -24,6 +24,7 @@ import numpy as np
 from edgeship.measure import agreement
 
 WEIGHTED_OPS = ("Conv", "Gemm")
+QMAX = 127  # symmetric INT8 weights use -127..127
 PASS_THROUGH = ("Clip", "Relu", "Identity")
 SAMPLES = 64
 FLOAT_LAYERS_FILE = "float_layers.json"
@@ -78,11 +79,15 @@ def _rank(path: str, _mtime: int, data: bytes, shape: tuple[int, ...]) -> tuple[
     return tuple(tuple(row.items()) for row in rows)
 
 
+def channel_scales(weight: np.ndarray) -> np.ndarray:
+    """The per-output-channel (axis 0) symmetric INT8 scale every backend's quantizer gives a weight: ``max|w| / 127``."""
+    return (np.maximum(np.abs(weight.reshape(weight.shape[0], -1)).max(axis=1), np.finfo(np.float32).tiny) / QMAX).astype(np.float32)
+
+
 def fake_quantize(weight: np.ndarray) -> np.ndarray:
     """Round to symmetric INT8 with one scale per output channel (axis 0), back in float32."""
-    flat = np.abs(weight.reshape(weight.shape[0], -1)).max(axis=1)
-    scale = (np.maximum(flat, np.finfo(np.float32).tiny) / 127).reshape(-1, *[1] * (weight.ndim - 1))
-    return (np.clip(np.round(weight / scale), -127, 127) * scale).astype(np.float32)
+    scale = channel_scales(weight).reshape(-1, *[1] * (weight.ndim - 1))
+    return (np.clip(np.round(weight / scale), -QMAX, QMAX) * scale).astype(np.float32)
 
 
 def _run(model: Any, samples: np.ndarray) -> np.ndarray:

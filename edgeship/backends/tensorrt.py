@@ -176,34 +176,30 @@ class TensorRtBackend:
             settings["float_layers"] = keep
         settings["weight_rounding"] = cfg.weight_rounding
         with rounded_source(source, calibration.samples, cfg.weight_rounding, keep, target.parent) as rounded:
-            return self._quantize_rounded(rounded, target, calibration, cfg, work, settings, keep)
+            fallback_reason = ""
+            if cfg.qdq_tool in ("auto", "modelopt"):
+                batch = _static_batch(rounded, calibration.input_name) or min(CALIBRATION_BATCH, len(calibration.samples))
+                request = {"step": "quantize", "source": str(rounded), "target": str(target), "method": cfg.calibration_method,
+                           "calibration": str(_write_npz(calibration, work)), "high_precision": cfg.high_precision,
+                           "nodes_to_exclude": [f"^{re.escape(name)}$" for name in keep],
+                           "calibration_shapes": f"{calibration.input_name}:" + "x".join(map(str, (batch, *calibration.samples.shape[1:])))}
+                code, message, version = _run_worker(request, work)
+                if code == 0:
+                    return {"tool": "modelopt.onnx.quantization", "version": version, **settings, "high_precision": cfg.high_precision}
+                if code != MODELOPT_MISSING:
+                    raise BuildError(self.name, Precision.INT8, message)
+                if cfg.qdq_tool == "modelopt":
+                    raise BackendUnavailable(self.name, f"qdq_tool: modelopt: {message}; install: {PREPARE_INSTALL}")
+                fallback_reason = message
+            from edgeship.backends.onnxruntime import quantize_qdq
 
-    def _quantize_rounded(self, source: Path, target: Path, calibration: CalibrationSet, cfg: TensorRtConfig, work: Path,
-                          settings: dict[str, Any], keep: list[str]) -> dict[str, Any]:
-        fallback_reason = ""
-        if cfg.qdq_tool in ("auto", "modelopt"):
-            batch = _static_batch(source, calibration.input_name) or min(CALIBRATION_BATCH, len(calibration.samples))
-            request = {"step": "quantize", "source": str(source), "target": str(target), "method": cfg.calibration_method,
-                       "calibration": str(_write_npz(calibration, work)), "high_precision": cfg.high_precision,
-                       "nodes_to_exclude": [f"^{re.escape(name)}$" for name in keep],
-                       "calibration_shapes": f"{calibration.input_name}:" + "x".join(map(str, (batch, *calibration.samples.shape[1:])))}
-            code, message, version = _run_worker(request, work)
-            if code == 0:
-                return {"tool": "modelopt.onnx.quantization", "version": version, **settings, "high_precision": cfg.high_precision}
-            if code != MODELOPT_MISSING:
-                raise BuildError(self.name, Precision.INT8, message)
-            if cfg.qdq_tool == "modelopt":
-                raise BackendUnavailable(self.name, f"qdq_tool: modelopt: {message}; install: {PREPARE_INSTALL}")
-            fallback_reason = message
-        from edgeship.backends.onnxruntime import quantize_qdq
-
-        try:
-            quantize_qdq(source, target, calibration, method={"entropy": "entropy", "max": "minmax"}[cfg.calibration_method],
-                         per_channel=True, activation_type="int8", reduce_range=False, extra_options=ORT_TENSORRT_OPTIONS,
-                         nodes_to_exclude=keep)
-        except Exception as exc:  # the quantizer raises anything; record its words
-            message = f"onnxruntime quantize_static: {type(exc).__name__}: {error_line(str(exc))}"
-            raise BuildError(self.name, Precision.INT8, message) from exc
+            try:
+                quantize_qdq(rounded, target, calibration, method={"entropy": "entropy", "max": "minmax"}[cfg.calibration_method],
+                             per_channel=True, activation_type="int8", reduce_range=False, extra_options=ORT_TENSORRT_OPTIONS,
+                             nodes_to_exclude=keep)
+            except Exception as exc:  # the quantizer raises anything; record its words
+                message = f"onnxruntime quantize_static: {type(exc).__name__}: {error_line(str(exc))}"
+                raise BuildError(self.name, Precision.INT8, message) from exc
         info = {"tool": "onnxruntime.quantization.quantize_static", "version": installed_versions(("onnxruntime",)).get("onnxruntime"),
                 **settings, "high_precision": "fp32", "settings": {"quant_format": "QDQ", "per_channel": True,
                                                                     "activation_type": "int8", "symmetric": True, **ORT_TENSORRT_OPTIONS}}

@@ -108,8 +108,8 @@ def test_kept_layers_and_shared_weights_are_not_rounded(net: Path, samples: np.n
 
 
 def test_statistics_come_from_the_samples_given(net: Path, samples: np.ndarray) -> None:
-    one = _hessians(str(net), 0, samples[:8].tobytes(), samples[:8].shape)
-    two = _hessians(str(net), 0, samples[8:16].tobytes(), samples[8:16].shape)
+    one = _hessians(str(net), samples[:8])
+    two = _hessians(str(net), samples[8:16])
     assert set(one) == {"stem", "dw", "pw", "fc"}
     assert one["dw"].shape == (8, 9, 9) and one["stem"].shape == (1, 27, 27) and one["fc"].shape == (1, 16, 16)
     assert not np.allclose(one["pw"], two["pw"])
