@@ -240,9 +240,9 @@ def _peak_rss() -> int:
 def pinned_cpus(threads: int, chosen: Sequence[int] | None = None) -> tuple[int, ...] | None:
     """The CPUs a measuring process is pinned to: ``chosen``, else the first ``threads`` usable ones; ``None`` where the
     OS has no affinity call. ``ValueError`` when a chosen CPU is not usable here."""
-    if not hasattr(os, "sched_getaffinity"):
+    usable = _affinity()
+    if usable is None:
         return None
-    usable = sorted(os.sched_getaffinity(0))
     if chosen is None:
         return tuple(usable[:threads])
     missing = sorted(set(chosen) - set(usable))
