@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgeship import __version__
+from edgeship.version import __version__
 
 RECORD = "artifact.json"
 

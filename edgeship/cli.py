@@ -132,15 +132,16 @@ def _backends(args: argparse.Namespace, console: Console) -> int:
     table = Table(title="edgeship backends")
     for column in ("backend", "available", "versions", "device", "precisions", "notes / install"):
         table.add_column(column)
-    for name, spec in REGISTRY.items():
+    for name, info in REGISTRY.items():
         state = availability(name)
         versions = ", ".join(f"{k} {v}" for k, v in state.versions.items()) or "not installed"
         mark = "[green]yes[/green]" if state.available else "[red]no[/red]"
-        notes = "" if state.available else state.reason + ("" if spec.adapter is None else f"; install: {state.install}")
-        table.add_row(name, mark, escape(versions), escape(state.device or "—"), ", ".join(sorted(spec.precisions)), escape(notes))
+        notes = "" if state.available else f"{state.reason}; install: {state.install}"
+        table.add_row(f"{name} ({info.display_name})", mark, escape(versions), escape(state.device or "—"),
+                      ", ".join(sorted(info.precisions)), escape(notes))
     console.print(table)
-    for name, spec in REGISTRY.items():
-        if spec.adapter and not availability(name).available:
+    for name in REGISTRY:
+        if not availability(name).available:
             line = _preparation_line(name)
             if line:
                 console.print(escape(line), soft_wrap=True)

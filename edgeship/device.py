@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import platform
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
+
+from edgeship.version import __version__
 
 INT8_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8", "amx_bf16", "amx_tile", "asimddp", "i8mm")
 TOOLS = ("torch", "onnx", "onnxruntime", "onnxslim", "onnxscript", "numpy", "pydantic")
@@ -14,8 +19,6 @@ TOOLS = ("torch", "onnx", "onnxruntime", "onnxslim", "onnxscript", "numpy", "pyd
 
 def describe_device() -> dict[str, Any]:
     """CPU model, INT8-relevant ISA flags, core counts, memory, OS and the NVIDIA GPU if any."""
-    from edgeship.backends import nvidia_gpu
-
     cpu, flags = _cpuinfo()
     info: dict[str, Any] = {
         "cpu": cpu or platform.processor() or platform.machine(),
@@ -38,8 +41,6 @@ def tool_versions() -> dict[str, str]:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             continue
-    from edgeship import __version__
-
     versions["edgeship"] = __version__
     return versions
 
@@ -79,3 +80,27 @@ def source_revision() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None, "note": "not a git checkout (an installed package)"}
     return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+def installed_versions(distributions: tuple[str, ...]) -> dict[str, str]:
+    """Installed version of each distribution, without importing it."""
+    found = {}
+    for dist in distributions:
+        try:
+            found[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+@functools.cache
+def nvidia_gpu() -> str:
+    """The first NVIDIA GPU's name from nvidia-smi, or '' when there is none."""
+    if shutil.which("nvidia-smi") is None:
+        return ""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.splitlines()[0] if out else ""

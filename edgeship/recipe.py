@@ -17,19 +17,20 @@ from typing import Annotated, Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
 
-from edgeship.backends.base import Precision
+from edgeship.backends.onnxruntime import OnnxRuntimeConfig
+from edgeship.backends.openvino import OpenVinoConfig
+from edgeship.backends.tensorrt import TensorRtConfig
+from edgeship.backends.tflite import TfliteConfig
+from edgeship.config import Section
 from edgeship.errors import RecipeError
+from edgeship.tensors import Precision
 from edgeship.zoo import ZOO
 from edgeship.zoo.pretrained import PRETRAINED
 
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Preprocessing(_Section):
+class Preprocessing(Section):
     """How raw uint8 images become model inputs: ``(pixel * scale - mean) / std``, NCHW float32."""
 
     scale: PositiveFloat = 1 / 255
@@ -47,7 +48,7 @@ class Preprocessing(_Section):
         return self
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     """The data: training, validation (held out from training) and evaluation splits.
 
     ``sample_photos`` has no labels and no training split: crops of the photographs bundled with scikit-learn and
@@ -79,14 +80,14 @@ class DataConfig(_Section):
         return self.dataset not in self.UNLABELLED
 
 
-class CalibrationConfig(_Section):
+class CalibrationConfig(Section):
     """The INT8 calibration set, shared by every backend."""
 
     size: PositiveInt = 1000
     source: Path | None = Field(default=None, description="folder of images or .npy/.npz files; None holds out images from the train set")
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     epochs: PositiveInt = 4
     batch_size: PositiveInt = 128
     optimizer: Literal["sgd", "adamw"] = "sgd"
@@ -96,7 +97,7 @@ class TrainConfig(_Section):
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     """A bundled zoo architecture (trained here), a ``pretrained`` network from an installed package, or a user's
     ``factory`` (+ ``checkpoint``)."""
 
@@ -131,7 +132,7 @@ class ModelConfig(_Section):
         return self.zoo or self.pretrained or self.factory or "model"
 
 
-class SensitivityConfig(_Section):
+class SensitivityConfig(Section):
     """Prune each layer group alone at several ratios and measure validation accuracy."""
 
     enabled: bool = True
@@ -149,21 +150,21 @@ class SensitivityConfig(_Section):
         return tuple(sorted(set(value)))
 
 
-class BnSparsityConfig(_Section):
+class BnSparsityConfig(Section):
     """Network slimming: L1 on BatchNorm γ while training briefly before pruning."""
 
     epochs: int = Field(default=0, ge=0)
     weight: PositiveFloat = 1e-4
 
 
-class LatencyTarget(_Section):
+class LatencyTarget(Section):
     """Prune until the measured FP32 latency (batch 1, p50) on ``backend`` is at most ``p50_ms``."""
 
     backend: Literal["onnxruntime"] = "onnxruntime"
     p50_ms: PositiveFloat
 
 
-class PruneConfig(_Section):
+class PruneConfig(Section):
     """Structured channel pruning (Torch-Pruning, DepGraph) or unstructured magnitude pruning."""
 
     enabled: bool = True
@@ -192,14 +193,14 @@ class PruneConfig(_Section):
         return value
 
 
-class HintConfig(_Section):
+class HintConfig(Section):
     """FitNets: match a student feature map to a teacher's (a learned 1×1 regressor bridges different widths)."""
 
     student: str = Field(description="module name in the student whose output is the hint's guided layer")
     teacher: str | None = Field(default=None, description="module name in the teacher; None uses the student's name")
 
 
-class DistillConfig(_Section):
+class DistillConfig(Section):
     """Knowledge distillation: the (pruned) student learns from the teacher's outputs."""
 
     SOFT_OBJECTIVES: ClassVar[frozenset[str]] = frozenset({"soft", "soft_hard"})
@@ -235,157 +236,21 @@ class DistillConfig(_Section):
         return self
 
 
-class ExportConfig(_Section):
+class ExportConfig(Section):
     opset: int = Field(default=18, ge=13, le=23)
     simplify: bool = True
     parity_atol: PositiveFloat = Field(default=1e-4, description="max abs error vs PyTorch on an evaluation batch")
     parity_batch: PositiveInt = 64
 
 
-def _precisions(backend: str, value: tuple[Precision, ...], allowed: frozenset[Precision]) -> tuple[Precision, ...]:
-    """Check a backend's ``precisions`` list: non-empty, supported, without duplicates."""
-    unsupported = [p.value for p in value if p not in allowed]
-    if unsupported:
-        names = " and ".join(p.value for p in sorted(allowed))
-        raise ValueError(f"{backend} builds {names}, not {', '.join(unsupported)}")
-    if not value:
-        raise ValueError("list at least one precision")
-    return tuple(dict.fromkeys(value))
-
-
-def _keep_float(what: str = "in float") -> Any:
-    """The ``keep_float`` key, one definition for every backend that has it."""
-    return Field(default=0, ge=0, description=f"INT8: keep this many of the most INT8-sensitive Conv/Gemm layers (weight-only "
-                                              f"sensitivity on calibration samples) {what}")
-
-
-def _weight_rounding() -> Any:
-    """The ``weight_rounding`` key, one definition for every INT8 backend."""
-    return Field(default="nearest", description="INT8 weights: nearest (what the quantizer does) or gptq (rounded to keep each "
-                                                "layer's outputs on calibration samples closest to FP32; same grid, same size)")
-
-
-WeightRounding = Literal["nearest", "gptq"]
-
-
-class OnnxRuntimeConfig(_Section):
-    # keys that only shape INT8 engines: changing them must not rebuild the FP32 one
-    INT8_ONLY: ClassVar[frozenset[str]] = frozenset(
-        {"calibration_method", "percentile", "calibration_size", "per_channel", "activation_type", "reduce_range", "keep_float",
-         "weight_rounding", "float_outputs"})
-
-    enabled: bool = True
-    precisions: tuple[Precision, ...] = (Precision.FP32, Precision.INT8)
-    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
-    percentile: float = Field(default=99.999, gt=90, le=100)
-    calibration_size: PositiveInt | None = Field(default=None, description="use the first N calibration samples; None uses all")
-    per_channel: bool = True
-    activation_type: Literal["uint8", "int8"] = "uint8"
-    reduce_range: bool = Field(default=True, description="7-bit weights: avoids u8s8 saturation (VPMADDUBSW) on x86 CPUs "
-                                                         "without VNNI; false only when every target CPU has VNNI")
-    keep_float: int = _keep_float()
-    weight_rounding: WeightRounding = _weight_rounding()
-    float_outputs: bool = Field(default=True, description="INT8: no Q/DQ pair on the model's outputs; rounding the logits to 8 bits "
-                                                          "turns near-ties into ties (top-1 then follows the index)")
-
-    @field_validator("precisions")
-    @classmethod
-    def _supported(cls, value: tuple[Precision, ...]) -> tuple[Precision, ...]:
-        return _precisions("onnxruntime", value, frozenset(Precision))
-
-
-class OpenVinoConfig(_Section):
-    INT8_ONLY: ClassVar[frozenset[str]] = frozenset({"preset", "subset_size", "fast_bias_correction", "keep_float", "weight_rounding"})
-
-    enabled: bool = True
-    precisions: tuple[Precision, ...] = (Precision.FP32, Precision.FP16, Precision.INT8)
-    preset: Literal["performance", "mixed"] = Field(
-        default="performance", description="nncf.quantize preset: symmetric activations (performance) or asymmetric (mixed)")
-    subset_size: PositiveInt = Field(default=300, description="calibration samples nncf.quantize uses")
-    fast_bias_correction: bool = Field(default=False, description="NNCF fast bias correction; the full one cost 0.6 pt less top-1 "
-                                                                  "on the default model (91.87% vs 91.29%, FP32 91.94%)")
-    keep_float: int = _keep_float()
-    weight_rounding: WeightRounding = _weight_rounding()
-    performance_hint: Literal["latency", "throughput"] = "latency"
-    benchmark_app: bool = Field(default=True, description="cross-check our latency with OpenVINO's benchmark_app on the same IR")
-
-    @field_validator("precisions")
-    @classmethod
-    def _supported(cls, value: tuple[Precision, ...]) -> tuple[Precision, ...]:
-        return _precisions("openvino", value, frozenset(Precision))
-
-
-class TfliteConfig(_Section):
-    INT8_ONLY: ClassVar[frozenset[str]] = frozenset({"io_type", "calibration_size", "weight_rounding"})
-
-    enabled: bool = True
-    precisions: tuple[Precision, ...] = (Precision.FP32, Precision.FP16, Precision.INT8)
-    io_type: Literal["int8", "float32"] = Field(
-        default="int8", description="model input/output type of the full-integer INT8 build; the runner converts either way")
-    calibration_size: PositiveInt | None = Field(default=300, description="representative samples; None uses the whole set")
-    weight_rounding: WeightRounding = _weight_rounding()
-
-    @field_validator("precisions")
-    @classmethod
-    def _supported(cls, value: tuple[Precision, ...]) -> tuple[Precision, ...]:
-        return _precisions("tflite", value, frozenset(Precision))
-
-
-class TensorRtProfile(_Section):
-    """The optimization profile of the dynamic batch axis: TensorRT tunes for ``opt`` and accepts ``min``…``max``."""
-
-    min: PositiveInt = 1
-    opt: PositiveInt = 1
-    max: PositiveInt = 64
-
-    @model_validator(mode="after")
-    def _ordered(self) -> TensorRtProfile:
-        if not self.min <= self.opt <= self.max:
-            raise ValueError(f"needs min ≤ opt ≤ max, got {self.min}, {self.opt}, {self.max}")
-        return self
-
-
-class TensorRtConfig(_Section):
-    """TensorRT 10/11, strongly typed: the precision is decided in the ONNX (ModelOpt AutoCast FP16, explicit Q/DQ INT8)
-    before the engine build, and that ONNX-side preparation runs on any CPU."""
-
-    INT8_ONLY: ClassVar[frozenset[str]] = frozenset({"qdq_tool", "calibration_method", "calibration_size", "high_precision",
-                                                     "keep_float", "weight_rounding"})
-    # keys that change the engine but not the prepared ONNX: changing them rebuilds the engine, not the calibration
-    ENGINE_ONLY: ClassVar[frozenset[str]] = frozenset({"workspace_mib", "optimization_level", "timing_cache", "batch"})
-
-    enabled: bool = True
-    precisions: tuple[Precision, ...] = (Precision.FP16, Precision.INT8)
-    qdq_tool: Literal["auto", "modelopt", "onnxruntime"] = Field(
-        default="auto", description="who writes the INT8 Q/DQ: ModelOpt, or ONNX Runtime's quantize_static with TensorRT's settings; "
-                                    "auto takes ModelOpt when it imports")
-    calibration_method: Literal["entropy", "max"] = "entropy"
-    calibration_size: PositiveInt | None = Field(default=None, description="use the first N calibration samples; None uses all")
-    keep_float: int = _keep_float("out of the Q/DQ")
-    weight_rounding: WeightRounding = _weight_rounding()
-    high_precision: Literal["fp16", "fp32"] = Field(
-        default="fp16", description="type of the layers the INT8 model leaves unquantized (ModelOpt's high_precision_dtype); "
-                                    "ONNX Runtime's quantizer always leaves them fp32")
-    workspace_mib: PositiveInt = Field(default=1024, description="builder workspace memory-pool limit")
-    optimization_level: int = Field(default=3, ge=0, le=5, description="builder optimization level (TensorRT's default is 3)")
-    timing_cache: Path | None = Field(default=None, description="a timing cache file shared by builds on one GPU; None keeps one "
-                                                                "beside each engine")
-    batch: TensorRtProfile = TensorRtProfile()
-
-    @field_validator("precisions")
-    @classmethod
-    def _supported(cls, value: tuple[Precision, ...]) -> tuple[Precision, ...]:
-        return _precisions("tensorrt", value, frozenset(Precision))
-
-
-class BackendsConfig(_Section):
+class BackendsConfig(Section):
     onnxruntime: OnnxRuntimeConfig = OnnxRuntimeConfig()
     openvino: OpenVinoConfig = OpenVinoConfig()
     tflite: TfliteConfig = TfliteConfig()
     tensorrt: TensorRtConfig = TensorRtConfig()
 
 
-class ValidateConfig(_Section):
+class ValidateConfig(Section):
     warmup: int = Field(default=20, ge=0)
     iterations: PositiveInt = Field(default=200, description="at least this many timed iterations")
     min_seconds: float = Field(default=2.0, ge=0, description="and at least this long")
@@ -408,7 +273,7 @@ class ValidateConfig(_Section):
             raise RecipeError(f"'validate.cpus': {exc}") from None
 
 
-class DeviceConfig(_Section):
+class DeviceConfig(Section):
     """An edge device running ``edgeship agent serve``: engines of its backends are measured there too, and reported
     under its name (``onnxruntime/int8@nuc``). The host itself (``local``) always measures every engine."""
 
@@ -442,7 +307,7 @@ class DeviceConfig(_Section):
         return value
 
 
-class GatesConfig(_Section):
+class GatesConfig(Section):
     """Release gates, the same for every engine. A limit left at null is not applied (the gate is not-applicable)."""
 
     max_drop_points: PositiveFloat | None = Field(default=None, description="top-1 at most this many points below the FP32 baseline")
@@ -457,7 +322,7 @@ class GatesConfig(_Section):
                                   "null: every engine requested whose backend is available here")
 
 
-class Recipe(_Section):
+class Recipe(Section):
     version: Literal[1] = 1
     name: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0

@@ -1,88 +1,31 @@
-"""The backend registry. Nothing here imports a backend's runtime package.
+"""The backend registry: every backend edgeship knows, read from the backends' own descriptions.
 
-Every backend edgeship knows is listed, so ``edgeship backends`` can say what
-is installed and what to install. A backend whose adapter has not landed yet
-says so in its availability instead of pretending.
+Importing it imports each backend module, never a runtime package: backends import theirs lazily, so
+``edgeship backends`` can say what is installed and what to install on a machine that has none of them.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
-import importlib.metadata
-import shutil
-import subprocess
-from dataclasses import dataclass
+from edgeship.backends.base import Availability, Backend, BackendInfo
+from edgeship.backends.onnxruntime import OnnxRuntimeBackend
+from edgeship.backends.openvino import OpenVinoBackend
+from edgeship.backends.tensorrt import TensorRtBackend
+from edgeship.backends.tflite import TfliteBackend
 
-from edgeship.backends.base import Availability, Backend, Precision
-
-P = Precision
-
-
-@dataclass(frozen=True)
-class BackendSpec:
-    name: str
-    adapter: str | None  # "module:Class"; None while the adapter has not landed
-    distributions: tuple[str, ...]  # runtime packages whose versions are reported
-    install: str
-    precisions: frozenset[Precision]
-    pending: str = ""  # why there is no adapter yet
-    calibrated: frozenset[Precision] = frozenset({Precision.INT8})  # precisions whose build uses the calibration set
-    runtime_module: str = ""  # what a runner imports; the harness imports it before timing an engine's load
-
-
-REGISTRY: dict[str, BackendSpec] = {
-    "onnxruntime": BackendSpec("onnxruntime", "edgeship.backends.onnxruntime:OnnxRuntimeBackend", ("onnxruntime",),
-                               "pip install edgeship", frozenset({P.FP32, P.INT8}), runtime_module="onnxruntime"),
-    "openvino": BackendSpec("openvino", "edgeship.backends.openvino:OpenVinoBackend", ("openvino", "nncf"),
-                            "pip install 'edgeship[openvino]'", frozenset({P.FP32, P.FP16, P.INT8}), runtime_module="openvino"),
-    "tflite": BackendSpec("tflite", "edgeship.backends.tflite:TfliteBackend", ("ai-edge-litert", "onnx2tf", "tensorflow"),
-                          "pip install 'edgeship[tflite]'", frozenset({P.FP32, P.FP16, P.INT8}),
-                          runtime_module="ai_edge_litert.interpreter"),
-    # FP16 is calibrated too: ModelOpt AutoCast runs calibration inputs to keep overflowing nodes in FP32
-    "tensorrt": BackendSpec("tensorrt", "edgeship.backends.tensorrt:TensorRtBackend", ("tensorrt", "polygraphy", "nvidia-modelopt"),
-                            "pip install --extra-index-url https://pypi.nvidia.com 'edgeship[tensorrt]' on a machine with an NVIDIA GPU",
-                            frozenset(P), calibrated=frozenset({P.FP16, P.INT8}), runtime_module="tensorrt"),
-}
+_CLASSES: dict[str, type[Backend]] = {cls.info.name: cls for cls in (OnnxRuntimeBackend, OpenVinoBackend, TfliteBackend, TensorRtBackend)}
+REGISTRY: dict[str, BackendInfo] = {name: cls.info for name, cls in _CLASSES.items()}
 
 
 def get_backend(name: str) -> Backend:
-    """The backend adapter ``name``; ``KeyError`` for an unknown name, ``LookupError`` for one not built yet."""
-    spec = REGISTRY[name]
-    if spec.adapter is None:
-        raise LookupError(spec.pending)
-    module_name, class_name = spec.adapter.split(":")
-    return getattr(importlib.import_module(module_name), class_name)()
-
-
-def installed_versions(distributions: tuple[str, ...]) -> dict[str, str]:
-    """Installed version of each distribution, without importing it."""
-    found = {}
-    for dist in distributions:
-        try:
-            found[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return found
-
-
-@functools.cache
-def nvidia_gpu() -> str:
-    """The first NVIDIA GPU's name from nvidia-smi, or '' when there is none."""
-    if shutil.which("nvidia-smi") is None:
-        return ""
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return out.splitlines()[0] if out else ""
+    """The backend ``name``; ``KeyError`` for an unknown name."""
+    return _CLASSES[name]()
 
 
 def availability(name: str) -> Availability:
-    spec = REGISTRY[name]
-    if spec.adapter is not None:
-        return get_backend(name).availability()
-    versions = installed_versions(spec.distributions)
-    device = nvidia_gpu() if name == "tensorrt" else "CPU"
-    return Availability(name, False, versions, device or "no CUDA GPU", spec.pending, spec.install)
+    return get_backend(name).availability()
+
+
+def display_name(backend: str) -> str:
+    """How people write a backend's name ("ONNX Runtime"); an unknown name as it is."""
+    info = REGISTRY.get(backend)
+    return info.display_name if info else backend

@@ -1,4 +1,4 @@
-"""The Backend and Runner interfaces every backend implements.
+"""The Backend and Runner interfaces every backend implements, and the facts a backend declares about itself.
 
 This module is imported by ``import edgeship``: it must never import a
 backend's runtime package. Backends import theirs lazily, inside methods.
@@ -7,46 +7,50 @@ backend's runtime package. Backends import theirs lazily, inside methods.
 from __future__ import annotations
 
 import abc
-import enum
-from collections.abc import Iterator, Sequence
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
-import numpy as np
+from edgeship.errors import BackendUnavailable, BuildError
+from edgeship.tensors import CalibrationSet, Feed, Precision, TensorMeta
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from edgeship.artifacts import Artifact
+    from edgeship.config import BackendSection
 
-Feed = dict[str, np.ndarray]
-
-
-class Precision(enum.StrEnum):
-    FP32 = "fp32"
-    FP16 = "fp16"
-    INT8 = "int8"
+__all__ = ["Availability", "Backend", "BackendBase", "BackendInfo", "CalibrationSet", "Feed", "Precision", "PreparingBackend",
+           "Runner", "TensorMeta"]
 
 
 @dataclass(frozen=True)
-class TensorMeta:
-    """Name, dtype and shape of one engine input; ``None`` marks a dynamic axis."""
+class BackendInfo:
+    """Everything edgeship knows about a backend without importing its runtime: the registry, the recipe, ``edgeship
+    backends``, ``edgeship validate``, the plots and the report read these, and nothing about a backend lives elsewhere."""
 
-    name: str
-    dtype: np.dtype
-    shape: tuple[int | None, ...]
+    name: str  # the recipe key and the first part of an engine's name ("onnxruntime/int8")
+    display_name: str  # how people write it: "ONNX Runtime"
+    colour: str  # its colour in every plot
+    config: type[BackendSection]  # its recipe section
+    distributions: tuple[str, ...]  # runtime packages whose versions are reported
+    install: str  # the command that makes it available
+    runtime_module: str  # what a runner imports; the harness imports it before timing an engine's load
+    suffixes: tuple[str, ...]  # main-file suffixes of its engines, for ``edgeship validate`` to tell the backend
+    companions: tuple[str, ...] = ()  # files an engine needs beside its main file: ".x" same stem, a name that file
+    calibrated: frozenset[Precision] = frozenset({Precision.INT8})  # precisions whose build uses the calibration set
+    report_note: str = ""  # what the report says once when an engine of this backend is in it
 
-    def check(self, array: np.ndarray) -> None:
-        """Raise ``ValueError`` when ``array`` cannot be fed to this input."""
-        if array.dtype != self.dtype:
-            raise ValueError(f"input {self.name!r}: expected dtype {self.dtype}, got {array.dtype}")
-        if array.ndim != len(self.shape):
-            raise ValueError(f"input {self.name!r}: expected {len(self.shape)} dims {self.shape}, got shape {array.shape}")
-        for want, got in zip(self.shape, array.shape, strict=True):
-            if want is not None and want != got:
-                raise ValueError(f"input {self.name!r}: expected shape {self.shape}, got {array.shape}")
+    @property
+    def precisions(self) -> frozenset[Precision]:
+        return self.config.SUPPORTED
+
+    def companion_paths(self, engine: Path) -> list[Path]:
+        """The files beside ``engine`` that belong to it (an IR's ``.bin``), whether or not they exist."""
+        return [engine.with_suffix(c) if c.startswith(".") else engine.with_name(c) for c in self.companions]
 
 
 @dataclass(frozen=True)
@@ -59,44 +63,6 @@ class Availability:
     device: str = ""
     reason: str = ""
     install: str = ""
-
-
-class CalibrationSet(Sequence[Feed]):
-    """A re-iterable sequence of feeds for INT8 calibration, with a fingerprint.
-
-    ``samples`` holds preprocessed model inputs (N, C, H, W) float32; each feed is a
-    batch of ``batch_size`` of them under ``input_name``.
-    """
-
-    def __init__(self, samples: np.ndarray, fingerprint: str, *, input_name: str = "input", batch_size: int = 1) -> None:
-        if samples.ndim < 2 or len(samples) == 0:
-            raise ValueError(f"calibration samples must be a non-empty batch, got shape {samples.shape}")
-        self.samples = samples
-        self.fingerprint = fingerprint
-        self.input_name = input_name
-        self.batch_size = batch_size
-
-    def __len__(self) -> int:
-        return -(-len(self.samples) // self.batch_size)
-
-    def __getitem__(self, index: int) -> Feed:  # type: ignore[override]
-        if not -len(self) <= index < len(self):
-            raise IndexError(index)
-        start = (index % len(self)) * self.batch_size
-        return {self.input_name: self.samples[start : start + self.batch_size]}
-
-    def __iter__(self) -> Iterator[Feed]:
-        for i in range(len(self)):
-            yield self[i]
-
-    def subset(self, size: int) -> CalibrationSet:
-        """The first ``size`` samples, fingerprinted as such."""
-        if size >= len(self.samples):
-            return self
-        return CalibrationSet(self.samples[:size], f"{self.fingerprint}[:{size}]", input_name=self.input_name, batch_size=self.batch_size)
-
-    def renamed(self, input_name: str) -> CalibrationSet:
-        return CalibrationSet(self.samples, self.fingerprint, input_name=input_name, batch_size=self.batch_size)
 
 
 class Runner(abc.ABC):
@@ -157,27 +123,83 @@ class Runner(abc.ABC):
     def _infer(self, feed: Feed) -> Feed: ...
 
 
-def check_build_request(backend: Backend, cfg: object, config_type: type, precision: Precision,
-                        calibration: CalibrationSet | None) -> None:
-    """What every ``build`` checks first: its own config section, a supported precision, the runtime
-    installed, and a calibration set for INT8. Raises ``TypeError``, ``BuildError`` or ``BackendUnavailable``."""
-    from edgeship.errors import BackendUnavailable, BuildError
+class BackendBase(abc.ABC):
+    """What every backend shares: the public ``build`` checks the request and turns whatever the tool raised into one
+    ``BuildError`` with the tool's telling line; the private ``_build`` does the work (Polygraphy's public/private split).
+    ``name`` and ``precisions`` come from the subclass's ``info``."""
 
-    if not isinstance(cfg, config_type):
-        raise TypeError(f"{backend.name} needs a {config_type.__name__}, got {type(cfg).__name__}")
-    if precision not in backend.precisions:
-        raise BuildError(backend.name, precision, f"unsupported precision; {backend.name} builds {sorted(backend.precisions)}")
-    state = backend.availability()
-    if not state.available:
-        raise BackendUnavailable(backend.name, f"{state.reason}; install: {state.install}")
-    if precision is Precision.INT8 and calibration is None:
-        raise BuildError(backend.name, precision, "INT8 needs a calibration set")
+    info: ClassVar[BackendInfo]
+    name: ClassVar[str]
+    precisions: ClassVar[frozenset[Precision]]
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "info" in cls.__dict__:
+            cls.name = cls.info.name
+            cls.precisions = cls.info.precisions
+
+    @abc.abstractmethod
+    def availability(self) -> Availability: ...
+
+    @abc.abstractmethod
+    def runner(self, engine: Path, *, threads: int) -> Runner: ...
+
+    def build(self, onnx: Artifact, precision: Precision, calibration: CalibrationSet | None, cfg: BaseModel,
+              out_dir: Path) -> Path:
+        """Write the engine under ``out_dir`` and return its main file; ``BuildError`` with the tool's words otherwise.
+
+        The pipeline wraps the returned file into an ``Artifact`` (hash, store path, manifest entry), so backends
+        never deal with the store.
+        """
+        self._check_request(cfg, precision, calibration)
+        with self._build_errors(precision):
+            return self._build(onnx.path, precision, calibration, cfg, out_dir)
+
+    @abc.abstractmethod
+    def _build(self, onnx: Path, precision: Precision, calibration: CalibrationSet | None, cfg: BaseModel,
+               out_dir: Path) -> Path: ...
+
+    def _check_request(self, cfg: object, precision: Precision, calibration: CalibrationSet | None) -> None:
+        """Its own config section, a supported precision, the runtime installed, a calibration set for INT8."""
+        if not isinstance(cfg, self.info.config):
+            raise TypeError(f"{self.name} needs a {self.info.config.__name__}, got {type(cfg).__name__}")
+        if precision not in self.precisions:
+            raise BuildError(self.name, precision, f"unsupported precision; {self.name} builds {sorted(self.precisions)}")
+        state = self.availability()
+        if not state.available:
+            raise BackendUnavailable(self.name, f"{state.reason}; install: {state.install}")
+        if precision is Precision.INT8 and calibration is None:
+            raise BuildError(self.name, precision, "INT8 needs a calibration set")
+
+    @contextlib.contextmanager
+    def _build_errors(self, precision: Precision) -> Iterator[None]:
+        """The one place a tool's exception becomes a ``BuildError``: converters and quantizers raise anything."""
+        try:
+            yield
+        except (BuildError, BackendUnavailable):
+            raise
+        except Exception as exc:
+            raise BuildError(self.name, precision, f"{type(exc).__name__}: {self._error_text(exc)}") from exc
+
+    def precision_of(self, engine: Path) -> Precision | None:
+        """The precision of an engine file made elsewhere (``edgeship validate``), or ``None`` when the file does not
+        tell. By default edgeship's own ``model.<precision>.<suffix>`` name; a backend whose files say more reads them."""
+        parts = engine.name.split(".")
+        return Precision(parts[1]) if len(parts) == 3 and parts[1] in set(Precision) else None
+
+    @staticmethod
+    def _error_text(exc: BaseException) -> str:
+        """A tool error's telling line; a backend whose tool puts it elsewhere overrides this."""
+        from edgeship.backends.tooling import error_line
+
+        return error_line(str(exc))
 
 
 @runtime_checkable
 class Backend(Protocol):
-    """Builds engines from an exported ONNX model and runs them."""
+    """Builds engines from an exported ONNX model and runs them (``BackendBase`` is the shared implementation)."""
 
+    info: ClassVar[BackendInfo]
     name: ClassVar[str]
     precisions: ClassVar[frozenset[Precision]]
 
@@ -199,6 +221,8 @@ class Backend(Protocol):
         ...
 
     def runner(self, engine: Path, *, threads: int) -> Runner: ...
+
+    def precision_of(self, engine: Path) -> Precision | None: ...
 
 
 PREPARE_INFO = "prepare.json"

@@ -10,29 +10,52 @@ import io
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import Field, PositiveInt
 
-from edgeship.backends import installed_versions
-from edgeship.backends.base import Availability, CalibrationSet, Feed, Precision, Runner, TensorMeta, check_build_request
+from edgeship.backends.base import Availability, BackendBase, BackendInfo, CalibrationSet, Feed, Precision, Runner, TensorMeta
 from edgeship.backends.rounding import rounded_source
 from edgeship.backends.sensitivity import keep_float
-from edgeship.errors import BuildError
-from edgeship.recipe import OnnxRuntimeConfig
+from edgeship.config import BackendSection, WeightRounding, keep_float_field, weight_rounding_field
+from edgeship.device import installed_versions
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
-
-    from edgeship.artifacts import Artifact
 
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
               "tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_, "tensor(double)": np.float64}
 
 
-class OnnxRuntimeBackend:
-    name: ClassVar[str] = "onnxruntime"
-    precisions: ClassVar[frozenset[Precision]] = frozenset(Precision)
+class OnnxRuntimeConfig(BackendSection):
+    BACKEND: ClassVar[str] = "onnxruntime"
+    SUPPORTED: ClassVar[frozenset[Precision]] = frozenset(Precision)
+    INT8_ONLY: ClassVar[frozenset[str]] = frozenset(
+        {"calibration_method", "percentile", "calibration_size", "per_channel", "activation_type", "reduce_range", "keep_float",
+         "weight_rounding", "float_outputs"})
+
+    precisions: tuple[Precision, ...] = (Precision.FP32, Precision.INT8)
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    percentile: float = Field(default=99.999, gt=90, le=100)
+    calibration_size: PositiveInt | None = Field(default=None, description="use the first N calibration samples; None uses all")
+    per_channel: bool = True
+    activation_type: Literal["uint8", "int8"] = "uint8"
+    reduce_range: bool = Field(default=True, description="7-bit weights: avoids u8s8 saturation (VPMADDUBSW) on x86 CPUs "
+                                                         "without VNNI; false only when every target CPU has VNNI")
+    keep_float: int = keep_float_field()
+    weight_rounding: WeightRounding = weight_rounding_field()
+    float_outputs: bool = Field(default=True, description="INT8: no Q/DQ pair on the model's outputs; rounding the logits to 8 bits "
+                                                          "turns near-ties into ties (top-1 then follows the index)")
+
+
+INFO = BackendInfo(name="onnxruntime", display_name="ONNX Runtime", colour="#1f77b4", config=OnnxRuntimeConfig,
+                   distributions=("onnxruntime",), install="pip install edgeship", runtime_module="onnxruntime",
+                   suffixes=(".onnx",))
+
+
+class OnnxRuntimeBackend(BackendBase):
+    info: ClassVar[BackendInfo] = INFO
 
     def availability(self) -> Availability:
         installed = onnxruntime_distributions()
@@ -50,23 +73,20 @@ class OnnxRuntimeBackend:
         return Availability(self.name, True, installed_versions(("onnxruntime",)) or {"onnxruntime": ort.__version__},
                             device=f"CPU (providers: {providers})")
 
-    def build(self, onnx: Artifact, precision: Precision, calibration: CalibrationSet | None, cfg: BaseModel,
-              out_dir: Path) -> Path:
+    def _build(self, onnx: Path, precision: Precision, calibration: CalibrationSet | None, cfg: BaseModel,
+               out_dir: Path) -> Path:
         """Write ``model.onnx`` (FP32), ``model.fp16.onnx`` or ``model.int8.onnx`` (QDQ INT8) under ``out_dir``."""
-        check_build_request(self, cfg, OnnxRuntimeConfig, precision, calibration)
-        try:
-            if precision is Precision.FP32:
-                return self._build_fp32(onnx.path, out_dir)
-            if precision is Precision.FP16:
-                return self._build_fp16(onnx.path, out_dir)
-            return self._build_int8(onnx.path, calibration, cfg, out_dir)  # type: ignore[arg-type]
-        except BuildError:
-            raise
-        except Exception as exc:  # the quantizer raises anything; record its words
-            raise BuildError(self.name, precision, f"{type(exc).__name__}: {exc}") from exc
+        if precision is Precision.FP32:
+            return self._build_fp32(onnx, out_dir)
+        if precision is Precision.FP16:
+            return self._build_fp16(onnx, out_dir)
+        return self._build_int8(onnx, calibration, cfg, out_dir)  # type: ignore[arg-type]
 
     def runner(self, engine: Path, *, threads: int) -> OnnxRuntimeRunner:
         return OnnxRuntimeRunner(engine, threads=threads)
+
+    def precision_of(self, engine: Path) -> Precision | None:
+        return onnx_precision(engine)
 
     @staticmethod
     def _build_fp32(source: Path, out_dir: Path) -> Path:
@@ -220,3 +240,20 @@ class OnnxRuntimeRunner(Runner):
 
     def _infer(self, feed: Feed) -> Feed:
         return dict(zip(self._outputs, self._session.run(self._outputs, feed), strict=True))
+
+
+def onnx_precision(model_path: Path) -> Precision:
+    """An ONNX model's precision from its contents: Q/DQ or integer ops are INT8, FP16 weights FP16, else FP32.
+    ``ValueError`` when the file is not a readable ONNX model."""
+    import onnx
+
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError, ValueError, OSError…
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"not a readable ONNX model: {why}") from None
+    if any(node.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger") for node in model.graph.node):
+        return Precision.INT8
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
+        return Precision.FP16
+    return Precision.FP32

@@ -27,32 +27,23 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import Field, PositiveInt, model_validator
 
-from edgeship.backends import installed_versions, nvidia_gpu
-from edgeship.backends.base import (
-    PREPARE_INFO,
-    Availability,
-    CalibrationSet,
-    Feed,
-    Precision,
-    Runner,
-    TensorMeta,
-    check_build_request,
-)
+from edgeship.backends.base import PREPARE_INFO, Availability, BackendBase, BackendInfo, CalibrationSet, Feed, Precision, Runner, TensorMeta
 from edgeship.backends.modelopt_worker import MODELOPT_MISSING
+from edgeship.backends.onnxruntime import onnx_precision
 from edgeship.backends.rounding import rounded_source
 from edgeship.backends.sensitivity import keep_float
 from edgeship.backends.tooling import captured_output, error_line, fed_inputs, importable
+from edgeship.config import BackendSection, Section, WeightRounding, keep_float_field, weight_rounding_field
+from edgeship.device import installed_versions, nvidia_gpu
 from edgeship.errors import BackendUnavailable, BuildError
-from edgeship.recipe import TensorRtConfig
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
-
-    from edgeship.artifacts import Artifact
 
 INSTALL = ("pip install --extra-index-url https://pypi.nvidia.com 'edgeship[tensorrt]' on a machine with an NVIDIA GPU "
            "(TensorRT's libraries come from NVIDIA's index)")
@@ -69,9 +60,59 @@ ORT_TENSORRT_OPTIONS: dict[str, Any] = {"AddQDQPairToWeight": True, "DedicatedQD
                                         "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}}
 
 
-class TensorRtBackend:
-    name: ClassVar[str] = "tensorrt"
-    precisions: ClassVar[frozenset[Precision]] = frozenset(Precision)
+class TensorRtProfile(Section):
+    """The optimization profile of the dynamic batch axis: TensorRT tunes for ``opt`` and accepts ``min``…``max``."""
+
+    min: PositiveInt = 1
+    opt: PositiveInt = 1
+    max: PositiveInt = 64
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TensorRtProfile:
+        if not self.min <= self.opt <= self.max:
+            raise ValueError(f"needs min ≤ opt ≤ max, got {self.min}, {self.opt}, {self.max}")
+        return self
+
+
+class TensorRtConfig(BackendSection):
+    """TensorRT 10/11, strongly typed: the precision is decided in the ONNX (ModelOpt AutoCast FP16, explicit Q/DQ INT8)
+    before the engine build, and that ONNX-side preparation runs on any CPU."""
+
+    BACKEND: ClassVar[str] = "tensorrt"
+    SUPPORTED: ClassVar[frozenset[Precision]] = frozenset(Precision)
+    INT8_ONLY: ClassVar[frozenset[str]] = frozenset({"qdq_tool", "calibration_method", "calibration_size", "high_precision",
+                                                     "keep_float", "weight_rounding"})
+    ENGINE_ONLY: ClassVar[frozenset[str]] = frozenset({"workspace_mib", "optimization_level", "timing_cache", "batch"})
+
+    precisions: tuple[Precision, ...] = (Precision.FP16, Precision.INT8)
+    qdq_tool: Literal["auto", "modelopt", "onnxruntime"] = Field(
+        default="auto", description="who writes the INT8 Q/DQ: ModelOpt, or ONNX Runtime's quantize_static with TensorRT's settings; "
+                                    "auto takes ModelOpt when it imports")
+    calibration_method: Literal["entropy", "max"] = "entropy"
+    calibration_size: PositiveInt | None = Field(default=None, description="use the first N calibration samples; None uses all")
+    keep_float: int = keep_float_field("out of the Q/DQ")
+    weight_rounding: WeightRounding = weight_rounding_field()
+    high_precision: Literal["fp16", "fp32"] = Field(
+        default="fp16", description="type of the layers the INT8 model leaves unquantized (ModelOpt's high_precision_dtype); "
+                                    "ONNX Runtime's quantizer always leaves them fp32")
+    workspace_mib: PositiveInt = Field(default=1024, description="builder workspace memory-pool limit")
+    optimization_level: int = Field(default=3, ge=0, le=5, description="builder optimization level (TensorRT's default is 3)")
+    timing_cache: Path | None = Field(default=None, description="a timing cache file shared by builds on one GPU; None keeps one "
+                                                                "beside each engine")
+    batch: TensorRtProfile = TensorRtProfile()
+
+
+INFO = BackendInfo(
+    name="tensorrt", display_name="TensorRT", colour="#2ca02c", config=TensorRtConfig, distributions=DISTRIBUTIONS, install=INSTALL,
+    runtime_module="tensorrt", suffixes=(".engine", ".plan", ".onnx"), companions=(ENGINE_INFO,),
+    calibrated=frozenset({Precision.FP16, Precision.INT8}),  # FP16 too: AutoCast runs calibration inputs to find FP16 overflows
+    report_note=("A TensorRT engine runs only on the GPU model (compute capability) and the TensorRT version it was built with (each "
+                 "engine's runtime shows both); rebuild it for any other. Where no engine was built, the TensorRT-bound ONNX was "
+                 "scored on ONNX Runtime on the CPU: those figures are predictions, not TensorRT measurements, and never pass a gate."))
+
+
+class TensorRtBackend(BackendBase):
+    info: ClassVar[BackendInfo] = INFO
 
     def availability(self) -> Availability:
         """Whether engines can be built and run here: ``tensorrt`` and Polygraphy importable, and a CUDA GPU present."""
@@ -85,13 +126,16 @@ class TensorRtBackend:
         return Availability(self.name, not problems, installed_versions(DISTRIBUTIONS), device=gpu or "no CUDA GPU",
                             reason="; ".join(problems), install=INSTALL)
 
-    def build(self, onnx: Artifact, precision: Precision, calibration: CalibrationSet | None, cfg: BaseModel,
-              out_dir: Path) -> Path:
+    def precision_of(self, engine: Path) -> Precision | None:
+        """A prepared ONNX tells its precision; a serialized engine does not."""
+        return onnx_precision(engine) if engine.suffix == ".onnx" else super().precision_of(engine)
+
+    def _build(self, onnx: Path, precision: Precision, calibration: CalibrationSet | None, cfg: BaseModel,
+               out_dir: Path) -> Path:
         """``prepare`` then ``compile``: write ``model.engine`` and ``engine.json`` under ``out_dir``."""
-        check_build_request(self, cfg, TensorRtConfig, precision, calibration)
         work = Path(tempfile.mkdtemp(dir=out_dir, prefix=".work-"))
         try:
-            prepared = self.prepare(onnx.path, precision, calibration, cfg, work)
+            prepared = self.prepare(onnx, precision, calibration, cfg, work)
             return self.compile(prepared, precision, cfg, out_dir)
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -109,19 +153,17 @@ class TensorRtBackend:
         started = time.perf_counter()
         work = Path(tempfile.mkdtemp(dir=out_dir, prefix=".work-"))
         try:
-            if precision is Precision.FP32:
-                shutil.copyfile(onnx, target)
-                info: dict[str, Any] = {"tool": "none", "note": "the exported FP32 model as is"}
-            elif precision is Precision.FP16:
-                info = self._autocast(onnx, target, calibration, work)
-            else:
-                info = self._quantize(onnx, target, calibration, cfg, work)  # type: ignore[arg-type]
+            with self._build_errors(precision):
+                if precision is Precision.FP32:
+                    shutil.copyfile(onnx, target)
+                    info: dict[str, Any] = {"tool": "none", "note": "the exported FP32 model as is"}
+                elif precision is Precision.FP16:
+                    info = self._autocast(onnx, target, calibration, work)
+                else:
+                    info = self._quantize(onnx, target, calibration, cfg, work)  # type: ignore[arg-type]
         except (BuildError, BackendUnavailable):
             target.unlink(missing_ok=True)  # a tool that failed after writing must not leave a model that looks finished
             raise
-        except Exception as exc:  # reading the ONNX, or the fallback quantizer: record their words
-            target.unlink(missing_ok=True)
-            raise BuildError(self.name, precision, f"{type(exc).__name__}: {error_line(str(exc))}") from exc
         finally:
             shutil.rmtree(work, ignore_errors=True)
         info.update(precision=precision.value, seconds=round(time.perf_counter() - started, 3), io=_io_types(target))
@@ -137,12 +179,8 @@ class TensorRtBackend:
         state = self.availability()
         if not state.available:
             raise BackendUnavailable(self.name, f"{state.reason}; install: {state.install}")
-        try:
+        with self._build_errors(precision):
             return _compile(prepared, precision, cfg, out_dir)
-        except (BuildError, BackendUnavailable):
-            raise
-        except Exception as exc:  # the parser and builder raise anything; record their words
-            raise BuildError(self.name, precision, f"{type(exc).__name__}: {error_line(str(exc))}") from exc
 
     def runner(self, engine: Path, *, threads: int) -> TensorRtRunner:
         return TensorRtRunner(engine, threads=threads)

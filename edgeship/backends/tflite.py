@@ -17,63 +17,69 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import Field, PositiveInt
 
-from edgeship.backends import installed_versions
-from edgeship.backends.base import Availability, CalibrationSet, Feed, Precision, Runner, TensorMeta, check_build_request
+from edgeship.backends.base import Availability, BackendBase, BackendInfo, CalibrationSet, Feed, Precision, Runner, TensorMeta
 from edgeship.backends.rounding import rounded_source
 from edgeship.backends.tooling import captured_output, error_line, fed_inputs, importable
+from edgeship.config import BackendSection, WeightRounding, weight_rounding_field
+from edgeship.device import installed_versions
 from edgeship.errors import BuildError
-from edgeship.recipe import TfliteConfig
-
-if TYPE_CHECKING:
-    from pydantic import BaseModel
-
-    from edgeship.artifacts import Artifact
 
 IO_FILE = "io.json"
-INSTALL = "pip install 'edgeship[tflite]'"
 DISTRIBUTIONS = ("ai-edge-litert", "onnx2tf", "tensorflow")
 # onnx2tf's layout for channel-first tensors of each rank: ONNX (N, C, ...) → (N, ..., C)
 TO_CHANNELS_LAST = {3: (0, 2, 1), 4: (0, 2, 3, 1), 5: (0, 2, 3, 4, 1)}
 
 
-class TfliteBackend:
-    name: ClassVar[str] = "tflite"
-    precisions: ClassVar[frozenset[Precision]] = frozenset(Precision)
+class TfliteConfig(BackendSection):
+    BACKEND: ClassVar[str] = "tflite"
+    SUPPORTED: ClassVar[frozenset[Precision]] = frozenset(Precision)
+    INT8_ONLY: ClassVar[frozenset[str]] = frozenset({"io_type", "calibration_size", "weight_rounding"})
+
+    precisions: tuple[Precision, ...] = (Precision.FP32, Precision.FP16, Precision.INT8)
+    io_type: Literal["int8", "float32"] = Field(
+        default="int8", description="model input/output type of the full-integer INT8 build; the runner converts either way")
+    calibration_size: PositiveInt | None = Field(default=300, description="representative samples; None uses the whole set")
+    weight_rounding: WeightRounding = weight_rounding_field()
+
+
+INFO = BackendInfo(name="tflite", display_name="TFLite", colour="#ff7f0e", config=TfliteConfig, distributions=DISTRIBUTIONS,
+                   install="pip install 'edgeship[tflite]'", runtime_module="ai_edge_litert.interpreter", suffixes=(".tflite",),
+                   companions=(IO_FILE,))
+
+
+class TfliteBackend(BackendBase):
+    info: ClassVar[BackendInfo] = INFO
 
     def availability(self) -> Availability:
         missing = [module for module in ("ai_edge_litert", "onnx2tf", "tensorflow") if not importable(module)]
         if missing:
             return Availability(self.name, False, installed_versions(DISTRIBUTIONS), reason=f"cannot import {', '.join(missing)}",
-                                install=INSTALL)
+                                install=INFO.install)
         return Availability(self.name, True, installed_versions(DISTRIBUTIONS), device="CPU (XNNPACK)")
 
-    def build(self, onnx: Artifact, precision: Precision, calibration: CalibrationSet | None, cfg: BaseModel,
-              out_dir: Path) -> Path:
+    def _build(self, onnx: Path, precision: Precision, calibration: CalibrationSet | None,  # type: ignore[override]
+               cfg: TfliteConfig, out_dir: Path) -> Path:
         """Write ``model.<precision>.tflite`` and ``io.json`` under ``out_dir``; return the ``.tflite``."""
-        check_build_request(self, cfg, TfliteConfig, precision, calibration)
         if precision is Precision.INT8 and cfg.calibration_size is not None:
             calibration = calibration.subset(cfg.calibration_size)  # type: ignore[union-attr]
         work = Path(tempfile.mkdtemp(dir=out_dir, prefix=".work-"))
         try:
             if precision is Precision.INT8:
                 assert calibration is not None
-                with rounded_source(onnx.path, calibration.samples, cfg.weight_rounding, (), out_dir) as source:
+                with rounded_source(onnx, calibration.samples, cfg.weight_rounding, (), out_dir) as source:
                     saved_model = _onnx_to_saved_model(source, work, calibration, precision)
             else:
-                saved_model = _onnx_to_saved_model(onnx.path, work, calibration, precision)
+                saved_model = _onnx_to_saved_model(onnx, work, calibration, precision)
             model = _convert(saved_model, precision, calibration, cfg)
             target = out_dir / f"model.{precision.value}.tflite"
             target.write_bytes(model)
-            (out_dir / IO_FILE).write_text(json.dumps(_io_layout(onnx.path, target), indent=2))
+            (out_dir / IO_FILE).write_text(json.dumps(_io_layout(onnx, target), indent=2))
             return target
-        except BuildError:
-            raise
-        except Exception as exc:  # reading the ONNX or the new model back
-            raise BuildError(self.name, precision, f"{type(exc).__name__}: {error_line(str(exc))}") from exc
         finally:
             shutil.rmtree(work, ignore_errors=True)
 

@@ -51,7 +51,7 @@ class BuildStage:
         outputs: dict[str, Artifact] = {}
         for backend_name, backend_cfg in requested(cfg):
             state = availability(backend_name)
-            backend = get_backend(backend_name) if REGISTRY[backend_name].adapter else None
+            backend = get_backend(backend_name)
             for precision in backend_cfg.precisions:  # type: ignore[attr-defined]
                 name = engine_name(backend_name, precision)
                 config = engine_config(backend_name, precision, backend_cfg)

@@ -15,64 +15,47 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from edgeship.artifacts import sha256_file
+from edgeship.backends import REGISTRY, availability, get_backend
 from edgeship.errors import DataError
 from edgeship.recipe import Recipe
 
 if TYPE_CHECKING:
     from edgeship.pipeline.run import RunResult
 
-SUFFIX_BACKEND = {".onnx": "onnxruntime", ".xml": "openvino", ".tflite": "tflite", ".engine": "tensorrt", ".plan": "tensorrt"}
-COMPANIONS = {"openvino": (".bin", "runtime.json"), "tflite": ("io.json",)}  # ".x": same stem; a name: that file beside it
-
-
 def engine_backend(engine: Path, backend: str | None) -> str:
-    """The backend that runs ``engine``: given, or from the file's suffix."""
-    from edgeship.backends import REGISTRY
-
+    """The backend that runs ``engine``: given, or the one whose engines have the file's suffix (the first declared)."""
     if backend is not None:
         if backend not in REGISTRY:
             raise DataError(f"--backend {backend}: unknown backend; choose from {', '.join(REGISTRY)}")
         return backend
-    found = SUFFIX_BACKEND.get(engine.suffix.lower())
+    by_suffix: dict[str, str] = {}
+    for info in REGISTRY.values():
+        for suffix in info.suffixes:
+            by_suffix.setdefault(suffix, info.name)
+    found = by_suffix.get(engine.suffix.lower())
     if found is None:
         raise DataError(f"{engine}: cannot tell the backend from the suffix {engine.suffix!r} "
-                        f"(known: {', '.join(SUFFIX_BACKEND)}); pass --backend")
+                        f"(known: {', '.join(by_suffix)}); pass --backend")
     return found
 
 
 def engine_precision(engine: Path, backend: str, precision: str | None) -> str:
-    """The engine's precision: given, or read from the file (Q/DQ or FP16 weights in an ONNX, an IR's element types,
-    edgeship's ``model.<precision>.tflite`` name)."""
+    """The engine's precision: given, or read from the file by its backend (Q/DQ or FP16 weights in an ONNX, an IR's
+    element types, edgeship's ``model.<precision>.tflite`` name)."""
     if precision is not None:
         return precision
-    if backend in ("onnxruntime", "tensorrt") and engine.suffix == ".onnx":
-        import onnx
-
-        try:
-            model = onnx.load(str(engine), load_external_data=False)
-        except Exception as exc:  # onnx raises DecodeError, ValueError, OSError…
-            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise DataError(f"{engine}: not a readable ONNX model: {why}") from None
-        if any(node.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger") for node in model.graph.node):
-            return "int8"
-        if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
-            return "fp16"
-        return "fp32"
-    if backend == "openvino":
-        text = engine.read_text(errors="replace")
-        if "FakeQuantize" in text or 'element_type="i8"' in text or 'element_type="u8"' in text:
-            return "int8"
-        return "fp16" if 'element_type="f16"' in text else "fp32"
-    parts = engine.name.split(".")
-    if len(parts) == 3 and parts[1] in ("fp32", "fp16", "int8"):
-        return parts[1]
-    raise DataError(f"{engine}: cannot tell its precision; pass --precision fp32|fp16|int8")
+    try:
+        found = get_backend(backend).precision_of(engine)
+    except ValueError as exc:
+        raise DataError(f"{engine}: {exc}") from None
+    if found is None:
+        raise DataError(f"{engine}: cannot tell its precision; pass --precision fp32|fp16|int8")
+    return found.value
 
 
 def qualify(recipe: Recipe, engine: Path, *, backend: str | None = None, precision: str | None = None,
             console: Console | None = None, recipe_path: Path | None = None) -> RunResult:
     """Validate and gate one engine file; returns the ``RunResult``."""
-    from edgeship.backends import availability, get_backend
     from edgeship.pipeline.base import RunContext
     from edgeship.pipeline.model import ModelStage
     from edgeship.pipeline.report import ReportConfig, ReportStage
@@ -128,8 +111,7 @@ def _copy_engine(engine: Path, backend: str, folder: Path, precision: str, input
 
     target = folder / engine.name
     shutil.copyfile(engine, target)
-    for companion in COMPANIONS.get(backend, ()):
-        source = engine.with_suffix(companion) if companion.startswith(".") else engine.with_name(companion)
+    for source in REGISTRY[backend].companion_paths(engine):
         if source.is_file():
             shutil.copyfile(source, folder / source.name)
     return Made(target, "engine", {"backend": backend, "precision": precision, "input_name": input_name, "input_shape": input_shape,

@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgeship.artifacts import Artifact, Manifest, ManifestEntry, sha256_file, write_atomic
+from edgeship.backends import REGISTRY
 from edgeship.gates import accuracy_drop, format_value, judge, recommend, required_engines, target
 from edgeship.pipeline.base import RunContext
 from edgeship.pipeline.build import PREPARE, SIDE_METRICS, prediction_name
@@ -181,11 +182,9 @@ def build_report(manifest: Manifest) -> dict[str, Any]:
         report["notes"].append("Rows named <engine>@<device> were measured on that device by its edgeship agent, with the same "
                                "harness as this host's rows; the FP32 baseline and the reference outputs are this host's. Each "
                                "device has its own recommendation.")
-    if any(row["backend"] == "tensorrt" for row in engines):
-        report["notes"].append("A TensorRT engine runs only on the GPU model (compute capability) and the TensorRT version it was "
-                               "built with (each engine's runtime shows both); rebuild it for any other. Where no engine was built, "
-                               "the TensorRT-bound ONNX was scored on ONNX Runtime on the CPU: those figures are predictions, "
-                               "not TensorRT measurements, and never pass a gate.")
+    for info in REGISTRY.values():
+        if info.report_note and any(row["backend"] == info.name for row in engines):
+            report["notes"].append(info.report_note)
     report["student_vs_teacher"] = student_vs_teacher(report)
     return report
 

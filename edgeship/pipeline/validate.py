@@ -23,7 +23,7 @@ import numpy as np
 from rich.markup import escape
 
 from edgeship.artifacts import Artifact
-from edgeship.backends import get_backend
+from edgeship.backends import display_name, get_backend
 from edgeship.errors import StageError
 from edgeship.harness import HarnessError, HarnessSpec, measure_isolated, tool_cross_check
 from edgeship.measure import scores, top1
@@ -198,8 +198,7 @@ def _compare(theirs: dict[str, Any], latency: dict[str, Any], bare: dict[str, An
 
 
 def prediction_label(backend: str, runs_on: str) -> str:
-    names = {"onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT", "openvino": "OpenVINO", "tflite": "TFLite"}
-    return f"predicted on {names.get(runs_on, runs_on)}, not measured on {names.get(backend, backend)}"
+    return f"predicted on {display_name(runs_on)}, not measured on {display_name(backend)}"
 
 
 def engine_bytes(engine: Artifact) -> int:

@@ -13,7 +13,10 @@ from typing import Any
 
 import numpy as np
 
-COLOURS = {"pytorch": "#444444", "onnxruntime": "#1f77b4", "openvino": "#9467bd", "tflite": "#ff7f0e", "tensorrt": "#2ca02c"}
+from edgeship.backends import REGISTRY
+
+# every backend's colour is its own (BackendInfo.colour); the PyTorch baseline is not a backend
+COLOURS = {"pytorch": "#444444", **{name: info.colour for name, info in REGISTRY.items()}}
 MARKERS = {"fp32": "o", "fp16": "s", "int8": "^"}
 
 

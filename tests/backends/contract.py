@@ -16,13 +16,15 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from edgeship.artifacts import Artifact, ArtifactStore, sha256_file
 from edgeship.backends import REGISTRY, availability, get_backend
 from edgeship.backends.base import Availability, Backend, CalibrationSet, Precision, Runner
 from edgeship.backends.rounding import WEIGHT_ROUNDING_FILE
+from edgeship.backends.tooling import importable
 from edgeship.errors import BuildError
+from edgeship.recipe import Recipe
 
 from conftest import TrainedCnn
 
@@ -84,6 +86,31 @@ class BackendContract:
         for path in engines.values():
             assert path.is_file() and path.stat().st_size > 0
             assert not [p for p in path.parent.iterdir() if p.name.startswith(".")], "no work files are left beside the engine"
+
+    def test_declares_what_it_builds(self, impl: Backend, engines: dict[Precision, Path]) -> None:
+        """What the backend declares (``info``) is what the registry, the recipe and ``edgeship validate`` read, so it
+        must be what the backend builds: each engine's suffix and companion files, and its precision read back."""
+        info = REGISTRY[self.backend]
+        assert impl.info is info and info.name == self.backend and isinstance(self.config, info.config)
+        assert impl.precisions == info.precisions == info.config.SUPPORTED
+        assert self.backend == info.config.BACKEND
+        assert type(Recipe().backends).model_fields[self.backend].annotation is info.config, "the recipe's section is the backend's"
+        for precision, path in engines.items():
+            assert path.suffix in info.suffixes, f"{precision}: {path.name} has a suffix the backend does not declare"
+            beside = {p.name for p in path.parent.iterdir()} - {path.name}
+            assert {p.name for p in info.companion_paths(path)} <= beside, f"{precision}: a declared companion file is missing"
+            assert impl.precision_of(path) is precision, f"{path.name} reads back as {impl.precision_of(path)}, built {precision}"
+        assert importable(info.runtime_module), info.runtime_module
+
+    def test_recipe_takes_the_declared_precisions_and_no_other(self) -> None:
+        info = REGISTRY[self.backend]
+        for precision in Precision:
+            section = {self.backend: {"precisions": [precision.value]}}
+            if precision in info.precisions:
+                assert Recipe.model_validate({"backends": section}).backends
+            else:
+                with pytest.raises(ValidationError, match=f"{self.backend} builds"):
+                    Recipe.model_validate({"backends": section})
 
     def test_outputs_follow_fp32_reference(self, impl: Backend, engines: dict[Precision, Path], trained_cnn: TrainedCnn) -> None:
         reference = ort_reference(trained_cnn.onnx, trained_cnn.evaluation)

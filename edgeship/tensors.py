@@ -1,0 +1,77 @@
+"""The shapes data takes between edgeship's parts: precisions, feeds, an engine input's metadata, calibration sets.
+
+A core module: the data module makes calibration sets, the backends consume them, the recipe names precisions.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+Feed = dict[str, np.ndarray]
+
+
+class Precision(enum.StrEnum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    """Name, dtype and shape of one engine input; ``None`` marks a dynamic axis."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | None, ...]
+
+    def check(self, array: np.ndarray) -> None:
+        """Raise ``ValueError`` when ``array`` cannot be fed to this input."""
+        if array.dtype != self.dtype:
+            raise ValueError(f"input {self.name!r}: expected dtype {self.dtype}, got {array.dtype}")
+        if array.ndim != len(self.shape):
+            raise ValueError(f"input {self.name!r}: expected {len(self.shape)} dims {self.shape}, got shape {array.shape}")
+        for want, got in zip(self.shape, array.shape, strict=True):
+            if want is not None and want != got:
+                raise ValueError(f"input {self.name!r}: expected shape {self.shape}, got {array.shape}")
+
+
+class CalibrationSet(Sequence[Feed]):
+    """A re-iterable sequence of feeds for INT8 calibration, with a fingerprint.
+
+    ``samples`` holds preprocessed model inputs (N, C, H, W) float32; each feed is a
+    batch of ``batch_size`` of them under ``input_name``.
+    """
+
+    def __init__(self, samples: np.ndarray, fingerprint: str, *, input_name: str = "input", batch_size: int = 1) -> None:
+        if samples.ndim < 2 or len(samples) == 0:
+            raise ValueError(f"calibration samples must be a non-empty batch, got shape {samples.shape}")
+        self.samples = samples
+        self.fingerprint = fingerprint
+        self.input_name = input_name
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.samples) // self.batch_size)
+
+    def __getitem__(self, index: int) -> Feed:  # type: ignore[override]
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        start = (index % len(self)) * self.batch_size
+        return {self.input_name: self.samples[start : start + self.batch_size]}
+
+    def __iter__(self) -> Iterator[Feed]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def subset(self, size: int) -> CalibrationSet:
+        """The first ``size`` samples, fingerprinted as such."""
+        if size >= len(self.samples):
+            return self
+        return CalibrationSet(self.samples[:size], f"{self.fingerprint}[:{size}]", input_name=self.input_name, batch_size=self.batch_size)
+
+    def renamed(self, input_name: str) -> CalibrationSet:
+        return CalibrationSet(self.samples, self.fingerprint, input_name=input_name, batch_size=self.batch_size)
