@@ -22,7 +22,8 @@ import torch
 
 from edgeship.data import load_dataset, preprocess
 from edgeship.measure import agreement
-from edgeship.pipeline.model import input_shape, instantiate, load_checkpoint
+from edgeship.models import instantiate, load_checkpoint
+from edgeship.pipeline.model import input_shape
 from edgeship.recipe import load_recipe
 
 

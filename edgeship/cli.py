@@ -94,7 +94,7 @@ def _console(*, quiet: bool = False) -> Console:
 
 
 def _version() -> str:
-    from edgeship import __version__
+    from edgeship.version import __version__
 
     return __version__
 
@@ -185,7 +185,7 @@ def _agent_serve(args: argparse.Namespace, console: Console) -> int:
     missing = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
     if missing:
         raise EdgeshipError(f"the device agent needs {' and '.join(missing)}: pip install 'edgeship[agent]'")
-    from edgeship.harness import pinned_cpus
+    from edgeship.device import pinned_cpus
 
     try:
         cpus = tuple(int(cpu) for cpu in args.cpus.split(",")) if args.cpus else None

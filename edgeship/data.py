@@ -14,12 +14,16 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgeship.backends.base import CalibrationSet
 from edgeship.errors import DataError
-from edgeship.recipe import CalibrationConfig, DataConfig, Preprocessing
+from edgeship.images import read_image
+from edgeship.tensors import CalibrationSet
+
+if TYPE_CHECKING:  # the recipe sits above this module: its sections are only annotations here
+    from edgeship.recipe import CalibrationConfig, DataConfig, Preprocessing
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 FASHION_MNIST_INSTALL = "sudo apt-get install dataset-fashion-mnist"
@@ -330,17 +334,6 @@ def load_samples(source: Path, preprocessing: Preprocessing, *, input_shape: tup
     if len(samples) == 0:
         raise DataError(f"{source}: the {what} is empty")
     return samples
-
-
-def read_image(path: Path, color: str = "rgb") -> np.ndarray:
-    """An image file as uint8: (H, W) for ``gray``, (H, W, 3) for ``rgb`` (grayscale repeated, alpha dropped)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("L" if color == "gray" else "RGB"))
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DataError(f"{path}: cannot read image: {exc}") from None
 
 
 def _array_samples(path: Path, p: Preprocessing, input_shape: tuple[int, ...]) -> list[np.ndarray]:

@@ -8,6 +8,7 @@ import os
 import platform
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +105,22 @@ def nvidia_gpu() -> str:
     except (OSError, subprocess.SubprocessError):
         return ""
     return out.splitlines()[0] if out else ""
+
+
+def usable_cpus() -> list[int] | None:
+    """The CPUs this process may run on, or ``None`` where the OS has no affinity call."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+
+
+def pinned_cpus(threads: int, chosen: Sequence[int] | None = None) -> tuple[int, ...] | None:
+    """The CPUs a measuring process is pinned to: ``chosen``, else the first ``threads`` usable ones; ``None`` where the
+    OS has no affinity call. ``ValueError`` when a chosen CPU is not usable here."""
+    usable = usable_cpus()
+    if usable is None:
+        return None
+    if chosen is None:
+        return tuple(usable[:threads])
+    missing = sorted(set(chosen) - set(usable))
+    if missing:
+        raise ValueError(f"CPUs {missing} are not usable here; usable: {usable}")
+    return tuple(chosen)

@@ -17,13 +17,14 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
+from edgeship.device import usable_cpus
 from edgeship.measure import summarize, time_calls
 
 Progress = Callable[[str, int, int], None]  # task, done, total
@@ -83,7 +84,7 @@ def measure(spec: HarnessSpec, progress: Progress | None = None) -> dict[str, An
         except ImportError as exc:
             raise HarnessError(f"{spec.backend}: cannot import {runtime_module}: {exc}") from None
     import_ms = (time.perf_counter() - started) * 1e3
-    result: dict[str, Any] = {"pid": os.getpid(), "threads": spec.threads, "cpus": _affinity(), "import_ms": round(import_ms, 3)}
+    result: dict[str, Any] = {"pid": os.getpid(), "threads": spec.threads, "cpus": usable_cpus(), "import_ms": round(import_ms, 3)}
     try:
         started = time.perf_counter()
         with _runner(spec) as runner:
@@ -189,7 +190,7 @@ def _score(spec: HarnessSpec, call: Callable[[np.ndarray], Any], inputs: np.ndar
 
 def _runner(spec: HarnessSpec) -> Any:
     if spec.backend == "pytorch":
-        from edgeship.backends.pytorch import TorchRunner
+        from edgeship.models import TorchRunner
 
         return TorchRunner(spec.engine, threads=spec.threads, model_config=spec.torch_model_config)
     from edgeship.backends import get_backend
@@ -237,20 +238,6 @@ def _peak_rss() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
-def pinned_cpus(threads: int, chosen: Sequence[int] | None = None) -> tuple[int, ...] | None:
-    """The CPUs a measuring process is pinned to: ``chosen``, else the first ``threads`` usable ones; ``None`` where the
-    OS has no affinity call. ``ValueError`` when a chosen CPU is not usable here."""
-    usable = _affinity()
-    if usable is None:
-        return None
-    if chosen is None:
-        return tuple(usable[:threads])
-    missing = sorted(set(chosen) - set(usable))
-    if missing:
-        raise ValueError(f"CPUs {missing} are not usable here; usable: {usable}")
-    return tuple(chosen)
-
-
 def tool_cross_check(backend: str, engine: Path, *, threads: int, batch_size: int, input_shape: tuple[int, ...], input_name: str,
                      min_seconds: float) -> dict[str, Any]:
     """The backend's own benchmark tool (``cross_check``, e.g. OpenVINO's ``benchmark_app``) on ``engine`` with these
@@ -266,10 +253,6 @@ def tool_cross_check(backend: str, engine: Path, *, threads: int, batch_size: in
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         return {"status": "failed", "reason": str(exc)}
     return {"status": "ok", **theirs}
-
-
-def _affinity() -> list[int] | None:
-    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
 
 
 def _one_line(text: str) -> str:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeship.data import read_image
 from edgeship.errors import DataError
+from edgeship.images import read_image
 
 # (package, file): natural photographs only, no diagrams or microscopy; motorcycle_right is left out as the
 # stereo twin of motorcycle_left.

@@ -22,6 +22,7 @@ from edgeship.backends.openvino import OpenVinoConfig
 from edgeship.backends.tensorrt import TensorRtConfig
 from edgeship.backends.tflite import TfliteConfig
 from edgeship.config import Section
+from edgeship.device import pinned_cpus
 from edgeship.errors import RecipeError
 from edgeship.tensors import Precision
 from edgeship.zoo import ZOO
@@ -265,8 +266,6 @@ class ValidateConfig(Section):
 
     def affinity(self, threads: int) -> tuple[int, ...] | None:
         """The CPUs each engine is pinned to, or ``None`` where the OS has no affinity call."""
-        from edgeship.harness import pinned_cpus
-
         try:
             return pinned_cpus(threads, self.cpus)
         except ValueError as exc:

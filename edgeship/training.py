@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,7 +27,9 @@ from edgeship.artifacts import write_atomic
 from edgeship.data import preprocess
 from edgeship.errors import StageError
 from edgeship.progress import progress_bar
-from edgeship.recipe import Preprocessing, TrainConfig
+
+if TYPE_CHECKING:  # the recipe sits above this module: its sections are only annotations here
+    from edgeship.recipe import Preprocessing, TrainConfig
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,8 @@ from fastapi import Depends, FastAPI, HTTPException, Request, Response  # the `a
 from fastapi.responses import FileResponse
 
 from edgeship.agent.protocol import ENGINE_HEADER, FILE_NAME, PROTOCOL, RESULT_FILES, SHA256, JobRequest, JobState, matches
-from edgeship.harness import HarnessError, HarnessSpec, measure_isolated, pinned_cpus, tool_cross_check
+from edgeship.device import pinned_cpus
+from edgeship.harness import HarnessError, HarnessSpec, measure_isolated, tool_cross_check
 
 KEEP_JOBS = 32  # finished jobs whose folders stay for the host to fetch
 CHUNK = 1 << 20
@@ -73,9 +74,9 @@ class Agent:
     def describe(self) -> dict[str, Any]:
         """The device and its backends, found once (a backend's availability check imports its runtime)."""
         if self._description is None:
-            from edgeship import __version__
             from edgeship.backends import REGISTRY, availability
             from edgeship.device import describe_device
+            from edgeship.version import __version__
 
             backends = {}
             for name in REGISTRY:

@@ -75,7 +75,7 @@ class DistillStage:
         import torch
 
         from edgeship.distillation import Hint, distiller
-        from edgeship.pipeline.model import load_model
+        from edgeship.models import load_model
         from edgeship.training import HardLabels, fit
         from edgeship.zoo.train import seed_everything
 

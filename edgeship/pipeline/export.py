@@ -37,7 +37,7 @@ class ExportStage:
         import torch
 
         from edgeship.data import preprocess
-        from edgeship.pipeline.model import load_model
+        from edgeship.models import load_model
 
         model = load_model(model_artifact, ctx.recipe.model)
         shape = tuple(model_artifact.meta["input_shape"])

@@ -63,7 +63,7 @@ class PruneStage:
         return curves
 
     def _scan(self, folder: Path, teacher: Artifact, cfg: PruneConfig, ctx: RunContext) -> Made:
-        from edgeship.pipeline.model import load_model
+        from edgeship.models import load_model
         from edgeship.pruning import layer_groups, sensitivity_scan
 
         model = load_model(teacher, ctx.recipe.model)
@@ -88,7 +88,7 @@ class PruneStage:
     def _make(self, folder: Path, teacher: Artifact, curves: Artifact | None, cfg: PruneConfig, ctx: RunContext) -> Made:
         import torch
 
-        from edgeship.pipeline.model import load_model
+        from edgeship.models import load_model
         from edgeship.pruning import count
         from edgeship.zoo.train import seed_everything
 

@@ -7,6 +7,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -15,7 +16,9 @@ from torch import nn
 
 from edgeship.data import Split, preprocess
 from edgeship.progress import progress_bar
-from edgeship.recipe import Preprocessing, TrainConfig
+
+if TYPE_CHECKING:  # the recipe sits above this module: its sections are only annotations here
+    from edgeship.recipe import Preprocessing, TrainConfig
 
 
 @dataclass

@@ -56,7 +56,7 @@ def test_report_compares_teacher_pruned_hard_label_and_distilled(distilled: RunR
 
 
 def test_distilled_artifact_keeps_the_pruned_structure(distilled: RunResult, workspace: Path) -> None:
-    from edgeship.pipeline.model import load_model
+    from edgeship.models import load_model
 
     store = ArtifactStore(workspace / "store")
     entries = {e.stage: e for e in distilled.manifest.entries}

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from edgeship.errors import DataError, RecipeError
-from edgeship.pipeline.model import input_shape, instantiate, load_checkpoint
+from edgeship.models import instantiate, load_checkpoint
+from edgeship.pipeline.model import input_shape
 from edgeship.recipe import ModelConfig, Preprocessing
 from edgeship.zoo import build
 

@@ -58,7 +58,7 @@ def test_sensitivity_curves_are_in_the_run_folder_and_monotone_ish(structured: R
 
 
 def test_pruned_artifact_rebuilds_from_its_history(structured: RunResult, workspace: Path) -> None:
-    from edgeship.pipeline.model import load_model
+    from edgeship.models import load_model
 
     entry = next(e for e in structured.manifest.entries if e.stage == "prune")
     artifact = ArtifactStore(workspace / "store").get(entry.artifact)

@@ -5,8 +5,9 @@ import builtins
 import pytest
 import torch
 
-from edgeship.data import preprocess, read_image
+from edgeship.data import preprocess
 from edgeship.errors import RecipeError
+from edgeship.images import read_image
 from edgeship.photos import available_photos, center_crop
 from edgeship.recipe import Preprocessing
 from edgeship.zoo import pretrained
