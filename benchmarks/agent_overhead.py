@@ -35,8 +35,8 @@ from edgeship.agent.protocol import EngineRef, JobRequest
 from edgeship.artifacts import ArtifactStore, sha256_file
 from edgeship.data import preprocess
 from edgeship.harness import HarnessSpec, measure_isolated
+from edgeship.pipeline.measurers import settings
 from edgeship.pipeline.run import recipe_dataset
-from edgeship.pipeline.validate import settings
 from edgeship.recipe import load_recipe
 
 

@@ -14,12 +14,13 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from edgeship.version import __version__
 
@@ -263,8 +264,13 @@ class Manifest(BaseModel):
     calibration: dict[str, Any] | None = Field(default=None, description="the calibration set: samples and fingerprint")
     entries: list[ManifestEntry] = Field(default_factory=list)
 
+    # one lock for every change and every save: builds and measurements fanned out over threads share one manifest
+    _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
+
     def add(self, entry: ManifestEntry) -> None:
-        self.entries = [e for e in self.entries if (e.stage, e.name) != (entry.stage, entry.name)] + [entry]
+        """``entry``, replacing the entry of the same stage and name (which moves to the end)."""
+        with self._lock:
+            self.entries = [e for e in self.entries if (e.stage, e.name) != (entry.stage, entry.name)] + [entry]
 
     def record(self, stage: str, name: str, artifact: Artifact, *, reused: bool, config: Mapping[str, Any], seconds: float,
                metrics: Mapping[str, Any] | None = None, rebuilt: str = "") -> None:
@@ -275,11 +281,13 @@ class Manifest(BaseModel):
 
     def annotate(self, stage: str, name: str, metrics: Mapping[str, Any]) -> None:
         """Add facts to an entry's metrics (a published curve, a training history), so the report needs only the manifest."""
-        for entry in self.entries:
-            if (entry.stage, entry.name) == (stage, name):
-                entry.metrics.update(metrics)
-                return
+        with self._lock:
+            for entry in self.entries:
+                if (entry.stage, entry.name) == (stage, name):
+                    entry.metrics.update(metrics)
+                    return
         raise KeyError(f"no manifest entry {stage}/{name}")
 
     def save(self, path: Path) -> None:
-        write_atomic(path, self.model_dump_json(indent=2))
+        with self._lock:
+            write_atomic(path, self.model_dump_json(indent=2))

@@ -16,7 +16,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from edgeship.errors import EdgeshipError, disk_refusal
+from edgeship.backends import REGISTRY, availability, get_backend
+from edgeship.backends.base import PreparingBackend
+from edgeship.device import pinned_cpus
+from edgeship.errors import DataError, EdgeshipError, RecipeError, disk_refusal
+from edgeship.pipeline import run as pipeline  # the module: tests stand a fake run in for it
+from edgeship.pipeline.qualify import qualify
+from edgeship.pipeline.report import print_summary, rebuild
+from edgeship.recipe import load_recipe
+from edgeship.version import __version__
 
 DEFAULT_RECIPE = Path("recipes/default.yaml")
 
@@ -94,31 +102,23 @@ def _console(*, quiet: bool = False) -> Console:
 
 
 def _version() -> str:
-    from edgeship.version import __version__
-
     return __version__
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
-    from edgeship.pipeline.run import run
-    from edgeship.recipe import load_recipe
-
     path: Path | None = args.recipe
     if path is None and DEFAULT_RECIPE.is_file():
         path = DEFAULT_RECIPE
     recipe = load_recipe(path)
     if path is None:
         console.print("no recipe given and no recipes/default.yaml here: running the built-in default recipe")
-    result = run(recipe, force=args.force, console=console, recipe_path=path)
+    result = pipeline.run(recipe, force=args.force, console=console, recipe_path=path)
     if args.quiet:
         print(result.report_path)
     return result.exit_code
 
 
 def _validate(args: argparse.Namespace, console: Console) -> int:
-    from edgeship.pipeline.qualify import qualify
-    from edgeship.recipe import load_recipe
-
     path: Path | None = args.recipe
     if path is None and DEFAULT_RECIPE.is_file():
         path = DEFAULT_RECIPE
@@ -127,8 +127,6 @@ def _validate(args: argparse.Namespace, console: Console) -> int:
 
 
 def _backends(args: argparse.Namespace, console: Console) -> int:
-    from edgeship.backends import REGISTRY, availability
-
     table = Table(title="edgeship backends")
     for column in ("backend", "available", "versions", "device", "precisions", "notes / install"):
         table.add_column(column)
@@ -150,9 +148,6 @@ def _backends(args: argparse.Namespace, console: Console) -> int:
 
 def _preparation_line(name: str) -> str:
     """For a preparing backend (TensorRT) whose engines cannot be built here: what the run still does on this machine."""
-    from edgeship.backends import get_backend
-    from edgeship.backends.base import PreparingBackend
-
     backend = get_backend(name)
     if not isinstance(backend, PreparingBackend):
         return ""
@@ -167,8 +162,6 @@ def _preparation_line(name: str) -> str:
 
 
 def _report(args: argparse.Namespace, console: Console) -> int:
-    from edgeship.pipeline.report import print_summary, rebuild
-
     report = rebuild(args.path)
     print_summary(report, console)
     folder = args.path if args.path.is_dir() else args.path.parent
@@ -180,13 +173,9 @@ def _agent_serve(args: argparse.Namespace, console: Console) -> int:
     import importlib.util
     import socket
 
-    from edgeship.errors import DataError, RecipeError
-
     missing = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
     if missing:
         raise EdgeshipError(f"the device agent needs {' and '.join(missing)}: pip install 'edgeship[agent]'")
-    from edgeship.device import pinned_cpus
-
     try:
         cpus = tuple(int(cpu) for cpu in args.cpus.split(",")) if args.cpus else None
     except ValueError:

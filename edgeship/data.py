@@ -20,6 +20,7 @@ import numpy as np
 
 from edgeship.errors import DataError
 from edgeship.images import read_image
+from edgeship.photos import load_crops
 from edgeship.tensors import CalibrationSet
 
 if TYPE_CHECKING:  # the recipe sits above this module: its sections are only annotations here
@@ -135,8 +136,6 @@ def load_dataset(cfg: DataConfig, calibration: CalibrationConfig, *, seed: int, 
 def _sample_photos(cfg: DataConfig, calibration: CalibrationConfig, *, seed: int) -> Dataset:
     """Crops of the photographs bundled with scikit-learn and scikit-image: calibration and evaluation, no labels,
     no training data (see ``edgeship.photos``)."""
-    from edgeship.photos import load_crops
-
     size = cfg.preprocessing.resize
     if size is None:  # the recipe validator requires it; a direct caller may not
         raise DataError("data.preprocessing.resize: the sample_photos crops need a size (height, width), e.g. [224, 224]")

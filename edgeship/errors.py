@@ -51,12 +51,6 @@ class StageError(EdgeshipError):
         self.reason = reason
 
 
-class GateFailed(EdgeshipError):
-    """A release gate failed: the run finished, but an engine may not ship."""
-
-    exit_code = 1
-
-
 class StorageError(EdgeshipError):
     """The disk refused a write (full, over quota, read-only): the run stops; what it finished stays in the store."""
 

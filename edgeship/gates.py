@@ -9,7 +9,7 @@ measured p50, and says why in words.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from edgeship.recipe import GatesConfig
@@ -39,11 +39,6 @@ def required_engines(rows: Sequence[Mapping[str, Any]], gates: GatesConfig) -> l
     if gates.required is None:
         return [row["name"] for row in rows if row.get("status") != "skipped"]
     return [row["name"] for row in rows if any(fnmatch.fnmatchcase(row["name"], pattern) for pattern in gates.required)]
-
-
-def unmatched_patterns(names: Iterable[str], gates: GatesConfig) -> list[str]:
-    names = list(names)
-    return [p for p in gates.required or [] if not any(fnmatch.fnmatchcase(n, p) for n in names)]
 
 
 def target(row: Mapping[str, Any]) -> str | None:

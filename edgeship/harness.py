@@ -24,8 +24,11 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
+from edgeship.artifacts import write_atomic
+from edgeship.backends import REGISTRY, get_backend
 from edgeship.device import usable_cpus
 from edgeship.measure import summarize, time_calls
+from edgeship.models import TorchRunner
 
 Progress = Callable[[str, int, int], None]  # task, done, total
 THROUGHPUT_WARMUP = 5
@@ -190,11 +193,7 @@ def _score(spec: HarnessSpec, call: Callable[[np.ndarray], Any], inputs: np.ndar
 
 def _runner(spec: HarnessSpec) -> Any:
     if spec.backend == "pytorch":
-        from edgeship.models import TorchRunner
-
         return TorchRunner(spec.engine, threads=spec.threads, model_config=spec.torch_model_config)
-    from edgeship.backends import get_backend
-
     return get_backend(spec.backend).runner(spec.engine, threads=spec.threads)
 
 
@@ -202,8 +201,6 @@ def _runtime_module(backend: str) -> str:
     """The runtime package a runner imports, imported before the load is timed so ``load_ms`` is the engine's own."""
     if backend == "pytorch":
         return "torch"
-    from edgeship.backends import REGISTRY
-
     return REGISTRY[backend].runtime_module
 
 
@@ -242,8 +239,6 @@ def tool_cross_check(backend: str, engine: Path, *, threads: int, batch_size: in
                      min_seconds: float) -> dict[str, Any]:
     """The backend's own benchmark tool (``cross_check``, e.g. OpenVINO's ``benchmark_app``) on ``engine`` with these
     settings: ``{"status": "ok", **its result}``, or ``{"status": "failed", "reason": …}``."""
-    from edgeship.backends import get_backend
-
     implementation = getattr(get_backend(backend), "cross_check", None)
     if implementation is None:
         return {"status": "failed", "reason": f"{backend} has no benchmark tool of its own"}
@@ -315,8 +310,6 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as exc:
         print(str(exc), file=sys.stderr)
         return 1
-    from edgeship.artifacts import write_atomic
-
     write_atomic(Path(args[1]), json.dumps(result, indent=2))
     return 0
 

@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgeship import zoo
 from edgeship.artifacts import Artifact
 from edgeship.backends.base import Runner
 from edgeship.errors import DataError, RecipeError
 from edgeship.recipe import ModelConfig
 from edgeship.tensors import Feed, TensorMeta
+from edgeship.zoo import pretrained
 
 if TYPE_CHECKING:
     from torch import nn
@@ -29,11 +31,7 @@ if TYPE_CHECKING:
 def instantiate(cfg: ModelConfig, *, in_channels: int, num_classes: int, weights: bool = True) -> nn.Module:
     """A fresh model from the zoo, a pretrained network (with its weights unless ``weights=False``) or the user's
     factory (trusted code named in the recipe)."""
-    from edgeship import zoo
-
     if cfg.pretrained is not None:
-        from edgeship.zoo import pretrained
-
         return pretrained.build(cfg.pretrained, weights=weights)
     if cfg.zoo is not None:
         return zoo.build(cfg.zoo, in_channels=in_channels, num_classes=num_classes, width=cfg.width)

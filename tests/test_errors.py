@@ -1,13 +1,13 @@
 from __future__ import annotations
 
-from edgeship.errors import BackendUnavailable, BuildError, DataError, EdgeshipError, GateFailed, RecipeError, StageError
+from edgeship.errors import BackendUnavailable, BuildError, DataError, EdgeshipError, RecipeError, StageError
 
 
 def test_hierarchy_and_exit_codes() -> None:
     errors = [RecipeError("r"), DataError("d"), BackendUnavailable("tflite", "not installed"), BuildError("onnxruntime", "int8", "boom"),
-              StageError("export", "parity"), GateFailed("p99 over limit")]
+              StageError("export", "parity")]
     assert all(isinstance(e, EdgeshipError) for e in errors)
-    assert [e.exit_code for e in errors] == [2, 2, 2, 2, 2, 1]
+    assert [e.exit_code for e in errors] == [2, 2, 2, 2, 2]
 
 
 def test_messages_name_what_failed() -> None:

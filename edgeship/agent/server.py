@@ -31,8 +31,11 @@ from fastapi import Depends, FastAPI, HTTPException, Request, Response  # the `a
 from fastapi.responses import FileResponse
 
 from edgeship.agent.protocol import ENGINE_HEADER, FILE_NAME, PROTOCOL, RESULT_FILES, SHA256, JobRequest, JobState, matches
-from edgeship.device import pinned_cpus
+from edgeship.backends import REGISTRY, availability
+from edgeship.device import describe_device, pinned_cpus
 from edgeship.harness import HarnessError, HarnessSpec, measure_isolated, tool_cross_check
+from edgeship.measure import scores
+from edgeship.version import __version__
 
 KEEP_JOBS = 32  # finished jobs whose folders stay for the host to fetch
 CHUNK = 1 << 20
@@ -74,10 +77,6 @@ class Agent:
     def describe(self) -> dict[str, Any]:
         """The device and its backends, found once (a backend's availability check imports its runtime)."""
         if self._description is None:
-            from edgeship.backends import REGISTRY, availability
-            from edgeship.device import describe_device
-            from edgeship.version import __version__
-
             backends = {}
             for name in REGISTRY:
                 state = availability(name)
@@ -185,8 +184,6 @@ class Agent:
         return folder
 
     def _score(self, logits_path: Path, request: JobRequest) -> dict[str, Any]:
-        from edgeship.measure import scores
-
         labels = np.load(self.file_path(request.labels)) if request.labels else None
         return scores(np.load(logits_path), np.load(self.file_path(request.reference)), labels)  # type: ignore[arg-type]
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
+from edgeship.backends.tooling import error_line
 from edgeship.errors import BackendUnavailable, BuildError
 from edgeship.tensors import CalibrationSet, Feed, Precision, TensorMeta
 
@@ -190,8 +191,6 @@ class BackendBase(abc.ABC):
     @staticmethod
     def _error_text(exc: BaseException) -> str:
         """A tool error's telling line; a backend whose tool puts it elsewhere overrides this."""
-        from edgeship.backends.tooling import error_line
-
         return error_line(str(exc))
 
 

@@ -21,6 +21,8 @@ import numpy as np
 from pydantic import Field, PositiveInt
 
 from edgeship.backends.base import Availability, BackendBase, BackendInfo, CalibrationSet, Feed, Precision, Runner, TensorMeta
+from edgeship.backends.rounding import rounded_source
+from edgeship.backends.sensitivity import keep_float
 from edgeship.config import BackendSection, WeightRounding, keep_float_field, weight_rounding_field
 from edgeship.device import installed_versions
 
@@ -98,9 +100,6 @@ class OpenVinoBackend(BackendBase):
             model = ov.convert_model(str(source))
         else:
             import nncf
-
-            from edgeship.backends.rounding import rounded_source
-            from edgeship.backends.sensitivity import keep_float
 
             assert calibration is not None
             keep = keep_float(source, calibration.samples, cfg.keep_float, out_dir)  # ONNX node names survive in the IR's op names

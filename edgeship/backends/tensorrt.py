@@ -32,9 +32,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, PositiveInt, model_validator
 
+from edgeship.artifacts import sha256_file
 from edgeship.backends.base import PREPARE_INFO, Availability, BackendBase, BackendInfo, CalibrationSet, Feed, Precision, Runner, TensorMeta
 from edgeship.backends.modelopt_worker import MODELOPT_MISSING
-from edgeship.backends.onnxruntime import onnx_precision
+from edgeship.backends.onnxruntime import onnx_precision, quantize_qdq
 from edgeship.backends.rounding import rounded_source
 from edgeship.backends.sensitivity import keep_float
 from edgeship.backends.tooling import captured_output, error_line, fed_inputs, importable
@@ -229,8 +230,6 @@ class TensorRtBackend(BackendBase):
                 if cfg.qdq_tool == "modelopt":
                     raise BackendUnavailable(self.name, f"qdq_tool: modelopt: {message}; install: {PREPARE_INSTALL}")
                 fallback_reason = message
-            from edgeship.backends.onnxruntime import quantize_qdq
-
             try:
                 quantize_qdq(rounded, target, calibration, method={"entropy": "entropy", "max": "minmax"}[cfg.calibration_method],
                              per_channel=True, activation_type="int8", reduce_range=False, extra_options=ORT_TENSORRT_OPTIONS,
@@ -344,8 +343,6 @@ def _compile(prepared: Path, precision: Precision, cfg: TensorRtConfig, out_dir:
     import onnx
     import tensorrt as trt
     from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, Profile, SaveEngine
-
-    from edgeship.artifacts import sha256_file
 
     graph = onnx.load(str(prepared), load_external_data=False).graph
     profile, profile_info = Profile(), {}

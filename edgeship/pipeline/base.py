@@ -1,4 +1,4 @@
-"""The Stage protocol and the RunContext every stage works in."""
+"""The RunContext every stage works in, and what a stage's work function hands back."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
 
@@ -18,15 +17,6 @@ from edgeship.errors import StorageError, disk_refusal
 if TYPE_CHECKING:
     from edgeship.data import Dataset
     from edgeship.recipe import Recipe
-
-
-class Stage(Protocol):
-    """One pipeline step: artifacts in, artifacts out, keyed by its config."""
-
-    name: ClassVar[str]
-    Config: ClassVar[type[BaseModel]]
-
-    def run(self, inputs: Mapping[str, Artifact], cfg: BaseModel, ctx: RunContext) -> Mapping[str, Artifact]: ...
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,6 @@ def engine_name(backend: str, precision: Precision | str) -> str:
 
 class BuildStage:
     name: ClassVar[str] = "build"
-    Config: ClassVar[type[BackendsConfig]] = BackendsConfig
 
     def __init__(self, calibration: CalibrationSet | None) -> None:
         self.calibration = calibration

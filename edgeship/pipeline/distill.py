@@ -20,9 +20,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from edgeship.artifacts import Artifact
+from edgeship.data import check_samples, fingerprint_samples, load_samples
 from edgeship.errors import RecipeError
+from edgeship.measure import top1
+from edgeship.models import load_model
 from edgeship.pipeline.base import Made, RunContext
+from edgeship.pipeline.model import ModelStage, input_shape
 from edgeship.recipe import DistillConfig
+from edgeship.render.plots import save_png, training_figure
 
 if TYPE_CHECKING:
     from torch import nn
@@ -35,11 +40,8 @@ STRUCTURE_FILES = ("base.pt", "history.json")  # a pruned student's structure tr
 
 class DistillStage:
     name: ClassVar[str] = "distill"
-    Config: ClassVar[type[DistillConfig]] = DistillConfig
 
     def run(self, inputs: Mapping[str, Artifact], cfg: DistillConfig, ctx: RunContext) -> dict[str, Artifact]:
-        from edgeship.pipeline.model import ModelStage
-
         teacher = inputs["teacher"] if cfg.teacher is None else ModelStage(role="teacher").run({}, cfg.teacher, ctx)["model"]
         if cfg.student is not None:
             student = ModelStage(role="student", train=False).run({}, cfg.student, ctx)["model"]
@@ -75,7 +77,6 @@ class DistillStage:
         import torch
 
         from edgeship.distillation import Hint, distiller
-        from edgeship.models import load_model
         from edgeship.training import HardLabels, fit
         from edgeship.zoo.train import seed_everything
 
@@ -138,9 +139,6 @@ class DistillStage:
 
     @staticmethod
     def _source_samples(cfg: DistillConfig, ctx: RunContext) -> np.ndarray:
-        from edgeship.data import check_samples, load_samples
-        from edgeship.pipeline.model import input_shape
-
         assert cfg.transfer_source is not None
         shape = input_shape(ctx.dataset, ctx.recipe.data.preprocessing)
         samples = load_samples(cfg.transfer_source, ctx.recipe.data.preprocessing, input_shape=shape, what="transfer data")
@@ -152,8 +150,6 @@ class DistillStage:
     def _transfer_key(cfg: DistillConfig, ctx: RunContext, source: np.ndarray | None) -> str:
         if source is None:
             return f"{ctx.dataset.name}:train"
-        from edgeship.data import fingerprint_samples
-
         return fingerprint_samples(source, ctx.recipe.data.preprocessing, str(cfg.transfer_source))
 
 
@@ -165,7 +161,6 @@ def _label(cfg: DistillConfig) -> str:
 
 def _scorer(ctx: RunContext) -> Any:
     """``score(model)``: top-1 on the validation split (model selection) and the evaluation split (the report)."""
-    from edgeship.measure import top1
     from edgeship.zoo.train import predict
 
     p, val, test = ctx.recipe.data.preprocessing, ctx.dataset.val, ctx.dataset.eval
@@ -206,8 +201,6 @@ def publish(distilled: Artifact, ablation: Artifact | None, cfg: DistillConfig, 
 
 
 def plot_curves(document: Mapping[str, Any], path: Path) -> None:
-    from edgeship.render.plots import save_png, training_figure
-
     histories = {f"distilled ({document['objective']})": document["distill"]["history"]}
     if document.get("hard_label_finetune"):
         histories["hard-label fine-tune"] = document["hard_label_finetune"]["history"]

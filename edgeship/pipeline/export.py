@@ -13,7 +13,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgeship.artifacts import Artifact
+from edgeship.data import preprocess
 from edgeship.errors import StageError
+from edgeship.models import load_model
+from edgeship.photos import judge_probes
 from edgeship.pipeline.base import Made, RunContext
 from edgeship.recipe import ExportConfig
 
@@ -23,7 +26,6 @@ OUTPUT_NAME = "logits"
 
 class ExportStage:
     name: ClassVar[str] = "export"
-    Config: ClassVar[type[ExportConfig]] = ExportConfig
 
     def run(self, inputs: Mapping[str, Artifact], cfg: ExportConfig, ctx: RunContext) -> dict[str, Artifact]:
         model_artifact = inputs["model"]
@@ -35,9 +37,6 @@ class ExportStage:
     def _make(self, folder: Path, model_artifact: Artifact, cfg: ExportConfig, ctx: RunContext) -> Made:
         import onnx
         import torch
-
-        from edgeship.data import preprocess
-        from edgeship.models import load_model
 
         model = load_model(model_artifact, ctx.recipe.model)
         shape = tuple(model_artifact.meta["input_shape"])
@@ -84,9 +83,6 @@ def _sanity_check(onnx_path: Path, model_artifact: Artifact, ctx: RunContext) ->
     """The exported FP32 model on whole photos whose ImageNet class is known (``edgeship.photos.PROBES``): a wrong
     class means the preprocessing (scale, channel order, size) does not match the model's training, so every later
     number would be meaningless. Runs for an ImageNet model on data that brings probe photos; None otherwise."""
-    from edgeship.data import preprocess
-    from edgeship.photos import judge_probes
-
     probes = ctx.dataset.probes
     if not probes or model_artifact.meta.get("class_set") != "imagenet":
         return None

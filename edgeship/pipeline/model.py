@@ -11,11 +11,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from edgeship.artifacts import Artifact
+from edgeship.artifacts import Artifact, sha256_file
 from edgeship.errors import DataError
+from edgeship.measure import top1
 from edgeship.models import instantiate, load_checkpoint
 from edgeship.pipeline.base import Made, RunContext
 from edgeship.recipe import ModelConfig, Preprocessing
+from edgeship.zoo.pretrained import PRETRAINED, classes
 
 if TYPE_CHECKING:
     from torch import nn
@@ -34,7 +36,6 @@ class ModelStage:
     model at its seeded initialisation (a student that distillation trains from scratch)."""
 
     name: ClassVar[str] = "model"
-    Config: ClassVar[type[ModelConfig]] = ModelConfig
 
     def __init__(self, *, role: str = "model", train: bool = True) -> None:
         self.role = role
@@ -45,12 +46,8 @@ class ModelStage:
         shape = input_shape(ctx.dataset, p)
         key: dict[str, Any] = {"dataset": ctx.dataset.fingerprint, "preprocessing": p.model_dump(mode="json"), "seed": ctx.recipe.seed}
         if cfg.checkpoint is not None:
-            from edgeship.artifacts import sha256_file
-
             key["checkpoint_sha256"] = sha256_file(cfg.checkpoint)
         if cfg.pretrained is not None:
-            from edgeship.zoo.pretrained import PRETRAINED
-
             key["pretrained_packages"] = PRETRAINED[cfg.pretrained].versions()
         if not self.train:
             key["untrained"] = True
@@ -64,7 +61,6 @@ class ModelStage:
     def _make(self, folder: Path, cfg: ModelConfig, ctx: RunContext, shape: tuple[int, int, int]) -> Made:
         import torch
 
-        from edgeship.measure import top1
         from edgeship.zoo.train import predict, seed_everything, train_classifier
 
         dataset, p = ctx.dataset, ctx.recipe.data.preprocessing
@@ -79,8 +75,6 @@ class ModelStage:
             meta["checkpoint"] = str(cfg.checkpoint)
         _check_output(model, shape, len(class_names), label=meta["architecture"])
         if cfg.pretrained is not None:
-            from edgeship.zoo.pretrained import PRETRAINED
-
             meta["pretrained"] = {"name": cfg.pretrained, "packages": PRETRAINED[cfg.pretrained].versions(),
                                   "description": PRETRAINED[cfg.pretrained].description}
         elif cfg.checkpoint is None and not self.train:
@@ -101,8 +95,6 @@ def _classes(cfg: ModelConfig, dataset: Dataset) -> tuple[tuple[str, ...], str]:
     """The class names of the model's outputs and where they come from: a pretrained network's own label space, else
     the dataset's classes."""
     if cfg.pretrained is not None:
-        from edgeship.zoo.pretrained import PRETRAINED, classes
-
         class_set = PRETRAINED[cfg.pretrained].class_set
         names = classes(class_set)
         if dataset.labelled and dataset.classes != names:

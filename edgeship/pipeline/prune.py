@@ -22,9 +22,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from edgeship.artifacts import RECORD, Artifact, ArtifactStore
+from edgeship.backends.onnxruntime import OnnxRuntimeRunner
+from edgeship.data import preprocess
+from edgeship.measure import summarize, time_interleaved, top1
+from edgeship.models import load_model
 from edgeship.pipeline.base import Made, RunContext
+from edgeship.pipeline.export import INPUT_NAME, _export, _simplify
 from edgeship.progress import progress_bar
 from edgeship.recipe import PruneConfig
+from edgeship.render.plots import save_png, sensitivity_figure
 
 if TYPE_CHECKING:
     import torch
@@ -33,7 +39,6 @@ if TYPE_CHECKING:
 
 class PruneStage:
     name: ClassVar[str] = "prune"
-    Config: ClassVar[type[PruneConfig]] = PruneConfig
 
     def run(self, inputs: Mapping[str, Artifact], cfg: PruneConfig, ctx: RunContext) -> dict[str, Artifact]:
         teacher = inputs["model"]
@@ -63,7 +68,6 @@ class PruneStage:
         return curves
 
     def _scan(self, folder: Path, teacher: Artifact, cfg: PruneConfig, ctx: RunContext) -> Made:
-        from edgeship.models import load_model
         from edgeship.pruning import layer_groups, sensitivity_scan
 
         model = load_model(teacher, ctx.recipe.model)
@@ -88,7 +92,6 @@ class PruneStage:
     def _make(self, folder: Path, teacher: Artifact, curves: Artifact | None, cfg: PruneConfig, ctx: RunContext) -> Made:
         import torch
 
-        from edgeship.models import load_model
         from edgeship.pruning import count
         from edgeship.zoo.train import seed_everything
 
@@ -236,8 +239,6 @@ class PruneStage:
         """Accumulate loss gradients over a few training batches: Taylor importance reads weight × grad."""
         import torch
 
-        from edgeship.data import preprocess
-
         model.eval()
         model.zero_grad(set_to_none=True)
         train, p, batch = ctx.dataset.train, ctx.recipe.data.preprocessing, cfg.finetune.batch_size
@@ -254,7 +255,6 @@ def _example(artifact: Artifact) -> torch.Tensor:
 
 
 def _evaluator(ctx: RunContext, limit: int | None) -> Any:
-    from edgeship.measure import top1
     from edgeship.zoo.train import predict
 
     val = ctx.dataset.val
@@ -277,10 +277,6 @@ def _measure_models(models: Mapping[str, nn.Module], teacher: Artifact, ctx: Run
 
     Several models are timed in alternating rounds, so their ratio is measured under the same load.
     """
-    from edgeship.backends.onnxruntime import OnnxRuntimeRunner
-    from edgeship.measure import summarize, time_interleaved
-    from edgeship.pipeline.export import INPUT_NAME, _export, _simplify
-
     cfg, threads = ctx.recipe.validate_, ctx.recipe.threads()
     shape = tuple(teacher.meta["input_shape"])
     sample = np.zeros((1, *shape), np.float32)
@@ -299,8 +295,6 @@ def _measure_models(models: Mapping[str, nn.Module], teacher: Artifact, ctx: Run
 
 
 def _plot_sensitivity(document: Mapping[str, Any], max_drop: float, path: Path) -> None:
-    from edgeship.render.plots import save_png, sensitivity_figure
-
     save_png(sensitivity_figure(document, max_drop), path)
 
 

@@ -17,6 +17,11 @@ from rich.console import Console
 from edgeship.artifacts import sha256_file
 from edgeship.backends import REGISTRY, availability, get_backend
 from edgeship.errors import DataError
+from edgeship.pipeline.base import Made, RunContext
+from edgeship.pipeline.model import ModelStage
+from edgeship.pipeline.report import ReportConfig, ReportStage
+from edgeship.pipeline.run import dataset_record, finish, recipe_dataset, recording, start
+from edgeship.pipeline.validate import ValidateStage
 from edgeship.recipe import Recipe
 
 if TYPE_CHECKING:
@@ -56,12 +61,6 @@ def engine_precision(engine: Path, backend: str, precision: str | None) -> str:
 def qualify(recipe: Recipe, engine: Path, *, backend: str | None = None, precision: str | None = None,
             console: Console | None = None, recipe_path: Path | None = None) -> RunResult:
     """Validate and gate one engine file; returns the ``RunResult``."""
-    from edgeship.pipeline.base import RunContext
-    from edgeship.pipeline.model import ModelStage
-    from edgeship.pipeline.report import ReportConfig, ReportStage
-    from edgeship.pipeline.run import dataset_record, finish, recipe_dataset, recording, start
-    from edgeship.pipeline.validate import ValidateStage
-
     console = console or Console()
     if not engine.is_file():
         raise DataError(f"{engine}: no such engine file")
@@ -107,8 +106,6 @@ def _probe(backend: object, engine: Path) -> tuple[str, list[int]]:
 
 
 def _copy_engine(engine: Path, backend: str, folder: Path, precision: str, input_name: str, input_shape: list[int]) -> object:
-    from edgeship.pipeline.base import Made
-
     target = folder / engine.name
     shutil.copyfile(engine, target)
     for source in REGISTRY[backend].companion_paths(engine):

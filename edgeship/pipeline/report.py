@@ -20,11 +20,15 @@ from rich.table import Table
 
 from edgeship.artifacts import Artifact, Manifest, ManifestEntry, sha256_file, write_atomic
 from edgeship.backends import REGISTRY
+from edgeship.errors import DataError
 from edgeship.gates import accuracy_drop, format_value, judge, recommend, required_engines, target
 from edgeship.pipeline.base import RunContext
 from edgeship.pipeline.build import PREPARE, SIDE_METRICS, prediction_name
+from edgeship.pipeline.distill import ABLATION, comparison
 from edgeship.pipeline.validate import BASELINE
 from edgeship.recipe import GatesConfig
+from edgeship.render.html import render_html
+from edgeship.render.junit import render_junit
 from edgeship.render.text import int8_weight_lines
 from edgeship.render.text import pct as _pct
 from edgeship.render.text import size as _size
@@ -40,7 +44,6 @@ class ReportConfig(BaseModel):
 
 class ReportStage:
     name: ClassVar[str] = "report"
-    Config: ClassVar[type[ReportConfig]] = ReportConfig
 
     def run(self, inputs: Mapping[str, Artifact], cfg: ReportConfig, ctx: RunContext) -> dict[str, Artifact]:
         # built from the manifest as saved, exactly what ``edgeship report RUN_DIR`` reads later
@@ -56,9 +59,6 @@ class ReportStage:
 
 def write_reports(manifest: Manifest, run_dir: Path) -> dict[str, Any]:
     """``report.json``, ``junit.xml`` and ``report.html`` of a run, from its manifest; returns the report."""
-    from edgeship.render.html import render_html
-    from edgeship.render.junit import render_junit
-
     report = build_report(manifest)
     write_atomic(run_dir / "report.json", json.dumps(report, indent=2) + "\n")
     write_atomic(run_dir / "junit.xml", render_junit(report))
@@ -68,8 +68,6 @@ def write_reports(manifest: Manifest, run_dir: Path) -> dict[str, Any]:
 
 def rebuild(run_dir: Path) -> dict[str, Any]:
     """``edgeship report RUN_DIR``: the report files again, from ``manifest.json`` alone."""
-    from edgeship.errors import DataError
-
     path, text = _read_run_file(run_dir, "manifest.json", missing="no manifest.json here (give a run folder under reports/)")
     try:
         manifest = Manifest.model_validate_json(text)
@@ -80,8 +78,6 @@ def rebuild(run_dir: Path) -> dict[str, Any]:
 
 def _read_run_file(path: Path, name: str, *, missing: str) -> tuple[Path, str]:
     """The text of ``path`` (or of ``name`` in it, for a folder), or a ``DataError`` naming the file."""
-    from edgeship.errors import DataError
-
     if path.is_dir():
         path = path / name
     try:
@@ -271,8 +267,6 @@ def student_vs_teacher(report: Mapping[str, Any]) -> dict[str, Any] | None:
 
 def _distill_section(entries: list[ManifestEntry]) -> dict[str, Any] | None:
     """Teacher, student before recovery, hard-label fine-tune and distilled top-1, and both training histories."""
-    from edgeship.pipeline.distill import ABLATION, comparison
-
     done = {e.stage: e for e in entries if e.status == "ok"}
     if "distill" not in done:
         return None
@@ -449,8 +443,6 @@ def cross_check_reason(check: Mapping[str, Any]) -> str:
 
 
 def load_report(path: Path) -> dict[str, Any]:
-    from edgeship.errors import DataError
-
     path, text = _read_run_file(path, "report.json", missing="no report here")
     try:
         report = json.loads(text)

@@ -13,8 +13,20 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from edgeship.artifacts import ArtifactStore, Manifest
+from edgeship.backends import REGISTRY
+from edgeship.data import calibration_set, load_dataset
+from edgeship.device import describe_device, source_revision, tool_versions
 from edgeship.errors import RecipeError
+from edgeship.pipeline.base import RunContext
+from edgeship.pipeline.build import BuildStage, requested
+from edgeship.pipeline.distill import DistillStage
+from edgeship.pipeline.export import ExportStage
+from edgeship.pipeline.model import ModelStage, input_shape
+from edgeship.pipeline.prune import PruneStage
+from edgeship.pipeline.report import ReportConfig, ReportStage, load_report
+from edgeship.pipeline.validate import ValidateStage
 from edgeship.recipe import Recipe
+from edgeship.zoo.pretrained import label_space
 
 if TYPE_CHECKING:
     from edgeship.data import Dataset
@@ -37,15 +49,6 @@ class RunResult:
 
 def run(recipe: Recipe, *, force: Iterable[str] = (), console: Console | None = None, recipe_path: Path | None = None) -> RunResult:
     """Run ``recipe`` end to end and return where its report is."""
-    from edgeship.backends import REGISTRY
-    from edgeship.data import calibration_set
-    from edgeship.pipeline.base import RunContext
-    from edgeship.pipeline.build import BuildStage, requested
-    from edgeship.pipeline.export import ExportStage
-    from edgeship.pipeline.model import ModelStage, input_shape
-    from edgeship.pipeline.report import ReportConfig, ReportStage
-    from edgeship.pipeline.validate import ValidateStage
-
     force = frozenset(force)
     unknown = force - set(STAGES)
     if unknown:
@@ -68,13 +71,9 @@ def run(recipe: Recipe, *, force: Iterable[str] = (), console: Console | None = 
         ctx.save_manifest()
         student = model
         if recipe.prune.enabled:
-            from edgeship.pipeline.prune import PruneStage
-
             student = PruneStage().run({"model": model}, recipe.prune, ctx)["model"]
             ctx.save_manifest()
         if recipe.distill.enabled:
-            from edgeship.pipeline.distill import DistillStage
-
             student = DistillStage().run({"teacher": model, "student": student}, recipe.distill, ctx)["model"]
             ctx.save_manifest()
         onnx = ExportStage().run({"model": student}, recipe.export, ctx)["onnx"]
@@ -95,8 +94,6 @@ def run(recipe: Recipe, *, force: Iterable[str] = (), console: Console | None = 
 
 def start(recipe: Recipe, label: str, recipe_path: Path | None) -> tuple[ArtifactStore, Path, Manifest]:
     """The store, a new run folder under ``reports`` and the run's manifest (saved), for ``run`` and ``edgeship validate``."""
-    from edgeship.device import describe_device, source_revision, tool_versions
-
     store = ArtifactStore(_writable(recipe.store, "store"))
     run_dir = _new_run_dir(_writable(recipe.reports, "reports"), label)
     manifest = Manifest(run_id=run_dir.name, recipe=recipe.model_dump(mode="json", by_alias=True),
@@ -124,8 +121,6 @@ def recording(manifest: Manifest, run_dir: Path) -> Iterator[None]:
 
 
 def finish(run_dir: Path, manifest: Manifest, console: Console) -> RunResult:
-    from edgeship.pipeline.report import load_report
-
     report = load_report(run_dir)
     console.print(f"report: {run_dir / 'report.html'}")
     return RunResult(run_dir.name, run_dir, report, manifest, exit_code=report["release"]["exit_code"])
@@ -133,9 +128,6 @@ def finish(run_dir: Path, manifest: Manifest, console: Console) -> RunResult:
 
 def recipe_dataset(recipe: Recipe, console: Console) -> Dataset:
     """The recipe's data; an ``image_folder``'s class folders are named after a pretrained model's classes."""
-    from edgeship.data import load_dataset
-    from edgeship.zoo.pretrained import label_space
-
     return load_dataset(recipe.data, recipe.calibration, seed=recipe.seed,
                         notice=lambda text: console.print(f"[yellow]{text}[/yellow]", soft_wrap=True),
                         label_space=label_space(recipe.model.pretrained) if recipe.model.pretrained else None)

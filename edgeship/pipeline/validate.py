@@ -10,29 +10,26 @@ measures anew. The raw per-iteration timings stay in each result's artifact (``t
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
-from rich.markup import escape
 
-from edgeship.artifacts import Artifact
+from edgeship.agent.client import AgentClient, AgentError, with_retries
+from edgeship.artifacts import RECORD, Artifact
 from edgeship.backends import display_name, get_backend
 from edgeship.errors import StageError
-from edgeship.harness import HarnessError, HarnessSpec, measure_isolated, tool_cross_check
+from edgeship.harness import tool_cross_check
 from edgeship.measure import scores, top1
 from edgeship.pipeline.base import Made, RunContext
-from edgeship.progress import progress_bar
+from edgeship.pipeline.export import INPUT_NAME
+from edgeship.pipeline.measurers import BASELINE_RUNTIME, DeviceMeasurer, LocalMeasurer, Measurer, MeasureRequest, retry_note
 from edgeship.recipe import DeviceConfig, ValidateConfig
-
-if TYPE_CHECKING:
-    from edgeship.agent.client import AgentClient, AgentError
 
 BASELINE = "pytorch/fp32"
 # what of a device's description keys its results: another machine measures anew, a reboot does not
@@ -42,7 +39,6 @@ MEASURED_KEYS = ("load_ms", "first_inference_ms", "import_ms", "latency", "throu
 
 class ValidateStage:
     name: ClassVar[str] = "validate"
-    Config: ClassVar[type[ValidateConfig]] = ValidateConfig
 
     def run(self, inputs: Mapping[str, Artifact], cfg: ValidateConfig, ctx: RunContext) -> dict[str, Artifact]:
         threads = ctx.recipe.threads()
@@ -52,7 +48,7 @@ class ValidateStage:
         key = {"eval": ctx.dataset.fingerprint, "device": device}
         model = inputs["model"]
         with tempfile.TemporaryDirectory(prefix="edgeship-eval-") as scratch:
-            measure = _Measure(cfg, threads, cpus, Path(scratch), ctx)
+            measure = LocalMeasurer(cfg, threads, cpus, Path(scratch), ctx)
             results = {BASELINE: ctx.produce(self.name, BASELINE, config=config, parents=[model], extra_key=key,
                                              make=lambda folder: self._baseline(folder, model, measure, ctx))}
             ctx.save_manifest()
@@ -75,11 +71,9 @@ class ValidateStage:
         return results
 
     def _on_device(self, device: DeviceConfig, engines: Mapping[str, Artifact], baseline: Artifact, reference: np.ndarray,
-                   config: dict[str, Any], local: _Measure, ctx: RunContext) -> dict[str, Artifact]:
+                   config: dict[str, Any], local: LocalMeasurer, ctx: RunContext) -> dict[str, Artifact]:
         """Every engine of the device's backends measured on it through its agent, as ``<engine>@<device>``; a device
         that cannot be reached, or fails a job, is recorded ``failed`` for that engine with the cause, and the run goes on."""
-        from edgeship.agent.client import AgentClient, AgentError, with_retries
-
         names = {name: f"{name}@{device.name}" for name in engines}
         policy = {"retries": device.retries, "delay_s": device.retry_delay_s}
         device_cfg = {**config, "device": device.model_dump(mode="json", include={"name", "url", "threads", "outputs_limit_mib"})}
@@ -92,13 +86,13 @@ class ValidateStage:
         results: dict[str, Artifact] = {}
         with AgentClient(device.url, token, timeout_s=device.timeout_s) as client:
             try:
-                described = with_retries(client.device, **policy, on_retry=_retry_note(ctx, f"device {device.name}"))
+                described = with_retries(client.device, **policy, on_retry=retry_note(ctx, f"device {device.name}"))
             except AgentError as exc:
                 for name in engines:
                     ctx.record_problem(self.name, names[name], "failed", f"device {device.name}: {exc}", device_cfg)
                 return {}
             threads = device.threads or ctx.recipe.validate_.threads or described["device"].get("usable_cores") or 1
-            remote = _RemoteMeasure(local, client, device, described, threads, reference)
+            remote = DeviceMeasurer(local, client, device, described, threads, reference)
             facts = {k: described["device"].get(k) for k in DEVICE_FACTS}
             key = {"eval": ctx.dataset.fingerprint, "device": facts, "device_name": device.name}
             for name, engine in engines.items():
@@ -117,12 +111,10 @@ class ValidateStage:
                 ctx.save_manifest()
         return results
 
-    def _baseline(self, folder: Path, model_artifact: Artifact, measure: _Measure, ctx: RunContext) -> Made:
-        from edgeship.artifacts import RECORD
-        from edgeship.pipeline.export import INPUT_NAME
-
-        result = measure(BASELINE, folder, backend="pytorch", engine=model_artifact.folder / RECORD, input_name=INPUT_NAME,
-                         timed=True, torch_model_config=ctx.recipe.model.model_dump(mode="json"))
+    def _baseline(self, folder: Path, model_artifact: Artifact, measure: Measurer, ctx: RunContext) -> Made:
+        request = MeasureRequest(BASELINE, BASELINE_RUNTIME, model_artifact.folder / RECORD, INPUT_NAME, timed=True,
+                                 torch_model_config=ctx.recipe.model.model_dump(mode="json"))
+        result = measure.measure(request, folder)
         logits = np.load(folder / "logits.npy")
         labels = ctx.dataset.eval.labels  # None on unlabelled data, where agreement with FP32 is the only measure
         metrics = {"top1": None if labels is None else top1(logits, labels), "eval_samples": len(logits), "size_bytes": model_artifact.size,
@@ -130,15 +122,15 @@ class ValidateStage:
                    **{k: result[k] for k in MEASURED_KEYS if k in result}}
         return self._write(folder, BASELINE, metrics)
 
-    def _engine(self, folder: Path, name: str, engine: Artifact, reference: np.ndarray, measure: _Measure | _RemoteMeasure,
-                ctx: RunContext) -> Made:
+    def _engine(self, folder: Path, name: str, engine: Artifact, reference: np.ndarray, measure: Measurer, ctx: RunContext) -> Made:
         """Score and time one engine; a prepared ONNX standing in for an engine (``meta["predicts"]``) is scored only,
         on the runtime it names, and labelled as a prediction: its latency there says nothing about its engine."""
         predicts = engine.meta.get("predicts")
         runs_on = engine.meta.get("runs_on", engine.meta["backend"])
         wants_check = _wants_cross_check(ctx, engine)
-        result = measure(name, folder, backend=runs_on, engine=engine.path, input_name=engine.meta["input_name"],
-                         timed=not predicts, bare_call=wants_check, artifact=engine)
+        request = MeasureRequest(name, runs_on, engine.path, engine.meta["input_name"], timed=not predicts, bare_call=wants_check,
+                                 artifact=engine)
+        result = measure.measure(request, folder)
         if "scores" in result:  # scored on the device: its outputs were too large to send back
             scored = dict(result["scores"])
         else:
@@ -171,13 +163,6 @@ class ValidateStage:
         target = folder / "result.json"
         target.write_text(json.dumps({"engine": name, "metrics": metrics}, indent=2))
         return Made(target, "validation", {"engine": name, "metrics": metrics})
-
-
-def settings(cfg: ValidateConfig, threads: int, *, timed: bool, bare_call: bool) -> dict[str, Any]:
-    """The harness settings of the recipe's ``validate:`` section, for a measurement here or on a device."""
-    return {"threads": threads, "warmup": cfg.warmup, "iterations": cfg.iterations, "min_seconds": cfg.min_seconds,
-            "batch_size": cfg.batch_size, "throughput_batch_sizes": tuple(cfg.throughput_batch_sizes) if timed else (),
-            "throughput_seconds": cfg.throughput_seconds, "eval_batch_size": cfg.eval_batch_size, "bare_call": bare_call}
 
 
 def _compare(theirs: dict[str, Any], latency: dict[str, Any], bare: dict[str, Any] | None) -> dict[str, Any]:
@@ -217,119 +202,3 @@ def _wants_cross_check(ctx: RunContext, engine: Artifact) -> bool:
     backend = engine.meta["backend"]
     section = getattr(ctx.recipe.backends, backend, None)
     return bool(getattr(section, "benchmark_app", False)) and hasattr(get_backend(backend), "cross_check")
-
-
-class _Measure:
-    """Runs the harness for one engine in its own process, with the stage's progress bar, and keeps its files in the
-    result's folder (spec, result, stderr log, timings, outputs)."""
-
-    def __init__(self, cfg: ValidateConfig, threads: int, cpus: tuple[int, ...] | None, scratch: Path, ctx: RunContext) -> None:
-        self.cfg, self.threads, self.cpus, self.scratch, self.ctx = cfg, threads, cpus, scratch, ctx
-
-    @functools.cached_property
-    def eval_inputs(self) -> Path:
-        """The preprocessed evaluation split, written once, on first need (a rerun that reuses every result needs none),
-        for every measuring process to map."""
-        from edgeship.data import preprocess
-
-        path = self.scratch / "eval-inputs.npy"
-        np.save(path, preprocess(self.ctx.dataset.eval.images, self.ctx.recipe.data.preprocessing))
-        return path
-
-    def where(self) -> dict[str, Any]:
-        """Where the numbers were taken, for the result's metrics: nothing to add for this host (the manifest's device)."""
-        return {}
-
-    def __call__(self, name: str, folder: Path, *, backend: str, engine: Path, input_name: str, timed: bool,
-                 bare_call: bool = False, torch_model_config: dict[str, Any] | None = None,
-                 artifact: Artifact | None = None) -> dict[str, Any]:
-        cfg = self.cfg
-        spec = HarnessSpec(**settings(cfg, self.threads, timed=timed, bare_call=bare_call), backend=backend, engine=engine,
-                           torch_model_config=torch_model_config, input_name=input_name, inputs=self.eval_inputs,
-                           outputs=folder / "logits.npy", timings=folder / "timings.npz" if timed else None, cpus=self.cpus)
-        with progress_bar(self.ctx.console) as bar:
-            task = bar.add_task(f"{name}: starting its process", total=None, info=f"batch {cfg.batch_size}, {self.threads} threads")
-
-            def progress(what: str, done: int, total: int) -> None:
-                bar.update(task, description=f"{name}: {what}", completed=done, total=total)
-
-            try:
-                return measure_isolated(spec, folder, progress)
-            except HarnessError as exc:
-                raise StageError(ValidateStage.name, f"{name}: {exc}") from None
-
-
-def _retry_note(ctx: RunContext, what: str) -> Callable[[int, AgentError], None]:
-    def note(attempt: int, exc: AgentError) -> None:
-        ctx.console.print(f"[yellow]↻ {escape(what)}: {escape(str(exc))}; retry {attempt}[/yellow]", soft_wrap=True)
-
-    return note
-
-
-class _RemoteMeasure:
-    """The harness on a device agent, behind ``_Measure``'s call: the engine's files and the evaluation inputs go up
-    by hash, the job runs there, its outputs (or, over the device's ``outputs_limit_mib``, its scores) and timings come
-    back into the result's folder."""
-
-    def __init__(self, local: _Measure, client: AgentClient, device: DeviceConfig, described: dict[str, Any], threads: int,
-                 reference: np.ndarray) -> None:
-        self.local, self.client, self.device, self.described, self.threads = local, client, device, described, threads
-        self.cfg, self.reference = local.cfg, reference
-
-    def where(self) -> dict[str, Any]:
-        return {"device_name": self.device.name, "agent": self.device.url, "device": self.described["device"],
-                "agent_edgeship": self.described.get("edgeship")}
-
-    @functools.cached_property
-    def _inputs(self) -> tuple[str, Path]:
-        """The evaluation inputs' sha256 and file, hashed once for every engine sent."""
-        from edgeship.artifacts import sha256_file
-
-        return sha256_file(self.local.eval_inputs), self.local.eval_inputs
-
-    @functools.cached_property
-    def _scoring_files(self) -> dict[str, tuple[str, Path]]:
-        """The reference outputs and labels (role → sha256 and file), for a device that scores the outputs itself."""
-        from edgeship.artifacts import sha256_file
-
-        arrays = {"reference": self.reference}
-        if self.local.ctx.dataset.eval.labels is not None:
-            arrays["labels"] = np.asarray(self.local.ctx.dataset.eval.labels)
-        files = {}
-        for role, array in arrays.items():
-            np.save(self.local.scratch / f"{role}.npy", array)
-            files[role] = (sha256_file(self.local.scratch / f"{role}.npy"), self.local.scratch / f"{role}.npy")
-        return files
-
-    def __call__(self, name: str, folder: Path, *, backend: str, engine: Path, input_name: str, timed: bool,
-                 bare_call: bool = False, torch_model_config: dict[str, Any] | None = None,
-                 artifact: Artifact | None = None) -> dict[str, Any]:
-        from edgeship.agent.client import AgentError, measure_remote, with_retries
-        from edgeship.agent.protocol import EngineRef, JobRequest
-
-        assert artifact is not None and artifact.files, "a remote measurement sends every file of a stored engine"
-        cfg, device = self.cfg, self.device
-        scored_there = self.reference.astype(np.float32).nbytes > device.outputs_limit_mib * 1024 * 1024  # the outputs' size
-        sent = {"inputs": self._inputs, **(self._scoring_files if scored_there else {})}
-        files = {digest: artifact.folder / file for file, digest in artifact.files.items()}
-        files.update(dict(sent.values()))
-        scoring = {role: digest for role, (digest, _) in sent.items() if role != "inputs"}
-        request = JobRequest(engine=EngineRef(backend=backend, main=engine.name, sha256=artifact.sha256, files=dict(artifact.files)),
-                             inputs=self._inputs[0], input_name=input_name, input_shape=tuple(artifact.meta["input_shape"]),
-                             **settings(cfg, self.threads, timed=timed, bare_call=bare_call), timed=timed, cross_check=bare_call,
-                             outputs="metrics" if scored_there else "full", **scoring)
-        with progress_bar(self.local.ctx.console) as bar:
-            task = bar.add_task(f"{name}: sending it to {device.name}", total=None, info=f"{device.url}, {self.threads} threads")
-
-            def progress(what: str, done: int, total: int) -> None:
-                bar.update(task, description=f"{name}: {what}", completed=done, total=total or None)
-
-            try:
-                result = with_retries(lambda: measure_remote(self.client, request, files, folder, job_timeout_s=device.job_timeout_s,
-                                                             progress=progress),
-                                      retries=device.retries, delay_s=device.retry_delay_s,
-                                      on_retry=_retry_note(self.local.ctx, name))
-            except AgentError as exc:
-                raise StageError(ValidateStage.name, f"device {device.name}: {exc}") from None
-        (folder / "harness-result.json").write_text(json.dumps(result, indent=2))
-        return result

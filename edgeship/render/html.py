@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from html import escape
 from typing import Any
 
+from edgeship.gates import GATES, TITLES, format_value
 from edgeship.render import plots
 from edgeship.render.text import int8_weight_lines
 from edgeship.render.text import pct as _pct
@@ -121,8 +122,6 @@ def _recommendations(report: Mapping[str, Any]) -> str:
 
 def _gates(report: Mapping[str, Any]) -> str:
     """A matrix: one row per engine, one column per gate, each cell the outcome with the measured value."""
-    from edgeship.gates import GATES, TITLES, format_value
-
     gates = report.get("gates") or {}
     limits = [f"{TITLES[name]}: {format_value(name, gates.get(name)) if gates.get(name) is not None else 'no limit'}"
               for name in GATES]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgeship.data import LabelSpace
 from edgeship.errors import RecipeError
 
 if TYPE_CHECKING:
@@ -75,8 +76,6 @@ def classes(class_set: str) -> tuple[str, ...]:
 
 def label_space(name: str) -> LabelSpace:
     """The classes of the named network's outputs, for naming the class folders of one's own labelled images."""
-    from edgeship.data import LabelSpace
-
     class_set = PRETRAINED[name].class_set
     names = classes(class_set)
     return LabelSpace(names, class_index(class_set), f"the {len(names)} {class_set} classes of {name}")

@@ -1,0 +1,200 @@
+"""Where an engine is measured: on this host, in a pinned process of its own (``LocalMeasurer``), or on an edge device
+through its agent (``DeviceMeasurer``).
+
+The validate stage holds a ``Measurer`` and never calls the harness or an agent itself, so measuring somewhere else
+(another device, a node of a cluster) is another ``Measurer``. Both return the harness's result, with the engine's
+outputs (``logits.npy``) and timings (``timings.npz``) in the result's folder, so a result is scored the same wherever
+it was taken. A measurer may be called from several threads: what it prepares once (the evaluation inputs, their
+hash) is made under a lock.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.markup import escape
+
+from edgeship.agent.client import AgentClient, AgentError, measure_remote, with_retries
+from edgeship.agent.protocol import EngineRef, JobRequest
+from edgeship.artifacts import Artifact, sha256_file
+from edgeship.backends import REGISTRY
+from edgeship.data import preprocess
+from edgeship.errors import StageError
+from edgeship.harness import HarnessError, HarnessSpec, measure_isolated
+from edgeship.pipeline.base import RunContext
+from edgeship.progress import progress_bar
+from edgeship.recipe import DeviceConfig, ValidateConfig
+
+STAGE = "validate"  # the stage a measurement failure is reported under
+BASELINE_RUNTIME = "pytorch"  # the FP32 baseline's runner: not a registered backend
+
+
+@dataclass(frozen=True)
+class MeasureRequest:
+    """One engine to measure. ``timed=False`` scores it only (a prediction: its latency there would mean nothing)."""
+
+    name: str  # the result's name: "onnxruntime/int8", "onnxruntime/int8@nuc"
+    backend: str  # the runtime that runs the file (a prediction's ``runs_on``), or "pytorch" for the baseline
+    engine: Path  # the engine's main file (the baseline: its model artifact's record)
+    input_name: str
+    timed: bool
+    bare_call: bool = False  # also time the runtime's bare call, for the cross-check with the backend's own tool
+    torch_model_config: dict[str, Any] | None = None  # the baseline's model config, for an artifact that records none
+    artifact: Artifact | None = None  # the stored engine: every file, its sha256 and input shape
+
+
+class Measurer(abc.ABC):
+    """Measures one engine at a time with the recipe's settings (``cfg``) on ``threads`` threads."""
+
+    def __init__(self, cfg: ValidateConfig, threads: int) -> None:
+        self.cfg = cfg
+        self.threads = threads
+
+    def measure(self, request: MeasureRequest, folder: Path) -> dict[str, Any]:
+        """The harness's result for ``request``, its files in ``folder``; ``StageError`` with the cause when the engine
+        could not be measured there."""
+        if request.backend != BASELINE_RUNTIME and request.backend not in REGISTRY:
+            raise ValueError(f"{request.name}: unknown runtime {request.backend!r}")
+        if not folder.is_dir():
+            raise ValueError(f"{request.name}: the result folder {folder} does not exist")
+        self._check(request)
+        return self._measure(request, folder)
+
+    def where(self) -> dict[str, Any]:
+        """Where the numbers were taken, for the result's metrics; nothing for this host (the manifest names it)."""
+        return {}
+
+    def _check(self, request: MeasureRequest) -> None:
+        """What this measurer needs of a request beyond the common checks; ``ValueError`` when it is missing."""
+        return
+
+    @abc.abstractmethod
+    def _measure(self, request: MeasureRequest, folder: Path) -> dict[str, Any]: ...
+
+
+class LocalMeasurer(Measurer):
+    """The harness on this host: each engine in a process of its own, pinned to ``cpus``, with a progress bar. The
+    preprocessed evaluation split is written once into ``scratch``, on first need (a rerun that reuses every result
+    needs none), for every measuring process to map."""
+
+    def __init__(self, cfg: ValidateConfig, threads: int, cpus: tuple[int, ...] | None, scratch: Path, ctx: RunContext) -> None:
+        super().__init__(cfg, threads)
+        self.cpus, self.scratch, self.ctx = cpus, scratch, ctx
+        self._lock = threading.Lock()
+        self._eval_inputs: Path | None = None
+
+    @property
+    def eval_inputs(self) -> Path:
+        with self._lock:
+            if self._eval_inputs is None:
+                path = self.scratch / "eval-inputs.npy"
+                np.save(path, preprocess(self.ctx.dataset.eval.images, self.ctx.recipe.data.preprocessing))
+                self._eval_inputs = path
+            return self._eval_inputs
+
+    def _measure(self, request: MeasureRequest, folder: Path) -> dict[str, Any]:
+        spec = HarnessSpec(**settings(self.cfg, self.threads, timed=request.timed, bare_call=request.bare_call),
+                           backend=request.backend, engine=request.engine, torch_model_config=request.torch_model_config,
+                           input_name=request.input_name, inputs=self.eval_inputs, outputs=folder / "logits.npy",
+                           timings=folder / "timings.npz" if request.timed else None, cpus=self.cpus)
+        with progress_bar(self.ctx.console) as bar:
+            task = bar.add_task(f"{request.name}: starting its process", total=None,
+                                info=f"batch {self.cfg.batch_size}, {self.threads} threads")
+
+            def progress(what: str, done: int, total: int) -> None:
+                bar.update(task, description=f"{request.name}: {what}", completed=done, total=total)
+
+            try:
+                return measure_isolated(spec, folder, progress)
+            except HarnessError as exc:
+                raise StageError(STAGE, f"{request.name}: {exc}") from None
+
+
+class DeviceMeasurer(Measurer):
+    """The harness on a device agent: the engine's files and the evaluation inputs go up by hash, the job runs there,
+    its outputs (or, over the device's ``outputs_limit_mib``, its scores against ``reference``) and timings come back
+    into the result's folder. Faults are retried by the device's policy, then a ``StageError`` with the cause."""
+
+    def __init__(self, local: LocalMeasurer, client: AgentClient, device: DeviceConfig, described: dict[str, Any], threads: int,
+                 reference: np.ndarray) -> None:
+        super().__init__(local.cfg, threads)
+        self.local, self.client, self.device, self.described, self.reference = local, client, device, described, reference
+        self._lock = threading.Lock()
+        self._sent: dict[str, tuple[str, Path]] | None = None
+
+    def where(self) -> dict[str, Any]:
+        return {"device_name": self.device.name, "agent": self.device.url, "device": self.described["device"],
+                "agent_edgeship": self.described.get("edgeship")}
+
+    def _check(self, request: MeasureRequest) -> None:
+        if request.artifact is None or not request.artifact.files:
+            raise ValueError(f"{request.name}: a device measures a stored engine, every file of it; this request has none")
+
+    def _files(self) -> dict[str, tuple[str, Path]]:
+        """Role → (sha256, file) of what every job may need: the evaluation inputs, the reference outputs and the labels
+        (for a device that scores the outputs itself); each hashed once for every engine sent."""
+        with self._lock:
+            if self._sent is None:
+                arrays = {"reference": self.reference}
+                if self.local.ctx.dataset.eval.labels is not None:
+                    arrays["labels"] = np.asarray(self.local.ctx.dataset.eval.labels)
+                sent = {"inputs": (sha256_file(self.local.eval_inputs), self.local.eval_inputs)}
+                for role, array in arrays.items():
+                    path = self.local.scratch / f"{role}.npy"
+                    np.save(path, array)
+                    sent[role] = (sha256_file(path), path)
+                self._sent = sent
+            return self._sent
+
+    def _measure(self, request: MeasureRequest, folder: Path) -> dict[str, Any]:
+        artifact, device = request.artifact, self.device
+        assert artifact is not None  # _check
+        scored_there = self.reference.astype(np.float32).nbytes > device.outputs_limit_mib * 1024 * 1024  # the outputs' size
+        available = self._files()
+        sent = {role: available[role] for role in (available if scored_there else ("inputs",))}
+        files = {digest: artifact.folder / file for file, digest in artifact.files.items()}
+        files.update(dict(sent.values()))
+        scoring = {role: digest for role, (digest, _) in sent.items() if role != "inputs"}
+        job = JobRequest(engine=EngineRef(backend=request.backend, main=request.engine.name, sha256=artifact.sha256,
+                                          files=dict(artifact.files)),
+                         inputs=sent["inputs"][0], input_name=request.input_name, input_shape=tuple(artifact.meta["input_shape"]),
+                         **settings(self.cfg, self.threads, timed=request.timed, bare_call=request.bare_call), timed=request.timed,
+                         cross_check=request.bare_call, outputs="metrics" if scored_there else "full", **scoring)
+        with progress_bar(self.local.ctx.console) as bar:
+            task = bar.add_task(f"{request.name}: sending it to {device.name}", total=None, info=f"{device.url}, {self.threads} threads")
+
+            def progress(what: str, done: int, total: int) -> None:
+                bar.update(task, description=f"{request.name}: {what}", completed=done, total=total or None)
+
+            try:
+                result = with_retries(lambda: measure_remote(self.client, job, files, folder, job_timeout_s=device.job_timeout_s,
+                                                             progress=progress),
+                                      retries=device.retries, delay_s=device.retry_delay_s,
+                                      on_retry=retry_note(self.local.ctx, request.name))
+            except AgentError as exc:
+                raise StageError(STAGE, f"device {device.name}: {exc}") from None
+        (folder / "harness-result.json").write_text(json.dumps(result, indent=2))
+        return result
+
+
+def settings(cfg: ValidateConfig, threads: int, *, timed: bool, bare_call: bool) -> dict[str, Any]:
+    """The harness settings of the recipe's ``validate:`` section, for a measurement here or on a device."""
+    return {"threads": threads, "warmup": cfg.warmup, "iterations": cfg.iterations, "min_seconds": cfg.min_seconds,
+            "batch_size": cfg.batch_size, "throughput_batch_sizes": tuple(cfg.throughput_batch_sizes) if timed else (),
+            "throughput_seconds": cfg.throughput_seconds, "eval_batch_size": cfg.eval_batch_size, "bare_call": bare_call}
+
+
+def retry_note(ctx: RunContext, what: str) -> Callable[[int, AgentError], None]:
+    """A line on the console for each retry of ``what``."""
+
+    def note(attempt: int, exc: AgentError) -> None:
+        ctx.console.print(f"[yellow]↻ {escape(what)}: {escape(str(exc))}; retry {attempt}[/yellow]", soft_wrap=True)
+
+    return note
