@@ -22,8 +22,9 @@ from edgeship.device import pinned_cpus
 from edgeship.errors import DataError, EdgeshipError, RecipeError, disk_refusal
 from edgeship.pipeline import run as pipeline  # the module: tests stand a fake run in for it
 from edgeship.pipeline.qualify import qualify
-from edgeship.pipeline.report import print_summary, rebuild
+from edgeship.pipeline.report import rebuild
 from edgeship.recipe import load_recipe
+from edgeship.render.terminal import print_summary
 from edgeship.version import __version__
 
 DEFAULT_RECIPE = Path("recipes/default.yaml")

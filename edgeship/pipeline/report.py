@@ -14,14 +14,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from edgeship.artifacts import Artifact, Manifest, ManifestEntry, sha256_file, write_atomic
 from edgeship.backends import REGISTRY
 from edgeship.errors import DataError
-from edgeship.gates import accuracy_drop, format_value, judge, recommend, required_engines, target
+from edgeship.gates import accuracy_drop, judge, recommend, required_engines, target
 from edgeship.pipeline.base import RunContext
 from edgeship.pipeline.build import PREPARE, SIDE_METRICS, prediction_name
 from edgeship.pipeline.distill import ABLATION, comparison
@@ -29,9 +26,7 @@ from edgeship.pipeline.validate import BASELINE
 from edgeship.recipe import GatesConfig
 from edgeship.render.html import render_html
 from edgeship.render.junit import render_junit
-from edgeship.render.text import int8_weight_lines
-from edgeship.render.text import pct as _pct
-from edgeship.render.text import size as _size
+from edgeship.render.terminal import print_summary
 
 SCHEMA = "edgeship.report"
 SCHEMA_VERSION = 3
@@ -278,170 +273,6 @@ def _distill_section(entries: list[ManifestEntry]) -> dict[str, Any] | None:
                         "hard_label_finetune": ablation.metrics.get("history") if ablation else None}}
 
 
-def print_summary(report: Mapping[str, Any], console: Console) -> None:
-    """The summary table: every engine with precision, size, p50/p99, top-1, drop vs FP32, status."""
-    device = report.get("device", {})
-    table = Table(title=f"edgeship · {report['run_id']} · {device.get('cpu', '?')} · {report.get('threads')} threads")
-    labelled = (report.get("accuracy") or {}).get("basis", "labels") == "labels"
-    accuracy_columns = ACCURACY_COLUMNS if labelled else AGREEMENT_COLUMNS
-    for column in ("engine", "precision", "size", "p50 ms", "p99 ms", *accuracy_columns, "build s", "verdict", "ship"):
-        table.add_column(column, justify="left" if column in ("engine", "precision", "verdict", "ship") else "right")
-    baseline = report.get("baseline")
-    if baseline:
-        lat = baseline.get("latency", {})
-        reference = [_pct(baseline.get("top1")), "baseline", "—", "—"] if labelled else ["reference", "reference", "—"]
-        table.add_row(BASELINE.split("/")[0], "fp32", _size(baseline.get("size_bytes")), _ms(lat.get("p50_ms")), _ms(lat.get("p99_ms")),
-                      *reference, "—", "reference", "")
-    reasons: dict[str, list[str]] = {}  # one footnote per distinct reason, so long install commands do not fill the table
-    for row in report.get("engines", []):
-        if row.get("reason"):
-            reasons.setdefault(f"{row['status']}: {row['reason']}", []).append(row["name"])
-    marks = {reason: f"({n})" for n, reason in enumerate(reasons, 1)}
-    shipped = {r["engine"] for r in report.get("recommendations", {}).values() if r.get("engine")}
-    for row in report.get("engines", []):
-        mark = marks.get(f"{row['status']}: {row['reason']}", "") if row.get("reason") else ""
-        table.add_row(*_engine_cells(row, mark, labelled=labelled), "[bold green]✓[/bold green]" if row["name"] in shipped else "")
-    console.print(table)
-    for reason, names in reasons.items():
-        console.print(f"{marks[reason]} {', '.join(names)} {escape(reason)}", soft_wrap=True)
-    for row in report.get("engines", []):
-        for gate in row.get("gates", []):
-            if gate["outcome"] == "fail":
-                console.print(f"[red]gate failed[/red] {row['name']}: {gate['title']} {format_value(gate['gate'], gate['value'])} vs "
-                              f"limit {format_value(gate['gate'], gate['limit'])} ({escape(gate['detail'])})", soft_wrap=True)
-    for backend, choice in report.get("recommendations", {}).items():
-        head = f"[bold]{backend}[/bold]: ship [bold green]{choice['engine']}[/bold green]" if choice["engine"] else \
-            f"[bold]{backend}[/bold]: [red]nothing to ship[/red]"
-        console.print(f"{head} — {escape(choice['reason'])}", soft_wrap=True)
-    release = report.get("release")
-    if release:
-        if release["passed"]:
-            console.print(f"[bold green]release gates: pass[/bold green] ({len(release['required'])} required engines)")
-        else:
-            console.print(f"[bold red]release gates: fail[/bold red]: {', '.join(release['failing'])} (exit code 1)")
-    for row in report.get("engines", []):
-        if row.get("predicted") or row.get("prepared"):
-            console.print(prepared_line(row), soft_wrap=True)
-    for row in report.get("engines", []):
-        for line in int8_weight_lines(row):
-            console.print(line, soft_wrap=True)
-    for row in report.get("engines", []):
-        check = row.get("cross_check")
-        if not check:
-            continue
-        if check["status"] == "ok":
-            colour = "green" if check["within_5pct"] else "yellow"
-            console.print(f"latency cross-check {row['name']}: our p50 {check['ours_p50_ms']:.3f} ms, {check['tool']} median "
-                          f"{check['median_ms']:.3f} ms ([{colour}]×{check['ratio']:.2f}[/{colour}])" + cross_check_reason(check),
-                          soft_wrap=True)
-        else:
-            console.print(f"[yellow]latency cross-check {row['name']} failed: {escape(check['reason'])}[/yellow]", soft_wrap=True)
-    prune = report.get("prune")
-    if prune:
-        before, after = prune["before"], prune["after"]
-        console.print(f"prune ({prune.get('method')}): MACs kept {prune['macs_kept']:.1%}, parameters kept {prune['parameters_kept']:.1%}, "
-                      f"ONNX {_size(before['onnx_bytes'])} → {_size(after['onnx_bytes'])}, measured ORT FP32 p50 "
-                      f"{before['latency']['p50_ms']:.3f} → {after['latency']['p50_ms']:.3f} ms (×{prune['latency_speedup_p50']:.2f}), "
-                      f"val top-1 {_pct(before['val_top1'])} → {_pct(after['val_top1'])}", soft_wrap=True)
-    verdict = report.get("student_vs_teacher")
-    if verdict:
-        console.print(f"[bold]student vs teacher ({verdict['stages']})[/bold]: measured ORT FP32 p50 {verdict['teacher_p50_ms']:.3f} → "
-                      f"{verdict['student_p50_ms']:.3f} ms ([bold]×{verdict['latency_reduction']:.2f}[/bold]), test top-1 "
-                      f"{_pct(verdict['teacher_top1'])} → {_pct(verdict['student_top1'])} "
-                      f"([bold]{-verdict['top1_drop_points']:+.2f} pt[/bold])", soft_wrap=True)
-    distill = report.get("distill")
-    if distill:
-        top1 = distill["top1"]
-        hard = top1.get("hard_label_finetune")
-        console.print(f"distill ({distill['name']}): test top-1 teacher {_pct(top1['teacher']['eval_top1'])}, student before "
-                      f"{_pct(top1['student_before']['eval_top1'])}, hard-label fine-tune "
-                      f"{_pct(hard['eval_top1']) if hard else 'not run'}, distilled {_pct(top1['distilled']['eval_top1'])} "
-                      f"({-distill['distilled_drop_vs_teacher_points']:+.2f} pt vs teacher"
-                      + (f", {distill['gain_over_hard_labels_points']:+.2f} pt over hard labels)" if hard else ")"), soft_wrap=True)
-
-
-ACCURACY_COLUMNS = ("top-1", "drop vs baseline", "drop vs own FP32", "agreement")
-AGREEMENT_COLUMNS = ("top-1 agreement", "top-5 agreement", "cosine")
-
-
-def _engine_cells(row: Mapping[str, Any], mark: str, *, labelled: bool = True) -> list[str]:
-    """One engine's table cells; a prediction (TensorRT's prepared ONNX on ONNX Runtime) is shown as such, never as measured."""
-    lat = row.get("latency", {})
-    colour = {"ok": "green", "skipped": "yellow"}.get(row["status"], "red")
-    build = row.get("build_seconds")
-    verdict = row.get("verdict", row["status"])
-    colour = {"pass": "green", "fail": "red", "skipped": "yellow"}.get(verdict, colour)
-    text = verdict if verdict in ("pass", "fail") else row["status"]
-    return [target(row) or "?", row.get("precision") or "?", _size(row.get("size_bytes")), _ms(lat.get("p50_ms")),
-            _ms(lat.get("p99_ms")), *(_accuracy_cells(row) if labelled else _agreement_cells(row)),
-            "—" if not build else f"{build:.1f}", f"[{colour}]{text}[/{colour}] {mark}".rstrip()]
-
-
-def _accuracy_cells(row: Mapping[str, Any]) -> list[str]:
-    drop, own = row.get("top1_drop_points"), row.get("top1_drop_vs_backend_fp32_points")
-    top1, agree = _pct(row.get("top1")), _pct(row.get("top1_agreement"))
-    drop_text, own_text = _points(drop), "—" if row.get("precision") == "fp32" else _points(own)
-    predicted = row.get("predicted")
-    if predicted and row.get("top1") is None:
-        top1, agree = _predicted(_pct(predicted["top1"])), _predicted(_pct(predicted["top1_agreement"]))
-        drop_text = _predicted(_points(predicted.get("top1_drop_points")))
-        own_text = _predicted(_points(predicted.get("top1_drop_vs_onnx_fp32_points")))
-    return [top1, drop_text, own_text, agree]
-
-
-def _agreement_cells(row: Mapping[str, Any]) -> list[str]:
-    """Unlabelled data: agreement with the FP32 PyTorch model (top-1, top-5) and the mean cosine of the outputs."""
-    source, mark = row, lambda text: text
-    if row.get("predicted") and row.get("top1_agreement") is None:
-        source, mark = row["predicted"], _predicted
-    cosine = source.get("mean_cosine")
-    return [mark(_pct(source.get("top1_agreement"))), mark(_pct(source.get("top5_agreement"))),
-            mark("—" if cosine is None else f"{cosine:.5f}")]
-
-
-def _points(value: float | None) -> str:
-    return "—" if value is None else f"{value:+.2f} pt"
-
-
-def _predicted(text: str) -> str:
-    return text if text == "—" else f"[italic]{text} pred.[/italic]"
-
-
-def prepared_line(row: Mapping[str, Any]) -> str:
-    """One line on a prepared ONNX (TensorRT's): which tool made it, and its accuracy as predicted on ONNX Runtime."""
-    prepared, predicted = row.get("prepared") or {}, row.get("predicted")
-    if prepared.get("status", "ok") != "ok":
-        return f"[yellow]{row['name']}: no prepared ONNX: {escape(str(prepared.get('reason')))}[/yellow]"
-    if prepared.get("tool") == "none":
-        text = f"{row['name']}: ONNX is the exported FP32 model"
-    else:
-        tool = f"{prepared.get('tool', '?')} {prepared.get('version') or ''}".strip()
-        if prepared.get("fallback_reason"):
-            tool += f" (ModelOpt unavailable: {prepared['fallback_reason']})"
-        text = f"{row['name']}: ONNX prepared by {escape(tool)} in {prepared.get('seconds', 0):.1f} s"
-        subnormal = (prepared.get("qdq") or {}).get("subnormal_fp16_scales")
-        if subnormal:
-            text += (f" [yellow]({subnormal} FP16 weight scales are subnormal, from near-zero channels; ONNX Runtime's CPU "
-                     "DequantizeLinear mishandles them, so the prediction below may be wrong: high_precision: fp32 avoids "
-                     "them)[/yellow]")
-    if predicted:
-        text += (f"; [italic]{predicted['label']}[/italic]: "
-                 + (f"top-1 {_pct(predicted['top1'])}, " if predicted.get("top1") is not None else "")
-                 + (f"({0.0 - predicted['top1_drop_points']:+.2f} pt vs baseline), " if "top1_drop_points" in predicted else "")
-                 + f"agreement {_pct(predicted['top1_agreement'])}"
-                 + (f", top-5 agreement {_pct(predicted['top5_agreement'])}" if predicted.get("top5_agreement") is not None else ""))
-    return text
-
-
-def cross_check_reason(check: Mapping[str, Any]) -> str:
-    """Why our p50 and the backend tool's median differ by more than 5%, from what was measured."""
-    if check["within_5pct"] or "bare_ratio" not in check:
-        return ""
-    return (f"; the engine call alone times ×{check['bare_ratio']:.2f} of the tool's median in our harness, so the rest is the "
-            f"{1e3 * check['call_overhead_ms']:.0f} µs Python call around it (wrapping inputs, copying outputs), which the tool "
-            "leaves out and every backend's p50 here includes")
-
-
 def load_report(path: Path) -> dict[str, Any]:
     path, text = _read_run_file(path, "report.json", missing="no report here")
     try:
@@ -453,7 +284,3 @@ def load_report(path: Path) -> dict[str, Any]:
     if report.get("schema_version") != SCHEMA_VERSION:
         raise DataError(f"{path}: report schema version {report.get('schema_version')}, this edgeship reads {SCHEMA_VERSION}")
     return report
-
-
-def _ms(value: float | None) -> str:
-    return "—" if value is None else f"{value:.3f}"

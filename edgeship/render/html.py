@@ -10,7 +10,7 @@ from typing import Any
 
 from edgeship.gates import GATES, TITLES, format_value
 from edgeship.render import plots
-from edgeship.render.text import int8_weight_lines
+from edgeship.render.text import change_points, int8_weight_lines
 from edgeship.render.text import pct as _pct
 from edgeship.render.text import size as _size
 
@@ -82,7 +82,7 @@ def _verdict(report: Mapping[str, Any]) -> str:
         rows.append([escape(row["name"]), escape(str(row.get("precision"))), _size(row.get("size_bytes")),
                      *_latency_cells(row.get("latency")), first, second, f"<span class={escape(verdict)}>{escape(verdict)}</span>",
                      gates, "<span class=ship>✓ ship</span>" if row["name"] in shipped else ("required" if row.get("required") else "")])
-    columns = ["top-1", "drop vs FP32"] if labelled else ["top-1 agreement with FP32", "top-5 agreement with FP32"]
+    columns = ["top-1", "Δ top-1 vs FP32"] if labelled else ["top-1 agreement with FP32", "top-5 agreement with FP32"]
     table = _table(["engine", "precision", "size", "p50 ms (95% CI)", "p99 ms (95% CI)", *columns, "verdict", "gates",
                     "recommended"], rows, numeric=range(2, 7))
     note = "" if labelled else f"<p><b>Agreement, not accuracy</b>: {escape(_basis(report)['text'])}.</p>"
@@ -95,11 +95,11 @@ def _basis(report: Mapping[str, Any]) -> Mapping[str, str]:
 
 
 def _accuracy_cells(row: Mapping[str, Any]) -> tuple[str, str]:
-    top1, drop = _pct(row.get("top1")), _points(row.get("top1_drop_points"))
+    top1, drop = _pct(row.get("top1")), change_points(row.get("top1_drop_points"))
     predicted = row.get("predicted")
     if predicted and row.get("top1") is None:
         top1 = f"<span class=pred>{_pct(predicted['top1'])} predicted</span>"
-        drop = f"<span class=pred>{_points(predicted.get('top1_drop_points'))} predicted</span>"
+        drop = f"<span class=pred>{change_points(predicted.get('top1_drop_points'))} predicted</span>"
     return top1, drop
 
 
@@ -205,7 +205,8 @@ def _throughput(report: Mapping[str, Any]) -> str:
     table = _table(["engine", *(f"batch {b} samples/s (95% CI)" for b in batches), "peak RSS", "of which before load", "CPUs"], cells,
                    numeric=range(1, len(batches) + 3))
     return _section("throughput", "Throughput and memory", _figure(lambda: plots.throughput_figure(rows), "Samples per second.")
-                    + table + "<p class=muted>Peak RSS is the measuring process's own peak (ru_maxrss) after load, first call, "
+                    + table + "<p class=muted>Peak RSS is the measuring process's own peak resident set (VmHWM; ru_maxrss would "
+                    "carry over its parent's across exec) after load, first call, "
                     "latency and throughput runs, before accuracy scoring; 'before load' is the interpreter and edgeship alone.</p>")
 
 
@@ -284,10 +285,6 @@ def _throughput_cell(entry: Mapping[str, Any] | None) -> str:
         return f"<span class=fail>failed</span> <span class=muted>{escape(str(entry.get('reason')))}</span>"
     low, high = entry["ci95"]
     return f"{entry['samples_per_second']:,.0f} <span class=muted>({low:,.0f}–{high:,.0f})</span>"
-
-
-def _points(value: float | None) -> str:
-    return "—" if value is None else f"{-value:+.2f} pt"
 
 
 def _num(value: float | None) -> str:

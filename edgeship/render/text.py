@@ -16,6 +16,11 @@ def pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.2f}%"
 
 
+def change_points(drop: float | None) -> str:
+    """A top-1 drop (points lost, as the report stores it) shown as the change it is: a 0.5-point loss is "-0.50 pt"."""
+    return "—" if drop is None else f"{-drop:+.2f} pt"
+
+
 def int8_weight_lines(row: Mapping[str, Any]) -> list[str]:
     """What an INT8 engine's report row says of its weights: the layers kept in float, then how the rest were rounded."""
     return [line(row) for key, line in (("float_layers", float_layers_line), ("weight_rounding", weight_rounding_line)) if row.get(key)]
