@@ -1,21 +1,23 @@
-"""A resumable training loop: cosine schedule, validation each epoch, early stopping, best weights kept.
+"""edgeship's one training loop: the teacher, the prune fine-tunes and distillation all train through ``fit``.
 
 ``fit`` trains any module whose ``forward(x, labels)`` returns ``(loss, logits)`` (the
-distiller, or plain cross-entropy on hard labels). After every epoch it writes a
-checkpoint atomically; started again with the same checkpoint path, it continues
-from the last completed epoch and ends with the same weights as an uninterrupted run
-(each epoch's sample order depends only on the seed and the epoch). A NaN or inf loss
-stops training with a clear error and leaves the last good checkpoint in place.
+distiller, or cross-entropy on labels: ``HardLabels``), with validation each epoch. After every
+epoch it writes a checkpoint atomically; started again with the same checkpoint path, it continues
+from the last completed epoch and ends with the same weights as an uninterrupted run. A NaN or inf
+loss stops training with a clear error and leaves the last good checkpoint in place. ``Loop`` holds
+what differs between the callers (schedule, sample order, which weights are kept, an extra loss term);
+``train_classifier`` is the classifier's recipe of it.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -24,9 +26,10 @@ from rich.console import Console
 from torch import nn
 
 from edgeship.artifacts import write_atomic
-from edgeship.data import preprocess
+from edgeship.data import Split, preprocess
 from edgeship.errors import StageError
 from edgeship.progress import progress_bar
+from edgeship.zoo.train import accuracy, backward_guard, predict, seed_everything
 
 if TYPE_CHECKING:  # the recipe sits above this module: its sections are only annotations here
     from edgeship.recipe import Preprocessing, TrainConfig
@@ -54,17 +57,32 @@ class TransferSet:
 
 
 class HardLabels(nn.Module):
-    """Plain supervised fine-tuning in ``fit``'s shape: cross-entropy on the labels."""
+    """Plain supervised training in ``fit``'s shape: cross-entropy on the labels (with ``label_smoothing``)."""
 
-    def __init__(self, student: nn.Module) -> None:
+    def __init__(self, student: nn.Module, *, label_smoothing: float = 0.0) -> None:
         super().__init__()
         self.student = student
+        self.label_smoothing = label_smoothing
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         if labels is None:
             raise ValueError("hard-label training needs labels")
         logits = self.student(x)
-        return F.cross_entropy(logits, labels), logits
+        return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing), logits
+
+
+@dataclass(frozen=True)
+class Loop:
+    """How ``fit`` trains beyond the recipe's ``TrainConfig``. The defaults are distillation's; ``CLASSIFIER`` is the
+    teacher's and the prune fine-tunes'."""
+
+    schedule: Literal["cosine", "onecycle"] = "cosine"  # onecycle: 15% warm-up to cfg.lr, then cosine annealing
+    keep: Literal["best", "last"] = "best"  # the weights the module ends with: its best validation epoch's, or the last
+    order: Literal["per_epoch", "stream"] = "per_epoch"  # each epoch's sample order from (seed, epoch), or one seeded stream
+    extra_loss: Callable[[nn.Module], torch.Tensor] | None = None  # added to every step's loss, given the student (BN-γ L1)
+
+
+CLASSIFIER = Loop(schedule="onecycle", keep="last", order="stream")
 
 
 @dataclass
@@ -88,20 +106,20 @@ class FitHistory:
 
 def fit(module: nn.Module, data: TransferSet, evaluate: Callable[[], float], cfg: TrainConfig, *, seed: int, console: Console,
         label: str, patience: int | None = None, checkpoint: Path | None = None, stage: str = "train",
-        on_epoch: Callable[[int], None] | None = None) -> FitHistory:
-    """Train ``module`` in place and leave it holding the weights of its best validation epoch.
+        on_epoch: Callable[[int], None] | None = None, loop: Loop = Loop()) -> FitHistory:  # noqa: B008 - frozen
+    """Train ``module`` in place; it ends with the weights ``loop.keep`` names (by default its best validation epoch's).
 
     ``evaluate`` returns the validation top-1 of the current weights. ``checkpoint``
     (a file path) makes the run resumable. ``on_epoch(epoch)`` is called after each
     saved epoch (tests use it to interrupt a run).
     """
-    from edgeship.zoo.train import backward_guard, seed_everything
-
     seed_everything(seed)
+    stream = np.random.default_rng(seed)
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
     optimizer = make_optimizer(module, cfg)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
-    history, best_state, bad_epochs = FitHistory(), _copy_state(module), 0
+    schedule = _schedule(loop, optimizer, cfg, cfg.epochs * steps_per_epoch)
+    keep_best = loop.keep == "best"
+    history, best_state, bad_epochs = FitHistory(), _copy_state(module) if keep_best else None, 0
     start = 0
     if checkpoint is not None and checkpoint.is_file():
         saved = _load_checkpoint(checkpoint, stage)
@@ -109,6 +127,8 @@ def fit(module: nn.Module, data: TransferSet, evaluate: Callable[[], float], cfg
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])
         torch.set_rng_state(saved["torch_rng"])
+        if "order_rng" in saved:  # a checkpoint of a per-epoch order has no use for it
+            stream.bit_generator.state = json.loads(saved["order_rng"])
         best_state, bad_epochs, start = saved["best_state"], saved["bad_epochs"], saved["epoch"]
         history = FitHistory(**saved["history"])
         history.resumed_from_epoch = start
@@ -120,11 +140,13 @@ def fit(module: nn.Module, data: TransferSet, evaluate: Callable[[], float], cfg
             if history.stopped_early:
                 break
             module.train()
-            order = np.random.default_rng([seed, epoch]).permutation(len(data))
+            order = (stream if loop.order == "stream" else np.random.default_rng([seed, epoch])).permutation(len(data))
             loss_sum, correct, labelled, seen = 0.0, 0, 0, 0
             for step in range(steps_per_epoch):
                 x, y = data.batch(order[step * cfg.batch_size : (step + 1) * cfg.batch_size])
                 loss, logits = module(x, y)
+                if loop.extra_loss is not None:
+                    loss = loss + loop.extra_loss(student)
                 if not torch.isfinite(loss):
                     raise StageError(stage, _diverged(label, float(loss.item()), epoch, step, checkpoint, start_epoch=epoch))
                 optimizer.zero_grad(set_to_none=True)
@@ -142,7 +164,7 @@ def fit(module: nn.Module, data: TransferSet, evaluate: Callable[[], float], cfg
             history.train_accuracy.append(correct / labelled if labelled else None)
             history.val_accuracy.append(evaluate())
             if history.best_epoch == 0 or history.val_accuracy[-1] > history.val_accuracy[history.best_epoch - 1]:
-                history.best_epoch, best_state, bad_epochs = epoch + 1, _copy_state(module), 0
+                history.best_epoch, best_state, bad_epochs = epoch + 1, _copy_state(module) if keep_best else None, 0
             else:
                 bad_epochs += 1
                 history.stopped_early = patience is not None and bad_epochs >= patience and epoch + 1 < cfg.epochs
@@ -155,13 +177,31 @@ def fit(module: nn.Module, data: TransferSet, evaluate: Callable[[], float], cfg
             if checkpoint is not None:
                 _save_checkpoint(checkpoint, {"epoch": epoch + 1, "module": module.state_dict(), "optimizer": optimizer.state_dict(),
                                               "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(),
+                                              "order_rng": json.dumps(stream.bit_generator.state),
                                               "best_state": best_state, "bad_epochs": bad_epochs, "history": asdict(history)})
             if on_epoch is not None:
                 on_epoch(epoch + 1)
         bar.update(task, completed=cfg.epochs * steps_per_epoch)
-    module.load_state_dict(best_state)
+    if best_state is not None:
+        module.load_state_dict(best_state)
     module.eval()
     return history
+
+
+def train_classifier(model: nn.Module, train: Split, val: Split, p: Preprocessing, cfg: TrainConfig, *, seed: int,
+                     console: Console, label: str = "train teacher", penalty: Callable[[nn.Module], torch.Tensor] | None = None,
+                     checkpoint: Path | None = None) -> FitHistory:
+    """Train a classifier in place on labelled raw images: cross-entropy (+ ``penalty``), one-cycle schedule, the last
+    epoch's weights kept (``CLASSIFIER``); resumable with a ``checkpoint`` path."""
+    return fit(HardLabels(model, label_smoothing=cfg.label_smoothing), TransferSet(train.images, train.labels, p),
+               lambda: accuracy(predict(model, val.images, p), val.labels), cfg, seed=seed, console=console, label=label,
+               checkpoint=checkpoint, loop=replace(CLASSIFIER, extra_loss=penalty))
+
+
+def _schedule(loop: Loop, optimizer: torch.optim.Optimizer, cfg: TrainConfig, total: int) -> torch.optim.lr_scheduler.LRScheduler:
+    if loop.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, pct_start=0.15, anneal_strategy="cos")
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
 
 
 def make_optimizer(module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

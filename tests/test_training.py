@@ -15,7 +15,7 @@ from edgeship.distillation import distiller
 from edgeship.errors import StageError
 from edgeship.measure import top1
 from edgeship.recipe import Preprocessing, TrainConfig
-from edgeship.training import HardLabels, TransferSet, fit
+from edgeship.training import CLASSIFIER, HardLabels, Loop, TransferSet, fit
 
 QUIET = Console(quiet=True)
 DIGITS = Preprocessing(scale=1 / 255, mean=(0.0,), std=(1.0,))
@@ -52,8 +52,12 @@ def hard_fit(digits: dict[str, np.ndarray], cfg: TrainConfig = TRAIN, **kwargs: 
     return model, history
 
 
-def test_resume_after_interruption_continues_from_the_saved_epoch_and_matches(digits: dict[str, np.ndarray], tmp_path: Path) -> None:
-    whole, _ = hard_fit(digits)
+@pytest.mark.parametrize("loop", [Loop(), CLASSIFIER], ids=["distillation", "classifier"])
+def test_resume_after_interruption_continues_from_the_saved_epoch_and_matches(digits: dict[str, np.ndarray], tmp_path: Path,
+                                                                              loop: Loop) -> None:
+    """Both recipes of the one loop resume exactly: the per-epoch order, and the classifier's one seeded stream (its
+    generator's state is in the checkpoint) with its one-cycle schedule and last-epoch weights."""
+    whole, _ = hard_fit(digits, loop=loop)
 
     def stop_after_first(epoch: int) -> None:
         if epoch == 1:
@@ -61,9 +65,9 @@ def test_resume_after_interruption_continues_from_the_saved_epoch_and_matches(di
 
     checkpoint = tmp_path / "train.ckpt"
     with pytest.raises(KeyboardInterrupt):
-        hard_fit(digits, checkpoint=checkpoint, on_epoch=stop_after_first)
+        hard_fit(digits, checkpoint=checkpoint, on_epoch=stop_after_first, loop=loop)
     assert torch.load(checkpoint, weights_only=True)["epoch"] == 1
-    resumed, history = hard_fit(digits, checkpoint=checkpoint)
+    resumed, history = hard_fit(digits, checkpoint=checkpoint, loop=loop)
     assert history.resumed_from_epoch == 1 and len(history.val_accuracy) == 3  # type: ignore[attr-defined]
     for key, value in whole.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), f"{key} differs from the uninterrupted run"

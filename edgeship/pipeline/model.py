@@ -54,14 +54,17 @@ class ModelStage:
         label = cfg.label
         if self.role != "model":
             label = f"{self.role}: {label}"
-        artifact = ctx.produce(self.name, label, config=cfg.model_dump(mode="json"), parents=[], extra_key=key,
-                               make=lambda folder: self._make(folder, cfg, ctx, shape))
+        config = cfg.model_dump(mode="json")
+        work = ctx.store.scratch(ctx.artifact_id(self.name, config=config, parents=[], extra_key=key))  # a killed training resumes
+        artifact = ctx.produce(self.name, label, config=config, parents=[], extra_key=key,
+                               make=lambda folder: self._make(folder, cfg, ctx, shape, work / "train.ckpt"))
         return {"model": artifact}
 
-    def _make(self, folder: Path, cfg: ModelConfig, ctx: RunContext, shape: tuple[int, int, int]) -> Made:
+    def _make(self, folder: Path, cfg: ModelConfig, ctx: RunContext, shape: tuple[int, int, int], checkpoint: Path) -> Made:
         import torch
 
-        from edgeship.zoo.train import predict, seed_everything, train_classifier
+        from edgeship.training import train_classifier
+        from edgeship.zoo.train import predict, seed_everything
 
         dataset, p = ctx.dataset, ctx.recipe.data.preprocessing
         seed_everything(ctx.recipe.seed)
@@ -80,7 +83,8 @@ class ModelStage:
         elif cfg.checkpoint is None and not self.train:
             meta["source"] += " (untrained)"
         elif cfg.checkpoint is None:
-            history = train_classifier(model, dataset.train, dataset.val, p, cfg.train, seed=ctx.recipe.seed, console=ctx.console)
+            history = train_classifier(model, dataset.train, dataset.val, p, cfg.train, seed=ctx.recipe.seed, console=ctx.console,
+                                       checkpoint=checkpoint)
             meta["history"] = {"train_loss": history.train_loss, "train_accuracy": history.train_accuracy,
                                "val_accuracy": history.val_accuracy}
         meta["parameters"] = sum(t.numel() for t in model.parameters())

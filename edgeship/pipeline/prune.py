@@ -214,7 +214,7 @@ class PruneStage:
                 "note": "zeros are stored densely: dense engines (ONNX Runtime, OpenVINO, TFLite, TensorRT) run them no faster"}
 
     def _finetune(self, model: nn.Module, cfg: PruneConfig, ctx: RunContext, *, label: str) -> list[float]:
-        from edgeship.zoo.train import train_classifier
+        from edgeship.training import train_classifier
 
         history = train_classifier(model, ctx.dataset.train, ctx.dataset.val, ctx.recipe.data.preprocessing, cfg.finetune,
                                    seed=ctx.recipe.seed, console=ctx.console, label=label)
@@ -223,7 +223,7 @@ class PruneStage:
     def _bn_sparsity(self, model: nn.Module, cfg: PruneConfig, ctx: RunContext) -> None:
         import torch
 
-        from edgeship.zoo.train import train_classifier
+        from edgeship.training import train_classifier
 
         norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
         weight = cfg.bn_sparsity.weight

@@ -1,12 +1,11 @@
-"""Seeded supervised training of a classifier on a ``Split``, with a rich progress bar."""
+"""What training a classifier needs around the loop (``edgeship.training``): seeding, prediction, accuracy, and the
+oneDNN guard."""
 
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -14,18 +13,10 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from edgeship.data import Split, preprocess
-from edgeship.progress import progress_bar
+from edgeship.data import preprocess
 
 if TYPE_CHECKING:  # the recipe sits above this module: its sections are only annotations here
-    from edgeship.recipe import Preprocessing, TrainConfig
-
-
-@dataclass
-class TrainHistory:
-    train_loss: list[float] = field(default_factory=list)
-    train_accuracy: list[float] = field(default_factory=list)
-    val_accuracy: list[float] = field(default_factory=list)
+    from edgeship.recipe import Preprocessing
 
 
 def seed_everything(seed: int) -> None:
@@ -78,53 +69,3 @@ def _quiet_mkldnn_off() -> Iterator[None]:
         warnings.simplefilter("ignore", UserWarning)
         with torch.backends.mkldnn.flags(enabled=False):
             yield
-
-
-def train_classifier(model: nn.Module, train: Split, val: Split, p: Preprocessing, cfg: TrainConfig, *, seed: int,
-                     console: Console, label: str = "train teacher",
-                     penalty: Callable[[nn.Module], torch.Tensor] | None = None) -> TrainHistory:
-    """Train ``model`` in place: cross-entropy (+ ``penalty``), cosine schedule, validation each epoch."""
-    seed_everything(seed)
-    rng = np.random.default_rng(seed)
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch
-    if cfg.optimizer == "sgd":
-        optimizer: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                                           weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
-    else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, pct_start=0.15,
-                                                   anneal_strategy="cos")
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    history = TrainHistory()
-    with backward_guard(model, console), progress_bar(console) as bar:
-        task = bar.add_task(label, total=total, info="")
-        for epoch in range(cfg.epochs):
-            model.train()
-            order = rng.permutation(len(train))
-            loss_sum, correct, seen = 0.0, 0, 0
-            for step in range(steps_per_epoch):
-                idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                x = torch.from_numpy(preprocess(train.images[idx], p))
-                y = torch.from_numpy(train.labels[idx])
-                logits = model(x)
-                loss = loss_fn(logits, y)
-                if penalty is not None:
-                    loss = loss + penalty(model)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                loss_sum += loss.item() * len(idx)
-                correct += int((logits.detach().argmax(1) == y).sum())
-                seen += len(idx)
-                bar.update(task, advance=1, info=f"epoch {epoch + 1}/{cfg.epochs} loss {loss_sum / seen:.3f} acc {correct / seen:.3f}")
-            history.train_loss.append(loss_sum / seen)
-            history.train_accuracy.append(correct / seen)
-            history.val_accuracy.append(accuracy(predict(model, val.images, p), val.labels))
-            summary = f"epoch {epoch + 1}/{cfg.epochs} loss {loss_sum / seen:.3f} val acc {history.val_accuracy[-1]:.3f}"
-            bar.update(task, info=summary)
-            if not console.is_terminal:  # a log gets one line per epoch instead of a live bar
-                console.print(f"{label}: {summary}")
-    model.eval()
-    return history

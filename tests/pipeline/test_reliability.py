@@ -116,6 +116,39 @@ def test_killed_during_training_resumes_from_the_last_epoch_with_identical_weigh
     assert not list((tmp_path / "store" / "scratch").iterdir()), "the finished stage removes its checkpoint folder"
 
 
+def test_killed_while_the_teacher_trains_resumes_it_from_the_last_epoch(cold: RunResult, tmp_path: Path) -> None:
+    """The teacher trains through the same resumable loop as distillation: a kill -9 after its first epoch, and the next
+    run continues from that epoch's checkpoint and makes the uninterrupted run's teacher, to the byte."""
+    recipe = recipe_file(tmp_path, resume_recipe(tmp_path))
+    process = edgeship_run(recipe)
+    seen = []
+    for line in process.stdout:  # type: ignore[union-attr]
+        seen.append(line)
+        if re.search(r"train teacher: epoch 1/2", line):
+            deadline = time.monotonic() + 60  # the line is printed just before the epoch's checkpoint is renamed into place
+            while not list((tmp_path / "store" / "scratch").glob("*/train.ckpt")) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            process.send_signal(signal.SIGKILL)  # while epoch 2 trains
+            break
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "".join(seen)
+
+    from edgeship.artifacts import ArtifactStore
+    from edgeship.data import load_dataset
+    from edgeship.pipeline.base import RunContext
+    from edgeship.pipeline.model import ModelStage
+
+    again = Recipe.model_validate(yaml.safe_load(recipe.read_text()))
+    console = Console(record=True, width=200)
+    ctx = RunContext(recipe=again, store=ArtifactStore(again.store), manifest=Manifest(run_id="t", recipe={}), run_dir=tmp_path,
+                     console=console, dataset=load_dataset(again.data, again.calibration, seed=again.seed, notice=lambda _: None))
+    teacher = ModelStage().run({}, again.model, ctx)["model"]
+    assert "resuming after epoch 1/2" in console.export_text(), console.export_text()
+    uninterrupted = digests(cold.manifest, ("model",))[("model", again.model.label)]
+    assert teacher.sha256 == uninterrupted, "the resumed teacher is the uninterrupted one"
+    assert not list((tmp_path / "store" / "scratch").iterdir()), "the finished stage removes its checkpoint folder"
+
+
 def test_a_damaged_stored_artifact_is_reported_and_rebuilt(cold: RunResult, tmp_path: Path) -> None:
     import shutil
 

@@ -6,8 +6,9 @@ from rich.console import Console
 
 from edgeship.data import Split
 from edgeship.recipe import Preprocessing, TrainConfig
+from edgeship.training import train_classifier
 from edgeship.zoo import build
-from edgeship.zoo.train import accuracy, predict, seed_everything, train_classifier
+from edgeship.zoo.train import accuracy, predict, seed_everything
 
 
 def separable(n: int, seed: int) -> Split:
