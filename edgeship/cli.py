@@ -164,10 +164,10 @@ def _preparation_line(name: str) -> str:
 
 def _report(args: argparse.Namespace, console: Console) -> int:
     report = rebuild(args.path)
-    print_summary(report, console)
+    print_summary(report.document(), console)
     folder = args.path if args.path.is_dir() else args.path.parent
     console.print(f"report: {folder / 'report.html'}")
-    return int(report["release"]["exit_code"])
+    return report.release.exit_code
 
 
 def _agent_serve(args: argparse.Namespace, console: Console) -> int:

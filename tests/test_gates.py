@@ -7,31 +7,32 @@ from typing import Any
 import pytest
 
 from edgeship.gates import GATES, format_value, judge, recommend, required_engines
+from edgeship.qualification import EngineKey, EngineRow, GateResult, Prediction, Reused
 from edgeship.recipe import GatesConfig, Recipe
 
 BASE = 0.92
 
 
 def row(name: str, *, top1: float = 0.918, agreement: float = 0.99, p50: float = 0.1, ci: tuple[float, float] | None = None,
-        p99_high: float = 0.2, size: int = 100_000, status: str = "ok", reason: str = "") -> dict[str, Any]:
+        p99_high: float = 0.2, size: int = 100_000, status: str = "ok", reason: str = "") -> EngineRow:
     backend, precision = name.split("/")
-    out: dict[str, Any] = {"name": name, "backend": backend, "precision": precision, "status": status, "reason": reason}
+    out: dict[str, Any] = {"status": status, "reason": reason}
     if status == "ok":
         low, high = ci or (p50 * 0.99, p50 * 1.01)
         out.update(top1=top1, top1_agreement=agreement, eval_samples=1000, size_bytes=size,
                    latency={"p50_ms": p50, "p99_ms": p99_high * 0.9, "batch_size": 1, "ci95": {"p50_ms": [low, high],
                                                                                                 "p99_ms": [p99_high * 0.8, p99_high]}})
-    return out
+    return EngineRow(key=EngineKey(backend=backend, precision=precision), reused=Reused(build=False, validate=None), **out)
 
 
-def judged(rows: list[dict[str, Any]], gates: GatesConfig) -> list[dict[str, Any]]:
+def judged(rows: list[EngineRow], gates: GatesConfig) -> list[EngineRow]:
     for r in rows:
-        r["verdict"], r["gates"] = judge(r, BASE, gates)
+        r.verdict, r.gates = judge(r, BASE, gates)
     return rows
 
 
-def outcomes(r: dict[str, Any]) -> dict[str, str]:
-    return {g["gate"]: g["outcome"] for g in r["gates"]}
+def outcomes(gates: list[GateResult]) -> dict[str, str]:
+    return {g.gate: g.outcome for g in gates}
 
 
 ALL = GatesConfig(max_drop_points=1.0, min_fraction_of_fp32=0.99, min_agreement=0.97, max_p99_ms=0.5, max_size_mib=1.0)
@@ -39,10 +40,10 @@ ALL = GatesConfig(max_drop_points=1.0, min_fraction_of_fp32=0.99, min_agreement=
 
 def test_every_gate_passes_with_value_and_limit() -> None:
     verdict, gates = judge(row("onnxruntime/int8"), BASE, ALL)
-    assert verdict == "pass" and [g["gate"] for g in gates] == list(GATES)
-    assert all(g["outcome"] == "pass" and g["value"] is not None and g["limit"] is not None for g in gates)
-    drop = next(g for g in gates if g["gate"] == "max_drop_points")
-    assert drop["value"] == pytest.approx(0.2)
+    assert verdict == "pass" and [g.gate for g in gates] == list(GATES)
+    assert all(g.outcome == "pass" and g.value is not None and g.limit is not None for g in gates)
+    drop = next(g for g in gates if g.gate == "max_drop_points")
+    assert drop.value == pytest.approx(0.2)
 
 
 @pytest.mark.parametrize(("change", "gate"), [
@@ -54,38 +55,39 @@ def test_every_gate_passes_with_value_and_limit() -> None:
 ])
 def test_each_gate_fails_on_its_own_measure(change: dict[str, Any], gate: str) -> None:
     verdict, _ = judge(row("openvino/int8", **change), BASE, ALL)
-    assert verdict == "fail" and outcomes({"gates": judge(row("openvino/int8", **change), BASE, ALL)[1]})[gate] == "fail"
+    assert verdict == "fail" and outcomes(judge(row("openvino/int8", **change), BASE, ALL)[1])[gate] == "fail"
 
 
 def test_latency_is_judged_on_the_upper_bound_of_p99() -> None:
     r = row("tflite/int8", p99_high=0.55)  # p99 itself 0.495 is under 0.5, its upper bound is not
-    assert r["latency"]["p99_ms"] < 0.5
+    assert r.latency is not None and r.latency["p99_ms"] < 0.5
     verdict, gates = judge(r, BASE, ALL)
-    assert verdict == "fail" and outcomes({"gates": gates})["max_p99_ms"] == "fail"
+    assert verdict == "fail" and outcomes(gates)["max_p99_ms"] == "fail"
 
 
 def test_a_limit_left_null_is_not_applicable_and_never_fails() -> None:
     verdict, gates = judge(row("tflite/fp32", agreement=0.1, size=10**9), BASE, GatesConfig(min_agreement=None, min_fraction_of_fp32=None))
-    assert verdict == "pass" and set(outcomes({"gates": gates}).values()) == {"not-applicable"}
-    assert all(g["detail"] == "no limit set in the recipe" for g in gates)
+    assert verdict == "pass" and set(outcomes(gates).values()) == {"not-applicable"}
+    assert all(g.detail == "no limit set in the recipe" for g in gates)
 
 
 def test_a_skipped_or_failed_engine_is_never_a_pass() -> None:
     skipped, gates = judge(row("tensorrt/int8", status="skipped", reason="no CUDA GPU"), BASE, ALL)
-    assert skipped == "skipped" and set(outcomes({"gates": gates}).values()) == {"not-applicable"}
-    assert "no CUDA GPU" in gates[0]["detail"]
+    assert skipped == "skipped" and set(outcomes(gates).values()) == {"not-applicable"}
+    assert "no CUDA GPU" in gates[0].detail
     failed, gates = judge(row("openvino/int8", status="failed", reason="nncf crashed"), BASE, ALL)
-    assert failed == "error" and all("nncf crashed" in g["detail"] for g in gates)
+    assert failed == "error" and all("nncf crashed" in g.detail for g in gates)
 
 
 def test_a_prediction_is_shown_against_the_gate_but_does_not_pass() -> None:
     r = row("tensorrt/int8", status="skipped", reason="no CUDA GPU")
-    r["predicted"] = {"top1": 0.919, "top1_agreement": 0.99, "eval_samples": 1000, "label": "predicted on ONNX Runtime"}
+    r.predicted = Prediction(engine="tensorrt/int8", on="onnxruntime", top1=0.919, top1_agreement=0.99, eval_samples=1000,
+                             label="predicted on ONNX Runtime")
     verdict, gates = judge(r, BASE, ALL)
     assert verdict == "skipped"
-    fraction = next(g for g in gates if g["gate"] == "min_fraction_of_fp32")
-    assert fraction["outcome"] == "not-applicable" and fraction["prediction"]["would"] == "pass"
-    assert "prediction" not in next(g for g in gates if g["gate"] == "max_p99_ms")
+    fraction = next(g for g in gates if g.gate == "min_fraction_of_fp32")
+    assert fraction.outcome == "not-applicable" and fraction.prediction is not None and fraction.prediction.would == "pass"
+    assert next(g for g in gates if g.gate == "max_p99_ms").prediction is None
 
 
 def test_required_engines_default_to_every_engine_not_skipped() -> None:
@@ -102,30 +104,30 @@ def test_a_required_pattern_that_matches_nothing_is_a_recipe_error() -> None:
 def test_recommendation_is_the_fastest_passing_engine_with_the_reason() -> None:
     rows = judged([row("openvino/fp32", p50=0.20), row("openvino/fp16", p50=0.19), row("openvino/int8", p50=0.08)], ALL)
     choice = recommend(rows)["openvino"]
-    assert choice["engine"] == "openvino/int8"
-    assert "INT8 2.38× faster than FP16" in choice["reason"] and choice["reason"].endswith("INT8 chosen")
+    assert choice.engine == "openvino/int8"
+    assert "INT8 2.38× faster than FP16" in choice.reason and choice.reason.endswith("INT8 chosen")
 
 
 def test_a_faster_engine_that_fails_a_gate_is_passed_over_and_named() -> None:
     rows = judged([row("tflite/fp16", p50=0.104, top1=0.918), row("tflite/int8", p50=0.100, top1=0.904)], ALL)
     choice = recommend(rows)["tflite"]
-    assert choice["engine"] == "tflite/fp16"
-    assert choice["reason"].startswith("INT8 1.04× faster than FP16 but fails max_drop_points (1.60 pt vs limit 1.00 pt)")
-    assert choice["reason"].endswith("FP16 chosen")
+    assert choice.engine == "tflite/fp16"
+    assert choice.reason.startswith("INT8 1.04× faster than FP16 but fails max_drop_points (1.60 pt vs limit 1.00 pt)")
+    assert choice.reason.endswith("FP16 chosen")
 
 
 def test_engines_within_measurement_noise_go_to_the_more_accurate() -> None:
     rows = judged([row("onnxruntime/fp32", p50=0.101, ci=(0.098, 0.104), top1=0.919),
                    row("onnxruntime/int8", p50=0.100, ci=(0.097, 0.103), top1=0.915)], ALL)
     choice = recommend(rows)["onnxruntime"]
-    assert choice["engine"] == "onnxruntime/fp32" and "95% intervals overlap" in choice["reason"]
+    assert choice.engine == "onnxruntime/fp32" and "95% intervals overlap" in choice.reason
 
 
 def test_no_engine_passing_means_nothing_to_ship_and_why() -> None:
     rows = judged([row("tflite/int8", agreement=0.5), row("tflite/fp32", status="skipped", reason="x")], ALL)
     choice = recommend(rows)["tflite"]
-    assert choice["engine"] is None and "INT8 fails min_agreement (50.00% vs limit 97.00%)" in choice["reason"]
-    assert "FP32 skipped" in choice["reason"]
+    assert choice.engine is None and "INT8 fails min_agreement (50.00% vs limit 97.00%)" in choice.reason
+    assert "FP32 skipped" in choice.reason
 
 
 def test_values_read_in_their_units() -> None:
@@ -133,21 +135,19 @@ def test_values_read_in_their_units() -> None:
     assert format_value("max_p99_ms", 0.08991) == "0.0899 ms" and format_value("max_size_mib", None) == "—"
 
 
-def unlabelled(name: str, *, agreement: float, p50: float = 0.1, ci: tuple[float, float] | None = None) -> dict[str, Any]:
+def unlabelled(name: str, *, agreement: float, p50: float = 0.1, ci: tuple[float, float] | None = None) -> EngineRow:
     """A row measured on data without labels: no top-1, agreement with FP32 only."""
-    r = row(name, agreement=agreement, p50=p50, ci=ci)
-    r.update(top1=None, top5_agreement=min(1.0, agreement + 0.02))
-    return r
+    return row(name, agreement=agreement, p50=p50, ci=ci).model_copy(update={"top1": None, "top5_agreement": min(1.0, agreement + 0.02)})
 
 
 def test_without_labels_accuracy_gates_step_aside_and_agreement_decides() -> None:
     verdict, gates = judge(unlabelled("tflite/int8", agreement=0.98), None, ALL)
-    by_gate = {g["gate"]: g for g in gates}
+    by_gate = {g.gate: g for g in gates}
     assert verdict == "pass"
     for gate in ("max_drop_points", "min_fraction_of_fp32"):
-        assert by_gate[gate]["outcome"] == "not-applicable" and "no labels" in by_gate[gate]["detail"]
-    assert by_gate["min_agreement"]["outcome"] == "pass" and by_gate["min_agreement"]["value"] == 0.98
-    assert "top-5 agreement 100.00%" in by_gate["min_agreement"]["detail"]
+        assert by_gate[gate].outcome == "not-applicable" and "no labels" in by_gate[gate].detail
+    assert by_gate["min_agreement"].outcome == "pass" and by_gate["min_agreement"].value == 0.98
+    assert "top-5 agreement 100.00%" in by_gate["min_agreement"].detail
     assert judge(unlabelled("tflite/int8", agreement=0.96), None, ALL)[0] == "fail"
 
 
@@ -156,5 +156,5 @@ def test_without_labels_a_tie_goes_to_the_higher_agreement() -> None:
     rows = judged([unlabelled("openvino/int8", agreement=0.95, p50=0.100, ci=(0.098, 0.102)),
                    unlabelled("openvino/fp16", agreement=0.999, p50=0.101, ci=(0.099, 0.103))], gates)
     choice = recommend(rows)["openvino"]
-    assert choice["engine"] == "openvino/fp16"
-    assert "higher top-1 agreement (99.90% vs 95.00%)" in choice["reason"]
+    assert choice.engine == "openvino/fp16"
+    assert "higher top-1 agreement (99.90% vs 95.00%)" in choice.reason

@@ -18,18 +18,19 @@ from pydantic import BaseModel, ConfigDict
 from edgeship.artifacts import Artifact, Manifest, ManifestEntry, sha256_file, write_atomic
 from edgeship.backends import REGISTRY
 from edgeship.errors import DataError
-from edgeship.gates import accuracy_drop, judge, recommend, required_engines, target
+from edgeship.gates import accuracy_drop, judge, recommend, required_engines
 from edgeship.pipeline.base import RunContext
 from edgeship.pipeline.build import PREPARE, SIDE_METRICS, prediction_name
 from edgeship.pipeline.distill import ABLATION, comparison
 from edgeship.pipeline.validate import BASELINE
+from edgeship.qualification import EngineKey, EngineRow, Release, Report
 from edgeship.recipe import GatesConfig
 from edgeship.render.html import render_html
 from edgeship.render.junit import render_junit
 from edgeship.render.terminal import print_summary
 
 SCHEMA = "edgeship.report"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4  # 4: typed rows; each engine row has its key (backend, precision, device) and target
 OUTPUTS = ("report.json", "junit.xml", "report.html")
 
 
@@ -48,20 +49,21 @@ class ReportStage:
             path = ctx.run_dir / name
             ctx.manifest.add(ManifestEntry(stage=self.name, name=name, status="ok", kind="report", path=str(path),
                                            sha256=sha256_file(path), config={"schema": SCHEMA, "schema_version": SCHEMA_VERSION}))
-        print_summary(report, ctx.console)
+        print_summary(report.document(), ctx.console)
         return {}
 
 
-def write_reports(manifest: Manifest, run_dir: Path) -> dict[str, Any]:
+def write_reports(manifest: Manifest, run_dir: Path) -> Report:
     """``report.json``, ``junit.xml`` and ``report.html`` of a run, from its manifest; returns the report."""
     report = build_report(manifest)
-    write_atomic(run_dir / "report.json", json.dumps(report, indent=2) + "\n")
-    write_atomic(run_dir / "junit.xml", render_junit(report))
-    write_atomic(run_dir / "report.html", render_html(report))
+    document = report.document()
+    write_atomic(run_dir / "report.json", json.dumps(document, indent=2) + "\n")
+    write_atomic(run_dir / "junit.xml", render_junit(document))
+    write_atomic(run_dir / "report.html", render_html(document))
     return report
 
 
-def rebuild(run_dir: Path) -> dict[str, Any]:
+def rebuild(run_dir: Path) -> Report:
     """``edgeship report RUN_DIR``: the report files again, from ``manifest.json`` alone."""
     path, text = _read_run_file(run_dir, "manifest.json", missing="no manifest.json here (give a run folder under reports/)")
     try:
@@ -83,7 +85,7 @@ def _read_run_file(path: Path, name: str, *, missing: str) -> tuple[Path, str]:
         raise DataError(f"{path}: cannot read {name}: {exc}") from None
 
 
-def build_report(manifest: Manifest) -> dict[str, Any]:
+def build_report(manifest: Manifest) -> Report:
     """The report document: baseline, every requested engine with its gates and verdict, the recommendation per
     backend, and the run's provenance, from the manifest alone."""
     entries = [e for e in manifest.entries if e.stage != ReportStage.name]
@@ -92,7 +94,7 @@ def build_report(manifest: Manifest) -> dict[str, Any]:
     base_metrics = baseline_entry.metrics if baseline_entry else {}
     base_top1 = base_metrics.get("top1")
     gates = GatesConfig.model_validate(manifest.recipe.get("gates") or {})
-    engines = []
+    fields: list[dict[str, Any]] = []  # each row's fields as the manifest has them, then typed
     for entry in entries:
         if entry.stage != "build":
             continue
@@ -122,16 +124,17 @@ def build_report(manifest: Manifest) -> dict[str, Any]:
             row["predicted"] = {**metrics["predicted"], "top1": metrics["top1"], "eval_samples": metrics["eval_samples"],
                                 **{k: metrics[k] for k in AGREEMENT_KEYS if k in metrics},
                                 **(accuracy_drop(metrics["top1"], base_top1) if metrics["top1"] is not None else {})}
-        engines.append(row)
-        engines.extend(_device_rows(row, entries, base_top1))
+        fields.append(row)
+        fields.extend(_device_rows(row, entries, base_top1))
+    engines = [_typed(row) for row in fields]
     _add_drop_vs_backend_fp32(engines)
     _add_predicted_drop_vs_onnx_fp32(engines)
-    for row in engines:
-        row["verdict"], row["gates"] = judge(row, base_top1, gates)
+    for typed in engines:
+        typed.verdict, typed.gates = judge(typed, base_top1, gates)
     required = required_engines(engines, gates)
-    for row in engines:
-        row["required"] = row["name"] in required
-    failing = [row["name"] for row in engines if row["required"] and row["verdict"] != "pass"]
+    for typed in engines:
+        typed.required = typed.name in required
+    failing = [typed.name for typed in engines if typed.required and typed.verdict != "pass"]
     validate_cfg = baseline_entry.config if baseline_entry else {}
     report: dict[str, Any] = {
         "schema": SCHEMA,
@@ -157,8 +160,8 @@ def build_report(manifest: Manifest) -> dict[str, Any]:
         "gates": gates.model_dump(mode="json"),
         "engines": engines,
         "devices": _devices(entries),
-        "recommendations": recommend([row for row in engines if row["backend"]]),
-        "release": {"required": required, "failing": failing, "passed": not failing, "exit_code": 1 if failing else 0},
+        "recommendations": recommend(engines),
+        "release": Release(required=required, failing=failing, passed=not failing, exit_code=1 if failing else 0),
         "notes": ["Each engine and the baseline were measured in a process of their own, pinned to the CPUs shown, one after "
                   "another; latency intervals are percentile-bootstrap 95% intervals over the per-iteration times.",
                   "Results reused from the store (reused.validate) were measured at their measured_at time on this device."],
@@ -174,10 +177,21 @@ def build_report(manifest: Manifest) -> dict[str, Any]:
                                "harness as this host's rows; the FP32 baseline and the reference outputs are this host's. Each "
                                "device has its own recommendation.")
     for info in REGISTRY.values():
-        if info.report_note and any(row["backend"] == info.name for row in engines):
+        if info.report_note and any(row.backend == info.name for row in engines):
             report["notes"].append(info.report_note)
-    report["student_vs_teacher"] = student_vs_teacher(report)
-    return report
+    report["student_vs_teacher"] = student_vs_teacher(report["prune"], report["baseline"], engines, distilled=bool(report["distill"]))
+    return Report.model_validate(report)
+
+
+def _typed(fields: Mapping[str, Any]) -> EngineRow:
+    """A row's fields as gathered from the manifest, with its identity as an ``EngineKey``."""
+    rest = dict(fields)
+    name = rest.pop("name")
+    key = EngineKey(backend=rest.pop("backend"), precision=rest.pop("precision"), device=rest.pop("device_name", None))
+    rest.pop("target", None)
+    if key.name != name:  # a manifest entry whose name is not its config's backend and precision
+        raise DataError(f"manifest entry {name!r}: its config names {key.name!r}")
+    return EngineRow(key=key, **rest)
 
 
 AGREEMENT_KEYS = ("top1_agreement", "top5_agreement", "max_abs_error", "mean_cosine")
@@ -229,35 +243,35 @@ def accuracy_basis(dataset: Mapping[str, Any] | None) -> dict[str, str]:
                     f"{dataset.get('eval')} evaluation images, not accuracy against ground truth"}
 
 
-def _add_drop_vs_backend_fp32(engines: list[dict[str, Any]]) -> None:
+def _add_drop_vs_backend_fp32(engines: list[EngineRow]) -> None:
     """Each engine's top-1 drop against its own backend's FP32 engine: the quantization effect alone, apart
     from what pruning and distillation changed against the baseline."""
-    fp32 = {target(row): row["top1"] for row in engines if row["precision"] == "fp32" and row.get("top1") is not None}
+    fp32 = {row.target: row.top1 for row in engines if row.precision == "fp32" and row.top1 is not None}
     for row in engines:
-        if row.get("top1") is not None and target(row) in fp32:
-            row["top1_drop_vs_backend_fp32_points"] = round(100 * (fp32[target(row)] - row["top1"]), 4)
+        if row.top1 is not None and row.target in fp32:
+            row.top1_drop_vs_backend_fp32_points = round(100 * (fp32[row.target] - row.top1), 4)
 
 
-def _add_predicted_drop_vs_onnx_fp32(engines: list[dict[str, Any]]) -> None:
+def _add_predicted_drop_vs_onnx_fp32(engines: list[EngineRow]) -> None:
     """A prediction's top-1 drop against the exported FP32 ONNX on the same runtime (``onnxruntime/fp32``): what the
     backend's FP16/INT8 preparation alone costs."""
-    exported = next((row.get("top1") for row in engines if row["name"] == "onnxruntime/fp32"), None)
+    exported = next((row.top1 for row in engines if row.name == "onnxruntime/fp32"), None)
     for row in engines:
-        predicted = row.get("predicted")
-        if predicted and exported is not None and predicted.get("on") == "onnxruntime":
-            predicted["top1_drop_vs_onnx_fp32_points"] = round(100 * (exported - predicted["top1"]), 4)
+        predicted = row.predicted
+        if predicted is not None and exported is not None and predicted.on == "onnxruntime" and predicted.top1 is not None:
+            predicted.top1_drop_vs_onnx_fp32_points = round(100 * (exported - predicted.top1), 4)
 
 
-def student_vs_teacher(report: Mapping[str, Any]) -> dict[str, Any] | None:
+def student_vs_teacher(prune: Mapping[str, Any] | None, baseline: Mapping[str, Any] | None, engines: list[EngineRow], *,
+                       distilled: bool) -> dict[str, Any] | None:
     """The pipeline's verdict on the student: measured ORT FP32 latency ratio (both timed in the prune stage of
     one run, same harness) and the test top-1 of its ORT FP32 engine against the teacher's PyTorch FP32 top-1."""
-    prune, baseline = report.get("prune"), report.get("baseline")
-    engine = next((e for e in report.get("engines", []) if e.get("name") == "onnxruntime/fp32" and e.get("status") == "ok"), None)
+    engine = next((e for e in engines if e.name == "onnxruntime/fp32" and e.status == "ok"), None)
     if not prune or not baseline or engine is None:
         return None
     return {"teacher_p50_ms": prune["before"]["latency"]["p50_ms"], "student_p50_ms": prune["after"]["latency"]["p50_ms"],
-            "latency_reduction": prune["latency_speedup_p50"], "teacher_top1": baseline["top1"], "student_top1": engine["top1"],
-            "top1_drop_points": engine["top1_drop_points"], "stages": "prune + distill" if report.get("distill") else "prune"}
+            "latency_reduction": prune["latency_speedup_p50"], "teacher_top1": baseline["top1"], "student_top1": engine.top1,
+            "top1_drop_points": engine.top1_drop_points, "stages": "prune + distill" if distilled else "prune"}
 
 
 def _distill_section(entries: list[ManifestEntry]) -> dict[str, Any] | None:

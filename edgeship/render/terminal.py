@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from edgeship.gates import format_value, target
+from edgeship.gates import format_value
 from edgeship.render.text import change_points, int8_weight_lines
 from edgeship.render.text import pct as _pct
 from edgeship.render.text import size as _size
@@ -22,7 +22,7 @@ from edgeship.render.text import size as _size
 
 def print_summary(report: Mapping[str, Any], console: Console) -> None:
     """The summary table: every engine with precision, size, p50/p99, top-1, drop vs FP32, status."""
-    device = report.get("device", {})
+    device = report.get("device") or {}
     table = Table(title=f"edgeship · {report['run_id']} · {device.get('cpu', '?')} · {report.get('threads')} threads")
     labelled = (report.get("accuracy") or {}).get("basis", "labels") == "labels"
     accuracy_columns = ACCURACY_COLUMNS if labelled else AGREEMENT_COLUMNS
@@ -30,7 +30,7 @@ def print_summary(report: Mapping[str, Any], console: Console) -> None:
         table.add_column(column, justify="left" if column in ("engine", "precision", "verdict", "ship") else "right")
     baseline = report.get("baseline")
     if baseline:
-        lat = baseline.get("latency", {})
+        lat = baseline.get("latency") or {}
         reference = [_pct(baseline.get("top1")), "baseline", "—", "—"] if labelled else ["reference", "reference", "—"]
         table.add_row(baseline["name"].split("/")[0], "fp32", _size(baseline.get("size_bytes")), _ms(lat.get("p50_ms")),
                       _ms(lat.get("p99_ms")),
@@ -109,13 +109,13 @@ AGREEMENT_COLUMNS = ("top-1 agreement", "top-5 agreement", "cosine")
 
 def _engine_cells(row: Mapping[str, Any], mark: str, *, labelled: bool = True) -> list[str]:
     """One engine's table cells; a prediction (TensorRT's prepared ONNX on ONNX Runtime) is shown as such, never as measured."""
-    lat = row.get("latency", {})
+    lat = row.get("latency") or {}
     colour = {"ok": "green", "skipped": "yellow"}.get(row["status"], "red")
     build = row.get("build_seconds")
     verdict = row.get("verdict", row["status"])
     colour = {"pass": "green", "fail": "red", "skipped": "yellow"}.get(verdict, colour)
     text = verdict if verdict in ("pass", "fail") else row["status"]
-    return [target(row) or "?", row.get("precision") or "?", _size(row.get("size_bytes")), _ms(lat.get("p50_ms")),
+    return [row["target"], row["precision"], _size(row.get("size_bytes")), _ms(lat.get("p50_ms")),
             _ms(lat.get("p99_ms")), *(_accuracy_cells(row) if labelled else _agreement_cells(row)),
             "—" if not build else f"{build:.1f}", f"[{colour}]{text}[/{colour}] {mark}".rstrip()]
 
@@ -166,7 +166,8 @@ def prepared_line(row: Mapping[str, Any]) -> str:
     if predicted:
         text += (f"; [italic]{predicted['label']}[/italic]: "
                  + (f"top-1 {_pct(predicted['top1'])}, " if predicted.get("top1") is not None else "")
-                 + (f"({0.0 - predicted['top1_drop_points']:+.2f} pt vs baseline), " if "top1_drop_points" in predicted else "")
+                 + (f"({change_points(predicted['top1_drop_points'])} vs baseline), "
+                    if predicted.get("top1_drop_points") is not None else "")
                  + f"agreement {_pct(predicted['top1_agreement'])}"
                  + (f", top-5 agreement {_pct(predicted['top5_agreement'])}" if predicted.get("top5_agreement") is not None else ""))
     return text

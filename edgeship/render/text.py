@@ -18,7 +18,7 @@ def pct(value: float | None) -> str:
 
 def change_points(drop: float | None) -> str:
     """A top-1 drop (points lost, as the report stores it) shown as the change it is: a 0.5-point loss is "-0.50 pt"."""
-    return "—" if drop is None else f"{-drop:+.2f} pt"
+    return "—" if drop is None else f"{0.0 - drop:+.2f} pt"  # 0.0 - x: no "-0.00" for no change
 
 
 def int8_weight_lines(row: Mapping[str, Any]) -> list[str]:

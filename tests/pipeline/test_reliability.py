@@ -46,6 +46,22 @@ def edgeship_run(recipe: Path) -> subprocess.Popen[str]:
                             text=True, env=env, cwd=recipe.parent)
 
 
+def kill_after_first_epoch(recipe: Path, epoch_line: str, store: Path) -> None:
+    """Run ``recipe`` and kill -9 it once a training has printed ``epoch_line`` and saved that epoch's checkpoint."""
+    process = edgeship_run(recipe)
+    seen = []
+    for line in process.stdout:  # type: ignore[union-attr]
+        seen.append(line)
+        if re.search(epoch_line, line):
+            deadline = time.monotonic() + 60  # the line is printed just before the epoch's checkpoint is renamed into place
+            while not list((store / "scratch").glob("*/train.ckpt")) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            process.send_signal(signal.SIGKILL)  # while the next epoch trains
+            break
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "".join(seen)
+
+
 def digests(manifest: Manifest, stages: tuple[str, ...] = DETERMINISTIC) -> dict[tuple[str, str], str | None]:
     return {(e.stage, e.name): e.sha256 for e in manifest.entries if e.stage in stages}
 
@@ -92,18 +108,7 @@ def test_killed_during_training_resumes_from_the_last_epoch_with_identical_weigh
                                                                                     tmp_path: Path) -> None:
     cold_distill = run(distill_recipe(tmp_path_factory.mktemp("cold-distill")), console=Console(quiet=True))
     recipe = recipe_file(tmp_path, distill_recipe(tmp_path))
-    process = edgeship_run(recipe)
-    seen = []
-    for line in process.stdout:  # type: ignore[union-attr]
-        seen.append(line)
-        if re.search(r"distill \(.*\): epoch 1/3", line):
-            deadline = time.monotonic() + 60  # the line is printed just before the epoch's checkpoint is renamed into place
-            while not list((tmp_path / "store" / "scratch").glob("*/train.ckpt")) and time.monotonic() < deadline:
-                time.sleep(0.01)
-            process.send_signal(signal.SIGKILL)  # while epoch 2 trains
-            break
-    process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL, "".join(seen)
+    kill_after_first_epoch(recipe, r"distill \(.*\): epoch 1/3", tmp_path / "store")
 
     console = Console(record=True, width=200)
     resumed = run(Recipe.model_validate(yaml.safe_load(recipe.read_text())), console=console)
@@ -120,18 +125,7 @@ def test_killed_while_the_teacher_trains_resumes_it_from_the_last_epoch(cold: Ru
     """The teacher trains through the same resumable loop as distillation: a kill -9 after its first epoch, and the next
     run continues from that epoch's checkpoint and makes the uninterrupted run's teacher, to the byte."""
     recipe = recipe_file(tmp_path, resume_recipe(tmp_path))
-    process = edgeship_run(recipe)
-    seen = []
-    for line in process.stdout:  # type: ignore[union-attr]
-        seen.append(line)
-        if re.search(r"train teacher: epoch 1/2", line):
-            deadline = time.monotonic() + 60  # the line is printed just before the epoch's checkpoint is renamed into place
-            while not list((tmp_path / "store" / "scratch").glob("*/train.ckpt")) and time.monotonic() < deadline:
-                time.sleep(0.01)
-            process.send_signal(signal.SIGKILL)  # while epoch 2 trains
-            break
-    process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL, "".join(seen)
+    kill_after_first_epoch(recipe, r"train teacher: epoch 1/2", tmp_path / "store")
 
     from edgeship.artifacts import ArtifactStore
     from edgeship.data import load_dataset
