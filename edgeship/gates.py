@@ -12,7 +12,7 @@ import fnmatch
 from collections.abc import Sequence
 from typing import Any
 
-from edgeship.qualification import EngineRow, GatePrediction, GateResult, Outcome, Prediction, Recommendation, Verdict
+from edgeship.qualification import EngineRow, GatePrediction, GateResult, Outcome, Recommendation, Scores, Verdict
 from edgeship.recipe import GatesConfig
 
 __all__ = ["GATES", "TITLES", "Outcome", "Verdict", "accuracy", "accuracy_drop", "format_value", "judge", "recommend",
@@ -87,7 +87,7 @@ def _judge_one(name: str, row: EngineRow, baseline_top1: float | None, gates: Ga
     return _gate(name, gates, "pass" if _passes(name, value, limit) else "fail", value, detail)
 
 
-def _measured(name: str, row: EngineRow | Prediction, baseline_top1: float | None) -> tuple[float | None, str]:
+def _measured(name: str, row: Scores, baseline_top1: float | None) -> tuple[float | None, str]:
     """The value a gate judges, and how it was measured, from a measured row or a prediction."""
     top1 = row.top1
     if name in ("max_drop_points", "min_fraction_of_fp32"):

@@ -67,20 +67,26 @@ class GateResult(_Record):
     prediction: GatePrediction | None = None
 
 
-class Prediction(_Record):
-    """A prepared ONNX standing in for an engine that could not be built here, scored on another runtime."""
+class Scores(_Record):
+    """What the outputs scored on the evaluation split: top-1 against labels (None without), agreement with the FP32
+    reference, and the drop against the FP32 baseline. An engine's row and a prediction both have them."""
 
-    engine: str
-    on: str
-    label: str
-    top1: float | None = None
     eval_samples: int | None = None
+    top1: float | None = None
     top1_agreement: float | None = None
     top5_agreement: float | None = None
     max_abs_error: float | None = None
     mean_cosine: float | None = None
     top1_drop_points: float | None = None
     top1_relative_to_fp32: float | None = None
+
+
+class Prediction(Scores):
+    """A prepared ONNX standing in for an engine that could not be built here, scored on another runtime."""
+
+    engine: str
+    on: str
+    label: str
     top1_drop_vs_onnx_fp32_points: float | None = None
 
 
@@ -91,7 +97,7 @@ class Reused(_Record):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-class EngineRow(_Record):
+class EngineRow(Scores):
     """One engine (on one machine): how it was built, what was measured, and what the gates said."""
 
     key: EngineKey
@@ -102,16 +108,8 @@ class EngineRow(_Record):
     path: str | None = None
     build_seconds: float | None = None
     reused: Reused
-    # measured (absent when the engine was not built or not measured)
+    # measured (null when the engine was not built or not measured); the scores come from ``Scores``
     size_bytes: int | None = None
-    eval_samples: int | None = None
-    top1: float | None = None
-    top1_agreement: float | None = None
-    top5_agreement: float | None = None
-    max_abs_error: float | None = None
-    mean_cosine: float | None = None
-    top1_drop_points: float | None = None
-    top1_relative_to_fp32: float | None = None
     top1_drop_vs_backend_fp32_points: float | None = None
     latency: dict[str, Any] | None = None
     throughput: dict[str, Any] | None = None

@@ -224,7 +224,7 @@ def _pipeline(report: Mapping[str, Any]) -> str:
     if distill:
         top1 = distill["top1"]
         parts.append("<h3>Distillation</h3>" + _figure(lambda: plots.ablation_figure(top1),
-                     f"{distill['name']}: {-distill['distilled_drop_vs_teacher_points']:+.2f} pt vs the teacher"
+                     f"{distill['name']}: {change_points(distill['distilled_drop_vs_teacher_points'])} vs the teacher"
                      + (f", {distill['gain_over_hard_labels_points']:+.2f} pt over hard labels alone." if "gain_over_hard_labels_points"
                         in distill else ".")))
         history = distill.get("history") or {}

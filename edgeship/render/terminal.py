@@ -91,7 +91,7 @@ def print_summary(report: Mapping[str, Any], console: Console) -> None:
         console.print(f"[bold]student vs teacher ({verdict['stages']})[/bold]: measured ORT FP32 p50 {verdict['teacher_p50_ms']:.3f} → "
                       f"{verdict['student_p50_ms']:.3f} ms ([bold]×{verdict['latency_reduction']:.2f}[/bold]), test top-1 "
                       f"{_pct(verdict['teacher_top1'])} → {_pct(verdict['student_top1'])} "
-                      f"([bold]{-verdict['top1_drop_points']:+.2f} pt[/bold])", soft_wrap=True)
+                      f"([bold]{change_points(verdict['top1_drop_points'])}[/bold])", soft_wrap=True)
     distill = report.get("distill")
     if distill:
         top1 = distill["top1"]
@@ -99,7 +99,7 @@ def print_summary(report: Mapping[str, Any], console: Console) -> None:
         console.print(f"distill ({distill['name']}): test top-1 teacher {_pct(top1['teacher']['eval_top1'])}, student before "
                       f"{_pct(top1['student_before']['eval_top1'])}, hard-label fine-tune "
                       f"{_pct(hard['eval_top1']) if hard else 'not run'}, distilled {_pct(top1['distilled']['eval_top1'])} "
-                      f"({-distill['distilled_drop_vs_teacher_points']:+.2f} pt vs teacher"
+                      f"({change_points(distill['distilled_drop_vs_teacher_points'])} vs teacher"
                       + (f", {distill['gain_over_hard_labels_points']:+.2f} pt over hard labels)" if hard else ")"), soft_wrap=True)
 
 
