@@ -10,6 +10,7 @@ from typing import Any
 
 from edgeship.gates import GATES, TITLES, format_value
 from edgeship.render import plots
+from edgeship.render.cells import Cell, accuracy_cells
 from edgeship.render.text import change_points, int8_weight_lines
 from edgeship.render.text import pct as _pct
 from edgeship.render.text import size as _size
@@ -69,12 +70,14 @@ def _verdict(report: Mapping[str, Any]) -> str:
     shipped = {r["engine"] for r in (report.get("recommendations") or {}).values() if r.get("engine")}
     rows = []
     labelled = _basis(report)["basis"] == "labels"
+    shown = ("top-1", "Δ top-1 vs baseline") if labelled else ("top-1 agreement", "top-5 agreement")
     baseline = report.get("baseline")
     if baseline:
         rows.append(["PyTorch baseline", "fp32", _size(baseline.get("size_bytes")), *_latency_cells(baseline.get("latency")),
                      *([_pct(baseline.get("top1")), "reference"] if labelled else ["reference", "reference"]), "", "", ""])
     for row in report.get("engines", []):
-        first, second = _accuracy_cells(row) if labelled else _agreement_cells(row)
+        cells = accuracy_cells(row, labelled=labelled)
+        first, second = (_styled(cells[column]) for column in shown)
         failed = [g["gate"] for g in row.get("gates", []) if g["outcome"] == "fail"]
         verdict = row.get("verdict", row["status"])
         reason = escape(row.get("reason") or "")
@@ -82,7 +85,7 @@ def _verdict(report: Mapping[str, Any]) -> str:
         rows.append([escape(row["name"]), escape(str(row.get("precision"))), _size(row.get("size_bytes")),
                      *_latency_cells(row.get("latency")), first, second, f"<span class={escape(verdict)}>{escape(verdict)}</span>",
                      gates, "<span class=ship>✓ ship</span>" if row["name"] in shipped else ("required" if row.get("required") else "")])
-    columns = ["top-1", "Δ top-1 vs FP32"] if labelled else ["top-1 agreement with FP32", "top-5 agreement with FP32"]
+    columns = list(shown) if labelled else ["top-1 agreement with FP32", "top-5 agreement with FP32"]
     table = _table(["engine", "precision", "size", "p50 ms (95% CI)", "p99 ms (95% CI)", *columns, "verdict", "gates",
                     "recommended"], rows, numeric=range(2, 7))
     note = "" if labelled else f"<p><b>Agreement, not accuracy</b>: {escape(_basis(report)['text'])}.</p>"
@@ -94,21 +97,8 @@ def _basis(report: Mapping[str, Any]) -> Mapping[str, str]:
     return report.get("accuracy") or {"basis": "labels", "key": "top1", "title": "top-1"}
 
 
-def _accuracy_cells(row: Mapping[str, Any]) -> tuple[str, str]:
-    top1, drop = _pct(row.get("top1")), change_points(row.get("top1_drop_points"))
-    predicted = row.get("predicted")
-    if predicted and row.get("top1") is None:
-        top1 = f"<span class=pred>{_pct(predicted['top1'])} predicted</span>"
-        drop = f"<span class=pred>{change_points(predicted.get('top1_drop_points'))} predicted</span>"
-    return top1, drop
-
-
-def _agreement_cells(row: Mapping[str, Any]) -> tuple[str, str]:
-    predicted = row.get("predicted")
-    if predicted and row.get("top1_agreement") is None:
-        return (f"<span class=pred>{_pct(predicted.get('top1_agreement'))} predicted</span>",
-                f"<span class=pred>{_pct(predicted.get('top5_agreement'))} predicted</span>")
-    return _pct(row.get("top1_agreement")), _pct(row.get("top5_agreement"))
+def _styled(cell: Cell) -> str:
+    return f"<span class=pred>{escape(cell.text)} predicted</span>" if cell.kind == "predicted" else escape(cell.text)
 
 
 def _recommendations(report: Mapping[str, Any]) -> str:

@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgeship.gates import format_value
+from edgeship.render.cells import LABELLED, UNLABELLED, Cell, accuracy_cells
 from edgeship.render.text import change_points, int8_weight_lines
 from edgeship.render.text import pct as _pct
 from edgeship.render.text import size as _size
@@ -25,7 +26,7 @@ def print_summary(report: Mapping[str, Any], console: Console) -> None:
     device = report.get("device") or {}
     table = Table(title=f"edgeship · {report['run_id']} · {device.get('cpu', '?')} · {report.get('threads')} threads")
     labelled = (report.get("accuracy") or {}).get("basis", "labels") == "labels"
-    accuracy_columns = ACCURACY_COLUMNS if labelled else AGREEMENT_COLUMNS
+    accuracy_columns = LABELLED if labelled else UNLABELLED
     for column in ("engine", "precision", "size", "p50 ms", "p99 ms", *accuracy_columns, "build s", "verdict", "ship"):
         table.add_column(column, justify="left" if column in ("engine", "precision", "verdict", "ship") else "right")
     baseline = report.get("baseline")
@@ -103,10 +104,6 @@ def print_summary(report: Mapping[str, Any], console: Console) -> None:
                       + (f", {distill['gain_over_hard_labels_points']:+.2f} pt over hard labels)" if hard else ")"), soft_wrap=True)
 
 
-ACCURACY_COLUMNS = ("top-1", "Δ top-1 vs baseline", "Δ top-1 vs own FP32", "agreement")
-AGREEMENT_COLUMNS = ("top-1 agreement", "top-5 agreement", "cosine")
-
-
 def _engine_cells(row: Mapping[str, Any], mark: str, *, labelled: bool = True) -> list[str]:
     """One engine's table cells; a prediction (TensorRT's prepared ONNX on ONNX Runtime) is shown as such, never as measured."""
     lat = row.get("latency") or {}
@@ -116,34 +113,12 @@ def _engine_cells(row: Mapping[str, Any], mark: str, *, labelled: bool = True) -
     colour = {"pass": "green", "fail": "red", "skipped": "yellow"}.get(verdict, colour)
     text = verdict if verdict in ("pass", "fail") else row["status"]
     return [row["target"], row["precision"], _size(row.get("size_bytes")), _ms(lat.get("p50_ms")),
-            _ms(lat.get("p99_ms")), *(_accuracy_cells(row) if labelled else _agreement_cells(row)),
+            _ms(lat.get("p99_ms")), *(_styled(cell) for cell in accuracy_cells(row, labelled=labelled).values()),
             "—" if not build else f"{build:.1f}", f"[{colour}]{text}[/{colour}] {mark}".rstrip()]
 
 
-def _accuracy_cells(row: Mapping[str, Any]) -> list[str]:
-    drop, own = row.get("top1_drop_points"), row.get("top1_drop_vs_backend_fp32_points")
-    top1, agree = _pct(row.get("top1")), _pct(row.get("top1_agreement"))
-    drop_text, own_text = change_points(drop), "—" if row.get("precision") == "fp32" else change_points(own)
-    predicted = row.get("predicted")
-    if predicted and row.get("top1") is None:
-        top1, agree = _predicted(_pct(predicted["top1"])), _predicted(_pct(predicted["top1_agreement"]))
-        drop_text = _predicted(change_points(predicted.get("top1_drop_points")))
-        own_text = _predicted(change_points(predicted.get("top1_drop_vs_onnx_fp32_points")))
-    return [top1, drop_text, own_text, agree]
-
-
-def _agreement_cells(row: Mapping[str, Any]) -> list[str]:
-    """Unlabelled data: agreement with the FP32 PyTorch model (top-1, top-5) and the mean cosine of the outputs."""
-    source, mark = row, lambda text: text
-    if row.get("predicted") and row.get("top1_agreement") is None:
-        source, mark = row["predicted"], _predicted
-    cosine = source.get("mean_cosine")
-    return [mark(_pct(source.get("top1_agreement"))), mark(_pct(source.get("top5_agreement"))),
-            mark("—" if cosine is None else f"{cosine:.5f}")]
-
-
-def _predicted(text: str) -> str:
-    return text if text == "—" else f"[italic]{text} pred.[/italic]"
+def _styled(cell: Cell) -> str:
+    return f"[italic]{cell.text} pred.[/italic]" if cell.kind == "predicted" else cell.text
 
 
 def prepared_line(row: Mapping[str, Any]) -> str:
