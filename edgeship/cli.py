@@ -131,16 +131,17 @@ def _backends(args: argparse.Namespace, console: Console) -> int:
     table = Table(title="edgeship backends")
     for column in ("backend", "available", "versions", "device", "precisions", "notes / install"):
         table.add_column(column)
+    states = {name: availability(name) for name in REGISTRY}  # each imports its runtime: asked once
     for name, info in REGISTRY.items():
-        state = availability(name)
+        state = states[name]
         versions = ", ".join(f"{k} {v}" for k, v in state.versions.items()) or "not installed"
         mark = "[green]yes[/green]" if state.available else "[red]no[/red]"
         notes = "" if state.available else f"{state.reason}; install: {state.install}"
         table.add_row(f"{name} ({info.display_name})", mark, escape(versions), escape(state.device or "—"),
                       ", ".join(sorted(info.precisions)), escape(notes))
     console.print(table)
-    for name in REGISTRY:
-        if not availability(name).available:
+    for name, state in states.items():
+        if not state.available:
             line = _preparation_line(name)
             if line:
                 console.print(escape(line), soft_wrap=True)

@@ -162,13 +162,22 @@ class BackendBase(abc.ABC):
 
     def _check_request(self, cfg: object, precision: Precision, calibration: CalibrationSet | None) -> None:
         """Its own config section, a supported precision, the runtime installed, a calibration set for INT8."""
-        if not isinstance(cfg, self.info.config):
-            raise TypeError(f"{self.name} needs a {self.info.config.__name__}, got {type(cfg).__name__}")
+        self._check_config(cfg)
         if precision not in self.precisions:
             raise BuildError(self.name, precision, f"unsupported precision; {self.name} builds {sorted(self.precisions)}")
+        self._require_available()
+        self._check_calibration(precision, calibration)
+
+    def _check_config(self, cfg: object) -> None:
+        if not isinstance(cfg, self.info.config):
+            raise TypeError(f"{self.name} needs a {self.info.config.__name__}, got {type(cfg).__name__}")
+
+    def _require_available(self) -> None:
         state = self.availability()
         if not state.available:
             raise BackendUnavailable(self.name, f"{state.reason}; install: {state.install}")
+
+    def _check_calibration(self, precision: Precision, calibration: CalibrationSet | None) -> None:
         if precision is Precision.INT8 and calibration is None:
             raise BuildError(self.name, precision, "INT8 needs a calibration set")
 

@@ -70,7 +70,7 @@ class OnnxRuntimeBackend(BackendBase):
         except ImportError as exc:
             return Availability(self.name, False, reason=f"cannot import onnxruntime: {exc}", install="pip install onnxruntime")
         providers = ", ".join(p.removesuffix("ExecutionProvider") for p in ort.get_available_providers())
-        return Availability(self.name, True, installed_versions(("onnxruntime",)) or {"onnxruntime": ort.__version__},
+        return Availability(self.name, True, installed_versions(self.info.distributions) or {"onnxruntime": ort.__version__},
                             device=f"CPU (providers: {providers})")
 
     def _build(self, onnx: Path, precision: Precision, calibration: CalibrationSet | None, cfg: BaseModel,

@@ -63,11 +63,11 @@ class OpenVinoBackend(BackendBase):
             import nncf  # noqa: F401
             import openvino as ov
         except ImportError as exc:
-            return Availability(self.name, False, installed_versions(DISTRIBUTIONS), reason=f"cannot import {exc.name}",
-                                install=INFO.install)
+            return Availability(self.name, False, installed_versions(self.info.distributions), reason=f"cannot import {exc.name}",
+                                install=self.info.install)
         core = ov.Core()
         capabilities = ", ".join(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
-        return Availability(self.name, True, installed_versions(DISTRIBUTIONS),
+        return Availability(self.name, True, installed_versions(self.info.distributions),
                             device=f"{core.get_property('CPU', 'FULL_DEVICE_NAME')} (capabilities: {capabilities})")
 
     def runner(self, engine: Path, *, threads: int) -> OpenVinoRunner:

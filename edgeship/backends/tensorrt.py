@@ -124,8 +124,8 @@ class TensorRtBackend(BackendBase):
         gpu = nvidia_gpu()
         if not gpu:
             problems.append("no CUDA GPU (nvidia-smi finds none)")
-        return Availability(self.name, not problems, installed_versions(DISTRIBUTIONS), device=gpu or "no CUDA GPU",
-                            reason="; ".join(problems), install=INSTALL)
+        return Availability(self.name, not problems, installed_versions(self.info.distributions), device=gpu or "no CUDA GPU",
+                            reason="; ".join(problems), install=self.info.install)
 
     def precision_of(self, engine: Path) -> Precision | None:
         """A prepared ONNX tells its precision; a serialized engine does not."""
@@ -146,10 +146,8 @@ class TensorRtBackend(BackendBase):
 
         Raises ``BackendUnavailable`` when the tool it needs is missing, ``BuildError`` when the tool fails.
         """
-        if not isinstance(cfg, TensorRtConfig):
-            raise TypeError(f"{self.name} needs a TensorRtConfig, got {type(cfg).__name__}")
-        if precision is Precision.INT8 and calibration is None:
-            raise BuildError(self.name, precision, "INT8 needs a calibration set")
+        self._check_config(cfg)
+        self._check_calibration(precision, calibration)
         target = out_dir / f"model.{precision.value}.onnx"
         started = time.perf_counter()
         work = Path(tempfile.mkdtemp(dir=out_dir, prefix=".work-"))
@@ -175,11 +173,8 @@ class TensorRtBackend(BackendBase):
 
     def compile(self, prepared: Path, precision: Precision, cfg: BaseModel, out_dir: Path) -> Path:
         """Build the engine from a prepared ONNX with Polygraphy, strongly typed; write ``model.engine`` and ``engine.json``."""
-        if not isinstance(cfg, TensorRtConfig):
-            raise TypeError(f"{self.name} needs a TensorRtConfig, got {type(cfg).__name__}")
-        state = self.availability()
-        if not state.available:
-            raise BackendUnavailable(self.name, f"{state.reason}; install: {state.install}")
+        self._check_config(cfg)
+        self._require_available()
         with self._build_errors(precision):
             return _compile(prepared, precision, cfg, out_dir)
 

@@ -58,9 +58,9 @@ class TfliteBackend(BackendBase):
     def availability(self) -> Availability:
         missing = [module for module in ("ai_edge_litert", "onnx2tf", "tensorflow") if not importable(module)]
         if missing:
-            return Availability(self.name, False, installed_versions(DISTRIBUTIONS), reason=f"cannot import {', '.join(missing)}",
-                                install=INFO.install)
-        return Availability(self.name, True, installed_versions(DISTRIBUTIONS), device="CPU (XNNPACK)")
+            return Availability(self.name, False, installed_versions(self.info.distributions), reason=f"cannot import {', '.join(missing)}",
+                                install=self.info.install)
+        return Availability(self.name, True, installed_versions(self.info.distributions), device="CPU (XNNPACK)")
 
     def _build(self, onnx: Path, precision: Precision, calibration: CalibrationSet | None,  # type: ignore[override]
                cfg: TfliteConfig, out_dir: Path) -> Path:

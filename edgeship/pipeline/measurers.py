@@ -127,7 +127,7 @@ class DeviceMeasurer(Measurer):
         super().__init__(local.cfg, threads)
         self.local, self.client, self.device, self.described, self.reference = local, client, device, described, reference
         self._lock = threading.Lock()
-        self._sent: dict[str, tuple[str, Path]] | None = None
+        self._prepared: dict[str, tuple[str, Path]] = {}
 
     def where(self) -> dict[str, Any]:
         return {"device_name": self.device.name, "agent": self.device.url, "device": self.described["device"],
@@ -137,28 +137,27 @@ class DeviceMeasurer(Measurer):
         if request.artifact is None or not request.artifact.files:
             raise ValueError(f"{request.name}: a device measures a stored engine, every file of it; this request has none")
 
-    def _files(self) -> dict[str, tuple[str, Path]]:
-        """Role → (sha256, file) of what every job may need: the evaluation inputs, the reference outputs and the labels
-        (for a device that scores the outputs itself); each hashed once for every engine sent."""
+    def _sent(self, role: str) -> tuple[str, Path]:
+        """(sha256, file) of what a job may need: the evaluation inputs, or for a device that scores the outputs itself
+        the reference outputs and the labels; each written and hashed once, when first needed, for every engine sent."""
         with self._lock:
-            if self._sent is None:
-                arrays = {"reference": self.reference}
-                if self.local.ctx.dataset.eval.labels is not None:
-                    arrays["labels"] = np.asarray(self.local.ctx.dataset.eval.labels)
-                sent = {"inputs": (sha256_file(self.local.eval_inputs), self.local.eval_inputs)}
-                for role, array in arrays.items():
+            if role not in self._prepared:
+                if role == "inputs":
+                    path = self.local.eval_inputs
+                else:
                     path = self.local.scratch / f"{role}.npy"
-                    np.save(path, array)
-                    sent[role] = (sha256_file(path), path)
-                self._sent = sent
-            return self._sent
+                    np.save(path, self.reference if role == "reference" else np.asarray(self.local.ctx.dataset.eval.labels))
+                self._prepared[role] = (sha256_file(path), path)
+            return self._prepared[role]
 
     def _measure(self, request: MeasureRequest, folder: Path) -> dict[str, Any]:
         artifact, device = request.artifact, self.device
         assert artifact is not None  # _check
         scored_there = self.reference.astype(np.float32).nbytes > device.outputs_limit_mib * 1024 * 1024  # the outputs' size
-        available = self._files()
-        sent = {role: available[role] for role in (available if scored_there else ("inputs",))}
+        roles = ["inputs"]
+        if scored_there:
+            roles += ["reference"] + (["labels"] if self.local.ctx.dataset.eval.labels is not None else [])
+        sent = {role: self._sent(role) for role in roles}
         files = {digest: artifact.folder / file for file, digest in artifact.files.items()}
         files.update(dict(sent.values()))
         scoring = {role: digest for role, (digest, _) in sent.items() if role != "inputs"}

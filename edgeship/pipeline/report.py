@@ -200,14 +200,14 @@ DEVICE_KEYS = ("device_name", "agent", "device", "agent_edgeship")
 
 def _device_rows(engine: dict[str, Any], entries: list[ManifestEntry], base_top1: float | None) -> list[dict[str, Any]]:
     """The engine measured on each device of the recipe (validate entries ``<engine>@<device>``), one row each, judged
-    like any engine; ``target`` (``<backend>@<device>``) groups them for that device's recommendation."""
+    like any engine; its key's device groups them for that device's recommendation."""
     rows = []
     for entry in entries:
-        if entry.stage != "validate" or not entry.name.startswith(f"{engine['name']}@"):
+        device = _device_of(entry)
+        if device is None or entry.name != f"{engine['name']}@{device}":
             continue
-        device = entry.name.rsplit("@", 1)[1]
         row = {**{k: engine[k] for k in ("backend", "precision", "artifact", "sha256", "path", "build_seconds")},
-               "name": entry.name, "device_name": device, "target": f"{engine['backend']}@{device}", "status": entry.status,
+               "name": entry.name, "device_name": device, "status": entry.status,
                "reason": entry.reason, "reused": {"build": engine["reused"]["build"], "validate": entry.reused}}
         if engine["status"] != "ok":
             row.update(status=engine["status"], reason=engine["reason"])
@@ -219,15 +219,22 @@ def _device_rows(engine: dict[str, Any], entries: list[ManifestEntry], base_top1
     return rows
 
 
+def _device_of(entry: ManifestEntry) -> str | None:
+    """The edge device a validate entry was measured on, as its config records it; ``None`` for this host."""
+    return (entry.config.get("device") or {}).get("name") if entry.stage == "validate" else None
+
+
 def _devices(entries: list[ManifestEntry]) -> dict[str, Any]:
     """Each remote device that measured an engine: its agent's address, its description and its edgeship version."""
     devices: dict[str, Any] = {}
     for entry in entries:
-        if entry.stage == "validate" and entry.status == "ok" and entry.metrics.get("device_name"):
-            devices.setdefault(entry.metrics["device_name"], {k: entry.metrics.get(k) for k in ("agent", "device", "agent_edgeship")})
-        elif entry.stage == "validate" and "@" in entry.name:
-            devices.setdefault(entry.name.rsplit("@", 1)[1], {"agent": (entry.config.get("device") or {}).get("url"), "device": None,
-                                                              "agent_edgeship": None})
+        device = _device_of(entry)
+        if device is None:
+            continue
+        if entry.status == "ok":
+            devices.setdefault(device, {k: entry.metrics.get(k) for k in ("agent", "device", "agent_edgeship")})
+        else:
+            devices.setdefault(device, {"agent": entry.config["device"].get("url"), "device": None, "agent_edgeship": None})
     return devices
 
 
