@@ -165,7 +165,7 @@ def _preparation_line(name: str) -> str:
 
 def _report(args: argparse.Namespace, console: Console) -> int:
     report = rebuild(args.path)
-    print_summary(report.document(), console)
+    print_summary(report, console)
     folder = args.path if args.path.is_dir() else args.path.parent
     console.print(f"report: {folder / 'report.html'}")
     return report.release.exit_code

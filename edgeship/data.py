@@ -8,13 +8,14 @@ digits stand in, with a notice saying how to install the real data.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -57,6 +58,7 @@ class Dataset:
     eval: Split
     fingerprint: str
     probes: Mapping[str, np.ndarray] = field(default_factory=dict)  # photo name → raw image, for the export's sanity check
+    substitute_for: str = ""  # the dataset the recipe asked for, when this one stands in for it, and why
 
     @property
     def num_classes(self) -> int:
@@ -129,8 +131,21 @@ def load_dataset(cfg: DataConfig, calibration: CalibrationConfig, *, seed: int, 
             raise DataError(f"{cfg.root}: Fashion-MNIST IDX files not found; install them with `{FASHION_MNIST_INSTALL}`")
         notice(f"Fashion-MNIST not found under {cfg.root}; using scikit-learn's digits instead. "
                f"For the real data: {FASHION_MNIST_INSTALL}")
+        digits = _split(_read_digits(), cfg, calibration, seed=seed, name="digits", source="sklearn.datasets.load_digits",
+                        classes=tuple(str(i) for i in range(10)))
+        return dataclasses.replace(digits, substitute_for=f"fashion_mnist (not found under {cfg.root}; install: {FASHION_MNIST_INSTALL})")
     return _split(_read_digits(), cfg, calibration, seed=seed, name="digits", source="sklearn.datasets.load_digits",
                   classes=tuple(str(i) for i in range(10)))
+
+
+def substitution_note(record: Mapping[str, Any] | None) -> str:
+    """What a report says first when the run's data stood in for the data its recipe asked for; ``""`` when it did not."""
+    record = record or {}
+    wanted = record.get("substitute_for")
+    if not wanted:
+        return ""
+    return (f"This run used {record.get('name')} ({record.get('source')}) in place of {wanted}: every figure and gate here is "
+            f"measured on {record.get('name')}, not on the data the recipe asked for.")
 
 
 def _sample_photos(cfg: DataConfig, calibration: CalibrationConfig, *, seed: int) -> Dataset:

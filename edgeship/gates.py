@@ -1,9 +1,13 @@
-"""Release gates and the per-backend recommendation: one definition for every engine.
+"""Release gates, the release verdict and the per-backend recommendation: one definition for every engine.
 
-``judge`` turns one engine's row into gate outcomes (pass | fail | not-applicable, each with
-the measured value and the limit) and a verdict; an engine that was skipped or failed to build or run
-is never a pass. ``recommend`` picks, per backend, the fastest engine that passes every gate, by
-measured p50, and says why in words. Both work on the report's typed rows (``edgeship.qualification``).
+``judge`` turns one engine's row into gate outcomes (pass | fail | not-applicable, each with the measured value and
+the limit) and a verdict. A gate is not-applicable only when the recipe set no limit, or when the data cannot have
+the measure by design (top-1 gates on unlabelled data, where agreement decides); a limit with no value is a fail
+("not measured"). An engine that was skipped or failed to build or run is never a pass.
+
+``release`` is the one place the run's verdict is decided; the exit code, the terminal, the page and ``junit.xml``
+all read its result. ``recommend`` picks, per backend, the fastest engine that passes every gate, by measured p50,
+and says why in words. All work on the report's typed rows (``edgeship.qualification``).
 """
 
 from __future__ import annotations
@@ -12,30 +16,65 @@ import fnmatch
 from collections.abc import Sequence
 from typing import Any
 
-from edgeship.qualification import EngineRow, GatePrediction, GateResult, Outcome, Recommendation, Scores, Verdict
+from edgeship.qualification import EngineRow, GatePrediction, GateResult, Outcome, Recommendation, Release, Scores, Verdict
 from edgeship.recipe import GatesConfig
 
-__all__ = ["GATES", "TITLES", "Outcome", "Verdict", "accuracy", "accuracy_drop", "format_value", "judge", "recommend",
+__all__ = ["GATES", "TITLES", "Outcome", "Verdict", "accuracy", "accuracy_drop", "format_value", "judge", "recommend", "release",
            "required_engines"]
 GATES = ("max_drop_points", "min_fraction_of_fp32", "min_agreement", "max_p99_ms", "max_size_mib")
 TITLES = {"max_drop_points": "top-1 drop vs FP32", "min_fraction_of_fp32": "top-1 fraction of FP32", "min_agreement": "agreement with FP32",
           "max_p99_ms": "p99 latency (upper 95% bound)", "max_size_mib": "engine size"}
+LABEL_GATES = ("max_drop_points", "min_fraction_of_fp32")  # need labels: on unlabelled data agreement decides instead
 MIB = 1024**2
+NOTHING_QUALIFIED = "nothing was qualified: no required engine was built, measured and passed"
 
 
-def judge(row: EngineRow, baseline_top1: float | None, gates: GatesConfig) -> tuple[Verdict, list[GateResult]]:
-    """The verdict on one engine row of the report and each gate's outcome."""
+def judge(row: EngineRow, baseline_top1: float | None, gates: GatesConfig, *, labelled: bool = True) -> tuple[Verdict, list[GateResult]]:
+    """The verdict on one engine row of the report and each gate's outcome; ``labelled``: whether the evaluation data
+    has labels (without, the top-1 gates cannot apply and agreement decides)."""
     if row.status != "ok" or (row.top1 is None and row.top1_agreement is None):
         verdict: Verdict = "skipped" if row.status == "skipped" else "error"
         why = f"not measured: {row.status}: {row.reason or 'no result'}"
         return verdict, [_gate(name, gates, "not-applicable", None, why, prediction=_prediction(name, row, baseline_top1, gates))
                          for name in GATES]
-    results = [_judge_one(name, row, baseline_top1, gates) for name in GATES]
+    results = [_judge_one(name, row, baseline_top1, gates, labelled=labelled) for name in GATES]
     return ("fail" if any(r.outcome == "fail" for r in results) else "pass"), results
 
 
+def release(rows: Sequence[EngineRow], *, unfinished: str | None = None) -> Release:
+    """The run's verdict from its judged rows (``required`` set): the one decision the exit code and every rendering
+    follow. ``unfinished``: why the run did not reach its report (a killed run), which can never pass."""
+    required = [row for row in rows if row.required]
+    failing = [row for row in required if row.verdict != "pass"]
+    qualified = [row.name for row in required if row.verdict == "pass"]
+    reasons = []
+    if unfinished:
+        reasons.append(f"the run did not finish ({unfinished}): engines it never reached are missing from this report")
+    if not qualified:
+        reasons.append(NOTHING_QUALIFIED + (f" (no engine is required: every one was skipped, {_skips(rows)})" if not required
+                                            and rows else " (no engine was requested)" if not rows else ""))
+    reasons.extend(f"{row.name} {_why_failing(row)}" for row in failing)
+    passed = not reasons
+    return Release(required=[row.name for row in required], qualified=qualified, failing=[row.name for row in failing],
+                   finished=unfinished is None, reasons=reasons, passed=passed, exit_code=0 if passed else 1)
+
+
+def _skips(rows: Sequence[EngineRow]) -> str:
+    reasons = dict.fromkeys(row.reason for row in rows if row.status == "skipped")
+    return "; ".join(reasons) if len(reasons) < 4 else f"{len(reasons)} different reasons"
+
+
+def _why_failing(row: EngineRow) -> str:
+    if row.verdict == "fail":
+        return f"fails {_failed(row)}"
+    what = "was skipped" if row.status == "skipped" else "failed"
+    return f"is required but {what}: {row.reason or 'no result'}"
+
+
 def required_engines(rows: Sequence[EngineRow], gates: GatesConfig) -> list[str]:
-    """The engines whose verdict decides the exit code: the recipe's ``required`` patterns, or every engine not skipped."""
+    """The engines whose verdict decides the exit code: the recipe's ``required`` patterns, or every engine not skipped.
+    ``skipped`` means only "not here by design": a backend not installed, hardware this machine does not have, a device
+    that does not list the backend; a broken install or an unreachable device is ``failed``, and so required."""
     if gates.required is None:
         return [row.name for row in rows if row.status != "skipped"]
     return [row.name for row in rows if any(fnmatch.fnmatchcase(row.name, pattern) for pattern in gates.required)]
@@ -77,13 +116,16 @@ def _passes(name: str, value: float, limit: float) -> bool:
     return value <= limit if name.startswith("max_") else value >= limit
 
 
-def _judge_one(name: str, row: EngineRow, baseline_top1: float | None, gates: GatesConfig) -> GateResult:
+def _judge_one(name: str, row: EngineRow, baseline_top1: float | None, gates: GatesConfig, *, labelled: bool) -> GateResult:
     limit = getattr(gates, name)
     if limit is None:
         return _gate(name, gates, "not-applicable", None, "no limit set in the recipe")
+    if name in LABEL_GATES and not labelled:
+        return _gate(name, gates, "not-applicable", None, "no labels in the evaluation data: accuracy is top-1 agreement with FP32 "
+                                                          "(min_agreement)")
     value, detail = _measured(name, row, baseline_top1)
-    if value is None:
-        return _gate(name, gates, "not-applicable", None, detail)
+    if value is None:  # a limit was set and the value is missing: the engine was never checked against it
+        return _gate(name, gates, "fail", None, f"not measured: {detail}")
     return _gate(name, gates, "pass" if _passes(name, value, limit) else "fail", value, detail)
 
 
@@ -94,7 +136,7 @@ def _measured(name: str, row: Scores, baseline_top1: float | None) -> tuple[floa
         drops = accuracy_drop(top1, baseline_top1) if top1 is not None else {}
         value = drops.get("top1_drop_points" if name == "max_drop_points" else "top1_relative_to_fp32")
         if top1 is None:
-            return None, "no labels in the evaluation data: accuracy is top-1 agreement with FP32 (min_agreement)"
+            return None, "no top-1 measured"
         if value is None or baseline_top1 is None:
             return None, "no FP32 baseline top-1"
         return value, f"top-1 {100 * top1:.2f}% vs FP32 {100 * baseline_top1:.2f}%"
@@ -167,7 +209,8 @@ def _why_not(row: EngineRow) -> str:
 
 def _failed(row: EngineRow) -> str:
     failed = [g for g in row.gates if g.outcome == "fail"]
-    return ", ".join(f"{g.gate} ({format_value(g.gate, g.value)} vs limit {format_value(g.gate, g.limit)})" for g in failed)
+    return ", ".join(f"{g.gate} (not measured)" if g.value is None else
+                     f"{g.gate} ({format_value(g.gate, g.value)} vs limit {format_value(g.gate, g.limit)})" for g in failed)
 
 
 def format_value(gate: str, value: float | None) -> str:

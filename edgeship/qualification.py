@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
 Outcome = Literal["pass", "fail", "not-applicable"]
 Verdict = Literal["pass", "fail", "skipped", "error"]
@@ -133,6 +133,14 @@ class EngineRow(Scores):
     gates: list[GateResult] = Field(default_factory=list)
     required: bool = False
 
+    @model_validator(mode="before")
+    @classmethod
+    def _without_derived(cls, data: Any) -> Any:
+        """A row read back from ``report.json`` carries its key's derived fields too; the key alone is the identity."""
+        if isinstance(data, dict) and "key" in data:
+            return {k: v for k, v in data.items() if k not in DERIVED}
+        return data
+
     @computed_field  # type: ignore[prop-decorator]
     @property
     def name(self) -> str:
@@ -168,11 +176,19 @@ class Recommendation(_Record):
     reason: str
 
 
+DERIVED = ("name", "backend", "precision", "target")  # an engine row's fields computed from its key
+
+
 class Release(_Record):
-    """The verdict the exit code follows: every required engine passed, or which did not."""
+    """The verdict the exit code follows, decided once (``gates.release``) and read by every rendering: a pass needs a
+    finished run, at least one required engine built, measured and passing, and no required engine that did not pass.
+    ``reasons`` says in words why it failed."""
 
     required: list[str]
-    failing: list[str]
+    qualified: list[str]  # required engines that were built, measured and passed every gate
+    failing: list[str]  # required engines that did not pass: a failed gate, a failed build or run, a skip
+    finished: bool  # whether the run reached its report: a killed run's missing rows cannot be judged
+    reasons: list[str]
     passed: bool
     exit_code: int
 

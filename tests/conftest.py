@@ -13,6 +13,9 @@ import pytest
 from edgeship.recipe import FASHION_MNIST_ROOT, Recipe
 
 HAS_FASHION_MNIST = (FASHION_MNIST_ROOT / "t10k-images-idx3-ubyte.gz").is_file()
+# tests whose figures or shapes (28×28 images) need the real data, not the 8×8 digits that stand in for it
+needs_fashion_mnist = pytest.mark.skipif(not HAS_FASHION_MNIST, reason="needs the Fashion-MNIST package (the 8×8 digits stand-in "
+                                                                       "has other shapes): sudo apt-get install dataset-fashion-mnist")
 
 
 def tiny_recipe(tmp: Path, **overrides: object) -> Recipe:

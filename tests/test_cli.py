@@ -63,7 +63,7 @@ def test_report_command_rebuilds_from_a_manifest(tmp_path: Path, capsys: pytest.
     (tmp_path / "manifest.json").write_text(manifest.model_dump_json())
     assert main(["report", str(tmp_path)]) == 1, "a required engine that failed to build fails the release"
     out = capsys.readouterr().out
-    assert "r-1" in out and "failed (1)" in out and "90.00%" in out
+    assert "r-1" in out and "failed, required (1)" in out and "90.00%" in out
     assert "(1) onnxruntime/int8 failed: boom [see log]" in out and "release gates: fail" in out
     assert {p.name for p in tmp_path.iterdir()} >= {"report.json", "junit.xml", "report.html"}
     (tmp_path / "manifest.json").write_text("{}")

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from edgeship.gates import GATES, format_value, judge, recommend, required_engines
+from edgeship.gates import GATES, NOTHING_QUALIFIED, format_value, judge, recommend, release, required_engines
 from edgeship.qualification import EngineKey, EngineRow, GateResult, Prediction, Reused
 from edgeship.recipe import GatesConfig, Recipe
 
@@ -25,9 +25,9 @@ def row(name: str, *, top1: float = 0.918, agreement: float = 0.99, p50: float =
     return EngineRow(key=EngineKey(backend=backend, precision=precision), reused=Reused(build=False, validate=None), **out)
 
 
-def judged(rows: list[EngineRow], gates: GatesConfig) -> list[EngineRow]:
+def judged(rows: list[EngineRow], gates: GatesConfig, *, labelled: bool = True) -> list[EngineRow]:
     for r in rows:
-        r.verdict, r.gates = judge(r, BASE, gates)
+        r.verdict, r.gates = judge(r, BASE, gates, labelled=labelled)
     return rows
 
 
@@ -141,20 +141,68 @@ def unlabelled(name: str, *, agreement: float, p50: float = 0.1, ci: tuple[float
 
 
 def test_without_labels_accuracy_gates_step_aside_and_agreement_decides() -> None:
-    verdict, gates = judge(unlabelled("tflite/int8", agreement=0.98), None, ALL)
+    verdict, gates = judge(unlabelled("tflite/int8", agreement=0.98), None, ALL, labelled=False)
     by_gate = {g.gate: g for g in gates}
     assert verdict == "pass"
     for gate in ("max_drop_points", "min_fraction_of_fp32"):
         assert by_gate[gate].outcome == "not-applicable" and "no labels" in by_gate[gate].detail
     assert by_gate["min_agreement"].outcome == "pass" and by_gate["min_agreement"].value == 0.98
     assert "top-5 agreement 100.00%" in by_gate["min_agreement"].detail
-    assert judge(unlabelled("tflite/int8", agreement=0.96), None, ALL)[0] == "fail"
+    assert judge(unlabelled("tflite/int8", agreement=0.96), None, ALL, labelled=False)[0] == "fail"
 
 
 def test_without_labels_a_tie_goes_to_the_higher_agreement() -> None:
     gates = GatesConfig(min_fraction_of_fp32=None, min_agreement=0.9)
     rows = judged([unlabelled("openvino/int8", agreement=0.95, p50=0.100, ci=(0.098, 0.102)),
-                   unlabelled("openvino/fp16", agreement=0.999, p50=0.101, ci=(0.099, 0.103))], gates)
+                   unlabelled("openvino/fp16", agreement=0.999, p50=0.101, ci=(0.099, 0.103))], gates, labelled=False)
     choice = recommend(rows)["openvino"]
     assert choice.engine == "openvino/fp16"
     assert "higher top-1 agreement (99.90% vs 95.00%)" in choice.reason
+
+
+# -- the policy challenged: what must never read as a pass --------------------------------------------------------
+
+
+def released(rows: list[EngineRow], gates: GatesConfig, **kwargs: Any) -> Any:
+    judged(rows, gates)
+    required = required_engines(rows, gates)
+    for r in rows:
+        r.required = r.name in required
+    return release(rows, **kwargs)
+
+
+def test_nothing_built_is_never_a_pass() -> None:
+    skipped = [row("tensorrt/int8", status="skipped", reason="no CUDA GPU"), row("tflite/int8", status="skipped", reason="not installed")]
+    verdict = released(skipped, ALL)
+    assert not verdict.passed and verdict.exit_code == 1 and verdict.required == [] and verdict.qualified == []
+    assert verdict.reasons[0].startswith(NOTHING_QUALIFIED) and "no CUDA GPU" in verdict.reasons[0]
+    none = released([], ALL)
+    assert not none.passed and "no engine was requested" in none.reasons[0]
+
+
+def test_a_required_engine_that_was_skipped_fails_the_release() -> None:
+    rows = [row("onnxruntime/fp32"), row("tensorrt/fp16", status="skipped", reason="no CUDA GPU")]
+    verdict = released(rows, GatesConfig(required=["tensorrt/*", "onnxruntime/*"]))
+    assert not verdict.passed and verdict.failing == ["tensorrt/fp16"] and verdict.qualified == ["onnxruntime/fp32"]
+    assert verdict.reasons == ["tensorrt/fp16 is required but was skipped: no CUDA GPU"]
+
+
+def test_a_limit_with_no_value_fails_as_not_measured() -> None:
+    no_interval = row("openvino/int8")
+    assert no_interval.latency is not None
+    no_interval.latency = {k: v for k, v in no_interval.latency.items() if k != "ci95"}  # a result without its p99 interval
+    no_size = row("openvino/fp16").model_copy(update={"size_bytes": None})
+    no_agreement = row("openvino/fp32").model_copy(update={"top1_agreement": None})
+    for r, gate in ((no_interval, "max_p99_ms"), (no_size, "max_size_mib"), (no_agreement, "min_agreement")):
+        verdict, gates = judge(r, BASE, ALL)
+        failed = next(g for g in gates if g.gate == gate)
+        assert verdict == "fail" and failed.outcome == "fail" and failed.value is None and failed.detail.startswith("not measured")
+    verdict, gates = judge(row("openvino/int8"), None, ALL)  # labelled data, but no FP32 baseline top-1
+    assert verdict == "fail" and outcomes(gates)["max_drop_points"] == "fail" and "no FP32 baseline" in gates[0].detail
+
+
+def test_an_unfinished_run_cannot_pass_even_when_every_row_passes() -> None:
+    verdict = released([row("onnxruntime/fp32")], ALL, unfinished="its manifest says running, last at validate onnxruntime/fp32")
+    assert not verdict.passed and not verdict.finished and verdict.qualified == ["onnxruntime/fp32"]
+    assert "did not finish" in verdict.reasons[0]
+    assert released([row("onnxruntime/fp32")], ALL).passed

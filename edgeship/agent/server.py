@@ -81,7 +81,7 @@ class Agent:
             for name in REGISTRY:
                 state = availability(name)
                 backends[name] = {"available": state.available, "versions": state.versions, "device": state.device,
-                                  "reason": state.reason}
+                                  "reason": state.reason, "broken": state.broken}
             self._description = {"protocol": PROTOCOL, "edgeship": __version__, "host": platform.node(),
                                  "device": describe_device(), "backends": backends, "cpus": list(self.cpus) if self.cpus else None}
         return self._description

@@ -56,7 +56,9 @@ class BackendInfo:
 
 @dataclass(frozen=True)
 class Availability:
-    """Whether a backend can build and run here, and why not when it cannot."""
+    """Whether a backend can build and run here, and why not when it cannot. ``broken``: it is installed but cannot
+    load (a package that raises on import, two conflicting distributions), which the run reports as a failure; a
+    backend that is simply not installed, or lacks the hardware it needs, is skipped by design."""
 
     backend: str
     available: bool
@@ -64,6 +66,7 @@ class Availability:
     device: str = ""
     reason: str = ""
     install: str = ""
+    broken: bool = False
 
 
 class Runner(abc.ABC):

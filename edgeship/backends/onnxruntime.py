@@ -18,6 +18,7 @@ from pydantic import Field, PositiveInt
 from edgeship.backends.base import Availability, BackendBase, BackendInfo, CalibrationSet, Feed, Precision, Runner, TensorMeta
 from edgeship.backends.rounding import rounded_source
 from edgeship.backends.sensitivity import keep_float
+from edgeship.backends.tooling import import_problem
 from edgeship.config import BackendSection, WeightRounding, keep_float_field, weight_rounding_field
 from edgeship.device import installed_versions
 
@@ -64,11 +65,12 @@ class OnnxRuntimeBackend(BackendBase):
             return Availability(self.name, False, dict(installed),
                                 reason=f"{len(installed)} ONNX Runtime distributions are installed ({listed}); they share the "
                                        "onnxruntime package folder and overwrite each other's files",
-                                install=f"pip uninstall -y {' '.join(name for name, _ in installed)} && pip install onnxruntime")
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            return Availability(self.name, False, reason=f"cannot import onnxruntime: {exc}", install="pip install onnxruntime")
+                                install=f"pip uninstall -y {' '.join(name for name, _ in installed)} && pip install onnxruntime",
+                                broken=True)
+        problem = import_problem(("onnxruntime",))
+        if problem:
+            return Availability(self.name, False, dict(installed), reason=problem[0], install="pip install onnxruntime", broken=problem[1])
+        import onnxruntime as ort
         providers = ", ".join(p.removesuffix("ExecutionProvider") for p in ort.get_available_providers())
         return Availability(self.name, True, installed_versions(self.info.distributions) or {"onnxruntime": ort.__version__},
                             device=f"CPU (providers: {providers})")

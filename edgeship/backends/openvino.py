@@ -23,6 +23,7 @@ from pydantic import Field, PositiveInt
 from edgeship.backends.base import Availability, BackendBase, BackendInfo, CalibrationSet, Feed, Precision, Runner, TensorMeta
 from edgeship.backends.rounding import rounded_source
 from edgeship.backends.sensitivity import keep_float
+from edgeship.backends.tooling import import_problem
 from edgeship.config import BackendSection, WeightRounding, keep_float_field, weight_rounding_field
 from edgeship.device import installed_versions
 
@@ -59,12 +60,11 @@ class OpenVinoBackend(BackendBase):
     info: ClassVar[BackendInfo] = INFO
 
     def availability(self) -> Availability:
-        try:
-            import nncf  # noqa: F401
-            import openvino as ov
-        except ImportError as exc:
-            return Availability(self.name, False, installed_versions(self.info.distributions), reason=f"cannot import {exc.name}",
-                                install=self.info.install)
+        problem = import_problem(("openvino", "nncf"))
+        if problem:
+            return Availability(self.name, False, installed_versions(self.info.distributions), reason=problem[0],
+                                install=self.info.install, broken=problem[1])
+        import openvino as ov
         core = ov.Core()
         capabilities = ", ".join(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
         return Availability(self.name, True, installed_versions(self.info.distributions),

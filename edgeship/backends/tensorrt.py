@@ -38,7 +38,7 @@ from edgeship.backends.modelopt_worker import MODELOPT_MISSING
 from edgeship.backends.onnxruntime import onnx_precision, quantize_qdq
 from edgeship.backends.rounding import rounded_source
 from edgeship.backends.sensitivity import keep_float
-from edgeship.backends.tooling import captured_output, error_line, fed_inputs, importable
+from edgeship.backends.tooling import captured_output, error_line, fed_inputs, import_problem, importable
 from edgeship.config import BackendSection, Section, WeightRounding, keep_float_field, weight_rounding_field
 from edgeship.device import installed_versions, nvidia_gpu
 from edgeship.errors import BackendUnavailable, BuildError
@@ -119,13 +119,17 @@ class TensorRtBackend(BackendBase):
         """Whether engines can be built and run here: ``tensorrt`` and Polygraphy importable, and a CUDA GPU present."""
         problems = []
         missing = [module for module in ("tensorrt", "polygraphy") if not importable(module)]
+        broken = None if missing else import_problem(("tensorrt", "polygraphy"))
         if missing:
             problems.append(f"cannot import {', '.join(missing)} (TensorRT is not installed)")
+        elif broken:
+            problems.append(broken[0])
         gpu = nvidia_gpu()
         if not gpu:
             problems.append("no CUDA GPU (nvidia-smi finds none)")
         return Availability(self.name, not problems, installed_versions(self.info.distributions), device=gpu or "no CUDA GPU",
-                            reason="; ".join(problems), install=self.info.install)
+                            reason="; ".join(problems), install=self.info.install,
+                            broken=bool(broken and broken[1] and gpu))  # without a GPU, a failing import is expected
 
     def precision_of(self, engine: Path) -> Precision | None:
         """A prepared ONNX tells its precision; a serialized engine does not."""

@@ -24,7 +24,7 @@ from pydantic import Field, PositiveInt
 
 from edgeship.backends.base import Availability, BackendBase, BackendInfo, CalibrationSet, Feed, Precision, Runner, TensorMeta
 from edgeship.backends.rounding import rounded_source
-from edgeship.backends.tooling import captured_output, error_line, fed_inputs, importable
+from edgeship.backends.tooling import captured_output, error_line, fed_inputs, import_problem, importable
 from edgeship.config import BackendSection, WeightRounding, weight_rounding_field
 from edgeship.device import installed_versions
 from edgeship.errors import BuildError
@@ -60,6 +60,11 @@ class TfliteBackend(BackendBase):
         if missing:
             return Availability(self.name, False, installed_versions(self.info.distributions), reason=f"cannot import {', '.join(missing)}",
                                 install=self.info.install)
+        # the runtime is imported (it is quick); the converters are not (seconds): a broken one fails its build instead
+        problem = import_problem((self.info.runtime_module,))
+        if problem:
+            return Availability(self.name, False, installed_versions(self.info.distributions), reason=problem[0], install=self.info.install,
+                                broken=problem[1])
         return Availability(self.name, True, installed_versions(self.info.distributions), device="CPU (XNNPACK)")
 
     def _build(self, onnx: Path, precision: Precision, calibration: CalibrationSet | None,  # type: ignore[override]

@@ -42,6 +42,19 @@ def error_line(text: str) -> str:
     return (errors or lines or ["no message"])[-1][:400]
 
 
+def import_problem(modules: tuple[str, ...]) -> tuple[str, bool] | None:
+    """Why ``modules`` cannot be imported, and whether that is a broken install (the package is there but raises on import,
+    which is a failure to report) rather than a missing one (a skip by design); ``None`` when all import."""
+    for module in modules:
+        if not importable(module):
+            return f"cannot import {module} (not installed)", False
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # an installed package that fails to load raises anything: ImportError, OSError, ...
+            return f"{module} is installed but fails to import: {type(exc).__name__}: {error_line(str(exc))}", True
+    return None
+
+
 def importable(module: str) -> bool:
     """Whether ``module`` can be found, without importing it (a module blocked in ``sys.modules`` is not)."""
     try:

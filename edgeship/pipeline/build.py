@@ -1,8 +1,8 @@
 """The ``build`` stage: one engine per enabled backend × precision.
 
-A backend that is not available is recorded as ``skipped`` with its reason; a
-failed build is recorded as ``failed`` with the tool's message. Either way the
-other engines go on, and neither is ever reported as a success.
+A backend that is not installed here, or lacks its hardware, is recorded as ``skipped`` with its reason (by design);
+one that is installed but cannot load, a missing preparation tool and a failed build are ``failed`` with the cause,
+which the release gates count. Either way the other engines go on, and none is ever reported as a success.
 
 A preparing backend (TensorRT) first makes its backend-bound ONNX (stage
 ``prepare``, on the CPU), then compiles the engine from it where its device is
@@ -58,15 +58,15 @@ class BuildStage:
                 if isinstance(backend, PreparingBackend):
                     try:
                         source = outputs[prediction_name(name)] = self._prepare_one(ctx, onnx, backend, precision, backend_cfg)
-                    except (BuildError, BackendUnavailable) as exc:
-                        status = "skipped" if isinstance(exc, BackendUnavailable) else "failed"
-                        ctx.record_problem(PREPARE, name, status, str(exc), prepare_config(backend_name, precision, backend_cfg))
-                        ctx.record_problem(self.name, name, status, f"no {backend_name}-bound ONNX: {exc}", config)
+                    except (BuildError, BackendUnavailable) as exc:  # a missing preparation tool too: it runs on any CPU
+                        ctx.record_problem(PREPARE, name, "failed", str(exc), prepare_config(backend_name, precision, backend_cfg))
+                        ctx.record_problem(self.name, name, "failed", f"no {backend_name}-bound ONNX: {exc}", config)
                         ctx.save_manifest()
                         continue
                     ctx.save_manifest()
-                if not state.available:
-                    ctx.record_problem(self.name, name, "skipped", f"{state.reason}; install: {state.install}", config)
+                if not state.available:  # not installed or no such hardware: skipped; installed but broken: failed
+                    ctx.record_problem(self.name, name, "failed" if state.broken else "skipped",
+                                       f"{state.reason}; {'fix' if state.broken else 'install'}: {state.install}", config)
                     continue
                 try:
                     outputs[name] = self._build_one(ctx, source, backend_name, precision, backend_cfg, config)

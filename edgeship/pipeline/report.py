@@ -17,20 +17,21 @@ from pydantic import BaseModel, ConfigDict
 
 from edgeship.artifacts import Artifact, Manifest, ManifestEntry, sha256_file, write_atomic
 from edgeship.backends import REGISTRY
+from edgeship.data import substitution_note
 from edgeship.errors import DataError
-from edgeship.gates import accuracy_drop, judge, recommend, required_engines
+from edgeship.gates import accuracy_drop, judge, recommend, release, required_engines
 from edgeship.pipeline.base import RunContext
 from edgeship.pipeline.build import PREPARE, SIDE_METRICS, prediction_name
 from edgeship.pipeline.distill import ABLATION, comparison
 from edgeship.pipeline.validate import BASELINE
-from edgeship.qualification import EngineKey, EngineRow, Release, Report
+from edgeship.qualification import EngineKey, EngineRow, Report
 from edgeship.recipe import GatesConfig
 from edgeship.render.html import render_html
 from edgeship.render.junit import render_junit
 from edgeship.render.terminal import print_summary
 
 SCHEMA = "edgeship.report"
-SCHEMA_VERSION = 4  # 4: typed rows; each engine row has its key (backend, precision, device) and target
+SCHEMA_VERSION = 5  # 4: typed rows with their key; 5: the release's reasons, qualified engines and whether the run finished
 OUTPUTS = ("report.json", "junit.xml", "report.html")
 
 
@@ -44,22 +45,22 @@ class ReportStage:
     def run(self, inputs: Mapping[str, Artifact], cfg: ReportConfig, ctx: RunContext) -> dict[str, Artifact]:
         # built from the manifest as saved, exactly what ``edgeship report RUN_DIR`` reads later
         ctx.save_manifest()
-        report = write_reports(Manifest.model_validate_json(ctx.manifest_path.read_text()), ctx.run_dir)
+        report = write_reports(Manifest.model_validate_json(ctx.manifest_path.read_text()), ctx.run_dir, reached=True)
         for name in OUTPUTS:
             path = ctx.run_dir / name
             ctx.manifest.add(ManifestEntry(stage=self.name, name=name, status="ok", kind="report", path=str(path),
                                            sha256=sha256_file(path), config={"schema": SCHEMA, "schema_version": SCHEMA_VERSION}))
-        print_summary(report.document(), ctx.console)
+        print_summary(report, ctx.console)
         return {}
 
 
-def write_reports(manifest: Manifest, run_dir: Path) -> Report:
-    """``report.json``, ``junit.xml`` and ``report.html`` of a run, from its manifest; returns the report."""
-    report = build_report(manifest)
-    document = report.document()
-    write_atomic(run_dir / "report.json", json.dumps(document, indent=2) + "\n")
-    write_atomic(run_dir / "junit.xml", render_junit(document))
-    write_atomic(run_dir / "report.html", render_html(document))
+def write_reports(manifest: Manifest, run_dir: Path, *, reached: bool = False) -> Report:
+    """``report.json``, ``junit.xml`` and ``report.html`` of a run, from its manifest; returns the report. ``reached``:
+    the report stage itself is writing them, so every stage before it finished."""
+    report = build_report(manifest, reached=reached)
+    write_atomic(run_dir / "report.json", json.dumps(report.document(), indent=2) + "\n")
+    write_atomic(run_dir / "junit.xml", render_junit(report))
+    write_atomic(run_dir / "report.html", render_html(report))
     return report
 
 
@@ -85,9 +86,18 @@ def _read_run_file(path: Path, name: str, *, missing: str) -> tuple[Path, str]:
         raise DataError(f"{path}: cannot read {name}: {exc}") from None
 
 
-def build_report(manifest: Manifest) -> Report:
+def unfinished(manifest: Manifest) -> str | None:
+    """Why a run's manifest shows it never reached its report (killed, interrupted or failed on the way), or ``None``."""
+    if manifest.status == "ok" or any(e.stage == ReportStage.name for e in manifest.entries):
+        return None
+    last = manifest.entries[-1] if manifest.entries else None
+    return f"its manifest says {manifest.status}" + (f", last at {last.stage} {last.name}" if last else ", before any stage")
+
+
+def build_report(manifest: Manifest, *, reached: bool = False) -> Report:
     """The report document: baseline, every requested engine with its gates and verdict, the recommendation per
-    backend, and the run's provenance, from the manifest alone."""
+    backend, and the run's provenance, from the manifest alone. ``reached``: built by the report stage itself, after
+    every other stage; otherwise the manifest must show the run finished, or the release cannot pass."""
     entries = [e for e in manifest.entries if e.stage != ReportStage.name]
     validations = {e.name: e for e in entries if e.stage == "validate" and e.status == "ok"}
     baseline_entry = validations.get(BASELINE)
@@ -129,12 +139,12 @@ def build_report(manifest: Manifest) -> Report:
     engines = [_typed(row) for row in fields]
     _add_drop_vs_backend_fp32(engines)
     _add_predicted_drop_vs_onnx_fp32(engines)
+    labelled = bool((manifest.dataset or {}).get("labelled", True))
     for typed in engines:
-        typed.verdict, typed.gates = judge(typed, base_top1, gates)
+        typed.verdict, typed.gates = judge(typed, base_top1, gates, labelled=labelled)
     required = required_engines(engines, gates)
     for typed in engines:
         typed.required = typed.name in required
-    failing = [typed.name for typed in engines if typed.required and typed.verdict != "pass"]
     validate_cfg = baseline_entry.config if baseline_entry else {}
     report: dict[str, Any] = {
         "schema": SCHEMA,
@@ -161,8 +171,9 @@ def build_report(manifest: Manifest) -> Report:
         "engines": engines,
         "devices": _devices(entries),
         "recommendations": recommend(engines),
-        "release": Release(required=required, failing=failing, passed=not failing, exit_code=1 if failing else 0),
-        "notes": ["Each engine and the baseline were measured in a process of their own, pinned to the CPUs shown, one after "
+        "release": release(engines, unfinished=None if reached else unfinished(manifest)),
+        "notes": [*filter(None, [substitution_note(manifest.dataset)]),
+                  "Each engine and the baseline were measured in a process of their own, pinned to the CPUs shown, one after "
                   "another; latency intervals are percentile-bootstrap 95% intervals over the per-iteration times.",
                   "Results reused from the store (reused.validate) were measured at their measured_at time on this device."],
         "recipe_document": manifest.recipe,
@@ -294,14 +305,18 @@ def _distill_section(entries: list[ManifestEntry]) -> dict[str, Any] | None:
                         "hard_label_finetune": ablation.metrics.get("history") if ablation else None}}
 
 
-def load_report(path: Path) -> dict[str, Any]:
+def load_report(path: Path) -> Report:
+    """A run's ``report.json`` (``path`` or the file in that folder), typed; a ``DataError`` naming the file otherwise."""
     path, text = _read_run_file(path, "report.json", missing="no report here")
     try:
-        report = json.loads(text)
+        document = json.loads(text)
     except ValueError as exc:
         raise DataError(f"{path}: not a readable report.json: {exc}") from None
-    if not isinstance(report, dict) or report.get("schema") != SCHEMA:
+    if not isinstance(document, dict) or document.get("schema") != SCHEMA:
         raise DataError(f"{path}: not an edgeship report (schema {SCHEMA!r} expected)")
-    if report.get("schema_version") != SCHEMA_VERSION:
-        raise DataError(f"{path}: report schema version {report.get('schema_version')}, this edgeship reads {SCHEMA_VERSION}")
-    return report
+    if document.get("schema_version") != SCHEMA_VERSION:
+        raise DataError(f"{path}: report schema version {document.get('schema_version')}, this edgeship reads {SCHEMA_VERSION}")
+    try:
+        return Report.model_validate(document)
+    except ValueError as exc:
+        raise DataError(f"{path}: not a readable report.json: {str(exc).splitlines()[0]}") from None

@@ -123,7 +123,7 @@ def recording(manifest: Manifest, run_dir: Path) -> Iterator[None]:
 def finish(run_dir: Path, manifest: Manifest, console: Console) -> RunResult:
     report = load_report(run_dir)
     console.print(f"report: {run_dir / 'report.html'}")
-    return RunResult(run_dir.name, run_dir, report, manifest, exit_code=report["release"]["exit_code"])
+    return RunResult(run_dir.name, run_dir, report.document(), manifest, exit_code=report.release.exit_code)
 
 
 def recipe_dataset(recipe: Recipe, console: Console) -> Dataset:
@@ -134,9 +134,10 @@ def recipe_dataset(recipe: Recipe, console: Console) -> Dataset:
 
 
 def dataset_record(dataset: Dataset) -> dict[str, Any]:
-    """What the manifest keeps of the data: name, source, split sizes, fingerprint."""
+    """What the manifest keeps of the data: name, source, split sizes, fingerprint, and what it stands in for."""
     return {"name": dataset.name, "source": dataset.source, "labelled": dataset.labelled, "train": len(dataset.train),
-            "val": len(dataset.val), "calibration": len(dataset.calibration), "eval": len(dataset.eval), "fingerprint": dataset.fingerprint}
+            "val": len(dataset.val), "calibration": len(dataset.calibration), "eval": len(dataset.eval), "fingerprint": dataset.fingerprint,
+            "substitute_for": dataset.substitute_for or None}
 
 
 def _writable(folder: Path, key: str) -> Path:

@@ -99,8 +99,12 @@ class ValidateStage:
                 backend = described["backends"].get(engine.meta["backend"], {})
                 engine_cfg = {**device_cfg, "threads": threads, "cpus": None, "cross_check": _wants_cross_check(ctx, engine)}
                 if not backend.get("available"):
-                    ctx.record_problem(self.name, names[name], "skipped", f"{engine.meta['backend']} is not available on {device.name}: "
-                                       f"{backend.get('reason') or 'unknown to its edgeship'}", engine_cfg)
+                    # skipped by design only when the recipe let the device choose (backends: null) and it is not installed there
+                    listed, broken = device.backends is not None, bool(backend.get("broken"))
+                    ctx.record_problem(self.name, names[name], "failed" if listed or broken else "skipped",
+                                       f"{engine.meta['backend']} is not available on {device.name}: "
+                                       f"{backend.get('reason') or 'unknown to its edgeship'}"
+                                       + (" (the recipe's devices.backends asks for it there)" if listed else ""), engine_cfg)
                     continue
                 try:
                     results[names[name]] = ctx.produce(

@@ -1,21 +1,23 @@
-"""An engine row's accuracy cells, computed once for every rendering: each cell's text and its kind.
+"""An engine row's cells and the release verdict's words, computed once for every rendering.
 
-A cell is ``measured`` (this engine's own figure), ``predicted`` (a prepared ONNX standing in for an engine that could
-not be built here, scored on another runtime: never to be read as measured), or ``missing``. The terminal and the page
-choose the columns they show by name and style each kind their way; the text is the same in both.
+A cell has its text and its kind: ``measured`` (this engine's own figure), ``predicted`` (a prepared ONNX standing in
+for an engine that could not be built here, scored on another runtime: never to be read as measured), ``missing``, or
+a verdict (``pass`` | ``fail`` | ``skipped`` | ``error``), which says how to colour it. The terminal and the page choose
+the columns they show by name and style each kind their way; the text is the same in both. A latency cell also
+carries its 95% interval, which the page shows and the terminal leaves out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
-from edgeship.render.text import change_points, pct
+from edgeship.qualification import EngineRow, Release, Scores
+from edgeship.render.text import change_points, pct, size
 
-Kind = Literal["measured", "predicted", "missing"]
+Kind = Literal["measured", "predicted", "missing", "pass", "fail", "skipped", "error"]
 
-# the columns by the evaluation data's basis: labels give top-1 and its change, no labels agreement with FP32
+# the accuracy columns by the evaluation data's basis: labels give top-1 and its change, no labels agreement with FP32
 LABELLED = ("top-1", "Δ top-1 vs baseline", "Δ top-1 vs own FP32", "agreement")
 UNLABELLED = ("top-1 agreement", "top-5 agreement", "cosine")
 
@@ -24,29 +26,68 @@ UNLABELLED = ("top-1 agreement", "top-5 agreement", "cosine")
 class Cell:
     text: str
     kind: Kind
+    interval: str = ""  # a measured statistic's 95% interval, "0.9000–1.1000"
 
 
 MISSING = Cell("—", "missing")
 
 
-def accuracy_cells(row: Mapping[str, Any], *, labelled: bool) -> dict[str, Cell]:
+def engine_cells(row: EngineRow, *, labelled: bool) -> dict[str, Cell]:
+    """Every cell of an engine's line: size, p50, p99, the accuracy columns, build seconds and the verdict."""
+    build = row.build_seconds
+    return {"size": _measured(size(row.size_bytes)), "p50 ms": latency_cell(row.latency, "p50_ms"),
+            "p99 ms": latency_cell(row.latency, "p99_ms"), **accuracy_cells(row, labelled=labelled),
+            "build s": _measured("—" if not build else f"{build:.1f}"), "verdict": verdict_cell(row)}
+
+
+def verdict_cell(row: EngineRow) -> Cell:
+    """The verdict as both renderings print it: pass or fail for a measured engine, else what happened to it; a
+    required engine that did not pass reads as a failure whatever happened."""
+    verdict = row.verdict or ("skipped" if row.status == "skipped" else "error")
+    text = verdict if verdict in ("pass", "fail") else row.status
+    if row.required and verdict in ("skipped", "error"):
+        return Cell(f"{text}, required", "fail")
+    return Cell(text, verdict)
+
+
+def accuracy_cells(row: EngineRow, *, labelled: bool) -> dict[str, Cell]:
     """The row's accuracy cells by column (``LABELLED`` or ``UNLABELLED``): its own figures where it was measured,
     else its prediction's, marked as such."""
-    predicted = row.get("predicted")
-    own = row.get("top1" if labelled else "top1_agreement") is not None
-    source, kind = (row, "measured") if own or not predicted else (predicted, "predicted")
+    predicted = row.predicted
+    own = (row.top1 if labelled else row.top1_agreement) is not None
+    source: Scores = row if own or predicted is None else predicted
+    kind: Kind = "measured" if source is row else "predicted"
 
     def cell(text: str) -> Cell:
-        return MISSING if text == "—" else Cell(text, kind)  # type: ignore[arg-type]
+        return MISSING if text == "—" else Cell(text, kind)
 
     if not labelled:
-        cosine = source.get("mean_cosine")
-        return {"top-1 agreement": cell(pct(source.get("top1_agreement"))), "top-5 agreement": cell(pct(source.get("top5_agreement"))),
+        cosine = source.mean_cosine
+        return {"top-1 agreement": cell(pct(source.top1_agreement)), "top-5 agreement": cell(pct(source.top5_agreement)),
                 "cosine": cell("—" if cosine is None else f"{cosine:.5f}")}
     # against its own backend's FP32: nothing to say for an FP32 engine; a prediction compares with the exported ONNX
-    if kind == "predicted":
-        vs_own = change_points(source.get("top1_drop_vs_onnx_fp32_points"))
+    if predicted is not None and source is predicted:
+        vs_own = change_points(predicted.top1_drop_vs_onnx_fp32_points)
     else:
-        vs_own = "—" if row.get("precision") == "fp32" else change_points(row.get("top1_drop_vs_backend_fp32_points"))
-    return {"top-1": cell(pct(source.get("top1"))), "Δ top-1 vs baseline": cell(change_points(source.get("top1_drop_points"))),
-            "Δ top-1 vs own FP32": cell(vs_own), "agreement": cell(pct(source.get("top1_agreement")))}
+        vs_own = "—" if row.precision == "fp32" else change_points(row.top1_drop_vs_backend_fp32_points)
+    return {"top-1": cell(pct(source.top1)), "Δ top-1 vs baseline": cell(change_points(source.top1_drop_points)),
+            "Δ top-1 vs own FP32": cell(vs_own), "agreement": cell(pct(source.top1_agreement))}
+
+
+def latency_cell(latency: dict[str, object] | None, key: str) -> Cell:
+    """A latency statistic in ms with its bootstrap 95% interval, where measured."""
+    if not latency or latency.get(key) is None:
+        return MISSING
+    bounds = (latency.get("ci95") or {}).get(key)  # type: ignore[attr-defined]
+    return Cell(f"{latency[key]:.4f}", "measured", f"{bounds[0]:.4f}–{bounds[1]:.4f}" if bounds else "")
+
+
+def release_headline(release: Release) -> str:
+    """The verdict in one line: ``release gates: pass (2 required engines, all passed)`` or ``release gates: fail``."""
+    if release.passed:
+        return f"release gates: pass ({len(release.required)} required engines, all passed)"
+    return f"release gates: fail (exit code {release.exit_code})"
+
+
+def _measured(text: str) -> Cell:
+    return MISSING if text == "—" else Cell(text, "measured")

@@ -1,5 +1,6 @@
 """``report.html``: the release qualification report as one self-contained page (inline CSS and SVG, no script,
-nothing fetched), rendered from the report document alone."""
+nothing fetched), rendered from the typed report alone; its cells and the verdict's words come from ``render.cells``,
+which the terminal shares."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from html import escape
 from typing import Any
 
 from edgeship.gates import GATES, TITLES, format_value
+from edgeship.qualification import Report
 from edgeship.render import plots
-from edgeship.render.cells import Cell, accuracy_cells
-from edgeship.render.text import change_points, int8_weight_lines
+from edgeship.render.cells import Cell, engine_cells, latency_cell, release_headline
+from edgeship.render.text import change_points, dataset_warnings, int8_weight_lines
 from edgeship.render.text import pct as _pct
 from edgeship.render.text import size as _size
 
@@ -31,14 +33,14 @@ code,pre{font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,monospace}pre{backgroun
 """
 
 
-def render_html(report: Mapping[str, Any]) -> str:
+def render_html(report: Report) -> str:
     sections = [_verdict(report), _recommendations(report), _gates(report), _pareto(report), _latency(report),
                 _throughput(report), _pipeline(report), _provenance(report), _notes(report)]
-    device = report.get("device") or {}
-    title = f"edgeship release qualification · {report['run_id']}"
-    head = (f"<h1>{escape(title)}</h1><p class=muted>recipe <b>{escape(str(report.get('recipe')))}</b> · "
-            f"edgeship {escape(str(report.get('edgeship')))} · {escape(str(device.get('cpu')))} · {report.get('threads')} threads "
-            f"on CPUs {escape(str(report.get('cpus')))} · {escape(str(report.get('created')))}</p>")
+    device = report.device or {}
+    title = f"edgeship release qualification · {report.run_id}"
+    head = (f"<h1>{escape(title)}</h1><p class=muted>recipe <b>{escape(str(report.recipe))}</b> · "
+            f"edgeship {escape(report.edgeship)} · {escape(str(device.get('cpu')))} · {report.threads} threads "
+            f"on CPUs {escape(str(report.cpus))} · {escape(report.created)}</p>")
     return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
             "<meta name=viewport content='width=device-width,initial-scale=1'>"
             f"<title>{escape(title)}</title><style>{CSS}</style></head><body>\n{head}\n" + "\n".join(sections) + "\n</body></html>\n")
@@ -61,91 +63,92 @@ def _figure(make: Callable[[], Any], caption: str) -> str:
     return f"<figure>{plots.svg(make())}<figcaption>{escape(caption)}</figcaption></figure>"
 
 
-def _verdict(report: Mapping[str, Any]) -> str:
-    release = report.get("release") or {}
-    passed = release.get("passed")
-    banner = (f"<div class='banner {'pass' if passed else 'fail'}'>Release gates: <b>{'PASS' if passed else 'FAIL'}</b> — "
-              + (f"all {len(release.get('required', []))} required engines pass" if passed
-                 else "failing: " + escape(", ".join(release.get("failing", [])))) + f" (exit code {release.get('exit_code')})</div>")
-    shipped = {r["engine"] for r in (report.get("recommendations") or {}).values() if r.get("engine")}
+def _verdict(report: Report) -> str:
+    release = report.release
+    reasons = "".join(f"<li>{escape(reason)}</li>" for reason in release.reasons)
+    banner = (f"<div class='banner {'pass' if release.passed else 'fail'}'><b>{escape(release_headline(release))}</b>"
+              + (f"<ul>{reasons}</ul>" if reasons else "") + "</div>")
+    warnings = "".join(f"<div class='banner fail'>{escape(line)}</div>" for line in dataset_warnings(report))
+    shipped = {r.engine for r in report.recommendations.values() if r.engine}
     rows = []
-    labelled = _basis(report)["basis"] == "labels"
+    labelled = report.accuracy.get("basis", "labels") == "labels"
     shown = ("top-1", "Δ top-1 vs baseline") if labelled else ("top-1 agreement", "top-5 agreement")
-    baseline = report.get("baseline")
+    baseline = report.baseline
     if baseline:
-        rows.append(["PyTorch baseline", "fp32", _size(baseline.get("size_bytes")), *_latency_cells(baseline.get("latency")),
+        latency = baseline.get("latency")
+        rows.append(["PyTorch baseline", "fp32", _size(baseline.get("size_bytes")),
+                     *(_styled(latency_cell(latency, key)) for key in ("p50_ms", "p99_ms")),
                      *([_pct(baseline.get("top1")), "reference"] if labelled else ["reference", "reference"]), "", "", ""])
-    for row in report.get("engines", []):
-        cells = accuracy_cells(row, labelled=labelled)
-        first, second = (_styled(cells[column]) for column in shown)
-        failed = [g["gate"] for g in row.get("gates", []) if g["outcome"] == "fail"]
-        verdict = row.get("verdict", row["status"])
-        reason = escape(row.get("reason") or "")
-        gates = "all applicable pass" if verdict == "pass" else ("fails " + ", ".join(failed) if failed else reason)
-        rows.append([escape(row["name"]), escape(str(row.get("precision"))), _size(row.get("size_bytes")),
-                     *_latency_cells(row.get("latency")), first, second, f"<span class={escape(verdict)}>{escape(verdict)}</span>",
-                     gates, "<span class=ship>✓ ship</span>" if row["name"] in shipped else ("required" if row.get("required") else "")])
+    for row in report.engines:
+        cells = engine_cells(row, labelled=labelled)
+        failed = [g.gate for g in row.gates if g.outcome == "fail"]
+        gates = "all applicable pass" if row.verdict == "pass" else ("fails " + ", ".join(failed) if failed else escape(row.reason))
+        rows.append([escape(row.name), escape(row.precision), _styled(cells["size"]), _styled(cells["p50 ms"]), _styled(cells["p99 ms"]),
+                     *(_styled(cells[column]) for column in shown), _styled(cells["verdict"]), gates,
+                     "<span class=ship>✓ ship</span>" if row.name in shipped else ("required" if row.required else "")])
     columns = list(shown) if labelled else ["top-1 agreement with FP32", "top-5 agreement with FP32"]
     table = _table(["engine", "precision", "size", "p50 ms (95% CI)", "p99 ms (95% CI)", *columns, "verdict", "gates",
                     "recommended"], rows, numeric=range(2, 7))
-    note = "" if labelled else f"<p><b>Agreement, not accuracy</b>: {escape(_basis(report)['text'])}.</p>"
-    return _section("verdict", "Verdict", banner + note + table)
-
-
-def _basis(report: Mapping[str, Any]) -> Mapping[str, str]:
-    """What the accuracy figures are (reports before schema 3 always had labels)."""
-    return report.get("accuracy") or {"basis": "labels", "key": "top1", "title": "top-1"}
+    note = "" if labelled else f"<p><b>Agreement, not accuracy</b>: {escape(report.accuracy['text'])}.</p>"
+    return _section("verdict", "Verdict", warnings + banner + note + table)
 
 
 def _styled(cell: Cell) -> str:
-    return f"<span class=pred>{escape(cell.text)} predicted</span>" if cell.kind == "predicted" else escape(cell.text)
+    """A cell as HTML: a prediction in italics and named as one, a verdict in its colour, an interval muted."""
+    if cell.kind == "predicted":
+        return f"<span class=pred>{escape(cell.text)} predicted</span>"
+    if cell.kind in ("pass", "fail", "skipped", "error"):
+        return f"<span class={cell.kind}>{escape(cell.text)}</span>"
+    return escape(cell.text) + (f" <span class=muted>({escape(cell.interval)})</span>" if cell.interval else "")
 
 
-def _recommendations(report: Mapping[str, Any]) -> str:
-    rows = [[escape(backend), f"<span class=ship>{escape(choice['engine'])}</span>" if choice.get("engine") else
-             "<span class=fail>nothing to ship</span>", escape(choice["reason"])]
-            for backend, choice in (report.get("recommendations") or {}).items()]
+def _recommendations(report: Report) -> str:
+    rows = [[escape(backend), f"<span class=ship>{escape(choice.engine)}</span>" if choice.engine else
+             "<span class=fail>nothing to ship</span>", escape(choice.reason)]
+            for backend, choice in report.recommendations.items()]
     text = ("<p>Per backend, the engine to ship is the fastest one that passes every gate, by measured p50; where the fastest "
             "is not measurably faster (95% intervals overlap), the more accurate of them.</p>")
     return _section("recommendations", "Recommendation per backend", text + _table(["backend", "engine", "why"], rows))
 
 
-def _gates(report: Mapping[str, Any]) -> str:
+def _gates(report: Report) -> str:
     """A matrix: one row per engine, one column per gate, each cell the outcome with the measured value."""
-    gates = report.get("gates") or {}
+    gates = report.gates
     limits = [f"{TITLES[name]}: {format_value(name, gates.get(name)) if gates.get(name) is not None else 'no limit'}"
               for name in GATES]
     body = []
-    for row in report.get("engines", []):
-        head = f"<td class=l>{escape(row['name'])}</td><td class=l><span class={row['verdict']}>{row['verdict']}</span></td>"
-        if row.get("verdict") in ("skipped", "error"):  # never measured: one explanation across the gate columns
-            predictions = [f"{TITLES[g['gate']]} {format_value(g['gate'], g['prediction']['value'])} (would {g['prediction']['would']})"
-                           for g in row.get("gates", []) if g.get("prediction")]
-            text = f"not measured: {escape(row['status'])}: {escape(row.get('reason') or 'no result')}"
-            if predictions:
-                text += f"<br><span class=pred>{escape(str(row['predicted']['label']))}: {escape('; '.join(predictions))}</span>"
+    for row in report.engines:
+        verdict = engine_cells(row, labelled=True)["verdict"]
+        head = f"<td class=l>{escape(row.name)}</td><td class=l>{_styled(verdict)}</td>"
+        if row.verdict in ("skipped", "error"):  # never measured: one explanation across the gate columns
+            predictions = [f"{TITLES[g.gate]} {format_value(g.gate, g.prediction.value)} (would {g.prediction.would})"
+                           for g in row.gates if g.prediction]
+            text = f"not measured: {escape(row.status)}: {escape(row.reason or 'no result')}"
+            if predictions and row.predicted:
+                text += f"<br><span class=pred>{escape(row.predicted.label)}: {escape('; '.join(predictions))}</span>"
             body.append(f"<tr>{head}<td class=l colspan={len(GATES)}>{text}</td></tr>")
             continue
         cells = []
-        for gate in row.get("gates", []):
-            value = "" if gate["value"] is None else f"<br>{format_value(gate['gate'], gate['value'])}"
-            cells.append(f"<td class=c title='{escape(gate['detail'], quote=True)}'><span class={gate['outcome']}>{gate['outcome']}</span>"
+        for gate in row.gates:
+            value = "" if gate.value is None else f"<br>{format_value(gate.gate, gate.value)}"
+            cells.append(f"<td class=c title='{escape(gate.detail, quote=True)}'><span class={gate.outcome}>{gate.outcome}</span>"
                          f"{value}</td>")
         body.append(f"<tr>{head}{''.join(cells)}</tr>")
     headers = "".join(f"<th class={'l' if i < 2 else 'c'}>{escape(h)}</th>" for i, h in enumerate(("engine", "verdict",
                                                                                                     *(TITLES[name] for name in GATES))))
     table = f"<table><thead><tr>{headers}</tr></thead><tbody>{''.join(body)}</tbody></table>"
     return _section("gates", "Gates × engines", f"<p class=muted>Limits: {escape('; '.join(limits))}; required: "
-                    f"{escape(str(gates.get('required') or 'every engine whose backend is available'))}. Hover a cell for how it "
-                    "was measured; p99 is judged on the upper bound of its 95% interval.</p>" + table)
+                    f"{escape(str(gates.get('required') or 'every engine not skipped'))}. A limit whose value was not measured "
+                    "fails. Hover a cell for how it was measured; p99 is judged on the upper bound of its 95% interval.</p>" + table)
 
 
-def _measured(report: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+def _measured(report: Report) -> list[Mapping[str, Any]]:
     """The baseline and every engine measured by this version's harness (a full latency summary and an accuracy figure,
-    ``accuracy``: top-1, or agreement with FP32 on unlabelled data, where the baseline is the reference: 100%)."""
-    key = _basis(report)["key"]
-    rows = [{**r, "accuracy": r.get(key)} for r in report.get("engines", [])]
-    baseline = report.get("baseline")
+    ``accuracy``: top-1, or agreement with FP32 on unlabelled data, where the baseline is the reference: 100%), as the
+    plots take them."""
+    key = report.accuracy["key"]
+    rows = [{**document, "accuracy": document.get(key)} for document in (r.model_dump(mode="json") for r in report.engines)]
+    baseline = report.baseline
     if baseline:
         accuracy = baseline.get("top1") if key == "top1" else 1.0
         rows = [{**baseline, "name": "pytorch/fp32", "backend": "pytorch", "precision": "fp32", "accuracy": accuracy}, *rows]
@@ -157,32 +160,34 @@ def _complete(row: Mapping[str, Any]) -> bool:
     return row.get("accuracy") is not None and {"iterations", "quantiles_ms", "ci95", "max_ms"} <= set(latency)
 
 
-def _pareto(report: Mapping[str, Any]) -> str:
+def _pareto(report: Report) -> str:
     rows = _measured(report)
     if not rows:
         return _section("pareto", "Accuracy against latency", "<p>No engine was measured.</p>")
     points = [{"name": r["name"], "backend": r["backend"], "precision": r["precision"], "accuracy": r["accuracy"],
                "p50_ms": r["latency"]["p50_ms"], "p50_ci": r["latency"]["ci95"]["p50_ms"]} for r in rows]
     front = ", ".join(p["name"] for p in plots.pareto_front(points))
-    ylabel = "top-1 (%)" if _basis(report)["key"] == "top1" else "top-1 agreement with FP32 PyTorch (%)"
+    ylabel = "top-1 (%)" if report.accuracy["key"] == "top1" else "top-1 agreement with FP32 PyTorch (%)"
     return _section("pareto", "Accuracy against latency", _figure(lambda: plots.pareto_figure(points, ylabel=ylabel),
                     f"Every measured engine and the PyTorch baseline; colour: backend, marker: precision. Pareto front: {front}."))
 
 
-def _latency(report: Mapping[str, Any]) -> str:
+def _latency(report: Report) -> str:
     rows = _measured(report)
     if not rows:
         return _section("latency", "Latency distribution per engine", "<p>No engine was measured.</p>")
+    statistics = ("mean_ms", "std_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms")
     table = _table(["engine", "iterations", "mean ms", "std ms", "p50", "p90", "p95", "p99", "max ms", "load ms", "first call ms"],
-                   numeric=range(1, 11), rows=[[escape(r["name"]), str(r["latency"]["iterations"]), *(_ci(r["latency"], k) for k in
-                     ("mean_ms", "std_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms")), f"{r['latency']['max_ms']:.3f}",
-                     _num(r.get("load_ms")), _num(r.get("first_inference_ms"))] for r in rows])
+                   numeric=range(1, 11), rows=[[escape(r["name"]), str(r["latency"]["iterations"]),
+                                                *(_styled(latency_cell(r["latency"], k)) for k in statistics),
+                                                f"{r['latency']['max_ms']:.3f}", _num(r.get("load_ms")), _num(r.get("first_inference_ms"))]
+                                               for r in rows])
     return _section("latency", "Latency distribution per engine",
                     _figure(lambda: plots.latency_figure(rows), "Per-iteration latency up to the 99th percentile, each engine measured "
                             "in its own process; the table gives each statistic with its bootstrap 95% interval.") + table)
 
 
-def _throughput(report: Mapping[str, Any]) -> str:
+def _throughput(report: Report) -> str:
     rows = [r for r in _measured(report) if r.get("throughput")]
     if not rows:
         return _section("throughput", "Throughput and memory", "<p>No throughput was measured.</p>")
@@ -200,9 +205,9 @@ def _throughput(report: Mapping[str, Any]) -> str:
                     "latency and throughput runs, before accuracy scoring; 'before load' is the interpreter and edgeship alone.</p>")
 
 
-def _pipeline(report: Mapping[str, Any]) -> str:
+def _pipeline(report: Report) -> str:
     parts = []
-    sensitivity, prune, distill = report.get("sensitivity"), report.get("prune"), report.get("distill")
+    sensitivity, prune, distill = report.sensitivity, report.prune, report.distill
     if sensitivity and sensitivity.get("curves"):
         parts.append("<h3>Prune sensitivity</h3>" + _figure(lambda: plots.sensitivity_figure(sensitivity, sensitivity.get("max_drop", 0.0)),
                      "Each layer group pruned alone at each ratio, before fine-tuning; the search keeps groups above the red line."))
@@ -222,11 +227,11 @@ def _pipeline(report: Mapping[str, Any]) -> str:
             parts.append(_figure(lambda: plots.training_figure({"distilled": history["distilled"],
                                                                 "hard-label fine-tune": history.get("hard_label_finetune")}, top1),
                                  "Training curves (validation split held out from training)."))
-    lines = [line for row in report.get("engines", []) for line in int8_weight_lines(row)]
+    lines = [line for row in report.engines for line in int8_weight_lines(row)]
     if lines:
         parts.append("<h3>INT8 weights: layers kept in float, rounding</h3><ul>" + "".join(f"<li>{escape(text)}</li>" for text in lines)
                      + "</ul>")
-    verdict = report.get("student_vs_teacher")
+    verdict = report.student_vs_teacher
     if verdict:
         parts.append(f"<p>Student vs teacher ({escape(verdict['stages'])}): ORT FP32 p50 {verdict['teacher_p50_ms']:.3f} → "
                      f"{verdict['student_p50_ms']:.3f} ms (×{verdict['latency_reduction']:.2f}), test top-1 "
@@ -234,38 +239,26 @@ def _pipeline(report: Mapping[str, Any]) -> str:
     return _section("pipeline", "Pipeline", "\n".join(parts) or "<p>Pruning and distillation were off in this recipe.</p>")
 
 
-def _provenance(report: Mapping[str, Any]) -> str:
-    source = report.get("source") or {}
-    facts = [("edgeship", f"{report.get('edgeship')} · commit {source.get('commit') or 'unknown'}"
+def _provenance(report: Report) -> str:
+    source = report.source or {}
+    facts = [("edgeship", f"{report.edgeship} · commit {source.get('commit') or 'unknown'}"
               + (" (uncommitted changes)" if source.get("dirty") else "")),
-             ("recipe file", str(report.get("recipe_path"))), ("dataset", json.dumps(report.get("dataset"))),
-             ("calibration set", json.dumps(report.get("calibration"))), ("device", json.dumps(report.get("device"))),
-             ("tools", ", ".join(f"{k} {v}" for k, v in (report.get("tools") or {}).items()))]
-    for name, remote in (report.get("devices") or {}).items():
+             ("recipe file", str(report.recipe_path)), ("dataset", json.dumps(report.dataset)),
+             ("calibration set", json.dumps(report.calibration)), ("device", json.dumps(report.device)),
+             ("tools", ", ".join(f"{k} {v}" for k, v in (report.tools or {}).items()))]
+    for name, remote in report.devices.items():
         facts.append((f"device {name}", f"{remote.get('agent')} · edgeship {remote.get('agent_edgeship')} · "
                                         f"{json.dumps(remote.get('device'))}"))
     rows = [[escape(k), f"<code>{escape(v)}</code>"] for k, v in facts]
     artifacts = _table(["stage", "name", "sha256", "artifact id"],
                        [[escape(a["stage"]), escape(a["name"]), f"<code>{escape(str(a['sha256']))}</code>",
-                         f"<code>{escape(str(a.get('artifact') or '—'))}</code>"] for a in report.get("artifacts", [])])
-    recipe = f"<details><summary>recipe as run</summary><pre>{escape(json.dumps(report.get('recipe_document'), indent=2))}</pre></details>"
+                         f"<code>{escape(str(a.get('artifact') or '—'))}</code>"] for a in report.artifacts])
+    recipe = f"<details><summary>recipe as run</summary><pre>{escape(json.dumps(report.recipe_document, indent=2))}</pre></details>"
     return _section("provenance", "Provenance", _table(["what", "value"], rows) + "<h3>Artifacts</h3>" + artifacts + recipe)
 
 
-def _notes(report: Mapping[str, Any]) -> str:
-    return _section("notes", "Notes", "<ul>" + "".join(f"<li>{escape(n)}</li>" for n in report.get("notes", [])) + "</ul>")
-
-
-def _latency_cells(latency: Mapping[str, Any] | None) -> list[str]:
-    if not latency:
-        return ["—", "—"]
-    return [_ci(latency, "p50_ms"), _ci(latency, "p99_ms")]
-
-
-def _ci(latency: Mapping[str, Any], key: str) -> str:
-    bounds = (latency.get("ci95") or {}).get(key)
-    value = f"{latency[key]:.4f}"
-    return value if not bounds else f"{value} <span class=muted>({bounds[0]:.4f}–{bounds[1]:.4f})</span>"
+def _notes(report: Report) -> str:
+    return _section("notes", "Notes", "<ul>" + "".join(f"<li>{escape(n)}</li>" for n in report.notes) + "</ul>")
 
 
 def _throughput_cell(entry: Mapping[str, Any] | None) -> str:

@@ -1,8 +1,8 @@
 """The run's summary on the terminal: the engine table, failed gates, the recommendation per backend and the verdict,
 then one line each on prepared ONNX, INT8 weights, latency cross-checks, pruning, the student and distillation.
 
-It reads the report document only (``edgeship report`` prints it again from a run folder); numbers are formatted by
-``render.text``, which the HTML page shares, so both say the same thing the same way.
+It reads the typed report only (``edgeship report`` prints it again from a run folder); its cells and the release
+verdict's words come from ``render.cells``, which the HTML page shares, so both say the same thing the same way.
 """
 
 from __future__ import annotations
@@ -15,85 +15,91 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgeship.gates import format_value
-from edgeship.render.cells import LABELLED, UNLABELLED, Cell, accuracy_cells
-from edgeship.render.text import change_points, int8_weight_lines
+from edgeship.qualification import EngineRow, Report
+from edgeship.render.cells import LABELLED, UNLABELLED, Cell, engine_cells, latency_cell, release_headline
+from edgeship.render.text import change_points, dataset_warnings, int8_weight_lines
 from edgeship.render.text import pct as _pct
 from edgeship.render.text import size as _size
 
 
-def print_summary(report: Mapping[str, Any], console: Console) -> None:
-    """The summary table: every engine with precision, size, p50/p99, top-1, drop vs FP32, status."""
-    device = report.get("device") or {}
-    table = Table(title=f"edgeship · {report['run_id']} · {device.get('cpu', '?')} · {report.get('threads')} threads")
-    labelled = (report.get("accuracy") or {}).get("basis", "labels") == "labels"
+def print_summary(report: Report, console: Console) -> None:
+    """The summary table (every engine with precision, size, p50/p99, accuracy, build time and verdict), the failed gates,
+    the recommendation per backend and the release verdict with its reasons, then the one-line facts."""
+    device = report.device or {}
+    table = Table(title=f"edgeship · {report.run_id} · {device.get('cpu', '?')} · {report.threads} threads")
+    labelled = report.accuracy.get("basis", "labels") == "labels"
     accuracy_columns = LABELLED if labelled else UNLABELLED
-    for column in ("engine", "precision", "size", "p50 ms", "p99 ms", *accuracy_columns, "build s", "verdict", "ship"):
-        table.add_column(column, justify="left" if column in ("engine", "precision", "verdict", "ship") else "right")
-    baseline = report.get("baseline")
+    columns = ("size", "p50 ms", "p99 ms", *accuracy_columns, "build s", "verdict")
+    for column in ("engine", "precision", *columns, "ship"):
+        table.add_column(column, justify="left" if column in ("engine", "precision", "verdict", "ship") else "right",
+                         no_wrap=column == "verdict")
+    for line in dataset_warnings(report):
+        console.print(f"[bold yellow]{escape(line)}[/bold yellow]", soft_wrap=True)
+    baseline = report.baseline
     if baseline:
         lat = baseline.get("latency") or {}
         reference = [_pct(baseline.get("top1")), "baseline", "—", "—"] if labelled else ["reference", "reference", "—"]
-        table.add_row(baseline["name"].split("/")[0], "fp32", _size(baseline.get("size_bytes")), _ms(lat.get("p50_ms")),
-                      _ms(lat.get("p99_ms")),
-                      *reference, "—", "reference", "")
+        table.add_row(baseline["name"].split("/")[0], "fp32", _size(baseline.get("size_bytes")), latency_cell(lat, "p50_ms").text,
+                      latency_cell(lat, "p99_ms").text, *reference, "—", "reference", "")
     reasons: dict[str, list[str]] = {}  # one footnote per distinct reason, so long install commands do not fill the table
-    for row in report.get("engines", []):
-        if row.get("reason"):
-            reasons.setdefault(f"{row['status']}: {row['reason']}", []).append(row["name"])
+    for row in report.engines:
+        if row.reason:
+            reasons.setdefault(f"{row.status}: {row.reason}", []).append(row.name)
     marks = {reason: f"({n})" for n, reason in enumerate(reasons, 1)}
-    shipped = {r["engine"] for r in report.get("recommendations", {}).values() if r.get("engine")}
-    for row in report.get("engines", []):
-        mark = marks.get(f"{row['status']}: {row['reason']}", "") if row.get("reason") else ""
-        table.add_row(*_engine_cells(row, mark, labelled=labelled), "[bold green]✓[/bold green]" if row["name"] in shipped else "")
+    shipped = {r.engine for r in report.recommendations.values() if r.engine}
+    for row in report.engines:
+        mark = marks.get(f"{row.status}: {row.reason}", "") if row.reason else ""
+        cells = engine_cells(row, labelled=labelled)
+        table.add_row(row.target, row.precision, *(_styled(cells[column]) for column in columns[:-1]),
+                      f"{_styled(cells['verdict'])} {mark}".rstrip(), "[bold green]✓[/bold green]" if row.name in shipped else "")
     console.print(table)
     for reason, names in reasons.items():
         console.print(f"{marks[reason]} {', '.join(names)} {escape(reason)}", soft_wrap=True)
-    for row in report.get("engines", []):
-        for gate in row.get("gates", []):
-            if gate["outcome"] == "fail":
-                console.print(f"[red]gate failed[/red] {row['name']}: {gate['title']} {format_value(gate['gate'], gate['value'])} vs "
-                              f"limit {format_value(gate['gate'], gate['limit'])} ({escape(gate['detail'])})", soft_wrap=True)
-    for backend, choice in report.get("recommendations", {}).items():
-        head = f"[bold]{backend}[/bold]: ship [bold green]{choice['engine']}[/bold green]" if choice["engine"] else \
+    for row in report.engines:
+        for gate in row.gates:
+            if gate.outcome == "fail":
+                console.print(f"[red]gate failed[/red] {row.name}: {gate.title} {format_value(gate.gate, gate.value)} vs "
+                              f"limit {format_value(gate.gate, gate.limit)} ({escape(gate.detail)})", soft_wrap=True)
+    for backend, choice in report.recommendations.items():
+        head = f"[bold]{backend}[/bold]: ship [bold green]{choice.engine}[/bold green]" if choice.engine else \
             f"[bold]{backend}[/bold]: [red]nothing to ship[/red]"
-        console.print(f"{head} — {escape(choice['reason'])}", soft_wrap=True)
-    release = report.get("release")
-    if release:
-        if release["passed"]:
-            console.print(f"[bold green]release gates: pass[/bold green] ({len(release['required'])} required engines)")
-        else:
-            console.print(f"[bold red]release gates: fail[/bold red]: {', '.join(release['failing'])} (exit code 1)")
-    for row in report.get("engines", []):
-        if row.get("predicted") or row.get("prepared"):
+        console.print(f"{head} — {escape(choice.reason)}", soft_wrap=True)
+    release = report.release
+    colour = "green" if release.passed else "red"
+    console.print(f"[bold {colour}]{release_headline(release)}[/bold {colour}]", soft_wrap=True)
+    for reason in release.reasons:
+        console.print(f"  [red]✗[/red] {escape(reason)}", soft_wrap=True)
+    for row in report.engines:
+        if row.predicted or row.prepared:
             console.print(prepared_line(row), soft_wrap=True)
-    for row in report.get("engines", []):
+    for row in report.engines:
         for line in int8_weight_lines(row):
             console.print(line, soft_wrap=True)
-    for row in report.get("engines", []):
-        check = row.get("cross_check")
+    for row in report.engines:
+        check = row.cross_check
         if not check:
             continue
         if check["status"] == "ok":
             colour = "green" if check["within_5pct"] else "yellow"
-            console.print(f"latency cross-check {row['name']}: our p50 {check['ours_p50_ms']:.3f} ms, {check['tool']} median "
+            console.print(f"latency cross-check {row.name}: our p50 {check['ours_p50_ms']:.3f} ms, {check['tool']} median "
                           f"{check['median_ms']:.3f} ms ([{colour}]×{check['ratio']:.2f}[/{colour}])" + cross_check_reason(check),
                           soft_wrap=True)
         else:
-            console.print(f"[yellow]latency cross-check {row['name']} failed: {escape(check['reason'])}[/yellow]", soft_wrap=True)
-    prune = report.get("prune")
+            console.print(f"[yellow]latency cross-check {row.name} failed: {escape(check['reason'])}[/yellow]", soft_wrap=True)
+    prune = report.prune
     if prune:
         before, after = prune["before"], prune["after"]
         console.print(f"prune ({prune.get('method')}): MACs kept {prune['macs_kept']:.1%}, parameters kept {prune['parameters_kept']:.1%}, "
                       f"ONNX {_size(before['onnx_bytes'])} → {_size(after['onnx_bytes'])}, measured ORT FP32 p50 "
                       f"{before['latency']['p50_ms']:.3f} → {after['latency']['p50_ms']:.3f} ms (×{prune['latency_speedup_p50']:.2f}), "
                       f"val top-1 {_pct(before['val_top1'])} → {_pct(after['val_top1'])}", soft_wrap=True)
-    verdict = report.get("student_vs_teacher")
+    verdict = report.student_vs_teacher
     if verdict:
         console.print(f"[bold]student vs teacher ({verdict['stages']})[/bold]: measured ORT FP32 p50 {verdict['teacher_p50_ms']:.3f} → "
                       f"{verdict['student_p50_ms']:.3f} ms ([bold]×{verdict['latency_reduction']:.2f}[/bold]), test top-1 "
                       f"{_pct(verdict['teacher_top1'])} → {_pct(verdict['student_top1'])} "
                       f"([bold]{change_points(verdict['top1_drop_points'])}[/bold])", soft_wrap=True)
-    distill = report.get("distill")
+    distill = report.distill
     if distill:
         top1 = distill["top1"]
         hard = top1.get("hard_label_finetune")
@@ -104,47 +110,38 @@ def print_summary(report: Mapping[str, Any], console: Console) -> None:
                       + (f", {distill['gain_over_hard_labels_points']:+.2f} pt over hard labels)" if hard else ")"), soft_wrap=True)
 
 
-def _engine_cells(row: Mapping[str, Any], mark: str, *, labelled: bool = True) -> list[str]:
-    """One engine's table cells; a prediction (TensorRT's prepared ONNX on ONNX Runtime) is shown as such, never as measured."""
-    lat = row.get("latency") or {}
-    colour = {"ok": "green", "skipped": "yellow"}.get(row["status"], "red")
-    build = row.get("build_seconds")
-    verdict = row.get("verdict", row["status"])
-    colour = {"pass": "green", "fail": "red", "skipped": "yellow"}.get(verdict, colour)
-    text = verdict if verdict in ("pass", "fail") else row["status"]
-    return [row["target"], row["precision"], _size(row.get("size_bytes")), _ms(lat.get("p50_ms")),
-            _ms(lat.get("p99_ms")), *(_styled(cell) for cell in accuracy_cells(row, labelled=labelled).values()),
-            "—" if not build else f"{build:.1f}", f"[{colour}]{text}[/{colour}] {mark}".rstrip()]
+STYLES = {"predicted": "italic", "pass": "green", "fail": "red", "skipped": "yellow", "error": "red"}
 
 
 def _styled(cell: Cell) -> str:
-    return f"[italic]{cell.text} pred.[/italic]" if cell.kind == "predicted" else cell.text
+    text = f"{cell.text} pred." if cell.kind == "predicted" else cell.text
+    style = STYLES.get(cell.kind)
+    return f"[{style}]{escape(text)}[/{style}]" if style else escape(text)
 
 
-def prepared_line(row: Mapping[str, Any]) -> str:
+def prepared_line(row: EngineRow) -> str:
     """One line on a prepared ONNX (TensorRT's): which tool made it, and its accuracy as predicted on ONNX Runtime."""
-    prepared, predicted = row.get("prepared") or {}, row.get("predicted")
+    prepared, predicted = row.prepared or {}, row.predicted
     if prepared.get("status", "ok") != "ok":
-        return f"[yellow]{row['name']}: no prepared ONNX: {escape(str(prepared.get('reason')))}[/yellow]"
+        return f"[yellow]{row.name}: no prepared ONNX: {escape(str(prepared.get('reason')))}[/yellow]"
     if prepared.get("tool") == "none":
-        text = f"{row['name']}: ONNX is the exported FP32 model"
+        text = f"{row.name}: ONNX is the exported FP32 model"
     else:
         tool = f"{prepared.get('tool', '?')} {prepared.get('version') or ''}".strip()
         if prepared.get("fallback_reason"):
             tool += f" (ModelOpt unavailable: {prepared['fallback_reason']})"
-        text = f"{row['name']}: ONNX prepared by {escape(tool)} in {prepared.get('seconds', 0):.1f} s"
+        text = f"{row.name}: ONNX prepared by {escape(tool)} in {prepared.get('seconds', 0):.1f} s"
         subnormal = (prepared.get("qdq") or {}).get("subnormal_fp16_scales")
         if subnormal:
             text += (f" [yellow]({subnormal} FP16 weight scales are subnormal, from near-zero channels; ONNX Runtime's CPU "
                      "DequantizeLinear mishandles them, so the prediction below may be wrong: high_precision: fp32 avoids "
                      "them)[/yellow]")
     if predicted:
-        text += (f"; [italic]{predicted['label']}[/italic]: "
-                 + (f"top-1 {_pct(predicted['top1'])}, " if predicted.get("top1") is not None else "")
-                 + (f"({change_points(predicted['top1_drop_points'])} vs baseline), "
-                    if predicted.get("top1_drop_points") is not None else "")
-                 + f"agreement {_pct(predicted['top1_agreement'])}"
-                 + (f", top-5 agreement {_pct(predicted['top5_agreement'])}" if predicted.get("top5_agreement") is not None else ""))
+        text += (f"; [italic]{predicted.label}[/italic]: "
+                 + (f"top-1 {_pct(predicted.top1)}, " if predicted.top1 is not None else "")
+                 + (f"({change_points(predicted.top1_drop_points)} vs baseline), " if predicted.top1_drop_points is not None else "")
+                 + f"agreement {_pct(predicted.top1_agreement)}"
+                 + (f", top-5 agreement {_pct(predicted.top5_agreement)}" if predicted.top5_agreement is not None else ""))
     return text
 
 
@@ -157,5 +154,3 @@ def cross_check_reason(check: Mapping[str, Any]) -> str:
             "leaves out and every backend's p50 here includes")
 
 
-def _ms(value: float | None) -> str:
-    return "—" if value is None else f"{value:.3f}"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from edgeship.data import substitution_note
+from edgeship.qualification import EngineRow, Report
 
 
 def size(value: int | None) -> str:
@@ -21,24 +21,34 @@ def change_points(drop: float | None) -> str:
     return "—" if drop is None else f"{0.0 - drop:+.2f} pt"  # 0.0 - x: no "-0.00" for no change
 
 
-def int8_weight_lines(row: Mapping[str, Any]) -> list[str]:
+def int8_weight_lines(row: EngineRow) -> list[str]:
     """What an INT8 engine's report row says of its weights: the layers kept in float, then how the rest were rounded."""
-    return [line(row) for key, line in (("float_layers", float_layers_line), ("weight_rounding", weight_rounding_line)) if row.get(key)]
+    return [line for line in (float_layers_line(row), weight_rounding_line(row)) if line]
 
 
-def weight_rounding_line(row: Mapping[str, Any]) -> str:
+def weight_rounding_line(row: EngineRow) -> str:
     """How an INT8 engine's weights were rounded (``weight_rounding: gptq``) and what it bought, layer by layer."""
-    done = row["weight_rounding"]
+    done = row.weight_rounding
+    if not done:
+        return ""
     layers = done["layers"]
     ratio = done.get("median_error_ratio")
     gain = f"; each layer's output error on them is ×{ratio:.2f} of nearest rounding's (median)" if ratio is not None else ""
-    return (f"{row['name']}: {len(layers)} layers' INT8 weights rounded by {done['method'].upper()} on {done['samples']} "
+    return (f"{row.name}: {len(layers)} layers' INT8 weights rounded by {done['method'].upper()} on {done['samples']} "
             f"calibration samples{gain}" + (f"; {len(done['skipped'])} layers not rounded" if done.get("skipped") else ""))
 
 
-def float_layers_line(row: Mapping[str, Any]) -> str:
+def float_layers_line(row: EngineRow) -> str:
     """Which layers an INT8 engine keeps in float (``keep_float``) and how INT8 scored them alone."""
-    kept = row["float_layers"]
+    kept = row.float_layers
+    if not kept:
+        return ""
     worst = ", ".join(f"{r['weight']} (cosine {r['cosine']:.4f})" for r in kept["ranking"][: kept["count"]])
-    return (f"{row['name']}: {len(kept['nodes'])} layers kept in float (keep_float {kept['count']} + the convolutions feeding them); "
+    return (f"{row.name}: {len(kept['nodes'])} layers kept in float (keep_float {kept['count']} + the convolutions feeding them); "
             f"most INT8-sensitive, weights alone in INT8 on {kept['samples']} calibration samples: {worst}")
+
+
+def dataset_warnings(report: Report) -> list[str]:
+    """What the terminal and the page's first screen say before anything else: the data is not what the recipe asked for."""
+    note = substitution_note(report.dataset)
+    return [note] if note else []

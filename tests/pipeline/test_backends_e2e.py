@@ -81,3 +81,23 @@ def test_missing_backend_package_is_skipped_with_the_install_command(tmp_path: P
         row = rows[f"openvino/{precision}"]
         assert row["status"] == "skipped" and "cannot import openvino" in row["reason"]
         assert "pip install 'edgeship[openvino]'" in row["reason"]
+
+
+def test_an_installed_backend_that_cannot_load_fails_the_release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broken install is not a skip: the engines are failed with the cause, required, and the exit code is 1."""
+    shim = tmp_path / "shim" / "ai_edge_litert"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("")
+    (shim / "interpreter.py").write_text("raise ImportError('libtensorflowlite_c.so: undefined symbol: TfLiteXNNPack')\n")
+    monkeypatch.syspath_prepend(str(shim.parent))
+    for module in [m for m in sys.modules if m == "ai_edge_litert" or m.startswith("ai_edge_litert.")]:
+        monkeypatch.delitem(sys.modules, module)
+    recipe = tiny_recipe(tmp_path, backends={"onnxruntime": {"precisions": ["fp32"]}, "openvino": {"enabled": False},
+                                             "tflite": {"precisions": ["fp32"]}, "tensorrt": {"enabled": False}})
+    result = run(recipe, console=Console(quiet=True))
+    rows = {row["name"]: row for row in result.report["engines"]}
+    assert rows["onnxruntime/fp32"]["verdict"] == "pass"
+    tflite = rows["tflite/fp32"]
+    assert tflite["status"] == "failed" and tflite["required"] and "undefined symbol: TfLiteXNNPack" in tflite["reason"]
+    assert "ai_edge_litert.interpreter is installed but fails to import" in tflite["reason"]
+    assert result.exit_code == 1 and result.report["release"]["failing"] == ["tflite/fp32"]

@@ -36,7 +36,7 @@ def cold(recipe: Recipe) -> RunResult:
 def test_report_lists_baseline_and_both_engines(cold: RunResult) -> None:
     result = cold
     report = json.loads(result.report_path.read_text())
-    assert report["schema"] == "edgeship.report" and report["schema_version"] == 4
+    assert report["schema"] == "edgeship.report" and report["schema_version"] == 5
     assert [e["name"] for e in report["engines"]] == ["onnxruntime/fp32", "onnxruntime/int8"]
     assert all(e["status"] == "ok" for e in report["engines"])
     assert report["baseline"]["eval_samples"] == 1000 and report["threads"] == 1
@@ -252,7 +252,8 @@ def test_gates_are_applied_without_measuring_again(recipe: Recipe, cold: RunResu
     loose = recipe.model_copy(update={"gates": recipe.gates.model_copy(update={"min_agreement": 0.5, "min_fraction_of_fp32": 0.5,
                                                                               "required": ["onnxruntime/fp32"]})})
     passed = run(loose, console=Console(quiet=True))
-    assert passed.exit_code == 0 and passed.report["release"] == {"required": ["onnxruntime/fp32"], "failing": [], "passed": True,
+    assert passed.exit_code == 0 and passed.report["release"] == {"required": ["onnxruntime/fp32"], "qualified": ["onnxruntime/fp32"],
+                                                                  "failing": [], "finished": True, "reasons": [], "passed": True,
                                                                   "exit_code": 0}
     assert passed.report["recommendations"]["onnxruntime"]["engine"] in ("onnxruntime/fp32", "onnxruntime/int8")
 

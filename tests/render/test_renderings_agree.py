@@ -6,16 +6,17 @@ from io import StringIO
 
 from rich.console import Console
 
+from edgeship.qualification import EngineKey, EngineRow, Prediction, Reused
 from edgeship.render import html, terminal
-from edgeship.render.cells import Cell, accuracy_cells
+from edgeship.render.cells import Cell, accuracy_cells, engine_cells
 from edgeship.render.text import change_points
 
 
-def _row() -> dict[str, object]:
-    return {"name": "onnxruntime/int8", "backend": "onnxruntime", "precision": "int8", "target": "onnxruntime", "status": "ok",
-            "reason": "", "top1": 0.9,
-            "top1_agreement": 0.99, "top1_drop_points": 0.5, "top1_drop_vs_backend_fp32_points": 0.25, "verdict": "pass",
-            "latency": {"p50_ms": 1.0, "p99_ms": 2.0}, "size_bytes": 1000}
+def _row(**changes: object) -> EngineRow:
+    row = EngineRow(key=EngineKey(backend="onnxruntime", precision="int8"), reused=Reused(build=False, validate=None), status="ok",
+                    top1=0.9, top1_agreement=0.99, top1_drop_points=0.5, top1_drop_vs_backend_fp32_points=0.25, verdict="pass",
+                    latency={"p50_ms": 1.0, "p99_ms": 2.0, "ci95": {"p50_ms": [0.9, 1.1]}}, size_bytes=1000)
+    return row.model_copy(update=changes)
 
 
 def test_a_half_point_loss_reads_as_minus_half_a_point_everywhere() -> None:
@@ -27,20 +28,41 @@ def test_a_half_point_loss_reads_as_minus_half_a_point_everywhere() -> None:
 
 
 def test_a_prediction_is_marked_as_one_in_both_renderings_and_missing_is_a_dash() -> None:
-    row = {**_row(), "status": "skipped", "top1": None, "top1_agreement": None, "top1_drop_points": None, "precision": "int8",
-           "predicted": {"top1": 0.91, "top1_agreement": 0.98, "top1_drop_points": 0.1, "top1_drop_vs_onnx_fp32_points": None}}
+    predicted = Prediction(engine="tensorrt/int8", on="onnxruntime", label="predicted on ONNX Runtime", top1=0.91, top1_agreement=0.98,
+                           top1_drop_points=0.1)
+    row = _row(status="skipped", top1=None, top1_agreement=None, top1_drop_points=None, predicted=predicted)
     cells = accuracy_cells(row, labelled=True)
     assert cells["top-1"] == Cell("91.00%", "predicted") and cells["Δ top-1 vs own FP32"] == Cell("—", "missing")
     assert "predicted" in html._styled(cells["top-1"]) and "pred." in terminal._styled(cells["top-1"])
     assert html._styled(cells["Δ top-1 vs own FP32"]) == terminal._styled(cells["Δ top-1 vs own FP32"]) == "—"
-    unlabelled = accuracy_cells({**row, "predicted": {"top1_agreement": 0.97, "top5_agreement": 1.0, "mean_cosine": None}},
+    unlabelled = accuracy_cells(row.model_copy(update={"predicted": predicted.model_copy(update={"top5_agreement": 1.0})}),
                                 labelled=False)
     assert [c.kind for c in unlabelled.values()] == ["predicted", "predicted", "missing"]
 
 
-def test_the_summary_prints_the_signed_change() -> None:
+def test_latency_and_verdict_cells_are_shared_and_a_required_skip_reads_as_a_failure() -> None:
+    cells = engine_cells(_row(), labelled=True)
+    assert cells["p50 ms"] == Cell("1.0000", "measured", "0.9000–1.1000") and cells["p99 ms"] == Cell("2.0000", "measured")
+    assert "(0.9000–1.1000)" in html._styled(cells["p50 ms"]) and terminal._styled(cells["p50 ms"]) == "1.0000"
+    assert cells["verdict"] == Cell("pass", "pass") and cells["size"].text == "1 KiB"
+    skipped = engine_cells(_row(status="skipped", verdict="skipped", reason="no GPU", required=True), labelled=True)["verdict"]
+    assert skipped == Cell("skipped, required", "fail")
+    assert "class=fail" in html._styled(skipped) and "[red]" in terminal._styled(skipped)
+    assert engine_cells(_row(status="skipped", verdict="skipped"), labelled=True)["verdict"] == Cell("skipped", "skipped")
+
+
+def test_the_summary_and_the_page_print_the_signed_change() -> None:
+    from edgeship.artifacts import Manifest, ManifestEntry
+    from edgeship.pipeline.report import build_report
+
+    latency = {"p50_ms": 1.0, "p99_ms": 2.0, "batch_size": 1, "ci95": {"p50_ms": [0.9, 1.1], "p99_ms": [1.8, 2.2]}}
+    measured = {"top1_agreement": 0.99, "eval_samples": 1000, "size_bytes": 1000, "latency": latency}
+    report = build_report(Manifest(run_id="r", recipe={"name": "r"}, status="ok", entries=[
+        ManifestEntry(stage="validate", name="pytorch/fp32", status="ok", metrics={**measured, "top1": 0.905}),
+        ManifestEntry(stage="build", name="onnxruntime/int8", status="ok", config={"backend": "onnxruntime", "precision": "int8"}),
+        ManifestEntry(stage="validate", name="onnxruntime/int8", status="ok", metrics={**measured, "top1": 0.9})]))
     out = StringIO()
-    report = {"run_id": "r", "device": {}, "threads": 1, "accuracy": {"basis": "labels"}, "engines": [_row()],
-              "baseline": {"name": "pytorch/fp32", "top1": 0.905, "latency": {}}, "recommendations": {}, "release": None}
     terminal.print_summary(report, Console(file=out, width=200))
-    assert "-0.50 pt" in out.getvalue() and "+0.50 pt" not in out.getvalue()
+    page = html.render_html(report)
+    for text in (out.getvalue(), page):
+        assert "-0.50 pt" in text and "+0.50 pt" not in text
