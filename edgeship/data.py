@@ -22,7 +22,7 @@ import numpy as np
 from edgeship.errors import DataError
 from edgeship.images import read_image
 from edgeship.photos import load_crops
-from edgeship.tensors import CalibrationSet
+from edgeship.tensors import CalibrationSet, standard_strides
 
 if TYPE_CHECKING:  # the recipe sits above this module: its sections are only annotations here
     from edgeship.recipe import CalibrationConfig, DataConfig, Preprocessing
@@ -87,7 +87,7 @@ def preprocess(images: np.ndarray, p: Preprocessing) -> np.ndarray:
     x = images.astype(np.float32) * np.float32(p.scale)
     mean = np.asarray(p.mean, np.float32).reshape(1, 1, 1, -1)
     std = np.asarray(p.std, np.float32).reshape(1, 1, 1, -1)
-    return np.ascontiguousarray(((x - mean) / std).transpose(0, 3, 1, 2))
+    return standard_strides(((x - mean) / std).transpose(0, 3, 1, 2))
 
 
 def _resize(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:

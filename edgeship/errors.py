@@ -23,6 +23,11 @@ class DataError(EdgeshipError):
     """Calibration or evaluation data is wrong: names the file and what was expected."""
 
 
+class UserCodeError(EdgeshipError):
+    """A user's own model code (a recipe's ``factory``) raised: names the factory, where it ran and the exception; the
+    traceback is the user's to read (``--debug``)."""
+
+
 class BackendUnavailable(EdgeshipError):
     """A backend's runtime is not installed or its device is missing."""
 

@@ -8,11 +8,16 @@ the same interface as every engine, so the harness times the baseline like an en
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
 import json
 import re
+import sys
+import traceback
 from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,9 +25,9 @@ import numpy as np
 from edgeship import zoo
 from edgeship.artifacts import Artifact
 from edgeship.backends.base import Runner
-from edgeship.errors import DataError, RecipeError
+from edgeship.errors import DataError, RecipeError, UserCodeError
 from edgeship.recipe import ModelConfig
-from edgeship.tensors import Feed, TensorMeta
+from edgeship.tensors import Feed, TensorMeta, standard_strides
 from edgeship.zoo import pretrained
 
 if TYPE_CHECKING:
@@ -30,17 +35,17 @@ if TYPE_CHECKING:
 
 def instantiate(cfg: ModelConfig, *, in_channels: int, num_classes: int, weights: bool = True) -> nn.Module:
     """A fresh model from the zoo, a pretrained network (with its weights unless ``weights=False``) or the user's
-    factory (trusted code named in the recipe)."""
+    factory (trusted code named in the recipe: ``package.module:function`` or ``path/to/file.py:function``)."""
     if cfg.pretrained is not None:
         return pretrained.build(cfg.pretrained, weights=weights)
     if cfg.zoo is not None:
         return zoo.build(cfg.zoo, in_channels=in_channels, num_classes=num_classes, width=cfg.width)
-    module_name, _, function = cfg.factory.partition(":")  # type: ignore[union-attr]
+    assert cfg.factory is not None
+    factory = _factory(cfg.factory)
     try:
-        factory = getattr(importlib.import_module(module_name), function)
-    except (ImportError, AttributeError) as exc:
-        raise RecipeError(f"'model.factory': cannot import {cfg.factory!r}: {exc}") from None
-    model = factory()
+        model = factory()
+    except Exception as exc:
+        raise UserCodeError(f"model.factory {cfg.factory!r}: building the model failed: {_exception_line(exc)}") from exc
     import torch
 
     if not isinstance(model, torch.nn.Module):
@@ -48,8 +53,109 @@ def instantiate(cfg: ModelConfig, *, in_channels: int, num_classes: int, weights
     return model
 
 
+def is_file_factory(spec: str) -> bool:
+    """Whether a factory names a file (``models/net.py:build``) rather than an importable module."""
+    return spec.rpartition(":")[0].endswith(".py")
+
+
+def _factory(spec: str) -> Any:
+    """The function a ``factory`` names; its code's folder is remembered so its failures can be told from edgeship's."""
+    where, _, function = spec.rpartition(":")
+    if is_file_factory(spec):
+        module = _module_from_file(Path(where), spec)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as exc:
+            raise RecipeError(f"'model.factory': cannot import {spec!r}: {_import_failure(where, function, exc)}") from None
+        except Exception as exc:
+            raise UserCodeError(f"model.factory {spec!r}: importing {where} failed: {_exception_line(exc)}") from exc
+    try:
+        factory = getattr(module, function)
+    except AttributeError:
+        raise RecipeError(f"'model.factory': {spec!r}: {where} has no {function!r}") from None
+    _FACTORY_CODE[spec] = _code_folder(module)
+    return factory
+
+
+def _module_from_file(path: Path, spec: str) -> ModuleType:
+    """The module in ``path``, loaded once under a name of its own; its folder goes on ``sys.path`` so the file's own
+    imports of its neighbours work, while the package around it (and its ``__init__``) is never imported."""
+    name = "edgeship_factory_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    if name in sys.modules:
+        return sys.modules[name]
+    if not path.is_file():
+        raise RecipeError(f"'model.factory': {spec!r}: file not found: {path}")
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
+    loader = importlib.util.spec_from_file_location(name, path)
+    assert loader is not None and loader.loader is not None
+    module = importlib.util.module_from_spec(loader)
+    sys.modules[name] = module
+    try:
+        loader.loader.exec_module(module)
+    except ImportError as exc:
+        del sys.modules[name]
+        raise RecipeError(f"'model.factory': cannot load {path}: {_exception_line(exc)}") from None
+    except Exception as exc:
+        del sys.modules[name]
+        raise UserCodeError(f"model.factory {spec!r}: loading {path} failed: {_exception_line(exc)}") from exc
+    return module
+
+
+def _import_failure(where: str, function: str, exc: ImportError) -> str:
+    """Why a factory's module would not import, and what to do: a package whose ``__init__`` needs what is not
+    installed can be skipped by naming the file."""
+    top = where.split(".")[0]
+    found = importlib.util.find_spec(top)  # a top-level name: nothing is imported to find it
+    if found is None:
+        return f"no module named {top!r} (is its package installed, or its folder on PYTHONPATH?)"
+    missing = exc.name
+    if missing and missing != where and not where.startswith(missing + "."):  # the module is there; something it imports is not
+        folder = Path(found.origin).parent if found.origin and found.origin.endswith("__init__.py") else None
+        file = folder.joinpath(*where.split(".")[1:]).with_suffix(".py") if folder is not None and "." in where else None
+        hint = f"; install it, or name the file to skip the package's imports: factory: {file}:{function}" if file and file.is_file() \
+            else "; install it"
+        return f"{where} (or its package) imports {missing!r}, which is not installed{hint}"
+    return _exception_line(exc)
+
+
+def _code_folder(module: ModuleType) -> Path | None:
+    """The folder of a factory's code: its top-level package's, or the file's own."""
+    top = sys.modules.get(module.__name__.split(".")[0]) if not module.__name__.startswith("edgeship_factory_") else module
+    file = getattr(top, "__file__", None) or getattr(module, "__file__", None)
+    return Path(file).resolve().parent if file else None
+
+
+_FACTORY_CODE: dict[str, Path | None] = {}  # factory spec → the folder its code lives in
+_EDGESHIP = Path(__file__).resolve().parent
+
+
+def user_code_failure(exc: BaseException, factories: Mapping[str, str], *, stage: str) -> UserCodeError | None:
+    """``exc`` as one line naming the factory, what failed and the stage, when its traceback runs through a user's factory
+    code (a frame in that code's folder, edgeship's own files excluded); ``None`` when it is not the user's.
+    ``factories``: recipe key → spec."""
+    frames = [(Path(frame.filename).resolve(), frame.name) for frame in traceback.extract_tb(exc.__traceback__)]
+    for key, spec in factories.items():
+        folder = _FACTORY_CODE.get(spec)
+        if folder is None:
+            continue
+        theirs = [name for file, name in frames if file.is_relative_to(folder) and not file.is_relative_to(_EDGESHIP)]
+        if theirs:
+            what = "forward" if "forward" in theirs else theirs[-1]
+            return UserCodeError(f"{key} {spec!r}: {what} failed in the {stage} stage: {_exception_line(exc)}")
+    return None
+
+
+def _exception_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
 def load_checkpoint(model: nn.Module, path: Path) -> None:
-    """Load a weights-only state_dict into ``model``; refuse pickles and other architectures."""
+    """Load a weights-only state_dict into ``model``; refuse pickles and other architectures. A state_dict nested under
+    ``state_dict`` / ``model_state_dict`` / ``model`` (training-loop checkpoints) is unwrapped, and a prefix on every key
+    (``module.`` from DataParallel, ``model.``) is dropped when the keys then match the model's."""
     import pickle
 
     import torch
@@ -65,14 +171,34 @@ def load_checkpoint(model: nn.Module, path: Path) -> None:
     except Exception as exc:  # noqa: BLE001 - torch.load fails on a non-checkpoint in any way it likes (IndexError on text)
         raise DataError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
                         "expected a state_dict saved with torch.save") from None
-    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
-        state = state["state_dict"]
+    for key in NESTED_KEYS:
+        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
+            state = state[key]
+            break
     if not isinstance(state, Mapping):
         raise DataError(f"{path}: expected a state_dict (mapping of tensors), got {type(state).__name__}")
-    problem = _architecture_mismatch(model.state_dict(), state)
+    expected = model.state_dict()
+    state = _without_prefix(state, expected)
+    problem = _architecture_mismatch(expected, state)
     if problem:
         raise DataError(f"{path}: checkpoint is for another architecture than {type(model).__name__}: {problem}")
     model.load_state_dict(state, strict=True)
+
+
+NESTED_KEYS = ("state_dict", "model_state_dict", "model")
+
+
+def _without_prefix(state: Mapping[str, Any], expected: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``state`` with a prefix every key shares removed, when that makes its keys the model's."""
+    if set(state) == set(expected) or not state:
+        return state
+    first = next(iter(state))
+    if "." not in first:
+        return state
+    prefix = first.split(".", 1)[0] + "."
+    if all(key.startswith(prefix) for key in state) and {key.removeprefix(prefix) for key in state} == set(expected):
+        return {key.removeprefix(prefix): value for key, value in state.items()}
+    return state
 
 
 def _architecture_mismatch(expected: Mapping[str, Any], given: Mapping[str, Any]) -> str:
@@ -140,7 +266,7 @@ class TorchRunner(Runner):
         import torch
 
         with torch.no_grad():
-            return {self._output: self._model(torch.from_numpy(feed["input"])).numpy()}
+            return {self._output: self._model(torch.from_numpy(standard_strides(feed["input"]))).numpy()}
 
     def _describe(self) -> dict[str, object]:
         import torch

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import typing
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -106,9 +107,17 @@ class ModelConfig(Section):
     width: PositiveInt = Field(default=32, description="zoo models: channels of the first stage")
     pretrained: str | None = Field(default=None, description="a pretrained network loaded from its installed package, never "
                                                              "downloaded; e.g. efficientnet_lite0")
-    factory: str | None = Field(default=None, description="'package.module:function' returning an nn.Module; trusted code")
+    factory: str | None = Field(default=None, description="'package.module:function' or 'path/to/file.py:function' (relative to "
+                                                          "the recipe) returning an nn.Module; trusted code")
     checkpoint: Path | None = Field(default=None, description="state_dict loaded with torch.load(weights_only=True)")
     train: TrainConfig = TrainConfig()
+
+    @field_validator("factory")
+    @classmethod
+    def _factory_form(cls, value: str | None) -> str | None:
+        if value is not None and not FACTORY.fullmatch(value):
+            raise ValueError("expected 'package.module:function' or 'path/to/file.py:function'")
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
@@ -117,8 +126,6 @@ class ModelConfig(Section):
             raise ValueError(f"give one of zoo, pretrained or factory, not {' and '.join(given)}")
         if self.checkpoint is not None and self.factory is None and self.pretrained is None:
             raise ValueError("checkpoint needs factory or pretrained (zoo models are trained here)")
-        if self.factory is not None and ":" not in self.factory:
-            raise ValueError(f"factory must look like 'package.module:function', got {self.factory!r}")
         if not given:
             object.__setattr__(self, "zoo", "resnet_small")
         if self.zoo is not None and self.zoo not in ZOO:
@@ -419,6 +426,8 @@ def load_recipe(path: str | os.PathLike[str] | None = None) -> Recipe:
     return recipe
 
 
+FACTORY = re.compile(r"(?:[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*|[^:]+\.py):[A-Za-z_]\w*")
+FACTORIES = (("model",), ("distill", "teacher"), ("distill", "student"))  # where a recipe may name a factory
 INPUT_PATHS = (("model", "checkpoint"), ("calibration", "source"), ("data", "root"), ("distill", "transfer_source"),
                ("distill", "teacher", "checkpoint"), ("distill", "student", "checkpoint"), ("backends", "tensorrt", "timing_cache"))
 
@@ -433,10 +442,35 @@ def _resolve_input_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         if isinstance(block, dict) and isinstance(block.get(key), str):
             path = Path(block[key]).expanduser()
             block[key] = str(path if path.is_absolute() else (base / path).resolve())
+    for sections in FACTORIES:  # a factory that names a file: the file, relative to the recipe
+        block = raw
+        for section in sections:
+            block = block.get(section) if isinstance(block, dict) else None
+        spec = block.get("factory") if isinstance(block, dict) else None
+        if isinstance(spec, str) and spec.rpartition(":")[0].endswith(".py"):
+            where, _, function = spec.rpartition(":")
+            path = Path(where).expanduser()
+            block["factory"] = f"{path if path.is_absolute() else (base / path).resolve()}:{function}"  # type: ignore[index]
     return raw
 
 
+def factories(recipe: Recipe) -> dict[str, str]:
+    """Every factory the recipe names, by its key (``model.factory``): user code whose failures are the user's."""
+    found = {}
+    for sections in FACTORIES:
+        block: Any = recipe
+        for section in sections:
+            block = getattr(block, section, None)
+        if block is not None and block.factory is not None:
+            found[".".join((*sections, "factory"))] = block.factory
+    return found
+
+
 def _check_files(recipe: Recipe, path: Path) -> None:
+    for key, spec in factories(recipe).items():
+        where = spec.rpartition(":")[0]
+        if where.endswith(".py") and not Path(where).is_file():
+            raise RecipeError(f"{path}: '{key}': file not found: {where}")
     if recipe.model.checkpoint is not None and not recipe.model.checkpoint.is_file():
         raise RecipeError(f"{path}: 'model.checkpoint': file not found: {recipe.model.checkpoint}")
     if recipe.calibration.source is not None and not recipe.calibration.source.exists():

@@ -14,6 +14,18 @@ import numpy as np
 Feed = dict[str, np.ndarray]
 
 
+def standard_strides(array: np.ndarray) -> np.ndarray:
+    """``array`` with row-major strides in every dimension, size-1 ones included: what a user's model expects.
+
+    NumPy calls an NHWC array transposed to (N, 1, H, W) C-contiguous (a size-1 dimension's stride does not count), so
+    ``np.ascontiguousarray`` keeps it as is; ``torch.from_numpy`` keeps its strides, PyTorch reads them as channels-last,
+    the convolutions keep that layout, and the common ``x.view(x.size(0), -1)`` then fails. A fresh copy has standard
+    strides.
+    """
+    expected = tuple(int(np.prod(array.shape[i + 1 :], dtype=np.int64)) * array.itemsize for i in range(array.ndim))
+    return array if array.strides == expected else np.array(array, order="C", copy=True)
+
+
 class Precision(enum.StrEnum):
     FP32 = "fp32"
     FP16 = "fp16"

@@ -29,6 +29,7 @@ from edgeship.artifacts import write_atomic
 from edgeship.data import Split, preprocess
 from edgeship.errors import StageError
 from edgeship.progress import progress_bar
+from edgeship.tensors import standard_strides
 from edgeship.zoo.train import accuracy, backward_guard, predict, seed_everything
 
 if TYPE_CHECKING:  # the recipe sits above this module: its sections are only annotations here
@@ -53,7 +54,7 @@ class TransferSet:
     def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = self.inputs[idx] if self.preprocessing is None else preprocess(self.inputs[idx], self.preprocessing)
         y = None if self.labels is None else torch.from_numpy(self.labels[idx])
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), y
+        return torch.from_numpy(standard_strides(np.asarray(x, dtype=np.float32))), y
 
 
 class HardLabels(nn.Module):

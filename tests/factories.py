@@ -28,3 +28,24 @@ class Determinant(torch.nn.Module):
 
 def determinant() -> torch.nn.Module:
     return Determinant()
+
+
+class Picky(torch.nn.Module):
+    """Runs on the stage's two-sample shape check, then raises on a real batch, as user code can."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(784, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.size(0) > 2:
+            raise RuntimeError("this network was exported for batches of at most 2")
+        return self.fc(x.flatten(1))
+
+
+def picky() -> torch.nn.Module:
+    return Picky()
+
+
+def explode() -> torch.nn.Module:
+    raise ValueError("config file netlib.yaml not found")

@@ -125,6 +125,37 @@ def test_bad_checkpoint(case: str, built: RunResult, tmp_path: Path, capsys: pyt
     assert_nothing_lost(built)
 
 
+# -- your own model's code ---------------------------------------------------------------------------------------
+
+FACTORIES = {
+    "forward raises": ("factories:picky", r"^edgeship: error: model\.factory 'factories:picky': forward failed in the model stage: "
+                                          r"RuntimeError: this network was exported for batches of at most 2$"),
+    "constructor raises": ("factories:explode", r"model\.factory 'factories:explode': building the model failed: "
+                                                r"ValueError: config file netlib\.yaml not found$"),
+    "package imports what is missing": ("thirdparty.nets:build", r"'model\.factory': cannot import 'thirdparty\.nets:build': "
+                                        r"thirdparty\.nets \(or its package\) imports 'pytorch_lightning', which is not installed; "
+                                        r"install it, or name the file to skip the package's imports: "
+                                        r"factory: .*thirdparty/nets\.py:build$"),
+    "file not found": ("nets/absent.py:build", r"'model\.factory': file not found: .*nets/absent\.py$"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FACTORIES))
+def test_bad_factory(case: str, built: RunResult, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                     monkeypatch: pytest.MonkeyPatch) -> None:
+    package = tmp_path / "thirdparty"
+    package.mkdir()
+    (package / "__init__.py").write_text("from thirdparty.training import fit\n")
+    (package / "training.py").write_text("import pytorch_lightning\n")
+    (package / "nets.py").write_text("import torch\n\n\ndef build():\n"
+                                     "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    factory, pattern = FACTORIES[case]
+    recipe = recipe_file(tmp_path, "r", workspace(built), model={"factory": factory, "zoo": None, "train": {"epochs": 1}})
+    assert_one_line(capsys, ["run", str(recipe)], pattern)
+    assert_nothing_lost(built)
+
+
 # -- calibration data -------------------------------------------------------------------------------------------
 
 def _array(values: np.ndarray) -> Callable[[Path], None]:

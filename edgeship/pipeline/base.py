@@ -13,6 +13,8 @@ from rich.markup import escape
 
 from edgeship.artifacts import Artifact, ArtifactStore, Manifest, ManifestEntry, artifact_id
 from edgeship.errors import StorageError, disk_refusal
+from edgeship.models import user_code_failure
+from edgeship.recipe import factories
 
 if TYPE_CHECKING:
     from edgeship.data import Dataset
@@ -84,6 +86,9 @@ class RunContext:
                     artifact = self.store.commit(folder, aid=aid, kind=made.kind, stage=stage, main_file=made.main_file,
                                                  parents=[p.id for p in parents], meta=made.meta)
             except Exception as exc:
+                theirs = user_code_failure(exc, factories(self.recipe), stage=stage)
+                if theirs is not None:  # the user's model raised: their code, their traceback (--debug)
+                    raise theirs from exc
                 refusal = disk_refusal(exc)
                 if refusal is None:
                     raise

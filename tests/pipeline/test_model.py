@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from edgeship.models import instantiate, load_checkpoint
 from edgeship.pipeline.model import input_shape
 from edgeship.recipe import ModelConfig, Preprocessing
 from edgeship.zoo import build
+
+from conftest import needs_fashion_mnist
 
 FACTORY_MODULE = '''
 import torch
@@ -56,7 +59,8 @@ def test_pickled_object_is_refused(user_package: str, tmp_path: Path) -> None:
         load_checkpoint(model, tmp_path / "garbage.pt")
 
 
-@pytest.mark.parametrize(("factory", "pattern"), [("usermodels:absent", "cannot import"), ("nowhere.mod:make", "cannot import"),
+@pytest.mark.parametrize(("factory", "pattern"), [("usermodels:absent", "usermodels has no .absent."),
+                                                  ("nowhere.mod:make", "cannot import"),
                                                   ("usermodels:not_a_model", "returned int")])
 def test_bad_factories(user_package: str, factory: str, pattern: str) -> None:
     with pytest.raises(RecipeError, match=pattern):
@@ -101,3 +105,47 @@ def test_model_stage_uses_a_user_checkpoint_without_training(user_package: str, 
     assert all(torch.equal(stored[k], v) for k, v in source.state_dict().items())
     again = ModelStage().run({}, recipe.model, ctx)["model"]
     assert again == artifact and ctx.manifest.entries[-1].reused
+
+
+@pytest.mark.slow
+@needs_fashion_mnist
+def test_the_your_model_walkthrough_goes_through_every_stage_and_backend(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """README's "your own model": a third-party network (Dropout, ``view`` flatten, handed over in train mode) whose
+    package imports what is not installed, named by file, with a DataParallel checkpoint nested under "model";
+    pruned (sensitivity scan), distilled, exported and built for every CPU backend."""
+    import importlib.util
+
+    import yaml
+
+    from edgeship.cli import main
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "your_model"
+    spec = importlib.util.spec_from_file_location("walkthrough_train", example / "train.py")
+    assert spec is not None and spec.loader is not None
+    trainer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(trainer)
+    assert trainer.train(tmp_path / "smallconvnet.pt", epochs=1, samples=5000) > 0.6
+    saved = torch.load(tmp_path / "smallconvnet.pt", weights_only=True)
+    assert set(saved) >= {"model", "optimizer"} and all(k.startswith("module.") for k in saved["model"])
+
+    recipe = yaml.safe_load((example / "recipe.yaml").read_text())
+    recipe["model"]["factory"] = f"{example / 'netlib' / 'models.py'}:build"
+    recipe.update(store=str(tmp_path / "store"), reports=str(tmp_path / "reports"), calibration={"size": 200},
+                  validate={"warmup": 2, "iterations": 20, "min_seconds": 0.05, "threads": 1, "throughput_batch_sizes": [4],
+                            "throughput_seconds": 0.02},
+                  prune={"keep_macs": 0.5, "steps": 1, "finetune": {"epochs": 1},
+                         "sensitivity": {"val_size": 300, "ratios": [0.3, 0.6]}},
+                  distill={"train": {"epochs": 1}, "ablation": False},
+                  backends={"onnxruntime": {"precisions": ["fp32", "int8"]}, "openvino": {"precisions": ["fp32"]},
+                            "tflite": {"precisions": ["fp32"]}, "tensorrt": {"enabled": False}})
+    recipe["data"].update(train_size=3000, val_size=500, eval_size=1000)
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    code = main(["run", str(tmp_path / "recipe.yaml")])
+    out = capsys.readouterr().out
+    assert "Traceback" not in out
+    report = json.loads(next((tmp_path / "reports").glob("*/report.json")).read_text())
+    rows = {row["name"]: row for row in report["engines"]}
+    assert set(rows) == {"onnxruntime/fp32", "onnxruntime/int8", "openvino/fp32", "tflite/fp32"}
+    assert all(row["status"] == "ok" for row in rows.values()), {n: r["reason"] for n, r in rows.items()}
+    assert report["prune"]["macs_kept"] <= 0.6 and report["distill"] is not None
+    assert report["baseline"]["top1"] > 0.6 and code == report["release"]["exit_code"]
