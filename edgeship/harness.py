@@ -31,6 +31,10 @@ from edgeship.measure import summarize, time_calls
 from edgeship.models import TorchRunner
 
 Progress = Callable[[str, int, int], None]  # task, done, total
+# 2: runners reuse the runtime's buffers and skip re-checking a feed shaped like the last; the bare runtime call is
+# timed for every engine. Part of every validation's store key, so results of an older harness are measured anew.
+HARNESS_VERSION = 2
+PAIRED_ROUNDS = 5  # latency and the bare runtime call alternate in this many rounds
 THROUGHPUT_WARMUP = 5
 THROUGHPUT_MIN_ITERATIONS = 20
 
@@ -52,7 +56,7 @@ class MeasureSettings(BaseModel):
     throughput_batch_sizes: tuple[PositiveInt, ...] = ()
     throughput_seconds: float = Field(default=1.0, ge=0)
     eval_batch_size: PositiveInt = 250
-    bare_call: bool = Field(default=False, description="also time the runtime call without our checks (runner.bare_call)")
+    bare_call: bool = Field(default=False, description="also time the runtime's own call on a feed set once (runner.bare_call)")
 
     def settings(self) -> dict[str, Any]:
         """These fields alone, to build another message from."""
@@ -139,12 +143,19 @@ def _time_engine(spec: HarnessSpec, runner: Any, call: Callable[[np.ndarray], An
                  progress: Progress) -> dict[str, Any]:
     """Latency at ``batch_size``, throughput at each of ``throughput_batch_sizes``, and the bare call if asked."""
     sample = _rows(inputs, spec.batch_size)
-    times = _timed("latency", lambda: call(sample), spec.warmup, spec.iterations, spec.min_seconds, progress)
-    raw = {"latency": times}
-    out: dict[str, Any] = {"latency": summarize(times, spec.batch_size).as_dict()}
-    bare = getattr(runner, "bare_call", None) if spec.bare_call else None
-    if bare is not None:
-        raw["bare"] = _timed("bare call", bare({spec.input_name: sample}), spec.warmup, spec.iterations, spec.min_seconds, progress)
+    bare = runner.bare_call({spec.input_name: sample}) if spec.bare_call else None
+    if bare is None:
+        raw = {"latency": _timed("latency", lambda: call(sample), spec.warmup, spec.iterations, spec.min_seconds, progress)}
+    else:  # alternating rounds, so a change of background load falls on both alike and their difference holds
+        parts: dict[str, list[np.ndarray]] = {"latency": [], "bare": []}
+        for index in range(PAIRED_ROUNDS):
+            warmup = spec.warmup if index == 0 else min(spec.warmup, 5)
+            for key, task, timed in (("latency", "latency", lambda: call(sample)), ("bare", "runtime call", bare)):
+                parts[key].append(_timed(f"{task} (round {index + 1}/{PAIRED_ROUNDS})", timed, warmup,
+                                         -(-spec.iterations // PAIRED_ROUNDS), spec.min_seconds / PAIRED_ROUNDS, progress))
+        raw = {key: np.concatenate(chunks) for key, chunks in parts.items()}
+    out: dict[str, Any] = {"latency": summarize(raw["latency"], spec.batch_size).as_dict()}
+    if "bare" in raw:
         out["bare_latency"] = summarize(raw["bare"], spec.batch_size).as_dict()
     throughput: dict[str, Any] = {}
     for batch in spec.throughput_batch_sizes:

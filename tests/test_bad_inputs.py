@@ -18,7 +18,7 @@ from edgeship import RunResult, run
 from edgeship.artifacts import ArtifactStore
 from edgeship.cli import main
 
-from conftest import tiny_recipe
+from conftest import needs_fashion_mnist, tiny_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -184,6 +184,7 @@ CALIBRATION: dict[str, tuple[Callable[[Path], None], str]] = {
 }
 
 
+@needs_fashion_mnist
 @pytest.mark.parametrize("case", sorted(CALIBRATION))
 def test_bad_calibration_data(case: str, built: RunResult, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write, pattern = CALIBRATION[case]

@@ -8,7 +8,7 @@ import functools
 import importlib.metadata
 import io
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -242,6 +242,12 @@ class OnnxRuntimeRunner(Runner):
 
     def _infer(self, feed: Feed) -> Feed:
         return dict(zip(self._outputs, self._session.run(self._outputs, feed), strict=True))
+
+    def bare_call(self, feed: Feed) -> Callable[[], object]:
+        """``InferenceSession.run`` alone on ``feed``: the runtime's own call."""
+        self.infer(feed)
+        session, outputs = self._session, self._outputs
+        return lambda: session.run(outputs, feed)
 
 
 def onnx_precision(model_path: Path) -> Precision:

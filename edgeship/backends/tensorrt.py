@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -119,17 +120,17 @@ class TensorRtBackend(BackendBase):
         """Whether engines can be built and run here: ``tensorrt`` and Polygraphy importable, and a CUDA GPU present."""
         problems = []
         missing = [module for module in ("tensorrt", "polygraphy") if not importable(module)]
-        broken = None if missing else import_problem(("tensorrt", "polygraphy"))
+        gpu = nvidia_gpu()
+        # imported only where engines could run: without a GPU, TensorRT's libraries may well fail to load, by design
+        broken = import_problem(("tensorrt", "polygraphy")) if gpu and not missing else None
         if missing:
             problems.append(f"cannot import {', '.join(missing)} (TensorRT is not installed)")
         elif broken:
             problems.append(broken[0])
-        gpu = nvidia_gpu()
         if not gpu:
             problems.append("no CUDA GPU (nvidia-smi finds none)")
         return Availability(self.name, not problems, installed_versions(self.info.distributions), device=gpu or "no CUDA GPU",
-                            reason="; ".join(problems), install=self.info.install,
-                            broken=bool(broken and broken[1] and gpu))  # without a GPU, a failing import is expected
+                            reason="; ".join(problems), install=self.info.install, broken=bool(broken and broken[1]))
 
     def precision_of(self, engine: Path) -> Precision | None:
         """A prepared ONNX tells its precision; a serialized engine does not."""
@@ -419,3 +420,10 @@ class TensorRtRunner(Runner):
             return {name: np.array(out) for name, out in self._runner.infer(feed).items()}
         chunks = [self._infer({k: v[start : start + limit] for k, v in feed.items()}) for start in range(0, batch, limit)]
         return {name: np.concatenate([chunk[name] for chunk in chunks]) for name in chunks[0]}
+
+    def bare_call(self, feed: Feed) -> Callable[[], object]:
+        """Polygraphy's ``TrtRunner.infer`` alone, its input checks off: the copies to and from the GPU and the engine's
+        execution, without edgeship's call around it. Not measured on any machine here (no GPU)."""
+        self.infer(feed)
+        runner = self._runner
+        return lambda: runner.infer(feed, check_inputs=False)

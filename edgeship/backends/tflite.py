@@ -11,11 +11,12 @@ edgeship hands it local data instead, so a build never touches the network.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -212,6 +213,8 @@ class TfliteRunner(Runner):
             self._meta[name] = TensorMeta(name, np.dtype(np.float32), shape)
         self._shapes: dict[str, tuple[int, ...]] = {name: tuple(details["shape"]) for name, (details, _) in self._inputs.items()}
         self._allocated = True
+        self._prepared: dict[str, _Write] = {}  # input name → how it is written, for the shapes of the last new feed
+        self._reads: dict[str, _Read] = {}
 
     def _deactivate(self) -> None:
         self._interpreter = None
@@ -221,42 +224,97 @@ class TfliteRunner(Runner):
         return {"num_threads": self.threads, "op_resolver": "AUTO (XNNPACK delegate applied by default)", "input_dtypes": dtypes}
 
     def _infer(self, feed: Feed) -> Feed:
+        # The hot path: each input written (transposed, quantized) straight into the interpreter's own buffer, each
+        # output read once; everything that depends only on the tensors' types and shapes is computed on the first
+        # call with those shapes (``_prepare``).
+        inputs = self._prepared
+        for name, array in feed.items():
+            plan = inputs.get(name)
+            if plan is None or plan.shape != array.shape:
+                return self._prepare(feed)
+            plan.write(array)
+        self._interpreter.invoke()
+        return {name: plan.read() for name, plan in self._reads.items()}
+
+    def _prepare(self, feed: Feed) -> Feed:
+        """A call with new input shapes: resize and re-plan the interpreter where they changed, then the per-tensor plans."""
         interpreter = self._interpreter
-        tensors = {}
         for name, array in feed.items():
             details, perm = self._inputs[name]
-            tensors[name] = _quantize(array.transpose(perm) if perm else array, details)
-            if self._shapes.get(name) != tensors[name].shape:  # a new batch size: resize, then re-plan
-                interpreter.resize_tensor_input(details["index"], tensors[name].shape, strict=True)
-                self._shapes[name] = tensors[name].shape
+            shape = tuple(array.shape[i] for i in perm) if perm else array.shape
+            if self._shapes.get(name) != shape:  # a new batch size: resize, then re-plan
+                interpreter.resize_tensor_input(details["index"], shape, strict=True)
+                self._shapes[name] = shape
                 self._allocated = False
         if not self._allocated:
             interpreter.allocate_tensors()
             self._allocated = True
-        for name, tensor in tensors.items():
-            interpreter.set_tensor(self._inputs[name][0]["index"], tensor)
-        interpreter.invoke()
-        out = {}
-        for name, (details, perm) in self._outputs.items():
-            value = _dequantize(interpreter.get_tensor(details["index"]), details)
-            out[name] = np.ascontiguousarray(value.transpose(np.argsort(perm))) if perm else value
-        return out
+        self._prepared = {name: _Write(interpreter, *self._inputs[name], array.shape) for name, array in feed.items()}
+        self._reads = {name: _Read(interpreter, details, perm) for name, (details, perm) in self._outputs.items()}
+        return self._infer(feed)
+
+    def bare_call(self, feed: Feed) -> Callable[[], None]:
+        """``invoke()`` alone on the input buffers written once: the interpreter's own call."""
+        self.infer(feed)  # checks the feed, and leaves it in the interpreter's input buffers
+        return self._interpreter.invoke
 
 
-def _quantize(array: np.ndarray, details: dict[str, Any]) -> np.ndarray:
-    dtype = np.dtype(details["dtype"])
-    if dtype == np.float32:
-        return np.ascontiguousarray(array, dtype=np.float32)
-    scale, zero_point = details["quantization"]
-    info = np.iinfo(dtype)
-    return np.clip(np.round(array / scale) + zero_point, info.min, info.max).astype(dtype)
+class _Write:
+    """How one ONNX-layout float32 input goes into the interpreter: transposed to the engine's layout into a buffer kept
+    for its shape, for an integer input quantized as the converter defines it, ``clip(round(x / scale) + zero_point)``
+    in float32, then handed over with ``set_tensor`` (cheaper per call than writing through ``tensor()``'s view)."""
+
+    def __init__(self, interpreter: Any, details: dict[str, Any], perm: list[int], shape: tuple[int, ...]) -> None:
+        self.shape = shape  # the ONNX-layout shape this plan was made for
+        self.set = functools.partial(interpreter.set_tensor, details["index"])
+        self.perm = perm or None
+        engine_shape = tuple(shape[i] for i in perm) if perm else shape
+        dtype = np.dtype(details["dtype"])
+        self.target = np.empty(engine_shape, dtype)
+        self.scratch: np.ndarray | None = None
+        if dtype != np.float32:
+            scale, zero_point = details["quantization"]
+            info = np.iinfo(dtype)
+            self.scale, self.zero_point = scale, zero_point
+            # clip(round(x/s) + z, lo, hi) == clip(round(x/s), lo - z, hi - z) + z on integers: the last add casts into place
+            self.low, self.high = info.min - zero_point, info.max - zero_point
+            self.scratch = np.empty(engine_shape, np.float32)
+
+    def write(self, array: np.ndarray) -> None:
+        source = array.transpose(self.perm) if self.perm else array
+        scratch, target = self.scratch, self.target
+        if scratch is None:
+            np.copyto(target, source)
+        else:
+            np.divide(source, self.scale, out=scratch)
+            np.rint(scratch, out=scratch)
+            np.minimum(scratch, self.high, out=scratch)
+            np.maximum(scratch, self.low, out=scratch)
+            np.add(scratch, self.zero_point, out=target, casting="unsafe")
+        self.set(target)
 
 
-def _dequantize(array: np.ndarray, details: dict[str, Any]) -> np.ndarray:
-    if array.dtype == np.float32:
-        return array.copy()
-    scale, zero_point = details["quantization"]
-    return ((array.astype(np.float32) - zero_point) * scale).astype(np.float32)
+class _Read:
+    """How one output comes back: in the ONNX layout, float32; an integer output dequantized through a table of its 256
+    values, ``(q - zero_point) * scale`` computed in float32 once."""
+
+    def __init__(self, interpreter: Any, details: dict[str, Any], perm: list[int]) -> None:
+        self.get = functools.partial(interpreter.get_tensor, details["index"])
+        self.order = np.argsort(perm) if perm else None
+        dtype = np.dtype(details["dtype"])
+        self.table: np.ndarray | None = None
+        if dtype != np.float32:
+            scale, zero_point = details["quantization"]
+            values = np.arange(256, dtype=np.uint8).view(dtype) if dtype.itemsize == 1 else None
+            if values is None:
+                raise ValueError(f"output {details['name']!r}: {dtype} outputs are not supported (8-bit only)")
+            self.table = np.subtract(values, zero_point, dtype=np.float32) * np.float32(scale)
+
+    def read(self) -> np.ndarray:
+        value = self.get()  # a copy of the interpreter's buffer
+        if self.table is not None:
+            value = self.table[value.view(np.uint8)]
+        return np.ascontiguousarray(value.transpose(self.order)) if self.order is not None else value
 
 
 def _interpreter(path: Path, *, threads: int) -> Any:

@@ -45,7 +45,7 @@ class MeasureRequest:
     engine: Path  # the engine's main file (the baseline: its model artifact's record)
     input_name: str
     timed: bool
-    bare_call: bool = False  # also time the runtime's bare call, for the cross-check with the backend's own tool
+    cross_check: bool = False  # also run the backend's own benchmark tool (on a device: there)
     torch_model_config: dict[str, Any] | None = None  # the baseline's model config, for an artifact that records none
     artifact: Artifact | None = None  # the stored engine: every file, its sha256 and input shape
 
@@ -100,7 +100,7 @@ class LocalMeasurer(Measurer):
             return self._eval_inputs
 
     def _measure(self, request: MeasureRequest, folder: Path) -> dict[str, Any]:
-        spec = HarnessSpec(**settings(self.cfg, self.threads, timed=request.timed, bare_call=request.bare_call),
+        spec = HarnessSpec(**settings(self.cfg, self.threads, timed=request.timed),
                            backend=request.backend, engine=request.engine, torch_model_config=request.torch_model_config,
                            input_name=request.input_name, inputs=self.eval_inputs, outputs=folder / "logits.npy",
                            timings=folder / "timings.npz" if request.timed else None, cpus=self.cpus)
@@ -164,8 +164,8 @@ class DeviceMeasurer(Measurer):
         job = JobRequest(engine=EngineRef(backend=request.backend, main=request.engine.name, sha256=artifact.sha256,
                                           files=dict(artifact.files)),
                          inputs=sent["inputs"][0], input_name=request.input_name, input_shape=tuple(artifact.meta["input_shape"]),
-                         **settings(self.cfg, self.threads, timed=request.timed, bare_call=request.bare_call), timed=request.timed,
-                         cross_check=request.bare_call, outputs="metrics" if scored_there else "full", **scoring)
+                         **settings(self.cfg, self.threads, timed=request.timed), timed=request.timed,
+                         cross_check=request.cross_check, outputs="metrics" if scored_there else "full", **scoring)
         with progress_bar(self.local.ctx.console) as bar:
             task = bar.add_task(f"{request.name}: sending it to {device.name}", total=None, info=f"{device.url}, {self.threads} threads")
 
@@ -183,11 +183,12 @@ class DeviceMeasurer(Measurer):
         return result
 
 
-def settings(cfg: ValidateConfig, threads: int, *, timed: bool, bare_call: bool) -> dict[str, Any]:
-    """The harness settings of the recipe's ``validate:`` section, for a measurement here or on a device."""
+def settings(cfg: ValidateConfig, threads: int, *, timed: bool) -> dict[str, Any]:
+    """The harness settings of the recipe's ``validate:`` section, for a measurement here or on a device: a timed
+    engine's bare runtime call is timed too, beside ``Runner.infer``, so its per-call overhead is reported."""
     return {"threads": threads, "warmup": cfg.warmup, "iterations": cfg.iterations, "min_seconds": cfg.min_seconds,
             "batch_size": cfg.batch_size, "throughput_batch_sizes": tuple(cfg.throughput_batch_sizes) if timed else (),
-            "throughput_seconds": cfg.throughput_seconds, "eval_batch_size": cfg.eval_batch_size, "bare_call": bare_call}
+            "throughput_seconds": cfg.throughput_seconds, "eval_batch_size": cfg.eval_batch_size, "bare_call": timed}
 
 
 def retry_note(ctx: RunContext, what: str) -> Callable[[int, AgentError], None]:

@@ -24,7 +24,7 @@ from edgeship.agent.client import AgentClient, AgentError, with_retries
 from edgeship.artifacts import RECORD, Artifact
 from edgeship.backends import display_name, get_backend
 from edgeship.errors import StageError
-from edgeship.harness import tool_cross_check
+from edgeship.harness import HARNESS_VERSION, tool_cross_check
 from edgeship.measure import scores, top1
 from edgeship.pipeline.base import Made, RunContext
 from edgeship.pipeline.export import INPUT_NAME
@@ -34,7 +34,7 @@ from edgeship.recipe import DeviceConfig, ValidateConfig
 BASELINE = "pytorch/fp32"
 # what of a device's description keys its results: another machine measures anew, a reboot does not
 DEVICE_FACTS = ("cpu", "isa_flags", "logical_cores", "gpu")
-MEASURED_KEYS = ("load_ms", "first_inference_ms", "import_ms", "latency", "throughput", "memory", "cpus")
+MEASURED_KEYS = ("load_ms", "first_inference_ms", "import_ms", "latency", "bare_latency", "throughput", "memory", "cpus")
 
 
 class ValidateStage:
@@ -45,7 +45,7 @@ class ValidateStage:
         cpus = cfg.affinity(threads)
         config = {**cfg.model_dump(mode="json"), "threads": threads, "cpus": list(cpus) if cpus else None}
         device = {k: ctx.manifest.device.get(k) for k in DEVICE_FACTS}
-        key = {"eval": ctx.dataset.fingerprint, "device": device}
+        key = {"eval": ctx.dataset.fingerprint, "device": device, "harness": HARNESS_VERSION}
         model = inputs["model"]
         with tempfile.TemporaryDirectory(prefix="edgeship-eval-") as scratch:
             measure = LocalMeasurer(cfg, threads, cpus, Path(scratch), ctx)
@@ -94,7 +94,7 @@ class ValidateStage:
             threads = device.threads or ctx.recipe.validate_.threads or described["device"].get("usable_cores") or 1
             remote = DeviceMeasurer(local, client, device, described, threads, reference)
             facts = {k: described["device"].get(k) for k in DEVICE_FACTS}
-            key = {"eval": ctx.dataset.fingerprint, "device": facts, "device_name": device.name}
+            key = {"eval": ctx.dataset.fingerprint, "device": facts, "device_name": device.name, "harness": HARNESS_VERSION}
             for name, engine in engines.items():
                 backend = described["backends"].get(engine.meta["backend"], {})
                 engine_cfg = {**device_cfg, "threads": threads, "cpus": None, "cross_check": _wants_cross_check(ctx, engine)}
@@ -132,7 +132,7 @@ class ValidateStage:
         predicts = engine.meta.get("predicts")
         runs_on = engine.meta.get("runs_on", engine.meta["backend"])
         wants_check = _wants_cross_check(ctx, engine)
-        request = MeasureRequest(name, runs_on, engine.path, engine.meta["input_name"], timed=not predicts, bare_call=wants_check,
+        request = MeasureRequest(name, runs_on, engine.path, engine.meta["input_name"], timed=not predicts, cross_check=wants_check,
                                  artifact=engine)
         result = measure.measure(request, folder)
         if "scores" in result:  # scored on the device: its outputs were too large to send back

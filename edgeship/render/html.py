@@ -177,14 +177,19 @@ def _latency(report: Report) -> str:
     if not rows:
         return _section("latency", "Latency distribution per engine", "<p>No engine was measured.</p>")
     statistics = ("mean_ms", "std_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms")
-    table = _table(["engine", "iterations", "mean ms", "std ms", "p50", "p90", "p95", "p99", "max ms", "load ms", "first call ms"],
-                   numeric=range(1, 11), rows=[[escape(r["name"]), str(r["latency"]["iterations"]),
+    table = _table(["engine", "iterations", "mean ms", "std ms", "p50", "p90", "p95", "p99", "max ms", "runtime call p50",
+                    "overhead µs", "load ms", "first call ms"],
+                   numeric=range(1, 13), rows=[[escape(r["name"]), str(r["latency"]["iterations"]),
                                                 *(_styled(latency_cell(r["latency"], k)) for k in statistics),
-                                                f"{r['latency']['max_ms']:.3f}", _num(r.get("load_ms")), _num(r.get("first_inference_ms"))]
+                                                f"{r['latency']['max_ms']:.3f}", _styled(latency_cell(r.get("bare_latency"), "p50_ms")),
+                                                _num(r.get("call_overhead_us")), _num(r.get("load_ms")), _num(r.get("first_inference_ms"))]
                                                for r in rows])
     return _section("latency", "Latency distribution per engine",
                     _figure(lambda: plots.latency_figure(rows), "Per-iteration latency up to the 99th percentile, each engine measured "
-                            "in its own process; the table gives each statistic with its bootstrap 95% interval.") + table)
+                            "in its own process; the table gives each statistic with its bootstrap 95% interval.") + table
+                    + "<p class=muted>The p50 the gates use times edgeship's Runner.infer, the same call for every backend; the "
+                      "runtime call p50 times the runtime's own call on an input set once (what its benchmark tool times), and "
+                      "the overhead is their difference.</p>")
 
 
 def _throughput(report: Report) -> str:

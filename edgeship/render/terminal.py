@@ -75,6 +75,9 @@ def print_summary(report: Report, console: Console) -> None:
     for row in report.engines:
         for line in int8_weight_lines(row):
             console.print(line, soft_wrap=True)
+    overheads = [f"{row.name} {row.call_overhead_us:.1f}" for row in report.engines if row.call_overhead_us is not None]
+    if overheads:
+        console.print("per-call overhead, µs (Runner.infer p50 − the runtime's own call): " + ", ".join(overheads), soft_wrap=True)
     for row in report.engines:
         check = row.cross_check
         if not check:

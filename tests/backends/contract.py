@@ -147,6 +147,7 @@ class BackendContract:
         with impl.runner(engines[min(engines)], threads=1) as runner:
             meta = runner.input_metadata()
             assert list(meta) == ["input"] and meta["input"].shape[1:] == (1, 28, 28)
+            runner.infer({"input": good})  # a good feed passes first: what follows must be checked anew, not waved through
             with pytest.raises(ValueError, match="feed names"):
                 runner.infer({"wrong": good})
             with pytest.raises(ValueError, match="dtype"):
@@ -155,6 +156,23 @@ class BackendContract:
                 runner.infer({"input": np.zeros((1, 1, 14, 14), np.float32)})
             with pytest.raises(ValueError, match="dims"):
                 runner.infer({"input": np.zeros((1, 28, 28), np.float32)})
+
+    def test_bare_call_is_the_runtime_call_on_the_feed_and_infer_gives_the_same_outputs_around_it(
+            self, impl: Backend, engines: dict[Precision, Path], trained_cnn: TrainedCnn) -> None:
+        """The harness times ``bare_call`` beside ``infer`` for the per-call overhead: it must run the engine on the feed,
+        and leave ``infer`` (buffers reused per shape) giving exactly what it gave before, for every batch size."""
+        if impl.info.name == "tensorrt":
+            pytest.skip("a TensorRT engine needs a GPU")
+        for precision, path in sorted(engines.items()):
+            with impl.runner(path, threads=1) as runner:
+                feeds = [{"input": trained_cnn.evaluation[start : start + n]} for start, n in ((0, 1), (1, 4), (5, 1))]
+                expected = [runner.infer(feed)["logits"] for feed in feeds]
+                bare = runner.bare_call(feeds[0])
+                assert callable(bare), precision
+                bare()
+                for _ in range(3):  # shapes changing back and forth re-plan the runtime's buffers
+                    for feed, want in zip(feeds, expected, strict=True):
+                        np.testing.assert_array_equal(runner.infer(feed)["logits"], want, err_msg=str(precision))
 
     def test_runner_pins_threads(self, impl: Backend, engines: dict[Precision, Path]) -> None:
         with impl.runner(engines[min(engines)], threads=1) as runner:

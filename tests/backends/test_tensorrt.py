@@ -209,7 +209,14 @@ def test_availability_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> 
     assert not state.available and state.reason.startswith("cannot import tensorrt") and state.device == "NVIDIA L4, 8.9"
     assert "pypi.nvidia.com" in state.install and "edgeship[tensorrt]" in state.install
     monkeypatch.setattr(trt_module, "importable", lambda module: True)
+    monkeypatch.setattr(trt_module, "import_problem", lambda modules: None)  # TensorRT installed, and it loads
     assert TensorRtBackend().availability().available
+    monkeypatch.setattr(trt_module, "import_problem", lambda modules: ("tensorrt is installed but fails to import: OSError: "
+                                                                       "libnvinfer.so.10: cannot open shared object file", True))
+    state = TensorRtBackend().availability()
+    assert not state.available and state.broken and "libnvinfer.so.10" in state.reason, "installed, a GPU, and broken: a failure"
+    monkeypatch.setattr(trt_module, "nvidia_gpu", lambda: "")
+    assert not TensorRtBackend().availability().broken, "no GPU: TensorRT is skipped by design, never imported"
 
 
 def test_build_without_tensorrt_or_gpu_is_unavailable_never_faked(trained_cnn: TrainedCnn, calibration: CalibrationSet,

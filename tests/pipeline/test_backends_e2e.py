@@ -12,7 +12,7 @@ from edgeship import RunResult, run
 from edgeship.artifacts import ArtifactStore
 from edgeship.backends import availability
 
-from conftest import tiny_recipe
+from conftest import needs_fashion_mnist, tiny_recipe
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not (availability("openvino").available and availability("tflite").available),
@@ -27,6 +27,7 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
     return run(recipe, console=Console(quiet=True))
 
 
+@needs_fashion_mnist
 def test_every_engine_is_built_validated_and_reported(result: RunResult) -> None:
     rows = {row["name"]: row for row in result.report["engines"]}
     assert sorted(rows) == ENGINES
@@ -58,6 +59,17 @@ def test_openvino_latency_is_cross_checked_with_benchmark_app(result: RunResult)
         assert 0.5 < check["bare_ratio"] < 2, "the two harnesses time the same engine call on the same machine"
         assert check["call_overhead_ms"] == pytest.approx(check["ours_p50_ms"] - check["ours_bare_p50_ms"], abs=1e-3)
     assert all(row.get("cross_check") is None for row in result.report["engines"] if row["backend"] != "openvino")
+
+
+def test_every_engine_reports_its_runtime_call_and_the_overhead_around_it(result: RunResult) -> None:
+    for row in result.report["engines"]:
+        if row["status"] != "ok":
+            continue
+        bare, ours = row["bare_latency"], row["latency"]
+        assert bare["iterations"] >= 20 and bare["p50_ms"] > 0, row["name"]
+        assert row["call_overhead_us"] == pytest.approx(1e3 * (ours["p50_ms"] - bare["p50_ms"]), abs=0.1), row["name"]
+    page = (result.run_dir / "report.html").read_text()
+    assert "runtime call p50" in page and "overhead µs" in page
 
 
 def test_every_engine_file_is_hashed(result: RunResult) -> None:

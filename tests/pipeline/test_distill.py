@@ -15,7 +15,7 @@ from edgeship import RunResult, run
 from edgeship.artifacts import ArtifactStore
 from edgeship.errors import RecipeError
 
-from conftest import tiny_recipe
+from conftest import needs_fashion_mnist, tiny_recipe
 
 pytestmark = pytest.mark.slow
 ADAMW = {"optimizer": "adamw", "lr": 0.002, "weight_decay": 0.0}
@@ -103,6 +103,7 @@ def test_an_interrupted_distillation_resumes_from_its_last_epoch(distilled: RunR
     assert document["hard_label_finetune"] is None and "not run" in document["hard_label_finetune_note"]
 
 
+@needs_fashion_mnist
 def test_a_named_zoo_student_learns_from_scratch_and_exports(workspace: Path) -> None:
     student = {"zoo": "mobilenet_small", "width": 8}
     result = run(tiny_recipe(workspace, distill={**DISTILL, "hints": [], "student": student, "train": {"epochs": 2, **ADAMW, "lr": 0.01}}),
@@ -116,6 +117,7 @@ def test_a_named_zoo_student_learns_from_scratch_and_exports(workspace: Path) ->
     assert fp32["status"] == "ok" and fp32["top1"] == pytest.approx(top1["distilled"]["eval_top1"], abs=0.002)
 
 
+@needs_fashion_mnist
 def test_unlabeled_transfer_data_from_a_folder(workspace: Path, tmp_path: Path) -> None:
     from edgeship.data import load_dataset
     from edgeship.recipe import CalibrationConfig, DataConfig
@@ -135,6 +137,7 @@ def test_distill_without_a_student_is_a_recipe_error(workspace: Path) -> None:
         run(tiny_recipe(workspace, distill=DISTILL), console=Console(quiet=True))
 
 
+@needs_fashion_mnist
 def test_corrupt_transfer_data_names_the_file(workspace: Path, tmp_path: Path) -> None:
     from edgeship.errors import DataError
 

@@ -16,7 +16,7 @@ from edgeship.pipeline.base import RunContext
 from edgeship.pipeline.export import ExportStage
 from edgeship.pipeline.model import ModelStage
 
-from conftest import tiny_recipe
+from conftest import needs_fashion_mnist, tiny_recipe
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +36,7 @@ def model(context: RunContext) -> object:
     return ModelStage().run({}, context.recipe.model, context)["model"]
 
 
+@needs_fashion_mnist
 def test_export_has_dynamic_batch_and_records_parity(context: RunContext, model: object) -> None:
     onnx_artifact = ExportStage().run({"model": model}, context.recipe.export, context)["onnx"]
     onnx.checker.check_model(str(onnx_artifact.path), full_check=True)

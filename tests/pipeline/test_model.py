@@ -83,6 +83,7 @@ def test_input_shape_follows_preprocessing() -> None:
     assert input_shape(Data, Preprocessing(color="rgb", mean=(0.5,), std=(0.5,), resize=(32, 40))) == (3, 32, 40)  # type: ignore[arg-type]
 
 
+@needs_fashion_mnist
 def test_model_stage_uses_a_user_checkpoint_without_training(user_package: str, tmp_path: Path) -> None:
     from rich.console import Console
 

@@ -20,7 +20,7 @@ from edgeship import RunResult, run
 from edgeship.artifacts import Manifest, sha256_file
 from edgeship.recipe import Recipe
 
-from conftest import tiny_recipe
+from conftest import needs_fashion_mnist, tiny_recipe
 
 pytestmark = pytest.mark.slow
 # the stages whose output is a deterministic function of their inputs (validate holds timings, report a date)
@@ -163,6 +163,7 @@ def test_a_damaged_stored_artifact_is_reported_and_rebuilt(cold: RunResult, tmp_
     assert any(note.startswith("Rebuilt build onnxruntime/int8: the stored copy was damaged") for note in result.report["notes"])
 
 
+@needs_fashion_mnist
 def test_two_runs_sharing_a_store_finish_with_consistent_manifests(cold: RunResult, tmp_path: Path) -> None:
     recipe = recipe_file(tmp_path, resume_recipe(tmp_path))
     first = edgeship_run(recipe)

@@ -13,7 +13,7 @@ from edgeship.artifacts import Manifest, sha256_file
 from edgeship.errors import RecipeError
 from edgeship.recipe import Recipe
 
-from conftest import tiny_recipe
+from conftest import needs_fashion_mnist, tiny_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +33,7 @@ def cold(recipe: Recipe) -> RunResult:
     return run(recipe, console=Console(quiet=True))
 
 
+@needs_fashion_mnist
 def test_report_lists_baseline_and_both_engines(cold: RunResult) -> None:
     result = cold
     report = json.loads(result.report_path.read_text())
@@ -187,10 +188,11 @@ def test_junit_has_one_case_per_gate_and_engine(cold: RunResult) -> None:
 
     root = ET.parse(cold.run_dir / "junit.xml").getroot()
     assert root.tag == "testsuites"
-    suites = root.findall("testsuite")
-    assert [s.get("name") for s in suites] == [e["name"] for e in cold.report["engines"]]
+    *suites, release = root.findall("testsuite")
+    assert [s.get("name") for s in suites] == [e["name"] for e in cold.report["engines"]] and release.get("name") == "release"
     cases = root.findall("testsuite/testcase")
-    assert len(cases) == len(GATES) * len(suites) == int(root.get("tests"))
+    assert len(cases) == len(GATES) * len(suites) + 1 == int(root.get("tests"))
+    assert (release.find("testcase/failure") is None) == cold.report["release"]["passed"]
     for suite, row in zip(suites, cold.report["engines"], strict=True):
         assert [c.get("name") for c in suite.findall("testcase")] == list(GATES)
         failures = sum(g["outcome"] == "fail" for g in row["gates"])
