@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from edgeship.artifacts import sha256_file
 from edgeship.backends import REGISTRY, availability, get_backend
 from edgeship.backends.base import PreparingBackend
 from edgeship.device import pinned_cpus
@@ -24,6 +25,7 @@ from edgeship.pipeline import run as pipeline  # the module: tests stand a fake 
 from edgeship.pipeline.qualify import qualify
 from edgeship.pipeline.report import rebuild
 from edgeship.recipe import load_recipe
+from edgeship.release import make_releases, new_key_pair
 from edgeship.render.terminal import print_summary
 from edgeship.version import __version__
 
@@ -82,6 +84,24 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("path", type=Path, help="the run folder (reports/<run-id>) or its manifest.json")
     report.set_defaults(handler=_report)
 
+    release = sub.add_parser("release", help="hand over a finished run's passing engines: release folders and reproducible "
+                                             "archives with the probe, what a device needs, and a signature")
+    release.add_argument("run", type=Path, help="the run folder (reports/<run-id>)")
+    release.add_argument("--engines", nargs="+", default=["recommended"], metavar="NAME",
+                         help="'recommended' (the engine to ship of each backend; the default) or engine names (onnxruntime/int8 …)")
+    release.add_argument("--version", default=None, help="the release version (default: the run id)")
+    release.add_argument("--key", type=Path, default=None, help="private key to sign with (edgeship keys new NAME); unsigned without")
+    release.add_argument("--out", type=Path, default=Path("releases"), help="where releases go (default releases/)")
+    release.add_argument("--allow-failing", action="store_true", help="release an engine that did not pass its gates (it says so)")
+    release.set_defaults(handler=_release)
+
+    keys = sub.add_parser("keys", help="Ed25519 key pairs that sign releases")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    new_key = keys_sub.add_parser("new", help="write NAME.key (private, mode 0600) and NAME.pub")
+    new_key.add_argument("name", help="the key's name")
+    new_key.add_argument("--out", type=Path, default=Path("keys"), help="folder for the pair (default keys/)")
+    new_key.set_defaults(handler=_keys_new)
+
     agent = sub.add_parser("agent", help="the device agent: run on an edge device so a host's runs measure engines there")
     agent_sub = agent.add_subparsers(dest="agent_command", required=True)
     serve = agent_sub.add_parser("serve", help="serve GET /device, uploads by sha256 and measurement jobs, one at a time")
@@ -117,6 +137,22 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     if args.quiet:
         print(result.report_path)
     return result.exit_code
+
+
+def _release(args: argparse.Namespace, console: Console) -> int:
+    archives = make_releases(args.run, engines=args.engines, version=args.version, key=args.key, out=args.out,
+                             allow_failing=args.allow_failing, console=console)
+    for archive in archives:
+        console.print(f"{archive}  sha256 {sha256_file(archive)}", soft_wrap=True, highlight=False)
+    if not args.key:
+        console.print("[yellow]unsigned: devices load it only with --allow-unsigned (sign with --key keys/NAME.key)[/yellow]")
+    return 0
+
+
+def _keys_new(args: argparse.Namespace, console: Console) -> int:
+    private, public = new_key_pair(args.name, args.out)
+    console.print(f"private key {private} (keep it secret: mode 0600), public key {public} (give it to devices: --key)")
+    return 0
 
 
 def _validate(args: argparse.Namespace, console: Console) -> int:

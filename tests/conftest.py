@@ -111,3 +111,35 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: attempts.append(a) or (_ for _ in ()).throw(OSError("no DNS")))
     yield attempts
+
+
+@dataclass(frozen=True)
+class Released:
+    """A finished tiny run with an engine of each CPU backend, a key pair, and its signed releases."""
+
+    run_dir: Path
+    keys: Path
+    archives: list[Path]
+    out: Path
+
+
+@pytest.fixture(scope="session")
+def released(tmp_path_factory: pytest.TempPathFactory) -> Released:
+    from rich.console import Console
+
+    from edgeship import run
+    from edgeship.release import make_releases, new_key_pair
+
+    if not HAS_FASHION_MNIST:
+        pytest.skip("needs the Fashion-MNIST package (release probes are compared image for image): "
+                    "sudo apt-get install dataset-fashion-mnist")
+    tmp = tmp_path_factory.mktemp("released")
+    recipe = tiny_recipe(tmp, backends={"onnxruntime": {"precisions": ["fp32"]}, "openvino": {"precisions": ["int8"]},
+                                        "tflite": {"precisions": ["int8"]}, "tensorrt": {"enabled": False}},
+                         gates={"min_agreement": 0.9, "min_fraction_of_fp32": 0.95})
+    result = run(recipe, console=Console(quiet=True))
+    assert result.exit_code == 0, result.report["release"]["reasons"]
+    private, _ = new_key_pair("lab", tmp / "keys")
+    archives = make_releases(result.run_dir, engines=["onnxruntime/fp32", "openvino/int8", "tflite/int8"], version="1.0.0",
+                             key=private, out=tmp / "releases")
+    return Released(result.run_dir, tmp / "keys", archives, tmp / "releases")
