@@ -93,6 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     release.add_argument("--key", type=Path, default=None, help="private key to sign with (edgeship keys new NAME); unsigned without")
     release.add_argument("--out", type=Path, default=Path("releases"), help="where releases go (default releases/)")
     release.add_argument("--allow-failing", action="store_true", help="release an engine that did not pass its gates (it says so)")
+    release.add_argument("--mender", action="store_true", help="also write a Mender artifact (payload type edgeship-model) per release")
+    release.add_argument("--device-type", action="append", default=[], help="--mender: a device type it may go to; repeatable")
+    release.add_argument("--mender-key", type=Path, default=None, help="--mender: sign the artifact (RSA or ECDSA P-256 PEM)")
     release.set_defaults(handler=_release)
 
     keys = sub.add_parser("keys", help="Ed25519 key pairs that sign releases")
@@ -140,8 +143,11 @@ def _run(args: argparse.Namespace, console: Console) -> int:
 
 
 def _release(args: argparse.Namespace, console: Console) -> int:
+    if args.mender and not args.device_type:
+        raise RecipeError("--mender needs --device-type (the device_type of the devices it may go to)")
     archives = make_releases(args.run, engines=args.engines, version=args.version, key=args.key, out=args.out,
-                             allow_failing=args.allow_failing, console=console)
+                             allow_failing=args.allow_failing, mender=args.device_type if args.mender else (),
+                             mender_key=args.mender_key, console=console)
     for archive in archives:
         console.print(f"{archive}  sha256 {sha256_file(archive)}", soft_wrap=True, highlight=False)
     if not args.key:

@@ -42,7 +42,23 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--allow-unsigned", action="store_true")
     check.add_argument("--strict-runtime", action="store_true", help="refuse a runtime version other than the qualified one")
     check.add_argument("--threads", type=int, default=None)
+    module = sub.add_parser("install-mender-module", help="install the Mender Update Module edgeship-model on this device")
+    module.add_argument("--models", type=Path, required=True, help="where releases go: <models>/<name>/<version>, and current")
+    module.add_argument("--key", type=Path, action="append", required=True, help="a trusted public key (PEM); repeatable")
+    module.add_argument("--modules-dir", type=Path, default=Path("/usr/share/mender/modules/v3"),
+                        help="Mender's Update Modules folder (the 3.x client reads only /usr/share/mender/modules/v3)")
+    module.add_argument("--allow-unsigned", action="store_true")
     args = parser.parse_args(argv)
+    if args.command == "install-mender-module":
+        from edgeship_deploy.mender import install_module
+
+        try:
+            path = install_module(args.modules_dir, models=args.models, keys=args.key, allow_unsigned=args.allow_unsigned)
+        except (ReleaseError, OSError) as exc:
+            print(f"edgeship-deploy: {exc}", file=sys.stderr)
+            return 2
+        print(f"installed {path}: releases go to {args.models}/<name>/<version>, applications load {args.models}/<name>/current")
+        return 0
     try:
         with tempfile.TemporaryDirectory(prefix="edgeship-release-") as scratch:
             folder = unpack(args.release, Path(scratch)) if args.release.is_file() else args.release

@@ -33,6 +33,7 @@ from edgeship.qualification import EngineRow, Report
 from edgeship.recipe import Recipe
 from edgeship.release.io import engine_io
 from edgeship.release.keys import load_private_key, sign
+from edgeship.release.mender import mender_artifact
 from edgeship_deploy import PROBE_FILE, RELEASE_FILE, SCHEMA, SCHEMA_VERSION, SIGNATURE_FILE
 
 PROBE_SAMPLES = 32  # golden inputs per release: the first of the evaluation split
@@ -46,9 +47,11 @@ class ReleaseRefused(EdgeshipError):
 
 
 def make_releases(run_dir: Path, *, engines: Sequence[str] = ("recommended",), version: str | None = None, key: Path | None = None,
-                  out: Path = Path("releases"), allow_failing: bool = False, console: Console | None = None) -> list[Path]:
+                  out: Path = Path("releases"), allow_failing: bool = False, mender: Sequence[str] = (), mender_key: Path | None = None,
+                  console: Console | None = None) -> list[Path]:
     """Release folders (and their ``.tar.gz`` beside them) under ``out/<model>-<version>/`` for the chosen engines of the
-    run in ``run_dir``; returns the archives. Nothing is left half-written: each folder is made aside, then moved."""
+    run in ``run_dir``; returns the archives. Nothing is left half-written: each folder is made aside, then moved.
+    ``mender``: device types; each archive also becomes a Mender artifact for them (signed with ``mender_key``)."""
     console = console or Console(quiet=True)
     if key is not None:
         load_private_key(key)  # a wrong key file stops the release before anything is written
@@ -70,7 +73,13 @@ def make_releases(run_dir: Path, *, engines: Sequence[str] = ("recommended",), v
         folder = target / f"{row.backend}-{row.precision}"
         if folder.exists():
             raise DataError(f"{folder}: already exists; a release is never overwritten (choose another --version or --out)")
-        archives.append(_release(row, report, manifest, recipe, golden, folder, version=version, key=key, console=console))
+        archive = _release(row, report, manifest, recipe, golden, folder, version=version, key=key, console=console)
+        archives.append(archive)
+        if mender:
+            artifact = mender_artifact(archive, name=f"{report.recipe}-{version}-{row.backend}-{row.precision}", device_types=mender,
+                                       key=mender_key)
+            console.print(f"  mender artifact {artifact} for {', '.join(mender)} ({'signed' if mender_key else 'unsigned'})",
+                          soft_wrap=True, highlight=False)
     return archives
 
 
