@@ -1,6 +1,7 @@
 # make run   — set up .venv (CPU torch 2.13.0, edgeship, ONNX Runtime, OpenVINO and TFLite), install the Debian
 #              Fashion-MNIST package when possible, and run the default recipe.
-# make test  — set up .venv (and Debian chromium for the report page check, when apt and root allow) and run the test suite.
+# make test  — set up .venv (and Debian chromium for the report page check and mender-client/mender-artifact for the
+#              rollout test, when apt and root allow) and run the test suite.
 # make report-check — open the newest reports/<run>/report.html in headless Chromium: no console errors, plots visible,
 #              a screenshot saved as report.png beside it.
 VENV   := .venv
@@ -11,12 +12,12 @@ FMNIST := /usr/share/datasets/fashion-mnist
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test setup data chromium report-check clean
+.PHONY: run test setup data chromium mender report-check clean
 
 run: setup data
 	$(VENV)/bin/edgeship run recipes/default.yaml
 
-test: setup data chromium
+test: setup data chromium mender
 	$(PY) -m pytest -q
 
 report-check: setup chromium
@@ -47,6 +48,14 @@ chromium:
 		($(SUDO) apt-get install -y -qq chromium >/dev/null 2>&1 || \
 		 ($(SUDO) apt-get update -qq >/dev/null 2>&1 && $(SUDO) apt-get install -y -qq chromium >/dev/null 2>&1)) \
 		|| echo "note: could not install chromium (needs apt and root); the report page check is skipped with that reason"; \
+	fi
+
+# Best effort: the Mender rollout test runs the real client (3.x) and skips with the reason without it.
+mender:
+	@if ! command -v mender >/dev/null || ! command -v mender-artifact >/dev/null; then \
+		($(SUDO) apt-get install -y -qq mender-client mender-artifact >/dev/null 2>&1 || \
+		 ($(SUDO) apt-get update -qq >/dev/null 2>&1 && $(SUDO) apt-get install -y -qq mender-client mender-artifact >/dev/null 2>&1)) \
+		|| echo "note: could not install mender-client and mender-artifact (needs apt and root); the Mender test is skipped with that reason"; \
 	fi
 
 clean:
