@@ -26,6 +26,7 @@ from edgeship.pipeline.qualify import qualify
 from edgeship.pipeline.report import rebuild
 from edgeship.recipe import load_recipe
 from edgeship.release import make_releases, new_key_pair
+from edgeship.release.device import verify_on_device
 from edgeship.render.terminal import print_summary
 from edgeship.version import __version__
 
@@ -34,6 +35,9 @@ DEFAULT_RECIPE = Path("recipes/default.yaml")
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["release", "verify"]:  # `edgeship release verify …`: release's second verb, beside `release RUN_DIR`
+        argv = ["release-verify", *argv[2:]]
     args = parser.parse_args(argv)
     console = _console(quiet=getattr(args, "quiet", False))
     try:
@@ -98,6 +102,15 @@ def _parser() -> argparse.ArgumentParser:
     release.add_argument("--mender-key", type=Path, default=None, help="--mender: sign the artifact (RSA or ECDSA P-256 PEM)")
     release.set_defaults(handler=_release)
 
+    verify = sub.add_parser("release-verify", help="(edgeship release verify RELEASE --device NAME) run a release's probe on "
+                                                   "a lab device through its agent")
+    verify.add_argument("release", type=Path, help="a release folder or its .tar.gz")
+    verify.add_argument("--device", required=True, help="a device of the recipe's devices:")
+    verify.add_argument("--recipe", type=Path, default=None, help="the recipe naming the device (default: recipes/default.yaml)")
+    verify.add_argument("--key", type=Path, action="append", default=[], help="a trusted public key (PEM); repeatable")
+    verify.add_argument("--allow-unsigned", action="store_true")
+    verify.set_defaults(handler=_release_verify)
+
     keys = sub.add_parser("keys", help="Ed25519 key pairs that sign releases")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     new_key = keys_sub.add_parser("new", help="write NAME.key (private, mode 0600) and NAME.pub")
@@ -153,6 +166,16 @@ def _release(args: argparse.Namespace, console: Console) -> int:
     if not args.key:
         console.print("[yellow]unsigned: devices load it only with --allow-unsigned (sign with --key keys/NAME.key)[/yellow]")
     return 0
+
+
+def _release_verify(args: argparse.Namespace, console: Console) -> int:
+    path: Path | None = args.recipe
+    if path is None and DEFAULT_RECIPE.is_file():
+        path = DEFAULT_RECIPE
+    result = verify_on_device(args.release, load_recipe(path), args.device, args.key, allow_unsigned=args.allow_unsigned)
+    for line in result["lines"]:
+        console.print(f"{args.device}: {line}", markup=False, highlight=False, soft_wrap=True)
+    return 0 if result["passed"] else (1 if result["exit_code"] == 1 else 2)
 
 
 def _keys_new(args: argparse.Namespace, console: Console) -> int:

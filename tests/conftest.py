@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,3 +147,48 @@ def released(tmp_path_factory: pytest.TempPathFactory) -> Released:
     archives = make_releases(result.run_dir, engines=["onnxruntime/fp32", "openvino/int8", "tflite/int8"], version="1.0.0",
                              key=private, out=tmp / "releases")
     return Released(result.run_dir, tmp / "keys", archives, tmp / "releases")
+
+
+TOKEN = "loopback-test-token-0123456789"
+
+
+@dataclass(frozen=True)
+class RunningAgent:
+    url: str
+    process: subprocess.Popen[str]
+    cache: Path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def agent_process(folder: Path, *extra: str) -> Iterator[RunningAgent]:
+    """``edgeship agent serve`` on a free loopback port, until it answers ``GET /device``."""
+    import httpx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "token").write_text(TOKEN + "\n")
+    port = free_port()
+    command = [sys.executable, "-m", "edgeship", "agent", "serve", "--port", str(port), "--token-file", str(folder / "token"),
+               "--cache", str(folder / "cache"), *extra]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/device", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, process.stdout.read()  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "the agent did not start"
+            time.sleep(0.2)
+        yield RunningAgent(url, process, folder / "cache")
+    finally:
+        process.kill()
+        process.wait(timeout=30)

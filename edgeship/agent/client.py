@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edgeship.agent.protocol import ENGINE_HEADER, EngineRef, JobRequest, JobState
+from edgeship.agent.protocol import ENGINE_HEADER, EngineRef, JobRequest, JobState, ProbeRequest
 from edgeship.artifacts import sha256_file
 
 Progress = Callable[[str, int, int], None]
@@ -70,6 +70,12 @@ class AgentClient:
 
     def submit(self, request: JobRequest) -> JobState:
         state = JobState.model_validate(self._call("POST", "/jobs", json=request.model_dump(mode="json")).json())
+        _check_engine(state.engine, request.engine)
+        return state
+
+    def probe(self, request: ProbeRequest) -> JobState:
+        """``POST /probes``: run a release's acceptance probe there (its files uploaded first)."""
+        state = JobState.model_validate(self._call("POST", "/probes", json=request.model_dump(mode="json")).json())
         _check_engine(state.engine, request.engine)
         return state
 

@@ -78,6 +78,20 @@ class JobRequest(MeasureSettings):
         return needed
 
 
+class ProbeRequest(_Message):
+    """Run a release's acceptance probe on the device (``edgeship release verify --device``): the release folder's files
+    by sha256 (``engine.main`` is its ``release.json``), the public keys it must be signed with (PEM text), and the
+    threads to run it on. The device verifies and probes it with the device loader, ``edgeship_deploy``."""
+
+    engine: EngineRef
+    trusted_keys: tuple[str, ...] = ()
+    allow_unsigned: bool = False
+    threads: int | None = Field(default=None, ge=1)
+
+    def hashes(self) -> dict[str, str]:
+        return {f"release file {name}": digest for name, digest in self.engine.files.items()}
+
+
 class JobState(_Message):
     """A job as the agent reports it. ``engine`` is repeated in every reply, so the host can check it."""
 

@@ -20,6 +20,8 @@ import os
 import platform
 import queue
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,7 +32,7 @@ import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request, Response  # the `agent` extra; only `agent serve` imports this module
 from fastapi.responses import FileResponse
 
-from edgeship.agent.protocol import ENGINE_HEADER, FILE_NAME, PROTOCOL, RESULT_FILES, SHA256, JobRequest, JobState, matches
+from edgeship.agent.protocol import ENGINE_HEADER, FILE_NAME, PROTOCOL, RESULT_FILES, SHA256, JobRequest, JobState, ProbeRequest, matches
 from edgeship.backends import REGISTRY, availability
 from edgeship.device import describe_device, pinned_cpus
 from edgeship.harness import HarnessError, HarnessSpec, measure_isolated, tool_cross_check
@@ -45,7 +47,7 @@ CHUNK = 1 << 20
 class _Job:
     id: str
     seq: int
-    request: JobRequest
+    request: JobRequest | ProbeRequest
     submitted: float
     state: str = "queued"
     started: float | None = None
@@ -90,7 +92,7 @@ class Agent:
         assert matches(SHA256, digest)
         return self.cache / "files" / digest
 
-    def submit(self, request: JobRequest) -> _Job:
+    def submit(self, request: JobRequest | ProbeRequest) -> _Job:
         with self._lock:
             seq = next(self._ids)
             job = _Job(id=f"{int(time.time())}-{seq}", seq=seq, request=request, submitted=time.time())
@@ -142,6 +144,8 @@ class Agent:
             job.done.set()
 
     def _run(self, job: _Job) -> dict[str, Any]:
+        if isinstance(job.request, ProbeRequest):
+            return self._probe(job, job.request)
         request = job.request
         engine = self._engine_folder(request) / request.engine.main
         folder = self._job_dir(job)
@@ -163,7 +167,23 @@ class Agent:
             (folder / "logits.npy").unlink()
         return result
 
-    def _engine_folder(self, request: JobRequest) -> Path:
+    def _probe(self, job: _Job, request: ProbeRequest) -> dict[str, Any]:
+        """The release verified and probed by the device loader in a process of its own, as a device would run it."""
+        folder = self._job_dir(job)
+        folder.mkdir(parents=True, exist_ok=True)
+        keys = []
+        for n, key in enumerate(request.trusted_keys):
+            keys += ["--key", str(folder / f"trusted-{n}.pub")]
+            (folder / f"trusted-{n}.pub").write_text(key)
+        command = [sys.executable, "-m", "edgeship_deploy", "verify", str(self._engine_folder(request)), *keys, "--probe",
+                   *(["--allow-unsigned"] if request.allow_unsigned else []),
+                   *(["--threads", str(request.threads)] if request.threads else [])]
+        job.progress = {"task": "probe", "done": 0, "total": 1}
+        done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+        lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+        return {"passed": done.returncode == 0, "exit_code": done.returncode, "lines": lines}
+
+    def _engine_folder(self, request: JobRequest | ProbeRequest) -> Path:
         """The engine's files under their own names, linked from the hash cache into a folder named by their hashes."""
         ref = request.engine
         key = hashlib.sha256(repr(sorted(ref.files.items())).encode()).hexdigest()[:32]
@@ -255,6 +275,13 @@ def create_app(agent: Agent, token: str, *, max_upload_bytes: int) -> FastAPI:
         if backend is None or not backend["available"]:
             why = backend["reason"] if backend else "not a backend edgeship knows"
             raise HTTPException(422, f"{request.engine.backend} cannot run on this device: {why}")
+        return agent.state(agent.submit(request))
+
+    @app.post("/probes", status_code=202)
+    def probe(request: ProbeRequest) -> JobState:
+        missing = [f"{role} ({digest[:12]}…)" for role, digest in request.hashes().items() if not agent.file_path(digest).is_file()]
+        if missing:
+            raise HTTPException(409, f"upload these first: {', '.join(missing)}")
         return agent.state(agent.submit(request))
 
     @app.get("/jobs/{job_id}")

@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -22,52 +21,9 @@ from rich.console import Console
 
 from edgeship import run
 
-from conftest import tiny_recipe
+from conftest import TOKEN, agent_process, free_port, tiny_recipe
 
 pytestmark = pytest.mark.slow
-TOKEN = "loopback-test-token-0123456789"
-
-
-@dataclass(frozen=True)
-class RunningAgent:
-    url: str
-    process: subprocess.Popen[str]
-    cache: Path
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@contextmanager
-def agent_process(folder: Path, *extra: str) -> Iterator[RunningAgent]:
-    """``edgeship agent serve`` on a free loopback port, until it answers ``GET /device``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "token").write_text(TOKEN + "\n")
-    port = free_port()
-    command = [sys.executable, "-m", "edgeship", "agent", "serve", "--port", str(port), "--token-file", str(folder / "token"),
-               "--cache", str(folder / "cache"), *extra]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/device", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, process.stdout.read()  # type: ignore[union-attr]
-            assert time.monotonic() < deadline, "the agent did not start"
-            time.sleep(0.2)
-        yield RunningAgent(url, process, folder / "cache")
-    finally:
-        process.kill()
-        process.wait(timeout=30)
-
-
 def device(name: str, url: str, **settings: object) -> dict[str, object]:
     return {"name": name, "url": url, "token_env": "EDGESHIP_TEST_TOKEN", "retries": 1, "retry_delay_s": 0.1, **settings}
 
