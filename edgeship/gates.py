@@ -51,8 +51,13 @@ def release(rows: Sequence[EngineRow], *, unfinished: str | None = None) -> Rele
     if unfinished:
         reasons.append(f"the run did not finish ({unfinished}): engines it never reached are missing from this report")
     if not qualified:
-        reasons.append(NOTHING_QUALIFIED + (f" (no engine is required: every one was skipped, {_skips(rows)})" if not required
-                                            and rows else " (no engine was requested)" if not rows else ""))
+        if not rows:
+            detail = " (no engine was requested)"
+        elif not required:
+            detail = f" (no engine is required: every one was skipped, {_skips(rows)})"
+        else:
+            detail = ""
+        reasons.append(NOTHING_QUALIFIED + detail)
     reasons.extend(f"{row.name} {_why_failing(row)}" for row in failing)
     passed = not reasons
     return Release(required=[row.name for row in required], qualified=qualified, failing=[row.name for row in failing],
