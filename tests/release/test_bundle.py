@@ -105,6 +105,9 @@ def test_bad_release_requests_are_one_line_and_write_nothing(case: str, released
         (run_dir / "manifest.json").write_text(json.dumps(manifest))
         assert main(["report", str(run_dir)]) == 1
         capsys.readouterr()
+        assert main(["release", str(run_dir), "--out", str(tmp_path / "out")]) == 1  # nothing passed, so nothing is recommended
+        err = capsys.readouterr().err.strip()
+        assert "no engine passed every gate, so none is recommended" in err and len(err.splitlines()) == 1, err
         assert main(["release", str(run_dir), "--engines", "tflite/int8", "--out", str(tmp_path / "out")]) == 1
         err = capsys.readouterr().err.strip()
         assert re.search(r"tflite/int8 did not pass its gates \(fails max_size_mib\).*--allow-failing", err), err
