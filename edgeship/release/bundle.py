@@ -197,8 +197,9 @@ def _document(row: EngineRow, report: Report, manifest: Manifest, recipe: Recipe
     classes = _model_meta(model).get("classes") if model else None
     distribution = info.distributions[0]
     built = _artifact_meta(Path(str(row.path)))
-    devices = [{"device": name, **(report.devices.get(other.key.device or "") or {}), "verdict": other.verdict}
-               for other in report.engines if other.key.engine == row.key.engine and (name := other.key.device)]
+    on_devices = [other for other in report.engines if other.key.engine == row.key.engine and other.key.device is not None]
+    devices = [{"device": other.key.device, **(report.devices.get(str(other.key.device)) or {}), "verdict": other.verdict}
+               for other in on_devices]
     return {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "model": report.recipe, "version": version,
         "released_from": report.run_id, "created": report.created,
