@@ -31,7 +31,7 @@ from edgeship.pipeline.report import load_report
 from edgeship.pipeline.run import recipe_dataset
 from edgeship.qualification import EngineRow, Report
 from edgeship.recipe import Recipe
-from edgeship.release.io import engine_io
+from edgeship.release.io import RELEASABLE, engine_io
 from edgeship.release.keys import load_private_key, sign
 from edgeship.release.mender import mender_artifact
 from edgeship_deploy import PROBE_FILE, RELEASE_FILE, SCHEMA, SCHEMA_VERSION, SIGNATURE_FILE
@@ -113,6 +113,9 @@ def _chosen(report: Report, engines: Sequence[str]) -> list[EngineRow]:
     for row in rows:
         if row.status != "ok" or row.path is None:
             raise ReleaseRefused(f"{row.name}: {row.status}: {row.reason or 'not built'}; there is nothing to release")
+        if row.backend not in RELEASABLE:
+            raise DataError(f"{row.name}: {row.backend} engines cannot be released yet (the device loader runs "
+                            f"{', '.join(RELEASABLE)}); name the others with --engines")
     return rows
 
 
