@@ -22,7 +22,9 @@ import numpy as np
 from edgeship.errors import DataError
 from edgeship.images import read_image
 from edgeship.photos import load_crops
-from edgeship.tensors import CalibrationSet, standard_strides
+from edgeship.tensors import CalibrationSet
+from edgeship_deploy import preprocess as release_preprocess
+from edgeship_deploy import resize
 
 if TYPE_CHECKING:  # the recipe sits above this module: its sections are only annotations here
     from edgeship.recipe import CalibrationConfig, DataConfig, Preprocessing
@@ -71,31 +73,12 @@ class Dataset:
 
 
 def preprocess(images: np.ndarray, p: Preprocessing) -> np.ndarray:
-    """uint8 images (N, H, W[, C]) to float32 NCHW model inputs."""
-    if images.ndim == 3:
-        images = images[..., None]
-    if p.resize is not None and images.shape[1:3] != tuple(p.resize):
-        images = _resize(images, p.resize)
-    channels = 1 if p.color == "gray" else 3
-    if images.shape[-1] != channels:
-        if images.shape[-1] == 1:
-            images = np.repeat(images, channels, axis=-1)
-        elif channels == 1:
-            images = images[..., :3].mean(axis=-1, keepdims=True)
-        else:
-            raise DataError(f"cannot make {channels} channels from images of shape {images.shape[1:]}")
-    x = images.astype(np.float32) * np.float32(p.scale)
-    mean = np.asarray(p.mean, np.float32).reshape(1, 1, 1, -1)
-    std = np.asarray(p.std, np.float32).reshape(1, 1, 1, -1)
-    return standard_strides(((x - mean) / std).transpose(0, 3, 1, 2))
-
-
-def _resize(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-
-    out = [np.asarray(Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img).resize(size[::-1], Image.BILINEAR)) for img in images]
-    arr = np.stack(out)
-    return arr[..., None] if arr.ndim == 3 else arr
+    """uint8 images (N, H, W[, C]) to float32 NCHW model inputs, with standard strides (``edgeship_deploy.preprocess``:
+    one definition for qualification here and for a release on a device)."""
+    try:
+        return release_preprocess(images, p.model_dump())
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -208,7 +191,7 @@ def _read_classes(folders: list[Path], index: Mapping[str, int], p: Preprocessin
         for path in files:
             image = read_image(path, p.color)
             image = image[..., None] if image.ndim == 2 else image
-            images.append(_resize(image[None], p.resize)[0] if p.resize is not None and image.shape[:2] != tuple(p.resize) else image)
+            images.append(resize(image[None], p.resize)[0] if p.resize is not None and image.shape[:2] != tuple(p.resize) else image)
             labels.append(index[folder.name])
     sizes = sorted({image.shape for image in images})
     if len(sizes) > 1:
@@ -342,7 +325,7 @@ def load_samples(source: Path, preprocessing: Preprocessing, *, input_shape: tup
         if len({img.shape for img in images}) > 1:
             if preprocessing.resize is None:
                 raise DataError(f"{source}: images differ in size {sorted({i.shape for i in images})}; set preprocessing.resize")
-            images = [_resize(img[None], preprocessing.resize)[0] for img in images]
+            images = [resize(img[None], preprocessing.resize)[0] for img in images]
         batches.append(preprocess(np.stack(images), preprocessing))
     samples = np.concatenate(batches) if batches else np.empty((0, *input_shape), np.float32)
     if len(samples) == 0:

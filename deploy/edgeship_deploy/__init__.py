@@ -31,7 +31,7 @@ from edgeship_deploy import ed25519
 from edgeship_deploy.runtimes import open_engine
 
 __all__ = ["PROBE_FILE", "RELEASE_FILE", "SCHEMA", "SCHEMA_VERSION", "SIGNATURE_FILE", "Model", "ProbeResult", "ReleaseError",
-           "load", "preprocess", "verify"]
+           "load", "preprocess", "resize", "verify"]
 
 SCHEMA = "edgeship.release"
 SCHEMA_VERSION = 1
@@ -181,12 +181,13 @@ class Model:
 
 
 def preprocess(images: np.ndarray, p: dict[str, Any]) -> np.ndarray:
-    """uint8 images (N, H, W[, C]) to float32 model inputs, exactly as edgeship computed them at qualification:
-    resize (bilinear), colour, ``(pixel * scale - mean) / std``, NCHW with standard strides."""
+    """uint8 images (N, H, W[, C]) to float32 model inputs: resize (bilinear), colour, ``(pixel * scale - mean) / std``,
+    NCHW with standard strides. The one definition: edgeship's own ``data.preprocess`` calls it, so a device computes
+    its inputs exactly as they were computed at qualification. ``ValueError`` for images whose channels cannot be made."""
     if images.ndim == 3:
         images = images[..., None]
     if p.get("resize") is not None and images.shape[1:3] != tuple(p["resize"]):
-        images = _resize(images, tuple(p["resize"]))
+        images = resize(images, tuple(p["resize"]))
     channels = 1 if p["color"] == "gray" else 3
     if images.shape[-1] != channels:
         if images.shape[-1] == 1:
@@ -216,7 +217,8 @@ def read_images(paths: Sequence[str | Path], p: dict[str, Any]) -> np.ndarray:
     return np.stack(arrays)
 
 
-def _resize(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 images (N, H, W, C) resized to (height, width), bilinear, as edgeship reads every image."""
     from PIL import Image
 
     out = [np.asarray(Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img).resize(size[::-1], Image.BILINEAR)) for img in images]
