@@ -16,6 +16,34 @@ from typing import Any
 import numpy as np
 
 
+class Quantizer:
+    """Float32 values into an integer input: ``clip(round(x / scale) + zero_point)`` in float32, as the converter defines
+    it. The one definition: edgeship's TFLite runner uses it too, so a device feeds an engine exactly as it was measured.
+    Since ``clip(round(x/s) + z, lo, hi) == clip(round(x/s), lo - z, hi - z) + z`` on integers, the last add casts into
+    place; ufuncs with ``out=`` (``np.clip``'s own wrapper costs more than the arithmetic on a small input)."""
+
+    def __init__(self, dtype: Any, scale: float, zero_point: int) -> None:
+        info = np.iinfo(np.dtype(dtype))
+        self.scale, self.zero_point = scale, zero_point
+        self.low, self.high = info.min - zero_point, info.max - zero_point
+
+    def into(self, target: np.ndarray, source: np.ndarray, scratch: np.ndarray) -> None:
+        """``source`` (float32, in the engine's layout) quantized into ``target``; ``scratch`` is float32 of its shape."""
+        np.divide(source, self.scale, out=scratch)
+        np.rint(scratch, out=scratch)
+        np.minimum(scratch, self.high, out=scratch)
+        np.maximum(scratch, self.low, out=scratch)
+        np.add(scratch, self.zero_point, out=target, casting="unsafe")
+
+
+def dequantize_table(dtype: Any, scale: float, zero_point: int) -> np.ndarray:
+    """``(q - zero_point) * scale`` in float32 for each of an 8-bit type's 256 values, indexed by ``q.view(np.uint8)``."""
+    dtype = np.dtype(dtype)
+    if dtype.itemsize != 1:
+        raise ValueError(f"{dtype} outputs are not supported (8-bit only)")
+    return np.subtract(np.arange(256, dtype=np.uint8).view(dtype), zero_point, dtype=np.float32) * np.float32(scale)
+
+
 def open_engine(backend: str, path: Path, io: dict[str, Any], *, threads: int) -> Any:
     runners = {"onnxruntime": OrtEngine, "openvino": OpenVinoEngine, "tflite": TfliteEngine}
     if backend not in runners:
@@ -87,11 +115,9 @@ class TfliteEngine:
         self.index_out = self.interpreter.get_output_details()[0]["index"]
         self.perm = self.spec_in.get("perm")
         self.out_order = np.argsort(self.spec_out["perm"]) if self.spec_out.get("perm") else None
-        quantization = self.spec_out.get("quantization")
-        self.table = None
-        if quantization:  # (q - zero_point) * scale for each of the 256 values, in float32 as edgeship computes it
-            values = np.arange(256, dtype=np.uint8).view(np.dtype(self.spec_out["dtype"]))
-            self.table = np.subtract(values, quantization["zero_point"], dtype=np.float32) * np.float32(quantization["scale"])
+        out, into = self.spec_out.get("quantization"), self.spec_in.get("quantization")
+        self.table = dequantize_table(self.spec_out["dtype"], out["scale"], out["zero_point"]) if out else None
+        self.quantizer = Quantizer(self.spec_in["dtype"], into["scale"], into["zero_point"]) if into else None
         self.shape: tuple[int, ...] | None = None
 
     def run(self, x: np.ndarray) -> np.ndarray:
@@ -103,17 +129,10 @@ class TfliteEngine:
             self.scratch = np.empty(engine_shape, np.float32)
             self.shape = x.shape
         source = x.transpose(self.perm) if self.perm else x
-        quantization = self.spec_in.get("quantization")
-        if quantization is None:
+        if self.quantizer is None:
             np.copyto(self.target, source)
-        else:  # clip(round(x / scale) + zero_point) in float32, as the converter defines it
-            info = np.iinfo(self.target.dtype)
-            zero_point = quantization["zero_point"]
-            np.divide(source, quantization["scale"], out=self.scratch)
-            np.rint(self.scratch, out=self.scratch)
-            np.minimum(self.scratch, info.max - zero_point, out=self.scratch)
-            np.maximum(self.scratch, info.min - zero_point, out=self.scratch)
-            np.add(self.scratch, zero_point, out=self.target, casting="unsafe")
+        else:
+            self.quantizer.into(self.target, source, self.scratch)
         self.interpreter.set_tensor(self.index_in, self.target)
         self.interpreter.invoke()
         value = self.interpreter.get_tensor(self.index_out)

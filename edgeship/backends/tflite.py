@@ -29,6 +29,7 @@ from edgeship.backends.tooling import captured_output, error_line, fed_inputs, i
 from edgeship.config import BackendSection, WeightRounding, weight_rounding_field
 from edgeship.device import installed_versions
 from edgeship.errors import BuildError
+from edgeship_deploy.runtimes import Quantizer, dequantize_table
 
 IO_FILE = "io.json"
 DISTRIBUTIONS = ("ai-edge-litert", "onnx2tf", "tensorflow")
@@ -261,8 +262,9 @@ class TfliteRunner(Runner):
 
 class _Write:
     """How one ONNX-layout float32 input goes into the interpreter: transposed to the engine's layout into a buffer kept
-    for its shape, for an integer input quantized as the converter defines it, ``clip(round(x / scale) + zero_point)``
-    in float32, then handed over with ``set_tensor`` (cheaper per call than writing through ``tensor()``'s view)."""
+    for its shape, for an integer input quantized by the device loader's ``Quantizer`` (so a released engine is fed
+    exactly as it was measured), then handed over with ``set_tensor`` (cheaper per call than writing through
+    ``tensor()``'s view)."""
 
     def __init__(self, interpreter: Any, details: dict[str, Any], perm: list[int], shape: tuple[int, ...]) -> None:
         self.shape = shape  # the ONNX-layout shape this plan was made for
@@ -271,32 +273,21 @@ class _Write:
         engine_shape = tuple(shape[i] for i in perm) if perm else shape
         dtype = np.dtype(details["dtype"])
         self.target = np.empty(engine_shape, dtype)
-        self.scratch: np.ndarray | None = None
-        if dtype != np.float32:
-            scale, zero_point = details["quantization"]
-            info = np.iinfo(dtype)
-            self.scale, self.zero_point = scale, zero_point
-            # clip(round(x/s) + z, lo, hi) == clip(round(x/s), lo - z, hi - z) + z on integers: the last add casts into place
-            self.low, self.high = info.min - zero_point, info.max - zero_point
-            self.scratch = np.empty(engine_shape, np.float32)
+        self.quantizer = Quantizer(dtype, *details["quantization"]) if dtype != np.float32 else None
+        self.scratch = np.empty(engine_shape, np.float32) if self.quantizer else None
 
     def write(self, array: np.ndarray) -> None:
         source = array.transpose(self.perm) if self.perm else array
-        scratch, target = self.scratch, self.target
-        if scratch is None:
-            np.copyto(target, source)
+        if self.quantizer is None:
+            np.copyto(self.target, source)
         else:
-            np.divide(source, self.scale, out=scratch)
-            np.rint(scratch, out=scratch)
-            np.minimum(scratch, self.high, out=scratch)
-            np.maximum(scratch, self.low, out=scratch)
-            np.add(scratch, self.zero_point, out=target, casting="unsafe")
-        self.set(target)
+            self.quantizer.into(self.target, source, self.scratch)  # type: ignore[arg-type]
+        self.set(self.target)
 
 
 class _Read:
     """How one output comes back: in the ONNX layout, float32; an integer output dequantized through a table of its 256
-    values, ``(q - zero_point) * scale`` computed in float32 once."""
+    values (``dequantize_table``, shared with the device loader)."""
 
     def __init__(self, interpreter: Any, details: dict[str, Any], perm: list[int]) -> None:
         self.get = functools.partial(interpreter.get_tensor, details["index"])
@@ -304,11 +295,10 @@ class _Read:
         dtype = np.dtype(details["dtype"])
         self.table: np.ndarray | None = None
         if dtype != np.float32:
-            scale, zero_point = details["quantization"]
-            values = np.arange(256, dtype=np.uint8).view(dtype) if dtype.itemsize == 1 else None
-            if values is None:
-                raise ValueError(f"output {details['name']!r}: {dtype} outputs are not supported (8-bit only)")
-            self.table = np.subtract(values, zero_point, dtype=np.float32) * np.float32(scale)
+            try:
+                self.table = dequantize_table(dtype, *details["quantization"])
+            except ValueError as exc:
+                raise ValueError(f"output {details['name']!r}: {exc}") from None
 
     def read(self) -> np.ndarray:
         value = self.get()  # a copy of the interpreter's buffer
