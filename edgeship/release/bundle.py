@@ -32,7 +32,7 @@ from edgeship.pipeline.run import recipe_dataset
 from edgeship.qualification import EngineRow, Report
 from edgeship.recipe import Recipe
 from edgeship.release.io import RELEASABLE, engine_io
-from edgeship.release.keys import load_private_key, sign
+from edgeship.release.keys import load_private_key
 from edgeship.release.mender import mender_artifact
 from edgeship_deploy import PROBE_FILE, RELEASE_FILE, SCHEMA, SCHEMA_VERSION, SIGNATURE_FILE
 
@@ -53,8 +53,7 @@ def make_releases(run_dir: Path, *, engines: Sequence[str] = ("recommended",), v
     run in ``run_dir``; returns the archives. Nothing is left half-written: each folder is made aside, then moved.
     ``mender``: device types; each archive also becomes a Mender artifact for them (signed with ``mender_key``)."""
     console = console or Console(quiet=True)
-    if key is not None:
-        load_private_key(key)  # a wrong key file stops the release before anything is written
+    signer = load_private_key(key) if key is not None else None  # a wrong key file stops the release before anything is written
     report = load_report(run_dir)
     manifest = _manifest(run_dir)
     if not report.release.finished:
@@ -73,7 +72,7 @@ def make_releases(run_dir: Path, *, engines: Sequence[str] = ("recommended",), v
         folder = target / f"{row.backend}-{row.precision}"
         if folder.exists():
             raise DataError(f"{folder}: already exists; a release is never overwritten (choose another --version or --out)")
-        archive = _release(row, report, manifest, recipe, golden, folder, version=version, key=key, console=console)
+        archive = _release(row, report, manifest, recipe, golden, folder, version=version, signer=signer, console=console)
         archives.append(archive)
         if mender:
             artifact = mender_artifact(archive, name=f"{report.recipe}-{version}-{row.backend}-{row.precision}", device_types=mender,
@@ -135,7 +134,7 @@ def _golden_images(recipe: Recipe, manifest: Manifest, console: Console) -> np.n
 
 
 def _release(row: EngineRow, report: Report, manifest: Manifest, recipe: Recipe, golden: np.ndarray, folder: Path, *, version: str,
-             key: Path | None, console: Console) -> Path:
+             signer: Any, console: Console) -> Path:
     engine = Path(str(row.path))
     if sha256_file(engine) != row.sha256:
         raise DataError(f"{engine}: its sha256 is not the measured engine's any more; rebuild it with `edgeship run`")
@@ -151,16 +150,16 @@ def _release(row: EngineRow, report: Report, manifest: Manifest, recipe: Recipe,
         reference = _reference(row, manifest)[: len(golden)]
         _write_npz(work / PROBE_FILE, images=golden, reference=reference)
         files[PROBE_FILE] = sha256_file(work / PROBE_FILE)
-        document = _document(row, report, manifest, recipe, reference, files, engine.name, version=version, signed=key is not None)
+        document = _document(row, report, manifest, recipe, reference, files, engine.name, version=version, signed=signer is not None)
         raw = (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
         (work / RELEASE_FILE).write_bytes(raw)
-        if key is not None:
-            (work / SIGNATURE_FILE).write_bytes(sign(key, raw))
+        if signer is not None:
+            (work / SIGNATURE_FILE).write_bytes(signer.sign(raw))
         archive = folder.with_name(folder.name + ".tar.gz")
         _archive(work, archive.with_name(archive.name + ".part"))
         work.rename(folder)
         archive.with_name(archive.name + ".part").rename(archive)
-    console.print(f"release {row.name}: {folder} ({'signed' if key else 'UNSIGNED'}"
+    console.print(f"release {row.name}: {folder} ({'signed' if signer is not None else 'UNSIGNED'}"
                   + (", [bold red]NOT PASSING its gates[/bold red]" if row.verdict != "pass" else "") + f") → {archive.name}",
                   soft_wrap=True, highlight=False)
     return archive
