@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +27,9 @@ import numpy as np
 from edgeship.backends import get_backend
 from edgeship.backends.openvino import benchmark_app
 from edgeship.harness import _caller, _timed
+from edgeship.measure import time_calls
 
 BACKENDS = ("onnxruntime", "openvino", "tflite")
-
-
-def plain_loop(call: Any, seconds: float) -> np.ndarray:
-    times = []
-    deadline = time.perf_counter_ns() + int(seconds * 1e9)
-    while time.perf_counter_ns() < deadline:
-        start = time.perf_counter_ns()
-        call()
-        times.append(time.perf_counter_ns() - start)
-    return np.asarray(times)
 
 
 def measure(row: dict[str, Any], *, threads: int, seconds: float, rounds: int, rng: np.random.Generator) -> dict[str, float]:
@@ -51,7 +41,8 @@ def measure(row: dict[str, Any], *, threads: int, seconds: float, rounds: int, r
         harness_call = _caller(runner, name)
         bare = runner.bare_call(feed)
         assert bare is not None
-        calls = {"runtime": lambda: plain_loop(bare, seconds), "infer": lambda: plain_loop(lambda: runner.infer(feed), seconds),
+        calls = {"runtime": lambda: time_calls(bare, warmup=0, iterations=1, min_seconds=seconds),
+                 "infer": lambda: time_calls(lambda: runner.infer(feed), warmup=0, iterations=1, min_seconds=seconds),
                  "harness": lambda: _timed("harness", lambda: harness_call(sample), 0, 1, seconds, lambda *_: None)}
         for run in calls.values():  # warm-up
             run()
