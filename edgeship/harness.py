@@ -32,8 +32,9 @@ from edgeship.models import TorchRunner
 
 Progress = Callable[[str, int, int], None]  # task, done, total
 # 2: runners reuse the runtime's buffers and skip re-checking a feed shaped like the last; the bare runtime call is
-# timed for every engine. Part of every validation's store key, so results of an older harness are measured anew.
-HARNESS_VERSION = 2
+# timed for every engine. 3: each timed engine's per-layer profile. Part of every validation's store key, so results of
+# an older harness are measured anew.
+HARNESS_VERSION = 3
 PAIRED_ROUNDS = 5  # latency and the bare runtime call alternate in this many rounds
 THROUGHPUT_WARMUP = 5
 THROUGHPUT_MIN_ITERATIONS = 20
@@ -57,6 +58,7 @@ class MeasureSettings(BaseModel):
     throughput_seconds: float = Field(default=1.0, ge=0)
     eval_batch_size: PositiveInt = 250
     bare_call: bool = Field(default=False, description="also time the runtime's own call on a feed set once (runner.bare_call)")
+    profile: bool = Field(default=False, description="after timing, each layer's time from the runtime's profiler (runner.profile)")
 
     def settings(self) -> dict[str, Any]:
         """These fields alone, to build another message from."""
@@ -104,6 +106,10 @@ def measure(spec: HarnessSpec, progress: Progress | None = None) -> dict[str, An
             result["runtime"] = runner.describe()
             if spec.timings is not None:
                 result.update(_time_engine(spec, runner, call, inputs, progress))
+            if spec.profile and spec.backend != "pytorch":  # after timing: a profiler slows what it watches
+                progress("per-layer profile", 0, 1)
+                result["profile"] = runner.profile({spec.input_name: sample}).model_dump(mode="json")
+                progress("per-layer profile", 1, 1)
             result["memory"] = {"baseline_rss_bytes": baseline_rss, "peak_rss_bytes": _peak_rss()}
             if spec.outputs is not None:
                 outputs = _score(spec, call, inputs, progress)

@@ -15,6 +15,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
+from edgeship.peak import Peak
+from edgeship.profiling import OpProfile
+
 Outcome = Literal["pass", "fail", "not-applicable"]
 Verdict = Literal["pass", "fail", "skipped", "error"]
 Status = Literal["ok", "failed", "skipped"]
@@ -125,6 +128,10 @@ class EngineRow(Scores):
     isolated: bool | None = None
     measured_at: str | None = None
     cross_check: dict[str, Any] | None = None
+    profile: OpProfile | None = None  # each layer's time from the runtime's profiler, taken after timing
+    macs_per_sample: int | None = None  # of the exported FP32 model (``edgeship.macs``)
+    achieved_gmacs: float | None = None  # macs_per_sample × batch / p50
+    fraction_of_peak: float | None = None  # achieved_gmacs over this machine's GEMM rate at the engine's precision
     # what the build left beside an INT8 engine, and a preparing backend's prepared ONNX and its prediction
     float_layers: dict[str, Any] | None = None
     weight_rounding: dict[str, Any] | None = None
@@ -228,6 +235,7 @@ class Report(_Record):
     recipe_document: dict[str, Any]
     artifacts: list[dict[str, Any]]
     student_vs_teacher: dict[str, Any] | None = None
+    peak: Peak | None = None  # this machine's FP32 and INT8 GEMM rates, which ``fraction_of_peak`` is measured against
 
     def document(self) -> dict[str, Any]:
         """The report as plain data, exactly as ``report.json`` holds it."""

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 from edgeship.backends.tooling import error_line
 from edgeship.errors import BackendUnavailable, BuildError
+from edgeship.profiling import OpProfile
 from edgeship.tensors import CalibrationSet, Feed, Precision, TensorMeta
 
 if TYPE_CHECKING:
@@ -69,6 +70,9 @@ class Availability:
     broken: bool = False
 
 
+PROFILE_RUNS = 50  # inferences a profile averages, after as many warm-up calls as the runtime needs
+
+
 class Runner(abc.ABC):
     """Runs one engine. A context manager: loads on enter, frees on exit.
 
@@ -118,6 +122,18 @@ class Runner(abc.ABC):
         times): the harness times it beside ``infer`` to report the per-call overhead. ``None`` where the runtime
         offers no call apart from edgeship's. Checks ``feed`` first, through ``infer``."""
         return None
+
+    def profile(self, feed: Feed, runs: int = PROFILE_RUNS) -> OpProfile:
+        """Each layer's mean time over ``runs`` inferences on ``feed``, from the runtime's own profiler, in a session of its
+        own (a profiler slows what it watches); an ``OpProfile`` saying why where there is none. Checks ``feed`` first."""
+        self.infer(feed)
+        try:
+            return self._profile(feed, runs)
+        except (RuntimeError, ValueError, OSError, KeyError) as exc:
+            return OpProfile.unavailable(f"the profiler failed: {error_line(str(exc)) or type(exc).__name__}")
+
+    def _profile(self, feed: Feed, runs: int) -> OpProfile:
+        return OpProfile.unavailable(f"{type(self).__name__}: the runtime offers no per-layer profiler here")
 
     def input_metadata(self) -> dict[str, TensorMeta]:
         """Name, dtype and shape of each input, in the ONNX layout."""

@@ -7,7 +7,10 @@ import contextlib
 import functools
 import importlib.metadata
 import io
+import json
 import shutil
+import tempfile
+from collections import defaultdict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -21,6 +24,7 @@ from edgeship.backends.sensitivity import keep_float
 from edgeship.backends.tooling import import_problem
 from edgeship.config import BackendSection, WeightRounding, keep_float_field, weight_rounding_field
 from edgeship.device import installed_versions
+from edgeship.profiling import LayerTime, OpProfile
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -216,6 +220,15 @@ class OnnxRuntimeRunner(Runner):
         self._session: Any = None
 
     def _activate(self) -> None:
+        self._session = self._new_session()
+        self._meta = {
+            i.name: TensorMeta(i.name, np.dtype(ORT_DTYPES.get(i.type, np.float32)),
+                               tuple(d if isinstance(d, int) else None for d in i.shape))
+            for i in self._session.get_inputs()
+        }
+        self._outputs = [o.name for o in self._session.get_outputs()]
+
+    def _new_session(self, profile_prefix: str | None = None) -> Any:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -224,16 +237,34 @@ class OnnxRuntimeRunner(Runner):
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
-        self._session = ort.InferenceSession(str(self.engine), sess_options=options, providers=["CPUExecutionProvider"])
-        self._meta = {
-            i.name: TensorMeta(i.name, np.dtype(ORT_DTYPES.get(i.type, np.float32)),
-                               tuple(d if isinstance(d, int) else None for d in i.shape))
-            for i in self._session.get_inputs()
-        }
-        self._outputs = [o.name for o in self._session.get_outputs()]
+        if profile_prefix is not None:
+            options.enable_profiling = True
+            options.profile_file_prefix = profile_prefix
+        return ort.InferenceSession(str(self.engine), sess_options=options, providers=["CPUExecutionProvider"])
 
     def _deactivate(self) -> None:
         self._session = None
+
+    def _profile(self, feed: Feed, runs: int) -> OpProfile:
+        """ONNX Runtime's profiler: each node's ``*_kernel_time`` events, the first run of each (warm-up) left out."""
+        with tempfile.TemporaryDirectory(prefix="edgeship-ort-profile-") as folder:
+            session = self._new_session(str(Path(folder) / "profile"))
+            for _ in range(runs + 1):
+                session.run(self._outputs, feed)
+            events = json.loads(Path(session.end_profiling()).read_text())
+        times: dict[str, list[float]] = defaultdict(list)
+        kinds: dict[str, str] = {}
+        for event in events:
+            name = event.get("name", "")
+            if event.get("cat") == "Node" and name.endswith("_kernel_time"):
+                node = name.removesuffix("_kernel_time")
+                times[node].append(float(event["dur"]))
+                kinds[node] = event.get("args", {}).get("op_name", "?")
+        layers = [LayerTime(layer=node, op_type=kinds[node], kernel=None, mean_us=float(np.mean(durations[1:] or durations)))
+                  for node, durations in times.items()]
+        if not layers:
+            return OpProfile.unavailable("ONNX Runtime's profile recorded no node times")
+        return OpProfile.from_layers("ONNX Runtime profiler", runs, layers)
 
     def _describe(self) -> dict[str, object]:
         options = self._session.get_session_options()

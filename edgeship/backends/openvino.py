@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -26,6 +27,7 @@ from edgeship.backends.sensitivity import keep_float
 from edgeship.backends.tooling import import_problem
 from edgeship.config import BackendSection, WeightRounding, keep_float_field, weight_rounding_field
 from edgeship.device import installed_versions
+from edgeship.profiling import LayerTime, OpProfile
 
 if TYPE_CHECKING:
     pass
@@ -184,7 +186,9 @@ class OpenVinoRunner(Runner):
         options = runtime_options(self.engine)
         config = {"PERFORMANCE_HINT": options["PERFORMANCE_HINT"], "INFERENCE_NUM_THREADS": self.threads,
                   "INFERENCE_PRECISION_HINT": options["INFERENCE_PRECISION_HINT"], "NUM_STREAMS": 1}
-        self._compiled = ov.Core().compile_model(str(self.engine), options["device"], config)
+        self._config = config
+        self._core = ov.Core()
+        self._compiled = self._core.compile_model(str(self.engine), options["device"], config)
         self._request = self._compiled.create_infer_request()
         self._tensor = ov.Tensor  # kept, so the per-call path does no import lookup
         self._meta = {}
@@ -200,6 +204,7 @@ class OpenVinoRunner(Runner):
     def _deactivate(self) -> None:
         self._request = None
         self._compiled = None
+        self._core = None
 
     def _describe(self) -> dict[str, Any]:
         keys = ("PERFORMANCE_HINT", "INFERENCE_NUM_THREADS", "INFERENCE_PRECISION_HINT", "NUM_STREAMS", "EXECUTION_DEVICES")
@@ -236,6 +241,28 @@ class OpenVinoRunner(Runner):
                 request.set_output_tensor(i, self._tensor(self._results[name], shared_memory=True))
             self._planned = buffers
         return outputs
+
+    def _profile(self, feed: Feed, runs: int) -> OpProfile:
+        """OpenVINO's performance counters (``PERF_COUNT``) on a model compiled for them: each executed node's real time
+        and the kernel the CPU plugin chose (``exec_type``), averaged over ``runs`` after one warm-up call."""
+        config = {**self._config, "PERF_COUNT": True}
+        request = self._core.compile_model(str(self.engine), runtime_options(self.engine)["device"], config).create_infer_request()
+        for name, array in feed.items():
+            request.set_tensor(name, self._tensor(np.ascontiguousarray(array)))
+        request.infer()
+        totals: dict[str, float] = defaultdict(float)
+        kinds: dict[str, tuple[str, str]] = {}
+        for _ in range(runs):
+            request.infer()
+            for info in request.profiling_info:
+                if str(info.status).endswith("EXECUTED") and not str(info.status).endswith("NOT_EXECUTED"):
+                    totals[info.node_name] += info.real_time.total_seconds() * 1e6
+                    kinds[info.node_name] = (info.node_type, info.exec_type)
+        layers = [LayerTime(layer=node, op_type=kinds[node][0], kernel=kinds[node][1] or None, mean_us=total / runs)
+                  for node, total in totals.items()]
+        if not layers:
+            return OpProfile.unavailable("OpenVINO's performance counters reported no executed node")
+        return OpProfile.from_layers("OpenVINO performance counters", runs, layers)
 
     def bare_call(self, feed: Feed) -> Callable[[], None]:
         """``infer()`` alone on tensors set once: what ``benchmark_app`` times, for the latency cross-check."""

@@ -29,6 +29,7 @@ from edgeship.backends.tooling import captured_output, error_line, fed_inputs, i
 from edgeship.config import BackendSection, WeightRounding, weight_rounding_field
 from edgeship.device import installed_versions
 from edgeship.errors import BuildError
+from edgeship.profiling import OpProfile
 from edgeship_deploy.runtimes import Quantizer, dequantize_table
 
 IO_FILE = "io.json"
@@ -253,6 +254,10 @@ class TfliteRunner(Runner):
         self._prepared = {name: _Write(interpreter, *self._inputs[name], array.shape) for name, array in feed.items()}
         self._reads = {name: _Read(interpreter, details, perm) for name, (details, perm) in self._outputs.items()}
         return self._infer(feed)
+
+    def _profile(self, feed: Feed, runs: int) -> OpProfile:
+        return OpProfile.unavailable("LiteRT's Python interpreter exposes no op profiler (the C++ benchmark_model's "
+                                     "--enable_op_profiling has one; it is not distributed on PyPI)")
 
     def bare_call(self, feed: Feed) -> Callable[[], None]:
         """``invoke()`` alone on the input buffers written once: the interpreter's own call."""

@@ -185,10 +185,12 @@ class DeviceMeasurer(Measurer):
 
 def settings(cfg: ValidateConfig, threads: int, *, timed: bool) -> dict[str, Any]:
     """The harness settings of the recipe's ``validate:`` section, for a measurement here or on a device: a timed
-    engine's bare runtime call is timed too, beside ``Runner.infer``, so its per-call overhead is reported."""
+    engine's bare runtime call is timed too, beside ``Runner.infer``, so its per-call overhead is reported, and it is
+    profiled layer by layer after timing."""
     return {"threads": threads, "warmup": cfg.warmup, "iterations": cfg.iterations, "min_seconds": cfg.min_seconds,
             "batch_size": cfg.batch_size, "throughput_batch_sizes": tuple(cfg.throughput_batch_sizes) if timed else (),
-            "throughput_seconds": cfg.throughput_seconds, "eval_batch_size": cfg.eval_batch_size, "bare_call": timed}
+            "throughput_seconds": cfg.throughput_seconds, "eval_batch_size": cfg.eval_batch_size, "bare_call": timed,
+            "profile": timed}
 
 
 def retry_note(ctx: RunContext, what: str) -> Callable[[int, AgentError], None]:

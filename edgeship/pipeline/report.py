@@ -20,10 +20,11 @@ from edgeship.backends import REGISTRY
 from edgeship.data import substitution_note
 from edgeship.errors import DataError
 from edgeship.gates import accuracy_drop, judge, recommend, release, required_engines
+from edgeship.peak import Peak
 from edgeship.pipeline.base import RunContext
 from edgeship.pipeline.build import PREPARE, SIDE_METRICS, prediction_name
 from edgeship.pipeline.distill import ABLATION, comparison
-from edgeship.pipeline.validate import BASELINE
+from edgeship.pipeline.validate import BASELINE, PEAK
 from edgeship.qualification import EngineKey, EngineRow, Report
 from edgeship.recipe import GatesConfig
 from edgeship.render.html import render_html
@@ -31,7 +32,9 @@ from edgeship.render.junit import render_junit
 from edgeship.render.terminal import print_summary
 
 SCHEMA = "edgeship.report"
-SCHEMA_VERSION = 5  # 4: typed rows with their key; 5: the release's reasons, qualified engines and whether the run finished
+# 4: typed rows with their key; 5: the release's reasons, qualified engines and whether the run finished; 6: the machine's
+# peak, each engine's fraction of it and its per-layer profile
+SCHEMA_VERSION = 6
 OUTPUTS = ("report.json", "junit.xml", "report.html")
 
 
@@ -139,6 +142,9 @@ def build_report(manifest: Manifest, *, reached: bool = False) -> Report:
     engines = [_typed(row) for row in fields]
     _add_drop_vs_backend_fp32(engines)
     _add_call_overhead(engines)
+    peak_entry = validations.get(PEAK)
+    peak = Peak.model_validate(peak_entry.metrics) if peak_entry else None
+    _add_fraction_of_peak(engines, peak)
     _add_predicted_drop_vs_onnx_fp32(engines)
     labelled = bool((manifest.dataset or {}).get("labelled", True))
     for typed in engines:
@@ -172,6 +178,7 @@ def build_report(manifest: Manifest, *, reached: bool = False) -> Report:
         "engines": engines,
         "devices": _devices(entries),
         "recommendations": recommend(engines),
+        "peak": peak,
         "release": release(engines, unfinished=None if reached else unfinished(manifest)),
         "notes": [*filter(None, [substitution_note(manifest.dataset)]),
                   "Each engine and the baseline were measured in a process of their own, pinned to the CPUs shown, one after "
@@ -195,6 +202,11 @@ def build_report(manifest: Manifest, *, reached: bool = False) -> Report:
     for info in REGISTRY.values():
         if info.report_note and any(row.backend == info.name for row in engines):
             report["notes"].append(info.report_note)
+    if peak is not None:
+        report["notes"].append(f"Fraction of peak: each engine's multiply-accumulates per inference over its p50, against this "
+                               f"machine's {peak.threads}-thread GEMM rate at its precision (FP32 {peak.fp32.gmacs:,.1f}, INT8 "
+                               f"{peak.int8.gmacs:,.1f} GMAC/s, {peak.runtime}). Rows measured on an edge device have none: the "
+                               "peak is this host's.")
     report["student_vs_teacher"] = student_vs_teacher(report["prune"], report["baseline"], engines, distilled=bool(report["distill"]))
     return Report.model_validate(report)
 
@@ -281,6 +293,17 @@ def _add_call_overhead(engines: list[EngineRow]) -> None:
     for row in engines:
         if row.latency and row.bare_latency:
             row.call_overhead_us = round(1e3 * (row.latency["p50_ms"] - row.bare_latency["p50_ms"]), 1)
+
+
+def _add_fraction_of_peak(engines: list[EngineRow], peak: Peak | None) -> None:
+    """Each engine's achieved multiply-accumulate rate, and that rate over this machine's GEMM rate at its precision.
+    Rows measured on an edge device have no fraction: the peak is this host's."""
+    for row in engines:
+        if row.latency is None or not row.macs_per_sample:
+            continue
+        row.achieved_gmacs = round(row.macs_per_sample * row.latency["batch_size"] / (row.p50_ms * 1e-3) / 1e9, 3)
+        if peak is not None and row.key.device is None:
+            row.fraction_of_peak = round(row.achieved_gmacs / peak.for_precision(row.precision).gmacs, 5)
 
 
 def _add_predicted_drop_vs_onnx_fp32(engines: list[EngineRow]) -> None:

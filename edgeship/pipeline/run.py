@@ -86,7 +86,7 @@ def run(recipe: Recipe, *, force: Iterable[str] = (), console: Console | None = 
                                     "source": str(recipe.calibration.source) if recipe.calibration.source else "held out from train"}
         built = BuildStage(calibration).run({"onnx": onnx}, recipe.backends, ctx)
         ctx.save_manifest()
-        results = ValidateStage().run({"model": model, **built}, recipe.validate_, ctx)
+        results = ValidateStage().run({"model": model, "onnx": onnx, **built}, recipe.validate_, ctx)
         ctx.save_manifest()
         ReportStage().run(results, ReportConfig(), ctx)
     return finish(run_dir, manifest, console)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import tempfile
 import time
 from collections.abc import Mapping
@@ -19,22 +20,26 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+from rich.markup import escape
 
 from edgeship.agent.client import AgentClient, AgentError, with_retries
 from edgeship.artifacts import RECORD, Artifact
 from edgeship.backends import display_name, get_backend
 from edgeship.errors import StageError
 from edgeship.harness import HARNESS_VERSION, tool_cross_check
+from edgeship.macs import onnx_macs
 from edgeship.measure import scores, top1
+from edgeship.peak import PEAK_VERSION, measure_peak_isolated
 from edgeship.pipeline.base import Made, RunContext
 from edgeship.pipeline.export import INPUT_NAME
 from edgeship.pipeline.measurers import BASELINE_RUNTIME, DeviceMeasurer, LocalMeasurer, Measurer, MeasureRequest, retry_note
 from edgeship.recipe import DeviceConfig, ValidateConfig
 
 BASELINE = "pytorch/fp32"
+PEAK = "machine-peak"  # the validate entry holding this machine's GEMM rates
 # what of a device's description keys its results: another machine measures anew, a reboot does not
 DEVICE_FACTS = ("cpu", "isa_flags", "logical_cores", "gpu")
-MEASURED_KEYS = ("load_ms", "first_inference_ms", "import_ms", "latency", "bare_latency", "throughput", "memory", "cpus")
+MEASURED_KEYS = ("load_ms", "first_inference_ms", "import_ms", "latency", "bare_latency", "throughput", "memory", "cpus", "profile")
 
 
 class ValidateStage:
@@ -53,25 +58,28 @@ class ValidateStage:
                                              make=lambda folder: self._baseline(folder, model, measure, ctx))}
             ctx.save_manifest()
             reference = np.load(results[BASELINE].folder / "logits.npy")
-            for name, engine in inputs.items():
-                if name == "model":
-                    continue
+            engines = {name: engine for name, engine in inputs.items() if name not in ("model", "onnx")}
+            if engines:
+                self._peak(results, threads, cpus, device, ctx)
+            macs = _macs(inputs.get("onnx"), ctx)
+            for name, engine in engines.items():
                 engine_cfg = {**config, "cross_check": _wants_cross_check(ctx, engine)}
                 try:
                     results[name] = ctx.produce(self.name, name, config=engine_cfg, parents=[engine, results[BASELINE]], extra_key=key,
-                                                make=lambda folder, e=engine, n=name: self._engine(folder, n, e, reference, measure, ctx))
+                                                make=lambda folder, e=engine, n=name: self._engine(folder, n, e, reference, measure, ctx,
+                                                                                                   macs))
                 except StageError as exc:
                     ctx.record_problem(self.name, name, "failed", exc.reason, engine_cfg)
                 ctx.save_manifest()
             for device in ctx.recipe.devices:
-                engines = {name: engine for name, engine in inputs.items() if name != "model" and "predicts" not in engine.meta
-                           and (device.backends is None or engine.meta["backend"] in device.backends)}
-                if engines:
-                    results.update(self._on_device(device, engines, results[BASELINE], reference, config, measure, ctx))
+                chosen = {name: engine for name, engine in engines.items() if "predicts" not in engine.meta
+                          and (device.backends is None or engine.meta["backend"] in device.backends)}
+                if chosen:
+                    results.update(self._on_device(device, chosen, results[BASELINE], reference, config, measure, macs, ctx))
         return results
 
     def _on_device(self, device: DeviceConfig, engines: Mapping[str, Artifact], baseline: Artifact, reference: np.ndarray,
-                   config: dict[str, Any], local: LocalMeasurer, ctx: RunContext) -> dict[str, Artifact]:
+                   config: dict[str, Any], local: LocalMeasurer, macs: int | None, ctx: RunContext) -> dict[str, Artifact]:
         """Every engine of the device's backends measured on it through its agent, as ``<engine>@<device>``; a device
         that cannot be reached, or fails a job, is recorded ``failed`` for that engine with the cause, and the run goes on."""
         names = {name: f"{name}@{device.name}" for name in engines}
@@ -109,7 +117,7 @@ class ValidateStage:
                 try:
                     results[names[name]] = ctx.produce(
                         self.name, names[name], config=engine_cfg, parents=[engine, baseline], extra_key=key,
-                        make=lambda folder, e=engine, n=names[name]: self._engine(folder, n, e, reference, remote, ctx))
+                        make=lambda folder, e=engine, n=names[name]: self._engine(folder, n, e, reference, remote, ctx, macs))
                 except StageError as exc:
                     ctx.record_problem(self.name, names[name], "failed", exc.reason, engine_cfg)
                 ctx.save_manifest()
@@ -126,7 +134,8 @@ class ValidateStage:
                    **{k: result[k] for k in MEASURED_KEYS if k in result}}
         return self._write(folder, BASELINE, metrics)
 
-    def _engine(self, folder: Path, name: str, engine: Artifact, reference: np.ndarray, measure: Measurer, ctx: RunContext) -> Made:
+    def _engine(self, folder: Path, name: str, engine: Artifact, reference: np.ndarray, measure: Measurer, ctx: RunContext,
+                macs: int | None = None) -> Made:
         """Score and time one engine; a prepared ONNX standing in for an engine (``meta["predicts"]``) is scored only,
         on the runtime it names, and labelled as a prediction: its latency there says nothing about its engine."""
         predicts = engine.meta.get("predicts")
@@ -148,10 +157,32 @@ class ValidateStage:
             metrics["predicted"] = {"engine": predicts, "on": runs_on, "label": prediction_label(engine.meta["backend"], runs_on)}
         else:
             metrics.update(size_bytes=engine_bytes(engine), **{k: result[k] for k in MEASURED_KEYS if k in result})
+            if macs is not None:
+                metrics["macs_per_sample"] = macs
         if wants_check:  # the agent ran the tool on the device; here it runs on this host
             theirs = result.get("cross_check_tool") or self._cross_check(name, runs_on, engine, measure.cfg, measure.threads, ctx)
             metrics["cross_check"] = _compare(theirs, result["latency"], result.get("bare_latency"))
         return self._write(folder, name, metrics)
+
+    def _peak(self, results: dict[str, Artifact], threads: int, cpus: tuple[int, ...] | None, device: Mapping[str, Any],
+              ctx: RunContext) -> None:
+        """The machine's FP32 and INT8 GEMM rates on the engines' threads and CPUs (``edgeship.peak``), measured once per
+        machine and setting and kept in the store; a failure is recorded and the run goes on without fractions of peak."""
+        config = {"threads": threads, "cpus": list(cpus) if cpus else None}
+
+        def make(folder: Path) -> Made:
+            with ctx.console.status("measuring this machine's peak FP32 and INT8 GEMM rates"):
+                try:
+                    peak = measure_peak_isolated(threads, cpus, folder)
+                except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                    raise StageError(self.name, f"{PEAK}: {exc}") from None
+            return Made(folder / "peak.json", "peak", {"metrics": peak.model_dump(mode="json")})
+
+        try:
+            results[PEAK] = ctx.produce(self.name, PEAK, config=config, parents=[], make=make,
+                                        extra_key={"device": device, "peak": PEAK_VERSION})
+        except StageError as exc:
+            ctx.record_problem(self.name, PEAK, "failed", exc.reason, config)
 
     @staticmethod
     def _cross_check(name: str, backend: str, engine: Artifact, cfg: ValidateConfig, threads: int, ctx: RunContext) -> dict[str, Any]:
@@ -184,6 +215,17 @@ def _compare(theirs: dict[str, Any], latency: dict[str, Any], bare: dict[str, An
         check.update(ours_bare_p50_ms=bare["p50_ms"], bare_ratio=round(bare["p50_ms"] / theirs["median_ms"], 4),
                      call_overhead_ms=round(latency["p50_ms"] - bare["p50_ms"], 4))
     return check
+
+
+def _macs(onnx: Artifact | None, ctx: RunContext) -> int | None:
+    """Multiply-accumulates per sample of the exported model (``edgeship.macs``), or ``None`` with a note on the console."""
+    if onnx is None:
+        return None
+    try:
+        return onnx_macs(onnx.path)
+    except ValueError as exc:
+        ctx.console.print(f"[yellow]⚠ validate: no MAC count, so no fraction of peak: {escape(str(exc))}[/yellow]", soft_wrap=True)
+        return None
 
 
 def prediction_label(backend: str, runs_on: str) -> str:

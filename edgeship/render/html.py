@@ -17,7 +17,8 @@ from edgeship.render.text import change_points, dataset_warnings, int8_weight_li
 from edgeship.render.text import pct as _pct
 from edgeship.render.text import size as _size
 
-SECTIONS = ("verdict", "recommendations", "gates", "pareto", "latency", "throughput", "pipeline", "provenance", "notes")
+SECTIONS = ("verdict", "recommendations", "gates", "pareto", "latency", "throughput", "limit", "profile", "pipeline", "provenance",
+            "notes")
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1180px;padding:1.2em 1.6em;color:#1b1b1b}
@@ -35,7 +36,7 @@ code,pre{font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,monospace}pre{backgroun
 
 def render_html(report: Report) -> str:
     sections = [_verdict(report), _recommendations(report), _gates(report), _pareto(report), _latency(report),
-                _throughput(report), _pipeline(report), _provenance(report), _notes(report)]
+                _throughput(report), _limit(report), _profile(report), _pipeline(report), _provenance(report), _notes(report)]
     device = report.device or {}
     title = f"edgeship release qualification · {report.run_id}"
     head = (f"<h1>{escape(title)}</h1><p class=muted>recipe <b>{escape(str(report.recipe))}</b> · "
@@ -208,6 +209,63 @@ def _throughput(report: Report) -> str:
                     + table + "<p class=muted>Peak RSS is the measuring process's own peak resident set (VmHWM; ru_maxrss would "
                     "carry over its parent's across exec) after load, first call, "
                     "latency and throughput runs, before accuracy scoring; 'before load' is the interpreter and edgeship alone.</p>")
+
+
+def _limit(report: Report) -> str:
+    """Each engine's achieved multiply-accumulate rate against this machine's GEMM rate at its precision."""
+    title = "Distance from the machine's limit"
+    peak = report.peak
+    if peak is None:
+        return _section("limit", title, "<p>This machine's peak was not measured (see the run's problems), so no engine has a "
+                        "fraction of it.</p>")
+    rows = [r for r in report.engines if r.fraction_of_peak is not None]
+    head = (f"<p>This machine's peak on {peak.threads} threads (CPUs {escape(str(peak.cpus))}), a {'×'.join(map(str, peak.shape))} "
+            f"matrix product through {escape(peak.runtime)}: <b>FP32 {peak.fp32.gmacs:,.1f} GMAC/s</b> ({peak.fp32.op}), "
+            f"<b>INT8 {peak.int8.gmacs:,.1f} GMAC/s</b> ({peak.int8.op}).</p>")
+    if not rows:
+        return _section("limit", title, head + "<p>No engine of this host has a MAC count and a latency.</p>")
+    table = _table(["engine", "MACs per sample", "achieved GMAC/s", "held against", "fraction of peak"],
+                   [[escape(r.name), f"{r.macs_per_sample:,}", f"{r.achieved_gmacs:,.2f}",
+                     f"{peak.for_precision(r.precision).op} {peak.for_precision(r.precision).gmacs:,.1f}", _pct(r.fraction_of_peak)]
+                    for r in rows], numeric=range(1, 5))
+    points = [{"name": r.name, "backend": r.backend, "fraction": r.fraction_of_peak} for r in rows]
+    return _section("limit", title, head + _figure(lambda: plots.peak_figure(points), "Achieved rate over the matching peak, "
+                    "per engine.") + table + f"<p class=muted>{escape(PEAK_MEANING)}</p>")
+
+
+PEAK_MEANING = ("The achieved rate is the model's multiply-accumulates per inference (convolutions and matrix products of the "
+                "exported FP32 model) over the engine's p50. INT8 engines are held against the INT8 product, FP32 and FP16 "
+                "engines against the FP32 one (a CPU without FP16 arithmetic runs FP16 engines on FP32 kernels). A large matrix "
+                "product is the best case: depthwise convolutions, small feature maps and thin layers are bound by memory and "
+                "by per-layer overhead, and the call around the kernels counts too, so a small model reaching a few percent is "
+                "expected. A low fraction says the time is in overhead and memory traffic, not arithmetic; the per-layer "
+                "profile says where.")
+
+
+def _profile(report: Report) -> str:
+    """Per engine: time per op type (with the kernels the runtime chose) and the slowest layers."""
+    title = "Where the time goes"
+    parts = []
+    for row in report.engines:
+        profile = row.profile
+        if profile is None:
+            continue
+        if profile.tool is None:
+            parts.append(f"<h3>{escape(row.name)}</h3><p class=muted>No per-layer profile: {escape(profile.reason)}.</p>")
+            continue
+        types = _table(["op type", "layers", "µs per inference", "share", "kernels"],
+                       [[escape(t.op_type), str(t.layers), f"{t.mean_us:,.1f}", _pct(t.share), escape(", ".join(t.kernels) or "—")]
+                        for t in profile.by_type], numeric=range(1, 4))
+        layers = _table(["layer", "op type", "kernel", "µs"],
+                        [[escape(layer.layer), escape(layer.op_type), escape(layer.kernel or "—"), f"{layer.mean_us:,.1f}"]
+                         for layer in profile.top_layers[:5]], numeric=(3,))
+        parts.append(f"<h3>{escape(row.name)}</h3><p class=muted>{escape(profile.tool)}, mean of {profile.runs} profiled inferences: "
+                     f"{profile.layer_count} layers, {profile.layers_us:,.1f} µs in layers.</p>{types}<p>Slowest layers:</p>{layers}")
+    if not parts:
+        return _section("profile", title, "<p>No engine was profiled.</p>")
+    return _section("profile", title, "<p class=muted>Taken in a session of its own after timing: a profiler slows what it "
+                    "watches, so read shares, not absolute times. A kernel named <code>ref</code> is a runtime's reference "
+                    "implementation: a layer that fell off the fast kernels.</p>" + "".join(parts))
 
 
 def _pipeline(report: Report) -> str:

@@ -208,3 +208,19 @@ def throughput_figure(rows: Sequence[Mapping[str, Any]]) -> Any:
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def peak_figure(points: Sequence[Mapping[str, Any]]) -> Any:
+    """Each engine's achieved multiply-accumulate rate as a fraction of this machine's peak at its precision."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(points) + 1.4))
+    y = np.arange(len(points))
+    ax.barh(y, [100 * p["fraction"] for p in points], color=[COLOURS.get(p["backend"], "grey") for p in points])
+    ax.set_yticks(y, [p["name"] for p in points])
+    ax.set(xlabel="achieved MAC rate, % of the machine's GEMM peak at the engine's precision",
+           title="Distance from the machine's limit")
+    ax.invert_yaxis()
+    _plain_log_ticks(ax.xaxis)
+    ax.grid(axis="x", alpha=0.3, which="both")
+    fig.tight_layout()
+    return fig

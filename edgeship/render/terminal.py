@@ -78,6 +78,11 @@ def print_summary(report: Report, console: Console) -> None:
     overheads = [f"{row.name} {row.call_overhead_us:.1f}" for row in report.engines if row.call_overhead_us is not None]
     if overheads:
         console.print("per-call overhead, µs (Runner.infer p50 − the runtime's own call): " + ", ".join(overheads), soft_wrap=True)
+    fractions = [f"{row.name} {100 * row.fraction_of_peak:.1f}%" for row in report.engines if row.fraction_of_peak is not None]
+    if report.peak is not None and fractions:
+        console.print(f"fraction of this machine's peak (FP32 {report.peak.fp32.gmacs:,.0f}, INT8 {report.peak.int8.gmacs:,.0f} GMAC/s "
+                      f"on {report.peak.threads} threads; where the time goes per layer: report.html): " + ", ".join(fractions),
+                      soft_wrap=True)
     for row in report.engines:
         check = row.cross_check
         if not check:

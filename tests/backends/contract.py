@@ -47,6 +47,7 @@ class BackendContract:
     backend: ClassVar[str]
     config: ClassVar[BaseModel]
     runtime_modules: ClassVar[tuple[str, ...]]
+    profiles: ClassVar[bool] = True  # the runtime has a per-layer profiler edgeship reads
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -173,6 +174,28 @@ class BackendContract:
                 for _ in range(3):  # shapes changing back and forth re-plan the runtime's buffers
                     for feed, want in zip(feeds, expected, strict=True):
                         np.testing.assert_array_equal(runner.infer(feed)["logits"], want, err_msg=str(precision))
+
+    def test_profile_times_each_layer_or_says_why_not(self, impl: Backend, engines: dict[Precision, Path], trained_cnn: TrainedCnn) -> None:
+        """``profiles``: whether the runtime has a per-layer profiler edgeship reads. A profile runs in a session of its own
+        and leaves the runner's outputs as they were; a bad feed is refused as ``infer`` refuses it."""
+        if impl.info.name == "tensorrt":
+            pytest.skip("a TensorRT engine needs a GPU")
+        feed = {"input": trained_cnn.evaluation[:1]}
+        for precision, path in sorted(engines.items()):
+            with impl.runner(path, threads=1) as runner:
+                before = runner.infer(feed)["logits"]
+                profile = runner.profile(feed, runs=3)
+                np.testing.assert_array_equal(runner.infer(feed)["logits"], before, err_msg=str(precision))
+                with pytest.raises(ValueError, match="shape"):
+                    runner.profile({"input": np.zeros((1, 1, 14, 14), np.float32)})
+            if not self.profiles:
+                assert profile.tool is None and profile.reason and not profile.by_type, profile
+                continue
+            assert profile.tool and profile.runs == 3 and not profile.reason, profile
+            assert profile.layer_count >= 3 and profile.layers_us > 0, profile  # the CNN has three convolutions or more
+            assert sum(t.share for t in profile.by_type) == pytest.approx(1.0, abs=1e-3)
+            assert {layer.op_type for layer in profile.top_layers} <= {t.op_type for t in profile.by_type}
+            assert any("conv" in t.op_type.lower() for t in profile.by_type), (precision, profile.by_type)
 
     def test_runner_pins_threads(self, impl: Backend, engines: dict[Precision, Path]) -> None:
         with impl.runner(engines[min(engines)], threads=1) as runner:

@@ -32,6 +32,7 @@ class TestTensorRtContract(BackendContract):
     backend = "tensorrt"
     config = TensorRtConfig()
     runtime_modules = ("tensorrt",)
+    profiles = False  # its runs need a GPU
 
     def test_runner_pins_threads(self) -> None:  # type: ignore[override]
         pytest.skip("a TensorRT engine runs on the GPU: there is no CPU thread count to pin")

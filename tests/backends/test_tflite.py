@@ -21,6 +21,7 @@ class TestTfliteContract(BackendContract):
     backend = "tflite"
     config = TfliteConfig()
     runtime_modules = ("ai_edge_litert", "onnx2tf", "tensorflow")
+    profiles = False  # LiteRT's Python interpreter has no op profiler
 
 
 @pytest.fixture(scope="module")

@@ -72,6 +72,23 @@ def test_every_engine_reports_its_runtime_call_and_the_overhead_around_it(result
     assert "runtime call p50" in page and "overhead µs" in page
 
 
+def test_every_engine_has_its_fraction_of_the_machine_peak_and_a_profile(result: RunResult) -> None:
+    peak = result.report["peak"]
+    assert peak["threads"] == result.report["threads"] and peak["fp32"]["gmacs"] > 0 and peak["int8"]["gmacs"] > 0
+    for row in result.report["engines"]:
+        if row["status"] != "ok":
+            continue
+        rate = row["macs_per_sample"] * row["latency"]["batch_size"] / (row["latency"]["p50_ms"] * 1e-3) / 1e9
+        assert row["achieved_gmacs"] == pytest.approx(rate, rel=1e-3), row["name"]
+        against = peak["int8" if row["precision"] == "int8" else "fp32"]["gmacs"]
+        assert row["fraction_of_peak"] == pytest.approx(rate / against, rel=1e-3), row["name"]
+        profile = row["profile"]
+        assert (profile["tool"] is None) == (row["backend"] == "tflite"), (row["name"], profile)
+    assert len({row["macs_per_sample"] for row in result.report["engines"] if row["status"] == "ok"}) == 1, "one model, one count"
+    page = (result.run_dir / "report.html").read_text()
+    assert "Distance from the machine" in page and "Where the time goes" in page and "OpenVINO performance counters" in page
+
+
 def test_every_engine_file_is_hashed(result: RunResult) -> None:
     store = ArtifactStore(result.manifest.recipe and Path(result.manifest.recipe["store"]))
     for entry in result.manifest.entries:
