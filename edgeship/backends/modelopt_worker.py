@@ -5,7 +5,7 @@ ModelOpt's ONNX quantizer patches ONNX Runtime's quantization classes for the wh
 here keeps edgeship's own ``quantize_static`` (the ONNX Runtime backend, the Q/DQ fallback)
 exactly as ONNX Runtime ships it.
 
-The request names the step (``autocast`` | ``quantize``), the source and target ONNX files, an
+The request names the step (``autocast`` | ``quantize`` | ``quantize-defaults``), the source and target ONNX files, an
 ``.npz`` of calibration inputs keyed by input name, and the step's settings. Exit 0 after the
 target is written; 3 when ModelOpt cannot be imported; 1 on any other failure. Either way the last
 line on stderr says why.
@@ -30,7 +30,7 @@ def main(argv: list[str]) -> int:
         print(f"cannot import ModelOpt: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
         return MODELOPT_MISSING
     try:
-        {"autocast": _autocast, "quantize": _quantize}[request["step"]](request)
+        {"autocast": _autocast, "quantize": _quantize, "quantize-defaults": _quantize_defaults}[request["step"]](request)
     except Exception as exc:  # ModelOpt raises anything; its words go to the parent
         said = " ".join(str(exc).split())  # one line: the parent reports the last line of stderr
         print(f"ModelOpt {request['step']} failed: {type(exc).__name__}: {said}", file=sys.stderr)
@@ -60,6 +60,18 @@ def _quantize(request: dict[str, Any]) -> None:
              calibration_method=request["method"], calibration_shapes=request["calibration_shapes"], calibration_eps=["cpu"],
              high_precision_dtype=request["high_precision"], output_path=request["target"], log_level="WARNING",
              nodes_to_exclude=request.get("nodes_to_exclude") or None)
+
+
+def _quantize_defaults(request: dict[str, Any]) -> None:
+    """ModelOpt's INT8 quantization with every setting at its default, as a user calling it by hand would (the side-by-side
+    benchmark); only the calibration providers are set, to the CPU, since its default list wants a GPU."""
+    import numpy as np
+    from modelopt.onnx.quantization import quantize
+
+    with np.load(request["calibration"]) as data:
+        calibration = {name: data[name] for name in data.files}
+    quantize(onnx_path=request["source"], calibration_data=calibration, calibration_eps=["cpu"], output_path=request["target"],
+             log_level="WARNING")
 
 
 if __name__ == "__main__":

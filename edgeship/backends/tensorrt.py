@@ -196,7 +196,7 @@ class TensorRtBackend(BackendBase):
         request: dict[str, Any] = {"step": "autocast", "source": str(source), "target": str(target)}
         if calibration is not None:
             request["calibration"] = str(_write_npz(calibration.subset(AUTOCAST_SAMPLES), work))
-        code, message, version = _run_worker(request, work)
+        code, message, version = run_modelopt_step(request, work)
         if code == MODELOPT_MISSING:
             raise BackendUnavailable(self.name, f"FP16 needs ModelOpt AutoCast: {message}; install: {PREPARE_INSTALL}")
         if code:
@@ -222,7 +222,7 @@ class TensorRtBackend(BackendBase):
                            "calibration": str(_write_npz(calibration, work)), "high_precision": cfg.high_precision,
                            "nodes_to_exclude": [f"^{re.escape(name)}$" for name in keep],
                            "calibration_shapes": f"{calibration.input_name}:" + "x".join(map(str, (batch, *calibration.samples.shape[1:])))}
-                code, message, version = _run_worker(request, work)
+                code, message, version = run_modelopt_step(request, work)
                 if code == 0:
                     return {"tool": "modelopt.onnx.quantization", "version": version, **settings, "high_precision": cfg.high_precision}
                 if code != MODELOPT_MISSING:
@@ -245,7 +245,7 @@ class TensorRtBackend(BackendBase):
         return info
 
 
-def _run_worker(request: dict[str, Any], work: Path) -> tuple[int, str, str | None]:
+def run_modelopt_step(request: dict[str, Any], work: Path) -> tuple[int, str, str | None]:
     """Run one ModelOpt step in a child process; (exit code, its last telling line, ModelOpt's version).
 
     ModelOpt writes its model, and intermediate files beside it, in ``work``; only a finished model is moved to the target."""

@@ -80,13 +80,13 @@ class TfliteBackend(BackendBase):
             if precision is Precision.INT8:
                 assert calibration is not None
                 with rounded_source(onnx, calibration.samples, cfg.weight_rounding, (), out_dir) as source:
-                    saved_model = _onnx_to_saved_model(source, work, calibration, precision)
+                    saved_model = onnx_to_saved_model(source, work, calibration, precision)
             else:
-                saved_model = _onnx_to_saved_model(onnx, work, calibration, precision)
+                saved_model = onnx_to_saved_model(onnx, work, calibration, precision)
             model = _convert(saved_model, precision, calibration, cfg)
             target = out_dir / f"model.{precision.value}.tflite"
             target.write_bytes(model)
-            (out_dir / IO_FILE).write_text(json.dumps(_io_layout(onnx, target), indent=2))
+            (out_dir / IO_FILE).write_text(json.dumps(io_layout(onnx, target), indent=2))
             return target
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -95,7 +95,7 @@ class TfliteBackend(BackendBase):
         return TfliteRunner(engine, threads=threads)
 
 
-def _onnx_to_saved_model(source: Path, work: Path, calibration: CalibrationSet | None, precision: Precision) -> Path:
+def onnx_to_saved_model(source: Path, work: Path, calibration: CalibrationSet | None, precision: Precision) -> Path:
     """onnx2tf, offline and quiet; a failure is a ``BuildError`` with the converter's own message."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     folder = work / "saved_model"
@@ -158,7 +158,7 @@ def channels_last(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array.transpose(perm)) if perm else array
 
 
-def _io_layout(onnx_path: Path, tflite_path: Path) -> dict[str, Any]:
+def io_layout(onnx_path: Path, tflite_path: Path) -> dict[str, Any]:
     """For each ONNX input and output, the permutation from its ONNX layout to the TFLite tensor's."""
     import onnx
 
