@@ -106,15 +106,15 @@ def measure(spec: HarnessSpec, progress: Progress | None = None) -> dict[str, An
             result["runtime"] = runner.describe()
             if spec.timings is not None:
                 result.update(_time_engine(spec, runner, call, inputs, progress))
-            if spec.profile and spec.backend != "pytorch":  # after timing: a profiler slows what it watches
-                progress("per-layer profile", 0, 1)
-                result["profile"] = runner.profile({spec.input_name: sample}).model_dump(mode="json")
-                progress("per-layer profile", 1, 1)
             result["memory"] = {"baseline_rss_bytes": baseline_rss, "peak_rss_bytes": _peak_rss()}
             if spec.outputs is not None:
                 outputs = _score(spec, call, inputs, progress)
                 result["memory"]["peak_rss_with_eval_bytes"] = _peak_rss()
                 np.save(spec.outputs, outputs)
+            if spec.profile and spec.backend != "pytorch":  # last: a profiler slows what it watches, its session adds memory
+                progress("per-layer profile", 0, 1)
+                result["profile"] = runner.profile({spec.input_name: sample}).model_dump(mode="json")
+                progress("per-layer profile", 1, 1)
     except HarnessError:
         raise
     except (RuntimeError, ValueError, OSError, KeyError, TypeError) as exc:
