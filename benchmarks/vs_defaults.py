@@ -73,6 +73,7 @@ class Flow:
     reason: str = ""  # why it has no engine or no measurement
     metrics: dict[str, Any] = field(default_factory=dict)
     timings: list[np.ndarray] = field(default_factory=list)
+    hits: np.ndarray | None = None  # per evaluation sample: top-1 right (against labels, or the FP32 model's top-1)
 
 
 def main() -> int:
@@ -302,7 +303,9 @@ def _measure(flows: list[Flow], recipe: Recipe, eval_inputs: Path, reference: np
                     flow.reason = f"measurement failed: {exc}"
                     continue
             if scoring:
-                flow.metrics.update(scores(np.load(folder / "logits.npy"), reference, labels))
+                logits = np.load(folder / "logits.npy")
+                flow.metrics.update(scores(logits, reference, labels))
+                flow.hits = logits.argmax(1) == (labels if labels is not None else reference.argmax(1))
             if not flow.predicted:
                 with np.load(folder / "timings.npz") as timings:
                     flow.timings.append(timings["latency"])
@@ -346,12 +349,14 @@ def _document(flows: list[Flow], recipe: Recipe, run_dir: Path, rounds: int, lab
     return {"recipe": recipe.name, "run": str(run_dir), "date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": _machine(),
             "threads": recipe.threads(), "rounds": rounds, "accuracy_key": key,
             "accuracy": "top-1 on the labelled evaluation split" if labelled else "top-1 agreement with the FP32 PyTorch model",
-            "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "rows": rows, "verdicts": _verdicts(rows, key)}
+            "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "rows": rows,
+            "verdicts": _verdicts(rows, key, {flow.name: flow.hits for flow in flows if flow.hits is not None})}
 
 
-def _verdicts(rows: list[dict[str, Any]], key: str) -> list[str]:
-    """Per backend, whether edgeship's INT8 engine is at least as accurate as the tool's defaults, and the shipped engine
-    against the plain export."""
+def _verdicts(rows: list[dict[str, Any]], key: str, hits: dict[str, np.ndarray]) -> list[str]:
+    """Per backend, whether edgeship's INT8 engine is at least as accurate as the tool's defaults, with the paired 95%
+    interval of the difference (the two engines scored on the same samples, so only the samples they disagree on count),
+    and the shipped engine against the plain export."""
     lines = []
     for default in (r for r in rows if r["origin"] == "tool defaults"):
         ours = next((r for r in rows if r["origin"] == "edgeship" and r["backend"] == default["backend"]
@@ -360,13 +365,25 @@ def _verdicts(rows: list[dict[str, Any]], key: str) -> list[str]:
             lines.append(f"{default['name']}: no comparison ({default.get('reason') or 'edgeship built no INT8 engine for it'})")
             continue
         met = ours[key] >= default[key]
+        low, high = paired_interval(hits[ours["name"]], hits[default["name"]])
         lines.append(f"{display_name(default['backend'])} INT8: edgeship {100 * ours[key]:.2f}% vs defaults {100 * default[key]:.2f}% "
-                     f"({100 * (ours[key] - default[key]):+.2f} pt): {'at least as accurate' if met else 'LESS accurate'}")
+                     f"({100 * (ours[key] - default[key]):+.2f} pt, paired 95% interval {100 * low:+.2f} to {100 * high:+.2f} pt): "
+                     + ("at least as accurate" if met else "LESS accurate" + (", within the data's noise" if low <= 0 <= high else "")))
     for ours in (r for r in rows if r["recommended"] and r.get("speedup_vs_plain")):
         change = ours.get("accuracy_vs_plain_points", 0.0)
         lines.append(f"shipped {ours['name'].removeprefix('edgeship ')}: {ours['speedup_vs_plain']:.2f}× the plain export's speed, "
                      f"accuracy {change:+.2f} pt")
     return lines
+
+
+def paired_interval(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, float]:
+    """95% interval of the accuracy difference of two classifiers scored on the same samples (normal approximation on the
+    discordant pairs, as McNemar's test uses them)."""
+    n = len(ours)
+    better, worse = int(np.sum(ours & ~theirs)), int(np.sum(~ours & theirs))
+    difference = (better - worse) / n
+    spread = 1.96 * np.sqrt(max(better + worse - (better - worse) ** 2 / n, 0.0)) / n
+    return difference - spread, difference + spread
 
 
 def _machine() -> str:
