@@ -146,7 +146,7 @@ def pareto_figure(points: Sequence[Mapping[str, Any]], *, ylabel: str = "top-1 (
     if len(front) > 1:
         ax.plot([p["p50_ms"] for p in front], [100 * p["accuracy"] for p in front], color="black", linewidth=1, alpha=0.5,
                 linestyle="--", label="Pareto front")
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="best")
     ax.set(xscale="log", xlabel="p50 latency per call (ms, log scale; bars: 95% interval)", ylabel=ylabel,
            title="Accuracy against latency" if ylabel.startswith("top-1 (") else "Agreement with FP32 against latency")
     _plain_log_ticks(ax.xaxis)

@@ -24,9 +24,9 @@ def test_engine_identity_per_backend() -> None:
     assert engine_config("openvino", Precision.INT8, OpenVinoConfig())["preset"] == "performance"
     assert engine_config("openvino", Precision.FP32, OpenVinoConfig()) != engine_config("openvino", Precision.FP32,
                                                                                           OpenVinoConfig(performance_hint="throughput"))
-    float_io = TfliteConfig(io_type="float32")
-    assert engine_config("tflite", Precision.FP32, TfliteConfig()) == engine_config("tflite", Precision.FP32, float_io)
-    assert engine_config("tflite", Precision.INT8, TfliteConfig()) != engine_config("tflite", Precision.INT8, float_io)
+    int8_io = TfliteConfig(io_type="int8")
+    assert engine_config("tflite", Precision.FP32, TfliteConfig()) == engine_config("tflite", Precision.FP32, int8_io)
+    assert engine_config("tflite", Precision.INT8, TfliteConfig()) != engine_config("tflite", Precision.INT8, int8_io)
 
 
 def test_tensorrt_preparation_ignores_engine_only_settings() -> None:
