@@ -32,9 +32,9 @@ from edgeship.models import TorchRunner
 
 Progress = Callable[[str, int, int], None]  # task, done, total
 # 2: runners reuse the runtime's buffers and skip re-checking a feed shaped like the last; the bare runtime call is
-# timed for every engine. 3: each timed engine's per-layer profile. Part of every validation's store key, so results of
-# an older harness are measured anew.
-HARNESS_VERSION = 3
+# timed for every engine. 3: each timed engine's per-layer profile. 4: the backend's own benchmark tool runs in the
+# alternating rounds too. Part of every validation's store key, so results of an older harness are measured anew.
+HARNESS_VERSION = 4
 PAIRED_ROUNDS = 5  # latency and the bare runtime call alternate in this many rounds
 THROUGHPUT_WARMUP = 5
 THROUGHPUT_MIN_ITERATIONS = 20
@@ -59,6 +59,8 @@ class MeasureSettings(BaseModel):
     eval_batch_size: PositiveInt = 250
     bare_call: bool = Field(default=False, description="also time the runtime's own call on a feed set once (runner.bare_call)")
     profile: bool = Field(default=False, description="after timing, each layer's time from the runtime's profiler (runner.profile)")
+    cross_check: bool = Field(default=False, description="also run the backend's own benchmark tool (OpenVINO's benchmark_app) "
+                              "on the engine, in the same alternating rounds as the bare call")
 
     def settings(self) -> dict[str, Any]:
         """These fields alone, to build another message from."""
@@ -150,19 +152,27 @@ def _time_engine(spec: HarnessSpec, runner: Any, call: Callable[[np.ndarray], An
     """Latency at ``batch_size``, throughput at each of ``throughput_batch_sizes``, and the bare call if asked."""
     sample = _rows(inputs, spec.batch_size)
     bare = runner.bare_call({spec.input_name: sample}) if spec.bare_call else None
+    tool_rounds: list[dict[str, Any]] = []
     if bare is None:
         raw = {"latency": _timed("latency", lambda: call(sample), spec.warmup, spec.iterations, spec.min_seconds, progress)}
-    else:  # alternating rounds, so a change of background load falls on both alike and their difference holds
+    else:  # alternating rounds, so a change of background load falls on all alike and their ratios hold
         parts: dict[str, list[np.ndarray]] = {"latency": [], "bare": []}
         for index in range(PAIRED_ROUNDS):
             warmup = spec.warmup if index == 0 else min(spec.warmup, 5)
             for key, task, timed in (("latency", "latency", lambda: call(sample)), ("bare", "runtime call", bare)):
                 parts[key].append(_timed(f"{task} (round {index + 1}/{PAIRED_ROUNDS})", timed, warmup,
                                          -(-spec.iterations // PAIRED_ROUNDS), spec.min_seconds / PAIRED_ROUNDS, progress))
+            if spec.cross_check and (not tool_rounds or tool_rounds[-1]["status"] == "ok"):
+                progress(f"benchmark tool (round {index + 1}/{PAIRED_ROUNDS})", 0, 1)
+                tool_rounds.append(tool_cross_check(spec.backend, spec.engine, threads=spec.threads, batch_size=spec.batch_size,
+                                                    input_shape=tuple(sample.shape[1:]), input_name=spec.input_name,
+                                                    min_seconds=spec.min_seconds / PAIRED_ROUNDS))
         raw = {key: np.concatenate(chunks) for key, chunks in parts.items()}
     out: dict[str, Any] = {"latency": summarize(raw["latency"], spec.batch_size).as_dict()}
     if "bare" in raw:
         out["bare_latency"] = summarize(raw["bare"], spec.batch_size).as_dict()
+    if tool_rounds:
+        out["cross_check_tool"] = _tool_summary(tool_rounds)
     throughput: dict[str, Any] = {}
     for batch in spec.throughput_batch_sizes:
         rows = _rows(inputs, batch)
@@ -182,6 +192,16 @@ def _time_engine(spec: HarnessSpec, runner: Any, call: Callable[[np.ndarray], An
     assert spec.timings is not None
     np.savez(spec.timings, **raw)
     return out
+
+
+def _tool_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The benchmark tool's rounds as one result: the median of its round medians, or the first failure."""
+    failed = next((r for r in rounds if r["status"] != "ok"), None)
+    if failed is not None:
+        return failed
+    medians = [r["median_ms"] for r in rounds]
+    return {**rounds[0], "median_ms": float(np.median(medians)), "round_medians_ms": medians,
+            "iterations": sum(r.get("iterations") or 0 for r in rounds), "rounds": len(rounds)}
 
 
 def _timed(task: str, call: Callable[[], object], warmup: int, iterations: int, min_seconds: float, progress: Progress) -> np.ndarray:

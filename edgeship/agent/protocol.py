@@ -54,9 +54,8 @@ class JobRequest(MeasureSettings):
     engine: EngineRef
     inputs: str = Field(pattern=SHA256, description=".npy of preprocessed inputs in the ONNX layout")
     input_name: str
-    input_shape: tuple[int, ...] = Field(description="one sample's shape, for the backend's own benchmark tool")
+    input_shape: tuple[int, ...] = Field(description="one sample's shape, as the engine was built for it")
     timed: bool = True
-    cross_check: bool = False
     outputs: Literal["full", "metrics"] = Field(
         default="full", description="full: send the outputs back; metrics: score them here against `reference` (and `labels`)")
     reference: str | None = Field(default=None, pattern=SHA256, description=".npy of the FP32 reference outputs (metrics mode)")

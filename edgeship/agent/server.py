@@ -35,7 +35,7 @@ from fastapi.responses import FileResponse
 from edgeship.agent.protocol import ENGINE_HEADER, FILE_NAME, PROTOCOL, RESULT_FILES, SHA256, JobRequest, JobState, ProbeRequest, matches
 from edgeship.backends import REGISTRY, availability
 from edgeship.device import describe_device, pinned_cpus
-from edgeship.harness import HarnessError, HarnessSpec, measure_isolated, tool_cross_check
+from edgeship.harness import HarnessError, HarnessSpec, measure_isolated
 from edgeship.measure import scores
 from edgeship.version import __version__
 
@@ -157,11 +157,7 @@ class Agent:
         def progress(task: str, done: int, total: int) -> None:
             job.progress = {"task": task, "done": done, "total": total}
 
-        result = measure_isolated(spec, folder, progress)
-        if request.cross_check and request.timed:
-            result["cross_check_tool"] = tool_cross_check(request.engine.backend, engine, threads=request.threads,
-                                                          batch_size=request.batch_size, input_shape=request.input_shape,
-                                                          input_name=request.input_name, min_seconds=request.min_seconds)
+        result = measure_isolated(spec, folder, progress)  # the benchmark tool too, in its rounds, when cross_check asks
         if request.outputs == "metrics":
             result["scores"] = self._score(folder / "logits.npy", request)
             (folder / "logits.npy").unlink()

@@ -100,7 +100,7 @@ class LocalMeasurer(Measurer):
             return self._eval_inputs
 
     def _measure(self, request: MeasureRequest, folder: Path) -> dict[str, Any]:
-        spec = HarnessSpec(**settings(self.cfg, self.threads, timed=request.timed),
+        spec = HarnessSpec(**settings(self.cfg, self.threads, timed=request.timed), cross_check=request.cross_check and request.timed,
                            backend=request.backend, engine=request.engine, torch_model_config=request.torch_model_config,
                            input_name=request.input_name, inputs=self.eval_inputs, outputs=folder / "logits.npy",
                            timings=folder / "timings.npz" if request.timed else None, cpus=self.cpus)
@@ -165,7 +165,7 @@ class DeviceMeasurer(Measurer):
                                           files=dict(artifact.files)),
                          inputs=sent["inputs"][0], input_name=request.input_name, input_shape=tuple(artifact.meta["input_shape"]),
                          **settings(self.cfg, self.threads, timed=request.timed), timed=request.timed,
-                         cross_check=request.cross_check, outputs="metrics" if scored_there else "full", **scoring)
+                         cross_check=request.cross_check and request.timed, outputs="metrics" if scored_there else "full", **scoring)
         with progress_bar(self.local.ctx.console) as bar:
             task = bar.add_task(f"{request.name}: sending it to {device.name}", total=None, info=f"{device.url}, {self.threads} threads")
 
