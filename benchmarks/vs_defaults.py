@@ -82,6 +82,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="latency rounds, each in a new shuffled order (default 3)")
     parser.add_argument("--out", type=Path, default=None, help="where the results go (default: <run>/vs-defaults)")
     args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up chatter stays off the table
     console = Console()
     recipe = load_recipe(args.recipe)
     result = run(recipe, console=console, recipe_path=args.recipe)
@@ -154,7 +155,7 @@ def _plain_export(teacher: Any, shape: tuple[int, ...], folder: Path) -> Path:
 
     model = load_model(teacher)
     target = folder / "model.onnx"
-    with _quiet():
+    with _Quiet():
         torch.onnx.export(model, (torch.zeros(2, *shape),), str(target), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False)
     return target
@@ -172,7 +173,7 @@ def _ort_defaults(exported: Path, calibration: CalibrationSet, folder: Path) -> 
             return None if sample is None else {INPUT_NAME: sample[None]}
 
     target = folder / "model.int8.onnx"
-    with _quiet():
+    with _Quiet():
         quantize_static(str(exported), str(target), Reader())
     return target
 
@@ -182,7 +183,7 @@ def _nncf_defaults(exported: Path, calibration: CalibrationSet, folder: Path) ->
     import openvino as ov
 
     target = folder / "model.xml"
-    with _quiet():
+    with _Quiet():
         quantized = nncf.quantize(ov.Core().read_model(str(exported)), nncf.Dataset([sample[None] for sample in calibration.samples]))
         ov.save_model(quantized, str(target))
     return target
@@ -207,7 +208,7 @@ def _tflite_defaults(exported: Path, calibration: CalibrationSet, folder: Path) 
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
     target = folder / "model.int8.tflite"
-    with _quiet():
+    with _Quiet():
         target.write_bytes(converter.convert())
     (folder / IO_FILE).write_text(json.dumps(io_layout(exported, target), indent=2))  # for edgeship's runner: layouts only
     shutil.rmtree(saved_model, ignore_errors=True)
@@ -229,7 +230,7 @@ def _modelopt_defaults(exported: Path, calibration: CalibrationSet, folder: Path
     return target
 
 
-class _quiet:
+class _Quiet:
     """The tools' own chatter kept off the table (their warnings still reach stderr's log file)."""
 
     def __enter__(self) -> None:
