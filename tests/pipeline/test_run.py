@@ -11,6 +11,7 @@ from rich.console import Console
 from edgeship import RunResult, run
 from edgeship.artifacts import Manifest, sha256_file
 from edgeship.errors import RecipeError
+from edgeship.pipeline.validate import PEAK
 from edgeship.recipe import Recipe
 
 from conftest import needs_fashion_mnist, tiny_recipe
@@ -37,7 +38,7 @@ def cold(recipe: Recipe) -> RunResult:
 def test_report_lists_baseline_and_both_engines(cold: RunResult) -> None:
     result = cold
     report = json.loads(result.report_path.read_text())
-    assert report["schema"] == "edgeship.report" and report["schema_version"] == 5
+    assert report["schema"] == "edgeship.report" and report["schema_version"] == 6
     assert [e["name"] for e in report["engines"]] == ["onnxruntime/fp32", "onnxruntime/int8"]
     assert all(e["status"] == "ok" for e in report["engines"])
     assert report["baseline"]["eval_samples"] == 1000 and report["threads"] == 1
@@ -158,7 +159,7 @@ def test_each_engine_is_measured_in_a_pinned_process_of_its_own(cold: RunResult)
         low, high = row["throughput"]["4"]["ci95"]
         assert low <= row["throughput"]["4"]["samples_per_second"] <= high
         assert len(row["latency"]["quantiles_ms"]) == 101 and row["latency"]["ci95"]["p99_ms"][1] >= row["latency"]["p99_ms"]
-    entries = [e for e in cold.manifest.entries if e.stage == "validate"]
+    entries = [e for e in cold.manifest.entries if e.stage == "validate" and e.name != PEAK]  # the peak is no engine's
     for entry in entries:
         folder = Path(entry.path).parent  # read as stored now: a later --force validate may have measured it anew
         recorded = json.loads((folder / "result.json").read_text())["metrics"]
@@ -166,6 +167,8 @@ def test_each_engine_is_measured_in_a_pinned_process_of_its_own(cold: RunResult)
         timings = np.load(folder / "timings.npz")
         assert len(timings["latency"]) == recorded["latency"]["iterations"]
     assert len(pids) == len(entries) and os.getpid() not in pids, "one process per engine, never this one"
+    (peak,) = [e for e in cold.manifest.entries if e.stage == "validate" and e.name == PEAK]
+    assert peak.metrics["threads"] == 1 and peak.metrics["cpus"] == sorted(os.sched_getaffinity(0))[:1], "pinned like the engines"
 
 
 def test_report_command_rebuilds_every_file_byte_for_byte_from_the_manifest(cold: RunResult) -> None:
