@@ -149,25 +149,29 @@ def measure_isolated(spec: HarnessSpec, work_dir: Path, progress: Progress | Non
 
 def _time_engine(spec: HarnessSpec, runner: Any, call: Callable[[np.ndarray], Any], inputs: np.ndarray,
                  progress: Progress) -> dict[str, Any]:
-    """Latency at ``batch_size``, throughput at each of ``throughput_batch_sizes``, and the bare call if asked."""
+    """Latency at ``batch_size``, throughput at each of ``throughput_batch_sizes``, and, if asked, the bare call and the
+    backend's own benchmark tool in the same rounds."""
     sample = _rows(inputs, spec.batch_size)
     bare = runner.bare_call({spec.input_name: sample}) if spec.bare_call else None
+    timed: dict[str, tuple[str, Callable[[], object]]] = {"latency": ("latency", lambda: call(sample))}
+    if bare is not None:
+        timed["bare"] = ("runtime call", bare)
+    # alternating rounds when there is more than one figure, so a change of background load falls on all alike and
+    # their ratios hold
+    rounds = PAIRED_ROUNDS if len(timed) > 1 or spec.cross_check else 1
+    parts: dict[str, list[np.ndarray]] = {key: [] for key in timed}
     tool_rounds: list[dict[str, Any]] = []
-    if bare is None:
-        raw = {"latency": _timed("latency", lambda: call(sample), spec.warmup, spec.iterations, spec.min_seconds, progress)}
-    else:  # alternating rounds, so a change of background load falls on all alike and their ratios hold
-        parts: dict[str, list[np.ndarray]] = {"latency": [], "bare": []}
-        for index in range(PAIRED_ROUNDS):
-            warmup = spec.warmup if index == 0 else min(spec.warmup, 5)
-            for key, task, timed in (("latency", "latency", lambda: call(sample)), ("bare", "runtime call", bare)):
-                parts[key].append(_timed(f"{task} (round {index + 1}/{PAIRED_ROUNDS})", timed, warmup,
-                                         -(-spec.iterations // PAIRED_ROUNDS), spec.min_seconds / PAIRED_ROUNDS, progress))
-            if spec.cross_check and (not tool_rounds or tool_rounds[-1]["status"] == "ok"):
-                progress(f"benchmark tool (round {index + 1}/{PAIRED_ROUNDS})", 0, 1)
-                tool_rounds.append(tool_cross_check(spec.backend, spec.engine, threads=spec.threads, batch_size=spec.batch_size,
-                                                    input_shape=tuple(sample.shape[1:]), input_name=spec.input_name,
-                                                    min_seconds=spec.min_seconds / PAIRED_ROUNDS))
-        raw = {key: np.concatenate(chunks) for key, chunks in parts.items()}
+    for index in range(rounds):
+        warmup = spec.warmup if index == 0 else min(spec.warmup, 5)
+        suffix = f" (round {index + 1}/{rounds})" if rounds > 1 else ""
+        for key, (task, function) in timed.items():
+            parts[key].append(_timed(task + suffix, function, warmup, -(-spec.iterations // rounds), spec.min_seconds / rounds, progress))
+        if spec.cross_check and (not tool_rounds or tool_rounds[-1]["status"] == "ok"):
+            progress(f"benchmark tool{suffix}", 0, 1)
+            tool_rounds.append(tool_cross_check(spec.backend, spec.engine, threads=spec.threads, batch_size=spec.batch_size,
+                                                input_shape=tuple(sample.shape[1:]), input_name=spec.input_name,
+                                                min_seconds=spec.min_seconds / rounds))
+    raw = {key: np.concatenate(chunks) for key, chunks in parts.items()}
     out: dict[str, Any] = {"latency": summarize(raw["latency"], spec.batch_size).as_dict()}
     if "bare" in raw:
         out["bare_latency"] = summarize(raw["bare"], spec.batch_size).as_dict()
