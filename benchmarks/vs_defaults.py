@@ -44,10 +44,12 @@ from rich.console import Console
 from edgeship.artifacts import ArtifactStore
 from edgeship.backends import REGISTRY, display_name
 from edgeship.data import calibration_set, preprocess
+from edgeship.device import describe_device
 from edgeship.harness import HarnessError, HarnessSpec, measure_isolated
 from edgeship.measure import scores, summarize
 from edgeship.models import load_model
 from edgeship.pipeline.export import INPUT_NAME, OUTPUT_NAME
+from edgeship.pipeline.measurers import settings
 from edgeship.pipeline.model import input_shape
 from edgeship.pipeline.run import recipe_dataset, run
 from edgeship.pipeline.validate import BASELINE
@@ -293,9 +295,9 @@ def _measure(flows: list[Flow], recipe: Recipe, eval_inputs: Path, reference: np
                 continue
             folder = work / _slug(flow.name) / f"round{index}"
             scoring = index == 0
-            spec = HarnessSpec(threads=threads, warmup=cfg.warmup, iterations=cfg.iterations, min_seconds=cfg.min_seconds,
-                               batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size, backend=flow.runs_on, engine=flow.engine,
-                               input_name=INPUT_NAME, inputs=eval_inputs, outputs=folder / "logits.npy" if scoring else None,
+            # the run's validation settings, without throughput, bare call or profile: only p50 and the outputs are compared
+            spec = HarnessSpec(**settings(cfg, threads, timed=False), backend=flow.runs_on, engine=flow.engine, input_name=INPUT_NAME,
+                               inputs=eval_inputs, outputs=folder / "logits.npy" if scoring else None,
                                timings=None if flow.predicted else folder / "timings.npz", cpus=cpus)
             with console.status(f"round {index + 1}/{rounds}: {flow.name}"):
                 try:
@@ -388,12 +390,7 @@ def paired_interval(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, float]
 
 
 def _machine() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = "unknown CPU"
-    return f"{cpu}, {os.cpu_count()} logical CPUs"
+    return f"{describe_device()['cpu']}, {os.cpu_count()} logical CPUs"
 
 
 HEADERS = ("engine", "origin", "accuracy", "p50 ms (95% CI)", "size", "speed vs plain", "size vs plain", "Δ vs plain")
