@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -59,20 +60,20 @@ def measure_peak(threads: int) -> Peak:
     """Time both products in this process; see the module docstring."""
     import onnxruntime as ort
 
+    from edgeship.backends.onnxruntime import OnnxRuntimeRunner
+
     rng = np.random.default_rng(0)
     m = n = k = SIZE
     rates = {}
     operands = {"fp32": ("MatMul", rng.standard_normal((m, k), dtype=np.float32), rng.standard_normal((k, n), dtype=np.float32)),
                 "int8": ("MatMulInteger", rng.integers(0, 256, (m, k), dtype=np.uint8), rng.integers(-128, 128, (k, n), dtype=np.int8))}
     for label, (op, a, b) in operands.items():
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3
-        session = ort.InferenceSession(_product(op, a, b), sess_options=options, providers=["CPUExecutionProvider"])
-        feed = {"a": a}
-        times = time_calls(lambda s=session, f=feed: s.run(None, f), warmup=3, iterations=5, min_seconds=SECONDS)
+        with tempfile.TemporaryDirectory(prefix="edgeship-peak-") as folder:
+            path = Path(folder) / f"{op}.onnx"
+            path.write_bytes(_product(op, a, b))
+            # edgeship's own runner: the session is set up (threads, sequential execution) exactly as an engine's is
+            with OnnxRuntimeRunner(path, threads=threads) as runner:
+                times = time_calls(runner.bare_call({"a": a}), warmup=3, iterations=5, min_seconds=SECONDS)
         median_ms = float(np.median(times)) / 1e6
         rates[label] = PeakRate(op=op, gmacs=round(m * n * k / (median_ms * 1e-3) / 1e9, 2), median_ms=round(median_ms, 3),
                                 iterations=len(times))
