@@ -69,12 +69,16 @@ def write_reports(manifest: Manifest, run_dir: Path, *, reached: bool = False) -
 
 def rebuild(run_dir: Path) -> Report:
     """``edgeship report RUN_DIR``: the report files again, from ``manifest.json`` alone."""
+    return write_reports(load_manifest(run_dir), run_dir if run_dir.is_dir() else run_dir.parent)
+
+
+def load_manifest(run_dir: Path) -> Manifest:
+    """A run's ``manifest.json`` (``run_dir`` or the file in that folder); a ``DataError`` naming the file otherwise."""
     path, text = _read_run_file(run_dir, "manifest.json", missing="no manifest.json here (give a run folder under reports/)")
     try:
-        manifest = Manifest.model_validate_json(text)
+        return Manifest.model_validate_json(text)
     except ValueError as exc:
         raise DataError(f"{path}: not a readable edgeship manifest: {str(exc).splitlines()[0]}") from None
-    return write_reports(manifest, path.parent)
 
 
 def _read_run_file(path: Path, name: str, *, missing: str) -> tuple[Path, str]:

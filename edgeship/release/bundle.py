@@ -27,7 +27,7 @@ from rich.console import Console
 from edgeship.artifacts import Manifest, sha256_file
 from edgeship.backends import REGISTRY
 from edgeship.errors import DataError, EdgeshipError
-from edgeship.pipeline.report import load_report
+from edgeship.pipeline.report import load_manifest, load_report
 from edgeship.pipeline.run import recipe_dataset
 from edgeship.qualification import EngineRow, Report
 from edgeship.recipe import Recipe
@@ -55,7 +55,7 @@ def make_releases(run_dir: Path, *, engines: Sequence[str] = ("recommended",), v
     console = console or Console(quiet=True)
     signer = load_private_key(key) if key is not None else None  # a wrong key file stops the release before anything is written
     report = load_report(run_dir)
-    manifest = _manifest(run_dir)
+    manifest = load_manifest(run_dir)
     if not report.release.finished:
         raise DataError(f"{run_dir}: the run did not finish; release from a finished run")
     rows = _chosen(report, engines)
@@ -80,16 +80,6 @@ def make_releases(run_dir: Path, *, engines: Sequence[str] = ("recommended",), v
             console.print(f"  mender artifact {artifact} for {', '.join(mender)} ({'signed' if mender_key else 'unsigned'})",
                           soft_wrap=True, highlight=False)
     return archives
-
-
-def _manifest(run_dir: Path) -> Manifest:
-    path = run_dir / "manifest.json"
-    try:
-        return Manifest.model_validate_json(path.read_text())
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read the run's manifest: {exc.strerror}") from None
-    except ValueError as exc:
-        raise DataError(f"{path}: not a readable edgeship manifest: {str(exc).splitlines()[0]}") from None
 
 
 def _chosen(report: Report, engines: Sequence[str]) -> list[EngineRow]:
@@ -196,7 +186,7 @@ def _document(row: EngineRow, report: Report, manifest: Manifest, recipe: Recipe
               main: str, *, version: str, signed: bool) -> dict[str, Any]:
     info = REGISTRY[row.backend]
     model = next((e for e in manifest.entries if e.stage == "model" and e.status == "ok"), None)
-    classes = _model_meta(model).get("classes") if model else None
+    classes = _artifact_meta(Path(str(model.path))).get("classes") if model else None
     distribution = info.distributions[0]
     built = _artifact_meta(Path(str(row.path)))
     on_devices = [other for other in report.engines if other.key.engine == row.key.engine and other.key.device is not None]
@@ -230,13 +220,9 @@ def _document(row: EngineRow, report: Report, manifest: Manifest, recipe: Recipe
     }
 
 
-def _model_meta(entry: Any) -> dict[str, Any]:
-    record = Path(str(entry.path)).parent / "artifact.json"
-    return json.loads(record.read_text()).get("meta", {}) if record.is_file() else {}
-
-
-def _artifact_meta(engine: Path) -> dict[str, Any]:
-    record = engine.parent / "artifact.json"
+def _artifact_meta(main_file: Path) -> dict[str, Any]:
+    """The store's record of the artifact whose main file this is (its ``meta``), or nothing when it has none."""
+    record = main_file.parent / "artifact.json"
     return json.loads(record.read_text()).get("meta", {}) if record.is_file() else {}
 
 
