@@ -21,7 +21,7 @@ import numpy as np
 
 from edgeship.errors import DataError
 from edgeship.images import read_image
-from edgeship.photos import load_crops
+from edgeship.photos import SPARE_CROPS, load_crops
 from edgeship.tensors import CalibrationSet
 from edgeship_deploy import preprocess as release_preprocess
 from edgeship_deploy import resize
@@ -132,16 +132,19 @@ def substitution_note(record: Mapping[str, Any] | None) -> str:
 
 
 def _sample_photos(cfg: DataConfig, calibration: CalibrationConfig, *, seed: int) -> Dataset:
-    """Crops of the photographs bundled with scikit-learn and scikit-image: calibration and evaluation, no labels,
-    no training data (see ``edgeship.photos``)."""
+    """Crops of the photographs bundled with scikit-learn and scikit-image: calibration, evaluation and, from the
+    calibration halves, the crops the calibration set left out as validation; no labels, no training data (see
+    ``edgeship.photos``)."""
     size = cfg.preprocessing.resize
     if size is None:  # the recipe validator requires it; a direct caller may not
         raise DataError("data.preprocessing.resize: the sample_photos crops need a size (height, width), e.g. [224, 224]")
     crops = load_crops(size, calibration_size=None if calibration.source is not None else calibration.size,
                        eval_size=cfg.eval_size, seed=seed)
     cal = EMPTY if calibration.source is not None else Split(crops.calibration, None)
+    # calibration files in place of crops leave every calibration-half crop unused
+    val = Split(crops.spare if calibration.source is None else crops.calibration[:SPARE_CROPS], None)
     return Dataset(name="sample_photos", source=f"{len(crops.photos)} photos bundled with scikit-learn and scikit-image: "
-                   + ", ".join(crops.photos), classes=(), train=EMPTY, val=EMPTY, calibration=cal, eval=Split(crops.evaluation, None),
+                   + ", ".join(crops.photos), classes=(), train=EMPTY, val=val, calibration=cal, eval=Split(crops.evaluation, None),
                    fingerprint=crops.fingerprint, probes=crops.probes)
 
 

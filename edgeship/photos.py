@@ -34,6 +34,7 @@ PHOTOS: tuple[tuple[str, str], ...] = (
 )
 SCALES = (1.0, 0.8, 0.64, 0.5, 0.4)   # crop side as a fraction of the half's shorter side
 POSITIONS = (0.0, 0.5, 1.0)           # where the crop sits in the slack along each axis
+SPARE_CROPS = 128  # calibration-half crops outside the calibration set kept as the validation split (layer-wise divergence)
 INSTALL = "pip install 'edgeship[efficientnet]'"
 
 # ImageNet classes an FP32 classifier should give a center crop of the whole photo (any of them is right).
@@ -139,6 +140,7 @@ def center_crop(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 class PhotoCrops:
     calibration: np.ndarray            # (N, H, W, 3) uint8
     evaluation: np.ndarray
+    spare: np.ndarray                  # calibration-half crops the calibration set left out: the validation split
     probes: dict[str, np.ndarray]      # photo name → its center crop, for the photos in PROBES
     photos: tuple[str, ...]
     fingerprint: str
@@ -150,9 +152,11 @@ def load_crops(size: tuple[int, int], *, calibration_size: int | None, eval_size
     images = {name: read_image(path) for name, path in paths.items()}
     cal_plan, eval_plan = crop_plan({name: img.shape[:2] for name, img in images.items()})
     rng = np.random.default_rng(seed)
-    cal_plan = [cal_plan[i] for i in rng.permutation(len(cal_plan))][:calibration_size]
+    shuffled = [cal_plan[i] for i in rng.permutation(len(cal_plan))]
+    cal_plan, spare_plan = shuffled[:calibration_size], shuffled[len(shuffled) if calibration_size is None else calibration_size:]
     eval_plan = [eval_plan[i] for i in rng.permutation(len(eval_plan))][:eval_size]
     calibration, evaluation = render(cal_plan, images, size), render(eval_plan, images, size)
+    spare = render(spare_plan[:SPARE_CROPS], images, size)
     probes = {name: center_crop(images[name], size) for name in PROBES if name in images}
     digest = hashlib.sha256()
     for name in images:
@@ -160,7 +164,7 @@ def load_crops(size: tuple[int, int], *, calibration_size: int | None, eval_size
         digest.update(images[name].tobytes())
     for array in (calibration, evaluation):
         digest.update(array.tobytes())
-    return PhotoCrops(calibration, evaluation, probes, tuple(images), digest.hexdigest())
+    return PhotoCrops(calibration, evaluation, spare, probes, tuple(images), digest.hexdigest())
 
 
 def judge_probes(logits: dict[str, np.ndarray], class_names: tuple[str, ...]) -> list[dict[str, object]]:

@@ -70,6 +70,22 @@ def test_crop_sets_are_deterministic_disjoint_and_sized():
     assert "flower.jpg" in first.probes and first.probes["flower.jpg"].shape == (32, 32, 3)
 
 
+def test_spare_crops_are_the_calibration_halves_left_over_and_touch_no_evaluation_pixel(monkeypatch):
+    """The validation split of the photos: calibration-half crops the calibration set did not take, so they are neither
+    calibration samples nor evaluation pixels; the same ones for the same seed."""
+    crops = load_crops((32, 32), calibration_size=20, eval_size=30, seed=0)
+    assert crops.spare.shape == (photos.SPARE_CROPS, 32, 32, 3)
+    np.testing.assert_array_equal(crops.spare, load_crops((32, 32), calibration_size=20, eval_size=30, seed=0).spare)
+    taken = {row.tobytes() for row in crops.calibration} | {row.tobytes() for row in crops.evaluation}
+    assert not any(row.tobytes() in taken for row in crops.spare)
+    planned = []
+    monkeypatch.setattr(photos, "render", lambda plan, images, size: planned.append(list(plan)) or np.zeros((len(plan), *size, 3)))
+    load_crops((32, 32), calibration_size=20, eval_size=30, seed=0)
+    calibration, evaluation, spare = planned[:3]  # then the probes' center crops
+    assert not set(spare) & set(calibration)
+    assert not any(_overlap(a, b) for a in spare for b in evaluation if a.photo == b.photo)
+
+
 def test_no_photos_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(photos, "package_folder", lambda package: None)
     with pytest.raises(photos.DataError, match="no sample photos found.*edgeship\\[efficientnet\\]"):
