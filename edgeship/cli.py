@@ -23,11 +23,11 @@ from edgeship.device import pinned_cpus
 from edgeship.errors import DataError, EdgeshipError, RecipeError, disk_refusal
 from edgeship.pipeline import run as pipeline  # the module: tests stand a fake run in for it
 from edgeship.pipeline.qualify import qualify
-from edgeship.pipeline.report import rebuild
+from edgeship.pipeline.report import load_report, rebuild
 from edgeship.recipe import load_recipe
 from edgeship.release import make_releases, new_key_pair
 from edgeship.release.device import verify_on_device
-from edgeship.render.terminal import print_summary
+from edgeship.render.terminal import print_divergence, print_summary
 from edgeship.version import __version__
 
 DEFAULT_RECIPE = Path("recipes/default.yaml")
@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a recipe (default: recipes/default.yaml, else the built-in default)")
     run.add_argument("recipe", nargs="?", type=Path, help="recipe YAML file")
     run.add_argument("--force", action="append", default=[], metavar="STAGE",
-                     help="redo STAGE even if its output is in the store (model, export, build, validate, report); repeatable")
+                     help="redo STAGE even if its output is in the store (model, export, build, validate, divergence, report); repeatable")
     run.add_argument("--quiet", action="store_true", help="print only errors and the final report path")
     run.set_defaults(handler=_run)
 
@@ -87,6 +87,13 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="rebuild a run's report.json, junit.xml and report.html from its manifest.json alone")
     report.add_argument("path", type=Path, help="the run folder (reports/<run-id>) or its manifest.json")
     report.set_defaults(handler=_report)
+
+    debug = sub.add_parser("debug", help="where an engine's numbers leave the FP32 model: its tensors furthest from FP32, "
+                                         "layer by layer, from a finished run")
+    debug.add_argument("run", type=Path, help="the run folder (reports/<run-id>)")
+    debug.add_argument("engine", help="an engine of that run, e.g. openvino/int8")
+    debug.add_argument("--count", type=int, default=10, help="tensors to list (default 10)")
+    debug.set_defaults(handler=_debug)
 
     release = sub.add_parser("release", help="hand over a finished run's passing engines: release folders and reproducible "
                                              "archives with the probe, what a device needs, and a signature")
@@ -234,6 +241,20 @@ def _report(args: argparse.Namespace, console: Console) -> int:
     folder = args.path if args.path.is_dir() else args.path.parent
     console.print(f"report: {folder / 'report.html'}")
     return report.release.exit_code
+
+
+def _debug(args: argparse.Namespace, console: Console) -> int:
+    report = load_report(args.run)
+    row = next((r for r in report.engines if r.name == args.engine), None)
+    if row is None:
+        names = ", ".join(r.name for r in report.engines)
+        raise DataError(f"{args.run}: no engine named {args.engine!r}; this run has {names}")
+    try:
+        print_divergence(row, console, count=args.count)
+    except ValueError as exc:
+        precision = "" if row.precision != "fp32" else " (an FP32 engine is the reference's own precision: nothing to compare)"
+        raise DataError(f"{args.run}: {exc}{precision}") from None
+    return 0
 
 
 def _agent_serve(args: argparse.Namespace, console: Console) -> int:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
+from edgeship.divergence import Divergence
 from edgeship.peak import Peak
 from edgeship.profiling import OpProfile
 
@@ -129,6 +130,7 @@ class EngineRow(Scores):
     measured_at: str | None = None
     cross_check: dict[str, Any] | None = None
     profile: OpProfile | None = None  # each layer's time from the runtime's profiler, taken after timing
+    divergence: Divergence | None = None  # each tensor against the FP32 ONNX's, on validation samples
     macs_per_sample: int | None = None  # of the exported FP32 model (``edgeship.macs``)
     achieved_gmacs: float | None = None  # macs_per_sample × batch / p50
     fraction_of_peak: float | None = None  # achieved_gmacs over this machine's GEMM rate at the engine's precision

@@ -279,6 +279,14 @@ class ValidateConfig(Section):
             raise RecipeError(f"'validate.cpus': {exc}") from None
 
 
+class DivergenceConfig(Section):
+    """Layer-wise divergence: every FP16 and INT8 engine's tensors against the FP32 ONNX's, on validation samples
+    (never calibration or evaluation), for ``edgeship debug`` and the report."""
+
+    enabled: bool = True
+    samples: PositiveInt = Field(default=32, description="validation samples, run one at a time; the figures are sums over them")
+
+
 class DeviceConfig(Section):
     """An edge device running ``edgeship agent serve``: engines of its backends are measured there too, and reported
     under its name (``onnxruntime/int8@nuc``). The host itself (``local``) always measures every engine."""
@@ -342,6 +350,7 @@ class Recipe(Section):
     export: ExportConfig = ExportConfig()
     backends: BackendsConfig = BackendsConfig()
     validate_: ValidateConfig = Field(default=ValidateConfig(), alias="validate")
+    divergence: DivergenceConfig = DivergenceConfig()
     gates: GatesConfig = GatesConfig()
     devices: list[DeviceConfig] = Field(default_factory=list, description="edge devices running `edgeship agent serve`")
 

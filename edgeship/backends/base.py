@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 from edgeship.backends.tooling import error_line
+from edgeship.divergence import Tap
 from edgeship.errors import BackendUnavailable, BuildError
 from edgeship.profiling import OpProfile
 from edgeship.tensors import CalibrationSet, Feed, Precision, TensorMeta
@@ -134,6 +135,20 @@ class Runner(abc.ABC):
 
     def _profile(self, feed: Feed, runs: int) -> OpProfile:
         return OpProfile.unavailable(f"{type(self).__name__}: the runtime offers no per-layer profiler here")
+
+    def tap(self, tensors: Sequence[str]) -> Tap:
+        """The engine's own values of ``tensors`` (FP32 ONNX tensor names), in a session of its own: marking a tensor as an
+        output can change what the runtime fuses around it, so the timed session is never touched. ``Tap.exposed``
+        says which of them the engine has; ``ValueError`` with the reason where the runtime gives none."""
+        if not self._active:
+            raise RuntimeError("enter the runner before tapping its tensors")
+        try:
+            return self._tap(list(tensors))
+        except (RuntimeError, OSError, KeyError) as exc:
+            raise ValueError(f"reading the engine's tensors failed: {error_line(str(exc)) or type(exc).__name__}") from None
+
+    def _tap(self, tensors: list[str]) -> Tap:
+        raise ValueError(f"{type(self).__name__}: the runtime offers no way to read an engine's intermediate tensors here")
 
     def input_metadata(self) -> dict[str, TensorMeta]:
         """Name, dtype and shape of each input, in the ONNX layout."""

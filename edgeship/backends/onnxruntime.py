@@ -24,6 +24,7 @@ from edgeship.backends.sensitivity import keep_float
 from edgeship.backends.tooling import import_problem
 from edgeship.config import BackendSection, WeightRounding, keep_float_field, weight_rounding_field
 from edgeship.device import installed_versions
+from edgeship.divergence import Tap
 from edgeship.profiling import LayerTime, OpProfile
 
 if TYPE_CHECKING:
@@ -228,7 +229,7 @@ class OnnxRuntimeRunner(Runner):
         }
         self._outputs = [o.name for o in self._session.get_outputs()]
 
-    def _new_session(self, profile_prefix: str | None = None) -> Any:
+    def _new_session(self, profile_prefix: str | None = None, model: bytes | None = None) -> Any:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -240,7 +241,8 @@ class OnnxRuntimeRunner(Runner):
         if profile_prefix is not None:
             options.enable_profiling = True
             options.profile_file_prefix = profile_prefix
-        return ort.InferenceSession(str(self.engine), sess_options=options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model if model is not None else str(self.engine), sess_options=options,
+                                    providers=["CPUExecutionProvider"])
 
     def _deactivate(self) -> None:
         self._session = None
@@ -265,6 +267,41 @@ class OnnxRuntimeRunner(Runner):
         if not layers:
             return OpProfile.unavailable("ONNX Runtime's profile recorded no node times")
         return OpProfile.from_layers("ONNX Runtime profiler", runs, layers)
+
+    def _tap(self, tensors: list[str]) -> Tap:
+        """The tensors marked as graph outputs of a copy of the engine. A quantized tensor is read after its
+        QuantizeLinear → DequantizeLinear pair, as the next layers see it (the quantizer folds a ``Relu`` into that pair
+        and leaves its name on the ``Conv`` before it); names the engine lost are not exposed."""
+        import onnx
+
+        model = onnx.load(str(self.engine))
+        writers = {output: node for node in model.graph.node for output in node.output}
+        readers: dict[str, list[Any]] = defaultdict(list)
+        for node in model.graph.node:
+            for name in node.input:
+                readers[name].append(node)
+
+        def dequantized(name: str) -> str:
+            for q in readers.get(name, []):
+                if q.op_type == "QuantizeLinear":
+                    for dq in readers.get(q.output[0], []):
+                        if dq.op_type == "DequantizeLinear":
+                            return str(dq.output[0])
+            return name
+
+        sources = {name: dequantized(name) for name in tensors if name in writers}
+        outputs = {value.name for value in model.graph.output}
+        model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(source) for source in dict.fromkeys(sources.values())
+                                  if source not in outputs)
+        session = self._new_session(model=model.SerializeToString())
+        names, read = list(sources), list(sources.values())
+
+        def call(feed: Feed) -> dict[str, np.ndarray]:
+            return {name: np.asarray(value, np.float32) for name, value in zip(names, session.run(read, feed), strict=True)}
+
+        return Tap(method="ONNX Runtime: the tensors marked as graph outputs", exposed=tuple(names), call=call,
+                   note="a marked tensor is not fused away: around it the quantized graph runs its Q/DQ arithmetic in float, "
+                        "which its fused INT8 kernels follow up to rounding")
 
     def _describe(self) -> dict[str, object]:
         options = self._session.get_session_options()

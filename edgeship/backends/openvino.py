@@ -28,6 +28,7 @@ from edgeship.backends.sensitivity import keep_float
 from edgeship.backends.tooling import import_problem
 from edgeship.config import BackendSection, WeightRounding, keep_float_field, weight_rounding_field
 from edgeship.device import installed_versions
+from edgeship.divergence import Tap
 from edgeship.profiling import LayerTime, OpProfile
 
 if TYPE_CHECKING:
@@ -266,6 +267,31 @@ class OpenVinoRunner(Runner):
         if not layers:
             return OpProfile.unavailable("OpenVINO's performance counters reported no executed node")
         return OpProfile.from_layers("OpenVINO performance counters", runs, layers)
+
+    def _tap(self, tensors: list[str]) -> Tap:
+        """Outputs added to a fresh copy of the IR by tensor name (the IR keeps the ONNX names its conversion did not fuse
+        away), compiled with the runner's settings."""
+        model = self._core.read_model(str(self.engine))
+        existing = {name for port in model.outputs for name in port.get_names()}
+        exposed = []
+        for name in tensors:
+            if name in existing:
+                exposed.append(name)
+                continue
+            try:
+                model.add_outputs(name)
+            except RuntimeError:  # no tensor of that name in the IR
+                continue
+            exposed.append(name)
+        request = self._core.compile_model(model, runtime_options(self.engine)["device"], self._config).create_infer_request()
+
+        def call(feed: Feed) -> dict[str, np.ndarray]:
+            request.infer({name: np.ascontiguousarray(array) for name, array in feed.items()})
+            return {name: np.array(request.get_tensor(name).data, np.float32) for name in exposed}
+
+        return Tap(method="OpenVINO: outputs added to the IR by tensor name", exposed=tuple(exposed), call=call,
+                   note="an added output keeps its layer's result in the precision the layer computes; layers fused into it "
+                        "(an activation into a convolution) are read after the fusion")
 
     def bare_call(self, feed: Feed) -> Callable[[], None]:
         """``infer()`` alone on tensors set once: what ``benchmark_app`` times, for the latency cross-check."""

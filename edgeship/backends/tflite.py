@@ -28,6 +28,7 @@ from edgeship.backends.rounding import rounded_source
 from edgeship.backends.tooling import captured_output, error_line, fed_inputs, import_problem, importable
 from edgeship.config import BackendSection, WeightRounding, weight_rounding_field
 from edgeship.device import installed_versions
+from edgeship.divergence import Tap
 from edgeship.errors import BuildError
 from edgeship.profiling import OpProfile
 from edgeship_deploy.runtimes import Quantizer, dequantize_table
@@ -260,6 +261,43 @@ class TfliteRunner(Runner):
     def _profile(self, feed: Feed, runs: int) -> OpProfile:
         return OpProfile.unavailable("LiteRT's Python interpreter exposes no op profiler (the C++ benchmark_model's "
                                      "--enable_op_profiling has one; it is not distributed on PyPI)")
+
+    def _tap(self, tensors: list[str]) -> Tap:
+        """Every op output of a second interpreter that keeps all its tensors (``experimental_preserve_all_tensors``), on
+        LiteRT's built-in kernels: the XNNPACK delegate computes its part of the graph inside itself and leaves those
+        tensors unwritten. Integer tensors are dequantized with their own scale and zero point. onnx2tf names the
+        tensors after the TensorFlow ops it wrote, so the caller matches them to the ONNX tensors by value."""
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        with captured_output():
+            interpreter = Interpreter(model_path=str(self.engine), num_threads=self.threads, experimental_preserve_all_tensors=True,
+                                      experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+            interpreter.allocate_tensors()
+        details = {d["index"]: d for d in interpreter.get_tensor_details()}
+        written = sorted({index for op in interpreter._get_ops_details() for index in op["outputs"] if index >= 0})
+        inputs = self._inputs
+
+        def call(feed: Feed) -> dict[str, np.ndarray]:
+            for name, array in feed.items():  # written as the engine's own runner writes it
+                _Write(interpreter, *inputs[name], array.shape).write(array)
+            interpreter.invoke()
+            out = {}
+            for index in written:
+                d = details[index]
+                value = interpreter.get_tensor(index)
+                if value.dtype.kind in "iu":
+                    scale, zero = d["quantization"]
+                    if not scale:  # an integer tensor that is not quantized (shapes, indices)
+                        continue
+                    value = (value.astype(np.float32) - zero) * scale
+                out[d["name"]] = np.asarray(value, np.float32)
+            return out
+
+        return Tap(method="LiteRT: every op output kept (experimental_preserve_all_tensors), matched to the ONNX tensors by "
+                          "shape and value on the first sample", exposed=tuple(details[i]["name"] for i in written), call=call,
+                   by_value=True,
+                   note="read on LiteRT's built-in kernels, not the XNNPACK delegate that runs the engine (a delegate keeps its "
+                        "tensors to itself); both follow the same quantization arithmetic up to rounding")
 
     def bare_call(self, feed: Feed) -> Callable[[], None]:
         """``invoke()`` alone on the input buffers written once: the interpreter's own call."""

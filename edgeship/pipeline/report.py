@@ -34,7 +34,7 @@ from edgeship.render.terminal import print_summary
 SCHEMA = "edgeship.report"
 # 4: typed rows with their key; 5: the release's reasons, qualified engines and whether the run finished; 6: the machine's
 # peak, each engine's fraction of it and its per-layer profile
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 OUTPUTS = ("report.json", "junit.xml", "report.html")
 
 
@@ -135,6 +135,9 @@ def build_report(manifest: Manifest, *, reached: bool = False) -> Report:
             # ``seconds`` comes from prepare.json in the metrics: the preparation's own time, also when it is reused
             row["prepared"] = {"status": prepared.status, "reason": prepared.reason, "reused": prepared.reused, "path": prepared.path,
                                "sha256": prepared.sha256, **prepared.metrics}
+        divergence = _divergence(entries, entry.name)
+        if divergence is not None:
+            row["divergence"] = divergence
         prediction = validations.get(prediction_name(entry.name))
         if prediction is not None:
             metrics = prediction.metrics
@@ -249,6 +252,16 @@ def _device_rows(engine: dict[str, Any], entries: list[ManifestEntry], base_top1
                 row.update(accuracy_drop(entry.metrics["top1"], base_top1))
         rows.append(row)
     return rows
+
+
+def _divergence(entries: list[ManifestEntry], engine: str) -> dict[str, Any] | None:
+    """The engine's layer-wise divergence: its own, or where it has none (TensorRT without a GPU) its prepared ONNX's on
+    ONNX Runtime, a prediction."""
+    found = {e.name: e.metrics for e in entries if e.stage == "divergence" and e.status == "ok"}
+    own, predicted = found.get(engine), found.get(prediction_name(engine))
+    if own is not None and not own.get("reason"):
+        return own
+    return predicted or own
 
 
 def _device_of(entry: ManifestEntry) -> str | None:

@@ -20,6 +20,7 @@ from edgeship.errors import RecipeError
 from edgeship.pipeline.base import RunContext
 from edgeship.pipeline.build import BuildStage, requested
 from edgeship.pipeline.distill import DistillStage
+from edgeship.pipeline.divergence import DivergenceStage
 from edgeship.pipeline.export import ExportStage
 from edgeship.pipeline.model import ModelStage, input_shape
 from edgeship.pipeline.prune import PruneStage
@@ -31,7 +32,8 @@ from edgeship.zoo.pretrained import label_space
 if TYPE_CHECKING:
     from edgeship.data import Dataset
 
-STAGES = ("model", "prune-sensitivity", "prune", "distill-ablation", "distill", "export", "prepare", "build", "validate", "report")
+STAGES = ("model", "prune-sensitivity", "prune", "distill-ablation", "distill", "export", "prepare", "build", "validate", "divergence",
+          "report")
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ def run(recipe: Recipe, *, force: Iterable[str] = (), console: Console | None = 
         built = BuildStage(calibration).run({"onnx": onnx}, recipe.backends, ctx)
         ctx.save_manifest()
         results = ValidateStage().run({"model": model, "onnx": onnx, **built}, recipe.validate_, ctx)
+        ctx.save_manifest()
+        DivergenceStage().run({"onnx": onnx, **built}, recipe.divergence, ctx)  # after timing: it loads every engine again
         ctx.save_manifest()
         ReportStage().run(results, ReportConfig(), ctx)
     return finish(run_dir, manifest, console)

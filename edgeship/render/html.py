@@ -17,7 +17,8 @@ from edgeship.render.text import change_points, dataset_warnings, int8_weight_li
 from edgeship.render.text import pct as _pct
 from edgeship.render.text import size as _size
 
-SECTIONS = ("verdict", "recommendations", "gates", "pareto", "latency", "throughput", "limit", "profile", "pipeline", "provenance",
+SECTIONS = ("verdict", "recommendations", "gates", "pareto", "latency", "throughput", "limit", "profile", "divergence", "pipeline",
+            "provenance",
             "notes")
 
 CSS = """
@@ -27,6 +28,7 @@ table{border-collapse:collapse;margin:.6em 0;font-variant-numeric:tabular-nums}
 th,td{border:1px solid #ddd;padding:.25em .55em;text-align:right;vertical-align:top}th{background:#f4f4f4}
 td.l,th.l{text-align:left}td.c,th.c{text-align:center}.pass{color:#16794a;font-weight:600}.fail{color:#b3261e;font-weight:600}
 .skipped,.not-applicable{color:#8a6d00}.error{color:#b3261e}.pred{font-style:italic;color:#555}
+.pair{display:flex;gap:2em;flex-wrap:wrap}
 .banner{padding:.6em 1em;border-radius:6px;font-size:1.1em;margin:.8em 0}.banner.pass{background:#e6f4ea}.banner.fail{background:#fce8e6}
 figure{margin:1em 0}figure svg{max-width:100%;height:auto}figcaption{color:#555;font-size:.9em}
 code,pre{font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,monospace}pre{background:#f7f7f7;padding:.6em;overflow:auto;max-height:28em}
@@ -36,7 +38,8 @@ code,pre{font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,monospace}pre{backgroun
 
 def render_html(report: Report) -> str:
     sections = [_verdict(report), _recommendations(report), _gates(report), _pareto(report), _latency(report),
-                _throughput(report), _limit(report), _profile(report), _pipeline(report), _provenance(report), _notes(report)]
+                _throughput(report), _limit(report), _profile(report), _divergence(report), _pipeline(report), _provenance(report),
+                _notes(report)]
     device = report.device or {}
     title = f"edgeship release qualification · {report.run_id}"
     head = (f"<h1>{escape(title)}</h1><p class=muted>recipe <b>{escape(str(report.recipe))}</b> · "
@@ -266,6 +269,43 @@ def _profile(report: Report) -> str:
     return _section("profile", title, "<p class=muted>Taken in a session of its own after timing: a profiler slows what it "
                     "watches, so read shares, not absolute times. A kernel named <code>ref</code> is a runtime's reference "
                     "implementation: a layer that fell off the fast kernels.</p>" + "".join(parts))
+
+
+def _divergence(report: Report) -> str:
+    """Per backend, the accumulated SQNR of every tensor against depth; per engine, the tensors furthest from FP32 and
+    where the SQNR falls most."""
+    title = "Where the numbers diverge"
+    rows = [r for r in report.engines if r.divergence is not None]
+    if not rows:
+        return _section("divergence", title, "<p>No FP16 or INT8 engine was compared layer by layer.</p>")
+    series = {r.name + (" (predicted)" if r.divergence.note.startswith("a prediction") else ""):
+              [t.model_dump() for t in r.divergence.rows] for r in rows if r.divergence.available and r.divergence.rows}
+    parts = []
+    if series:
+        parts.append(_figure(lambda: plots.divergence_figure(series), "Accumulated SQNR of each tensor against the FP32 ONNX, "
+                             "in graph order: a steep fall marks the layer the error comes from."))
+    for row in rows:
+        d = row.divergence
+        if not d.available:
+            parts.append(f"<h3>{escape(row.name)}</h3><p class=muted>No layer-wise comparison: {escape(d.reason)}</p>")
+            continue
+        worst = _table(["tensor", "op type", "depth", "SQNR dB", "cosine"],
+                       [[escape(t.tensor), escape(t.op_type), str(t.depth), _db(t.sqnr_db), f"{t.cosine:.5f}"] for t in d.worst(5)],
+                       numeric=range(2, 5))
+        falls = _table(["tensor", "op type", "SQNR dB", "fall dB"],
+                       [[escape(t.tensor), escape(t.op_type), _db(t.sqnr_db), f"{fall:.2f}"] for t, fall in d.steepest(5)],
+                       numeric=range(2, 4))
+        parts.append(f"<h3>{escape(row.name)}</h3><p class=muted>{escape(d.method)}; {d.samples} {escape(d.split)} samples; "
+                     f"{len(d.rows)} tensors compared, {len(d.unmapped)} not in the engine. {escape(d.note)}</p>"
+                     f"<div class=pair><div><p>Furthest from FP32:</p>{worst}</div><div><p>Steepest falls:</p>{falls}</div></div>")
+    return _section("divergence", title, "<p class=muted>Each tensor of the FP32 ONNX against the same tensor inside the engine, "
+                    "at its deployed precision, run from the input (so each carries every earlier layer's error). SQNR 40 dB is "
+                    "an error of 1% of the signal, 20 dB of 10%. <code>edgeship debug RUN ENGINE</code> prints the same per "
+                    "engine.</p>" + "".join(parts))
+
+
+def _db(value: float | None) -> str:
+    return "exact" if value is None else f"{value:.1f}"
 
 
 def _pipeline(report: Report) -> str:

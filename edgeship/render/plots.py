@@ -224,3 +224,28 @@ def peak_figure(points: Sequence[Mapping[str, Any]]) -> Any:
     ax.grid(axis="x", alpha=0.3, which="both")
     fig.tight_layout()
     return fig
+
+
+def divergence_figure(series: Mapping[str, Sequence[Mapping[str, Any]]]) -> Any:
+    """Accumulated SQNR against depth, one panel per backend, one line per engine: where along the graph each engine
+    leaves the FP32 model. ``series``: engine name → its rows (``depth``, ``sqnr_db``; None is exact and not drawn)."""
+    plt = _pyplot()
+    backends = sorted({name.split("/")[0] for name in series})
+    fig, axes = plt.subplots(1, len(backends), figsize=(4.2 * len(backends) + 0.8, 3.4), sharey=True, squeeze=False)
+    for ax, backend in zip(axes[0], backends, strict=True):
+        predicted = any(name.split("/")[0] == backend and "predicted" in name for name in series)
+        for name, rows in series.items():
+            if name.split("/")[0] != backend:
+                continue
+            points = [(r["depth"], r["sqnr_db"]) for r in rows if r["sqnr_db"] is not None]
+            if not points:
+                continue
+            precision = name.split("/")[1].split(" ")[0]
+            ax.plot(*zip(*points, strict=True), marker=MARKERS.get(precision, "o"), markersize=3, linewidth=1.2,
+                    color=COLOURS.get(backend, "grey"), alpha=1.0 if precision == "int8" else 0.55, label=precision)
+        ax.set(title=backend + (" (predicted on ONNX Runtime)" if predicted else ""), xlabel="depth (node index in the FP32 ONNX)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("accumulated SQNR vs FP32 (dB)")
+    fig.tight_layout()
+    return fig

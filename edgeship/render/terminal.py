@@ -162,3 +162,26 @@ def cross_check_reason(check: Mapping[str, Any]) -> str:
             "leaves out and every backend's p50 here includes")
 
 
+
+
+def print_divergence(row: EngineRow, console: Console, *, count: int = 10) -> None:
+    """``edgeship debug``: the ``count`` tensors of ``row``'s engine furthest from FP32, and where its SQNR falls most."""
+    d = row.divergence
+    if d is None or not d.available:
+        raise ValueError(f"{row.name}: no layer-wise comparison" + (f": {d.reason}" if d is not None else ""))
+    console.print(f"[bold]{escape(row.name)}[/bold]: {len(d.rows)} tensors of the FP32 ONNX compared on {d.samples} {d.split} "
+                  f"samples ({escape(d.method)}); {len(d.unmapped)} not in the engine", soft_wrap=True)
+    if d.note:
+        console.print(f"[dim]{escape(d.note)}[/dim]", soft_wrap=True)
+    worst = Table(title=f"the {count} tensors furthest from FP32")
+    for column in ("tensor", "op type", "depth", "SQNR dB", "cosine"):
+        worst.add_column(column, justify="left" if column in ("tensor", "op type") else "right")
+    for t in d.worst(count):
+        worst.add_row(escape(t.tensor), t.op_type, str(t.depth), "exact" if t.sqnr_db is None else f"{t.sqnr_db:.1f}", f"{t.cosine:.5f}")
+    console.print(worst)
+    falls = Table(title="steepest falls from the tensor before: the likely sources")
+    for column in ("tensor", "op type", "depth", "SQNR dB", "fall dB"):
+        falls.add_column(column, justify="left" if column in ("tensor", "op type") else "right")
+    for t, fall in d.steepest(min(count, 5)):
+        falls.add_row(escape(t.tensor), t.op_type, str(t.depth), f"{t.sqnr_db:.1f}", f"{fall:.2f}")
+    console.print(falls)

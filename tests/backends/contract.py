@@ -23,7 +23,9 @@ from edgeship.backends import REGISTRY, availability, get_backend
 from edgeship.backends.base import Availability, Backend, CalibrationSet, Precision, Runner
 from edgeship.backends.rounding import WEIGHT_ROUNDING_FILE
 from edgeship.backends.tooling import importable
+from edgeship.divergence import Accumulator, match_by_value, renamed, tensor_sites
 from edgeship.errors import BuildError
+from edgeship.measure import agreement
 from edgeship.recipe import Recipe
 
 from conftest import TrainedCnn
@@ -196,6 +198,39 @@ class BackendContract:
             assert sum(t.share for t in profile.by_type) == pytest.approx(1.0, abs=1e-3)
             assert {layer.op_type for layer in profile.top_layers} <= {t.op_type for t in profile.by_type}
             assert any("conv" in t.op_type.lower() for t in profile.by_type), (precision, profile.by_type)
+
+    def test_tap_reads_the_fp32_models_tensors_inside_each_engine(self, impl: Backend, engines: dict[Precision, Path],
+                                                                 trained_cnn: TrainedCnn) -> None:
+        """``Runner.tap``: the engine's own values of the FP32 ONNX's tensors (by name, or matched by value where the
+        runtime renames them), in a session of its own that leaves the runner's outputs as they were. An FP32 engine's
+        tensors equal the reference's; a reduced-precision engine's stay close to them and its logits to its outputs."""
+        if impl.info.name == "tensorrt":
+            pytest.skip("a TensorRT engine needs a GPU; its prepared ONNX is tapped on ONNX Runtime")
+        sites = tensor_sites(trained_cnn.onnx)
+        names = [site.tensor for site in sites]
+        feeds = [{"input": trained_cnn.evaluation[i : i + 1]} for i in range(4)]
+        with get_backend("onnxruntime").runner(trained_cnn.onnx, threads=1) as reference_runner:
+            reference = reference_runner.tap(names)
+            expected = [reference.call(feed) for feed in feeds]
+        assert set(reference.exposed) == set(names) and not reference.by_value
+        for precision, path in sorted(engines.items()):
+            with impl.runner(path, threads=1) as runner:
+                before = runner.infer(feeds[0])["logits"]
+                tap = runner.tap(names)
+                got = [tap.call(feed) for feed in feeds]
+                np.testing.assert_array_equal(runner.infer(feeds[0])["logits"], before, err_msg=str(precision))
+            matches = match_by_value(expected[0], got[0]) if tap.by_value else None
+            accumulator = Accumulator()
+            for want, have in zip(expected, got, strict=True):
+                accumulator.add(want, renamed(have, matches) if matches is not None else have)
+            rows = {row.tensor: row for row in accumulator.rows(sites)}
+            assert "logits" in rows and len(rows) >= len(names) // 2, (precision, sorted(rows))
+            if precision is Precision.FP32:
+                assert all(r.sqnr_db is None or r.sqnr_db > 60 for r in rows.values()), (precision, rows)
+            else:
+                assert all(r.sqnr_db is not None and 10 < r.sqnr_db < 120 for r in rows.values()), (precision, rows)
+            logits = renamed(got[0], matches)["logits"] if matches is not None else got[0]["logits"]
+            assert agreement(logits, before)["mean_cosine"] > 0.999, precision  # the tapped run computes what the engine does
 
     def test_runner_pins_threads(self, impl: Backend, engines: dict[Precision, Path]) -> None:
         with impl.runner(engines[min(engines)], threads=1) as runner:

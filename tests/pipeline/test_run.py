@@ -38,7 +38,7 @@ def cold(recipe: Recipe) -> RunResult:
 def test_report_lists_baseline_and_both_engines(cold: RunResult) -> None:
     result = cold
     report = json.loads(result.report_path.read_text())
-    assert report["schema"] == "edgeship.report" and report["schema_version"] == 6
+    assert report["schema"] == "edgeship.report" and report["schema_version"] == 7
     assert [e["name"] for e in report["engines"]] == ["onnxruntime/fp32", "onnxruntime/int8"]
     assert all(e["status"] == "ok" for e in report["engines"])
     assert report["baseline"]["eval_samples"] == 1000 and report["threads"] == 1
@@ -93,6 +93,32 @@ def test_force_redoes_only_that_stage(recipe: Recipe, cold: RunResult) -> None:
     assert all(not e.reused for (stage, _), e in by_stage.items() if stage == "validate")
     assert all(e.reused for (stage, _), e in by_stage.items() if stage in ("model", "export", "build"))
     assert forced.report["baseline"]["top1"] == first.report["baseline"]["top1"]
+
+
+def test_the_int8_engine_is_compared_layer_by_layer_and_debug_prints_where(cold: RunResult,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """The divergence stage compares the INT8 engine's tensors with the FP32 ONNX's on validation samples (the FP32
+    engine is the reference's own precision and is not compared); ``edgeship debug`` prints its worst tensors, and an
+    engine without a comparison or not in the run is one line, exit 2."""
+    from edgeship.cli import main
+
+    fp32, int8 = cold.report["engines"]
+    assert fp32.get("divergence") is None
+    divergence = int8["divergence"]
+    assert divergence["split"] == "validation" and divergence["samples"] == 32 and not divergence["reason"]
+    rows = divergence["rows"]
+    assert len(rows) >= 10 and rows[-1]["tensor"] == "logits"
+    assert [r["depth"] for r in rows] == sorted(r["depth"] for r in rows)
+    assert all(r["sqnr_db"] is not None and 10 < r["sqnr_db"] < 80 and 0.9 < r["cosine"] <= 1.0 for r in rows), rows
+    worst = min(rows, key=lambda r: r["sqnr_db"])
+    capsys.readouterr()
+    assert main(["debug", str(cold.run_dir), "onnxruntime/int8"]) == 0
+    out = capsys.readouterr().out
+    assert worst["tensor"] in out and f"{worst['sqnr_db']:.1f}" in out and "32 validation samples" in out
+    for engine, expected in (("onnxruntime/fp32", "nothing to compare"), ("tflite/int8", "no engine named 'tflite/int8'")):
+        assert main(["debug", str(cold.run_dir), engine]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_unknown_force_stage_is_a_recipe_error(recipe: Recipe) -> None:

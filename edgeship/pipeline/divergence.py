@@ -1,0 +1,111 @@
+"""The ``divergence`` stage: where each FP16 and INT8 engine leaves the FP32 model, tensor by tensor (``edgeship.divergence``).
+
+The FP32 ONNX the engines were built from is the reference, run on ONNX Runtime with every float tensor marked as an
+output; each engine is run by its own backend's ``Runner.tap`` (a TensorRT engine by its prepared ONNX on ONNX Runtime,
+labelled a prediction). Samples come from the validation split, which neither calibration nor evaluation touches, one
+at a time, and only running sums are kept. Results are keyed by the engine, the FP32 ONNX and the samples, so a rerun
+reuses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from edgeship.artifacts import Artifact
+from edgeship.backends import get_backend
+from edgeship.data import preprocess
+from edgeship.divergence import Accumulator, Divergence, Match, Tap, match_by_value, renamed, tensor_sites
+from edgeship.errors import StageError
+from edgeship.pipeline.base import Made, RunContext
+from edgeship.progress import progress_bar
+from edgeship.recipe import DivergenceConfig
+from edgeship.tensors import Precision
+
+DIVERGENCE_VERSION = 1
+FILE = "divergence.json"
+
+
+class DivergenceStage:
+    name: ClassVar[str] = "divergence"
+
+    def run(self, inputs: Mapping[str, Artifact], cfg: DivergenceConfig, ctx: RunContext) -> dict[str, Artifact]:
+        onnx = inputs["onnx"]
+        engines = {name: engine for name, engine in inputs.items()
+                   if name != "onnx" and engine.meta.get("precision") != Precision.FP32.value}
+        if not cfg.enabled or not engines:
+            return {}
+        val = ctx.dataset.val
+        if not len(val):
+            for name in engines:
+                ctx.record_problem(self.name, name, "skipped", "the data has no validation split to compare tensors on "
+                                   "(calibration and evaluation samples are never used for it)")
+            return {}
+        samples = preprocess(val.images[: cfg.samples], ctx.recipe.data.preprocessing)
+        key = {"samples": hashlib.sha256(samples.tobytes()).hexdigest(), "version": DIVERGENCE_VERSION}
+        threads = ctx.recipe.threads()
+        out: dict[str, Artifact] = {}
+        for name, engine in engines.items():
+            try:
+                out[name] = ctx.produce(self.name, name, config=cfg.model_dump(mode="json"), parents=[engine, onnx], extra_key=key,
+                                        make=lambda folder, e=engine, n=name: self._engine(folder, n, e, onnx, samples, threads, ctx))
+            except StageError as exc:
+                ctx.record_problem(self.name, name, "failed", exc.reason)
+            ctx.save_manifest()
+        return out
+
+    def _engine(self, folder: Path, name: str, engine: Artifact, onnx: Artifact, samples: np.ndarray, threads: int,
+                ctx: RunContext) -> Made:
+        result = divergence(name, engine, onnx, samples, threads, ctx)
+        target = folder / FILE
+        target.write_text(json.dumps(result.model_dump(mode="json"), indent=1))
+        return Made(target, "divergence", {"engine": name, "metrics": result.model_dump(mode="json")})
+
+
+def divergence(name: str, engine: Artifact, onnx: Artifact, samples: np.ndarray, threads: int, ctx: RunContext) -> Divergence:
+    """``engine``'s tensors against ``onnx``'s on ``samples``; a ``Divergence`` saying why where the runtime gives none."""
+    sites = tensor_sites(onnx.path)
+    tensors = [site.tensor for site in sites]
+    input_name = engine.meta["input_name"]
+    runs_on = engine.meta.get("runs_on", engine.meta["backend"])
+    reference_runner = get_backend("onnxruntime").runner(onnx.path, threads=threads)
+    runner = get_backend(runs_on).runner(engine.path, threads=threads)
+    accumulator = Accumulator()
+    with reference_runner, runner:
+        try:
+            reference = reference_runner.tap(tensors)
+            tap = runner.tap(tensors)
+        except ValueError as exc:
+            return Divergence.unavailable(str(exc))
+        with progress_bar(ctx.console) as bar:
+            info = (f"{len(tap.exposed)} engine tensors, matched by value" if tap.by_value
+                    else f"{len(tap.exposed)} of {len(tensors)} tensors")
+            task = bar.add_task(f"divergence {name}", total=len(samples), info=info)
+            matches: dict[str, Match] | None = None
+            for sample in samples:
+                feed = {input_name: np.ascontiguousarray(sample[None])}
+                expected, got = reference.call(feed), _checked(tap, feed)
+                if tap.by_value:
+                    matches = matches if matches is not None else match_by_value(expected, got)
+                    got = renamed(got, matches)
+                accumulator.add(expected, got)
+                bar.advance(task)
+    rows = accumulator.rows(sites)
+    exposed = set(matches) if matches is not None else set(tap.exposed)
+    note = tap.note
+    if "predicts" in engine.meta:
+        note = (f"a prediction: the prepared {engine.meta['backend']} ONNX on ONNX Runtime, not the engine; " + note).strip("; ")
+    return Divergence(method=tap.method, samples=len(samples), split="validation", rows=rows, note=note,
+                      unmapped=[t for t in tensors if t not in exposed])
+
+
+def _checked(tap: Tap, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    try:
+        return tap.call(feed)
+    except (RuntimeError, ValueError) as exc:
+        raise StageError(DivergenceStage.name, f"reading the engine's tensors failed: {str(exc).splitlines()[0]}") from None
