@@ -31,12 +31,14 @@ SKIPPED_OPS = frozenset({"Constant", "Shape", "Gather", "Unsqueeze", "Squeeze", 
 
 @dataclass(frozen=True)
 class TensorSite:
-    """One float tensor of the FP32 ONNX: its name, the node that writes it and that node's place in graph order."""
+    """One float tensor of the FP32 ONNX: its name, the node that writes it, that node's place in graph order, and the
+    node's data inputs (weights and constants left out): what the layer alone is fed for its local error."""
 
     tensor: str
     node: str
     op_type: str
     depth: int
+    inputs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,19 @@ class Tap:
     call: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
     note: str = ""  # what reading them changes or means for this runtime
     by_value: bool = False  # the runtime keeps no ONNX names: ``call`` returns its own tensors, matched by ``match_by_value``
+    # each layer alone at the engine's precision, fed the FP32 values of its inputs (the reference's tensors and the feed):
+    # tensor name → its value; None where the runtime cannot run a layer on values of one's choosing
+    local: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
+    local_note: str = ""  # how the layers were run alone, or why they cannot be
+
+
+class LocalError(BaseModel):
+    """A layer's own error: the layer alone at the engine's precision on the FP32 values of its inputs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sqnr_db: float | None  # None: exact
+    cosine: float
 
 
 class TensorDivergence(BaseModel):
@@ -60,6 +75,7 @@ class TensorDivergence(BaseModel):
     depth: int  # the writing node's index in the FP32 ONNX graph's order
     sqnr_db: float | None  # None: the engine's tensor equals the reference exactly (infinite SQNR)
     cosine: float
+    local: LocalError | None = None  # None: not measured (the runtime cannot run the layer alone)
 
 
 class Divergence(BaseModel):
@@ -73,6 +89,7 @@ class Divergence(BaseModel):
     rows: list[TensorDivergence] = Field(default_factory=list)  # in graph order
     unmapped: list[str] = Field(default_factory=list)  # FP32 tensors the engine does not expose (fused, renamed, removed)
     note: str = ""  # what the figures mean for this backend (a fusion a marked output prevents, a prediction)
+    local_note: str = ""  # how each layer's own error was measured, or why it was not
     reason: str = ""  # why there is no divergence
 
     @property
@@ -82,6 +99,15 @@ class Divergence(BaseModel):
     def worst(self, count: int = TOP_LAYERS) -> list[TensorDivergence]:
         """The ``count`` tensors furthest from FP32, lowest SQNR first (exact tensors last)."""
         return sorted(self.rows, key=lambda r: (math.inf if r.sqnr_db is None else r.sqnr_db, r.depth))[:count]
+
+    @property
+    def has_local(self) -> bool:
+        return any(row.local is not None for row in self.rows)
+
+    def worst_local(self, count: int = TOP_LAYERS) -> list[TensorDivergence]:
+        """The ``count`` layers with the largest error of their own (lowest local SQNR): where to keep float first."""
+        rows = [row for row in self.rows if row.local is not None]
+        return sorted(rows, key=lambda r: (math.inf if r.local.sqnr_db is None else r.local.sqnr_db, r.depth))[:count]  # type: ignore[union-attr]
 
     def steepest(self, count: int = TOP_LAYERS) -> list[tuple[TensorDivergence, float]]:
         """The tensors where the accumulated SQNR falls most from the tensor feeding it in graph order: the likely sources."""
@@ -124,15 +150,23 @@ class Accumulator:
             self.cosines[name] = self.cosines.get(name, 0.0) + cosine(a, b)
             self.counts[name] = self.counts.get(name, 0) + 1
 
-    def rows(self, sites: list[TensorSite]) -> list[TensorDivergence]:
+    def figures(self, tensor: str) -> tuple[float | None, float] | None:
+        """(SQNR dB, None when exact; mean cosine) of ``tensor``, or None when it was never seen."""
+        if tensor not in self.counts:
+            return None
+        noise = self.noise[tensor]
+        value = None if noise == 0.0 else round(sqnr_db(self.signal[tensor], noise), 2)
+        return value, round(self.cosines[tensor] / self.counts[tensor], 6)
+
+    def rows(self, sites: list[TensorSite], local: Accumulator | None = None) -> list[TensorDivergence]:
         out = []
         for site in sites:
-            if site.tensor not in self.counts:
+            figures = self.figures(site.tensor)
+            if figures is None:
                 continue
-            noise = self.noise[site.tensor]
-            value = None if noise == 0.0 else round(sqnr_db(self.signal[site.tensor], noise), 2)
-            out.append(TensorDivergence(tensor=site.tensor, node=site.node, op_type=site.op_type, depth=site.depth, sqnr_db=value,
-                                        cosine=round(self.cosines[site.tensor] / self.counts[site.tensor], 6)))
+            own = local.figures(site.tensor) if local is not None else None
+            out.append(TensorDivergence(tensor=site.tensor, node=site.node, op_type=site.op_type, depth=site.depth, sqnr_db=figures[0],
+                                        cosine=figures[1], local=LocalError(sqnr_db=own[0], cosine=own[1]) if own else None))
         return out
 
 
@@ -215,11 +249,14 @@ def tensor_sites(onnx_path: Path) -> list[TensorSite]:
     inferred = onnx.shape_inference.infer_shapes(model)
     types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.output]}
     floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
+    constants = {init.name for init in model.graph.initializer}
+    constants |= {output for node in model.graph.node if node.op_type == "Constant" for output in node.output}
     sites = []
     for depth, node in enumerate(model.graph.node):
         if node.op_type in SKIPPED_OPS:
             continue
+        inputs = tuple(name for name in node.input if name and name not in constants)
         for output in node.output:
             if output and types.get(output) in floats:
-                sites.append(TensorSite(tensor=output, node=node.name or output, op_type=node.op_type, depth=depth))
+                sites.append(TensorSite(tensor=output, node=node.name or output, op_type=node.op_type, depth=depth, inputs=inputs))
     return sites

@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 from edgeship.backends.tooling import error_line
-from edgeship.divergence import Tap
+from edgeship.divergence import Tap, TensorSite
 from edgeship.errors import BackendUnavailable, BuildError
 from edgeship.profiling import OpProfile
 from edgeship.tensors import CalibrationSet, Feed, Precision, TensorMeta
@@ -136,18 +136,19 @@ class Runner(abc.ABC):
     def _profile(self, feed: Feed, runs: int) -> OpProfile:
         return OpProfile.unavailable(f"{type(self).__name__}: the runtime offers no per-layer profiler here")
 
-    def tap(self, tensors: Sequence[str]) -> Tap:
-        """The engine's own values of ``tensors`` (FP32 ONNX tensor names), in a session of its own: marking a tensor as an
-        output can change what the runtime fuses around it, so the timed session is never touched. ``Tap.exposed``
-        says which of them the engine has; ``ValueError`` with the reason where the runtime gives none."""
+    def tap(self, sites: Sequence[TensorSite]) -> Tap:
+        """The engine's own values of the FP32 ONNX's tensors (``edgeship.divergence.tensor_sites``), in a session of its
+        own: marking a tensor as an output can change what the runtime fuses around it, so the timed session is never
+        touched. ``Tap.exposed`` says which of them the engine has, ``Tap.local`` runs layers alone where the runtime
+        can; ``ValueError`` with the reason where the runtime gives none."""
         if not self._active:
             raise RuntimeError("enter the runner before tapping its tensors")
         try:
-            return self._tap(list(tensors))
+            return self._tap(list(sites))
         except (RuntimeError, OSError, KeyError) as exc:
             raise ValueError(f"reading the engine's tensors failed: {error_line(str(exc)) or type(exc).__name__}") from None
 
-    def _tap(self, tensors: list[str]) -> Tap:
+    def _tap(self, sites: list[TensorSite]) -> Tap:
         raise ValueError(f"{type(self).__name__}: the runtime offers no way to read an engine's intermediate tensors here")
 
     def input_metadata(self) -> dict[str, TensorMeta]:

@@ -24,7 +24,7 @@ from edgeship.backends.sensitivity import keep_float
 from edgeship.backends.tooling import import_problem
 from edgeship.config import BackendSection, WeightRounding, keep_float_field, weight_rounding_field
 from edgeship.device import installed_versions
-from edgeship.divergence import Tap
+from edgeship.divergence import Tap, TensorSite
 from edgeship.profiling import LayerTime, OpProfile
 
 if TYPE_CHECKING:
@@ -268,10 +268,11 @@ class OnnxRuntimeRunner(Runner):
             return OpProfile.unavailable("ONNX Runtime's profile recorded no node times")
         return OpProfile.from_layers("ONNX Runtime profiler", runs, layers)
 
-    def _tap(self, tensors: list[str]) -> Tap:
+    def _tap(self, sites: list[TensorSite]) -> Tap:
         """The tensors marked as graph outputs of a copy of the engine. A quantized tensor is read after its
         QuantizeLinear → DequantizeLinear pair, as the next layers see it (the quantizer folds a ``Relu`` into that pair
-        and leaves its name on the ``Conv`` before it); names the engine lost are not exposed."""
+        and leaves its name on the ``Conv`` before it); names the engine lost are not exposed. Each layer also runs alone
+        (``Tap.local``): the engine's graph cut at the FP32 names of its inputs, fed the FP32 values."""
         import onnx
 
         model = onnx.load(str(self.engine))
@@ -289,7 +290,8 @@ class OnnxRuntimeRunner(Runner):
                             return str(dq.output[0])
             return name
 
-        sources = {name: dequantized(name) for name in tensors if name in writers}
+        sources = {site.tensor: dequantized(site.tensor) for site in sites if site.tensor in writers}
+        local = _local_layers(model, sites, sources, self._new_session)
         outputs = {value.name for value in model.graph.output}
         model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(source) for source in dict.fromkeys(sources.values())
                                   if source not in outputs)
@@ -301,7 +303,10 @@ class OnnxRuntimeRunner(Runner):
 
         return Tap(method="ONNX Runtime: the tensors marked as graph outputs", exposed=tuple(names), call=call,
                    note="a marked tensor is not fused away: around it the quantized graph runs its Q/DQ arithmetic in float, "
-                        "which its fused INT8 kernels follow up to rounding")
+                        "which its fused INT8 kernels follow up to rounding", local=local,
+                   local_note="the engine's graph cut at the FP32 names of the layer's inputs and fed their FP32 "
+                              "values; a layer whose input name the engine lost runs with the layers before it back to names it "
+                              "kept (a Conv with the Relu the quantizer folded into it)")
 
     def _describe(self) -> dict[str, object]:
         options = self._session.get_session_options()
@@ -316,6 +321,67 @@ class OnnxRuntimeRunner(Runner):
         self.infer(feed)
         session, outputs = self._session, self._outputs
         return lambda: session.run(outputs, feed)
+
+
+LOCAL_REACH = 3  # layers a local run may reach back over names the engine lost
+
+
+def _local_layers(model: Any, sites: list[TensorSite], sources: dict[str, str],
+                  new_session: Callable[..., Any]) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None:
+    """For each exposed tensor, a session of the engine's graph cut between the FP32 names of its layer's inputs and the
+    tensor: the layer alone at the engine's precision. None when the graph cannot be cut (shapes not inferable)."""
+    import onnx
+    from onnx.utils import Extractor
+
+    try:  # the extractor needs a value info for every name it cuts at or reads
+        inferred = onnx.shape_inference.infer_shapes(model)
+        known = {value.name for value in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
+        inferred.graph.value_info.extend(onnx.helper.make_empty_tensor_value_info(output) for node in model.graph.node
+                                         for output in node.output if output and output not in known)
+        extractor = Extractor(inferred)
+    except Exception:  # onnx raises its own errors for graphs its shape inference cannot follow
+        return None
+    present = {output for node in model.graph.node for output in node.output} | {value.name for value in model.graph.input}
+    by_tensor = {site.tensor: site for site in sites}
+
+    def cut(name: str, reach: int) -> list[str] | None:
+        """The names in the engine this tensor's layer starts from, reaching back over names the engine lost."""
+        inputs: list[str] = []
+        for source in by_tensor[name].inputs:
+            if source in present:
+                inputs.append(source)
+            elif reach > 0 and source in by_tensor:
+                deeper = cut(source, reach - 1)
+                if deeper is None:
+                    return None
+                inputs.extend(deeper)
+            else:
+                return None
+        return list(dict.fromkeys(inputs))
+
+    runs: dict[str, tuple[Any, list[tuple[str, np.dtype]], str]] = {}
+    for tensor, source in sources.items():
+        inputs = cut(tensor, LOCAL_REACH) if tensor in by_tensor else None
+        if not inputs:
+            continue
+        try:
+            layer = extractor.extract_model(inputs, [source])
+        except Exception:  # a cut the extractor cannot make (a name without a shape)
+            continue
+        if {value.name for value in layer.graph.input} != set(inputs):
+            continue  # the cut does not isolate the layer
+        session = new_session(model=layer.SerializeToString())
+        runs[tensor] = (session, [(i.name, np.dtype(ORT_DTYPES.get(i.type, np.float32))) for i in session.get_inputs()], source)
+
+    def local(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {}
+        for tensor, (session, inputs, source) in runs.items():
+            if all(name in values for name, _ in inputs):
+                feed = {name: np.asarray(values[name], dtype) for name, dtype in inputs}
+                out[tensor] = np.asarray(session.run([source], feed)[0], np.float32)
+        return out
+
+    return local if runs else None
 
 
 def onnx_precision(model_path: Path) -> Precision:

@@ -28,7 +28,7 @@ from edgeship.backends.sensitivity import keep_float
 from edgeship.backends.tooling import import_problem
 from edgeship.config import BackendSection, WeightRounding, keep_float_field, weight_rounding_field
 from edgeship.device import installed_versions
-from edgeship.divergence import Tap
+from edgeship.divergence import Tap, TensorSite
 from edgeship.profiling import LayerTime, OpProfile
 
 if TYPE_CHECKING:
@@ -268,9 +268,10 @@ class OpenVinoRunner(Runner):
             return OpProfile.unavailable("OpenVINO's performance counters reported no executed node")
         return OpProfile.from_layers("OpenVINO performance counters", runs, layers)
 
-    def _tap(self, tensors: list[str]) -> Tap:
+    def _tap(self, sites: list[TensorSite]) -> Tap:
         """Outputs added to a fresh copy of the IR by tensor name (the IR keeps the ONNX names its conversion did not fuse
         away), compiled with the runner's settings."""
+        tensors = [site.tensor for site in sites]
         model = self._core.read_model(str(self.engine))
         existing = {name for port in model.outputs for name in port.get_names()}
         exposed = []
@@ -291,7 +292,9 @@ class OpenVinoRunner(Runner):
 
         return Tap(method="OpenVINO: outputs added to the IR by tensor name", exposed=tuple(exposed), call=call,
                    note="an added output keeps its layer's result in the precision the layer computes; layers fused into it "
-                        "(an activation into a convolution) are read after the fusion")
+                        "(an activation into a convolution) are read after the fusion",
+                   local_note="not measured: OpenVINO compiles the whole IR, and a layer cannot be fed values of one's choosing "
+                              "without rebuilding the graph around it")
 
     def bare_call(self, feed: Feed) -> Callable[[], None]:
         """``infer()`` alone on tensors set once: what ``benchmark_app`` times, for the latency cross-check."""

@@ -28,7 +28,7 @@ from edgeship.backends.rounding import rounded_source
 from edgeship.backends.tooling import captured_output, error_line, fed_inputs, import_problem, importable
 from edgeship.config import BackendSection, WeightRounding, weight_rounding_field
 from edgeship.device import installed_versions
-from edgeship.divergence import Tap
+from edgeship.divergence import Tap, TensorSite
 from edgeship.errors import BuildError
 from edgeship.profiling import OpProfile
 from edgeship_deploy.runtimes import Quantizer, dequantize_table
@@ -262,7 +262,7 @@ class TfliteRunner(Runner):
         return OpProfile.unavailable("LiteRT's Python interpreter exposes no op profiler (the C++ benchmark_model's "
                                      "--enable_op_profiling has one; it is not distributed on PyPI)")
 
-    def _tap(self, tensors: list[str]) -> Tap:
+    def _tap(self, sites: list[TensorSite]) -> Tap:
         """Every op output of a second interpreter that keeps all its tensors (``experimental_preserve_all_tensors``), on
         LiteRT's built-in kernels: the XNNPACK delegate computes its part of the graph inside itself and leaves those
         tensors unwritten. Integer tensors are dequantized with their own scale and zero point. onnx2tf names the
@@ -297,7 +297,9 @@ class TfliteRunner(Runner):
                           "shape and value on the first sample", exposed=tuple(details[i]["name"] for i in written), call=call,
                    by_value=True,
                    note="read on LiteRT's built-in kernels, not the XNNPACK delegate that runs the engine (a delegate keeps its "
-                        "tensors to itself); both follow the same quantization arithmetic up to rounding")
+                        "tensors to itself); both follow the same quantization arithmetic up to rounding",
+                   local_note="not measured: the interpreter runs the whole graph, and a layer cannot be fed values of one's "
+                              "choosing")
 
     def bare_call(self, feed: Feed) -> Callable[[], None]:
         """``invoke()`` alone on the input buffers written once: the interpreter's own call."""

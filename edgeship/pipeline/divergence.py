@@ -75,11 +75,11 @@ def divergence(name: str, engine: Artifact, onnx: Artifact, samples: np.ndarray,
     runs_on = engine.meta.get("runs_on", engine.meta["backend"])
     reference_runner = get_backend("onnxruntime").runner(onnx.path, threads=threads)
     runner = get_backend(runs_on).runner(engine.path, threads=threads)
-    accumulator = Accumulator()
+    accumulator, own = Accumulator(), Accumulator()
     with reference_runner, runner:
         try:
-            reference = reference_runner.tap(tensors)
-            tap = runner.tap(tensors)
+            reference = reference_runner.tap(sites)
+            tap = runner.tap(sites)
         except ValueError as exc:
             return Divergence.unavailable(str(exc))
         with progress_bar(ctx.console) as bar:
@@ -94,13 +94,16 @@ def divergence(name: str, engine: Artifact, onnx: Artifact, samples: np.ndarray,
                     matches = matches if matches is not None else match_by_value(expected, got)
                     got = renamed(got, matches)
                 accumulator.add(expected, got)
+                if tap.local is not None:
+                    own.add(expected, tap.local({**expected, **feed}))
                 bar.advance(task)
-    rows = accumulator.rows(sites)
+    rows = accumulator.rows(sites, own if tap.local is not None else None)
     exposed = set(matches) if matches is not None else set(tap.exposed)
     note = tap.note
     if "predicts" in engine.meta:
         note = (f"a prediction: the prepared {engine.meta['backend']} ONNX on ONNX Runtime, not the engine; " + note).strip("; ")
-    return Divergence(method=tap.method, samples=len(samples), split="validation", rows=rows, note=note,
+    local_note = tap.local_note if tap.local is not None or tap.local_note else "not measured: no layer could be run alone"
+    return Divergence(method=tap.method, samples=len(samples), split="validation", rows=rows, note=note, local_note=local_note,
                       unmapped=[t for t in tensors if t not in exposed])
 
 

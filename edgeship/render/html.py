@@ -289,15 +289,25 @@ def _divergence(report: Report) -> str:
         if not d.available:
             parts.append(f"<h3>{escape(row.name)}</h3><p class=muted>No layer-wise comparison: {escape(d.reason)}</p>")
             continue
-        worst = _table(["tensor", "op type", "depth", "SQNR dB", "cosine"],
-                       [[escape(t.tensor), escape(t.op_type), str(t.depth), _db(t.sqnr_db), f"{t.cosine:.5f}"] for t in d.worst(5)],
-                       numeric=range(2, 5))
-        falls = _table(["tensor", "op type", "SQNR dB", "fall dB"],
-                       [[escape(t.tensor), escape(t.op_type), _db(t.sqnr_db), f"{fall:.2f}"] for t, fall in d.steepest(5)],
-                       numeric=range(2, 4))
+        local = d.has_local
+        worst = _table(["tensor", "op type", "depth", "SQNR dB", "cosine", *(["alone: SQNR dB"] if local else [])],
+                       [[escape(t.tensor), escape(t.op_type), str(t.depth), _db(t.sqnr_db), f"{t.cosine:.5f}",
+                         *([_db(t.local.sqnr_db) if t.local else "—"] if local else [])] for t in d.worst(5)],
+                       numeric=range(2, 6 if local else 5))
+        if local:
+            sources = _table(["tensor", "op type", "alone: SQNR dB", "accumulated"],
+                             [[escape(t.tensor), escape(t.op_type), _db(t.local.sqnr_db if t.local else None), _db(t.sqnr_db)]
+                              for t in d.worst_local(5)], numeric=range(2, 4))
+            label = "Largest errors of a layer's own (alone on FP32 inputs):"
+        else:
+            sources = _table(["tensor", "op type", "SQNR dB", "fall dB"],
+                             [[escape(t.tensor), escape(t.op_type), _db(t.sqnr_db), f"{fall:.2f}"] for t, fall in d.steepest(5)],
+                             numeric=range(2, 4))
+            label = "Steepest falls of the accumulated SQNR:"
         parts.append(f"<h3>{escape(row.name)}</h3><p class=muted>{escape(d.method)}; {d.samples} {escape(d.split)} samples; "
-                     f"{len(d.rows)} tensors compared, {len(d.unmapped)} not in the engine. {escape(d.note)}</p>"
-                     f"<div class=pair><div><p>Furthest from FP32:</p>{worst}</div><div><p>Steepest falls:</p>{falls}</div></div>")
+                     f"{len(d.rows)} tensors compared, {len(d.unmapped)} not in the engine. {escape(d.note)}. Layers alone: "
+                     f"{escape(d.local_note)}.</p>"
+                     f"<div class=pair><div><p>Furthest from FP32:</p>{worst}</div><div><p>{label}</p>{sources}</div></div>")
     return _section("divergence", title, "<p class=muted>Each tensor of the FP32 ONNX against the same tensor inside the engine, "
                     "at its deployed precision, run from the input (so each carries every earlier layer's error). SQNR 40 dB is "
                     "an error of 1% of the signal, 20 dB of 10%. <code>edgeship debug RUN ENGINE</code> prints the same per "

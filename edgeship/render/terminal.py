@@ -165,23 +165,38 @@ def cross_check_reason(check: Mapping[str, Any]) -> str:
 
 
 def print_divergence(row: EngineRow, console: Console, *, count: int = 10) -> None:
-    """``edgeship debug``: the ``count`` tensors of ``row``'s engine furthest from FP32, and where its SQNR falls most."""
+    """``edgeship debug``: the ``count`` tensors of ``row``'s engine furthest from FP32, and the layers whose own error is
+    largest (where the runtime runs a layer alone) or, where it cannot, where the accumulated SQNR falls most."""
     d = row.divergence
     if d is None or not d.available:
         raise ValueError(f"{row.name}: no layer-wise comparison" + (f": {d.reason}" if d is not None else ""))
     console.print(f"[bold]{escape(row.name)}[/bold]: {len(d.rows)} tensors of the FP32 ONNX compared on {d.samples} {d.split} "
                   f"samples ({escape(d.method)}); {len(d.unmapped)} not in the engine", soft_wrap=True)
-    if d.note:
-        console.print(f"[dim]{escape(d.note)}[/dim]", soft_wrap=True)
+    for text in (d.note, f"layers alone: {d.local_note}" if d.local_note else ""):
+        if text:
+            console.print(f"[dim]{escape(text)}[/dim]", soft_wrap=True)
     worst = Table(title=f"the {count} tensors furthest from FP32")
-    for column in ("tensor", "op type", "depth", "SQNR dB", "cosine"):
+    columns = ["tensor", "op type", "depth", "SQNR dB", "cosine"] + (["alone: SQNR dB"] if d.has_local else [])
+    for column in columns:
         worst.add_column(column, justify="left" if column in ("tensor", "op type") else "right")
     for t in d.worst(count):
-        worst.add_row(escape(t.tensor), t.op_type, str(t.depth), "exact" if t.sqnr_db is None else f"{t.sqnr_db:.1f}", f"{t.cosine:.5f}")
+        alone = [_db(t.local.sqnr_db) if t.local else "—"] if d.has_local else []
+        worst.add_row(escape(t.tensor), t.op_type, str(t.depth), _db(t.sqnr_db), f"{t.cosine:.5f}", *alone)
     console.print(worst)
-    falls = Table(title="steepest falls from the tensor before: the likely sources")
-    for column in ("tensor", "op type", "depth", "SQNR dB", "fall dB"):
-        falls.add_column(column, justify="left" if column in ("tensor", "op type") else "right")
-    for t, fall in d.steepest(min(count, 5)):
-        falls.add_row(escape(t.tensor), t.op_type, str(t.depth), f"{t.sqnr_db:.1f}", f"{fall:.2f}")
-    console.print(falls)
+    if d.has_local:
+        sources = Table(title="the largest errors of a layer's own (alone on FP32 inputs): where float helps most")
+        for column in ("tensor", "op type", "depth", "alone: SQNR dB", "accumulated SQNR dB"):
+            sources.add_column(column, justify="left" if column in ("tensor", "op type") else "right")
+        for t in d.worst_local(min(count, 5)):
+            sources.add_row(escape(t.tensor), t.op_type, str(t.depth), _db(t.local.sqnr_db if t.local else None), _db(t.sqnr_db))
+    else:
+        sources = Table(title="steepest falls from the tensor before: the likely sources")
+        for column in ("tensor", "op type", "depth", "SQNR dB", "fall dB"):
+            sources.add_column(column, justify="left" if column in ("tensor", "op type") else "right")
+        for t, fall in d.steepest(min(count, 5)):
+            sources.add_row(escape(t.tensor), t.op_type, str(t.depth), _db(t.sqnr_db), f"{fall:.2f}")
+    console.print(sources)
+
+
+def _db(value: float | None) -> str:
+    return "exact" if value is None else f"{value:.1f}"

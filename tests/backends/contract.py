@@ -210,13 +210,13 @@ class BackendContract:
         names = [site.tensor for site in sites]
         feeds = [{"input": trained_cnn.evaluation[i : i + 1]} for i in range(4)]
         with get_backend("onnxruntime").runner(trained_cnn.onnx, threads=1) as reference_runner:
-            reference = reference_runner.tap(names)
+            reference = reference_runner.tap(sites)
             expected = [reference.call(feed) for feed in feeds]
         assert set(reference.exposed) == set(names) and not reference.by_value
         for precision, path in sorted(engines.items()):
             with impl.runner(path, threads=1) as runner:
                 before = runner.infer(feeds[0])["logits"]
-                tap = runner.tap(names)
+                tap = runner.tap(sites)
                 got = [tap.call(feed) for feed in feeds]
                 np.testing.assert_array_equal(runner.infer(feeds[0])["logits"], before, err_msg=str(precision))
             matches = match_by_value(expected[0], got[0]) if tap.by_value else None
@@ -231,6 +231,19 @@ class BackendContract:
                 assert all(r.sqnr_db is not None and 10 < r.sqnr_db < 120 for r in rows.values()), (precision, rows)
             logits = renamed(got[0], matches)["logits"] if matches is not None else got[0]["logits"]
             assert agreement(logits, before)["mean_cosine"] > 0.999, precision  # the tapped run computes what the engine does
+            if tap.local is None:
+                assert tap.local_note.startswith("not measured"), tap.local_note
+                continue
+            own = Accumulator()  # each layer alone on the FP32 values of its inputs: its own error, no more than the carried one
+            for want, feed in zip(expected, feeds, strict=True):
+                own.add(want, tap.local({**want, **feed}))
+            alone = {row.tensor: row for row in own.rows(sites)}
+            assert len(alone) >= len(rows) // 2, (precision, sorted(alone))
+            finite = [(alone[t].sqnr_db, rows[t].sqnr_db) for t in alone if t in rows and None not in (alone[t].sqnr_db, rows[t].sqnr_db)]
+            if precision is Precision.FP32:
+                assert all(a is None or a > 60 for a in (r.sqnr_db for r in alone.values())), (precision, alone)
+            else:
+                assert finite and np.median([a for a, _ in finite]) >= np.median([c for _, c in finite]), (precision, finite)
 
     def test_runner_pins_threads(self, impl: Backend, engines: dict[Precision, Path]) -> None:
         with impl.runner(engines[min(engines)], threads=1) as runner:

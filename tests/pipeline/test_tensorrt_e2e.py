@@ -60,6 +60,19 @@ def test_prepared_onnx_is_scored_as_a_labelled_prediction(first: tuple[RunResult
     assert any("TensorRT engine runs only on the GPU model" in note for note in result.report["notes"])
 
 
+def test_the_prepared_onnx_is_compared_layer_by_layer_as_a_prediction(first: tuple[RunResult, str, Path]) -> None:
+    """Without a GPU the engine's tensors cannot be read, so the divergence of the skipped TensorRT rows is its prepared
+    ONNX's on ONNX Runtime, said to be a prediction, with each layer's own error too."""
+    result, _, _ = first
+    rows = {row["name"]: row for row in result.report["engines"]}
+    for name in ("tensorrt/fp16", "tensorrt/int8"):
+        divergence = rows[name]["divergence"]
+        assert divergence["note"].startswith("a prediction: the prepared tensorrt ONNX on ONNX Runtime"), divergence["note"]
+        assert len(divergence["rows"]) >= 10 and not divergence["unmapped"], divergence
+        assert any(row["local"] is not None for row in divergence["rows"])
+    assert rows["onnxruntime/fp32"].get("divergence") is None
+
+
 def test_summary_says_prediction_not_measurement(first: tuple[RunResult, str, Path]) -> None:
     _, printed, _ = first
     text = " ".join(printed.split())
