@@ -6,9 +6,9 @@ reads it), so the base and the shared keys live below both.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgeship.tensors import Precision
 
@@ -33,6 +33,19 @@ class BackendSection(Section):
     enabled: bool = True
     precisions: tuple[Precision, ...] = ()
 
+    @model_validator(mode="after")
+    def _float_search(self) -> BackendSection:
+        """``keep_float: auto`` needs a target, a target needs ``auto``, and both need an INT8 engine to steer."""
+        setting, target = getattr(self, "keep_float", 0), getattr(self, "accuracy_target", None)
+        if setting == "auto" and target is None:
+            raise ValueError("keep_float: auto searches for the fewest float layers that meet an accuracy_target: give one, "
+                             "e.g. accuracy_target: {min_agreement: 0.97}")
+        if target is not None and setting != "auto":
+            raise ValueError("accuracy_target steers keep_float: auto; with a number of float layers it would do nothing")
+        if target is not None and self.enabled and Precision.INT8 not in self.precisions:
+            raise ValueError("accuracy_target: this backend builds no INT8 engine to search float layers for")
+        return self
+
     @field_validator("precisions")
     @classmethod
     def _supported(cls, value: tuple[Precision, ...]) -> tuple[Precision, ...]:
@@ -46,10 +59,37 @@ class BackendSection(Section):
         return tuple(dict.fromkeys(value))
 
 
+KeepFloat = Annotated[int, Field(ge=0)] | Literal["auto"]
+
+
+class AccuracyTarget(Section):
+    """What ``keep_float: auto`` must reach on the validation split (never the evaluation split): one of the two."""
+
+    min_agreement: float | None = Field(default=None, gt=0, le=1, description="top-1 agreement with the FP32 ONNX, e.g. 0.97")
+    max_drop_points: float | None = Field(default=None, ge=0, description="top-1 drop against the FP32 ONNX in points (labelled data)")
+
+    @model_validator(mode="after")
+    def _one(self) -> AccuracyTarget:
+        if (self.min_agreement is None) == (self.max_drop_points is None):
+            raise ValueError("give exactly one of min_agreement and max_drop_points")
+        return self
+
+    def describe(self) -> str:
+        if self.min_agreement is not None:
+            return f"top-1 agreement ≥ {100 * self.min_agreement:g}%"
+        return f"top-1 drop ≤ {self.max_drop_points:g} pt"
+
+
 def keep_float_field(what: str = "in float") -> Any:
     """The ``keep_float`` key, one definition for every backend that has it."""
-    return Field(default=0, ge=0, description=f"INT8: keep this many of the most INT8-sensitive Conv/Gemm layers (weight-only "
-                                              f"sensitivity on calibration samples) {what}")
+    return Field(default=0, description=f"INT8: keep this many of the most INT8-sensitive Conv/Gemm layers (weight-only sensitivity "
+                                        f"on calibration samples) {what}, or auto: the fewest, ranked on the quantized model and "
+                                        f"searched on validation samples, that meet accuracy_target")
+
+
+def accuracy_target_field() -> Any:
+    """The ``accuracy_target`` key that ``keep_float: auto`` searches against."""
+    return Field(default=None, description="with keep_float: auto, what the INT8 engine must reach on the validation split")
 
 
 def weight_rounding_field() -> Any:

@@ -22,7 +22,7 @@ import numpy as np
 from edgeship.errors import DataError
 from edgeship.images import read_image
 from edgeship.photos import SPARE_CROPS, load_crops
-from edgeship.tensors import CalibrationSet
+from edgeship.tensors import CalibrationSet, SearchSet
 from edgeship_deploy import preprocess as release_preprocess
 from edgeship_deploy import resize
 
@@ -305,6 +305,21 @@ def calibration_set(dataset: Dataset, cfg: CalibrationConfig, preprocessing: Pre
         origin = str(cfg.source)
     check_samples(samples, origin, input_shape)
     return CalibrationSet(samples, fingerprint_samples(samples, preprocessing, origin))
+
+
+SEARCH_SAMPLES = 2000  # validation samples a build's own search (keep_float: auto) scores candidates on
+
+
+def search_set(dataset: Dataset, preprocessing: Preprocessing, size: int = SEARCH_SAMPLES) -> SearchSet | None:
+    """The validation split as a build's search samples (neither calibration nor evaluation), None when there is none."""
+    if not len(dataset.val):
+        return None
+    samples = preprocess(dataset.val.images[:size], preprocessing)
+    labels = None if dataset.val.labels is None else dataset.val.labels[:size]
+    fingerprint = fingerprint_samples(samples, preprocessing, f"{dataset.name}:validation")
+    if labels is not None:
+        fingerprint = hashlib.sha256(fingerprint.encode() + np.ascontiguousarray(labels).tobytes()).hexdigest()
+    return SearchSet(samples, labels, fingerprint)
 
 
 def load_samples(source: Path, preprocessing: Preprocessing, *, input_shape: tuple[int, ...], what: str = "calibration data") -> np.ndarray:

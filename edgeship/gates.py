@@ -23,7 +23,8 @@ __all__ = ["GATES", "TITLES", "Outcome", "Verdict", "accuracy", "accuracy_drop",
            "required_engines"]
 GATES = ("max_drop_points", "min_fraction_of_fp32", "min_agreement", "max_p99_ms", "max_size_mib")
 TITLES = {"max_drop_points": "top-1 drop vs FP32", "min_fraction_of_fp32": "top-1 fraction of FP32", "min_agreement": "agreement with FP32",
-          "max_p99_ms": "p99 latency (upper 95% bound)", "max_size_mib": "engine size"}
+          "max_p99_ms": "p99 latency (upper 95% bound)", "max_size_mib": "engine size",
+          "search_min_agreement": "keep_float: auto target (validation)", "search_max_drop_points": "keep_float: auto target (validation)"}
 LABEL_GATES = ("max_drop_points", "min_fraction_of_fp32")  # need labels: on unlabelled data agreement decides instead
 MIB = 1024**2
 NOTHING_QUALIFIED = "nothing was qualified: no required engine was built, measured and passed"
@@ -38,7 +39,24 @@ def judge(row: EngineRow, baseline_top1: float | None, gates: GatesConfig, *, la
         return verdict, [_gate(name, gates, "not-applicable", None, why, prediction=_prediction(name, row, baseline_top1, gates))
                          for name in GATES]
     results = [_judge_one(name, row, baseline_top1, gates, labelled=labelled) for name in GATES]
+    if row.float_search:
+        results.append(_float_search_gate(row.float_search))
     return ("fail" if any(r.outcome == "fail" for r in results) else "pass"), results
+
+
+def _float_search_gate(search: dict[str, Any]) -> GateResult:
+    """``keep_float: auto``'s own target, met or not on the validation split: a target no candidate reached keeps the best
+    candidate found and fails the engine here, with that reason."""
+    target = search["target"]
+    name = "search_min_agreement" if "min_agreement" in target else "search_max_drop_points"
+    chosen = next(c for c in search["candidates"] if c["float_layers"] == search["chosen"])
+    value = chosen["agreement"] if name == "search_min_agreement" else chosen["top1_drop_points"]
+    detail = (f"{chosen['float_layers']} layers in float, on {search['samples']} validation samples; {len(search['candidates'])} "
+              f"candidates searched in {search['seconds']:.0f} s")
+    if not search["met"]:
+        detail = f"no candidate met {search['target_text']}: the best found is kept ({detail})"
+    limit = target.get("min_agreement", target.get("max_drop_points"))
+    return GateResult(gate=name, title=TITLES[name], outcome="pass" if search["met"] else "fail", value=value, limit=limit, detail=detail)
 
 
 def release(rows: Sequence[EngineRow], *, unfinished: str | None = None) -> Release:
@@ -222,9 +240,9 @@ def format_value(gate: str, value: float | None) -> str:
     """A gate's value or limit in its unit, for people: 99.42%, 0.54 pt, 0.0898 ms, 0.21 MiB."""
     if value is None:
         return "—"
-    if gate in ("min_fraction_of_fp32", "min_agreement"):
+    if gate in ("min_fraction_of_fp32", "min_agreement", "search_min_agreement"):
         return f"{100 * value:.2f}%"
-    if gate == "max_drop_points":
+    if gate in ("max_drop_points", "search_max_drop_points"):
         return f"{value:.2f} pt"
     if gate == "max_p99_ms":
         return f"{value:.4f} ms"

@@ -34,7 +34,7 @@ PHOTOS: tuple[tuple[str, str], ...] = (
 )
 SCALES = (1.0, 0.8, 0.64, 0.5, 0.4)   # crop side as a fraction of the half's shorter side
 POSITIONS = (0.0, 0.5, 1.0)           # where the crop sits in the slack along each axis
-SPARE_CROPS = 128  # calibration-half crops outside the calibration set kept as the validation split (layer-wise divergence)
+SPARE_CROPS = 512  # calibration-half crops outside the calibration set kept as the validation split (divergence, keep_float: auto)
 INSTALL = "pip install 'edgeship[efficientnet]'"
 
 # ImageNet classes an FP32 classifier should give a center crop of the whole photo (any of them is right).

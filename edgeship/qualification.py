@@ -136,6 +136,7 @@ class EngineRow(Scores):
     fraction_of_peak: float | None = None  # achieved_gmacs over this machine's GEMM rate at the engine's precision
     # what the build left beside an INT8 engine, and a preparing backend's prepared ONNX and its prediction
     float_layers: dict[str, Any] | None = None
+    float_search: dict[str, Any] | None = None  # keep_float: auto: the target, the ranking, every candidate and the choice
     weight_rounding: dict[str, Any] | None = None
     prepared: dict[str, Any] | None = None
     predicted: Prediction | None = None

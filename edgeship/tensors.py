@@ -51,6 +51,16 @@ class TensorMeta:
                 raise ValueError(f"input {self.name!r}: expected shape {self.shape}, got {array.shape}")
 
 
+@dataclass(frozen=True)
+class SearchSet:
+    """Samples held out from calibration and evaluation (the validation split) for a build's own choices, with their
+    labels where the data has them."""
+
+    samples: np.ndarray
+    labels: np.ndarray | None
+    fingerprint: str
+
+
 class CalibrationSet(Sequence[Feed]):
     """A re-iterable sequence of feeds for INT8 calibration, with a fingerprint.
 
@@ -58,13 +68,20 @@ class CalibrationSet(Sequence[Feed]):
     batch of ``batch_size`` of them under ``input_name``.
     """
 
-    def __init__(self, samples: np.ndarray, fingerprint: str, *, input_name: str = "input", batch_size: int = 1) -> None:
+    def __init__(self, samples: np.ndarray, fingerprint: str, *, input_name: str = "input", batch_size: int = 1,
+                 search: SearchSet | None = None) -> None:
         if samples.ndim < 2 or len(samples) == 0:
             raise ValueError(f"calibration samples must be a non-empty batch, got shape {samples.shape}")
         self.samples = samples
         self.fingerprint = fingerprint
         self.input_name = input_name
         self.batch_size = batch_size
+        self.search = search  # held-out samples for the choices a build makes (keep_float: auto), never calibrated on
+
+    def with_search(self, search: SearchSet) -> CalibrationSet:
+        """This set carrying ``search``, fingerprinted with it: a build that searches on it depends on it."""
+        return CalibrationSet(self.samples, f"{self.fingerprint}+search:{search.fingerprint}", input_name=self.input_name,
+                              batch_size=self.batch_size, search=search)
 
     def __len__(self) -> int:
         return -(-len(self.samples) // self.batch_size)
@@ -83,7 +100,8 @@ class CalibrationSet(Sequence[Feed]):
         """The first ``size`` samples, fingerprinted as such."""
         if size >= len(self.samples):
             return self
-        return CalibrationSet(self.samples[:size], f"{self.fingerprint}[:{size}]", input_name=self.input_name, batch_size=self.batch_size)
+        return CalibrationSet(self.samples[:size], f"{self.fingerprint}[:{size}]", input_name=self.input_name, batch_size=self.batch_size,
+                              search=self.search)
 
     def renamed(self, input_name: str) -> CalibrationSet:
-        return CalibrationSet(self.samples, self.fingerprint, input_name=input_name, batch_size=self.batch_size)
+        return CalibrationSet(self.samples, self.fingerprint, input_name=input_name, batch_size=self.batch_size, search=self.search)

@@ -19,10 +19,18 @@ import numpy as np
 from pydantic import Field, PositiveInt
 
 from edgeship.backends.base import Availability, BackendBase, BackendInfo, CalibrationSet, Feed, Precision, Runner, TensorMeta
+from edgeship.backends.float_search import choose_float_layers
 from edgeship.backends.rounding import rounded_source
-from edgeship.backends.sensitivity import keep_float
 from edgeship.backends.tooling import import_problem
-from edgeship.config import BackendSection, WeightRounding, keep_float_field, weight_rounding_field
+from edgeship.config import (
+    AccuracyTarget,
+    BackendSection,
+    KeepFloat,
+    WeightRounding,
+    accuracy_target_field,
+    keep_float_field,
+    weight_rounding_field,
+)
 from edgeship.device import installed_versions
 from edgeship.divergence import Tap, TensorSite
 from edgeship.profiling import LayerTime, OpProfile
@@ -39,7 +47,7 @@ class OnnxRuntimeConfig(BackendSection):
     SUPPORTED: ClassVar[frozenset[Precision]] = frozenset(Precision)
     INT8_ONLY: ClassVar[frozenset[str]] = frozenset(
         {"calibration_method", "percentile", "calibration_size", "per_channel", "activation_type", "reduce_range", "keep_float",
-         "weight_rounding", "float_outputs"})
+         "accuracy_target", "weight_rounding", "float_outputs"})
 
     precisions: tuple[Precision, ...] = (Precision.FP32, Precision.INT8)
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
@@ -49,7 +57,8 @@ class OnnxRuntimeConfig(BackendSection):
     activation_type: Literal["uint8", "int8"] = "uint8"
     reduce_range: bool = Field(default=True, description="7-bit weights: avoids u8s8 saturation (VPMADDUBSW) on x86 CPUs "
                                                          "without VNNI; false only when every target CPU has VNNI")
-    keep_float: int = keep_float_field()
+    keep_float: KeepFloat = keep_float_field()
+    accuracy_target: AccuracyTarget | None = accuracy_target_field()
     weight_rounding: WeightRounding = weight_rounding_field()
     float_outputs: bool = Field(default=True, description="INT8: no Q/DQ pair on the model's outputs; rounding the logits to 8 bits "
                                                           "turns near-ties into ties (top-1 then follows the index)")
@@ -112,13 +121,18 @@ class OnnxRuntimeBackend(BackendBase):
         onnx.save(convert_float_to_float16(onnx.load(str(source)), keep_io_types=True), str(target))
         return target
 
-    @staticmethod
-    def _build_int8(source: Path, calibration: CalibrationSet, cfg: OnnxRuntimeConfig, out_dir: Path) -> Path:
+    def _build_int8(self, source: Path, calibration: CalibrationSet, cfg: OnnxRuntimeConfig, out_dir: Path) -> Path:
         if cfg.calibration_size is not None:
             calibration = calibration.subset(cfg.calibration_size)
+        chosen = choose_float_layers(source, calibration, cfg.keep_float, cfg.accuracy_target, out_dir,
+                                     build=lambda nodes, folder: self._quantize(source, calibration, cfg, folder, nodes),
+                                     runner=lambda engine, threads: self.runner(engine, threads=threads), reuse=True)
+        return chosen.engine or self._quantize(source, calibration, cfg, out_dir, chosen.nodes)
+
+    @staticmethod
+    def _quantize(source: Path, calibration: CalibrationSet, cfg: OnnxRuntimeConfig, out_dir: Path, keep: list[str]) -> Path:
         target = out_dir / "model.int8.onnx"
         extra: dict[str, Any] = {"CalibPercentile": cfg.percentile} if cfg.calibration_method == "percentile" else {}
-        keep = keep_float(source, calibration.samples, cfg.keep_float, out_dir)
         with rounded_source(source, calibration.samples, cfg.weight_rounding, keep, out_dir) as rounded:
             quantize_qdq(rounded, target, calibration, method=cfg.calibration_method, per_channel=cfg.per_channel,
                          activation_type=cfg.activation_type, reduce_range=cfg.reduce_range, extra_options=extra,

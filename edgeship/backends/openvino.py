@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -23,10 +24,18 @@ import numpy as np
 from pydantic import Field, PositiveInt
 
 from edgeship.backends.base import Availability, BackendBase, BackendInfo, CalibrationSet, Feed, Precision, Runner, TensorMeta
+from edgeship.backends.float_search import choose_float_layers
 from edgeship.backends.rounding import rounded_source
-from edgeship.backends.sensitivity import keep_float
 from edgeship.backends.tooling import import_problem
-from edgeship.config import BackendSection, WeightRounding, keep_float_field, weight_rounding_field
+from edgeship.config import (
+    AccuracyTarget,
+    BackendSection,
+    KeepFloat,
+    WeightRounding,
+    accuracy_target_field,
+    keep_float_field,
+    weight_rounding_field,
+)
 from edgeship.device import installed_versions
 from edgeship.divergence import Tap, TensorSite
 from edgeship.profiling import LayerTime, OpProfile
@@ -41,7 +50,8 @@ DISTRIBUTIONS = ("openvino", "nncf")
 class OpenVinoConfig(BackendSection):
     BACKEND: ClassVar[str] = "openvino"
     SUPPORTED: ClassVar[frozenset[Precision]] = frozenset(Precision)
-    INT8_ONLY: ClassVar[frozenset[str]] = frozenset({"preset", "subset_size", "fast_bias_correction", "keep_float", "weight_rounding"})
+    INT8_ONLY: ClassVar[frozenset[str]] = frozenset({"preset", "subset_size", "fast_bias_correction", "keep_float", "accuracy_target",
+                                                     "weight_rounding"})
 
     precisions: tuple[Precision, ...] = (Precision.FP32, Precision.FP16, Precision.INT8)
     preset: Literal["performance", "mixed"] = Field(
@@ -49,7 +59,8 @@ class OpenVinoConfig(BackendSection):
     subset_size: PositiveInt = Field(default=300, description="calibration samples nncf.quantize uses")
     fast_bias_correction: bool = Field(default=False, description="NNCF fast bias correction; the full one cost 0.6 pt less top-1 "
                                                                   "on the default model (91.87% vs 91.29%, FP32 91.94%)")
-    keep_float: int = keep_float_field()
+    keep_float: KeepFloat = keep_float_field()
+    accuracy_target: AccuracyTarget | None = accuracy_target_field()
     weight_rounding: WeightRounding = weight_rounding_field()
     performance_hint: Literal["latency", "throughput"] = "latency"
     benchmark_app: bool = Field(default=True, description="cross-check our latency with OpenVINO's benchmark_app on the same IR")
@@ -103,16 +114,36 @@ class OpenVinoBackend(BackendBase):
         if precision is not Precision.INT8:
             model = ov.convert_model(str(source))
         else:
-            import nncf
-
             assert calibration is not None
-            keep = keep_float(source, calibration.samples, cfg.keep_float, out_dir)  # ONNX node names survive in the IR's op names
-            with rounded_source(source, calibration.samples, cfg.weight_rounding, keep, out_dir) as rounded:
-                model = ov.convert_model(str(rounded))
-            ignored = nncf.IgnoredScope(patterns=[f"^{re.escape(name)}(/.*)?$" for name in keep], validate=False) if keep else None
-            model = nncf.quantize(model, nncf.Dataset(calibration), preset=nncf.QuantizationPreset(cfg.preset),
-                                  subset_size=min(cfg.subset_size, len(calibration.samples)),
-                                  fast_bias_correction=cfg.fast_bias_correction, ignored_scope=ignored)
+            chosen = choose_float_layers(source, calibration, cfg.keep_float, cfg.accuracy_target, out_dir,
+                                         build=lambda nodes, folder: self._save(self._quantize(source, calibration, cfg, folder, nodes),
+                                                                                source, precision, cfg, folder),
+                                         runner=lambda engine, threads: self.runner(engine, threads=threads), reuse=True)
+            if chosen.engine is not None:
+                return chosen.engine
+            model = self._quantize(source, calibration, cfg, out_dir, chosen.nodes)
+        return self._save(model, source, precision, cfg, out_dir)
+
+    @staticmethod
+    def _quantize(source: Path, calibration: CalibrationSet, cfg: OpenVinoConfig, out_dir: Path, keep: list[str]) -> Any:
+        """NNCF's post-training quantization of ``source``, the ``keep`` nodes left out (ONNX node names survive in the IR's
+        op names)."""
+        import nncf
+        import openvino as ov
+
+        with rounded_source(source, calibration.samples, cfg.weight_rounding, keep, out_dir) as rounded:
+            model = ov.convert_model(str(rounded))
+        ignored = nncf.IgnoredScope(patterns=[f"^{re.escape(name)}(/.*)?$" for name in keep], validate=False) if keep else None
+        nncf.set_log_level(logging.WARNING)  # it logs every node an ignored scope leaves out, on the user's terminal
+        return nncf.quantize(model, nncf.Dataset(calibration), preset=nncf.QuantizationPreset(cfg.preset),
+                             subset_size=min(cfg.subset_size, len(calibration.samples)),
+                             fast_bias_correction=cfg.fast_bias_correction, ignored_scope=ignored)
+
+    @staticmethod
+    def _save(model: Any, source: Path, precision: Precision, cfg: OpenVinoConfig, out_dir: Path) -> Path:
+        """``model.xml`` + ``model.bin`` + ``runtime.json`` under ``out_dir``."""
+        import openvino as ov
+
         _name_generated_nodes(model, _onnx_names(source))
         target = out_dir / "model.xml"
         ov.save_model(model, str(target), compress_to_fp16=precision is Precision.FP16)

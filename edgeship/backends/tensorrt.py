@@ -35,12 +35,21 @@ from pydantic import Field, PositiveInt, model_validator
 
 from edgeship.artifacts import sha256_file
 from edgeship.backends.base import PREPARE_INFO, Availability, BackendBase, BackendInfo, CalibrationSet, Feed, Precision, Runner, TensorMeta
+from edgeship.backends.float_search import choose_float_layers
 from edgeship.backends.modelopt_worker import MODELOPT_MISSING
-from edgeship.backends.onnxruntime import onnx_precision, quantize_qdq
+from edgeship.backends.onnxruntime import OnnxRuntimeRunner, onnx_precision, quantize_qdq
 from edgeship.backends.rounding import rounded_source
-from edgeship.backends.sensitivity import keep_float
 from edgeship.backends.tooling import captured_output, error_line, fed_inputs, import_problem, importable
-from edgeship.config import BackendSection, Section, WeightRounding, keep_float_field, weight_rounding_field
+from edgeship.config import (
+    AccuracyTarget,
+    BackendSection,
+    KeepFloat,
+    Section,
+    WeightRounding,
+    accuracy_target_field,
+    keep_float_field,
+    weight_rounding_field,
+)
 from edgeship.device import installed_versions, nvidia_gpu
 from edgeship.errors import BackendUnavailable, BuildError
 
@@ -83,7 +92,7 @@ class TensorRtConfig(BackendSection):
     BACKEND: ClassVar[str] = "tensorrt"
     SUPPORTED: ClassVar[frozenset[Precision]] = frozenset(Precision)
     INT8_ONLY: ClassVar[frozenset[str]] = frozenset({"qdq_tool", "calibration_method", "calibration_size", "high_precision",
-                                                     "keep_float", "weight_rounding"})
+                                                     "keep_float", "accuracy_target", "weight_rounding"})
     ENGINE_ONLY: ClassVar[frozenset[str]] = frozenset({"workspace_mib", "optimization_level", "timing_cache", "batch"})
 
     precisions: tuple[Precision, ...] = (Precision.FP16, Precision.INT8)
@@ -92,7 +101,8 @@ class TensorRtConfig(BackendSection):
                                     "auto takes ModelOpt when it imports")
     calibration_method: Literal["entropy", "max"] = "entropy"
     calibration_size: PositiveInt | None = Field(default=None, description="use the first N calibration samples; None uses all")
-    keep_float: int = keep_float_field("out of the Q/DQ")
+    keep_float: KeepFloat = keep_float_field("out of the Q/DQ")
+    accuracy_target: AccuracyTarget | None = accuracy_target_field()
     weight_rounding: WeightRounding = weight_rounding_field()
     high_precision: Literal["fp16", "fp32"] = Field(
         default="fp16", description="type of the layers the INT8 model leaves unquantized (ModelOpt's high_precision_dtype); "
@@ -208,9 +218,23 @@ class TensorRtBackend(BackendBase):
     def _quantize(self, source: Path, target: Path, calibration: CalibrationSet, cfg: TensorRtConfig, work: Path) -> dict[str, Any]:
         if cfg.calibration_size is not None:
             calibration = calibration.subset(cfg.calibration_size)
+
+        def candidate(nodes: list[str], folder: Path) -> Path:
+            self._write_qdq(source, folder / target.name, calibration, cfg, folder, nodes)
+            return folder / target.name
+
+        # the prepared ONNX is what a CPU can score: candidates run on ONNX Runtime, as its prediction does
+        # built again once chosen: the preparation record comes from that build, and candidates leave work files
+        chosen = choose_float_layers(source, calibration, cfg.keep_float, cfg.accuracy_target, target.parent, build=candidate,
+                                     runner=lambda engine, threads: OnnxRuntimeRunner(engine, threads=threads))
+        return self._write_qdq(source, target, calibration, cfg, work, chosen.nodes)
+
+    def _write_qdq(self, source: Path, target: Path, calibration: CalibrationSet, cfg: TensorRtConfig, work: Path,
+                   keep: list[str]) -> dict[str, Any]:
+        """The Q/DQ ONNX TensorRT builds from, ``keep`` left out of the Q/DQ: ModelOpt's, or ONNX Runtime's quantizer with
+        TensorRT's settings."""
         settings: dict[str, Any] = {"calibration_method": cfg.calibration_method, "calibration_samples": len(calibration.samples),
                                     "calibration_fingerprint": calibration.fingerprint}
-        keep = keep_float(source, calibration.samples, cfg.keep_float, target.parent)
         if keep:
             settings["float_layers"] = keep
         settings["weight_rounding"] = cfg.weight_rounding

@@ -22,15 +22,18 @@ from pydantic import BaseModel
 from edgeship.artifacts import Artifact
 from edgeship.backends import REGISTRY, availability, get_backend
 from edgeship.backends.base import PREPARE_INFO, CalibrationSet, Precision, PreparingBackend
+from edgeship.backends.float_search import SEARCH_FILE
 from edgeship.backends.rounding import WEIGHT_ROUNDING_FILE
 from edgeship.backends.sensitivity import FLOAT_LAYERS_FILE
 from edgeship.errors import BackendUnavailable, BuildError, StageError
 from edgeship.pipeline.base import Made, RunContext
 from edgeship.recipe import BackendsConfig
+from edgeship.tensors import SearchSet
 
 # side files an INT8 build may leave beside its engine, and the metric each becomes
-SIDE_METRICS = {FLOAT_LAYERS_FILE: "float_layers", WEIGHT_ROUNDING_FILE: "weight_rounding"}
+SIDE_METRICS = {FLOAT_LAYERS_FILE: "float_layers", WEIGHT_ROUNDING_FILE: "weight_rounding", SEARCH_FILE: "float_search"}
 PREPARE = "prepare"  # the stage name of prepared ONNX artifacts, made inside the build stage
+UNSET_UNKEYED = frozenset({"accuracy_target"})  # keys added later: unset, they stay out of an engine's identity (no rebuild)
 
 
 def engine_name(backend: str, precision: Precision | str) -> str:
@@ -40,8 +43,9 @@ def engine_name(backend: str, precision: Precision | str) -> str:
 class BuildStage:
     name: ClassVar[str] = "build"
 
-    def __init__(self, calibration: CalibrationSet | None) -> None:
+    def __init__(self, calibration: CalibrationSet | None, search: SearchSet | None = None) -> None:
         self.calibration = calibration
+        self.search = search  # validation samples for keep_float: auto
 
     def run(self, inputs: Mapping[str, Artifact], cfg: BackendsConfig, ctx: RunContext) -> dict[str, Artifact]:
         """Every engine that built, by name, and for a preparing backend (TensorRT) each prepared ONNX under
@@ -79,16 +83,24 @@ class BuildStage:
                 ctx.save_manifest()
         return outputs
 
-    def _calibration_for(self, backend_name: str, precision: Precision, onnx: Artifact) -> CalibrationSet | None:
+    def _calibration_for(self, backend_name: str, precision: Precision, onnx: Artifact,
+                         cfg: BaseModel | None = None) -> CalibrationSet | None:
+        """The calibration set for one build, carrying the validation samples when its float layers are searched for
+        (``keep_float: auto``): its fingerprint, and so the engine's key, then covers them."""
         if precision not in REGISTRY[backend_name].calibrated or self.calibration is None:
             return None
-        return self.calibration.renamed(onnx.meta["input_name"])
+        calibration = self.calibration.renamed(onnx.meta["input_name"])
+        if precision is Precision.INT8 and getattr(cfg, "keep_float", 0) == "auto":
+            if self.search is None:
+                raise BuildError(backend_name, precision, "keep_float: auto searches on the validation split, and this data has none")
+            calibration = calibration.with_search(self.search)
+        return calibration
 
     def _prepare_one(self, ctx: RunContext, onnx: Artifact, backend: PreparingBackend, precision: Precision,
                      backend_cfg: BaseModel) -> Artifact:
         """The backend-bound ONNX (e.g. TensorRT's AutoCast FP16 or Q/DQ INT8), made on the CPU and kept as an artifact."""
         name = engine_name(backend.name, precision)
-        calibration = self._calibration_for(backend.name, precision, onnx)
+        calibration = self._calibration_for(backend.name, precision, onnx, backend_cfg)
         versions = backend.preparation_versions()
         extra = {"calibration": calibration.fingerprint if calibration else None, "versions": versions}
 
@@ -109,7 +121,7 @@ class BuildStage:
         """One engine from the exported ONNX, or for a preparing backend from its prepared ONNX (``source``)."""
         backend = get_backend(backend_name)
         preparing = isinstance(backend, PreparingBackend)
-        calibration = None if preparing else self._calibration_for(backend_name, precision, source)
+        calibration = None if preparing else self._calibration_for(backend_name, precision, source, backend_cfg)
         extra = {"calibration": calibration.fingerprint if calibration else None, "versions": backend.availability().versions}
 
         def make(folder: Path) -> Made:
@@ -149,7 +161,7 @@ def prepare_config(backend: str, precision: Precision, cfg: BaseModel) -> dict[s
 def engine_config(backend: str, precision: Precision, cfg: BaseModel) -> dict[str, object]:
     """What identifies one engine: its backend section minus the keys that cannot change it."""
     ignored = {"enabled", "precisions"} | (set() if precision is Precision.INT8 else set(getattr(cfg, "INT8_ONLY", ())))
-    settings = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in ignored}
+    settings = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in ignored and not (k in UNSET_UNKEYED and v is None)}
     return {"backend": backend, "precision": precision.value, **settings}
 
 

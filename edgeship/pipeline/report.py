@@ -135,6 +135,9 @@ def build_report(manifest: Manifest, *, reached: bool = False) -> Report:
             # ``seconds`` comes from prepare.json in the metrics: the preparation's own time, also when it is reused
             row["prepared"] = {"status": prepared.status, "reason": prepared.reason, "reused": prepared.reused, "path": prepared.path,
                                "sha256": prepared.sha256, **prepared.metrics}
+            for side in SIDE_METRICS.values():  # what its preparation chose (keep_float) is the engine's too
+                if side not in row and isinstance(prepared.metrics.get(side), dict):
+                    row[side] = prepared.metrics[side]
         divergence = _divergence(entries, entry.name)
         if divergence is not None:
             row["divergence"] = divergence

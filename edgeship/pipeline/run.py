@@ -14,7 +14,7 @@ from rich.console import Console
 
 from edgeship.artifacts import ArtifactStore, Manifest
 from edgeship.backends import REGISTRY
-from edgeship.data import calibration_set, load_dataset
+from edgeship.data import calibration_set, load_dataset, search_set
 from edgeship.device import describe_device, source_revision, tool_versions
 from edgeship.errors import RecipeError
 from edgeship.pipeline.base import RunContext
@@ -86,7 +86,9 @@ def run(recipe: Recipe, *, force: Iterable[str] = (), console: Console | None = 
         if calibration is not None:
             manifest.calibration = {"samples": len(calibration.samples), "fingerprint": calibration.fingerprint,
                                     "source": str(recipe.calibration.source) if recipe.calibration.source else "held out from train"}
-        built = BuildStage(calibration).run({"onnx": onnx}, recipe.backends, ctx)
+        searching = any(getattr(c, "keep_float", 0) == "auto" for _, c in requested(recipe.backends))
+        search = search_set(dataset, recipe.data.preprocessing) if searching else None
+        built = BuildStage(calibration, search).run({"onnx": onnx}, recipe.backends, ctx)
         ctx.save_manifest()
         results = ValidateStage().run({"model": model, "onnx": onnx, **built}, recipe.validate_, ctx)
         ctx.save_manifest()

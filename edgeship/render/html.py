@@ -13,7 +13,7 @@ from edgeship.gates import GATES, TITLES, format_value
 from edgeship.qualification import Report
 from edgeship.render import plots
 from edgeship.render.cells import Cell, engine_cells, latency_cell, release_headline
-from edgeship.render.text import change_points, dataset_warnings, int8_weight_lines
+from edgeship.render.text import change_points, dataset_warnings, float_layers_line, int8_weight_lines
 from edgeship.render.text import pct as _pct
 from edgeship.render.text import size as _size
 
@@ -116,8 +116,10 @@ def _recommendations(report: Report) -> str:
 
 
 def _gates(report: Report) -> str:
-    """A matrix: one row per engine, one column per gate, each cell the outcome with the measured value."""
+    """A matrix: one row per engine, one column per gate (and per engine's own search target where one has it), each cell
+    the outcome with the measured value."""
     gates = report.gates
+    names = [*GATES, *dict.fromkeys(g.gate for row in report.engines for g in row.gates if g.gate not in GATES)]
     limits = [f"{TITLES[name]}: {format_value(name, gates.get(name)) if gates.get(name) is not None else 'no limit'}"
               for name in GATES]
     body = []
@@ -130,16 +132,22 @@ def _gates(report: Report) -> str:
             text = f"not measured: {escape(row.status)}: {escape(row.reason or 'no result')}"
             if predictions and row.predicted:
                 text += f"<br><span class=pred>{escape(row.predicted.label)}: {escape('; '.join(predictions))}</span>"
-            body.append(f"<tr>{head}<td class=l colspan={len(GATES)}>{text}</td></tr>")
+            body.append(f"<tr>{head}<td class=l colspan={len(names)}>{text}</td></tr>")
             continue
+        judged = {gate.gate: gate for gate in row.gates}
         cells = []
-        for gate in row.gates:
+        for name in names:
+            gate = judged.get(name)
+            if gate is None:
+                cells.append("<td class=c>—</td>")
+                continue
             value = "" if gate.value is None else f"<br>{format_value(gate.gate, gate.value)}"
+            limit = "" if name in GATES or gate.limit is None else f" (limit {format_value(gate.gate, gate.limit)})"
             cells.append(f"<td class=c title='{escape(gate.detail, quote=True)}'><span class={gate.outcome}>{gate.outcome}</span>"
-                         f"{value}</td>")
+                         f"{value}{escape(limit)}</td>")
         body.append(f"<tr>{head}{''.join(cells)}</tr>")
     headers = "".join(f"<th class={'l' if i < 2 else 'c'}>{escape(h)}</th>" for i, h in enumerate(("engine", "verdict",
-                                                                                                    *(TITLES[name] for name in GATES))))
+                                                                                                    *(TITLES[name] for name in names))))
     table = f"<table><thead><tr>{headers}</tr></thead><tbody>{''.join(body)}</tbody></table>"
     return _section("gates", "Gates × engines", f"<p class=muted>Limits: {escape('; '.join(limits))}; required: "
                     f"{escape(str(gates.get('required') or 'every engine not skipped'))}. A limit whose value was not measured "
@@ -308,6 +316,14 @@ def _divergence(report: Report) -> str:
                      f"{len(d.rows)} tensors compared, {len(d.unmapped)} not in the engine. {escape(d.note)}. Layers alone: "
                      f"{escape(d.local_note)}.</p>"
                      f"<div class=pair><div><p>Furthest from FP32:</p>{worst}</div><div><p>{label}</p>{sources}</div></div>")
+    searches = {r.name: r.float_search for r in report.engines if r.float_search}
+    if searches:
+        lines = "".join(f"<li>{escape(line)}</li>" for row in report.engines if row.float_search
+                        for line in [float_layers_line(row)] if line)
+        parts.append("<h3>Float layers chosen against a target (keep_float: auto)</h3>"
+                     + _figure(lambda: plots.float_search_figure(searches), "Each candidate built by the backend itself and "
+                               "scored on the validation split; the p50 is an in-process estimate taken during the search, not "
+                               "the engine's measured latency.") + f"<ul>{lines}</ul>")
     return _section("divergence", title, "<p class=muted>Each tensor of the FP32 ONNX against the same tensor inside the engine, "
                     "at its deployed precision, run from the input (so each carries every earlier layer's error). SQNR 40 dB is "
                     "an error of 1% of the signal, 20 dB of 10%. <code>edgeship debug RUN ENGINE</code> prints the same per "

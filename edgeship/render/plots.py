@@ -249,3 +249,28 @@ def divergence_figure(series: Mapping[str, Sequence[Mapping[str, Any]]]) -> Any:
     axes[0][0].set_ylabel("accumulated SQNR vs FP32 (dB)")
     fig.tight_layout()
     return fig
+
+
+def float_search_figure(searches: Mapping[str, Mapping[str, Any]]) -> Any:
+    """``keep_float: auto``: each candidate's agreement with FP32 on validation samples (solid) and its in-process p50
+    (dashed, right axis) against the number of ranked layers kept in float; the target as a line, the choice circled."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    right = ax.twinx()
+    for name, search in searches.items():
+        colour = COLOURS.get(name.split("/")[0], "grey")
+        points = sorted(search["candidates"], key=lambda c: c["float_layers"])
+        counts = [c["float_layers"] for c in points]
+        ax.plot(counts, [100 * c["agreement"] for c in points], marker="o", color=colour, label=name)
+        right.plot(counts, [c["p50_ms"] for c in points], marker="s", linestyle="--", color=colour, alpha=0.6)
+        chosen = next(c for c in points if c["float_layers"] == search["chosen"])
+        ax.scatter([chosen["float_layers"]], [100 * chosen["agreement"]], s=160, facecolors="none", edgecolors=colour, linewidths=2)
+        if "min_agreement" in search["target"]:
+            ax.axhline(100 * search["target"]["min_agreement"], color=colour, linestyle=":", linewidth=1)
+    ax.set(xlabel="ranked layers kept in float", ylabel="top-1 agreement with FP32, validation (%)",
+           title="keep_float: auto — candidates searched")
+    right.set_ylabel("p50 in the search (ms, dashed)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig

@@ -40,3 +40,12 @@ def test_tensorrt_preparation_ignores_engine_only_settings() -> None:
     ort_qdq = TensorRtConfig(qdq_tool="onnxruntime")
     assert prepare_config("tensorrt", Precision.INT8, base) != prepare_config("tensorrt", Precision.INT8, ort_qdq)
     assert prepare_config("tensorrt", Precision.FP16, base) == prepare_config("tensorrt", Precision.FP16, ort_qdq)
+
+
+def test_an_unset_accuracy_target_leaves_an_engines_identity_as_it_was() -> None:
+    """``accuracy_target`` came after the engines in users' stores: unset, it is not part of an INT8 engine's key (no
+    rebuild); set, with ``keep_float: auto``, it is."""
+    plain = engine_config("onnxruntime", Precision.INT8, OnnxRuntimeConfig())
+    assert "accuracy_target" not in plain and plain["keep_float"] == 0
+    searched = engine_config("onnxruntime", Precision.INT8, OnnxRuntimeConfig(keep_float="auto", accuracy_target={"min_agreement": 0.97}))
+    assert searched["keep_float"] == "auto" and searched["accuracy_target"] == {"min_agreement": 0.97, "max_drop_points": None}

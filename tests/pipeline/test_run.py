@@ -121,6 +121,24 @@ def test_the_int8_engine_is_compared_layer_by_layer_and_debug_prints_where(cold:
         assert expected in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_keep_float_auto_searches_on_the_validation_split_and_the_report_shows_it(workspace: Path, cold: RunResult) -> None:
+    """The ONNX Runtime INT8 engine's float layers chosen against a target on the validation split: the report row has
+    the search, the engine an extra gate for its target, and the page the candidates' chart."""
+    recipe = tiny_recipe(workspace, backends={"onnxruntime": {"precisions": ["int8"], "keep_float": "auto",
+                                                              "accuracy_target": {"min_agreement": 0.99}},
+                                              "openvino": {"enabled": False}, "tflite": {"enabled": False}, "tensorrt": {"enabled": False}})
+    result = run(recipe, console=Console(quiet=True))
+    (row,) = result.report["engines"]
+    search = row["float_search"]
+    assert search["split"] == "validation" and search["samples"] == 500 and search["target"] == {"min_agreement": 0.99}
+    chosen = next(c for c in search["candidates"] if c["float_layers"] == search["chosen"])
+    assert row["float_layers"]["auto"] and row["float_layers"]["nodes"] == chosen["nodes"]
+    gate = next(g for g in row["gates"] if g["gate"] == "search_min_agreement")
+    assert gate["outcome"] == ("pass" if search["met"] else "fail") and gate["value"] == chosen["agreement"] and gate["limit"] == 0.99
+    page = (result.run_dir / "report.html").read_text()
+    assert "Float layers chosen against a target" in page and "keep_float auto:" in page
+
+
 def test_unknown_force_stage_is_a_recipe_error(recipe: Recipe) -> None:
     with pytest.raises(RecipeError, match="unknown stage"):
         run(recipe, force=["calibrate"], console=Console(quiet=True))

@@ -1,0 +1,136 @@
+"""``keep_float: auto``: the recipe keys, the ranking on the quantized model, the bisection and its record, and a real
+search on ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from pydantic import ValidationError
+from test_sensitivity import two_convs
+
+from edgeship.backends import float_search
+from edgeship.backends.float_search import SEARCH_FILE, _reverted, choose_float_layers, rank_by_reverting
+from edgeship.backends.onnxruntime import OnnxRuntimeBackend, quantize_qdq
+from edgeship.backends.sensitivity import FLOAT_LAYERS_FILE, run_onnx
+from edgeship.config import AccuracyTarget
+from edgeship.recipe import OnnxRuntimeConfig, OpenVinoConfig, TensorRtConfig
+from edgeship.tensors import CalibrationSet, SearchSet
+
+from conftest import TrainedCnn
+
+
+@pytest.mark.parametrize(("section", "keys", "pattern"), [
+    (OnnxRuntimeConfig, {"keep_float": "auto"}, "give one, e.g. accuracy_target"),
+    (OpenVinoConfig, {"keep_float": 3, "accuracy_target": {"min_agreement": 0.97}}, "steers keep_float: auto"),
+    (OnnxRuntimeConfig, {"precisions": ["fp32"], "keep_float": "auto", "accuracy_target": {"min_agreement": 0.97}}, "no INT8 engine"),
+    (TensorRtConfig, {"keep_float": "auto", "accuracy_target": {}}, "exactly one of min_agreement and max_drop_points"),
+    (OnnxRuntimeConfig, {"keep_float": "auto", "accuracy_target": {"min_agreement": 0.97, "max_drop_points": 1}}, "exactly one"),
+    (OnnxRuntimeConfig, {"keep_float": "all"}, "auto"),
+])
+def test_bad_float_search_keys_are_recipe_errors(section: Any, keys: dict[str, Any], pattern: str) -> None:
+    with pytest.raises(ValidationError, match=pattern):
+        section.model_validate(keys)
+
+
+def test_a_number_of_float_layers_keeps_working() -> None:
+    assert OnnxRuntimeConfig.model_validate({"keep_float": 6}).keep_float == 6
+    cfg = OnnxRuntimeConfig.model_validate({"keep_float": "auto", "accuracy_target": {"max_drop_points": 0.5}})
+    assert cfg.accuracy_target is not None and cfg.accuracy_target.describe() == "top-1 drop ≤ 0.5 pt"
+
+
+@pytest.mark.parametrize(("activations", "start"), [("int8", "ra"), ("uint8", "ya")])
+def test_a_reverted_layer_reads_float_again(tmp_path: Path, activations: str, start: str) -> None:
+    """In the fully quantized model, the layer given back its float input and FP32 weights computes what the FP32 model
+    computes from the same (quantized) values before it. With uint8 activations the quantizer folds the Relu into the
+    Q/DQ range and leaves its name on the Conv before it: reverting the next layer puts the Relu back on the float path."""
+    source = two_convs(tmp_path / "two.onnx")
+    samples = np.abs(np.random.default_rng(0).normal(size=(16, 1, 8, 8))).astype(np.float32)
+    quantized = tmp_path / "q.onnx"
+    quantize_qdq(source, quantized, CalibrationSet(samples, "t"), method="minmax", per_channel=True, activation_type=activations,
+                 float_outputs=True)
+    model, original = onnx.load(str(quantized)), onnx.load(str(source))
+    folded = not any(n.op_type == "Relu" for n in model.graph.node)
+    assert folded is (activations == "uint8")
+    reverted = _reverted(model, "conv_b", original)
+    node = next(n for n in reverted.graph.node if n.name == "conv_b")
+    assert node.input[1] == "wb__float" and not node.input[0].endswith("DequantizeLinear_Output")
+    assert any(n.name == "relu__float" for n in reverted.graph.node) is folded
+    probe = onnx.ModelProto()  # the quantized model's own value of the float tensor conv_b's path starts from
+    probe.CopyFrom(model)
+    probe.graph.output[0].name = "ra"
+    before = run_onnx(probe, samples)
+    tail = onnx.utils.Extractor(onnx.shape_inference.infer_shapes(original)).extract_model([start], ["logits"])
+    np.testing.assert_allclose(run_onnx(reverted, samples), run_onnx(tail, before), rtol=1e-5, atol=1e-4)
+    assert not np.allclose(run_onnx(model, samples), run_onnx(tail, before), atol=1e-3)
+
+
+def test_the_ranking_puts_the_layer_int8_hurts_most_first(tmp_path: Path) -> None:
+    source = two_convs(tmp_path / "two.onnx")
+    rng = np.random.default_rng(1)
+    samples = np.abs(rng.normal(size=(32, 1, 8, 8))).astype(np.float32)
+    reference = run_onnx(onnx.load(str(source)), samples)
+    ranking = rank_by_reverting(source, CalibrationSet(samples[:16], "r"), samples[16:], reference[16:])
+    assert [row["node"] for row in ranking] == ["conv_b", "conv_a"]
+    assert ranking[0]["cosine_gain"] > 100 * abs(ranking[1]["cosine_gain"])
+
+
+def _fake_search(monkeypatch: pytest.MonkeyPatch, layers: int, needed: int | None) -> list[int]:
+    """A ranking of ``layers`` nodes and candidates that meet the target from ``needed`` float layers on (None: never)."""
+    built: list[int] = []
+    monkeypatch.setattr(float_search, "rank_by_reverting", lambda *a: [{"node": f"n{i}", "op": "Conv"} for i in range(layers)])
+    monkeypatch.setattr(float_search, "with_producers", lambda source, nodes: list(nodes))
+    monkeypatch.setattr(float_search, "_outputs_of", lambda source, samples: np.zeros((len(samples), 2), np.float32))
+
+    def score(nodes: list[str], count: int, *args: Any) -> dict[str, Any]:
+        built.append(count)
+        meets = needed is not None and count >= needed
+        return {"float_layers": count, "nodes": nodes, "agreement": 0.9 + count / 1000, "top1_drop_points": None, "meets": meets,
+                "p50_ms": 1.0, "build_seconds": 0.0, "seconds": 0.0}
+
+    monkeypatch.setattr(float_search, "_score", score)
+    return built
+
+
+@pytest.mark.parametrize(("needed", "chosen"), [(0, 0), (1, 1), (13, 13), (40, 40), (None, 40)])
+def test_bisection_finds_the_fewest_float_layers_in_few_builds(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, needed: int | None,
+                                                              chosen: int) -> None:
+    built = _fake_search(monkeypatch, 40, needed)
+    search = SearchSet(np.zeros((8, 1, 4, 4), np.float32), None, "s")
+    calibration = CalibrationSet(np.zeros((4, 1, 4, 4), np.float32), "c").with_search(search)
+    choice = choose_float_layers(tmp_path / "m.onnx", calibration, "auto", AccuracyTarget(min_agreement=0.95), tmp_path,
+                                 build=lambda *a: tmp_path, runner=lambda *a: None, reuse=True)  # type: ignore[arg-type,return-value]
+    assert choice.nodes == [f"n{i}" for i in range(chosen)] and choice.engine is None  # nothing was built to reuse
+    assert len(built) == len(set(built)) <= 2 + 6  # the two ends, then log2(40) rounded up
+    record = json.loads((tmp_path / SEARCH_FILE).read_text())
+    assert record["chosen"] == chosen and record["met"] is (needed is not None) and record["split"] == "validation"
+    assert [c["float_layers"] for c in record["candidates"]] == sorted(built)
+    assert json.loads((tmp_path / FLOAT_LAYERS_FILE).read_text())["auto"] is True
+
+
+def test_a_real_search_on_onnx_runtime_meets_its_target_on_validation_samples(trained_cnn: TrainedCnn, tmp_path: Path) -> None:
+    """The backend's own build with the chosen layers left out of the Q/DQ; the record says what each candidate scored,
+    and an unreachable target keeps the best candidate, unmet."""
+    backend = OnnxRuntimeBackend()
+    search = SearchSet(trained_cnn.evaluation[:100], trained_cnn.labels[:100], "v")
+    calibration = CalibrationSet(trained_cnn.calibration[:50], "c").with_search(search)
+    unreachable = AccuracyTarget.model_construct(min_agreement=None, max_drop_points=-50.0)  # a gain of 50 points
+    for target, met in ((AccuracyTarget(min_agreement=0.9), True), (unreachable, False)):
+        out = tmp_path / str(met)
+        out.mkdir()
+        cfg = OnnxRuntimeConfig(keep_float="auto", accuracy_target=target)
+        engine = backend._build_int8(trained_cnn.onnx, calibration, cfg, out)
+        assert engine == out / "model.int8.onnx" and engine.is_file()  # the chosen candidate itself, not built twice
+        record = json.loads((out / SEARCH_FILE).read_text())
+        assert record["met"] is met and record["samples"] == 100 and len(record["ranking"]) >= 3
+        chosen = next(c for c in record["candidates"] if c["float_layers"] == record["chosen"])
+        assert 0 <= chosen["agreement"] <= 1 and chosen["p50_ms"] > 0 and chosen["top1_drop_points"] is not None
+        if met:
+            assert chosen["agreement"] >= 0.9
+        else:
+            assert chosen == max(record["candidates"], key=lambda c: (c["agreement"], -c["float_layers"]))
+        assert not list(out.glob(".candidate-*")), "candidate folders are removed"
