@@ -120,7 +120,7 @@ def test_onnxruntime_int8_stores_the_gptq_integers(net: Path, samples: np.ndarra
     out = tmp_path / "gptq"
     out.mkdir()
     cfg = OnnxRuntimeConfig(reduce_range=False, weight_rounding="gptq")
-    engine = OnnxRuntimeBackend._build_int8(net, CalibrationSet(samples, "t"), cfg, out)
+    engine = OnnxRuntimeBackend()._build_int8(net, CalibrationSet(samples, "t"), cfg, out)
     model, _ = round_weights(net, samples)
     rounded = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     stored = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(engine)).graph.initializer}
@@ -140,7 +140,7 @@ def test_gptq_int8_follows_fp32_closer_than_nearest(net: Path, samples: np.ndarr
     for method in ("nearest", "gptq"):
         out = tmp_path / method
         out.mkdir()
-        engine = OnnxRuntimeBackend._build_int8(net, CalibrationSet(samples, "t"),
+        engine = OnnxRuntimeBackend()._build_int8(net, CalibrationSet(samples, "t"),
                                                 OnnxRuntimeConfig(reduce_range=False, weight_rounding=method), out)
         got = ort.InferenceSession(str(engine), providers=["CPUExecutionProvider"]).run(None, {"input": samples})[0]
         errors[method] = float(np.linalg.norm(got - reference) / np.linalg.norm(reference))
@@ -152,7 +152,7 @@ def test_float_outputs_leave_the_logits_unquantized(net: Path, samples: np.ndarr
     for float_outputs in (False, True):
         out = tmp_path / str(float_outputs)
         out.mkdir()
-        engine = OnnxRuntimeBackend._build_int8(net, CalibrationSet(samples, "t"),
+        engine = OnnxRuntimeBackend()._build_int8(net, CalibrationSet(samples, "t"),
                                                 OnnxRuntimeConfig(reduce_range=False, float_outputs=float_outputs), out)
         graph = onnx.load(str(engine)).graph
         producers[float_outputs] = next(node.op_type for node in graph.node if "logits" in node.output)

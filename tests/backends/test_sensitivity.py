@@ -71,7 +71,7 @@ def test_onnxruntime_int8_leaves_the_kept_layers_unquantized(tmp_path: Path, sam
     def quantized_weights(keep: int) -> set[str]:
         out = tmp_path / f"keep{keep}"
         out.mkdir()
-        engine = OnnxRuntimeBackend._build_int8(source, calibration, OnnxRuntimeConfig(reduce_range=False, keep_float=keep), out)
+        engine = OnnxRuntimeBackend()._build_int8(source, calibration, OnnxRuntimeConfig(reduce_range=False, keep_float=keep), out)
         graph = onnx.load(str(engine)).graph
         dequantized = [node.input[0] for node in graph.node if node.op_type == "DequantizeLinear"]  # int8 weights are stored quantized
         return {weight for weight in ("wa", "wb") if any(name.startswith(weight) for name in dequantized)}
