@@ -315,9 +315,10 @@ class OnnxRuntimeRunner(Runner):
         def call(feed: Feed) -> dict[str, np.ndarray]:
             return {name: np.asarray(value, np.float32) for name, value in zip(names, session.run(read, feed), strict=True)}
 
+        quantized = any(node.op_type == "QuantizeLinear" for node in model.graph.node)
         return Tap(method="ONNX Runtime: the tensors marked as graph outputs", exposed=tuple(names), call=call,
                    note="a marked tensor is not fused away: around it the quantized graph runs its Q/DQ arithmetic in float, "
-                        "which its fused INT8 kernels follow up to rounding", local=local,
+                        "which its fused INT8 kernels follow up to rounding" if quantized else "", local=local,
                    local_note="the engine's graph cut at the FP32 names of the layer's inputs and fed their FP32 "
                               "values; a layer whose input name the engine lost runs with the layers before it back to names it "
                               "kept (a Conv with the Relu the quantizer folded into it)")

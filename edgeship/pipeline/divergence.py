@@ -27,7 +27,7 @@ from edgeship.progress import progress_bar
 from edgeship.recipe import DivergenceConfig
 from edgeship.tensors import Precision
 
-DIVERGENCE_VERSION = 1
+DIVERGENCE_VERSION = 2  # 2: each layer's own error beside the accumulated one
 FILE = "divergence.json"
 
 

@@ -312,9 +312,9 @@ def _divergence(report: Report) -> str:
                              [[escape(t.tensor), escape(t.op_type), _db(t.sqnr_db), f"{fall:.2f}"] for t, fall in d.steepest(5)],
                              numeric=range(2, 4))
             label = "Steepest falls of the accumulated SQNR:"
+        alone = f"layers alone: {d.local_note}" if d.local_note else ""
         parts.append(f"<h3>{escape(row.name)}</h3><p class=muted>{escape(d.method)}; {d.samples} {escape(d.split)} samples; "
-                     f"{len(d.rows)} tensors compared, {len(d.unmapped)} not in the engine. {escape(d.note)}. Layers alone: "
-                     f"{escape(d.local_note)}.</p>"
+                     f"{len(d.rows)} tensors compared, {len(d.unmapped)} not in the engine.{_sentences(d.note, alone)}</p>"
                      f"<div class=pair><div><p>Furthest from FP32:</p>{worst}</div><div><p>{label}</p>{sources}</div></div>")
     searches = {r.name: r.float_search for r in report.engines if r.float_search}
     if searches:
@@ -328,6 +328,11 @@ def _divergence(report: Report) -> str:
                     "at its deployed precision, run from the input (so each carries every earlier layer's error). SQNR 40 dB is "
                     "an error of 1% of the signal, 20 dB of 10%. <code>edgeship debug RUN ENGINE</code> prints the same per "
                     "engine.</p>" + "".join(parts))
+
+
+def _sentences(*texts: str) -> str:
+    """Clauses as sentences after a first one: capitalised, each with its full stop; empty ones left out."""
+    return "".join(f" {escape(text[0].upper() + text[1:])}." for text in texts if text)
 
 
 def _db(value: float | None) -> str:
