@@ -33,7 +33,7 @@ from edgeship.render.terminal import print_summary
 
 SCHEMA = "edgeship.report"
 # 4: typed rows with their key; 5: the release's reasons, qualified engines and whether the run finished; 6: the machine's
-# peak, each engine's fraction of it and its per-layer profile
+# peak, each engine's fraction of it and its per-layer profile; 7: each engine's layer-wise divergence and keep_float: auto search
 SCHEMA_VERSION = 7
 OUTPUTS = ("report.json", "junit.xml", "report.html")
 

@@ -13,7 +13,7 @@ from edgeship.gates import GATES, TITLES, format_value
 from edgeship.qualification import Report
 from edgeship.render import plots
 from edgeship.render.cells import Cell, engine_cells, latency_cell, release_headline
-from edgeship.render.text import change_points, dataset_warnings, float_layers_line, int8_weight_lines
+from edgeship.render.text import change_points, dataset_warnings, db, float_layers_line, int8_weight_lines
 from edgeship.render.text import pct as _pct
 from edgeship.render.text import size as _size
 
@@ -299,17 +299,17 @@ def _divergence(report: Report) -> str:
             continue
         local = d.has_local
         worst = _table(["tensor", "op type", "depth", "SQNR dB", "cosine", *(["alone: SQNR dB"] if local else [])],
-                       [[escape(t.tensor), escape(t.op_type), str(t.depth), _db(t.sqnr_db), f"{t.cosine:.5f}",
-                         *([_db(t.local.sqnr_db) if t.local else "—"] if local else [])] for t in d.worst(5)],
+                       [[escape(t.tensor), escape(t.op_type), str(t.depth), db(t.sqnr_db), f"{t.cosine:.5f}",
+                         *([db(t.local.sqnr_db) if t.local else "—"] if local else [])] for t in d.worst(5)],
                        numeric=range(2, 6 if local else 5))
         if local:
             sources = _table(["tensor", "op type", "alone: SQNR dB", "accumulated"],
-                             [[escape(t.tensor), escape(t.op_type), _db(t.local.sqnr_db if t.local else None), _db(t.sqnr_db)]
+                             [[escape(t.tensor), escape(t.op_type), db(t.local.sqnr_db if t.local else None), db(t.sqnr_db)]
                               for t in d.worst_local(5)], numeric=range(2, 4))
             label = "Largest errors of a layer's own (alone on FP32 inputs):"
         else:
             sources = _table(["tensor", "op type", "SQNR dB", "fall dB"],
-                             [[escape(t.tensor), escape(t.op_type), _db(t.sqnr_db), f"{fall:.2f}"] for t, fall in d.steepest(5)],
+                             [[escape(t.tensor), escape(t.op_type), db(t.sqnr_db), f"{fall:.2f}"] for t, fall in d.steepest(5)],
                              numeric=range(2, 4))
             label = "Steepest falls of the accumulated SQNR:"
         alone = f"layers alone: {d.local_note}" if d.local_note else ""
@@ -334,9 +334,6 @@ def _sentences(*texts: str) -> str:
     """Clauses as sentences after a first one: capitalised, each with its full stop; empty ones left out."""
     return "".join(f" {escape(text[0].upper() + text[1:])}." for text in texts if text)
 
-
-def _db(value: float | None) -> str:
-    return "exact" if value is None else f"{value:.1f}"
 
 
 def _pipeline(report: Report) -> str:

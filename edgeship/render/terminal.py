@@ -17,7 +17,7 @@ from rich.table import Table
 from edgeship.gates import format_value
 from edgeship.qualification import EngineRow, Report
 from edgeship.render.cells import LABELLED, UNLABELLED, Cell, engine_cells, latency_cell, release_headline
-from edgeship.render.text import change_points, dataset_warnings, int8_weight_lines
+from edgeship.render.text import change_points, dataset_warnings, db, int8_weight_lines
 from edgeship.render.text import pct as _pct
 from edgeship.render.text import size as _size
 
@@ -162,8 +162,6 @@ def cross_check_reason(check: Mapping[str, Any]) -> str:
             "leaves out and every backend's p50 here includes")
 
 
-
-
 def print_divergence(row: EngineRow, console: Console, *, count: int = 10) -> None:
     """``edgeship debug``: the ``count`` tensors of ``row``'s engine furthest from FP32, and the layers whose own error is
     largest (where the runtime runs a layer alone) or, where it cannot, where the accumulated SQNR falls most."""
@@ -180,23 +178,20 @@ def print_divergence(row: EngineRow, console: Console, *, count: int = 10) -> No
     for column in columns:
         worst.add_column(column, justify="left" if column in ("tensor", "op type") else "right")
     for t in d.worst(count):
-        alone = [_db(t.local.sqnr_db) if t.local else "—"] if d.has_local else []
-        worst.add_row(escape(t.tensor), t.op_type, str(t.depth), _db(t.sqnr_db), f"{t.cosine:.5f}", *alone)
+        alone = [db(t.local.sqnr_db) if t.local else "—"] if d.has_local else []
+        worst.add_row(escape(t.tensor), t.op_type, str(t.depth), db(t.sqnr_db), f"{t.cosine:.5f}", *alone)
     console.print(worst)
     if d.has_local:
         sources = Table(title="the largest errors of a layer's own (alone on FP32 inputs): where float helps most")
         for column in ("tensor", "op type", "depth", "alone: SQNR dB", "accumulated SQNR dB"):
             sources.add_column(column, justify="left" if column in ("tensor", "op type") else "right")
         for t in d.worst_local(min(count, 5)):
-            sources.add_row(escape(t.tensor), t.op_type, str(t.depth), _db(t.local.sqnr_db if t.local else None), _db(t.sqnr_db))
+            sources.add_row(escape(t.tensor), t.op_type, str(t.depth), db(t.local.sqnr_db if t.local else None), db(t.sqnr_db))
     else:
         sources = Table(title="steepest falls from the tensor before: the likely sources")
         for column in ("tensor", "op type", "depth", "SQNR dB", "fall dB"):
             sources.add_column(column, justify="left" if column in ("tensor", "op type") else "right")
         for t, fall in d.steepest(min(count, 5)):
-            sources.add_row(escape(t.tensor), t.op_type, str(t.depth), _db(t.sqnr_db), f"{fall:.2f}")
+            sources.add_row(escape(t.tensor), t.op_type, str(t.depth), db(t.sqnr_db), f"{fall:.2f}")
     console.print(sources)
 
-
-def _db(value: float | None) -> str:
-    return "exact" if value is None else f"{value:.1f}"

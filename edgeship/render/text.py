@@ -60,3 +60,8 @@ def dataset_warnings(report: Report) -> list[str]:
     """What the terminal and the page's first screen say before anything else: the data is not what the recipe asked for."""
     note = substitution_note(report.dataset)
     return [note] if note else []
+
+
+def db(value: float | None) -> str:
+    """An SQNR in dB for people; None is an exact match."""
+    return "exact" if value is None else f"{value:.1f}"
