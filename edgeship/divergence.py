@@ -98,7 +98,7 @@ class Divergence(BaseModel):
 
     def worst(self, count: int = TOP_LAYERS) -> list[TensorDivergence]:
         """The ``count`` tensors furthest from FP32, lowest SQNR first (exact tensors last)."""
-        return sorted(self.rows, key=lambda r: (math.inf if r.sqnr_db is None else r.sqnr_db, r.depth))[:count]
+        return sorted(self.rows, key=lambda r: (_lowest_first(r.sqnr_db), r.depth))[:count]
 
     @property
     def has_local(self) -> bool:
@@ -107,23 +107,28 @@ class Divergence(BaseModel):
     def worst_local(self, count: int = TOP_LAYERS) -> list[TensorDivergence]:
         """The ``count`` layers with the largest error of their own (lowest local SQNR): where to keep float first."""
         rows = [row for row in self.rows if row.local is not None]
-        return sorted(rows, key=lambda r: (math.inf if r.local.sqnr_db is None else r.local.sqnr_db, r.depth))[:count]  # type: ignore[union-attr]
+        return sorted(rows, key=lambda r: (_lowest_first(r.local.sqnr_db), r.depth))[:count]  # type: ignore[union-attr]
 
     def steepest(self, count: int = TOP_LAYERS) -> list[tuple[TensorDivergence, float]]:
         """The tensors where the accumulated SQNR falls most from the tensor feeding it in graph order: the likely sources."""
         drops = []
         previous: float | None = None
         for row in self.rows:
-            value = row.sqnr_db if row.sqnr_db is not None else None
-            if value is not None and previous is not None:
-                drops.append((row, round(previous - value, 2)))
-            if value is not None:
-                previous = value
+            if row.sqnr_db is None:  # exact: nothing fell here
+                continue
+            if previous is not None:
+                drops.append((row, round(previous - row.sqnr_db, 2)))
+            previous = row.sqnr_db
         return sorted(drops, key=lambda item: -item[1])[:count]
 
     @classmethod
     def unavailable(cls, reason: str) -> Divergence:
         return cls(reason=reason)
+
+
+def _lowest_first(sqnr: float | None) -> float:
+    """Sort key for SQNRs, worst first: None (exact) sorts last."""
+    return math.inf if sqnr is None else sqnr
 
 
 @dataclass

@@ -22,6 +22,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, PositiveInt
 
 from edgeship.artifacts import write_atomic
+from edgeship.device import usable_cpus
 from edgeship.measure import time_calls
 
 PEAK_VERSION = 1  # part of the store key of a peak measurement
@@ -77,8 +78,7 @@ def measure_peak(threads: int) -> Peak:
         median_ms = float(np.median(times)) / 1e6
         rates[label] = PeakRate(op=op, gmacs=round(m * n * k / (median_ms * 1e-3) / 1e9, 2), median_ms=round(median_ms, 3),
                                 iterations=len(times))
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return Peak(threads=threads, cpus=cpus, shape=(m, n, k), runtime=f"ONNX Runtime {ort.__version__}", **rates)
+    return Peak(threads=threads, cpus=usable_cpus(), shape=(m, n, k), runtime=f"ONNX Runtime {ort.__version__}", **rates)
 
 
 def _product(op: str, a: np.ndarray, b: np.ndarray) -> bytes:

@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgeship.backends.sensitivity import FLOAT_LAYERS_FILE, PASS_THROUGH, WEIGHTED_OPS, keep_float, run_onnx, with_producers
-from edgeship.measure import agreement, time_calls
+from edgeship.device import usable_cpus
+from edgeship.measure import agreement, time_calls, top1
 
 if TYPE_CHECKING:
     from edgeship.backends.base import Runner
@@ -69,7 +70,7 @@ def choose_float_layers(source: Path, calibration: CalibrationSet, setting: Keep
     reference = _outputs_of(source, search.samples)
     ranking = rank_by_reverting(source, calibration, search.samples[:RANKING_SAMPLES], reference[:RANKING_SAMPLES])
     ranked_at = time.perf_counter() - started
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = len(usable_cpus() or ()) or os.cpu_count() or 1
     candidates: dict[int, dict[str, Any]] = {}
     engines: dict[int, Path] = {}  # each candidate's engine, in its own folder under out_dir until the search ends
 
@@ -133,10 +134,8 @@ def _score(nodes: list[str], count: int, build: Callable[[list[str], Path], Path
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    agrees = float((outputs.argmax(1) == reference.argmax(1)).mean())
-    drop = None
-    if labels is not None:
-        drop = round(100 * (float((reference.argmax(1) == labels).mean()) - float((outputs.argmax(1) == labels).mean())), 4)
+    agrees = agreement(outputs, reference)["top1_agreement"]
+    drop = None if labels is None else round(100 * (top1(reference, labels) - top1(outputs, labels)), 4)
     if target.min_agreement is not None:
         meets = agrees >= target.min_agreement
     else:
@@ -151,13 +150,15 @@ def _score(nodes: list[str], count: int, build: Callable[[list[str], Path], Path
 
 def rank_by_reverting(source: Path, calibration: CalibrationSet, samples: np.ndarray, reference: np.ndarray) -> list[dict[str, Any]]:
     """Every Conv/Gemm of ``source``, the one whose quantization costs the most first (see the module docstring)."""
-    ranking = _rank(str(source), source.stat().st_mtime_ns, calibration.fingerprint, calibration.samples[:RANKING_CALIBRATION].tobytes(),
+    # keyed by the samples it reads, not the calibration set's fingerprint: backends calibrating on different subsets of the
+    # same samples (and carrying the search samples in their fingerprint) share one ranking
+    ranking = _rank(str(source), source.stat().st_mtime_ns, calibration.samples[:RANKING_CALIBRATION].tobytes(),
                     calibration.samples.shape[1:], calibration.input_name, samples.tobytes(), reference.tobytes(), reference.shape[1:])
     return [dict(row) for row in ranking]
 
 
 @functools.lru_cache(maxsize=2)
-def _rank(path: str, _mtime: int, _fingerprint: str, calibration_bytes: bytes, sample_shape: tuple[int, ...], input_name: str,
+def _rank(path: str, _mtime: int, calibration_bytes: bytes, sample_shape: tuple[int, ...], input_name: str,
           sample_bytes: bytes, reference_bytes: bytes, output_shape: tuple[int, ...]) -> tuple[tuple[tuple[str, Any], ...], ...]:
     import onnx
 

@@ -83,8 +83,7 @@ class BuildStage:
                 ctx.save_manifest()
         return outputs
 
-    def _calibration_for(self, backend_name: str, precision: Precision, onnx: Artifact,
-                         cfg: BaseModel | None = None) -> CalibrationSet | None:
+    def _calibration_for(self, backend_name: str, precision: Precision, onnx: Artifact, cfg: BaseModel) -> CalibrationSet | None:
         """The calibration set for one build, carrying the validation samples when its float layers are searched for
         (``keep_float: auto``): its fingerprint, and so the engine's key, then covers them."""
         if precision not in REGISTRY[backend_name].calibrated or self.calibration is None:

@@ -20,7 +20,7 @@ import numpy as np
 from edgeship.artifacts import Artifact
 from edgeship.backends import get_backend
 from edgeship.data import preprocess
-from edgeship.divergence import Accumulator, Divergence, Match, Tap, match_by_value, renamed, tensor_sites
+from edgeship.divergence import Accumulator, Divergence, Match, Tap, TensorSite, match_by_value, renamed, tensor_sites
 from edgeship.errors import StageError
 from edgeship.pipeline.base import Made, RunContext
 from edgeship.progress import progress_bar
@@ -49,27 +49,32 @@ class DivergenceStage:
         samples = preprocess(val.images[: cfg.samples], ctx.recipe.data.preprocessing)
         key = {"samples": hashlib.sha256(samples.tobytes()).hexdigest(), "version": DIVERGENCE_VERSION}
         threads = ctx.recipe.threads()
+        sites = tensor_sites(onnx.path)
         out: dict[str, Artifact] = {}
         for name, engine in engines.items():
+            def make(folder: Path, e: Artifact = engine, n: str = name) -> Made:
+                return self._engine(folder, n, e, onnx, sites, samples, threads, ctx)
+
             try:
                 out[name] = ctx.produce(self.name, name, config=cfg.model_dump(mode="json"), parents=[engine, onnx], extra_key=key,
-                                        make=lambda folder, e=engine, n=name: self._engine(folder, n, e, onnx, samples, threads, ctx))
+                                        make=make)
             except StageError as exc:
                 ctx.record_problem(self.name, name, "failed", exc.reason)
             ctx.save_manifest()
         return out
 
-    def _engine(self, folder: Path, name: str, engine: Artifact, onnx: Artifact, samples: np.ndarray, threads: int,
-                ctx: RunContext) -> Made:
-        result = divergence(name, engine, onnx, samples, threads, ctx)
+    def _engine(self, folder: Path, name: str, engine: Artifact, onnx: Artifact, sites: list[TensorSite], samples: np.ndarray,
+                threads: int, ctx: RunContext) -> Made:
+        result = divergence(name, engine, onnx, sites, samples, threads, ctx)
         target = folder / FILE
         target.write_text(json.dumps(result.model_dump(mode="json"), indent=1))
         return Made(target, "divergence", {"engine": name, "metrics": result.model_dump(mode="json")})
 
 
-def divergence(name: str, engine: Artifact, onnx: Artifact, samples: np.ndarray, threads: int, ctx: RunContext) -> Divergence:
-    """``engine``'s tensors against ``onnx``'s on ``samples``; a ``Divergence`` saying why where the runtime gives none."""
-    sites = tensor_sites(onnx.path)
+def divergence(name: str, engine: Artifact, onnx: Artifact, sites: list[TensorSite], samples: np.ndarray, threads: int,
+               ctx: RunContext) -> Divergence:
+    """``engine``'s tensors against ``onnx``'s (its ``sites``) on ``samples``; a ``Divergence`` saying why where the runtime
+    gives none."""
     tensors = [site.tensor for site in sites]
     input_name = engine.meta["input_name"]
     runs_on = engine.meta.get("runs_on", engine.meta["backend"])

@@ -111,6 +111,7 @@ def build_report(manifest: Manifest, *, reached: bool = False) -> Report:
     base_metrics = baseline_entry.metrics if baseline_entry else {}
     base_top1 = base_metrics.get("top1")
     gates = GatesConfig.model_validate(manifest.recipe.get("gates") or {})
+    divergences = {e.name: e.metrics for e in entries if e.stage == "divergence" and e.status == "ok"}
     fields: list[dict[str, Any]] = []  # each row's fields as the manifest has them, then typed
     for entry in entries:
         if entry.stage != "build":
@@ -138,7 +139,7 @@ def build_report(manifest: Manifest, *, reached: bool = False) -> Report:
             for side in SIDE_METRICS.values():  # what its preparation chose (keep_float) is the engine's too
                 if side not in row and isinstance(prepared.metrics.get(side), dict):
                     row[side] = prepared.metrics[side]
-        divergence = _divergence(entries, entry.name)
+        divergence = _divergence(divergences, entry.name)
         if divergence is not None:
             row["divergence"] = divergence
         prediction = validations.get(prediction_name(entry.name))
@@ -257,10 +258,9 @@ def _device_rows(engine: dict[str, Any], entries: list[ManifestEntry], base_top1
     return rows
 
 
-def _divergence(entries: list[ManifestEntry], engine: str) -> dict[str, Any] | None:
-    """The engine's layer-wise divergence: its own, or where it has none (TensorRT without a GPU) its prepared ONNX's on
-    ONNX Runtime, a prediction."""
-    found = {e.name: e.metrics for e in entries if e.stage == "divergence" and e.status == "ok"}
+def _divergence(found: Mapping[str, dict[str, Any]], engine: str) -> dict[str, Any] | None:
+    """The engine's layer-wise divergence (``found``: each compared engine's, by name): its own, or where it has none
+    (TensorRT without a GPU) its prepared ONNX's on ONNX Runtime, a prediction."""
     own, predicted = found.get(engine), found.get(prediction_name(engine))
     if own is not None and not own.get("reason"):
         return own

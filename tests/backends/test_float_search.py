@@ -79,6 +79,18 @@ def test_the_ranking_puts_the_layer_int8_hurts_most_first(tmp_path: Path) -> Non
     assert ranking[0]["cosine_gain"] > 100 * abs(ranking[1]["cosine_gain"])
 
 
+def test_the_ranking_is_computed_once_for_backends_calibrating_on_the_same_samples(tmp_path: Path) -> None:
+    """Backends name their calibration sets differently (a subset, the search samples in the fingerprint); the ranking
+    reads the same samples and is shared, not computed again."""
+    source = two_convs(tmp_path / "two.onnx")
+    samples = np.abs(np.random.default_rng(2).normal(size=(24, 1, 8, 8))).astype(np.float32)
+    reference = run_onnx(onnx.load(str(source)), samples[16:])
+    float_search._rank.cache_clear()
+    first = rank_by_reverting(source, CalibrationSet(samples[:16], "ort[:100]+search:v"), samples[16:], reference)
+    second = rank_by_reverting(source, CalibrationSet(samples[:16], "openvino+search:v"), samples[16:], reference)
+    assert first == second and float_search._rank.cache_info().hits == 1
+
+
 def _fake_search(monkeypatch: pytest.MonkeyPatch, layers: int, needed: int | None) -> list[int]:
     """A ranking of ``layers`` nodes and candidates that meet the target from ``needed`` float layers on (None: never)."""
     built: list[int] = []
