@@ -49,7 +49,12 @@ class DivergenceStage:
         samples = preprocess(val.images[: cfg.samples], ctx.recipe.data.preprocessing)
         key = {"samples": hashlib.sha256(samples.tobytes()).hexdigest(), "version": DIVERGENCE_VERSION}
         threads = ctx.recipe.threads()
-        sites = tensor_sites(onnx.path)
+        try:
+            sites = tensor_sites(onnx.path)
+        except Exception as exc:  # onnx's shape inference raises its own errors on graphs it cannot follow
+            for name in engines:
+                ctx.record_problem(self.name, name, "failed", f"cannot list the FP32 model's tensors: {_first_line(exc)}")
+            return {}
         out: dict[str, Artifact] = {}
         for name, engine in engines.items():
             def make(folder: Path, e: Artifact = engine, n: str = name) -> Made:
@@ -65,7 +70,10 @@ class DivergenceStage:
 
     def _engine(self, folder: Path, name: str, engine: Artifact, onnx: Artifact, sites: list[TensorSite], samples: np.ndarray,
                 threads: int, ctx: RunContext) -> Made:
-        result = divergence(name, engine, onnx, sites, samples, threads, ctx)
+        try:
+            result = divergence(name, engine, onnx, sites, samples, threads, ctx)
+        except ValueError as exc:  # an engine tensor unlike the FP32 one it was read as
+            raise StageError(self.name, f"{name}: {_first_line(exc)}") from None
         target = folder / FILE
         target.write_text(json.dumps(result.model_dump(mode="json"), indent=1))
         return Made(target, "divergence", {"engine": name, "metrics": result.model_dump(mode="json")})
@@ -116,4 +124,8 @@ def _checked(tap: Tap, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     try:
         return tap.call(feed)
     except (RuntimeError, ValueError) as exc:
-        raise StageError(DivergenceStage.name, f"reading the engine's tensors failed: {str(exc).splitlines()[0]}") from None
+        raise StageError(DivergenceStage.name, f"reading the engine's tensors failed: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

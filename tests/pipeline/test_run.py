@@ -121,6 +121,23 @@ def test_the_int8_engine_is_compared_layer_by_layer_and_debug_prints_where(cold:
         assert expected in err and len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.parametrize("where", ["sites", "tensors"])
+def test_a_divergence_that_cannot_be_computed_is_a_recorded_failure_not_a_crash(recipe: Recipe, cold: RunResult,
+                                                                               monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """A model whose tensors cannot be listed, or an engine tensor unlike the FP32 one: the stage records one line per
+    engine and the run still writes its report (the comparison is a diagnosis, not a gate)."""
+    from edgeship.pipeline import divergence
+
+    def broken(*args: object) -> None:
+        raise ValueError("[ShapeInferenceError] cannot infer\nmore detail")
+
+    monkeypatch.setattr(divergence, "tensor_sites" if where == "sites" else "divergence", broken)
+    result = run(recipe, force=["divergence"], console=Console(quiet=True))
+    (failed,) = [e for e in result.manifest.entries if e.stage == "divergence"]
+    assert failed.status == "failed" and "ShapeInferenceError" in failed.reason and "more detail" not in failed.reason
+    assert (result.run_dir / "report.html").is_file() and result.report["engines"][1].get("divergence") is None
+
+
 def test_keep_float_auto_searches_on_the_validation_split_and_the_report_shows_it(workspace: Path, cold: RunResult) -> None:
     """The ONNX Runtime INT8 engine's float layers chosen against a target on the validation split: the report row has
     the search, the engine an extra gate for its target, and the page the candidates' chart."""
