@@ -22,7 +22,7 @@ import numpy as np
 from edgeship.errors import DataError
 from edgeship.images import read_image
 from edgeship.photos import SPARE_CROPS, load_crops
-from edgeship.tensors import CalibrationSet, SearchSet
+from edgeship.tensors import CalibrationSet, Feed, SearchSet
 from edgeship_deploy import preprocess as release_preprocess
 from edgeship_deploy import resize
 
@@ -37,13 +37,23 @@ ARRAY_SUFFIXES = frozenset({".npy", ".npz"})
 
 @dataclass(frozen=True)
 class Split:
-    """Raw images (N, H, W) or (N, H, W, C) uint8 and their int64 labels (None: unlabelled)."""
+    """Raw images (N, H, W) or (N, H, W, C) uint8 and their int64 labels (None: unlabelled); or, for ``arrays`` data,
+    the model's named inputs as they are (``arrays``), with no images."""
 
     images: np.ndarray
     labels: np.ndarray | None
+    arrays: Mapping[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(next(iter(self.arrays.values()))) if self.arrays else len(self.images)
+
+
+def model_inputs(split: Split, p: Preprocessing, input_name: str, count: int | None = None) -> Feed:
+    """The first ``count`` samples of a split as a feed: named arrays as they are, or images preprocessed under the
+    model's one input name."""
+    if split.arrays:
+        return {name: np.ascontiguousarray(array[:count]) for name, array in split.arrays.items()}
+    return {input_name: preprocess(split.images[:count], p)}
 
 
 EMPTY = Split(np.empty((0, 0, 0, 3), np.uint8), None)
@@ -104,6 +114,8 @@ def load_dataset(cfg: DataConfig, calibration: CalibrationConfig, *, seed: int, 
     classes, which an ``image_folder``'s class folders are named after (else the folders are the classes)."""
     if cfg.dataset == "sample_photos":
         return _sample_photos(cfg, calibration, seed=seed)
+    if cfg.dataset == "arrays":
+        return _arrays(cfg, calibration, seed=seed)
     if cfg.dataset == "image_folder":
         return _image_folder(cfg, calibration, seed=seed, label_space=label_space)
     if cfg.dataset == "fashion_mnist":
@@ -146,6 +158,75 @@ def _sample_photos(cfg: DataConfig, calibration: CalibrationConfig, *, seed: int
     return Dataset(name="sample_photos", source=f"{len(crops.photos)} photos bundled with scikit-learn and scikit-image: "
                    + ", ".join(crops.photos), classes=(), train=EMPTY, val=val, calibration=cal, eval=Split(crops.evaluation, None),
                    fingerprint=crops.fingerprint, probes=crops.probes)
+
+
+MIN_ARRAY_SAMPLES = 10  # fewer cannot be cut into evaluation, calibration and validation samples
+
+
+def _arrays(cfg: DataConfig, calibration: CalibrationConfig, *, seed: int) -> Dataset:
+    """A model's named inputs from an ``.npz``, cut at random (seeded) into disjoint evaluation, calibration, validation
+    and training samples: a quarter each at most (``eval_size``, ``calibration.size``, ``val_size`` cap them), the rest
+    training. No labels."""
+    assert cfg.path is not None  # the recipe requires it
+    arrays = read_arrays(cfg.path)
+    n = len(next(iter(arrays.values())))
+    order = np.random.default_rng(seed).permutation(n)
+    quarter = n // 4
+    n_eval = min(cfg.eval_size or quarter, quarter)
+    n_cal = 0 if calibration.source is not None else min(calibration.size, quarter)
+    n_val = min(cfg.val_size, quarter)
+    cuts = np.cumsum([n_eval, n_cal, n_val])
+    parts = np.split(order, cuts)
+    if cfg.train_size is not None:
+        parts[3] = parts[3][: cfg.train_size]
+
+    def take(index: np.ndarray) -> Split:
+        index = np.sort(index)
+        return Split(EMPTY.images, None, {name: array[index] for name, array in arrays.items()})
+
+    digest = hashlib.sha256(fingerprint_arrays(arrays).encode())
+    digest.update(order.tobytes())
+    digest.update(json.dumps({"eval": n_eval, "cal": n_cal, "val": n_val, "train": len(parts[3])}).encode())
+    return Dataset(name="arrays", source=str(cfg.path), classes=(), train=take(parts[3]), val=take(parts[2]), calibration=take(parts[1]),
+                   eval=take(parts[0]), fingerprint=digest.hexdigest())
+
+
+def read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Named arrays from an ``.npz``: one per model input, N samples each, numeric and finite; a ``DataError`` naming the
+    file and what was expected otherwise."""
+    if path.suffix.lower() != ".npz":
+        raise DataError(f"{path}: expected an .npz of named arrays, one per model input (numpy.savez(path, input_ids=…, …))")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except Exception as exc:  # noqa: BLE001 - numpy fails on a damaged file in many ways
+        raise DataError(f"{path}: cannot read array file ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
+    if not arrays:
+        raise DataError(f"{path}: holds no arrays; expected one per model input")
+    lengths = {name: (len(array) if array.ndim else 0) for name, array in arrays.items()}
+    if len(set(lengths.values())) > 1:
+        raise DataError(f"{path}: the arrays hold different numbers of samples ({', '.join(f'{k}: {v}' for k, v in lengths.items())}); "
+                        "each needs one row per sample")
+    for name, array in arrays.items():
+        if array.dtype.kind not in "biuf":
+            raise DataError(f"{path}: array {name!r} has dtype {array.dtype}; expected numbers (float, int or bool)")
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise DataError(f"{path}: array {name!r} contains NaN or inf; expected finite values")
+    n = next(iter(lengths.values()))
+    if n < MIN_ARRAY_SAMPLES:
+        raise DataError(f"{path}: {n} samples; at least {MIN_ARRAY_SAMPLES} are needed to cut evaluation, calibration and "
+                        "validation samples")
+    return arrays
+
+
+def fingerprint_arrays(arrays: Mapping[str, np.ndarray]) -> str:
+    """sha256 of named arrays: names, dtypes, shapes and bytes."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = arrays[name]
+        digest.update(json.dumps({"name": name, "dtype": str(array.dtype), "shape": array.shape}).encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def _image_folder(cfg: DataConfig, calibration: CalibrationConfig, *, seed: int, label_space: LabelSpace | None) -> Dataset:
@@ -296,7 +377,11 @@ def fingerprint_samples(samples: np.ndarray, preprocessing: Preprocessing, origi
 
 def calibration_set(dataset: Dataset, cfg: CalibrationConfig, preprocessing: Preprocessing, *,
                     input_shape: tuple[int, ...]) -> CalibrationSet:
-    """The calibration set: the held-out train images, or the recipe's own ``source``."""
+    """The calibration set: the held-out train images (or named arrays), or the recipe's own ``source``."""
+    if dataset.calibration.arrays or (cfg.source is not None and dataset.name == "arrays"):
+        arrays = dict(dataset.calibration.arrays) if cfg.source is None else _calibration_arrays(cfg.source, dataset)
+        arrays = {name: array[: cfg.size] for name, array in arrays.items()}
+        return CalibrationSet(arrays, fingerprint_arrays(arrays))
     if cfg.source is None:
         samples = preprocess(dataset.calibration.images, preprocessing)
         origin = f"{dataset.name}:train-holdout"
@@ -307,12 +392,26 @@ def calibration_set(dataset: Dataset, cfg: CalibrationConfig, preprocessing: Pre
     return CalibrationSet(samples, fingerprint_samples(samples, preprocessing, origin))
 
 
+def _calibration_arrays(source: Path, dataset: Dataset) -> dict[str, np.ndarray]:
+    """A calibration ``.npz`` of named arrays for a model fed named arrays: the evaluation data's names and dtypes."""
+    arrays = read_arrays(source)
+    expected = dataset.eval.arrays or {}
+    if set(arrays) != set(expected):
+        raise DataError(f"{source}: calibration arrays {sorted(arrays)}; the data's are {sorted(expected)}")
+    for name, array in arrays.items():
+        if array.dtype != expected[name].dtype or array.shape[1:] != expected[name].shape[1:]:
+            raise DataError(f"{source}: calibration array {name!r} is {array.dtype} {array.shape[1:]} per sample; the data's is "
+                            f"{expected[name].dtype} {expected[name].shape[1:]}")
+    return arrays
+
+
 SEARCH_SAMPLES = 2000  # validation samples a build's own search (keep_float: auto) scores candidates on
 
 
 def search_set(dataset: Dataset, preprocessing: Preprocessing, size: int = SEARCH_SAMPLES) -> SearchSet | None:
-    """The validation split as a build's search samples (neither calibration nor evaluation), None when there is none."""
-    if not len(dataset.val):
+    """The validation split as a build's search samples (neither calibration nor evaluation), None when there is none
+    (or the data is named arrays: the search analyses one image input)."""
+    if not len(dataset.val) or dataset.val.arrays:
         return None
     samples = preprocess(dataset.val.images[:size], preprocessing)
     labels = None if dataset.val.labels is None else dataset.val.labels[:size]

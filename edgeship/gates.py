@@ -21,8 +21,10 @@ from edgeship.recipe import GatesConfig
 
 __all__ = ["GATES", "TITLES", "Outcome", "Verdict", "accuracy", "accuracy_drop", "format_value", "judge", "recommend", "release",
            "required_engines"]
-GATES = ("max_drop_points", "min_fraction_of_fp32", "min_agreement", "max_p99_ms", "max_size_mib")
+GATES = ("max_drop_points", "min_fraction_of_fp32", "min_agreement", "min_cosine", "min_sqnr_db", "max_p99_ms", "max_size_mib")
+FIDELITY_GATES = {"min_cosine": "cosine", "min_sqnr_db": "sqnr_db"}  # gate → the per-output figure it judges
 TITLES = {"max_drop_points": "top-1 drop vs FP32", "min_fraction_of_fp32": "top-1 fraction of FP32", "min_agreement": "agreement with FP32",
+          "min_cosine": "output cosine with FP32", "min_sqnr_db": "output SQNR vs FP32",
           "max_p99_ms": "p99 latency (upper 95% bound)", "max_size_mib": "engine size",
           "search_min_agreement": "keep_float: auto target (validation)", "search_max_drop_points": "keep_float: auto target (validation)"}
 LABEL_GATES = ("max_drop_points", "min_fraction_of_fp32")  # need labels: on unlabelled data agreement decides instead
@@ -30,15 +32,17 @@ MIB = 1024**2
 NOTHING_QUALIFIED = "nothing was qualified: no required engine was built, measured and passed"
 
 
-def judge(row: EngineRow, baseline_top1: float | None, gates: GatesConfig, *, labelled: bool = True) -> tuple[Verdict, list[GateResult]]:
+def judge(row: EngineRow, baseline_top1: float | None, gates: GatesConfig, *, labelled: bool = True,
+          task: str = "classification") -> tuple[Verdict, list[GateResult]]:
     """The verdict on one engine row of the report and each gate's outcome; ``labelled``: whether the evaluation data
-    has labels (without, the top-1 gates cannot apply and agreement decides)."""
-    if row.status != "ok" or (row.top1 is None and row.top1_agreement is None):
+    has labels (without, the top-1 gates cannot apply and agreement decides); ``task``: a generic model has no class
+    scores, so only output fidelity, latency and size gates apply."""
+    if row.status != "ok" or (row.top1 is None and row.top1_agreement is None and row.fidelity is None):
         verdict: Verdict = "skipped" if row.status == "skipped" else "error"
         why = f"not measured: {row.status}: {row.reason or 'no result'}"
         return verdict, [_gate(name, gates, "not-applicable", None, why, prediction=_prediction(name, row, baseline_top1, gates))
                          for name in GATES]
-    results = [_judge_one(name, row, baseline_top1, gates, labelled=labelled) for name in GATES]
+    results = [_judge_one(name, row, baseline_top1, gates, labelled=labelled, task=task) for name in GATES]
     if row.float_search:
         results.append(_float_search_gate(row.float_search))
     return ("fail" if any(r.outcome == "fail" for r in results) else "pass"), results
@@ -121,9 +125,12 @@ def recommend(rows: Sequence[EngineRow]) -> dict[str, Recommendation]:
 
 
 def accuracy(row: EngineRow) -> tuple[float, str]:
-    """The accuracy figure that ranks engines: top-1 against labels, or on unlabelled data top-1 agreement with FP32."""
+    """The accuracy figure that ranks engines: top-1 against labels, on unlabelled data top-1 agreement with FP32, and for
+    a generic model the worst output's cosine with FP32."""
     if row.top1 is not None:
         return row.top1, "top-1"
+    if row.top1_agreement is None and row.min_cosine is not None:
+        return row.min_cosine, "output cosine"
     return row.top1_agreement or 0.0, "top-1 agreement"
 
 
@@ -139,10 +146,16 @@ def _passes(name: str, value: float, limit: float) -> bool:
     return value <= limit if name.startswith("max_") else value >= limit
 
 
-def _judge_one(name: str, row: EngineRow, baseline_top1: float | None, gates: GatesConfig, *, labelled: bool) -> GateResult:
+def _judge_one(name: str, row: EngineRow, baseline_top1: float | None, gates: GatesConfig, *, labelled: bool,
+               task: str = "classification") -> GateResult:
     limit = getattr(gates, name)
     if limit is None:
         return _gate(name, gates, "not-applicable", None, "no limit set in the recipe")
+    if name in GatesConfig.CLASSIFICATION and task == "generic":
+        return _gate(name, gates, "not-applicable", None, "a generic model has no class scores: output fidelity decides "
+                                                          "(min_cosine, min_sqnr_db)")
+    if name in FIDELITY_GATES:
+        return _fidelity_gate(name, row, gates)
     if name in LABEL_GATES and not labelled:
         return _gate(name, gates, "not-applicable", None, "no labels in the evaluation data: accuracy is top-1 agreement with FP32 "
                                                           "(min_agreement)")
@@ -179,11 +192,36 @@ def _measured(name: str, row: Scores, baseline_top1: float | None) -> tuple[floa
     return (None, "size not measured") if size is None else (round(size / MIB, 4), f"{size:,} bytes")
 
 
+def _fidelity_gate(name: str, row: Scores, gates: GatesConfig) -> GateResult:
+    """``min_cosine`` / ``min_sqnr_db`` on every output (one limit) or on the outputs named (a limit each): the value shown
+    is the output furthest below its limit, or the closest to it when all pass."""
+    limit = getattr(gates, name)
+    figure = FIDELITY_GATES[name]
+    per_output = row.fidelity or {}
+    limits = limit if isinstance(limit, dict) else dict.fromkeys(per_output, limit)
+    missing = [output for output in limits if output not in per_output]
+    if not per_output or missing:
+        what = f"no output named {', '.join(map(repr, missing))} (the engine's: {', '.join(per_output) or 'none'})" if per_output \
+            else "no output fidelity measured"
+        return GateResult(gate=name, title=TITLES[name], outcome="fail", value=None, limit=None, detail=f"not measured: {what}")
+    margins = {output: per_output[output][figure] - bound for output, bound in limits.items()}
+    worst = min(margins, key=margins.__getitem__)
+    value, bound = per_output[worst][figure], limits[worst]
+    outcome: Outcome = "pass" if value >= bound else "fail"
+    detail = f"worst output {worst!r}" + (f" of {len(limits)}" if len(limits) > 1 else "") + f"; {row.eval_samples} evaluation samples"
+    return GateResult(gate=name, title=TITLES[name], outcome=outcome, value=value, limit=bound, detail=detail)
+
+
 def _prediction(name: str, row: EngineRow, baseline_top1: float | None, gates: GatesConfig) -> GatePrediction | None:
     """What an accuracy gate would say on a prediction (TensorRT's prepared ONNX on ONNX Runtime): shown, never a pass."""
     predicted, limit = row.predicted, getattr(gates, name)
-    if predicted is None or limit is None or name not in ("max_drop_points", "min_fraction_of_fp32", "min_agreement"):
+    if predicted is None or limit is None or name not in ("max_drop_points", "min_fraction_of_fp32", "min_agreement", *FIDELITY_GATES):
         return None
+    if name in FIDELITY_GATES:
+        result = _fidelity_gate(name, predicted, gates)
+        if result.value is None:
+            return None
+        return GatePrediction(value=result.value, would="pass" if result.outcome == "pass" else "fail", label=predicted.label)
     value, _ = _measured(name, predicted, baseline_top1)
     if value is None:
         return None
@@ -192,8 +230,10 @@ def _prediction(name: str, row: EngineRow, baseline_top1: float | None, gates: G
 
 def _gate(name: str, gates: GatesConfig, outcome: Outcome, value: float | None, detail: str,
           prediction: GatePrediction | None = None) -> GateResult:
-    return GateResult(gate=name, title=TITLES[name], outcome=outcome, value=value, limit=getattr(gates, name), detail=detail,
-                      prediction=prediction)
+    limit = getattr(gates, name)
+    if isinstance(limit, dict):  # a limit per output: the row shows the tightest
+        limit = max(limit.values())
+    return GateResult(gate=name, title=TITLES[name], outcome=outcome, value=value, limit=limit, detail=detail, prediction=prediction)
 
 
 def _significantly_faster(a: EngineRow, b: EngineRow) -> bool:
@@ -236,14 +276,21 @@ def _failed(row: EngineRow) -> str:
                      f"{g.gate} ({format_value(g.gate, g.value)} vs limit {format_value(g.gate, g.limit)})" for g in failed)
 
 
-def format_value(gate: str, value: float | None) -> str:
-    """A gate's value or limit in its unit, for people: 99.42%, 0.54 pt, 0.0898 ms, 0.21 MiB."""
+def format_value(gate: str, value: float | dict[str, float] | None) -> str:
+    """A gate's value or limit in its unit, for people: 99.42%, 0.54 pt, 0.0898 ms, 0.21 MiB; a limit per output as
+    ``score 15.0 dB, vector 20.0 dB``."""
     if value is None:
         return "—"
+    if isinstance(value, dict):
+        return ", ".join(f"{output} {format_value(gate, limit)}" for output, limit in value.items())
     if gate in ("min_fraction_of_fp32", "min_agreement", "search_min_agreement"):
         return f"{100 * value:.2f}%"
     if gate in ("max_drop_points", "search_max_drop_points"):
         return f"{value:.2f} pt"
+    if gate == "min_cosine":
+        return f"{value:.5f}"
+    if gate == "min_sqnr_db":
+        return f"{value:.1f} dB"
     if gate == "max_p99_ms":
         return f"{value:.4f} ms"
     return f"{value:.3f} MiB"

@@ -29,6 +29,7 @@ from edgeship.backends import REGISTRY, get_backend
 from edgeship.device import usable_cpus
 from edgeship.measure import summarize, time_calls
 from edgeship.models import TorchRunner
+from edgeship.tensors import Feed
 
 Progress = Callable[[str, int, int], None]  # task, done, total
 # 2: runners reuse the runtime's buffers and skip re-checking a feed shaped like the last; the bare runtime call is
@@ -73,9 +74,11 @@ class HarnessSpec(MeasureSettings):
     backend: str = Field(description="a registered backend, or 'pytorch' for the FP32 baseline")
     engine: Path = Field(description="the engine's main file; for 'pytorch' the model artifact's artifact.json")
     torch_model_config: dict[str, Any] | None = None
-    input_name: str
-    inputs: Path = Field(description=".npy of preprocessed inputs in the ONNX layout; latency samples are its first rows")
-    outputs: Path | None = Field(default=None, description="write the outputs for every input here (.npy); None: not scored")
+    input_name: str = Field(description="the engine input a .npy of inputs feeds")
+    inputs: Path = Field(description=".npy of preprocessed inputs in the ONNX layout (fed as input_name), or .npz of named arrays, one "
+                                     "per engine input; latency samples are their first rows")
+    outputs: Path | None = Field(default=None, description="write the outputs for every input here: .npy (the one output, class "
+                                                           "scores) or .npz (every output, by name); None: not scored")
     timings: Path | None = Field(default=None, description="write per-iteration times here (.npz); None: not timed")
     cpus: tuple[int, ...] | None = Field(default=None, description="CPU affinity of the child; None keeps the parent's")
 
@@ -83,8 +86,8 @@ class HarnessSpec(MeasureSettings):
 def measure(spec: HarnessSpec, progress: Progress | None = None) -> dict[str, Any]:
     """Measure ``spec.engine`` in this process; see the module docstring. Raises ``HarnessError``."""
     progress = progress or (lambda task, done, total: None)
-    inputs = np.load(spec.inputs, mmap_mode="r")
-    if len(inputs) == 0:
+    inputs = _load_inputs(spec)
+    if _count(inputs) == 0:
         raise HarnessError(f"{spec.inputs}: no inputs")
     baseline_rss = _peak_rss()
     started = time.perf_counter()
@@ -100,7 +103,7 @@ def measure(spec: HarnessSpec, progress: Progress | None = None) -> dict[str, An
         started = time.perf_counter()
         with _runner(spec) as runner:
             result["load_ms"] = round((time.perf_counter() - started) * 1e3, 3)
-            call = _caller(runner, spec.input_name)
+            call = _caller(runner, every_output=spec.outputs is not None and spec.outputs.suffix == ".npz")
             sample = _rows(inputs, spec.batch_size)
             started = time.perf_counter()
             call(sample)
@@ -112,10 +115,13 @@ def measure(spec: HarnessSpec, progress: Progress | None = None) -> dict[str, An
             if spec.outputs is not None:
                 outputs = _score(spec, call, inputs, progress)
                 result["memory"]["peak_rss_with_eval_bytes"] = _peak_rss()
-                np.save(spec.outputs, outputs)
+                if isinstance(outputs, dict):
+                    np.savez(spec.outputs, **outputs)
+                else:
+                    np.save(spec.outputs, outputs)
             if spec.profile and spec.backend != "pytorch":  # last: a profiler slows what it watches, its session adds memory
                 progress("per-layer profile", 0, 1)
-                result["profile"] = runner.profile({spec.input_name: sample}).model_dump(mode="json")
+                result["profile"] = runner.profile(sample).model_dump(mode="json")
                 progress("per-layer profile", 1, 1)
     except HarnessError:
         raise
@@ -147,12 +153,11 @@ def measure_isolated(spec: HarnessSpec, work_dir: Path, progress: Progress | Non
     return json.loads(result_path.read_text())
 
 
-def _time_engine(spec: HarnessSpec, runner: Any, call: Callable[[np.ndarray], Any], inputs: np.ndarray,
-                 progress: Progress) -> dict[str, Any]:
+def _time_engine(spec: HarnessSpec, runner: Any, call: Callable[[Feed], Any], inputs: Feed, progress: Progress) -> dict[str, Any]:
     """Latency at ``batch_size``, throughput at each of ``throughput_batch_sizes``, and, if asked, the bare call and the
     backend's own benchmark tool in the same rounds."""
     sample = _rows(inputs, spec.batch_size)
-    bare = runner.bare_call({spec.input_name: sample}) if spec.bare_call else None
+    bare = runner.bare_call(sample) if spec.bare_call else None
     timed: dict[str, tuple[str, Callable[[], object]]] = {"latency": ("latency", lambda: call(sample))}
     if bare is not None:
         timed["bare"] = ("runtime call", bare)
@@ -168,9 +173,10 @@ def _time_engine(spec: HarnessSpec, runner: Any, call: Callable[[np.ndarray], An
             parts[key].append(_timed(task + suffix, function, warmup, -(-spec.iterations // rounds), spec.min_seconds / rounds, progress))
         if spec.cross_check and (not tool_rounds or tool_rounds[-1]["status"] == "ok"):
             progress(f"benchmark tool{suffix}", 0, 1)
+            (name, first), *others = sample.items()
             tool_rounds.append(tool_cross_check(spec.backend, spec.engine, threads=spec.threads, batch_size=spec.batch_size,
-                                                input_shape=tuple(sample.shape[1:]), input_name=spec.input_name,
-                                                min_seconds=spec.min_seconds / rounds))
+                                                input_shape=tuple(first.shape[1:]), input_name=name, min_seconds=spec.min_seconds / rounds,
+                                                more_inputs={other: tuple(array.shape[1:]) for other, array in others}))
     raw = {key: np.concatenate(chunks) for key, chunks in parts.items()}
     out: dict[str, Any] = {"latency": summarize(raw["latency"], spec.batch_size).as_dict()}
     if "bare" in raw:
@@ -224,12 +230,17 @@ def _timed(task: str, call: Callable[[], object], warmup: int, iterations: int, 
     return times
 
 
-def _score(spec: HarnessSpec, call: Callable[[np.ndarray], Any], inputs: np.ndarray, progress: Progress) -> np.ndarray:
-    out = []
-    for start in range(0, len(inputs), spec.eval_batch_size):
-        out.append(np.asarray(call(np.array(inputs[start : start + spec.eval_batch_size]))))  # a copy: the map is read-only
-        progress("accuracy", min(start + spec.eval_batch_size, len(inputs)), len(inputs))
-    return np.concatenate(out)
+def _score(spec: HarnessSpec, call: Callable[[Feed], Any], inputs: Feed, progress: Progress) -> np.ndarray | dict[str, np.ndarray]:
+    """The engine's outputs on every input, ``eval_batch_size`` at a time: one array, or every output by name."""
+    out: list[Any] = []
+    total = _count(inputs)
+    for start in range(0, total, spec.eval_batch_size):
+        # a copy: a memory map is read-only
+        out.append(call({name: np.array(array[start : start + spec.eval_batch_size]) for name, array in inputs.items()}))
+        progress("accuracy", min(start + spec.eval_batch_size, total), total)
+    if isinstance(out[0], dict):
+        return {name: np.concatenate([np.asarray(part[name]) for part in out]) for name in out[0]}
+    return np.concatenate([np.asarray(part) for part in out])
 
 
 def _runner(spec: HarnessSpec) -> Any:
@@ -245,9 +256,13 @@ def _runtime_module(backend: str) -> str:
     return REGISTRY[backend].runtime_module
 
 
-def _caller(runner: Any, input_name: str) -> Callable[[np.ndarray], np.ndarray]:
-    def call(x: np.ndarray) -> np.ndarray:
-        outputs = runner.infer({input_name: x})
+def _caller(runner: Any, *, every_output: bool) -> Callable[[Feed], Any]:
+    """``Runner.infer`` on a feed: its one output (class scores), or with ``every_output`` every output by name."""
+    if every_output:
+        return runner.infer
+
+    def call(feed: Feed) -> np.ndarray:
+        outputs = runner.infer(feed)
         if len(outputs) != 1:
             raise ValueError(f"expected one output (logits), the engine gave {sorted(outputs)}")
         return next(iter(outputs.values()))
@@ -255,10 +270,22 @@ def _caller(runner: Any, input_name: str) -> Callable[[np.ndarray], np.ndarray]:
     return call
 
 
-def _rows(inputs: np.ndarray, count: int) -> np.ndarray:
-    """The first ``count`` inputs, repeated when there are fewer, as one contiguous batch."""
-    index = np.arange(count) % len(inputs)
-    return np.ascontiguousarray(inputs[index])
+def _load_inputs(spec: HarnessSpec) -> Feed:
+    """The inputs as a feed: a .npy (memory-mapped) under ``input_name``, or every array of a .npz by name."""
+    if spec.inputs.suffix == ".npz":
+        with np.load(spec.inputs) as archive:
+            return {name: archive[name] for name in archive.files}
+    return {spec.input_name: np.load(spec.inputs, mmap_mode="r")}
+
+
+def _count(inputs: Feed) -> int:
+    return len(next(iter(inputs.values()))) if inputs else 0
+
+
+def _rows(inputs: Feed, count: int) -> Feed:
+    """The first ``count`` samples of every input, repeated when there are fewer, as contiguous batches."""
+    index = np.arange(count) % _count(inputs)
+    return {name: np.ascontiguousarray(array[index]) for name, array in inputs.items()}
 
 
 def _peak_rss() -> int:
@@ -277,15 +304,16 @@ def _peak_rss() -> int:
 
 
 def tool_cross_check(backend: str, engine: Path, *, threads: int, batch_size: int, input_shape: tuple[int, ...], input_name: str,
-                     min_seconds: float) -> dict[str, Any]:
+                     min_seconds: float, more_inputs: dict[str, tuple[int, ...]] | None = None) -> dict[str, Any]:
     """The backend's own benchmark tool (``cross_check``, e.g. OpenVINO's ``benchmark_app``) on ``engine`` with these
     settings: ``{"status": "ok", **its result}``, or ``{"status": "failed", "reason": …}``."""
     implementation = getattr(get_backend(backend), "cross_check", None)
     if implementation is None:
         return {"status": "failed", "reason": f"{backend} has no benchmark tool of its own"}
     try:
+        extra = {"more_inputs": more_inputs} if more_inputs else {}
         theirs = implementation(engine, threads=threads, batch_size=batch_size, input_shape=input_shape, input_name=input_name,
-                                seconds=max(min_seconds, 1.0))
+                                seconds=max(min_seconds, 1.0), **extra)
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         return {"status": "failed", "reason": str(exc)}
     return {"status": "ok", **theirs}

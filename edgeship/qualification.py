@@ -81,6 +81,12 @@ class Scores(_Record):
     top5_agreement: float | None = None
     max_abs_error: float | None = None
     mean_cosine: float | None = None
+    # output fidelity against the FP32 reference (every model; the measures of a generic one): the worst output's figures,
+    # and each output's (``measure.fidelity``)
+    min_cosine: float | None = None
+    min_sqnr_db: float | None = None
+    max_relative_l2: float | None = None
+    fidelity: dict[str, dict[str, float]] | None = None
     top1_drop_points: float | None = None
     top1_relative_to_fp32: float | None = None
 
@@ -223,6 +229,7 @@ class Report(_Record):
     threads: int | None
     cpus: list[int] | None
     dataset: dict[str, Any] | None
+    task: Literal["classification", "generic"] = "classification"
     accuracy: dict[str, str]
     calibration: dict[str, Any] | None
     baseline: dict[str, Any] | None

@@ -30,6 +30,8 @@ from edgeship.zoo import ZOO
 from edgeship.zoo.pretrained import PRETRAINED
 
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
+PACKAGE_SCHEME = "package://"
+Limit = float | dict[str, float]  # one limit for every output, or one per output name
 
 
 class Preprocessing(Section):
@@ -56,11 +58,14 @@ class DataConfig(Section):
     ``sample_photos`` has no labels and no training split: crops of the photographs bundled with scikit-learn and
     scikit-image, for a pretrained model's calibration and evaluation (accuracy there is agreement with FP32).
     ``image_folder`` is the user's labelled images: ``root/train/<class>/*`` and ``root/test/<class>/*``.
+    ``arrays`` is a model's inputs as they are, one named array per input in an ``.npz`` (token ids and masks, features),
+    cut at random into evaluation, calibration, validation and training samples; it has no labels.
     """
 
-    UNLABELLED: ClassVar[frozenset[str]] = frozenset({"sample_photos"})
+    UNLABELLED: ClassVar[frozenset[str]] = frozenset({"sample_photos", "arrays"})
 
-    dataset: Literal["fashion_mnist", "digits", "sample_photos", "image_folder"] = "fashion_mnist"
+    dataset: Literal["fashion_mnist", "digits", "sample_photos", "image_folder", "arrays"] = "fashion_mnist"
+    path: Path | None = Field(default=None, description="arrays: the .npz holding one array per model input, N samples each")
     root: Path = Field(default=FASHION_MNIST_ROOT, description="fashion_mnist: the IDX files; image_folder: the folder holding "
                                                                "train/ and test/, one subfolder of images per class")
     fallback: bool = Field(default=True, description="use scikit-learn digits when the dataset is absent")
@@ -75,6 +80,9 @@ class DataConfig(Section):
             raise ValueError("dataset sample_photos needs preprocessing.resize, the model's input (height, width), e.g. [224, 224]")
         if self.dataset == "image_folder" and self.root == FASHION_MNIST_ROOT:
             raise ValueError("dataset image_folder needs root: the folder holding train/ and test/, one subfolder of images per class")
+        if (self.dataset == "arrays") != (self.path is not None):
+            raise ValueError("dataset arrays needs path: the .npz of model inputs" if self.path is None else
+                             f"path is the .npz of dataset arrays; dataset {self.dataset!r} does not read it")
         return self
 
     @property
@@ -100,10 +108,13 @@ class TrainConfig(Section):
 
 
 class ModelConfig(Section):
-    """A bundled zoo architecture (trained here), a ``pretrained`` network from an installed package, or a user's
-    ``factory`` (+ ``checkpoint``)."""
+    """A bundled zoo architecture (trained here), a ``pretrained`` network from an installed package, a user's
+    ``factory`` (+ ``checkpoint``), or an ``onnx`` model, which is its own FP32 reference (no PyTorch: no pruning or
+    distillation)."""
 
     zoo: str | None = None
+    onnx: str | None = Field(default=None, description="an ONNX file (relative to the recipe), or 'package://<package>/<file>' "
+                                                       "inside an installed package, found without importing it")
     width: PositiveInt = Field(default=32, description="zoo models: channels of the first stage")
     pretrained: str | None = Field(default=None, description="a pretrained network loaded from its installed package, never "
                                                              "downloaded; e.g. efficientnet_lite0")
@@ -121,9 +132,11 @@ class ModelConfig(Section):
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
-        given = [key for key in ("zoo", "pretrained", "factory") if getattr(self, key) is not None]
+        given = [key for key in ("zoo", "pretrained", "factory", "onnx") if getattr(self, key) is not None]
         if len(given) > 1:
-            raise ValueError(f"give one of zoo, pretrained or factory, not {' and '.join(given)}")
+            raise ValueError(f"give one of zoo, pretrained, factory or onnx, not {' and '.join(given)}")
+        if self.onnx is not None and not (self.onnx.startswith(PACKAGE_SCHEME) or self.onnx.lower().endswith(".onnx")):
+            raise ValueError(f"onnx: expected a .onnx file or '{PACKAGE_SCHEME}<package>/<file>.onnx'")
         if self.checkpoint is not None and self.factory is None and self.pretrained is None:
             raise ValueError("checkpoint needs factory or pretrained (zoo models are trained here)")
         if not given:
@@ -137,7 +150,7 @@ class ModelConfig(Section):
     @property
     def label(self) -> str:
         """How the manifest and the report name the architecture."""
-        return self.zoo or self.pretrained or self.factory or "model"
+        return self.zoo or self.pretrained or self.factory or (self.onnx and Path(self.onnx).name) or "model"
 
 
 class SensitivityConfig(Section):
@@ -329,16 +342,32 @@ class GatesConfig(Section):
                                                description="top-1 at least this fraction of the FP32 baseline's (MLPerf: 0.99)")
     min_agreement: float | None = Field(default=0.95, gt=0, le=1,
                                         description="top-1 agreement with the FP32 baseline's outputs, at least")
+    min_cosine: Limit | None = Field(default=None, description="output fidelity: mean per-sample cosine with the FP32 reference's "
+                                                                "outputs, at least; one limit, or one per output name")
+    min_sqnr_db: Limit | None = Field(default=None, description="output fidelity: signal-to-quantization-noise ratio against the FP32 "
+                                                                 "reference's outputs, in dB, at least; one limit, or one per output")
     max_p99_ms: PositiveFloat | None = Field(default=None, description="p99 latency at validate.batch_size, judged on its upper 95% bound")
     max_size_mib: PositiveFloat | None = Field(default=None, description="engine size on disk, at most")
     required: list[str] | None = Field(
         default=None, description="engines that must pass for exit code 0 ('openvino/int8', 'tflite/*'); "
                                   "null: every engine requested whose backend is available here")
 
+    CLASSIFICATION: ClassVar[tuple[str, ...]] = ("max_drop_points", "min_fraction_of_fp32", "min_agreement")  # class scores only
+
+    @field_validator("min_cosine", "min_sqnr_db")
+    @classmethod
+    def _limits(cls, value: Limit | None) -> Limit | None:
+        if isinstance(value, dict) and not value:
+            raise ValueError("give one limit, or one per output name (a mapping that is not empty)")
+        return value
+
 
 class Recipe(Section):
     version: Literal[1] = 1
     name: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]+$")
+    task: Literal["classification", "generic"] = Field(
+        default="classification", description="classification: class scores out, judged by top-1 and agreement; generic: any "
+                                              "outputs (embeddings, maps, boxes), judged by output fidelity against FP32")
     seed: int = 0
     store: Path = Path(".edgeship/store")
     reports: Path = Path("reports")
@@ -376,6 +405,35 @@ class Recipe(Section):
             if getattr(section, "enabled", True):
                 names.extend(f"{backend}/{p.value if isinstance(p, Precision) else p}" for p in getattr(section, "precisions", ()))
         return names
+
+    @model_validator(mode="after")
+    def _task_fits(self) -> Recipe:
+        """What a generic model, an ONNX entry and named arrays can and cannot go through."""
+        if self.model.onnx is not None:
+            for stage in ("prune", "distill"):
+                section = getattr(self, stage)
+                if "enabled" in section.model_fields_set and section.enabled:
+                    raise ValueError(f"{stage}.enabled: {stage} changes a PyTorch model, and model.onnx is an ONNX file; set "
+                                     f"{stage}.enabled: false, or start from the PyTorch model (model.factory)")
+                # not asked for: an ONNX model is not pruned or distilled (a copy: the default section is shared)
+                object.__setattr__(self, stage, section.model_copy(update={"enabled": False}))
+        if self.data.dataset == "arrays":
+            if self.model.onnx is None:
+                raise ValueError("data.dataset arrays feeds a model's named inputs as they are: give the model as model.onnx (a "
+                                 "PyTorch model with declared inputs is not supported yet)")
+            if self.task != "generic":
+                raise ValueError("data.dataset arrays has no labels or class scores to judge: set task: generic (judged by output "
+                                 "fidelity: gates.min_cosine, gates.min_sqnr_db)")
+        if self.task == "generic":
+            chosen = sorted(set(GatesConfig.CLASSIFICATION) & self.gates.model_fields_set)
+            chosen = [name for name in chosen if getattr(self.gates, name) is not None]
+            if chosen:
+                raise ValueError(f"gates.{chosen[0]}: a class-score gate, and task is generic; judge a generic model by output "
+                                 "fidelity (gates.min_cosine, gates.min_sqnr_db)")
+            if self.devices:
+                raise ValueError("devices: measuring a generic model on an edge device is not supported yet (the agent takes one "
+                                 "image input); remove devices or use task: classification")
+        return self
 
     @model_validator(mode="after")
     def _labels_for_training(self) -> Recipe:
@@ -437,7 +495,8 @@ def load_recipe(path: str | os.PathLike[str] | None = None) -> Recipe:
 
 FACTORY = re.compile(r"(?:[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*|[^:]+\.py):[A-Za-z_]\w*")
 FACTORIES = (("model",), ("distill", "teacher"), ("distill", "student"))  # where a recipe may name a factory
-INPUT_PATHS = (("model", "checkpoint"), ("calibration", "source"), ("data", "root"), ("distill", "transfer_source"),
+INPUT_PATHS = (("model", "checkpoint"), ("model", "onnx"), ("calibration", "source"), ("data", "root"), ("data", "path"),
+               ("distill", "transfer_source"),
                ("distill", "teacher", "checkpoint"), ("distill", "student", "checkpoint"), ("backends", "tensorrt", "timing_cache"))
 
 
@@ -448,7 +507,7 @@ def _resolve_input_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         block: Any = raw
         for section in sections:
             block = block.get(section) if isinstance(block, dict) else None
-        if isinstance(block, dict) and isinstance(block.get(key), str):
+        if isinstance(block, dict) and isinstance(block.get(key), str) and not block[key].startswith(PACKAGE_SCHEME):
             path = Path(block[key]).expanduser()
             block[key] = str(path if path.is_absolute() else (base / path).resolve())
     for sections in FACTORIES:  # a factory that names a file: the file, relative to the recipe
@@ -480,6 +539,13 @@ def _check_files(recipe: Recipe, path: Path) -> None:
         where = spec.rpartition(":")[0]
         if where.endswith(".py") and not Path(where).is_file():
             raise RecipeError(f"{path}: '{key}': file not found: {where}")
+    if recipe.model.onnx is not None:
+        try:
+            onnx_file(recipe.model.onnx)
+        except FileNotFoundError as exc:
+            raise RecipeError(f"{path}: 'model.onnx': {exc}") from None
+    if recipe.data.path is not None and not recipe.data.path.is_file():
+        raise RecipeError(f"{path}: 'data.path': file not found: {recipe.data.path}")
     if recipe.model.checkpoint is not None and not recipe.model.checkpoint.is_file():
         raise RecipeError(f"{path}: 'model.checkpoint': file not found: {recipe.model.checkpoint}")
     if recipe.calibration.source is not None and not recipe.calibration.source.exists():
@@ -491,6 +557,31 @@ def _check_files(recipe: Recipe, path: Path) -> None:
     source = recipe.distill.transfer_source
     if source is not None and not source.exists():
         raise RecipeError(f"{path}: 'distill.transfer_source': no such file or folder: {source}")
+
+
+def onnx_file(spec: str) -> Path:
+    """The file ``model.onnx`` names: a path, or ``package://<package>/<file>`` inside an installed package, found through
+    the package's import spec without running its code (the PP-OCR models inside ``rapidocr_onnxruntime``, whose
+    ``__init__`` imports its whole runtime). ``FileNotFoundError`` says what is missing."""
+    if not spec.startswith(PACKAGE_SCHEME):
+        path = Path(spec)
+        if not path.is_file():
+            raise FileNotFoundError(f"file not found: {path}")
+        return path
+    import importlib.util
+
+    package, _, inner = spec.removeprefix(PACKAGE_SCHEME).partition("/")
+    try:
+        found = importlib.util.find_spec(package) if package.isidentifier() else None
+    except (ImportError, ValueError):
+        found = None
+    if found is None or not found.submodule_search_locations:
+        raise FileNotFoundError(f"no installed package {package!r} (pip install the distribution that holds it)")
+    for location in found.submodule_search_locations:
+        candidate = Path(location) / inner
+        if inner and candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"package {package!r} has no file {inner!r}")
 
 
 def _describe(exc: ValidationError) -> str:

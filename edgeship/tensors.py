@@ -6,7 +6,7 @@ A core module: the data module makes calibration sets, the backends consume them
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,33 +64,60 @@ class SearchSet:
 class CalibrationSet(Sequence[Feed]):
     """A re-iterable sequence of feeds for INT8 calibration, with a fingerprint.
 
-    ``samples`` holds preprocessed model inputs (N, C, H, W) float32; each feed is a
-    batch of ``batch_size`` of them under ``input_name``.
+    ``samples`` holds preprocessed inputs of a one-input model (N, C, H, W float32 for an image), fed under
+    ``input_name``; a model with several inputs (token ids and a mask) gives a mapping of named arrays with the same N.
+    Each feed is a batch of ``batch_size`` rows of every array.
     """
 
-    def __init__(self, samples: np.ndarray, fingerprint: str, *, input_name: str = "input", batch_size: int = 1,
-                 search: SearchSet | None = None) -> None:
-        if samples.ndim < 2 or len(samples) == 0:
+    def __init__(self, samples: np.ndarray | Mapping[str, np.ndarray], fingerprint: str, *, input_name: str = "input",
+                 batch_size: int = 1, search: SearchSet | None = None) -> None:
+        arrays = dict(samples) if isinstance(samples, Mapping) else {input_name: samples}
+        if not arrays:
+            raise ValueError("calibration samples must name at least one input")
+        lengths = {len(array) for array in arrays.values()}
+        if len(lengths) != 1 or 0 in lengths or any(array.ndim < 1 for array in arrays.values()):
+            raise ValueError(f"calibration samples must be non-empty batches of one length, got shapes "
+                             f"{ {name: array.shape for name, array in arrays.items()} }")
+        if not isinstance(samples, Mapping) and samples.ndim < 2:
             raise ValueError(f"calibration samples must be a non-empty batch, got shape {samples.shape}")
-        self.samples = samples
+        self.arrays = arrays
         self.fingerprint = fingerprint
-        self.input_name = input_name
+        self.input_name = next(iter(arrays)) if isinstance(samples, Mapping) else input_name
         self.batch_size = batch_size
         self.search = search  # held-out samples for the choices a build makes (keep_float: auto), never calibrated on
 
+    @property
+    def samples(self) -> np.ndarray:
+        """The one input's array; a model with several inputs has none (``arrays`` holds them), so the INT8 options
+        that analyse one image input (``keep_float``, ``weight_rounding``) refuse it with this error."""
+        if len(self.arrays) != 1:
+            raise ValueError(f"this option needs a model with one input; this one has {len(self.arrays)} "
+                             f"({', '.join(self.arrays)})")
+        return next(iter(self.arrays.values()))
+
+    @property
+    def count(self) -> int:
+        """How many samples (rows of every array)."""
+        return len(next(iter(self.arrays.values())))
+
+    def _with(self, arrays: dict[str, np.ndarray], fingerprint: str, search: SearchSet | None) -> CalibrationSet:
+        if len(arrays) == 1 and self.input_name in arrays:
+            return CalibrationSet(arrays[self.input_name], fingerprint, input_name=self.input_name, batch_size=self.batch_size,
+                                  search=search)
+        return CalibrationSet(arrays, fingerprint, batch_size=self.batch_size, search=search)
+
     def with_search(self, search: SearchSet) -> CalibrationSet:
         """This set carrying ``search``, fingerprinted with it: a build that searches on it depends on it."""
-        return CalibrationSet(self.samples, f"{self.fingerprint}+search:{search.fingerprint}", input_name=self.input_name,
-                              batch_size=self.batch_size, search=search)
+        return self._with(self.arrays, f"{self.fingerprint}+search:{search.fingerprint}", search)
 
     def __len__(self) -> int:
-        return -(-len(self.samples) // self.batch_size)
+        return -(-self.count // self.batch_size)
 
     def __getitem__(self, index: int) -> Feed:  # type: ignore[override]
         if not -len(self) <= index < len(self):
             raise IndexError(index)
         start = (index % len(self)) * self.batch_size
-        return {self.input_name: self.samples[start : start + self.batch_size]}
+        return {name: array[start : start + self.batch_size] for name, array in self.arrays.items()}
 
     def __iter__(self) -> Iterator[Feed]:
         for i in range(len(self)):
@@ -98,10 +125,12 @@ class CalibrationSet(Sequence[Feed]):
 
     def subset(self, size: int) -> CalibrationSet:
         """The first ``size`` samples, fingerprinted as such."""
-        if size >= len(self.samples):
+        if size >= self.count:
             return self
-        return CalibrationSet(self.samples[:size], f"{self.fingerprint}[:{size}]", input_name=self.input_name, batch_size=self.batch_size,
-                              search=self.search)
+        return self._with({name: array[:size] for name, array in self.arrays.items()}, f"{self.fingerprint}[:{size}]", self.search)
 
     def renamed(self, input_name: str) -> CalibrationSet:
+        """A one-input set fed under ``input_name`` (the exported model's); a named set keeps its names."""
+        if len(self.arrays) != 1:
+            return self
         return CalibrationSet(self.samples, self.fingerprint, input_name=input_name, batch_size=self.batch_size, search=self.search)

@@ -19,7 +19,8 @@ def row(name: str, *, top1: float = 0.918, agreement: float = 0.99, p50: float =
     out: dict[str, Any] = {"status": status, "reason": reason}
     if status == "ok":
         low, high = ci or (p50 * 0.99, p50 * 1.01)
-        out.update(top1=top1, top1_agreement=agreement, eval_samples=1000, size_bytes=size,
+        out.update(top1=top1, top1_agreement=agreement, eval_samples=1000, size_bytes=size, min_cosine=0.999, min_sqnr_db=30.0,
+                   fidelity={"logits": {"cosine": 0.999, "sqnr_db": 30.0, "relative_l2": 0.03, "max_abs_error": 0.1}},
                    latency={"p50_ms": p50, "p99_ms": p99_high * 0.9, "batch_size": 1, "ci95": {"p50_ms": [low, high],
                                                                                                 "p99_ms": [p99_high * 0.8, p99_high]}})
     return EngineRow(key=EngineKey(backend=backend, precision=precision), reused=Reused(build=False, validate=None), **out)
@@ -35,7 +36,8 @@ def outcomes(gates: list[GateResult]) -> dict[str, str]:
     return {g.gate: g.outcome for g in gates}
 
 
-ALL = GatesConfig(max_drop_points=1.0, min_fraction_of_fp32=0.99, min_agreement=0.97, max_p99_ms=0.5, max_size_mib=1.0)
+ALL = GatesConfig(max_drop_points=1.0, min_fraction_of_fp32=0.99, min_agreement=0.97, min_cosine=0.99, min_sqnr_db=20.0, max_p99_ms=0.5,
+                  max_size_mib=1.0)
 
 
 def test_every_gate_passes_with_value_and_limit() -> None:
@@ -206,3 +208,39 @@ def test_an_unfinished_run_cannot_pass_even_when_every_row_passes() -> None:
     assert not verdict.passed and not verdict.finished and verdict.qualified == ["onnxruntime/fp32"]
     assert "did not finish" in verdict.reasons[0]
     assert released([row("onnxruntime/fp32")], ALL).passed
+
+
+def generic_row(fidelity: dict[str, dict[str, float]]) -> EngineRow:
+    base = row("onnxruntime/int8")
+    return base.model_copy(update={"top1": None, "top1_agreement": None, "fidelity": fidelity,
+                                   "min_cosine": min(f["cosine"] for f in fidelity.values())})
+
+
+FIDELITY = {"vector": {"cosine": 0.995, "sqnr_db": 25.0, "relative_l2": 0.05, "max_abs_error": 0.3},
+            "score": {"cosine": 0.9999, "sqnr_db": 42.0, "relative_l2": 0.008, "max_abs_error": 0.01}}
+
+
+def test_a_generic_model_is_judged_by_output_fidelity_not_class_scores() -> None:
+    gates = GatesConfig(min_cosine=0.99, min_sqnr_db=20.0)  # the class-score defaults stay set and do not apply
+    verdict, results = judge(generic_row(FIDELITY), None, gates, labelled=False, task="generic")
+    judged_ = {g.gate: g for g in results}
+    assert verdict == "pass"
+    assert {judged_[name].outcome for name in GatesConfig.CLASSIFICATION} == {"not-applicable"}
+    assert judged_["min_cosine"].value == 0.995 and "worst output 'vector' of 2" in judged_["min_cosine"].detail
+    assert judged_["min_sqnr_db"].value == 25.0
+
+
+def test_a_limit_per_output_judges_each_output_by_its_own_limit() -> None:
+    # 'score' passes 0.9999 ≥ 0.999 but 'vector' fails 0.995 < 0.998: the gate fails on 'vector'
+    verdict, results = judge(generic_row(FIDELITY), None, GatesConfig(min_cosine={"vector": 0.998, "score": 0.999}), labelled=False,
+                             task="generic")
+    cosine = next(g for g in results if g.gate == "min_cosine")
+    assert verdict == "fail" and cosine.outcome == "fail" and cosine.value == 0.995 and cosine.limit == 0.998
+    verdict, results = judge(generic_row(FIDELITY), None, GatesConfig(min_cosine={"score": 0.999}), labelled=False, task="generic")
+    assert verdict == "pass"
+
+
+def test_a_limit_on_an_output_the_engine_lacks_fails_as_not_measured() -> None:
+    verdict, results = judge(generic_row(FIDELITY), None, GatesConfig(min_sqnr_db={"logits": 20.0}), labelled=False, task="generic")
+    sqnr = next(g for g in results if g.gate == "min_sqnr_db")
+    assert verdict == "fail" and sqnr.value is None and "no output named 'logits'" in sqnr.detail

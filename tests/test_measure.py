@@ -93,3 +93,25 @@ def test_top5_agreement_is_top5_accuracy_against_the_reference_top_class() -> No
     assert found["top1_agreement"] == pytest.approx(1 / 3)
     assert found["top5_agreement"] == pytest.approx(2 / 3)
     assert "top5_agreement" not in agreement(outputs[:, :4], reference[:, :4])  # fewer than 5 classes
+
+
+def test_fidelity_per_output_cosine_sqnr_relative_l2_and_max_error() -> None:
+    from edgeship.measure import SQNR_CAP_DB, fidelity, output_scores
+
+    rng = np.random.default_rng(0)
+    reference = {"vector": rng.standard_normal((50, 8)).astype(np.float32), "map": np.zeros((50, 1, 4, 4), np.float32)}
+    noise = 0.01 * rng.standard_normal((50, 8)).astype(np.float32)
+    got = fidelity({"vector": reference["vector"] + noise, "map": reference["map"]}, reference)
+    signal, error = float((reference["vector"].astype(np.float64) ** 2).sum()), float((noise.astype(np.float64) ** 2).sum())
+    assert got["vector"]["sqnr_db"] == pytest.approx(10 * np.log10(signal / error), abs=1e-3)
+    assert got["vector"]["relative_l2"] == pytest.approx(np.sqrt(error / signal), rel=1e-6)
+    assert got["vector"]["max_abs_error"] == pytest.approx(float(np.abs(noise).max()), rel=1e-5)
+    assert 0.999 < got["vector"]["cosine"] < 1.0
+    # an empty map on both sides agrees exactly (a detector finding nothing): not 0/0
+    assert got["map"] == {"cosine": 1.0, "sqnr_db": SQNR_CAP_DB, "relative_l2": 0.0, "max_abs_error": 0.0}
+    scored = output_scores({"vector": reference["vector"] + noise, "map": reference["map"]}, reference)
+    assert scored["min_cosine"] == got["vector"]["cosine"] and scored["eval_samples"] == 50 and scored["top1"] is None
+    with pytest.raises(ValueError, match="no output 'map'"):
+        fidelity({"vector": reference["vector"]}, reference)
+    with pytest.raises(ValueError, match="output 'vector': shape"):
+        fidelity({"vector": reference["vector"][:, :4], "map": reference["map"]}, reference)

@@ -62,7 +62,7 @@ def choose_float_layers(source: Path, calibration: CalibrationSet, setting: Keep
     ``runner(path, threads)``) meets ``target`` on the validation split. ``reuse``: the chosen candidate's files are moved
     into ``out_dir`` and returned as the engine, instead of the caller building it again."""
     if setting != "auto":
-        return FloatChoice(keep_float(source, calibration.samples, setting, out_dir))
+        return FloatChoice(keep_float(source, calibration.samples, setting, out_dir) if setting else [])
     if target is None or calibration.search is None:
         raise ValueError("keep_float: auto needs an accuracy_target and validation samples to search on")
     started = time.perf_counter()

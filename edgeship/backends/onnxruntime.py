@@ -133,11 +133,14 @@ class OnnxRuntimeBackend(BackendBase):
     def _quantize(source: Path, calibration: CalibrationSet, cfg: OnnxRuntimeConfig, out_dir: Path, keep: list[str]) -> Path:
         target = out_dir / "model.int8.onnx"
         extra: dict[str, Any] = {"CalibPercentile": cfg.percentile} if cfg.calibration_method == "percentile" else {}
-        with rounded_source(source, calibration.samples, cfg.weight_rounding, keep, out_dir) as rounded:
+        with rounded_source(source, calibration, cfg.weight_rounding, keep, out_dir) as rounded:
             quantize_qdq(rounded, target, calibration, method=cfg.calibration_method, per_channel=cfg.per_channel,
                          activation_type=cfg.activation_type, reduce_range=cfg.reduce_range, extra_options=extra,
                          nodes_to_exclude=keep, float_outputs=cfg.float_outputs)
         return target
+
+
+SYMBOLIC_LEFTOVER = "sym_shape_infer_temp.onnx"  # what ONNX Runtime's symbolic shape inference leaves in the cwd on failure
 
 
 def quantize_qdq(source: Path, target: Path, calibration: CalibrationSet, *, method: str, per_channel: bool,
@@ -160,7 +163,14 @@ def quantize_qdq(source: Path, target: Path, calibration: CalibrationSet, *, met
             self._feeds = iter(calibration)
 
     prepared = target.with_name(f".{target.stem}.prepared.onnx")
-    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
+    leftover = Path.cwd() / SYMBOLIC_LEFTOVER
+    had_leftover = leftover.exists()
+    try:
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
+    except Exception:  # noqa: BLE001 - symbolic shape inference gives up on some graphs (dynamic H×W detectors): ONNX's own then
+        if not had_leftover:  # ONNX Runtime saves its half-inferred model in the working directory as it gives up
+            leftover.unlink(missing_ok=True)
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
     calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                  "percentile": CalibrationMethod.Percentile}[method]
     activation = QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8
@@ -385,7 +395,10 @@ def _local_layers(model: Any, sites: list[TensorSite], sources: dict[str, str],
             continue
         if {value.name for value in layer.graph.input} != set(inputs):
             continue  # the cut does not isolate the layer
-        session = new_session(model=layer.SerializeToString())
+        try:
+            session = new_session(model=layer.SerializeToString())
+        except Exception:  # noqa: BLE001 - a cut that leaves a node reading a name outside it (an integer graph input)
+            continue
         runs[tensor] = (session, [(i.name, np.dtype(ORT_DTYPES.get(i.type, np.float32))) for i in session.get_inputs()], source)
 
     def local(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -90,10 +90,10 @@ class OpenVinoBackend(BackendBase):
 
     @staticmethod
     def cross_check(engine: Path, *, threads: int, batch_size: int, input_shape: tuple[int, ...], input_name: str,
-                    seconds: float) -> dict[str, Any]:
+                    seconds: float, more_inputs: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, Any]:
         """OpenVINO's ``benchmark_app`` on the same IR, threads and batch (see ``benchmark_app``)."""
         return benchmark_app(engine, threads=threads, batch_size=batch_size, input_shape=input_shape, input_name=input_name,
-                             seconds=seconds)
+                             seconds=seconds, more_inputs=more_inputs)
 
     def precision_of(self, engine: Path) -> Precision | None:
         """From the IR's element types: FakeQuantize or i8/u8 constants are INT8, f16 constants FP16."""
@@ -131,12 +131,12 @@ class OpenVinoBackend(BackendBase):
         import nncf
         import openvino as ov
 
-        with rounded_source(source, calibration.samples, cfg.weight_rounding, keep, out_dir) as rounded:
+        with rounded_source(source, calibration, cfg.weight_rounding, keep, out_dir) as rounded:
             model = ov.convert_model(str(rounded))
         ignored = nncf.IgnoredScope(patterns=[f"^{re.escape(name)}(/.*)?$" for name in keep], validate=False) if keep else None
         nncf.set_log_level(logging.WARNING)  # it logs every node an ignored scope leaves out, on the user's terminal
         return nncf.quantize(model, nncf.Dataset(calibration), preset=nncf.QuantizationPreset(cfg.preset),
-                             subset_size=min(cfg.subset_size, len(calibration.samples)),
+                             subset_size=min(cfg.subset_size, calibration.count),
                              fast_bias_correction=cfg.fast_bias_correction, ignored_scope=ignored)
 
     @staticmethod
@@ -346,21 +346,23 @@ def _lean_infer(request: Any) -> Callable[[], object]:
 
 
 def benchmark_app(engine: Path, *, threads: int, batch_size: int, input_shape: tuple[int, ...], input_name: str,
-                  seconds: float) -> dict[str, Any]:
+                  seconds: float, more_inputs: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, Any]:
     """OpenVINO's own ``benchmark_app`` on ``engine`` with our runner's settings: its median latency and command.
 
     Synchronous API, one stream and one request, the same thread count and execution
     precision, and the input shape given as data shape so the model stays dynamic, as
-    our runner compiles it. Raises ``RuntimeError`` with the tool's words when it fails.
+    our runner compiles it (``more_inputs``: the per-sample shapes of a model's other inputs). Raises ``RuntimeError`` with
+    the tool's words when it fails.
     """
     tool = shutil.which("benchmark_app") or str(Path(sys.executable).with_name("benchmark_app"))
     if not Path(tool).is_file():
         raise RuntimeError("benchmark_app not found (it ships with the openvino package)")
     options = runtime_options(engine)
-    shape = ",".join(str(d) for d in (batch_size, *input_shape))
+    shapes = {input_name: input_shape, **(more_inputs or {})}
+    data_shape = ",".join(f"{name}[{','.join(str(d) for d in (batch_size, *shape))}]" for name, shape in shapes.items())
     command = [tool, "-m", str(engine), "-d", options["device"], "-api", "sync", "-hint", "none", "-nstreams", "1", "-nireq", "1",
                "-nthreads", str(threads), "-infer_precision", options["INFERENCE_PRECISION_HINT"],
-               "-data_shape", f"{input_name}[{shape}]", "-t", str(max(1, round(seconds)))]
+               "-data_shape", data_shape, "-t", str(max(1, round(seconds)))]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120 + seconds)
     text = done.stdout + done.stderr
     median = re.search(r"Median:\s+([\d.]+)\s+(ms|us)", text)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from edgeship.backends.sensitivity import QMAX, WEIGHTED_OPS, channel_scales, fake_quantize
+from edgeship.tensors import CalibrationSet
 
 WEIGHT_ROUNDING_FILE = "weight_rounding.json"
 SAMPLES = 64  # calibration samples the input statistics come from
@@ -36,7 +37,7 @@ BATCH = 8
 
 
 @contextlib.contextmanager
-def rounded_source(source: Path, samples: np.ndarray, method: str, keep: Sequence[str], out_dir: Path) -> Iterator[Path]:
+def rounded_source(source: Path, calibration: CalibrationSet, method: str, keep: Sequence[str], out_dir: Path) -> Iterator[Path]:
     """The ONNX an INT8 quantizer should read: ``source`` itself for ``nearest``, or for ``gptq`` a copy with the
     weights of every Conv/Gemm outside ``keep`` rounded by GPTQ, recorded in ``weight_rounding.json`` beside the
     engine (a side file). The copy, named like ``source``, lives under ``out_dir`` only while the caller quantizes it."""
@@ -45,7 +46,7 @@ def rounded_source(source: Path, samples: np.ndarray, method: str, keep: Sequenc
         return
     import onnx
 
-    model, record = round_weights(source, samples, keep)
+    model, record = round_weights(source, calibration.samples, keep)  # one image input: refused with the reason otherwise
     work = Path(tempfile.mkdtemp(dir=out_dir, prefix=".rounding-"))
     try:
         target = work / source.name

@@ -212,7 +212,7 @@ class TensorRtBackend(BackendBase):
         if code:
             raise BuildError(self.name, Precision.FP16, message)
         return {"tool": "modelopt.onnx.autocast", "version": version, "keep_io_types": True, "low_precision_type": "fp16",
-                "reference_inputs": (f"{min(AUTOCAST_SAMPLES, len(calibration.samples))} calibration samples" if calibration
+                "reference_inputs": (f"{min(AUTOCAST_SAMPLES, calibration.count)} calibration samples" if calibration
                                      else "random inputs in [-1, 1] (no calibration set given)")}
 
     def _quantize(self, source: Path, target: Path, calibration: CalibrationSet, cfg: TensorRtConfig, work: Path) -> dict[str, Any]:
@@ -233,19 +233,20 @@ class TensorRtBackend(BackendBase):
                    keep: list[str]) -> dict[str, Any]:
         """The Q/DQ ONNX TensorRT builds from, ``keep`` left out of the Q/DQ: ModelOpt's, or ONNX Runtime's quantizer with
         TensorRT's settings."""
-        settings: dict[str, Any] = {"calibration_method": cfg.calibration_method, "calibration_samples": len(calibration.samples),
+        settings: dict[str, Any] = {"calibration_method": cfg.calibration_method, "calibration_samples": calibration.count,
                                     "calibration_fingerprint": calibration.fingerprint}
         if keep:
             settings["float_layers"] = keep
         settings["weight_rounding"] = cfg.weight_rounding
-        with rounded_source(source, calibration.samples, cfg.weight_rounding, keep, target.parent) as rounded:
+        with rounded_source(source, calibration, cfg.weight_rounding, keep, target.parent) as rounded:
             fallback_reason = ""
             if cfg.qdq_tool in ("auto", "modelopt"):
-                batch = _static_batch(rounded, calibration.input_name) or min(CALIBRATION_BATCH, len(calibration.samples))
+                batch = _static_batch(rounded, calibration.input_name) or min(CALIBRATION_BATCH, calibration.count)
                 request = {"step": "quantize", "source": str(rounded), "target": str(target), "method": cfg.calibration_method,
                            "calibration": str(_write_npz(calibration, work)), "high_precision": cfg.high_precision,
                            "nodes_to_exclude": [f"^{re.escape(name)}$" for name in keep],
-                           "calibration_shapes": f"{calibration.input_name}:" + "x".join(map(str, (batch, *calibration.samples.shape[1:])))}
+                           "calibration_shapes": ",".join(f"{name}:" + "x".join(map(str, (batch, *array.shape[1:])))
+                                                          for name, array in calibration.arrays.items())}
                 code, message, version = run_modelopt_step(request, work)
                 if code == 0:
                     return {"tool": "modelopt.onnx.quantization", "version": version, **settings, "high_precision": cfg.high_precision}
@@ -300,7 +301,7 @@ def _static_batch(model_path: Path, input_name: str) -> int | None:
 
 def _write_npz(calibration: CalibrationSet, work: Path) -> Path:
     path = work / "calibration.npz"
-    np.savez(path, **{calibration.input_name: calibration.samples})
+    np.savez(path, **calibration.arrays)
     return path
 
 

@@ -76,13 +76,19 @@ class TfliteBackend(BackendBase):
     def _build(self, onnx: Path, precision: Precision, calibration: CalibrationSet | None,  # type: ignore[override]
                cfg: TfliteConfig, out_dir: Path) -> Path:
         """Write ``model.<precision>.tflite`` and ``io.json`` under ``out_dir``; return the ``.tflite``."""
+        import onnx as onnx_lib
+
+        inputs = [value.name for value in fed_inputs(onnx_lib.load(str(onnx), load_external_data=False).graph)]
+        if len(inputs) != 1:  # onnx2tf reorders and renames a signature's inputs, and io.json maps one layout
+            raise BuildError(self.name, precision, f"edgeship's TFLite path takes a model with one input; this one has "
+                                                   f"{len(inputs)} ({', '.join(inputs)}): not supported yet")
         if precision is Precision.INT8 and cfg.calibration_size is not None:
             calibration = calibration.subset(cfg.calibration_size)  # type: ignore[union-attr]
         work = Path(tempfile.mkdtemp(dir=out_dir, prefix=".work-"))
         try:
             if precision is Precision.INT8:
                 assert calibration is not None
-                with rounded_source(onnx, calibration.samples, cfg.weight_rounding, (), out_dir) as source:
+                with rounded_source(onnx, calibration, cfg.weight_rounding, (), out_dir) as source:
                     saved_model = onnx_to_saved_model(source, work, calibration, precision)
             else:
                 saved_model = onnx_to_saved_model(onnx, work, calibration, precision)
@@ -364,7 +370,7 @@ def _local_sample_images(calibration: CalibrationSet | None) -> np.ndarray:
     """What onnx2tf would download: 20 NHWC float32 images in [0, 1]. From the calibration set when it has
     three-channel images, else a fixed pseudo-random set; onnx2tf resizes them to the input and only checks
     its own conversion with them."""
-    if calibration is not None and calibration.samples.ndim == 4 and calibration.samples.shape[1] == 3:
+    if calibration is not None and len(calibration.arrays) == 1 and calibration.samples.ndim == 4 and calibration.samples.shape[1] == 3:
         images = channels_last(calibration.samples[:20]).astype(np.float32)
         low, high = images.min(), images.max()
         return (images - low) / (high - low + 1e-12)

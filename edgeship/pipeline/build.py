@@ -130,7 +130,7 @@ class BuildStage:
                 else:
                     main = backend.build(source, precision, calibration, backend_cfg, folder)
             meta = {"backend": backend_name, "precision": precision.value, "versions": extra["versions"],
-                    "calibration_fingerprint": extra["calibration"], "calibration_samples": len(calibration.samples) if calibration else 0,
+                    "calibration_fingerprint": extra["calibration"], "calibration_samples": calibration.count if calibration else 0,
                     "input_name": source.meta["input_name"], "input_shape": source.meta["input_shape"]}
             if preparing:
                 meta["prepared_by"] = source.meta["prepared_by"]

@@ -19,13 +19,13 @@ import numpy as np
 
 from edgeship.artifacts import Artifact
 from edgeship.backends import get_backend
-from edgeship.data import preprocess
+from edgeship.data import model_inputs
 from edgeship.divergence import Accumulator, Divergence, Match, Tap, TensorSite, match_by_value, renamed, tensor_sites
 from edgeship.errors import StageError
 from edgeship.pipeline.base import Made, RunContext
 from edgeship.progress import progress_bar
 from edgeship.recipe import DivergenceConfig
-from edgeship.tensors import Precision
+from edgeship.tensors import Feed, Precision
 
 DIVERGENCE_VERSION = 2  # 2: each layer's own error beside the accumulated one
 FILE = "divergence.json"
@@ -46,8 +46,11 @@ class DivergenceStage:
                 ctx.record_problem(self.name, name, "skipped", "the data has no validation split to compare tensors on "
                                    "(calibration and evaluation samples are never used for it)")
             return {}
-        samples = preprocess(val.images[: cfg.samples], ctx.recipe.data.preprocessing)
-        key = {"samples": hashlib.sha256(samples.tobytes()).hexdigest(), "version": DIVERGENCE_VERSION}
+        samples = model_inputs(val, ctx.recipe.data.preprocessing, onnx.meta["input_name"], count=cfg.samples)
+        digest = hashlib.sha256()
+        for array in samples.values():  # one image input hashes as it always did: its samples' bytes
+            digest.update(array.tobytes())
+        key = {"samples": digest.hexdigest(), "version": DIVERGENCE_VERSION}
         threads = ctx.recipe.threads()
         try:
             sites = tensor_sites(onnx.path)
@@ -68,7 +71,7 @@ class DivergenceStage:
             ctx.save_manifest()
         return out
 
-    def _engine(self, folder: Path, name: str, engine: Artifact, onnx: Artifact, sites: list[TensorSite], samples: np.ndarray,
+    def _engine(self, folder: Path, name: str, engine: Artifact, onnx: Artifact, sites: list[TensorSite], samples: Feed,
                 threads: int, ctx: RunContext) -> Made:
         try:
             result = divergence(name, engine, onnx, sites, samples, threads, ctx)
@@ -79,12 +82,12 @@ class DivergenceStage:
         return Made(target, "divergence", {"engine": name, "metrics": result.model_dump(mode="json")})
 
 
-def divergence(name: str, engine: Artifact, onnx: Artifact, sites: list[TensorSite], samples: np.ndarray, threads: int,
+def divergence(name: str, engine: Artifact, onnx: Artifact, sites: list[TensorSite], samples: Feed, threads: int,
                ctx: RunContext) -> Divergence:
-    """``engine``'s tensors against ``onnx``'s (its ``sites``) on ``samples``; a ``Divergence`` saying why where the runtime
-    gives none."""
+    """``engine``'s tensors against ``onnx``'s (its ``sites``) on ``samples`` (every input, named); a ``Divergence`` saying
+    why where the runtime gives none."""
     tensors = [site.tensor for site in sites]
-    input_name = engine.meta["input_name"]
+    count = len(next(iter(samples.values())))
     runs_on = engine.meta.get("runs_on", engine.meta["backend"])
     reference_runner = get_backend("onnxruntime").runner(onnx.path, threads=threads)
     runner = get_backend(runs_on).runner(engine.path, threads=threads)
@@ -98,10 +101,10 @@ def divergence(name: str, engine: Artifact, onnx: Artifact, sites: list[TensorSi
         with progress_bar(ctx.console) as bar:
             info = (f"{len(tap.exposed)} engine tensors, matched by value" if tap.by_value
                     else f"{len(tap.exposed)} of {len(tensors)} tensors")
-            task = bar.add_task(f"divergence {name}", total=len(samples), info=info)
+            task = bar.add_task(f"divergence {name}", total=count, info=info)
             matches: dict[str, Match] | None = None
-            for sample in samples:
-                feed = {input_name: np.ascontiguousarray(sample[None])}
+            for index in range(count):
+                feed = {input_name: np.ascontiguousarray(array[index : index + 1]) for input_name, array in samples.items()}
                 expected, got = reference.call(feed), _checked(tap, feed)
                 if tap.by_value:
                     matches = matches if matches is not None else match_by_value(expected, got)
@@ -116,7 +119,7 @@ def divergence(name: str, engine: Artifact, onnx: Artifact, sites: list[TensorSi
     if "predicts" in engine.meta:
         note = (f"a prediction: the prepared {engine.meta['backend']} ONNX on ONNX Runtime, not the engine; " + note).strip("; ")
     local_note = tap.local_note if tap.local is not None or tap.local_note else "not measured: no layer could be run alone"
-    return Divergence(method=tap.method, samples=len(samples), split="validation", rows=rows, note=note, local_note=local_note,
+    return Divergence(method=tap.method, samples=count, split="validation", rows=rows, note=note, local_note=local_note,
                       unmapped=[t for t in tensors if t not in exposed])
 
 

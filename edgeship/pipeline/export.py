@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import shutil
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,15 +14,17 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgeship.artifacts import Artifact
-from edgeship.data import preprocess
-from edgeship.errors import StageError
+from edgeship.data import model_inputs, preprocess
+from edgeship.errors import DataError, StageError
 from edgeship.models import load_model
 from edgeship.photos import judge_probes
 from edgeship.pipeline.base import Made, RunContext
+from edgeship.pipeline.model import ONNX_MODEL
 from edgeship.recipe import ExportConfig
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+PARITY_SAMPLES = 8  # evaluation samples an ONNX entry is run on before it is adopted
 
 
 class ExportStage:
@@ -29,12 +32,15 @@ class ExportStage:
 
     def run(self, inputs: Mapping[str, Artifact], cfg: ExportConfig, ctx: RunContext) -> dict[str, Artifact]:
         model_artifact = inputs["model"]
-        artifact = ctx.produce(self.name, "onnx", config=cfg.model_dump(mode="json"), parents=[model_artifact],
+        config = cfg.model_dump(mode="json") if model_artifact.kind != ONNX_MODEL else {"adopted": True}  # taken as it is
+        artifact = ctx.produce(self.name, "onnx", config=config, parents=[model_artifact],
                                extra_key={"eval": ctx.dataset.fingerprint},
                                make=lambda folder: self._make(folder, model_artifact, cfg, ctx))
         return {"onnx": artifact}
 
     def _make(self, folder: Path, model_artifact: Artifact, cfg: ExportConfig, ctx: RunContext) -> Made:
+        if model_artifact.kind == ONNX_MODEL:
+            return self._adopt(folder, model_artifact, ctx)
         import onnx
         import torch
 
@@ -77,6 +83,54 @@ class ExportStage:
             "metrics": {"parity_max_abs_error": error, "parity_batch": len(batch), **({"sanity": sanity} if sanity else {})},
         }
         return Made(target, "onnx", meta)
+
+
+    def _adopt(self, folder: Path, model_artifact: Artifact, ctx: RunContext) -> Made:
+        """An ONNX entry as the exported model: the file as given, checked against the data it will be fed (names, dtypes,
+        fixed dimensions) and run once on ONNX Runtime."""
+        import onnx
+
+        inputs, outputs = model_artifact.meta["inputs"], model_artifact.meta["outputs"]
+        data = ctx.recipe.data.path or ctx.recipe.data.root
+        if ctx.dataset.eval.arrays is None and len(inputs) != 1:
+            raise DataError(f"model.onnx has {len(inputs)} inputs ({', '.join(i['name'] for i in inputs)}); image data feeds one: give "
+                            "its inputs as named arrays (data.dataset: arrays)")
+        feed = model_inputs(ctx.dataset.eval, ctx.recipe.data.preprocessing, inputs[0]["name"], count=PARITY_SAMPLES)
+        check_feed(feed, inputs, data)
+        static = {i["shape"][0] for i in inputs if i["shape"] and i["shape"][0] is not None}
+        batch = min(static) if static else None
+        target = folder / "model.onnx"
+        shutil.copyfile(model_artifact.path, target)
+        try:
+            got = _run_onnx_all(target, {name: array[:batch] for name, array in feed.items()})
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own kinds
+            raise StageError(self.name, f"ONNX Runtime cannot run model.onnx on the data: {' '.join(str(exc).split())[:300]}") from None
+        model = onnx.load(str(target), load_external_data=False)
+        meta: dict[str, Any] = {
+            "input_name": inputs[0]["name"], "input_shape": list(feed[inputs[0]["name"]].shape[1:]), "inputs": inputs, "outputs": outputs,
+            "output_name": outputs[0], "static_batch": batch, "num_classes": model_artifact.meta.get("num_classes"),
+            "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None), "nodes": len(model.graph.node),
+            "ops": sorted({n.op_type for n in model.graph.node}),
+            "metrics": {"output_shapes": {name: list(array.shape[1:]) for name, array in got.items()}}}
+        return Made(target, "onnx", meta)
+
+
+def check_feed(feed: Mapping[str, np.ndarray], inputs: list[dict[str, Any]], data: Path | None) -> None:
+    """The data's arrays against the model's inputs: the same names, dtypes and fixed dimensions; a ``DataError`` naming
+    the data and what the model expects otherwise."""
+    where = str(data) if data else "the data"
+    expected = {i["name"]: i for i in inputs}
+    if set(feed) != set(expected):
+        raise DataError(f"{where}: arrays {sorted(feed)}; the model's inputs are {sorted(expected)}")
+    for name, array in feed.items():
+        want = expected[name]
+        if str(array.dtype) != want["dtype"]:
+            raise DataError(f"{where}: array {name!r} is {array.dtype}; the model's input {name!r} takes {want['dtype']}")
+        fixed = zip(want["shape"][1:], array.shape[1:], strict=False)
+        if array.ndim != len(want["shape"]) or any(w is not None and w != g for w, g in fixed):
+            shape = ["N" if i == 0 else ("?" if w is None else w) for i, w in enumerate(want["shape"])]
+            raise DataError(f"{where}: array {name!r} has shape ({', '.join(map(str, ['N', *array.shape[1:]]))}); the model's input "
+                            f"{name!r} takes ({', '.join(map(str, shape))})")
 
 
 def _sanity_check(onnx_path: Path, model_artifact: Artifact, ctx: RunContext) -> list[dict[str, Any]] | None:
@@ -140,6 +194,17 @@ def _simplify(source: Path, target: Path) -> None:
     if slim is None:
         raise StageError("export", "onnxslim returned no model")
     onnx.save(slim, str(target))
+
+
+def _run_onnx_all(path: Path, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every output of an ONNX model on ``feed``, by name, on ONNX Runtime's CPU provider."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
+    return dict(zip(names, session.run(names, dict(feed)), strict=True))
 
 
 def _run_onnx(path: Path, batch: np.ndarray) -> np.ndarray:

@@ -48,6 +48,7 @@ class MeasureRequest:
     cross_check: bool = False  # also run the backend's own benchmark tool (on a device: there)
     torch_model_config: dict[str, Any] | None = None  # the baseline's model config, for an artifact that records none
     artifact: Artifact | None = None  # the stored engine: every file, its sha256 and input shape
+    every_output: bool = False  # keep every output by name (outputs.npz: a generic model), not the one class-score output
 
 
 class Measurer(abc.ABC):
@@ -92,17 +93,22 @@ class LocalMeasurer(Measurer):
 
     @property
     def eval_inputs(self) -> Path:
+        """The evaluation inputs: preprocessed images (.npy, fed under the request's input name) or named arrays (.npz)."""
         with self._lock:
             if self._eval_inputs is None:
-                path = self.scratch / "eval-inputs.npy"
-                np.save(path, preprocess(self.ctx.dataset.eval.images, self.ctx.recipe.data.preprocessing))
+                arrays = self.ctx.dataset.eval.arrays
+                path = self.scratch / ("eval-inputs.npz" if arrays else "eval-inputs.npy")
+                if arrays:
+                    np.savez(path, **arrays)
+                else:
+                    np.save(path, preprocess(self.ctx.dataset.eval.images, self.ctx.recipe.data.preprocessing))
                 self._eval_inputs = path
             return self._eval_inputs
 
     def _measure(self, request: MeasureRequest, folder: Path) -> dict[str, Any]:
         spec = HarnessSpec(**settings(self.cfg, self.threads, timed=request.timed), cross_check=request.cross_check and request.timed,
                            backend=request.backend, engine=request.engine, torch_model_config=request.torch_model_config,
-                           input_name=request.input_name, inputs=self.eval_inputs, outputs=folder / "logits.npy",
+                           input_name=request.input_name, inputs=self.eval_inputs, outputs=folder / outputs_file(request),
                            timings=folder / "timings.npz" if request.timed else None, cpus=self.cpus)
         with progress_bar(self.ctx.console) as bar:
             task = bar.add_task(f"{request.name}: starting its process", total=None,
@@ -134,6 +140,8 @@ class DeviceMeasurer(Measurer):
                 "agent_edgeship": self.described.get("edgeship")}
 
     def _check(self, request: MeasureRequest) -> None:
+        if request.every_output:
+            raise ValueError(f"{request.name}: a device measures models with one class-score output; this one keeps every output")
         if request.artifact is None or not request.artifact.files:
             raise ValueError(f"{request.name}: a device measures a stored engine, every file of it; this request has none")
 
@@ -181,6 +189,11 @@ class DeviceMeasurer(Measurer):
                 raise StageError(STAGE, f"device {device.name}: {exc}") from None
         (folder / "harness-result.json").write_text(json.dumps(result, indent=2))
         return result
+
+
+def outputs_file(request: MeasureRequest) -> str:
+    """Where a result keeps the engine's outputs: ``logits.npy`` (class scores), or every output in ``outputs.npz``."""
+    return "outputs.npz" if request.every_output else "logits.npy"
 
 
 def settings(cfg: ValidateConfig, threads: int, *, timed: bool) -> dict[str, Any]:

@@ -7,6 +7,7 @@ config; a user's ``factory`` is imported and, with a ``checkpoint``, loaded with
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -16,13 +17,16 @@ from edgeship.errors import DataError
 from edgeship.measure import top1
 from edgeship.models import instantiate, load_checkpoint
 from edgeship.pipeline.base import Made, RunContext
-from edgeship.recipe import ModelConfig, Preprocessing
+from edgeship.recipe import ModelConfig, Preprocessing, onnx_file
 from edgeship.zoo.pretrained import PRETRAINED, classes
 
 if TYPE_CHECKING:
     from torch import nn
 
     from edgeship.data import Dataset
+
+
+ONNX_MODEL = "onnx-model"  # the artifact kind of an ONNX entry (model.onnx): the export stage adopts it as it is
 
 
 def input_shape(dataset: Dataset, p: Preprocessing) -> tuple[int, int, int]:
@@ -42,6 +46,8 @@ class ModelStage:
         self.train = train
 
     def run(self, inputs: Mapping[str, Artifact], cfg: ModelConfig, ctx: RunContext) -> dict[str, Artifact]:
+        if cfg.onnx is not None:
+            return {"model": self._onnx(cfg, ctx)}
         p = ctx.recipe.data.preprocessing
         shape = input_shape(ctx.dataset, p)
         key: dict[str, Any] = {"dataset": ctx.dataset.fingerprint, "preprocessing": p.model_dump(mode="json"), "seed": ctx.recipe.seed}
@@ -59,6 +65,26 @@ class ModelStage:
         artifact = ctx.produce(self.name, label, config=config, parents=[], extra_key=key,
                                make=lambda folder: self._make(folder, cfg, ctx, shape, work / "train.ckpt"))
         return {"model": artifact}
+
+    def _onnx(self, cfg: ModelConfig, ctx: RunContext) -> Artifact:
+        """An ONNX entry: the file itself, checked, with its inputs and outputs; it is its own FP32 reference."""
+        assert cfg.onnx is not None
+        try:
+            source = onnx_file(cfg.onnx)
+        except FileNotFoundError as exc:
+            raise DataError(f"model.onnx: {exc}") from None
+        config = cfg.model_dump(mode="json")
+        key = {"onnx_sha256": sha256_file(source), "dataset": ctx.dataset.fingerprint}
+
+        def make(folder: Path) -> Made:
+            target = folder / "model.onnx"
+            shutil.copyfile(source, target)
+            inputs, outputs = onnx_signature(target)
+            meta = {"source": "onnx", "architecture": cfg.label, "onnx_source": str(source), "inputs": inputs, "outputs": outputs,
+                    "classes": list(ctx.dataset.classes), "class_set": ctx.dataset.name, "num_classes": ctx.dataset.num_classes or None}
+            return Made(target, ONNX_MODEL, meta)
+
+        return ctx.produce(self.name, cfg.label, config=config, parents=[], extra_key=key, make=make)
 
     def _make(self, folder: Path, cfg: ModelConfig, ctx: RunContext, shape: tuple[int, int, int], checkpoint: Path) -> Made:
         import torch
@@ -118,3 +144,25 @@ def _check_output(model: nn.Module, shape: tuple[int, int, int], num_classes: in
             raise DataError(f"model {label!r} cannot run on inputs of shape (N, {', '.join(map(str, shape))}): {exc}") from None
     if tuple(out.shape) != (2, num_classes):
         raise DataError(f"model {label!r} outputs shape {tuple(out.shape[1:])} per sample, the data has {num_classes} classes")
+
+
+def onnx_signature(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """An ONNX model's fed inputs (name, numpy dtype, shape with ``None`` for a named or unknown dimension) and its
+    output names; a ``DataError`` naming the file when it is not a model ONNX can read."""
+    import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+        onnx.checker.check_model(model)
+    except Exception as exc:  # noqa: BLE001 - onnx raises DecodeError, ValidationError, OSError …
+        raise DataError(f"{path}: not a valid ONNX model: {' '.join(str(exc).split())[:300]}") from None
+    weights = {init.name for init in model.graph.initializer}
+    inputs = []
+    for value in model.graph.input:
+        if value.name in weights:
+            continue
+        tensor = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim]
+        inputs.append({"name": value.name, "dtype": str(tensor_dtype_to_np_dtype(tensor.elem_type)), "shape": dims})
+    return inputs, [value.name for value in model.graph.output]

@@ -24,7 +24,7 @@ from edgeship.peak import Peak
 from edgeship.pipeline.base import RunContext
 from edgeship.pipeline.build import PREPARE, SIDE_METRICS, prediction_name
 from edgeship.pipeline.distill import ABLATION, comparison
-from edgeship.pipeline.validate import BASELINE, PEAK
+from edgeship.pipeline.validate import BASELINES, PEAK
 from edgeship.qualification import EngineKey, EngineRow, Report
 from edgeship.recipe import GatesConfig
 from edgeship.render.html import render_html
@@ -33,8 +33,9 @@ from edgeship.render.terminal import print_summary
 
 SCHEMA = "edgeship.report"
 # 4: typed rows with their key; 5: the release's reasons, qualified engines and whether the run finished; 6: the machine's
-# peak, each engine's fraction of it and its per-layer profile; 7: each engine's layer-wise divergence and keep_float: auto search
-SCHEMA_VERSION = 7
+# peak, each engine's fraction of it and its per-layer profile; 7: each engine's layer-wise divergence and keep_float: auto search;
+# 8: the task, and output fidelity (cosine, SQNR, relative L2 per output) on every row
+SCHEMA_VERSION = 8
 OUTPUTS = ("report.json", "junit.xml", "report.html")
 
 
@@ -107,7 +108,8 @@ def build_report(manifest: Manifest, *, reached: bool = False) -> Report:
     every other stage; otherwise the manifest must show the run finished, or the release cannot pass."""
     entries = [e for e in manifest.entries if e.stage != ReportStage.name]
     validations = {e.name: e for e in entries if e.stage == "validate" and e.status == "ok"}
-    baseline_entry = validations.get(BASELINE)
+    baseline_entry = next((validations[name] for name in BASELINES if name in validations), None)
+    task = manifest.recipe.get("task") or "classification"
     base_metrics = baseline_entry.metrics if baseline_entry else {}
     base_top1 = base_metrics.get("top1")
     gates = GatesConfig.model_validate(manifest.recipe.get("gates") or {})
@@ -159,7 +161,7 @@ def build_report(manifest: Manifest, *, reached: bool = False) -> Report:
     _add_predicted_drop_vs_onnx_fp32(engines)
     labelled = bool((manifest.dataset or {}).get("labelled", True))
     for typed in engines:
-        typed.verdict, typed.gates = judge(typed, base_top1, gates, labelled=labelled)
+        typed.verdict, typed.gates = judge(typed, base_top1, gates, labelled=labelled, task=task)
     required = required_engines(engines, gates)
     for typed in engines:
         typed.required = typed.name in required
@@ -178,9 +180,10 @@ def build_report(manifest: Manifest, *, reached: bool = False) -> Report:
         "threads": validate_cfg.get("threads"),
         "cpus": validate_cfg.get("cpus"),
         "dataset": manifest.dataset,
-        "accuracy": accuracy_basis(manifest.dataset),
+        "task": task,
+        "accuracy": accuracy_basis(manifest.dataset, task),
         "calibration": manifest.calibration,
-        "baseline": {"name": BASELINE, **base_metrics} if baseline_entry else None,
+        "baseline": {"name": baseline_entry.name, **base_metrics} if baseline_entry else None,
         "prune": next(({"method": e.config.get("method"), "reused": e.reused, **e.metrics}
                        for e in entries if e.stage == "prune" and e.status == "ok"), None),
         "sensitivity": next((e.metrics for e in entries if e.stage == "prune-sensitivity" and e.status == "ok"), None),
@@ -233,7 +236,8 @@ def _typed(fields: Mapping[str, Any]) -> EngineRow:
     return EngineRow(key=key, **rest)
 
 
-AGREEMENT_KEYS = ("top1_agreement", "top5_agreement", "max_abs_error", "mean_cosine")
+AGREEMENT_KEYS = ("top1_agreement", "top5_agreement", "max_abs_error", "mean_cosine", "min_cosine", "min_sqnr_db", "max_relative_l2",
+                  "fidelity")
 DEVICE_KEYS = ("device_name", "agent", "device", "agent_edgeship")
 
 
@@ -286,10 +290,16 @@ def _devices(entries: list[ManifestEntry]) -> dict[str, Any]:
     return devices
 
 
-def accuracy_basis(dataset: Mapping[str, Any] | None) -> dict[str, str]:
+def accuracy_basis(dataset: Mapping[str, Any] | None, task: str = "classification") -> dict[str, str]:
     """What the report's accuracy figures are: top-1 against labels, or (unlabelled data) agreement with the FP32
-    PyTorch model, which the report must never call accuracy. ``key`` is the engine-row field that ranks and plots."""
+    PyTorch model, which the report must never call accuracy, or for a generic model output fidelity against the FP32
+    reference. ``key`` is the engine-row field that ranks and plots."""
     dataset = dataset or {}
+    if task == "generic":
+        return {"basis": "fidelity", "key": "min_cosine", "title": "output cosine",
+                "text": f"output fidelity, not accuracy: each output of each engine against the FP32 reference's on {dataset.get('eval')} "
+                        f"evaluation samples of {dataset.get('name')} (cosine, SQNR, relative L2, max abs error; a row shows its worst "
+                        "output)"}
     if dataset.get("labelled", True):
         return {"basis": "labels", "key": "top1", "title": "top-1", "text": f"top-1 accuracy on the labelled {dataset.get('name', '')} "
                 "evaluation split".replace("  ", " ")}

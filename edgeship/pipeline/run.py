@@ -84,7 +84,7 @@ def run(recipe: Recipe, *, force: Iterable[str] = (), console: Console | None = 
         calibration = (calibration_set(dataset, recipe.calibration, recipe.data.preprocessing,
                                        input_shape=input_shape(dataset, recipe.data.preprocessing)) if needs_calibration else None)
         if calibration is not None:
-            manifest.calibration = {"samples": len(calibration.samples), "fingerprint": calibration.fingerprint,
+            manifest.calibration = {"samples": calibration.count, "fingerprint": calibration.fingerprint,
                                     "source": str(recipe.calibration.source) if recipe.calibration.source else "held out from train"}
         searching = any(getattr(c, "keep_float", 0) == "auto" for _, c in requested(recipe.backends))
         search = search_set(dataset, recipe.data.preprocessing) if searching else None

@@ -28,14 +28,17 @@ from edgeship.backends import display_name, get_backend
 from edgeship.errors import StageError
 from edgeship.harness import HARNESS_VERSION
 from edgeship.macs import onnx_macs
-from edgeship.measure import scores, top1
+from edgeship.measure import output_scores, scores, top1
 from edgeship.peak import PEAK_VERSION, measure_peak_isolated
 from edgeship.pipeline.base import Made, RunContext
 from edgeship.pipeline.export import INPUT_NAME
 from edgeship.pipeline.measurers import BASELINE_RUNTIME, DeviceMeasurer, LocalMeasurer, Measurer, MeasureRequest, retry_note
+from edgeship.pipeline.model import ONNX_MODEL
 from edgeship.recipe import DeviceConfig, ValidateConfig
 
 BASELINE = "pytorch/fp32"
+ONNX_BASELINE = "onnx/fp32"  # an ONNX entry's own FP32 reference, run on ONNX Runtime
+BASELINES = (BASELINE, ONNX_BASELINE)
 PEAK = "machine-peak"  # the validate entry holding this machine's GEMM rates
 # what of a device's description keys its results: another machine measures anew, a reboot does not
 DEVICE_FACTS = ("cpu", "isa_flags", "logical_cores", "gpu")
@@ -52,12 +55,14 @@ class ValidateStage:
         device = {k: ctx.manifest.device.get(k) for k in DEVICE_FACTS}
         key = {"eval": ctx.dataset.fingerprint, "device": device, "harness": HARNESS_VERSION}
         model = inputs["model"]
+        generic = ctx.recipe.task == "generic"
         with tempfile.TemporaryDirectory(prefix="edgeship-eval-") as scratch:
             measure = LocalMeasurer(cfg, threads, cpus, Path(scratch), ctx)
-            results = {BASELINE: ctx.produce(self.name, BASELINE, config=config, parents=[model], extra_key=key,
-                                             make=lambda folder: self._baseline(folder, model, measure, ctx))}
+            name = ONNX_BASELINE if model.kind == ONNX_MODEL else BASELINE
+            results = {BASELINE: ctx.produce(self.name, name, config=config, parents=[model], extra_key=key,
+                                             make=lambda folder: self._baseline(folder, name, model, inputs.get("onnx"), measure, ctx))}
             ctx.save_manifest()
-            reference = np.load(results[BASELINE].folder / "logits.npy")
+            reference = load_outputs(results[BASELINE].folder, every_output=generic)
             engines = {name: engine for name, engine in inputs.items() if name not in ("model", "onnx")}
             if engines:
                 self._peak(results, threads, cpus, device, ctx)
@@ -78,7 +83,7 @@ class ValidateStage:
                     results.update(self._on_device(device, chosen, results[BASELINE], reference, config, measure, macs, ctx))
         return results
 
-    def _on_device(self, device: DeviceConfig, engines: Mapping[str, Artifact], baseline: Artifact, reference: np.ndarray,
+    def _on_device(self, device: DeviceConfig, engines: Mapping[str, Artifact], baseline: Artifact, reference: Any,
                    config: dict[str, Any], local: LocalMeasurer, macs: int | None, ctx: RunContext) -> dict[str, Artifact]:
         """Every engine of the device's backends measured on it through its agent, as ``<engine>@<device>``; a device
         that cannot be reached, or fails a job, is recorded ``failed`` for that engine with the cause, and the run goes on."""
@@ -123,32 +128,43 @@ class ValidateStage:
                 ctx.save_manifest()
         return results
 
-    def _baseline(self, folder: Path, model_artifact: Artifact, measure: Measurer, ctx: RunContext) -> Made:
-        request = MeasureRequest(BASELINE, BASELINE_RUNTIME, model_artifact.folder / RECORD, INPUT_NAME, timed=True,
-                                 torch_model_config=ctx.recipe.model.model_dump(mode="json"))
+    def _baseline(self, folder: Path, name: str, model_artifact: Artifact, onnx: Artifact | None, measure: Measurer,
+                  ctx: RunContext) -> Made:
+        """The FP32 reference every engine is scored against: the PyTorch model, or an ONNX entry's own file on ONNX Runtime."""
+        generic = ctx.recipe.task == "generic"
+        if model_artifact.kind == ONNX_MODEL:
+            input_name = onnx.meta["input_name"] if onnx is not None else model_artifact.meta["inputs"][0]["name"]
+            request = MeasureRequest(name, "onnxruntime", model_artifact.path, input_name, timed=True, every_output=generic)
+        else:
+            request = MeasureRequest(name, BASELINE_RUNTIME, model_artifact.folder / RECORD, INPUT_NAME, timed=True,
+                                     torch_model_config=ctx.recipe.model.model_dump(mode="json"), every_output=generic)
         result = measure.measure(request, folder)
-        logits = np.load(folder / "logits.npy")
+        outputs = load_outputs(folder, every_output=generic)
         labels = ctx.dataset.eval.labels  # None on unlabelled data, where agreement with FP32 is the only measure
-        metrics = {"top1": None if labels is None else top1(logits, labels), "eval_samples": len(logits), "size_bytes": model_artifact.size,
+        count = len(next(iter(outputs.values()))) if generic else len(outputs)
+        metrics = {"top1": None if labels is None or generic else top1(outputs, labels), "eval_samples": count,
+                   "size_bytes": model_artifact.size,
                    "threads": measure.threads, "runtime": result["runtime"], "isolated": True,
                    **{k: result[k] for k in MEASURED_KEYS if k in result}}
-        return self._write(folder, BASELINE, metrics)
+        return self._write(folder, name, metrics)
 
-    def _engine(self, folder: Path, name: str, engine: Artifact, reference: np.ndarray, measure: Measurer, ctx: RunContext,
+    def _engine(self, folder: Path, name: str, engine: Artifact, reference: Any, measure: Measurer, ctx: RunContext,
                 macs: int | None = None) -> Made:
         """Score and time one engine; a prepared ONNX standing in for an engine (``meta["predicts"]``) is scored only,
         on the runtime it names, and labelled as a prediction: its latency there says nothing about its engine."""
         predicts = engine.meta.get("predicts")
         runs_on = engine.meta.get("runs_on", engine.meta["backend"])
         wants_check = _wants_cross_check(ctx, engine)
+        generic = ctx.recipe.task == "generic"
         request = MeasureRequest(name, runs_on, engine.path, engine.meta["input_name"], timed=not predicts, cross_check=wants_check,
-                                 artifact=engine)
+                                 artifact=engine, every_output=generic)
         result = measure.measure(request, folder)
         if "scores" in result:  # scored on the device: its outputs were too large to send back
             scored = dict(result["scores"])
         else:
             try:
-                scored = scores(np.load(folder / "logits.npy"), reference, ctx.dataset.eval.labels)
+                outputs = load_outputs(folder, every_output=generic)
+                scored = (output_scores(outputs, reference) if generic else scores(outputs, reference, ctx.dataset.eval.labels))
             except ValueError as exc:
                 raise StageError(self.name, f"{name}: {exc}") from None
         metrics: dict[str, Any] = {**scored, "threads": measure.threads, "runtime": result["runtime"], "isolated": True,
@@ -190,6 +206,14 @@ class ValidateStage:
         target = folder / "result.json"
         target.write_text(json.dumps({"engine": name, "metrics": metrics}, indent=2))
         return Made(target, "validation", {"engine": name, "metrics": metrics})
+
+
+def load_outputs(folder: Path, *, every_output: bool) -> Any:
+    """A result's outputs: the class scores (``logits.npy``), or every output by name (``outputs.npz``)."""
+    if not every_output:
+        return np.load(folder / "logits.npy")
+    with np.load(folder / "outputs.npz") as archive:
+        return {name: archive[name] for name in archive.files}
 
 
 def _compare(theirs: dict[str, Any], latency: dict[str, Any], bare: dict[str, Any] | None) -> dict[str, Any]:

@@ -12,14 +12,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from edgeship.measure import SQNR_CAP_DB
 from edgeship.qualification import EngineRow, Release, Scores
 from edgeship.render.text import change_points, pct, size
 
 Kind = Literal["measured", "predicted", "missing", "pass", "fail", "skipped", "error"]
 
-# the accuracy columns by the evaluation data's basis: labels give top-1 and its change, no labels agreement with FP32
+# the accuracy columns by the report's basis: labels give top-1 and its change, no labels agreement with FP32, and a
+# generic model the fidelity of its worst output against FP32
 LABELLED = ("top-1", "Δ top-1 vs baseline", "Δ top-1 vs own FP32", "agreement")
 UNLABELLED = ("top-1 agreement", "top-5 agreement", "cosine")
+FIDELITY = ("cosine", "SQNR dB", "rel. L2", "max abs error")
+COLUMNS = {"labels": LABELLED, "agreement": UNLABELLED, "fidelity": FIDELITY}
 
 
 @dataclass(frozen=True)
@@ -32,11 +36,12 @@ class Cell:
 MISSING = Cell("—", "missing")
 
 
-def engine_cells(row: EngineRow, *, labelled: bool) -> dict[str, Cell]:
-    """Every cell of an engine's line: size, p50, p99, the accuracy columns, build seconds and the verdict."""
+def engine_cells(row: EngineRow, *, basis: str) -> dict[str, Cell]:
+    """Every cell of an engine's line: size, p50, p99, the accuracy columns of the report's ``basis`` (``COLUMNS``), build
+    seconds and the verdict."""
     build = row.build_seconds
     return {"size": _measured(size(row.size_bytes)), "p50 ms": latency_cell(row.latency, "p50_ms"),
-            "p99 ms": latency_cell(row.latency, "p99_ms"), **accuracy_cells(row, labelled=labelled),
+            "p99 ms": latency_cell(row.latency, "p99_ms"), **accuracy_cells(row, basis=basis),
             "build s": _measured("—" if not build else f"{build:.1f}"), "verdict": verdict_cell(row)}
 
 
@@ -50,18 +55,21 @@ def verdict_cell(row: EngineRow) -> Cell:
     return Cell(text, verdict)
 
 
-def accuracy_cells(row: EngineRow, *, labelled: bool) -> dict[str, Cell]:
-    """The row's accuracy cells by column (``LABELLED`` or ``UNLABELLED``): its own figures where it was measured,
-    else its prediction's, marked as such."""
+def accuracy_cells(row: EngineRow, *, basis: str) -> dict[str, Cell]:
+    """The row's accuracy cells by column (``COLUMNS[basis]``): its own figures where it was measured, else its
+    prediction's, marked as such."""
     predicted = row.predicted
-    own = (row.top1 if labelled else row.top1_agreement) is not None
+    own = {"labels": row.top1, "agreement": row.top1_agreement, "fidelity": row.min_cosine}[basis] is not None
     source: Scores = row if own or predicted is None else predicted
     kind: Kind = "measured" if source is row else "predicted"
 
     def cell(text: str) -> Cell:
         return MISSING if text == "—" else Cell(text, kind)
 
-    if not labelled:
+    if basis == "fidelity":
+        return {"cosine": cell(_figure(source.min_cosine, ".5f")), "SQNR dB": cell(db_text(source.min_sqnr_db)),
+                "rel. L2": cell(_figure(source.max_relative_l2, ".2e")), "max abs error": cell(_figure(source.max_abs_error, ".3g"))}
+    if basis == "agreement":
         cosine = source.mean_cosine
         return {"top-1 agreement": cell(pct(source.top1_agreement)), "top-5 agreement": cell(pct(source.top5_agreement)),
                 "cosine": cell("—" if cosine is None else f"{cosine:.5f}")}
@@ -87,6 +95,17 @@ def release_headline(release: Release) -> str:
     if release.passed:
         return f"release gates: pass ({len(release.required)} required engines, all passed)"
     return f"release gates: fail (exit code {release.exit_code})"
+
+
+def _figure(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def db_text(value: float | None) -> str:
+    """An SQNR in dB; the cap (``measure.SQNR_CAP_DB``: no difference at all) reads as identical."""
+    if value is None:
+        return "—"
+    return "identical" if value >= SQNR_CAP_DB else f"{value:.1f}"
 
 
 def _measured(text: str) -> Cell:

@@ -75,26 +75,38 @@ def _verdict(report: Report) -> str:
     warnings = "".join(f"<div class='banner fail'>{escape(line)}</div>" for line in dataset_warnings(report))
     shipped = {r.engine for r in report.recommendations.values() if r.engine}
     rows = []
-    labelled = report.accuracy.get("basis", "labels") == "labels"
-    shown = ("top-1", "Δ top-1 vs baseline") if labelled else ("top-1 agreement", "top-5 agreement")
+    basis = report.accuracy.get("basis", "labels")
+    labelled = basis == "labels"
+    shown = VERDICT_COLUMNS[basis]
     baseline = report.baseline
     if baseline:
         latency = baseline.get("latency")
-        rows.append(["PyTorch baseline", "fp32", _size(baseline.get("size_bytes")),
+        rows.append([f"{escape(baseline_label(baseline['name']))} baseline", "fp32", _size(baseline.get("size_bytes")),
                      *(_styled(latency_cell(latency, key)) for key in ("p50_ms", "p99_ms")),
-                     *([_pct(baseline.get("top1")), "reference"] if labelled else ["reference", "reference"]), "", "", ""])
+                     *([_pct(baseline.get("top1")), "reference"] if labelled else ["reference"] * len(shown)), "", "", ""])
     for row in report.engines:
-        cells = engine_cells(row, labelled=labelled)
+        cells = engine_cells(row, basis=basis)
         failed = [g.gate for g in row.gates if g.outcome == "fail"]
         gates = "all applicable pass" if row.verdict == "pass" else ("fails " + ", ".join(failed) if failed else escape(row.reason))
         rows.append([escape(row.name), escape(row.precision), _styled(cells["size"]), _styled(cells["p50 ms"]), _styled(cells["p99 ms"]),
                      *(_styled(cells[column]) for column in shown), _styled(cells["verdict"]), gates,
                      "<span class=ship>✓ ship</span>" if row.name in shipped else ("required" if row.required else "")])
-    columns = list(shown) if labelled else ["top-1 agreement with FP32", "top-5 agreement with FP32"]
+    columns = {"labels": list(shown), "agreement": ["top-1 agreement with FP32", "top-5 agreement with FP32"],
+               "fidelity": ["cosine with FP32 (worst output)", "SQNR dB (worst output)", "relative L2 (worst output)"]}[basis]
     table = _table(["engine", "precision", "size", "p50 ms (95% CI)", "p99 ms (95% CI)", *columns, "verdict", "gates",
-                    "recommended"], rows, numeric=range(2, 7))
-    note = "" if labelled else f"<p><b>Agreement, not accuracy</b>: {escape(report.accuracy['text'])}.</p>"
+                    "recommended"], rows, numeric=range(2, 5 + len(columns)))
+    title = {"labels": "", "agreement": "Agreement, not accuracy", "fidelity": "Output fidelity, not accuracy"}[basis]
+    note = f"<p><b>{title}</b>: {escape(report.accuracy['text'])}.</p>" if title else ""
     return _section("verdict", "Verdict", warnings + banner + note + table)
+
+
+VERDICT_COLUMNS = {"labels": ("top-1", "Δ top-1 vs baseline"), "agreement": ("top-1 agreement", "top-5 agreement"),
+                   "fidelity": ("cosine", "SQNR dB", "rel. L2")}  # the verdict table's accuracy cells by the report's basis
+
+
+def baseline_label(name: str) -> str:
+    """How the page names the FP32 reference: PyTorch, or an ONNX entry's own ONNX."""
+    return "ONNX" if name.startswith("onnx/") else "PyTorch"
 
 
 def _styled(cell: Cell) -> str:
@@ -124,7 +136,7 @@ def _gates(report: Report) -> str:
               for name in GATES]
     body = []
     for row in report.engines:
-        verdict = engine_cells(row, labelled=True)["verdict"]
+        verdict = engine_cells(row, basis="labels")["verdict"]
         head = f"<td class=l>{escape(row.name)}</td><td class=l>{_styled(verdict)}</td>"
         if row.verdict in ("skipped", "error"):  # never measured: one explanation across the gate columns
             predictions = [f"{TITLES[g.gate]} {format_value(g.gate, g.prediction.value)} (would {g.prediction.would})"
@@ -163,7 +175,7 @@ def _measured(report: Report) -> list[Mapping[str, Any]]:
     baseline = report.baseline
     if baseline:
         accuracy = baseline.get("top1") if key == "top1" else 1.0
-        rows = [{**baseline, "name": "pytorch/fp32", "backend": "pytorch", "precision": "fp32", "accuracy": accuracy}, *rows]
+        rows = [{**baseline, "backend": baseline["name"].split("/")[0], "precision": "fp32", "accuracy": accuracy}, *rows]
     return [r for r in rows if _complete(r)]
 
 
@@ -179,9 +191,13 @@ def _pareto(report: Report) -> str:
     points = [{"name": r["name"], "backend": r["backend"], "precision": r["precision"], "accuracy": r["accuracy"],
                "p50_ms": r["latency"]["p50_ms"], "p50_ci": r["latency"]["ci95"]["p50_ms"]} for r in rows]
     front = ", ".join(p["name"] for p in plots.pareto_front(points))
-    ylabel = "top-1 (%)" if report.accuracy["key"] == "top1" else "top-1 agreement with FP32 PyTorch (%)"
-    return _section("pareto", "Accuracy against latency", _figure(lambda: plots.pareto_figure(points, ylabel=ylabel),
-                    f"Every measured engine and the PyTorch baseline; colour: backend, marker: precision. Pareto front: {front}."))
+    key = report.accuracy["key"]
+    ylabel = {"top1": "top-1 (%)", "min_cosine": "output cosine with FP32 (worst output)"}.get(key, "top-1 agreement with FP32 (%)")
+    reference = baseline_label(report.baseline["name"]) if report.baseline else "FP32"
+    return _section("pareto", "Accuracy against latency",
+                    _figure(lambda: plots.pareto_figure(points, ylabel=ylabel, scale=1.0 if key == "min_cosine" else 100.0),
+                            f"Every measured engine and the {reference} baseline; colour: backend, marker: precision. Pareto front: "
+                            f"{front}."))
 
 
 def _latency(report: Report) -> str:

@@ -130,25 +130,27 @@ def footprint_figure(prune: Mapping[str, Any]) -> Any:
     return fig
 
 
-def pareto_figure(points: Sequence[Mapping[str, Any]], *, ylabel: str = "top-1 (%)") -> Any:
+def pareto_figure(points: Sequence[Mapping[str, Any]], *, ylabel: str = "top-1 (%)", scale: float = 100.0) -> Any:
     """Accuracy (``point["accuracy"]``: top-1, or agreement with FP32 on unlabelled data) against p50 latency (with its
     95% interval) for every measured engine and the baseline; the Pareto front
-    (no other point both faster and more accurate) joined by a line."""
+    (no other point both faster and more accurate) joined by a line. ``scale``: 100 for fractions shown in percent, 1 for a
+    generic model's output cosine."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     for point in points:
         low, high = point["p50_ci"]
-        ax.errorbar(point["p50_ms"], 100 * point["accuracy"], xerr=[[point["p50_ms"] - low], [high - point["p50_ms"]]],
+        ax.errorbar(point["p50_ms"], scale * point["accuracy"], xerr=[[point["p50_ms"] - low], [high - point["p50_ms"]]],
                     marker=MARKERS.get(point["precision"], "*"), markersize=9 if point["backend"] != "pytorch" else 12,
                     color=COLOURS.get(point["backend"], "black"), linestyle="none", capsize=3)
-        ax.annotate(point["name"], (point["p50_ms"], 100 * point["accuracy"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.annotate(point["name"], (point["p50_ms"], scale * point["accuracy"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
     front = pareto_front(points)
     if len(front) > 1:
-        ax.plot([p["p50_ms"] for p in front], [100 * p["accuracy"] for p in front], color="black", linewidth=1, alpha=0.5,
+        ax.plot([p["p50_ms"] for p in front], [scale * p["accuracy"] for p in front], color="black", linewidth=1, alpha=0.5,
                 linestyle="--", label="Pareto front")
         ax.legend(fontsize=8, loc="best")
     ax.set(xscale="log", xlabel="p50 latency per call (ms, log scale; bars: 95% interval)", ylabel=ylabel,
-           title="Accuracy against latency" if ylabel.startswith("top-1 (") else "Agreement with FP32 against latency")
+           title="Accuracy against latency" if ylabel.startswith("top-1 (") else
+           "Output fidelity against latency" if scale == 1 else "Agreement with FP32 against latency")
     _plain_log_ticks(ax.xaxis)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from edgeship.gates import format_value
 from edgeship.qualification import EngineRow, Report
-from edgeship.render.cells import LABELLED, UNLABELLED, Cell, engine_cells, latency_cell, release_headline
+from edgeship.render.cells import COLUMNS, Cell, db_text, engine_cells, latency_cell, release_headline
 from edgeship.render.text import change_points, dataset_warnings, db, int8_weight_lines
 from edgeship.render.text import pct as _pct
 from edgeship.render.text import size as _size
@@ -27,8 +27,9 @@ def print_summary(report: Report, console: Console) -> None:
     the recommendation per backend and the release verdict with its reasons, then the one-line facts."""
     device = report.device or {}
     table = Table(title=f"edgeship · {report.run_id} · {device.get('cpu', '?')} · {report.threads} threads")
-    labelled = report.accuracy.get("basis", "labels") == "labels"
-    accuracy_columns = LABELLED if labelled else UNLABELLED
+    basis = report.accuracy.get("basis", "labels")
+    labelled = basis == "labels"
+    accuracy_columns = COLUMNS[basis]
     columns = ("size", "p50 ms", "p99 ms", *accuracy_columns, "build s", "verdict")
     for column in ("engine", "precision", *columns, "ship"):
         table.add_column(column, justify="left" if column in ("engine", "precision", "verdict", "ship") else "right",
@@ -38,7 +39,8 @@ def print_summary(report: Report, console: Console) -> None:
     baseline = report.baseline
     if baseline:
         lat = baseline.get("latency") or {}
-        reference = [_pct(baseline.get("top1")), "baseline", "—", "—"] if labelled else ["reference", "reference", "—"]
+        reference = ([_pct(baseline.get("top1")), "baseline", "—", "—"] if labelled
+                     else ["reference"] * (len(accuracy_columns) - 1) + ["—"])
         table.add_row(baseline["name"].split("/")[0], "fp32", _size(baseline.get("size_bytes")), latency_cell(lat, "p50_ms").text,
                       latency_cell(lat, "p99_ms").text, *reference, "—", "reference", "")
     reasons: dict[str, list[str]] = {}  # one footnote per distinct reason, so long install commands do not fill the table
@@ -49,7 +51,7 @@ def print_summary(report: Report, console: Console) -> None:
     shipped = {r.engine for r in report.recommendations.values() if r.engine}
     for row in report.engines:
         mark = marks.get(f"{row.status}: {row.reason}", "") if row.reason else ""
-        cells = engine_cells(row, labelled=labelled)
+        cells = engine_cells(row, basis=basis)
         table.add_row(row.target, row.precision, *(_styled(cells[column]) for column in columns[:-1]),
                       f"{_styled(cells['verdict'])} {mark}".rstrip(), "[bold green]✓[/bold green]" if row.name in shipped else "")
     console.print(table)
@@ -144,7 +146,10 @@ def prepared_line(row: EngineRow) -> str:
             text += (f" [yellow]({subnormal} FP16 weight scales are subnormal, from near-zero channels; ONNX Runtime's CPU "
                      "DequantizeLinear mishandles them, so the prediction below may be wrong: high_precision: fp32 avoids "
                      "them)[/yellow]")
-    if predicted:
+    if predicted and predicted.top1_agreement is None and predicted.min_cosine is not None:  # a generic model: output fidelity
+        text += (f"; [italic]{predicted.label}[/italic]: output cosine {predicted.min_cosine:.5f}, SQNR "
+                 f"{db_text(predicted.min_sqnr_db)} dB (worst output)")
+    elif predicted:
         text += (f"; [italic]{predicted.label}[/italic]: "
                  + (f"top-1 {_pct(predicted.top1)}, " if predicted.top1 is not None else "")
                  + (f"({change_points(predicted.top1_drop_points)} vs baseline), " if predicted.top1_drop_points is not None else "")

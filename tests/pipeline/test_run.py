@@ -38,7 +38,7 @@ def cold(recipe: Recipe) -> RunResult:
 def test_report_lists_baseline_and_both_engines(cold: RunResult) -> None:
     result = cold
     report = json.loads(result.report_path.read_text())
-    assert report["schema"] == "edgeship.report" and report["schema_version"] == 7
+    assert report["schema"] == "edgeship.report" and report["schema_version"] == 8
     assert [e["name"] for e in report["engines"]] == ["onnxruntime/fp32", "onnxruntime/int8"]
     assert all(e["status"] == "ok" for e in report["engines"])
     assert report["baseline"]["eval_samples"] == 1000 and report["threads"] == 1

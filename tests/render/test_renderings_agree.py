@@ -22,7 +22,7 @@ def _row(**changes: object) -> EngineRow:
 def test_a_half_point_loss_reads_as_minus_half_a_point_everywhere() -> None:
     assert change_points(0.5) == "-0.50 pt" and change_points(-0.25) == "+0.25 pt" and change_points(None) == "—"
     assert change_points(0.0) == "+0.00 pt"
-    cells = accuracy_cells(_row(), labelled=True)
+    cells = accuracy_cells(_row(), basis="labels")
     assert cells["Δ top-1 vs baseline"] == Cell("-0.50 pt", "measured") and cells["Δ top-1 vs own FP32"].text == "-0.25 pt"
     assert html._styled(cells["Δ top-1 vs baseline"]) == terminal._styled(cells["Δ top-1 vs baseline"]) == "-0.50 pt"
 
@@ -31,24 +31,24 @@ def test_a_prediction_is_marked_as_one_in_both_renderings_and_missing_is_a_dash(
     predicted = Prediction(engine="tensorrt/int8", on="onnxruntime", label="predicted on ONNX Runtime", top1=0.91, top1_agreement=0.98,
                            top1_drop_points=0.1)
     row = _row(status="skipped", top1=None, top1_agreement=None, top1_drop_points=None, predicted=predicted)
-    cells = accuracy_cells(row, labelled=True)
+    cells = accuracy_cells(row, basis="labels")
     assert cells["top-1"] == Cell("91.00%", "predicted") and cells["Δ top-1 vs own FP32"] == Cell("—", "missing")
     assert "predicted" in html._styled(cells["top-1"]) and "pred." in terminal._styled(cells["top-1"])
     assert html._styled(cells["Δ top-1 vs own FP32"]) == terminal._styled(cells["Δ top-1 vs own FP32"]) == "—"
     unlabelled = accuracy_cells(row.model_copy(update={"predicted": predicted.model_copy(update={"top5_agreement": 1.0})}),
-                                labelled=False)
+                                basis="agreement")
     assert [c.kind for c in unlabelled.values()] == ["predicted", "predicted", "missing"]
 
 
 def test_latency_and_verdict_cells_are_shared_and_a_required_skip_reads_as_a_failure() -> None:
-    cells = engine_cells(_row(), labelled=True)
+    cells = engine_cells(_row(), basis="labels")
     assert cells["p50 ms"] == Cell("1.0000", "measured", "0.9000–1.1000") and cells["p99 ms"] == Cell("2.0000", "measured")
     assert "(0.9000–1.1000)" in html._styled(cells["p50 ms"]) and terminal._styled(cells["p50 ms"]) == "1.0000"
     assert cells["verdict"] == Cell("pass", "pass") and cells["size"].text == "1 KiB"
-    skipped = engine_cells(_row(status="skipped", verdict="skipped", reason="no GPU", required=True), labelled=True)["verdict"]
+    skipped = engine_cells(_row(status="skipped", verdict="skipped", reason="no GPU", required=True), basis="labels")["verdict"]
     assert skipped == Cell("skipped, required", "fail")
     assert "class=fail" in html._styled(skipped) and "[red]" in terminal._styled(skipped)
-    assert engine_cells(_row(status="skipped", verdict="skipped"), labelled=True)["verdict"] == Cell("skipped", "skipped")
+    assert engine_cells(_row(status="skipped", verdict="skipped"), basis="labels")["verdict"] == Cell("skipped", "skipped")
 
 
 def test_the_summary_and_the_page_print_the_signed_change() -> None:

@@ -1,0 +1,73 @@
+"""The PP-OCRv4 text detector from the rapidocr-onnxruntime wheel, an ONNX entry with a segmentation map out, end to end
+with the network switched off (as the EfficientNet offline test does): a reduced recipes/ppocr_det.yaml with ONNX
+Runtime FP32 and INT8, OpenVINO INT8 and TFLite FP32 (onnx2tf fetches sample images when not fed its own), 24 evaluation
+crops. The full recipe is a benchmark (``edgeship run recipes/ppocr_det.yaml``), not part of the suite."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from test_efficientnet_offline import offline, probe
+
+from edgeship.backends import availability
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(importlib.util.find_spec("rapidocr_onnxruntime") is None,
+                                 reason="needs the rapidocr-onnxruntime wheel (make setup installs it with --no-deps)"),
+              pytest.mark.skipif(not availability("tflite").available, reason="needs the tflite extra: pip install 'edgeship[tflite]'"),
+              pytest.mark.skipif(not availability("openvino").available, reason="needs the openvino extra")]
+
+
+@pytest.fixture(scope="module")
+def offline_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path, object]:
+    pytest.importorskip("skimage", reason="needs scikit-image's photos (the efficientnet extra)")
+    tmp = tmp_path_factory.mktemp("ppocr-offline")
+    recipe = yaml.safe_load((ROOT / "recipes" / "ppocr_det.yaml").read_text())
+    recipe.update(store=str(tmp / "store"), reports=str(tmp / "reports"))
+    recipe["data"]["eval_size"] = 24
+    recipe["calibration"]["size"] = 32
+    recipe["backends"] = {"onnxruntime": {"precisions": ["fp32", "int8"]}, "openvino": {"precisions": ["int8"], "subset_size": 32},
+                          "tflite": {"precisions": ["fp32"]}, "tensorrt": {"enabled": False}}
+    recipe["validate"] = {"warmup": 2, "iterations": 10, "min_seconds": 0.1, "throughput_batch_sizes": [2], "throughput_seconds": 0.1,
+                          "eval_batch_size": 8}
+    recipe["divergence"] = {"samples": 2}
+    path = tmp / "ppocr_det.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    mode = offline(tmp)
+    done = subprocess.run([*mode.prefix, sys.executable, "-m", "edgeship", "run", str(path)], capture_output=True, text=True,
+                          cwd=tmp, env=mode.env, timeout=1200)
+    return done, tmp, mode
+
+
+def test_the_run_really_had_no_network(offline_run) -> None:
+    _, _, mode = offline_run
+    assert probe(mode).startswith("offline:"), mode.how
+
+
+def test_every_engine_follows_the_fp32_map(offline_run) -> None:
+    done, tmp, _ = offline_run
+    assert done.returncode in (0, 1), done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(next((tmp / "reports").glob("*/report.json")).read_text())
+    assert report["task"] == "generic" and report["baseline"]["name"] == "onnx/fp32"
+    assert report["accuracy"]["basis"] == "fidelity" and report["dataset"]["eval"] == 24
+    rows = {row["name"]: row for row in report["engines"]}
+    assert set(rows) == {"onnxruntime/fp32", "onnxruntime/int8", "openvino/int8", "tflite/fp32"}
+    for name, row in rows.items():
+        assert row["status"] == "ok", (name, row.get("reason"))
+        assert list(row["fidelity"]) == ["sigmoid_0.tmp_0"] and row["eval_samples"] == 24
+    assert rows["onnxruntime/fp32"]["min_sqnr_db"] >= 100  # the reference file itself
+    assert rows["tflite/fp32"]["min_sqnr_db"] >= 60 and rows["tflite/fp32"]["min_cosine"] >= 0.9999
+    for name in ("onnxruntime/int8", "openvino/int8"):  # quantized: measurably off the reference, yet still the same map
+        assert 0 < rows[name]["min_sqnr_db"] < 60 and rows[name]["min_cosine"] > 0.5, (name, rows[name]["min_sqnr_db"])
+    verdicts = {name: row["verdict"] for name, row in rows.items()}
+    assert verdicts["onnxruntime/fp32"] == verdicts["tflite/fp32"] == "pass"
+    assert "Output fidelity, not accuracy" in next((tmp / "reports").glob("*/report.html")).read_text()
+    assert "SQNR dB" in done.stdout
