@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, model_validator
 
 from edgeship.backends.base import Availability, BackendBase, BackendInfo, CalibrationSet, Feed, Precision, Runner, TensorMeta
 from edgeship.backends.float_search import choose_float_layers
@@ -46,10 +46,14 @@ class OnnxRuntimeConfig(BackendSection):
     BACKEND: ClassVar[str] = "onnxruntime"
     SUPPORTED: ClassVar[frozenset[Precision]] = frozenset(Precision)
     INT8_ONLY: ClassVar[frozenset[str]] = frozenset(
-        {"calibration_method", "percentile", "calibration_size", "per_channel", "activation_type", "reduce_range", "keep_float",
+        {"mode", "calibration_method", "percentile", "calibration_size", "per_channel", "activation_type", "reduce_range", "keep_float",
          "accuracy_target", "weight_rounding", "float_outputs"})
 
     precisions: tuple[Precision, ...] = (Precision.FP32, Precision.INT8)
+    mode: Literal["static", "dynamic"] = Field(
+        default="static", description="INT8: static (activation ranges calibrated ahead, QDQ) or dynamic (int8 weights of MatMul/Gemm, "
+                                      "activations quantized per call from their own range, no calibration: ONNX Runtime's advice "
+                                      "for transformers)")
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     percentile: float = Field(default=99.999, gt=90, le=100)
     calibration_size: PositiveInt | None = Field(default=None, description="use the first N calibration samples; None uses all")
@@ -62,6 +66,16 @@ class OnnxRuntimeConfig(BackendSection):
     weight_rounding: WeightRounding = weight_rounding_field()
     float_outputs: bool = Field(default=True, description="INT8: no Q/DQ pair on the model's outputs; rounding the logits to 8 bits "
                                                           "turns near-ties into ties (top-1 then follows the index)")
+
+    @model_validator(mode="after")
+    def _dynamic_takes_no_calibration_options(self) -> OnnxRuntimeConfig:
+        if self.mode == "dynamic":
+            static = [key for key, default in (("keep_float", 0), ("weight_rounding", "nearest"), ("accuracy_target", None))
+                      if getattr(self, key) != default]
+            if static:
+                raise ValueError(f"{static[0]} shapes a static INT8 build; mode: dynamic quantizes MatMul/Gemm weights only "
+                                 "and calibrates nothing")
+        return self
 
 
 INFO = BackendInfo(name="onnxruntime", display_name="ONNX Runtime", colour="#1f77b4", config=OnnxRuntimeConfig,
@@ -122,6 +136,8 @@ class OnnxRuntimeBackend(BackendBase):
         return target
 
     def _build_int8(self, source: Path, calibration: CalibrationSet, cfg: OnnxRuntimeConfig, out_dir: Path) -> Path:
+        if cfg.mode == "dynamic":
+            return quantize_dynamic_int8(source, out_dir / "model.int8.onnx", per_channel=cfg.per_channel, reduce_range=cfg.reduce_range)
         if cfg.calibration_size is not None:
             calibration = calibration.subset(cfg.calibration_size)
         chosen = choose_float_layers(source, calibration, cfg.keep_float, cfg.accuracy_target, out_dir,
@@ -140,6 +156,38 @@ class OnnxRuntimeBackend(BackendBase):
         return target
 
 
+DYNAMIC_OPS = ("MatMul", "Gemm")  # what dynamic INT8 quantizes: the weight products, where a transformer's time goes
+
+
+def quantize_dynamic_int8(source: Path, target: Path, *, per_channel: bool, reduce_range: bool) -> Path:
+    """ONNX Runtime's ``quantize_dynamic``: int8 weights for ``DYNAMIC_OPS``, activations quantized at run time from each
+    call's own range, so nothing is calibrated (the calibration set is not used)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    prepared = target.with_name(f".{target.stem}.prepared.onnx")
+    pre_process(source, prepared)
+    try:
+        quantize_dynamic(str(prepared), str(target), op_types_to_quantize=list(DYNAMIC_OPS), per_channel=per_channel,
+                         reduce_range=reduce_range, weight_type=QuantType.QInt8)
+    finally:
+        prepared.unlink(missing_ok=True)
+    return target
+
+
+def pre_process(source: Path, prepared: Path) -> None:
+    """ONNX Runtime's quantization pre-processing (shape inference, graph fusions) before either quantizer."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    leftover = Path.cwd() / SYMBOLIC_LEFTOVER
+    had_leftover = leftover.exists()
+    try:
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
+    except Exception:  # noqa: BLE001 - symbolic shape inference gives up on some graphs (dynamic H×W detectors): ONNX's own then
+        if not had_leftover:  # ONNX Runtime saves its half-inferred model in the working directory as it gives up
+            leftover.unlink(missing_ok=True)
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+
+
 SYMBOLIC_LEFTOVER = "sym_shape_infer_temp.onnx"  # what ONNX Runtime's symbolic shape inference leaves in the cwd on failure
 
 
@@ -150,7 +198,6 @@ def quantize_qdq(source: Path, target: Path, calibration: CalibrationSet, *, met
     activations int8 (symmetric) or uint8. ``method`` is minmax | entropy | percentile; ``nodes_to_exclude`` stay float;
     ``float_outputs`` drops the Q/DQ pair on each graph output. Work files stay beside ``target`` only while it runs."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -163,14 +210,7 @@ def quantize_qdq(source: Path, target: Path, calibration: CalibrationSet, *, met
             self._feeds = iter(calibration)
 
     prepared = target.with_name(f".{target.stem}.prepared.onnx")
-    leftover = Path.cwd() / SYMBOLIC_LEFTOVER
-    had_leftover = leftover.exists()
-    try:
-        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
-    except Exception:  # noqa: BLE001 - symbolic shape inference gives up on some graphs (dynamic H×W detectors): ONNX's own then
-        if not had_leftover:  # ONNX Runtime saves its half-inferred model in the working directory as it gives up
-            leftover.unlink(missing_ok=True)
-        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+    pre_process(source, prepared)
     calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                  "percentile": CalibrationMethod.Percentile}[method]
     activation = QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8

@@ -51,7 +51,7 @@ class OpenVinoConfig(BackendSection):
     BACKEND: ClassVar[str] = "openvino"
     SUPPORTED: ClassVar[frozenset[Precision]] = frozenset(Precision)
     INT8_ONLY: ClassVar[frozenset[str]] = frozenset({"preset", "subset_size", "fast_bias_correction", "keep_float", "accuracy_target",
-                                                     "weight_rounding"})
+                                                     "weight_rounding", "model_type"})
 
     precisions: tuple[Precision, ...] = (Precision.FP32, Precision.FP16, Precision.INT8)
     preset: Literal["performance", "mixed"] = Field(
@@ -59,6 +59,9 @@ class OpenVinoConfig(BackendSection):
     subset_size: PositiveInt = Field(default=300, description="calibration samples nncf.quantize uses")
     fast_bias_correction: bool = Field(default=False, description="NNCF fast bias correction; the full one cost 0.6 pt less top-1 "
                                                                   "on the default model (91.87% vs 91.29%, FP32 91.94%)")
+    model_type: Literal["transformer"] | None = Field(
+        default=None, description="INT8: nncf.quantize's model_type; transformer keeps attention's sensitive ops (softmax inputs, "
+                                  "layer norms) in float, NNCF's advice for transformer models")
     keep_float: KeepFloat = keep_float_field()
     accuracy_target: AccuracyTarget | None = accuracy_target_field()
     weight_rounding: WeightRounding = weight_rounding_field()
@@ -135,9 +138,10 @@ class OpenVinoBackend(BackendBase):
             model = ov.convert_model(str(rounded))
         ignored = nncf.IgnoredScope(patterns=[f"^{re.escape(name)}(/.*)?$" for name in keep], validate=False) if keep else None
         nncf.set_log_level(logging.WARNING)  # it logs every node an ignored scope leaves out, on the user's terminal
+        extra = {"model_type": nncf.ModelType.TRANSFORMER} if cfg.model_type == "transformer" else {}
         return nncf.quantize(model, nncf.Dataset(calibration), preset=nncf.QuantizationPreset(cfg.preset),
                              subset_size=min(cfg.subset_size, calibration.count),
-                             fast_bias_correction=cfg.fast_bias_correction, ignored_scope=ignored)
+                             fast_bias_correction=cfg.fast_bias_correction, ignored_scope=ignored, **extra)
 
     @staticmethod
     def _save(model: Any, source: Path, precision: Precision, cfg: OpenVinoConfig, out_dir: Path) -> Path:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -284,6 +285,9 @@ def run_modelopt_step(request: dict[str, Any], work: Path) -> tuple[int, str, st
         return 1, f"ModelOpt {request['step']} wrote no model: {error_line(done.stderr + done.stdout)}", version
     if done.returncode == 0:
         shutil.move(work / target.name, target)
+    if done.returncode < 0:  # killed: its last line is whatever it logged before, not why it stopped
+        name = signal.Signals(-done.returncode).name if -done.returncode in signal.valid_signals() else str(-done.returncode)
+        return done.returncode, f"ModelOpt's {request['step']} process was killed by {name} (out of memory, or stopped by hand)", version
     message = done.stderr.strip().splitlines()[-1] if done.returncode and done.stderr.strip() else error_line(done.stderr + done.stdout)
     return done.returncode, message[:400], version
 

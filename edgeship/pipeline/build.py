@@ -33,7 +33,8 @@ from edgeship.tensors import SearchSet
 # side files an INT8 build may leave beside its engine, and the metric each becomes
 SIDE_METRICS = {FLOAT_LAYERS_FILE: "float_layers", WEIGHT_ROUNDING_FILE: "weight_rounding", SEARCH_FILE: "float_search"}
 PREPARE = "prepare"  # the stage name of prepared ONNX artifacts, made inside the build stage
-UNSET_UNKEYED = frozenset({"accuracy_target"})  # keys added later: unset, they stay out of an engine's identity (no rebuild)
+# keys added later: at these defaults they stay out of an engine's identity, so no engine stored before them rebuilds
+DEFAULT_UNKEYED: dict[str, object] = {"accuracy_target": None, "mode": "static", "model_type": None}
 
 
 def engine_name(backend: str, precision: Precision | str) -> str:
@@ -160,7 +161,8 @@ def prepare_config(backend: str, precision: Precision, cfg: BaseModel) -> dict[s
 def engine_config(backend: str, precision: Precision, cfg: BaseModel) -> dict[str, object]:
     """What identifies one engine: its backend section minus the keys that cannot change it."""
     ignored = {"enabled", "precisions"} | (set() if precision is Precision.INT8 else set(getattr(cfg, "INT8_ONLY", ())))
-    settings = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in ignored and not (k in UNSET_UNKEYED and v is None)}
+    settings = {k: v for k, v in cfg.model_dump(mode="json").items()
+                if k not in ignored and not (k in DEFAULT_UNKEYED and v == DEFAULT_UNKEYED[k])}
     return {"backend": backend, "precision": precision.value, **settings}
 
 

