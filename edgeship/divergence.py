@@ -228,12 +228,14 @@ def _layouts(shape: tuple[int, ...], target: tuple[int, ...]) -> list[tuple[int,
 
 
 def sqnr_db(signal: float, noise: float) -> float:
-    """Signal-to-quantization-noise ratio in dB from summed energies; a zero signal with noise is −inf dB."""
+    """Signal-to-quantization-noise ratio in dB from summed energies; a zero signal with noise, or noise beyond float
+    range (an FP16 tensor that overflowed to inf), is −inf dB."""
     if noise <= 0.0:
         return math.inf
-    if signal <= 0.0:
+    ratio = signal / noise
+    if signal <= 0.0 or not ratio > 0.0:
         return -math.inf
-    return 10.0 * math.log10(signal / noise)
+    return 10.0 * math.log10(ratio)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

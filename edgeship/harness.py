@@ -113,7 +113,7 @@ def measure(spec: HarnessSpec, progress: Progress | None = None) -> dict[str, An
                 result.update(_time_engine(spec, runner, call, inputs, progress))
             result["memory"] = {"baseline_rss_bytes": baseline_rss, "peak_rss_bytes": _peak_rss()}
             if spec.outputs is not None:
-                outputs = _score(spec, call, inputs, progress)
+                outputs = _score(spec, call, inputs, progress, batch=_fixed_batch(runner) or spec.eval_batch_size)
                 result["memory"]["peak_rss_with_eval_bytes"] = _peak_rss()
                 if isinstance(outputs, dict):
                     np.savez(spec.outputs, **outputs)
@@ -230,14 +230,15 @@ def _timed(task: str, call: Callable[[], object], warmup: int, iterations: int, 
     return times
 
 
-def _score(spec: HarnessSpec, call: Callable[[Feed], Any], inputs: Feed, progress: Progress) -> np.ndarray | dict[str, np.ndarray]:
-    """The engine's outputs on every input, ``eval_batch_size`` at a time: one array, or every output by name."""
+def _score(spec: HarnessSpec, call: Callable[[Feed], Any], inputs: Feed, progress: Progress, *,
+           batch: int) -> np.ndarray | dict[str, np.ndarray]:
+    """The engine's outputs on every input, ``batch`` at a time: one array, or every output by name."""
     out: list[Any] = []
     total = _count(inputs)
-    for start in range(0, total, spec.eval_batch_size):
+    for start in range(0, total, batch):
         # a copy: a memory map is read-only
-        out.append(call({name: np.array(array[start : start + spec.eval_batch_size]) for name, array in inputs.items()}))
-        progress("accuracy", min(start + spec.eval_batch_size, total), total)
+        out.append(call({name: np.array(array[start : start + batch]) for name, array in inputs.items()}))
+        progress("accuracy", min(start + batch, total), total)
     if isinstance(out[0], dict):
         return {name: np.concatenate([np.asarray(part[name]) for part in out]) for name in out[0]}
     return np.concatenate([np.asarray(part) for part in out])
@@ -268,6 +269,13 @@ def _caller(runner: Any, *, every_output: bool) -> Callable[[Feed], Any]:
         return next(iter(outputs.values()))
 
     return call
+
+
+def _fixed_batch(runner: Any) -> int | None:
+    """The batch size an engine is fixed at (every input's first dimension), or None when it takes any: an engine
+    converted at one shape (TFLite's ``fixed_shape``) is scored that many samples at a time."""
+    sizes = {meta.shape[0] if meta.shape else None for meta in runner.input_metadata().values()}
+    return next(iter(sizes)) if len(sizes) == 1 and None not in sizes else None
 
 
 def _load_inputs(spec: HarnessSpec) -> Feed:

@@ -241,6 +241,33 @@ def load_model(artifact: Artifact, cfg: ModelConfig | None = None) -> nn.Module:
 
 
 
+def input_records(cfg: ModelConfig) -> list[dict[str, Any]]:
+    """A model's declared inputs as the ONNX signature records them: name, numpy dtype, shape with ``None`` where a
+    dimension is named (dynamic)."""
+    return [{"name": decl.name, "dtype": decl.dtype, "shape": [d if isinstance(d, int) else None for d in decl.shape]}
+            for decl in cfg.inputs]
+
+
+def call_model(model: nn.Module, feed: Feed, inputs: list[str], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+    """A PyTorch model with named inputs run on ``feed`` (arrays, passed positionally in ``inputs`` order, with standard
+    strides), its outputs named: ``outputs`` in the order it returns them (a tensor, a tuple or list, or a dict of
+    tensors), else ``output`` / ``output_<i>`` / the dict's keys."""
+    import torch
+
+    with torch.no_grad():
+        result = model(*(torch.from_numpy(standard_strides(np.asarray(feed[name]))) for name in inputs))
+    if isinstance(result, Mapping):
+        values, default = list(result.values()), [str(key) for key in result]
+    elif isinstance(result, list | tuple):
+        values, default = list(result), [f"output_{i}" for i in range(len(result))]
+    else:
+        values, default = [result], ["output"]
+    names = list(outputs) if outputs else default
+    if len(names) != len(values):
+        raise ValueError(f"the model returned {len(values)} outputs; model.outputs names {len(names)} ({', '.join(names)})")
+    return {name: value.detach().numpy() for name, value in zip(names, values, strict=True)}
+
+
 class TorchRunner(Runner):
     """``engine`` is a model artifact's ``artifact.json``; ``model_config`` serves an artifact that records none."""
 
@@ -257,7 +284,13 @@ class TorchRunner(Runner):
         artifact = Artifact.model_validate_json(self.engine.read_text())
         cfg = ModelConfig.model_validate(self._model_config) if self._model_config else None
         self._model = load_model(artifact, cfg)
-        self._meta = {"input": TensorMeta("input", np.dtype(np.float32), (None, *artifact.meta["input_shape"]))}
+        self._named = artifact.meta.get("inputs")  # a model with declared inputs: run by name, every output named
+        self._outputs = artifact.meta.get("outputs")
+        if self._named:
+            self._meta = {record["name"]: TensorMeta(record["name"], np.dtype(record["dtype"]), tuple(record["shape"]))
+                          for record in self._named}
+        else:
+            self._meta = {"input": TensorMeta("input", np.dtype(np.float32), (None, *artifact.meta["input_shape"]))}
 
     def _deactivate(self) -> None:
         self._model = None
@@ -265,6 +298,8 @@ class TorchRunner(Runner):
     def _infer(self, feed: Feed) -> Feed:
         import torch
 
+        if self._named:
+            return call_model(self._model, feed, [record["name"] for record in self._named], self._outputs)
         with torch.no_grad():
             return {self._output: self._model(torch.from_numpy(standard_strides(feed["input"]))).numpy()}
 

@@ -107,6 +107,22 @@ class TrainConfig(Section):
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
 
 
+class InputDecl(Section):
+    """One input of a PyTorch model that does not take one image: name, dtype and shape. A dimension given by a name
+    (``batch``, ``sequence``) is dynamic in the exported ONNX; inputs that name the same dimension share it."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    dtype: Literal["float32", "float16", "int64", "int32", "bool"] = "float32"
+    shape: tuple[PositiveInt | Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], ...]
+
+    @field_validator("shape")
+    @classmethod
+    def _batch_first(cls, value: tuple[int | str, ...]) -> tuple[int | str, ...]:
+        if not value or not isinstance(value[0], str):
+            raise ValueError("the first dimension is the batch: give it a name, e.g. [batch, sequence]")
+        return value
+
+
 class ModelConfig(Section):
     """A bundled zoo architecture (trained here), a ``pretrained`` network from an installed package, a user's
     ``factory`` (+ ``checkpoint``), or an ``onnx`` model, which is its own FP32 reference (no PyTorch: no pruning or
@@ -121,6 +137,10 @@ class ModelConfig(Section):
     factory: str | None = Field(default=None, description="'package.module:function' or 'path/to/file.py:function' (relative to "
                                                           "the recipe) returning an nn.Module; trusted code")
     checkpoint: Path | None = Field(default=None, description="state_dict loaded with torch.load(weights_only=True)")
+    inputs: tuple[InputDecl, ...] = Field(default=(), description="factory: the model's named inputs, in its forward's order, for a "
+                                                                  "model that does not take one image (task: generic)")
+    outputs: tuple[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.:/-]*$")], ...] = Field(
+        default=(), description="factory with inputs: names of its outputs, in the order it returns them")
     train: TrainConfig = TrainConfig()
 
     @field_validator("factory")
@@ -137,6 +157,16 @@ class ModelConfig(Section):
             raise ValueError(f"give one of zoo, pretrained, factory or onnx, not {' and '.join(given)}")
         if self.onnx is not None and not (self.onnx.startswith(PACKAGE_SCHEME) or self.onnx.lower().endswith(".onnx")):
             raise ValueError(f"onnx: expected a .onnx file or '{PACKAGE_SCHEME}<package>/<file>.onnx'")
+        if (self.inputs or self.outputs) and self.factory is None:
+            raise ValueError("inputs and outputs declare a factory model's tensors; an ONNX model has its own, and zoo and pretrained "
+                             "models take one image")
+        if self.outputs and not self.inputs:
+            raise ValueError("outputs name the outputs of a model with declared inputs: give inputs too")
+        for kind in ("inputs", "outputs"):
+            names = [getattr(item, "name", item) for item in getattr(self, kind)]
+            repeated = sorted({name for name in names if names.count(name) > 1})
+            if repeated:
+                raise ValueError(f"{kind}: {repeated[0]!r} appears twice")
         if self.checkpoint is not None and self.factory is None and self.pretrained is None:
             raise ValueError("checkpoint needs factory or pretrained (zoo models are trained here)")
         if not given:
@@ -146,6 +176,11 @@ class ModelConfig(Section):
         if self.pretrained is not None and self.pretrained not in PRETRAINED:
             raise ValueError(f"unknown pretrained model {self.pretrained!r}; known: {', '.join(sorted(PRETRAINED))}")
         return self
+
+    @property
+    def named_inputs(self) -> bool:
+        """Whether this is a PyTorch model with declared inputs (not one image): run and exported by its inputs' names."""
+        return bool(self.inputs)
 
     @property
     def label(self) -> str:
@@ -409,18 +444,22 @@ class Recipe(Section):
     @model_validator(mode="after")
     def _task_fits(self) -> Recipe:
         """What a generic model, an ONNX entry and named arrays can and cannot go through."""
-        if self.model.onnx is not None:
+        if self.model.onnx is not None or self.model.named_inputs:
+            why = ("model.onnx is an ONNX file" if self.model.onnx is not None else
+                   "pruning and distilling a model with declared inputs (without labels) is not supported yet")
             for stage in ("prune", "distill"):
                 section = getattr(self, stage)
                 if "enabled" in section.model_fields_set and section.enabled:
-                    raise ValueError(f"{stage}.enabled: {stage} changes a PyTorch model, and model.onnx is an ONNX file; set "
-                                     f"{stage}.enabled: false, or start from the PyTorch model (model.factory)")
-                # not asked for: an ONNX model is not pruned or distilled (a copy: the default section is shared)
+                    raise ValueError(f"{stage}.enabled: {stage} changes a PyTorch model of one image input, and {why}; set "
+                                     f"{stage}.enabled: false")
+                # not asked for: such a model is not pruned or distilled (a copy: the default section is shared)
                 object.__setattr__(self, stage, section.model_copy(update={"enabled": False}))
+        if self.model.named_inputs and self.task != "generic":
+            raise ValueError("model.inputs: a model with declared inputs is judged by output fidelity: set task: generic")
         if self.data.dataset == "arrays":
-            if self.model.onnx is None:
-                raise ValueError("data.dataset arrays feeds a model's named inputs as they are: give the model as model.onnx (a "
-                                 "PyTorch model with declared inputs is not supported yet)")
+            if self.model.onnx is None and not self.model.named_inputs:
+                raise ValueError("data.dataset arrays feeds a model's named inputs as they are: give the model as model.onnx, or "
+                                 "a factory with its inputs declared (model.inputs)")
             if self.task != "generic":
                 raise ValueError("data.dataset arrays has no labels or class scores to judge: set task: generic (judged by output "
                                  "fidelity: gates.min_cosine, gates.min_sqnr_db)")
@@ -441,7 +480,8 @@ class Recipe(Section):
         if self.data.labelled:
             return self
         why = f"data.dataset {self.data.dataset!r} has no labels or training images"
-        if self.model.zoo is not None or (self.model.factory is not None and self.model.checkpoint is None):
+        trained_here = self.model.factory is not None and self.model.checkpoint is None and not self.model.named_inputs
+        if self.model.zoo is not None or trained_here:
             raise ValueError(f"model: a {'zoo' if self.model.zoo else 'factory'} model without a checkpoint is trained here, and {why}; "
                              "use model.pretrained or a checkpoint")
         for stage in ("prune", "distill"):

@@ -30,6 +30,10 @@ def test_sqnr_of_known_noise() -> None:
     assert sqnr_db(0.0, 1.0) == -math.inf
 
 
+def test_sqnr_of_an_overflowed_tensor_is_minus_infinity_not_an_error() -> None:
+    assert sqnr_db(1.0, math.inf) == -math.inf and sqnr_db(0.0, 1.0) == -math.inf and sqnr_db(1.0, 0.0) == math.inf
+
+
 def test_cosine_edge_cases() -> None:
     assert cosine(np.zeros(3), np.zeros(3)) == 1.0
     assert cosine(np.zeros(3), np.ones(3)) == 0.0

@@ -115,3 +115,23 @@ def test_fidelity_per_output_cosine_sqnr_relative_l2_and_max_error() -> None:
         fidelity({"vector": reference["vector"]}, reference)
     with pytest.raises(ValueError, match="output 'vector': shape"):
         fidelity({"vector": reference["vector"][:, :4], "map": reference["map"]}, reference)
+
+
+def test_rows_that_are_nothing_on_both_sides_agree_and_a_false_detection_does_not() -> None:
+    from edgeship.measure import fidelity
+
+    reference = np.zeros((4, 16), np.float32)
+    reference[0, :4] = [0.9, 0.8, 0.7, 0.6]  # one map with something in it; three empty maps
+    engine = reference + np.float32(1e-7) * np.arange(16, dtype=np.float32)  # rounding noise around zero
+    assert fidelity({"map": engine}, {"map": reference})["map"]["cosine"] == pytest.approx(1.0, abs=1e-6)
+    engine[2, 5] = 0.5  # the engine sees text where FP32 sees none: that row disagrees
+    assert fidelity({"map": engine}, {"map": reference})["map"]["cosine"] == pytest.approx(0.75, abs=1e-3)
+
+
+def test_one_value_per_sample_is_compared_as_a_column_not_by_its_sign() -> None:
+    from edgeship.measure import fidelity
+
+    reference = np.linspace(-1, 1, 41, dtype=np.float32)[:, None]
+    engine = reference + np.float32(0.03)  # flips the sign of the value nearest zero; the column still follows closely
+    cosine = fidelity({"score": engine}, {"score": reference})["score"]["cosine"]
+    assert cosine > 0.99, cosine

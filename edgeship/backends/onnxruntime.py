@@ -8,10 +8,11 @@ import functools
 import importlib.metadata
 import io
 import json
+import logging
 import shutil
 import tempfile
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -21,7 +22,7 @@ from pydantic import Field, PositiveInt, model_validator
 from edgeship.backends.base import Availability, BackendBase, BackendInfo, CalibrationSet, Feed, Precision, Runner, TensorMeta
 from edgeship.backends.float_search import choose_float_layers
 from edgeship.backends.rounding import rounded_source
-from edgeship.backends.tooling import import_problem
+from edgeship.backends.tooling import error_line, import_problem
 from edgeship.config import (
     AccuracyTarget,
     BackendSection,
@@ -33,6 +34,7 @@ from edgeship.config import (
 )
 from edgeship.device import installed_versions
 from edgeship.divergence import Tap, TensorSite
+from edgeship.errors import BuildError
 from edgeship.profiling import LayerTime, OpProfile
 
 if TYPE_CHECKING:
@@ -137,13 +139,14 @@ class OnnxRuntimeBackend(BackendBase):
 
     def _build_int8(self, source: Path, calibration: CalibrationSet, cfg: OnnxRuntimeConfig, out_dir: Path) -> Path:
         if cfg.mode == "dynamic":
-            return quantize_dynamic_int8(source, out_dir / "model.int8.onnx", per_channel=cfg.per_channel, reduce_range=cfg.reduce_range)
+            return loadable(quantize_dynamic_int8(source, out_dir / "model.int8.onnx", per_channel=cfg.per_channel,
+                                                  reduce_range=cfg.reduce_range))
         if cfg.calibration_size is not None:
             calibration = calibration.subset(cfg.calibration_size)
         chosen = choose_float_layers(source, calibration, cfg.keep_float, cfg.accuracy_target, out_dir,
                                      build=lambda nodes, folder: self._quantize(source, calibration, cfg, folder, nodes),
                                      runner=lambda engine, threads: self.runner(engine, threads=threads), reuse=True)
-        return chosen.engine or self._quantize(source, calibration, cfg, out_dir, chosen.nodes)
+        return loadable(chosen.engine or self._quantize(source, calibration, cfg, out_dir, chosen.nodes))
 
     @staticmethod
     def _quantize(source: Path, calibration: CalibrationSet, cfg: OnnxRuntimeConfig, out_dir: Path, keep: list[str]) -> Path:
@@ -156,7 +159,50 @@ class OnnxRuntimeBackend(BackendBase):
         return target
 
 
+@contextlib.contextmanager
+def _root_logger_at(level: int) -> Iterator[None]:
+    root = logging.getLogger()
+    saved = root.level
+    root.setLevel(max(level, saved))
+    try:
+        yield
+    finally:
+        root.setLevel(saved)
+
+
+def loadable(engine: Path) -> Path:
+    """``engine`` once ONNX Runtime has loaded it: its quantizer can write a graph ONNX Runtime itself refuses (a fused
+    bias dequantized with a zero point of the wrong type), which is the build's failure, not the measurement's."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        ort.InferenceSession(str(engine), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own kinds
+        raise BuildError("onnxruntime", Precision.INT8, f"ONNX Runtime refuses the model its quantizer wrote: "
+                                                        f"{error_line(str(exc))}") from None
+    return engine
+
+
 DYNAMIC_OPS = ("MatMul", "Gemm")  # what dynamic INT8 quantizes: the weight products, where a transformer's time goes
+
+
+def _remove_with_external_data(model_path: Path) -> None:
+    """Delete an ONNX file and the external data files it names beside it (ONNX Runtime's leftover keeps its weights in a
+    uuid-named ``.data`` file)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - nothing readable: only the file itself to remove
+        model = None
+    if model is not None:
+        for tensor in model.graph.initializer:
+            for entry in tensor.external_data:
+                if entry.key == "location" and Path(entry.value).name == entry.value:
+                    (model_path.parent / entry.value).unlink(missing_ok=True)
+    model_path.unlink(missing_ok=True)
 
 
 def quantize_dynamic_int8(source: Path, target: Path, *, per_channel: bool, reduce_range: bool) -> Path:
@@ -167,8 +213,9 @@ def quantize_dynamic_int8(source: Path, target: Path, *, per_channel: bool, redu
     prepared = target.with_name(f".{target.stem}.prepared.onnx")
     pre_process(source, prepared)
     try:
-        quantize_dynamic(str(prepared), str(target), op_types_to_quantize=list(DYNAMIC_OPS), per_channel=per_channel,
-                         reduce_range=reduce_range, weight_type=QuantType.QInt8)
+        with _root_logger_at(logging.ERROR):  # the quantizer logs a warning per node on the root logger
+            quantize_dynamic(str(prepared), str(target), op_types_to_quantize=list(DYNAMIC_OPS), per_channel=per_channel,
+                             reduce_range=reduce_range, weight_type=QuantType.QInt8)
     finally:
         prepared.unlink(missing_ok=True)
     return target
@@ -182,10 +229,12 @@ def pre_process(source: Path, prepared: Path) -> None:
     had_leftover = leftover.exists()
     try:
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
-    except Exception:  # noqa: BLE001 - symbolic shape inference gives up on some graphs (dynamic H×W detectors): ONNX's own then
+    except Exception:  # noqa: BLE001 - symbolic shape inference gives up on some graphs (dynamic H×W detectors)
         if not had_leftover:  # ONNX Runtime saves its half-inferred model in the working directory as it gives up
-            leftover.unlink(missing_ok=True)
-        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+            _remove_with_external_data(leftover)
+        # ONNX's own shape inference then, and no graph optimization: on such a graph its Conv+BatchNorm fusion leaves
+        # biases the quantizer turns into a model ONNX Runtime refuses (PP-OCRv4's detector)
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True, skip_optimization=True)
 
 
 SYMBOLIC_LEFTOVER = "sym_shape_infer_temp.onnx"  # what ONNX Runtime's symbolic shape inference leaves in the cwd on failure
@@ -216,7 +265,8 @@ def quantize_qdq(source: Path, target: Path, calibration: CalibrationSet, *, met
     activation = QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8
     extra = {"ActivationSymmetric": activation_type == "int8", "WeightSymmetric": True, **(extra_options or {})}
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print their progress
+        # the calibrators print their progress, and the quantizer logs a warning per node on the root logger
+        with contextlib.redirect_stdout(io.StringIO()), _root_logger_at(logging.ERROR):
             quantize_static(str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                             activation_type=activation, weight_type=QuantType.QInt8, calibrate_method=calibrate,
                             reduce_range=reduce_range, extra_options=extra, nodes_to_exclude=list(nodes_to_exclude or []))

@@ -51,6 +51,10 @@ class TfliteConfig(BackendSection):
         "their p50s time the same work); int8: the caller does, as a device feeding integer data directly would")
     calibration_size: PositiveInt | None = Field(default=300, description="representative samples; None uses the whole set")
     weight_rounding: WeightRounding = weight_rounding_field()
+    fixed_shape: dict[str, tuple[PositiveInt, ...]] | None = Field(
+        default=None, description="per input name, the whole shape to convert at, batch included, for a model whose dimensions "
+                                  "onnx2tf cannot follow dynamically (a detector's height, width and its transposed "
+                                  "convolutions' batch): the engine takes that shape only, and is scored that batch at a time")
 
 
 INFO = BackendInfo(name="tflite", display_name="TFLite", colour="#ff7f0e", config=TfliteConfig, distributions=DISTRIBUTIONS,
@@ -78,14 +82,17 @@ class TfliteBackend(BackendBase):
         """Write ``model.<precision>.tflite`` and ``io.json`` under ``out_dir``; return the ``.tflite``."""
         import onnx as onnx_lib
 
-        inputs = [value.name for value in fed_inputs(onnx_lib.load(str(onnx), load_external_data=False).graph)]
-        if len(inputs) != 1:  # onnx2tf reorders and renames a signature's inputs, and io.json maps one layout
-            raise BuildError(self.name, precision, f"edgeship's TFLite path takes a model with one input; this one has "
-                                                   f"{len(inputs)} ({', '.join(inputs)}): not supported yet")
+        graph = onnx_lib.load(str(onnx), load_external_data=False).graph
+        unnamed = [value.name for value in fed_inputs(graph) if not value.name.isidentifier()]
+        if unnamed:  # the SavedModel's signature keys are Python identifiers: another name cannot be fed by name
+            raise BuildError(self.name, precision, f"input {unnamed[0]!r} is not a plain identifier, which a TFLite signature's "
+                                                   "input names must be; rename the ONNX input")
         if precision is Precision.INT8 and cfg.calibration_size is not None:
             calibration = calibration.subset(cfg.calibration_size)  # type: ignore[union-attr]
         work = Path(tempfile.mkdtemp(dir=out_dir, prefix=".work-"))
         try:
+            if cfg.fixed_shape:
+                onnx = with_fixed_shape(onnx, cfg.fixed_shape, work / "fixed", precision)
             if precision is Precision.INT8:
                 assert calibration is not None
                 with rounded_source(onnx, calibration, cfg.weight_rounding, (), out_dir) as source:
@@ -102,6 +109,29 @@ class TfliteBackend(BackendBase):
 
     def runner(self, engine: Path, *, threads: int) -> TfliteRunner:
         return TfliteRunner(engine, threads=threads)
+
+
+def with_fixed_shape(source: Path, shapes: dict[str, tuple[int, ...]], folder: Path, precision: Precision) -> Path:
+    """A copy of ``source`` whose named inputs have the given shapes (``fixed_shape``). ``BuildError`` naming the input
+    when it is not one of the model's or its rank differs."""
+    import onnx
+
+    model = onnx.load(str(source))
+    inputs = {value.name: value for value in fed_inputs(model.graph)}
+    for name, sizes in shapes.items():
+        if name not in inputs:
+            raise BuildError("tflite", precision, f"fixed_shape: the model has no input {name!r} (its inputs: {', '.join(inputs)})")
+        dims = inputs[name].type.tensor_type.shape.dim
+        if len(dims) != len(sizes):
+            raise BuildError("tflite", precision, f"fixed_shape: input {name!r} has {len(dims)} dimensions; give {len(dims)} sizes, "
+                                                  "the batch first")
+        for dim, size in zip(dims, sizes, strict=True):
+            dim.Clear()
+            dim.dim_value = size
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / source.name
+    onnx.save(model, str(target))
+    return target
 
 
 def onnx_to_saved_model(source: Path, work: Path, calibration: CalibrationSet | None, precision: Precision) -> Path:
@@ -144,9 +174,9 @@ def _convert(saved_model: Path, precision: Precision, calibration: CalibrationSe
     elif precision is Precision.INT8:
         assert calibration is not None
 
-        def representative() -> Iterator[list[np.ndarray]]:
-            for sample in calibration.samples:
-                yield [channels_last(sample[None])]
+        def representative() -> Iterator[dict[str, np.ndarray]]:
+            for index in range(calibration.count):  # one sample at a time, each input in the engine's layout, by name
+                yield {name: _engine_layout(array[index : index + 1]) for name, array in calibration.arrays.items()}
 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative
@@ -162,14 +192,21 @@ def _convert(saved_model: Path, precision: Precision, calibration: CalibrationSe
                                                   f"{error_line(str(exc) or log.getvalue())}") from exc
 
 
+def _engine_layout(array: np.ndarray) -> np.ndarray:
+    """A calibration sample as onnx2tf's SavedModel takes it: a float image channels-last, anything else as it is."""
+    return channels_last(array) if array.dtype.kind == "f" and array.ndim in TO_CHANNELS_LAST else array
+
+
 def channels_last(array: np.ndarray) -> np.ndarray:
     perm = TO_CHANNELS_LAST.get(array.ndim)
     return np.ascontiguousarray(array.transpose(perm)) if perm else array
 
 
 def io_layout(onnx_path: Path, tflite_path: Path) -> dict[str, Any]:
-    """For each ONNX input and output, the permutation from its ONNX layout to the TFLite tensor's."""
+    """For each ONNX input and output, the permutation from its ONNX layout to the TFLite tensor's (integer tensors, token
+    ids and masks, keep theirs), and its ONNX dtype."""
     import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
 
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     interpreter = _interpreter(tflite_path, threads=1)
@@ -182,21 +219,31 @@ def io_layout(onnx_path: Path, tflite_path: Path) -> dict[str, Any]:
                 raise ValueError(f"the TFLite model has no {kind[:-1]} named {value.name!r} (has {sorted(details)})")
             onnx_shape = [d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim]
             tflite_shape = [int(d) for d in details[value.name]["shape_signature"]]
-            layout[kind][value.name] = {"perm": _perm(onnx_shape, tflite_shape), "onnx_shape": onnx_shape}
+            dtype = np.dtype(tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)).name
+            layout[kind][value.name] = {"perm": _perm(onnx_shape, tflite_shape) if dtype.startswith("float") else None,
+                                        "onnx_shape": onnx_shape, "onnx_dtype": dtype}
     return layout
 
 
 def _perm(onnx_shape: list[int], tflite_shape: list[int]) -> list[int] | None:
-    """``None`` when the TFLite tensor has the ONNX layout, else the ONNX → TFLite axis permutation."""
-    def same(a: list[int], b: list[int]) -> bool:
-        return len(a) == len(b) and all(x == y or x < 0 or y < 0 for x, y in zip(a, b, strict=True))
+    """``None`` when the TFLite tensor has the ONNX layout, else the ONNX → TFLite axis permutation: of the two layouts
+    whose fixed sizes do not contradict the TFLite tensor's, the one that agrees on more fixed sizes. A dynamic image
+    input (-1, 3, -1, -1) fits both layouts of (-1, -1, -1, 3) loosely; only channels-last puts its 3 in place."""
+    def agreement(a: list[int], b: list[int]) -> int | None:
+        """How many fixed sizes agree, or None when one contradicts."""
+        if len(a) != len(b) or any(x >= 0 and y >= 0 and x != y for x, y in zip(a, b, strict=True)):
+            return None
+        return sum(x >= 0 and x == y for x, y in zip(a, b, strict=True))
 
-    if same(onnx_shape, tflite_shape):
-        return None
     perm = TO_CHANNELS_LAST.get(len(onnx_shape))
-    if perm and same([onnx_shape[i] for i in perm], tflite_shape):
-        return list(perm)
-    raise ValueError(f"cannot map the ONNX shape {onnx_shape} to the TFLite shape {tflite_shape}")
+    candidates = {None: agreement(onnx_shape, tflite_shape)}
+    if perm:
+        candidates[tuple(perm)] = agreement([onnx_shape[i] for i in perm], tflite_shape)
+    fitting = {key: count for key, count in candidates.items() if count is not None}
+    if not fitting:
+        raise ValueError(f"cannot map the ONNX shape {onnx_shape} to the TFLite shape {tflite_shape}")
+    best = max(fitting, key=lambda key: (fitting[key], key is None))  # a tie keeps the ONNX layout
+    return list(best) if best is not None else None
 
 
 class TfliteRunner(Runner):
@@ -221,7 +268,8 @@ class TfliteRunner(Runner):
         self._meta = {}
         for name in self._inputs:
             shape = tuple(None if d < 0 else d for d in layout["inputs"][name]["onnx_shape"])
-            self._meta[name] = TensorMeta(name, np.dtype(np.float32), shape)
+            # a record from before integer inputs has no dtype: every input was float32 then
+            self._meta[name] = TensorMeta(name, np.dtype(layout["inputs"][name].get("onnx_dtype", "float32")), shape)
         self._shapes: dict[str, tuple[int, ...]] = {name: tuple(details["shape"]) for name, (details, _) in self._inputs.items()}
         self._allocated = True
         self._prepared: dict[str, _Write] = {}  # input name → how it is written, for the shapes of the last new feed
@@ -326,7 +374,9 @@ class _Write:
         engine_shape = tuple(shape[i] for i in perm) if perm else shape
         dtype = np.dtype(details["dtype"])
         self.target = np.empty(engine_shape, dtype)
-        self.quantizer = Quantizer(dtype, *details["quantization"]) if dtype != np.float32 else None
+        # a float input the engine takes as int8 is quantized; an integer input (token ids) is only cast to the engine's width
+        scale = details["quantization"][0] if details.get("quantization") else 0.0
+        self.quantizer = Quantizer(dtype, *details["quantization"]) if dtype.kind in "iu" and scale else None
         self.scratch = np.empty(engine_shape, np.float32) if self.quantizer else None
 
     def write(self, array: np.ndarray) -> None:
@@ -347,7 +397,8 @@ class _Read:
         self.order = np.argsort(perm) if perm else None
         dtype = np.dtype(details["dtype"])
         self.table: np.ndarray | None = None
-        if dtype != np.float32:
+        scale = details["quantization"][0] if details.get("quantization") else 0.0
+        if dtype.kind in "iu" and scale:  # a quantized output; an integer one that is not (indices) comes back as it is
             try:
                 self.table = dequantize_table(dtype, *details["quantization"])
             except ValueError as exc:

@@ -9,9 +9,10 @@ reuses them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import ClassVar
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from edgeship.artifacts import Artifact
 from edgeship.backends import get_backend
+from edgeship.backends.base import Runner
 from edgeship.data import model_inputs
 from edgeship.divergence import Accumulator, Divergence, Match, Tap, TensorSite, match_by_value, renamed, tensor_sites
 from edgeship.errors import StageError
@@ -59,6 +61,12 @@ class DivergenceStage:
                 ctx.record_problem(self.name, name, "failed", f"cannot list the FP32 model's tensors: {_first_line(exc)}")
             return {}
         out: dict[str, Artifact] = {}
+        validated = {e.name for e in ctx.manifest.entries if e.stage == "validate" and e.status == "ok"}
+        for name in [name for name in engines if name not in validated]:
+            # an engine that could not be measured is not run again: LiteRT's reference kernels abort the whole process on
+            # some engines its XNNPACK path refused, which would lose the run's report
+            ctx.record_problem(self.name, name, "failed", "not compared: its validation failed")
+            del engines[name]
         for name, engine in engines.items():
             def make(folder: Path, e: Artifact = engine, n: str = name) -> Made:
                 return self._engine(folder, n, e, onnx, sites, samples, threads, ctx)
@@ -92,7 +100,7 @@ def divergence(name: str, engine: Artifact, onnx: Artifact, sites: list[TensorSi
     reference_runner = get_backend("onnxruntime").runner(onnx.path, threads=threads)
     runner = get_backend(runs_on).runner(engine.path, threads=threads)
     accumulator, own = Accumulator(), Accumulator()
-    with reference_runner, runner:
+    with reference_runner, _loaded(runner, name):
         try:
             reference = reference_runner.tap(sites)
             tap = runner.tap(sites)
@@ -121,6 +129,20 @@ def divergence(name: str, engine: Artifact, onnx: Artifact, sites: list[TensorSi
     local_note = tap.local_note if tap.local is not None or tap.local_note else "not measured: no layer could be run alone"
     return Divergence(method=tap.method, samples=count, split="validation", rows=rows, note=note, local_note=local_note,
                       unmapped=[t for t in tensors if t not in exposed])
+
+
+@contextlib.contextmanager
+def _loaded(runner: Runner, name: str) -> Iterator[Runner]:
+    """``runner`` entered, an engine its runtime refuses to load being this engine's failure (recorded, the run goes on),
+    not the run's."""
+    try:
+        runner.__enter__()
+    except Exception as exc:  # noqa: BLE001 - a runtime refuses an engine in its own ways
+        raise StageError(DivergenceStage.name, f"{name}: the engine does not load: {_first_line(exc)}") from None
+    try:
+        yield runner
+    finally:
+        runner.__exit__(None, None, None)
 
 
 def _checked(tap: Tap, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -16,10 +16,10 @@ import numpy as np
 from edgeship.artifacts import Artifact
 from edgeship.data import model_inputs, preprocess
 from edgeship.errors import DataError, StageError
-from edgeship.models import load_model
+from edgeship.models import call_model, load_model
 from edgeship.photos import judge_probes
 from edgeship.pipeline.base import Made, RunContext
-from edgeship.pipeline.model import ONNX_MODEL
+from edgeship.pipeline.model import ONNX_MODEL, check_feed
 from edgeship.recipe import ExportConfig
 
 INPUT_NAME = "input"
@@ -41,6 +41,8 @@ class ExportStage:
     def _make(self, folder: Path, model_artifact: Artifact, cfg: ExportConfig, ctx: RunContext) -> Made:
         if model_artifact.kind == ONNX_MODEL:
             return self._adopt(folder, model_artifact, ctx)
+        if model_artifact.meta.get("inputs"):
+            return self._export_named(folder, model_artifact, cfg, ctx)
         import onnx
         import torch
 
@@ -84,6 +86,45 @@ class ExportStage:
         }
         return Made(target, "onnx", meta)
 
+    def _export_named(self, folder: Path, model_artifact: Artifact, cfg: ExportConfig, ctx: RunContext) -> Made:
+        """A model with declared inputs: exported with its named dimensions dynamic (the exporter works out which sizes
+        they share) and its sized ones fixed, its outputs given their names, checked, simplified, and every output
+        compared with PyTorch's."""
+        import onnx
+
+        model = load_model(model_artifact, ctx.recipe.model)
+        records, outputs = model_artifact.meta["inputs"], model_artifact.meta["outputs"]
+        names = [record["name"] for record in records]
+        feed = model_inputs(ctx.dataset.eval, ctx.recipe.data.preprocessing, names[0], count=cfg.parity_batch)
+        raw = folder / "raw.onnx"
+        with ctx.console.status("exporting to ONNX"):
+            _export_named(model, {name: array[:2] for name, array in feed.items()}, records, raw, cfg.opset)
+        exported = onnx.load(str(raw))
+        rename_outputs(exported, outputs)
+        onnx.save(exported, str(raw))
+        try:
+            onnx.checker.check_model(str(raw), full_check=True)
+        except onnx.checker.ValidationError as exc:
+            raise StageError(self.name, f"onnx.checker rejected the export: {exc}") from None
+        target = folder / "model.onnx"
+        if cfg.simplify:
+            _simplify(raw, target)
+            raw.unlink()
+        else:
+            raw.rename(target)
+        expected = call_model(model, feed, names, outputs)
+        got = _run_onnx_all(target, feed)
+        error = max(float(np.abs(got[name] - expected[name]).max()) for name in outputs)
+        if not error <= cfg.parity_atol:
+            raise StageError(self.name, f"ONNX outputs differ from PyTorch by {error:.3g} (max abs) on {len(feed[names[0]])} evaluation "
+                                        f"samples; the limit is export.parity_atol={cfg.parity_atol:g}")
+        final = onnx.load(str(target), load_external_data=False)
+        meta: dict[str, Any] = {
+            "input_name": names[0], "input_shape": list(feed[names[0]].shape[1:]), "inputs": records, "outputs": outputs,
+            "output_name": outputs[0], "num_classes": None, "opset": cfg.opset, "nodes": len(final.graph.node),
+            "ops": sorted({n.op_type for n in final.graph.node}),
+            "metrics": {"parity_max_abs_error": error, "parity_batch": len(feed[names[0]])}}
+        return Made(target, "onnx", meta)
 
     def _adopt(self, folder: Path, model_artifact: Artifact, ctx: RunContext) -> Made:
         """An ONNX entry as the exported model: the file as given, checked against the data it will be fed (names, dtypes,
@@ -113,24 +154,6 @@ class ExportStage:
             "ops": sorted({n.op_type for n in model.graph.node}),
             "metrics": {"output_shapes": {name: list(array.shape[1:]) for name, array in got.items()}}}
         return Made(target, "onnx", meta)
-
-
-def check_feed(feed: Mapping[str, np.ndarray], inputs: list[dict[str, Any]], data: Path | None) -> None:
-    """The data's arrays against the model's inputs: the same names, dtypes and fixed dimensions; a ``DataError`` naming
-    the data and what the model expects otherwise."""
-    where = str(data) if data else "the data"
-    expected = {i["name"]: i for i in inputs}
-    if set(feed) != set(expected):
-        raise DataError(f"{where}: arrays {sorted(feed)}; the model's inputs are {sorted(expected)}")
-    for name, array in feed.items():
-        want = expected[name]
-        if str(array.dtype) != want["dtype"]:
-            raise DataError(f"{where}: array {name!r} is {array.dtype}; the model's input {name!r} takes {want['dtype']}")
-        fixed = zip(want["shape"][1:], array.shape[1:], strict=False)
-        if array.ndim != len(want["shape"]) or any(w is not None and w != g for w, g in fixed):
-            shape = ["N" if i == 0 else ("?" if w is None else w) for i, w in enumerate(want["shape"])]
-            raise DataError(f"{where}: array {name!r} has shape ({', '.join(map(str, ['N', *array.shape[1:]]))}); the model's input "
-                            f"{name!r} takes ({', '.join(map(str, shape))})")
 
 
 def _sanity_check(onnx_path: Path, model_artifact: Artifact, ctx: RunContext) -> list[dict[str, Any]] | None:
@@ -169,6 +192,51 @@ def _export(model: Any, shape: tuple[int, ...], path: Path, opset: int) -> None:
         except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds
             last = str(exc).strip().splitlines()
             raise StageError("export", f"torch.onnx.export failed: {type(exc).__name__}: {last[0] if last else ''}") from exc
+
+
+def _export_named(model: Any, example: Mapping[str, np.ndarray], records: list[dict[str, Any]], path: Path, opset: int) -> None:
+    """torch.onnx.export (dynamo) of a model with named inputs: a dimension declared by name is left for the exporter to
+    make dynamic or keep (``Dim.AUTO``: it finds which sizes inputs share and which the model fixes), one declared by
+    size stays that size; its chatter kept off the terminal."""
+    import torch
+
+    names = [record["name"] for record in records]
+    tensors = tuple(torch.from_numpy(np.ascontiguousarray(example[name])) for name in names)
+    dynamic = tuple({axis: torch.export.Dim.AUTO for axis, size in enumerate(record["shape"]) if size is None} for record in records)
+    quiet = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet), _quiet_loggers():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(model, tensors, str(path), input_names=names, opset_version=opset, dynamo=True, dynamic_shapes=dynamic,
+                              external_data=False, verbose=False)
+        except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds
+            last = str(exc).strip().splitlines()
+            raise StageError("export", f"torch.onnx.export failed: {type(exc).__name__}: {last[0] if last else ''}") from exc
+
+
+def rename_outputs(model: Any, names: list[str]) -> None:
+    """Give an exported graph's outputs ``names``, in order. An inner tensor that already bears one of the names (the
+    exporter names tensors after modules: an ``embedding`` module's output is ``embedding``) is renamed first, so the
+    graph stays in single-assignment form."""
+    graph = model.graph
+    if len(graph.output) != len(names):
+        raise StageError("export", f"the exported graph has {len(graph.output)} outputs; model.outputs names {len(names)}")
+
+    def replace(old: str, new: str) -> None:
+        for node in graph.node:
+            node.input[:] = [new if name == old else name for name in node.input]
+            node.output[:] = [new if name == old else name for name in node.output]
+        for value in (*graph.output, *graph.value_info):
+            if value.name == old:
+                value.name = new
+
+    current = [value.name for value in graph.output]
+    for old, new in zip(current, names, strict=True):
+        if old == new:
+            continue
+        if any(new in node.output or new in node.input for node in graph.node):
+            replace(new, f"{new}__inner")
+        replace(old, new)
 
 
 @contextlib.contextmanager

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from edgeship.artifacts import Artifact, sha256_file
-from edgeship.errors import DataError
+from edgeship.data import model_inputs
+from edgeship.errors import DataError, RecipeError
 from edgeship.measure import top1
-from edgeship.models import instantiate, load_checkpoint
+from edgeship.models import call_model, input_records, instantiate, load_checkpoint
 from edgeship.pipeline.base import Made, RunContext
 from edgeship.recipe import ModelConfig, Preprocessing, onnx_file
 from edgeship.zoo.pretrained import PRETRAINED, classes
@@ -48,6 +49,8 @@ class ModelStage:
     def run(self, inputs: Mapping[str, Artifact], cfg: ModelConfig, ctx: RunContext) -> dict[str, Artifact]:
         if cfg.onnx is not None:
             return {"model": self._onnx(cfg, ctx)}
+        if cfg.named_inputs:
+            return {"model": self._declared(cfg, ctx)}
         p = ctx.recipe.data.preprocessing
         shape = input_shape(ctx.dataset, p)
         key: dict[str, Any] = {"dataset": ctx.dataset.fingerprint, "preprocessing": p.model_dump(mode="json"), "seed": ctx.recipe.seed}
@@ -83,6 +86,43 @@ class ModelStage:
             meta = {"source": "onnx", "architecture": cfg.label, "onnx_source": str(source), "inputs": inputs, "outputs": outputs,
                     "classes": list(ctx.dataset.classes), "class_set": ctx.dataset.name, "num_classes": ctx.dataset.num_classes or None}
             return Made(target, ONNX_MODEL, meta)
+
+        return ctx.produce(self.name, cfg.label, config=config, parents=[], extra_key=key, make=make)
+
+    def _declared(self, cfg: ModelConfig, ctx: RunContext) -> Artifact:
+        """A PyTorch model with declared inputs (token ids, masks, features): the factory's model as it returns it (its
+        own weights, or the checkpoint's), run once on evaluation samples to check the data fits it and to name its
+        outputs. It is not trained here."""
+        config = cfg.model_dump(mode="json")
+        key: dict[str, Any] = {"dataset": ctx.dataset.fingerprint, "seed": ctx.recipe.seed}
+        if cfg.checkpoint is not None:
+            key["checkpoint_sha256"] = sha256_file(cfg.checkpoint)
+
+        def make(folder: Path) -> Made:
+            import torch
+
+            from edgeship.zoo.train import seed_everything
+
+            seed_everything(ctx.recipe.seed)
+            model = instantiate(cfg, in_channels=0, num_classes=0).eval()  # a factory takes no arguments: both unused
+            if cfg.checkpoint is not None:
+                load_checkpoint(model, cfg.checkpoint)
+            records = input_records(cfg)
+            names = [record["name"] for record in records]
+            feed = model_inputs(ctx.dataset.eval, ctx.recipe.data.preprocessing, names[0], count=2)
+            check_feed(feed, records, ctx.recipe.data.path or ctx.recipe.data.root)
+            try:
+                outputs = call_model(model, feed, names, list(cfg.outputs) or None)
+            except ValueError as exc:
+                if "model.outputs" in str(exc):
+                    raise RecipeError(f"'model.outputs': {exc}") from None
+                raise
+            meta = {"source": "factory", "architecture": cfg.label, "model_config": config, "inputs": records, "outputs": list(outputs),
+                    "input_shape": list(feed[names[0]].shape[1:]), "num_classes": None, "classes": [], "class_set": ctx.dataset.name,
+                    "parameters": sum(t.numel() for t in model.parameters()), "metrics": {}}
+            target = folder / "model.pt"
+            torch.save(model.state_dict(), target)
+            return Made(target, "pytorch-state-dict", meta)
 
         return ctx.produce(self.name, cfg.label, config=config, parents=[], extra_key=key, make=make)
 
@@ -166,3 +206,21 @@ def onnx_signature(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
         dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim]
         inputs.append({"name": value.name, "dtype": str(tensor_dtype_to_np_dtype(tensor.elem_type)), "shape": dims})
     return inputs, [value.name for value in model.graph.output]
+
+
+def check_feed(feed: Mapping[str, Any], inputs: list[dict[str, Any]], data: Path | None) -> None:
+    """The data's arrays against the model's inputs: the same names, dtypes and fixed dimensions; a ``DataError`` naming
+    the data and what the model expects otherwise."""
+    where = str(data) if data else "the data"
+    expected = {i["name"]: i for i in inputs}
+    if set(feed) != set(expected):
+        raise DataError(f"{where}: arrays {sorted(feed)}; the model's inputs are {sorted(expected)}")
+    for name, array in feed.items():
+        want = expected[name]
+        if str(array.dtype) != want["dtype"]:
+            raise DataError(f"{where}: array {name!r} is {array.dtype}; the model's input {name!r} takes {want['dtype']}")
+        fixed = zip(want["shape"][1:], array.shape[1:], strict=False)
+        if array.ndim != len(want["shape"]) or any(w is not None and w != g for w, g in fixed):
+            shape = ["N" if i == 0 else ("?" if w is None else w) for i, w in enumerate(want["shape"])]
+            raise DataError(f"{where}: array {name!r} has shape ({', '.join(map(str, ['N', *array.shape[1:]]))}); the model's input "
+                            f"{name!r} takes ({', '.join(map(str, shape))})")

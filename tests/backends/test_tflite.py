@@ -58,7 +58,7 @@ def test_feeds_stay_nchw_and_layout_is_recorded(trained_cnn: TrainedCnn, tmp_pat
 
     engine = TfliteBackend().build(onnx_artifact(trained_cnn.onnx), Precision.FP32, None, TfliteConfig(), tmp_path)
     layout = json.loads((tmp_path / "io.json").read_text())
-    assert layout["inputs"]["input"] == {"perm": [0, 2, 3, 1], "onnx_shape": [-1, 1, 28, 28]}
+    assert layout["inputs"]["input"] == {"perm": [0, 2, 3, 1], "onnx_shape": [-1, 1, 28, 28], "onnx_dtype": "float32"}
     assert layout["outputs"]["logits"]["perm"] is None
     details = _interpreter(engine, threads=1).get_input_details()[0]
     assert list(details["shape_signature"]) == [-1, 28, 28, 1], "the engine itself is NHWC with a dynamic batch"
@@ -97,3 +97,36 @@ def test_conversion_failure_is_a_build_error_with_the_converter_message(tmp_path
         TfliteBackend().build(onnx_artifact(path), Precision.FP32, None, TfliteConfig(), tmp_path / "out")
     assert "NoSuchOp" in str(caught.value) or "exit" in str(caught.value)
     assert not list((tmp_path / "out").glob("*.tflite")), "a failed build leaves no engine"
+
+
+def test_the_layout_record_of_a_dynamic_image_input_is_channels_last() -> None:
+    """(-1, 3, -1, -1) fits (-1, -1, -1, 3) both as it is and channels-last, loosely: only channels-last puts the 3 in
+    place. Fixed sizes decide; a tie (nothing fixed, or token ids) keeps the ONNX layout."""
+    from edgeship.backends.tflite import _perm
+
+    assert _perm([-1, 3, -1, -1], [-1, -1, -1, 3]) == [0, 2, 3, 1]
+    assert _perm([-1, 1, 28, 28], [-1, 28, 28, 1]) == [0, 2, 3, 1]
+    assert _perm([-1, 128], [-1, 128]) is None and _perm([-1, -1, -1, -1], [-1, -1, -1, -1]) is None
+    with pytest.raises(ValueError, match="cannot map the ONNX shape"):
+        _perm([-1, 3, 8, 8], [-1, 5, 5, 3])
+
+
+def test_fixed_shape_sets_every_dimension_and_names_a_wrong_input(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgeship.backends.tflite import with_fixed_shape
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3, "h", "w"])])
+    source = tmp_path / "dynamic.onnx"
+    onnx.save(helper.make_model(graph), str(source))
+    fixed = with_fixed_shape(source, {"x": (1, 3, 32, 48)}, tmp_path / "fixed", Precision.FP32)
+    dims = onnx.load(str(fixed)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [1, 3, 32, 48]
+    assert onnx.load(str(source)).graph.input[0].type.tensor_type.shape.dim[2].dim_param == "h", "the source is left as it was"
+    with pytest.raises(BuildError, match="fixed_shape: the model has no input 'image'"):
+        with_fixed_shape(source, {"image": (1, 3, 32, 32)}, tmp_path / "other", Precision.FP32)
+    with pytest.raises(BuildError, match="input 'x' has 4 dimensions; give 4 sizes, the batch first"):
+        with_fixed_shape(source, {"x": (3, 32, 32)}, tmp_path / "other", Precision.FP32)

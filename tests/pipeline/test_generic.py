@@ -1,5 +1,5 @@
 """A model that is not an image classifier, end to end: an ONNX entry with two named inputs (float features and int64
-token ids) and two outputs, fed named arrays, judged by output fidelity on ONNX Runtime and OpenVINO; the one-line
+token ids) and two outputs, fed named arrays, judged by output fidelity on ONNX Runtime, OpenVINO and TFLite; the one-line
 errors of bad arrays and of recipes that ask a generic model for what it cannot do."""
 
 from __future__ import annotations
@@ -101,8 +101,11 @@ def test_an_onnx_model_with_named_integer_inputs_is_its_own_reference_and_judged
     gates = {g["gate"]: g for g in int8["gates"]}
     assert gates["min_agreement"]["outcome"] == "not-applicable" and gates["min_cosine"]["outcome"] == "pass"
     assert gates["min_sqnr_db"]["limit"] == 15.0 and "'score'" in gates["min_sqnr_db"]["detail"]
-    # TFLite takes one input: a clear per-engine failure in the tool's words, not a crash of the run
-    assert rows["tflite/fp32"]["status"] == "failed" and "takes a model with one input" in rows["tflite/fp32"]["reason"]
+    # TFLite too takes both inputs by name, the int64 ids as integers (no layout change, no quantization)
+    tflite = rows["tflite/fp32"]
+    assert tflite["status"] == "ok" and tflite["min_cosine"] > 0.99999 and tflite["min_sqnr_db"] > 100, tflite.get("reason")
+    layout = json.loads((Path(tflite["path"]).parent / "io.json").read_text())
+    assert layout["inputs"]["ids"] == {"perm": None, "onnx_shape": [-1, TOKENS], "onnx_dtype": "int64"}
     assert result.exit_code == (0 if report["release"]["passed"] else 1)
     assert set(report["release"]["required"]) == {"onnxruntime/fp32", "onnxruntime/int8", "openvino/int8"}
 
@@ -159,7 +162,7 @@ def test_too_few_samples_and_a_file_that_is_not_npz_are_one_line_errors(tmp_path
 
 
 @pytest.mark.parametrize(("overrides", "expected"), [
-    ({"prune": {"enabled": True}}, r"prune.enabled: prune changes a PyTorch model, and model.onnx is an ONNX file"),
+    ({"prune": {"enabled": True}}, r"prune.enabled: prune changes a PyTorch model of one image input, and model.onnx is an ONNX file"),
     ({"gates": {"min_agreement": 0.9}}, r"gates.min_agreement: a class-score gate, and task is generic"),
     ({"task": "classification"}, r"data.dataset arrays has no labels or class scores to judge: set task: generic"),
     ({"model": {"onnx": "missing.onnx"}}, r"'model.onnx': file not found: .*missing.onnx"),
@@ -201,4 +204,52 @@ def test_dynamic_int8_quantizes_the_weight_products_and_calibrates_nothing(tmp_p
     from edgeship.measure import fidelity
 
     assert fidelity(got, expected)["vector"]["cosine"] > 0.99
-    assert not list(Path.cwd().glob("sym_shape_infer_temp.onnx*")), "ONNX Runtime's leftover in the working directory"
+
+
+
+FACTORY = '''import torch
+
+
+class Encoder(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.table = torch.nn.Embedding(50, 16)
+        self.project = torch.nn.Linear(16, 16)
+        self.head = torch.nn.Linear(16, 1)
+
+    def forward(self, features, ids):
+        vector = self.table(ids).mean(1) + torch.relu(self.project(features))
+        return vector, self.head(vector)
+
+
+def build():
+    return Encoder().eval()
+'''
+
+
+def test_a_pytorch_model_with_declared_inputs_is_exported_by_name_and_is_the_fp32_reference(tmp_path: Path) -> None:
+    (tmp_path / "encoder.py").write_text(FACTORY)
+    write_arrays(tmp_path / "samples.npz")
+    declared = {"factory": "encoder.py:build", "outputs": ["embedding", "score"],  # 'embedding' is also the exporter's inner name
+                "inputs": [{"name": "features", "shape": ["batch", WIDTH]},
+                           {"name": "ids", "dtype": "int64", "shape": ["batch", "tokens"]}]}
+    path = write_recipe(tmp_path, model=declared, backends={"onnxruntime": {"precisions": ["fp32", "int8"], "mode": "dynamic"},
+                                                             "openvino": {"enabled": False}, "tflite": {"enabled": False},
+                                                             "tensorrt": {"enabled": False}},
+                        gates={"min_cosine": 0.99}, divergence={"enabled": False})
+    result = run(load_recipe(path), console=Console(quiet=True))
+    report = json.loads(result.report_path.read_text())
+    assert report["baseline"]["name"] == "pytorch/fp32" and report["accuracy"]["basis"] == "fidelity"
+    rows = {row["name"]: row for row in report["engines"]}
+    assert set(rows["onnxruntime/fp32"]["fidelity"]) == {"embedding", "score"}
+    assert rows["onnxruntime/fp32"]["min_sqnr_db"] > 90, "the export follows PyTorch"
+    assert rows["onnxruntime/int8"]["verdict"] == "pass" and result.exit_code == 0
+    import onnx
+
+    export = next(e for e in result.manifest.entries if e.stage == "export")
+    graph = onnx.load(export.path).graph
+    assert [value.name for value in graph.input] == ["features", "ids"] and [value.name for value in graph.output] == ["embedding", "score"]
+    dims = [[d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim] for value in graph.input]
+    assert isinstance(dims[0][0], str) and dims[0][0] == dims[1][0] and isinstance(dims[1][1], str), dims  # batch shared, tokens dynamic
+    assert dims[0][1] == WIDTH

@@ -121,17 +121,29 @@ def test_the_int8_engine_is_compared_layer_by_layer_and_debug_prints_where(cold:
         assert expected in err and len(err.strip().splitlines()) == 1, err
 
 
-@pytest.mark.parametrize("where", ["sites", "tensors"])
+@pytest.mark.parametrize("where", ["sites", "tensors", "load"])
 def test_a_divergence_that_cannot_be_computed_is_a_recorded_failure_not_a_crash(recipe: Recipe, cold: RunResult,
                                                                                monkeypatch: pytest.MonkeyPatch, where: str) -> None:
-    """A model whose tensors cannot be listed, or an engine tensor unlike the FP32 one: the stage records one line per
-    engine and the run still writes its report (the comparison is a diagnosis, not a gate)."""
+    """A model whose tensors cannot be listed, an engine tensor unlike the FP32 one, or an engine its runtime will not
+    load: the stage records one line per engine and the run still writes its report (the comparison is a diagnosis, not
+    a gate)."""
+    from edgeship.backends.onnxruntime import OnnxRuntimeRunner
     from edgeship.pipeline import divergence
 
     def broken(*args: object) -> None:
         raise ValueError("[ShapeInferenceError] cannot infer\nmore detail")
 
-    monkeypatch.setattr(divergence, "tensor_sites" if where == "sites" else "divergence", broken)
+    if where == "load":
+        activate = OnnxRuntimeRunner._activate
+
+        def refuse(self: OnnxRuntimeRunner) -> None:
+            if "int8" in self.engine.name:
+                raise RuntimeError("[ShapeInferenceError] INVALID_GRAPH\nmore detail")
+            activate(self)
+
+        monkeypatch.setattr(OnnxRuntimeRunner, "_activate", refuse)
+    else:
+        monkeypatch.setattr(divergence, "tensor_sites" if where == "sites" else "divergence", broken)
     result = run(recipe, force=["divergence"], console=Console(quiet=True))
     (failed,) = [e for e in result.manifest.entries if e.stage == "divergence"]
     assert failed.status == "failed" and "ShapeInferenceError" in failed.reason and "more detail" not in failed.reason
