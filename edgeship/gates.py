@@ -16,6 +16,7 @@ import fnmatch
 from collections.abc import Sequence
 from typing import Any
 
+from edgeship.measure import SQNR_CAP_DB
 from edgeship.qualification import EngineRow, GatePrediction, GateResult, Outcome, Recommendation, Release, Scores, Verdict
 from edgeship.recipe import GatesConfig
 
@@ -290,7 +291,7 @@ def format_value(gate: str, value: float | dict[str, float] | None) -> str:
     if gate == "min_cosine":
         return f"{value:.5f}"
     if gate == "min_sqnr_db":
-        return f"{value:.1f} dB"
+        return "identical" if value >= SQNR_CAP_DB else f"{value:.1f} dB"
     if gate == "max_p99_ms":
         return f"{value:.4f} ms"
     return f"{value:.3f} MiB"

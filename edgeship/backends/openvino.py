@@ -51,7 +51,7 @@ class OpenVinoConfig(BackendSection):
     BACKEND: ClassVar[str] = "openvino"
     SUPPORTED: ClassVar[frozenset[Precision]] = frozenset(Precision)
     INT8_ONLY: ClassVar[frozenset[str]] = frozenset({"preset", "subset_size", "fast_bias_correction", "keep_float", "accuracy_target",
-                                                     "weight_rounding", "model_type"})
+                                                     "weight_rounding", "model_type", "smooth_quant_alpha"})
 
     precisions: tuple[Precision, ...] = (Precision.FP32, Precision.FP16, Precision.INT8)
     preset: Literal["performance", "mixed"] = Field(
@@ -62,6 +62,11 @@ class OpenVinoConfig(BackendSection):
     model_type: Literal["transformer"] | None = Field(
         default=None, description="INT8: nncf.quantize's model_type; transformer keeps attention's sensitive ops (softmax inputs, "
                                   "layer norms) in float, NNCF's advice for transformer models")
+    smooth_quant_alpha: float | None = Field(
+        default=None, ge=-1, le=1, description="INT8: SmoothQuant's migration strength for MatMul inputs (NNCF's advanced "
+                                               "parameter; None keeps NNCF's default, 0.95 with model_type: transformer; -1 "
+                                               "turns SmoothQuant off, NNCF's convention): lower moves less of the "
+                                               "activations' outliers into the weights")
     keep_float: KeepFloat = keep_float_field()
     accuracy_target: AccuracyTarget | None = accuracy_target_field()
     weight_rounding: WeightRounding = weight_rounding_field()
@@ -138,7 +143,12 @@ class OpenVinoBackend(BackendBase):
             model = ov.convert_model(str(rounded))
         ignored = nncf.IgnoredScope(patterns=[f"^{re.escape(name)}(/.*)?$" for name in keep], validate=False) if keep else None
         nncf.set_log_level(logging.WARNING)  # it logs every node an ignored scope leaves out, on the user's terminal
-        extra = {"model_type": nncf.ModelType.TRANSFORMER} if cfg.model_type == "transformer" else {}
+        extra: dict[str, Any] = {"model_type": nncf.ModelType.TRANSFORMER} if cfg.model_type == "transformer" else {}
+        if cfg.smooth_quant_alpha is not None:
+            from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+
+            alphas = AdvancedSmoothQuantParameters(matmul=cfg.smooth_quant_alpha)
+            extra["advanced_parameters"] = AdvancedQuantizationParameters(smooth_quant_alphas=alphas)
         return nncf.quantize(model, nncf.Dataset(calibration), preset=nncf.QuantizationPreset(cfg.preset),
                              subset_size=min(cfg.subset_size, calibration.count),
                              fast_bias_correction=cfg.fast_bias_correction, ignored_scope=ignored, **extra)

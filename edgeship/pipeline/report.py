@@ -297,7 +297,7 @@ def accuracy_basis(dataset: Mapping[str, Any] | None, task: str = "classificatio
     dataset = dataset or {}
     if task == "generic":
         return {"basis": "fidelity", "key": "min_cosine", "title": "output cosine",
-                "text": f"output fidelity, not accuracy: each output of each engine against the FP32 reference's on {dataset.get('eval')} "
+                "text": f"each output of each engine against the FP32 reference's on {dataset.get('eval')} "
                         f"evaluation samples of {dataset.get('name')} (cosine, SQNR, relative L2, max abs error; a row shows its worst "
                         "output)"}
     if dataset.get("labelled", True):

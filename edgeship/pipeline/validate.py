@@ -136,7 +136,9 @@ class ValidateStage:
             input_name = onnx.meta["input_name"] if onnx is not None else model_artifact.meta["inputs"][0]["name"]
             request = MeasureRequest(name, "onnxruntime", model_artifact.path, input_name, timed=True, every_output=generic)
         else:
-            request = MeasureRequest(name, BASELINE_RUNTIME, model_artifact.folder / RECORD, INPUT_NAME, timed=True,
+            declared = model_artifact.meta.get("inputs")  # a model with declared inputs is fed by their names
+            input_name = declared[0]["name"] if declared else INPUT_NAME
+            request = MeasureRequest(name, BASELINE_RUNTIME, model_artifact.folder / RECORD, input_name, timed=True,
                                      torch_model_config=ctx.recipe.model.model_dump(mode="json"), every_output=generic)
         result = measure.measure(request, folder)
         outputs = load_outputs(folder, every_output=generic)

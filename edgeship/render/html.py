@@ -9,8 +9,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from html import escape
 from typing import Any
 
-from edgeship.gates import GATES, TITLES, format_value
+from edgeship.gates import FIDELITY_GATES, GATES, TITLES, format_value
 from edgeship.qualification import Report
+from edgeship.recipe import GatesConfig
 from edgeship.render import plots
 from edgeship.render.cells import Cell, engine_cells, latency_cell, release_headline
 from edgeship.render.text import change_points, dataset_warnings, db, float_layers_line, int8_weight_lines
@@ -131,9 +132,10 @@ def _gates(report: Report) -> str:
     """A matrix: one row per engine, one column per gate (and per engine's own search target where one has it), each cell
     the outcome with the measured value."""
     gates = report.gates
-    names = [*GATES, *dict.fromkeys(g.gate for row in report.engines for g in row.gates if g.gate not in GATES)]
+    shown = [name for name in GATES if _applies(name, report)]
+    names = [*shown, *dict.fromkeys(g.gate for row in report.engines for g in row.gates if g.gate not in GATES)]
     limits = [f"{TITLES[name]}: {format_value(name, gates.get(name)) if gates.get(name) is not None else 'no limit'}"
-              for name in GATES]
+              for name in shown]
     body = []
     for row in report.engines:
         verdict = engine_cells(row, basis="labels")["verdict"]
@@ -164,6 +166,16 @@ def _gates(report: Report) -> str:
     return _section("gates", "Gates × engines", f"<p class=muted>Limits: {escape('; '.join(limits))}; required: "
                     f"{escape(str(gates.get('required') or 'every engine not skipped'))}. A limit whose value was not measured "
                     "fails. Hover a cell for how it was measured; p99 is judged on the upper bound of its 95% interval.</p>" + table)
+
+
+def _applies(gate: str, report: Report) -> bool:
+    """Whether the gates matrix has a column for ``gate``: class-score gates not for a generic model, and the output
+    fidelity gates only where the recipe set them."""
+    if gate in GatesConfig.CLASSIFICATION:
+        return report.task != "generic"
+    if gate in FIDELITY_GATES:
+        return report.gates.get(gate) is not None
+    return True
 
 
 def _measured(report: Report) -> list[Mapping[str, Any]]:

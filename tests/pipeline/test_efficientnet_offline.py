@@ -117,7 +117,12 @@ def offline_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Co
     recipe["backends"]["tensorrt"] = {"enabled": False}
     recipe["validate"] = {"warmup": 2, "iterations": 10, "min_seconds": 0.1, "throughput_batch_sizes": [2], "throughput_seconds": 0.1,
                           "eval_batch_size": 50}
-    path = tmp / "efficientnet_lite0.yaml"
+    return run_offline(recipe, tmp, "efficientnet_lite0")
+
+
+def run_offline(recipe: dict[str, object], tmp: Path, name: str) -> tuple[subprocess.CompletedProcess[str], Path, Offline]:
+    """``edgeship run`` of ``recipe`` (written as ``tmp/<name>.yaml``) without network, in ``tmp``."""
+    path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(recipe))
     mode = offline(tmp)
     print(f"offline by {mode.how}")

@@ -8,12 +8,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from test_efficientnet_offline import offline, probe
+from test_efficientnet_offline import probe, run_offline
 
 from edgeship.backends import availability
 
@@ -39,12 +38,7 @@ def offline_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Co
     recipe["validate"] = {"warmup": 2, "iterations": 10, "min_seconds": 0.1, "throughput_batch_sizes": [2], "throughput_seconds": 0.1,
                           "eval_batch_size": 8}
     recipe["divergence"] = {"samples": 2}
-    path = tmp / "ppocr_det.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    mode = offline(tmp)
-    done = subprocess.run([*mode.prefix, sys.executable, "-m", "edgeship", "run", str(path)], capture_output=True, text=True,
-                          cwd=tmp, env=mode.env, timeout=1200)
-    return done, tmp, mode
+    return run_offline(recipe, tmp, "ppocr_det")
 
 
 def test_the_run_really_had_no_network(offline_run) -> None:
