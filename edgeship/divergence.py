@@ -152,7 +152,8 @@ class Accumulator:
                 raise ValueError(f"tensor {name!r}: the engine's has {b.size} values, the FP32 model's {a.size}")
             self.signal[name] = self.signal.get(name, 0.0) + float(a @ a)
             self.noise[name] = self.noise.get(name, 0.0) + float((a - b) @ (a - b))
-            self.cosines[name] = self.cosines.get(name, 0.0) + cosine(a, b)
+            similarity = cosine(a, b)  # an engine tensor that overflowed (inf, nan) points nowhere: it agrees with nothing
+            self.cosines[name] = self.cosines.get(name, 0.0) + (similarity if math.isfinite(similarity) else 0.0)
             self.counts[name] = self.counts.get(name, 0) + 1
 
     def figures(self, tensor: str) -> tuple[float | None, float] | None:
@@ -160,7 +161,8 @@ class Accumulator:
         if tensor not in self.counts:
             return None
         noise = self.noise[tensor]
-        value = None if noise == 0.0 else round(sqnr_db(self.signal[tensor], noise), 2)
+        # every figure is finite, as JSON keeps it (it has no infinity: -inf would come back as null, read as "exact")
+        value = None if noise == 0.0 else round(max(SQNR_FLOOR_DB, min(-SQNR_FLOOR_DB, _or_floor(sqnr_db(self.signal[tensor], noise)))), 2)
         return value, round(self.cosines[tensor] / self.counts[tensor], 6)
 
     def rows(self, sites: list[TensorSite], local: Accumulator | None = None) -> list[TensorDivergence]:
@@ -225,6 +227,13 @@ def _layouts(shape: tuple[int, ...], target: tuple[int, ...]) -> list[tuple[int,
     if len(shape) == 4 and tuple(shape[i] for i in CHANNELS_FIRST) == tuple(target) and tuple(shape) != tuple(target):
         out.append(CHANNELS_FIRST)
     return out
+
+
+SQNR_FLOOR_DB = -200.0  # what an overflowed or empty tensor's SQNR reads; +200 dB bounds the other side
+
+
+def _or_floor(value: float) -> float:
+    return SQNR_FLOOR_DB if math.isnan(value) else value
 
 
 def sqnr_db(signal: float, noise: float) -> float:

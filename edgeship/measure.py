@@ -156,6 +156,7 @@ def topk(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
 
 SQNR_CAP_DB = 200.0  # what an output identical to its reference (no noise at all) reports: JSON has no infinity
 RELATIVE_L2_CAP = 1e6  # an error on a reference that is zero everywhere
+MAX_ERROR_CAP = 1e30  # an output that overflowed
 NOTHING = 1e-3  # of an output's largest reference value: a row within it on both sides is empty, and agrees
 
 
@@ -181,12 +182,18 @@ def fidelity(outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarr
         norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
         tolerance = NOTHING * float(np.abs(b).max(initial=0))
         both_nothing = (np.abs(a).max(axis=1, initial=0) <= tolerance) & (np.abs(b).max(axis=1, initial=0) <= tolerance)
-        cos = np.where(both_nothing, 1.0, (a * b).sum(1) / np.maximum(norms, 1e-30))
-        noise, signal = float(((a - b) ** 2).sum()), float((b**2).sum())
-        sqnr = SQNR_CAP_DB if noise == 0 else (0.0 if signal == 0 else min(SQNR_CAP_DB, 10 * np.log10(signal / noise)))
-        out[name] = {"cosine": float(cos.mean()), "sqnr_db": round(float(sqnr), 4),
-                     "relative_l2": min(RELATIVE_L2_CAP, float(np.sqrt(noise / max(signal, 1e-30)))),
-                     "max_abs_error": float(np.abs(a - b).max(initial=0))}
+        with np.errstate(all="ignore"):  # an engine output that overflowed (inf, nan) is scored as the worst, not as an error
+            cos = np.where(both_nothing, 1.0, (a * b).sum(1) / np.maximum(norms, 1e-30))
+            cos = np.where(np.isfinite(cos), cos, 0.0)
+            noise, signal = float(((a - b) ** 2).sum()), float((b**2).sum())
+            ratio = signal / noise if noise else np.inf
+            sqnr = SQNR_CAP_DB if noise == 0 else (-SQNR_CAP_DB if not ratio > 0 else min(SQNR_CAP_DB, 10 * np.log10(ratio)))
+            relative = np.sqrt(noise / max(signal, 1e-30)) if np.isfinite(noise) else RELATIVE_L2_CAP
+            largest = float(np.abs(a - b).max(initial=0))
+        # every figure finite and bounded, as JSON keeps it (it has no infinity or NaN)
+        out[name] = {"cosine": float(cos.mean()), "sqnr_db": round(float(max(-SQNR_CAP_DB, sqnr)), 4),
+                     "relative_l2": min(RELATIVE_L2_CAP, float(relative)),
+                     "max_abs_error": largest if np.isfinite(largest) else MAX_ERROR_CAP}
     return out
 
 

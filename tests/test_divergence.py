@@ -112,3 +112,18 @@ def test_tensor_sites_are_the_float_node_outputs_in_graph_order(tmp_path: Path) 
     onnx.save(helper.make_model(graph), str(path))
     sites = tensor_sites(path)
     assert [(s.tensor, s.op_type, s.depth) for s in sites] == [("r", "Relu", 0), ("y", "Reshape", 2)]
+
+
+def test_an_overflowed_engine_tensor_gives_finite_figures_that_survive_json() -> None:
+    """An FP16 tensor that overflowed to inf must not become NaN or ±inf: JSON has neither, and pydantic writes them as
+    null, which a report would read back as "exact" or fail on."""
+    import json
+
+    from edgeship.divergence import SQNR_FLOOR_DB, Accumulator
+
+    accumulator = Accumulator()
+    reference = {"t": np.ones((1, 4), np.float32)}
+    accumulator.add(reference, {"t": np.array([[1.0, np.inf, 1.0, 1.0]], np.float32)})
+    sqnr, cos = accumulator.figures("t")
+    assert sqnr == SQNR_FLOOR_DB and cos == 0.0
+    json.dumps([sqnr, cos], allow_nan=False)

@@ -135,3 +135,16 @@ def test_one_value_per_sample_is_compared_as_a_column_not_by_its_sign() -> None:
     engine = reference + np.float32(0.03)  # flips the sign of the value nearest zero; the column still follows closely
     cosine = fidelity({"score": engine}, {"score": reference})["score"]["cosine"]
     assert cosine > 0.99, cosine
+
+
+def test_an_overflowed_output_is_scored_as_the_worst_in_finite_figures() -> None:
+    import json
+
+    from edgeship.measure import SQNR_CAP_DB, fidelity
+
+    reference = np.ones((4, 3), np.float32)
+    engine = reference.copy()
+    engine[1, 2] = np.inf
+    figures = fidelity({"out": engine}, {"out": reference})["out"]
+    assert figures["sqnr_db"] == -SQNR_CAP_DB and figures["cosine"] == pytest.approx(0.75)
+    json.dumps(figures, allow_nan=False)
