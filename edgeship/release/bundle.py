@@ -58,6 +58,9 @@ def make_releases(run_dir: Path, *, engines: Sequence[str] = ("recommended",), v
     manifest = load_manifest(run_dir)
     if not report.release.finished:
         raise DataError(f"{run_dir}: the run did not finish; release from a finished run")
+    if report.task == "generic":  # the device loader preprocesses one image and checks class scores
+        raise DataError(f"{run_dir}: a release holds an image classifier for the device loader; this run's model is generic "
+                        "(task: generic), which edgeship cannot release yet")
     rows = _chosen(report, engines)
     failing = [row for row in rows if row.verdict != "pass"]
     if failing and not allow_failing:

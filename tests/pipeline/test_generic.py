@@ -273,3 +273,11 @@ def test_openvino_int8_takes_nncfs_transformer_scheme_and_a_smoothquant_strength
     with OpenVinoBackend().runner(engine, threads=1) as quantized:
         got = quantized.infer(feed)
     assert set(got) == {"vector", "score"} and all(np.isfinite(value).all() for value in got.values())
+
+
+def test_a_generic_run_is_not_released_yet_and_says_why_in_one_line(result: RunResult, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["release", str(result.run_dir), "--out", str(tmp_path / "releases")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "task: generic" in err, err
+    assert not (tmp_path / "releases").exists()
