@@ -495,7 +495,8 @@ def _local_layers(model: Any, sites: list[TensorSite], sources: dict[str, str],
         out = {}
         for tensor, (session, inputs, source) in runs.items():
             if all(name in values for name, _ in inputs):
-                feed = {name: np.asarray(values[name], dtype) for name, dtype in inputs}
+                with np.errstate(over="ignore"):  # an FP32 value beyond FP16's range becomes inf, as the engine itself would make it
+                    feed = {name: np.asarray(values[name], dtype) for name, dtype in inputs}
                 out[tensor] = np.asarray(session.run([source], feed)[0], np.float32)
         return out
 
