@@ -30,6 +30,13 @@ if TYPE_CHECKING:
 ONNX_MODEL = "onnx-model"  # the artifact kind of an ONNX entry (model.onnx): the export stage adopts it as it is
 
 
+def model_identity(cfg: ModelConfig) -> dict[str, Any]:
+    """A one-image model's config as its artifact's key: the keys added for other entries (``onnx``, ``inputs``,
+    ``outputs``) are left out at their defaults, so a model stored before them is reused, not trained again."""
+    unset = {key for key in ("onnx", "inputs", "outputs") if not getattr(cfg, key)}
+    return cfg.model_dump(mode="json", exclude=unset)
+
+
 def input_shape(dataset: Dataset, p: Preprocessing) -> tuple[int, int, int]:
     """(C, H, W) of the model input the data and preprocessing produce."""
     height, width = p.resize or dataset.eval.images.shape[1:3]
@@ -63,7 +70,7 @@ class ModelStage:
         label = cfg.label
         if self.role != "model":
             label = f"{self.role}: {label}"
-        config = cfg.model_dump(mode="json")
+        config = model_identity(cfg)
         work = ctx.store.scratch(ctx.artifact_id(self.name, config=config, parents=[], extra_key=key))  # a killed training resumes
         artifact = ctx.produce(self.name, label, config=config, parents=[], extra_key=key,
                                make=lambda folder: self._make(folder, cfg, ctx, shape, work / "train.ckpt"))

@@ -59,4 +59,16 @@ def test_keys_added_later_stay_out_of_an_engines_identity_at_their_defaults() ->
     assert "mode" not in plain and "accuracy_target" not in plain
     assert engine_config("onnxruntime", Precision.INT8, OnnxRuntimeConfig(mode="dynamic"))["mode"] == "dynamic"
     assert not {"model_type", "smooth_quant_alpha"} & set(engine_config("openvino", Precision.INT8, OpenVinoConfig()))
+    assert "fixed_shape" not in engine_config("tflite", Precision.FP32, TfliteConfig())
+    assert engine_config("tflite", Precision.FP32, TfliteConfig(fixed_shape={"x": (1, 3, 8, 8)}))["fixed_shape"] == {"x": [1, 3, 8, 8]}
+
+
+def test_a_one_image_models_identity_leaves_out_the_keys_of_other_entries() -> None:
+    """The model stage's key of a zoo, pretrained or factory model is what it was before ONNX entries and declared inputs
+    existed, so a stored teacher is not trained again."""
+    from edgeship.pipeline.model import model_identity
+    from edgeship.recipe import ModelConfig
+
+    assert not {"onnx", "inputs", "outputs"} & set(model_identity(ModelConfig()))
+    assert model_identity(ModelConfig(factory="a.b:c", inputs=[{"name": "x", "shape": ["batch", 3]}]))["inputs"]
     assert engine_config("openvino", Precision.INT8, OpenVinoConfig(model_type="transformer"))["model_type"] == "transformer"
