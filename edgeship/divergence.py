@@ -162,7 +162,7 @@ class Accumulator:
             return None
         noise = self.noise[tensor]
         # every figure is finite, as JSON keeps it (it has no infinity: -inf would come back as null, read as "exact")
-        value = None if noise == 0.0 else round(max(SQNR_FLOOR_DB, min(-SQNR_FLOOR_DB, _or_floor(sqnr_db(self.signal[tensor], noise)))), 2)
+        value = None if noise == 0.0 else round(max(SQNR_FLOOR_DB, min(-SQNR_FLOOR_DB, sqnr_db(self.signal[tensor], noise))), 2)
         return value, round(self.cosines[tensor] / self.counts[tensor], 6)
 
     def rows(self, sites: list[TensorSite], local: Accumulator | None = None) -> list[TensorDivergence]:
@@ -230,10 +230,6 @@ def _layouts(shape: tuple[int, ...], target: tuple[int, ...]) -> list[tuple[int,
 
 
 SQNR_FLOOR_DB = -200.0  # what an overflowed or empty tensor's SQNR reads; +200 dB bounds the other side
-
-
-def _or_floor(value: float) -> float:
-    return SQNR_FLOOR_DB if math.isnan(value) else value
 
 
 def sqnr_db(signal: float, noise: float) -> float:

@@ -12,7 +12,7 @@ import logging
 import shutil
 import tempfile
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -22,7 +22,7 @@ from pydantic import Field, PositiveInt, model_validator
 from edgeship.backends.base import Availability, BackendBase, BackendInfo, CalibrationSet, Feed, Precision, Runner, TensorMeta
 from edgeship.backends.float_search import choose_float_layers
 from edgeship.backends.rounding import rounded_source
-from edgeship.backends.tooling import error_line, import_problem
+from edgeship.backends.tooling import error_line, import_problem, loggers_at
 from edgeship.config import (
     AccuracyTarget,
     BackendSection,
@@ -159,17 +159,6 @@ class OnnxRuntimeBackend(BackendBase):
         return target
 
 
-@contextlib.contextmanager
-def _root_logger_at(level: int) -> Iterator[None]:
-    root = logging.getLogger()
-    saved = root.level
-    root.setLevel(max(level, saved))
-    try:
-        yield
-    finally:
-        root.setLevel(saved)
-
-
 def loadable(engine: Path) -> Path:
     """``engine`` once ONNX Runtime has loaded it: its quantizer can write a graph ONNX Runtime itself refuses (a fused
     bias dequantized with a zero point of the wrong type), which is the build's failure, not the measurement's."""
@@ -213,7 +202,7 @@ def quantize_dynamic_int8(source: Path, target: Path, *, per_channel: bool, redu
     prepared = target.with_name(f".{target.stem}.prepared.onnx")
     pre_process(source, prepared)
     try:
-        with _root_logger_at(logging.ERROR):  # the quantizer logs a warning per node on the root logger
+        with loggers_at(logging.ERROR, ""):  # the quantizer logs a warning per node on the root logger
             quantize_dynamic(str(prepared), str(target), op_types_to_quantize=list(DYNAMIC_OPS), per_channel=per_channel,
                              reduce_range=reduce_range, weight_type=QuantType.QInt8)
     finally:
@@ -266,7 +255,7 @@ def quantize_qdq(source: Path, target: Path, calibration: CalibrationSet, *, met
     extra = {"ActivationSymmetric": activation_type == "int8", "WeightSymmetric": True, **(extra_options or {})}
     try:
         # the calibrators print their progress, and the quantizer logs a warning per node on the root logger
-        with contextlib.redirect_stdout(io.StringIO()), _root_logger_at(logging.ERROR):
+        with contextlib.redirect_stdout(io.StringIO()), loggers_at(logging.ERROR, ""):
             quantize_static(str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                             activation_type=activation, weight_type=QuantType.QInt8, calibrate_method=calibrate,
                             reduce_range=reduce_range, extra_options=extra, nodes_to_exclude=list(nodes_to_exclude or []))

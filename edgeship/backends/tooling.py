@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import logging
 import os
 import re
 import sys
@@ -67,3 +68,18 @@ def fed_inputs(graph: Any) -> list[Any]:
     """An ONNX graph's inputs that are fed at run time: older ONNX files also list their weights among the inputs."""
     initializers = {init.name for init in graph.initializer}
     return [value for value in graph.input if value.name not in initializers]
+
+
+@contextlib.contextmanager
+def loggers_at(level: int, *names: str) -> Iterator[None]:
+    """The named loggers (``""``: the root logger) raised to ``level`` while the block runs, then put back: tools that log
+    a line per node or per step on the user's terminal."""
+    loggers = [logging.getLogger(name or None) for name in names]
+    saved = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(level, logger.level))
+    try:
+        yield
+    finally:
+        for logger, previous in zip(loggers, saved, strict=True):
+            logger.setLevel(previous)

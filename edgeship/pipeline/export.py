@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgeship.artifacts import Artifact
+from edgeship.backends.tooling import loggers_at
 from edgeship.data import model_inputs, preprocess
 from edgeship.errors import DataError, StageError
 from edgeship.models import call_model, load_model
@@ -24,6 +25,7 @@ from edgeship.recipe import ExportConfig
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")
 PARITY_SAMPLES = 8  # evaluation samples an ONNX entry is run on before it is adopted
 
 
@@ -180,18 +182,9 @@ def _export(model: Any, shape: tuple[int, ...], path: Path, opset: int) -> None:
     """torch.onnx.export (dynamo) with a dynamic batch axis, its chatter kept off the terminal."""
     import torch
 
-    example = torch.zeros(2, *shape)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    quiet = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet), _quiet_loggers():
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              opset_version=opset, dynamo=True, dynamic_shapes=({0: batch},), external_data=False,
-                              verbose=False)
-        except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds
-            last = str(exc).strip().splitlines()
-            raise StageError("export", f"torch.onnx.export failed: {type(exc).__name__}: {last[0] if last else ''}") from exc
+    _torch_export(model, (torch.zeros(2, *shape),), path, opset, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                  dynamic=({0: batch},))
 
 
 def _export_named(model: Any, example: Mapping[str, np.ndarray], records: list[dict[str, Any]], path: Path, opset: int) -> None:
@@ -203,12 +196,21 @@ def _export_named(model: Any, example: Mapping[str, np.ndarray], records: list[d
     names = [record["name"] for record in records]
     tensors = tuple(torch.from_numpy(np.ascontiguousarray(example[name])) for name in names)
     dynamic = tuple({axis: torch.export.Dim.AUTO for axis, size in enumerate(record["shape"]) if size is None} for record in records)
+    _torch_export(model, tensors, path, opset, input_names=names, output_names=None, dynamic=dynamic)
+
+
+def _torch_export(model: Any, args: tuple[Any, ...], path: Path, opset: int, *, input_names: list[str], output_names: list[str] | None,
+                  dynamic: tuple[dict[int, Any], ...]) -> None:
+    """torch.onnx.export (dynamo, weights inside the file), its chatter kept off the terminal, its failure one line."""
+    import torch
+
     quiet = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet), _quiet_loggers():
+    with (warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet),
+          loggers_at(logging.ERROR, *EXPORTER_LOGGERS)):
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(model, tensors, str(path), input_names=names, opset_version=opset, dynamo=True, dynamic_shapes=dynamic,
-                              external_data=False, verbose=False)
+            torch.onnx.export(model, args, str(path), input_names=input_names, output_names=output_names, opset_version=opset,
+                              dynamo=True, dynamic_shapes=dynamic, external_data=False, verbose=False)
         except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds
             last = str(exc).strip().splitlines()
             raise StageError("export", f"torch.onnx.export failed: {type(exc).__name__}: {last[0] if last else ''}") from exc
@@ -239,19 +241,6 @@ def rename_outputs(model: Any, names: list[str]) -> None:
         replace(old, new)
 
 
-@contextlib.contextmanager
-def _quiet_loggers() -> Any:
-    names = ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")
-    saved = {name: logging.getLogger(name).level for name in names}
-    for name in names:
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for name, level in saved.items():
-            logging.getLogger(name).setLevel(level)
-
-
 def _simplify(source: Path, target: Path) -> None:
     import onnx
     import onnxslim
@@ -264,21 +253,22 @@ def _simplify(source: Path, target: Path) -> None:
     onnx.save(slim, str(target))
 
 
-def _run_onnx_all(path: Path, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Every output of an ONNX model on ``feed``, by name, on ONNX Runtime's CPU provider."""
+def _session(path: Path) -> Any:
+    """An ONNX Runtime session on the CPU provider, its log kept to errors."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _run_onnx_all(path: Path, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every output of an ONNX model on ``feed``, by name, on ONNX Runtime's CPU provider."""
+    session = _session(path)
     names = [output.name for output in session.get_outputs()]
     return dict(zip(names, session.run(names, dict(feed)), strict=True))
 
 
 def _run_onnx(path: Path, batch: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    session = _session(path)
     return session.run(None, {session.get_inputs()[0].name: batch})[0]
