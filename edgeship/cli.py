@@ -1,4 +1,5 @@
-"""The ``edgeship`` command line: ``run``, ``backends``, ``validate``, ``report``, ``agent serve``.
+"""The ``edgeship`` command line: ``run``, ``sweep``, ``backends``, ``validate``, ``report``, ``debug``, ``release``, ``keys``,
+``agent serve``.
 
 Every error a user can cause prints one line and exits 2 (``--debug`` shows the
 traceback); a failed release gate exits 1.
@@ -28,6 +29,7 @@ from edgeship.recipe import load_recipe
 from edgeship.release import make_releases, new_key_pair
 from edgeship.release.device import verify_on_device
 from edgeship.render.terminal import print_divergence, print_summary
+from edgeship.sweep import sweep
 from edgeship.version import __version__
 
 DEFAULT_RECIPE = Path("recipes/default.yaml")
@@ -118,6 +120,19 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--allow-unsigned", action="store_true")
     verify.set_defaults(handler=_release_verify)
 
+    sweep = sub.add_parser("sweep", help="search compression settings around a recipe: trials on Ray (local, or a cluster), "
+                                         "proposed by Optuna, sharing the store; a Pareto report and the best recipes as YAML")
+    sweep.add_argument("recipe", nargs="?", type=Path, help="the recipe every trial starts from")
+    sweep.add_argument("--space", type=Path, default=None, help="the space: recipe keys and their ranges or choices (docs/sweeps.md)")
+    sweep.add_argument("--trials", type=int, default=16, help="trials to run (default 16)")
+    sweep.add_argument("--address", default=None, help="a Ray cluster to join (default: start a local Ray for this sweep)")
+    sweep.add_argument("--resume", type=Path, default=None, metavar="SWEEP_DIR", help="continue the sweep in SWEEP_DIR after "
+                                                                                      "its driver was killed")
+    sweep.add_argument("--out", type=Path, default=Path("sweeps"), help="where sweep folders go (default sweeps/)")
+    sweep.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs Ray gives each trial, and its training threads "
+                                                                         "(default 1; timing always takes the whole machine)")
+    sweep.set_defaults(handler=_sweep)
+
     keys = sub.add_parser("keys", help="Ed25519 key pairs that sign releases")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     new_key = keys_sub.add_parser("new", help="write NAME.key (private, mode 0600) and NAME.pub")
@@ -160,6 +175,17 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     if args.quiet:
         print(result.report_path)
     return result.exit_code
+
+
+def _sweep(args: argparse.Namespace, console: Console) -> int:
+    if args.resume is None and (args.recipe is None or args.space is None):
+        raise RecipeError("sweep: give a RECIPE and --space SPACE.yaml, or --resume SWEEP_DIR")
+    if args.resume is not None and (args.recipe is not None or args.space is not None):
+        raise RecipeError("sweep --resume SWEEP_DIR continues with the recipe and space it started with: give neither")
+    result = sweep(args.recipe, args.space, trials=args.trials, address=args.address, resume=args.resume, out=args.out,
+                   cpus_per_trial=args.cpus_per_trial, console=console)
+    failed = [t.name for t in result.report.trials if t.status != "ok"]
+    return 0 if not failed and len(result.report.trials) >= result.report.trials_requested else 1
 
 
 def _release(args: argparse.Namespace, console: Console) -> int:

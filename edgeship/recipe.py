@@ -12,6 +12,7 @@ import copy
 import os
 import re
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -505,6 +506,12 @@ def load_recipe(path: str | os.PathLike[str] | None = None) -> Recipe:
     """Read and validate a recipe; ``None`` gives the bundled default."""
     if path is None:
         return Recipe()
+    return recipe_from_document(read_recipe_document(path), Path(path))
+
+
+def read_recipe_document(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A recipe file's mapping, not yet validated, its input paths made absolute (relative to the file) and its name
+    defaulted to the file's stem: what a sweep changes key by key before ``recipe_from_document`` checks it."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -525,8 +532,13 @@ def load_recipe(path: str | os.PathLike[str] | None = None) -> Recipe:
         raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}")
     raw = _resolve_input_paths(raw, path.parent)
     raw.setdefault("name", path.stem)
+    return raw
+
+
+def recipe_from_document(raw: Mapping[str, Any], path: Path) -> Recipe:
+    """Validate a recipe mapping; errors name ``path`` (the file it came from) and the key."""
     try:
-        recipe = Recipe.model_validate(raw)
+        recipe = Recipe.model_validate(dict(raw))
     except ValidationError as exc:
         raise RecipeError(f"{path}: {_describe(exc)}") from None
     _check_files(recipe, path)

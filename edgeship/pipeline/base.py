@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,18 @@ class Made:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+class Alone:
+    """How a run shares its machine: it does not. A sweep's trial passes its node's lock instead (``edgeship.sweep``),
+    whose ``timing`` keeps every other trial's work off the machine while an engine is timed and whose ``waiting``
+    gives the machine back while this run is blocked on another process's artifact. The pipeline knows only these two."""
+
+    def timing(self) -> contextlib.AbstractContextManager[object]:
+        return contextlib.nullcontext()
+
+    def waiting(self) -> contextlib.AbstractContextManager[object]:
+        return contextlib.nullcontext()
+
+
 @dataclass
 class RunContext:
     """Shared state of one run: the store, the manifest, the data, the console."""
@@ -41,6 +54,7 @@ class RunContext:
     console: Console
     dataset: Dataset
     force: frozenset[str] = frozenset()
+    occupancy: Alone = field(default_factory=Alone)
 
     @property
     def manifest_path(self) -> Path:
@@ -65,8 +79,9 @@ class RunContext:
         """
         aid = self.artifact_id(stage, config=config, parents=parents, extra_key=extra_key)
 
-        def waiting() -> None:
+        def waiting() -> contextlib.AbstractContextManager[object]:
             self.console.print(f"[dim]… {stage}: {name}: another run is building it ({aid[:12]}); waiting[/dim]")
+            return self.occupancy.waiting()
 
         with self.store.lock(aid, waiting=waiting):
             damaged = None

@@ -118,7 +118,8 @@ class LocalMeasurer(Measurer):
                 bar.update(task, description=f"{request.name}: {what}", completed=done, total=total)
 
             try:
-                return measure_isolated(spec, folder, progress)
+                with self.ctx.occupancy.timing():  # in a sweep: no other trial works on this machine while it is timed
+                    return measure_isolated(spec, folder, progress)
             except HarnessError as exc:
                 raise StageError(STAGE, f"{request.name}: {exc}") from None
 

@@ -289,7 +289,8 @@ def _measure_models(models: Mapping[str, nn.Module], teacher: Artifact, ctx: Run
             runner = stack.enter_context(OnnxRuntimeRunner(files[name], threads=threads))
             calls[name] = lambda r=runner: r.infer({INPUT_NAME: sample})
         warmup, iterations, seconds = (5, 50, 0.3) if quick else (cfg.warmup, cfg.iterations, cfg.min_seconds)
-        times = time_interleaved(calls, warmup=warmup, iterations=iterations, min_seconds=seconds, rounds=1 if quick else 5)
+        with ctx.occupancy.timing():
+            times = time_interleaved(calls, warmup=warmup, iterations=iterations, min_seconds=seconds, rounds=1 if quick else 5)
         return {name: {"onnx_bytes": files[name].stat().st_size, "latency": summarize(times[name], 1).as_dict(), "threads": threads}
                 for name in models}
 

@@ -17,7 +17,7 @@ from edgeship.backends import REGISTRY
 from edgeship.data import calibration_set, load_dataset, search_set
 from edgeship.device import describe_device, source_revision, tool_versions
 from edgeship.errors import RecipeError
-from edgeship.pipeline.base import RunContext
+from edgeship.pipeline.base import Alone, RunContext
 from edgeship.pipeline.build import BuildStage, requested
 from edgeship.pipeline.distill import DistillStage
 from edgeship.pipeline.divergence import DivergenceStage
@@ -49,8 +49,11 @@ class RunResult:
         return self.run_dir / "report.json"
 
 
-def run(recipe: Recipe, *, force: Iterable[str] = (), console: Console | None = None, recipe_path: Path | None = None) -> RunResult:
-    """Run ``recipe`` end to end and return where its report is."""
+def run(recipe: Recipe, *, force: Iterable[str] = (), console: Console | None = None, recipe_path: Path | None = None,
+        occupancy: Alone | None = None, compute_threads: int | None = None) -> RunResult:
+    """Run ``recipe`` end to end and return where its report is. ``occupancy`` and ``compute_threads`` are for a run
+    sharing its machine (a sweep's trial): how it times alone, and the threads its training uses (timing keeps the
+    recipe's)."""
     force = frozenset(force)
     unknown = force - set(STAGES)
     if unknown:
@@ -62,12 +65,13 @@ def run(recipe: Recipe, *, force: Iterable[str] = (), console: Console | None = 
         threads = recipe.threads()
         import torch
 
-        torch.set_num_threads(threads)
+        torch.set_num_threads(compute_threads or threads)
         dataset = recipe_dataset(recipe, console)
         console.print(f"data: {dataset.name} ({dataset.source}): train {len(dataset.train)}, val {len(dataset.val)}, "
                       f"calibration {len(dataset.calibration) or recipe.calibration.source}, eval {len(dataset.eval)}")
         manifest.dataset = dataset_record(dataset)
-        ctx = RunContext(recipe=recipe, store=store, manifest=manifest, run_dir=run_dir, console=console, dataset=dataset, force=force)
+        ctx = RunContext(recipe=recipe, store=store, manifest=manifest, run_dir=run_dir, console=console, dataset=dataset, force=force,
+                         occupancy=occupancy or Alone())
 
         model = ModelStage().run({}, recipe.model, ctx)["model"]
         ctx.save_manifest()

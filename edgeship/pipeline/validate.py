@@ -191,7 +191,8 @@ class ValidateStage:
         def make(folder: Path) -> Made:
             with ctx.console.status("measuring this machine's peak FP32 and INT8 GEMM rates"):
                 try:
-                    peak = measure_peak_isolated(threads, cpus, folder)
+                    with ctx.occupancy.timing():
+                        peak = measure_peak_isolated(threads, cpus, folder)
                 except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
                     raise StageError(self.name, f"{PEAK}: {exc}") from None
             return Made(folder / "peak.json", "peak", {"metrics": peak.model_dump(mode="json")})

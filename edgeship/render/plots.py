@@ -276,3 +276,30 @@ def float_search_figure(searches: Mapping[str, Mapping[str, Any]]) -> Any:
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def sweep_figure(points: Sequence[Mapping[str, Any]], backend: str, *, ylabel: str, scale: float) -> Any:
+    """One backend's engines from every trial of a sweep: accuracy against p50, marker area by engine size, marker by
+    precision; the Pareto-optimal ones (``point["optimal"]``) edged in black and labelled with their trial, the
+    recipe's own (``point["recipe"]``) labelled "recipe"."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    largest = max((p["size_mib"] for p in points), default=1.0) or 1.0
+    for precision in sorted({p["precision"] for p in points}):
+        chosen = [p for p in points if p["precision"] == precision]
+        ax.scatter([p["p50_ms"] for p in chosen], [scale * p["accuracy"] for p in chosen],
+                   s=[30 + 270 * p["size_mib"] / largest for p in chosen], marker=MARKERS.get(precision, "*"),
+                   color=COLOURS.get(backend, "black"), alpha=0.6, label=precision,
+                   edgecolors=["black" if p["optimal"] else COLOURS.get(backend, "black") for p in chosen],
+                   linewidths=[1.6 if p["optimal"] else 0.0 for p in chosen])
+    for point in points:
+        if point["optimal"] or point["recipe"]:
+            label = point["trial"] + (" (recipe)" if point["recipe"] else "")
+            ax.annotate(label, (point["p50_ms"], scale * point["accuracy"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set(xscale="log", xlabel="p50 latency per call (ms, log scale)", ylabel=ylabel,
+           title=f"{backend}: every trial's engines (area: engine size; black edge: Pareto-optimal)")
+    _plain_log_ticks(ax.xaxis)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="precision", title_fontsize=8, markerscale=0.6)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,303 @@
+"""What a sweep hands over: ``sweep.json``, ``sweep.html`` (a Pareto chart per backend, every trial with a link to its
+run's report) and the Pareto-optimal trials' recipes as YAML files a user can run."""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+from edgeship.recipe import recipe_from_document
+from edgeship.render import plots
+from edgeship.sweep.driver import SweepConfig, elapsed
+from edgeship.sweep.space import SweepSpace, recipe_point
+from edgeship.sweep.trial import EnginePoint, TrialRecord
+
+SWEEP_SCHEMA_VERSION = 1
+SECTIONS = ("summary", "fronts", "versus", "trials")
+TIMING = ("Each engine was timed holding the machine's timing lock ({lock}) exclusively: no other trial on the same machine "
+          "trained, built or converted while it was timed (the others paused at their next wait or finished their step first), "
+          "and trials on other machines do not share its CPUs. Ray's own processes (raylet, GCS, the driver) were not paused.")
+LABELS = {"top1": ("top-1 (%)", 100.0), "top1_agreement": ("top-1 agreement with FP32 (%)", 100.0),
+          "min_cosine": ("output cosine with FP32 (worst output)", 1.0)}
+
+
+class FrontPoint(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    trial: str
+    engine: str
+    same_in: list[str] = []  # other trials whose values built this very engine (one store artifact, measured once)
+    accuracy: float
+    p50_ms: float
+    size_mib: float
+
+
+class Versus(BaseModel):
+    """The recipe's own engine (its values, the sweep's first trial) and the trials' engines of its backend that beat it:
+    at least as accurate and as fast, and better in one (medians, on this machine)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    engine: str
+    recipe: FrontPoint
+    dominated_by: list[FrontPoint]
+
+
+class SweepReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    schema_version: int = SWEEP_SCHEMA_VERSION
+    id: str
+    recipe: str
+    space: dict[str, Any]
+    objective: str
+    accuracy_key: str | None
+    trials_requested: int
+    trials: list[TrialRecord]
+    wall_seconds: float
+    sessions: list[dict[str, Any]]
+    reuse: dict[str, Any]
+    timing: str
+    fronts: dict[str, list[FrontPoint]]  # per backend: the Pareto-optimal engines (accuracy up, p50 down, size down)
+    recipe_trial: str | None
+    versus_recipe: list[Versus]
+    pareto_recipes: dict[str, str]  # trial -> its YAML file, relative to the sweep folder
+
+
+def build_report(folder: Path, config: SweepConfig, records: Sequence[TrialRecord], *, lock: str) -> SweepReport:
+    ok = [r for r in records if r.status == "ok"]
+    key = next((r.accuracy_key for r in ok if r.accuracy_key), None)
+    shared = sharing(ok)
+    fronts = {backend: [_front_point(r, p, shared) for r, p in pareto(points)] for backend, points in by_backend(ok).items()}
+    space = SweepSpace.model_validate(config.space)
+    base_values = recipe_point(space, recipe_from_document(config.base, config.recipe_path))
+    recipe_trial = next((r for r in ok if base_values is not None and r.values == base_values), None)
+    versus = _versus(recipe_trial, ok) if recipe_trial else []
+    optimal = sorted({trial for points in fronts.values() for trial in (p.trial for p in points)})
+    return SweepReport(id=config.id, recipe=str(config.recipe_path), space=config.space, objective=config.target, accuracy_key=key,
+                       trials_requested=config.trials, trials=list(records), wall_seconds=round(elapsed(folder, config), 1),
+                       sessions=config.sessions, reuse=reuse(records), timing=TIMING.format(lock=lock), fronts=fronts,
+                       recipe_trial=recipe_trial.name if recipe_trial else None, versus_recipe=versus,
+                       pareto_recipes={t: f"pareto/{t}.yaml" for t in optimal})
+
+
+def by_backend(records: Sequence[TrialRecord]) -> dict[str, list[tuple[TrialRecord, EnginePoint]]]:
+    """Every measured engine of every trial, per backend, once: an engine several trials share (the same store
+    artifact, e.g. the FP32 engine of trials that differ only in INT8 settings) is the first such trial's point."""
+    out: dict[str, list[tuple[TrialRecord, EnginePoint]]] = defaultdict(list)
+    seen: set[str] = set()
+    for record in records:
+        for point in record.engines:
+            if point.measured and point.status == "ok" and (point.artifact is None or point.artifact not in seen):
+                out[point.backend].append((record, point))
+                seen.add(point.artifact or "")
+    return dict(sorted(out.items()))
+
+
+def sharing(records: Sequence[TrialRecord]) -> dict[str, list[str]]:
+    """Engine artifact → the trials that have it, in order."""
+    out: dict[str, list[str]] = defaultdict(list)
+    for record in records:
+        for point in record.engines:
+            if point.artifact:
+                out[point.artifact].append(record.name)
+    return out
+
+
+def dominates(a: EnginePoint, b: EnginePoint, *, size: bool = True) -> bool:
+    """``a`` is at least as accurate, fast (and small) as ``b``, and better in one."""
+    assert a.accuracy is not None and b.accuracy is not None and a.p50_ms is not None and b.p50_ms is not None
+    pairs = [(a.accuracy, b.accuracy), (-a.p50_ms, -b.p50_ms)]
+    if size:
+        assert a.size_mib is not None and b.size_mib is not None
+        pairs.append((-a.size_mib, -b.size_mib))
+    return all(x >= y for x, y in pairs) and any(x > y for x, y in pairs)
+
+
+def pareto(points: Sequence[tuple[TrialRecord, EnginePoint]]) -> list[tuple[TrialRecord, EnginePoint]]:
+    """The points no other point dominates, fastest first."""
+    front = [(r, p) for r, p in points if not any(dominates(q, p) for _, q in points)]
+    return sorted(front, key=lambda rp: (rp[1].p50_ms, rp[0].name))
+
+
+def reuse(records: Sequence[TrialRecord]) -> dict[str, Any]:
+    """What the shared store saved: per stage, artifacts built and reused, the seconds building took and the seconds
+    reuse saved (an artifact reused by a trial had been built by another trial of this sweep in ``seconds``; one built
+    before the sweep counts as reused from before)."""
+    built: dict[str, float] = {}
+    for record in records:
+        for work in record.work:
+            if not work.reused:
+                built.setdefault(work.artifact, work.seconds)
+    stages: dict[str, dict[str, float]] = defaultdict(lambda: {"built": 0, "reused": 0, "seconds_building": 0.0,
+                                                               "seconds_saved": 0.0, "reused_from_before": 0})
+    for record in records:
+        for work in record.work:
+            row = stages[work.stage]
+            if work.reused:
+                row["reused"] += 1
+                if work.artifact in built:
+                    row["seconds_saved"] += built[work.artifact]
+                else:
+                    row["reused_from_before"] += 1
+            else:
+                row["built"] += 1
+                row["seconds_building"] += work.seconds
+    teacher = stages.get("model", {})
+    return {"stages": {k: {n: round(v, 1) if isinstance(v, float) else v for n, v in row.items()} for k, row in stages.items()},
+            "models_trained": int(teacher.get("built", 0)),
+            "seconds_building": round(sum(r["seconds_building"] for r in stages.values()), 1),
+            "seconds_saved": round(sum(r["seconds_saved"] for r in stages.values()), 1),
+            "trial_seconds": round(sum(r.seconds for r in records), 1)}
+
+
+def _front_point(record: TrialRecord, point: EnginePoint, shared: Mapping[str, list[str]] | None = None) -> FrontPoint:
+    assert point.accuracy is not None and point.p50_ms is not None and point.size_mib is not None
+    same = [t for t in (shared or {}).get(point.artifact or "", []) if t != record.name]
+    return FrontPoint(trial=record.name, engine=point.engine, same_in=same, accuracy=point.accuracy, p50_ms=point.p50_ms,
+                      size_mib=point.size_mib)
+
+
+def _versus(recipe_trial: TrialRecord, records: Sequence[TrialRecord]) -> list[Versus]:
+    out = []
+    for own in recipe_trial.engines:
+        if not (own.measured and own.status == "ok"):
+            continue
+        better = [(r, p) for r, p in by_backend(records).get(own.backend, []) if p.artifact != own.artifact
+                  and dominates(p, own, size=False)]
+        out.append(Versus(engine=own.engine, recipe=_front_point(recipe_trial, own),
+                          dominated_by=[_front_point(r, p) for r, p in sorted(better, key=lambda rp: rp[1].p50_ms or 0.0)]))
+    return out
+
+
+def write_outputs(folder: Path, report: SweepReport) -> None:
+    """sweep.json, the Pareto-optimal recipes and sweep.html, each written whole and renamed into place."""
+    records = {r.name: r for r in report.trials}
+    (folder / "pareto").mkdir(exist_ok=True)
+    for trial, relative in report.pareto_recipes.items():
+        _atomic(folder / relative, _recipe_yaml(records[trial], report))
+    _atomic(folder / "sweep.json", report.model_dump_json(indent=2))
+    _atomic(folder / "sweep.html", render_html(folder, report))
+
+
+def _recipe_yaml(record: TrialRecord, report: SweepReport) -> str:
+    places = [f"{p.engine} ({p.accuracy:.4f}, p50 {p.p50_ms:.3f} ms, {p.size_mib:.2f} MiB)"
+              for points in report.fronts.values() for p in points if p.trial == record.name]
+    values = ", ".join(f"{k}={v}" for k, v in record.values.items())
+    head = (f"# Sweep {report.id}, trial {record.name}: {values}\n# Pareto-optimal: " + "; ".join(places) +
+            "\n# Measured in the sweep on its machine. `edgeship run` this file to rebuild and measure it; the store reuses what "
+            "the sweep built.\n")
+    document = {**record.recipe, "name": f"{record.recipe.get('name', 'recipe')}-{record.name}"}
+    return head + yaml.safe_dump(document, sort_keys=False)
+
+
+def _atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+# -- the page ------------------------------------------------------------------------------------------------------
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1180px;padding:1.2em 1.6em;color:#1b1b1b}
+h1{font-size:1.5em;margin:.2em 0}h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
+table{border-collapse:collapse;margin:.6em 0;font-variant-numeric:tabular-nums}
+th,td{border:1px solid #ddd;padding:.25em .55em;text-align:right;vertical-align:top}th{background:#f4f4f4}
+td.l,th.l{text-align:left}.ok{color:#16794a;font-weight:600}.failed{color:#b3261e;font-weight:600}
+figure{margin:1em 0}figure svg{max-width:100%;height:auto}figcaption{color:#555;font-size:.9em}.muted{color:#666}
+"""
+
+
+def render_html(folder: Path, report: SweepReport) -> str:
+    ok = [t for t in report.trials if t.status == "ok"]
+    title = f"edgeship sweep · {report.id}"
+    head = (f"<h1>{escape(title)}</h1><p class=muted>recipe {escape(report.recipe)} · objective {escape(report.objective)} · "
+            f"{len(report.trials)} of {report.trials_requested} trials recorded, {len(ok)} ok · wall {report.wall_seconds:.0f} s "
+            f"over {len(report.sessions)} session(s)</p>")
+    sections = [_summary(report), _fronts(report), _versus_section(report), _trials(folder, report)]
+    return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><meta name=viewport content='width=device-width,initial-scale=1'>"
+            f"<title>{escape(title)}</title><style>{CSS}</style></head><body>\n{head}\n" + "\n".join(sections) + "\n</body></html>\n")
+
+
+def _section(key: str, title: str, body: str) -> str:
+    return f"<section id={key}><h2>{escape(title)}</h2>\n{body}\n</section>"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th class=l>{escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td class=l>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _summary(report: SweepReport) -> str:
+    reuse_ = report.reuse
+    rows = [[escape(stage), str(r["built"]), str(r["reused"]), f"{r['seconds_building']:.0f}", f"{r['seconds_saved']:.0f}",
+             str(r["reused_from_before"])] for stage, r in reuse_["stages"].items()]
+    text = (f"<p>Models trained (stage <code>model</code>): <b>{reuse_['models_trained']}</b>. Building took "
+            f"{reuse_['seconds_building']:.0f} s across trials; reusing what another trial of this sweep had built saved "
+            f"{reuse_['seconds_saved']:.0f} s; the trials ran {reuse_['trial_seconds']:.0f} s in all.</p>"
+            f"<p><b>Timing.</b> {escape(report.timing)}</p>")
+    return _section("summary", "Summary", text + _table(["stage", "built", "reused", "s building", "s saved by reuse",
+                                                         "reused from before the sweep"], rows))
+
+
+def _fronts(report: SweepReport) -> str:
+    records = [t for t in report.trials if t.status == "ok"]
+    if not records:
+        return _section("fronts", "Pareto fronts", "<p>No trial finished with measured engines.</p>")
+    ylabel, scale = LABELS.get(report.accuracy_key or "", ("accuracy", 1.0))
+    figures = []
+    for backend, points in by_backend(records).items():
+        optimal = {(p.trial, p.engine) for p in report.fronts.get(backend, [])}
+        data = [{"trial": r.name, "precision": p.precision, "accuracy": p.accuracy, "p50_ms": p.p50_ms, "size_mib": p.size_mib,
+                 "optimal": (r.name, p.engine) in optimal, "recipe": r.name == report.recipe_trial} for r, p in points]
+        names = ", ".join(f"{p.trial} {p.engine}" + (f" (= {', '.join(p.same_in)})" if p.same_in else "")
+                          for p in report.fronts.get(backend, []))
+        figures.append(f"<figure>{plots.svg(plots.sweep_figure(data, backend, ylabel=ylabel, scale=scale))}"
+                       f"<figcaption>{escape(backend)}: Pareto-optimal (accuracy up, p50 down, size down): {escape(names)}"
+                       "</figcaption></figure>")
+    links = ", ".join(f"<a href='{escape(path)}'>{escape(trial)}</a>" for trial, path in report.pareto_recipes.items())
+    return _section("fronts", "Pareto fronts", "\n".join(figures) + f"<p>Recipes of the Pareto-optimal trials: {links}</p>")
+
+
+def _versus_section(report: SweepReport) -> str:
+    if report.recipe_trial is None:
+        return _section("versus", "Against the recipe", "<p>The recipe's own values are not in the space (or its trial failed): "
+                                                        "no trial ran it as it is.</p>")
+    rows = []
+    for v in report.versus_recipe:
+        best = v.dominated_by[:3]
+        rows.append([escape(v.engine), f"{v.recipe.accuracy:.4f} · {v.recipe.p50_ms:.3f} ms",
+                     "; ".join(f"{escape(p.trial)}: {p.accuracy:.4f} · {p.p50_ms:.3f} ms ({escape(p.engine)})" for p in best)
+                     or "none: no trial's engine of this backend is both as accurate and as fast"])
+    return _section("versus", "Against the recipe",
+                    f"<p>Trial {escape(report.recipe_trial)} ran the recipe's own values. Engines of the same backend that beat "
+                    "it (at least as accurate and as fast, better in one; medians on this machine):</p>"
+                    + _table(["recipe's engine", "its accuracy · p50", "beaten by"], rows))
+
+
+def _trials(folder: Path, report: SweepReport) -> str:
+    rows = []
+    for t in report.trials:
+        link = "—"
+        if t.run_dir:
+            page = Path(t.run_dir) / "report.html"
+            link = f"<a href='{escape(os.path.relpath(page, folder))}'>{escape(Path(t.run_dir).name)}</a>"
+        o = t.objective
+        figures = (f"{o.accuracy:.4f} · {o.p50_ms:.3f} ms · {o.size_mib:.2f} MiB" if t.status == "ok" and o is not None and o.measured
+                   else escape(t.reason))
+        rows.append([escape(t.name), escape(", ".join(f"{k}={_short(v)}" for k, v in t.values.items())),
+                     f"<span class={t.status}>{t.status}</span>", figures, f"{t.seconds:.0f}", escape(t.host),
+                     str(t.attempt), link])
+    return _section("trials", "Every trial", _table(["trial", "values", "status", f"{report.objective}: accuracy · p50 · size",
+                                                     "s", "host", "lost attempts", "run report"], rows))
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+

@@ -1,0 +1,82 @@
+"""The sweep's report from trial records: fronts per backend (shared engines once), reuse, the recipe's own point, the
+YAML recipes and a page that renders in Chromium."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edgeship.render.browser import check_page, chromium
+from edgeship.sweep.driver import SweepConfig, save_record
+from edgeship.sweep.report import SECTIONS, build_report, dominates, write_outputs
+from edgeship.sweep.trial import EnginePoint, TrialRecord, Work
+
+BASE = {"name": "r", "prune": {"keep_macs": 0.25}, "backends": {"openvino": {"enabled": False}, "tflite": {"enabled": False},
+                                                                 "tensorrt": {"enabled": False}}}
+
+
+def _point(engine: str, accuracy: float, p50: float, size: float, artifact: str) -> EnginePoint:
+    backend, precision = engine.split("/")
+    return EnginePoint(engine=engine, backend=backend, precision=precision, artifact=artifact, status="ok", verdict="pass",
+                       accuracy=accuracy, p50_ms=p50, p50_ci=(p50 * 0.9, p50 * 1.1), size_mib=size)
+
+
+def _record(name: str, keep: float, int8: tuple[float, float, float], *, built: bool) -> TrialRecord:
+    fp32 = _point("onnxruntime/fp32", 0.90, 1.0, 4.0, "fp32-shared")
+    quant = _point("onnxruntime/int8", *int8, artifact=f"int8-{name}")
+    work = [Work(stage="model", name="teacher", artifact="teacher", reused=not built, seconds=0.0 if not built else 30.0),
+            Work(stage="validate", name="onnxruntime/int8", artifact=f"v-{name}", reused=False, seconds=2.0)]
+    return TrialRecord(name=name, values={"prune.keep_macs": keep}, status="ok", accuracy_key="top1", engines=[fp32, quant],
+                       objective=quant, work=work, seconds=40.0, host="vm", recipe={**BASE, "prune": {"keep_macs": keep}})
+
+
+def test_fronts_reuse_and_the_recipes_point(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(BASE))
+    space = {"parameters": {"prune.keep_macs": {"low": 0.2, "high": 0.6, "log": False, "step": None, "integer": False}},
+             "objective": {"engine": None}, "seed": 0}
+    config = SweepConfig(id="r-1", recipe_path=recipe, space_path=tmp_path / "s.yaml", base=BASE, space=space, target="onnxruntime/int8",
+                         trials=4, cpus_per_trial=1, store=tmp_path / "store", created=time.time(),
+                         sessions=[{"started": time.time() - 100, "seconds": 100.0, "resumed": False}])
+    records = [_record("t001", 0.25, (0.88, 0.50, 1.0), built=True),  # the recipe's own values
+               _record("t002", 0.40, (0.89, 0.45, 1.0), built=False),  # beats it: more accurate and faster, as small
+               _record("t003", 0.20, (0.85, 0.40, 0.9), built=False),  # faster, less accurate: on the front too
+               _record("t004", 0.30, (0.87, 0.60, 1.2), built=False),  # dominated
+               TrialRecord(name="t005", values={"prune.keep_macs": 0.5}, status="failed", reason="onnxruntime/int8: build failed")]
+    for record in records:
+        save_record(tmp_path, record)
+    report = build_report(tmp_path, config, records, lock="/tmp/x.lock")
+    front = [(p.trial, p.engine) for p in report.fronts["onnxruntime"]]
+    assert front == [("t003", "onnxruntime/int8"), ("t002", "onnxruntime/int8"), ("t001", "onnxruntime/fp32")]
+    assert report.fronts["onnxruntime"][2].same_in == ["t002", "t003", "t004"]  # one FP32 engine, shared, shown once
+    assert report.recipe_trial == "t001"
+    int8 = next(v for v in report.versus_recipe if v.engine == "onnxruntime/int8")
+    assert [p.trial for p in int8.dominated_by] == ["t002"]
+    assert report.reuse["models_trained"] == 1 and report.reuse["stages"]["model"]["seconds_saved"] == 90.0
+    write_outputs(tmp_path, report)
+    document = json.loads((tmp_path / "sweep.json").read_text())
+    assert document["pareto_recipes"] == {"t001": "pareto/t001.yaml", "t002": "pareto/t002.yaml", "t003": "pareto/t003.yaml"}
+    written = (tmp_path / "pareto" / "t002.yaml").read_text()
+    assert written.startswith("# Sweep r-1, trial t002: prune.keep_macs=0.4")
+    assert yaml.safe_load(written)["prune"] == {"keep_macs": 0.4} and yaml.safe_load(written)["name"] == "r-t002"
+    page = (tmp_path / "sweep.html").read_text()
+    assert "onnxruntime/int8: build failed" in page and "t002: 0.8900" in page
+
+
+def test_dominance_needs_one_strict_gain() -> None:
+    a, b = _point("x/int8", 0.9, 1.0, 1.0, "a"), _point("x/int8", 0.9, 1.0, 1.0, "b")
+    assert not dominates(a, b) and not dominates(b, a)
+    assert dominates(_point("x/int8", 0.9, 0.9, 1.0, "c"), b)
+    assert not dominates(_point("x/int8", 0.9, 0.9, 2.0, "c"), b) and dominates(_point("x/int8", 0.9, 0.9, 2.0, "c"), b, size=False)
+
+
+@pytest.mark.skipif(chromium() is None, reason="no Chromium (Debian chromium): the page check needs it")
+def test_the_page_renders_in_chromium(tmp_path: Path) -> None:
+    test_fronts_reuse_and_the_recipes_point(tmp_path)
+    result = check_page(tmp_path / "sweep.html", tmp_path / "sweep.png")
+    assert result.ok, result.problems()
+    assert tuple(result.sections) == SECTIONS and result.plots == 1
