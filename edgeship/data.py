@@ -82,6 +82,17 @@ class Dataset:
         return self.eval.labels is not None
 
 
+def scored_on_validation(dataset: Dataset) -> Dataset:
+    """The dataset with its validation split in the evaluation split's place (``validate.split: validation``): what a
+    search scores on, so the evaluation split is never what settings are chosen by. Its fingerprint is its own, so
+    validation-split results are never taken for evaluation-split ones."""
+    if not len(dataset.val):
+        raise DataError(f"validate.split: validation: {dataset.name} has no validation split here (unlabelled photos have none; "
+                        "labelled data holds data.val_size out of training)")
+    fingerprint = hashlib.sha256(f"{dataset.fingerprint}:scored-on-validation".encode()).hexdigest()
+    return dataclasses.replace(dataset, eval=dataset.val, fingerprint=fingerprint)
+
+
 def preprocess(images: np.ndarray, p: Preprocessing) -> np.ndarray:
     """uint8 images (N, H, W[, C]) to float32 NCHW model inputs, with standard strides (``edgeship_deploy.preprocess``:
     one definition for qualification here and for a release on a device)."""

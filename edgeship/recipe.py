@@ -319,6 +319,9 @@ class ValidateConfig(Section):
     cpus: list[Annotated[int, Field(ge=0)]] | None = Field(
         default=None, description="CPU affinity of each engine's measuring process; None: the first `threads` usable CPUs")
     eval_batch_size: PositiveInt = 250
+    split: Literal["evaluation", "validation"] = Field(
+        default="evaluation", description="the split engines are scored on: validation for choosing settings (a sweep's "
+                                          "trials), so that the evaluation split's figures stay honest")
 
     def affinity(self, threads: int) -> tuple[int, ...] | None:
         """The CPUs each engine is pinned to, or ``None`` where the OS has no affinity call."""

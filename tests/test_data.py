@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import gzip
 from pathlib import Path
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgeship.data import calibration_set, load_dataset, load_samples, preprocess, read_idx
+from edgeship.data import EMPTY, calibration_set, load_dataset, load_samples, preprocess, read_idx, scored_on_validation
 from edgeship.errors import DataError
 from edgeship.recipe import CalibrationConfig, DataConfig, Preprocessing
 
@@ -207,3 +208,12 @@ def test_image_folder_of_mixed_sizes_needs_resize(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"images differ in size .*set data.preprocessing.resize"):
         load_dataset(folder_config(root), CalibrationConfig(size=1), seed=0)
     assert load_dataset(folder_config(root, resize=(6, 6)), CalibrationConfig(size=1), seed=0).train.images.shape[1:] == (6, 6, 3)
+
+
+def test_scoring_on_validation_swaps_the_split_and_keys_it_apart() -> None:
+    dataset = load_dataset(DataConfig(dataset="digits", val_size=100), CalibrationConfig(size=50), seed=0)
+    scored = scored_on_validation(dataset)
+    assert scored.eval is dataset.val and scored.val is dataset.val and scored.train is dataset.train
+    assert scored.fingerprint != dataset.fingerprint  # a validation-split result is never reused as an evaluation-split one
+    with pytest.raises(DataError, match="validate.split: validation: .* has no validation split"):
+        scored_on_validation(dataclasses.replace(dataset, val=EMPTY))

@@ -295,17 +295,18 @@ def accuracy_basis(dataset: Mapping[str, Any] | None, task: str = "classificatio
     PyTorch model, which the report must never call accuracy, or for a generic model output fidelity against the FP32
     reference. ``key`` is the engine-row field that ranks and plots."""
     dataset = dataset or {}
+    split = dataset.get("scored_on", "evaluation")  # validation: validate.split chose held-out data (a sweep's trial)
     if task == "generic":
         return {"basis": "fidelity", "key": "min_cosine", "title": "output cosine",
                 "text": f"each output of each engine against the FP32 reference's on {dataset.get('eval')} "
-                        f"evaluation samples of {dataset.get('name')} (cosine, SQNR, relative L2, max abs error; a row shows its worst "
+                        f"{split} samples of {dataset.get('name')} (cosine, SQNR, relative L2, max abs error; a row shows its worst "
                         "output)"}
     if dataset.get("labelled", True):
         return {"basis": "labels", "key": "top1", "title": "top-1", "text": f"top-1 accuracy on the labelled {dataset.get('name', '')} "
-                "evaluation split".replace("  ", " ")}
+                f"{split} split".replace("  ", " ")}
     return {"basis": "agreement", "key": "top1_agreement", "title": "top-1 agreement",
             "text": f"no labels ({dataset.get('name')}): accuracy is top-1 / top-5 agreement with the FP32 PyTorch model on "
-                    f"{dataset.get('eval')} evaluation images, not accuracy against ground truth"}
+                    f"{dataset.get('eval')} {split} images, not accuracy against ground truth"}
 
 
 def _add_drop_vs_backend_fp32(engines: list[EngineRow]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -14,7 +15,7 @@ from rich.console import Console
 
 from edgeship.artifacts import ArtifactStore, Manifest
 from edgeship.backends import REGISTRY
-from edgeship.data import calibration_set, load_dataset, search_set
+from edgeship.data import calibration_set, load_dataset, scored_on_validation, search_set
 from edgeship.device import describe_device, source_revision, tool_versions
 from edgeship.errors import RecipeError
 from edgeship.pipeline.base import Alone, RunContext
@@ -94,6 +95,9 @@ def run(recipe: Recipe, *, force: Iterable[str] = (), console: Console | None = 
         search = search_set(dataset, recipe.data.preprocessing) if searching else None
         built = BuildStage(calibration, search).run({"onnx": onnx}, recipe.backends, ctx)
         ctx.save_manifest()
+        if recipe.validate_.split == "validation":  # scored on held-out data: a search's trials never see the evaluation split
+            ctx = dataclasses.replace(ctx, dataset=scored_on_validation(dataset))
+            manifest.dataset = {**dataset_record(ctx.dataset), "scored_on": "validation"}
         results = ValidateStage().run({"model": model, "onnx": onnx, **built}, recipe.validate_, ctx)
         ctx.save_manifest()
         DivergenceStage().run({"onnx": onnx, **built}, recipe.divergence, ctx)  # after timing: it loads every engine again

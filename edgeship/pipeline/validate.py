@@ -51,7 +51,8 @@ class ValidateStage:
     def run(self, inputs: Mapping[str, Artifact], cfg: ValidateConfig, ctx: RunContext) -> dict[str, Artifact]:
         threads = ctx.recipe.threads()
         cpus = cfg.affinity(threads)
-        config = {**cfg.model_dump(mode="json"), "threads": threads, "cpus": list(cpus) if cpus else None}
+        # the split is in the key through the data's fingerprint (scored_on_validation gives the validation split its own)
+        config = {**cfg.model_dump(mode="json", exclude={"split"}), "threads": threads, "cpus": list(cpus) if cpus else None}
         device = {k: ctx.manifest.device.get(k) for k in DEVICE_FACTS}
         key = {"eval": ctx.dataset.fingerprint, "device": device, "harness": HARNESS_VERSION}
         model = inputs["model"]

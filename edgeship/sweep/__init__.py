@@ -10,7 +10,7 @@ from rich.console import Console
 
 from edgeship.sweep.driver import load_config, new_sweep, run_sweep
 from edgeship.sweep.node import default_path
-from edgeship.sweep.report import SweepReport, build_report, write_outputs
+from edgeship.sweep.report import SweepReport, build_report, chosen, write_outputs
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,9 @@ def sweep(recipe: Path | None, space: Path | None, *, trials: int = 16, address:
         folder, config = new_sweep(recipe, space, trials=trials, out=out, cpus_per_trial=cpus_per_trial)
     console.print(f"[bold]edgeship[/bold] sweep [cyan]{config.id}[/cyan] → {folder}: {config.trials} trials of "
                   f"{config.recipe_path.name}, objective {config.target}{' (resumed)' if resume else ''}")
-    records = run_sweep(folder, config, address=address, resume=resume is not None, console=console)
-    report = build_report(folder, config, records, lock=str(default_path()))
+    records, confirmed = run_sweep(folder, config, address=address, resume=resume is not None, console=console,
+                                   choose=lambda found: chosen(config, found))
+    report = build_report(folder, config, records, confirmed, lock=str(default_path()))
     write_outputs(folder, report)
     console.print(f"sweep: {folder / 'sweep.html'}")
     return SweepResult(folder, report)

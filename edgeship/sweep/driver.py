@@ -14,7 +14,7 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,9 +83,11 @@ def save_config(folder: Path, config: SweepConfig) -> None:
     tmp.replace(folder / CONFIG_FILE)
 
 
-def run_sweep(folder: Path, config: SweepConfig, *, address: str | None, resume: bool, console: Console) -> list[TrialRecord]:
-    """Start (or join) Ray, run the sweep's trials to its count (``resume``: restore Tune's experiment first), and return
-    every trial's record, finished or failed."""
+def run_sweep(folder: Path, config: SweepConfig, *, address: str | None, resume: bool, console: Console,
+              choose: Callable[[list[TrialRecord]], list[TrialRecord]]) -> tuple[list[TrialRecord], list[TrialRecord]]:
+    """Start (or join) Ray, run the sweep's trials to its count (``resume``: restore Tune's experiment first), confirm
+    the trials ``choose`` picks from them on the evaluation split, and return every trial's record (finished or failed)
+    and the confirmations."""
     try:
         from edgeship.sweep import tuning  # Ray and Optuna load only for a sweep
     except ImportError as exc:
@@ -99,30 +101,35 @@ def run_sweep(folder: Path, config: SweepConfig, *, address: str | None, resume:
     try:
         tuning.check_nodes(folder, config.store)
         grid = tuning.tuner(folder, config, resume=resume).fit()
+        for result in grid:
+            text = (result.metrics or {}).get("record")
+            if text and not (folder / "trials" / f"{TrialRecord.model_validate_json(text).name}.json").exists():
+                save_record(folder, TrialRecord.model_validate_json(text))
+        records = collect(folder, [result.path for result in grid if result.error is not None],
+                          [str(result.error) for result in grid if result.error is not None])
+        chosen = choose(records)
+        console.print(f"confirming the {len(chosen)} chosen trial(s) on the evaluation split: {', '.join(r.name for r in chosen)}")
+        confirmed = tuning.confirm(folder, config, chosen)
     finally:
         session["seconds"] = round(time.time() - started, 1)
         save_config(folder, config)
         tuning.stop_ray()
-    for result in grid:
-        text = (result.metrics or {}).get("record")
-        if text and not (folder / "trials" / f"{TrialRecord.model_validate_json(text).name}.json").exists():
-            save_record(folder, TrialRecord.model_validate_json(text))
-    return collect(folder, [result.path for result in grid if result.error is not None],
-                   [str(result.error) for result in grid if result.error is not None])
+    return records, confirmed
 
 
-def save_record(folder: Path, record: TrialRecord) -> None:
-    trials = folder / "trials"
+def save_record(folder: Path, record: TrialRecord, *, kind: str = "trials") -> None:
+    trials = folder / kind
     trials.mkdir(exist_ok=True)
     tmp = trials / f".{record.name}.json.tmp"
     tmp.write_text(record.model_dump_json(indent=2), encoding="utf-8")
     tmp.replace(trials / f"{record.name}.json")
 
 
-def finished_record(folder: Path, request: TrialRequest) -> TrialRecord | None:
-    """The trial's record when it already finished with these values: a resumed sweep whose driver was killed between
-    a trial's end and Tune's next save of its state restarts that trial, which then hands back what it found."""
-    path = folder / "trials" / f"{request.name}.json"
+def finished_record(folder: Path, request: TrialRequest, *, kind: str) -> TrialRecord | None:
+    """The trial's record (``kind``: trials, or confirmed on the evaluation split) when it already finished with these
+    values: a resumed sweep whose driver was killed between a trial's end and Tune's next save of its state restarts
+    that trial, which then hands back what it found."""
+    path = folder / kind / f"{request.name}.json"
     if not path.is_file():
         return None
     record = TrialRecord.model_validate_json(path.read_text(encoding="utf-8"))

@@ -20,7 +20,7 @@ from edgeship.sweep.space import SweepSpace, recipe_point
 from edgeship.sweep.trial import EnginePoint, TrialRecord
 
 SWEEP_SCHEMA_VERSION = 1
-SECTIONS = ("summary", "fronts", "versus", "trials")
+SECTIONS = ("summary", "fronts", "confirmed", "versus", "trials")
 TIMING = ("Each engine was timed holding the machine's timing lock ({lock}) exclusively: no other trial on the same machine "
           "trained, built or converted while it was timed (the others paused at their next wait or finished their step first), "
           "and trials on other machines do not share its CPUs. Ray's own processes (raylet, GCS, the driver) were not paused.")
@@ -49,6 +49,9 @@ class Versus(BaseModel):
 
 
 class SweepReport(BaseModel):
+    """Trials are scored on the validation split, which chooses the fronts; the chosen trials and the recipe's own are
+    scored again on the evaluation split (``confirmed``), the figures to quote."""
+
     model_config = ConfigDict(extra="forbid")
     schema_version: int = SWEEP_SCHEMA_VERSION
     id: str
@@ -62,27 +65,48 @@ class SweepReport(BaseModel):
     sessions: list[dict[str, Any]]
     reuse: dict[str, Any]
     timing: str
-    fronts: dict[str, list[FrontPoint]]  # per backend: the Pareto-optimal engines (accuracy up, p50 down, size down)
+    fronts: dict[str, list[FrontPoint]]  # per backend: the Pareto-optimal engines (accuracy up, p50 down, size down), on validation
     recipe_trial: str | None
-    versus_recipe: list[Versus]
+    versus_recipe: list[Versus]  # on the validation split, as the sweep chose
+    confirmed: list[TrialRecord]  # the chosen trials and the recipe's, scored on the evaluation split
+    versus_recipe_confirmed: list[Versus]  # the same comparison among the confirmed trials, on the evaluation split
     pareto_recipes: dict[str, str]  # trial -> its YAML file, relative to the sweep folder
 
 
-def build_report(folder: Path, config: SweepConfig, records: Sequence[TrialRecord], *, lock: str) -> SweepReport:
+def build_report(folder: Path, config: SweepConfig, records: Sequence[TrialRecord], confirmed: Sequence[TrialRecord], *,
+                 lock: str) -> SweepReport:
     ok = [r for r in records if r.status == "ok"]
     key = next((r.accuracy_key for r in ok if r.accuracy_key), None)
     shared = sharing(ok)
     fronts = {backend: [_front_point(r, p, shared) for r, p in pareto(points)] for backend, points in by_backend(ok).items()}
-    space = SweepSpace.model_validate(config.space)
-    base_values = recipe_point(space, recipe_from_document(config.base, config.recipe_path))
-    recipe_trial = next((r for r in ok if base_values is not None and r.values == base_values), None)
-    versus = _versus(recipe_trial, ok) if recipe_trial else []
+    recipe_trial = _recipe_trial(config, ok)
+    confirmed_ok = [r for r in confirmed if r.status == "ok"]
+    confirmed_recipe = next((r for r in confirmed_ok if recipe_trial and r.name == recipe_trial.name), None)
     optimal = sorted({trial for points in fronts.values() for trial in (p.trial for p in points)})
     return SweepReport(id=config.id, recipe=str(config.recipe_path), space=config.space, objective=config.target, accuracy_key=key,
                        trials_requested=config.trials, trials=list(records), wall_seconds=round(elapsed(folder, config), 1),
                        sessions=config.sessions, reuse=reuse(records), timing=TIMING.format(lock=lock), fronts=fronts,
-                       recipe_trial=recipe_trial.name if recipe_trial else None, versus_recipe=versus,
+                       recipe_trial=recipe_trial.name if recipe_trial else None,
+                       versus_recipe=_versus(recipe_trial, ok) if recipe_trial else [], confirmed=list(confirmed),
+                       versus_recipe_confirmed=_versus(confirmed_recipe, confirmed_ok) if confirmed_recipe else [],
                        pareto_recipes={t: f"pareto/{t}.yaml" for t in optimal})
+
+
+def chosen(config: SweepConfig, records: Sequence[TrialRecord]) -> list[TrialRecord]:
+    """The trials to confirm on the evaluation split: every Pareto-optimal one of any backend, and the recipe's own."""
+    ok = [r for r in records if r.status == "ok"]
+    names = {r.name for points in by_backend(ok).values() for r, _ in pareto(points)}
+    recipe_trial = _recipe_trial(config, ok)
+    if recipe_trial is not None:
+        names.add(recipe_trial.name)
+    return [r for r in ok if r.name in names]
+
+
+def _recipe_trial(config: SweepConfig, records: Sequence[TrialRecord]) -> TrialRecord | None:
+    """The first finished trial that ran the recipe's own values, when the space holds them."""
+    space = SweepSpace.model_validate(config.space)
+    values = recipe_point(space, recipe_from_document(config.base, config.recipe_path))
+    return next((r for r in records if values is not None and r.values == values), None)
 
 
 def by_backend(records: Sequence[TrialRecord]) -> dict[str, list[tuple[TrialRecord, EnginePoint]]]:
@@ -219,7 +243,7 @@ def render_html(folder: Path, report: SweepReport) -> str:
     head = (f"<h1>{escape(title)}</h1><p class=muted>recipe {escape(report.recipe)} · objective {escape(report.objective)} · "
             f"{len(report.trials)} of {report.trials_requested} trials recorded, {len(ok)} ok · wall {report.wall_seconds:.0f} s "
             f"over {len(report.sessions)} session(s)</p>")
-    sections = [_summary(report), _fronts(report), _versus_section(report), _trials(folder, report)]
+    sections = [_summary(report), _fronts(report), _confirmed(report), _versus_section(report), _trials(folder, report)]
     return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><meta name=viewport content='width=device-width,initial-scale=1'>"
             f"<title>{escape(title)}</title><style>{CSS}</style></head><body>\n{head}\n" + "\n".join(sections) + "\n</body></html>\n")
 
@@ -265,20 +289,46 @@ def _fronts(report: SweepReport) -> str:
     return _section("fronts", "Pareto fronts", "\n".join(figures) + f"<p>Recipes of the Pareto-optimal trials: {links}</p>")
 
 
+def _confirmed(report: SweepReport) -> str:
+    """Validation figures (what chose) beside evaluation figures (what to quote) for each chosen engine."""
+    scored = {(r.name, p.engine): p for r in report.confirmed if r.status == "ok" for p in r.engines}
+    trials = {r.name: r for r in report.confirmed}
+    rows = []
+    for backend, points in report.fronts.items():
+        for p in points:
+            evaluation = scored.get((p.trial, p.engine))
+            failed = trials.get(p.trial)
+            rows.append([escape(backend), escape(p.trial), escape(p.engine), f"{p.accuracy:.4f} · {p.p50_ms:.3f} ms",
+                         f"{evaluation.accuracy:.4f} · {evaluation.p50_ms:.3f} ms" if evaluation and evaluation.measured
+                         else escape(failed.reason if failed else "not confirmed")])
+    return _section("confirmed", "Confirmed on the evaluation split",
+                    "<p>Trials are scored on the validation split, which chose the fronts above; the chosen trials and the recipe's "
+                    "own ran again with their engines scored on the evaluation split (everything else reused). Quote these.</p>"
+                    + _table(["backend", "trial", "engine", "validation: accuracy · p50", "evaluation: accuracy · p50"], rows))
+
+
 def _versus_section(report: SweepReport) -> str:
     if report.recipe_trial is None:
         return _section("versus", "Against the recipe", "<p>The recipe's own values are not in the space (or its trial failed): "
                                                         "no trial ran it as it is.</p>")
     rows = []
-    for v in report.versus_recipe:
-        best = v.dominated_by[:3]
-        rows.append([escape(v.engine), f"{v.recipe.accuracy:.4f} · {v.recipe.p50_ms:.3f} ms",
-                     "; ".join(f"{escape(p.trial)}: {p.accuracy:.4f} · {p.p50_ms:.3f} ms ({escape(p.engine)})" for p in best)
-                     or "none: no trial's engine of this backend is both as accurate and as fast"])
+    for split, versus in (("evaluation", report.versus_recipe_confirmed), ("validation", report.versus_recipe)):
+        rows += _versus_rows(split, versus)
     return _section("versus", "Against the recipe",
                     f"<p>Trial {escape(report.recipe_trial)} ran the recipe's own values. Engines of the same backend that beat "
-                    "it (at least as accurate and as fast, better in one; medians on this machine):</p>"
-                    + _table(["recipe's engine", "its accuracy · p50", "beaten by"], rows))
+                    "it (at least as accurate and as fast, better in one; medians on this machine), among the confirmed trials on the "
+                    "evaluation split and among all trials on the validation split:</p>"
+                    + _table(["split", "recipe's engine", "its accuracy · p50", "beaten by"], rows))
+
+
+def _versus_rows(split: str, versus: Sequence[Versus]) -> list[list[str]]:
+    rows = []
+    for v in versus:
+        best = v.dominated_by[:3]
+        rows.append([split, escape(v.engine), f"{v.recipe.accuracy:.4f} · {v.recipe.p50_ms:.3f} ms",
+                     "; ".join(f"{escape(p.trial)}: {p.accuracy:.4f} · {p.p50_ms:.3f} ms ({escape(p.engine)})" for p in best)
+                     or "none: no trial's engine of this backend is both as accurate and as fast"])
+    return rows
 
 
 def _trials(folder: Path, report: SweepReport) -> str:
@@ -294,8 +344,9 @@ def _trials(folder: Path, report: SweepReport) -> str:
         rows.append([escape(t.name), escape(", ".join(f"{k}={_short(v)}" for k, v in t.values.items())),
                      f"<span class={t.status}>{t.status}</span>", figures, f"{t.seconds:.0f}", escape(t.host),
                      str(t.attempt), link])
-    return _section("trials", "Every trial", _table(["trial", "values", "status", f"{report.objective}: accuracy · p50 · size",
-                                                     "s", "host", "lost attempts", "run report"], rows))
+    headers = ["trial", "values", "status", f"{report.objective} on validation: accuracy · p50 · size", "s", "host", "lost attempts",
+               "run report"]
+    return _section("trials", "Every trial", _table(headers, rows))
 
 
 def _short(value: Any) -> str:

@@ -28,6 +28,9 @@ from edgeship.errors import RecipeError
 from edgeship.recipe import Recipe, recipe_from_document
 
 Value = bool | int | float | str | None
+RESERVED = {"validate.split": "trials are scored on the validation split and the chosen ones confirmed on the evaluation split",
+            "store": "every trial shares the recipe's store", "reports": "trial runs go into the sweep's folder",
+            "name": "trials are named after the recipe"}
 
 
 class Range(BaseModel):
@@ -134,6 +137,8 @@ def load_space(path: Path, base: Mapping[str, Any], recipe_path: Path) -> SweepS
         key = ".".join(str(p) for p in first["loc"] if p not in ("Range", "Choices") and "[" not in str(p))
         raise RecipeError(f"{path}: '{key}': {first['msg'].removeprefix('Value error, ')}") from None
     for key, dimension in space.parameters.items():
+        if key in RESERVED:
+            raise RecipeError(f"{path}: '{key}': not a sweep parameter: {RESERVED[key]}")
         for value in dimension.corners():
             try:
                 recipe_from_document(with_values(base, {key: value}), recipe_path)

@@ -33,6 +33,7 @@ class TrialRequest(BaseModel):
     store: Path  # absolute: Ray's workers do not start in the driver's folder
     reports: Path
     target: str  # the objective's engine
+    split: Literal["validation", "evaluation"] = "validation"  # trials choose on validation; the chosen are confirmed on evaluation
     compute_threads: int
     node_lock: Path | None = None  # None: the machine's default
 
@@ -72,6 +73,7 @@ class TrialRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     values: dict[str, Value]
+    split: Literal["validation", "evaluation"] = "validation"  # what its accuracy figures were scored on
     status: Literal["ok", "failed"]
     reason: str = ""
     run_dir: str | None = None
@@ -93,9 +95,11 @@ def run_trial(request: TrialRequest, *, attempt: int = 0, host: str = "") -> Tri
 
     started = time.perf_counter()
     document = with_values(request.base, request.values)
-    record = TrialRecord(name=request.name, values=request.values, status="failed", host=host, attempt=attempt, recipe=document)
-    run_document = {**document, "name": f"{document.get('name', 'recipe')}-{request.name}", "store": str(request.store),
-                    "reports": str(request.reports)}
+    record = TrialRecord(name=request.name, values=request.values, split=request.split, status="failed", host=host, attempt=attempt,
+                         recipe=document)
+    suffix = "" if request.split == "validation" else f"-{request.split}"
+    run_document = with_values(document, {"name": f"{document.get('name', 'recipe')}-{request.name}{suffix}", "store": str(request.store),
+                                          "reports": str(request.reports), "validate.split": request.split})
     log = io.StringIO()
     lock = NodeLock(request.node_lock)
     try:

@@ -124,11 +124,40 @@ def tuner(folder: Path, config: SweepConfig, *, resume: bool) -> tune.Tuner:
                                                 failure_config=tune.FailureConfig(max_failures=MAX_FAILURES)))
 
 
+def confirm(folder: Path, config: SweepConfig, chosen: list[TrialRecord]) -> list[TrialRecord]:
+    """The chosen trials run again with their engines scored on the evaluation split (everything else reused from the
+    store), as Ray tasks like the trials: their figures on data no choice was made on. Confirmations already on record
+    (a resumed sweep) are kept."""
+    requests, found = [], []
+    for record in chosen:
+        request = TrialRequest(name=record.name, values=record.values, base=config.base, recipe_path=config.recipe_path,
+                               store=config.store, reports=folder / "runs", target=config.target, split="evaluation",
+                               compute_threads=max(1, int(config.cpus_per_trial)), node_lock=default_path())
+        done = finished_record(folder, request, kind="confirmed")
+        (found.append(done) if done is not None else requests.append(request))
+    task = _confirm_task.options(num_cpus=config.cpus_per_trial, max_retries=MAX_FAILURES)
+    made = [TrialRecord.model_validate_json(text) for text in ray.get([task.remote(r) for r in requests])]
+    for record in made:
+        save_record(folder, record, kind="confirmed")
+        objective = record.objective
+        figures = (f"{objective.engine} {objective.accuracy:.4f}, p50 {objective.p50_ms:.3f} ms" if record.status == "ok" and objective
+                   and objective.measured else f"failed: {record.reason}")
+        Console(highlight=False, soft_wrap=True).print(f"{'[green]✓' if record.status == 'ok' else '[red]✗'}[/] {record.name} on the "
+                                                       f"evaluation split: {figures}")
+    return sorted([*found, *made], key=lambda r: r.name)
+
+
+@ray.remote
+def _confirm_task(request: TrialRequest) -> str:
+    return run_trial(request, host=socket.gethostname()).model_dump_json()
+
+
 def trial_function(values: dict[str, Any], template: TrialRequest, keys: list[str]) -> None:
     """Ray Tune's function: one trial, run where Tune placed it; its figures go to Optuna, its record to the driver."""
     name = trial_name(tune.get_context().get_trial_dir())
     request = template.model_copy(update={"name": name, "values": {keys[int(p[1:])]: v for p, v in values.items()}})
-    record = finished_record(template.reports.parent, request)  # a driver killed after the trial ended, before Tune saved that
+    # a driver killed after the trial ended, before Tune saved that: the record on file is the trial's result
+    record = finished_record(template.reports.parent, request, kind="trials")
     if record is None:
         record = run_trial(request, host=socket.gethostname())
     objective = record.objective if record.status == "ok" else None

@@ -12,7 +12,7 @@ import yaml
 
 from edgeship.render.browser import check_page, chromium
 from edgeship.sweep.driver import SweepConfig, save_record
-from edgeship.sweep.report import SECTIONS, build_report, dominates, write_outputs
+from edgeship.sweep.report import SECTIONS, build_report, chosen, dominates, write_outputs
 from edgeship.sweep.trial import EnginePoint, TrialRecord, Work
 
 BASE = {"name": "r", "prune": {"keep_macs": 0.25}, "backends": {"openvino": {"enabled": False}, "tflite": {"enabled": False},
@@ -49,13 +49,18 @@ def test_fronts_reuse_and_the_recipes_point(tmp_path: Path) -> None:
                TrialRecord(name="t005", values={"prune.keep_macs": 0.5}, status="failed", reason="onnxruntime/int8: build failed")]
     for record in records:
         save_record(tmp_path, record)
-    report = build_report(tmp_path, config, records, lock="/tmp/x.lock")
+    assert [r.name for r in chosen(config, records)] == ["t001", "t002", "t003"]  # the fronts' trials and the recipe's own
+    # on the evaluation split the recipe's INT8 is beaten by nothing: t002's gain was the validation split's
+    confirmed = [_record("t001", 0.25, (0.880, 0.50, 1.0), built=False).model_copy(update={"split": "evaluation"}),
+                 _record("t002", 0.40, (0.875, 0.45, 1.0), built=False).model_copy(update={"split": "evaluation"})]
+    report = build_report(tmp_path, config, records, confirmed, lock="/tmp/x.lock")
     front = [(p.trial, p.engine) for p in report.fronts["onnxruntime"]]
     assert front == [("t003", "onnxruntime/int8"), ("t002", "onnxruntime/int8"), ("t001", "onnxruntime/fp32")]
     assert report.fronts["onnxruntime"][2].same_in == ["t002", "t003", "t004"]  # one FP32 engine, shared, shown once
     assert report.recipe_trial == "t001"
     int8 = next(v for v in report.versus_recipe if v.engine == "onnxruntime/int8")
     assert [p.trial for p in int8.dominated_by] == ["t002"]
+    assert [v.dominated_by for v in report.versus_recipe_confirmed if v.engine == "onnxruntime/int8"] == [[]]
     assert report.reuse["models_trained"] == 1 and report.reuse["stages"]["model"]["seconds_saved"] == 90.0
     write_outputs(tmp_path, report)
     document = json.loads((tmp_path / "sweep.json").read_text())
@@ -64,7 +69,7 @@ def test_fronts_reuse_and_the_recipes_point(tmp_path: Path) -> None:
     assert written.startswith("# Sweep r-1, trial t002: prune.keep_macs=0.4")
     assert yaml.safe_load(written)["prune"] == {"keep_macs": 0.4} and yaml.safe_load(written)["name"] == "r-t002"
     page = (tmp_path / "sweep.html").read_text()
-    assert "onnxruntime/int8: build failed" in page and "t002: 0.8900" in page
+    assert "onnxruntime/int8: build failed" in page and "t002: 0.8900" in page and "0.8750 · 0.450 ms" in page
 
 
 def test_dominance_needs_one_strict_gain() -> None:

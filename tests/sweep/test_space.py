@@ -52,6 +52,7 @@ def test_shorthand_ranges_choices_and_the_default_objective(tmp_path: Path) -> N
      "objective.engine: 'openvino/int8' is not an engine the recipe builds"),
     ({"parameters": {"seed": [0, 3]}, "budget": 3}, "'budget': Extra inputs are not permitted"),
     ("- a list", "a space is a mapping"),
+    ({"parameters": {"validate.split": ["evaluation", "validation"]}}, "'validate.split': not a sweep parameter: trials are scored on"),
 ])
 def test_a_bad_space_is_one_line_naming_the_key(tmp_path: Path, space: object, message: str) -> None:
     recipe, path, base = _files(tmp_path, space)
@@ -66,3 +67,31 @@ def test_values_set_dotted_keys_on_a_copy() -> None:
     changed = with_values(base, {"prune.keep_macs": 0.5, "backends.onnxruntime.calibration_method": "entropy"})
     assert changed == {"prune": {"keep_macs": 0.5}, "backends": {"onnxruntime": {"calibration_method": "entropy"}}}
     assert base == {"prune": {"keep_macs": 0.25}, "backends": None}
+
+
+def test_every_bundled_space_fits_its_recipe() -> None:
+    root = Path(__file__).resolve().parents[2] / "recipes"
+    spaces = sorted((root / "spaces").glob("*.yaml"))
+    assert spaces
+    for path in spaces:
+        recipe = root / path.name  # spaces/default.yaml sweeps recipes/default.yaml
+        assert load_space(path, read_recipe_document(recipe), recipe).parameters
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["sweep", "RECIPE"], "give a RECIPE and --space SPACE.yaml, or --resume SWEEP_DIR"),
+    (["sweep", "RECIPE", "--space", "SPACE", "--resume", "DIR"], "continues with the recipe and space it started with"),
+    (["sweep", "RECIPE", "--space", "SPACE", "--trials", "0"], "--trials: at least 1"),
+    (["sweep", "--resume", "DIR"], "not a sweep folder (no sweep-config.json)"),
+    (["sweep", "RECIPE", "--space", "SPACE"], "'prune.importance': 'l2' does not make a valid recipe"),
+])
+def test_the_command_refuses_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
+    from edgeship.cli import main
+
+    recipe, space, _ = _files(tmp_path, {"parameters": {"prune.importance": ["l1", "l2"]}})
+    (tmp_path / "DIR").mkdir()
+    args = [{"RECIPE": str(recipe), "SPACE": str(space), "DIR": str(tmp_path / "DIR")}.get(a, a) for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "sweeps").exists() or not any((tmp_path / "sweeps").iterdir())
