@@ -19,7 +19,7 @@ run: setup data
 	$(VENV)/bin/edgeship run recipes/default.yaml
 
 test: setup data chromium mender
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 report-check: setup chromium
 	@latest=$$(ls -td reports/*/ 2>/dev/null | head -1); \
