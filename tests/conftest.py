@@ -35,6 +35,7 @@ def tiny_recipe(tmp: Path, **overrides: object) -> Recipe:
                      "throughput_seconds": 0.02},
         "prune": {"enabled": False},  # tests that prune or distill say so
         "distill": {"enabled": False},
+        "divergence": {"enabled": False},  # tests that compare tensors say so (it loads every engine again)
         # tests that build them say so
         "backends": {"openvino": {"enabled": False}, "tflite": {"enabled": False}, "tensorrt": {"enabled": False}},
     }

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rich.console import Console
 from rich.markup import escape
@@ -31,10 +31,18 @@ class Made:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+class Occupancy(Protocol):
+    """How a run shares its machine: ``timing`` is held while it times (no other work of its kind runs then),
+    ``waiting`` while it is blocked on another process's artifact (it gives the machine back). A sweep's trial passes
+    its node's lock (``edgeship.sweep.node.NodeLock``); the pipeline knows only these two."""
+
+    def timing(self) -> contextlib.AbstractContextManager[object]: ...
+
+    def waiting(self) -> contextlib.AbstractContextManager[object]: ...
+
+
 class Alone:
-    """How a run shares its machine: it does not. A sweep's trial passes its node's lock instead (``edgeship.sweep``),
-    whose ``timing`` keeps every other trial's work off the machine while an engine is timed and whose ``waiting``
-    gives the machine back while this run is blocked on another process's artifact. The pipeline knows only these two."""
+    """A run with the machine to itself: both hooks do nothing."""
 
     def timing(self) -> contextlib.AbstractContextManager[object]:
         return contextlib.nullcontext()
@@ -54,7 +62,7 @@ class RunContext:
     console: Console
     dataset: Dataset
     force: frozenset[str] = frozenset()
-    occupancy: Alone = field(default_factory=Alone)
+    occupancy: Occupancy = field(default_factory=Alone)
 
     @property
     def manifest_path(self) -> Path:

@@ -18,7 +18,7 @@ from edgeship.backends import REGISTRY
 from edgeship.data import calibration_set, load_dataset, scored_on_validation, search_set
 from edgeship.device import describe_device, source_revision, tool_versions
 from edgeship.errors import RecipeError
-from edgeship.pipeline.base import Alone, RunContext
+from edgeship.pipeline.base import Alone, Occupancy, RunContext
 from edgeship.pipeline.build import BuildStage, requested
 from edgeship.pipeline.distill import DistillStage
 from edgeship.pipeline.divergence import DivergenceStage
@@ -51,7 +51,7 @@ class RunResult:
 
 
 def run(recipe: Recipe, *, force: Iterable[str] = (), console: Console | None = None, recipe_path: Path | None = None,
-        occupancy: Alone | None = None, compute_threads: int | None = None) -> RunResult:
+        occupancy: Occupancy | None = None, compute_threads: int | None = None) -> RunResult:
     """Run ``recipe`` end to end and return where its report is. ``occupancy`` and ``compute_threads`` are for a run
     sharing its machine (a sweep's trial): how it times alone, and the threads its training uses (timing keeps the
     recipe's)."""

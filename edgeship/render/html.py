@@ -312,11 +312,12 @@ def _divergence(report: Report) -> str:
     where the SQNR falls most."""
     title = "Where the numbers diverge"
     rows = [r for r in report.engines if r.divergence is not None]
-    if not rows:
+    searches = {r.name: r.float_search for r in report.engines if r.float_search}
+    if not rows and not searches:
         return _section("divergence", title, "<p>No FP16 or INT8 engine was compared layer by layer.</p>")
     series = {r.name + (" (predicted)" if r.divergence.note.startswith("a prediction") else ""):
               [t.model_dump() for t in r.divergence.rows] for r in rows if r.divergence.available and r.divergence.rows}
-    parts = []
+    parts = [] if rows else ["<p>No FP16 or INT8 engine was compared layer by layer.</p>"]
     if series:
         parts.append(_figure(lambda: plots.divergence_figure(series), "Accumulated SQNR of each tensor against the FP32 ONNX, "
                              "in graph order: a steep fall marks the layer the error comes from."))
@@ -344,8 +345,7 @@ def _divergence(report: Report) -> str:
         parts.append(f"<h3>{escape(row.name)}</h3><p class=muted>{escape(d.method)}; {d.samples} {escape(d.split)} samples; "
                      f"{len(d.rows)} tensors compared, {len(d.unmapped)} not in the engine.{_sentences(d.note, alone)}</p>"
                      f"<div class=pair><div><p>Furthest from FP32:</p>{worst}</div><div><p>{label}</p>{sources}</div></div>")
-    searches = {r.name: r.float_search for r in report.engines if r.float_search}
-    if searches:
+    if searches:  # a build-time choice: shown whether or not the divergence stage ran
         lines = "".join(f"<li>{escape(line)}</li>" for row in report.engines if row.float_search
                         for line in [float_layers_line(row)] if line)
         parts.append("<h3>Float layers chosen against a target (keep_float: auto)</h3>"

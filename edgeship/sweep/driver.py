@@ -1,12 +1,5 @@
-"""``edgeship sweep``'s folder: its config (for ``--resume``), the trials' records, and the run that fills them.
-
-Ray Tune runs the trials (``tune.Tuner``; a trial whose node dies is run again elsewhere, ``FailureConfig``), Optuna's
-multi-objective TPE proposes them through Tune's ``OptunaSearch`` (accuracy up, p50 down, size down, of the objective's
-engine), and Tune's experiment folder inside the sweep folder is what ``--resume`` restores after a killed driver. The
-store is the only state the trials share: whatever one trial built (the teacher, the sensitivity scan, an engine,
-its measurement) every other trial reuses, under the store's per-artifact file locks. So the store and the sweep
-folder must be on a filesystem every node sees; ``check_nodes`` proves it at start.
-"""
+"""``edgeship sweep``'s folder: its config (what ``--resume`` continues), the trials' records as they finish, and the
+session that fills them (Ray itself is ``tuning``'s: this module never imports it)."""
 
 from __future__ import annotations
 
@@ -101,10 +94,11 @@ def run_sweep(folder: Path, config: SweepConfig, *, address: str | None, resume:
     try:
         tuning.check_nodes(folder, config.store)
         grid = tuning.tuner(folder, config, resume=resume).fit()
-        for result in grid:
+        for result in grid:  # the recorder writes each as it finishes; a trial ended as the driver was killed may be only here
             text = (result.metrics or {}).get("record")
-            if text and not (folder / "trials" / f"{TrialRecord.model_validate_json(text).name}.json").exists():
-                save_record(folder, TrialRecord.model_validate_json(text))
+            record = TrialRecord.model_validate_json(text) if text else None
+            if record is not None and not (folder / "trials" / f"{record.name}.json").exists():
+                save_record(folder, record)
         records = collect(folder, [result.path for result in grid if result.error is not None],
                           [str(result.error) for result in grid if result.error is not None])
         chosen = choose(records)

@@ -27,7 +27,6 @@ from rich.console import Console
 from edgeship.errors import EdgeshipError, RecipeError
 from edgeship.recipe import recipe_from_document
 from edgeship.sweep.driver import MAX_FAILURES, SweepConfig, finished_record, save_record, trial_name
-from edgeship.sweep.node import default_path
 from edgeship.sweep.space import SweepSpace, optuna_distributions, recipe_point
 from edgeship.sweep.trial import TrialRecord, TrialRequest, run_trial
 
@@ -102,9 +101,7 @@ def tuner(folder: Path, config: SweepConfig, *, resume: bool) -> tune.Tuner:
 
     space = SweepSpace.model_validate(config.space)
     keys = list(space.parameters)
-    template = TrialRequest(name="", values={}, base=config.base, recipe_path=config.recipe_path, store=config.store,
-                            reports=folder / "runs", target=config.target, compute_threads=max(1, int(config.cpus_per_trial)),
-                            node_lock=default_path())
+    template = _request(folder, config, name="", values={}, split="validation")
     trainable = tune.with_resources(tune.with_parameters(trial_function, template=template, keys=keys), {"cpu": config.cpus_per_trial})
     if resume:
         path = folder / TUNE_FOLDER
@@ -130,11 +127,12 @@ def confirm(folder: Path, config: SweepConfig, chosen: list[TrialRecord]) -> lis
     (a resumed sweep) are kept."""
     requests, found = [], []
     for record in chosen:
-        request = TrialRequest(name=record.name, values=record.values, base=config.base, recipe_path=config.recipe_path,
-                               store=config.store, reports=folder / "runs", target=config.target, split="evaluation",
-                               compute_threads=max(1, int(config.cpus_per_trial)), node_lock=default_path())
+        request = _request(folder, config, name=record.name, values=record.values, split="evaluation")
         done = finished_record(folder, request, kind="confirmed")
-        (found.append(done) if done is not None else requests.append(request))
+        if done is not None:
+            found.append(done)
+        else:
+            requests.append(request)
     task = _confirm_task.options(num_cpus=config.cpus_per_trial, max_retries=MAX_FAILURES)
     made = [TrialRecord.model_validate_json(text) for text in ray.get([task.remote(r) for r in requests])]
     for record in made:
@@ -145,6 +143,12 @@ def confirm(folder: Path, config: SweepConfig, chosen: list[TrialRecord]) -> lis
         Console(highlight=False, soft_wrap=True).print(f"{'[green]✓' if record.status == 'ok' else '[red]✗'}[/] {record.name} on the "
                                                        f"evaluation split: {figures}")
     return sorted([*found, *made], key=lambda r: r.name)
+
+
+def _request(folder: Path, config: SweepConfig, *, name: str, values: dict[str, Any], split: str) -> TrialRequest:
+    """A trial of this sweep; its node's timing lock is found where it runs (``node_lock=None``)."""
+    return TrialRequest(name=name, values=values, base=config.base, recipe_path=config.recipe_path, store=config.store,
+                        reports=folder / "runs", target=config.target, split=split, compute_threads=max(1, int(config.cpus_per_trial)))
 
 
 @ray.remote

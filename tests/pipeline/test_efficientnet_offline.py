@@ -115,6 +115,7 @@ def offline_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Co
     recipe["backends"]["tflite"]["precisions"] = ["fp32"]  # onnx2tf is the converter that fetches images when not fed its own
     recipe["backends"]["openvino"] = {"enabled": False}
     recipe["backends"]["tensorrt"] = {"enabled": False}
+    recipe["divergence"] = {"enabled": False}  # tests/pipeline/test_run.py and test_generic.py compare tensors; here: minutes
     recipe["validate"] = {"warmup": 2, "iterations": 10, "min_seconds": 0.1, "throughput_batch_sizes": [2], "throughput_seconds": 0.1,
                           "eval_batch_size": 50}
     return run_offline(recipe, tmp, "efficientnet_lite0")

@@ -26,7 +26,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def recipe(workspace: Path) -> Recipe:
-    return tiny_recipe(workspace)
+    return tiny_recipe(workspace, divergence={"enabled": True})
 
 
 @pytest.fixture(scope="module")

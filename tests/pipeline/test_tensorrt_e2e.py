@@ -21,7 +21,7 @@ LABEL = "predicted on ONNX Runtime, not measured on TensorRT"
 
 def tensorrt_recipe(tmp: Path) -> object:
     return tiny_recipe(tmp, backends={"onnxruntime": {"precisions": ["fp32"]}, "openvino": {"enabled": False}, "tflite": {"enabled": False},
-                                      "tensorrt": {"enabled": True}})
+                                      "tensorrt": {"enabled": True}}, divergence={"enabled": True})
 
 
 @pytest.fixture(scope="module")
