@@ -191,8 +191,8 @@ def _versus(recipe_trial: TrialRecord, records: Sequence[TrialRecord]) -> list[V
     for own in recipe_trial.engines:
         if not (own.measured and own.status == "ok"):
             continue
-        better = [(r, p) for r, p in by_backend(records).get(own.backend, []) if p.artifact != own.artifact
-                  and dominates(p, own, size=False)]
+        better = [(r, p) for r, p in by_backend(records).get(own.backend, []) if r.name != recipe_trial.name
+                  and p.artifact != own.artifact and dominates(p, own, size=False)]
         out.append(Versus(engine=own.engine, recipe=_front_point(recipe_trial, own),
                           dominated_by=[_front_point(r, p) for r, p in sorted(better, key=lambda rp: rp[1].p50_ms or 0.0)]))
     return out
