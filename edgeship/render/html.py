@@ -51,11 +51,11 @@ def render_html(report: Report) -> str:
             f"<title>{escape(title)}</title><style>{CSS}</style></head><body>\n{head}\n" + "\n".join(sections) + "\n</body></html>\n")
 
 
-def _section(key: str, title: str, body: str) -> str:
+def section(key: str, title: str, body: str) -> str:
     return f"<section id={key}><h2>{escape(title)}</h2>\n{body}\n</section>"
 
 
-def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], numeric: Iterable[int] = ()) -> str:
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]], numeric: Iterable[int] = ()) -> str:
     """``rows`` hold ready HTML cells; the ``numeric`` columns are right-aligned, the rest left."""
     right = set(numeric)
     head = "".join(f"<th class={'r' if i in right else 'l'}>{escape(h)}</th>" for i, h in enumerate(headers))
@@ -64,7 +64,7 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], numeric: Itera
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _figure(make: Callable[[], Any], caption: str) -> str:
+def figure(make: Callable[[], Any], caption: str) -> str:
     return f"<figure>{plots.svg(make())}<figcaption>{escape(caption)}</figcaption></figure>"
 
 
@@ -94,11 +94,11 @@ def _verdict(report: Report) -> str:
                      "<span class=ship>✓ ship</span>" if row.name in shipped else ("required" if row.required else "")])
     columns = {"labels": list(shown), "agreement": ["top-1 agreement with FP32", "top-5 agreement with FP32"],
                "fidelity": ["cosine with FP32 (worst output)", "SQNR dB (worst output)", "relative L2 (worst output)"]}[basis]
-    table = _table(["engine", "precision", "size", "p50 ms (95% CI)", "p99 ms (95% CI)", *columns, "verdict", "gates",
+    grid = table(["engine", "precision", "size", "p50 ms (95% CI)", "p99 ms (95% CI)", *columns, "verdict", "gates",
                     "recommended"], rows, numeric=range(2, 5 + len(columns)))
     title = {"labels": "", "agreement": "Agreement, not accuracy", "fidelity": "Output fidelity, not accuracy"}[basis]
     note = f"<p><b>{title}</b>: {escape(report.accuracy['text'])}.</p>" if title else ""
-    return _section("verdict", "Verdict", warnings + banner + note + table)
+    return section("verdict", "Verdict", warnings + banner + note + grid)
 
 
 VERDICT_COLUMNS = {"labels": ("top-1", "Δ top-1 vs baseline"), "agreement": ("top-1 agreement", "top-5 agreement"),
@@ -125,7 +125,7 @@ def _recommendations(report: Report) -> str:
             for backend, choice in report.recommendations.items()]
     text = ("<p>Per backend, the engine to ship is the fastest one that passes every gate, by measured p50; where the fastest "
             "is not measurably faster (95% intervals overlap), the more accurate of them.</p>")
-    return _section("recommendations", "Recommendation per backend", text + _table(["backend", "engine", "why"], rows))
+    return section("recommendations", "Recommendation per backend", text + table(["backend", "engine", "why"], rows))
 
 
 def _gates(report: Report) -> str:
@@ -163,7 +163,7 @@ def _gates(report: Report) -> str:
     headers = "".join(f"<th class={'l' if i < 2 else 'c'}>{escape(h)}</th>" for i, h in enumerate(("engine", "verdict",
                                                                                                     *(TITLES[name] for name in names))))
     table = f"<table><thead><tr>{headers}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-    return _section("gates", "Gates × engines", f"<p class=muted>Limits: {escape('; '.join(limits))}; required: "
+    return section("gates", "Gates × engines", f"<p class=muted>Limits: {escape('; '.join(limits))}; required: "
                     f"{escape(str(gates.get('required') or 'every engine not skipped'))}. A limit whose value was not measured "
                     "fails. Hover a cell for how it was measured; p99 is judged on the upper bound of its 95% interval.</p>" + table)
 
@@ -199,15 +199,15 @@ def _complete(row: Mapping[str, Any]) -> bool:
 def _pareto(report: Report) -> str:
     rows = _measured(report)
     if not rows:
-        return _section("pareto", "Accuracy against latency", "<p>No engine was measured.</p>")
+        return section("pareto", "Accuracy against latency", "<p>No engine was measured.</p>")
     points = [{"name": r["name"], "backend": r["backend"], "precision": r["precision"], "accuracy": r["accuracy"],
                "p50_ms": r["latency"]["p50_ms"], "p50_ci": r["latency"]["ci95"]["p50_ms"]} for r in rows]
     front = ", ".join(p["name"] for p in plots.pareto_front(points))
     key = report.accuracy["key"]
     ylabel = {"top1": "top-1 (%)", "min_cosine": "output cosine with FP32 (worst output)"}.get(key, "top-1 agreement with FP32 (%)")
     reference = baseline_label(report.baseline["name"]) if report.baseline else "FP32"
-    return _section("pareto", "Accuracy against latency",
-                    _figure(lambda: plots.pareto_figure(points, ylabel=ylabel, scale=1.0 if key == "min_cosine" else 100.0),
+    return section("pareto", "Accuracy against latency",
+                    figure(lambda: plots.pareto_figure(points, ylabel=ylabel, scale=1.0 if key == "min_cosine" else 100.0),
                             f"Every measured engine and the {reference} baseline; colour: backend, marker: precision. Pareto front: "
                             f"{front}."))
 
@@ -215,18 +215,18 @@ def _pareto(report: Report) -> str:
 def _latency(report: Report) -> str:
     rows = _measured(report)
     if not rows:
-        return _section("latency", "Latency distribution per engine", "<p>No engine was measured.</p>")
+        return section("latency", "Latency distribution per engine", "<p>No engine was measured.</p>")
     statistics = ("mean_ms", "std_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms")
-    table = _table(["engine", "iterations", "mean ms", "std ms", "p50", "p90", "p95", "p99", "max ms", "runtime call p50",
+    grid = table(["engine", "iterations", "mean ms", "std ms", "p50", "p90", "p95", "p99", "max ms", "runtime call p50",
                     "overhead µs", "load ms", "first call ms"],
                    numeric=range(1, 13), rows=[[escape(r["name"]), str(r["latency"]["iterations"]),
                                                 *(_styled(latency_cell(r["latency"], k)) for k in statistics),
                                                 f"{r['latency']['max_ms']:.3f}", _styled(latency_cell(r.get("bare_latency"), "p50_ms")),
                                                 _num(r.get("call_overhead_us")), _num(r.get("load_ms")), _num(r.get("first_inference_ms"))]
                                                for r in rows])
-    return _section("latency", "Latency distribution per engine",
-                    _figure(lambda: plots.latency_figure(rows), "Per-iteration latency up to the 99th percentile, each engine measured "
-                            "in its own process; the table gives each statistic with its bootstrap 95% interval.") + table
+    return section("latency", "Latency distribution per engine",
+                    figure(lambda: plots.latency_figure(rows), "Per-iteration latency up to the 99th percentile, each engine measured "
+                            "in its own process; the table gives each statistic with its bootstrap 95% interval.") + grid
                     + "<p class=muted>The p50 the gates use times edgeship's Runner.infer, the same call for every backend; the "
                       "runtime call p50 times the runtime's own call on an input set once (what its benchmark tool times), and "
                       "the overhead is their difference.</p>")
@@ -235,17 +235,17 @@ def _latency(report: Report) -> str:
 def _throughput(report: Report) -> str:
     rows = [r for r in _measured(report) if r.get("throughput")]
     if not rows:
-        return _section("throughput", "Throughput and memory", "<p>No throughput was measured.</p>")
+        return section("throughput", "Throughput and memory", "<p>No throughput was measured.</p>")
     batches = sorted({b for r in rows for b in r["throughput"]}, key=int)
     cells = []
     for r in rows:
         memory = r.get("memory") or {}
         cells.append([escape(r["name"]), *(_throughput_cell(r["throughput"].get(b)) for b in batches),
                       _size(memory.get("peak_rss_bytes")), _size(memory.get("baseline_rss_bytes")), escape(str(r.get("cpus")))])
-    table = _table(["engine", *(f"batch {b} samples/s (95% CI)" for b in batches), "peak RSS", "of which before load", "CPUs"], cells,
+    grid = table(["engine", *(f"batch {b} samples/s (95% CI)" for b in batches), "peak RSS", "of which before load", "CPUs"], cells,
                    numeric=range(1, len(batches) + 3))
-    return _section("throughput", "Throughput and memory", _figure(lambda: plots.throughput_figure(rows), "Samples per second.")
-                    + table + "<p class=muted>Peak RSS is the measuring process's own peak resident set (VmHWM; ru_maxrss would "
+    return section("throughput", "Throughput and memory", figure(lambda: plots.throughput_figure(rows), "Samples per second.")
+                    + grid + "<p class=muted>Peak RSS is the measuring process's own peak resident set (VmHWM; ru_maxrss would "
                     "carry over its parent's across exec) after load, first call, "
                     "latency and throughput runs, before accuracy scoring; 'before load' is the interpreter and edgeship alone.</p>")
 
@@ -255,21 +255,21 @@ def _limit(report: Report) -> str:
     title = "Distance from the machine's limit"
     peak = report.peak
     if peak is None:
-        return _section("limit", title, "<p>This machine's peak was not measured (see the run's problems), so no engine has a "
+        return section("limit", title, "<p>This machine's peak was not measured (see the run's problems), so no engine has a "
                         "fraction of it.</p>")
     rows = [r for r in report.engines if r.fraction_of_peak is not None]
     head = (f"<p>This machine's peak on {peak.threads} threads (CPUs {escape(str(peak.cpus))}), a {'×'.join(map(str, peak.shape))} "
             f"matrix product through {escape(peak.runtime)}: <b>FP32 {peak.fp32.gmacs:,.1f} GMAC/s</b> ({peak.fp32.op}), "
             f"<b>INT8 {peak.int8.gmacs:,.1f} GMAC/s</b> ({peak.int8.op}).</p>")
     if not rows:
-        return _section("limit", title, head + "<p>No engine of this host has a MAC count and a latency.</p>")
-    table = _table(["engine", "MACs per sample", "achieved GMAC/s", "held against", "fraction of peak"],
+        return section("limit", title, head + "<p>No engine of this host has a MAC count and a latency.</p>")
+    grid = table(["engine", "MACs per sample", "achieved GMAC/s", "held against", "fraction of peak"],
                    [[escape(r.name), f"{r.macs_per_sample:,}", f"{r.achieved_gmacs:,.2f}",
                      f"{peak.for_precision(r.precision).op} {peak.for_precision(r.precision).gmacs:,.1f}", _pct(r.fraction_of_peak)]
                     for r in rows], numeric=range(1, 5))
     points = [{"name": r.name, "backend": r.backend, "fraction": r.fraction_of_peak} for r in rows]
-    return _section("limit", title, head + _figure(lambda: plots.peak_figure(points), "Achieved rate over the matching peak, "
-                    "per engine.") + table + f"<p class=muted>{escape(PEAK_MEANING)}</p>")
+    return section("limit", title, head + figure(lambda: plots.peak_figure(points), "Achieved rate over the matching peak, "
+                    "per engine.") + grid + f"<p class=muted>{escape(PEAK_MEANING)}</p>")
 
 
 PEAK_MEANING = ("The achieved rate is the model's multiply-accumulates per inference (convolutions and matrix products of the "
@@ -292,17 +292,17 @@ def _profile(report: Report) -> str:
         if profile.tool is None:
             parts.append(f"<h3>{escape(row.name)}</h3><p class=muted>No per-layer profile: {escape(profile.reason)}.</p>")
             continue
-        types = _table(["op type", "layers", "µs per inference", "share", "kernels"],
+        types = table(["op type", "layers", "µs per inference", "share", "kernels"],
                        [[escape(t.op_type), str(t.layers), f"{t.mean_us:,.1f}", _pct(t.share), escape(", ".join(t.kernels) or "—")]
                         for t in profile.by_type], numeric=range(1, 4))
-        layers = _table(["layer", "op type", "kernel", "µs"],
+        layers = table(["layer", "op type", "kernel", "µs"],
                         [[escape(layer.layer), escape(layer.op_type), escape(layer.kernel or "—"), f"{layer.mean_us:,.1f}"]
                          for layer in profile.top_layers[:5]], numeric=(3,))
         parts.append(f"<h3>{escape(row.name)}</h3><p class=muted>{escape(profile.tool)}, mean of {profile.runs} profiled inferences: "
                      f"{profile.layer_count} layers, {profile.layers_us:,.1f} µs in layers.</p>{types}<p>Slowest layers:</p>{layers}")
     if not parts:
-        return _section("profile", title, "<p>No engine was profiled.</p>")
-    return _section("profile", title, "<p class=muted>Taken in a session of its own after timing: a profiler slows what it "
+        return section("profile", title, "<p>No engine was profiled.</p>")
+    return section("profile", title, "<p class=muted>Taken in a session of its own after timing: a profiler slows what it "
                     "watches, so read shares, not absolute times. A kernel named <code>ref</code> is a runtime's reference "
                     "implementation: a layer that fell off the fast kernels.</p>" + "".join(parts))
 
@@ -314,12 +314,12 @@ def _divergence(report: Report) -> str:
     rows = [r for r in report.engines if r.divergence is not None]
     searches = {r.name: r.float_search for r in report.engines if r.float_search}
     if not rows and not searches:
-        return _section("divergence", title, "<p>No FP16 or INT8 engine was compared layer by layer.</p>")
+        return section("divergence", title, "<p>No FP16 or INT8 engine was compared layer by layer.</p>")
     series = {r.name + (" (predicted)" if r.divergence.note.startswith("a prediction") else ""):
               [t.model_dump() for t in r.divergence.rows] for r in rows if r.divergence.available and r.divergence.rows}
     parts = [] if rows else ["<p>No FP16 or INT8 engine was compared layer by layer.</p>"]
     if series:
-        parts.append(_figure(lambda: plots.divergence_figure(series), "Accumulated SQNR of each tensor against the FP32 ONNX, "
+        parts.append(figure(lambda: plots.divergence_figure(series), "Accumulated SQNR of each tensor against the FP32 ONNX, "
                              "in graph order: a steep fall marks the layer the error comes from."))
     for row in rows:
         d = row.divergence
@@ -327,17 +327,17 @@ def _divergence(report: Report) -> str:
             parts.append(f"<h3>{escape(row.name)}</h3><p class=muted>No layer-wise comparison: {escape(d.reason)}</p>")
             continue
         local = d.has_local
-        worst = _table(["tensor", "op type", "depth", "SQNR dB", "cosine", *(["alone: SQNR dB"] if local else [])],
+        worst = table(["tensor", "op type", "depth", "SQNR dB", "cosine", *(["alone: SQNR dB"] if local else [])],
                        [[escape(t.tensor), escape(t.op_type), str(t.depth), db(t.sqnr_db), f"{t.cosine:.5f}",
                          *([db(t.local.sqnr_db) if t.local else "—"] if local else [])] for t in d.worst(5)],
                        numeric=range(2, 6 if local else 5))
         if local:
-            sources = _table(["tensor", "op type", "alone: SQNR dB", "accumulated"],
+            sources = table(["tensor", "op type", "alone: SQNR dB", "accumulated"],
                              [[escape(t.tensor), escape(t.op_type), db(t.local.sqnr_db if t.local else None), db(t.sqnr_db)]
                               for t in d.worst_local(5)], numeric=range(2, 4))
             label = "Largest errors of a layer's own (alone on FP32 inputs):"
         else:
-            sources = _table(["tensor", "op type", "SQNR dB", "fall dB"],
+            sources = table(["tensor", "op type", "SQNR dB", "fall dB"],
                              [[escape(t.tensor), escape(t.op_type), db(t.sqnr_db), f"{fall:.2f}"] for t, fall in d.steepest(5)],
                              numeric=range(2, 4))
             label = "Steepest falls of the accumulated SQNR:"
@@ -349,10 +349,10 @@ def _divergence(report: Report) -> str:
         lines = "".join(f"<li>{escape(line)}</li>" for row in report.engines if row.float_search
                         for line in [float_layers_line(row)] if line)
         parts.append("<h3>Float layers chosen against a target (keep_float: auto)</h3>"
-                     + _figure(lambda: plots.float_search_figure(searches), "Each candidate built by the backend itself and "
+                     + figure(lambda: plots.float_search_figure(searches), "Each candidate built by the backend itself and "
                                "scored on the validation split; the p50 is an in-process estimate taken during the search, not "
                                "the engine's measured latency.") + f"<ul>{lines}</ul>")
-    return _section("divergence", title, "<p class=muted>Each tensor of the FP32 ONNX against the same tensor inside the engine, "
+    return section("divergence", title, "<p class=muted>Each tensor of the FP32 ONNX against the same tensor inside the engine, "
                     "at its deployed precision, run from the input (so each carries every earlier layer's error). SQNR 40 dB is "
                     "an error of 1% of the signal, 20 dB of 10%. <code>edgeship debug RUN ENGINE</code> prints the same per "
                     "engine.</p>" + "".join(parts))
@@ -368,22 +368,22 @@ def _pipeline(report: Report) -> str:
     parts = []
     sensitivity, prune, distill = report.sensitivity, report.prune, report.distill
     if sensitivity and sensitivity.get("curves"):
-        parts.append("<h3>Prune sensitivity</h3>" + _figure(lambda: plots.sensitivity_figure(sensitivity, sensitivity.get("max_drop", 0.0)),
+        parts.append("<h3>Prune sensitivity</h3>" + figure(lambda: plots.sensitivity_figure(sensitivity, sensitivity.get("max_drop", 0.0)),
                      "Each layer group pruned alone at each ratio, before fine-tuning; the search keeps groups above the red line."))
     if prune:
         before, after = prune["before"], prune["after"]
-        parts.append("<h3>MACs and parameters</h3>" + _figure(lambda: plots.footprint_figure(prune),
+        parts.append("<h3>MACs and parameters</h3>" + figure(lambda: plots.footprint_figure(prune),
                      f"{prune.get('method')} pruning; ONNX {_size(before['onnx_bytes'])} → {_size(after['onnx_bytes'])}, measured ORT "
                      f"FP32 p50 {before['latency']['p50_ms']:.3f} → {after['latency']['p50_ms']:.3f} ms."))
     if distill:
         top1 = distill["top1"]
-        parts.append("<h3>Distillation</h3>" + _figure(lambda: plots.ablation_figure(top1),
+        parts.append("<h3>Distillation</h3>" + figure(lambda: plots.ablation_figure(top1),
                      f"{distill['name']}: {change_points(distill['distilled_drop_vs_teacher_points'])} vs the teacher"
                      + (f", {distill['gain_over_hard_labels_points']:+.2f} pt over hard labels alone." if "gain_over_hard_labels_points"
                         in distill else ".")))
         history = distill.get("history") or {}
         if history.get("distilled"):
-            parts.append(_figure(lambda: plots.training_figure({"distilled": history["distilled"],
+            parts.append(figure(lambda: plots.training_figure({"distilled": history["distilled"],
                                                                 "hard-label fine-tune": history.get("hard_label_finetune")}, top1),
                                  "Training curves (validation split held out from training)."))
     lines = [line for row in report.engines for line in int8_weight_lines(row)]
@@ -395,7 +395,7 @@ def _pipeline(report: Report) -> str:
         parts.append(f"<p>Student vs teacher ({escape(verdict['stages'])}): ORT FP32 p50 {verdict['teacher_p50_ms']:.3f} → "
                      f"{verdict['student_p50_ms']:.3f} ms (×{verdict['latency_reduction']:.2f}), test top-1 "
                      f"{_pct(verdict['teacher_top1'])} → {_pct(verdict['student_top1'])}.</p>")
-    return _section("pipeline", "Pipeline", "\n".join(parts) or "<p>Pruning and distillation were off in this recipe.</p>")
+    return section("pipeline", "Pipeline", "\n".join(parts) or "<p>Pruning and distillation were off in this recipe.</p>")
 
 
 def _provenance(report: Report) -> str:
@@ -409,15 +409,15 @@ def _provenance(report: Report) -> str:
         facts.append((f"device {name}", f"{remote.get('agent')} · edgeship {remote.get('agent_edgeship')} · "
                                         f"{json.dumps(remote.get('device'))}"))
     rows = [[escape(k), f"<code>{escape(v)}</code>"] for k, v in facts]
-    artifacts = _table(["stage", "name", "sha256", "artifact id"],
+    artifacts = table(["stage", "name", "sha256", "artifact id"],
                        [[escape(a["stage"]), escape(a["name"]), f"<code>{escape(str(a['sha256']))}</code>",
                          f"<code>{escape(str(a.get('artifact') or '—'))}</code>"] for a in report.artifacts])
     recipe = f"<details><summary>recipe as run</summary><pre>{escape(json.dumps(report.recipe_document, indent=2))}</pre></details>"
-    return _section("provenance", "Provenance", _table(["what", "value"], rows) + "<h3>Artifacts</h3>" + artifacts + recipe)
+    return section("provenance", "Provenance", table(["what", "value"], rows) + "<h3>Artifacts</h3>" + artifacts + recipe)
 
 
 def _notes(report: Report) -> str:
-    return _section("notes", "Notes", "<ul>" + "".join(f"<li>{escape(n)}</li>" for n in report.notes) + "</ul>")
+    return section("notes", "Notes", "<ul>" + "".join(f"<li>{escape(n)}</li>" for n in report.notes) + "</ul>")
 
 
 def _throughput_cell(entry: Mapping[str, Any] | None) -> str:

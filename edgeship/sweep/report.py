@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict
 
 from edgeship.recipe import recipe_from_document
-from edgeship.render import plots
+from edgeship.render import html, plots
 from edgeship.sweep.driver import SweepConfig, elapsed
 from edgeship.sweep.space import SweepSpace, recipe_point
 from edgeship.sweep.trial import EnginePoint, TrialRecord
@@ -227,14 +227,7 @@ def _atomic(path: Path, text: str) -> None:
 
 # -- the page ------------------------------------------------------------------------------------------------------
 
-CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1180px;padding:1.2em 1.6em;color:#1b1b1b}
-h1{font-size:1.5em;margin:.2em 0}h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
-table{border-collapse:collapse;margin:.6em 0;font-variant-numeric:tabular-nums}
-th,td{border:1px solid #ddd;padding:.25em .55em;text-align:right;vertical-align:top}th{background:#f4f4f4}
-td.l,th.l{text-align:left}.ok{color:#16794a;font-weight:600}.failed{color:#b3261e;font-weight:600}
-figure{margin:1em 0}figure svg{max-width:100%;height:auto}figcaption{color:#555;font-size:.9em}.muted{color:#666}
-"""
+CSS = html.CSS + ".ok{color:#16794a;font-weight:600}.failed{color:#b3261e;font-weight:600}\n"
 
 
 def render_html(folder: Path, report: SweepReport) -> str:
@@ -248,16 +241,6 @@ def render_html(folder: Path, report: SweepReport) -> str:
             f"<title>{escape(title)}</title><style>{CSS}</style></head><body>\n{head}\n" + "\n".join(sections) + "\n</body></html>\n")
 
 
-def _section(key: str, title: str, body: str) -> str:
-    return f"<section id={key}><h2>{escape(title)}</h2>\n{body}\n</section>"
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    head = "".join(f"<th class=l>{escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td class=l>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 def _summary(report: SweepReport) -> str:
     reuse_ = report.reuse
     rows = [[escape(stage), str(r["built"]), str(r["reused"]), f"{r['seconds_building']:.0f}", f"{r['seconds_saved']:.0f}",
@@ -266,14 +249,14 @@ def _summary(report: SweepReport) -> str:
             f"{reuse_['seconds_building']:.0f} s across trials; reusing what another trial of this sweep had built saved "
             f"{reuse_['seconds_saved']:.0f} s; the trials ran {reuse_['trial_seconds']:.0f} s in all.</p>"
             f"<p><b>Timing.</b> {escape(report.timing)}</p>")
-    return _section("summary", "Summary", text + _table(["stage", "built", "reused", "s building", "s saved by reuse",
+    return html.section("summary", "Summary", text + html.table(["stage", "built", "reused", "s building", "s saved by reuse",
                                                          "reused from before the sweep"], rows))
 
 
 def _fronts(report: SweepReport) -> str:
     records = [t for t in report.trials if t.status == "ok"]
     if not records:
-        return _section("fronts", "Pareto fronts", "<p>No trial finished with measured engines.</p>")
+        return html.section("fronts", "Pareto fronts", "<p>No trial finished with measured engines.</p>")
     ylabel, scale = LABELS.get(report.accuracy_key or "", ("accuracy", 1.0))
     figures = []
     for backend, points in by_backend(records).items():
@@ -282,11 +265,10 @@ def _fronts(report: SweepReport) -> str:
                  "optimal": (r.name, p.engine) in optimal, "recipe": r.name == report.recipe_trial} for r, p in points]
         names = ", ".join(f"{p.trial} {p.engine}" + (f" (= {', '.join(p.same_in)})" if p.same_in else "")
                           for p in report.fronts.get(backend, []))
-        figures.append(f"<figure>{plots.svg(plots.sweep_figure(data, backend, ylabel=ylabel, scale=scale))}"
-                       f"<figcaption>{escape(backend)}: Pareto-optimal (accuracy up, p50 down, size down): {escape(names)}"
-                       "</figcaption></figure>")
+        figures.append(html.figure(lambda data=data, backend=backend: plots.sweep_figure(data, backend, ylabel=ylabel, scale=scale),
+                                   f"{backend}: Pareto-optimal (accuracy up, p50 down, size down): {names}"))
     links = ", ".join(f"<a href='{escape(path)}'>{escape(trial)}</a>" for trial, path in report.pareto_recipes.items())
-    return _section("fronts", "Pareto fronts", "\n".join(figures) + f"<p>Recipes of the Pareto-optimal trials: {links}</p>")
+    return html.section("fronts", "Pareto fronts", "\n".join(figures) + f"<p>Recipes of the Pareto-optimal trials: {links}</p>")
 
 
 def _confirmed(report: SweepReport) -> str:
@@ -301,24 +283,24 @@ def _confirmed(report: SweepReport) -> str:
             rows.append([escape(backend), escape(p.trial), escape(p.engine), f"{p.accuracy:.4f} · {p.p50_ms:.3f} ms",
                          f"{evaluation.accuracy:.4f} · {evaluation.p50_ms:.3f} ms" if evaluation and evaluation.measured
                          else escape(failed.reason if failed else "not confirmed")])
-    return _section("confirmed", "Confirmed on the evaluation split",
+    return html.section("confirmed", "Confirmed on the evaluation split",
                     "<p>Trials are scored on the validation split, which chose the fronts above; the chosen trials and the recipe's "
                     "own ran again with their engines scored on the evaluation split (everything else reused). Quote these.</p>"
-                    + _table(["backend", "trial", "engine", "validation: accuracy · p50", "evaluation: accuracy · p50"], rows))
+                    + html.table(["backend", "trial", "engine", "validation: accuracy · p50", "evaluation: accuracy · p50"], rows))
 
 
 def _versus_section(report: SweepReport) -> str:
     if report.recipe_trial is None:
-        return _section("versus", "Against the recipe", "<p>The recipe's own values are not in the space (or its trial failed): "
+        return html.section("versus", "Against the recipe", "<p>The recipe's own values are not in the space (or its trial failed): "
                                                         "no trial ran it as it is.</p>")
     rows = []
     for split, versus in (("evaluation", report.versus_recipe_confirmed), ("validation", report.versus_recipe)):
         rows += _versus_rows(split, versus)
-    return _section("versus", "Against the recipe",
+    return html.section("versus", "Against the recipe",
                     f"<p>Trial {escape(report.recipe_trial)} ran the recipe's own values. Engines of the same backend that beat "
                     "it (at least as accurate and as fast, better in one; medians on this machine), among the confirmed trials on the "
                     "evaluation split and among all trials on the validation split:</p>"
-                    + _table(["split", "recipe's engine", "its accuracy · p50", "beaten by"], rows))
+                    + html.table(["split", "recipe's engine", "its accuracy · p50", "beaten by"], rows))
 
 
 def _versus_rows(split: str, versus: Sequence[Versus]) -> list[list[str]]:
@@ -346,7 +328,7 @@ def _trials(folder: Path, report: SweepReport) -> str:
                      str(t.attempt), link])
     headers = ["trial", "values", "status", f"{report.objective} on validation: accuracy · p50 · size", "s", "host", "lost attempts",
                "run report"]
-    return _section("trials", "Every trial", _table(headers, rows))
+    return html.section("trials", "Every trial", html.table(headers, rows))
 
 
 def _short(value: Any) -> str:
