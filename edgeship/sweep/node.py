@@ -33,7 +33,6 @@ class NodeLock:
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or default_path()
-        self._main = self.path
         self._gate = self.path.with_name(self.path.name + ".gate")
         self._fds: tuple[int, int] | None = None
         self._state = threading.Lock()
@@ -45,7 +44,7 @@ class NodeLock:
     @contextlib.contextmanager
     def working(self) -> Iterator[NodeLock]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fds = (os.open(self._main, os.O_RDWR | os.O_CREAT, 0o600), os.open(self._gate, os.O_RDWR | os.O_CREAT, 0o600))
+        self._fds = (os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600), os.open(self._gate, os.O_RDWR | os.O_CREAT, 0o600))
         try:
             self._share()
             yield self

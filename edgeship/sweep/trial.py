@@ -89,14 +89,13 @@ class TrialRecord(BaseModel):
     recipe: dict[str, Any] = Field(default_factory=dict)  # the trial's recipe document, as a user would run it
 
 
-def run_trial(request: TrialRequest, *, attempt: int = 0, host: str = "") -> TrialRecord:
+def run_trial(request: TrialRequest, *, host: str = "") -> TrialRecord:
     """Run the trial's recipe; a recipe or pipeline error is the trial's failure, recorded with its reason."""
     from edgeship.pipeline import run as pipeline
 
     started = time.perf_counter()
     document = with_values(request.base, request.values)
-    record = TrialRecord(name=request.name, values=request.values, split=request.split, status="failed", host=host, attempt=attempt,
-                         recipe=document)
+    record = TrialRecord(name=request.name, values=request.values, split=request.split, status="failed", host=host, recipe=document)
     suffix = "" if request.split == "validation" else f"-{request.split}"
     run_document = with_values(document, {"name": f"{document.get('name', 'recipe')}-{request.name}{suffix}", "store": str(request.store),
                                           "reports": str(request.reports), "validate.split": request.split})
@@ -128,6 +127,14 @@ def run_trial(request: TrialRequest, *, attempt: int = 0, host: str = "") -> Tri
         record.reason = f"{request.target}: {reason}"
     record.seconds = time.perf_counter() - started
     return record
+
+
+def outcome(record: TrialRecord) -> str:
+    """The record in a few words for the sweep's terminal lines: its objective engine's figures, or why it failed."""
+    o = record.objective
+    if record.status == "ok" and o is not None and o.measured:
+        return f"{o.engine} {o.accuracy:.4f}, p50 {o.p50_ms:.3f} ms, {o.size_mib:.2f} MiB"
+    return f"failed: {record.reason}"
 
 
 def _point(row: Mapping[str, Any], key: str) -> EnginePoint:

@@ -28,7 +28,7 @@ from edgeship.errors import EdgeshipError, RecipeError
 from edgeship.recipe import recipe_from_document
 from edgeship.sweep.driver import MAX_FAILURES, SweepConfig, finished_record, save_record, trial_name
 from edgeship.sweep.space import SweepSpace, optuna_distributions, recipe_point
-from edgeship.sweep.trial import TrialRecord, TrialRequest, run_trial
+from edgeship.sweep.trial import TrialRecord, TrialRequest, outcome, run_trial
 
 TUNE_FOLDER = "tune"
 # what Optuna is told of a trial whose objective engine was not measured (a failed build or run): the trial is
@@ -137,11 +137,7 @@ def confirm(folder: Path, config: SweepConfig, chosen: list[TrialRecord]) -> lis
     made = [TrialRecord.model_validate_json(text) for text in ray.get([task.remote(r) for r in requests])]
     for record in made:
         save_record(folder, record, kind="confirmed")
-        objective = record.objective
-        figures = (f"{objective.engine} {objective.accuracy:.4f}, p50 {objective.p50_ms:.3f} ms" if record.status == "ok" and objective
-                   and objective.measured else f"failed: {record.reason}")
-        Console(highlight=False, soft_wrap=True).print(f"{'[green]✓' if record.status == 'ok' else '[red]✗'}[/] {record.name} on the "
-                                                       f"evaluation split: {figures}")
+        _say(record, "on the evaluation split")
     return sorted([*found, *made], key=lambda r: r.name)
 
 
@@ -170,6 +166,11 @@ def trial_function(values: dict[str, Any], template: TrialRequest, keys: list[st
     tune.report({**metrics, "record": record.model_dump_json()})
 
 
+def _say(record: TrialRecord, where: str) -> None:
+    mark = "[green]✓[/]" if record.status == "ok" else "[red]✗[/]"
+    Console(highlight=False, soft_wrap=True).print(f"{mark} {record.name} {where}: {outcome(record)}")
+
+
 class Recorder(tune.Callback):
     """Each finished trial's record written to ``trials/<name>.json`` at once, and a line printed. Kept by Tune with the
     experiment (pickled), so a resumed sweep records the same way."""
@@ -186,12 +187,8 @@ class Recorder(tune.Callback):
         if not (self.folder / "trials" / f"{record.name}.json").exists():  # kept as first written when a resume finds it
             save_record(self.folder, record)
         done = len(list((self.folder / "trials").glob("*.json")))
-        objective = record.objective
-        figures = (f"{objective.engine} {objective.accuracy:.4f}, p50 {objective.p50_ms:.3f} ms, {objective.size_mib:.2f} MiB"
-                   if record.status == "ok" and objective is not None and objective.measured else f"failed: {record.reason}")
         lost = f" after {record.attempt} lost attempt{'s' * (record.attempt > 1)}" if record.attempt else ""
-        Console(highlight=False, soft_wrap=True).print(f"{'[green]✓' if record.status == 'ok' else '[red]✗'}[/] {record.name} "
-                                                       f"({done}/{self.total}, {record.seconds:.0f} s on {record.host}{lost}): {figures}")
+        _say(record, f"({done}/{self.total}, {record.seconds:.0f} s on {record.host}{lost})")
 
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         Console(highlight=False, soft_wrap=True).print(
