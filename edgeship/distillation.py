@@ -3,17 +3,20 @@
 - soft (Hinton): KL(teacher ‖ student) of the softmax at temperature T, scaled by T² so
   its gradients keep their size as T changes;
 - soft_hard: ``alpha · soft + (1 - alpha) · CE(student, labels)`` with the hard part at T = 1;
-- mse: mean squared error between the logits;
+- mse: mean squared error between the logits (or any outputs: a model without labels or class scores);
+- cosine: one minus the mean cosine between student and teacher outputs, per sample (an embedding's direction);
 - hints (FitNets): MSE between a student feature map, through a learned 1×1 regressor
   when the widths differ, and the teacher's feature map at the named layer.
 
-The teacher runs once per batch under ``torch.no_grad()`` and never receives gradients.
+The teacher runs once per batch under ``torch.no_grad()`` and never receives gradients. A model of several inputs takes
+a tuple of tensors; a model of several outputs (a tuple, a list or a dict of tensors) is distilled on every output, the
+losses summed (soft targets need the one class-score output).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,7 +26,23 @@ from torch import nn
 
 from edgeship.errors import RecipeError
 
-Objective = Literal["soft", "soft_hard", "mse"]
+Objective = Literal["soft", "soft_hard", "mse", "cosine"]
+Inputs = torch.Tensor | tuple[torch.Tensor, ...]
+
+
+def call(model: nn.Module, x: Inputs) -> object:
+    """``model`` on one input tensor, or on several passed positionally."""
+    return model(*x) if isinstance(x, tuple) else model(x)
+
+
+def output_tensors(result: object) -> list[torch.Tensor]:
+    """A model's outputs as a list: one tensor, a tuple or list of them, or a dict's values in order."""
+    if isinstance(result, torch.Tensor):
+        return [result]
+    values = list(result.values()) if isinstance(result, Mapping) else list(result)  # type: ignore[call-overload]
+    if not values or not all(isinstance(v, torch.Tensor) for v in values):
+        raise RecipeError(f"distill: the model returned {type(result).__name__}; expected a tensor, or a tuple, list or dict of tensors")
+    return values
 
 
 def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -38,6 +57,8 @@ def logit_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, label
     """The recipe's objective on one batch of logits (``labels`` only for soft_hard)."""
     if objective == "mse":
         return F.mse_loss(student_logits, teacher_logits)
+    if objective == "cosine":
+        return 1 - F.cosine_similarity(student_logits.flatten(1), teacher_logits.flatten(1), dim=1).mean()
     soft = soft_target_loss(student_logits, teacher_logits, temperature)
     if objective == "soft":
         return soft
@@ -102,7 +123,7 @@ class Distiller(nn.Module):
     ``state_dict`` and not in ``parameters``), frozen and in eval mode.
     """
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, example: torch.Tensor, *, objective: Objective,
+    def __init__(self, student: nn.Module, teacher: nn.Module, example: Inputs, *, objective: Objective,
                  temperature: float = 4.0, alpha: float = 0.9, hints: Sequence[Hint] = (), hint_weight: float = 1.0) -> None:
         super().__init__()
         self.student = student
@@ -113,11 +134,15 @@ class Distiller(nn.Module):
         self._teacher_tap = FeatureTap(teacher, [h.teacher for h in self.hints], role="teacher")
         with torch.no_grad():
             was_training = student.training
-            t_out, s_out = teacher(example), student.eval()(example)
+            t_out, s_out = output_tensors(call(teacher, example)), output_tensors(call(student.eval(), example))
             student.train(was_training)
-        if t_out.shape != s_out.shape:
-            raise RecipeError(f"distill: the teacher outputs shape {tuple(t_out.shape)} and the student {tuple(s_out.shape)} "
-                              "for the same batch; the student must have the teacher's output space")
+        if [t.shape for t in t_out] != [s.shape for s in s_out]:
+            raise RecipeError(f"distill: the teacher outputs shape {', '.join(str(tuple(t.shape)) for t in t_out)} and the student "
+                              f"{', '.join(str(tuple(s.shape)) for s in s_out)} for the same batch; the student must have the "
+                              "teacher's output space")
+        if len(t_out) > 1 and objective in ("soft", "soft_hard"):
+            raise RecipeError(f"distill.objective {objective}: soft targets need one class-score output, and the model has "
+                              f"{len(t_out)}; use mse or cosine")
         self.regressors = nn.ModuleList(_regressor(self._student_tap.outputs[h.student], self._teacher_tap.outputs[h.teacher], h)
                                         for h in self.hints)
 
@@ -130,16 +155,16 @@ class Distiller(nn.Module):
         self.teacher.eval()  # BatchNorm statistics of the teacher never move
         return self
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, student logits) for one batch; the teacher runs once, without gradients."""
+    def forward(self, x: Inputs, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, the student's first output) for one batch; the teacher runs once, without gradients."""
         with torch.no_grad():
-            teacher_logits = self.teacher(x)
-        student_logits = self.student(x)
-        loss = logit_loss(student_logits, teacher_logits, labels, objective=self.objective, temperature=self.temperature,
-                          alpha=self.alpha)
+            teacher_outputs = output_tensors(call(self.teacher, x))
+        student_outputs = output_tensors(call(self.student, x))
+        loss = torch.stack([logit_loss(s, t, labels, objective=self.objective, temperature=self.temperature, alpha=self.alpha)
+                            for s, t in zip(student_outputs, teacher_outputs, strict=True)]).sum()
         if self.hints:
             loss = loss + self.hint_weight * self.hint_loss()
-        return loss, student_logits
+        return loss, student_outputs[0]
 
     def hint_loss(self) -> torch.Tensor:
         """Mean over hints of the MSE between regressed student features and teacher features (last forward pass)."""
@@ -153,7 +178,7 @@ class Distiller(nn.Module):
 
 
 @contextlib.contextmanager
-def distiller(student: nn.Module, teacher: nn.Module, example: torch.Tensor, **kwargs: object) -> Iterator[Distiller]:
+def distiller(student: nn.Module, teacher: nn.Module, example: Inputs, **kwargs: object) -> Iterator[Distiller]:
     """A ``Distiller`` whose feature hooks are removed on exit (the student is exported afterwards)."""
     module = Distiller(student, teacher, example, **kwargs)  # type: ignore[arg-type]
     try:

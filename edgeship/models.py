@@ -235,7 +235,8 @@ def load_model(artifact: Artifact, cfg: ModelConfig | None = None) -> nn.Module:
 
         model.load_state_dict(torch.load(artifact.folder / pruning["base_file"], map_location="cpu", weights_only=True))
         history = json.loads((artifact.folder / pruning["history_file"]).read_text())
-        replay(model.eval(), torch.zeros(1, *artifact.meta["input_shape"]), history)
+        example = example_inputs(artifact.meta["inputs"]) if artifact.meta.get("inputs") else torch.zeros(1, *artifact.meta["input_shape"])
+        replay(model.eval(), example, history)
     model.load_state_dict(torch.load(artifact.path, map_location="cpu", weights_only=True))
     return model.eval()
 
@@ -246,6 +247,15 @@ def input_records(cfg: ModelConfig) -> list[dict[str, Any]]:
     dimension is named (dynamic)."""
     return [{"name": decl.name, "dtype": decl.dtype, "shape": [d if isinstance(d, int) else None for d in decl.shape]}
             for decl in cfg.inputs]
+
+
+def example_inputs(records: list[dict[str, Any]]) -> tuple[Any, ...]:
+    """A traceable example of declared inputs (for Torch-Pruning's dependency graph): batch 1, every named dimension 2,
+    ones (a valid token id and an open attention mask)."""
+    import torch
+
+    return tuple(torch.ones([1, *(2 if size is None else size for size in record["shape"][1:])], dtype=getattr(torch, record["dtype"]))
+                 for record in records)
 
 
 def call_model(model: nn.Module, feed: Feed, inputs: list[str], outputs: list[str] | None = None) -> dict[str, np.ndarray]:

@@ -4,6 +4,8 @@ Structured pruning removes whole channels of coupled layer groups (residual adds
 depthwise convolutions, BatchNorm and the next layer's inputs move together), so
 the result is a physically smaller dense model. Unstructured pruning only zeroes
 weights: dense engines run it no faster, which the prune stage measures and says.
+``example`` is the input a model is traced with: one tensor, or a tuple of tensors for
+a model of several inputs (Torch-Pruning passes a tuple positionally).
 """
 
 from __future__ import annotations
@@ -31,13 +33,22 @@ def classifier_name(model: nn.Module) -> str:
 
 
 def ignored_modules(model: nn.Module, names: Sequence[str]) -> list[nn.Module]:
-    """The modules never pruned: the recipe's ``ignore_layers`` plus the classifier."""
+    """The modules never pruned: the recipe's ``ignore_layers`` (module names, or shell patterns such as
+    ``encoder.layer.*.attention.*`` for the repeated blocks of a transformer) plus the classifier."""
+    import fnmatch
+
     modules = dict(model.named_modules())
-    unknown = [name for name in names if name not in modules]
+    chosen: list[str] = []
+    unknown = []
+    for name in names:
+        matched = fnmatch.filter(modules, name) if any(c in name for c in "*?[") else [name] if name in modules else []
+        chosen.extend(matched)
+        if not matched:
+            unknown.append(name)
     if unknown:
         raise RecipeError(f"'prune.ignore_layers': no module named {', '.join(map(repr, unknown))}; "
                           f"modules include {', '.join(list(n for n in modules if n)[:12])}, …")
-    return [modules[name] for name in dict.fromkeys([*names, classifier_name(model)])]
+    return [modules[name] for name in dict.fromkeys([*chosen, classifier_name(model)])]
 
 
 def count(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
@@ -120,7 +131,7 @@ def check_runs(model: nn.Module, example: torch.Tensor) -> None:
     """A pruned model must still run; a forward that hard-codes channel counts does not."""
     try:
         with torch.no_grad():
-            model.eval()(example)
+            model.eval()(*example) if isinstance(example, tuple) else model.eval()(example)
     except Exception as exc:  # noqa: BLE001
         reason = " ".join(str(exc).split())[:200]
         raise StageError("prune", f"the pruned model no longer runs ({type(exc).__name__}: {reason}); a module whose forward "

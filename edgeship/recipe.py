@@ -194,9 +194,10 @@ class SensitivityConfig(Section):
 
     enabled: bool = True
     ratios: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-    max_drop: float = Field(default=40.0, ge=0, description="points of validation top-1 a layer group may cost when pruned "
-                                                           "alone, before any fine-tuning; groups past it are pruned less "
-                                                           "or not at all")
+    max_drop: float = Field(default=40.0, ge=0, description="points of validation top-1 (without labels: of output cosine "
+                                                           "with the unpruned model, × 100) a layer group may cost when "
+                                                           "pruned alone, before any fine-tuning; groups past it are pruned "
+                                                           "less or not at all")
     val_size: PositiveInt = Field(default=2000, description="validation images per evaluation")
 
     @field_validator("ratios")
@@ -234,7 +235,8 @@ class PruneConfig(Section):
     round_to: PositiveInt | None = Field(default=8, description="keep channel counts multiples of this: CPU/GPU kernels vectorize "
                                                                "over 8 or 16 channels, and odd counts (11, 22, …) run no faster")
     ratios: dict[str, float] | None = Field(default=None, description="per-layer-group ratios by module name; skips the sensitivity search")
-    ignore_layers: tuple[str, ...] = Field(default=(), description="module names never pruned; the classifier always is")
+    ignore_layers: tuple[str, ...] = Field(default=(), description="module names never pruned, or shell patterns of them "
+                                                                   "(encoder.layer.*.attention.*); the classifier always is")
     steps: PositiveInt = Field(default=2, description="iterative schedule: prune → fine-tune, this many times")
     sensitivity: SensitivityConfig = SensitivityConfig()
     bn_sparsity: BnSparsityConfig = BnSparsityConfig()
@@ -266,9 +268,10 @@ class DistillConfig(Section):
     teacher: ModelConfig | None = Field(default=None, description="None: the pipeline's model before pruning")
     student: ModelConfig | None = Field(default=None, description="None: the pruned model; else a zoo/factory model, "
                                                                   "trained from its init or checkpoint")
-    objective: Literal["soft", "soft_hard", "mse"] = Field(
+    objective: Literal["soft", "soft_hard", "mse", "cosine"] = Field(
         default="soft_hard", description="soft: KL at temperature T scaled by T²; soft_hard: alpha·soft + (1-alpha)·CE on "
-                                         "labels; mse: MSE between logits")
+                                         "labels; mse: MSE between logits (or any outputs); cosine: 1 - cosine between "
+                                         "outputs. A model with declared inputs (no labels) defaults to mse")
     temperature: PositiveFloat = 2.0
     alpha: float = Field(default=0.7, ge=0, le=1, description="soft_hard: weight of the soft part; the hard part gets 1 - alpha")
     hints: tuple[HintConfig, ...] = Field(default=(), description="FitNets hint losses on named intermediate features")
@@ -448,16 +451,19 @@ class Recipe(Section):
     @model_validator(mode="after")
     def _task_fits(self) -> Recipe:
         """What a generic model, an ONNX entry and named arrays can and cannot go through."""
-        if self.model.onnx is not None or self.model.named_inputs:
-            why = ("model.onnx is an ONNX file" if self.model.onnx is not None else
-                   "pruning and distilling a model with declared inputs (without labels) is not supported yet")
+        if self.model.onnx is not None:
             for stage in ("prune", "distill"):
                 section = getattr(self, stage)
                 if "enabled" in section.model_fields_set and section.enabled:
-                    raise ValueError(f"{stage}.enabled: {stage} changes a PyTorch model of one image input, and {why}; set "
+                    raise ValueError(f"{stage}.enabled: {stage} changes a PyTorch model, and model.onnx is an ONNX file; set "
                                      f"{stage}.enabled: false")
                 # not asked for: such a model is not pruned or distilled (a copy: the default section is shared)
                 object.__setattr__(self, stage, section.model_copy(update={"enabled": False}))
+        elif self.model.named_inputs:
+            for stage in ("prune", "distill"):  # pruned and distilled only when the recipe has the section (no labels: opt in)
+                if stage not in self.model_fields_set:
+                    object.__setattr__(self, stage, getattr(self, stage).model_copy(update={"enabled": False}))
+            self._label_free_compression()
         if self.model.named_inputs and self.task != "generic":
             raise ValueError("model.inputs: a model with declared inputs is judged by output fidelity: set task: generic")
         if self.data.dataset == "arrays":
@@ -478,6 +484,35 @@ class Recipe(Section):
                                  "image input); remove devices or use task: classification")
         return self
 
+    def _label_free_compression(self) -> None:
+        """A model with declared inputs has no labels: pruning fine-tunes and distillation learn the unpruned model's
+        outputs, so what needs labels or class scores is refused, and distill's label-bound defaults become label-free."""
+        prune, distill = self.prune, self.distill
+        if prune.enabled:
+            if prune.importance == "taylor":
+                raise ValueError("prune.importance: taylor ranks channels by the gradients of a loss, and a model without labels "
+                                 "has no loss before it is pruned (its outputs are its own targets); use l1")
+            if prune.bn_sparsity.epochs:
+                raise ValueError("prune.bn_sparsity.epochs: sparsity training trains on labels, and a model with declared inputs "
+                                 "has none; set it to 0")
+        if not distill.enabled:
+            return
+        given = distill.model_fields_set
+        if "objective" in given and distill.objective in DistillConfig.SOFT_OBJECTIVES:
+            raise ValueError(f"distill.objective: {distill.objective} matches class probabilities, and a model with declared "
+                             "inputs is judged by its outputs; use mse or cosine")
+        if "transfer" in given and distill.transfer == "labeled":
+            raise ValueError("distill.transfer: a model with declared inputs has no labels; it learns the teacher's outputs on "
+                             "the training arrays (transfer: unlabeled)")
+        if distill.ablation and "ablation" in given:
+            raise ValueError("distill.ablation: the hard-label fine-tune needs labels, and a model with declared inputs has "
+                             "none; set it to false")
+        if distill.transfer_source is not None:
+            raise ValueError("distill.transfer_source: a model with declared inputs learns on the training split of "
+                             "data.path's arrays; remove transfer_source")
+        update = {"objective": distill.objective if "objective" in given else "mse", "transfer": "unlabeled", "ablation": False}
+        object.__setattr__(self, "distill", distill.model_copy(update=update))
+
     @model_validator(mode="after")
     def _labels_for_training(self) -> Recipe:
         """Every stage that trains or scores against labels needs a labelled dataset."""
@@ -489,7 +524,7 @@ class Recipe(Section):
             raise ValueError(f"model: a {'zoo' if self.model.zoo else 'factory'} model without a checkpoint is trained here, and {why}; "
                              "use model.pretrained or a checkpoint")
         for stage in ("prune", "distill"):
-            if getattr(self, stage).enabled:
+            if getattr(self, stage).enabled and not self.model.named_inputs:  # declared inputs: label-free, their outputs
                 raise ValueError(f"{stage}.enabled: {stage} fine-tunes and scores on labelled images, and {why}; set {stage}.enabled: "
                                  "false, or use labelled images of your own (data.dataset: image_folder)")
         return self

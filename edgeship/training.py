@@ -14,10 +14,10 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -34,6 +34,16 @@ from edgeship.zoo.train import accuracy, backward_guard, predict, seed_everythin
 
 if TYPE_CHECKING:  # the recipe sits above this module: its sections are only annotations here
     from edgeship.recipe import Preprocessing, TrainConfig
+
+
+class Batches(Protocol):
+    """What ``fit`` trains on: a length and batches of (inputs, labels or ``None``) by sample index."""
+
+    labels: np.ndarray | None
+
+    def __len__(self) -> int: ...
+
+    def batch(self, idx: np.ndarray) -> tuple[Any, torch.Tensor | None]: ...
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,25 @@ class TransferSet:
         x = self.inputs[idx] if self.preprocessing is None else preprocess(self.inputs[idx], self.preprocessing)
         y = None if self.labels is None else torch.from_numpy(self.labels[idx])
         return torch.from_numpy(standard_strides(np.asarray(x, dtype=np.float32))), y
+
+
+@dataclass(frozen=True)
+class ArrayBatches:
+    """Named input arrays without labels (token ids, masks, features), batched as a tuple of tensors in the model's
+    input order."""
+
+    arrays: Mapping[str, np.ndarray]
+    labels: None = None
+
+    def __len__(self) -> int:
+        return len(next(iter(self.arrays.values())))
+
+    def batch(self, idx: np.ndarray) -> tuple[tuple[torch.Tensor, ...], None]:
+        return tuple(torch.from_numpy(standard_strides(np.asarray(array[idx]))) for array in self.arrays.values()), None
+
+
+def batch_size(x: torch.Tensor | tuple[torch.Tensor, ...]) -> int:
+    return len(x[0]) if isinstance(x, tuple) else len(x)
 
 
 class HardLabels(nn.Module):
@@ -105,14 +134,14 @@ class FitHistory:
         return {**asdict(self), "best_val_accuracy": self.best_val_accuracy}
 
 
-def fit(module: nn.Module, data: TransferSet, evaluate: Callable[[], float], cfg: TrainConfig, *, seed: int, console: Console,
+def fit(module: nn.Module, data: Batches, evaluate: Callable[[], float], cfg: TrainConfig, *, seed: int, console: Console,
         label: str, patience: int | None = None, checkpoint: Path | None = None, stage: str = "train",
-        on_epoch: Callable[[int], None] | None = None, loop: Loop = Loop()) -> FitHistory:  # noqa: B008 - frozen
+        on_epoch: Callable[[int], None] | None = None, loop: Loop = Loop(), measure: str = "top-1") -> FitHistory:  # noqa: B008 - frozen
     """Train ``module`` in place; it ends with the weights ``loop.keep`` names (by default its best validation epoch's).
 
-    ``evaluate`` returns the validation top-1 of the current weights. ``checkpoint``
+    ``evaluate`` returns the validation score of the current weights (top-1, or fidelity to the teacher's outputs). ``checkpoint``
     (a file path) makes the run resumable. ``on_epoch(epoch)`` is called after each
-    saved epoch (tests use it to interrupt a run).
+    saved epoch (tests use it to interrupt a run). ``measure`` names the score in progress lines.
     """
     seed_everything(seed)
     stream = np.random.default_rng(seed)
@@ -154,8 +183,8 @@ def fit(module: nn.Module, data: TransferSet, evaluate: Callable[[], float], cfg
                 loss.backward()
                 optimizer.step()
                 schedule.step()
-                loss_sum += loss.item() * len(x)
-                seen += len(x)
+                loss_sum += loss.item() * batch_size(x)
+                seen += batch_size(x)
                 if y is not None:
                     correct += int((logits.detach().argmax(1) == y).sum())
                     labelled += len(y)
@@ -169,7 +198,7 @@ def fit(module: nn.Module, data: TransferSet, evaluate: Callable[[], float], cfg
             else:
                 bad_epochs += 1
                 history.stopped_early = patience is not None and bad_epochs >= patience and epoch + 1 < cfg.epochs
-            summary = (f"epoch {epoch + 1}/{cfg.epochs} loss {history.train_loss[-1]:.4f} val top-1 {history.val_accuracy[-1]:.4f}"
+            summary = (f"epoch {epoch + 1}/{cfg.epochs} loss {history.train_loss[-1]:.4f} val {measure} {history.val_accuracy[-1]:.4f}"
                        + (f" (best epoch {history.best_epoch})" if history.best_epoch != epoch + 1 else " (best)")
                        + (" — early stop" if history.stopped_early else ""))
             bar.update(task, info=summary)

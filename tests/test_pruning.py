@@ -86,6 +86,15 @@ def test_ignored_layers_and_unknown_names() -> None:
         make_pruner(model, EXAMPLE, importance="l1", ratios={"nope": 0.5})
 
 
+def test_ignored_layers_take_shell_patterns_that_must_match_something() -> None:
+    model = fresh("resnet_small")
+    groups = layer_groups(model, EXAMPLE, ())
+    kept = layer_groups(model, EXAMPLE, ("stem.*",))
+    assert kept and not any(name.startswith("stem.") for name in kept) and len(kept) < len(groups)
+    with pytest.raises(RecipeError, match="'prune.ignore_layers': no module named 'encoder.\\*'"):
+        layer_groups(model, EXAMPLE, ("encoder.*",))
+
+
 @pytest.mark.parametrize("importance", ["bn_gamma", "taylor"])
 def test_other_importance_criteria_prune(importance: str) -> None:
     model = fresh("resnet_small")

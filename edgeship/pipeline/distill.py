@@ -5,7 +5,9 @@ soft + hard, logits MSE, optional FitNets hints), validated each epoch on the
 held-out split, with early stopping and the best epoch kept; an interrupted run
 resumes from its last epoch checkpoint. For the report, the same student is also
 fine-tuned on hard labels alone (same epochs, seed and schedule, cached apart), so
-the run shows what distillation bought over plain fine-tuning.
+the run shows what distillation bought over plain fine-tuning. A model without labels
+(declared inputs, named arrays) learns the teacher's outputs on the training arrays and
+is scored by its fidelity to them (``pipeline/workload.py``); it has no ablation.
 """
 
 from __future__ import annotations
@@ -22,17 +24,17 @@ import numpy as np
 from edgeship.artifacts import Artifact
 from edgeship.data import check_samples, fingerprint_samples, load_samples
 from edgeship.errors import RecipeError
-from edgeship.measure import top1
 from edgeship.models import load_model
 from edgeship.pipeline.base import Made, RunContext
 from edgeship.pipeline.model import ModelStage, input_shape
+from edgeship.pipeline.workload import Workload, workload_for
 from edgeship.recipe import DistillConfig
 from edgeship.render.plots import save_png, training_figure
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from edgeship.training import TransferSet
+    from edgeship.training import Batches
 
 ABLATION = "distill-ablation"
 STRUCTURE_FILES = ("base.pt", "history.json")  # a pruned student's structure travels with its weights
@@ -82,12 +84,14 @@ class DistillStage:
 
         seed_everything(ctx.recipe.seed)
         student = load_model(student_artifact, ctx.recipe.model)
-        transfer = self._transfer(cfg, ctx, source)
-        score = _scorer(ctx)
-        scores: dict[str, Any] = {"student_before": score(student)}
+        work = workload_for(teacher_artifact or student_artifact, ctx.dataset, ctx.recipe.data.preprocessing,
+                            lambda artifact: load_model(artifact, ctx.recipe.model))
+        transfer = self._transfer(cfg, ctx, source, work)
+        score = _scorer(ctx, work)
+        scores: dict[str, Any] = {"measure": work.measure, "student_before": score(student)}
         started = time.perf_counter()
         fit_args = {"seed": ctx.recipe.seed, "console": ctx.console, "patience": cfg.patience, "checkpoint": checkpoint,
-                    "stage": self.name}
+                    "stage": self.name, "measure": {"top1": "top-1"}.get(work.measure, work.measure)}
         if teacher_artifact is None:
             history = fit(HardLabels(student), transfer, lambda: score(student, val_only=True), cfg.train,
                           label="hard-label fine-tune (ablation)", **fit_args)
@@ -110,29 +114,33 @@ class DistillStage:
         metrics = {**scores, "epochs_run": len(history.val_accuracy), "best_epoch": history.best_epoch,
                    "stopped_early": history.stopped_early, "train_seconds": round(seconds, 2),
                    "transfer": {"samples": len(transfer), "labeled": transfer.labels is not None}}
-        before, after = scores["student_before"]["val_top1"], scores["student_after"]["val_top1"]
+        key = f"val_{work.measure}"
+        before, after = scores["student_before"][key], scores["student_after"][key]
         if after < before:
-            metrics["warning"] = (f"training left the student worse on validation than it started ({before:.2%} → {after:.2%}); "
-                                  "try a lower learning rate or fewer epochs")
+            metrics["warning"] = (f"training left the student worse on validation than it started ({before:.4g} → {after:.4g} "
+                                  f"{work.measure}); try a lower learning rate or fewer epochs")
             ctx.console.print(f"[yellow]{self.name}: {metrics['warning']}[/yellow]")
         if teacher_artifact is not None:
             metrics["objective"] = {"name": cfg.objective, "temperature": cfg.temperature, "alpha": cfg.alpha,
                                     "hints": [h.model_dump() for h in cfg.hints], "hint_weight": cfg.hint_weight}
         (folder / "training.json").write_text(json.dumps({"metrics": metrics, "history": history.as_dict()}, indent=2))
         meta = {k: v for k, v in student_artifact.meta.items() if k in ("input_shape", "num_classes", "classes", "architecture",
-                                                                         "model_config", "pruning")}
+                                                                         "model_config", "pruning", "inputs", "outputs")}
         meta.update(source="distilled" if teacher_artifact is not None else "hard-label fine-tuned", metrics=metrics,
                     history=history.as_dict())
         return Made(target, "pytorch-state-dict", meta)
 
     @staticmethod
-    def _transfer(cfg: DistillConfig, ctx: RunContext, source: np.ndarray | None) -> TransferSet:
-        """The recipe's unlabeled ``source`` samples, or the training split (its labels unless transfer: unlabeled)."""
+    def _transfer(cfg: DistillConfig, ctx: RunContext, source: np.ndarray | None, work: Workload) -> Batches:
+        """The recipe's unlabeled ``source`` samples, the training arrays of a model without labels, or the training
+        images (their labels unless transfer: unlabeled)."""
         from edgeship.training import TransferSet
 
         train, p = ctx.dataset.train, ctx.recipe.data.preprocessing
         if source is not None:
             return TransferSet(source, None)
+        if train.arrays:
+            return work.transfer(cfg.transfer_size)
         labels = train.labels if cfg.transfer == "labeled" else None
         size = cfg.transfer_size or len(train)
         return TransferSet(train.images[:size], None if labels is None else labels[:size], p)
@@ -159,17 +167,16 @@ def _label(cfg: DistillConfig) -> str:
     return text + (f" + {len(cfg.hints)} hint{'s' * (len(cfg.hints) > 1)}" if cfg.hints else "")
 
 
-def _scorer(ctx: RunContext) -> Any:
-    """``score(model)``: top-1 on the validation split (model selection) and the evaluation split (the report)."""
-    from edgeship.zoo.train import predict
-
-    p, val, test = ctx.recipe.data.preprocessing, ctx.dataset.val, ctx.dataset.eval
+def _scorer(ctx: RunContext, work: Workload) -> Any:
+    """``score(model)``: the workload's measure (top-1, or fidelity to the teacher's outputs) on the validation split
+    (model selection) and the evaluation split (the report)."""
+    on_val, on_eval = work.scorer(ctx.dataset.val), work.scorer(ctx.dataset.eval)
 
     def score(model: nn.Module, *, val_only: bool = False) -> Any:
-        val_top1 = top1(predict(model, val.images, p), val.labels)
+        val = on_val(model)
         if val_only:
-            return val_top1
-        return {"val_top1": val_top1, "eval_top1": top1(predict(model, test.images, p), test.labels)}
+            return val
+        return {f"val_{work.measure}": val, f"eval_{work.measure}": on_eval(model)}
 
     return score
 
@@ -177,14 +184,16 @@ def _scorer(ctx: RunContext) -> Any:
 # -- the comparison in the run folder --------------------------------------------------------------------------
 
 def comparison(distilled: Mapping[str, Any], ablation: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Teacher, student before recovery, hard-label fine-tune and distilled, side by side (top-1, val and eval)."""
+    """Teacher, student before recovery, hard-label fine-tune and distilled, side by side (the measure, val and eval):
+    under ``top1`` for a classifier, ``cosine`` (fidelity to the teacher's outputs) for a model without labels."""
+    measure = distilled.get("measure", "top1")
     rows = {"teacher": distilled["teacher"], "student_before": distilled["student_before"],
             "hard_label_finetune": ablation["student_after"] if ablation else None, "distilled": distilled["student_after"]}
-    out: dict[str, Any] = {"top1": rows}
-    teacher = rows["teacher"]["eval_top1"]
-    out["distilled_drop_vs_teacher_points"] = round(100 * (teacher - rows["distilled"]["eval_top1"]), 3)
+    out: dict[str, Any] = {"measure": measure, measure: rows}
+    on_eval = f"eval_{measure}"
+    out["distilled_drop_vs_teacher_points"] = round(100 * (rows["teacher"][on_eval] - rows["distilled"][on_eval]), 3)
     if ablation:
-        out["gain_over_hard_labels_points"] = round(100 * (rows["distilled"]["eval_top1"] - rows["hard_label_finetune"]["eval_top1"]), 3)
+        out["gain_over_hard_labels_points"] = round(100 * (rows["distilled"][on_eval] - rows["hard_label_finetune"][on_eval]), 3)
     else:
         out["hard_label_finetune_note"] = "not run: distill.ablation is off or the transfer set has no labels"
     return out
@@ -204,4 +213,5 @@ def plot_curves(document: Mapping[str, Any], path: Path) -> None:
     histories = {f"distilled ({document['objective']})": document["distill"]["history"]}
     if document.get("hard_label_finetune"):
         histories["hard-label fine-tune"] = document["hard_label_finetune"]["history"]
-    save_png(training_figure(histories, document["top1"]), path)
+    measure = document.get("measure", "top1")
+    save_png(training_figure(histories, document[measure], measure), path)

@@ -5,7 +5,9 @@ from a sensitivity scan (cached by model + data hash) chosen to meet a MACs targ
 with the least accuracy loss, then an iterative prune → fine-tune schedule.
 Unstructured: global magnitude masks, fine-tuned, made permanent. Either way the
 model before and after is exported and timed on ONNX Runtime FP32 with the same
-harness as the validate stage: a MACs ratio alone is not a result.
+harness as the validate stage: a MACs ratio alone is not a result. What "accuracy"
+and "fine-tune" mean is the workload's: top-1 and labels for an image classifier, the
+unpruned model's own outputs for a model without labels (``pipeline/workload.py``).
 """
 
 from __future__ import annotations
@@ -19,18 +21,17 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
-
 from edgeship.artifacts import RECORD, Artifact, ArtifactStore
 from edgeship.backends.onnxruntime import OnnxRuntimeRunner
-from edgeship.data import preprocess
-from edgeship.measure import summarize, time_interleaved, top1
+from edgeship.measure import summarize, time_interleaved
 from edgeship.models import load_model
 from edgeship.pipeline.base import Made, RunContext
-from edgeship.pipeline.export import INPUT_NAME, _export, _simplify
+from edgeship.pipeline.export import _simplify
+from edgeship.pipeline.workload import Workload, workload_for
 from edgeship.progress import progress_bar
 from edgeship.recipe import PruneConfig
 from edgeship.render.plots import save_png, sensitivity_figure
+from edgeship.render.text import student_measure
 
 if TYPE_CHECKING:
     import torch
@@ -71,15 +72,16 @@ class PruneStage:
         from edgeship.pruning import layer_groups, sensitivity_scan
 
         model = load_model(teacher, ctx.recipe.model)
-        example = _example(teacher)
-        evaluate = _evaluator(ctx, cfg.sensitivity.val_size)
+        work = _workload(teacher, ctx)
+        example = work.example()
+        evaluate = work.scorer(ctx.dataset.val, cfg.sensitivity.val_size)
         base = evaluate(model)
         groups = layer_groups(model, example, cfg.ignore_layers)
         with progress_bar(ctx.console) as bar:
             task = bar.add_task("sensitivity scan", total=len(groups) * len(cfg.sensitivity.ratios), info=f"{len(groups)} layer groups")
             curves = sensitivity_scan(model, example, groups, cfg.sensitivity.ratios, evaluate, ignore=cfg.ignore_layers,
                                       importance=cfg.importance, on_step=lambda: bar.advance(task))
-        document = {"base_accuracy": base, "val_images": min(cfg.sensitivity.val_size, len(ctx.dataset.val)),
+        document = {"base_accuracy": base, "measure": work.measure, "val_images": min(cfg.sensitivity.val_size, len(ctx.dataset.val)),
                     "importance": cfg.importance if cfg.importance != "taylor" else "l1 (taylor needs gradients; the scan uses L1)",
                     "curves": curves}
         target = folder / "sensitivity.json"
@@ -97,19 +99,20 @@ class PruneStage:
 
         seed_everything(ctx.recipe.seed)
         model = load_model(teacher, ctx.recipe.model)
-        example = _example(teacher)
-        evaluate = _evaluator(ctx, None)
+        work = _workload(teacher, ctx)
+        example = work.example()
+        evaluate, measure = work.scorer(ctx.dataset.val), f"val_{work.measure}"
         macs, params = count(model, example)
-        before = {"macs": macs, "parameters": params, "val_top1": evaluate(model)}
+        before = {"macs": macs, "parameters": params, measure: evaluate(model)}
         original = copy.deepcopy(model)
         torch.save(model.state_dict(), folder / "base.pt")
         if cfg.method == "unstructured":
-            details = self._unstructured(model, cfg, ctx)
+            details = self._unstructured(model, cfg, ctx, work)
         else:
-            details = self._structured(model, example, teacher, curves, cfg, ctx, folder)
+            details = self._structured(model, example, work, curves, cfg, ctx, folder)
         macs, params = count(model, example)
-        after = {"macs": macs, "parameters": params, "val_top1": evaluate(model)}
-        timed = _measure_models({"before": original, "after": model}, teacher, ctx)
+        after = {"macs": macs, "parameters": params, measure: evaluate(model)}
+        timed = _measure_models({"before": original, "after": model}, work, ctx)
         before.update(timed["before"])
         after.update(timed["after"])
         if after["parameters"] == before["parameters"] and cfg.method == "structured":
@@ -121,22 +124,23 @@ class PruneStage:
             "macs_kept": round(after["macs"] / before["macs"], 4),
             "parameters_kept": round(after["parameters"] / before["parameters"], 4),
             "latency_speedup_p50": round(before["latency"]["p50_ms"] / after["latency"]["p50_ms"], 3),
-            "val_top1_drop_points": round(100 * (before["val_top1"] - after["val_top1"]), 3),
+            "measure": work.measure,
+            f"{measure}_drop_points": round(100 * (before[measure] - after[measure]), 3),
         }
         target = folder / "model.pt"
         torch.save(model.state_dict(), target)
         (folder / "prune.json").write_text(json.dumps({"metrics": metrics, **details}, indent=2))
         ctx.console.print(f"prune: MACs kept {metrics['macs_kept']:.1%}, parameters kept {metrics['parameters_kept']:.1%}, "
                           f"ORT FP32 p50 {before['latency']['p50_ms']:.3f} → {after['latency']['p50_ms']:.3f} ms "
-                          f"(×{metrics['latency_speedup_p50']:.2f}), val top-1 {before['val_top1']:.2%} → {after['val_top1']:.2%}")
-        meta = {key: teacher.meta[key] for key in ("input_shape", "num_classes", "classes", "architecture", "model_config")
-                if key in teacher.meta}
+                          f"(×{metrics['latency_speedup_p50']:.2f}), {student_measure(metrics)}")
+        meta = {key: teacher.meta[key] for key in ("input_shape", "num_classes", "classes", "architecture", "model_config",
+                                                   "inputs", "outputs") if key in teacher.meta}
         meta.update(source="pruned", pruning={"method": cfg.method, "base_file": "base.pt",
                                               "history_file": "history.json" if cfg.method == "structured" else None},
                     metrics=metrics)
         return Made(target, "pytorch-state-dict", meta)
 
-    def _structured(self, model: nn.Module, example: torch.Tensor, teacher: Artifact, curves: Artifact | None, cfg: PruneConfig,
+    def _structured(self, model: nn.Module, example: Any, work: Workload, curves: Artifact | None, cfg: PruneConfig,
                     ctx: RunContext, folder: Path) -> dict[str, Any]:
         from edgeship.pruning import check_runs, count, kept_macs, layer_groups, make_pruner, prune_once, search
 
@@ -150,10 +154,10 @@ class PruneStage:
         if cfg.ratios is not None:
             t = 1.0
         elif cfg.latency_target is not None:
-            base_ms = _measure(model, teacher, ctx, quick=True)["latency"]["p50_ms"]
+            base_ms = _measure(model, work, ctx, quick=True)["latency"]["p50_ms"]
             target = cfg.latency_target.p50_ms / base_ms
             with ctx.console.status(f"searching ratios for p50 ≤ {cfg.latency_target.p50_ms} ms on {cfg.latency_target.backend}"):
-                t, kept = search(lambda t: _measure(prune_once(model, example, **choose(t), **common), teacher, ctx,
+                t, kept = search(lambda t: _measure(prune_once(model, example, **choose(t), **common), work, ctx,
                                                     quick=True)["latency"]["p50_ms"] / base_ms, target, iterations=8)
             plan.update(target_p50_ms=cfg.latency_target.p50_ms, base_p50_ms=base_ms, expected_p50_ms=round(kept * base_ms, 4))
             if kept > target:
@@ -174,11 +178,11 @@ class PruneStage:
         history_of_steps = []
         for step in range(cfg.steps):
             if cfg.importance == "taylor":
-                self._taylor_gradients(model, cfg, ctx)
+                self._taylor_gradients(model, cfg, work)
             pruner.step()
             check_runs(model, example)
             model.zero_grad(set_to_none=True)
-            tuned = self._finetune(model, cfg, ctx, label=f"fine-tune {step + 1}/{cfg.steps}")
+            tuned = work.finetune(model, cfg.finetune, seed=ctx.recipe.seed, console=ctx.console, label=f"fine-tune {step + 1}/{cfg.steps}")
             history_of_steps.append({"step": step + 1, "macs": count(model, example)[0], "val_accuracy": tuned})
         (folder / "history.json").write_text(json.dumps(pruner.pruning_history()))
         plan["steps"] = history_of_steps
@@ -203,22 +207,15 @@ class PruneStage:
         plan["chosen_by"] = "uniform"
         return lambda t: {"ratios": {g: round(MAX_RATIO * t, 4) for g in groups}}
 
-    def _unstructured(self, model: nn.Module, cfg: PruneConfig, ctx: RunContext) -> dict[str, Any]:
+    def _unstructured(self, model: nn.Module, cfg: PruneConfig, ctx: RunContext, work: Workload) -> dict[str, Any]:
         from edgeship.pruning import apply_magnitude_masks, layer_sparsity, make_masks_permanent
 
         apply_magnitude_masks(model, cfg.sparsity, cfg.ignore_layers)
-        tuned = self._finetune(model, cfg, ctx, label="fine-tune (masked)")
+        tuned = work.finetune(model, cfg.finetune, seed=ctx.recipe.seed, console=ctx.console, label="fine-tune (masked)")
         make_masks_permanent(model)
         sparsity = layer_sparsity(model)
         return {"target_sparsity": cfg.sparsity, "layer_sparsity": sparsity, "fine_tune_val_accuracy": tuned,
                 "note": "zeros are stored densely: dense engines (ONNX Runtime, OpenVINO, TFLite, TensorRT) run them no faster"}
-
-    def _finetune(self, model: nn.Module, cfg: PruneConfig, ctx: RunContext, *, label: str) -> list[float]:
-        from edgeship.training import train_classifier
-
-        history = train_classifier(model, ctx.dataset.train, ctx.dataset.val, ctx.recipe.data.preprocessing, cfg.finetune,
-                                   seed=ctx.recipe.seed, console=ctx.console, label=label)
-        return history.val_accuracy
 
     def _bn_sparsity(self, model: nn.Module, cfg: PruneConfig, ctx: RunContext) -> None:
         import torch
@@ -235,59 +232,40 @@ class PruneStage:
                          cfg.finetune.model_copy(update={"epochs": cfg.bn_sparsity.epochs}), seed=ctx.recipe.seed,
                          console=ctx.console, label="BN-γ sparsity training", penalty=penalty)
 
-    def _taylor_gradients(self, model: nn.Module, cfg: PruneConfig, ctx: RunContext) -> None:
+    def _taylor_gradients(self, model: nn.Module, cfg: PruneConfig, work: Workload) -> None:
         """Accumulate loss gradients over a few training batches: Taylor importance reads weight × grad."""
-        import torch
-
         model.eval()
         model.zero_grad(set_to_none=True)
-        train, p, batch = ctx.dataset.train, ctx.recipe.data.preprocessing, cfg.finetune.batch_size
-        for i in range(min(cfg.taylor_batches, -(-len(train) // batch))):
-            x = torch.from_numpy(preprocess(train.images[i * batch : (i + 1) * batch], p))
-            y = torch.from_numpy(train.labels[i * batch : (i + 1) * batch])
-            torch.nn.functional.cross_entropy(model(x), y).backward()
+        batch = cfg.finetune.batch_size
+        for i in range(min(cfg.taylor_batches, -(-len(work.transfer(None)) // batch))):
+            work.taylor_loss(model, slice(i * batch, (i + 1) * batch)).backward()
 
 
-def _example(artifact: Artifact) -> torch.Tensor:
-    import torch
-
-    return torch.zeros(1, *artifact.meta["input_shape"])
+def _workload(teacher: Artifact, ctx: RunContext) -> Workload:
+    return workload_for(teacher, ctx.dataset, ctx.recipe.data.preprocessing, lambda artifact: load_model(artifact, ctx.recipe.model))
 
 
-def _evaluator(ctx: RunContext, limit: int | None) -> Any:
-    from edgeship.zoo.train import predict
-
-    val = ctx.dataset.val
-    images, labels = (val.images, val.labels) if limit is None else (val.images[:limit], val.labels[:limit])
-
-    def evaluate(model: nn.Module) -> float:
-        return top1(predict(model, images, ctx.recipe.data.preprocessing), labels)
-
-    return evaluate
-
-
-def _measure(model: nn.Module, teacher: Artifact, ctx: RunContext, *, quick: bool = False) -> dict[str, Any]:
+def _measure(model: nn.Module, work: Workload, ctx: RunContext, *, quick: bool = False) -> dict[str, Any]:
     """ONNX size and measured ORT FP32 latency of one model (``quick`` for searches)."""
-    return _measure_models({"model": model}, teacher, ctx, quick=quick)["model"]
+    return _measure_models({"model": model}, work, ctx, quick=quick)["model"]
 
 
-def _measure_models(models: Mapping[str, nn.Module], teacher: Artifact, ctx: RunContext, *,
+def _measure_models(models: Mapping[str, nn.Module], work: Workload, ctx: RunContext, *,
                     quick: bool = False) -> dict[str, dict[str, Any]]:
     """ONNX size and measured ORT FP32 latency (batch 1, threads pinned, the validate harness) of each model.
 
     Several models are timed in alternating rounds, so their ratio is measured under the same load.
     """
     cfg, threads = ctx.recipe.validate_, ctx.recipe.threads()
-    shape = tuple(teacher.meta["input_shape"])
-    sample = np.zeros((1, *shape), np.float32)
+    feed = work.timing_feed()
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         files, calls = {}, {}
         for name, model in models.items():
             raw, files[name] = Path(tmp) / f"{name}.raw.onnx", Path(tmp) / f"{name}.onnx"
-            _export(model.eval(), shape, raw, ctx.recipe.export.opset)
+            work.export(model.eval(), raw, ctx.recipe.export.opset)
             _simplify(raw, files[name])
             runner = stack.enter_context(OnnxRuntimeRunner(files[name], threads=threads))
-            calls[name] = lambda r=runner: r.infer({INPUT_NAME: sample})
+            calls[name] = lambda r=runner: r.infer(feed)
         warmup, iterations, seconds = (5, 50, 0.3) if quick else (cfg.warmup, cfg.iterations, cfg.min_seconds)
         with ctx.occupancy.timing():
             times = time_interleaved(calls, warmup=warmup, iterations=iterations, min_seconds=seconds, rounds=1 if quick else 5)

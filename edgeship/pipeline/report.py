@@ -350,17 +350,21 @@ def _add_predicted_drop_vs_onnx_fp32(engines: list[EngineRow]) -> None:
 def student_vs_teacher(prune: Mapping[str, Any] | None, baseline: Mapping[str, Any] | None, engines: list[EngineRow], *,
                        distilled: bool) -> dict[str, Any] | None:
     """The pipeline's verdict on the student: measured ORT FP32 latency ratio (both timed in the prune stage of
-    one run, same harness) and the test top-1 of its ORT FP32 engine against the teacher's PyTorch FP32 top-1."""
+    one run, same harness) and the test top-1 of its ORT FP32 engine against the teacher's PyTorch FP32 top-1 — or, for a
+    model without labels, its ORT FP32 engine's output cosine with the teacher's PyTorch outputs (the worst output's mean)."""
     engine = next((e for e in engines if e.name == "onnxruntime/fp32" and e.status == "ok"), None)
     if not prune or not baseline or engine is None:
         return None
-    return {"teacher_p50_ms": prune["before"]["latency"]["p50_ms"], "student_p50_ms": prune["after"]["latency"]["p50_ms"],
-            "latency_reduction": prune["latency_speedup_p50"], "teacher_top1": baseline["top1"], "student_top1": engine.top1,
-            "top1_drop_points": engine.top1_drop_points, "stages": "prune + distill" if distilled else "prune"}
+    verdict = {"teacher_p50_ms": prune["before"]["latency"]["p50_ms"], "student_p50_ms": prune["after"]["latency"]["p50_ms"],
+               "latency_reduction": prune["latency_speedup_p50"], "stages": "prune + distill" if distilled else "prune"}
+    if prune.get("measure", "top1") == "cosine":
+        return {**verdict, "measure": "cosine", "student_cosine": engine.min_cosine}
+    return {**verdict, "measure": "top1", "teacher_top1": baseline["top1"], "student_top1": engine.top1,
+            "top1_drop_points": engine.top1_drop_points}
 
 
 def _distill_section(entries: list[ManifestEntry]) -> dict[str, Any] | None:
-    """Teacher, student before recovery, hard-label fine-tune and distilled top-1, and both training histories."""
+    """Teacher, student before recovery, hard-label fine-tune and distilled scores, and both training histories."""
     done = {e.stage: e for e in entries if e.status == "ok"}
     if "distill" not in done:
         return None

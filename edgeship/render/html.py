@@ -14,7 +14,7 @@ from edgeship.qualification import Report
 from edgeship.recipe import GatesConfig
 from edgeship.render import plots
 from edgeship.render.cells import Cell, engine_cells, latency_cell, release_headline
-from edgeship.render.text import change_points, dataset_warnings, db, float_layers_line, int8_weight_lines
+from edgeship.render.text import change_points, dataset_warnings, db, float_layers_line, int8_weight_lines, verdict_measure
 from edgeship.render.text import pct as _pct
 from edgeship.render.text import size as _size
 
@@ -376,15 +376,16 @@ def _pipeline(report: Report) -> str:
                      f"{prune.get('method')} pruning; ONNX {_size(before['onnx_bytes'])} → {_size(after['onnx_bytes'])}, measured ORT "
                      f"FP32 p50 {before['latency']['p50_ms']:.3f} → {after['latency']['p50_ms']:.3f} ms."))
     if distill:
-        top1 = distill["top1"]
-        parts.append("<h3>Distillation</h3>" + figure(lambda: plots.ablation_figure(top1),
+        measure = distill.get("measure", "top1")
+        scores = distill[measure]
+        parts.append("<h3>Distillation</h3>" + figure(lambda: plots.ablation_figure(scores, measure),
                      f"{distill['name']}: {change_points(distill['distilled_drop_vs_teacher_points'])} vs the teacher"
                      + (f", {distill['gain_over_hard_labels_points']:+.2f} pt over hard labels alone." if "gain_over_hard_labels_points"
                         in distill else ".")))
         history = distill.get("history") or {}
         if history.get("distilled"):
-            parts.append(figure(lambda: plots.training_figure({"distilled": history["distilled"],
-                                                                "hard-label fine-tune": history.get("hard_label_finetune")}, top1),
+            curves = {"distilled": history["distilled"], "hard-label fine-tune": history.get("hard_label_finetune")}
+            parts.append(figure(lambda: plots.training_figure(curves, scores, measure),
                                  "Training curves (validation split held out from training)."))
     lines = [line for row in report.engines for line in int8_weight_lines(row)]
     if lines:
@@ -393,8 +394,7 @@ def _pipeline(report: Report) -> str:
     verdict = report.student_vs_teacher
     if verdict:
         parts.append(f"<p>Student vs teacher ({escape(verdict['stages'])}): ORT FP32 p50 {verdict['teacher_p50_ms']:.3f} → "
-                     f"{verdict['student_p50_ms']:.3f} ms (×{verdict['latency_reduction']:.2f}), test top-1 "
-                     f"{_pct(verdict['teacher_top1'])} → {_pct(verdict['student_top1'])}.</p>")
+                     f"{verdict['student_p50_ms']:.3f} ms (×{verdict['latency_reduction']:.2f}), {escape(verdict_measure(verdict))}.</p>")
     return section("pipeline", "Pipeline", "\n".join(parts) or "<p>Pruning and distillation were off in this recipe.</p>")
 
 

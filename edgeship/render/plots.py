@@ -56,8 +56,12 @@ def save_png(fig: Any, path: Path) -> None:
     plt.close(fig)
 
 
+MEASURE_AXES = {"top1": "top-1 (%)", "cosine": "output cosine with the teacher (×100)"}
+
+
 def sensitivity_figure(document: Mapping[str, Any], max_drop: float) -> Any:
-    """Validation top-1 of each layer group pruned alone, per ratio (Torch-Pruning style sensitivity curves)."""
+    """Validation score (top-1, or output cosine with the unpruned model) of each layer group pruned alone, per ratio
+    (Torch-Pruning style sensitivity curves)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     for group, curve in document["curves"].items():
@@ -66,16 +70,20 @@ def sensitivity_figure(document: Mapping[str, Any], max_drop: float) -> Any:
     base = 100 * document["base_accuracy"]
     ax.axhline(base, color="black", linewidth=1, label="unpruned")
     ax.axhline(base - max_drop, color="red", linestyle="--", linewidth=1, label=f"max_drop ({max_drop:g} pt)")
-    ax.set(xlabel="channels pruned in the group alone (%)", ylabel="validation top-1 (%)",
-           title=f"Pruning sensitivity per layer group ({document['val_images']} validation images)")
+    measure = document.get("measure", "top1")
+    ax.set(xlabel="channels pruned in the group alone (%)", ylabel=f"validation {MEASURE_AXES.get(measure, measure)}",
+           title=f"Pruning sensitivity per layer group ({document['val_images']} validation "
+                 f"{'images' if measure == 'top1' else 'samples'})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     return fig
 
 
-def training_figure(histories: Mapping[str, Mapping[str, Sequence[float]] | None], top1: Mapping[str, Any]) -> Any:
-    """Training loss and validation top-1 per epoch of each run (distilled, hard-label fine-tune)."""
+def training_figure(histories: Mapping[str, Mapping[str, Sequence[float]] | None], scores: Mapping[str, Any],
+                    measure: str = "top1") -> Any:
+    """Training loss and the validation score (top-1, or fidelity to the teacher) per epoch of each run (distilled,
+    hard-label fine-tune)."""
     plt = _pyplot()
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
     for name, history in histories.items():
@@ -84,10 +92,11 @@ def training_figure(histories: Mapping[str, Mapping[str, Sequence[float]] | None
         epochs = list(range(1, len(history["val_accuracy"]) + 1))
         loss_ax.plot(epochs, history["train_loss"], marker="o", label=name)
         acc_ax.plot(epochs, [100 * a for a in history["val_accuracy"]], marker="o", label=name)
-    acc_ax.axhline(100 * top1["teacher"]["val_top1"], color="black", linewidth=1, label="teacher")
-    acc_ax.axhline(100 * top1["student_before"]["val_top1"], color="grey", linestyle="--", linewidth=1, label="student before")
+    acc_ax.axhline(100 * scores["teacher"][f"val_{measure}"], color="black", linewidth=1, label="teacher")
+    acc_ax.axhline(100 * scores["student_before"][f"val_{measure}"], color="grey", linestyle="--", linewidth=1, label="student before")
+    axis = MEASURE_AXES.get(measure, measure)
     loss_ax.set(xlabel="epoch", ylabel="training loss (each run's own objective)", title="Training loss")
-    acc_ax.set(xlabel="epoch", ylabel="validation top-1 (%)", title="Validation top-1 (held out)")
+    acc_ax.set(xlabel="epoch", ylabel=f"validation {axis}", title=f"Validation {axis.split(' (')[0]} (held out)")
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -96,18 +105,20 @@ def training_figure(histories: Mapping[str, Mapping[str, Sequence[float]] | None
     return fig
 
 
-def ablation_figure(top1: Mapping[str, Any]) -> Any:
-    """Test top-1 of the teacher, the pruned student before recovery, the hard-label fine-tune and the distilled student."""
+def ablation_figure(scores: Mapping[str, Any], measure: str = "top1") -> Any:
+    """Test score (top-1, or fidelity to the teacher) of the teacher, the pruned student before recovery, the hard-label
+    fine-tune and the distilled student."""
     plt = _pyplot()
     names = [("teacher", "teacher"), ("student_before", "pruned, before"), ("hard_label_finetune", "hard-label fine-tune"),
              ("distilled", "distilled")]
-    shown = [(label, 100 * top1[key]["eval_top1"]) for key, label in names if top1.get(key)]
+    shown = [(label, 100 * scores[key][f"eval_{measure}"]) for key, label in names if scores.get(key)]
     fig, ax = plt.subplots(figsize=(7, 3.2))
     bars = ax.barh([label for label, _ in shown], [value for _, value in shown], color=["#444", "#bbb", "#8fb3d9", "#1f77b4"][: len(shown)])
     for bar, (_, value) in zip(bars, shown, strict=True):
-        ax.text(value, bar.get_y() + bar.get_height() / 2, f" {value:.2f}%", va="center", fontsize=9)
+        ax.text(value, bar.get_y() + bar.get_height() / 2, f" {value:.2f}{'%' if measure == 'top1' else ''}", va="center", fontsize=9)
     low = min(value for _, value in shown)
-    ax.set(xlim=(max(0.0, low - 3), 100), xlabel="test top-1 (%)", title="Distillation ablation")
+    ax.set(xlim=(max(0.0, low - 3), 100), xlabel=f"test {MEASURE_AXES.get(measure, measure)}",
+           title="Distillation ablation" if measure == "top1" else "Distillation")
     ax.invert_yaxis()
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()

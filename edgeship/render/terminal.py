@@ -17,7 +17,7 @@ from rich.table import Table
 from edgeship.gates import format_value
 from edgeship.qualification import EngineRow, Report
 from edgeship.render.cells import COLUMNS, Cell, db_text, engine_cells, latency_cell, release_headline
-from edgeship.render.text import change_points, dataset_warnings, db, int8_weight_lines
+from edgeship.render.text import MEASURE_NAMES, change_points, dataset_warnings, db, int8_weight_lines, student_measure, verdict_measure
 from edgeship.render.text import pct as _pct
 from edgeship.render.text import size as _size
 
@@ -102,20 +102,21 @@ def print_summary(report: Report, console: Console) -> None:
         console.print(f"prune ({prune.get('method')}): MACs kept {prune['macs_kept']:.1%}, parameters kept {prune['parameters_kept']:.1%}, "
                       f"ONNX {_size(before['onnx_bytes'])} → {_size(after['onnx_bytes'])}, measured ORT FP32 p50 "
                       f"{before['latency']['p50_ms']:.3f} → {after['latency']['p50_ms']:.3f} ms (×{prune['latency_speedup_p50']:.2f}), "
-                      f"val top-1 {_pct(before['val_top1'])} → {_pct(after['val_top1'])}", soft_wrap=True)
+                      f"{student_measure(prune)}", soft_wrap=True)
     verdict = report.student_vs_teacher
     if verdict:
         console.print(f"[bold]student vs teacher ({verdict['stages']})[/bold]: measured ORT FP32 p50 {verdict['teacher_p50_ms']:.3f} → "
-                      f"{verdict['student_p50_ms']:.3f} ms ([bold]×{verdict['latency_reduction']:.2f}[/bold]), test top-1 "
-                      f"{_pct(verdict['teacher_top1'])} → {_pct(verdict['student_top1'])} "
-                      f"([bold]{change_points(verdict['top1_drop_points'])}[/bold])", soft_wrap=True)
+                      f"{verdict['student_p50_ms']:.3f} ms ([bold]×{verdict['latency_reduction']:.2f}[/bold]), {verdict_measure(verdict)}",
+                      soft_wrap=True)
     distill = report.distill
     if distill:
-        top1 = distill["top1"]
-        hard = top1.get("hard_label_finetune")
-        console.print(f"distill ({distill['name']}): test top-1 teacher {_pct(top1['teacher']['eval_top1'])}, student before "
-                      f"{_pct(top1['student_before']['eval_top1'])}, hard-label fine-tune "
-                      f"{_pct(hard['eval_top1']) if hard else 'not run'}, distilled {_pct(top1['distilled']['eval_top1'])} "
+        measure = distill.get("measure", "top1")
+        rows, on_eval = distill[measure], f"eval_{measure}"
+        hard = rows.get("hard_label_finetune")
+        shown = _pct if measure == "top1" else (lambda value: f"{value:.4f}")
+        console.print(f"distill ({distill['name']}): test {MEASURE_NAMES.get(measure, measure)} teacher {shown(rows['teacher'][on_eval])}, "
+                      f"student before {shown(rows['student_before'][on_eval])}, hard-label fine-tune "
+                      f"{shown(hard[on_eval]) if hard else 'not run'}, distilled {shown(rows['distilled'][on_eval])} "
                       f"({change_points(distill['distilled_drop_vs_teacher_points'])} vs teacher"
                       + (f", {distill['gain_over_hard_labels_points']:+.2f} pt over hard labels)" if hard else ")"), soft_wrap=True)
 

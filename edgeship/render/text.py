@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from edgeship.data import substitution_note
 from edgeship.qualification import EngineRow, Report
 
@@ -65,3 +68,23 @@ def dataset_warnings(report: Report) -> list[str]:
 def db(value: float | None) -> str:
     """An SQNR in dB for people; None is an exact match."""
     return "exact" if value is None else f"{value:.1f}"
+
+
+MEASURE_NAMES = {"top1": "top-1", "cosine": "cosine with the teacher's outputs"}
+
+
+def student_measure(prune: Mapping[str, Any]) -> str:
+    """The prune stage's validation score before → after: top-1, or the cosine with the unpruned model's outputs."""
+    measure = prune.get("measure", "top1")
+    before, after = prune["before"][f"val_{measure}"], prune["after"][f"val_{measure}"]
+    if measure == "top1":
+        return f"val top-1 {pct(before)} → {pct(after)}"
+    return f"val {MEASURE_NAMES.get(measure, measure)} {before:.4f} → {after:.4f}"
+
+
+def verdict_measure(verdict: Mapping[str, Any]) -> str:
+    """The student's ORT FP32 engine against the teacher: test top-1 and its drop, or the output cosine."""
+    if verdict.get("measure") == "cosine":
+        return f"test output cosine with the teacher {verdict['student_cosine']:.4f}"
+    return (f"test top-1 {pct(verdict['teacher_top1'])} → {pct(verdict['student_top1'])} "
+            f"({change_points(verdict['top1_drop_points'])})")

@@ -163,7 +163,7 @@ def test_too_few_samples_and_a_file_that_is_not_npz_are_one_line_errors(tmp_path
 
 
 @pytest.mark.parametrize(("overrides", "expected"), [
-    ({"prune": {"enabled": True}}, r"prune.enabled: prune changes a PyTorch model of one image input, and model.onnx is an ONNX file"),
+    ({"prune": {"enabled": True}}, r"prune.enabled: prune changes a PyTorch model, and model.onnx is an ONNX file"),
     ({"gates": {"min_agreement": 0.9}}, r"gates.min_agreement: a class-score gate, and task is generic"),
     ({"task": "classification"}, r"data.dataset arrays has no labels or class scores to judge: set task: generic"),
     ({"model": {"onnx": "missing.onnx"}}, r"'model.onnx': file not found: .*missing.onnx"),
