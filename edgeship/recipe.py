@@ -278,8 +278,9 @@ class DistillConfig(Section):
     hint_weight: PositiveFloat = 1.0
     transfer: Literal["labeled", "unlabeled"] = Field(
         default="labeled", description="labeled: the training split with its labels; unlabeled: the teacher supplies every target")
-    transfer_source: Path | None = Field(default=None, description="unlabeled: a folder of images or .npy/.npz inputs; "
-                                                                   "None uses the training images without their labels")
+    transfer_source: Path | None = Field(default=None, description="unlabeled: a folder of images or .npy/.npz inputs (a "
+                                                                   "model with declared inputs: an .npz of named arrays, one "
+                                                                   "per input); None uses the training split without labels")
     transfer_size: PositiveInt | None = Field(default=None, description="use the first N transfer samples; None uses all")
     train: TrainConfig = TrainConfig(epochs=2, lr=0.01)
     patience: PositiveInt | None = Field(default=2, description="early stopping: epochs without a better validation top-1; "
@@ -290,7 +291,9 @@ class DistillConfig(Section):
     @model_validator(mode="after")
     def _labels_needed(self) -> DistillConfig:
         if self.transfer == "unlabeled" and self.objective == "soft_hard":
-            raise ValueError("objective soft_hard needs labels; with transfer: unlabeled use soft or mse")
+            if "objective" in self.model_fields_set:
+                raise ValueError("objective soft_hard needs labels; with transfer: unlabeled use soft, mse or cosine")
+            object.__setattr__(self, "objective", "soft")  # the default's label-free half
         if self.transfer_source is not None and self.transfer != "unlabeled":
             raise ValueError("transfer_source is unlabeled data: set transfer: unlabeled")
         return self
@@ -507,9 +510,9 @@ class Recipe(Section):
         if distill.ablation and "ablation" in given:
             raise ValueError("distill.ablation: the hard-label fine-tune needs labels, and a model with declared inputs has "
                              "none; set it to false")
-        if distill.transfer_source is not None:
-            raise ValueError("distill.transfer_source: a model with declared inputs learns on the training split of "
-                             "data.path's arrays; remove transfer_source")
+        if distill.transfer_source is not None and distill.transfer_source.suffix.lower() != ".npz":
+            raise ValueError(f"distill.transfer_source: {distill.transfer_source}: a model with declared inputs learns on named "
+                             "arrays, one per input (an .npz like data.path's)")
         update = {"objective": distill.objective if "objective" in given else "mse", "transfer": "unlabeled", "ablation": False}
         object.__setattr__(self, "distill", distill.model_copy(update=update))
 

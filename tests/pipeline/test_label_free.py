@@ -18,7 +18,7 @@ from edgeship.recipe import load_recipe
 
 pytestmark = pytest.mark.slow
 
-VOCABULARY, WIDTH, HIDDEN, TOKENS = 64, 16, 64, 12
+VOCABULARY, WIDTH, HIDDEN, TOKENS, TRANSFER = 64, 16, 64, 12, 320
 
 FACTORY = f'''import torch
 
@@ -46,12 +46,17 @@ def build():
 '''
 
 
-def write_folder(folder: Path, count: int = 400) -> Path:
-    (folder / "encoder.py").write_text(FACTORY)
-    rng = np.random.default_rng(0)
+def token_arrays(count: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
     lengths = rng.integers(3, TOKENS + 1, count)
     mask = (np.arange(TOKENS)[None, :] < lengths[:, None]).astype(np.int64)
-    np.savez(folder / "tokens.npz", input_ids=rng.integers(0, VOCABULARY, (count, TOKENS)) * mask, attention_mask=mask)
+    return {"input_ids": rng.integers(0, VOCABULARY, (count, TOKENS)) * mask, "attention_mask": mask}
+
+
+def write_folder(folder: Path, count: int = 400) -> Path:
+    (folder / "encoder.py").write_text(FACTORY)
+    np.savez(folder / "tokens.npz", **token_arrays(count, 0))
+    np.savez(folder / "transfer.npz", **token_arrays(TRANSFER, 1))  # more unlabelled sentences, for distillation only
     return folder
 
 
@@ -65,7 +70,8 @@ def write_recipe(folder: Path, **overrides: object) -> Path:
         "calibration": {"size": 32},
         "prune": {"keep_macs": 0.6, "steps": 1, "round_to": None, "sensitivity": {"ratios": [0.25, 0.5, 0.75], "max_drop": 10.0},
                   "finetune": {"epochs": 1, "lr": 0.002, "optimizer": "adamw", "batch_size": 32}},
-        "distill": {"train": {"epochs": 3, "lr": 0.002, "optimizer": "adamw", "batch_size": 32}},
+        "distill": {"transfer": "unlabeled", "transfer_source": "transfer.npz",
+                    "train": {"epochs": 3, "lr": 0.002, "optimizer": "adamw", "batch_size": 32}},
         "backends": {"onnxruntime": {"precisions": ["fp32"]}, "openvino": {"enabled": False}, "tflite": {"enabled": False},
                      "tensorrt": {"enabled": False}},
         "validate": {"warmup": 2, "iterations": 20, "min_seconds": 0.05, "threads": 1, "throughput_batch_sizes": [4],
@@ -80,8 +86,12 @@ def write_recipe(folder: Path, **overrides: object) -> Path:
 
 
 @pytest.fixture(scope="module")
-def result(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
-    folder = write_folder(tmp_path_factory.mktemp("label-free"))
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_folder(tmp_path_factory.mktemp("label-free"))
+
+
+@pytest.fixture(scope="module")
+def result(folder: Path) -> RunResult:
     return run(load_recipe(write_recipe(folder)), console=Console(quiet=True))
 
 
@@ -103,7 +113,7 @@ def test_the_pruned_model_is_distilled_on_its_teachers_outputs_and_exported_by_n
     entries = {e.stage: e for e in result.manifest.entries if e.status == "ok"}
     assert "distill-ablation" not in entries, "no labels: no hard-label fine-tune"
     distill = entries["distill"].metrics
-    assert distill["measure"] == "cosine" and distill["transfer"]["labeled"] is False and distill["transfer"]["samples"] > 100
+    assert distill["measure"] == "cosine" and distill["transfer"] == {"samples": TRANSFER, "labeled": False}
     assert distill["objective"]["name"] == "mse"
     assert distill["teacher"]["eval_cosine"] == pytest.approx(1.0)
     assert distill["student_after"]["val_cosine"] >= distill["student_before"]["val_cosine"]
@@ -136,3 +146,39 @@ def test_the_pruned_structure_is_rebuilt_from_its_declared_inputs(result: RunRes
     assert model.up.out_features < HIDDEN and model.down.in_features == model.up.out_features
     ids = torch.ones(2, 5, dtype=torch.int64)
     assert model(ids, ids).shape == (2, WIDTH)
+
+
+def test_transfer_arrays_that_do_not_fit_the_inputs_are_one_line_errors_and_nothing_built_is_lost(
+        result: RunResult, folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edgeship.cli import main
+
+    np.savez(folder / "bad.npz", input_ids=token_arrays(40, 2)["input_ids"].astype(np.int32),
+             attention_mask=token_arrays(40, 2)["attention_mask"])
+    recipe = write_recipe(folder, distill={"transfer": "unlabeled", "transfer_source": "bad.npz"})
+    code = main(["run", str(recipe), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "bad.npz: array 'input_ids' is int32; the model's input 'input_ids' takes int64" in err
+    prune = next(e for e in result.manifest.entries if e.stage == "prune")
+    assert Path(prune.path).is_file(), "the pruned model built before stays in the store"
+
+
+@pytest.mark.parametrize(("distill", "expected"), [
+    ({"objective": "soft_hard"}, r"distill.objective: soft_hard matches class probabilities"),
+    ({"transfer": "labeled"}, r"distill.transfer: a model with declared inputs has no labels"),
+    ({"transfer": "unlabeled", "transfer_source": "tokens"}, r"distill.transfer_source: .*an .npz like data.path's"),
+])
+def test_what_needs_labels_is_refused_before_anything_runs(distill: dict[str, object], expected: str, folder: Path, tmp_path: Path) -> None:
+    import re
+
+    from edgeship.errors import RecipeError
+
+    (tmp_path / "tokens").mkdir()
+    target = write_recipe(folder, distill=distill)
+    moved = tmp_path / "recipe.yaml"
+    moved.write_text(target.read_text())
+    for name in ("encoder.py", "tokens.npz", "transfer.npz"):
+        (tmp_path / name).write_bytes((folder / name).read_bytes())
+    with pytest.raises(RecipeError) as err:
+        load_recipe(moved)
+    assert re.search(expected, str(err.value)), err.value
