@@ -83,7 +83,8 @@ def main() -> None:
              attention_mask=tokens["attention_mask"].astype(np.int64))
     extra = paragraphs(args.transfer, TRANSFER_MODULES, frozenset(texts))
     more = tokenizer(extra, padding="max_length", truncation=True, max_length=args.sequence, return_tensors="np")
-    np.savez(args.out / "transfer.npz", input_ids=more["input_ids"].astype(np.int64), attention_mask=more["attention_mask"].astype(np.int64))
+    np.savez(args.out / "transfer.npz", input_ids=more["input_ids"].astype(np.int64),
+             attention_mask=more["attention_mask"].astype(np.int64))
     print(f"wrote {args.out / 'transfer.npz'} ({len(extra)} other sentences, for distillation)")
 
     if not args.onnx:
