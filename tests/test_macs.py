@@ -45,3 +45,17 @@ def test_an_unreadable_file_is_a_value_error_naming_it(tmp_path: Path) -> None:
     path.write_bytes(b"not a model")
     with pytest.raises(ValueError, match="broken.onnx: not a readable ONNX model"):
         onnx_macs(path)
+
+
+def test_a_sequence_takes_its_length_from_the_feed_and_shapes_onnx_cannot_infer_are_read_off_a_run(tmp_path: Path) -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence", 8])
+    nodes = [helper.make_node("Gelu", ["x"], ["g"], domain="com.microsoft"),  # unknown to ONNX's shape inference
+             helper.make_node("MatMul", ["g", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.ones((8, 4), np.float32), "w")])
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]), path)
+    with pytest.raises(ValueError, match="the shape of 'g' cannot be inferred"):
+        onnx_macs(path)  # no sample to run it on
+    feed = {"x": np.zeros((3, 5, 8), np.float32)}  # the count is per sample: the batch is taken as 1
+    assert onnx_macs(path, feed) == 5 * 4 * 8

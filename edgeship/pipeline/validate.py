@@ -25,6 +25,7 @@ from rich.markup import escape
 from edgeship.agent.client import AgentClient, AgentError, with_retries
 from edgeship.artifacts import RECORD, Artifact
 from edgeship.backends import display_name, get_backend
+from edgeship.data import model_inputs
 from edgeship.errors import StageError
 from edgeship.harness import HARNESS_VERSION
 from edgeship.macs import onnx_macs
@@ -241,8 +242,9 @@ def _macs(onnx: Artifact | None, ctx: RunContext) -> int | None:
     """Multiply-accumulates per sample of the exported model (``edgeship.macs``), or ``None`` with a note on the console."""
     if onnx is None:
         return None
+    feed = model_inputs(ctx.dataset.eval, ctx.recipe.data.preprocessing, onnx.meta.get("input_name", INPUT_NAME), count=1)
     try:
-        return onnx_macs(onnx.path)
+        return onnx_macs(onnx.path, feed)
     except ValueError as exc:
         ctx.console.print(f"[yellow]⚠ validate: no MAC count, so no fraction of peak: {escape(str(exc))}[/yellow]", soft_wrap=True)
         return None
