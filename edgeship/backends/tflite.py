@@ -112,9 +112,12 @@ class TfliteBackend(BackendBase):
 
 
 def with_fixed_shape(source: Path, shapes: dict[str, tuple[int, ...]], folder: Path, precision: Precision) -> Path:
-    """A copy of ``source`` whose named inputs have the given shapes (``fixed_shape``). ``BuildError`` naming the input
-    when it is not one of the model's or its rank differs."""
+    """A copy of ``source`` whose named inputs have the given shapes (``fixed_shape``), simplified by onnxslim so the
+    shape arithmetic those sizes settle is folded to constants: onnx2tf loses the rank of a tensor reshaped by a computed
+    shape (a transformer's attention heads). ``BuildError`` naming the input when it is not one of the model's or its
+    rank differs."""
     import onnx
+    import onnxslim
 
     model = onnx.load(str(source))
     inputs = {value.name: value for value in fed_inputs(model.graph)}
@@ -128,9 +131,17 @@ def with_fixed_shape(source: Path, shapes: dict[str, tuple[int, ...]], folder: P
         for dim, size in zip(dims, sizes, strict=True):
             dim.Clear()
             dim.dim_value = size
+    with captured_output() as log:
+        try:
+            slim = onnxslim.slim(model)
+        except Exception as exc:  # noqa: BLE001 - onnxslim raises what its passes raise
+            raise BuildError("tflite", precision, f"fixed_shape: onnxslim could not simplify the model at those shapes: "
+                                                  f"{type(exc).__name__}: {error_line(str(exc) or log.getvalue())}") from exc
+    if slim is None:
+        raise BuildError("tflite", precision, f"fixed_shape: onnxslim returned no model: {error_line(log.getvalue())}")
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / source.name
-    onnx.save(model, str(target))
+    onnx.save(slim, str(target))
     return target
 
 

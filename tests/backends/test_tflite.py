@@ -130,3 +130,29 @@ def test_fixed_shape_sets_every_dimension_and_names_a_wrong_input(tmp_path: Path
         with_fixed_shape(source, {"image": (1, 3, 32, 32)}, tmp_path / "other", Precision.FP32)
     with pytest.raises(BuildError, match="input 'x' has 4 dimensions; give 4 sizes, the batch first"):
         with_fixed_shape(source, {"x": (3, 32, 32)}, tmp_path / "other", Precision.FP32)
+
+
+def test_fixed_shape_folds_the_shape_arithmetic_the_sizes_settle(tmp_path: Path) -> None:
+    """A reshape to a computed shape (a transformer's heads: Shape → Gather → Concat → Reshape) becomes a reshape to a
+    constant once the input's sizes are fixed, which onnx2tf can follow; the values are unchanged."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from edgeship.backends.tflite import with_fixed_shape
+
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Gather", ["shape", "zero"], ["batch"], axis=0),
+             helper.make_node("Concat", ["batch", "split"], ["target"], axis=0),
+             helper.make_node("Reshape", ["x", "target"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 12])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              initializer=[helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
+                                           helper.make_tensor("split", TensorProto.INT64, [2], [3, 4])])
+    source = tmp_path / "heads.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(source))
+    fixed = with_fixed_shape(source, {"x": (2, 12)}, tmp_path / "fixed", Precision.FP32)
+    assert [node.op_type for node in onnx.load(str(fixed)).graph.node] == ["Reshape"]
+    x = np.arange(24, dtype=np.float32).reshape(2, 12)
+    (y,) = ort.InferenceSession(str(fixed)).run(None, {"x": x})
+    np.testing.assert_array_equal(y, x.reshape(2, 3, 4))
