@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.machinery
 import importlib.util
 import json
 import re
@@ -56,6 +57,23 @@ def instantiate(cfg: ModelConfig, *, in_channels: int, num_classes: int, weights
 def is_file_factory(spec: str) -> bool:
     """Whether a factory names a file (``models/net.py:build``) rather than an importable module."""
     return spec.rpartition(":")[0].endswith(".py")
+
+
+def factory_source_sha256(spec: str) -> str | None:
+    """The sha256 of the file that defines a factory, so the store notices an edited model; the modules that file
+    imports are not followed. None when the file cannot be found (loading the factory then says why)."""
+    where = spec.rpartition(":")[0]
+    if is_file_factory(spec):
+        path: Path | None = Path(where)
+    else:  # found on the path part by part, never importing a package's __init__ (it may need what is not installed)
+        path, search = None, None
+        for part in where.split("."):
+            found = importlib.machinery.PathFinder.find_spec(part, search)
+            if found is None:
+                return None
+            search = found.submodule_search_locations
+            path = Path(found.origin) if found.origin else None
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path is not None and path.is_file() else None
 
 
 def _factory(spec: str) -> Any:

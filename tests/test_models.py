@@ -111,6 +111,19 @@ def test_a_recipe_factory_file_is_relative_to_the_recipe(shop: Path, tmp_path: P
         load_recipe(tmp_path / "r.yaml")
 
 
+def test_a_factory_is_known_by_its_file(shop: Path) -> None:
+    """An edited factory file is another model to the store: its forward is what gets exported."""
+    from edgeship.models import factory_source_sha256
+
+    spec = f"{shop / 'helpers.py'}:width"
+    before = factory_source_sha256(spec)
+    assert before == factory_source_sha256("shop.helpers:width"), "a file and the module it is give one fingerprint"
+    assert "shop" not in sys.modules, "found without importing the package (its __init__ needs what is not installed)"
+    (shop / "helpers.py").write_text("def width():\n    return 12\n")
+    assert factory_source_sha256(spec) not in (None, before)
+    assert factory_source_sha256(f"{shop / 'absent.py'}:build") is None and factory_source_sha256("no_such_module:build") is None
+
+
 @pytest.mark.parametrize("wrap", ["plain", "dataparallel", "nested under model", "nested under state_dict", "lightning prefix"])
 def test_training_loop_checkpoints_load(wrap: str, shop: Path, tmp_path: Path) -> None:
     source = instantiate(ModelConfig(factory=f"{shop / 'nets.py'}:build"), in_channels=1, num_classes=10)

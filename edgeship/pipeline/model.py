@@ -16,7 +16,7 @@ from edgeship.artifacts import Artifact, sha256_file
 from edgeship.data import model_inputs
 from edgeship.errors import DataError, RecipeError
 from edgeship.measure import top1
-from edgeship.models import call_model, input_records, instantiate, load_checkpoint
+from edgeship.models import call_model, factory_source_sha256, input_records, instantiate, load_checkpoint
 from edgeship.pipeline.base import Made, RunContext
 from edgeship.recipe import ModelConfig, Preprocessing, onnx_file
 from edgeship.zoo.pretrained import PRETRAINED, classes
@@ -104,6 +104,8 @@ class ModelStage:
         key: dict[str, Any] = {"dataset": ctx.dataset.fingerprint, "seed": ctx.recipe.seed}
         if cfg.checkpoint is not None:
             key["checkpoint_sha256"] = sha256_file(cfg.checkpoint)
+        if cfg.factory is not None:  # its forward is exported: an edited file is another model
+            key["factory_sha256"] = factory_source_sha256(cfg.factory)
 
         def make(folder: Path) -> Made:
             import torch
