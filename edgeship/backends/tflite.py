@@ -5,7 +5,8 @@ each tensor's layout differs from the ONNX model's (onnx2tf makes image tensors 
 reads it, so feeds and outputs stay in the ONNX layout and in float32 whatever the model's I/O is.
 
 onnx2tf fetches sample images from the internet for a static-batch, 3-channel image input.
-edgeship hands it local data instead, so a build never touches the network.
+edgeship hands it local data instead, so a build never touches the network. PyTorch's five-node erf GELU is fused
+into one ``Gelu`` first: TFLite has a builtin GELU but no builtin Erf.
 """
 
 from __future__ import annotations
@@ -150,16 +151,23 @@ def onnx_to_saved_model(source: Path, work: Path, calibration: CalibrationSet | 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     folder = work / "saved_model"
     with captured_output() as log:
+        import onnx
         import onnx2tf
         import onnx2tf.onnx2tf as onnx2tf_main
         import tf_keras
+
+        from edgeship.backends.gelu import fuse_erf_gelu
 
     # Keras numbers its layers and models per process (model_5, then model_11 on the next build) and the names land in
     # the .tflite: a fresh session makes every build in a process write the bytes a fresh process writes
     tf_keras.backend.clear_session()
 
     own_copy = work / source.name  # onnx2tf overwrites its input with its simplified model: never hand it the stored ONNX
-    shutil.copyfile(source, own_copy)
+    model = onnx.load(str(source))
+    if fuse_erf_gelu(model):  # TFLite has no builtin Erf; it has GELU
+        onnx.save(model, str(own_copy))
+    else:
+        shutil.copyfile(source, own_copy)
     with captured_output() as log, _patched(onnx2tf_main, "download_test_image_data", lambda: _local_sample_images(calibration)):
         try:
             onnx2tf.convert(input_onnx_file_path=str(own_copy), output_folder_path=str(folder), non_verbose=True,

@@ -156,3 +156,22 @@ def test_fixed_shape_folds_the_shape_arithmetic_the_sizes_settle(tmp_path: Path)
     x = np.arange(24, dtype=np.float32).reshape(2, 12)
     (y,) = ort.InferenceSession(str(fixed)).run(None, {"x": x})
     np.testing.assert_array_equal(y, x.reshape(2, 3, 4))
+
+
+def test_a_model_with_exact_gelu_builds_with_builtin_ops(tmp_path: Path) -> None:
+    """PyTorch's erf GELU (a transformer's MLP) needs no Flex op: the converter rejects Erf, the builtin GELU it accepts."""
+    import torch
+
+    from edgeship.backends.tflite import TfliteBackend
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4)).eval()
+    path = tmp_path / "mlp.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 8),), str(path), input_names=["x"], output_names=["y"], opset_version=18,
+                      dynamo=True, external_data=False, verbose=False)
+    x = np.random.default_rng(0).normal(size=(1, 8)).astype(np.float32) * 3
+    (tmp_path / "fp32").mkdir()
+    engine = TfliteBackend().build(onnx_artifact(path), Precision.FP32, None, TfliteConfig(), tmp_path / "fp32")
+    with TfliteBackend().runner(engine, threads=1) as runner:
+        y = runner.infer({"x": x})["y"]
+    np.testing.assert_allclose(y, model(torch.from_numpy(x)).detach().numpy(), rtol=1e-4, atol=1e-5)
