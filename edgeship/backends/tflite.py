@@ -1,4 +1,4 @@
-"""TFLite / LiteRT (CPU, XNNPACK): onnx2tf → SavedModel → ``TFLiteConverter`` at FP32, FP16 or full-integer INT8.
+"""TFLite / LiteRT (CPU, XNNPACK): onnx2tf → SavedModel → ``TFLiteConverter`` at FP32, FP16 or INT8 (full integer, or weights only).
 
 An engine is a folder: ``model.<precision>.tflite`` (the main file) and ``io.json``, which says how
 each tensor's layout differs from the ONNX model's (onnx2tf makes image tensors NHWC). The runner
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, model_validator
 
 from edgeship.backends.base import Availability, BackendBase, BackendInfo, CalibrationSet, Feed, Precision, Runner, TensorMeta
 from edgeship.backends.rounding import rounded_source
@@ -43,9 +43,13 @@ TO_CHANNELS_LAST = {3: (0, 2, 1), 4: (0, 2, 3, 1), 5: (0, 2, 3, 4, 1)}
 class TfliteConfig(BackendSection):
     BACKEND: ClassVar[str] = "tflite"
     SUPPORTED: ClassVar[frozenset[Precision]] = frozenset(Precision)
-    INT8_ONLY: ClassVar[frozenset[str]] = frozenset({"io_type", "calibration_size", "weight_rounding"})
+    INT8_ONLY: ClassVar[frozenset[str]] = frozenset({"mode", "io_type", "calibration_size", "weight_rounding"})
 
     precisions: tuple[Precision, ...] = (Precision.FP32, Precision.FP16, Precision.INT8)
+    mode: Literal["static", "dynamic"] = Field(
+        default="static", description="INT8: static (full integer: activation ranges calibrated ahead) or dynamic (the "
+        "converter's dynamic range quantization: int8 weights, activations quantized per call from their own range, float "
+        "I/O, no calibration; what keeps a transformer's attention and normalisation usable)")
     io_type: Literal["int8", "float32"] = Field(
         default="float32", description="model input/output type of the full-integer INT8 build. float32: the engine quantizes "
         "its input and dequantizes its output itself, on LiteRT's kernels (what every other backend's INT8 engine does, so "
@@ -56,6 +60,15 @@ class TfliteConfig(BackendSection):
         default=None, description="per input name, the whole shape to convert at, batch included, for a model whose dimensions "
                                   "onnx2tf cannot follow dynamically (a detector's height, width and its transposed "
                                   "convolutions' batch): the engine takes that shape only, and is scored that batch at a time")
+
+    @model_validator(mode="after")
+    def _dynamic_takes_no_calibration_options(self) -> TfliteConfig:
+        if self.mode == "dynamic":
+            static = [key for key, default in (("io_type", "float32"), ("weight_rounding", "nearest")) if getattr(self, key) != default]
+            if static:
+                raise ValueError(f"{static[0]} shapes a full-integer INT8 build; mode: dynamic keeps float I/O, quantizes the "
+                                 "weights as they are and calibrates nothing")
+        return self
 
 
 INFO = BackendInfo(name="tflite", display_name="TFLite", colour="#ff7f0e", config=TfliteConfig, distributions=DISTRIBUTIONS,
@@ -88,13 +101,14 @@ class TfliteBackend(BackendBase):
         if unnamed:  # the SavedModel's signature keys are Python identifiers: another name cannot be fed by name
             raise BuildError(self.name, precision, f"input {unnamed[0]!r} is not a plain identifier, which a TFLite signature's "
                                                    "input names must be; rename the ONNX input")
-        if precision is Precision.INT8 and cfg.calibration_size is not None:
+        static_int8 = precision is Precision.INT8 and cfg.mode == "static"
+        if static_int8 and cfg.calibration_size is not None:
             calibration = calibration.subset(cfg.calibration_size)  # type: ignore[union-attr]
         work = Path(tempfile.mkdtemp(dir=out_dir, prefix=".work-"))
         try:
             if cfg.fixed_shape:
                 onnx = with_fixed_shape(onnx, cfg.fixed_shape, work / "fixed", precision)
-            if precision is Precision.INT8:
+            if static_int8:
                 assert calibration is not None
                 with rounded_source(onnx, calibration, cfg.weight_rounding, (), out_dir) as source:
                     saved_model = onnx_to_saved_model(source, work, calibration, precision)
@@ -183,13 +197,16 @@ def onnx_to_saved_model(source: Path, work: Path, calibration: CalibrationSet | 
 
 
 def _convert(saved_model: Path, precision: Precision, calibration: CalibrationSet | None, cfg: TfliteConfig) -> bytes:
-    """SavedModel → ``.tflite`` bytes with the TFLite converter: FP32 as is, FP16 weights, or full-integer INT8."""
+    """SavedModel → ``.tflite`` bytes with the TFLite converter: FP32 as is, FP16 weights, INT8 weights (dynamic range) or
+    full-integer INT8."""
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
     if precision is Precision.FP16:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
+    elif precision is Precision.INT8 and cfg.mode == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]  # no representative data: weights only
     elif precision is Precision.INT8:
         assert calibration is not None
 

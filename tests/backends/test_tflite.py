@@ -81,6 +81,31 @@ def test_int8_is_full_integer_with_the_chosen_io(io_type: str, trained_cnn: Trai
     assert out.dtype == np.float32 and (out.argmax(1) == trained_cnn.labels[:50]).mean() > 0.9
 
 
+def test_dynamic_int8_quantizes_the_weights_only_and_calibrates_nothing(trained_cnn: TrainedCnn, tmp_path: Path) -> None:
+    from edgeship.backends.tflite import TfliteBackend, _interpreter
+
+    one_sample = CalibrationSet(trained_cnn.calibration[:1], "fp")  # never read: a dynamic build calibrates nothing
+    engine = TfliteBackend().build(onnx_artifact(trained_cnn.onnx), Precision.INT8, one_sample, TfliteConfig(mode="dynamic"), tmp_path)
+    interpreter = _interpreter(engine, threads=1)
+    assert np.dtype(interpreter.get_input_details()[0]["dtype"]) == np.float32
+    assert np.dtype(interpreter.get_output_details()[0]["dtype"]) == np.float32
+    weights = [t for t in interpreter.get_tensor_details() if len(t["shape"]) == 4 and np.dtype(t["dtype"]) == np.int8]
+    assert weights, "conv weights are int8"
+    activations = [t for t in interpreter.get_tensor_details() if len(t["shape"]) == 4 and np.dtype(t["dtype"]) == np.float32]
+    assert activations, "activations stay float"
+    with TfliteBackend().runner(engine, threads=1) as runner:
+        out = runner.infer({"input": trained_cnn.evaluation[:50]})["logits"]
+    assert out.dtype == np.float32 and (out.argmax(1) == trained_cnn.labels[:50]).mean() > 0.9
+
+
+@pytest.mark.parametrize("key", [{"io_type": "int8"}, {"weight_rounding": "gptq"}])
+def test_dynamic_int8_refuses_what_shapes_a_full_integer_build(key: dict[str, str]) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=f"{next(iter(key))} shapes a full-integer INT8 build; mode: dynamic"):
+        TfliteConfig(mode="dynamic", **key)
+
+
 def test_conversion_failure_is_a_build_error_with_the_converter_message(tmp_path: Path) -> None:
     import onnx
     from onnx import TensorProto, helper
