@@ -18,6 +18,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -115,10 +116,15 @@ def offline_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Co
     recipe["backends"]["tflite"]["precisions"] = ["fp32"]  # onnx2tf is the converter that fetches images when not fed its own
     recipe["backends"]["openvino"] = {"enabled": False}
     recipe["backends"]["tensorrt"] = {"enabled": False}
-    recipe["divergence"] = {"enabled": False}  # tests/pipeline/test_run.py and test_generic.py compare tensors; here: minutes
-    recipe["validate"] = {"warmup": 2, "iterations": 10, "min_seconds": 0.1, "throughput_batch_sizes": [2], "throughput_seconds": 0.1,
-                          "eval_batch_size": 50}
-    return run_offline(recipe, tmp, "efficientnet_lite0")
+    return run_offline(quick(recipe, eval_batch_size=50), tmp, "efficientnet_lite0")
+
+
+def quick(recipe: dict[str, Any], *, eval_batch_size: int) -> dict[str, Any]:
+    """``recipe`` timed briefly and without the divergence stage: tests/pipeline/test_run.py and test_generic.py compare
+    tensors; on a real model it would cost minutes."""
+    return {**recipe, "divergence": {"enabled": False},
+            "validate": {"warmup": 2, "iterations": 10, "min_seconds": 0.1, "throughput_batch_sizes": [2], "throughput_seconds": 0.1,
+                         "eval_batch_size": eval_batch_size}}
 
 
 def run_offline(recipe: dict[str, object], tmp: Path, name: str) -> tuple[subprocess.CompletedProcess[str], Path, Offline]:

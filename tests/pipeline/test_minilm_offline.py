@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_efficientnet_offline import probe, run_offline
+from test_efficientnet_offline import probe, quick, run_offline
 
 ROOT = Path(__file__).resolve().parents[2]
 SENTENCES = ROOT / "recipes" / "minilm" / "sentences.npz"
@@ -36,10 +36,7 @@ def offline_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Co
     recipe["calibration"]["size"] = 16
     recipe["backends"] = {"onnxruntime": {**recipe["backends"]["onnxruntime"], "precisions": ["fp32", "int8"]},
                           "openvino": {"enabled": False}, "tflite": {"enabled": False}, "tensorrt": {"enabled": False}}
-    recipe["validate"] = {"warmup": 2, "iterations": 10, "min_seconds": 0.1, "throughput_batch_sizes": [2], "throughput_seconds": 0.1,
-                          "eval_batch_size": 8}
-    recipe["divergence"] = {"enabled": False}  # the generic tests compare tensors; here it would cost a minute
-    return run_offline(recipe, tmp, "minilm")
+    return run_offline(quick(recipe, eval_batch_size=8), tmp, "minilm")
 
 
 def test_the_run_really_had_no_network(offline_run) -> None:

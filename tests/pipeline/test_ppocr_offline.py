@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_efficientnet_offline import probe, run_offline
+from test_efficientnet_offline import probe, quick, run_offline
 
 from edgeship.backends import availability
 
@@ -36,10 +36,7 @@ def offline_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Co
     recipe["backends"] = {"onnxruntime": {"precisions": ["fp32", "int8"]}, "openvino": {"enabled": False},  # tested in test_generic
                           "tflite": {**recipe["backends"]["tflite"], "precisions": ["fp32"]},  # its fixed_shape kept
                           "tensorrt": {"enabled": False}}
-    recipe["validate"] = {"warmup": 2, "iterations": 10, "min_seconds": 0.1, "throughput_batch_sizes": [2], "throughput_seconds": 0.1,
-                          "eval_batch_size": 8}
-    recipe["divergence"] = {"enabled": False}  # the generic tests compare tensors; here it would cost a minute
-    return run_offline(recipe, tmp, "ppocr_det")
+    return run_offline(quick(recipe, eval_batch_size=8), tmp, "ppocr_det")
 
 
 def test_the_run_really_had_no_network(offline_run) -> None:
