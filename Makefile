@@ -18,8 +18,10 @@ CHROMIUM := /usr/bin/chromium
 run: setup data
 	$(VENV)/bin/edgeship run recipes/default.yaml
 
+# two workers, one per core (much of the suite waits on subprocesses, agents and Ray); --dist loadfile keeps a file's
+# tests, and so its module fixtures, on one worker
 test: setup data chromium mender
-	$(PY) -m pytest -q --durations=25
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=25
 
 report-check: setup chromium
 	@latest=$$(ls -td reports/*/ 2>/dev/null | head -1); \
