@@ -63,27 +63,40 @@ KeepFloat = Annotated[int, Field(ge=0)] | Literal["auto"]
 
 
 class AccuracyTarget(Section):
-    """What ``keep_float: auto`` must reach on the validation split (never the evaluation split): one of the two."""
+    """What ``keep_float: auto`` must reach on the validation split (never the evaluation split): one of the three. A
+    classifier may use any; a generic model (no class scores) only ``min_cosine``."""
 
     min_agreement: float | None = Field(default=None, gt=0, le=1, description="top-1 agreement with the FP32 ONNX, e.g. 0.97")
     max_drop_points: float | None = Field(default=None, ge=0, description="top-1 drop against the FP32 ONNX in points (labelled data)")
+    min_cosine: float | None = Field(default=None, gt=0, le=1, description="mean cosine of every output with the FP32 ONNX's (the "
+                                                                           "lowest over outputs), e.g. 0.99")
 
     @model_validator(mode="after")
     def _one(self) -> AccuracyTarget:
-        if (self.min_agreement is None) == (self.max_drop_points is None):
-            raise ValueError("give exactly one of min_agreement and max_drop_points")
+        if sum(value is not None for value in (self.min_agreement, self.max_drop_points, self.min_cosine)) != 1:
+            raise ValueError("give exactly one of min_agreement, max_drop_points and min_cosine")
         return self
+
+    @property
+    def measure(self) -> str:
+        """The candidate figure the target judges: ``agreement``, ``top1_drop_points`` or ``cosine``."""
+        if self.min_agreement is not None:
+            return "agreement"
+        return "top1_drop_points" if self.max_drop_points is not None else "cosine"
 
     def describe(self) -> str:
         if self.min_agreement is not None:
             return f"top-1 agreement ≥ {100 * self.min_agreement:g}%"
+        if self.min_cosine is not None:
+            return f"output cosine ≥ {self.min_cosine:g}"
         return f"top-1 drop ≤ {self.max_drop_points:g} pt"
 
 
 def keep_float_field(what: str = "in float") -> Any:
     """The ``keep_float`` key, one definition for every backend that has it."""
     return Field(default=0, description=f"INT8: keep this many of the most INT8-sensitive Conv/Gemm layers (weight-only sensitivity "
-                                        f"on calibration samples) {what}, or auto: the fewest, ranked on the quantized model and "
+                                        f"on calibration samples) {what}, or auto: the fewest Conv/Gemm/MatMul layers, ranked on the "
+                                        f"quantized model and "
                                         f"searched on validation samples, that meet accuracy_target")
 
 

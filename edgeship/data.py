@@ -420,10 +420,12 @@ SEARCH_SAMPLES = 2000  # validation samples a build's own search (keep_float: au
 
 
 def search_set(dataset: Dataset, preprocessing: Preprocessing, size: int = SEARCH_SAMPLES) -> SearchSet | None:
-    """The validation split as a build's search samples (neither calibration nor evaluation), None when there is none
-    (or the data is named arrays: the search analyses one image input)."""
-    if not len(dataset.val) or dataset.val.arrays:
+    """The validation split as a build's search samples (neither calibration nor evaluation), None when there is none."""
+    if not len(dataset.val):
         return None
+    if dataset.val.arrays:
+        arrays = {name: array[:size] for name, array in dataset.val.arrays.items()}
+        return SearchSet(arrays, None, fingerprint_arrays(arrays))
     samples = preprocess(dataset.val.images[:size], preprocessing)
     labels = None if dataset.val.labels is None else dataset.val.labels[:size]
     fingerprint = fingerprint_samples(samples, preprocessing, f"{dataset.name}:validation")

@@ -27,7 +27,8 @@ FIDELITY_GATES = {"min_cosine": "cosine", "min_sqnr_db": "sqnr_db"}  # gate → 
 TITLES = {"max_drop_points": "top-1 drop vs FP32", "min_fraction_of_fp32": "top-1 fraction of FP32", "min_agreement": "agreement with FP32",
           "min_cosine": "output cosine with FP32", "min_sqnr_db": "output SQNR vs FP32",
           "max_p99_ms": "p99 latency (upper 95% bound)", "max_size_mib": "engine size",
-          "search_min_agreement": "keep_float: auto target (validation)", "search_max_drop_points": "keep_float: auto target (validation)"}
+          "search_min_agreement": "keep_float: auto target (validation)", "search_max_drop_points": "keep_float: auto target (validation)",
+          "search_min_cosine": "keep_float: auto target (validation)"}
 LABEL_GATES = ("max_drop_points", "min_fraction_of_fp32")  # need labels: on unlabelled data agreement decides instead
 MIB = 1024**2
 NOTHING_QUALIFIED = "nothing was qualified: no required engine was built, measured and passed"
@@ -53,15 +54,16 @@ def _float_search_gate(search: dict[str, Any]) -> GateResult:
     """``keep_float: auto``'s own target, met or not on the validation split: a target no candidate reached keeps the best
     candidate found and fails the engine here, with that reason."""
     target = search["target"]
-    name = "search_min_agreement" if "min_agreement" in target else "search_max_drop_points"
+    key = next(k for k in ("min_agreement", "max_drop_points", "min_cosine") if k in target)
     chosen = next(c for c in search["candidates"] if c["float_layers"] == search["chosen"])
-    value = chosen["agreement"] if name == "search_min_agreement" else chosen["top1_drop_points"]
+    value = chosen[{"min_agreement": "agreement", "max_drop_points": "top1_drop_points", "min_cosine": "cosine"}[key]]
     detail = (f"{chosen['float_layers']} layers in float, on {search['samples']} validation samples; {len(search['candidates'])} "
               f"candidates searched in {search['seconds']:.0f} s")
     if not search["met"]:
         detail = f"no candidate met {search['target_text']}: the best found is kept ({detail})"
-    limit = target.get("min_agreement", target.get("max_drop_points"))
-    return GateResult(gate=name, title=TITLES[name], outcome="pass" if search["met"] else "fail", value=value, limit=limit, detail=detail)
+    name = f"search_{key}"
+    return GateResult(gate=name, title=TITLES[name], outcome="pass" if search["met"] else "fail", value=value, limit=target[key],
+                      detail=detail)
 
 
 def release(rows: Sequence[EngineRow], *, unfinished: str | None = None) -> Release:
@@ -288,7 +290,7 @@ def format_value(gate: str, value: float | dict[str, float] | None) -> str:
         return f"{100 * value:.2f}%"
     if gate in ("max_drop_points", "search_max_drop_points"):
         return f"{value:.2f} pt"
-    if gate == "min_cosine":
+    if gate in ("min_cosine", "search_min_cosine"):
         return f"{value:.5f}"
     if gate == "min_sqnr_db":
         return "identical" if value >= SQNR_CAP_DB else f"{value:.1f} dB"

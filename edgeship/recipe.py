@@ -482,6 +482,11 @@ class Recipe(Section):
             if chosen:
                 raise ValueError(f"gates.{chosen[0]}: a class-score gate, and task is generic; judge a generic model by output "
                                  "fidelity (gates.min_cosine, gates.min_sqnr_db)")
+            for backend, section in self.backends:
+                target = getattr(section, "accuracy_target", None)
+                if target is not None and target.min_cosine is None:
+                    raise ValueError(f"backends.{backend}.accuracy_target: top-1 needs class scores, and task is generic; search "
+                                     "against the outputs' cosine (accuracy_target: {min_cosine: 0.99})")
             if self.devices:
                 raise ValueError("devices: measuring a generic model on an edge device is not supported yet (the agent takes one "
                                  "image input); remove devices or use task: classification")

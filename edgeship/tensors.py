@@ -51,14 +51,41 @@ class TensorMeta:
                 raise ValueError(f"input {self.name!r}: expected shape {self.shape}, got {array.shape}")
 
 
+Inputs = np.ndarray | Mapping[str, np.ndarray]  # one input's batch, or a batch of every named input (same N)
+
+
+def count_of(inputs: Inputs) -> int:
+    """How many samples (rows of every array)."""
+    return len(inputs) if isinstance(inputs, np.ndarray) else len(next(iter(inputs.values())))
+
+
+def rows_of(inputs: Inputs, start: int, stop: int | None = None) -> Inputs:
+    """Rows ``start:stop`` of every array."""
+    if isinstance(inputs, np.ndarray):
+        return inputs[start:stop]
+    return {name: array[start:stop] for name, array in inputs.items()}
+
+
+def feed_of(inputs: Inputs, names: Sequence[str]) -> Feed:
+    """``inputs`` as a feed for a model whose inputs are ``names``: one array goes to the first; named arrays must match."""
+    if isinstance(inputs, np.ndarray):
+        return {names[0]: inputs}
+    if set(inputs) != set(names):
+        raise ValueError(f"the model's inputs are {sorted(names)}; these samples name {sorted(inputs)}")
+    return dict(inputs)
+
+
 @dataclass(frozen=True)
 class SearchSet:
     """Samples held out from calibration and evaluation (the validation split) for a build's own choices, with their
-    labels where the data has them."""
+    labels where the data has them: one input's batch (an image model) or every named input's."""
 
-    samples: np.ndarray
+    inputs: Inputs
     labels: np.ndarray | None
     fingerprint: str
+
+    def __len__(self) -> int:
+        return count_of(self.inputs)
 
 
 class CalibrationSet(Sequence[Feed]):

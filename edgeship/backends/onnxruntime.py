@@ -231,10 +231,11 @@ SYMBOLIC_LEFTOVER = "sym_shape_infer_temp.onnx"  # what ONNX Runtime's symbolic 
 
 def quantize_qdq(source: Path, target: Path, calibration: CalibrationSet, *, method: str, per_channel: bool,
                  activation_type: str = "int8", reduce_range: bool = False, extra_options: Mapping[str, Any] | None = None,
-                 nodes_to_exclude: list[str] | None = None, float_outputs: bool = False) -> None:
+                 nodes_to_exclude: list[str] | None = None, float_outputs: bool = False, op_types: list[str] | None = None) -> None:
     """ONNX Runtime's ``quantize_static`` in QDQ format, calibrated on ``calibration``: int8 weights, symmetric;
     activations int8 (symmetric) or uint8. ``method`` is minmax | entropy | percentile; ``nodes_to_exclude`` stay float;
-    ``float_outputs`` drops the Q/DQ pair on each graph output. Work files stay beside ``target`` only while it runs."""
+    ``float_outputs`` drops the Q/DQ pair on each graph output; ``op_types``: only these are quantized (None: every op
+    the quantizer can). Work files stay beside ``target`` only while it runs."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
@@ -249,6 +250,10 @@ def quantize_qdq(source: Path, target: Path, calibration: CalibrationSet, *, met
 
     prepared = target.with_name(f".{target.stem}.prepared.onnx")
     pre_process(source, prepared)
+    if nodes_to_exclude:
+        nodes_to_exclude = fused_names(prepared, nodes_to_exclude)
+    if nodes_to_exclude:
+        nodes_to_exclude = fused_names(prepared, nodes_to_exclude)
     calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                  "percentile": CalibrationMethod.Percentile}[method]
     activation = QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8
@@ -258,7 +263,8 @@ def quantize_qdq(source: Path, target: Path, calibration: CalibrationSet, *, met
         with contextlib.redirect_stdout(io.StringIO()), loggers_at(logging.ERROR, ""):
             quantize_static(str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                             activation_type=activation, weight_type=QuantType.QInt8, calibrate_method=calibrate,
-                            reduce_range=reduce_range, extra_options=extra, nodes_to_exclude=list(nodes_to_exclude or []))
+                            reduce_range=reduce_range, extra_options=extra, nodes_to_exclude=list(nodes_to_exclude or []),
+                            op_types_to_quantize=op_types)
         if float_outputs:
             import onnx
 
@@ -269,6 +275,17 @@ def quantize_qdq(source: Path, target: Path, calibration: CalibrationSet, *, met
         prepared.unlink(missing_ok=True)
         for leftover in target.parent.glob("*.onnx-augmented*"):
             leftover.unlink()
+
+
+def fused_names(prepared: Path, names: list[str]) -> list[str]:
+    """``names`` and the nodes ONNX Runtime's pre-processing made of them: a fusion names its node after the first node it
+    took, plus a suffix (``mm/MatMulAddFusion``), and the quantizer excludes nodes by exact name."""
+    import onnx
+
+    wanted = set(names)
+    graph = onnx.load(str(prepared), load_external_data=False).graph
+    fused = [node.name for node in graph.node if node.name not in wanted and node.name.rpartition("/")[0] in wanted]
+    return list(names) + fused
 
 
 def unquantize_outputs(model: Any) -> int:

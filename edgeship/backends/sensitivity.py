@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgeship.measure import agreement
+from edgeship.tensors import Inputs, count_of, feed_of, rows_of
 
 WEIGHTED_OPS = ("Conv", "Gemm")
 QMAX = 127  # symmetric INT8 weights use -127..127
@@ -90,15 +91,21 @@ def fake_quantize(weight: np.ndarray) -> np.ndarray:
     return (np.clip(np.round(weight / scale), -QMAX, QMAX) * scale).astype(np.float32)
 
 
-def run_onnx(model: Any, samples: np.ndarray) -> np.ndarray:
+def run_onnx(model: Any, samples: Inputs) -> np.ndarray:
     """An ``onnx.ModelProto``'s first output on ``samples``, 16 at a time, on ONNX Runtime's CPU provider."""
+    return run_onnx_outputs(model, samples)[0]
+
+
+def run_onnx_outputs(model: Any, samples: Inputs) -> list[np.ndarray]:
+    """Every output of an ``onnx.ModelProto`` on ``samples`` (one input's batch, or named arrays), in the graph's order."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: samples[i : i + 16]})[0] for i in range(0, len(samples), 16)])
+    names = [meta.name for meta in session.get_inputs()]
+    batches = [session.run(None, feed_of(rows_of(samples, i, i + 16), names)) for i in range(0, count_of(samples), 16)]
+    return [np.concatenate([batch[k] for batch in batches]) for k in range(len(batches[0]))]
 
 
 def with_producers(onnx_path: Path, chosen: list[str]) -> list[str]:

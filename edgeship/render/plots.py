@@ -265,23 +265,27 @@ def divergence_figure(series: Mapping[str, Sequence[Mapping[str, Any]]]) -> Any:
 
 
 def float_search_figure(searches: Mapping[str, Mapping[str, Any]]) -> Any:
-    """``keep_float: auto``: each candidate's agreement with FP32 on validation samples (solid) and its in-process p50
-    (dashed, right axis) against the number of ranked layers kept in float; the target as a line, the choice circled."""
+    """``keep_float: auto``: each candidate's agreement (or output cosine) with FP32 on validation samples (solid) and its
+    in-process p50 (dashed, right axis) against the number of ranked layers kept in float; the target as a line, the choice
+    circled."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 3.6))
     right = ax.twinx()
+    cosine = any(search.get("measure") == "cosine" for search in searches.values())
     for name, search in searches.items():
         colour = COLOURS.get(name.split("/")[0], "grey")
+        measure, scale = ("cosine", 1.0) if search.get("measure") == "cosine" else ("agreement", 100.0)
         points = sorted(search["candidates"], key=lambda c: c["float_layers"])
         counts = [c["float_layers"] for c in points]
-        ax.plot(counts, [100 * c["agreement"] for c in points], marker="o", color=colour, label=name)
+        ax.plot(counts, [scale * c[measure] for c in points], marker="o", color=colour, label=name)
         right.plot(counts, [c["p50_ms"] for c in points], marker="s", linestyle="--", color=colour, alpha=0.6)
         chosen = next(c for c in points if c["float_layers"] == search["chosen"])
-        ax.scatter([chosen["float_layers"]], [100 * chosen["agreement"]], s=160, facecolors="none", edgecolors=colour, linewidths=2)
-        if "min_agreement" in search["target"]:
-            ax.axhline(100 * search["target"]["min_agreement"], color=colour, linestyle=":", linewidth=1)
-    ax.set(xlabel="ranked layers kept in float", ylabel="top-1 agreement with FP32, validation (%)",
-           title="keep_float: auto — candidates searched")
+        ax.scatter([chosen["float_layers"]], [scale * chosen[measure]], s=160, facecolors="none", edgecolors=colour, linewidths=2)
+        limit = search["target"].get("min_cosine" if measure == "cosine" else "min_agreement")
+        if limit is not None:
+            ax.axhline(scale * limit, color=colour, linestyle=":", linewidth=1)
+    ylabel = "output cosine with FP32, validation" if cosine else "top-1 agreement with FP32, validation (%)"
+    ax.set(xlabel="ranked layers kept in float", ylabel=ylabel, title="keep_float: auto — candidates searched")
     right.set_ylabel("p50 in the search (ms, dashed)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")

@@ -50,9 +50,11 @@ def float_layers_line(row: EngineRow) -> str:
     if kept.get("auto") and search:
         chosen = next(c for c in search["candidates"] if c["float_layers"] == search["chosen"])
         outcome = "meet" if search["met"] else "come closest to (none meets)"
+        figure = (f"output cosine {chosen['cosine']:.5f}" if search.get("measure") == "cosine"
+                  else f"agreement {100 * chosen['agreement']:.2f}%")
         return (f"{row.name}: keep_float auto: {search['chosen']} of {len(search['ranking'])} ranked layers kept in float "
-                f"({len(kept['nodes'])} with the convolutions feeding them), the fewest that {outcome} {search['target_text']} on "
-                f"{search['samples']} validation samples: agreement {100 * chosen['agreement']:.2f}%; "
+                f"({len(kept['nodes'])} with the layers feeding them), the fewest that {outcome} {search['target_text']} on "
+                f"{search['samples']} validation samples: {figure}; "
                 f"{len(search['candidates'])} candidates built and scored in {search['seconds']:.0f} s")
     worst = ", ".join(f"{r['weight']} (cosine {r['cosine']:.4f})" for r in kept["ranking"][: kept["count"]])
     return (f"{row.name}: {len(kept['nodes'])} layers kept in float (keep_float {kept['count']} + the convolutions feeding them); "

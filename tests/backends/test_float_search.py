@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 from pydantic import ValidationError
 from test_sensitivity import two_convs
 
@@ -28,7 +29,9 @@ from conftest import TrainedCnn
     (OnnxRuntimeConfig, {"keep_float": "auto"}, "give one, e.g. accuracy_target"),
     (OpenVinoConfig, {"keep_float": 3, "accuracy_target": {"min_agreement": 0.97}}, "steers keep_float: auto"),
     (OnnxRuntimeConfig, {"precisions": ["fp32"], "keep_float": "auto", "accuracy_target": {"min_agreement": 0.97}}, "no INT8 engine"),
-    (TensorRtConfig, {"keep_float": "auto", "accuracy_target": {}}, "exactly one of min_agreement and max_drop_points"),
+    (TensorRtConfig, {"keep_float": "auto", "accuracy_target": {}}, "exactly one of min_agreement, max_drop_points and min_cosine"),
+    (OpenVinoConfig, {"keep_float": "auto", "accuracy_target": {"min_cosine": 0.99, "min_agreement": 0.9}}, "exactly one"),
+    (OpenVinoConfig, {"keep_float": "auto", "accuracy_target": {"min_cosine": 1.5}}, "less than or equal to 1"),
     (OnnxRuntimeConfig, {"keep_float": "auto", "accuracy_target": {"min_agreement": 0.97, "max_drop_points": 1}}, "exactly one"),
     (OnnxRuntimeConfig, {"keep_float": "all"}, "auto"),
 ])
@@ -74,7 +77,7 @@ def test_the_ranking_puts_the_layer_int8_hurts_most_first(tmp_path: Path) -> Non
     rng = np.random.default_rng(1)
     samples = np.abs(rng.normal(size=(32, 1, 8, 8))).astype(np.float32)
     reference = run_onnx(onnx.load(str(source)), samples)
-    ranking = rank_by_reverting(source, CalibrationSet(samples[:16], "r"), samples[16:], reference[16:])
+    ranking = rank_by_reverting(source, CalibrationSet(samples[:16], "r"), samples[16:], [reference[16:]])
     assert [row["node"] for row in ranking] == ["conv_b", "conv_a"]
     assert ranking[0]["cosine_gain"] > 100 * abs(ranking[1]["cosine_gain"])
 
@@ -86,8 +89,8 @@ def test_the_ranking_is_computed_once_for_backends_calibrating_on_the_same_sampl
     samples = np.abs(np.random.default_rng(2).normal(size=(24, 1, 8, 8))).astype(np.float32)
     reference = run_onnx(onnx.load(str(source)), samples[16:])
     float_search._rank.cache_clear()
-    first = rank_by_reverting(source, CalibrationSet(samples[:16], "ort[:100]+search:v"), samples[16:], reference)
-    second = rank_by_reverting(source, CalibrationSet(samples[:16], "openvino+search:v"), samples[16:], reference)
+    first = rank_by_reverting(source, CalibrationSet(samples[:16], "ort[:100]+search:v"), samples[16:], [reference])
+    second = rank_by_reverting(source, CalibrationSet(samples[:16], "openvino+search:v"), samples[16:], [reference])
     assert first == second and float_search._rank.cache_info().hits == 1
 
 
@@ -96,7 +99,7 @@ def _fake_search(monkeypatch: pytest.MonkeyPatch, layers: int, needed: int | Non
     built: list[int] = []
     monkeypatch.setattr(float_search, "rank_by_reverting", lambda *a: [{"node": f"n{i}", "op": "Conv"} for i in range(layers)])
     monkeypatch.setattr(float_search, "with_producers", lambda source, nodes: list(nodes))
-    monkeypatch.setattr(float_search, "_outputs_of", lambda source, samples: np.zeros((len(samples), 2), np.float32))
+    monkeypatch.setattr(float_search, "_outputs_of", lambda source, samples: [np.zeros((len(samples), 2), np.float32)])
 
     def score(nodes: list[str], count: int, *args: Any) -> dict[str, Any]:
         built.append(count)
@@ -146,3 +149,59 @@ def test_a_real_search_on_onnx_runtime_meets_its_target_on_validation_samples(tr
         else:
             assert chosen == max(record["candidates"], key=lambda c: (c["agreement"], -c["float_layers"]))
         assert not list(out.glob(".candidate-*")), "candidate folders are removed"
+
+
+def two_matmuls(path: Path) -> Path:
+    """A model with two named inputs and no class scores: ``left @ wa + right @ wb``. Each column of ``wb`` has one huge
+    weight on an input that is always zero beside small ones that carry the signal: INT8 with one scale per column rounds
+    the small ones away, so ``mm_b`` is the layer to keep in float."""
+    rng = np.random.default_rng(0)
+    wa = rng.normal(0, 0.3, (8, 4)).astype(np.float32)
+    wb = rng.normal(0, 1.0, (8, 4)).astype(np.float32)
+    wb[0] = 400.0
+    nodes = [helper.make_node("MatMul", ["left", "wa"], ["ya"], name="mm_a"),
+             helper.make_node("MatMul", ["right", "wb"], ["yb"], name="mm_b"),
+             helper.make_node("Add", ["ya", "yb"], ["vector"], name="add")]
+    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 8]) for name in ("left", "right")]
+    graph = helper.make_graph(nodes, "two_matmuls", inputs, [helper.make_tensor_value_info("vector", TensorProto.FLOAT, ["N", 4])],
+                              [numpy_helper.from_array(wa, "wa"), numpy_helper.from_array(wb, "wb")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def named_arrays(count: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    right = rng.normal(size=(count, 8)).astype(np.float32)
+    right[:, 0] = 0.0  # the input wb's outliers read
+    return {"left": rng.normal(size=(count, 8)).astype(np.float32), "right": right}
+
+
+def test_a_model_with_named_inputs_ranks_its_matmuls(tmp_path: Path) -> None:
+    source = two_matmuls(tmp_path / "mm.onnx")
+    samples = named_arrays(16, 1)
+    reference = float_search._outputs_of(source, samples)
+    ranking = rank_by_reverting(source, CalibrationSet(named_arrays(16, 2), "c"), samples, reference)
+    assert [(row["node"], row["op"]) for row in ranking] == [("mm_b", "MatMul"), ("mm_a", "MatMul")]
+    assert ranking[0]["cosine_gain"] > 0.01 > abs(ranking[1]["cosine_gain"])
+
+
+def test_a_search_on_named_inputs_meets_an_output_cosine_target(tmp_path: Path) -> None:
+    """Without class scores the target is the outputs' cosine with FP32; the record and the gate say so."""
+    from edgeship.gates import _float_search_gate, format_value
+
+    source = two_matmuls(tmp_path / "mm.onnx")
+    search = SearchSet(named_arrays(32, 3), None, "v")
+    calibration = CalibrationSet(named_arrays(32, 4), "c").with_search(search)
+    cfg = OnnxRuntimeConfig(keep_float="auto", accuracy_target=AccuracyTarget(min_cosine=0.999))
+    engine = OnnxRuntimeBackend()._build_int8(source, calibration, cfg, tmp_path)
+    record = json.loads((tmp_path / SEARCH_FILE).read_text())
+    assert record["measure"] == "cosine" and record["met"] is True and record["nodes"] == ["mm_b"] and record["samples"] == 32
+    first = record["candidates"][0]
+    assert first["float_layers"] == 0 and first["cosine"] < 0.999 and "agreement" not in first
+    kept = onnx.load(str(engine))
+    assert any(n.name.startswith("mm_b") and n.input[1] == "wb" for n in kept.graph.node), "mm_b (fused with the Add) reads FP32 weights"
+    gate = _float_search_gate(record)
+    assert gate.gate == "search_min_cosine" and gate.outcome == "pass" and gate.value >= 0.999
+    assert format_value(gate.gate, gate.limit) == "0.99900"

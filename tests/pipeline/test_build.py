@@ -48,7 +48,8 @@ def test_an_unset_accuracy_target_leaves_an_engines_identity_as_it_was() -> None
     plain = engine_config("onnxruntime", Precision.INT8, OnnxRuntimeConfig())
     assert "accuracy_target" not in plain and plain["keep_float"] == 0
     searched = engine_config("onnxruntime", Precision.INT8, OnnxRuntimeConfig(keep_float="auto", accuracy_target={"min_agreement": 0.97}))
-    assert searched["keep_float"] == "auto" and searched["accuracy_target"] == {"min_agreement": 0.97, "max_drop_points": None}
+    assert searched["keep_float"] == "auto"
+    assert searched["accuracy_target"] == {"min_agreement": 0.97, "max_drop_points": None, "min_cosine": None}
 
 
 def test_keys_added_later_stay_out_of_an_engines_identity_at_their_defaults() -> None:

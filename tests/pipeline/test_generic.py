@@ -32,12 +32,12 @@ def write_encoder(path: Path) -> Path:
     weights = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.5, name)
                for name, shape in (("table", (VOCABULARY, WIDTH)), ("w1", (WIDTH, WIDTH)), ("w2", (WIDTH, 1)))]
     weights.append(numpy_helper.from_array(np.array([1], np.int64), "axis1"))
-    nodes = [helper.make_node("Gather", ["table", "ids"], ["embedded"]),
-             helper.make_node("ReduceMean", ["embedded", "axis1"], ["pooled"], keepdims=0),
-             helper.make_node("MatMul", ["features", "w1"], ["projected"]),
-             helper.make_node("Relu", ["projected"], ["activated"]),
-             helper.make_node("Add", ["pooled", "activated"], ["vector"]),
-             helper.make_node("MatMul", ["vector", "w2"], ["score"])]
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["embedded"], name="embed"),
+             helper.make_node("ReduceMean", ["embedded", "axis1"], ["pooled"], name="pool", keepdims=0),
+             helper.make_node("MatMul", ["features", "w1"], ["projected"], name="project"),
+             helper.make_node("Relu", ["projected"], ["activated"], name="relu"),
+             helper.make_node("Add", ["pooled", "activated"], ["vector"], name="add"),
+             helper.make_node("MatMul", ["vector", "w2"], ["score"], name="head")]
     graph = helper.make_graph(nodes, "encoder", [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", WIDTH]),
                                                  helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", TOKENS])],
                               [helper.make_tensor_value_info("vector", TensorProto.FLOAT, ["batch", WIDTH]),
@@ -61,7 +61,8 @@ def write_recipe(folder: Path, **overrides: object) -> Path:
     raw: dict[str, object] = {
         "name": "encoder", "task": "generic", "store": str(folder / "store"), "reports": str(folder / "reports"),
         "model": {"onnx": "encoder.onnx"}, "data": {"dataset": "arrays", "path": "samples.npz"}, "calibration": {"size": 32},
-        "backends": {"onnxruntime": {"precisions": ["fp32", "int8"]}, "openvino": {"precisions": ["int8"]},
+        "backends": {"onnxruntime": {"precisions": ["fp32", "int8"]},
+                     "openvino": {"precisions": ["int8"], "keep_float": "auto", "accuracy_target": {"min_cosine": 0.9999}},
                      "tflite": {"precisions": ["fp32"]}, "tensorrt": {"enabled": False}},
         "validate": {"warmup": 2, "iterations": 20, "min_seconds": 0.05, "threads": 1, "throughput_batch_sizes": [4],
                      "throughput_seconds": 0.02},
@@ -121,6 +122,20 @@ def test_every_rendering_says_output_fidelity_and_the_report_rebuilds_from_the_m
     assert result.report_path.read_text() == before
 
 
+def test_keep_float_auto_searches_a_generic_model_against_its_output_cosine_on_validation_arrays(result: RunResult) -> None:
+    report = json.loads(result.report_path.read_text())
+    row = next(row for row in report["engines"] if row["name"] == "openvino/int8")
+    search = row["float_search"]
+    assert search["measure"] == "cosine" and search["split"] == "validation" and search["target"] == {"min_cosine": 0.9999}
+    assert search["samples"] == report["dataset"]["val"] and {r["node"] for r in search["ranking"]} == {"project", "head"}
+    chosen = next(c for c in search["candidates"] if c["float_layers"] == search["chosen"])
+    assert chosen["meets"] is search["met"] and (chosen["cosine"] >= 0.9999) is search["met"] and "agreement" not in chosen
+    gate = next(g for g in row["gates"] if g["gate"] == "search_min_cosine")
+    assert gate["outcome"] == ("pass" if search["met"] else "fail") and gate["value"] == chosen["cosine"]
+    page = (result.run_dir / "report.html").read_text()
+    assert "openvino/int8: keep_float auto:" in page and "output cosine ≥ 0.9999" in page
+
+
 def test_every_fp16_and_int8_engine_is_compared_tensor_by_tensor_feeding_every_input(result: RunResult) -> None:
     report = json.loads(result.report_path.read_text())
     divergence = {row["name"]: row.get("divergence") for row in report["engines"]}["onnxruntime/int8"]
@@ -171,6 +186,8 @@ def test_too_few_samples_and_a_file_that_is_not_npz_are_one_line_errors(tmp_path
     ({"model": {"onnx": "package://edgeship/missing.onnx"}}, r"'model.onnx': package 'edgeship' has no file 'missing.onnx'"),
     ({"model": {"zoo": "resnet_small"}}, r"data.dataset arrays feeds a model's named inputs as they are: give the model as model.onnx"),
     ({"devices": [{"name": "nuc", "url": "http://127.0.0.1:9", "token_env": "T"}]}, r"devices: measuring a generic model"),
+    ({"backends": {"onnxruntime": {"precisions": ["int8"], "keep_float": "auto", "accuracy_target": {"min_agreement": 0.9}}}},
+     r"backends.onnxruntime.accuracy_target: top-1 needs class scores, and task is generic"),
 ])
 def test_recipes_asking_a_generic_model_for_what_it_cannot_do_are_one_line_errors(
         overrides: dict[str, object], expected: str, folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
