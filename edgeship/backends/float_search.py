@@ -39,7 +39,7 @@ import numpy as np
 from edgeship.backends.sensitivity import FLOAT_LAYERS_FILE, PASS_THROUGH, keep_float, run_onnx_outputs, with_producers
 from edgeship.device import usable_cpus
 from edgeship.measure import agreement, time_calls, top1
-from edgeship.tensors import Inputs, count_of, rows_of
+from edgeship.tensors import Inputs, count_of, feed_of, rows_of
 
 if TYPE_CHECKING:
     from edgeship.backends.base import Runner
@@ -112,8 +112,8 @@ def choose_float_layers(source: Path, calibration: CalibrationSet, setting: Keep
               "ranking_samples": min(RANKING_SAMPLES, len(search)), "ranking_seconds": round(ranked_at, 2),
               "seconds": round(time.perf_counter() - started, 2), "threads": threads,
               "candidates": sorted(candidates.values(), key=lambda c: c["float_layers"]), "ranking": ranking,
-              "method": "each Conv/Gemm/MatMul given back its float inputs and weights in the fully quantized QDQ model; ranked "
-                        "by the gain in output cosine with FP32 on validation samples"}
+              "method": "each Conv/Gemm/MatMul given back its float inputs and weights in a QDQ model with the inputs of all of "
+                        "them quantized; ranked by the gain in output cosine with FP32 on validation samples"}
     (out_dir / SEARCH_FILE).write_text(json.dumps(record, indent=2))
     (out_dir / FLOAT_LAYERS_FILE).write_text(json.dumps({"count": chosen["float_layers"], "nodes": chosen["nodes"], "auto": True,
                                                          "samples": len(search), "ranking": ranking[:10]}, indent=2))
@@ -145,10 +145,10 @@ def _score(nodes: list[str], count: int, build: Callable[[list[str], Path], Path
         built = time.perf_counter() - started
         with runner(engine, threads) as run:
             names = list(run.input_metadata())
-            batches = [list(run.infer(_feed(rows_of(samples, i, i + BATCH), names)).values())
+            batches = [list(run.infer(feed_of(rows_of(samples, i, i + BATCH), names)).values())
                        for i in range(0, count_of(samples), BATCH)]
             outputs = [np.concatenate([batch[k] for batch in batches]) for k in range(len(reference))]
-            one = _feed(rows_of(samples, 0, 1), names)
+            one = feed_of(rows_of(samples, 0, 1), names)
             p50 = float(np.median(time_calls(lambda: run.infer(one), warmup=10, iterations=30, min_seconds=TIMED_SECONDS))) / 1e6
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
@@ -168,11 +168,6 @@ def _score(nodes: list[str], count: int, build: Callable[[list[str], Path], Path
         meets = scores["top1_drop_points"] <= target.max_drop_points
     return {"float_layers": count, "nodes": nodes, **scores, "meets": meets, "p50_ms": round(p50, 4),
             "build_seconds": round(built, 2), "seconds": round(time.perf_counter() - started, 2), "engine": str(engine)}
-
-
-def _feed(samples: Inputs, names: list[str]) -> dict[str, np.ndarray]:
-    """A candidate engine's feed: one input's batch under its name, or the named arrays as they are."""
-    return {names[0]: samples} if isinstance(samples, np.ndarray) else dict(samples)
 
 
 def output_cosine(outputs: list[np.ndarray], reference: list[np.ndarray]) -> float:
