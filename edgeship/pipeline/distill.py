@@ -66,7 +66,7 @@ class DistillStage:
         work = ctx.store.scratch(ctx.artifact_id(self.name, config=config, parents=[teacher, student], extra_key=key))
         distilled = ctx.produce(self.name, _label(cfg), config=config, parents=[teacher, student], extra_key=key,
                                 make=lambda folder: self._make(folder, teacher, student, cfg, ctx, work / "train.ckpt", source))
-        publish(distilled, ablation, cfg, ctx.run_dir / "distill")
+        publish(distilled, ablation, cfg, ctx.run_dir / "distill", "val" if ctx.recipe.validate_.split == "validation" else "eval")
         ctx.manifest.annotate(self.name, _label(cfg), {"history": distilled.meta["history"]})
         if ablation is not None:
             ctx.manifest.annotate(ABLATION, "hard-label fine-tune", {"history": ablation.meta["history"]})
@@ -192,14 +192,18 @@ def _scorer(ctx: RunContext, work: Workload) -> Any:
 
 # -- the comparison in the run folder --------------------------------------------------------------------------
 
-def comparison(distilled: Mapping[str, Any], ablation: Mapping[str, Any] | None) -> dict[str, Any]:
+def comparison(distilled: Mapping[str, Any], ablation: Mapping[str, Any] | None, split: str = "eval") -> dict[str, Any]:
     """Teacher, student before recovery, hard-label fine-tune and distilled, side by side (the measure, val and eval):
-    under ``top1`` for a classifier, ``cosine`` (fidelity to the teacher's outputs) for a model without labels."""
+    under ``top1`` for a classifier, ``cosine`` (fidelity to the teacher's outputs) for a model without labels. ``split``:
+    the one the differences are taken on and the renderings show, ``val`` in a run scored on validation (a sweep's trial),
+    whose figures must not come from the evaluation split."""
     measure = distilled.get("measure", "top1")
     rows = {"teacher": distilled["teacher"], "student_before": distilled["student_before"],
             "hard_label_finetune": ablation["student_after"] if ablation else None, "distilled": distilled["student_after"]}
-    out: dict[str, Any] = {"measure": measure, measure: rows}
-    on_eval = f"eval_{measure}"
+    if split == "val":  # the evaluation figures stay in the artifact (a later run scored on evaluation shows them), not here
+        rows = without_evaluation(rows)
+    out: dict[str, Any] = {"measure": measure, "split": split, measure: rows}
+    on_eval = f"{split}_{measure}"
     out["distilled_drop_vs_teacher_points"] = round(100 * (rows["teacher"][on_eval] - rows["distilled"][on_eval]), 3)
     if ablation:
         out["gain_over_hard_labels_points"] = round(100 * (rows["distilled"][on_eval] - rows["hard_label_finetune"][on_eval]), 3)
@@ -208,12 +212,23 @@ def comparison(distilled: Mapping[str, Any], ablation: Mapping[str, Any] | None)
     return out
 
 
-def publish(distilled: Artifact, ablation: Artifact | None, cfg: DistillConfig, target: Path) -> None:
-    """``distill.json`` (the comparison and both training histories) and ``curves.png`` in the run folder."""
+def without_evaluation(value: Any) -> Any:
+    """``value`` with every ``eval_*`` figure left out, at any depth."""
+    if isinstance(value, Mapping):
+        return {k: without_evaluation(v) for k, v in value.items() if not str(k).startswith("eval_")}
+    return value
+
+
+def publish(distilled: Artifact, ablation: Artifact | None, cfg: DistillConfig, target: Path, split: str = "eval") -> None:
+    """``distill.json`` (the comparison and both training histories) and ``curves.png`` in the run folder; ``split``: see
+    ``comparison``."""
     target.mkdir(parents=True, exist_ok=True)
-    document = {"objective": _label(cfg), **comparison(distilled.meta["metrics"], ablation.meta["metrics"] if ablation else None),
-                "distill": {"metrics": distilled.meta["metrics"], "history": distilled.meta["history"]},
-                "hard_label_finetune": {"metrics": ablation.meta["metrics"], "history": ablation.meta["history"]} if ablation else None}
+    shown = without_evaluation if split == "val" else (lambda value: value)
+    document = {"objective": _label(cfg),
+                **comparison(distilled.meta["metrics"], ablation.meta["metrics"] if ablation else None, split),
+                "distill": {"metrics": shown(distilled.meta["metrics"]), "history": distilled.meta["history"]},
+                "hard_label_finetune": ({"metrics": shown(ablation.meta["metrics"]), "history": ablation.meta["history"]}
+                                        if ablation else None)}
     (target / "distill.json").write_text(json.dumps(document, indent=2))
     plot_curves(document, target / "curves.png")
 

@@ -378,7 +378,8 @@ def _pipeline(report: Report) -> str:
     if distill:
         measure = distill.get("measure", "top1")
         scores = distill[measure]
-        parts.append("<h3>Distillation</h3>" + figure(lambda: plots.ablation_figure(scores, measure),
+        split = distill.get("split", "eval")
+        parts.append("<h3>Distillation</h3>" + figure(lambda: plots.ablation_figure(scores, measure, split),
                      f"{distill['name']}: {change_points(distill['distilled_drop_vs_teacher_points'])} vs the teacher"
                      + (f", {distill['gain_over_hard_labels_points']:+.2f} pt over hard labels alone." if "gain_over_hard_labels_points"
                         in distill else ".")))

@@ -105,19 +105,19 @@ def training_figure(histories: Mapping[str, Mapping[str, Sequence[float]] | None
     return fig
 
 
-def ablation_figure(scores: Mapping[str, Any], measure: str = "top1") -> Any:
+def ablation_figure(scores: Mapping[str, Any], measure: str = "top1", split: str = "eval") -> Any:
     """Test score (top-1, or fidelity to the teacher) of the teacher, the pruned student before recovery, the hard-label
-    fine-tune and the distilled student."""
+    fine-tune and the distilled student; the validation score in a run scored on validation (``split: val``)."""
     plt = _pyplot()
     names = [("teacher", "teacher"), ("student_before", "pruned, before"), ("hard_label_finetune", "hard-label fine-tune"),
              ("distilled", "distilled")]
-    shown = [(label, 100 * scores[key][f"eval_{measure}"]) for key, label in names if scores.get(key)]
+    shown = [(label, 100 * scores[key][f"{split}_{measure}"]) for key, label in names if scores.get(key)]
     fig, ax = plt.subplots(figsize=(7, 3.2))
     bars = ax.barh([label for label, _ in shown], [value for _, value in shown], color=["#444", "#bbb", "#8fb3d9", "#1f77b4"][: len(shown)])
     for bar, (_, value) in zip(bars, shown, strict=True):
         ax.text(value, bar.get_y() + bar.get_height() / 2, f" {value:.2f}{'%' if measure == 'top1' else ''}", va="center", fontsize=9)
     low = min(value for _, value in shown)
-    ax.set(xlim=(max(0.0, low - 3), 100), xlabel=f"test {MEASURE_AXES.get(measure, measure)}",
+    ax.set(xlim=(max(0.0, low - 3), 100), xlabel=f"{'test' if split == 'eval' else 'validation'} {MEASURE_AXES.get(measure, measure)}",
            title="Distillation ablation" if measure == "top1" else "Distillation")
     ax.invert_yaxis()
     ax.grid(axis="x", alpha=0.3)

@@ -111,10 +111,12 @@ def print_summary(report: Report, console: Console) -> None:
     distill = report.distill
     if distill:
         measure = distill.get("measure", "top1")
-        rows, on_eval = distill[measure], f"eval_{measure}"
+        split = distill.get("split", "eval")  # val: a run scored on validation shows no evaluation figure
+        rows, on_eval = distill[measure], f"{split}_{measure}"
         hard = rows.get("hard_label_finetune")
         shown = _pct if measure == "top1" else (lambda value: f"{value:.4f}")
-        console.print(f"distill ({distill['name']}): test {MEASURE_NAMES.get(measure, measure)} teacher {shown(rows['teacher'][on_eval])}, "
+        on = "test" if split == "eval" else "validation"
+        console.print(f"distill ({distill['name']}): {on} {MEASURE_NAMES.get(measure, measure)} teacher {shown(rows['teacher'][on_eval])}, "
                       f"student before {shown(rows['student_before'][on_eval])}, hard-label fine-tune "
                       f"{shown(hard[on_eval]) if hard else 'not run'}, distilled {shown(rows['distilled'][on_eval])} "
                       f"({change_points(distill['distilled_drop_vs_teacher_points'])} vs teacher"

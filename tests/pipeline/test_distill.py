@@ -146,3 +146,28 @@ def test_corrupt_transfer_data_names_the_file(workspace: Path, tmp_path: Path) -
     distill = {**DISTILL, "hints": [], "objective": "soft", "transfer": "unlabeled", "transfer_source": str(tmp_path)}
     with pytest.raises(DataError, match="transfer data contains NaN or inf"):
         run(tiny_recipe(workspace, prune=PRUNE, distill=distill), console=Console(quiet=True))
+
+
+def test_a_run_scored_on_validation_shows_no_evaluation_figure_of_the_distillation(tmp_path: Path) -> None:
+    """A sweep's trial (validate.split: validation) must not show evaluation figures anywhere, the distillation's
+    comparison included: distill.json and its chart take the validation split's."""
+    from types import SimpleNamespace
+
+    from edgeship.pipeline.distill import publish
+    from edgeship.render.plots import ablation_figure
+
+    def scores(val: float) -> dict[str, float]:
+        return {"val_top1": val, "eval_top1": val - 0.01}
+
+    metrics = {"measure": "top1", "teacher": scores(0.9), "student_before": scores(0.7), "student_after": scores(0.85)}
+    history = {"train_loss": [1.0], "val_accuracy": [0.85]}
+    artifact = SimpleNamespace(meta={"metrics": metrics, "history": history})
+    cfg = SimpleNamespace(objective="mse", hints=[], temperature=1.0, alpha=0.5)
+    for split in ("val", "eval"):
+        publish(artifact, None, cfg, tmp_path / split, split)  # type: ignore[arg-type]
+        document = json.loads((tmp_path / split / "distill.json").read_text())
+        text = json.dumps(document)
+        assert document["split"] == split and ("eval_top1" in text) is (split == "eval")
+        assert document["distilled_drop_vs_teacher_points"] == pytest.approx(5.0)  # 0.90 - 0.85 on either split
+        figure = ablation_figure(document["top1"], "top1", split)
+        assert figure.axes[0].get_xlabel().startswith("test" if split == "eval" else "validation")
