@@ -96,8 +96,7 @@ def keep_float_field(what: str = "in float") -> Any:
     """The ``keep_float`` key, one definition for every backend that has it."""
     return Field(default=0, description=f"INT8: keep this many of the most INT8-sensitive Conv/Gemm layers (weight-only sensitivity "
                                         f"on calibration samples) {what}, or auto: the fewest Conv/Gemm/MatMul layers, ranked on the "
-                                        f"quantized model and "
-                                        f"searched on validation samples, that meet accuracy_target")
+                                        f"quantized model and searched on validation samples, that meet accuracy_target")
 
 
 def accuracy_target_field() -> Any:

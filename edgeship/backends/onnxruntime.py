@@ -252,8 +252,6 @@ def quantize_qdq(source: Path, target: Path, calibration: CalibrationSet, *, met
     pre_process(source, prepared)
     if nodes_to_exclude:
         nodes_to_exclude = fused_names(prepared, nodes_to_exclude)
-    if nodes_to_exclude:
-        nodes_to_exclude = fused_names(prepared, nodes_to_exclude)
     calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                  "percentile": CalibrationMethod.Percentile}[method]
     activation = QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8
