@@ -1,11 +1,11 @@
 """``keep_float: auto``: the fewest layers left in float for an INT8 engine to meet its ``accuracy_target``.
 
-1. **Rank once, on the quantized model.** The inputs and weights of every Conv/Gemm/MatMul of the FP32 ONNX are quantized
-   (ONNX Runtime's QDQ, min/max ranges from the calibration samples; their outputs and every other op stay float, as NNCF
-   and TensorRT's explicit quantization place them); then each of them in turn gets its float inputs and weights back,
-   and the mean cosine of the outputs with FP32 on validation samples (the lowest over outputs) says how much that layer's
-   quantization (its weights *and* the activations it reads) costs the model. The ranking is shared by every backend of
-   the run.
+1. **Rank once, on the quantized model.** The FP32 ONNX is quantized where the backend puts its quantizers (ONNX
+   Runtime's QDQ, min/max ranges from the calibration samples): every op for ONNX Runtime's own ``quantize_static``; only
+   the inputs and weights of each Conv/Gemm/MatMul for NNCF and ModelOpt, whose outputs and other ops stay float. Then
+   each Conv/Gemm/MatMul in turn gets its float inputs and weights back, and the mean cosine of the outputs with FP32 on
+   validation samples (the lowest over outputs) says how much that layer's quantization (its weights *and* the
+   activations it reads) costs the model. Backends with the same placement share one ranking.
 2. **Search per backend.** Candidates keep the top *k* of the ranking in float (with the convolutions feeding them
    through an activation, ``sensitivity.with_producers``), built by the backend's own mechanism (ONNX Runtime and ModelOpt
    ``nodes_to_exclude``, NNCF ``IgnoredScope``) and scored on the validation split; *k* is bisected between the fully
@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -51,6 +51,9 @@ RANKING_SAMPLES = 64  # validation samples the ranking scores each reverted laye
 RANKING_CALIBRATION = 64  # calibration samples of the fully quantized model the ranking reverts layers in
 TIMED_SECONDS = 0.3  # a candidate's in-process latency estimate
 RANKED_OPS = ("Conv", "Gemm", "MatMul")  # what the ranking gives back its float inputs: the layers quantizers quantize first
+# How the ranking's model is quantized, as the backend quantizes: every op (ONNX Runtime's quantize_static), or only the
+# inputs of the ranked layers (NNCF, ModelOpt's explicit Q/DQ: their outputs and the other ops read float)
+Placement = Literal["every_op", "layer_inputs"]
 BATCH = 16  # samples per call when a candidate is scored
 
 
@@ -64,11 +67,12 @@ class FloatChoice:
 
 def choose_float_layers(source: Path, calibration: CalibrationSet, setting: KeepFloat, target: AccuracyTarget | None, out_dir: Path,
                         build: Callable[[list[str], Path], Path], runner: Callable[[Path, int], Runner], *,
-                        reuse: bool = False) -> FloatChoice:
+                        reuse: bool = False, placement: Placement = "layer_inputs") -> FloatChoice:
     """The ONNX node names the INT8 build of ``source`` keeps in float: ``setting`` layers of the weight-only ranking, or for
     ``auto`` the smallest top of the activation-aware ranking whose candidate (``build(nodes, folder)``, run by
     ``runner(path, threads)``) meets ``target`` on the validation split. ``reuse``: the chosen candidate's files are moved
-    into ``out_dir`` and returned as the engine, instead of the caller building it again."""
+    into ``out_dir`` and returned as the engine, instead of the caller building it again. ``placement``: where the backend
+    puts its quantizers, so the ranking's model is quantized as the candidates will be."""
     if setting != "auto":
         return FloatChoice(keep_float(source, calibration.samples, setting, out_dir) if setting else [])
     if target is None or calibration.search is None:
@@ -77,7 +81,7 @@ def choose_float_layers(source: Path, calibration: CalibrationSet, setting: Keep
     search = calibration.search
     reference = _outputs_of(source, search.inputs)
     ranking = rank_by_reverting(source, calibration, rows_of(search.inputs, 0, RANKING_SAMPLES),
-                                [output[:RANKING_SAMPLES] for output in reference])
+                                [output[:RANKING_SAMPLES] for output in reference], placement)
     ranked_at = time.perf_counter() - started
     threads = len(usable_cpus() or ()) or os.cpu_count() or 1
     candidates: dict[int, dict[str, Any]] = {}
@@ -112,8 +116,9 @@ def choose_float_layers(source: Path, calibration: CalibrationSet, setting: Keep
               "ranking_samples": min(RANKING_SAMPLES, len(search)), "ranking_seconds": round(ranked_at, 2),
               "seconds": round(time.perf_counter() - started, 2), "threads": threads,
               "candidates": sorted(candidates.values(), key=lambda c: c["float_layers"]), "ranking": ranking,
-              "method": "each Conv/Gemm/MatMul given back its float inputs and weights in a QDQ model with the inputs of all of "
-                        "them quantized; ranked by the gain in output cosine with FP32 on validation samples"}
+              "placement": placement, "method": "each Conv/Gemm/MatMul given back its float inputs and weights in a QDQ model with "
+                        + ("every op quantized" if placement == "every_op" else "the inputs of all of them quantized")
+                        + "; ranked by the gain in output cosine with FP32 on validation samples"}
     (out_dir / SEARCH_FILE).write_text(json.dumps(record, indent=2))
     (out_dir / FLOAT_LAYERS_FILE).write_text(json.dumps({"count": chosen["float_layers"], "nodes": chosen["nodes"], "auto": True,
                                                          "samples": len(search), "ranking": ranking[:10]}, indent=2))
@@ -175,12 +180,13 @@ def output_cosine(outputs: list[np.ndarray], reference: list[np.ndarray]) -> flo
     return min(agreement(output, expected)["mean_cosine"] for output, expected in zip(outputs, reference, strict=True))
 
 
-def rank_by_reverting(source: Path, calibration: CalibrationSet, samples: Inputs, reference: list[np.ndarray]) -> list[dict[str, Any]]:
+def rank_by_reverting(source: Path, calibration: CalibrationSet, samples: Inputs, reference: list[np.ndarray],
+                      placement: Placement = "layer_inputs") -> list[dict[str, Any]]:
     """Every Conv/Gemm/MatMul of ``source``, the one whose quantization costs the most first (see the module docstring)."""
     # keyed by the samples it reads, not the calibration set's fingerprint: backends calibrating on different subsets of the
     # same samples (and carrying the search samples in their fingerprint) share one ranking
     ranking = _rank(str(source), source.stat().st_mtime_ns, _Keyed(calibration.subset(RANKING_CALIBRATION).arrays),
-                    _Keyed(samples), _Keyed(reference))
+                    _Keyed(samples), _Keyed(reference), placement)
     return [dict(row) for row in ranking]
 
 
@@ -201,9 +207,9 @@ class _Keyed:
         return isinstance(other, _Keyed) and self._key == other._key
 
 
-@functools.lru_cache(maxsize=2)
-def _rank(path: str, _mtime: int, calibration_arrays: _Keyed, samples_key: _Keyed,
-          reference_key: _Keyed) -> tuple[tuple[tuple[str, Any], ...], ...]:
+@functools.lru_cache(maxsize=4)
+def _rank(path: str, _mtime: int, calibration_arrays: _Keyed, samples_key: _Keyed, reference_key: _Keyed,
+          placement: Placement) -> tuple[tuple[tuple[str, Any], ...], ...]:
     import onnx
 
     from edgeship.backends.onnxruntime import quantize_qdq
@@ -214,9 +220,13 @@ def _rank(path: str, _mtime: int, calibration_arrays: _Keyed, samples_key: _Keye
     samples, reference = samples_key.value, reference_key.value
     with tempfile.TemporaryDirectory(prefix="edgeship-ranking-") as folder:
         quantized = Path(folder) / "model.int8.onnx"
-        quantize_qdq(source, quantized, calibration, method="minmax", per_channel=True, activation_type="int8", float_outputs=True,
-                     op_types=list(RANKED_OPS), extra_options={"OpTypesToExcludeOutputQuantization": list(RANKED_OPS)})
-        model = _quantized_inputs_only(onnx.load(str(quantized)))
+        if placement == "every_op":
+            quantize_qdq(source, quantized, calibration, method="minmax", per_channel=True, activation_type="int8", float_outputs=True)
+            model = onnx.load(str(quantized))
+        else:
+            quantize_qdq(source, quantized, calibration, method="minmax", per_channel=True, activation_type="int8", float_outputs=True,
+                         op_types=list(RANKED_OPS), extra_options={"OpTypesToExcludeOutputQuantization": list(RANKED_OPS)})
+            model = _quantized_inputs_only(onnx.load(str(quantized)))
     original = onnx.load(str(source))
     names = {node.name: node.op_type for node in original.graph.node}
     base = output_cosine(run_onnx_outputs(model, samples), reference)

@@ -145,7 +145,8 @@ class OnnxRuntimeBackend(BackendBase):
             calibration = calibration.subset(cfg.calibration_size)
         chosen = choose_float_layers(source, calibration, cfg.keep_float, cfg.accuracy_target, out_dir,
                                      build=lambda nodes, folder: self._quantize(source, calibration, cfg, folder, nodes),
-                                     runner=lambda engine, threads: self.runner(engine, threads=threads), reuse=True)
+                                     runner=lambda engine, threads: self.runner(engine, threads=threads), reuse=True,
+                                     placement="every_op")  # quantize_static quantizes every op it can
         return loadable(chosen.engine or self._quantize(source, calibration, cfg, out_dir, chosen.nodes))
 
     @staticmethod

@@ -178,11 +178,12 @@ def named_arrays(count: int, seed: int) -> dict[str, np.ndarray]:
     return {"left": rng.normal(size=(count, 8)).astype(np.float32), "right": right}
 
 
-def test_a_model_with_named_inputs_ranks_its_matmuls(tmp_path: Path) -> None:
+@pytest.mark.parametrize("placement", ["layer_inputs", "every_op"])
+def test_a_model_with_named_inputs_ranks_its_matmuls(tmp_path: Path, placement: float_search.Placement) -> None:
     source = two_matmuls(tmp_path / "mm.onnx")
     samples = named_arrays(16, 1)
     reference = float_search._outputs_of(source, samples)
-    ranking = rank_by_reverting(source, CalibrationSet(named_arrays(16, 2), "c"), samples, reference)
+    ranking = rank_by_reverting(source, CalibrationSet(named_arrays(16, 2), "c"), samples, reference, placement)
     assert [(row["node"], row["op"]) for row in ranking] == [("mm_b", "MatMul"), ("mm_a", "MatMul")]
     assert ranking[0]["cosine_gain"] > 0.01 > abs(ranking[1]["cosine_gain"])
 
@@ -198,6 +199,7 @@ def test_a_search_on_named_inputs_meets_an_output_cosine_target(tmp_path: Path) 
     engine = OnnxRuntimeBackend()._build_int8(source, calibration, cfg, tmp_path)
     record = json.loads((tmp_path / SEARCH_FILE).read_text())
     assert record["measure"] == "cosine" and record["met"] is True and record["nodes"] == ["mm_b"] and record["samples"] == 32
+    assert record["placement"] == "every_op", "ranked on a model quantized as ONNX Runtime's quantize_static quantizes"
     first = record["candidates"][0]
     assert first["float_layers"] == 0 and first["cosine"] < 0.999 and "agreement" not in first
     kept = onnx.load(str(engine))
