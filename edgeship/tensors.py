@@ -133,9 +133,10 @@ class CalibrationSet(Sequence[Feed]):
                                   search=search)
         return CalibrationSet(arrays, fingerprint, batch_size=self.batch_size, search=search)
 
-    def with_search(self, search: SearchSet) -> CalibrationSet:
-        """This set carrying ``search``, fingerprinted with it: a build that searches on it depends on it."""
-        return self._with(self.arrays, f"{self.fingerprint}+search:{search.fingerprint}", search)
+    def with_search(self, search: SearchSet, method: str = "") -> CalibrationSet:
+        """This set carrying ``search``, fingerprinted with it and with the search's ``method`` (a version): a build that
+        searches on it depends on both."""
+        return self._with(self.arrays, f"{self.fingerprint}+search:{search.fingerprint}" + (f"+{method}" if method else ""), search)
 
     def __len__(self) -> int:
         return -(-self.count // self.batch_size)

@@ -54,6 +54,7 @@ RANKED_OPS = ("Conv", "Gemm", "MatMul")  # what the ranking gives back its float
 # How the ranking's model is quantized, as the backend quantizes: every op (ONNX Runtime's quantize_static), or only the
 # inputs of the ranked layers (NNCF, ModelOpt's explicit Q/DQ: their outputs and the other ops read float)
 Placement = Literal["every_op", "layer_inputs"]
+SEARCH_METHOD = "placement-ranking-2"  # in the engine's key: engines searched by an earlier method are searched again
 BATCH = 16  # samples per call when a candidate is scored
 
 

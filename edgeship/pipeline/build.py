@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from edgeship.artifacts import Artifact
 from edgeship.backends import REGISTRY, availability, get_backend
 from edgeship.backends.base import PREPARE_INFO, CalibrationSet, Precision, PreparingBackend
-from edgeship.backends.float_search import SEARCH_FILE
+from edgeship.backends.float_search import SEARCH_FILE, SEARCH_METHOD
 from edgeship.backends.rounding import WEIGHT_ROUNDING_FILE
 from edgeship.backends.sensitivity import FLOAT_LAYERS_FILE
 from edgeship.errors import BackendUnavailable, BuildError, StageError
@@ -94,7 +94,7 @@ class BuildStage:
         if precision is Precision.INT8 and getattr(cfg, "keep_float", 0) == "auto":
             if self.search is None:
                 raise BuildError(backend_name, precision, "keep_float: auto searches on the validation split, and this data has none")
-            calibration = calibration.with_search(self.search)
+            calibration = calibration.with_search(self.search, SEARCH_METHOD)  # a new method searches again
         return calibration
 
     def _prepare_one(self, ctx: RunContext, onnx: Artifact, backend: PreparingBackend, precision: Precision,

@@ -73,3 +73,24 @@ def test_a_one_image_models_identity_leaves_out_the_keys_of_other_entries() -> N
     assert not {"onnx", "inputs", "outputs"} & set(model_identity(ModelConfig()))
     assert model_identity(ModelConfig(factory="a.b:c", inputs=[{"name": "x", "shape": ["batch", 3]}]))["inputs"]
     assert engine_config("openvino", Precision.INT8, OpenVinoConfig(model_type="transformer"))["model_type"] == "transformer"
+
+
+def test_a_searched_engines_key_covers_the_validation_samples_and_the_search_method() -> None:
+    """An engine searched by an earlier method (another ranking) is searched again, not reused from the store."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from edgeship.backends.float_search import SEARCH_METHOD
+    from edgeship.pipeline.build import BuildStage
+    from edgeship.tensors import CalibrationSet, SearchSet
+
+    search = SearchSet(np.zeros((4, 1, 2, 2), np.float32), None, "validation-fingerprint")
+    stage = BuildStage(CalibrationSet(np.zeros((4, 1, 2, 2), np.float32), "calibration-fingerprint"), search)
+    onnx = SimpleNamespace(meta={"input_name": "input"})
+    auto = OnnxRuntimeConfig(keep_float="auto", accuracy_target={"min_agreement": 0.97})
+    searched = stage._calibration_for("onnxruntime", Precision.INT8, onnx, auto)  # type: ignore[arg-type]
+    plain = stage._calibration_for("onnxruntime", Precision.INT8, onnx, OnnxRuntimeConfig())  # type: ignore[arg-type]
+    assert searched is not None and plain is not None and searched.search is search
+    assert searched.fingerprint == f"calibration-fingerprint+search:validation-fingerprint+{SEARCH_METHOD}"
+    assert plain.fingerprint == "calibration-fingerprint" and plain.search is None
