@@ -59,6 +59,7 @@ def test_the_engines_embed_sentences_as_pytorch_does(offline_run) -> None:
     int8 = rows["onnxruntime/int8"]  # dynamic INT8 MatMuls: 0.995 on the 300 evaluation sentences (docs/measurements.md)
     assert 0.99 <= int8["min_cosine"] < 1 and int8["min_sqnr_db"] < rows["onnxruntime/fp32"]["min_sqnr_db"]
     assert int8["size_bytes"] <= 0.7 * rows["onnxruntime/fp32"]["size_bytes"]  # the embedding tables stay float
-    assert "SQNR dB" in done.stdout and "ship onnxruntime/int8" in done.stdout
+    # which engine ships depends on their measured p50s (INT8 lost to FP32 once on a loaded CI machine): not asserted
+    assert "SQNR dB" in done.stdout and "onnxruntime: ship onnxruntime/" in done.stdout
     for row in rows.values():  # per 128-token sentence, 6 layers × (4·128·384² + 2·128·384·1536 + 2·128²·384)
         assert row["macs_per_sample"] == 1_434_451_968
