@@ -22,7 +22,7 @@ import numpy as np
 from edgeship.errors import DataError
 from edgeship.images import read_image
 from edgeship.photos import SPARE_CROPS, load_crops
-from edgeship.tensors import CalibrationSet, Feed, SearchSet
+from edgeship.tensors import CalibrationSet, Feed, SearchSet, rows_of
 from edgeship_deploy import preprocess as release_preprocess
 from edgeship_deploy import resize
 
@@ -424,7 +424,7 @@ def search_set(dataset: Dataset, preprocessing: Preprocessing, size: int = SEARC
     if not len(dataset.val):
         return None
     if dataset.val.arrays:
-        arrays = {name: array[:size] for name, array in dataset.val.arrays.items()}
+        arrays = dict(rows_of(dataset.val.arrays, 0, size))
         return SearchSet(arrays, None, fingerprint_arrays(arrays))
     samples = preprocess(dataset.val.images[:size], preprocessing)
     labels = None if dataset.val.labels is None else dataset.val.labels[:size]

@@ -16,6 +16,7 @@ import fnmatch
 from collections.abc import Sequence
 from typing import Any
 
+from edgeship.config import AccuracyTarget
 from edgeship.measure import SQNR_CAP_DB
 from edgeship.qualification import EngineRow, GatePrediction, GateResult, Outcome, Recommendation, Release, Scores, Verdict
 from edgeship.recipe import GatesConfig
@@ -53,17 +54,17 @@ def judge(row: EngineRow, baseline_top1: float | None, gates: GatesConfig, *, la
 def _float_search_gate(search: dict[str, Any]) -> GateResult:
     """``keep_float: auto``'s own target, met or not on the validation split: a target no candidate reached keeps the best
     candidate found and fails the engine here, with that reason."""
-    target = search["target"]
-    key = next(k for k in ("min_agreement", "max_drop_points", "min_cosine") if k in target)
+    target = AccuracyTarget.model_construct(**search["target"])  # checked when the search recorded it
+    key = next(iter(target.model_dump(exclude_none=True)))
     chosen = next(c for c in search["candidates"] if c["float_layers"] == search["chosen"])
-    value = chosen[{"min_agreement": "agreement", "max_drop_points": "top1_drop_points", "min_cosine": "cosine"}[key]]
+    value = chosen[target.measure]
     detail = (f"{chosen['float_layers']} layers in float, on {search['samples']} validation samples; {len(search['candidates'])} "
               f"candidates searched in {search['seconds']:.0f} s")
     if not search["met"]:
         detail = f"no candidate met {search['target_text']}: the best found is kept ({detail})"
     name = f"search_{key}"
-    return GateResult(gate=name, title=TITLES[name], outcome="pass" if search["met"] else "fail", value=value, limit=target[key],
-                      detail=detail)
+    return GateResult(gate=name, title=TITLES[name], outcome="pass" if search["met"] else "fail", value=value,
+                      limit=getattr(target, key), detail=detail)
 
 
 def release(rows: Sequence[EngineRow], *, unfinished: str | None = None) -> Release:

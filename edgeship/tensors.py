@@ -6,7 +6,7 @@ A core module: the data module makes calibration sets, the backends consume them
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,6 +64,14 @@ def rows_of(inputs: Inputs, start: int, stop: int | None = None) -> Inputs:
     if isinstance(inputs, np.ndarray):
         return inputs[start:stop]
     return {name: array[start:stop] for name, array in inputs.items()}
+
+
+def outputs_in_batches(call: Callable[[Feed], Sequence[np.ndarray]], inputs: Inputs, names: Sequence[str],
+                       size: int) -> list[np.ndarray]:
+    """Every output of ``call`` (a model run on one feed, its outputs in order) over ``inputs``, ``size`` rows a call,
+    each output concatenated over the calls."""
+    batches = [list(call(feed_of(rows_of(inputs, i, i + size), names))) for i in range(0, count_of(inputs), size)]
+    return [np.concatenate([batch[k] for batch in batches]) for k in range(len(batches[0]))]
 
 
 def feed_of(inputs: Inputs, names: Sequence[str]) -> Feed:
@@ -125,7 +133,7 @@ class CalibrationSet(Sequence[Feed]):
     @property
     def count(self) -> int:
         """How many samples (rows of every array)."""
-        return len(next(iter(self.arrays.values())))
+        return count_of(self.arrays)
 
     def _with(self, arrays: dict[str, np.ndarray], fingerprint: str, search: SearchSet | None) -> CalibrationSet:
         if len(arrays) == 1 and self.input_name in arrays:
@@ -155,7 +163,7 @@ class CalibrationSet(Sequence[Feed]):
         """The first ``size`` samples, fingerprinted as such."""
         if size >= self.count:
             return self
-        return self._with({name: array[:size] for name, array in self.arrays.items()}, f"{self.fingerprint}[:{size}]", self.search)
+        return self._with(dict(rows_of(self.arrays, 0, size)), f"{self.fingerprint}[:{size}]", self.search)
 
     def renamed(self, input_name: str) -> CalibrationSet:
         """A one-input set fed under ``input_name`` (the exported model's); a named set keeps its names."""

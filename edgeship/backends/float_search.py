@@ -29,7 +29,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -39,7 +39,7 @@ import numpy as np
 from edgeship.backends.sensitivity import FLOAT_LAYERS_FILE, PASS_THROUGH, keep_float, run_onnx_outputs, with_producers
 from edgeship.device import usable_cpus
 from edgeship.measure import agreement, time_calls, top1
-from edgeship.tensors import Inputs, count_of, feed_of, rows_of
+from edgeship.tensors import Inputs, feed_of, outputs_in_batches, rows_of
 
 if TYPE_CHECKING:
     from edgeship.backends.base import Runner
@@ -151,9 +151,7 @@ def _score(nodes: list[str], count: int, build: Callable[[list[str], Path], Path
         built = time.perf_counter() - started
         with runner(engine, threads) as run:
             names = list(run.input_metadata())
-            batches = [list(run.infer(feed_of(rows_of(samples, i, i + BATCH), names)).values())
-                       for i in range(0, count_of(samples), BATCH)]
-            outputs = [np.concatenate([batch[k] for batch in batches]) for k in range(len(reference))]
+            outputs = outputs_in_batches(lambda feed: list(run.infer(feed).values()), samples, names, BATCH)
             one = feed_of(rows_of(samples, 0, 1), names)
             p50 = float(np.median(time_calls(lambda: run.infer(one), warmup=10, iterations=30, min_seconds=TIMED_SECONDS))) / 1e6
     except BaseException:
@@ -221,13 +219,13 @@ def _rank(path: str, _mtime: int, calibration_arrays: _Keyed, samples_key: _Keye
     samples, reference = samples_key.value, reference_key.value
     with tempfile.TemporaryDirectory(prefix="edgeship-ranking-") as folder:
         quantized = Path(folder) / "model.int8.onnx"
-        if placement == "every_op":
-            quantize_qdq(source, quantized, calibration, method="minmax", per_channel=True, activation_type="int8", float_outputs=True)
-            model = onnx.load(str(quantized))
-        else:
-            quantize_qdq(source, quantized, calibration, method="minmax", per_channel=True, activation_type="int8", float_outputs=True,
-                         op_types=list(RANKED_OPS), extra_options={"OpTypesToExcludeOutputQuantization": list(RANKED_OPS)})
-            model = _quantized_inputs_only(onnx.load(str(quantized)))
+        layer_inputs = {} if placement == "every_op" else {
+            "op_types": list(RANKED_OPS), "extra_options": {"OpTypesToExcludeOutputQuantization": list(RANKED_OPS)}}
+        quantize_qdq(source, quantized, calibration, method="minmax", per_channel=True, activation_type="int8", float_outputs=True,
+                     **layer_inputs)  # type: ignore[arg-type]
+        model = onnx.load(str(quantized))
+    if layer_inputs:
+        model = _quantized_inputs_only(model)
     original = onnx.load(str(source))
     names = {node.name: node.op_type for node in original.graph.node}
     base = output_cosine(run_onnx_outputs(model, samples), reference)
@@ -238,7 +236,7 @@ def _rank(path: str, _mtime: int, calibration_arrays: _Keyed, samples_key: _Keye
         if (node.op_type not in RANKED_OPS or not name or name not in names  # an unnamed node cannot be named to a backend
                 or "DequantizeLinear" not in {writers.get(v) for v in node.input}):
             continue
-        reverted = _reverted(model, {node.name: name}, original)
+        reverted = _reverted(model, node.name, original, name)
         cosine = output_cosine(run_onnx_outputs(reverted, samples), reference)
         rows.append({"node": name, "op": names[name], "cosine_gain": round(cosine - base, 7), "cosine": round(cosine, 7)})
     rows.sort(key=lambda row: -row["cosine_gain"])
@@ -261,11 +259,11 @@ def _quantized_inputs_only(model: Any) -> Any:
     return model
 
 
-def _reverted(model: Any, nodes: str | Mapping[str, str], original: Any) -> Any:
-    """``model`` (a QDQ ONNX) with each of ``nodes`` reading float again: each activation input taken from before its
+def _reverted(model: Any, name: str, original: Any, original_name: str | None = None) -> Any:
+    """``model`` (a QDQ ONNX) with node ``name`` reading float again: each activation input taken from before its
     QuantizeLinear (with the Relu or Clip the quantizer folded into that pair put back), each quantized weight or bias
-    replaced by the FP32 initializer the node reads in ``original``, the FP32 model. ``nodes``: one name, or each name in
-    ``model`` mapped to the node's name in ``original`` (a pre-processing fusion renames it)."""
+    replaced by the FP32 initializer the node reads in ``original``, the FP32 model, where it is ``original_name`` (a
+    pre-processing fusion renames it; by default ``name``)."""
     import onnx
 
     copy = onnx.ModelProto()
@@ -274,7 +272,8 @@ def _reverted(model: Any, nodes: str | Mapping[str, str], original: Any) -> Any:
     initializers = {init.name for init in copy.graph.initializer}
     weights = {init.name: init for init in original.graph.initializer}
     original_writers = {output: node for node in original.graph.node for output in node.output}
-    by_name = {node.name: node for node in original.graph.node}
+    source = next(n for n in original.graph.node if n.name == (original_name or name))
+    position, node = next((i, n) for i, n in enumerate(copy.graph.node) if n.name == name)
 
     def restore(initializer: str) -> str:
         float_name = f"{initializer}__float"
@@ -286,40 +285,34 @@ def _reverted(model: Any, nodes: str | Mapping[str, str], original: Any) -> Any:
             initializers.add(float_name)
         return float_name
 
-    for name, original_name in ({nodes: nodes} if isinstance(nodes, str) else nodes).items():
-        source = by_name[original_name]
-        position, node = next((i, n) for i, n in enumerate(copy.graph.node) if n.name == name)
-        for index, value in enumerate(node.input):
-            dq = writers.get(value)
-            if dq is None or dq.op_type != "DequantizeLinear":
-                continue
-            if dq.input[0] in initializers:  # a quantized weight or bias: the FP32 one back
-                weight = source.input[index] if index < len(source.input) else ""
-                if weight in weights:
-                    node.input[index] = restore(weight)
-                continue
-            q = writers.get(dq.input[0])
-            if q is None or q.op_type != "QuantizeLinear":
-                continue
-            float_input = q.input[0]  # a quantized activation: the float one it came from
-            folded, writer = original_writers.get(float_input), writers.get(float_input)
-            if folded is not None and writer is not None and folded.op_type in PASS_THROUGH and writer.op_type != folded.op_type:
-                restored_output = f"{float_input}__float"  # the quantizer folded it into the Q/DQ range: back on the float path
-                if restored_output not in writers:
-                    activation = onnx.NodeProto()
-                    activation.CopyFrom(folded)
-                    activation.name = f"{folded.name}__float"
-                    activation.input[0] = float_input
-                    for extra in activation.input[1:]:
-                        if extra in weights:
-                            activation.input[list(activation.input).index(extra)] = restore(extra)
-                    del activation.output[:]
-                    activation.output.append(restored_output)
-                    copy.graph.node.insert(position, activation)
-                    writers[restored_output] = activation
-                    position += 1
-                float_input = restored_output
-            node.input[index] = float_input
+    for index, value in enumerate(node.input):
+        dq = writers.get(value)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        if dq.input[0] in initializers:  # a quantized weight or bias: the FP32 one back
+            weight = source.input[index] if index < len(source.input) else ""
+            if weight in weights:
+                node.input[index] = restore(weight)
+            continue
+        q = writers.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear":
+            continue
+        float_input = q.input[0]  # a quantized activation: the float one it came from
+        folded, writer = original_writers.get(float_input), writers.get(float_input)
+        if folded is not None and writer is not None and folded.op_type in PASS_THROUGH and writer.op_type != folded.op_type:
+            activation = onnx.NodeProto()  # the quantizer folded it into the Q/DQ range: back on the float path
+            activation.CopyFrom(folded)
+            activation.name = f"{folded.name}__float"
+            activation.input[0] = float_input
+            for extra in activation.input[1:]:
+                if extra in weights:
+                    activation.input[list(activation.input).index(extra)] = restore(extra)
+            del activation.output[:]
+            activation.output.append(f"{float_input}__float")
+            copy.graph.node.insert(position, activation)
+            position += 1
+            float_input = activation.output[0]
+        node.input[index] = float_input
     return copy
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgeship.measure import agreement
-from edgeship.tensors import Inputs, count_of, feed_of, rows_of
+from edgeship.tensors import Inputs, outputs_in_batches
 
 WEIGHTED_OPS = ("Conv", "Gemm")
 QMAX = 127  # symmetric INT8 weights use -127..127
@@ -103,9 +103,7 @@ def run_onnx_outputs(model: Any, samples: Inputs) -> list[np.ndarray]:
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])
-    names = [meta.name for meta in session.get_inputs()]
-    batches = [session.run(None, feed_of(rows_of(samples, i, i + 16), names)) for i in range(0, count_of(samples), 16)]
-    return [np.concatenate([batch[k] for batch in batches]) for k in range(len(batches[0]))]
+    return outputs_in_batches(lambda feed: session.run(None, feed), samples, [meta.name for meta in session.get_inputs()], 16)
 
 
 def with_producers(onnx_path: Path, chosen: list[str]) -> list[str]:
