@@ -4,6 +4,11 @@ An engine is a folder: ``model.<precision>.tflite`` (the main file) and ``io.jso
 each tensor's layout differs from the ONNX model's (onnx2tf makes image tensors NHWC). The runner
 reads it, so feeds and outputs stay in the ONNX layout and in float32 whatever the model's I/O is.
 
+A full-integer INT8 build may keep chosen ONNX nodes in float (``keep_float``): the converter calibrates once, and
+TFLite's own selective quantization (``QuantizationDebugger`` with ``denylisted_nodes``) leaves the TFLite ops those
+nodes became in float. onnx2tf renames every tensor, so the ONNX nodes are matched to the TFLite ops by value, on one
+calibration sample through the calibrated float model.
+
 onnx2tf fetches sample images from the internet for a static-batch, 3-channel image input.
 edgeship hands it local data instead, so a build never touches the network. PyTorch's five-node erf GELU is fused
 into one ``Gelu`` first: TFLite has a builtin GELU but no builtin Erf.
@@ -25,16 +30,28 @@ import numpy as np
 from pydantic import Field, PositiveInt, model_validator
 
 from edgeship.backends.base import Availability, BackendBase, BackendInfo, CalibrationSet, Feed, Precision, Runner, TensorMeta
+from edgeship.backends.float_search import choose_float_layers
 from edgeship.backends.rounding import rounded_source
+from edgeship.backends.sensitivity import PASS_THROUGH, run_onnx_outputs
 from edgeship.backends.tooling import captured_output, error_line, fed_inputs, import_problem, importable
-from edgeship.config import BackendSection, WeightRounding, weight_rounding_field
+from edgeship.config import (
+    AccuracyTarget,
+    BackendSection,
+    KeepFloat,
+    WeightRounding,
+    accuracy_target_field,
+    keep_float_field,
+    weight_rounding_field,
+)
 from edgeship.device import installed_versions
-from edgeship.divergence import Tap, TensorSite
+from edgeship.divergence import Tap, TensorSite, match_by_value
 from edgeship.errors import BuildError
 from edgeship.profiling import OpProfile
+from edgeship.tensors import rows_of
 from edgeship_deploy.runtimes import Quantizer, dequantize_table
 
 IO_FILE = "io.json"
+FLOAT_OPS_FILE = "float_ops.json"  # which TFLite ops the kept ONNX nodes became (a side file)
 DISTRIBUTIONS = ("ai-edge-litert", "onnx2tf", "tensorflow")
 # onnx2tf's layout for channel-first tensors of each rank: ONNX (N, C, ...) → (N, ..., C)
 TO_CHANNELS_LAST = {3: (0, 2, 1), 4: (0, 2, 3, 1), 5: (0, 2, 3, 4, 1)}
@@ -43,7 +60,8 @@ TO_CHANNELS_LAST = {3: (0, 2, 1), 4: (0, 2, 3, 1), 5: (0, 2, 3, 4, 1)}
 class TfliteConfig(BackendSection):
     BACKEND: ClassVar[str] = "tflite"
     SUPPORTED: ClassVar[frozenset[Precision]] = frozenset(Precision)
-    INT8_ONLY: ClassVar[frozenset[str]] = frozenset({"mode", "io_type", "calibration_size", "weight_rounding"})
+    INT8_ONLY: ClassVar[frozenset[str]] = frozenset({"mode", "io_type", "calibration_size", "weight_rounding", "keep_float",
+                                                     "accuracy_target"})
 
     precisions: tuple[Precision, ...] = (Precision.FP32, Precision.FP16, Precision.INT8)
     mode: Literal["static", "dynamic"] = Field(
@@ -56,6 +74,8 @@ class TfliteConfig(BackendSection):
         "their p50s time the same work); int8: the caller does, as a device feeding integer data directly would")
     calibration_size: PositiveInt | None = Field(default=300, description="representative samples; None uses the whole set")
     weight_rounding: WeightRounding = weight_rounding_field()
+    keep_float: KeepFloat = keep_float_field("in float (TFLite's selective quantization; static mode, float32 I/O)")
+    accuracy_target: AccuracyTarget | None = accuracy_target_field()
     fixed_shape: dict[str, tuple[PositiveInt, ...]] | None = Field(
         default=None, description="per input name, the whole shape to convert at, batch included, for a model whose dimensions "
                                   "onnx2tf cannot follow dynamically (a detector's height, width and its transposed "
@@ -64,10 +84,13 @@ class TfliteConfig(BackendSection):
     @model_validator(mode="after")
     def _dynamic_takes_no_calibration_options(self) -> TfliteConfig:
         if self.mode == "dynamic":
-            static = [key for key, default in (("io_type", "float32"), ("weight_rounding", "nearest")) if getattr(self, key) != default]
+            static = [key for key, default in (("io_type", "float32"), ("weight_rounding", "nearest"), ("keep_float", 0))
+                      if getattr(self, key) != default]
             if static:
                 raise ValueError(f"{static[0]} shapes a full-integer INT8 build; mode: dynamic keeps float I/O, quantizes the "
                                  "weights as they are and calibrates nothing")
+        if self.keep_float and self.io_type == "int8":
+            raise ValueError("keep_float: TFLite's selective quantization keeps float32 model I/O; use io_type: float32")
         return self
 
 
@@ -108,6 +131,9 @@ class TfliteBackend(BackendBase):
         try:
             if cfg.fixed_shape:
                 onnx = with_fixed_shape(onnx, cfg.fixed_shape, work / "fixed", precision)
+            if static_int8 and cfg.keep_float:
+                assert calibration is not None
+                return self._build_selective(onnx, calibration, cfg, out_dir, work)
             if static_int8:
                 assert calibration is not None
                 with rounded_source(onnx, calibration, cfg.weight_rounding, (), out_dir) as source:
@@ -122,8 +148,131 @@ class TfliteBackend(BackendBase):
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
+    def _build_selective(self, onnx: Path, calibration: CalibrationSet, cfg: TfliteConfig, out_dir: Path, work: Path) -> Path:
+        """Full-integer INT8 with the ``keep_float`` layers (a number, or searched) left in float; every candidate of a search
+        with the same source reuses one conversion and calibration."""
+        quantizer = SelectiveInt8(calibration, cfg, work)
+        chosen = choose_float_layers(onnx, calibration, cfg.keep_float, cfg.accuracy_target, out_dir,
+                                     build=lambda nodes, folder: quantizer.build(onnx, nodes, folder),
+                                     runner=lambda engine, threads: self.runner(engine, threads=threads), reuse=True,
+                                     placement="every_op")  # the converter quantizes every op it has an INT8 kernel for
+        return chosen.engine or quantizer.build(onnx, chosen.nodes, out_dir)
+
     def runner(self, engine: Path, *, threads: int) -> TfliteRunner:
         return TfliteRunner(engine, threads=threads)
+
+
+class SelectiveInt8:
+    """Full-integer INT8 engines with chosen ONNX nodes left in float, through TFLite's selective quantization.
+
+    One onnx2tf conversion and one calibration per distinct source (GPTQ rounding leaves a kept layer's weights as they
+    were, so its source differs per float set); then per float set, the calibrated model quantized with those nodes'
+    TFLite ops denylisted (``QuantizationDebugOptions.denylisted_nodes``: the ops' output tensor names)."""
+
+    def __init__(self, calibration: CalibrationSet, cfg: TfliteConfig, work: Path) -> None:
+        self.calibration = calibration
+        self.cfg = cfg
+        self.work = work
+        self._converted: dict[str, tuple[Any, dict[str, str]]] = {}  # source digest → (debugger, ONNX node → TFLite tensor)
+
+    def build(self, onnx: Path, nodes: list[str], out_dir: Path) -> Path:
+        """``model.int8.tflite`` + ``io.json`` + ``float_ops.json`` under ``out_dir``; ``BuildError`` naming a node that became
+        no TFLite op of its own (it cannot be kept in float)."""
+        import tensorflow as tf
+
+        with rounded_source(onnx, self.calibration, self.cfg.weight_rounding, nodes, out_dir) as source:
+            debugger, tflite_names = self._calibrated(source)
+        lost = [node for node in nodes if node not in tflite_names]
+        if lost:
+            raise BuildError("tflite", Precision.INT8, f"keep_float: ONNX node {lost[0]!r} matches no TFLite op's output by value "
+                                                       f"(onnx2tf split or fused it away), so it cannot be kept in float")
+        denylist = [tflite_names[node] for node in nodes]
+        with captured_output() as log:
+            try:
+                debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denylist)
+                model = debugger.get_nondebug_quantized_model()
+            except Exception as exc:
+                raise BuildError("tflite", Precision.INT8, f"TFLite selective quantization: {type(exc).__name__}: "
+                                                           f"{error_line(str(exc) or log.getvalue())}") from exc
+        target = out_dir / f"model.{Precision.INT8.value}.tflite"
+        target.write_bytes(model)
+        (out_dir / IO_FILE).write_text(json.dumps(io_layout(onnx, target), indent=2))
+        (out_dir / FLOAT_OPS_FILE).write_text(json.dumps({"method": "QuantizationDebugOptions.denylisted_nodes",
+                                                          "float_ops": dict(zip(nodes, denylist, strict=True))}, indent=2))
+        return target
+
+    def _calibrated(self, source: Path) -> tuple[Any, dict[str, str]]:
+        import hashlib
+
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()
+        if digest not in self._converted:
+            import tensorflow as tf
+
+            folder = self.work / f"source-{len(self._converted)}"
+            folder.mkdir(parents=True)
+            saved_model = onnx_to_saved_model(source, folder, self.calibration, Precision.INT8)
+            converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = functools.partial(_representative, self.calibration)
+            with captured_output() as log:
+                try:
+                    debugger = tf.lite.experimental.QuantizationDebugger(converter=converter,
+                                                                         debug_dataset=converter.representative_dataset)
+                except Exception as exc:
+                    raise BuildError("tflite", Precision.INT8, f"TFLite calibration: {type(exc).__name__}: "
+                                                               f"{error_line(str(exc) or log.getvalue())}") from exc
+            self._converted[digest] = (debugger, tflite_op_names(source, debugger.calibrated_model, self.calibration))
+        return self._converted[digest]
+
+
+def tflite_op_names(source: Path, tflite_model: bytes, calibration: CalibrationSet) -> dict[str, str]:
+    """Each ONNX node of ``source`` whose output a TFLite op of ``tflite_model`` (float: converted, not yet quantized) writes:
+    node name → that op's output tensor name. Matched by value on the first calibration sample (``match_by_value``); a node
+    whose output TFLite fused into the next one's (a Conv's into its Clip: one ``CONV_2D`` with a fused ReLU6) takes the
+    op of the pass-through activation it feeds."""
+    import onnx as onnx_lib
+
+    model = onnx_lib.load(str(source))
+    graph = model.graph
+    tensors = [output for node in graph.node for output in node.output if output]
+    del graph.output[:]
+    graph.output.extend(onnx_lib.ValueInfoProto(name=name) for name in tensors)
+    sample = rows_of(calibration.arrays, 0, 1)
+    reference = dict(zip(tensors, run_onnx_outputs(model, sample), strict=True))
+    engine = _tensors_of(tflite_model, {name: _engine_layout(array) for name, array in sample.items()})
+    matched = {name: match.engine for name, match in match_by_value(reference, engine).items()}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    names = {}
+    for node in graph.node:
+        tensor = node.output[0] if node.output else ""
+        while tensor and tensor not in matched and len(consumers.get(tensor, [])) == 1 and consumers[tensor][0].op_type in PASS_THROUGH:
+            tensor = consumers[tensor][0].output[0]
+        if tensor in matched:
+            names[node.name] = matched[tensor]
+    return names
+
+
+def _tensors_of(tflite_model: bytes, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every op output of a float TFLite model on one feed (in the engine's layout), by tensor name."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    with captured_output():
+        interpreter = Interpreter(model_content=tflite_model, experimental_preserve_all_tensors=True,
+                                  experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        interpreter.allocate_tensors()
+    signature = interpreter.get_signature_runner()
+    indices = {name: details["index"] for name, details in signature.get_input_details().items()}
+    del signature  # it holds views of the interpreter's buffers, which forbid invoking it directly
+    for name, array in feed.items():
+        interpreter.set_tensor(indices[name], array)
+    interpreter.invoke()
+    details = {d["index"]: d["name"] for d in interpreter.get_tensor_details()}
+    written = {index for op in interpreter._get_ops_details() for index in op["outputs"] if index >= 0}
+    return {details[index]: np.asarray(interpreter.get_tensor(index), np.float32) for index in sorted(written)
+            if interpreter.get_tensor(index).dtype.kind == "f"}
 
 
 def with_fixed_shape(source: Path, shapes: dict[str, tuple[int, ...]], folder: Path, precision: Precision) -> Path:
@@ -209,13 +358,8 @@ def _convert(saved_model: Path, precision: Precision, calibration: CalibrationSe
         converter.optimizations = [tf.lite.Optimize.DEFAULT]  # no representative data: weights only
     elif precision is Precision.INT8:
         assert calibration is not None
-
-        def representative() -> Iterator[dict[str, np.ndarray]]:
-            for index in range(calibration.count):  # one sample at a time, each input in the engine's layout, by name
-                yield {name: _engine_layout(array[index : index + 1]) for name, array in calibration.arrays.items()}
-
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative
+        converter.representative_dataset = functools.partial(_representative, calibration)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         io_type = tf.int8 if cfg.io_type == "int8" else tf.float32
         converter.inference_input_type = io_type
@@ -226,6 +370,12 @@ def _convert(saved_model: Path, precision: Precision, calibration: CalibrationSe
         except Exception as exc:
             raise BuildError("tflite", precision, f"TFLite converter: {type(exc).__name__}: "
                                                   f"{error_line(str(exc) or log.getvalue())}") from exc
+
+
+def _representative(calibration: CalibrationSet) -> Iterator[dict[str, np.ndarray]]:
+    """The converter's representative data: one sample at a time, each input in the engine's layout, by name."""
+    for index in range(calibration.count):
+        yield {name: _engine_layout(array[index : index + 1]) for name, array in calibration.arrays.items()}
 
 
 def _engine_layout(array: np.ndarray) -> np.ndarray:

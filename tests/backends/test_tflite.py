@@ -98,12 +98,78 @@ def test_dynamic_int8_quantizes_the_weights_only_and_calibrates_nothing(trained_
     assert out.dtype == np.float32 and (out.argmax(1) == trained_cnn.labels[:50]).mean() > 0.9
 
 
-@pytest.mark.parametrize("key", [{"io_type": "int8"}, {"weight_rounding": "gptq"}])
+@pytest.mark.parametrize("key", [{"io_type": "int8"}, {"weight_rounding": "gptq"}, {"keep_float": 2}])
 def test_dynamic_int8_refuses_what_shapes_a_full_integer_build(key: dict[str, str]) -> None:
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError, match=f"{next(iter(key))} shapes a full-integer INT8 build; mode: dynamic"):
         TfliteConfig(mode="dynamic", **key)
+
+
+def test_float_layers_need_float_io() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="keeps float32 model I/O; use io_type: float32"):
+        TfliteConfig(io_type="int8", keep_float=1)
+
+
+def _op_types(engine: Path) -> list[tuple[str, str]]:
+    """Each op's name and the dtype of its first input (an activation or the model's input)."""
+    from edgeship.backends.tflite import _interpreter
+
+    interpreter = _interpreter(engine, threads=1)
+    dtypes = {t["index"]: np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
+    return [(op["op_name"], dtypes[op["inputs"][0]]) for op in interpreter._get_ops_details()]
+
+
+def test_kept_layers_run_in_float_and_the_rest_in_int8(trained_cnn: TrainedCnn, tmp_path: Path) -> None:
+    """``keep_float: 1`` (the weight-only ranking's first layer and the convolution feeding it) through TFLite's selective
+    quantization: exactly those ops read float, every other convolution reads int8, and the mapping is recorded."""
+    from edgeship.backends.sensitivity import FLOAT_LAYERS_FILE
+    from edgeship.backends.tflite import FLOAT_OPS_FILE, TfliteBackend
+
+    calibration = CalibrationSet(trained_cnn.calibration, "fp")
+    full = tmp_path / "full"
+    kept = tmp_path / "kept"
+    for folder, keep in ((full, 0), (kept, 1)):
+        folder.mkdir()
+        TfliteBackend().build(onnx_artifact(trained_cnn.onnx), Precision.INT8, calibration,
+                              TfliteConfig(calibration_size=100, keep_float=keep), folder)
+    float_nodes = json.loads((kept / FLOAT_LAYERS_FILE).read_text())["nodes"]
+    record = json.loads((kept / FLOAT_OPS_FILE).read_text())
+    assert list(record["float_ops"]) == float_nodes and len(set(record["float_ops"].values())) == len(float_nodes)
+    layers = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+    every = [dtype for op, dtype in _op_types(full / "model.int8.tflite") if op in layers]
+    some = [dtype for op, dtype in _op_types(kept / "model.int8.tflite") if op in layers]
+    assert set(every) == {"int8"}, "without keep_float every layer is int8"
+    assert some.count("float32") == len(float_nodes) and some.count("int8") == len(every) - len(float_nodes)
+    with TfliteBackend().runner(kept / "model.int8.tflite", threads=1) as runner:
+        out = runner.infer({"input": trained_cnn.evaluation[:50]})["logits"]
+    assert (out.argmax(1) == trained_cnn.labels[:50]).mean() > 0.9
+
+
+def test_a_float_search_converts_and_calibrates_once(trained_cnn: TrainedCnn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``keep_float: auto``: every candidate is the same calibrated model quantized with another denylist, so onnx2tf runs
+    once for the whole search; the chosen candidate is the engine."""
+    from edgeship.backends import tflite
+    from edgeship.backends.float_search import SEARCH_FILE
+    from edgeship.config import AccuracyTarget
+    from edgeship.tensors import SearchSet
+
+    conversions: list[Path] = []
+    convert = tflite.onnx_to_saved_model
+    monkeypatch.setattr(tflite, "onnx_to_saved_model", lambda source, *rest: conversions.append(source) or convert(source, *rest))
+    search = SearchSet(trained_cnn.evaluation[:100], trained_cnn.labels[:100], "v")
+    calibration = CalibrationSet(trained_cnn.calibration[:50], "c").with_search(search)
+    cfg = TfliteConfig(keep_float="auto", accuracy_target=AccuracyTarget(min_cosine=0.99999))  # beyond the fully quantized engine
+    engine = tflite.TfliteBackend().build(onnx_artifact(trained_cnn.onnx), Precision.INT8, calibration, cfg, tmp_path)
+    record = json.loads((tmp_path / SEARCH_FILE).read_text())
+    assert len(record["candidates"]) >= 2 and len(conversions) == 1
+    chosen = next(c for c in record["candidates"] if c["float_layers"] == record["chosen"])
+    assert engine == tmp_path / "model.int8.tflite" and (tmp_path / "io.json").is_file()
+    layers = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+    assert sum(op in layers and dtype == "float32" for op, dtype in _op_types(engine)) == len(chosen["nodes"])
+    assert not list(tmp_path.glob(".candidate-*")) and not list(tmp_path.glob(".work-*"))
 
 
 def test_conversion_failure_is_a_build_error_with_the_converter_message(tmp_path: Path) -> None:
