@@ -54,7 +54,7 @@ RANKED_OPS = ("Conv", "Gemm", "MatMul")  # what the ranking gives back its float
 # How the ranking's model is quantized, as the backend quantizes: every op (ONNX Runtime's quantize_static), or only the
 # inputs of the ranked layers (NNCF, ModelOpt's explicit Q/DQ: their outputs and the other ops read float)
 Placement = Literal["every_op", "layer_inputs"]
-SEARCH_METHOD = "placement-ranking-2"  # in the engine's key: engines searched by an earlier method are searched again
+SEARCH_METHOD = "placement-ranking-3"  # in the engine's key: engines searched by an earlier method are searched again
 BATCH = 16  # samples per call when a candidate is scored
 
 
@@ -68,12 +68,14 @@ class FloatChoice:
 
 def choose_float_layers(source: Path, calibration: CalibrationSet, setting: KeepFloat, target: AccuracyTarget | None, out_dir: Path,
                         build: Callable[[list[str], Path], Path], runner: Callable[[Path, int], Runner], *,
-                        reuse: bool = False, placement: Placement = "layer_inputs") -> FloatChoice:
+                        reuse: bool = False, placement: Placement = "layer_inputs", also_ranked: tuple[str, ...] = ()) -> FloatChoice:
     """The ONNX node names the INT8 build of ``source`` keeps in float: ``setting`` layers of the weight-only ranking, or for
     ``auto`` the smallest top of the activation-aware ranking whose candidate (``build(nodes, folder)``, run by
     ``runner(path, threads)``) meets ``target`` on the validation split. ``reuse``: the chosen candidate's files are moved
     into ``out_dir`` and returned as the engine, instead of the caller building it again. ``placement``: where the backend
-    puts its quantizers, so the ranking's model is quantized as the candidates will be."""
+    puts its quantizers, so the ranking's model is quantized as the candidates will be. ``also_ranked``: op types beyond
+    Conv/Gemm/MatMul whose quantization costs the backend accuracy of its own (TFLite's int8 residual ``Add``), ranked and
+    kept in float like layers."""
     if setting != "auto":
         return FloatChoice(keep_float(source, calibration.samples, setting, out_dir) if setting else [])
     if target is None or calibration.search is None:
@@ -82,7 +84,7 @@ def choose_float_layers(source: Path, calibration: CalibrationSet, setting: Keep
     search = calibration.search
     reference = _outputs_of(source, search.inputs)
     ranking = rank_by_reverting(source, calibration, rows_of(search.inputs, 0, RANKING_SAMPLES),
-                                [output[:RANKING_SAMPLES] for output in reference], placement)
+                                [output[:RANKING_SAMPLES] for output in reference], placement, also_ranked)
     ranked_at = time.perf_counter() - started
     threads = len(usable_cpus() or ()) or os.cpu_count() or 1
     candidates: dict[int, dict[str, Any]] = {}
@@ -117,7 +119,8 @@ def choose_float_layers(source: Path, calibration: CalibrationSet, setting: Keep
               "ranking_samples": min(RANKING_SAMPLES, len(search)), "ranking_seconds": round(ranked_at, 2),
               "seconds": round(time.perf_counter() - started, 2), "threads": threads,
               "candidates": sorted(candidates.values(), key=lambda c: c["float_layers"]), "ranking": ranking,
-              "placement": placement, "method": "each Conv/Gemm/MatMul given back its float inputs and weights in a QDQ model with "
+              "placement": placement, "ranked_ops": [*RANKED_OPS, *also_ranked],
+              "method": f"each {'/'.join((*RANKED_OPS, *also_ranked))} given back its float inputs and weights in a QDQ model with "
                         + ("every op quantized" if placement == "every_op" else "the inputs of all of them quantized")
                         + "; ranked by the gain in output cosine with FP32 on validation samples"}
     (out_dir / SEARCH_FILE).write_text(json.dumps(record, indent=2))
@@ -180,12 +183,13 @@ def output_cosine(outputs: list[np.ndarray], reference: list[np.ndarray]) -> flo
 
 
 def rank_by_reverting(source: Path, calibration: CalibrationSet, samples: Inputs, reference: list[np.ndarray],
-                      placement: Placement = "layer_inputs") -> list[dict[str, Any]]:
-    """Every Conv/Gemm/MatMul of ``source``, the one whose quantization costs the most first (see the module docstring)."""
+                      placement: Placement = "layer_inputs", also_ranked: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Every Conv/Gemm/MatMul (and ``also_ranked`` op) of ``source``, the one whose quantization costs the most first (see
+    the module docstring)."""
     # keyed by the samples it reads, not the calibration set's fingerprint: backends calibrating on different subsets of the
     # same samples (and carrying the search samples in their fingerprint) share one ranking
     ranking = _rank(str(source), source.stat().st_mtime_ns, _Keyed(calibration.subset(RANKING_CALIBRATION).arrays),
-                    _Keyed(samples), _Keyed(reference), placement)
+                    _Keyed(samples), _Keyed(reference), placement, tuple(also_ranked))
     return [dict(row) for row in ranking]
 
 
@@ -208,13 +212,14 @@ class _Keyed:
 
 @functools.lru_cache(maxsize=4)
 def _rank(path: str, _mtime: int, calibration_arrays: _Keyed, samples_key: _Keyed, reference_key: _Keyed,
-          placement: Placement) -> tuple[tuple[tuple[str, Any], ...], ...]:
+          placement: Placement, also_ranked: tuple[str, ...]) -> tuple[tuple[tuple[str, Any], ...], ...]:
     import onnx
 
     from edgeship.backends.onnxruntime import quantize_qdq
     from edgeship.tensors import CalibrationSet
 
     source = Path(path)
+    ranked = (*RANKED_OPS, *also_ranked)
     calibration = CalibrationSet(calibration_arrays.value, "ranking")
     samples, reference = samples_key.value, reference_key.value
     with tempfile.TemporaryDirectory(prefix="edgeship-ranking-") as folder:
@@ -233,7 +238,7 @@ def _rank(path: str, _mtime: int, calibration_arrays: _Keyed, samples_key: _Keye
     rows = []
     for node in model.graph.node:  # a node the quantizer left alone (no input through a DequantizeLinear) has nothing to give back
         name = node.name if node.name in names else node.name.rpartition("/")[0]  # a pre-processing fusion: mm/MatMulAddFusion
-        if (node.op_type not in RANKED_OPS or not name or name not in names  # an unnamed node cannot be named to a backend
+        if (node.op_type not in ranked or not name or name not in names  # an unnamed node cannot be named to a backend
                 or "DequantizeLinear" not in {writers.get(v) for v in node.input}):
             continue
         reverted = _reverted(model, node.name, original, name)

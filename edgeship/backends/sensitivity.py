@@ -107,7 +107,8 @@ def run_onnx_outputs(model: Any, samples: Inputs) -> list[np.ndarray]:
 
 
 def with_producers(onnx_path: Path, chosen: list[str]) -> list[str]:
-    """``chosen`` plus, for each, the weighted node feeding it through pass-through activations (in graph order)."""
+    """``chosen`` plus, for each layer (Conv/Gemm/MatMul), the weighted node feeding it through pass-through activations
+    (in graph order). A chosen ``Add`` takes none: it reads its producers' outputs after their own output quantizers."""
     import onnx
 
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
@@ -115,6 +116,8 @@ def with_producers(onnx_path: Path, chosen: list[str]) -> list[str]:
     by_name = {node.name: node for node in graph.node}
     keep = set(chosen)
     for name in chosen:
+        if by_name[name].op_type not in (*WEIGHTED_OPS, "MatMul"):
+            continue
         source = producer.get(by_name[name].input[0])
         while source is not None and source.op_type in PASS_THROUGH:
             source = producer.get(source.input[0])

@@ -155,7 +155,8 @@ class TfliteBackend(BackendBase):
         chosen = choose_float_layers(onnx, calibration, cfg.keep_float, cfg.accuracy_target, out_dir,
                                      build=lambda nodes, folder: quantizer.build(onnx, nodes, folder),
                                      runner=lambda engine, threads: self.runner(engine, threads=threads), reuse=True,
-                                     placement="every_op")  # the converter quantizes every op it has an INT8 kernel for
+                                     placement="every_op",  # the converter quantizes every op it has an INT8 kernel for
+                                     also_ranked=("Add",))  # its int8 Adds (residual sums) cost accuracy of their own
         return chosen.engine or quantizer.build(onnx, chosen.nodes, out_dir)
 
     def runner(self, engine: Path, *, threads: int) -> TfliteRunner:
@@ -178,10 +179,9 @@ class SelectiveInt8:
     def build(self, onnx: Path, nodes: list[str], out_dir: Path) -> Path:
         """``model.int8.tflite`` + ``io.json`` + ``float_ops.json`` under ``out_dir``; ``BuildError`` naming a node that became
         no TFLite op of its own (it cannot be kept in float)."""
-        import tensorflow as tf
-
         with rounded_source(onnx, self.calibration, self.cfg.weight_rounding, nodes, out_dir) as source:
             debugger, tflite_names = self._calibrated(source)
+        import tensorflow as tf  # imported by the conversion, inside its captured output (TensorFlow logs on import)
         lost = [node for node in nodes if node not in tflite_names]
         if lost:
             raise BuildError("tflite", Precision.INT8, f"keep_float: ONNX node {lost[0]!r} matches no TFLite op's output by value "

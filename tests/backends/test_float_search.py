@@ -188,6 +188,29 @@ def test_a_model_with_named_inputs_ranks_its_matmuls(tmp_path: Path, placement: 
     assert ranking[0]["cosine_gain"] > 0.01 > abs(ranking[1]["cosine_gain"])
 
 
+def test_a_backend_may_rank_its_adds_too(tmp_path: Path) -> None:
+    """``also_ranked``: an Add the every-op model quantizes is ranked beside the layers (TFLite's int8 Adds), and keeping
+    it in float does not pull in the layers feeding it."""
+    from edgeship.backends.sensitivity import with_producers
+
+    model = onnx.load(str(two_matmuls(tmp_path / "mm.onnx")))
+    nodes = list(model.graph.node)  # a Relu after each MatMul: the Add is a sum of activations, not a MatMul's bias
+    nodes[0].output[0], nodes[1].output[0] = "ya_", "yb_"
+    nodes[2:2] = [helper.make_node("Relu", ["ya_"], ["ya"], name="relu_a"), helper.make_node("Relu", ["yb_"], ["yb"], name="relu_b")]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    source = tmp_path / "relu.onnx"
+    onnx.save(model, source)
+    samples = named_arrays(16, 1)
+    reference = float_search._outputs_of(source, samples)
+    calibration = CalibrationSet(named_arrays(16, 2), "c")
+    layers = rank_by_reverting(source, calibration, samples, reference, "every_op")
+    with_adds = rank_by_reverting(source, calibration, samples, reference, "every_op", ("Add",))
+    assert {row["node"] for row in layers} == {"mm_a", "mm_b"}
+    assert {(row["node"], row["op"]) for row in with_adds} == {("mm_a", "MatMul"), ("mm_b", "MatMul"), ("add", "Add")}
+    assert with_producers(source, ["add"]) == ["add"]
+
+
 def test_a_search_on_named_inputs_meets_an_output_cosine_target(tmp_path: Path) -> None:
     """Without class scores the target is the outputs' cosine with FP32; the record and the gate say so."""
     from edgeship.gates import _float_search_gate, format_value
