@@ -39,6 +39,7 @@ import numpy as np
 from edgeship.backends.sensitivity import FLOAT_LAYERS_FILE, PASS_THROUGH, keep_float, run_onnx_outputs, with_producers
 from edgeship.device import usable_cpus
 from edgeship.measure import agreement, time_calls, top1
+from edgeship.progress import note_step
 from edgeship.tensors import Inputs, feed_of, outputs_in_batches, rows_of
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ def choose_float_layers(source: Path, calibration: CalibrationSet, setting: Keep
         raise ValueError("keep_float: auto needs an accuracy_target and validation samples to search on")
     started = time.perf_counter()
     search = calibration.search
+    note_step(f"keep_float auto: ranking the layers on {min(RANKING_SAMPLES, len(search))} validation samples")
     reference = _outputs_of(source, search.inputs)
     ranking = rank_by_reverting(source, calibration, rows_of(search.inputs, 0, RANKING_SAMPLES),
                                 [output[:RANKING_SAMPLES] for output in reference], placement, also_ranked)
@@ -92,6 +94,9 @@ def choose_float_layers(source: Path, calibration: CalibrationSet, setting: Keep
 
     def measure(count: int) -> dict[str, Any]:
         if count not in candidates:
+            done = ", ".join(f"{k}: {_figure(candidates[k], target)}" for k in sorted(candidates))
+            note_step(f"keep_float auto: candidate {len(candidates) + 1} ({count} of {len(ranking)} ranked layers in float)"
+                      + (f"; so far {done}" if done else ""))
             nodes = with_producers(source, [row["node"] for row in ranking[:count]]) if count else []
             candidates[count] = _score(nodes, count, build, runner, threads, search.inputs, search.labels, reference, target, out_dir)
             if "engine" in candidates[count]:
@@ -134,6 +139,16 @@ def _adopt(engine: Path, out_dir: Path) -> Path:
     for item in engine.parent.iterdir():
         shutil.move(str(item), str(out_dir / item.name))
     return out_dir / engine.name
+
+
+def _figure(candidate: dict[str, Any], target: AccuracyTarget) -> str:
+    """A candidate's figure by the target's measure, as the spinner shows it."""
+    value = candidate[target.measure]
+    if value is None:
+        return "—"
+    if target.measure == "agreement":
+        return f"{100 * value:.2f}%"
+    return f"{value:+.2f} pt" if target.measure == "top1_drop_points" else f"{value:.5f}"
 
 
 def _goodness(candidate: dict[str, Any], target: AccuracyTarget) -> float:

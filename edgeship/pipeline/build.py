@@ -27,6 +27,7 @@ from edgeship.backends.rounding import WEIGHT_ROUNDING_FILE
 from edgeship.backends.sensitivity import FLOAT_LAYERS_FILE
 from edgeship.errors import BackendUnavailable, BuildError, StageError
 from edgeship.pipeline.base import Made, RunContext
+from edgeship.progress import step_notes
 from edgeship.recipe import BackendsConfig
 from edgeship.tensors import SearchSet
 
@@ -106,7 +107,8 @@ class BuildStage:
         extra = {"calibration": calibration.fingerprint if calibration else None, "versions": versions}
 
         def make(folder: Path) -> Made:
-            with ctx.console.status(f"preparing the {name} ONNX"):
+            title = f"preparing the {name} ONNX"
+            with ctx.console.status(title) as status, step_notes(lambda text: status.update(f"{title}: {text}")):
                 main = backend.prepare(onnx.path, precision, calibration, backend_cfg, folder)
             info = json.loads((folder / PREPARE_INFO).read_text())
             meta = {"backend": backend.name, "precision": precision.value, "versions": versions, "prepared_by": info,
@@ -126,7 +128,8 @@ class BuildStage:
         extra = {"calibration": calibration.fingerprint if calibration else None, "versions": backend.availability().versions}
 
         def make(folder: Path) -> Made:
-            with ctx.console.status(f"building {engine_name(backend_name, precision)}"):
+            title = f"building {engine_name(backend_name, precision)}"
+            with ctx.console.status(title) as status, step_notes(lambda text: status.update(f"{title}: {text}")):
                 if preparing:
                     main = backend.compile(source.path, precision, backend_cfg, folder)  # type: ignore[attr-defined]
                 else:

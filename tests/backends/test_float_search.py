@@ -114,11 +114,18 @@ def _fake_search(monkeypatch: pytest.MonkeyPatch, layers: int, needed: int | Non
 @pytest.mark.parametrize(("needed", "chosen"), [(0, 0), (1, 1), (13, 13), (40, 40), (None, 40)])
 def test_bisection_finds_the_fewest_float_layers_in_few_builds(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, needed: int | None,
                                                               chosen: int) -> None:
+    from edgeship.progress import step_notes
+
     built = _fake_search(monkeypatch, 40, needed)
     search = SearchSet(np.zeros((8, 1, 4, 4), np.float32), None, "s")
     calibration = CalibrationSet(np.zeros((4, 1, 4, 4), np.float32), "c").with_search(search)
-    choice = choose_float_layers(tmp_path / "m.onnx", calibration, "auto", AccuracyTarget(min_agreement=0.95), tmp_path,
-                                 build=lambda *a: tmp_path, runner=lambda *a: None, reuse=True)  # type: ignore[arg-type,return-value]
+    notes: list[str] = []
+    with step_notes(notes.append):
+        choice = choose_float_layers(tmp_path / "m.onnx", calibration, "auto", AccuracyTarget(min_agreement=0.95), tmp_path,
+                                     build=lambda *a: tmp_path, runner=lambda *a: None, reuse=True)  # type: ignore[arg-type,return-value]
+    assert notes[0].startswith("keep_float auto: ranking") and len(notes) == 1 + len(built), "the spinner says what the search does"
+    assert notes[-1].startswith(f"keep_float auto: candidate {len(built)} ({built[-1]} of 40")
+    assert ("; so far 0: 90.00%" in notes[-1]) is (len(built) > 1), "with the figures of the candidates before"
     assert choice.nodes == [f"n{i}" for i in range(chosen)] and choice.engine is None  # nothing was built to reuse
     assert len(built) == len(set(built)) <= 2 + 6  # the two ends, then log2(40) rounded up
     record = json.loads((tmp_path / SEARCH_FILE).read_text())
