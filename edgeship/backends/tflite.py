@@ -206,11 +206,11 @@ class SelectiveInt8:
 
         digest = hashlib.sha256(source.read_bytes()).hexdigest()
         if digest not in self._converted:
-            import tensorflow as tf
-
             folder = self.work / f"source-{len(self._converted)}"
             folder.mkdir(parents=True)
             saved_model = onnx_to_saved_model(source, folder, self.calibration, Precision.INT8)
+            import tensorflow as tf  # imported by the conversion, inside its captured output (TensorFlow logs on import)
+
             converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.representative_dataset = functools.partial(_representative, self.calibration)
