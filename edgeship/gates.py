@@ -62,6 +62,8 @@ def _float_search_gate(search: dict[str, Any]) -> GateResult:
               f"candidates searched in {search['seconds']:.0f} s")
     if not search["met"]:
         detail = f"no candidate met {search['target_text']}: the best found is kept ({detail})"
+        if search.get("unranked"):
+            detail = f"{detail}; {search['unranked']}"
     name = f"search_{key}"
     return GateResult(gate=name, title=TITLES[name], outcome="pass" if search["met"] else "fail", value=value,
                       limit=getattr(target, key), detail=detail)

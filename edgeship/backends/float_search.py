@@ -88,6 +88,7 @@ def choose_float_layers(source: Path, calibration: CalibrationSet, setting: Keep
     ranking = rank_by_reverting(source, calibration, rows_of(search.inputs, 0, RANKING_SAMPLES),
                                 [output[:RANKING_SAMPLES] for output in reference], placement, also_ranked)
     ranked_at = time.perf_counter() - started
+    unranked = None if ranking else _why_unranked(source, (*RANKED_OPS, *also_ranked))
     threads = len(usable_cpus() or ()) or os.cpu_count() or 1
     candidates: dict[int, dict[str, Any]] = {}
     engines: dict[int, Path] = {}  # each candidate's engine, in its own folder under out_dir until the search ends
@@ -124,7 +125,7 @@ def choose_float_layers(source: Path, calibration: CalibrationSet, setting: Keep
               "ranking_samples": min(RANKING_SAMPLES, len(search)), "ranking_seconds": round(ranked_at, 2),
               "seconds": round(time.perf_counter() - started, 2), "threads": threads,
               "candidates": sorted(candidates.values(), key=lambda c: c["float_layers"]), "ranking": ranking,
-              "placement": placement, "ranked_ops": [*RANKED_OPS, *also_ranked],
+              "placement": placement, "ranked_ops": [*RANKED_OPS, *also_ranked], "unranked": unranked,
               "method": f"each {'/'.join((*RANKED_OPS, *also_ranked))} given back its float inputs and weights in a QDQ model with "
                         + ("every op quantized" if placement == "every_op" else "the inputs of all of them quantized")
                         + "; ranked by the gain in output cosine with FP32 on validation samples"}
@@ -132,6 +133,21 @@ def choose_float_layers(source: Path, calibration: CalibrationSet, setting: Keep
     (out_dir / FLOAT_LAYERS_FILE).write_text(json.dumps({"count": chosen["float_layers"], "nodes": chosen["nodes"], "auto": True,
                                                          "samples": len(search), "ranking": ranking[:10]}, indent=2))
     return FloatChoice(list(chosen["nodes"]), engine)
+
+
+def _why_unranked(source: Path, ranked: tuple[str, ...]) -> str:
+    """Why the ranking of ``source`` is empty, so a search with nothing to keep in float says so."""
+    import onnx
+
+    layers = [node for node in onnx.load(str(source), load_external_data=False).graph.node if node.op_type in ranked]
+    kinds = "/".join(ranked)
+    unnamed = sum(not node.name for node in layers)
+    if not layers:
+        return f"no layer to rank: the model has no {kinds} node"
+    if unnamed:
+        return (f"no layer to rank: {unnamed} of the model's {len(layers)} {kinds} nodes have no name, and a node without one "
+                "cannot be named to a backend; give the ONNX nodes names")
+    return f"no layer to rank: the quantizer quantized none of the model's {len(layers)} {kinds} nodes"
 
 
 def _adopt(engine: Path, out_dir: Path) -> Path:

@@ -55,7 +55,8 @@ def float_layers_line(row: EngineRow) -> str:
         return (f"{row.name}: keep_float auto: {search['chosen']} of {len(search['ranking'])} ranked layers kept in float "
                 f"({len(kept['nodes'])} with the layers feeding them), the fewest that {outcome} {search['target_text']} on "
                 f"{search['samples']} validation samples: {figure}; "
-                f"{len(search['candidates'])} candidates built and scored in {search['seconds']:.0f} s")
+                f"{len(search['candidates'])} candidates built and scored in {search['seconds']:.0f} s"
+                + (f" ({search['unranked']})" if search.get("unranked") else ""))
     worst = ", ".join(f"{r['weight']} (cosine {r['cosine']:.4f})" for r in kept["ranking"][: kept["count"]])
     return (f"{row.name}: {len(kept['nodes'])} layers kept in float (keep_float {kept['count']} + the convolutions feeding them); "
             f"most INT8-sensitive, weights alone in INT8 on {kept['samples']} calibration samples: {worst}")

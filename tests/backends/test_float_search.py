@@ -237,3 +237,24 @@ def test_a_search_on_named_inputs_meets_an_output_cosine_target(tmp_path: Path) 
     gate = _float_search_gate(record)
     assert gate.gate == "search_min_cosine" and gate.outcome == "pass" and gate.value >= 0.999
     assert format_value(gate.gate, gate.limit) == "0.99900"
+
+
+def test_a_model_whose_layers_have_no_names_says_why_nothing_was_ranked(tmp_path: Path) -> None:
+    """An unnamed node cannot be named to a backend's exclusion list: the search keeps the fully quantized engine, and the
+    record, the gate and the terminal line say why no layer was ranked."""
+    from edgeship.gates import _float_search_gate
+
+    model = onnx.load(str(two_matmuls(tmp_path / "mm.onnx")))
+    for node in model.graph.node:
+        node.name = ""
+    source = tmp_path / "unnamed.onnx"
+    onnx.save(model, source)
+    search = SearchSet(named_arrays(32, 3), None, "v")
+    calibration = CalibrationSet(named_arrays(32, 4), "c").with_search(search)
+    cfg = OnnxRuntimeConfig(keep_float="auto", accuracy_target=AccuracyTarget(min_cosine=0.999999))
+    OnnxRuntimeBackend()._build_int8(source, calibration, cfg, tmp_path)
+    record = json.loads((tmp_path / SEARCH_FILE).read_text())
+    assert record["ranking"] == [] and record["met"] is False and record["chosen"] == 0
+    assert record["unranked"] == ("no layer to rank: 2 of the model's 2 Conv/Gemm/MatMul nodes have no name, and a node without "
+                                  "one cannot be named to a backend; give the ONNX nodes names")
+    assert record["unranked"] in _float_search_gate(record).detail
