@@ -55,6 +55,8 @@ FLOAT_OPS_FILE = "float_ops.json"  # which TFLite ops the kept ONNX nodes became
 DISTRIBUTIONS = ("ai-edge-litert", "onnx2tf", "tensorflow")
 # onnx2tf's layout for channel-first tensors of each rank: ONNX (N, C, ...) → (N, ..., C)
 TO_CHANNELS_LAST = {3: (0, 2, 1), 4: (0, 2, 3, 1), 5: (0, 2, 3, 4, 1)}
+FEW_CHANNELS = 4  # up to this many channels an input is written channel by channel (``_Write``)
+PLANE_WRITES_FROM = 16384  # values; below, the transposing copy costs a few microseconds either way
 
 
 class TfliteConfig(BackendSection):
@@ -557,6 +559,10 @@ class _Write:
         self.shape = shape  # the ONNX-layout shape this plan was made for
         self.set = functools.partial(interpreter.set_tensor, details["index"])
         self.perm = perm or None
+        # an image of a few channels made channels-last one channel at a time: numpy's transposing copy reads the source
+        # with a stride of one channel plane, which is slower per call than a few plane-sized strided writes
+        few = len(shape) in TO_CHANNELS_LAST and tuple(perm or ()) == TO_CHANNELS_LAST[len(shape)] and shape[1] <= FEW_CHANNELS
+        self.planes = shape[1] if few and int(np.prod(shape)) >= PLANE_WRITES_FROM else 0
         engine_shape = tuple(shape[i] for i in perm) if perm else shape
         dtype = np.dtype(details["dtype"])
         self.target = np.empty(engine_shape, dtype)
@@ -566,6 +572,12 @@ class _Write:
         self.scratch = np.empty(engine_shape, np.float32) if self.quantizer else None
 
     def write(self, array: np.ndarray) -> None:
+        if self.planes and self.quantizer is None:
+            target = self.target
+            for channel in range(self.planes):
+                target[..., channel] = array[:, channel]
+            self.set(target)
+            return
         source = array.transpose(self.perm) if self.perm else array
         if self.quantizer is None:
             np.copyto(self.target, source)
