@@ -176,6 +176,7 @@ def loadable(engine: Path) -> Path:
 
 
 DYNAMIC_OPS = ("MatMul", "Gemm")  # what dynamic INT8 quantizes: the weight products, where a transformer's time goes
+CALIBRATION_CHUNK = 16  # feeds a calibrator holds the activations of at once (quantize_qdq)
 
 
 def _remove_with_external_data(model_path: Path) -> None:
@@ -240,14 +241,23 @@ def quantize_qdq(source: Path, target: Path, calibration: CalibrationSet, *, met
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
+        """The calibration feeds, in ranges: the calibrators hold every activation of the feeds they read at once, so
+        ``quantize_static`` reads ``CalibStridedMinMax`` feeds at a time and merges their ranges or histograms."""
+
         def __init__(self) -> None:
             self._feeds = iter(calibration)
+
+        def __len__(self) -> int:
+            return len(calibration)
 
         def get_next(self) -> dict[str, Any] | None:
             return next(self._feeds, None)
 
         def rewind(self) -> None:
             self._feeds = iter(calibration)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self._feeds = (calibration[index] for index in range(start_index, min(end_index, len(calibration))))
 
     prepared = target.with_name(f".{target.stem}.prepared.onnx")
     pre_process(source, prepared)
@@ -256,7 +266,8 @@ def quantize_qdq(source: Path, target: Path, calibration: CalibrationSet, *, met
     calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                  "percentile": CalibrationMethod.Percentile}[method]
     activation = QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8
-    extra = {"ActivationSymmetric": activation_type == "int8", "WeightSymmetric": True, **(extra_options or {})}
+    extra = {"ActivationSymmetric": activation_type == "int8", "WeightSymmetric": True,
+             "CalibStridedMinMax": calibration_stride(len(calibration)), **(extra_options or {})}
     try:
         # the calibrators print their progress, and the quantizer logs a warning per node on the root logger
         with contextlib.redirect_stdout(io.StringIO()), loggers_at(logging.ERROR, ""):
@@ -274,6 +285,12 @@ def quantize_qdq(source: Path, target: Path, calibration: CalibrationSet, *, met
         prepared.unlink(missing_ok=True)
         for leftover in target.parent.glob("*.onnx-augmented*"):
             leftover.unlink()
+
+
+def calibration_stride(feeds: int) -> int:
+    """How many feeds a calibrator reads at once: the largest divisor of ``feeds`` up to ``CALIBRATION_CHUNK`` (ONNX
+    Runtime wants equal ranges). Min/max ranges merge exactly; a histogram keeps its first chunk's bin width and grows."""
+    return max(size for size in range(1, min(feeds, CALIBRATION_CHUNK) + 1) if feeds % size == 0)
 
 
 def fused_names(prepared: Path, names: list[str]) -> list[str]:

@@ -11,6 +11,7 @@ from edgeship.backends.onnxruntime import OnnxRuntimeBackend
 from edgeship.recipe import OnnxRuntimeConfig
 
 from backends.contract import BackendContract, onnx_artifact, ort_reference
+from conftest import TrainedCnn
 
 
 class TestOnnxRuntimeContract(BackendContract):
@@ -52,3 +53,28 @@ def test_two_onnxruntime_distributions_make_the_backend_unavailable(monkeypatch:
     assert not state.available
     assert "2 ONNX Runtime distributions are installed (onnxruntime 1.32.0, onnxruntime-gpu 1.24.2)" in state.reason
     assert state.install == "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime"
+
+
+@pytest.mark.parametrize(("feeds", "stride"), [(100, 10), (300, 15), (128, 16), (97, 1), (8, 8)])
+def test_the_calibrators_read_the_feeds_in_equal_ranges(feeds: int, stride: int) -> None:
+    from edgeship.backends.onnxruntime import calibration_stride
+
+    assert calibration_stride(feeds) == stride
+
+
+def test_min_max_ranges_read_in_ranges_are_the_ranges_read_at_once(trained_cnn: TrainedCnn, tmp_path: Path) -> None:
+    """Reading the calibration feeds a range at a time (what keeps a percentile calibrator's memory bounded) merges
+    min/max ranges exactly: the same scales and zero points as reading them all at once."""
+    from onnx import numpy_helper
+
+    from edgeship.backends.onnxruntime import quantize_qdq
+
+    calibration = CalibrationSet(trained_cnn.calibration[:48], "c")
+    quantized = {}
+    for label, extra in (("ranges", {}), ("at_once", {"CalibStridedMinMax": None})):
+        target = tmp_path / f"{label}.onnx"
+        quantize_qdq(trained_cnn.onnx, target, calibration, method="minmax", per_channel=True, extra_options=extra)
+        quantized[label] = {init.name: numpy_helper.to_array(init) for init in onnx.load(str(target)).graph.initializer}
+    assert quantized["ranges"].keys() == quantized["at_once"].keys()
+    for name, value in quantized["ranges"].items():
+        np.testing.assert_array_equal(value, quantized["at_once"][name], err_msg=name)
