@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -31,7 +32,7 @@ from pydantic import Field, PositiveInt, model_validator
 
 from edgeship.backends.base import Availability, BackendBase, BackendInfo, CalibrationSet, Feed, Precision, Runner, TensorMeta
 from edgeship.backends.float_search import choose_float_layers
-from edgeship.backends.rounding import rounded_source
+from edgeship.backends.rounding import WEIGHT_ROUNDING_FILE, round_weights, rounded_source
 from edgeship.backends.sensitivity import PASS_THROUGH, run_onnx_outputs
 from edgeship.backends.tooling import captured_output, error_line, fed_inputs, import_problem, importable
 from edgeship.config import (
@@ -168,20 +169,26 @@ class TfliteBackend(BackendBase):
 class SelectiveInt8:
     """Full-integer INT8 engines with chosen ONNX nodes left in float, through TFLite's selective quantization.
 
-    One onnx2tf conversion and one calibration per distinct source (GPTQ rounding leaves a kept layer's weights as they
-    were, so its source differs per float set); then per float set, the calibrated model quantized with those nodes'
-    TFLite ops denylisted (``QuantizationDebugOptions.denylisted_nodes``: the ops' output tensor names)."""
+    One onnx2tf conversion and one calibration of the source (with GPTQ, of the source with every weight rounded, plus a
+    float conversion of the unrounded source, whose weights the kept layers get back); then per float set, the calibrated
+    model quantized with those nodes' TFLite ops denylisted (``QuantizationDebugOptions.denylisted_nodes``: the ops'
+    output tensor names)."""
 
     def __init__(self, calibration: CalibrationSet, cfg: TfliteConfig, work: Path) -> None:
         self.calibration = calibration
         self.cfg = cfg
         self.work = work
-        self._converted: dict[str, tuple[Any, dict[str, str]]] = {}  # source digest → (debugger, ONNX node → TFLite tensor)
+        self._converted: tuple[str, Any, dict[str, str]] | None = None  # source digest, debugger, ONNX node → TFLite tensor
+        self._unrounded_model: Any = None  # with GPTQ: the unrounded weights kept layers get back
 
     def build(self, onnx: Path, nodes: list[str], out_dir: Path) -> Path:
         """``model.int8.tflite`` + ``io.json`` + ``float_ops.json`` under ``out_dir``; ``BuildError`` naming a node that became
         no TFLite op of its own (it cannot be kept in float)."""
-        with rounded_source(onnx, self.calibration, self.cfg.weight_rounding, nodes, out_dir) as source:
+        shared = self.cfg.weight_rounding != "nearest" and nodes
+        # with GPTQ, one conversion of the source with every weight rounded serves every float set: a kept layer gets its
+        # own weights back in the calibrated model (``_with_weights_of``) instead of a conversion of its own
+        with rounded_source(onnx, self.calibration, self.cfg.weight_rounding, () if shared else nodes,
+                            self.work if shared else out_dir) as source:
             debugger, tflite_names = self._calibrated(source)
         import tensorflow as tf  # imported by the conversion, inside its captured output (TensorFlow logs on import)
         lost = [node for node in nodes if node not in tflite_names]
@@ -189,6 +196,11 @@ class SelectiveInt8:
             raise BuildError("tflite", Precision.INT8, f"keep_float: ONNX node {lost[0]!r} matches no TFLite op's output by value "
                                                        f"(onnx2tf split or fused it away), so it cannot be kept in float")
         denylist = [tflite_names[node] for node in nodes]
+        calibrated = debugger.calibrated_model
+        if shared:
+            _, record = round_weights(onnx, self.calibration.samples, nodes)  # what this float set's engine has rounded
+            (out_dir / WEIGHT_ROUNDING_FILE).write_text(json.dumps(record, indent=2))
+            debugger.calibrated_model = _with_weights_of(calibrated, self._unrounded(onnx), denylist)
         with captured_output() as log:
             try:
                 debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denylist)
@@ -196,6 +208,8 @@ class SelectiveInt8:
             except Exception as exc:
                 raise BuildError("tflite", Precision.INT8, f"TFLite selective quantization: {type(exc).__name__}: "
                                                            f"{error_line(str(exc) or log.getvalue())}") from exc
+            finally:
+                debugger.calibrated_model = calibrated
         target = out_dir / f"model.{Precision.INT8.value}.tflite"
         target.write_bytes(model)
         (out_dir / IO_FILE).write_text(json.dumps(io_layout(onnx, target), indent=2))
@@ -204,11 +218,13 @@ class SelectiveInt8:
         return target
 
     def _calibrated(self, source: Path) -> tuple[Any, dict[str, str]]:
-        import hashlib
-
+        """The calibrated converter (a ``QuantizationDebugger``) and the ONNX node → TFLite op names of ``source``: the last
+        source's are kept (a search's candidates share one source unless GPTQ rounds their weights differently)."""
         digest = hashlib.sha256(source.read_bytes()).hexdigest()
-        if digest not in self._converted:
-            folder = self.work / f"source-{len(self._converted)}"
+        if self._converted is None or self._converted[0] != digest:
+            self._converted = None  # the last source's debugger and its models go before the next conversion
+            folder = self.work / "saved_model_source"
+            shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
             saved_model = onnx_to_saved_model(source, folder, self.calibration, Precision.INT8)
             import tensorflow as tf  # imported by the conversion, inside its captured output (TensorFlow logs on import)
@@ -223,8 +239,60 @@ class SelectiveInt8:
                 except Exception as exc:
                     raise BuildError("tflite", Precision.INT8, f"TFLite calibration: {type(exc).__name__}: "
                                                                f"{error_line(str(exc) or log.getvalue())}") from exc
-            self._converted[digest] = (debugger, tflite_op_names(source, debugger.calibrated_model, self.calibration))
-        return self._converted[digest]
+            self._converted = (digest, debugger, tflite_op_names(source, debugger.calibrated_model, self.calibration))
+            shutil.rmtree(folder, ignore_errors=True)  # calibrated: the SavedModel is read no more
+        return self._converted[1], self._converted[2]
+
+
+    def _unrounded(self, onnx: Path) -> Any:
+        """The float TFLite model (flatbuffer object) of ``onnx`` as it is, its weights unrounded: once per build."""
+        if self._unrounded_model is None:
+            folder = self.work / "saved_model_unrounded"
+            folder.mkdir(parents=True, exist_ok=True)
+            saved_model = onnx_to_saved_model(onnx, folder, self.calibration, Precision.INT8)
+            import tensorflow as tf  # imported by the conversion, inside its captured output (TensorFlow logs on import)
+
+            with captured_output() as log:
+                try:
+                    model = tf.lite.TFLiteConverter.from_saved_model(str(saved_model)).convert()
+                except Exception as exc:
+                    raise BuildError("tflite", Precision.INT8, f"TFLite converter: {type(exc).__name__}: "
+                                                               f"{error_line(str(exc) or log.getvalue())}") from exc
+            shutil.rmtree(folder, ignore_errors=True)
+            self._unrounded_model = _flatbuffer_utils().convert_bytearray_to_object(bytearray(model))
+        return self._unrounded_model
+
+
+def _flatbuffer_utils() -> Any:
+    import importlib
+
+    return importlib.import_module("tensorflow.lite.tools.flatbuffer_utils")  # not under TensorFlow's public tf.lite
+
+
+def _with_weights_of(calibrated: bytes, unrounded: Any, outputs: list[str]) -> bytes:
+    """``calibrated`` (a calibrated float TFLite model whose weights GPTQ rounded) with the weights and biases of the ops
+    writing ``outputs`` taken from ``unrounded`` (the same graph converted from the unrounded ONNX): what a conversion
+    of the ONNX with those layers' weights left as they were gives, but for activation ranges calibrated on the rounded
+    weights. ``BuildError`` when the two conversions differ in a tensor they should share."""
+    utils = _flatbuffer_utils()
+    model = utils.convert_bytearray_to_object(bytearray(calibrated))
+    graph, other = model.subgraphs[0], unrounded.subgraphs[0]
+    theirs = {tensor.name: index for index, tensor in enumerate(other.tensors)}
+    writers = {graph.tensors[index].name: op for op in graph.operators for index in op.outputs}
+    for output in outputs:
+        op = writers.get(output.encode())
+        if op is None:
+            raise BuildError("tflite", Precision.INT8, f"keep_float: no op of the calibrated model writes {output!r}")
+        for index in op.inputs[1:]:  # the weights and the bias; the first input is the activation
+            tensor = graph.tensors[index] if index >= 0 else None
+            if tensor is None or model.buffers[tensor.buffer].data is None:  # an activation, not a constant
+                continue
+            twin = other.tensors[theirs[tensor.name]] if tensor.name in theirs else None
+            if twin is None or list(twin.shape) != list(tensor.shape) or unrounded.buffers[twin.buffer].data is None:
+                raise BuildError("tflite", Precision.INT8, f"keep_float: the conversions with and without GPTQ's weights differ "
+                                                           f"at tensor {tensor.name.decode()!r}")
+            model.buffers[tensor.buffer].data = unrounded.buffers[twin.buffer].data
+    return bytes(utils.convert_object_to_bytearray(model))
 
 
 def tflite_op_names(source: Path, tflite_model: bytes, calibration: CalibrationSet) -> dict[str, str]:

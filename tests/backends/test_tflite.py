@@ -287,3 +287,37 @@ def test_an_input_is_written_channels_last_whichever_way_is_quicker(shape: tuple
     write.write(array)
     assert write.planes == planes
     np.testing.assert_array_equal(handed[-1], array.transpose(0, 2, 3, 1))
+
+
+def test_with_gptq_a_kept_layer_gets_its_own_weights_back_from_one_shared_conversion(
+        trained_cnn: TrainedCnn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``weight_rounding: gptq``: every float set is quantized from one conversion of the fully rounded source, a kept
+    layer's weights put back from one float conversion of the unrounded source; the engine's float layer then holds the
+    exported model's own weights, not GPTQ's grid values."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgeship.backends import tflite
+    from edgeship.backends.rounding import WEIGHT_ROUNDING_FILE
+
+    conversions: list[Path] = []
+    convert = tflite.onnx_to_saved_model
+    monkeypatch.setattr(tflite, "onnx_to_saved_model", lambda source, *rest: conversions.append(source) or convert(source, *rest))
+    calibration = CalibrationSet(trained_cnn.calibration[:64], "c")
+    cfg = TfliteConfig(weight_rounding="gptq", keep_float=1)
+    quantizer = tflite.SelectiveInt8(calibration, cfg, tmp_path / "work")
+    nodes = [node.name for node in onnx.load(str(trained_cnn.onnx)).graph.node if node.op_type == "Conv"][:1]
+    for name, keep in (("none", []), ("first", nodes)):
+        (tmp_path / name).mkdir()
+        quantizer.build(trained_cnn.onnx, keep, tmp_path / name)
+    assert len(conversions) == 2, "one conversion of the rounded source, one float conversion of the unrounded one"
+    assert json.loads((tmp_path / "first" / WEIGHT_ROUNDING_FILE).read_text())["kept_float"] == nodes
+    graph = onnx.load(str(trained_cnn.onnx)).graph
+    conv = next(node for node in graph.node if node.name == nodes[0])
+    exported = next(numpy_helper.to_array(init) for init in graph.initializer if init.name == conv.input[1])
+    ohwi = exported.transpose(0, 2, 3, 1)
+    for name, kept in (("first", True), ("none", False)):
+        interpreter = tflite._interpreter(tmp_path / name / "model.int8.tflite", threads=1)
+        float_weights = [interpreter.get_tensor(t["index"]) for t in interpreter.get_tensor_details()
+                         if t["dtype"] == np.float32 and tuple(t["shape"]) == ohwi.shape]
+        assert any(np.array_equal(w, ohwi) for w in float_weights) is kept, f"{name}: the exported weights in float, OHWI"
