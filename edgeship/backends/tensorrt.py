@@ -65,6 +65,9 @@ ENGINE_FILE = "model.engine"
 ENGINE_INFO = "engine.json"
 AUTOCAST_SAMPLES = 100  # calibration inputs AutoCast runs to find activations that would overflow FP16
 CALIBRATION_BATCH = 32  # inputs per ModelOpt calibration step
+# ModelOpt's calibration holds every activation of every calibration input at once; above this it calibrates node by
+# node (``calibrate_per_node``: the same Q/DQ scales, a fraction of the memory, several times the time)
+CALIBRATION_MEMORY = 1 << 30
 # ONNX Runtime's quantize_static as TensorRT wants Q/DQ: int8 symmetric activations and weights, weights per channel and
 # kept float behind their own Q/DQ pair (TensorRT folds them), a dedicated pair per consumer, biases left float (TensorRT
 # fuses them; it has no int32 bias DequantizeLinear).
@@ -243,7 +246,13 @@ class TensorRtBackend(BackendBase):
             fallback_reason = ""
             if cfg.qdq_tool in ("auto", "modelopt"):
                 batch = _static_batch(rounded, calibration.input_name) or min(CALIBRATION_BATCH, calibration.count)
+                held = activation_bytes(rounded, calibration.arrays) * calibration.count
+                settings["calibrated_per_node"] = held > CALIBRATION_MEMORY
+                if settings["calibrated_per_node"]:
+                    settings["per_node_reason"] = (f"{held / (1 << 30):.1f} GiB of activations held at once otherwise "
+                                                   f"(limit {CALIBRATION_MEMORY / (1 << 30):g} GiB)")
                 request = {"step": "quantize", "source": str(rounded), "target": str(target), "method": cfg.calibration_method,
+                           "per_node": settings["calibrated_per_node"],
                            "calibration": str(_write_npz(calibration, work)), "high_precision": cfg.high_precision,
                            "nodes_to_exclude": [f"^{re.escape(name)}$" for name in keep],
                            "calibration_shapes": ",".join(f"{name}:" + "x".join(map(str, (batch, *array.shape[1:])))
@@ -290,6 +299,30 @@ def run_modelopt_step(request: dict[str, Any], work: Path) -> tuple[int, str, st
         return done.returncode, f"ModelOpt's {request['step']} process was killed by {name} (out of memory, or stopped by hand)", version
     message = done.stderr.strip().splitlines()[-1] if done.returncode and done.stderr.strip() else error_line(done.stderr + done.stdout)
     return done.returncode, message[:400], version
+
+
+def activation_bytes(model_path: Path, arrays: dict[str, np.ndarray]) -> int:
+    """The bytes of every tensor the model computes for one sample shaped like ``arrays``' rows (ONNX shape inference;
+    a tensor whose shape it cannot settle counts nothing): what a calibrator holds per calibration input."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    for value in model.graph.input:
+        if value.name in arrays:
+            for dim, size in zip(value.type.tensor_type.shape.dim, (1, *arrays[value.name].shape[1:]), strict=False):
+                dim.Clear()
+                dim.dim_value = size
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - a model shape inference cannot follow: nothing to count
+        return 0
+    total = 0
+    for value in inferred.graph.value_info:
+        dims = value.type.tensor_type.shape.dim
+        if dims and all(dim.HasField("dim_value") for dim in dims):
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).itemsize
+            total += int(np.prod([dim.dim_value for dim in dims])) * itemsize
+    return total
 
 
 def _static_batch(model_path: Path, input_name: str) -> int | None:

@@ -95,6 +95,7 @@ def test_modelopt_int8_is_symmetric_qdq_and_agrees_with_fp32(prepared: dict[Prec
     made = info(model)
     assert made["tool"] == "modelopt.onnx.quantization" and made["calibration_method"] == "entropy"
     assert made["calibration_samples"] == len(trained_cnn.calibration) and made["qdq"] == qdq
+    assert made["calibrated_per_node"] is False, "a small model's activations fit: calibrated whole, the quick way"
     assert made["io"] == {"inputs": {"input": "FLOAT"}, "outputs": {"logits": "FLOAT"}}
     assert sorted(p.name for p in model.parent.iterdir()) == ["model.int8.onnx", "prepare.json"], "no tool leftovers"
     reference = predict(trained_cnn.onnx, trained_cnn.evaluation).argmax(1)
@@ -291,3 +292,23 @@ def dequantized_weights(model: Path) -> dict[str, np.ndarray]:
     session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
     values = session.run(list(wanted.values()), {graph.input[0].name: np.zeros((1, 1, 28, 28), np.float32)})
     return dict(zip(wanted, values, strict=True))
+
+
+def test_activations_beyond_the_memory_limit_are_calibrated_node_by_node(prepared: dict[Precision, Path], trained_cnn: TrainedCnn,
+                                                                       calibration: CalibrationSet, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """ModelOpt holds every activation of every calibration input at once; past ``CALIBRATION_MEMORY`` it calibrates node
+    by node, which writes the same Q/DQ ONNX, and the preparation record says why."""
+    import onnx
+
+    from edgeship.backends import tensorrt
+    from edgeship.backends.tensorrt import activation_bytes
+
+    per_sample = activation_bytes(trained_cnn.onnx, calibration.arrays)
+    assert per_sample > 0
+    monkeypatch.setattr(tensorrt, "CALIBRATION_MEMORY", per_sample * calibration.count - 1)
+    model = TensorRtBackend().prepare(trained_cnn.onnx, Precision.INT8, calibration, TensorRtConfig(), tmp_path)
+    made = info(model)
+    assert made["calibrated_per_node"] is True and "GiB of activations held at once otherwise" in made["per_node_reason"]
+    whole = onnx.load(str(prepared[Precision.INT8])).graph
+    assert onnx.load(str(model)).graph.initializer == whole.initializer, "the same scales, zero points and weights"
