@@ -36,6 +36,9 @@ class BackendUnavailable(EdgeshipError):
         self.backend = backend
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # raised in a build's child process, re-raised in the run's
+        return type(self), (self.backend, self.reason)
+
 
 class BuildError(EdgeshipError):
     """Building one engine failed; the run records it and goes on with the others."""
@@ -45,6 +48,9 @@ class BuildError(EdgeshipError):
         self.backend = backend
         self.precision = precision
         self.reason = reason
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:  # raised in a build's child process, re-raised in the run's
+        return type(self), (self.backend, self.precision, self.reason)
 
 
 class StageError(EdgeshipError):

@@ -46,6 +46,7 @@ class BackendInfo:
     companions: tuple[str, ...] = ()  # files an engine needs beside its main file: ".x" same stem, a name that file
     calibrated: frozenset[Precision] = frozenset({Precision.INT8})  # precisions whose build uses the calibration set
     report_note: str = ""  # what the report says once when an engine of this backend is in it
+    build_in_child: bool = False  # the run builds its engines in a child process: its converter keeps memory it never frees
 
     @property
     def precisions(self) -> frozenset[Precision]:

@@ -99,7 +99,7 @@ class TfliteConfig(BackendSection):
 
 INFO = BackendInfo(name="tflite", display_name="TFLite", colour="#ff7f0e", config=TfliteConfig, distributions=DISTRIBUTIONS,
                    install="pip install 'edgeship[tflite]'", runtime_module="ai_edge_litert.interpreter", suffixes=(".tflite",),
-                   companions=(IO_FILE,))
+                   companions=(IO_FILE,), build_in_child=True)  # TensorFlow and onnx2tf keep gigabytes after a conversion
 
 
 class TfliteBackend(BackendBase):

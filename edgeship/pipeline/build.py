@@ -8,14 +8,20 @@ A preparing backend (TensorRT) first makes its backend-bound ONNX (stage
 ``prepare``, on the CPU), then compiles the engine from it where its device is
 present. The prepared ONNX is an output either way, so the validate stage can
 score it on ONNX Runtime as a labelled prediction.
+
+A backend whose converter keeps memory it never frees (TFLite: TensorFlow and onnx2tf) builds in a child process of its
+own (``BackendInfo.build_in_child``), so the run does not carry it into the stages after.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import multiprocessing
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
@@ -132,6 +138,9 @@ class BuildStage:
             with ctx.console.status(title) as status, step_notes(lambda text: status.update(f"{title}: {text}")):
                 if preparing:
                     main = backend.compile(source.path, precision, backend_cfg, folder)  # type: ignore[attr-defined]
+                elif backend.info.build_in_child:
+                    main = build_in_child(backend_name, source, precision, calibration, backend_cfg, folder,
+                                          lambda text: status.update(f"{title}: {text}"))
                 else:
                     main = backend.build(source, precision, calibration, backend_cfg, folder)
             meta = {"backend": backend_name, "precision": precision.value, "versions": extra["versions"],
@@ -144,6 +153,36 @@ class BuildStage:
             return Made(main, f"engine/{backend_name}", meta)
 
         return ctx.produce(self.name, engine_name(backend_name, precision), config=config, parents=[source], extra_key=extra, make=make)
+
+
+_CHILD_NOTES: Any = None  # in a build's child process: where its step notes go (the parent's spinner)
+
+
+def build_in_child(backend_name: str, source: Artifact, precision: Precision, calibration: CalibrationSet | None, cfg: BaseModel,
+                   folder: Path, show: Callable[[str], None]) -> Path:
+    """``backend.build`` in a fresh child process (spawned: nothing of the run's memory or threads), its step notes
+    passed on to ``show``, its errors re-raised here: what a converter allocates is freed when the child ends."""
+    context = multiprocessing.get_context("spawn")
+    notes = context.SimpleQueue()
+    with ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_take_notes, initargs=(notes,)) as pool:
+        future = pool.submit(_build_here, backend_name, source, precision, calibration, cfg, folder)
+        while not future.done():
+            while not notes.empty():
+                show(notes.get())
+            time.sleep(0.1)
+        return future.result()
+
+
+def _take_notes(notes: Any) -> None:
+    global _CHILD_NOTES
+    _CHILD_NOTES = notes
+
+
+def _build_here(backend_name: str, source: Artifact, precision: Precision, calibration: CalibrationSet | None, cfg: BaseModel,
+                folder: Path) -> Path:
+    """A build child's work: the backend's own ``build``, its step notes sent to the parent."""
+    with step_notes(_CHILD_NOTES.put):
+        return get_backend(backend_name).build(source, precision, calibration, cfg, folder)
 
 
 def side_metrics(folder: Path) -> dict[str, object]:

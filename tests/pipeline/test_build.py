@@ -1,8 +1,14 @@
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from edgeship.backends.base import Precision
 from edgeship.pipeline.build import engine_config, requested
 from edgeship.recipe import BackendsConfig, OnnxRuntimeConfig, OpenVinoConfig, TensorRtConfig, TfliteConfig
+
+from conftest import TrainedCnn
 
 
 def test_fp32_identity_ignores_int8_only_settings() -> None:
@@ -94,3 +100,27 @@ def test_a_searched_engines_key_covers_the_validation_samples_and_the_search_met
     assert searched is not None and plain is not None and searched.search is search
     assert searched.fingerprint == f"calibration-fingerprint+search:validation-fingerprint+{SEARCH_METHOD}"
     assert plain.fingerprint == "calibration-fingerprint" and plain.search is None
+
+
+def test_a_build_in_a_child_process_returns_its_engine_its_notes_and_its_errors(trained_cnn: TrainedCnn, tmp_path: Path) -> None:
+    """``BackendInfo.build_in_child`` (TFLite): the engine the child wrote, the step notes it sent on the way (a float
+    search's), and a ``BuildError`` re-raised here with its fields."""
+    from edgeship.backends.base import CalibrationSet
+    from edgeship.config import AccuracyTarget
+    from edgeship.errors import BuildError
+    from edgeship.pipeline.build import build_in_child
+    from edgeship.tensors import SearchSet
+
+    from backends.contract import onnx_artifact
+
+    artifact = onnx_artifact(trained_cnn.onnx)
+    search = SearchSet(trained_cnn.evaluation[:64], trained_cnn.labels[:64], "v")
+    calibration = CalibrationSet(trained_cnn.calibration[:32], "c").with_search(search)
+    cfg = OnnxRuntimeConfig(keep_float="auto", accuracy_target=AccuracyTarget(min_agreement=0.9))
+    notes: list[str] = []
+    engine = build_in_child("onnxruntime", artifact, Precision.INT8, calibration, cfg, tmp_path, notes.append)
+    assert engine == tmp_path / "model.int8.onnx" and engine.is_file() and (tmp_path / "float_search.json").is_file()
+    assert notes and notes[0].startswith("keep_float auto: ranking"), "the child's step notes reach the parent's spinner"
+    with pytest.raises(BuildError, match="INT8 needs a calibration set") as caught:
+        build_in_child("onnxruntime", artifact, Precision.INT8, None, OnnxRuntimeConfig(), tmp_path, notes.append)
+    assert (caught.value.backend, caught.value.precision) == ("onnxruntime", Precision.INT8)
