@@ -44,9 +44,59 @@ def _autocast(request: dict[str, Any]) -> None:
     import onnx
     from modelopt.onnx.autocast import convert_to_mixed_precision
 
+    if request.get("chunk"):
+        _reference_ranges_in_chunks(int(request["chunk"]))
     model = convert_to_mixed_precision(onnx_path=request["source"], low_precision_type="fp16", keep_io_types=True,
                                        calibration_data=request.get("calibration"), providers=["cpu"])
     onnx.save(model, request["target"])
+
+
+def _reference_ranges_in_chunks(chunk: int) -> None:
+    """Make AutoCast's reference run hold the activations of ``chunk`` calibration inputs at a time, not of all of them.
+
+    AutoCast's ``ReferenceRunner.run`` keeps every intermediate tensor of every calibration input (Polygraphy's
+    Comparator) and only then reduces each tensor to its range (``TensorStats``: absmax, min, max, shape). A range is
+    a max and a min, so running the same per-input batches a chunk at a time and merging the chunks' ranges gives the
+    same ranges, and so the same FP16 model. ``convert_to_mixed_precision`` builds its runner by name, so the name
+    in its module is what is replaced (only in this child process)."""
+    import tempfile
+    from collections import OrderedDict
+
+    import numpy as np
+    from modelopt.onnx.autocast import convert
+    from modelopt.onnx.autocast.referencerunner import ReferenceRunner, TensorStats
+    from modelopt.onnx.quantization.calib_utils import CalibrationDataProvider
+
+    def ranges(tensor: Any) -> Any:
+        if isinstance(tensor, TensorStats):
+            return tensor
+        array = np.asarray(tensor)
+        empty = array.size == 0
+        return TensorStats(absmax=0 if empty else np.max(np.abs(array)), min_val=0 if empty else np.min(array),
+                           max_val=0 if empty else np.max(array), shape=array.shape)
+
+    def merged(first: Any, second: Any) -> Any:
+        return TensorStats(absmax=max(first.absmax, second.absmax), min_val=min(first.min_val, second.min_val),
+                           max_val=max(first.max_val, second.max_val), shape=first.shape)
+
+    class ChunkedReferenceRunner(ReferenceRunner):  # type: ignore[misc]
+        def run(self, inputs: Any = None) -> Any:
+            if not (isinstance(inputs, str) and inputs.endswith(".npz")):
+                return super().run(inputs)
+            with np.load(inputs) as data:
+                batches = CalibrationDataProvider(self.model, {name: data[name] for name in data.files}).calibration_data_list
+            if len(batches) <= chunk:
+                return super().run(inputs)
+            result: dict[str, Any] = {}
+            for start in range(0, len(batches), chunk):
+                with tempfile.TemporaryDirectory() as folder:  # a folder of .npz files: one batch each, ModelOpt's own format
+                    for index, batch in enumerate(batches[start:start + chunk]):
+                        np.savez(Path(folder) / f"{index:06d}.npz", **batch)
+                    for name, tensor in super().run(folder).items():
+                        result[name] = merged(result[name], ranges(tensor)) if name in result else ranges(tensor)
+            return OrderedDict(result)
+
+    convert.ReferenceRunner = ChunkedReferenceRunner
 
 
 def _quantize(request: dict[str, Any]) -> None:

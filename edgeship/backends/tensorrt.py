@@ -208,16 +208,19 @@ class TensorRtBackend(BackendBase):
 
     def _autocast(self, source: Path, target: Path, calibration: CalibrationSet | None, work: Path) -> dict[str, Any]:
         request: dict[str, Any] = {"step": "autocast", "source": str(source), "target": str(target)}
+        info: dict[str, Any] = {"tool": "modelopt.onnx.autocast", "keep_io_types": True, "low_precision_type": "fp16",
+                                "reference_inputs": "random inputs in [-1, 1] (no calibration set given)"}
         if calibration is not None:
-            request["calibration"] = str(_write_npz(calibration.subset(AUTOCAST_SAMPLES), work))
+            reference = calibration.subset(AUTOCAST_SAMPLES)
+            request["calibration"] = str(_write_npz(reference, work))
+            request["chunk"] = reference_chunk(source, reference)
+            info.update(reference_inputs=f"{reference.count} calibration samples", reference_chunk=request["chunk"])
         code, message, version = run_modelopt_step(request, work)
         if code == MODELOPT_MISSING:
             raise BackendUnavailable(self.name, f"FP16 needs ModelOpt AutoCast: {message}; install: {PREPARE_INSTALL}")
         if code:
             raise BuildError(self.name, Precision.FP16, message)
-        return {"tool": "modelopt.onnx.autocast", "version": version, "keep_io_types": True, "low_precision_type": "fp16",
-                "reference_inputs": (f"{min(AUTOCAST_SAMPLES, calibration.count)} calibration samples" if calibration
-                                     else "random inputs in [-1, 1] (no calibration set given)")}
+        return {**info, "version": version}
 
     def _quantize(self, source: Path, target: Path, calibration: CalibrationSet, cfg: TensorRtConfig, work: Path) -> dict[str, Any]:
         if cfg.calibration_size is not None:
@@ -323,6 +326,16 @@ def activation_bytes(model_path: Path, arrays: dict[str, np.ndarray]) -> int:
             itemsize = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).itemsize
             total += int(np.prod([dim.dim_value for dim in dims])) * itemsize
     return total
+
+
+def reference_chunk(model_path: Path, reference: CalibrationSet) -> int:
+    """How many of AutoCast's reference batches to run at once so that their activations fit in ``CALIBRATION_MEMORY``
+    (at least one); every batch at once when shape inference cannot size them."""
+    per_sample = activation_bytes(model_path, reference.arrays)
+    if not per_sample:
+        return reference.count
+    per_batch = per_sample * (_static_batch(model_path, reference.input_name) or 1)
+    return max(1, min(reference.count, CALIBRATION_MEMORY // per_batch))
 
 
 def _static_batch(model_path: Path, input_name: str) -> int | None:

@@ -312,3 +312,42 @@ def test_activations_beyond_the_memory_limit_are_calibrated_node_by_node(prepare
     assert made["calibrated_per_node"] is True and "GiB of activations held at once otherwise" in made["per_node_reason"]
     whole = onnx.load(str(prepared[Precision.INT8])).graph
     assert onnx.load(str(model)).graph.initializer == whole.initializer, "the same scales, zero points and weights"
+
+
+def _scaling_model(path: Path) -> Path:
+    """input (N, 4) → Mul by 400 → Relu → Add 1: the Mul's output passes FP16's safe range (AutoCast's data_max, 1000)
+    only for inputs above 2.5."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["input", "scale"], ["scaled"], name="scale_up"),
+         helper.make_node("Relu", ["scaled"], ["relu"], name="relu"),
+         helper.make_node("Add", ["relu", "one"], ["output"], name="shift")],
+        "scaling", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(np.full(4, 400, np.float32), "scale"), numpy_helper.from_array(np.ones(4, np.float32), "one")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_autocast_reference_runs_in_chunks_with_the_same_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """AutoCast's reference run holds every activation of every reference input; past ``CALIBRATION_MEMORY`` it runs them
+    a chunk at a time and merges the ranges, which must give the same FP16 model. One input in a middle chunk alone
+    pushes the Mul past FP16's safe range, so a chunk lost in the merge changes the model."""
+    from edgeship.backends import tensorrt
+
+    source = _scaling_model(tmp_path / "scaling.onnx")
+    samples = np.random.default_rng(0).uniform(0, 1, (10, 4)).astype(np.float32)
+    samples[4, 2] = 5.0  # 2000 after the Mul: only this input makes AutoCast keep the Mul in FP32
+    prepared = {}
+    for label, memory, rows in (("whole", 1 << 30, samples), ("chunked", None, samples), ("small", 1 << 30, samples[:4])):
+        if memory is None:  # three inputs' activations per chunk: chunks 0-2, 3-5, 6-8, 9
+            memory = tensorrt.activation_bytes(source, {"input": samples}) * 3
+        monkeypatch.setattr(tensorrt, "CALIBRATION_MEMORY", memory)
+        folder = tmp_path / label
+        folder.mkdir()
+        prepared[label] = TensorRtBackend().prepare(source, Precision.FP16, CalibrationSet(rows, label), TensorRtConfig(), folder)
+    assert info(prepared["chunked"])["reference_chunk"] == 3 and info(prepared["whole"])["reference_chunk"] == 10
+    assert prepared["chunked"].read_bytes() == prepared["whole"].read_bytes()
+    assert prepared["small"].read_bytes() != prepared["whole"].read_bytes(), "the large input must decide the Mul's precision"
