@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import os
 import shutil
@@ -184,12 +183,9 @@ class SelectiveInt8:
     def build(self, onnx: Path, nodes: list[str], out_dir: Path) -> Path:
         """``model.int8.tflite`` + ``io.json`` + ``float_ops.json`` under ``out_dir``; ``BuildError`` naming a node that became
         no TFLite op of its own (it cannot be kept in float)."""
-        shared = self.cfg.weight_rounding != "nearest" and nodes
         # with GPTQ, one conversion of the source with every weight rounded serves every float set: a kept layer gets its
         # own weights back in the calibrated model (``_with_weights_of``) instead of a conversion of its own
-        with rounded_source(onnx, self.calibration, self.cfg.weight_rounding, () if shared else nodes,
-                            self.work if shared else out_dir) as source:
-            debugger, tflite_names = self._calibrated(source)
+        debugger, tflite_names = self._calibrated(onnx)
         import tensorflow as tf  # imported by the conversion, inside its captured output (TensorFlow logs on import)
         lost = [node for node in nodes if node not in tflite_names]
         if lost:
@@ -197,9 +193,10 @@ class SelectiveInt8:
                                                        f"(onnx2tf split or fused it away), so it cannot be kept in float")
         denylist = [tflite_names[node] for node in nodes]
         calibrated = debugger.calibrated_model
-        if shared:
+        if self.cfg.weight_rounding != "nearest":
             _, record = round_weights(onnx, self.calibration.samples, nodes)  # what this float set's engine has rounded
             (out_dir / WEIGHT_ROUNDING_FILE).write_text(json.dumps(record, indent=2))
+        if self.cfg.weight_rounding != "nearest" and nodes:
             debugger.calibrated_model = _with_weights_of(calibrated, self._unrounded(onnx), denylist)
         with captured_output() as log:
             try:
@@ -217,15 +214,23 @@ class SelectiveInt8:
                                                           "float_ops": dict(zip(nodes, denylist, strict=True))}, indent=2))
         return target
 
-    def _calibrated(self, source: Path) -> tuple[Any, dict[str, str]]:
-        """The calibrated converter (a ``QuantizationDebugger``) and the ONNX node → TFLite op names of ``source``: the last
-        source's are kept (a search's candidates share one source unless GPTQ rounds their weights differently)."""
-        digest = hashlib.sha256(source.read_bytes()).hexdigest()
-        if self._converted is None or self._converted[0] != digest:
-            self._converted = None  # the last source's debugger and its models go before the next conversion
-            folder = self.work / "saved_model_source"
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
+    def _calibrated(self, onnx: Path) -> tuple[Any, dict[str, str]]:
+        """The calibrated converter (a ``QuantizationDebugger``) of ``onnx`` (with GPTQ, its every weight rounded) and its
+        ONNX node → TFLite op names: the last model's are kept, as a search's candidates share them."""
+        stat = onnx.stat()
+        key = f"{onnx.resolve()}:{stat.st_mtime_ns}:{stat.st_size}"
+        if self._converted is None or self._converted[0] != key:
+            self._converted = None  # the last model's debugger and its models go before the next conversion
+            self.work.mkdir(parents=True, exist_ok=True)
+            with rounded_source(onnx, self.calibration, self.cfg.weight_rounding, (), self.work) as source:
+                self._converted = (key, *self._calibrate(source))
+        return self._converted[1], self._converted[2]
+
+    def _calibrate(self, source: Path) -> tuple[Any, dict[str, str]]:
+        folder = self.work / "saved_model_source"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        try:
             saved_model = onnx_to_saved_model(source, folder, self.calibration, Precision.INT8)
             import tensorflow as tf  # imported by the conversion, inside its captured output (TensorFlow logs on import)
 
@@ -239,9 +244,9 @@ class SelectiveInt8:
                 except Exception as exc:
                     raise BuildError("tflite", Precision.INT8, f"TFLite calibration: {type(exc).__name__}: "
                                                                f"{error_line(str(exc) or log.getvalue())}") from exc
-            self._converted = (digest, debugger, tflite_op_names(source, debugger.calibrated_model, self.calibration))
+            return debugger, tflite_op_names(source, debugger.calibrated_model, self.calibration)
+        finally:
             shutil.rmtree(folder, ignore_errors=True)  # calibrated: the SavedModel is read no more
-        return self._converted[1], self._converted[2]
 
 
     def _unrounded(self, onnx: Path) -> Any:
@@ -327,22 +332,48 @@ def tflite_op_names(source: Path, tflite_model: bytes, calibration: CalibrationS
 
 def _tensors_of(tflite_model: bytes, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Every op output of a float TFLite model on one feed (in the engine's layout), by tensor name."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    with captured_output():
-        interpreter = Interpreter(model_content=tflite_model, experimental_preserve_all_tensors=True,
-                                  experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-        interpreter.allocate_tensors()
+    interpreter, written = keeping_every_tensor(model_content=tflite_model)
     signature = interpreter.get_signature_runner()
     indices = {name: details["index"] for name, details in signature.get_input_details().items()}
     del signature  # it holds views of the interpreter's buffers, which forbid invoking it directly
     for name, array in feed.items():
         interpreter.set_tensor(indices[name], array)
     interpreter.invoke()
-    details = {d["index"]: d["name"] for d in interpreter.get_tensor_details()}
-    written = {index for op in interpreter._get_ops_details() for index in op["outputs"] if index >= 0}
-    return {details[index]: np.asarray(interpreter.get_tensor(index), np.float32) for index in sorted(written)
-            if interpreter.get_tensor(index).dtype.kind == "f"}
+    return op_outputs(interpreter, written)
+
+
+def keeping_every_tensor(*, model_path: Path | None = None, model_content: bytes | None = None,
+                         threads: int | None = None) -> tuple[Any, list[dict[str, Any]]]:
+    """An allocated interpreter that keeps every op output (``experimental_preserve_all_tensors``), on LiteRT's built-in
+    kernels (the XNNPACK delegate computes its part of the graph inside itself and leaves those tensors unwritten), and
+    the details of the tensors its ops write, in index order."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    with captured_output():
+        interpreter = Interpreter(model_path=None if model_path is None else str(model_path), model_content=model_content,
+                                  num_threads=threads, experimental_preserve_all_tensors=True,
+                                  experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        interpreter.allocate_tensors()
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    written = sorted({index for op in interpreter._get_ops_details() for index in op["outputs"] if index >= 0})
+    return interpreter, [details[index] for index in written]
+
+
+def op_outputs(interpreter: Any, written: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """The float value of each written tensor after an invoke, by name: integer tensors dequantized with their own scale
+    and zero point; unquantized integer tensors (shapes, indices) and other kinds left out."""
+    out = {}
+    for details in written:
+        value = interpreter.get_tensor(details["index"])
+        if value.dtype.kind in "iu":
+            scale, zero = details["quantization"]
+            if not scale:
+                continue
+            value = (value.astype(np.float32) - zero) * scale
+        elif value.dtype.kind != "f":
+            continue
+        out[details["name"]] = np.asarray(value, np.float32)
+    return out
 
 
 def with_fixed_shape(source: Path, shapes: dict[str, tuple[int, ...]], folder: Path, precision: Precision) -> Path:
@@ -573,38 +604,20 @@ class TfliteRunner(Runner):
                                      "--enable_op_profiling has one; it is not distributed on PyPI)")
 
     def _tap(self, sites: list[TensorSite]) -> Tap:
-        """Every op output of a second interpreter that keeps all its tensors (``experimental_preserve_all_tensors``), on
-        LiteRT's built-in kernels: the XNNPACK delegate computes its part of the graph inside itself and leaves those
-        tensors unwritten. Integer tensors are dequantized with their own scale and zero point. onnx2tf names the
-        tensors after the TensorFlow ops it wrote, so the caller matches them to the ONNX tensors by value."""
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-        with captured_output():
-            interpreter = Interpreter(model_path=str(self.engine), num_threads=self.threads, experimental_preserve_all_tensors=True,
-                                      experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-            interpreter.allocate_tensors()
-        details = {d["index"]: d for d in interpreter.get_tensor_details()}
-        written = sorted({index for op in interpreter._get_ops_details() for index in op["outputs"] if index >= 0})
+        """Every op output of a second interpreter that keeps all its tensors (``keeping_every_tensor``), integer tensors
+        dequantized. onnx2tf names the tensors after the TensorFlow ops it wrote, so the caller matches them to the ONNX
+        tensors by value."""
+        interpreter, written = keeping_every_tensor(model_path=self.engine, threads=self.threads)
         inputs = self._inputs
 
         def call(feed: Feed) -> dict[str, np.ndarray]:
             for name, array in feed.items():  # written as the engine's own runner writes it
                 _Write(interpreter, *inputs[name], array.shape).write(array)
             interpreter.invoke()
-            out = {}
-            for index in written:
-                d = details[index]
-                value = interpreter.get_tensor(index)
-                if value.dtype.kind in "iu":
-                    scale, zero = d["quantization"]
-                    if not scale:  # an integer tensor that is not quantized (shapes, indices)
-                        continue
-                    value = (value.astype(np.float32) - zero) * scale
-                out[d["name"]] = np.asarray(value, np.float32)
-            return out
+            return op_outputs(interpreter, written)
 
         return Tap(method="LiteRT: every op output kept (experimental_preserve_all_tensors), matched to the ONNX tensors by "
-                          "shape and value on the first sample", exposed=tuple(details[i]["name"] for i in written), call=call,
+                          "shape and value on the first sample", exposed=tuple(details["name"] for details in written), call=call,
                    by_value=True,
                    note="read on LiteRT's built-in kernels, not the XNNPACK delegate that runs the engine (a delegate keeps its "
                         "tensors to itself); both follow the same quantization arithmetic up to rounding",
