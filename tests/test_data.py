@@ -88,6 +88,45 @@ def test_preprocess_normalizes_to_nchw_float32() -> None:
     assert rgb.shape == (2, 3, 8, 8)
 
 
+def _whole_set_at_once(images: np.ndarray, p: Preprocessing) -> np.ndarray:
+    """The former preprocessing: every image at once, NHWC float32 then one transposing copy."""
+    from edgeship_deploy import resize
+
+    images = images[..., None] if images.ndim == 3 else images
+    if p.resize is not None and images.shape[1:3] != tuple(p.resize):
+        images = resize(images, tuple(p.resize))
+    channels = 1 if p.color == "gray" else 3
+    if images.shape[-1] != channels:
+        images = np.repeat(images, channels, axis=-1) if images.shape[-1] == 1 else images[..., :3].mean(axis=-1, keepdims=True)
+    x = images.astype(np.float32) * np.float32(p.scale)
+    mean, std = (np.asarray(v, np.float32).reshape(1, 1, 1, -1) for v in (p.mean, p.std))
+    return np.array(((x - mean) / std).transpose(0, 3, 1, 2), order="C", copy=True)
+
+
+@pytest.mark.parametrize("shape, settings", [
+    ((150, 9, 7, 3), {"color": "rgb", "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "scale": 1 / 255}),
+    ((130, 9, 7), {"color": "rgb", "mean": (1.0,), "std": (1.0,), "scale": 1 / 127.5, "resize": (5, 6)}),
+    ((70, 9, 7, 3), {"color": "gray", "mean": (0.5,), "std": (0.25,)}),
+], ids=["rgb per-channel mean", "grey made rgb and resized", "rgb made grey"])
+def test_preprocess_in_blocks_and_channels_equals_the_whole_set_at_once(shape: tuple[int, ...], settings: dict) -> None:
+    """More images than one block (64): every value bit-identical to the whole-set formula, with standard strides."""
+    images = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    p = Preprocessing(**settings)
+    out = preprocess(images, p)
+    expected = _whole_set_at_once(images, p)
+    assert out.shape == expected.shape and out.flags["C_CONTIGUOUS"]
+    assert np.array_equal(out.view(np.uint32), expected.view(np.uint32))
+
+
+def test_release_preprocessing_refuses_a_mean_per_channel_of_another_count() -> None:
+    """A recipe cannot say this (its model refuses it); a release document edited by hand can."""
+    from edgeship_deploy import preprocess as release_preprocess
+
+    settings = {**Preprocessing().model_dump(), "mean": [0.1, 0.2, 0.3]}
+    with pytest.raises(ValueError, match="mean has 3 values for 1-channel inputs"):
+        release_preprocess(np.zeros((2, 4, 4), np.uint8), settings)
+
+
 def test_calibration_fingerprint_follows_samples_and_preprocessing(tmp_path: Path) -> None:
     fake_fashion_mnist(tmp_path)
     data = load_dataset(DataConfig(root=tmp_path, val_size=40), CalibrationConfig(size=30), seed=0)
