@@ -155,8 +155,8 @@ def test_unreadable_onnx_is_a_build_error_for_every_precision(tmp_path: Path, ca
     bogus = tmp_path / "bogus.onnx"
     bogus.write_bytes(b"not a model")
     (tmp_path / "out").mkdir()
-    for precision, tool_words in ((Precision.INT8, "DecodeError"), (Precision.FP16, "ModelOpt autocast failed")):
-        with pytest.raises(BuildError, match=rf"tensorrt/{precision} build failed: .*{tool_words}"):
+    for precision in (Precision.INT8, Precision.FP16):
+        with pytest.raises(BuildError, match=rf"tensorrt/{precision} build failed: DecodeError"):
             TensorRtBackend().prepare(bogus, precision, calibration.subset(8), TensorRtConfig(), tmp_path / "out")
     assert not list((tmp_path / "out").iterdir())
 
