@@ -28,12 +28,13 @@ from typing import Any
 import numpy as np
 
 from edgeship.backends.sensitivity import QMAX, WEIGHTED_OPS, channel_scales, fake_quantize
+from edgeship.memory import release_freed_memory
 from edgeship.tensors import CalibrationSet
 
 WEIGHT_ROUNDING_FILE = "weight_rounding.json"
 SAMPLES = 64  # calibration samples the input statistics come from
 DAMPING = 0.01  # of the mean diagonal of H, added to it (GPTQ's default)
-BATCH = 8
+BATCH = 1  # samples per run of the model with every layer input as an output: one sample's activations are what it holds
 
 
 @contextlib.contextmanager
@@ -89,6 +90,7 @@ def _rounded_layers(path: str, _mtime: int, data: bytes, shape: tuple[int, ...])
     model = onnx.load(path)
     inits = {init.name: init for init in model.graph.initializer}
     statistics = _hessians(path, np.frombuffer(data, np.float32).reshape(shape))
+    release_freed_memory()  # the activations' pages, before a converter loads beside the result
     out = {}
     for node in eligible_layers(model, set())[0]:
         weight = numpy_helper.to_array(inits[node.input[1]])

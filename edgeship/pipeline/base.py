@@ -14,6 +14,7 @@ from rich.markup import escape
 
 from edgeship.artifacts import Artifact, ArtifactStore, Manifest, ManifestEntry, artifact_id
 from edgeship.errors import StorageError, disk_refusal
+from edgeship.memory import release_freed_memory
 from edgeship.models import user_code_failure
 from edgeship.recipe import factories
 
@@ -108,6 +109,7 @@ class RunContext:
                     made = make(folder)
                     artifact = self.store.commit(folder, aid=aid, kind=made.kind, stage=stage, main_file=made.main_file,
                                                  parents=[p.id for p in parents], meta=made.meta)
+                release_freed_memory()  # what the work freed, so the next stage and its children start from less
             except Exception as exc:
                 theirs = user_code_failure(exc, factories(self.recipe), stage=stage)
                 if theirs is not None:  # the user's model raised: their code, their traceback (--debug)
