@@ -73,3 +73,20 @@ def test_wrong_input_shape_is_a_clear_error(tiny_cnn_onnx: Path, tmp_path: Path)
 def test_unusable_cpus_are_refused(tiny_cnn_onnx: Path, tmp_path: Path) -> None:
     with pytest.raises(HarnessError, match="cannot pin to CPUs"):
         measure_isolated(spec_for(tiny_cnn_onnx, tmp_path, cpus=(4096,)), tmp_path / "work")
+
+
+def test_scoring_a_memory_mapped_input_holds_a_batch_of_it_not_all_of_it(tmp_path: Path) -> None:
+    import psutil
+
+    from edgeship import harness
+
+    inputs = np.random.default_rng(0).random((400, 3, 224, 224), dtype=np.float32)  # 241 MB
+    np.save(tmp_path / "inputs.npy", inputs)
+    expected = inputs.sum(axis=(1, 2, 3))
+    del inputs
+    mapped = np.load(tmp_path / "inputs.npy", mmap_mode="r")
+    before = psutil.Process().memory_info().rss
+    scores = harness._score(None, lambda feed: feed["x"].sum(axis=(1, 2, 3)), {"x": mapped}, lambda *_: None, batch=20)
+    grown = psutil.Process().memory_info().rss - before
+    np.testing.assert_array_equal(scores, expected)
+    assert grown < 60 * 2**20, f"scoring kept {grown / 2**20:.0f} MiB of a 241 MB input resident"

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from edgeship.artifacts import ArtifactStore, Manifest
+from edgeship.artifacts import Artifact, ArtifactStore, Manifest
 from edgeship.backends import REGISTRY
 from edgeship.data import calibration_set, load_dataset, scored_on_validation, search_set
 from edgeship.device import describe_device, source_revision, tool_versions
@@ -85,15 +85,7 @@ def run(recipe: Recipe, *, force: Iterable[str] = (), console: Console | None = 
             ctx.save_manifest()
         onnx = ExportStage().run({"model": student}, recipe.export, ctx)["onnx"]
         ctx.save_manifest()
-        needs_calibration = any(set(getattr(c, "precisions", ())) & REGISTRY[name].calibrated for name, c in requested(recipe.backends))
-        calibration = (calibration_set(dataset, recipe.calibration, recipe.data.preprocessing,
-                                       input_shape=input_shape(dataset, recipe.data.preprocessing)) if needs_calibration else None)
-        if calibration is not None:
-            manifest.calibration = {"samples": calibration.count, "fingerprint": calibration.fingerprint,
-                                    "source": str(recipe.calibration.source) if recipe.calibration.source else "held out from train"}
-        searching = any(getattr(c, "keep_float", 0) == "auto" for _, c in requested(recipe.backends))
-        search = search_set(dataset, recipe.data.preprocessing) if searching else None
-        built = BuildStage(calibration, search).run({"onnx": onnx}, recipe.backends, ctx)
+        built = build_engines(onnx, ctx)
         ctx.save_manifest()
         if recipe.validate_.split == "validation":  # scored on held-out data: a search's trials never see the evaluation split
             ctx = dataclasses.replace(ctx, dataset=scored_on_validation(dataset))
@@ -104,6 +96,21 @@ def run(recipe: Recipe, *, force: Iterable[str] = (), console: Console | None = 
         ctx.save_manifest()
         ReportStage().run(results, ReportConfig(), ctx)
     return finish(run_dir, manifest, console)
+
+
+def build_engines(onnx: Artifact, ctx: RunContext) -> dict[str, Artifact]:
+    """The build stage with its calibration and search samples, which live only as long as it does: the stages after
+    it (and their measuring processes beside the run) do not carry them."""
+    recipe, dataset = ctx.recipe, ctx.dataset
+    needs_calibration = any(set(getattr(c, "precisions", ())) & REGISTRY[name].calibrated for name, c in requested(recipe.backends))
+    calibration = (calibration_set(dataset, recipe.calibration, recipe.data.preprocessing,
+                                   input_shape=input_shape(dataset, recipe.data.preprocessing)) if needs_calibration else None)
+    if calibration is not None:
+        ctx.manifest.calibration = {"samples": calibration.count, "fingerprint": calibration.fingerprint,
+                                    "source": str(recipe.calibration.source) if recipe.calibration.source else "held out from train"}
+    searching = any(getattr(c, "keep_float", 0) == "auto" for _, c in requested(recipe.backends))
+    search = search_set(dataset, recipe.data.preprocessing) if searching else None
+    return BuildStage(calibration, search).run({"onnx": onnx}, recipe.backends, ctx)
 
 
 def start(recipe: Recipe, label: str, recipe_path: Path | None) -> tuple[ArtifactStore, Path, Manifest]:
