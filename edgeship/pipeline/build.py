@@ -16,12 +16,9 @@ own (``BackendInfo.build_in_child``), so the run does not carry it into the stag
 from __future__ import annotations
 
 import json
-import multiprocessing
-import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from pydantic import BaseModel
 
@@ -33,6 +30,7 @@ from edgeship.backends.rounding import WEIGHT_ROUNDING_FILE
 from edgeship.backends.sensitivity import FLOAT_LAYERS_FILE
 from edgeship.errors import BackendUnavailable, BuildError, StageError
 from edgeship.pipeline.base import Made, RunContext
+from edgeship.pipeline.child import in_child
 from edgeship.progress import step_notes
 from edgeship.recipe import BackendsConfig
 from edgeship.tensors import SearchSet
@@ -155,34 +153,15 @@ class BuildStage:
         return ctx.produce(self.name, engine_name(backend_name, precision), config=config, parents=[source], extra_key=extra, make=make)
 
 
-_CHILD_NOTES: Any = None  # in a build's child process: where its step notes go (the parent's spinner)
-
-
 def build_in_child(backend_name: str, source: Artifact, precision: Precision, calibration: CalibrationSet | None, cfg: BaseModel,
                    folder: Path, show: Callable[[str], None]) -> Path:
-    """``backend.build`` in a fresh child process (spawned: nothing of the run's memory or threads), its step notes
-    passed on to ``show``, its errors re-raised here: what a converter allocates is freed when the child ends."""
-    context = multiprocessing.get_context("spawn")
-    notes = context.SimpleQueue()
-    with ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_take_notes, initargs=(notes,)) as pool:
-        future = pool.submit(_build_here, backend_name, source, precision, calibration, cfg, folder)
-        while not future.done():
-            while not notes.empty():
-                show(notes.get())
-            time.sleep(0.1)
-        return future.result()
-
-
-def _take_notes(notes: Any) -> None:
-    global _CHILD_NOTES
-    _CHILD_NOTES = notes
+    """``backend.build`` in a fresh child process (``in_child``): what a converter allocates is freed when it ends."""
+    return in_child(_build_here, backend_name, source, precision, calibration, cfg, folder, show=show)
 
 
 def _build_here(backend_name: str, source: Artifact, precision: Precision, calibration: CalibrationSet | None, cfg: BaseModel,
                 folder: Path) -> Path:
-    """A build child's work: the backend's own ``build``, its step notes sent to the parent."""
-    with step_notes(_CHILD_NOTES.put):
-        return get_backend(backend_name).build(source, precision, calibration, cfg, folder)
+    return get_backend(backend_name).build(source, precision, calibration, cfg, folder)
 
 
 def side_metrics(folder: Path) -> dict[str, object]:

@@ -20,8 +20,9 @@ from edgeship.errors import DataError, StageError
 from edgeship.models import call_model, load_model
 from edgeship.photos import judge_probes
 from edgeship.pipeline.base import Made, RunContext
+from edgeship.pipeline.child import CHILD_MODEL_BYTES, in_child
 from edgeship.pipeline.model import ONNX_MODEL, check_feed
-from edgeship.recipe import ExportConfig
+from edgeship.recipe import ExportConfig, ModelConfig
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -52,7 +53,10 @@ class ExportStage:
         shape = tuple(model_artifact.meta["input_shape"])
         raw = folder / "raw.onnx"
         with ctx.console.status("exporting to ONNX"):
-            _export(model, shape, raw, cfg.opset)
+            if model_artifact.size >= CHILD_MODEL_BYTES:
+                in_child(_export_stored, model_artifact, ctx.recipe.model, shape, raw, cfg.opset)
+            else:
+                _export(model, shape, raw, cfg.opset)
         try:
             onnx.checker.check_model(str(raw), full_check=True)
         except onnx.checker.ValidationError as exc:
@@ -99,8 +103,12 @@ class ExportStage:
         names = [record["name"] for record in records]
         feed = model_inputs(ctx.dataset.eval, ctx.recipe.data.preprocessing, names[0], count=cfg.parity_batch)
         raw = folder / "raw.onnx"
+        example = {name: array[:2] for name, array in feed.items()}
         with ctx.console.status("exporting to ONNX"):
-            _export_named(model, {name: array[:2] for name, array in feed.items()}, records, raw, cfg.opset)
+            if model_artifact.size >= CHILD_MODEL_BYTES:
+                in_child(_export_stored_named, model_artifact, ctx.recipe.model, example, records, raw, cfg.opset)
+            else:
+                _export_named(model, example, records, raw, cfg.opset)
         exported = onnx.load(str(raw))
         rename_outputs(exported, outputs)
         onnx.save(exported, str(raw))
@@ -176,6 +184,18 @@ def _sanity_check(onnx_path: Path, model_artifact: Artifact, ctx: RunContext) ->
                                        for r in wrong))
     ctx.console.print("sanity check: " + ", ".join(f"{r['photo']} → {r['predicted']}" for r in results))
     return results
+
+
+def _export_stored(model_artifact: Artifact, model_cfg: ModelConfig, shape: tuple[int, ...], path: Path, opset: int) -> None:
+    """The export's child process (``in_child``): the stored model loaded and exported; the exporter's imports, which no
+    trim gives back, leave with the child."""
+    _export(load_model(model_artifact, model_cfg), shape, path, opset)
+
+
+def _export_stored_named(model_artifact: Artifact, model_cfg: ModelConfig, example: Mapping[str, np.ndarray],
+                         records: list[dict[str, Any]], path: Path, opset: int) -> None:
+    """As ``_export_stored``, for a model with named inputs."""
+    _export_named(load_model(model_artifact, model_cfg), example, records, path, opset)
 
 
 def _export(model: Any, shape: tuple[int, ...], path: Path, opset: int) -> None:

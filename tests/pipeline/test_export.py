@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -57,3 +59,18 @@ def test_parity_failure_stops_the_stage(context: RunContext, model: object, monk
     forced = RunContext(**{**context.__dict__, "force": frozenset({"export"})})
     with pytest.raises(StageError, match=r"differs from PyTorch by 0.001.*parity_atol=0.0001"):
         ExportStage().run({"model": model}, context.recipe.export, forced)
+
+
+@needs_fashion_mnist
+def test_a_large_model_exports_in_a_child_process_to_the_same_onnx(context: RunContext, model: object, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above ``CHILD_MODEL_BYTES`` the exporter runs in a child (its imports leave with it): the same ONNX, bit for bit."""
+    here = ExportStage().run({"model": model}, context.recipe.export, context)["onnx"]
+    children: list[object] = []
+    real = export_module.in_child
+    monkeypatch.setattr(export_module, "in_child", lambda work, *args, **kw: children.append(work) or real(work, *args, **kw))
+    monkeypatch.setattr(export_module, "CHILD_MODEL_BYTES", 0)
+    elsewhere = RunContext(**{**context.__dict__, "store": ArtifactStore(tmp_path / "store")})
+    child = ExportStage().run({"model": model}, context.recipe.export, elsewhere)["onnx"]
+    assert children == [export_module._export_stored]
+    assert child.sha256 == here.sha256 and child.meta["metrics"] == here.meta["metrics"]
