@@ -10,7 +10,8 @@ present. The prepared ONNX is an output either way, so the validate stage can
 score it on ONNX Runtime as a labelled prediction.
 
 A backend whose converter keeps memory it never frees (TFLite: TensorFlow and onnx2tf) builds in a child process of its
-own (``BackendInfo.build_in_child``), so the run does not carry it into the stages after.
+own (``BackendInfo.build_in_child``), so the run does not carry it into the stages after; so does every calibrated build
+of a model of ``CHILD_MODEL_BYTES`` or more (the quantizers' imports and caches: NNCF, ONNX Runtime's calibrators, GPTQ).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from edgeship.backends.rounding import WEIGHT_ROUNDING_FILE
 from edgeship.backends.sensitivity import FLOAT_LAYERS_FILE
 from edgeship.errors import BackendUnavailable, BuildError, StageError
 from edgeship.pipeline.base import Made, RunContext
-from edgeship.pipeline.child import in_child
+from edgeship.pipeline.child import CHILD_MODEL_BYTES, in_child
 from edgeship.progress import step_notes
 from edgeship.recipe import BackendsConfig
 from edgeship.tensors import SearchSet
@@ -136,7 +137,7 @@ class BuildStage:
             with ctx.console.status(title) as status, step_notes(lambda text: status.update(f"{title}: {text}")):
                 if preparing:
                     main = backend.compile(source.path, precision, backend_cfg, folder)  # type: ignore[attr-defined]
-                elif backend.info.build_in_child:
+                elif backend.info.build_in_child or (calibration is not None and source.size >= CHILD_MODEL_BYTES):
                     main = build_in_child(backend_name, source, precision, calibration, backend_cfg, folder,
                                           lambda text: status.update(f"{title}: {text}"))
                 else:

@@ -370,3 +370,20 @@ def test_validate_command_refuses_bad_engine_files_with_one_line(tmp_path: Path,
         assert main(["validate", str(path), "--recipe", str(recipe)]) == 2
         err = capsys.readouterr().err
         assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_large_models_calibrated_build_runs_in_a_child_and_makes_the_same_engine(recipe: Recipe, cold: RunResult,
+                                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """At ``CHILD_MODEL_BYTES`` or more (here: any size) an INT8 build goes to a child process, where the quantizer's
+    memory leaves with it; an FP32 build, which calibrates nothing, stays in the run's process. The engine is the same."""
+    from edgeship.pipeline import build
+
+    children: list[tuple[str, object]] = []
+    real = build.in_child
+    monkeypatch.setattr(build, "in_child", lambda work, *args, **kw: children.append((args[0], args[2])) or real(work, *args, **kw))
+    monkeypatch.setattr(build, "CHILD_MODEL_BYTES", 0)
+    rebuilt = run(recipe, force=["build"], console=Console(quiet=True))
+    assert children == [("onnxruntime", "int8")]
+    engines = {e.name: e for e in rebuilt.manifest.entries if e.stage == "build"}
+    before = {e.name: e for e in cold.manifest.entries if e.stage == "build"}
+    assert not engines["onnxruntime/int8"].reused and engines["onnxruntime/int8"].sha256 == before["onnxruntime/int8"].sha256
