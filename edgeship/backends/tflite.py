@@ -418,6 +418,7 @@ def onnx_to_saved_model(source: Path, work: Path, calibration: CalibrationSet | 
         import onnx
         import onnx2tf
         import onnx2tf.onnx2tf as onnx2tf_main
+        import tensorflow as tf
         import tf_keras
 
         from edgeship.backends.gelu import fuse_erf_gelu
@@ -434,8 +435,10 @@ def onnx_to_saved_model(source: Path, work: Path, calibration: CalibrationSet | 
         shutil.copyfile(source, own_copy)
     with captured_output() as log, _patched(onnx2tf_main, "download_test_image_data", lambda: _local_sample_images(calibration)):
         try:
-            onnx2tf.convert(input_onnx_file_path=str(own_copy), output_folder_path=str(folder), non_verbose=True,
-                            copy_onnx_input_output_names_to_tflite=True, disable_model_save=False)
+            # the Keras model only, saved as onnx2tf would save it: its own two .tflite conversions would go unused
+            keras_model = onnx2tf.convert(input_onnx_file_path=str(own_copy), output_folder_path=str(folder), non_verbose=True,
+                                          copy_onnx_input_output_names_to_tflite=True, disable_model_save=True)
+            tf.saved_model.save(keras_model, str(folder))
         except SystemExit as exc:  # onnx2tf exits on errors after printing them
             raise BuildError("tflite", precision, f"onnx2tf failed (exit {exc.code}): {error_line(log.getvalue())}") from None
         except Exception as exc:
