@@ -38,12 +38,12 @@ def measure(row: dict[str, Any], *, threads: int, seconds: float, rounds: int, r
         name, meta = next(iter(runner.input_metadata().items()))
         sample = rng.normal(size=(1, *[d or 1 for d in meta.shape[1:]])).astype(np.float32)
         feed = {name: sample}
-        harness_call = _caller(runner, name)
+        harness_call = _caller(runner, every_output=False)
         bare = runner.bare_call(feed)
         assert bare is not None
         calls = {"runtime": lambda: time_calls(bare, warmup=0, iterations=1, min_seconds=seconds),
                  "infer": lambda: time_calls(lambda: runner.infer(feed), warmup=0, iterations=1, min_seconds=seconds),
-                 "harness": lambda: _timed("harness", lambda: harness_call(sample), 0, 1, seconds, lambda *_: None)}
+                 "harness": lambda: _timed("harness", lambda: harness_call(feed), 0, 1, seconds, lambda *_: None)}
         for run in calls.values():  # warm-up
             run()
         pooled: dict[str, list[np.ndarray]] = {key: [] for key in calls}
