@@ -30,6 +30,9 @@ def in_child(work: Callable[..., T], *args: Any, show: Callable[[str], None] = l
     notes = context.SimpleQueue()
     with ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_take_notes, initargs=(notes,)) as pool:
         future = pool.submit(_noting, work, *args)
+        # multiprocessing's queue feeder thread keeps the last call it sent, pickled, until it sends another: an empty
+        # call after the work lets go of the work's arguments (a calibration set: hundreds of MB) while the child runs
+        pool.submit(_nothing)
         while not future.done():
             while not notes.empty():
                 show(notes.get())
@@ -45,3 +48,7 @@ def _take_notes(notes: Any) -> None:
 def _noting(work: Callable[..., T], *args: Any) -> T:
     with step_notes(_NOTES.put):
         return work(*args)
+
+
+def _nothing() -> None:
+    return None

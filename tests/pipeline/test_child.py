@@ -1,0 +1,34 @@
+"""``pipeline/child.in_child``: work in a spawned process, its notes forwarded, its arguments not held by the parent."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import psutil
+
+from edgeship.memory import release_freed_memory
+from edgeship.pipeline.child import in_child
+from edgeship.progress import note_step
+
+
+def _wait_then_sum(array: np.ndarray, seconds: float) -> float:
+    note_step("started")
+    time.sleep(seconds)
+    return float(array.sum())
+
+
+def test_the_parent_lets_go_of_the_arguments_while_the_child_works() -> None:
+    """A 160 MB argument is pickled to the child; while the child works, the parent holds no pickled copy of it."""
+    array = np.ones((40, 1000, 1000), np.float32)
+    release_freed_memory()
+    before = psutil.Process().memory_info().rss
+    during: list[int] = []
+
+    def sample(text: str) -> None:  # the child's note arrives once it holds its arguments
+        threading.Timer(0.5, lambda: during.append(psutil.Process().memory_info().rss)).start()
+
+    assert in_child(_wait_then_sum, array, 2.0, show=sample) == 40e6
+    assert len(during) == 1
+    assert during[0] - before < 60 * 2**20, f"the parent held {(during[0] - before) / 2**20:.0f} MiB more while the child ran"
