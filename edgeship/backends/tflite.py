@@ -177,7 +177,7 @@ class SelectiveInt8:
         self.calibration = calibration
         self.cfg = cfg
         self.work = work
-        self._converted: tuple[str, Any, dict[str, str]] | None = None  # source digest, debugger, ONNX node → TFLite tensor
+        self._converted: tuple[str, Any, dict[str, str]] | None = None  # model key, debugger, ONNX node → TFLite tensor
         self._unrounded_model: Any = None  # with GPTQ: the unrounded weights kept layers get back
 
     def build(self, onnx: Path, nodes: list[str], out_dir: Path) -> Path:
@@ -196,8 +196,8 @@ class SelectiveInt8:
         if self.cfg.weight_rounding != "nearest":
             _, record = round_weights(onnx, self.calibration.samples, nodes)  # what this float set's engine has rounded
             (out_dir / WEIGHT_ROUNDING_FILE).write_text(json.dumps(record, indent=2))
-        if self.cfg.weight_rounding != "nearest" and nodes:
-            debugger.calibrated_model = _with_weights_of(calibrated, self._unrounded(onnx), denylist)
+            if nodes:
+                debugger.calibrated_model = _with_weights_of(calibrated, self._unrounded(onnx), denylist)
         with captured_output() as log:
             try:
                 debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denylist)
@@ -645,19 +645,21 @@ class _Write:
         self.perm = perm or None
         # an image of a few channels made channels-last one channel at a time: numpy's transposing copy reads the source
         # with a stride of one channel plane, which is slower per call than a few plane-sized strided writes
-        few = len(shape) in TO_CHANNELS_LAST and tuple(perm or ()) == TO_CHANNELS_LAST[len(shape)] and shape[1] <= FEW_CHANNELS
-        self.planes = shape[1] if few and int(np.prod(shape)) >= PLANE_WRITES_FROM else 0
-        self.view = interpreter.tensor(details["index"])  # a view of its input buffer, to be dropped before each invoke
         engine_shape = tuple(shape[i] for i in perm) if perm else shape
         dtype = np.dtype(details["dtype"])
-        self.target = np.empty(engine_shape, dtype)
         # a float input the engine takes as int8 is quantized; an integer input (token ids) is only cast to the engine's width
         scale = details["quantization"][0] if details.get("quantization") else 0.0
         self.quantizer = Quantizer(dtype, *details["quantization"]) if dtype.kind in "iu" and scale else None
         self.scratch = np.empty(engine_shape, np.float32) if self.quantizer else None
+        few = len(shape) in TO_CHANNELS_LAST and tuple(perm or ()) == TO_CHANNELS_LAST[len(shape)] and shape[1] <= FEW_CHANNELS
+        self.planes = shape[1] if few and self.quantizer is None and int(np.prod(shape)) >= PLANE_WRITES_FROM else 0
+        # written by planes: into a view of the interpreter's input buffer (dropped before each invoke); else into a buffer
+        # of this plan's own, handed over with set_tensor
+        self.view = interpreter.tensor(details["index"]) if self.planes else None
+        self.target = None if self.planes else np.empty(engine_shape, dtype)
 
     def write(self, array: np.ndarray) -> None:
-        if self.planes and self.quantizer is None:
+        if self.view is not None:
             target = self.view()  # LiteRT refuses to invoke while it is held: it goes out of scope on return
             for channel in range(self.planes):
                 target[..., channel] = array[:, channel]
