@@ -61,6 +61,9 @@ class StageError(EdgeshipError):
         self.stage = stage
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # raised in an export's child process, re-raised in the run's
+        return type(self), (self.stage, self.reason)
+
 
 class StorageError(EdgeshipError):
     """The disk refused a write (full, over quota, read-only): the run stops; what it finished stays in the store."""

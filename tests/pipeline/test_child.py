@@ -7,7 +7,9 @@ import time
 
 import numpy as np
 import psutil
+import pytest
 
+from edgeship.errors import StageError
 from edgeship.memory import release_freed_memory
 from edgeship.pipeline.child import in_child
 from edgeship.progress import note_step
@@ -32,3 +34,15 @@ def test_the_parent_lets_go_of_the_arguments_while_the_child_works() -> None:
     assert in_child(_wait_then_sum, array, 2.0, show=sample) == 40e6
     assert len(during) == 1
     assert during[0] - before < 60 * 2**20, f"the parent held {(during[0] - before) / 2**20:.0f} MiB more while the child ran"
+
+
+def _export_fails() -> None:
+    raise StageError("export", "torch.onnx.export failed: UnsupportedOperatorError: aten::weird")
+
+
+def test_a_stage_error_in_the_child_is_the_same_one_line_error_in_the_parent() -> None:
+    """The export's child raises ``StageError`` (the exporter's complaint): it reaches the run with its fields, not as a
+    broken process pool."""
+    with pytest.raises(StageError, match=r"stage 'export' failed: torch.onnx.export failed: UnsupportedOperatorError") as caught:
+        in_child(_export_fails)
+    assert (caught.value.stage, caught.value.reason) == ("export", "torch.onnx.export failed: UnsupportedOperatorError: aten::weird")
