@@ -45,13 +45,18 @@ if TYPE_CHECKING:
 
 RUNTIME_FILE = "runtime.json"
 DISTRIBUTIONS = ("openvino", "nncf")
+# an input this large is handed to the request as it is (a tensor sharing the caller's memory, set on every call) rather
+# than copied into a tensor set once: on a 602 KB image the copy cost more than setting the tensor, on a 3 KB one less
+# (docs/measurements.md, 2026-12-05)
+SHARED_INPUT_FROM = 256 * 1024
 
 
 class OpenVinoConfig(BackendSection):
     BACKEND: ClassVar[str] = "openvino"
     SUPPORTED: ClassVar[frozenset[Precision]] = frozenset(Precision)
     INT8_ONLY: ClassVar[frozenset[str]] = frozenset({"preset", "subset_size", "fast_bias_correction", "keep_float", "accuracy_target",
-                                                     "weight_rounding", "model_type", "smooth_quant_alpha"})
+                                                     "weight_rounding", "model_type", "smooth_quant_alpha",
+                                                     "calibration_method"})
 
     precisions: tuple[Precision, ...] = (Precision.FP32, Precision.FP16, Precision.INT8)
     preset: Literal["performance", "mixed"] = Field(
@@ -59,6 +64,11 @@ class OpenVinoConfig(BackendSection):
     subset_size: PositiveInt = Field(default=300, description="calibration samples nncf.quantize uses")
     fast_bias_correction: bool = Field(default=False, description="NNCF fast bias correction; the full one cost 0.6 pt less top-1 "
                                                                   "on the default model (91.87% vs 91.29%, FP32 91.94%)")
+    calibration_method: Literal["mean_minmax", "minmax", "mean_quantile", "histogram"] = Field(
+        default="mean_minmax", description="INT8: how NNCF sets each per-tensor activation range from the calibration samples "
+                                           "(its RangeEstimatorParametersSet): the mean over samples of each one's min and max "
+                                           "(NNCF's default), the global min and max, the mean of each sample's 0.01% / 99.99% "
+                                           "quantiles, or the range that minimises the quantization error of a histogram")
     model_type: Literal["transformer"] | None = Field(
         default=None, description="INT8: nncf.quantize's model_type; transformer keeps attention's sensitive ops (softmax inputs, "
                                   "layer norms) in float, NNCF's advice for transformer models")
@@ -144,11 +154,19 @@ class OpenVinoBackend(BackendBase):
         ignored = nncf.IgnoredScope(patterns=[f"^{re.escape(name)}(/.*)?$" for name in keep], validate=False) if keep else None
         nncf.set_log_level(logging.WARNING)  # it logs every node an ignored scope leaves out, on the user's terminal
         extra: dict[str, Any] = {"model_type": nncf.ModelType.TRANSFORMER} if cfg.model_type == "transformer" else {}
+        advanced: dict[str, Any] = {}
         if cfg.smooth_quant_alpha is not None:
-            from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+            from nncf.quantization.advanced_parameters import AdvancedSmoothQuantParameters
 
-            alphas = AdvancedSmoothQuantParameters(matmul=cfg.smooth_quant_alpha)
-            extra["advanced_parameters"] = AdvancedQuantizationParameters(smooth_quant_alphas=alphas)
+            advanced["smooth_quant_alphas"] = AdvancedSmoothQuantParameters(matmul=cfg.smooth_quant_alpha)
+        if cfg.calibration_method != "mean_minmax":  # NNCF's own default left to NNCF
+            from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+            advanced["activations_range_estimator_params"] = getattr(RangeEstimatorParametersSet, cfg.calibration_method.upper())
+        if advanced:
+            from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+
+            extra["advanced_parameters"] = AdvancedQuantizationParameters(**advanced)
         return nncf.quantize(model, nncf.Dataset(calibration), preset=nncf.QuantizationPreset(cfg.preset),
                              subset_size=min(cfg.subset_size, calibration.count),
                              fast_bias_correction=cfg.fast_bias_correction, ignored_scope=ignored, **extra)
@@ -245,8 +263,10 @@ class OpenVinoRunner(Runner):
             name = port.get_any_name()
             self._meta[name] = TensorMeta(name, np.dtype(port.get_element_type().to_dtype()), shape)
         self._outputs = [port.get_any_name() for port in self._compiled.outputs]
-        self._planned: dict[str, np.ndarray] = {}  # input name → the memory its request tensor shares, while the shapes hold
+        # input name → (the shape it was planned for, how a new value goes into the request), while the shapes hold
+        self._writes: dict[str, tuple[tuple[int, ...], Callable[[np.ndarray], None]]] = {}
         self._results: dict[str, np.ndarray] = {}  # output name → the memory its request tensor shares
+        self._held: dict[str, np.ndarray] = {}  # input name → the memory its request tensor reads (OpenVINO does not hold it)
         self._static_outputs = all(not d.is_dynamic for port in self._compiled.outputs for d in list(port.get_partial_shape())[1:])
 
     def _deactivate(self) -> None:
@@ -261,35 +281,49 @@ class OpenVinoRunner(Runner):
     def _infer(self, feed: Feed) -> Feed:
         # Inputs and outputs live in buffers the request's tensors share, set once per input shape: setting a new input
         # tensor on every call costs a dynamic-shape model ~20 µs of re-planning, and fetching each output tensor after
-        # the call ~3 µs, neither of which an application reusing its buffers pays.
-        buffers = self._planned
+        # the call ~3 µs, neither of which an application reusing its buffers pays. A large input is the exception
+        # (``SHARED_INPUT_FROM``): copying it costs more than setting it.
+        writes = self._writes
         for name, array in feed.items():
-            buffer = buffers.get(name)
-            if buffer is None or buffer.shape != array.shape:
+            plan = writes.get(name)
+            if plan is None or plan[0] != array.shape:
                 return self._plan(feed)
-            buffer[...] = array
+            plan[1](array)
         self._run()
         return {name: buffer.copy() for name, buffer in self._results.items()}
 
     def _plan(self, feed: Feed) -> Feed:
-        """The first call with these input shapes: new shared buffers for the inputs, then for the outputs once their
-        shapes are known (only where they follow from the input shapes: every output dimension but the batch static;
-        otherwise every call comes here)."""
+        """The first call with these input shapes: new shared buffers for the inputs (a large one then set from the
+        caller's array on each call), then for the outputs once their shapes are known (only where they follow from the
+        input shapes: every output dimension but the batch static; otherwise every call comes here)."""
         # a fresh request: one whose outputs were set for other shapes would be written wrongly
         request = self._request = self._compiled.create_infer_request()
-        buffers = {name: np.array(array, copy=True) for name, array in feed.items()}
+        buffers = self._held = {name: np.array(array, copy=True) for name, array in feed.items()}
         for name, buffer in buffers.items():
             request.set_tensor(name, self._tensor(buffer, shared_memory=True))
         request.infer()
         outputs = {name: request.get_output_tensor(i).data.copy() for i, name in enumerate(self._outputs)}
-        self._results, self._planned = {}, {}
+        self._results, self._writes = {}, {}
         if self._static_outputs:
             for i, (name, value) in enumerate(outputs.items()):
                 self._results[name] = np.empty_like(value)
                 request.set_output_tensor(i, self._tensor(self._results[name], shared_memory=True))
-            self._planned = buffers
+            self._writes = {name: (buffer.shape, self._sharing(request, name) if buffer.nbytes >= SHARED_INPUT_FROM
+                                   else functools.partial(np.copyto, buffer))
+                            for name, buffer in buffers.items()}
         self._run = _lean_infer(request)
         return outputs
+
+    def _sharing(self, request: Any, name: str) -> Callable[[np.ndarray], None]:
+        """Each new value of input ``name`` set as a tensor on the caller's own memory (a copy only if it is not
+        contiguous). OpenVINO's tensor does not keep that memory alive, so the runner does until the next call."""
+        set_tensor, tensor, held = request.set_tensor, self._tensor, self._held
+
+        def write(array: np.ndarray) -> None:
+            held[name] = array = np.ascontiguousarray(array)
+            set_tensor(name, tensor(array, shared_memory=True))
+
+        return write
 
     def _profile(self, feed: Feed, runs: int) -> OpProfile:
         """OpenVINO's performance counters (``PERF_COUNT``) on a model compiled for them: each executed node's real time

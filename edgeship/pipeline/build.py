@@ -41,7 +41,7 @@ SIDE_METRICS = {FLOAT_LAYERS_FILE: "float_layers", WEIGHT_ROUNDING_FILE: "weight
 PREPARE = "prepare"  # the stage name of prepared ONNX artifacts, made inside the build stage
 # keys added later: at these defaults they stay out of an engine's identity, so no engine stored before them rebuilds
 DEFAULT_UNKEYED: dict[str, object] = {"accuracy_target": None, "mode": "static", "model_type": None, "smooth_quant_alpha": None,
-                                      "fixed_shape": None}
+                                      "fixed_shape": None, "calibration_method": "mean_minmax"}  # OpenVINO's, added later
 
 
 def engine_name(backend: str, precision: Precision | str) -> str:

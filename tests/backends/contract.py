@@ -177,6 +177,23 @@ class BackendContract:
                     for feed, want in zip(feeds, expected, strict=True):
                         np.testing.assert_array_equal(runner.infer(feed)["logits"], want, err_msg=str(precision))
 
+    def test_a_large_feed_is_read_anew_on_every_call(self, impl: Backend, engines: dict[Precision, Path],
+                                                     trained_cnn: TrainedCnn) -> None:
+        """A runner may take a large input without copying it (OpenVINO sets a tensor on the caller's memory): every call
+        must still read the values it is given, from a new array, a non-contiguous one or one changed in place."""
+        if impl.info.name == "tensorrt":
+            pytest.skip("a TensorRT engine needs a GPU")
+        first, second = trained_cnn.evaluation[:128], trained_cnn.evaluation[128:256]  # 401 KB each
+        assert first.nbytes > 256 * 1024
+        with impl.runner(engines[Precision.FP32], threads=1) as runner:
+            want = [runner.infer({"input": first})["logits"], runner.infer({"input": second})["logits"]]
+            feed = first.copy()
+            for round_ in range(2):
+                np.testing.assert_array_equal(runner.infer({"input": second.copy()})["logits"], want[1])
+                np.testing.assert_array_equal(runner.infer({"input": np.asfortranarray(first)})["logits"], want[0])
+                feed[...] = (first, second)[round_]  # the same array, changed in place between calls
+                np.testing.assert_array_equal(runner.infer({"input": feed})["logits"], want[round_])
+
     def test_profile_times_each_layer_or_says_why_not(self, impl: Backend, engines: dict[Precision, Path], trained_cnn: TrainedCnn) -> None:
         """``profiles``: whether the runtime has a per-layer profiler edgeship reads. A profile runs in a session of its own
         and leaves the runner's outputs as they were; a bad feed is refused as ``infer`` refuses it."""

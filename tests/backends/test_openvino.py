@@ -43,6 +43,34 @@ def test_int8_has_fake_quantize_and_smaller_weights(trained_cnn: TrainedCnn, tmp
     assert int8.with_suffix(".bin").stat().st_size < 0.5 * fp32.with_suffix(".bin").stat().st_size
 
 
+def _activation_ranges(engine: Path) -> dict[str, float]:
+    """The upper limit of every per-tensor FakeQuantize on an activation (a weight's has one limit per channel)."""
+    import openvino as ov
+
+    ranges = {}
+    for node in ov.Core().read_model(str(engine)).get_ordered_ops():
+        if node.get_type_name() == "FakeQuantize":
+            high = node.input_value(2).get_node().get_data()
+            if high.size == 1 and node.input_value(0).get_node().get_type_name() != "Constant":
+                ranges[node.get_friendly_name()] = float(high.reshape(-1)[0])
+    return ranges
+
+
+def test_calibration_method_sets_the_activation_ranges(trained_cnn: TrainedCnn, tmp_path: Path) -> None:
+    """The global min and max are never narrower than NNCF's default (each sample's min and max, averaged), and on a
+    trained model's activations somewhere wider."""
+    from edgeship.backends.openvino import OpenVinoBackend
+
+    calibration = CalibrationSet(trained_cnn.calibration, "fp")
+    ranges = {method: _activation_ranges(OpenVinoBackend().build(onnx_artifact(trained_cnn.onnx), Precision.INT8, calibration,
+                                                                 OpenVinoConfig(subset_size=50, calibration_method=method),
+                                                                 tmp_path / method))
+              for method in ("mean_minmax", "minmax")}
+    assert ranges["minmax"].keys() == ranges["mean_minmax"].keys() and ranges["minmax"]
+    assert all(ranges["minmax"][name] >= high * (1 - 1e-6) for name, high in ranges["mean_minmax"].items())
+    assert any(ranges["minmax"][name] > high * 1.01 for name, high in ranges["mean_minmax"].items())
+
+
 def test_benchmark_app_cross_check(trained_cnn: TrainedCnn, tmp_path: Path) -> None:
     from edgeship.backends.openvino import OpenVinoBackend, benchmark_app
 

@@ -65,7 +65,9 @@ def test_keys_added_later_stay_out_of_an_engines_identity_at_their_defaults() ->
     plain = engine_config("onnxruntime", Precision.INT8, OnnxRuntimeConfig())
     assert "mode" not in plain and "accuracy_target" not in plain
     assert engine_config("onnxruntime", Precision.INT8, OnnxRuntimeConfig(mode="dynamic"))["mode"] == "dynamic"
-    assert not {"model_type", "smooth_quant_alpha"} & set(engine_config("openvino", Precision.INT8, OpenVinoConfig()))
+    assert not {"model_type", "smooth_quant_alpha", "calibration_method"} & set(engine_config("openvino", Precision.INT8, OpenVinoConfig()))
+    assert engine_config("openvino", Precision.INT8, OpenVinoConfig(calibration_method="histogram"))["calibration_method"] == "histogram"
+    assert engine_config("onnxruntime", Precision.INT8, OnnxRuntimeConfig())["calibration_method"] == "minmax"  # its own default keys
     assert "fixed_shape" not in engine_config("tflite", Precision.FP32, TfliteConfig())
     assert engine_config("tflite", Precision.FP32, TfliteConfig(fixed_shape={"x": (1, 3, 8, 8)}))["fixed_shape"] == {"x": [1, 3, 8, 8]}
 
