@@ -36,16 +36,17 @@ NOTHING_QUALIFIED = "nothing was qualified: no required engine was built, measur
 
 
 def judge(row: EngineRow, baseline_top1: float | None, gates: GatesConfig, *, labelled: bool = True,
-          task: str = "classification") -> tuple[Verdict, list[GateResult]]:
+          task: str = "classification", split: str = "evaluation") -> tuple[Verdict, list[GateResult]]:
     """The verdict on one engine row of the report and each gate's outcome; ``labelled``: whether the evaluation data
     has labels (without, the top-1 gates cannot apply and agreement decides); ``task``: a generic model has no class
-    scores, so only output fidelity, latency and size gates apply."""
+    scores, so only output fidelity, latency and size gates apply; ``split``: the data the row was scored on, named in
+    each accuracy gate's detail."""
     if row.status != "ok" or (row.top1 is None and row.top1_agreement is None and row.fidelity is None):
         verdict: Verdict = "skipped" if row.status == "skipped" else "error"
         why = f"not measured: {row.status}: {row.reason or 'no result'}"
         return verdict, [_gate(name, gates, "not-applicable", None, why, prediction=_prediction(name, row, baseline_top1, gates))
                          for name in GATES]
-    results = [_judge_one(name, row, baseline_top1, gates, labelled=labelled, task=task) for name in GATES]
+    results = [_judge_one(name, row, baseline_top1, gates, labelled=labelled, task=task, split=split) for name in GATES]
     if row.float_search:
         results.append(_float_search_gate(row.float_search))
     return ("fail" if any(r.outcome == "fail" for r in results) else "pass"), results
@@ -153,7 +154,7 @@ def _passes(name: str, value: float, limit: float) -> bool:
 
 
 def _judge_one(name: str, row: EngineRow, baseline_top1: float | None, gates: GatesConfig, *, labelled: bool,
-               task: str = "classification") -> GateResult:
+               task: str = "classification", split: str = "evaluation") -> GateResult:
     limit = getattr(gates, name)
     if limit is None:
         return _gate(name, gates, "not-applicable", None, "no limit set in the recipe")
@@ -161,17 +162,17 @@ def _judge_one(name: str, row: EngineRow, baseline_top1: float | None, gates: Ga
         return _gate(name, gates, "not-applicable", None, "a generic model has no class scores: output fidelity decides "
                                                           "(min_cosine, min_sqnr_db)")
     if name in FIDELITY_GATES:
-        return _fidelity_gate(name, row, gates)
+        return _fidelity_gate(name, row, gates, split)
     if name in LABEL_GATES and not labelled:
         return _gate(name, gates, "not-applicable", None, "no labels in the evaluation data: accuracy is top-1 agreement with FP32 "
                                                           "(min_agreement)")
-    value, detail = _measured(name, row, baseline_top1)
+    value, detail = _measured(name, row, baseline_top1, split)
     if value is None:  # a limit was set and the value is missing: the engine was never checked against it
         return _gate(name, gates, "fail", None, f"not measured: {detail}")
     return _gate(name, gates, "pass" if _passes(name, value, limit) else "fail", value, detail)
 
 
-def _measured(name: str, row: Scores, baseline_top1: float | None) -> tuple[float | None, str]:
+def _measured(name: str, row: Scores, baseline_top1: float | None, split: str = "evaluation") -> tuple[float | None, str]:
     """The value a gate judges, and how it was measured, from a measured row or a prediction."""
     top1 = row.top1
     if name in ("max_drop_points", "min_fraction_of_fp32"):
@@ -186,7 +187,7 @@ def _measured(name: str, row: Scores, baseline_top1: float | None) -> tuple[floa
         if row.top1_agreement is None:
             return None, "no agreement measured"
         top5 = row.top5_agreement
-        return row.top1_agreement, (f"{row.eval_samples} evaluation samples"
+        return row.top1_agreement, (f"{row.eval_samples} {split} samples"
                                     + (f"; top-5 agreement {100 * top5:.2f}%" if top5 is not None else ""))
     latency = getattr(row, "latency", None) or {}
     if name == "max_p99_ms":
@@ -198,7 +199,7 @@ def _measured(name: str, row: Scores, baseline_top1: float | None) -> tuple[floa
     return (None, "size not measured") if size is None else (round(size / MIB, 4), f"{size:,} bytes")
 
 
-def _fidelity_gate(name: str, row: Scores, gates: GatesConfig) -> GateResult:
+def _fidelity_gate(name: str, row: Scores, gates: GatesConfig, split: str = "evaluation") -> GateResult:
     """``min_cosine`` / ``min_sqnr_db`` on every output (one limit) or on the outputs named (a limit each): the value shown
     is the output furthest below its limit, or the closest to it when all pass."""
     limit = getattr(gates, name)
@@ -214,7 +215,7 @@ def _fidelity_gate(name: str, row: Scores, gates: GatesConfig) -> GateResult:
     worst = min(margins, key=margins.__getitem__)
     value, bound = per_output[worst][figure], limits[worst]
     outcome: Outcome = "pass" if value >= bound else "fail"
-    detail = f"worst output {worst!r}" + (f" of {len(limits)}" if len(limits) > 1 else "") + f"; {row.eval_samples} evaluation samples"
+    detail = f"worst output {worst!r}" + (f" of {len(limits)}" if len(limits) > 1 else "") + f"; {row.eval_samples} {split} samples"
     return GateResult(gate=name, title=TITLES[name], outcome=outcome, value=value, limit=bound, detail=detail)
 
 

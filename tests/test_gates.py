@@ -48,6 +48,14 @@ def test_every_gate_passes_with_value_and_limit() -> None:
     assert drop.value == pytest.approx(0.2)
 
 
+def test_accuracy_gates_name_the_split_they_were_scored_on() -> None:
+    """A run scored on the validation split (validate.split) must not call its samples evaluation samples."""
+    details = {g.gate: g.detail for g in judge(row("onnxruntime/int8"), BASE, ALL)[1]}
+    assert "1000 evaluation samples" in details["min_agreement"] and "1000 evaluation samples" in details["min_cosine"]
+    details = {g.gate: g.detail for g in judge(row("onnxruntime/int8"), BASE, ALL, split="validation")[1]}
+    assert "1000 validation samples" in details["min_agreement"] and "1000 validation samples" in details["min_cosine"]
+
+
 @pytest.mark.parametrize(("change", "gate"), [
     ({"top1": 0.905}, "max_drop_points"),  # 1.5 pt
     ({"top1": 0.905}, "min_fraction_of_fp32"),  # 98.4%

@@ -161,7 +161,8 @@ def build_report(manifest: Manifest, *, reached: bool = False) -> Report:
     _add_predicted_drop_vs_onnx_fp32(engines)
     labelled = bool((manifest.dataset or {}).get("labelled", True))
     for typed in engines:
-        typed.verdict, typed.gates = judge(typed, base_top1, gates, labelled=labelled, task=task)
+        typed.verdict, typed.gates = judge(typed, base_top1, gates, labelled=labelled, task=task,
+                                           split=(manifest.dataset or {}).get("scored_on", "evaluation"))
     required = required_engines(engines, gates)
     for typed in engines:
         typed.required = typed.name in required
