@@ -68,7 +68,8 @@ class OpenVinoConfig(BackendSection):
         default="mean_minmax", description="INT8: how NNCF sets each per-tensor activation range from the calibration samples "
                                            "(its RangeEstimatorParametersSet): the mean over samples of each one's min and max "
                                            "(NNCF's default), the global min and max, the mean of each sample's 0.01% / 99.99% "
-                                           "quantiles, or the range that minimises the quantization error of a histogram")
+                                           "quantiles, or the range that minimises the quantization error of a histogram (a "
+                                           "per-channel activation range, which it cannot take, falls back to min/max)")
     model_type: Literal["transformer"] | None = Field(
         default=None, description="INT8: nncf.quantize's model_type; transformer keeps attention's sensitive ops (softmax inputs, "
                                   "layer norms) in float, NNCF's advice for transformer models")
@@ -167,9 +168,14 @@ class OpenVinoBackend(BackendBase):
             from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 
             extra["advanced_parameters"] = AdvancedQuantizationParameters(**advanced)
-        return nncf.quantize(model, nncf.Dataset(calibration), preset=nncf.QuantizationPreset(cfg.preset),
-                             subset_size=min(cfg.subset_size, calibration.count),
-                             fast_bias_correction=cfg.fast_bias_correction, ignored_scope=ignored, **extra)
+        quiet = _Dropping("does not support per-channel activations")  # histogram: NNCF's note per such tensor, on every call
+        logging.getLogger("nncf").addFilter(quiet)
+        try:
+            return nncf.quantize(model, nncf.Dataset(calibration), preset=nncf.QuantizationPreset(cfg.preset),
+                                 subset_size=min(cfg.subset_size, calibration.count),
+                                 fast_bias_correction=cfg.fast_bias_correction, ignored_scope=ignored, **extra)
+        finally:
+            logging.getLogger("nncf").removeFilter(quiet)
 
     @staticmethod
     def _save(model: Any, source: Path, precision: Precision, cfg: OpenVinoConfig, out_dir: Path) -> Path:
@@ -183,6 +189,17 @@ class OpenVinoBackend(BackendBase):
                    "INFERENCE_PRECISION_HINT": execution_precision(precision)}
         (out_dir / RUNTIME_FILE).write_text(json.dumps(runtime, indent=2))
         return target
+
+
+class _Dropping(logging.Filter):
+    """Drops the log records that contain ``text``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
 
 
 GENERATED_NAME = re.compile(r"^([A-Za-z][A-Za-z0-9]*)_(\d+)$")

@@ -58,15 +58,16 @@ def _activation_ranges(engine: Path) -> dict[str, float]:
 
 def test_calibration_method_sets_the_activation_ranges(trained_cnn: TrainedCnn, tmp_path: Path) -> None:
     """The global min and max are never narrower than NNCF's default (each sample's min and max, averaged), and on a
-    trained model's activations somewhere wider."""
+    trained model's activations somewhere wider; the histogram's ranges are others again."""
     from edgeship.backends.openvino import OpenVinoBackend
 
     calibration = CalibrationSet(trained_cnn.calibration, "fp")
     ranges = {method: _activation_ranges(OpenVinoBackend().build(onnx_artifact(trained_cnn.onnx), Precision.INT8, calibration,
                                                                  OpenVinoConfig(subset_size=50, calibration_method=method),
                                                                  tmp_path / method))
-              for method in ("mean_minmax", "minmax")}
-    assert ranges["minmax"].keys() == ranges["mean_minmax"].keys() and ranges["minmax"]
+              for method in ("mean_minmax", "minmax", "histogram")}
+    assert ranges["minmax"].keys() == ranges["mean_minmax"].keys() == ranges["histogram"].keys() and ranges["minmax"]
+    assert ranges["histogram"] != ranges["mean_minmax"]
     assert all(ranges["minmax"][name] >= high * (1 - 1e-6) for name, high in ranges["mean_minmax"].items())
     assert any(ranges["minmax"][name] > high * 1.01 for name, high in ranges["mean_minmax"].items())
 
