@@ -159,10 +159,9 @@ def build_report(manifest: Manifest, *, reached: bool = False) -> Report:
     peak = Peak.model_validate(peak_entry.metrics) if peak_entry else None
     _add_fraction_of_peak(engines, peak)
     _add_predicted_drop_vs_onnx_fp32(engines)
-    labelled = bool((manifest.dataset or {}).get("labelled", True))
+    labelled, split = bool((manifest.dataset or {}).get("labelled", True)), scored_on(manifest.dataset)
     for typed in engines:
-        typed.verdict, typed.gates = judge(typed, base_top1, gates, labelled=labelled, task=task,
-                                           split=(manifest.dataset or {}).get("scored_on", "evaluation"))
+        typed.verdict, typed.gates = judge(typed, base_top1, gates, labelled=labelled, task=task, split=split)
     required = required_engines(engines, gates)
     for typed in engines:
         typed.required = typed.name in required
@@ -291,12 +290,18 @@ def _devices(entries: list[ManifestEntry]) -> dict[str, Any]:
     return devices
 
 
+def scored_on(dataset: Mapping[str, Any] | None) -> str:
+    """The split the engines were scored on: evaluation, or validation where validate.split chose held-out data (a sweep's
+    trial)."""
+    return (dataset or {}).get("scored_on", "evaluation")
+
+
 def accuracy_basis(dataset: Mapping[str, Any] | None, task: str = "classification") -> dict[str, str]:
     """What the report's accuracy figures are: top-1 against labels, or (unlabelled data) agreement with the FP32
     PyTorch model, which the report must never call accuracy, or for a generic model output fidelity against the FP32
     reference. ``key`` is the engine-row field that ranks and plots."""
     dataset = dataset or {}
-    split = dataset.get("scored_on", "evaluation")  # validation: validate.split chose held-out data (a sweep's trial)
+    split = scored_on(dataset)
     if task == "generic":
         return {"basis": "fidelity", "key": "min_cosine", "title": "output cosine",
                 "text": f"each output of each engine against the FP32 reference's on {dataset.get('eval')} "
