@@ -35,8 +35,10 @@ from edgeship.tensors import Feed
 Progress = Callable[[str, int, int], None]  # task, done, total
 # 2: runners reuse the runtime's buffers and skip re-checking a feed shaped like the last; the bare runtime call is
 # timed for every engine. 3: each timed engine's per-layer profile. 4: the backend's own benchmark tool runs in the
-# alternating rounds too. Part of every validation's store key, so results of an older harness are measured anew.
-HARNESS_VERSION = 4
+# alternating rounds too. 5: OpenVINO sets a large input (an image) as a tensor on the caller's array instead of
+# copying it, and LiteRT writes an image into the interpreter's own buffer. Part of every validation's store key, so
+# results of an older harness are measured anew.
+HARNESS_VERSION = 5
 PAIRED_ROUNDS = 5  # latency and the bare runtime call alternate in this many rounds
 THROUGHPUT_WARMUP = 5
 THROUGHPUT_MIN_ITERATIONS = 20
