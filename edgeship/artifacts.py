@@ -46,6 +46,24 @@ class Artifact(BaseModel):
     def folder(self) -> Path:
         return self.path.parent
 
+    @classmethod
+    def read(cls, record: Path) -> Artifact:
+        """The artifact recorded in ``record`` (an ``artifact.json``), its main file placed in the record's own folder:
+        the recorded path is where the file was when it was built, relative to that process's working directory when
+        the store's path was relative, and the store may since have been moved, copied or read from another folder
+        (a sweep's Ray workers start elsewhere). ``ValueError`` when the record is unreadable or names a file outside
+        its artifact."""
+        try:
+            artifact = cls.model_validate_json(record.read_text())
+        except ValueError as exc:
+            raise ValueError("is unreadable") from exc
+        parts = artifact.path.parts
+        if artifact.id not in parts:
+            raise ValueError(f"names a file outside the artifact: {artifact.path}")
+        inside = parts[len(parts) - parts[::-1].index(artifact.id):]  # the main file's path inside the artifact folder
+        placed = record.parent.joinpath(*inside)
+        return artifact if artifact.path == placed else artifact.model_copy(update={"path": placed})
+
     def verify(self) -> str | None:
         """Why the files on disk no longer match this record, or ``None`` when they all do."""
         if not self.path.is_file():
@@ -135,15 +153,11 @@ class ArtifactStore:
         if not record.is_file():
             return None, None
         try:
-            artifact = Artifact.model_validate_json(record.read_text())
-        except ValueError:
-            return None, f"its record {RECORD} is unreadable"
-        parts = artifact.path.parts
-        if aid not in parts:
-            return None, f"its record {RECORD} names a file outside the artifact: {artifact.path}"
-        inside = parts[len(parts) - parts[::-1].index(aid):]  # the main file's path inside the artifact folder
-        if artifact.path != self.folder(aid).joinpath(*inside):  # a store copied or moved elsewhere
-            artifact = artifact.model_copy(update={"path": self.folder(aid).joinpath(*inside)})
+            artifact = Artifact.read(record)
+        except ValueError as exc:
+            return None, f"its record {RECORD} {exc}"
+        if artifact.id != aid:
+            return None, f"its record {RECORD} is artifact {artifact.id}'s"
         problem = artifact.verify()
         return (artifact, None) if problem is None else (None, problem)
 

@@ -309,7 +309,7 @@ class TorchRunner(Runner):
         import torch
 
         torch.set_num_threads(self.threads)
-        artifact = Artifact.model_validate_json(self.engine.read_text())
+        artifact = Artifact.read(self.engine)
         cfg = ModelConfig.model_validate(self._model_config) if self._model_config else None
         self._model = load_model(artifact, cfg)
         self._named = artifact.meta.get("inputs")  # a model with declared inputs: run by name, every output named

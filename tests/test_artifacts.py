@@ -117,3 +117,23 @@ def test_a_copied_store_finds_its_artifacts_in_their_new_place(tmp_path: Path) -
     found = ArtifactStore(tmp_path / "b").get("ab" * 16)
     assert found is not None and found.path == tmp_path / "b" / "ab" / ("ab" * 16) / "model.bin"
     assert found.sha256 == made.sha256
+
+
+def test_a_record_made_under_a_relative_store_is_read_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make run` keeps its store at `.edgeship/store`, so its records hold paths relative to the folder it ran in; a
+    sweep's Ray workers, the harness and a later run elsewhere read them from other folders."""
+    from edgeship.artifacts import Artifact
+
+    (tmp_path / "project").mkdir()
+    monkeypatch.chdir(tmp_path / "project")
+    made = make(ArtifactStore(Path(".edgeship/store")), "ab" * 16)
+    assert not made.path.is_absolute()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    record = tmp_path / "project" / ".edgeship" / "store" / "ab" / ("ab" * 16) / "artifact.json"
+    read = Artifact.read(record)
+    assert read.path == record.parent / "model.bin" and read.verify() is None
+    assert ArtifactStore(tmp_path / "project" / ".edgeship" / "store").get("ab" * 16) == read
+    record.write_text(record.read_text().replace("ab" * 16, "cd" * 16, 1))  # its id field only
+    with pytest.raises(ValueError, match="names a file outside the artifact"):
+        Artifact.read(record)
