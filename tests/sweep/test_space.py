@@ -69,15 +69,6 @@ def test_values_set_dotted_keys_on_a_copy() -> None:
     assert base == {"prune": {"keep_macs": 0.25}, "backends": None}
 
 
-def test_every_bundled_space_fits_its_recipe() -> None:
-    root = Path(__file__).resolve().parents[2] / "recipes"
-    spaces = sorted((root / "spaces").glob("*.yaml"))
-    assert spaces
-    for path in spaces:
-        recipe = root / path.name  # spaces/default.yaml sweeps recipes/default.yaml
-        assert load_space(path, read_recipe_document(recipe), recipe).parameters
-
-
 @pytest.mark.parametrize(("args", "message"), [
     (["sweep", "RECIPE"], "give a RECIPE and --space SPACE.yaml, or --resume SWEEP_DIR"),
     (["sweep", "RECIPE", "--space", "SPACE", "--resume", "DIR"], "continues with the recipe and space it started with"),
@@ -95,3 +86,25 @@ def test_the_command_refuses_in_one_line(tmp_path: Path, capsys: pytest.CaptureF
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and "Traceback" not in err
     assert not (tmp_path / "sweeps").exists() or not any((tmp_path / "sweeps").iterdir())
+
+
+
+SPACES = Path(__file__).resolve().parents[2] / "recipes" / "spaces"
+
+
+def _recipe_of(space_file: Path) -> Path:
+    """spaces/default.yaml and spaces/default_16.yaml both sweep recipes/default.yaml."""
+    recipes = {p.stem: p for p in SPACES.parent.glob("*.yaml")}
+    return max((p for stem, p in recipes.items() if space_file.stem == stem or space_file.stem.startswith(f"{stem}_")),
+               key=lambda p: len(p.stem))
+
+
+@pytest.mark.parametrize("space_file", sorted(SPACES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_bundled_space_fits_its_recipe_and_holds_its_values(space_file: Path) -> None:
+    """The spaces the README and docs/sweeps.md tell users to run: each value valid on the recipe, and the recipe's own
+    values among them, so the sweep's first trial is the recipe as it is."""
+    recipe = _recipe_of(space_file)
+    base = read_recipe_document(recipe)
+    space = load_space(space_file, base, recipe)
+    point = recipe_point(space, recipe_from_document(base, recipe))
+    assert point is not None and set(point) == set(space.parameters)
