@@ -8,7 +8,8 @@ rounds so background load falls on all alike, and prints the median per call of 
 - runtime: the runtime's own call on an input set once (``Runner.bare_call``: ``session.run``, OpenVINO's
   ``request.infer``, LiteRT's ``invoke``), what a runtime's benchmark tool times;
 - infer: ``Runner.infer`` in a plain loop (edgeship's call: the feed check, layout and (de)quantization, outputs copied);
-- harness: the validation harness's own loop around the call the report's p50 times (``harness._caller``).
+- harness: the validation harness's own loop around the call the report's p50 times (``Runner.timed_call``: the
+  feed checked once, outputs left where the runtime put them).
 
 ``overhead`` is harness − runtime, in µs and as a share of the runtime call; beside it the p50 and the per-call overhead
 the report recorded. ``--benchmark-app`` adds OpenVINO's ``benchmark_app`` median for each OpenVINO engine, with the
@@ -26,7 +27,7 @@ import numpy as np
 
 from edgeship.backends import get_backend
 from edgeship.backends.openvino import benchmark_app
-from edgeship.harness import _caller, _timed
+from edgeship.harness import _timed
 from edgeship.measure import time_calls
 
 BACKENDS = ("onnxruntime", "openvino", "tflite")
@@ -38,12 +39,12 @@ def measure(row: dict[str, Any], *, threads: int, seconds: float, rounds: int, r
         name, meta = next(iter(runner.input_metadata().items()))
         sample = rng.normal(size=(1, *[d or 1 for d in meta.shape[1:]])).astype(np.float32)
         feed = {name: sample}
-        harness_call = _caller(runner, every_output=False)
         bare = runner.bare_call(feed)
+        harness_call = runner.timed_call(feed)
         assert bare is not None
         calls = {"runtime": lambda: time_calls(bare, warmup=0, iterations=1, min_seconds=seconds),
                  "infer": lambda: time_calls(lambda: runner.infer(feed), warmup=0, iterations=1, min_seconds=seconds),
-                 "harness": lambda: _timed("harness", lambda: harness_call(feed), 0, 1, seconds, lambda *_: None)}
+                 "harness": lambda: _timed("harness", harness_call, 0, 1, seconds, lambda *_: None)}
         for run in calls.values():  # warm-up
             run()
         pooled: dict[str, list[np.ndarray]] = {key: [] for key in calls}

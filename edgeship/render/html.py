@@ -227,9 +227,11 @@ def _latency(report: Report) -> str:
     return section("latency", "Latency distribution per engine",
                     figure(lambda: plots.latency_figure(rows), "Per-iteration latency up to the 99th percentile, each engine measured "
                             "in its own process; the table gives each statistic with its bootstrap 95% interval.") + grid
-                    + "<p class=muted>The p50 the gates use times edgeship's Runner.infer, the same call for every backend; the "
-                      "runtime call p50 times the runtime's own call on an input set once (what its benchmark tool times), and "
-                      "the overhead is their difference.</p>")
+                    + "<p class=muted>The p50 the gates use times edgeship's Runner.timed_call, the same call for every backend: the "
+                      "input checked once, then written into the runtime and the engine run on every call, the outputs left where "
+                      "the runtime put them (as an application reading them in place would). The runtime call p50 times the "
+                      "runtime's own call on an input set once (what its benchmark tool times), and the overhead is their "
+                      "difference.</p>")
 
 
 def _throughput(report: Report) -> str:

@@ -79,7 +79,7 @@ def print_summary(report: Report, console: Console) -> None:
             console.print(line, soft_wrap=True)
     overheads = [f"{row.name} {row.call_overhead_us:.1f}" for row in report.engines if row.call_overhead_us is not None]
     if overheads:
-        console.print("per-call overhead, µs (Runner.infer p50 − the runtime's own call): " + ", ".join(overheads), soft_wrap=True)
+        console.print("per-call overhead, µs (the timed call's p50 − the runtime's own call): " + ", ".join(overheads), soft_wrap=True)
     fractions = [f"{row.name} {100 * row.fraction_of_peak:.1f}%" for row in report.engines if row.fraction_of_peak is not None]
     if report.peak is not None and fractions:
         console.print(f"fraction of this machine's peak (FP32 {report.peak.fp32.gmacs:,.0f}, INT8 {report.peak.int8.gmacs:,.0f} GMAC/s "
@@ -166,7 +166,7 @@ def cross_check_reason(check: Mapping[str, Any]) -> str:
     if check["within_5pct"] or "bare_ratio" not in check:
         return ""
     return (f"; the engine call alone times ×{check['bare_ratio']:.2f} of the tool's median in our harness, so the rest is the "
-            f"{1e3 * check['call_overhead_ms']:.0f} µs Python call around it (wrapping inputs, copying outputs), which the tool "
+            f"{1e3 * check['call_overhead_ms']:.0f} µs Python call around it (writing the input into the runtime, edgeship's call), which the tool "
             "leaves out and every backend's p50 here includes")
 
 

@@ -177,6 +177,24 @@ class BackendContract:
                     for feed, want in zip(feeds, expected, strict=True):
                         np.testing.assert_array_equal(runner.infer(feed)["logits"], want, err_msg=str(precision))
 
+    def test_the_timed_call_checks_its_feed_once_and_leaves_infer_as_it_was(
+            self, impl: Backend, engines: dict[Precision, Path], trained_cnn: TrainedCnn) -> None:
+        """The report's p50 times ``timed_call``: a bad feed is refused when it is made, as ``infer`` refuses it, and
+        running it (outputs left in the runtime) changes nothing ``infer`` gives, at any batch size."""
+        if impl.info.name == "tensorrt":
+            pytest.skip("a TensorRT engine needs a GPU")
+        for precision, path in sorted(engines.items()):
+            with impl.runner(path, threads=1) as runner:
+                with pytest.raises(ValueError, match="dtype"):
+                    runner.timed_call({"input": trained_cnn.evaluation[:1].astype(np.float64)})
+                feeds = [{"input": trained_cnn.evaluation[start : start + n]} for start, n in ((0, 1), (1, 8))]
+                expected = [runner.infer(feed)["logits"] for feed in feeds]
+                for feed, want in zip(feeds, expected, strict=True):
+                    timed = runner.timed_call(feed)
+                    for _ in range(3):
+                        timed()
+                    np.testing.assert_array_equal(runner.infer(feed)["logits"], want, err_msg=str(precision))
+
     def test_a_large_feed_is_read_anew_on_every_call(self, impl: Backend, engines: dict[Precision, Path],
                                                      trained_cnn: TrainedCnn) -> None:
         """A runner may take a large input without copying it (OpenVINO sets a tensor on the caller's memory): every call
