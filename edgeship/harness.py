@@ -37,8 +37,8 @@ Progress = Callable[[str, int, int], None]  # task, done, total
 # timed for every engine. 3: each timed engine's per-layer profile. 4: the backend's own benchmark tool runs in the
 # alternating rounds too. 5: OpenVINO sets a large input (an image) as a tensor on the caller's array instead of
 # copying it, and LiteRT writes an image into the interpreter's own buffer. 6: the p50 times ``Runner.timed_call``
-# (the feed checked once; OpenVINO's outputs left in the buffers it shares rather than copied out). Part of every validation's store key, so
-# results of an older harness are measured anew.
+# (the feed checked once; OpenVINO's outputs left in the buffers it shares rather than copied out). Part of every
+# validation's store key, so results of an older harness are measured anew.
 HARNESS_VERSION = 6
 PAIRED_ROUNDS = 5  # latency and the bare runtime call alternate in this many rounds
 THROUGHPUT_WARMUP = 5
@@ -162,7 +162,7 @@ def _time_engine(spec: HarnessSpec, runner: Any, inputs: Feed, progress: Progres
     backend's own benchmark tool in the same rounds."""
     sample = _rows(inputs, spec.batch_size)
     bare = runner.bare_call(sample) if spec.bare_call else None
-    # the feed checked once, then the lean call; the outputs ``call`` scores are the same (the contract test holds it)
+    # the feed checked once, then the lean call; the outputs it leaves are those ``infer`` scores (the contract test)
     timed: dict[str, tuple[str, Callable[[], object]]] = {"latency": ("latency", runner.timed_call(sample))}
     if bare is not None:
         timed["bare"] = ("runtime call", bare)

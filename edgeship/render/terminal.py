@@ -166,8 +166,8 @@ def cross_check_reason(check: Mapping[str, Any]) -> str:
     if check["within_5pct"] or "bare_ratio" not in check:
         return ""
     return (f"; the engine call alone times ×{check['bare_ratio']:.2f} of the tool's median in our harness, so the rest is the "
-            f"{1e3 * check['call_overhead_ms']:.0f} µs Python call around it (writing the input into the runtime, edgeship's call), which the tool "
-            "leaves out and every backend's p50 here includes")
+            f"{1e3 * check['call_overhead_ms']:.0f} µs Python call around it (writing the input into the runtime, edgeship's "
+            "call), which the tool leaves out and every backend's p50 here includes")
 
 
 def print_divergence(row: EngineRow, console: Console, *, count: int = 10) -> None:

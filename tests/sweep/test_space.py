@@ -88,8 +88,11 @@ def test_the_command_refuses_in_one_line(tmp_path: Path, capsys: pytest.CaptureF
     assert not (tmp_path / "sweeps").exists() or not any((tmp_path / "sweeps").iterdir())
 
 
-
 SPACES = Path(__file__).resolve().parents[2] / "recipes" / "spaces"
+
+
+def test_the_spaces_the_docs_name_are_bundled() -> None:
+    assert {p.name for p in SPACES.glob("*.yaml")} >= {"default.yaml", "default_16.yaml"}
 
 
 def _recipe_of(space_file: Path) -> Path:
