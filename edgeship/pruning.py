@@ -11,7 +11,8 @@ a model of several inputs (Torch-Pruning passes a tuple positionally).
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
@@ -19,7 +20,7 @@ from torch import nn
 
 from edgeship.errors import RecipeError, StageError
 
-Importance = Literal["l1", "bn_gamma", "taylor"]
+Importance = Literal["l1", "bn_gamma", "taylor", "activation"]
 ROOT_TYPES = (nn.Conv2d, nn.Linear)
 MAX_RATIO = 0.95  # never take every channel of a group
 
@@ -90,6 +91,57 @@ def _dependency_graph(model: nn.Module, example: torch.Tensor) -> Any:
                                   "list the offending module in prune.ignore_layers") from None
 
 
+_SQUARES = "_edgeship_input_squares"  # per input channel: the sum of squares of what the layer read while recording
+
+
+@contextmanager
+def recording_activations(model: nn.Module) -> Iterator[None]:
+    """While open, every Linear and Conv2d adds up the squares of each of its input channels; activation importance
+    reads them. What was recorded before is dropped: a pruned layer's channels are no longer the ones counted."""
+    def record(module: nn.Module, args: tuple[Any, ...], _output: Any) -> None:
+        x = args[0].detach().to(torch.float64)
+        squares = x.pow(2).sum((0, 2, 3)) if isinstance(module, nn.Conv2d) else x.pow(2).reshape(-1, x.shape[-1]).sum(0)
+        setattr(module, _SQUARES, getattr(module, _SQUARES, 0) + squares)
+
+    layers = [m for m in model.modules() if isinstance(m, ROOT_TYPES)]
+    for layer in layers:
+        layer.__dict__.pop(_SQUARES, None)
+    hooks = [layer.register_forward_hook(record) for layer in layers]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def _activation_importance() -> Any:
+    import torch_pruning as tp
+    from torch_pruning.pruner import function
+
+    class ActivationImportance(tp.importance.GroupMagnitudeImportance):
+        """Wanda's weight × activation score made structural: channel j carries ‖X_j‖ × ‖W[:, j]‖ into each layer that
+        reads it, summed over the group's readers. Weight magnitude alone misses that a pretrained network's channels
+        differ in activation scale by orders of magnitude (a transformer's feed-forward channels above all), and it needs
+        no labels: recording the inputs of a few batches (``recording_activations``) is enough."""
+
+        @torch.no_grad()
+        def __call__(self, group: Any) -> torch.Tensor | None:
+            scores, indices = [], []
+            for i, (dep, idxs) in enumerate(group):
+                layer, squares = dep.layer, getattr(dep.layer, _SQUARES, None)
+                reads = dep.pruning_fn in (function.prune_linear_in_channels, function.prune_conv_in_channels)
+                if not reads or squares is None or getattr(layer, "groups", 1) != 1 or getattr(layer, "transposed", False):
+                    continue
+                columns = layer.weight.detach().transpose(0, 1).flatten(1)[idxs]
+                scores.append(squares[idxs].sqrt().to(columns.dtype) * columns.norm(dim=1))
+                indices.append(group[i].root_idxs)
+            if not scores:  # nothing read these channels while recording (a group's only readers are depthwise): magnitude
+                return super().__call__(group)
+            return self._normalize(self._reduce(scores, indices), self.normalizer)
+
+    return ActivationImportance(p=2)
+
+
 def _importance(kind: Importance) -> Any:
     import torch_pruning as tp
 
@@ -97,6 +149,8 @@ def _importance(kind: Importance) -> Any:
         return tp.importance.GroupMagnitudeImportance(p=1)
     if kind == "bn_gamma":
         return tp.importance.BNScaleImportance()
+    if kind == "activation":
+        return _activation_importance()
     return tp.importance.GroupTaylorImportance()
 
 

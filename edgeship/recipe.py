@@ -227,7 +227,9 @@ class PruneConfig(Section):
 
     enabled: bool = True
     method: Literal["structured", "unstructured"] = "structured"
-    importance: Literal["l1", "bn_gamma", "taylor"] = "l1"
+    importance: Literal["l1", "bn_gamma", "taylor", "activation"] = Field(
+        default="l1", description="how channels are ranked: weight magnitude (l1), BatchNorm scale (bn_gamma), loss gradient "
+                                  "(taylor, needs labels) or what each channel carries into the next layer (activation)")
     keep_macs: float = Field(default=0.25, gt=0, lt=1, description="structured: fraction of MACs to keep")
     latency_target: LatencyTarget | None = Field(default=None, description="structured: a measured latency target instead of keep_macs")
     sparsity: float = Field(default=0.5, gt=0, lt=1, description="unstructured: fraction of weights set to zero")
@@ -242,6 +244,7 @@ class PruneConfig(Section):
     bn_sparsity: BnSparsityConfig = BnSparsityConfig()
     finetune: TrainConfig = TrainConfig(epochs=1, lr=0.02)
     taylor_batches: PositiveInt = Field(default=8, description="taylor: training batches whose gradients score channels")
+    activation_batches: PositiveInt = Field(default=8, description="activation: training batches whose layer inputs score channels")
 
     @field_validator("ratios")
     @classmethod
@@ -499,7 +502,7 @@ class Recipe(Section):
         if prune.enabled:
             if prune.importance == "taylor":
                 raise ValueError("prune.importance: taylor ranks channels by the gradients of a loss, and a model without labels "
-                                 "has no loss before it is pruned (its outputs are its own targets); use l1")
+                                 "has no loss before it is pruned (its outputs are its own targets); use l1 or activation")
             if prune.bn_sparsity.epochs:
                 raise ValueError("prune.bn_sparsity.epochs: sparsity training trains on labels, and a model with declared inputs "
                                  "has none; set it to 0")

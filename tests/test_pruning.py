@@ -20,7 +20,9 @@ from edgeship.pruning import (
     layer_sparsity,
     make_masks_permanent,
     make_pruner,
+    prune_once,
     ratios_for_drop,
+    recording_activations,
     replay,
     search,
 )
@@ -103,6 +105,60 @@ def test_other_importance_criteria_prune(importance: str) -> None:
         torch.nn.functional.cross_entropy(model(torch.randn(8, 1, 28, 28)), torch.arange(8)).backward()
     make_pruner(model, EXAMPLE, importance=importance, ratios={"layer1.conv1": 0.5}).step()
     assert model.layer1.conv1.out_channels == 8 and count(model, EXAMPLE)[0] < base
+
+
+def _quiet_and_loud() -> tuple[torch.nn.Module, torch.Tensor]:
+    """A 4 → 8 → 2 MLP whose hidden channels 0–3 have large weights but read inputs that are always zero, and 4–7 small
+    weights on inputs that are large: what magnitude keeps carries nothing."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].weight[:4, :2] = 5.0 * torch.rand(4, 2) + 1.0
+        model[0].weight[4:, 2:] = 0.2 * torch.rand(4, 2) + 0.1
+        model[0].bias.zero_()
+        model[2].weight.copy_(torch.rand(2, 8) + 0.5)
+    data = torch.zeros(64, 4)
+    data[:, 2:] = 10.0 * torch.rand(64, 2) + 5.0
+    return model, data
+
+
+def test_activation_importance_keeps_the_channels_that_carry_the_signal() -> None:
+    model, data = _quiet_and_loud()
+    example = data[:1]
+    with recording_activations(model), torch.no_grad():
+        model(data)
+    squares = model[2]._edgeship_input_squares
+    assert squares.shape == (8,) and torch.all(squares[:4] == 0) and torch.all(squares[4:] > 0)
+
+    def kept_rows(importance: str) -> set[int]:
+        pruned = prune_once(model, example, ratios={"0": 0.5}, importance=importance)
+        return {int(torch.nonzero(torch.all(model[0].weight == row, dim=1))[0]) for row in pruned[0].weight}
+
+    assert kept_rows("l1") == {0, 1, 2, 3}, "magnitude keeps the large weights"
+    assert kept_rows("activation") == {4, 5, 6, 7}
+    pruned = {kind: prune_once(model, example, ratios={"0": 0.5}, importance=kind) for kind in ("l1", "activation")}
+    with torch.no_grad():
+        error = {kind: (net(data) - model(data)).abs().max().item() for kind, net in pruned.items()}
+    assert error["activation"] < 1e-4 < error["l1"], error
+
+
+def test_activation_importance_records_anew_and_falls_back_to_magnitude_without_a_recording() -> None:
+    model, data = _quiet_and_loud()
+    with recording_activations(model), torch.no_grad():
+        model(data)
+    with recording_activations(model), torch.no_grad():  # a second recording replaces the first, it does not add to it
+        model(data[:32])
+    first = torch.zeros(8, dtype=torch.float64)
+    first[4:] = (torch.relu(model[0](data[:32])).to(torch.float64) ** 2).sum(0)[4:]
+    assert torch.allclose(model[2]._edgeship_input_squares, first)
+    conv = torch.nn.Conv2d(3, 4, 1)
+    with recording_activations(conv):
+        conv(torch.ones(2, 3, 5, 5))
+    assert torch.allclose(conv._edgeship_input_squares, torch.full((3,), 50.0, dtype=torch.float64))
+    bare, _ = _quiet_and_loud()  # nothing recorded: ranked by weight magnitude, not refused
+    pruned = prune_once(bare, data[:1], ratios={"0": 0.5}, importance="activation")
+    assert {int(torch.nonzero(torch.all(bare[0].weight == row, dim=1))[0]) for row in pruned[0].weight} == {0, 1, 2, 3}
 
 
 def test_ratios_for_drop_respects_the_threshold() -> None:

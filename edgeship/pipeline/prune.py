@@ -77,6 +77,7 @@ class PruneStage:
         evaluate = work.scorer(ctx.dataset.val, cfg.sensitivity.val_size)
         base = evaluate(model)
         groups = layer_groups(model, example, cfg.ignore_layers)
+        _record_activations(model, cfg, work)
         with progress_bar(ctx.console) as bar:
             task = bar.add_task("sensitivity scan", total=len(groups) * len(cfg.sensitivity.ratios), info=f"{len(groups)} layer groups")
             curves = sensitivity_scan(model, example, groups, cfg.sensitivity.ratios, evaluate, ignore=cfg.ignore_layers,
@@ -151,6 +152,7 @@ class PruneStage:
         common = {"ignore": cfg.ignore_layers, "importance": cfg.importance, "round_to": cfg.round_to}
         plan: dict[str, Any] = {"groups": groups, "target_macs_kept": cfg.keep_macs}
         choose = self._chooser(groups, curves, cfg, plan)
+        _record_activations(model, cfg, work)
         if cfg.ratios is not None:
             t = 1.0
         elif cfg.latency_target is not None:
@@ -179,6 +181,8 @@ class PruneStage:
         for step in range(cfg.steps):
             if cfg.importance == "taylor":
                 self._taylor_gradients(model, cfg, work)
+            if step:  # the first step's activations were recorded above, before the search
+                _record_activations(model, cfg, work)
             pruner.step()
             check_runs(model, example)
             model.zero_grad(set_to_none=True)
@@ -239,6 +243,18 @@ class PruneStage:
         batch = cfg.finetune.batch_size
         for i in range(min(cfg.taylor_batches, -(-len(work.transfer(None)) // batch))):
             work.taylor_loss(model, slice(i * batch, (i + 1) * batch)).backward()
+
+
+def _record_activations(model: nn.Module, cfg: PruneConfig, work: Workload) -> None:
+    """Activation importance's statistics: the inputs every layer reads on a few training batches."""
+    from edgeship.pruning import recording_activations
+
+    if cfg.importance != "activation":
+        return
+    batch = cfg.finetune.batch_size
+    with recording_activations(model):
+        for i in range(min(cfg.activation_batches, -(-len(work.transfer(None)) // batch))):
+            work.feed(model, slice(i * batch, (i + 1) * batch))
 
 
 def _workload(teacher: Artifact, ctx: RunContext) -> Workload:

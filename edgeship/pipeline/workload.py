@@ -59,6 +59,10 @@ class Workload(Protocol):
     def taylor_loss(self, model: nn.Module, index: slice) -> torch.Tensor:
         """The loss on a slice of the training split whose gradients Taylor importance reads (weight × gradient)."""
 
+    def feed(self, model: nn.Module, index: slice) -> None:
+        """Run ``model`` on a slice of the training split, without gradients: activation importance records what each
+        layer reads."""
+
 
 class LabelledImages:
     """An image classifier with labelled images: top-1 against labels; fine-tunes on cross-entropy."""
@@ -106,6 +110,12 @@ class LabelledImages:
         assert train.labels is not None
         x = torch.from_numpy(preprocess(train.images[index], self.p))
         return torch.nn.functional.cross_entropy(model(x), torch.from_numpy(train.labels[index]))
+
+    def feed(self, model: nn.Module, index: slice) -> None:
+        import torch
+
+        with torch.no_grad():
+            model.eval()(torch.from_numpy(preprocess(self.dataset.train.images[index], self.p)))
 
 
 class TeacherOutputs:
@@ -166,7 +176,12 @@ class TeacherOutputs:
     def taylor_loss(self, model: nn.Module, index: slice) -> torch.Tensor:
         # the unpruned model's loss against its own outputs is zero, and so is every gradient: nothing to rank by
         raise StageError("prune", "importance taylor needs a loss with gradients, and a model without labels has none before "
-                                  "it is pruned; use l1")
+                                  "it is pruned; use l1 or activation")
+
+    def feed(self, model: nn.Module, index: slice) -> None:
+        arrays = self.dataset.train.arrays
+        assert arrays is not None
+        call_model(model.eval(), {name: arrays[name][index] for name in self.inputs}, self.inputs)
 
     def timing_feed(self) -> Feed:
         arrays = self.dataset.val.arrays if len(self.dataset.val) else self.dataset.eval.arrays

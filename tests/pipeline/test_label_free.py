@@ -182,3 +182,21 @@ def test_what_needs_labels_is_refused_before_anything_runs(distill: dict[str, ob
     with pytest.raises(RecipeError) as err:
         load_recipe(moved)
     assert re.search(expected, str(err.value)), err.value
+
+
+def test_activation_importance_ranks_channels_by_what_they_carry_without_labels(result: RunResult, tmp_path: Path) -> None:
+    prune = {"keep_macs": 0.6, "steps": 1, "round_to": None, "importance": "activation", "activation_batches": 2,
+             "sensitivity": {"ratios": [0.25, 0.5, 0.75], "max_drop": 10.0},
+             "finetune": {"epochs": 1, "lr": 0.002, "optimizer": "adamw", "batch_size": 32}}
+    recipe = write_recipe(write_folder(tmp_path), prune=prune, distill={"enabled": False})
+    activation = run(load_recipe(recipe), console=Console(quiet=True))
+
+    def stage(outcome: RunResult, name: str) -> dict[str, object]:
+        entry = next(e for e in outcome.manifest.entries if e.stage == name and e.status == "ok")
+        return json.loads(Path(entry.path).read_text()) if name == "prune-sensitivity" else entry.metrics
+
+    by_activation, by_magnitude = stage(activation, "prune-sensitivity"), stage(result, "prune-sensitivity")
+    assert by_activation["importance"] == "activation" and by_magnitude["importance"] == "l1"
+    assert by_activation["curves"]["up"] != by_magnitude["curves"]["up"], "another ranking prunes other channels"
+    after = stage(activation, "prune")
+    assert 0.5 < after["macs_kept"] < 0.75 and after["after"]["val_cosine"] > 0.9
