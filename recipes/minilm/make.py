@@ -7,7 +7,8 @@ sentence-transformers, which would pull a CUDA build of torch); nothing is downl
 model.py is exported too: `input_ids` and `attention_mask` in (int64, batch × sequence, both dynamic),
 `sentence_embedding` out. The sentences are paragraphs of the docstrings of Python's own standard library modules (they ship with every
 Python, so they differ slightly between Python versions), tokenized to 128 tokens. transfer.npz holds more of them, from
-other modules and none of sentences.npz's: unlabelled sentences that recipes/minilm_pruned.yaml distils on. The files are
+other modules (their classes' methods included) and the language reference's help topics, none of sentences.npz's:
+unlabelled sentences that recipes/minilm_pruned.yaml distils on. The files are
 made, not kept in git.
 """
 
@@ -43,27 +44,46 @@ TRANSFER_MODULES = ("abc", "ast", "calendar", "cmd", "code", "codecs", "colorsys
                     "importlib.metadata", "xmlrpc.client", "json.decoder", "asyncio.streams", "asyncio.tasks", "collections.abc")
 
 
-def paragraphs(limit: int, modules: tuple[str, ...] = MODULES, skip: frozenset[str] = frozenset()) -> list[str]:
-    """Paragraphs of eight words or more from the standard library's docstrings (modules, classes, functions), in a fixed
-    order, each once, none of ``skip``."""
-    seen: dict[str, None] = {}
+def docstrings(modules: tuple[str, ...], *, methods: bool = False) -> list[str]:
+    """The docstrings of ``modules`` (each module's, then its classes' and functions' by name; with ``methods``, also
+    the methods of the classes a module defines), in a fixed order."""
+    texts = []
     for name in modules:
         module = importlib.import_module(name)
         objects = [module, *(value for _, value in sorted(vars(module).items()) if inspect.isclass(value) or inspect.isfunction(value))]
-        for value in objects:
-            for block in re.split(r"\n\s*\n", inspect.getdoc(value) or ""):
-                text = " ".join(block.split())
-                if len(text.split()) >= 8 and not text.startswith((">>>", "..")) and text not in skip:
-                    seen.setdefault(text)
-                    if len(seen) >= limit:
-                        return list(seen)
+        texts += [inspect.getdoc(value) or "" for value in objects]
+        if methods:
+            for _, cls in sorted(vars(module).items()):
+                if inspect.isclass(cls) and cls.__module__ == module.__name__:
+                    texts += [inspect.cleandoc(f.__doc__) for _, f in sorted(vars(cls).items()) if inspect.isfunction(f) and f.__doc__]
+    return texts
+
+
+def paragraphs(limit: int, texts: list[str], skip: frozenset[str] = frozenset()) -> list[str]:
+    """Paragraphs of eight words or more of ``texts``, in order, each once, none of ``skip``."""
+    seen: dict[str, None] = {}
+    for doc in texts:
+        for block in re.split(r"\n\s*\n", doc):
+            text = " ".join(block.split())
+            if len(text.split()) >= 8 and not text.startswith((">>>", "..")) and text not in skip:
+                seen.setdefault(text)
+                if len(seen) >= limit:
+                    return list(seen)
     return list(seen)
+
+
+def transfer_texts() -> list[str]:
+    """transfer.npz's: TRANSFER_MODULES' docstrings with their classes' methods, then the language reference's topics
+    that ``help()`` shows (pydoc_data, part of the standard library)."""
+    from pydoc_data.topics import topics
+
+    return docstrings(TRANSFER_MODULES, methods=True) + [topics[key] for key in sorted(topics)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sentences", type=int, default=2500)
-    parser.add_argument("--transfer", type=int, default=2500, help="most sentences in transfer.npz")
+    parser.add_argument("--transfer", type=int, default=6000, help="most sentences in transfer.npz")
     parser.add_argument("--sequence", type=int, default=128)
     parser.add_argument("--out", type=Path, default=HERE)
     parser.add_argument("--onnx", action="store_true", help="also export the encoder as minilm.onnx, for a model.onnx recipe")
@@ -76,12 +96,12 @@ def main() -> None:
 
     folder = get_model_path()
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    texts = paragraphs(args.sentences)
+    texts = paragraphs(args.sentences, docstrings(MODULES))
     tokens = tokenizer(texts, padding="max_length", truncation=True, max_length=args.sequence, return_tensors="np")
     args.out.mkdir(parents=True, exist_ok=True)
     np.savez(args.out / "sentences.npz", input_ids=tokens["input_ids"].astype(np.int64),
              attention_mask=tokens["attention_mask"].astype(np.int64))
-    extra = paragraphs(args.transfer, TRANSFER_MODULES, frozenset(texts))
+    extra = paragraphs(args.transfer, transfer_texts(), frozenset(texts))
     more = tokenizer(extra, padding="max_length", truncation=True, max_length=args.sequence, return_tensors="np")
     np.savez(args.out / "transfer.npz", input_ids=more["input_ids"].astype(np.int64),
              attention_mask=more["attention_mask"].astype(np.int64))
