@@ -97,14 +97,30 @@ def test_ignored_layers_take_shell_patterns_that_must_match_something() -> None:
         layer_groups(model, EXAMPLE, ("encoder.*",))
 
 
-@pytest.mark.parametrize("importance", ["bn_gamma", "taylor"])
+@pytest.mark.parametrize("importance", ["bn_gamma", "taylor", "activation"])
 def test_other_importance_criteria_prune(importance: str) -> None:
     model = fresh("resnet_small")
     base = count(model, EXAMPLE)[0]
     if importance == "taylor":
         torch.nn.functional.cross_entropy(model(torch.randn(8, 1, 28, 28)), torch.arange(8)).backward()
+    if importance == "activation":
+        with recording_activations(model), torch.no_grad():
+            model(torch.randn(8, 1, 28, 28))
     make_pruner(model, EXAMPLE, importance=importance, ratios={"layer1.conv1": 0.5}).step()
     assert model.layer1.conv1.out_channels == 8 and count(model, EXAMPLE)[0] < base
+
+
+@pytest.mark.parametrize("arch", ["resnet_small", "mobilenet_small"])
+def test_activation_importance_prunes_every_group_of_a_conv_net(arch: str) -> None:
+    """Residual adds and depthwise layers: every group is scored (by magnitude where only depthwise layers read it)."""
+    model = fresh(arch)
+    with recording_activations(model), torch.no_grad():
+        model(torch.randn(8, 1, 28, 28))
+    base = count(model, EXAMPLE)[0]
+    groups = layer_groups(model, EXAMPLE, ())
+    pruned = prune_once(model, EXAMPLE, ratios=dict.fromkeys(groups, 0.5), importance="activation")
+    assert count(pruned, EXAMPLE)[0] < 0.6 * base
+    assert pruned(EXAMPLE).shape == (1, 10)
 
 
 def _quiet_and_loud() -> tuple[torch.nn.Module, torch.Tensor]:
