@@ -23,7 +23,7 @@ from edgeship.gates import accuracy_drop, judge, recommend, release, required_en
 from edgeship.peak import Peak
 from edgeship.pipeline.base import RunContext
 from edgeship.pipeline.build import PREPARE, SIDE_METRICS, prediction_name
-from edgeship.pipeline.distill import ABLATION, comparison
+from edgeship.pipeline.distill import ABLATION, comparison, without_evaluation
 from edgeship.pipeline.validate import BASELINES, PEAK
 from edgeship.qualification import EngineKey, EngineRow, Report
 from edgeship.recipe import GatesConfig
@@ -187,7 +187,7 @@ def build_report(manifest: Manifest, *, reached: bool = False) -> Report:
         "prune": next(({"method": e.config.get("method"), "reused": e.reused, **e.metrics}
                        for e in entries if e.stage == "prune" and e.status == "ok"), None),
         "sensitivity": next((e.metrics for e in entries if e.stage == "prune-sensitivity" and e.status == "ok"), None),
-        "distill": _distill_section(entries),
+        "distill": _distill_section(entries, "val" if split == "validation" else "eval"),
         "gates": gates.model_dump(mode="json"),
         "engines": engines,
         "devices": _devices(entries),
@@ -221,7 +221,8 @@ def build_report(manifest: Manifest, *, reached: bool = False) -> Report:
                                f"machine's {peak.threads}-thread GEMM rate at its precision (FP32 {peak.fp32.gmacs:,.1f}, INT8 "
                                f"{peak.int8.gmacs:,.1f} GMAC/s, {peak.runtime}). Rows measured on an edge device have none: the "
                                "peak is this host's.")
-    report["student_vs_teacher"] = student_vs_teacher(report["prune"], report["baseline"], engines, distilled=bool(report["distill"]))
+    report["student_vs_teacher"] = student_vs_teacher(report["prune"], report["baseline"], engines, distilled=bool(report["distill"]),
+                                                      split=split)
     return Report.model_validate(report)
 
 
@@ -354,32 +355,33 @@ def _add_predicted_drop_vs_onnx_fp32(engines: list[EngineRow]) -> None:
 
 
 def student_vs_teacher(prune: Mapping[str, Any] | None, baseline: Mapping[str, Any] | None, engines: list[EngineRow], *,
-                       distilled: bool) -> dict[str, Any] | None:
-    """The pipeline's verdict on the student: measured ORT FP32 latency ratio (both timed in the prune stage of
-    one run, same harness) and the test top-1 of its ORT FP32 engine against the teacher's PyTorch FP32 top-1 — or, for a
-    model without labels, its ORT FP32 engine's output cosine with the teacher's PyTorch outputs (the worst output's mean)."""
+                       distilled: bool, split: str = "evaluation") -> dict[str, Any] | None:
+    """The pipeline's verdict on the student: measured ORT FP32 latency ratio (both timed in the prune stage of one run,
+    same harness) and the top-1 of its ORT FP32 engine on ``split`` (the engines' split) against the teacher's PyTorch
+    FP32 top-1 — or, for a model without labels, that engine's output cosine with the teacher's PyTorch outputs."""
     engine = next((e for e in engines if e.name == "onnxruntime/fp32" and e.status == "ok"), None)
     if not prune or not baseline or engine is None:
         return None
     verdict = {"teacher_p50_ms": prune["before"]["latency"]["p50_ms"], "student_p50_ms": prune["after"]["latency"]["p50_ms"],
-               "latency_reduction": prune["latency_speedup_p50"], "stages": "prune + distill" if distilled else "prune"}
+               "latency_reduction": prune["latency_speedup_p50"], "stages": "prune + distill" if distilled else "prune", "split": split}
     if prune.get("measure", "top1") == "cosine":
         return {**verdict, "measure": "cosine", "student_cosine": engine.min_cosine}
     return {**verdict, "measure": "top1", "teacher_top1": baseline["top1"], "student_top1": engine.top1,
             "top1_drop_points": engine.top1_drop_points}
 
 
-def _distill_section(entries: list[ManifestEntry]) -> dict[str, Any] | None:
-    """Teacher, student before recovery, hard-label fine-tune and distilled scores, and both training histories."""
+def _distill_section(entries: list[ManifestEntry], split: str = "eval") -> dict[str, Any] | None:
+    """Teacher, student before recovery, hard-label fine-tune and distilled scores, and both training histories;
+    ``split`` ``val`` (a run scored on validation) leaves every evaluation figure out, as ``distill.json`` does."""
     done = {e.stage: e for e in entries if e.status == "ok"}
     if "distill" not in done:
         return None
     distilled, ablation = done["distill"], done.get(ABLATION)
+    history = {"distilled": distilled.metrics.get("history"), "hard_label_finetune": ablation.metrics.get("history") if ablation else None}
     return {"name": distilled.name, "reused": distilled.reused, "seconds": distilled.seconds + (ablation.seconds if ablation else 0.0),
-            **comparison(distilled.metrics, ablation.metrics if ablation else None),
+            **comparison(distilled.metrics, ablation.metrics if ablation else None, split),
             "epochs_run": distilled.metrics.get("epochs_run"), "best_epoch": distilled.metrics.get("best_epoch"),
-            "history": {"distilled": distilled.metrics.get("history"),
-                        "hard_label_finetune": ablation.metrics.get("history") if ablation else None}}
+            "history": without_evaluation(history) if split == "val" else history}
 
 
 def load_report(path: Path) -> Report:

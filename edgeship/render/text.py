@@ -86,8 +86,10 @@ def student_measure(prune: Mapping[str, Any]) -> str:
 
 
 def verdict_measure(verdict: Mapping[str, Any]) -> str:
-    """The student's ORT FP32 engine against the teacher: test top-1 and its drop, or the output cosine."""
+    """The student's ORT FP32 engine against the teacher: top-1 and its drop, or the output cosine, named by the split
+    the engines were scored on (test, or validation in a run that chose settings)."""
+    on = "validation" if verdict.get("split") == "validation" else "test"
     if verdict.get("measure") == "cosine":
-        return f"test output cosine with the teacher {verdict['student_cosine']:.4f}"
-    return (f"test top-1 {pct(verdict['teacher_top1'])} → {pct(verdict['student_top1'])} "
+        return f"{on} output cosine with the teacher {verdict['student_cosine']:.4f}"
+    return (f"{on} top-1 {pct(verdict['teacher_top1'])} → {pct(verdict['student_top1'])} "
             f"({change_points(verdict['top1_drop_points'])})")

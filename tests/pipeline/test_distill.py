@@ -171,3 +171,26 @@ def test_a_run_scored_on_validation_shows_no_evaluation_figure_of_the_distillati
         assert document["distilled_drop_vs_teacher_points"] == pytest.approx(5.0)  # 0.90 - 0.85 on either split
         figure = ablation_figure(document["top1"], "top1", split)
         assert figure.axes[0].get_xlabel().startswith("test" if split == "eval" else "validation")
+
+
+def test_the_report_of_a_run_scored_on_validation_shows_no_evaluation_figure_of_the_distillation() -> None:
+    """The report's distillation section and its student-vs-teacher line name and use the engines' split."""
+    from types import SimpleNamespace
+
+    from edgeship.pipeline.report import _distill_section
+    from edgeship.render.text import verdict_measure
+
+    def scores(val: float) -> dict[str, float]:
+        return {"val_cosine": val, "eval_cosine": val - 0.01}
+
+    metrics = {"measure": "cosine", "teacher": scores(1.0), "student_before": scores(0.8), "student_after": scores(0.9),
+               "history": {"val_accuracy": [0.9], "eval_cosine": [0.89]}}
+    entry = SimpleNamespace(stage="distill", status="ok", name="mse", reused=False, seconds=1.0, metrics=metrics)
+    for split in ("val", "eval"):
+        section = _distill_section([entry], split)  # type: ignore[list-item]
+        assert section is not None and section["split"] == split
+        assert ("eval_cosine" in json.dumps(section)) is (split == "eval")
+        assert section["distilled_drop_vs_teacher_points"] == pytest.approx(10.0)
+    verdict = {"measure": "cosine", "student_cosine": 0.93}
+    assert verdict_measure({**verdict, "split": "validation"}).startswith("validation output cosine")
+    assert verdict_measure({**verdict, "split": "evaluation"}).startswith("test output cosine")
