@@ -22,8 +22,9 @@ from rich.table import Table
 from edgeship.artifacts import Artifact
 from edgeship.data import load_dataset
 from edgeship.models import input_records, instantiate
+from edgeship.pipeline.prune import record_activations
 from edgeship.pipeline.workload import workload_for
-from edgeship.pruning import count, layer_groups, prune_once, recording_activations
+from edgeship.pruning import count, layer_groups, prune_once
 from edgeship.recipe import load_recipe
 
 
@@ -39,10 +40,7 @@ def compare(path: Path, *, ratios: list[float], importances: list[str], val: int
     teacher = Artifact(id="benchmark", kind="pytorch-model", stage="model", path=Path("unused"), sha256="", size=0, meta=meta)
     work = workload_for(teacher, dataset, recipe.data.preprocessing, lambda _: model)
     example, score = work.example(), work.scorer(dataset.val, val)
-    batch = cfg.finetune.batch_size
-    with recording_activations(model):
-        for i in range(batches):
-            work.feed(model, slice(i * batch, (i + 1) * batch))
+    record_activations(model, work, batches=batches, batch_size=cfg.finetune.batch_size)
     groups = layer_groups(model, example, cfg.ignore_layers)
     base_macs = count(model, example)[0]
     rows = []

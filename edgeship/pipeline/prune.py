@@ -246,15 +246,17 @@ class PruneStage:
 
 
 def _record_activations(model: nn.Module, cfg: PruneConfig, work: Workload) -> None:
-    """Activation importance's statistics: the inputs every layer reads on a few training batches."""
+    if cfg.importance == "activation":
+        record_activations(model, work, batches=cfg.activation_batches, batch_size=cfg.finetune.batch_size)
+
+
+def record_activations(model: nn.Module, work: Workload, *, batches: int, batch_size: int) -> None:
+    """Activation importance's statistics: the inputs every layer reads on the first ``batches`` training batches."""
     from edgeship.pruning import recording_activations
 
-    if cfg.importance != "activation":
-        return
-    batch = cfg.finetune.batch_size
     with recording_activations(model):
-        for i in range(min(cfg.activation_batches, -(-len(work.transfer(None)) // batch))):
-            work.feed(model, slice(i * batch, (i + 1) * batch))
+        for i in range(min(batches, -(-len(work.transfer(None)) // batch_size))):
+            work.feed(model, slice(i * batch_size, (i + 1) * batch_size))
 
 
 def _workload(teacher: Artifact, ctx: RunContext) -> Workload:
