@@ -172,7 +172,7 @@ class DistillStage:
 
 def _label(cfg: DistillConfig) -> str:
     text = {"soft": f"soft T={cfg.temperature:g}", "soft_hard": f"soft+hard T={cfg.temperature:g} alpha={cfg.alpha:g}",
-            "mse": "logits MSE"}[cfg.objective]
+            "mse": "logits MSE", "cosine": "output cosine"}[cfg.objective]
     return text + (f" + {len(cfg.hints)} hint{'s' * (len(cfg.hints) > 1)}" if cfg.hints else "")
 
 

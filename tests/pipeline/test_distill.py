@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -13,7 +14,10 @@ from rich.console import Console
 
 from edgeship import RunResult, run
 from edgeship.artifacts import ArtifactStore
+from edgeship.distillation import Objective
 from edgeship.errors import RecipeError
+from edgeship.pipeline.distill import _label
+from edgeship.recipe import DistillConfig
 
 from conftest import needs_fashion_mnist, tiny_recipe
 
@@ -194,3 +198,8 @@ def test_the_report_of_a_run_scored_on_validation_shows_no_evaluation_figure_of_
     verdict = {"measure": "cosine", "student_cosine": 0.93}
     assert verdict_measure({**verdict, "split": "validation"}).startswith("validation output cosine")
     assert verdict_measure({**verdict, "split": "evaluation"}).startswith("test output cosine")
+
+
+def test_every_objective_names_its_stage() -> None:
+    labels = {objective: _label(DistillConfig(objective=objective)) for objective in get_args(Objective)}
+    assert labels["cosine"] == "output cosine" and len(set(labels.values())) == len(labels)
