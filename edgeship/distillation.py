@@ -6,7 +6,9 @@
 - mse: mean squared error between the logits (or any outputs: a model without labels or class scores);
 - cosine: one minus the mean cosine between student and teacher outputs, per sample (an embedding's direction);
 - hints (FitNets): MSE between a student feature map, through a learned 1×1 regressor
-  when the widths differ, and the teacher's feature map at the named layer.
+  when the widths differ, and the teacher's feature map at the named layer. Given a mask input (a padded sequence's
+  attention mask), hints on (N, T, C) features compare only the positions it marks: padding carries nothing to the
+  outputs, and on short sentences it would otherwise be most of the hint.
 
 The teacher runs once per batch under ``torch.no_grad()`` and never receives gradients. A model of several inputs takes
 a tuple of tensors; a model of several outputs (a tuple, a list or a dict of tensors) is distilled on every output, the
@@ -116,6 +118,10 @@ def _regressor(student: torch.Tensor, teacher: torch.Tensor, hint: Hint) -> nn.M
     raise RecipeError(f"'distill.hints': {hint.student!r} gives {student.dim()}-d features; hints take (N, C) or (N, C, H, W)")
 
 
+def _mask_of(x: Inputs, index: int) -> torch.Tensor:
+    return (x if isinstance(x, tuple) else (x,))[index] != 0
+
+
 class Distiller(nn.Module):
     """The trainable side of distillation: the student plus one regressor per hint.
 
@@ -124,8 +130,11 @@ class Distiller(nn.Module):
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, example: Inputs, *, objective: Objective,
-                 temperature: float = 4.0, alpha: float = 0.9, hints: Sequence[Hint] = (), hint_weight: float = 1.0) -> None:
+                 temperature: float = 4.0, alpha: float = 0.9, hints: Sequence[Hint] = (), hint_weight: float = 1.0,
+                 hint_mask: int | None = None) -> None:
         super().__init__()
+        self.hint_mask = hint_mask
+        self._mask: torch.Tensor | None = None
         self.student = student
         self._teacher = (teacher.eval().requires_grad_(False),)
         self.objective, self.temperature, self.alpha = objective, temperature, alpha
@@ -145,6 +154,14 @@ class Distiller(nn.Module):
                               f"{len(t_out)}; use mse or cosine")
         self.regressors = nn.ModuleList(_regressor(self._student_tap.outputs[h.student], self._teacher_tap.outputs[h.teacher], h)
                                         for h in self.hints)
+        if hint_mask is not None:
+            mask = _mask_of(example, hint_mask)
+            for hint in self.hints:
+                features = self._teacher_tap.outputs[hint.teacher]
+                if features.dim() != 3 or features.shape[:2] != mask.shape:
+                    raise RecipeError(f"'distill.hint_mask': hint {hint.teacher!r} gives features of shape "
+                                      f"{tuple(features.shape)}; a masked hint needs (batch, positions, channels) matching "
+                                      f"the mask's {tuple(mask.shape)}")
 
     @property
     def teacher(self) -> nn.Module:
@@ -159,6 +176,8 @@ class Distiller(nn.Module):
         """(loss, the student's first output) for one batch; the teacher runs once, without gradients."""
         with torch.no_grad():
             teacher_outputs = output_tensors(call(self.teacher, x))
+        if self.hint_mask is not None:
+            self._mask = _mask_of(x, self.hint_mask)
         student_outputs = output_tensors(call(self.student, x))
         loss = torch.stack([logit_loss(s, t, labels, objective=self.objective, temperature=self.temperature, alpha=self.alpha)
                             for s, t in zip(student_outputs, teacher_outputs, strict=True)]).sum()
@@ -168,9 +187,15 @@ class Distiller(nn.Module):
 
     def hint_loss(self) -> torch.Tensor:
         """Mean over hints of the MSE between regressed student features and teacher features (last forward pass)."""
-        terms = [F.mse_loss(regressor(self._student_tap.outputs[h.student]), self._teacher_tap.outputs[h.teacher])
+        terms = [self._feature_loss(regressor(self._student_tap.outputs[h.student]), self._teacher_tap.outputs[h.teacher])
                  for h, regressor in zip(self.hints, self.regressors, strict=True)]
         return torch.stack(terms).mean()
+
+    def _feature_loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        if self._mask is None:
+            return F.mse_loss(student, teacher)
+        weights = self._mask.to(student.dtype).unsqueeze(-1)
+        return ((student - teacher) ** 2 * weights).sum() / (weights.sum() * student.shape[-1]).clamp_min(1)
 
     def close(self) -> None:
         self._student_tap.close()

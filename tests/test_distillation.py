@@ -113,3 +113,37 @@ def test_hooks_are_removed_on_exit(batch: tuple[torch.Tensor, torch.Tensor]) -> 
     with distiller(student, teacher, batch[0], objective="soft", hints=[Hint("3", "3")]):
         assert student[3]._forward_hooks
     assert not student[3]._forward_hooks and not teacher[3]._forward_hooks
+
+
+class PaddedEncoder(nn.Module):
+    """Mean-pools the positions its mask marks; ``padding`` is added to the hidden states of the others only, so it
+    changes the hint layer's output but never the model's."""
+
+    def __init__(self, padding: float) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.proj, self.hidden, self.padding = nn.Linear(4, 4), nn.Identity(), padding
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        keep = mask.unsqueeze(-1).to(x.dtype)
+        hidden = self.hidden(self.proj(x) + self.padding * (1 - keep))
+        return (hidden * keep).sum(1) / keep.sum(1)
+
+
+def test_a_hint_mask_leaves_padded_positions_out_of_the_hints() -> None:
+    generator = torch.Generator().manual_seed(2)
+    mask = (torch.arange(6) < torch.randint(1, 6, (8, 1), generator=generator)).long()
+    example = (torch.randn(8, 6, 4, generator=generator), mask)
+    teacher, student = PaddedEncoder(padding=0.0), PaddedEncoder(padding=5.0)
+    losses = {}
+    for hint_mask in (None, 1):
+        with distiller(student, teacher, example, objective="mse", hints=[Hint("hidden", "hidden")], hint_mask=hint_mask) as module:
+            loss, _ = module(example, None)
+            losses[hint_mask] = (loss.item(), module.hint_loss().item())
+    assert losses[None][1] > 1.0, "unmasked, the padding is most of the hint"
+    assert losses[1] == pytest.approx((0.0, 0.0), abs=1e-10), "masked, the same outputs and real positions cost nothing"
+
+
+def test_a_hint_mask_needs_position_features_of_the_mask_shape(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    with pytest.raises(RecipeError, match=r"'distill.hint_mask': hint '3' gives features of shape \(16, 8, 8, 8\); a masked hint"):
+        Distiller(tiny_net(), tiny_net(), batch[0], objective="mse", hints=[Hint("3", "3")], hint_mask=0)

@@ -53,6 +53,7 @@ class DistillStage:
             if student.id == teacher.id:
                 raise RecipeError("'distill': there is no student: enable prune (the pruned model is the student) or name a "
                                   "model in distill.student")
+        _mask_index(cfg, ctx)  # a bad hint_mask fails before any training
         source = self._source_samples(cfg, ctx) if cfg.transfer_source is not None else None  # read once: key and training
         key = {"dataset": ctx.dataset.fingerprint, "seed": ctx.recipe.seed, "transfer": self._transfer_key(cfg, ctx, source)}
         ablation = None
@@ -62,7 +63,8 @@ class DistillStage:
             ablation = ctx.produce(ABLATION, "hard-label fine-tune", config=config, parents=[student], extra_key=key,
                                    make=lambda folder: self._make(folder, None, student, cfg, ctx, work / "train.ckpt", None))
             ctx.save_manifest()
-        config = cfg.model_dump(mode="json", exclude={"enabled", "ablation"})
+        unset = {"hint_mask"} if cfg.hint_mask is None else set()  # a distillation made before hint_mask keeps its key
+        config = cfg.model_dump(mode="json", exclude={"enabled", "ablation"} | unset)
         work = ctx.store.scratch(ctx.artifact_id(self.name, config=config, parents=[teacher, student], extra_key=key))
         distilled = ctx.produce(self.name, _label(cfg), config=config, parents=[teacher, student], extra_key=key,
                                 make=lambda folder: self._make(folder, teacher, student, cfg, ctx, work / "train.ckpt", source))
@@ -102,7 +104,7 @@ class DistillStage:
             example = transfer.batch(np.arange(min(len(transfer), 8)))[0]
             hints = [Hint(h.student, h.teacher or h.student) for h in cfg.hints]
             with distiller(student, teacher, example, objective=cfg.objective, temperature=cfg.temperature, alpha=cfg.alpha,
-                           hints=hints, hint_weight=cfg.hint_weight) as module:
+                           hints=hints, hint_weight=cfg.hint_weight, hint_mask=_mask_index(cfg, ctx)) as module:
                 history = fit(module, transfer, lambda: score(student, val_only=True), cfg.train, label=f"distill ({_label(cfg)})",
                               **fit_args)
         seconds = time.perf_counter() - started
@@ -123,7 +125,8 @@ class DistillStage:
             ctx.console.print(f"[yellow]{self.name}: {metrics['warning']}[/yellow]")
         if teacher_artifact is not None:
             metrics["objective"] = {"name": cfg.objective, "temperature": cfg.temperature, "alpha": cfg.alpha,
-                                    "hints": [h.model_dump() for h in cfg.hints], "hint_weight": cfg.hint_weight}
+                                    "hints": [h.model_dump() for h in cfg.hints], "hint_weight": cfg.hint_weight,
+                                    "hint_mask": cfg.hint_mask}
         (folder / "training.json").write_text(json.dumps({"metrics": metrics, "history": history.as_dict()}, indent=2))
         meta = {k: v for k, v in student_artifact.meta.items() if k in ("input_shape", "num_classes", "classes", "architecture",
                                                                          "model_config", "pruning", "inputs", "outputs")}
@@ -168,6 +171,17 @@ class DistillStage:
         if isinstance(source, dict):
             return fingerprint_arrays(source)
         return fingerprint_samples(source, ctx.recipe.data.preprocessing, str(cfg.transfer_source))
+
+
+def _mask_index(cfg: DistillConfig, ctx: RunContext) -> int | None:
+    """The position of ``hint_mask`` among the model's declared inputs (the order the student is called with)."""
+    if cfg.hint_mask is None:
+        return None
+    names = [spec.name for spec in ctx.recipe.model.inputs or ()]
+    if cfg.hint_mask not in names:
+        raise RecipeError(f"'distill.hint_mask': {cfg.hint_mask!r} is not one of the model's declared inputs "
+                          f"({', '.join(names) or 'none declared'})")
+    return names.index(cfg.hint_mask)
 
 
 def _label(cfg: DistillConfig) -> str:

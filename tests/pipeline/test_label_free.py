@@ -163,6 +163,17 @@ def test_transfer_arrays_that_do_not_fit_the_inputs_are_one_line_errors_and_noth
     assert Path(prune.path).is_file(), "the pruned model built before stays in the store"
 
 
+def test_a_hint_mask_that_is_not_an_input_is_a_one_line_error(result: RunResult, folder: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from edgeship.cli import main
+
+    recipe = write_recipe(folder, distill={"transfer": "unlabeled", "hint_mask": "token_type_ids"})
+    code = main(["run", str(recipe), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "'distill.hint_mask': 'token_type_ids' is not one of the model's declared inputs (input_ids, attention_mask)" in err
+
+
 @pytest.mark.parametrize(("distill", "expected"), [
     ({"objective": "soft_hard"}, r"distill.objective: soft_hard matches class probabilities"),
     ({"transfer": "labeled"}, r"distill.transfer: a model with declared inputs has no labels"),
