@@ -279,9 +279,10 @@ class DistillConfig(Section):
     alpha: float = Field(default=0.7, ge=0, le=1, description="soft_hard: weight of the soft part; the hard part gets 1 - alpha")
     hints: tuple[HintConfig, ...] = Field(default=(), description="FitNets hint losses on named intermediate features")
     hint_weight: PositiveFloat = 1.0
-    hint_mask: str | None = Field(default=None, description="a declared input (an attention mask) whose nonzero entries "
-                                                            "mark the positions hints on (batch, positions, channels) "
-                                                            "features compare; None compares every position")
+    padding_mask: str | None = Field(
+        default=None, description="a declared input that marks a right-padded sequence's real positions (an attention "
+                                  "mask): training batches are grouped by length and cut to their longest row, and hints on "
+                                  "(batch, positions, channels) features compare only the marked positions")
     transfer: Literal["labeled", "unlabeled"] = Field(
         default="labeled", description="labeled: the training split with its labels; unlabeled: the teacher supplies every target")
     transfer_source: Path | None = Field(default=None, description="unlabeled: a folder of images or .npy/.npz inputs (a "

@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import numpy as np
 import torch
@@ -45,6 +45,8 @@ class Batches(Protocol):
 
     def batch(self, idx: np.ndarray) -> tuple[Any, torch.Tensor | None]: ...
 
+    def arrange(self, order: np.ndarray, batch_size: int) -> np.ndarray: ...
+
 
 @dataclass(frozen=True)
 class TransferSet:
@@ -66,20 +68,53 @@ class TransferSet:
         y = None if self.labels is None else torch.from_numpy(self.labels[idx])
         return torch.from_numpy(standard_strides(np.asarray(x, dtype=np.float32))), y
 
+    def arrange(self, order: np.ndarray, batch_size: int) -> np.ndarray:
+        return order
+
 
 @dataclass(frozen=True)
 class ArrayBatches:
     """Named input arrays without labels (token ids, masks, features), batched as a tuple of tensors in the model's
-    input order."""
+    input order.
+
+    ``padding`` names a right-padded mask (an attention mask): each epoch's order is then grouped by length (Hugging
+    Face's ``group_by_length``: windows of 50 batches sorted longest first) and every batch of the ``positions`` arrays is
+    cut to its longest row, so training does not pay for padding that reaches no output.
+    """
 
     arrays: Mapping[str, np.ndarray]
     labels: None = None
+    padding: str | None = None
+    positions: tuple[str, ...] = ()
+
+    GROUP: ClassVar[int] = 50  # batches per length-sorted window: long enough to group, short enough to stay shuffled
+    lengths: np.ndarray | None = field(init=False, default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.padding is not None:
+            object.__setattr__(self, "lengths", np.count_nonzero(self.arrays[self.padding], axis=1))
 
     def __len__(self) -> int:
         return len(next(iter(self.arrays.values())))
 
     def batch(self, idx: np.ndarray) -> tuple[tuple[torch.Tensor, ...], None]:
-        return tuple(torch.from_numpy(standard_strides(np.asarray(array[idx]))) for array in self.arrays.values()), None
+        longest = None if self.lengths is None else int(self.lengths[idx].max(initial=1))
+        return tuple(torch.from_numpy(standard_strides(np.asarray(array[idx][:, :longest] if name in self.positions
+                                                                  else array[idx])))
+                     for name, array in self.arrays.items()), None
+
+    def arrange(self, order: np.ndarray, batch_size: int) -> np.ndarray:
+        if self.lengths is None:
+            return order
+        lengths, window = self.lengths, batch_size * self.GROUP
+        return np.concatenate([chunk[np.argsort(-lengths[chunk], kind="stable")]
+                               for chunk in np.split(order, range(window, len(order), window))])
+
+
+def right_padded(mask: np.ndarray) -> bool:
+    """Every row is its real positions then padding: cutting the trailing positions drops padding only."""
+    marked = mask != 0
+    return bool((marked == (np.arange(mask.shape[1]) < marked.sum(axis=1, keepdims=True))).all())
 
 
 def batch_size(x: torch.Tensor | tuple[torch.Tensor, ...]) -> int:
@@ -171,6 +206,7 @@ def fit(module: nn.Module, data: Batches, evaluate: Callable[[], float], cfg: Tr
                 break
             module.train()
             order = (stream if loop.order == "stream" else np.random.default_rng([seed, epoch])).permutation(len(data))
+            order = data.arrange(order, cfg.batch_size)
             loss_sum, correct, labelled, seen = 0.0, 0, 0, 0
             for step in range(steps_per_epoch):
                 x, y = data.batch(order[step * cfg.batch_size : (step + 1) * cfg.batch_size])

@@ -15,7 +15,7 @@ from edgeship.distillation import distiller
 from edgeship.errors import StageError
 from edgeship.measure import top1
 from edgeship.recipe import Preprocessing, TrainConfig
-from edgeship.training import CLASSIFIER, HardLabels, Loop, TransferSet, fit
+from edgeship.training import CLASSIFIER, ArrayBatches, HardLabels, Loop, TransferSet, fit, right_padded
 
 QUIET = Console(quiet=True)
 DIGITS = Preprocessing(scale=1 / 255, mean=(0.0,), std=(1.0,))
@@ -129,3 +129,36 @@ def test_distillation_beats_or_equals_training_from_scratch(digits: dict[str, np
         fit(module, few, evaluator(student, digits), budget, seed=0, console=QUIET, label="distill")
     scratch_top1, distilled_top1 = evaluator(scratch, digits)(), evaluator(student, digits)()
     assert distilled_top1 >= scratch_top1, f"distilled {distilled_top1:.3f} < from scratch {scratch_top1:.3f} (teacher {teacher_top1:.3f})"
+
+
+def padded_tokens(lengths: list[int], width: int = 10) -> dict[str, np.ndarray]:
+    mask = (np.arange(width) < np.array(lengths)[:, None]).astype(np.int64)
+    return {"input_ids": (np.arange(1, width + 1) * mask).astype(np.int64), "attention_mask": mask,
+            "features": np.ones((len(lengths), 3), dtype=np.float32)}
+
+
+def test_array_batches_by_padding_are_grouped_by_length_and_cut_to_their_longest_row() -> None:
+    lengths = [3, 9, 1, 7, 2, 8, 4, 6]
+    batches = ArrayBatches(padded_tokens(lengths), padding="attention_mask", positions=("input_ids", "attention_mask"))
+    order = np.random.default_rng(0).permutation(len(lengths))
+    arranged = batches.arrange(order, batch_size=2)
+    assert sorted(arranged) == list(range(len(lengths))), "every sample once"
+    assert [lengths[i] for i in arranged] == sorted(lengths, reverse=True), "8 samples fit one window of 50 batches"
+    (ids, mask, features), _ = batches.batch(arranged[2:4])
+    assert ids.shape == mask.shape == (2, 7) and features.shape == (2, 3), "cut to the batch's longest row, features whole"
+    assert mask.sum().item() == 7 + 6
+    plain = ArrayBatches(padded_tokens(lengths))
+    assert (plain.arrange(order, 2) == order).all() and plain.batch(order[:2])[0][0].shape == (2, 10)
+
+
+def test_length_windows_keep_the_epoch_order_between_them() -> None:
+    lengths = list(range(1, 201))
+    batches = ArrayBatches(padded_tokens(lengths, width=200), padding="attention_mask", positions=("attention_mask",))
+    order = np.random.default_rng(1).permutation(200)
+    arranged = batches.arrange(order, batch_size=2)  # windows of 100 samples
+    assert set(arranged[:100]) == set(order[:100]) and set(arranged[100:]) == set(order[100:])
+
+
+def test_right_padded_masks() -> None:
+    assert right_padded(padded_tokens([3, 10, 0])["attention_mask"])
+    assert not right_padded(np.array([[0, 1, 1, 0]])), "left padding would be cut instead of the padding"

@@ -16,6 +16,7 @@ import json
 import shutil
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -53,7 +54,7 @@ class DistillStage:
             if student.id == teacher.id:
                 raise RecipeError("'distill': there is no student: enable prune (the pruned model is the student) or name a "
                                   "model in distill.student")
-        _mask_index(cfg, ctx)  # a bad hint_mask fails before any training
+        _mask_index(cfg, ctx)  # a bad padding_mask fails before any training
         source = self._source_samples(cfg, ctx) if cfg.transfer_source is not None else None  # read once: key and training
         key = {"dataset": ctx.dataset.fingerprint, "seed": ctx.recipe.seed, "transfer": self._transfer_key(cfg, ctx, source)}
         ablation = None
@@ -63,7 +64,7 @@ class DistillStage:
             ablation = ctx.produce(ABLATION, "hard-label fine-tune", config=config, parents=[student], extra_key=key,
                                    make=lambda folder: self._make(folder, None, student, cfg, ctx, work / "train.ckpt", None))
             ctx.save_manifest()
-        unset = {"hint_mask"} if cfg.hint_mask is None else set()  # a distillation made before hint_mask keeps its key
+        unset = {"padding_mask"} if cfg.padding_mask is None else set()  # one made before padding_mask keeps its key
         config = cfg.model_dump(mode="json", exclude={"enabled", "ablation"} | unset)
         work = ctx.store.scratch(ctx.artifact_id(self.name, config=config, parents=[teacher, student], extra_key=key))
         distilled = ctx.produce(self.name, _label(cfg), config=config, parents=[teacher, student], extra_key=key,
@@ -126,7 +127,7 @@ class DistillStage:
         if teacher_artifact is not None:
             metrics["objective"] = {"name": cfg.objective, "temperature": cfg.temperature, "alpha": cfg.alpha,
                                     "hints": [h.model_dump() for h in cfg.hints], "hint_weight": cfg.hint_weight,
-                                    "hint_mask": cfg.hint_mask}
+                                    "padding_mask": cfg.padding_mask}
         (folder / "training.json").write_text(json.dumps({"metrics": metrics, "history": history.as_dict()}, indent=2))
         meta = {k: v for k, v in student_artifact.meta.items() if k in ("input_shape", "num_classes", "classes", "architecture",
                                                                          "model_config", "pruning", "inputs", "outputs")}
@@ -142,11 +143,12 @@ class DistillStage:
 
         train, p = ctx.dataset.train, ctx.recipe.data.preprocessing
         if isinstance(source, dict):
-            return ArrayBatches({record["name"]: source[record["name"]] for record in input_records(ctx.recipe.model)})
+            arrays = {record["name"]: source[record["name"]] for record in input_records(ctx.recipe.model)}
+            return _padded(ArrayBatches(arrays), cfg, ctx, str(cfg.transfer_source))
         if source is not None:
             return TransferSet(source, None)
         if train.arrays:
-            return work.transfer(cfg.transfer_size)
+            return _padded(work.transfer(cfg.transfer_size), cfg, ctx, "the training split")
         labels = train.labels if cfg.transfer == "labeled" else None
         size = cfg.transfer_size or len(train)
         return TransferSet(train.images[:size], None if labels is None else labels[:size], p)
@@ -174,14 +176,31 @@ class DistillStage:
 
 
 def _mask_index(cfg: DistillConfig, ctx: RunContext) -> int | None:
-    """The position of ``hint_mask`` among the model's declared inputs (the order the student is called with)."""
-    if cfg.hint_mask is None:
+    """The position of ``padding_mask`` among the model's declared inputs (the order the student is called with)."""
+    if cfg.padding_mask is None:
         return None
-    names = [spec.name for spec in ctx.recipe.model.inputs or ()]
-    if cfg.hint_mask not in names:
-        raise RecipeError(f"'distill.hint_mask': {cfg.hint_mask!r} is not one of the model's declared inputs "
+    names = [spec.name for spec in ctx.recipe.model.inputs]
+    if cfg.padding_mask not in names:
+        raise RecipeError(f"'distill.padding_mask': {cfg.padding_mask!r} is not one of the model's declared inputs "
                           f"({', '.join(names) or 'none declared'})")
-    return names.index(cfg.hint_mask)
+    return names.index(cfg.padding_mask)
+
+
+def _padded(batches: Batches, cfg: DistillConfig, ctx: RunContext, where: str) -> Batches:
+    """``batches`` grouped by the length ``padding_mask`` marks and cut to it, on the inputs that share its positions."""
+    from edgeship.training import ArrayBatches, right_padded
+
+    if cfg.padding_mask is None or not isinstance(batches, ArrayBatches):
+        return batches
+
+    mask = batches.arrays[cfg.padding_mask]
+    if mask.ndim != 2 or not right_padded(mask):
+        raise RecipeError(f"'distill.padding_mask': {where}: array {cfg.padding_mask!r} must be (samples, positions) with each "
+                          "row's marked positions first and its padding after")
+    declared = {spec.name: spec.shape for spec in ctx.recipe.model.inputs}
+    dim = declared[cfg.padding_mask][1]
+    positions = tuple(name for name, shape in declared.items() if isinstance(dim, str) and len(shape) > 1 and shape[1] == dim)
+    return replace(batches, padding=cfg.padding_mask, positions=positions)
 
 
 def _label(cfg: DistillConfig) -> str:

@@ -163,15 +163,37 @@ def test_transfer_arrays_that_do_not_fit_the_inputs_are_one_line_errors_and_noth
     assert Path(prune.path).is_file(), "the pruned model built before stays in the store"
 
 
-def test_a_hint_mask_that_is_not_an_input_is_a_one_line_error(result: RunResult, folder: Path,
+def test_a_padding_mask_that_is_not_an_input_is_a_one_line_error(result: RunResult, folder: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     from edgeship.cli import main
 
-    recipe = write_recipe(folder, distill={"transfer": "unlabeled", "hint_mask": "token_type_ids"})
+    recipe = write_recipe(folder, distill={"transfer": "unlabeled", "padding_mask": "token_type_ids"})
     code = main(["run", str(recipe), "--quiet"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
-    assert "'distill.hint_mask': 'token_type_ids' is not one of the model's declared inputs (input_ids, attention_mask)" in err
+    assert "'distill.padding_mask': 'token_type_ids' is not one of the model's declared inputs (input_ids, attention_mask)" in err
+
+
+def test_a_padding_mask_trains_on_real_positions_only(result: RunResult, folder: Path) -> None:
+    distill = {"transfer": "unlabeled", "transfer_source": "transfer.npz", "padding_mask": "attention_mask",
+               "hints": [{"student": "down"}], "train": {"epochs": 3, "lr": 0.002, "optimizer": "adamw", "batch_size": 32}}
+    masked = run(load_recipe(write_recipe(folder, distill=distill)), console=Console(quiet=True))
+    entry = next(e for e in masked.manifest.entries if e.stage == "distill" and e.status == "ok")
+    assert not entry.reused and entry.metrics["objective"]["padding_mask"] == "attention_mask"
+    cosine = masked.report["distill"]["cosine"]
+    assert cosine["distilled"]["val_cosine"] > cosine["student_before"]["val_cosine"]
+
+
+def test_a_left_padded_mask_is_a_one_line_error(result: RunResult, folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edgeship.cli import main
+
+    arrays = token_arrays(40, 2)
+    np.savez(folder / "left.npz", input_ids=arrays["input_ids"][:, ::-1], attention_mask=arrays["attention_mask"][:, ::-1])
+    recipe = write_recipe(folder, distill={"transfer": "unlabeled", "transfer_source": "left.npz", "padding_mask": "attention_mask"})
+    code = main(["run", str(recipe), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "left.npz: array 'attention_mask' must be (samples, positions) with each row's marked" in err
 
 
 @pytest.mark.parametrize(("distill", "expected"), [
