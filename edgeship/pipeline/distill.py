@@ -192,7 +192,6 @@ def _padded(batches: Batches, cfg: DistillConfig, ctx: RunContext, where: str) -
 
     if cfg.padding_mask is None or not isinstance(batches, ArrayBatches):
         return batches
-
     mask = batches.arrays[cfg.padding_mask]
     if mask.ndim != 2 or not right_padded(mask):
         raise RecipeError(f"'distill.padding_mask': {where}: array {cfg.padding_mask!r} must be (samples, positions) with each "
