@@ -159,7 +159,7 @@ class Distiller(nn.Module):
             for hint in self.hints:
                 features = self._teacher_tap.outputs[hint.teacher]
                 if features.dim() != 3 or features.shape[:2] != mask.shape:
-                    raise RecipeError(f"'distill.hint_mask': hint {hint.teacher!r} gives features of shape "
+                    raise RecipeError(f"'distill.padding_mask': hint {hint.teacher!r} gives features of shape "
                                       f"{tuple(features.shape)}; a masked hint needs (batch, positions, channels) matching "
                                       f"the mask's {tuple(mask.shape)}")
 

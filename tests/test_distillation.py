@@ -145,5 +145,5 @@ def test_a_hint_mask_leaves_padded_positions_out_of_the_hints() -> None:
 
 
 def test_a_hint_mask_needs_position_features_of_the_mask_shape(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
-    with pytest.raises(RecipeError, match=r"'distill.hint_mask': hint '3' gives features of shape \(16, 8, 8, 8\); a masked hint"):
+    with pytest.raises(RecipeError, match=r"'distill.padding_mask': hint '3' gives features of shape \(16, 8, 8, 8\); a masked hint"):
         Distiller(tiny_net(), tiny_net(), batch[0], objective="mse", hints=[Hint("3", "3")], hint_mask=0)
