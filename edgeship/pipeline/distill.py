@@ -54,7 +54,7 @@ class DistillStage:
             if student.id == teacher.id:
                 raise RecipeError("'distill': there is no student: enable prune (the pruned model is the student) or name a "
                                   "model in distill.student")
-        _mask_index(cfg, ctx)  # a bad padding_mask fails before any training
+        mask = _mask_index(cfg, ctx)  # a bad padding_mask fails before any training
         source = self._source_samples(cfg, ctx) if cfg.transfer_source is not None else None  # read once: key and training
         key = {"dataset": ctx.dataset.fingerprint, "seed": ctx.recipe.seed, "transfer": self._transfer_key(cfg, ctx, source)}
         ablation = None
@@ -62,14 +62,14 @@ class DistillStage:
             config = {"train": cfg.train.model_dump(mode="json"), "patience": cfg.patience, "transfer_size": cfg.transfer_size}
             work = ctx.store.scratch(ctx.artifact_id(ABLATION, config=config, parents=[student], extra_key=key))
             ablation = ctx.produce(ABLATION, "hard-label fine-tune", config=config, parents=[student], extra_key=key,
-                                   make=lambda folder: self._make(folder, None, student, cfg, ctx, work / "train.ckpt", None))
+                                   make=lambda folder: self._make(folder, None, student, cfg, ctx, work / "train.ckpt", None, None))
             ctx.save_manifest()
         unset = {"padding_mask"} if cfg.padding_mask is None else set()  # one made before padding_mask keeps its key
         config = cfg.model_dump(mode="json", exclude={"enabled", "ablation"} | unset)
         work = ctx.store.scratch(ctx.artifact_id(self.name, config=config, parents=[teacher, student], extra_key=key))
         distilled = ctx.produce(self.name, _label(cfg), config=config, parents=[teacher, student], extra_key=key,
-                                make=lambda folder: self._make(folder, teacher, student, cfg, ctx, work / "train.ckpt", source))
-        publish(distilled, ablation, cfg, ctx.run_dir / "distill", "val" if ctx.recipe.validate_.split == "validation" else "eval")
+                                make=lambda folder: self._make(folder, teacher, student, cfg, ctx, work / "train.ckpt", source, mask))
+        publish(distilled, ablation, cfg, ctx.run_dir / "distill", figures_split(ctx.recipe.validate_.split))
         ctx.manifest.annotate(self.name, _label(cfg), {"history": distilled.meta["history"]})
         if ablation is not None:
             ctx.manifest.annotate(ABLATION, "hard-label fine-tune", {"history": ablation.meta["history"]})
@@ -78,8 +78,9 @@ class DistillStage:
     # -- training ------------------------------------------------------------------------------------------
 
     def _make(self, folder: Path, teacher_artifact: Artifact | None, student_artifact: Artifact, cfg: DistillConfig,
-              ctx: RunContext, checkpoint: Path, source: Source) -> Made:
-        """Distil ``student`` from ``teacher`` (or, with no teacher, fine-tune it on hard labels: the ablation)."""
+              ctx: RunContext, checkpoint: Path, source: Source, mask: int | None) -> Made:
+        """Distil ``student`` from ``teacher`` (or, with no teacher, fine-tune it on hard labels: the ablation); ``mask``:
+        the position of ``padding_mask`` among the inputs."""
         import torch
 
         from edgeship.distillation import Hint, distiller
@@ -105,7 +106,7 @@ class DistillStage:
             example = transfer.batch(np.arange(min(len(transfer), 8)))[0]
             hints = [Hint(h.student, h.teacher or h.student) for h in cfg.hints]
             with distiller(student, teacher, example, objective=cfg.objective, temperature=cfg.temperature, alpha=cfg.alpha,
-                           hints=hints, hint_weight=cfg.hint_weight, hint_mask=_mask_index(cfg, ctx)) as module:
+                           hints=hints, hint_weight=cfg.hint_weight, hint_mask=mask) as module:
                 history = fit(module, transfer, lambda: score(student, val_only=True), cfg.train, label=f"distill ({_label(cfg)})",
                               **fit_args)
         seconds = time.perf_counter() - started
@@ -223,6 +224,12 @@ def _scorer(ctx: RunContext, work: Workload) -> Any:
 
 
 # -- the comparison in the run folder --------------------------------------------------------------------------
+
+def figures_split(validate_split: str) -> str:
+    """The split a run's distillation figures are shown on: ``val`` when the run is scored on validation (``validate.split``),
+    so that a search reading them never sees the evaluation split; ``eval`` otherwise."""
+    return "val" if validate_split == "validation" else "eval"
+
 
 def comparison(distilled: Mapping[str, Any], ablation: Mapping[str, Any] | None, split: str = "eval") -> dict[str, Any]:
     """Teacher, student before recovery, hard-label fine-tune and distilled, side by side (the measure, val and eval):

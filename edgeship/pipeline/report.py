@@ -23,7 +23,7 @@ from edgeship.gates import accuracy_drop, judge, recommend, release, required_en
 from edgeship.peak import Peak
 from edgeship.pipeline.base import RunContext
 from edgeship.pipeline.build import PREPARE, SIDE_METRICS, prediction_name
-from edgeship.pipeline.distill import ABLATION, comparison, without_evaluation
+from edgeship.pipeline.distill import ABLATION, comparison, figures_split, without_evaluation
 from edgeship.pipeline.validate import BASELINES, PEAK
 from edgeship.qualification import EngineKey, EngineRow, Report
 from edgeship.recipe import GatesConfig
@@ -187,7 +187,7 @@ def build_report(manifest: Manifest, *, reached: bool = False) -> Report:
         "prune": next(({"method": e.config.get("method"), "reused": e.reused, **e.metrics}
                        for e in entries if e.stage == "prune" and e.status == "ok"), None),
         "sensitivity": next((e.metrics for e in entries if e.stage == "prune-sensitivity" and e.status == "ok"), None),
-        "distill": _distill_section(entries, "val" if split == "validation" else "eval"),
+        "distill": _distill_section(entries, figures_split(split)),
         "gates": gates.model_dump(mode="json"),
         "engines": engines,
         "devices": _devices(entries),
