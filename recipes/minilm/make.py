@@ -7,7 +7,8 @@ sentence-transformers, which would pull a CUDA build of torch); nothing is downl
 model.py is exported too: `input_ids` and `attention_mask` in (int64, batch × sequence, both dynamic),
 `sentence_embedding` out. The sentences are paragraphs of the docstrings of Python's own standard library modules (they ship with every
 Python, so they differ slightly between Python versions), tokenized to 128 tokens. transfer.npz holds more of them, from
-other modules (their classes' methods included) and the language reference's help topics, none of sentences.npz's:
+other modules (their classes' methods included), the language reference's help topics and scikit-learn's docstrings, none
+of sentences.npz's:
 unlabelled sentences that recipes/minilm_pruned.yaml distils on. The files are
 made, not kept in git.
 """
@@ -42,6 +43,15 @@ TRANSFER_MODULES = ("abc", "ast", "calendar", "cmd", "code", "codecs", "colorsys
                     "tracemalloc", "types", "unicodedata", "wave", "weakref", "xml.etree.ElementTree", "zipimport", "zlib",
                     "concurrent.futures", "multiprocessing", "http.server", "urllib.request", "email.message",
                     "importlib.metadata", "xmlrpc.client", "json.decoder", "asyncio.streams", "asyncio.tasks", "collections.abc")
+# and more of them (none deprecated, so they import on Pythons 3.10 to 3.13), then scikit-learn's, an edgeship dependency:
+# more distinct text for the distillation, whose validation cosine was still rising when its transfer set had only the above
+MORE_TRANSFER_MODULES = ("array", "atexit", "bdb", "binascii", "bz2", "cProfile", "cmath", "codeop", "compileall", "contextvars",
+                         "copyreg", "dbm", "encodings", "errno", "faulthandler", "gc", "getpass", "importlib", "marshal",
+                         "mmap", "modulefinder", "netrc", "opcode", "pickletools", "posixpath", "pyclbr", "select", "site",
+                         "stringprep", "time", "token", "wsgiref", "zipapp", "zoneinfo",
+                         "sklearn.linear_model", "sklearn.ensemble", "sklearn.metrics", "sklearn.model_selection",
+                         "sklearn.preprocessing", "sklearn.cluster", "sklearn.decomposition", "sklearn.svm", "sklearn.tree",
+                         "sklearn.neighbors")
 
 
 def docstrings(modules: tuple[str, ...], *, methods: bool = False) -> list[str]:
@@ -73,17 +83,19 @@ def paragraphs(limit: int, texts: list[str], skip: frozenset[str] = frozenset())
 
 
 def transfer_texts() -> list[str]:
-    """transfer.npz's: TRANSFER_MODULES' docstrings with their classes' methods, then the language reference's topics
-    that ``help()`` shows (pydoc_data, part of the standard library)."""
+    """transfer.npz's: TRANSFER_MODULES' docstrings with their classes' methods, the language reference's topics that
+    ``help()`` shows (pydoc_data, part of the standard library), then MORE_TRANSFER_MODULES' (so the first paragraphs are
+    the ones an older, smaller transfer.npz held)."""
     from pydoc_data.topics import topics
 
-    return docstrings(TRANSFER_MODULES, methods=True) + [topics[key] for key in sorted(topics)]
+    return (docstrings(TRANSFER_MODULES, methods=True) + [topics[key] for key in sorted(topics)]
+            + docstrings(MORE_TRANSFER_MODULES, methods=True))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sentences", type=int, default=2500)
-    parser.add_argument("--transfer", type=int, default=6000, help="most sentences in transfer.npz")
+    parser.add_argument("--transfer", type=int, default=12000, help="most sentences in transfer.npz")
     parser.add_argument("--sequence", type=int, default=128)
     parser.add_argument("--out", type=Path, default=HERE)
     parser.add_argument("--onnx", action="store_true", help="also export the encoder as minilm.onnx, for a model.onnx recipe")
