@@ -37,9 +37,10 @@ Progress = Callable[[str, int, int], None]  # task, done, total
 # timed for every engine. 3: each timed engine's per-layer profile. 4: the backend's own benchmark tool runs in the
 # alternating rounds too. 5: OpenVINO sets a large input (an image) as a tensor on the caller's array instead of
 # copying it, and LiteRT writes an image into the interpreter's own buffer. 6: the p50 times ``Runner.timed_call``
-# (the feed checked once; OpenVINO's outputs left in the buffers it shares rather than copied out). Part of every
+# (the feed checked once; OpenVINO's outputs left in the buffers it shares rather than copied out). 7: LiteRT's outputs
+# left in the interpreter too, not read out by ``get_tensor``'s copy. Part of every
 # validation's store key, so results of an older harness are measured anew.
-HARNESS_VERSION = 6
+HARNESS_VERSION = 7
 PAIRED_ROUNDS = 5  # latency and the bare runtime call alternate in this many rounds
 THROUGHPUT_WARMUP = 5
 THROUGHPUT_MIN_ITERATIONS = 20
