@@ -22,6 +22,7 @@ from edgeship.profiling import OpProfile
 from edgeship.tensors import CalibrationSet, Feed, Precision, TensorMeta
 
 if TYPE_CHECKING:
+    import numpy as np
     from pydantic import BaseModel
 
     from edgeship.artifacts import Artifact
@@ -130,6 +131,18 @@ class Runner(abc.ABC):
 
     def _timed_call(self, feed: Feed) -> Callable[[], object]:
         return functools.partial(self._infer, feed)
+
+    @staticmethod
+    def _write_then_run(writes: Sequence[tuple[Callable[[np.ndarray], object], np.ndarray]],
+                        run: Callable[[], object]) -> Callable[[], None]:
+        """A lean ``_timed_call`` for a runner whose outputs stay in buffers it keeps: each input written by the runner's
+        own writer for it, then the engine run, nothing read back."""
+        def call() -> None:
+            for write, array in writes:
+                write(array)
+            run()
+
+        return call
 
     def bare_call(self, feed: Feed) -> Callable[[], object] | None:
         """The runtime's own call on ``feed`` set once, nothing of edgeship's around it (what a runtime's benchmark tool

@@ -396,15 +396,7 @@ class OpenVinoRunner(Runner):
         # each input written as ``_infer`` writes it, the request run, its outputs left in the buffers the runner shares
         if set(self._writes) != set(feed):  # outputs not fixed by the input shapes: every call plans anew
             return super()._timed_call(feed)
-        writes = [(self._writes[name][1], array) for name, array in feed.items()]
-        run = self._run
-
-        def call() -> None:
-            for write, array in writes:
-                write(array)
-            run()
-
-        return call
+        return self._write_then_run([(self._writes[name][1], array) for name, array in feed.items()], self._run)
 
     def bare_call(self, feed: Feed) -> Callable[[], None]:
         """``infer()`` alone on tensors set once: what ``benchmark_app`` times, for the latency cross-check."""

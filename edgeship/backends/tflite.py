@@ -629,16 +629,9 @@ class TfliteRunner(Runner):
 
     def _timed_call(self, feed: Feed) -> Callable[[], object]:
         # each input written as ``_infer`` writes it (``infer`` has just planned them for these shapes) and the interpreter
-        # run; the outputs stay in its buffers, since reading one is a copy (``get_tensor``), as OpenVINO's stay in its
-        writes = [(self._prepared[name].write, array) for name, array in feed.items()]
-        invoke = self._interpreter.invoke
-
-        def call() -> None:
-            for write, array in writes:
-                write(array)
-            invoke()
-
-        return call
+        # run; the outputs stay in its buffers, since reading one is a copy (``get_tensor``), as OpenVINO's stay in its request
+        return self._write_then_run([(self._prepared[name].write, array) for name, array in feed.items()],
+                                    self._interpreter.invoke)
 
     def bare_call(self, feed: Feed) -> Callable[[], None]:
         """``invoke()`` alone on the input buffers written once: the interpreter's own call."""
