@@ -5,8 +5,8 @@
 For every engine the run built and measured on this host, times three calls in one process, in shuffled alternating
 rounds so background load falls on all alike, and prints the median per call of each:
 
-- runtime: the runtime's own call on an input set once (``Runner.bare_call``: ``session.run``, OpenVINO's
-  ``request.infer``, LiteRT's ``invoke``), what a runtime's benchmark tool times;
+- runtime: the runtime's own call on an input set once (``Runner.bare_call``: ``session.run``, OpenVINO's C API
+  ``ov_infer_request_infer``, LiteRT's ``invoke``), what a runtime's benchmark tool times;
 - infer: ``Runner.infer`` in a plain loop (edgeship's call: the feed check, layout and (de)quantization, outputs copied);
 - harness: the validation harness's own loop around the call the report's p50 times (``Runner.timed_call``: the
   feed checked once, outputs left where the runtime put them).

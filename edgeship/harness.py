@@ -38,9 +38,10 @@ Progress = Callable[[str, int, int], None]  # task, done, total
 # alternating rounds too. 5: OpenVINO sets a large input (an image) as a tensor on the caller's array instead of
 # copying it, and LiteRT writes an image into the interpreter's own buffer. 6: the p50 times ``Runner.timed_call``
 # (the feed checked once; OpenVINO's outputs left in the buffers it shares rather than copied out). 7: LiteRT's outputs
-# left in the interpreter too, not read out by ``get_tensor``'s copy. Part of every
-# validation's store key, so results of an older harness are measured anew.
-HARNESS_VERSION = 7
+# left in the interpreter too, not read out by ``get_tensor``'s copy. 8: OpenVINO's timed and bare calls go through its
+# C API, not the Python binding's ``infer``. Part of every validation's store key, so results of an older harness are
+# measured anew. 8 also keeps our p50 per round beside the tool's, for a cross-check ratio taken round by round.
+HARNESS_VERSION = 8
 PAIRED_ROUNDS = 5  # latency and the bare runtime call alternate in this many rounds
 THROUGHPUT_WARMUP = 5
 THROUGHPUT_MIN_ITERATIONS = 20
@@ -113,9 +114,9 @@ def measure(spec: HarnessSpec, progress: Progress | None = None) -> dict[str, An
             started = time.perf_counter()
             call(sample)
             result["first_inference_ms"] = round((time.perf_counter() - started) * 1e3, 3)
-            result["runtime"] = runner.describe()
             if spec.timings is not None:
                 result.update(_time_engine(spec, runner, inputs, progress))
+            result["runtime"] = runner.describe()  # after the timing: it says how the timed call reached the runtime
             result["memory"] = {"baseline_rss_bytes": baseline_rss, "peak_rss_bytes": _peak_rss()}
             if spec.outputs is not None:
                 outputs = _score(spec, call, inputs, progress, batch=_fixed_batch(runner) or spec.eval_batch_size)
@@ -188,7 +189,10 @@ def _time_engine(spec: HarnessSpec, runner: Any, inputs: Feed, progress: Progres
     if "bare" in raw:
         out["bare_latency"] = summarize(raw["bare"], spec.batch_size).as_dict()
     if tool_rounds:
-        out["cross_check_tool"] = _tool_summary(tool_rounds)
+        # our p50 in each round beside the tool's median of the same round: the cross-check's ratio is taken round by round,
+        # so that a change of background load between rounds falls on both sides of each ratio
+        out["cross_check_tool"] = _tool_summary(tool_rounds, {key: [float(np.median(chunk)) / 1e6 for chunk in chunks[:len(tool_rounds)]]
+                                                              for key, chunks in parts.items()})
     throughput: dict[str, Any] = {}
     for batch in spec.throughput_batch_sizes:
         rows = _rows(inputs, batch)
@@ -210,14 +214,15 @@ def _time_engine(spec: HarnessSpec, runner: Any, inputs: Feed, progress: Progres
     return out
 
 
-def _tool_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    """The benchmark tool's rounds as one result: the median of its round medians, or the first failure."""
+def _tool_summary(rounds: list[dict[str, Any]], ours: dict[str, list[float]]) -> dict[str, Any]:
+    """The benchmark tool's rounds as one result: the median of its round medians beside ``ours``, our p50 per round of
+    each timed call (``latency``, ``bare``), or the first failure."""
     failed = next((r for r in rounds if r["status"] != "ok"), None)
     if failed is not None:
         return failed
     medians = [r["median_ms"] for r in rounds]
     return {**rounds[0], "median_ms": float(np.median(medians)), "round_medians_ms": medians,
-            "iterations": sum(r.get("iterations") or 0 for r in rounds), "rounds": len(rounds)}
+            "ours_round_p50_ms": ours, "iterations": sum(r.get("iterations") or 0 for r in rounds), "rounds": len(rounds)}
 
 
 def _timed(task: str, call: Callable[[], object], warmup: int, iterations: int, min_seconds: float, progress: Progress) -> np.ndarray:
