@@ -91,8 +91,9 @@ def print_summary(report: Report, console: Console) -> None:
             continue
         if check["status"] == "ok":
             colour = "green" if check["within_5pct"] else "yellow"
+            paired = "round by round" if check.get("ours_round_p50_ms") else "of the medians"
             console.print(f"latency cross-check {row.name}: our p50 {check['ours_p50_ms']:.3f} ms, {check['tool']} median "
-                          f"{check['median_ms']:.3f} ms ([{colour}]×{check['ratio']:.2f}[/{colour}])" + cross_check_reason(check),
+                          f"{check['median_ms']:.3f} ms ([{colour}]×{check['ratio']:.2f}[/{colour}] {paired})" + cross_check_reason(check),
                           soft_wrap=True)
         else:
             console.print(f"[yellow]latency cross-check {row.name} failed: {escape(check['reason'])}[/yellow]", soft_wrap=True)
@@ -166,7 +167,7 @@ def cross_check_reason(check: Mapping[str, Any]) -> str:
     if check["within_5pct"] or "bare_ratio" not in check:
         return ""
     return (f"; the engine call alone times ×{check['bare_ratio']:.2f} of the tool's median in our harness, so the rest is the "
-            f"{1e3 * check['call_overhead_ms']:.0f} µs Python call around it (writing the input into the runtime, edgeship's "
+            f"{1e3 * check['call_overhead_ms']:.0f} µs call around it (writing the input into the runtime, edgeship's "
             "call), which the tool leaves out and every backend's p50 here includes")
 
 

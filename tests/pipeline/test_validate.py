@@ -2,8 +2,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from edgeship.artifacts import ArtifactStore
-from edgeship.pipeline.validate import engine_bytes, prediction_label
+from edgeship.pipeline.validate import _compare, engine_bytes, prediction_label
 
 
 def test_engine_size_counts_the_files_that_ship(tmp_path: Path) -> None:
@@ -21,3 +23,18 @@ def test_engine_size_counts_the_files_that_ship(tmp_path: Path) -> None:
 
 def test_prediction_label_names_both_runtimes() -> None:
     assert prediction_label("tensorrt", "onnxruntime") == "predicted on ONNX Runtime, not measured on TensorRT"
+
+
+def test_the_cross_check_ratio_is_taken_round_by_round() -> None:
+    """A load that doubles every time in the second round moves both sides: the round-by-round ratio stays at ×1.02,
+    where the ratio of the pooled medians would say ×0.68."""
+    theirs = {"status": "ok", "tool": "benchmark_app", "median_ms": 0.15, "round_medians_ms": [0.1, 0.2, 0.2],
+              "ours_round_p50_ms": {"latency": [0.102, 0.204, 0.204], "bare": [0.1, 0.2, 0.2]}}
+    check = _compare(theirs, {"p50_ms": 0.102}, {"p50_ms": 0.1})
+    assert check["ratio"] == pytest.approx(1.02) and check["within_5pct"]
+    assert check["ratio_of_medians"] == pytest.approx(0.68) and check["bare_ratio"] == pytest.approx(1.0)
+    assert check["call_overhead_ms"] == pytest.approx(0.002)
+    older = {key: value for key, value in theirs.items() if key != "ours_round_p50_ms"}  # a result of harness 7
+    assert _compare(older, {"p50_ms": 0.102}, None)["ratio"] == pytest.approx(0.68)
+    failed = {"status": "failed", "reason": "benchmark_app not found"}
+    assert _compare(failed, {"p50_ms": 0.102}, None) == failed
