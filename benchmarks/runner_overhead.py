@@ -12,8 +12,9 @@ rounds so background load falls on all alike, and prints the median per call of 
   feed checked once, outputs left where the runtime put them).
 
 ``overhead`` is harness − runtime, in µs and as a share of the runtime call; beside it the p50 and the per-call overhead
-the report recorded. ``--benchmark-app`` adds OpenVINO's ``benchmark_app`` median for each OpenVINO engine, with the
-runner's settings.
+the report recorded. ``--benchmark-app`` adds OpenVINO's ``benchmark_app`` (one second a round, with the runner's settings)
+to each OpenVINO engine's shuffled rounds: its median, and ``harness/tool``, the median over rounds of the harness's
+round median over the tool's, which is what the report's cross-check gates on.
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ from edgeship.measure import time_calls
 BACKENDS = ("onnxruntime", "openvino", "tflite")
 
 
-def measure(row: dict[str, Any], *, threads: int, seconds: float, rounds: int, rng: np.random.Generator) -> dict[str, float]:
+def measure(row: dict[str, Any], *, threads: int, seconds: float, rounds: int, rng: np.random.Generator,
+            tool_shape: tuple[int, ...] | None = None) -> dict[str, float]:
+    """Median µs per call of each call over the rounds; with ``tool_shape``, ``benchmark_app`` (one second a round) in the
+    same shuffled rounds, and ``harness/tool``: the median over rounds of the harness's round median over the tool's."""
     runner = get_backend(row["backend"]).runner(Path(row["path"]), threads=threads)
     with runner:
         name, meta = next(iter(runner.input_metadata().items()))
@@ -47,13 +51,21 @@ def measure(row: dict[str, Any], *, threads: int, seconds: float, rounds: int, r
                  "harness": lambda: _timed("harness", harness_call, 0, 1, seconds, lambda *_: None)}
         for run in calls.values():  # warm-up
             run()
+        if tool_shape is not None:
+            calls["benchmark_app"] = lambda: np.array([1e6 * benchmark_app(Path(row["path"]), threads=threads, batch_size=1,
+                                                                           input_shape=tool_shape, input_name=name,
+                                                                           seconds=1.0)["median_ms"]])
         pooled: dict[str, list[np.ndarray]] = {key: [] for key in calls}
         order = list(calls)
         for _ in range(rounds):
             rng.shuffle(order)
             for key in order:
                 pooled[key].append(calls[key]())
-    return {key: float(np.median(np.concatenate(parts))) / 1e3 for key, parts in pooled.items()}
+    got = {key: float(np.median(np.concatenate(parts))) / 1e3 for key, parts in pooled.items()}
+    if tool_shape is not None:
+        got["harness/tool"] = float(np.median([np.median(ours) / tool[0] for ours, tool in zip(pooled["harness"], pooled["benchmark_app"],
+                                                                                              strict=True)]))
+    return got
 
 
 def main() -> None:
@@ -69,20 +81,19 @@ def main() -> None:
     rng = np.random.default_rng(0)
     print(f"{report['run_id']}: {threads} threads, {args.rounds} shuffled rounds of {args.seconds} s per call; medians in µs")
     header = f"{'engine':18} {'runtime':>8} {'infer':>8} {'harness':>8} {'overhead':>9} {'share':>6}  {'report p50':>10} {'report ovh':>10}"
-    print(header + ("  benchmark_app  report/tool" if args.benchmark_app else ""))
+    print(header + ("  benchmark_app  harness/tool" if args.benchmark_app else ""))
     for row in report["engines"]:
         if row["status"] != "ok" or row["backend"] not in BACKENDS or row["key"]["device"] is not None:
             continue
-        got = measure(row, threads=threads, seconds=args.seconds, rounds=args.rounds, rng=rng)
+        openvino_tool = args.benchmark_app and row["backend"] == "openvino"
+        got = measure(row, threads=threads, seconds=args.seconds, rounds=args.rounds, rng=rng,
+                      tool_shape=tuple(row_input_shape(args.run, row)) if openvino_tool else None)
         overhead = got["harness"] - got["runtime"]
         line = (f"{row['name']:18} {got['runtime']:8.1f} {got['infer']:8.1f} {got['harness']:8.1f} {overhead:9.1f} "
                 f"{overhead / got['runtime']:6.1%}  {1e3 * row['latency']['p50_ms']:10.1f} "
                 f"{row['call_overhead_us'] if row.get('call_overhead_us') is not None else float('nan'):10.1f}")
-        if args.benchmark_app and row["backend"] == "openvino":
-            tool = benchmark_app(Path(row["path"]), threads=threads, batch_size=1, input_shape=tuple(row_input_shape(args.run, row)),
-                                 input_name="input", seconds=5.0)
-            median = 1e3 * tool["median_ms"]
-            line += f"  {median:13.1f}  {1e3 * row['latency']['p50_ms'] / median:11.3f}"
+        if openvino_tool:
+            line += f"  {got['benchmark_app']:13.1f}  {got['harness/tool']:12.3f}"
         print(line, flush=True)
 
 
