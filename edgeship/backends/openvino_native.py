@@ -2,7 +2,7 @@
 
 Why: the Python binding's ``infer`` builds a dictionary of new output views on every call, microseconds that an
 application in C or C++ does not pay and ``benchmark_app``'s loop does not time; on a ~100 µs engine they alone put the
-report's p50 several per cent above the tool's (docs/measurements.md). A ctypes call into ``ov_infer_request_infer``
+report's p50 a few per cent above the tool's (docs/measurements.md). A ctypes call into ``ov_infer_request_infer``
 costs a fraction of that. The request is compiled from the same IR with the same properties as the runner's Python one,
 so it runs the same kernels; each input is the request's own tensor, written in place, as an application reusing its
 buffers writes it. A large input is set on the caller's memory instead (``share``), as the Python path sets it.
@@ -121,7 +121,7 @@ class NativeRequest:
             tensor = self._tensor(name)
             _check(lib, lib.ov_tensor_set_shape(tensor, _shape(array.shape)), f"shaping input {name}")
             view = self._view(tensor, array.dtype, array.shape, f"input {name}")
-            view[...] = 0  # bound: the check below would see a write that misses the request's memory
+            view[...] = 0  # a writer whose copy missed the request's memory would leave the zeros' outputs: the runner's check sees it
             writes.append((functools.partial(np.copyto, view), array))
         return writes
 
