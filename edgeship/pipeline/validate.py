@@ -225,8 +225,8 @@ def _compare(theirs: dict[str, Any], latency: dict[str, Any], bare: dict[str, An
     """Our p50 beside the backend tool's median (``theirs``, status ``ok`` or ``failed``).
 
     ``ratio`` compares our p50 of the timed call (the number the report uses) with the tool's median, round by round
-    where the harness kept both (the median of the rounds' ratios: each round's two figures are measured minutes apart at
-    most, so background load that changes between rounds cancels), else as the ratio of the two medians
+    where the harness kept both (the median of the rounds' ratios: each round's two figures are measured seconds apart,
+    so background load that changes between rounds cancels), else as the ratio of the two medians
     (``ratio_of_medians``, kept beside it). ``bare_ratio`` compares the engine call alone, timed by our harness, so a
     difference can be told apart: harness (bare_ratio) or the call around the engine (ratio / bare_ratio).
     """

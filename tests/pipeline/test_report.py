@@ -21,7 +21,7 @@ from edgeship.cli import main
 from edgeship.gates import NOTHING_QUALIFIED
 from edgeship.pipeline.report import load_report, rebuild
 from edgeship.qualification import Report
-from edgeship.render.terminal import print_summary
+from edgeship.render.terminal import cross_check_reason, print_summary
 
 LATENCY = {"p50_ms": 1.0, "p99_ms": 2.0, "batch_size": 1, "ci95": {"p50_ms": [0.9, 1.1], "p99_ms": [1.8, 2.2]}}
 MEASURED = {"top1": 0.9, "top1_agreement": 0.995, "eval_samples": 1000, "size_bytes": 4096, "latency": LATENCY}
@@ -157,3 +157,11 @@ def test_a_backend_that_is_installed_but_raises_on_import_is_broken_not_missing(
     assert state.reason.startswith("openvino is installed but fails to import: ImportError")
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # a module blocked in sys.modules is one not installed
     assert not availability("tensorrt").broken
+
+
+def test_a_cross_check_miss_is_put_down_to_the_call_only_when_the_engine_call_alone_agrees_with_the_tool() -> None:
+    check = {"within_5pct": False, "bare_ratio": 1.01, "call_overhead_ms": 0.012}
+    assert "12 µs call around it" in cross_check_reason(check)
+    slow = {**check, "bare_ratio": 1.2}  # the engine's own call is as far off: load, not edgeship's call
+    assert "×1.20" in cross_check_reason(slow) and "not in edgeship's call" in cross_check_reason(slow)
+    assert cross_check_reason({**check, "within_5pct": True}) == ""
