@@ -15,6 +15,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
+import numpy as np
+
 from edgeship.backends.tooling import error_line
 from edgeship.divergence import Tap, TensorSite
 from edgeship.errors import BackendUnavailable, BuildError
@@ -22,7 +24,6 @@ from edgeship.profiling import OpProfile
 from edgeship.tensors import CalibrationSet, Feed, Precision, TensorMeta
 
 if TYPE_CHECKING:
-    import numpy as np
     from pydantic import BaseModel
 
     from edgeship.artifacts import Artifact
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 __all__ = ["Availability", "Backend", "BackendBase", "BackendInfo", "CalibrationSet", "Feed", "Precision", "PreparingBackend",
            "Runner", "TensorMeta"]
 
+
+InputWrites = Sequence[tuple[Callable[[np.ndarray], object], np.ndarray]]  # (a runner's writer, the array it writes) per input
 
 @dataclass(frozen=True)
 class BackendInfo:
@@ -133,8 +136,7 @@ class Runner(abc.ABC):
         return functools.partial(self._infer, feed)
 
     @staticmethod
-    def _write_then_run(writes: Sequence[tuple[Callable[[np.ndarray], object], np.ndarray]],
-                        run: Callable[[], object]) -> Callable[[], None]:
+    def _write_then_run(writes: InputWrites, run: Callable[[], object]) -> Callable[[], None]:
         """A lean ``_timed_call`` for a runner whose outputs stay in buffers it keeps: each input written by the runner's
         own writer for it, then the engine run, nothing read back."""
         def call() -> None:

@@ -23,9 +23,19 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, PositiveInt
 
-from edgeship.backends.base import Availability, BackendBase, BackendInfo, CalibrationSet, Feed, Precision, Runner, TensorMeta
+from edgeship.backends.base import (
+    Availability,
+    BackendBase,
+    BackendInfo,
+    CalibrationSet,
+    Feed,
+    InputWrites,
+    Precision,
+    Runner,
+    TensorMeta,
+)
 from edgeship.backends.float_search import choose_float_layers
-from edgeship.backends.openvino_native import NativeError, NativeRequest, Writes
+from edgeship.backends.openvino_native import NativeError, NativeRequest
 from edgeship.backends.rounding import rounded_source
 from edgeship.backends.tooling import import_problem
 from edgeship.config import (
@@ -420,7 +430,7 @@ class OpenVinoRunner(Runner):
         native = self._native_call(feed) if set(self._writes) == set(feed) else None
         return native[1] if native is not None else self._run
 
-    def _native_call(self, feed: Feed) -> tuple[Writes, Callable[[], None]] | None:
+    def _native_call(self, feed: Feed) -> tuple[InputWrites, Callable[[], None]] | None:
         """The C API request bound to ``feed``'s shapes (written once and checked: its outputs must be the binding's, byte
         for byte), as (writes, run); ``None`` after noting why where it cannot be."""
         if self._native_problem is not None:

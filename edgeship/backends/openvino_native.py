@@ -15,14 +15,14 @@ import functools
 import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from edgeship.backends.base import InputWrites
+
 _P = ctypes.c_void_p
 _OUT = ctypes.POINTER(ctypes.c_void_p)
-
-
-Writes = list[tuple[Callable[[np.ndarray], object], np.ndarray]]  # (writer, the array it writes) per input
 
 
 class NativeError(RuntimeError):
@@ -49,6 +49,15 @@ def _library() -> ctypes.CDLL:
         lib = ctypes.CDLL(str(found[0]))
     except OSError as exc:
         raise NativeError(f"cannot load {found[0].name}: {exc}") from exc
+
+    def declare(name: str, args: list[Any] | None, result: Any) -> None:
+        function = getattr(lib, name, None)
+        if function is None:
+            raise NativeError(f"{found[0].name} has no {name}")
+        if args is not None:  # None: variadic, its arguments given as ctypes values
+            function.argtypes = args
+        function.restype = result
+
     for name, args in {"ov_core_create": [_OUT], "ov_compiled_model_create_infer_request": [_P, _OUT],
                        "ov_infer_request_get_tensor": [_P, ctypes.c_char_p, _OUT],
                        "ov_infer_request_set_tensor": [_P, ctypes.c_char_p, _P],
@@ -58,16 +67,10 @@ def _library() -> ctypes.CDLL:
                        "ov_tensor_create_from_host_ptr": [ctypes.c_int, _Shape, _P, _OUT],
                        "ov_tensor_get_element_type": [_P, ctypes.POINTER(ctypes.c_int)],
                        "ov_infer_request_infer": [_P]}.items():
-        function = getattr(lib, name, None)
-        if function is None:
-            raise NativeError(f"{found[0].name} has no {name}")
-        function.argtypes, function.restype = args, ctypes.c_int
-    for name in ("ov_core_compile_model_from_file", "ov_tensor_free", "ov_infer_request_free", "ov_compiled_model_free", "ov_core_free"):
-        if getattr(lib, name, None) is None:
-            raise NativeError(f"{found[0].name} has no {name}")
-    lib.ov_core_compile_model_from_file.restype = ctypes.c_int  # variadic: its arguments are given as ctypes values
+        declare(name, args, ctypes.c_int)
+    declare("ov_core_compile_model_from_file", None, ctypes.c_int)
     for name in ("ov_tensor_free", "ov_infer_request_free", "ov_compiled_model_free", "ov_core_free"):
-        getattr(lib, name).argtypes, getattr(lib, name).restype = [_P], None
+        declare(name, [_P], None)
     if hasattr(lib, "ov_get_last_err_msg"):
         lib.ov_get_last_err_msg.argtypes, lib.ov_get_last_err_msg.restype = [], ctypes.c_char_p
     return lib
@@ -110,7 +113,7 @@ class NativeRequest:
     def close(self) -> None:
         self._finalizer()
 
-    def bind(self, feed: Mapping[str, np.ndarray], share: frozenset[str] = frozenset()) -> Writes:
+    def bind(self, feed: Mapping[str, np.ndarray], share: frozenset[str] = frozenset()) -> InputWrites:
         """Each input of ``feed`` shaped in the request and a writer for it: a copy into the request's own tensor, or for
         a name in ``share`` a tensor set on the given array's memory at each call. Valid until the next ``bind``."""
         lib, writes = self._lib, []
@@ -141,21 +144,24 @@ class NativeRequest:
         lib, handle = self._lib, _P()
         _check(lib, lib.ov_infer_request_get_output_tensor_by_index(self._request, index, ctypes.byref(handle)), f"output {index}")
         try:
-            size, data = ctypes.c_size_t(), _P()
-            _check(lib, lib.ov_tensor_get_byte_size(handle, ctypes.byref(size)), f"output {index} size")
-            _check(lib, lib.ov_tensor_data(handle, ctypes.byref(data)), f"output {index} data")
-            return ctypes.string_at(data.value, size.value) if size.value else b""
+            address, size = self._memory(handle.value, f"output {index}")
+            return ctypes.string_at(address, size) if size else b""
         finally:
             lib.ov_tensor_free(handle)
 
-    def _view(self, tensor: int, dtype: np.dtype, shape: tuple[int, ...], what: str) -> np.ndarray:
+    def _memory(self, tensor: int, what: str) -> tuple[int, int]:
+        """A tensor's address and size in bytes."""
         lib, size, data = self._lib, ctypes.c_size_t(), _P()
-        _check(lib, lib.ov_tensor_get_byte_size(tensor, ctypes.byref(size)), what)
-        _check(lib, lib.ov_tensor_data(tensor, ctypes.byref(data)), what)
+        _check(lib, lib.ov_tensor_get_byte_size(tensor, ctypes.byref(size)), f"{what} size")
+        _check(lib, lib.ov_tensor_data(tensor, ctypes.byref(data)), f"{what} data")
+        return data.value or 0, size.value
+
+    def _view(self, tensor: int, dtype: np.dtype, shape: tuple[int, ...], what: str) -> np.ndarray:
+        address, size = self._memory(tensor, what)
         wanted = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if size.value != wanted or (wanted and not data.value):
-            raise NativeError(f"OpenVINO C API, {what}: {size.value} bytes where {dtype} {shape} needs {wanted}")
-        raw = (ctypes.c_ubyte * wanted).from_address(data.value) if wanted else bytearray()
+        if size != wanted or (wanted and not address):
+            raise NativeError(f"OpenVINO C API, {what}: {size} bytes where {dtype} {shape} needs {wanted}")
+        raw = (ctypes.c_ubyte * wanted).from_address(address) if wanted else bytearray()
         return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
     def _tensor(self, name: str) -> int:
