@@ -41,7 +41,8 @@ Progress = Callable[[str, int, int], None]  # task, done, total
 # left in the interpreter too, not read out by ``get_tensor``'s copy. 8: OpenVINO's timed and bare calls go through its
 # C API, not the Python binding's ``infer``. Part of every validation's store key, so results of an older harness are
 # measured anew. 8 also keeps our p50 per round beside the tool's, for a cross-check ratio taken round by round.
-HARNESS_VERSION = 8
+# 9: the per-call overhead taken round by round (``bare_latency.paired_overhead_us``), not as a difference of pooled p50s.
+HARNESS_VERSION = 9
 PAIRED_ROUNDS = 5  # latency and the bare runtime call alternate in this many rounds
 THROUGHPUT_WARMUP = 5
 THROUGHPUT_MIN_ITERATIONS = 20
@@ -188,6 +189,10 @@ def _time_engine(spec: HarnessSpec, runner: Any, inputs: Feed, progress: Progres
     out: dict[str, Any] = {"latency": summarize(raw["latency"], spec.batch_size).as_dict()}
     if "bare" in raw:
         out["bare_latency"] = summarize(raw["bare"], spec.batch_size).as_dict()
+        # the call's overhead as the median over rounds of each round's difference of medians: a change of background
+        # load between rounds falls on both sides of each difference, as it does not on a difference of pooled p50s
+        out["bare_latency"]["paired_overhead_us"] = round(float(np.median(
+            [np.median(ours) - np.median(theirs) for ours, theirs in zip(parts["latency"], parts["bare"], strict=True)])) / 1e3, 1)
     if tool_rounds:
         # our p50 in each round beside the tool's median of the same round: the cross-check's ratio is taken round by round,
         # so that a change of background load between rounds falls on both sides of each ratio

@@ -123,7 +123,7 @@ class EngineRow(Scores):
     top1_drop_vs_backend_fp32_points: float | None = None
     latency: dict[str, Any] | None = None
     bare_latency: dict[str, Any] | None = None  # the runtime's own call on a feed set once, timed beside ``latency``
-    call_overhead_us: float | None = None  # p50 of Runner.infer minus p50 of the bare call: what edgeship's call adds
+    call_overhead_us: float | None = None  # timed call minus bare call, round by round: what edgeship's call adds
     throughput: dict[str, Any] | None = None
     memory: dict[str, Any] | None = None
     load_ms: float | None = None

@@ -90,3 +90,29 @@ def test_scoring_a_memory_mapped_input_holds_a_batch_of_it_not_all_of_it(tmp_pat
     grown = psutil.Process().memory_info().rss - before
     np.testing.assert_array_equal(scores, expected)
     assert grown < 60 * 2**20, f"scoring kept {grown / 2**20:.0f} MiB of a 241 MB input resident"
+
+
+def test_the_call_overhead_is_taken_round_by_round_so_a_load_change_between_rounds_cancels(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeship import harness
+
+    class TwoCalls:  # the timed call and the runtime's own; their times come from the patched ``_timed``
+        def bare_call(self, feed: object) -> object:
+            return lambda: None
+
+        def timed_call(self, feed: object) -> object:
+            return lambda: None
+
+    calls: list[str] = []
+
+    def timed(task: str, call: object, *args: object) -> np.ndarray:
+        calls.append(task)
+        slow = 100_000.0 * ((len(calls) - 1) // 2)  # background load grows by 100 µs a round; the call adds 7 µs
+        return np.full(4, slow + (57_000.0 if task.startswith("latency") else 50_000.0))
+
+    monkeypatch.setattr(harness, "_timed", timed)
+    spec = spec_for(tmp_path / "unused.onnx", tmp_path, throughput_batch_sizes=(), batch_size=1)
+    inputs = {"input": np.zeros((2, 1, 28, 28), np.float32)}
+    out = harness._time_engine(spec.model_copy(update={"bare_call": True}), TwoCalls(), inputs, lambda *_: None)
+    assert len(calls) == 2 * harness.PAIRED_ROUNDS
+    assert out["bare_latency"]["paired_overhead_us"] == 7.0

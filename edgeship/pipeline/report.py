@@ -326,11 +326,13 @@ def _add_drop_vs_backend_fp32(engines: list[EngineRow]) -> None:
 
 
 def _add_call_overhead(engines: list[EngineRow]) -> None:
-    """What edgeship's call adds to the runtime's own, per call: the p50 of ``Runner.infer`` minus the bare call's,
-    both timed by the same harness in the same process."""
+    """What edgeship's call adds to the runtime's own, per call: the timed call's median minus the bare call's, both
+    timed by the same harness in the same process, round by round (the median of the rounds' differences); results of an
+    older harness have only the difference of the pooled p50s."""
     for row in engines:
         if row.latency and row.bare_latency:
-            row.call_overhead_us = round(1e3 * (row.latency["p50_ms"] - row.bare_latency["p50_ms"]), 1)
+            paired = row.bare_latency.get("paired_overhead_us")
+            row.call_overhead_us = paired if paired is not None else round(1e3 * (row.latency["p50_ms"] - row.bare_latency["p50_ms"]), 1)
 
 
 def _add_fraction_of_peak(engines: list[EngineRow], peak: Peak | None) -> None:

@@ -66,7 +66,8 @@ def test_openvino_latency_is_cross_checked_with_benchmark_app(result: RunResult)
             float(np.median(np.array(ours) / check["round_medians_ms"])), rel=1e-3)
         assert rows_runtime(result, name)["timed_call"].startswith("OpenVINO C API"), "the harness times OpenVINO's C API call"
         assert 0.5 < check["bare_ratio"] < 2, "the two harnesses time the same engine call on the same machine"
-        assert check["call_overhead_ms"] == pytest.approx(check["ours_p50_ms"] - check["ours_bare_p50_ms"], abs=1e-3)
+        assert check["call_overhead_ms"] == pytest.approx(next(row for row in result.report["engines"]
+                                                               if row["name"] == name)["call_overhead_us"] / 1e3, abs=1e-4)
     assert all(row.get("cross_check") is None for row in result.report["engines"] if row["backend"] != "openvino")
 
 
@@ -80,7 +81,9 @@ def test_every_engine_reports_its_runtime_call_and_the_overhead_around_it(result
             continue
         bare, ours = row["bare_latency"], row["latency"]
         assert bare["iterations"] >= 20 and bare["p50_ms"] > 0, row["name"]
-        assert row["call_overhead_us"] == pytest.approx(1e3 * (ours["p50_ms"] - bare["p50_ms"]), abs=0.1), row["name"]
+        assert row["call_overhead_us"] == bare["paired_overhead_us"], row["name"]
+        # the round-by-round figure and the difference of pooled p50s measure one thing; far apart, one of them is wrong
+        assert abs(row["call_overhead_us"] - 1e3 * (ours["p50_ms"] - bare["p50_ms"])) < max(50.0, 0.5e3 * bare["p50_ms"]), row["name"]
     page = (result.run_dir / "report.html").read_text()
     assert "runtime call p50" in page and "overhead µs" in page
 

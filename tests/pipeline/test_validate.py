@@ -34,6 +34,8 @@ def test_the_cross_check_ratio_is_taken_round_by_round() -> None:
     assert check["ratio"] == pytest.approx(1.02) and check["within_5pct"]
     assert check["ratio_of_medians"] == pytest.approx(0.68) and check["bare_ratio"] == pytest.approx(1.0)
     assert check["call_overhead_ms"] == pytest.approx(0.002)
+    paired = _compare(theirs, {"p50_ms": 0.102}, {"p50_ms": 0.1, "paired_overhead_us": 1.5})  # harness 9: round by round
+    assert paired["call_overhead_ms"] == pytest.approx(0.0015)
     older = {key: value for key, value in theirs.items() if key != "ours_round_p50_ms"}  # a result of harness 7
     assert _compare(older, {"p50_ms": 0.102}, None)["ratio"] == pytest.approx(0.68)
     failed = {"status": "failed", "reason": "benchmark_app not found"}
