@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 ZOO: dict[str, str] = {
     "resnet_small": "edgeship.zoo.resnet:resnet_small",
+    "resnet_small_s2": "edgeship.zoo.resnet:resnet_small_s2",
     "mobilenet_small": "edgeship.zoo.mobilenet:mobilenet_small",
 }
 

@@ -1,4 +1,8 @@
-"""A small ResNet for 28×28-ish inputs: stem, three residual stages, global pool, linear."""
+"""A small ResNet for 28×28-ish inputs: stem, three residual stages, global pool, linear.
+
+``resnet_small_s2`` is the same network with a stride-2 stem: every stage runs on a quarter of the pixels, so a
+student of it distilled from ``resnet_small`` costs far fewer per-layer and per-pixel passes than pruning's thinner
+channels at full resolution (docs/measurements.md, issue 28)."""
 
 from __future__ import annotations
 
@@ -27,9 +31,10 @@ class BasicBlock(nn.Module):
 
 
 class ResNetSmall(nn.Module):
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16) -> None:
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16, stem_stride: int = 1) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, stem_stride, 1, bias=False), nn.BatchNorm2d(width),
+                                  nn.ReLU(inplace=True))
         self.layer1 = BasicBlock(width, width, 1)
         self.layer2 = BasicBlock(width, 2 * width, 2)
         self.layer3 = BasicBlock(2 * width, 4 * width, 2)
@@ -43,3 +48,7 @@ class ResNetSmall(nn.Module):
 
 def resnet_small(*, in_channels: int = 1, num_classes: int = 10, width: int = 16) -> ResNetSmall:
     return ResNetSmall(in_channels, num_classes, width)
+
+
+def resnet_small_s2(*, in_channels: int = 1, num_classes: int = 10, width: int = 16) -> ResNetSmall:
+    return ResNetSmall(in_channels, num_classes, width, stem_stride=2)
