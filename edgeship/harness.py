@@ -219,6 +219,13 @@ def _time_engine(spec: HarnessSpec, runner: Any, inputs: Feed, progress: Progres
     return out
 
 
+def call_overhead_us(latency: dict[str, Any], bare: dict[str, Any]) -> float:
+    """What the timed call adds to the runtime's own per call, in µs: round by round where the result has it
+    (``paired_overhead_us``, harness 9), else, for an older result, the difference of the pooled p50s."""
+    paired = bare.get("paired_overhead_us")
+    return paired if paired is not None else round(1e3 * (latency["p50_ms"] - bare["p50_ms"]), 1)
+
+
 def _tool_summary(rounds: list[dict[str, Any]], ours: dict[str, list[float]]) -> dict[str, Any]:
     """The benchmark tool's rounds as one result: the median of its round medians beside ``ours``, our p50 per round of
     each timed call (``latency``, ``bare``), or the first failure."""

@@ -20,6 +20,7 @@ from edgeship.backends import REGISTRY
 from edgeship.data import substitution_note
 from edgeship.errors import DataError
 from edgeship.gates import accuracy_drop, judge, recommend, release, required_engines
+from edgeship.harness import call_overhead_us
 from edgeship.peak import Peak
 from edgeship.pipeline.base import RunContext
 from edgeship.pipeline.build import PREPARE, SIDE_METRICS, prediction_name
@@ -331,8 +332,7 @@ def _add_call_overhead(engines: list[EngineRow]) -> None:
     older harness have only the difference of the pooled p50s."""
     for row in engines:
         if row.latency and row.bare_latency:
-            paired = row.bare_latency.get("paired_overhead_us")
-            row.call_overhead_us = paired if paired is not None else round(1e3 * (row.latency["p50_ms"] - row.bare_latency["p50_ms"]), 1)
+            row.call_overhead_us = call_overhead_us(row.latency, row.bare_latency)
 
 
 def _add_fraction_of_peak(engines: list[EngineRow], peak: Peak | None) -> None:

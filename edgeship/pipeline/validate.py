@@ -27,7 +27,7 @@ from edgeship.artifacts import RECORD, Artifact
 from edgeship.backends import display_name, get_backend
 from edgeship.data import model_inputs
 from edgeship.errors import StageError
-from edgeship.harness import HARNESS_VERSION
+from edgeship.harness import HARNESS_VERSION, call_overhead_us
 from edgeship.macs import onnx_macs
 from edgeship.measure import output_scores, scores, top1
 from edgeship.peak import PEAK_VERSION, measure_peak_isolated
@@ -246,8 +246,7 @@ def _compare(theirs: dict[str, Any], latency: dict[str, Any], bare: dict[str, An
              "ratio_of_medians": round(latency["p50_ms"] / theirs["median_ms"], 4), "within_5pct": abs(ratio - 1) <= 0.05}
     if bare is not None:
         check.update(ours_bare_p50_ms=bare["p50_ms"], bare_ratio=round(paired("bare", bare["p50_ms"]), 4),
-                     call_overhead_ms=round(bare["paired_overhead_us"] / 1e3 if bare.get("paired_overhead_us") is not None
-                                            else latency["p50_ms"] - bare["p50_ms"], 4))  # the report's overhead figure
+                     call_overhead_ms=round(call_overhead_us(latency, bare) / 1e3, 4))  # the report's overhead figure
     return check
 
 
