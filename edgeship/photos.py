@@ -6,6 +6,10 @@ halves along its longer side; calibration crops come from one half and evaluatio
 half alternates from photo to photo), so no pixel is in both sets. Each half yields square crops at several
 scales and positions, each also mirrored, resized to the model's input size.
 
+With ``data.extra_eval_photos: opencv-doc`` the evaluation split also takes crops of the natural photographs among
+OpenCV's sample data (Debian's ``opencv-doc``), each whole: those photos are in no calibration or validation crop, so
+evaluation is widened beyond the 16 bundled photos without changing what calibration and the float-layer search see.
+
 There are no labels: a model's accuracy on these crops is its agreement with the FP32 reference. ``PROBES``
 name what an ImageNet classifier should see in a few whole photos; the export stage checks them, which proves
 the preprocessing right.
@@ -36,6 +40,15 @@ SCALES = (1.0, 0.8, 0.64, 0.5, 0.4)   # crop side as a fraction of the half's sh
 POSITIONS = (0.0, 0.5, 1.0)           # where the crop sits in the slack along each axis
 SPARE_CROPS = 512  # calibration-half crops outside the calibration set kept as the validation split (divergence, keep_float: auto)
 INSTALL = "pip install 'edgeship[efficientnet]'"
+
+# Debian's opencv-doc: the photographs of natural scenes among OpenCV's sample data, one of each scene (no stereo or flow
+# twins, calibration boards, drawings, renders, paintings or text)
+OPENCV_DOC = Path("/usr/share/doc/opencv-doc/examples")
+OPENCV_PHOTOS: tuple[str, ...] = tuple(f"data/{name}" for name in (
+    "aero1.jpg", "aloeL.jpg", "apple.jpg", "baboon.jpg", "basketball1.png", "board.jpg", "box_in_scene.png", "building.jpg",
+    "butterfly.jpg", "chicky_512.png", "ela_original.jpg", "fruits.jpg", "graf1.png", "home.jpg", "leuvenA.jpg", "messi5.jpg",
+    "orange.jpg", "squirrel_cls.jpg", "stuff.jpg")) + ("alphamat/input_images/plant.jpg",)
+OPENCV_INSTALL = "apt-get install opencv-doc"
 
 # ImageNet classes an FP32 classifier should give a center crop of the whole photo (any of them is right).
 PROBES: dict[str, tuple[str, ...]] = {
@@ -81,6 +94,15 @@ def available_photos() -> dict[str, Path]:
     return found
 
 
+def opencv_doc_photos(folder: Path = OPENCV_DOC) -> dict[str, Path]:
+    """File name → path of every photo in ``OPENCV_PHOTOS``; a clear error when opencv-doc is not installed or lacks one."""
+    missing = [name for name in OPENCV_PHOTOS if not (folder / name).is_file()]
+    if missing:
+        raise DataError(f"data.extra_eval_photos: {folder / missing[0]} not found ({len(missing)} of {len(OPENCV_PHOTOS)} "
+                        f"opencv-doc photos missing); install them with `{OPENCV_INSTALL}` (make data does)")
+    return {Path(name).name: folder / name for name in OPENCV_PHOTOS}
+
+
 def halves(height: int, width: int) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
     """The two halves (top, left, height, width) of a photo, cut across its longer side."""
     if width >= height:
@@ -104,8 +126,10 @@ def crops_in(photo: str, region: tuple[int, int, int, int]) -> list[Crop]:
     return [Crop(photo, box, mirrored) for box in boxes for mirrored in (False, True)]
 
 
-def crop_plan(photos: dict[str, tuple[int, int]]) -> tuple[list[Crop], list[Crop]]:
-    """(calibration, evaluation) crops of photos given as name → (height, width); the halves alternate by photo."""
+def crop_plan(photos: dict[str, tuple[int, int]], evaluation_only: dict[str, tuple[int, int]] | None = None,
+              ) -> tuple[list[Crop], list[Crop]]:
+    """(calibration, evaluation) crops of photos given as name → (height, width); the halves alternate by photo. Photos
+    in ``evaluation_only`` give evaluation crops only, of the whole photo."""
     calibration: list[Crop] = []
     evaluation: list[Crop] = []
     for index, (name, (height, width)) in enumerate(photos.items()):
@@ -113,6 +137,8 @@ def crop_plan(photos: dict[str, tuple[int, int]]) -> tuple[list[Crop], list[Crop
         cal_half, eval_half = (first, second) if index % 2 == 0 else (second, first)
         calibration += crops_in(name, cal_half)
         evaluation += crops_in(name, eval_half)
+    for name, (height, width) in (evaluation_only or {}).items():
+        evaluation += crops_in(name, (0, 0, height, width))
     return calibration, evaluation
 
 
@@ -144,13 +170,22 @@ class PhotoCrops:
     probes: dict[str, np.ndarray]      # photo name → its center crop, for the photos in PROBES
     photos: tuple[str, ...]
     fingerprint: str
+    evaluation_only: tuple[str, ...] = ()   # photos whose crops are in the evaluation split only
 
 
-def load_crops(size: tuple[int, int], *, calibration_size: int | None, eval_size: int | None, seed: int) -> PhotoCrops:
-    """The crop sets, each shuffled with ``seed`` and cut to its size (None keeps every crop)."""
+def load_crops(size: tuple[int, int], *, calibration_size: int | None, eval_size: int | None, seed: int,
+               evaluation_only: dict[str, Path] | None = None) -> PhotoCrops:
+    """The crop sets, each shuffled with ``seed`` and cut to its size (None keeps every crop). ``evaluation_only``: more
+    photos (name → path) whose crops join the evaluation split; calibration and validation crops stay the same."""
     paths = available_photos()
+    clash = set(paths) & set(evaluation_only or {})
+    if clash:
+        raise DataError(f"evaluation-only photos share a name with the bundled ones: {', '.join(sorted(clash))}")
     images = {name: read_image(path) for name, path in paths.items()}
-    cal_plan, eval_plan = crop_plan({name: img.shape[:2] for name, img in images.items()})
+    extra = {name: read_image(path) for name, path in (evaluation_only or {}).items()}
+    cal_plan, eval_plan = crop_plan({name: img.shape[:2] for name, img in images.items()},
+                                    {name: img.shape[:2] for name, img in extra.items()})
+    images |= extra
     rng = np.random.default_rng(seed)
     shuffled = [cal_plan[i] for i in rng.permutation(len(cal_plan))]
     cal_plan, spare_plan = shuffled[:calibration_size], shuffled[len(shuffled) if calibration_size is None else calibration_size:]
@@ -164,7 +199,7 @@ def load_crops(size: tuple[int, int], *, calibration_size: int | None, eval_size
         digest.update(images[name].tobytes())
     for array in (calibration, evaluation):
         digest.update(array.tobytes())
-    return PhotoCrops(calibration, evaluation, spare, probes, tuple(images), digest.hexdigest())
+    return PhotoCrops(calibration, evaluation, spare, probes, tuple(images), digest.hexdigest(), tuple(extra))
 
 
 def judge_probes(logits: dict[str, np.ndarray], class_names: tuple[str, ...]) -> list[dict[str, object]]:

@@ -73,12 +73,18 @@ class DataConfig(Section):
     train_size: PositiveInt | None = Field(default=None, description="cap on training images; None uses all")
     val_size: PositiveInt = 5000
     eval_size: PositiveInt | None = Field(default=None, description="cap on evaluation images; None uses the whole test set")
+    extra_eval_photos: Literal["opencv-doc"] | None = Field(
+        default=None, description="sample_photos: add crops of the natural photos among OpenCV's sample data (Debian's "
+                                  "opencv-doc) to the evaluation split only, so it is not 16 photos' crops; calibration and "
+                                  "validation stay the same")
     preprocessing: Preprocessing = Preprocessing()
 
     @model_validator(mode="after")
     def _dataset_needs(self) -> DataConfig:
         if self.dataset == "sample_photos" and self.preprocessing.resize is None:
             raise ValueError("dataset sample_photos needs preprocessing.resize, the model's input (height, width), e.g. [224, 224]")
+        if self.extra_eval_photos is not None and self.dataset != "sample_photos":
+            raise ValueError(f"extra_eval_photos widens dataset sample_photos's evaluation split; dataset {self.dataset!r} has its own")
         if self.dataset == "image_folder" and self.root == FASHION_MNIST_ROOT:
             raise ValueError("dataset image_folder needs root: the folder holding train/ and test/, one subfolder of images per class")
         if (self.dataset == "arrays") != (self.path is not None):

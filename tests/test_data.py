@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgeship.data import EMPTY, calibration_set, load_dataset, load_samples, preprocess, read_idx, scored_on_validation
+from edgeship.data import (
+    EMPTY,
+    calibration_set,
+    load_dataset,
+    load_samples,
+    preprocess,
+    read_idx,
+    save_preprocessed,
+    scored_on_validation,
+)
 from edgeship.errors import DataError
 from edgeship.recipe import CalibrationConfig, DataConfig, Preprocessing
 
@@ -116,6 +125,27 @@ def test_preprocess_in_blocks_and_channels_equals_the_whole_set_at_once(shape: t
     expected = _whole_set_at_once(images, p)
     assert out.shape == expected.shape and out.flags["C_CONTIGUOUS"]
     assert np.array_equal(out.view(np.uint32), expected.view(np.uint32))
+
+
+@pytest.mark.parametrize("count", [1, 64, 150])
+def test_a_split_saved_preprocessed_block_by_block_is_the_whole_set_preprocessed(tmp_path: Path, count: int) -> None:
+    images = np.random.default_rng(0).integers(0, 256, (count, 9, 7, 3), dtype=np.uint8)
+    p = Preprocessing(color="rgb", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), scale=1 / 255)
+    save_preprocessed(tmp_path / "x.npy", images, p)
+    saved, expected = np.load(tmp_path / "x.npy"), preprocess(images, p)
+    assert saved.shape == expected.shape and saved.dtype == expected.dtype
+    assert np.array_equal(saved.view(np.uint32), expected.view(np.uint32))
+
+
+def test_sample_photos_with_opencv_doc_photos_widen_only_the_evaluation_split() -> None:
+    photos = Preprocessing(color="rgb", resize=(16, 16))
+    plain = load_dataset(DataConfig(dataset="sample_photos", preprocessing=photos), CalibrationConfig(size=50), seed=0)
+    wide = load_dataset(DataConfig(dataset="sample_photos", preprocessing=photos, extra_eval_photos="opencv-doc"),
+                        CalibrationConfig(size=50), seed=0)
+    assert np.array_equal(wide.calibration.images, plain.calibration.images) and np.array_equal(wide.val.images, plain.val.images)
+    assert len(wide.eval.images) >= len(plain.eval.images) + 20 * 70  # about 78 crops a photo
+    assert "for evaluation only, 20 photos of opencv-doc: aero1.jpg" in wide.source and "opencv-doc" not in plain.source
+    assert wide.fingerprint != plain.fingerprint
 
 
 def test_release_preprocessing_refuses_a_mean_per_channel_of_another_count() -> None:

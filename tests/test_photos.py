@@ -44,6 +44,14 @@ def test_the_calibration_half_alternates_from_photo_to_photo():
     assert left_of == {"a": True, "b": False}
 
 
+def test_evaluation_only_photos_give_whole_photo_evaluation_crops_and_no_calibration_crop():
+    calibration, evaluation = crop_plan({"a": (100, 200)}, {"z": (120, 160)})
+    assert {c.photo for c in calibration} == {"a"}
+    extra = [c for c in evaluation if c.photo == "z"]
+    assert extra == crops_in("z", (0, 0, 120, 160))
+    assert crop_plan({"a": (100, 200)}) == (calibration, [c for c in evaluation if c.photo == "a"])
+
+
 def test_render_resizes_and_mirrors():
     image = np.arange(40 * 40 * 3, dtype=np.uint8).reshape(40, 40, 3)
     plain, mirrored = render([Crop("x", (0, 0, 40), False), Crop("x", (0, 0, 40), True)], {"x": image}, (40, 40))
@@ -84,6 +92,52 @@ def test_spare_crops_are_the_calibration_halves_left_over_and_touch_no_evaluatio
     calibration, evaluation, spare = planned[:3]  # then the probes' center crops
     assert not set(spare) & set(calibration)
     assert not any(_overlap(a, b) for a in spare for b in evaluation if a.photo == b.photo)
+
+
+def _write_photos(folder, names):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(folder / name)
+
+
+def test_evaluation_only_photos_widen_evaluation_and_leave_calibration_and_validation_as_they_were(tmp_path):
+    _write_photos(tmp_path, ["x1.png", "x2.png"])
+    plain = load_crops((32, 32), calibration_size=20, eval_size=None, seed=0)
+    wide = load_crops((32, 32), calibration_size=20, eval_size=None, seed=0,
+                      evaluation_only={"x1.png": tmp_path / "x1.png", "x2.png": tmp_path / "x2.png"})
+    np.testing.assert_array_equal(wide.calibration, plain.calibration)
+    np.testing.assert_array_equal(wide.spare, plain.spare)
+    added = 2 * len(crops_in("x", (0, 0, 60, 80)))
+    assert len(wide.evaluation) == len(plain.evaluation) + added
+    plain_rows = {row.tobytes() for row in plain.evaluation}
+    assert sum(row.tobytes() in plain_rows for row in wide.evaluation) == len(plain.evaluation)
+    assert wide.evaluation_only == ("x1.png", "x2.png") and plain.evaluation_only == ()
+    assert wide.fingerprint != plain.fingerprint
+    with pytest.raises(photos.DataError, match="share a name with the bundled ones: flower.jpg"):
+        load_crops((32, 32), calibration_size=20, eval_size=None, seed=0, evaluation_only={"flower.jpg": tmp_path / "x1.png"})
+
+
+def test_opencv_doc_photos_missing_is_a_clear_error_naming_the_key_and_the_install(tmp_path):
+    _write_photos(tmp_path, photos.OPENCV_PHOTOS[:-1])
+    with pytest.raises(photos.DataError, match=r"data.extra_eval_photos: .*plant.jpg not found \(1 of 20 .*apt-get install opencv-doc"):
+        photos.opencv_doc_photos(tmp_path)
+    _write_photos(tmp_path, photos.OPENCV_PHOTOS[-1:])
+    found = photos.opencv_doc_photos(tmp_path)
+    assert len(found) == len(photos.OPENCV_PHOTOS) and found["plant.jpg"] == tmp_path / photos.OPENCV_PHOTOS[-1]
+
+
+def test_the_opencv_doc_photos_are_installed_and_are_photos():
+    """``make data`` installs Debian's opencv-doc; its photos are real, readable colour or grey images of some size."""
+    from edgeship.images import read_image
+
+    found = photos.opencv_doc_photos()
+    assert not set(found) & set(photos.available_photos())
+    for path in found.values():
+        image = read_image(path)
+        assert image.ndim == 3 and min(image.shape[:2]) >= 300 and image.std() > 20, path
 
 
 def test_no_photos_is_a_clear_error(monkeypatch):

@@ -25,7 +25,7 @@ from edgeship.agent.client import AgentClient, AgentError, measure_remote, with_
 from edgeship.agent.protocol import EngineRef, JobRequest
 from edgeship.artifacts import Artifact, sha256_file
 from edgeship.backends import REGISTRY
-from edgeship.data import preprocess
+from edgeship.data import save_preprocessed
 from edgeship.errors import StageError
 from edgeship.harness import HarnessError, HarnessSpec, measure_isolated
 from edgeship.pipeline.base import RunContext
@@ -101,7 +101,7 @@ class LocalMeasurer(Measurer):
                 if arrays:
                     np.savez(path, **arrays)
                 else:
-                    np.save(path, preprocess(self.ctx.dataset.eval.images, self.ctx.recipe.data.preprocessing))
+                    save_preprocessed(path, self.ctx.dataset.eval.images, self.ctx.recipe.data.preprocessing)
                 self._eval_inputs = path
             return self._eval_inputs
 
