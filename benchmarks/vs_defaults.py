@@ -43,7 +43,7 @@ from rich.console import Console
 
 from edgeship.artifacts import ArtifactStore
 from edgeship.backends import REGISTRY, display_name
-from edgeship.data import calibration_set, preprocess
+from edgeship.data import calibration_set, save_preprocessed
 from edgeship.device import describe_device
 from edgeship.harness import HarnessError, HarnessSpec, measure_isolated
 from edgeship.measure import scores, summarize
@@ -100,7 +100,7 @@ def main() -> int:
     shape = input_shape(dataset, recipe.data.preprocessing)
     calibration = calibration_set(dataset, recipe.calibration, recipe.data.preprocessing, input_shape=shape)
     eval_inputs = out / "eval-inputs.npy"
-    np.save(eval_inputs, preprocess(dataset.eval.images, recipe.data.preprocessing))
+    save_preprocessed(eval_inputs, dataset.eval.images, recipe.data.preprocessing)
 
     flows = [*_defaults(teacher, exported.path, calibration, shape, out / "flows", console), *_edgeship(result.report)]
     _measure(flows, recipe, eval_inputs, reference, dataset.eval.labels, args.rounds, out / "measure", console)

@@ -71,6 +71,7 @@ class Dataset:
     fingerprint: str
     probes: Mapping[str, np.ndarray] = field(default_factory=dict)  # photo name → raw image, for the export's sanity check
     substitute_for: str = ""  # the dataset the recipe asked for, when this one stands in for it, and why
+    eval_groups: tuple[str, ...] = ()  # sample_photos: the photo of each evaluation crop (crops of one photo are correlated)
 
     @property
     def num_classes(self) -> int:
@@ -188,7 +189,8 @@ def _sample_photos(cfg: DataConfig, calibration: CalibrationConfig, *, seed: int
     if crops.evaluation_only:
         source += f"; for evaluation only, {len(crops.evaluation_only)} photos of opencv-doc: " + ", ".join(crops.evaluation_only)
     return Dataset(name="sample_photos", source=source, classes=(), train=EMPTY, val=val, calibration=cal,
-                   eval=Split(crops.evaluation, None), fingerprint=crops.fingerprint, probes=crops.probes)
+                   eval=Split(crops.evaluation, None), fingerprint=crops.fingerprint, probes=crops.probes,
+                   eval_groups=crops.evaluation_photos)
 
 
 MIN_ARRAY_SAMPLES = 10  # fewer cannot be cut into evaluation, calibration and validation samples

@@ -8,7 +8,7 @@ labels, and agreement with the FP32 reference outputs.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -146,6 +146,23 @@ def agreement(outputs: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     if a.shape[1] >= 5:
         out["top5_agreement"] = topk(a, b.argmax(1), 5)
     return out
+
+
+def grouped_interval(hits: np.ndarray, groups: Sequence[str] | np.ndarray, *, resamples: int = 2000, level: float = CI_LEVEL,
+                     seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap interval of the mean of ``hits`` (one 0/1 or score per sample) when samples come in
+    correlated ``groups`` (crops of one photo): whole groups are resampled, so the interval is as wide as the number
+    of groups warrants, not the number of samples. One group per sample is the plain bootstrap."""
+    hits = np.asarray(hits, np.float64)
+    names, index = np.unique(np.asarray(groups), return_inverse=True)
+    if len(hits) == 0 or len(index) != len(hits):
+        raise ValueError(f"{len(hits)} samples and {len(index)} group names: one group name per sample needed")
+    total, count = np.bincount(index, hits, len(names)), np.bincount(index, minlength=len(names)).astype(np.float64)
+    draws = np.random.default_rng(seed).multinomial(len(names), np.full(len(names), 1 / len(names)), size=resamples)
+    means = (draws @ total) / (draws @ count)
+    tail = (1 - level) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return float(low), float(high)
 
 
 def topk(logits: np.ndarray, labels: np.ndarray, k: int) -> float:

@@ -171,6 +171,7 @@ class PhotoCrops:
     photos: tuple[str, ...]
     fingerprint: str
     evaluation_only: tuple[str, ...] = ()   # photos whose crops are in the evaluation split only
+    evaluation_photos: tuple[str, ...] = ()  # the photo each evaluation crop was cut from, in the split's order
 
 
 def load_crops(size: tuple[int, int], *, calibration_size: int | None, eval_size: int | None, seed: int,
@@ -199,7 +200,8 @@ def load_crops(size: tuple[int, int], *, calibration_size: int | None, eval_size
         digest.update(images[name].tobytes())
     for array in (calibration, evaluation):
         digest.update(array.tobytes())
-    return PhotoCrops(calibration, evaluation, spare, probes, tuple(images), digest.hexdigest(), tuple(extra))
+    return PhotoCrops(calibration, evaluation, spare, probes, tuple(images), digest.hexdigest(), tuple(extra),
+                      tuple(crop.photo for crop in eval_plan))
 
 
 def judge_probes(logits: dict[str, np.ndarray], class_names: tuple[str, ...]) -> list[dict[str, object]]:

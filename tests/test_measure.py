@@ -148,3 +148,34 @@ def test_an_overflowed_output_is_scored_as_the_worst_in_finite_figures() -> None
     figures = fidelity({"out": engine}, {"out": reference})["out"]
     assert figures["sqnr_db"] == -SQNR_CAP_DB and figures["cosine"] == pytest.approx(0.75)
     json.dumps(figures, allow_nan=False)
+
+
+def test_grouped_interval_is_as_wide_as_the_groups_warrant_not_the_samples() -> None:
+    """1,000 samples in 10 groups whose rates differ: resampling whole groups gives a far wider interval than treating
+    the samples as independent, and both hold the overall rate."""
+    from edgeship.measure import grouped_interval
+
+    rates = np.linspace(0.80, 1.0, 10)
+    hits = np.concatenate([np.random.default_rng(g).random(100) < rate for g, rate in enumerate(rates)])
+    groups = np.repeat([f"photo{g}" for g in range(10)], 100)
+    low, high = grouped_interval(hits, groups, seed=0)
+    plain_low, plain_high = grouped_interval(hits, np.arange(len(hits)).astype(str), seed=0)
+    assert low < hits.mean() < high and plain_low < hits.mean() < plain_high
+    assert (high - low) > 1.5 * (plain_high - plain_low)
+    assert grouped_interval(hits, groups, seed=0) == (low, high)  # seeded
+    assert grouped_interval(np.ones(50), np.repeat(["a", "b"], 25)) == (1.0, 1.0)
+    with pytest.raises(ValueError, match="one group name per sample"):
+        grouped_interval(hits, groups[:10])
+
+
+def test_grouped_interval_covers_the_true_rate_about_95_percent_of_the_time() -> None:
+    from edgeship.measure import grouped_interval
+
+    rng = np.random.default_rng(0)
+    covered = 0
+    for trial in range(200):
+        rates = np.clip(rng.normal(0.9, 0.05, 30), 0, 1)  # each group's own rate around a true 0.9
+        hits = np.concatenate([rng.random(40) < rate for rate in rates])
+        low, high = grouped_interval(hits, np.repeat(np.arange(30).astype(str), 40), resamples=500, seed=trial)
+        covered += low <= 0.9 <= high
+    assert 0.88 <= covered / 200 <= 0.99

@@ -115,6 +115,7 @@ def test_evaluation_only_photos_widen_evaluation_and_leave_calibration_and_valid
     plain_rows = {row.tobytes() for row in plain.evaluation}
     assert sum(row.tobytes() in plain_rows for row in wide.evaluation) == len(plain.evaluation)
     assert wide.evaluation_only == ("x1.png", "x2.png") and plain.evaluation_only == ()
+    assert len(wide.evaluation_photos) == len(wide.evaluation) and wide.evaluation_photos.count("x1.png") == added // 2
     assert wide.fingerprint != plain.fingerprint
     with pytest.raises(photos.DataError, match="share a name with the bundled ones: flower.jpg"):
         load_crops((32, 32), calibration_size=20, eval_size=None, seed=0, evaluation_only={"flower.jpg": tmp_path / "x1.png"})
