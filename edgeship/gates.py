@@ -186,8 +186,12 @@ def _measured(name: str, row: Scores, baseline_top1: float | None, split: str = 
     if name == "min_agreement":
         if row.top1_agreement is None:
             return None, "no agreement measured"
-        top5 = row.top5_agreement
-        return row.top1_agreement, (f"{row.eval_samples} {split} samples"
+        top5, bounds = row.top5_agreement, row.top1_agreement_ci95
+        noise = ""
+        if bounds is not None:
+            over = f"{row.top1_agreement_groups} photos resampled" if row.top1_agreement_groups else "samples as independent"
+            noise = f"; 95% interval {100 * bounds[0]:.2f}–{100 * bounds[1]:.2f}% ({over})"
+        return row.top1_agreement, (f"{row.eval_samples} {split} samples" + noise
                                     + (f"; top-5 agreement {100 * top5:.2f}%" if top5 is not None else ""))
     latency = getattr(row, "latency", None) or {}
     if name == "max_p99_ms":

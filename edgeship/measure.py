@@ -118,13 +118,31 @@ def top1(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(axis=1) == labels).mean())
 
 
-def scores(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
+def scores(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray | None,
+           groups: Sequence[str] | None = None) -> dict[str, Any]:
     """An engine's scores on the evaluation split: top-1 against ``labels`` (None without labels), the sample count,
-    and its ``agreement`` with the FP32 ``reference``."""
+    its ``agreement`` with the FP32 ``reference``, and that agreement's 95% interval (``agreement_interval``, over
+    ``groups`` when the samples come in correlated groups)."""
     scored = {"top1": None if labels is None else top1(outputs, labels), "eval_samples": len(outputs), **agreement(outputs, reference)}
     summary = fidelity_summary(fidelity({"logits": outputs}, {"logits": reference}))
     scored.update({k: summary[k] for k in ("min_sqnr_db", "max_relative_l2")})
+    hits = outputs.reshape(len(outputs), -1).argmax(1) == reference.reshape(len(reference), -1).argmax(1)
+    scored.update(agreement_interval(hits, groups))
     return scored
+
+
+def agreement_interval(hits: np.ndarray, groups: Sequence[str] | None = None) -> dict[str, Any]:
+    """The 95% interval of top-1 agreement: whole groups resampled (``grouped_interval``) when the samples come in
+    correlated groups, such as crops of one photo; else Wilson's score interval, which takes the samples as independent.
+    ``top1_agreement_groups`` says which: the number of groups, or None."""
+    hits = np.asarray(hits, np.float64)
+    if groups is not None and len(groups):
+        low, high = grouped_interval(hits, groups)
+        return {"top1_agreement_ci95": [low, high], "top1_agreement_groups": len(set(groups))}
+    n, z = len(hits), 1.959963984540054
+    p = float(hits.mean())
+    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return {"top1_agreement_ci95": [max(0.0, centre - half), min(1.0, centre + half)], "top1_agreement_groups": None}
 
 
 def agreement(outputs: np.ndarray, reference: np.ndarray) -> dict[str, float]:

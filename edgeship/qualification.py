@@ -78,6 +78,8 @@ class Scores(_Record):
     eval_samples: int | None = None
     top1: float | None = None
     top1_agreement: float | None = None
+    top1_agreement_ci95: tuple[float, float] | None = None  # 95% interval (``measure.agreement_interval``)
+    top1_agreement_groups: int | None = None  # the groups (photos) the interval resampled; None: samples as independent
     top5_agreement: float | None = None
     max_abs_error: float | None = None
     mean_cosine: float | None = None

@@ -56,6 +56,14 @@ def test_accuracy_gates_name_the_split_they_were_scored_on() -> None:
     assert "1000 validation samples" in details["min_agreement"] and "1000 validation samples" in details["min_cosine"]
 
 
+def test_the_agreement_gate_says_the_figures_interval_and_how_it_was_taken() -> None:
+    photos = row("onnxruntime/int8").model_copy(update={"top1_agreement_ci95": (0.9612, 0.9843), "top1_agreement_groups": 36})
+    detail = {g.gate: g.detail for g in judge(photos, BASE, ALL)[1]}["min_agreement"]
+    assert "95% interval 96.12–98.43% (36 photos resampled)" in detail
+    independent = row("onnxruntime/int8").model_copy(update={"top1_agreement_ci95": (0.985, 0.994)})
+    assert "(samples as independent)" in {g.gate: g.detail for g in judge(independent, BASE, ALL)[1]}["min_agreement"]
+
+
 @pytest.mark.parametrize(("change", "gate"), [
     ({"top1": 0.905}, "max_drop_points"),  # 1.5 pt
     ({"top1": 0.905}, "min_fraction_of_fp32"),  # 98.4%

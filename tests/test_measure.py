@@ -179,3 +179,22 @@ def test_grouped_interval_covers_the_true_rate_about_95_percent_of_the_time() ->
         low, high = grouped_interval(hits, np.repeat(np.arange(30).astype(str), 40), resamples=500, seed=trial)
         covered += low <= 0.9 <= high
     assert 0.88 <= covered / 200 <= 0.99
+
+
+def test_scores_give_agreement_an_interval_over_groups_or_as_independent_samples() -> None:
+    from edgeship.measure import scores
+
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(400, 10))
+    outputs = reference.copy()
+    outputs[:40] = rng.normal(size=(40, 10))  # about 36 of the first 40 disagree: all in the first photos
+    groups = [f"photo{i // 40}" for i in range(400)]
+    grouped, plain = scores(outputs, reference, None, groups), scores(outputs, reference, None)
+    assert grouped["top1_agreement_groups"] == 10 and plain["top1_agreement_groups"] is None
+    for scored in (grouped, plain):
+        low, high = scored["top1_agreement_ci95"]
+        assert low < scored["top1_agreement"] < high <= 1
+    assert np.diff(grouped["top1_agreement_ci95"]) > 1.5 * np.diff(plain["top1_agreement_ci95"])
+    # Wilson's interval for 0 of n and n of n stays inside [0, 1] and is not a point
+    low, high = scores(reference, reference, None)["top1_agreement_ci95"]
+    assert 0.98 < low < high and high == pytest.approx(1.0)

@@ -238,7 +238,8 @@ def _typed(fields: Mapping[str, Any]) -> EngineRow:
     return EngineRow(key=key, **rest)
 
 
-AGREEMENT_KEYS = ("top1_agreement", "top5_agreement", "max_abs_error", "mean_cosine", "min_cosine", "min_sqnr_db", "max_relative_l2",
+AGREEMENT_KEYS = ("top1_agreement", "top1_agreement_ci95", "top1_agreement_groups", "top5_agreement", "max_abs_error", "mean_cosine",
+                  "min_cosine", "min_sqnr_db", "max_relative_l2",
                   "fidelity")
 DEVICE_KEYS = ("device_name", "agent", "device", "agent_edgeship")
 
@@ -314,7 +315,8 @@ def accuracy_basis(dataset: Mapping[str, Any] | None, task: str = "classificatio
                 f"{split} split".replace("  ", " ")}
     return {"basis": "agreement", "key": "top1_agreement", "title": "top-1 agreement",
             "text": f"no labels ({dataset.get('name')}): accuracy is top-1 / top-5 agreement with the FP32 PyTorch model on "
-                    f"{dataset.get('eval')} {split} images, not accuracy against ground truth"}
+                    f"{dataset.get('eval')} {split} images, not accuracy against ground truth; beside each figure, its 95% "
+                    "interval (whole photos resampled where the images are crops of photos, which are correlated)"}
 
 
 def _add_drop_vs_backend_fp32(engines: list[EngineRow]) -> None:

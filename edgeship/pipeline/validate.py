@@ -168,7 +168,8 @@ class ValidateStage:
         else:
             try:
                 outputs = load_outputs(folder, every_output=generic)
-                scored = (output_scores(outputs, reference) if generic else scores(outputs, reference, ctx.dataset.eval.labels))
+                scored = (output_scores(outputs, reference) if generic
+                          else scores(outputs, reference, ctx.dataset.eval.labels, ctx.dataset.eval_groups or None))
             except ValueError as exc:
                 raise StageError(self.name, f"{name}: {exc}") from None
         metrics: dict[str, Any] = {**scored, "threads": measure.threads, "runtime": result["runtime"], "isolated": True,

@@ -71,7 +71,10 @@ def accuracy_cells(row: EngineRow, *, basis: str) -> dict[str, Cell]:
                 "rel. L2": cell(_figure(source.max_relative_l2, ".2e")), "max abs error": cell(_figure(source.max_abs_error, ".3g"))}
     if basis == "agreement":
         cosine = source.mean_cosine
-        return {"top-1 agreement": cell(pct(source.top1_agreement)), "top-5 agreement": cell(pct(source.top5_agreement)),
+        top1 = cell(pct(source.top1_agreement))
+        if top1 is not MISSING and source.top1_agreement_ci95 is not None:
+            top1 = Cell(top1.text, top1.kind, agreement_interval_text(source))
+        return {"top-1 agreement": top1, "top-5 agreement": cell(pct(source.top5_agreement)),
                 "cosine": cell("—" if cosine is None else f"{cosine:.5f}")}
     # against its own backend's FP32: nothing to say for an FP32 engine; a prediction compares with the exported ONNX
     if predicted is not None and source is predicted:
@@ -80,6 +83,15 @@ def accuracy_cells(row: EngineRow, *, basis: str) -> dict[str, Cell]:
         vs_own = "—" if row.precision == "fp32" else change_points(row.top1_drop_vs_backend_fp32_points)
     return {"top-1": cell(pct(source.top1)), "Δ top-1 vs baseline": cell(change_points(source.top1_drop_points)),
             "Δ top-1 vs own FP32": cell(vs_own), "agreement": cell(pct(source.top1_agreement))}
+
+
+def agreement_interval_text(scores: Scores) -> str:
+    """``96.21–97.90%``: the agreement's 95% interval; over photos when whole photos were resampled."""
+    if scores.top1_agreement_ci95 is None:
+        return ""
+    low, high = scores.top1_agreement_ci95
+    groups = scores.top1_agreement_groups
+    return f"{100 * low:.2f}–{100 * high:.2f}%" + (f" over {groups} photos" if groups else "")
 
 
 def latency_cell(latency: dict[str, object] | None, key: str) -> Cell:

@@ -66,3 +66,11 @@ def test_the_summary_and_the_page_print_the_signed_change() -> None:
     page = html.render_html(report)
     for text in (out.getvalue(), page):
         assert "-0.50 pt" in text and "+0.50 pt" not in text
+
+
+def test_agreement_shows_its_interval_on_the_page_and_only_the_figure_in_the_terminal() -> None:
+    row = _row(top1=None, top1_agreement=0.9712, top1_agreement_ci95=(0.9621, 0.9790), top1_agreement_groups=36)
+    cell = accuracy_cells(row, basis="agreement")["top-1 agreement"]
+    assert cell == Cell("97.12%", "measured", "96.21–97.90% over 36 photos")
+    assert "(96.21–97.90% over 36 photos)" in html._styled(cell) and terminal._styled(cell) == "97.12%"
+    assert accuracy_cells(_row(top1=None), basis="agreement")["top-1 agreement"] == Cell("99.00%", "measured")
