@@ -24,6 +24,7 @@ from rich.table import Table
 
 from edgeship.measure import grouped_interval
 from edgeship.photos import OPENCV_PHOTOS
+from edgeship.pipeline.build import prediction_name
 from edgeship.pipeline.run import recipe_dataset, run
 from edgeship.pipeline.validate import BASELINE
 from edgeship.recipe import load_recipe
@@ -47,7 +48,7 @@ def main() -> int:
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the photos (default 2000)")
     parser.add_argument("--bar", type=float, default=0.97, help="the agreement an engine should meet beyond the noise")
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=max(Console().width, 120))
     recipe = load_recipe(args.recipe)
     if recipe.data.dataset != "sample_photos":
         parser.error(f"{args.recipe}: data.dataset is {recipe.data.dataset!r}; this reads the photo of each sample_photos crop")
@@ -59,12 +60,12 @@ def main() -> int:
         raise SystemExit(f"the run scored {len(reference)} crops, the recipe's data has {len(groups)}: a stale run?")
     engines: dict[str, dict[str, Any]] = {}
     for row in result.report["engines"]:
-        entry = entries.get(("validate", row["name"]))
+        entry = entries.get(("validate", row["name"])) or entries.get(("validate", prediction_name(row["name"])))
         logits = Path(entry.path).parent / "logits.npy" if entry else None
         if logits is None or not logits.is_file():
             continue
         hits = (np.load(logits).argmax(1) == reference).astype(np.float64)
-        engines[row["name"]] = {**rates(hits, groups, resamples=args.resamples), "predicted": bool(row.get("predicted"))}
+        engines[row["name"]] = {**rates(hits, groups, resamples=args.resamples), "predicted": entry.name != row["name"]}
     document = {"run": str(result.run_dir), "recipe": str(args.recipe), "bar": args.bar, "resamples": args.resamples,
                 "engines": engines}
     out = result.run_dir / "agreement-by-photo"

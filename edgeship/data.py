@@ -21,6 +21,7 @@ import numpy as np
 
 from edgeship.errors import DataError
 from edgeship.images import read_image
+from edgeship.memory import drop_mapped_pages
 from edgeship.photos import SPARE_CROPS, load_crops, opencv_doc_photos
 from edgeship.tensors import CalibrationSet, Feed, SearchSet, rows_of
 from edgeship_deploy import preprocess as release_preprocess
@@ -72,6 +73,7 @@ class Dataset:
     probes: Mapping[str, np.ndarray] = field(default_factory=dict)  # photo name → raw image, for the export's sanity check
     substitute_for: str = ""  # the dataset the recipe asked for, when this one stands in for it, and why
     eval_groups: tuple[str, ...] = ()  # sample_photos: the photo of each evaluation crop (crops of one photo are correlated)
+    val_groups: tuple[str, ...] = ()   # and of each validation crop
 
     @property
     def num_classes(self) -> int:
@@ -91,7 +93,7 @@ def scored_on_validation(dataset: Dataset) -> Dataset:
         raise DataError(f"validate.split: validation: {dataset.name} has no validation split here (unlabelled photos have none; "
                         "labelled data holds data.val_size out of training)")
     fingerprint = hashlib.sha256(f"{dataset.fingerprint}:scored-on-validation".encode()).hexdigest()
-    return dataclasses.replace(dataset, eval=dataset.val, fingerprint=fingerprint)
+    return dataclasses.replace(dataset, eval=dataset.val, fingerprint=fingerprint, eval_groups=dataset.val_groups)
 
 
 def preprocess(images: np.ndarray, p: Preprocessing) -> np.ndarray:
@@ -117,6 +119,7 @@ def save_preprocessed(path: Path, images: np.ndarray, p: Preprocessing) -> None:
         out.write(first.tobytes())
         for start in range(PREPROCESS_BLOCK, len(images), PREPROCESS_BLOCK):
             out.write(preprocess(images[start : start + PREPROCESS_BLOCK], p).tobytes())
+            drop_mapped_pages(images)  # memory-mapped images (``photos.render_mapped``) are read through, not held
 
 
 @dataclass(frozen=True)
@@ -137,11 +140,12 @@ class LabelSpace:
 
 
 def load_dataset(cfg: DataConfig, calibration: CalibrationConfig, *, seed: int, notice: Callable[[str], None] = print,
-                 label_space: LabelSpace | None = None) -> Dataset:
+                 label_space: LabelSpace | None = None, spill: Path | None = None) -> Dataset:
     """Load the recipe's dataset and cut it into train / val / calibration / eval. ``label_space``: the pretrained model's
-    classes, which an ``image_folder``'s class folders are named after (else the folders are the classes)."""
+    classes, which an ``image_folder``'s class folders are named after (else the folders are the classes). ``spill``: a
+    folder on disk where ``sample_photos`` keeps its evaluation crops, mapped, so they take no memory until read."""
     if cfg.dataset == "sample_photos":
-        return _sample_photos(cfg, calibration, seed=seed)
+        return _sample_photos(cfg, calibration, seed=seed, spill=spill)
     if cfg.dataset == "arrays":
         return _arrays(cfg, calibration, seed=seed)
     if cfg.dataset == "image_folder":
@@ -171,7 +175,7 @@ def substitution_note(record: Mapping[str, Any] | None) -> str:
             f"measured on {record.get('name')}, not on the data the recipe asked for.")
 
 
-def _sample_photos(cfg: DataConfig, calibration: CalibrationConfig, *, seed: int) -> Dataset:
+def _sample_photos(cfg: DataConfig, calibration: CalibrationConfig, *, seed: int, spill: Path | None = None) -> Dataset:
     """Crops of the photographs bundled with scikit-learn and scikit-image: calibration, evaluation and, from the
     calibration halves, the crops the calibration set left out as validation; no labels, no training data (see
     ``edgeship.photos``)."""
@@ -180,17 +184,18 @@ def _sample_photos(cfg: DataConfig, calibration: CalibrationConfig, *, seed: int
         raise DataError("data.preprocessing.resize: the sample_photos crops need a size (height, width), e.g. [224, 224]")
     extra = opencv_doc_photos() if cfg.extra_eval_photos == "opencv-doc" else None
     crops = load_crops(size, calibration_size=None if calibration.source is not None else calibration.size,
-                       eval_size=cfg.eval_size, seed=seed, evaluation_only=extra)
+                       eval_size=cfg.eval_size, seed=seed, evaluation_only=extra, spill=spill)
     cal = EMPTY if calibration.source is not None else Split(crops.calibration, None)
     # calibration files in place of crops leave every calibration-half crop unused
     val = Split(crops.spare if calibration.source is None else crops.calibration[:SPARE_CROPS], None)
+    val_groups = crops.spare_photos if calibration.source is None else crops.calibration_photos[:SPARE_CROPS]
     bundled = [name for name in crops.photos if name not in crops.evaluation_only]
     source = f"{len(bundled)} photos bundled with scikit-learn and scikit-image: " + ", ".join(bundled)
     if crops.evaluation_only:
         source += f"; for evaluation only, {len(crops.evaluation_only)} photos of opencv-doc: " + ", ".join(crops.evaluation_only)
     return Dataset(name="sample_photos", source=source, classes=(), train=EMPTY, val=val, calibration=cal,
                    eval=Split(crops.evaluation, None), fingerprint=crops.fingerprint, probes=crops.probes,
-                   eval_groups=crops.evaluation_photos)
+                   eval_groups=crops.evaluation_photos, val_groups=val_groups)
 
 
 MIN_ARRAY_SAMPLES = 10  # fewer cannot be cut into evaluation, calibration and validation samples

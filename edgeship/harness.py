@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import mmap
 import os
 import resource
 import subprocess
@@ -29,6 +28,7 @@ from edgeship.artifacts import write_atomic
 from edgeship.backends import REGISTRY, get_backend
 from edgeship.device import usable_cpus
 from edgeship.measure import summarize, time_calls
+from edgeship.memory import drop_mapped_pages
 from edgeship.models import TorchRunner
 from edgeship.tensors import Feed
 
@@ -263,19 +263,11 @@ def _score(spec: HarnessSpec, call: Callable[[Feed], Any], inputs: Feed, progres
         out.append(call({name: np.array(array[start : start + batch]) for name, array in inputs.items()}))
         _peak_rss()  # read before the batch's pages are dropped: the kernel's own peak may not have counted them yet
         for array in inputs.values():
-            _drop_mapped_pages(array)
+            drop_mapped_pages(array)  # scoring a large evaluation set holds one batch of it
         progress("accuracy", min(start + batch, total), total)
     if isinstance(out[0], dict):
         return {name: np.concatenate([np.asarray(part[name]) for part in out]) for name in out[0]}
     return np.concatenate([np.asarray(part) for part in out])
-
-
-def _drop_mapped_pages(array: np.ndarray) -> None:
-    """Unmap the pages of a memory-mapped input read so far: they stay in the page cache, but not in this process's
-    resident set, so scoring a large evaluation set holds one batch of it rather than all of it."""
-    mapping = getattr(array, "_mmap", None)
-    if isinstance(array, np.memmap) and mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
-        mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def _runner(spec: HarnessSpec) -> Any:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,7 @@ import numpy as np
 
 from edgeship.errors import DataError
 from edgeship.images import read_image
+from edgeship.memory import drop_mapped_pages
 
 # (package, file): natural photographs only, no diagrams or microscopy; motorcycle_right is left out as the
 # stereo twin of motorcycle_left.
@@ -38,6 +41,7 @@ PHOTOS: tuple[tuple[str, str], ...] = (
 )
 SCALES = (1.0, 0.8, 0.64, 0.5, 0.4)   # crop side as a fraction of the half's shorter side
 POSITIONS = (0.0, 0.5, 1.0)           # where the crop sits in the slack along each axis
+MAPPED_BLOCK = 64  # crops rendered or read at a time in a memory-mapped set
 SPARE_CROPS = 512  # calibration-half crops outside the calibration set kept as the validation split (divergence, keep_float: auto)
 INSTALL = "pip install 'edgeship[efficientnet]'"
 
@@ -142,16 +146,37 @@ def crop_plan(photos: dict[str, tuple[int, int]], evaluation_only: dict[str, tup
     return calibration, evaluation
 
 
-def render(crops: list[Crop], images: dict[str, np.ndarray], size: tuple[int, int]) -> np.ndarray:
-    """(N, H, W, 3) uint8: each crop cut out, mirrored when asked, resized (bilinear, antialiased) to ``size``."""
+def render(crops: list[Crop], images: dict[str, np.ndarray], size: tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:
+    """(N, H, W, 3) uint8: each crop cut out, mirrored when asked, resized (bilinear, antialiased) to ``size``; into
+    ``out`` when given."""
     from PIL import Image
 
-    out = np.empty((len(crops), size[0], size[1], 3), np.uint8)
+    out = np.empty((len(crops), size[0], size[1], 3), np.uint8) if out is None else out
     for i, crop in enumerate(crops):
         top, left, side = crop.box
         patch = Image.fromarray(images[crop.photo][top : top + side, left : left + side]).resize(size[::-1], Image.BILINEAR)
         out[i] = np.asarray(patch)[:, ::-1] if crop.mirrored else np.asarray(patch)
     return out
+
+
+def render_mapped(crops: list[Crop], images: dict[str, np.ndarray], size: tuple[int, int], folder: Path) -> np.ndarray:
+    """``render`` into a file under ``folder``, mapped read-only and unlinked at once: the crops take none of the
+    process's memory until they are read, and the file is gone when the array is."""
+    if not crops:
+        return render(crops, images, size)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=folder, prefix="crops-", suffix=".npy")
+    os.close(fd)
+    try:
+        out = np.lib.format.open_memmap(name, mode="w+", dtype=np.uint8, shape=(len(crops), size[0], size[1], 3))
+        for start in range(0, len(crops), MAPPED_BLOCK):
+            render(crops[start : start + MAPPED_BLOCK], images, size, out=out[start : start + MAPPED_BLOCK])
+            out.flush()
+            drop_mapped_pages(out)
+        del out
+        return np.load(name, mmap_mode="r")
+    finally:
+        os.unlink(name)
 
 
 def center_crop(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -172,12 +197,15 @@ class PhotoCrops:
     fingerprint: str
     evaluation_only: tuple[str, ...] = ()   # photos whose crops are in the evaluation split only
     evaluation_photos: tuple[str, ...] = ()  # the photo each evaluation crop was cut from, in the split's order
+    calibration_photos: tuple[str, ...] = ()  # and each calibration crop's
+    spare_photos: tuple[str, ...] = ()        # and each spare (validation) crop's
 
 
 def load_crops(size: tuple[int, int], *, calibration_size: int | None, eval_size: int | None, seed: int,
-               evaluation_only: dict[str, Path] | None = None) -> PhotoCrops:
+               evaluation_only: dict[str, Path] | None = None, spill: Path | None = None) -> PhotoCrops:
     """The crop sets, each shuffled with ``seed`` and cut to its size (None keeps every crop). ``evaluation_only``: more
-    photos (name → path) whose crops join the evaluation split; calibration and validation crops stay the same."""
+    photos (name → path) whose crops join the evaluation split; calibration and validation crops stay the same.
+    ``spill``: a folder on disk for the evaluation crops (``render_mapped``), which a run reads only when it validates."""
     paths = available_photos()
     clash = set(paths) & set(evaluation_only or {})
     if clash:
@@ -191,17 +219,21 @@ def load_crops(size: tuple[int, int], *, calibration_size: int | None, eval_size
     shuffled = [cal_plan[i] for i in rng.permutation(len(cal_plan))]
     cal_plan, spare_plan = shuffled[:calibration_size], shuffled[len(shuffled) if calibration_size is None else calibration_size:]
     eval_plan = [eval_plan[i] for i in rng.permutation(len(eval_plan))][:eval_size]
-    calibration, evaluation = render(cal_plan, images, size), render(eval_plan, images, size)
+    calibration = render(cal_plan, images, size)
+    evaluation = render(eval_plan, images, size) if spill is None else render_mapped(eval_plan, images, size, spill)
     spare = render(spare_plan[:SPARE_CROPS], images, size)
     probes = {name: center_crop(images[name], size) for name in PROBES if name in images}
     digest = hashlib.sha256()
     for name in images:
         digest.update(name.encode())
         digest.update(images[name].tobytes())
-    for array in (calibration, evaluation):
-        digest.update(array.tobytes())
+    digest.update(calibration.tobytes())
+    for start in range(0, len(evaluation), MAPPED_BLOCK):  # a block at a time: mapped crops stay out of memory
+        digest.update(evaluation[start : start + MAPPED_BLOCK].tobytes())
+        drop_mapped_pages(evaluation)
     return PhotoCrops(calibration, evaluation, spare, probes, tuple(images), digest.hexdigest(), tuple(extra),
-                      tuple(crop.photo for crop in eval_plan))
+                      tuple(crop.photo for crop in eval_plan), tuple(crop.photo for crop in cal_plan),
+                      tuple(crop.photo for crop in spare_plan[:SPARE_CROPS]))
 
 
 def judge_probes(logits: dict[str, np.ndarray], class_names: tuple[str, ...]) -> list[dict[str, object]]:

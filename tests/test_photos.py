@@ -121,6 +121,15 @@ def test_evaluation_only_photos_widen_evaluation_and_leave_calibration_and_valid
         load_crops((32, 32), calibration_size=20, eval_size=None, seed=0, evaluation_only={"flower.jpg": tmp_path / "x1.png"})
 
 
+def test_evaluation_crops_spilled_to_disk_are_the_same_crops_mapped_and_leave_no_file(tmp_path):
+    in_memory = load_crops((32, 32), calibration_size=20, eval_size=None, seed=0)
+    spilled = load_crops((32, 32), calibration_size=20, eval_size=None, seed=0, spill=tmp_path / "spill")
+    assert isinstance(spilled.evaluation, np.memmap) and not spilled.evaluation.flags.writeable
+    np.testing.assert_array_equal(spilled.evaluation, in_memory.evaluation)
+    assert spilled.fingerprint == in_memory.fingerprint  # the same crops, hashed a block at a time
+    assert list((tmp_path / "spill").iterdir()) == []  # unlinked at once: the mapping holds the data until it goes
+
+
 def test_opencv_doc_photos_missing_is_a_clear_error_naming_the_key_and_the_install(tmp_path):
     _write_photos(tmp_path, photos.OPENCV_PHOTOS[:-1])
     with pytest.raises(photos.DataError, match=r"data.extra_eval_photos: .*plant.jpg not found \(1 of 20 .*apt-get install opencv-doc"):

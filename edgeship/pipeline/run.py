@@ -151,7 +151,8 @@ def recipe_dataset(recipe: Recipe, console: Console) -> Dataset:
     """The recipe's data; an ``image_folder``'s class folders are named after a pretrained model's classes."""
     return load_dataset(recipe.data, recipe.calibration, seed=recipe.seed,
                         notice=lambda text: console.print(f"[yellow]{text}[/yellow]", soft_wrap=True),
-                        label_space=label_space(recipe.model.pretrained) if recipe.model.pretrained else None)
+                        label_space=label_space(recipe.model.pretrained) if recipe.model.pretrained else None,
+                        spill=Path(recipe.store) / "tmp")
 
 
 def dataset_record(dataset: Dataset) -> dict[str, Any]:
