@@ -116,7 +116,7 @@ def offline_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Co
     # a keep_float: auto search takes minutes on this model (benchmarked, docs/measurements.md): the weight-only ranking here
     recipe["backends"]["onnxruntime"]["keep_float"] = 6
     del recipe["backends"]["onnxruntime"]["accuracy_target"]
-    recipe["backends"]["tflite"]["precisions"] = ["fp32"]  # onnx2tf is the converter that fetches images when not fed its own
+    recipe["backends"]["tflite"] = {"precisions": ["fp32"]}  # onnx2tf is the converter that fetches images when not fed its own
     recipe["backends"]["openvino"] = {"enabled": False}
     recipe["backends"]["tensorrt"] = {"enabled": False}
     return run_offline(quick(recipe, eval_batch_size=50), tmp, "efficientnet_lite0")
