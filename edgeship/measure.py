@@ -136,6 +136,8 @@ def agreement_interval(hits: np.ndarray, groups: Sequence[str] | None = None) ->
     correlated groups, such as crops of one photo; else Wilson's score interval, which takes the samples as independent.
     ``top1_agreement_groups`` says which: the number of groups, or None."""
     hits = np.asarray(hits, np.float64)
+    if not len(hits):
+        return {"top1_agreement_ci95": None, "top1_agreement_groups": None}
     if groups is not None and len(groups):
         low, high = grouped_interval(hits, groups)
         return {"top1_agreement_ci95": [low, high], "top1_agreement_groups": len(set(groups))}
