@@ -21,9 +21,8 @@ import numpy as np
 
 from edgeship.errors import DataError
 from edgeship.images import read_image
-from edgeship.memory import drop_mapped_pages
 from edgeship.photos import SPARE_CROPS, load_crops, opencv_doc_photos
-from edgeship.tensors import CalibrationSet, Feed, SearchSet, rows_of
+from edgeship.tensors import CalibrationSet, Feed, SearchSet, drop_mapped_pages, rows_of
 from edgeship_deploy import preprocess as release_preprocess
 from edgeship_deploy import resize
 

@@ -28,9 +28,8 @@ from edgeship.artifacts import write_atomic
 from edgeship.backends import REGISTRY, get_backend
 from edgeship.device import usable_cpus
 from edgeship.measure import summarize, time_calls
-from edgeship.memory import drop_mapped_pages
 from edgeship.models import TorchRunner
-from edgeship.tensors import Feed
+from edgeship.tensors import Feed, drop_mapped_pages
 
 Progress = Callable[[str, int, int], None]  # task, done, total
 # 2: runners reuse the runtime's buffers and skip re-checking a feed shaped like the last; the bare runtime call is

@@ -1,4 +1,4 @@
-"""Giving freed memory back to the system, and keeping memory-mapped arrays out of a process's resident set.
+"""Giving freed memory back to the system.
 
 glibc's allocator keeps the pages of freed blocks that sit below a live one (fragmentation), so a process that once
 held a large working set (a calibration pass, an export, a converter) keeps most of it as its resident size long
@@ -12,9 +12,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import mmap
-
-import numpy as np
 
 
 @functools.cache
@@ -34,11 +31,3 @@ def release_freed_memory() -> bool:
         return False
     trim(0)  # type: ignore[operator]
     return True
-
-
-def drop_mapped_pages(array: np.ndarray) -> None:
-    """Unmap the pages of a memory-mapped array read so far: they stay in the page cache, but not in this process's
-    resident set, so reading a large mapped array through holds a block of it rather than all of it."""
-    mapping = getattr(array, "_mmap", None)
-    if isinstance(array, np.memmap) and mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
-        mapping.madvise(mmap.MADV_DONTNEED)

@@ -28,7 +28,7 @@ import numpy as np
 
 from edgeship.errors import DataError
 from edgeship.images import read_image
-from edgeship.memory import drop_mapped_pages
+from edgeship.tensors import drop_mapped_pages
 
 # (package, file): natural photographs only, no diagrams or microscopy; motorcycle_right is left out as the
 # stereo twin of motorcycle_left.

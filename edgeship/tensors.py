@@ -6,8 +6,11 @@ A core module: the data module makes calibration sets, the backends consume them
 from __future__ import annotations
 
 import enum
+import mmap
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -70,8 +73,58 @@ def outputs_in_batches(call: Callable[[Feed], Sequence[np.ndarray]], inputs: Inp
                        size: int) -> list[np.ndarray]:
     """Every output of ``call`` (a model run on one feed, its outputs in order) over ``inputs``, ``size`` rows a call,
     each output concatenated over the calls."""
-    batches = [list(call(feed_of(rows_of(inputs, i, i + size), names))) for i in range(0, count_of(inputs), size)]
+    batches = []
+    for i in range(0, count_of(inputs), size):
+        batches.append(list(call(feed_of(rows_of(inputs, i, i + size), names))))
+        for array in ([inputs] if isinstance(inputs, np.ndarray) else inputs.values()):
+            drop_mapped_pages(array)  # mapped samples (``mapped``) are read through, not held
     return [np.concatenate([batch[k] for batch in batches]) for k in range(len(batches[0]))]
+
+
+def drop_mapped_pages(array: np.ndarray) -> None:
+    """Unmap the pages of a memory-mapped array read so far: they stay in the page cache, but not in this process's
+    resident set, so reading a large mapped array through holds a block of it rather than all of it."""
+    mapping = getattr(array, "_mmap", None)
+    if isinstance(array, np.memmap) and mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+        mapping.madvise(mmap.MADV_DONTNEED)
+
+
+@dataclass(frozen=True)
+class _MappedFile:
+    """How a whole-file memory-mapped array travels to a child process: its file, opened there again."""
+
+    path: str
+
+
+def mapped(inputs: Inputs, folder: Path, stem: str) -> Inputs:
+    """``inputs`` saved under ``folder`` (``<stem>-<name>.npy``) and mapped copy-on-write (a write stays in memory, the
+    file keeps the samples): they take no memory until read, and pickle as their file (``by_file``), so a child process
+    maps the same file instead of receiving a copy."""
+    if not isinstance(inputs, np.ndarray):
+        return {name: mapped(array, folder, f"{stem}-{name}") for name, array in inputs.items()}  # type: ignore[misc]
+    path = folder / f"{stem}.npy"
+    np.save(path, inputs)
+    return np.load(path, mmap_mode="c")
+
+
+def by_file(inputs: Any) -> Any:
+    """For pickling: an array that maps a whole ``.npy`` file (``mapped``) as its file, anything else as it is."""
+    if isinstance(inputs, Mapping):
+        return {name: by_file(array) for name, array in inputs.items()}
+    if isinstance(inputs, np.memmap) and inputs.filename and inputs.flags.c_contiguous and str(inputs.filename).endswith(".npy"):
+        whole = np.load(inputs.filename, mmap_mode="r")
+        if whole.shape == inputs.shape and whole.dtype == inputs.dtype and inputs.offset == whole.offset:
+            return _MappedFile(str(inputs.filename))
+    return inputs
+
+
+def from_file(inputs: Any) -> Any:
+    """``by_file``'s inverse, after unpickling."""
+    if isinstance(inputs, _MappedFile):
+        return np.load(inputs.path, mmap_mode="c")
+    if isinstance(inputs, Mapping):
+        return {name: from_file(array) for name, array in inputs.items()}
+    return inputs
 
 
 def feed_of(inputs: Inputs, names: Sequence[str]) -> Feed:
@@ -94,6 +147,17 @@ class SearchSet:
 
     def __len__(self) -> int:
         return count_of(self.inputs)
+
+    def mapped(self, folder: Path) -> SearchSet:
+        """This set with its inputs saved under ``folder`` and mapped (``mapped``)."""
+        return SearchSet(mapped(self.inputs, folder, "search"), self.labels, self.fingerprint)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"inputs": by_file(self.inputs), "labels": self.labels, "fingerprint": self.fingerprint}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for key, value in {**state, "inputs": from_file(state["inputs"])}.items():
+            object.__setattr__(self, key, value)
 
 
 class CalibrationSet(Sequence[Feed]):
@@ -145,6 +209,18 @@ class CalibrationSet(Sequence[Feed]):
         """This set carrying ``search``, fingerprinted with it and with the search's ``method`` (a version): a build that
         searches on it depends on both."""
         return self._with(self.arrays, f"{self.fingerprint}+search:{search.fingerprint}" + (f"+{method}" if method else ""), search)
+
+    def mapped(self, folder: Path) -> CalibrationSet:
+        """This set with its samples, and its search's, saved under ``folder`` and mapped (``mapped``): they take no memory
+        until read, and a child process that builds from it maps the same files instead of receiving copies."""
+        search = None if self.search is None else self.search.mapped(folder)
+        return self._with(dict(mapped(self.arrays, folder, "calibration")), self.fingerprint, search)  # type: ignore[arg-type]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "arrays": by_file(self.arrays)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({**state, "arrays": from_file(state["arrays"])})
 
     def __len__(self) -> int:
         return -(-self.count // self.batch_size)

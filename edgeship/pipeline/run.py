@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -110,7 +111,14 @@ def build_engines(onnx: Artifact, ctx: RunContext) -> dict[str, Artifact]:
                                     "source": str(recipe.calibration.source) if recipe.calibration.source else "held out from train"}
     searching = any(getattr(c, "keep_float", 0) == "auto" for _, c in requested(recipe.backends))
     search = search_set(dataset, recipe.data.preprocessing) if searching else None
-    return BuildStage(calibration, search).run({"onnx": onnx}, recipe.backends, ctx)
+    spill = Path(recipe.store) / "tmp"
+    spill.mkdir(parents=True, exist_ok=True)
+    # on disk, mapped, for as long as the stage runs: the run keeps no copy in memory while a child builds, and a child
+    # maps the same files instead of receiving copies (``CalibrationSet.mapped``)
+    with tempfile.TemporaryDirectory(dir=spill, prefix="build-samples-") as folder:
+        calibration = None if calibration is None else calibration.mapped(Path(folder))
+        search = None if search is None else search.mapped(Path(folder))
+        return BuildStage(calibration, search).run({"onnx": onnx}, recipe.backends, ctx)
 
 
 def start(recipe: Recipe, label: str, recipe_path: Path | None) -> tuple[ArtifactStore, Path, Manifest]:
