@@ -108,6 +108,30 @@ def _umask() -> int:
 _UMASK = _umask()
 
 
+def spill_prefix(kind: str) -> str:
+    """The name prefix of this process's spilled samples of ``kind`` (``<kind>-<pid>-``), so a later run can tell a
+    killed run's leftovers (``remove_dead_spills``) from a live run's."""
+    return f"{kind}-{os.getpid()}-"
+
+
+def remove_dead_spills(folder: Path, kind: str) -> None:
+    """Remove the spilled samples of ``kind`` in ``folder`` whose process is gone: what a killed run left behind (a
+    run's own are removed when its work ends; another live run's are left alone)."""
+    for leftover in folder.glob(f"{kind}-*-*"):
+        pid = leftover.name[len(kind) + 1 :].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except PermissionError:  # another user's live process
+            continue
+        except ProcessLookupError:
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+
+
 def write_atomic(path: Path, data: bytes | str) -> None:
     """Write to a temporary file beside ``path``, fsync, then rename over it."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeship.artifacts import remove_dead_spills, spill_prefix
 from edgeship.errors import DataError
 from edgeship.images import read_image
 from edgeship.tensors import drop_mapped_pages
@@ -165,7 +166,8 @@ def render_mapped(crops: list[Crop], images: dict[str, np.ndarray], size: tuple[
     if not crops:
         return render(crops, images, size)
     folder.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=folder, prefix="crops-", suffix=".npy")
+    remove_dead_spills(folder, "crops")
+    fd, name = tempfile.mkstemp(dir=folder, prefix=spill_prefix("crops"), suffix=".npy")
     os.close(fd)
     try:
         out = np.lib.format.open_memmap(name, mode="w+", dtype=np.uint8, shape=(len(crops), size[0], size[1], 3))

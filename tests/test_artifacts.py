@@ -137,3 +137,28 @@ def test_a_record_made_under_a_relative_store_is_read_from_any_folder(tmp_path: 
     record.write_text(record.read_text().replace("ab" * 16, "cd" * 16, 1))  # its id field only
     with pytest.raises(ValueError, match="names a file outside the artifact"):
         Artifact.read(record)
+
+
+def test_a_killed_runs_spilled_samples_are_removed_and_a_live_runs_are_left_alone(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from edgeship.artifacts import remove_dead_spills, spill_prefix
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / f"build-samples-{gone.stdout.strip()}-abc").mkdir()
+        (tmp_path / f"build-samples-{gone.stdout.strip()}-abc" / "calibration.npy").write_bytes(b"x")
+        (tmp_path / f"crops-{gone.stdout.strip()}-def.npy").write_bytes(b"x")
+        (tmp_path / f"build-samples-{live.pid}-ghi").mkdir()
+        (tmp_path / f"{spill_prefix('build-samples')}jkl").mkdir()
+        (tmp_path / "build-samples-notapid").mkdir()
+        remove_dead_spills(tmp_path, "build-samples")
+        remove_dead_spills(tmp_path, "crops")
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+            [f"build-samples-{live.pid}-ghi", f"build-samples-{os.getpid()}-jkl", "build-samples-notapid"])
+    finally:
+        live.kill()
+        live.wait()

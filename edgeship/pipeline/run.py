@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from edgeship.artifacts import Artifact, ArtifactStore, Manifest
+from edgeship.artifacts import Artifact, ArtifactStore, Manifest, remove_dead_spills, spill_prefix
 from edgeship.backends import REGISTRY
 from edgeship.data import calibration_set, load_dataset, scored_on_validation, search_set
 from edgeship.device import describe_device, source_revision, tool_versions
@@ -115,7 +115,8 @@ def build_engines(onnx: Artifact, ctx: RunContext) -> dict[str, Artifact]:
     spill.mkdir(parents=True, exist_ok=True)
     # on disk, mapped, for as long as the stage runs: the run keeps no copy in memory while a child builds, and a child
     # maps the same files instead of receiving copies (``CalibrationSet.mapped``)
-    with tempfile.TemporaryDirectory(dir=spill, prefix="build-samples-") as folder:
+    remove_dead_spills(spill, "build-samples")
+    with tempfile.TemporaryDirectory(dir=spill, prefix=spill_prefix("build-samples")) as folder:
         calibration = None if calibration is None else calibration.mapped(Path(folder))
         search = None if search is None else search.mapped(Path(folder))
         return BuildStage(calibration, search).run({"onnx": onnx}, recipe.backends, ctx)
