@@ -53,7 +53,7 @@ def main() -> int:
     if recipe.data.dataset != "sample_photos":
         parser.error(f"{args.recipe}: data.dataset is {recipe.data.dataset!r}; this reads the photo of each sample_photos crop")
     result = run(recipe, console=console, recipe_path=args.recipe)
-    groups = np.asarray(recipe_dataset(recipe, console).eval_groups)
+    groups = np.asarray(recipe_dataset(recipe, console).eval.groups)
     entries = {(e.stage, e.name): e for e in result.manifest.entries if e.status == "ok"}
     reference = np.load(Path(entries[("validate", BASELINE)].path).parent / "logits.npy").argmax(1)
     if len(reference) != len(groups):

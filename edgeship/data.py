@@ -43,6 +43,7 @@ class Split:
     images: np.ndarray
     labels: np.ndarray | None
     arrays: Mapping[str, np.ndarray] | None = None
+    groups: tuple[str, ...] = ()  # sample_photos: the photo of each crop (crops of one photo are correlated)
 
     def __len__(self) -> int:
         return len(next(iter(self.arrays.values()))) if self.arrays else len(self.images)
@@ -71,8 +72,6 @@ class Dataset:
     fingerprint: str
     probes: Mapping[str, np.ndarray] = field(default_factory=dict)  # photo name → raw image, for the export's sanity check
     substitute_for: str = ""  # the dataset the recipe asked for, when this one stands in for it, and why
-    eval_groups: tuple[str, ...] = ()  # sample_photos: the photo of each evaluation crop (crops of one photo are correlated)
-    val_groups: tuple[str, ...] = ()   # and of each validation crop
 
     @property
     def num_classes(self) -> int:
@@ -92,7 +91,7 @@ def scored_on_validation(dataset: Dataset) -> Dataset:
         raise DataError(f"validate.split: validation: {dataset.name} has no validation split here (unlabelled photos have none; "
                         "labelled data holds data.val_size out of training)")
     fingerprint = hashlib.sha256(f"{dataset.fingerprint}:scored-on-validation".encode()).hexdigest()
-    return dataclasses.replace(dataset, eval=dataset.val, fingerprint=fingerprint, eval_groups=dataset.val_groups)
+    return dataclasses.replace(dataset, eval=dataset.val, fingerprint=fingerprint)
 
 
 def preprocess(images: np.ndarray, p: Preprocessing) -> np.ndarray:
@@ -186,15 +185,15 @@ def _sample_photos(cfg: DataConfig, calibration: CalibrationConfig, *, seed: int
                        eval_size=cfg.eval_size, seed=seed, evaluation_only=extra, spill=spill)
     cal = EMPTY if calibration.source is not None else Split(crops.calibration, None)
     # calibration files in place of crops leave every calibration-half crop unused
-    val = Split(crops.spare if calibration.source is None else crops.calibration[:SPARE_CROPS], None)
-    val_groups = crops.spare_photos if calibration.source is None else crops.calibration_photos[:SPARE_CROPS]
+    val = (Split(crops.spare, None, groups=crops.spare_photos) if calibration.source is None
+           else Split(crops.calibration[:SPARE_CROPS], None, groups=crops.calibration_photos[:SPARE_CROPS]))
     bundled = [name for name in crops.photos if name not in crops.evaluation_only]
     source = f"{len(bundled)} photos bundled with scikit-learn and scikit-image: " + ", ".join(bundled)
     if crops.evaluation_only:
         source += f"; for evaluation only, {len(crops.evaluation_only)} photos of opencv-doc: " + ", ".join(crops.evaluation_only)
     return Dataset(name="sample_photos", source=source, classes=(), train=EMPTY, val=val, calibration=cal,
-                   eval=Split(crops.evaluation, None), fingerprint=crops.fingerprint, probes=crops.probes,
-                   eval_groups=crops.evaluation_photos, val_groups=val_groups)
+                   eval=Split(crops.evaluation, None, groups=crops.evaluation_photos), fingerprint=crops.fingerprint,
+                   probes=crops.probes)
 
 
 MIN_ARRAY_SAMPLES = 10  # fewer cannot be cut into evaluation, calibration and validation samples

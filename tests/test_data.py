@@ -146,9 +146,9 @@ def test_sample_photos_with_opencv_doc_photos_widen_only_the_evaluation_split() 
     assert len(wide.eval.images) >= len(plain.eval.images) + 20 * 70  # about 78 crops a photo
     assert "for evaluation only, 20 photos of opencv-doc: aero1.jpg" in wide.source and "opencv-doc" not in plain.source
     assert wide.fingerprint != plain.fingerprint
-    assert len(wide.eval_groups) == len(wide.eval.images) and "aero1.jpg" in wide.eval_groups and "aero1.jpg" not in plain.eval_groups
+    assert len(wide.eval.groups) == len(wide.eval.images) and "aero1.jpg" in wide.eval.groups and "aero1.jpg" not in plain.eval.groups
     on_validation = scored_on_validation(wide)  # the photo of each crop follows the split into the evaluation's place
-    assert len(on_validation.eval_groups) == len(on_validation.eval.images) == 512 and "aero1.jpg" not in on_validation.eval_groups
+    assert len(on_validation.eval.groups) == len(on_validation.eval.images) == 512 and "aero1.jpg" not in on_validation.eval.groups
 
 
 def test_release_preprocessing_refuses_a_mean_per_channel_of_another_count() -> None:

@@ -169,7 +169,7 @@ class ValidateStage:
             try:
                 outputs = load_outputs(folder, every_output=generic)
                 scored = (output_scores(outputs, reference) if generic
-                          else scores(outputs, reference, ctx.dataset.eval.labels, ctx.dataset.eval_groups or None))
+                          else scores(outputs, reference, ctx.dataset.eval.labels, ctx.dataset.eval.groups))
             except ValueError as exc:
                 raise StageError(self.name, f"{name}: {exc}") from None
         metrics: dict[str, Any] = {**scored, "threads": measure.threads, "runtime": result["runtime"], "isolated": True,
