@@ -108,6 +108,11 @@ def _umask() -> int:
 _UMASK = _umask()
 
 
+def store_tmp(root: Path) -> Path:
+    """The store's folder for work in progress (staging builds, spilled samples), on the store's own disk."""
+    return Path(root) / "tmp"
+
+
 def spill_prefix(kind: str) -> str:
     """The name prefix of this process's spilled samples of ``kind`` (``<kind>-<pid>-``), so a later run can tell a
     killed run's leftovers (``remove_dead_spills``) from a live run's."""
@@ -215,7 +220,7 @@ class ArtifactStore:
     def staging(self, aid: str) -> Iterator[Path]:
         """A fresh folder to build ``aid`` in; removed unless ``commit`` moved it into place. Call it holding ``lock(aid)``:
         any other staging folder of ``aid`` is then a killed run's leftover, and is removed."""
-        tmp_root = self.root / "tmp"
+        tmp_root = store_tmp(self.root)
         tmp_root.mkdir(parents=True, exist_ok=True)
         for leftover in tmp_root.glob(f"{aid}-*"):
             shutil.rmtree(leftover, ignore_errors=True)

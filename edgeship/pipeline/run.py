@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from edgeship.artifacts import Artifact, ArtifactStore, Manifest, remove_dead_spills, spill_prefix
+from edgeship.artifacts import Artifact, ArtifactStore, Manifest, remove_dead_spills, spill_prefix, store_tmp
 from edgeship.backends import REGISTRY
 from edgeship.data import calibration_set, load_dataset, scored_on_validation, search_set
 from edgeship.device import describe_device, source_revision, tool_versions
@@ -111,7 +111,7 @@ def build_engines(onnx: Artifact, ctx: RunContext) -> dict[str, Artifact]:
                                     "source": str(recipe.calibration.source) if recipe.calibration.source else "held out from train"}
     searching = any(getattr(c, "keep_float", 0) == "auto" for _, c in requested(recipe.backends))
     search = search_set(dataset, recipe.data.preprocessing) if searching else None
-    spill = Path(recipe.store) / "tmp"
+    spill = store_tmp(recipe.store)
     spill.mkdir(parents=True, exist_ok=True)
     # on disk, mapped, for as long as the stage runs: the run keeps no copy in memory while a child builds, and a child
     # maps the same files instead of receiving copies (``CalibrationSet.mapped``)
@@ -161,7 +161,7 @@ def recipe_dataset(recipe: Recipe, console: Console) -> Dataset:
     return load_dataset(recipe.data, recipe.calibration, seed=recipe.seed,
                         notice=lambda text: console.print(f"[yellow]{text}[/yellow]", soft_wrap=True),
                         label_space=label_space(recipe.model.pretrained) if recipe.model.pretrained else None,
-                        spill=Path(recipe.store) / "tmp")
+                        spill=store_tmp(recipe.store))
 
 
 def dataset_record(dataset: Dataset) -> dict[str, Any]:
