@@ -126,9 +126,31 @@ def scores(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray | None
     scored = {"top1": None if labels is None else top1(outputs, labels), "eval_samples": len(outputs), **agreement(outputs, reference)}
     summary = fidelity_summary(fidelity({"logits": outputs}, {"logits": reference}))
     scored.update({k: summary[k] for k in ("min_sqnr_db", "max_relative_l2")})
-    hits = outputs.reshape(len(outputs), -1).argmax(1) == reference.reshape(len(reference), -1).argmax(1)
+    hits = top1_hits(outputs, reference)
     scored.update(agreement_interval(hits, groups))
     return scored
+
+
+def top1_hits(outputs: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per sample, whether ``outputs`` has the ``reference``'s top class."""
+    return outputs.reshape(len(outputs), -1).argmax(1) == reference.reshape(len(reference), -1).argmax(1)
+
+
+def pack_hits(hits: np.ndarray) -> str:
+    """``hits`` as hex of their packed bits: a device that scores its own outputs sends these back (an eighth of a
+    byte per sample), so the host can give the interval over the photos that only it knows (``unpack_hits``)."""
+    return np.packbits(np.asarray(hits, bool)).tobytes().hex()
+
+
+def unpack_hits(packed: str, count: int) -> np.ndarray:
+    """``pack_hits``'s ``count`` hits; ValueError when the text is not that many packed bits."""
+    try:
+        raw = bytes.fromhex(packed)
+    except ValueError:
+        raise ValueError("top1_hits: expected hexadecimal packed bits") from None
+    if len(raw) != -(-count // 8):
+        raise ValueError(f"top1_hits: expected {count} packed bits ({-(-count // 8)} bytes), got {len(raw)} bytes")
+    return np.unpackbits(np.frombuffer(raw, np.uint8), count=count).astype(bool)
 
 
 def agreement_interval(hits: np.ndarray, groups: Sequence[str] | None = None) -> dict[str, Any]:

@@ -198,3 +198,15 @@ def test_scores_give_agreement_an_interval_over_groups_or_as_independent_samples
     # Wilson's interval for 0 of n and n of n stays inside [0, 1] and is not a point
     low, high = scores(reference, reference, None)["top1_agreement_ci95"]
     assert 0.98 < low < high and high == pytest.approx(1.0)
+
+
+def test_packed_hits_come_back_as_they_went_and_bad_text_is_named() -> None:
+    from edgeship.measure import pack_hits, unpack_hits
+
+    hits = np.random.default_rng(1).random(2_792) < 0.96
+    packed = pack_hits(hits)
+    assert len(packed) == 2 * 349 and np.array_equal(unpack_hits(packed, 2_792), hits)
+    with pytest.raises(ValueError, match=r"top1_hits: expected 2793 packed bits \(350 bytes\), got 349 bytes"):
+        unpack_hits(packed, 2_793)
+    with pytest.raises(ValueError, match="top1_hits: expected hexadecimal"):
+        unpack_hits("zz", 8)

@@ -36,7 +36,7 @@ from edgeship.agent.protocol import ENGINE_HEADER, FILE_NAME, PROTOCOL, RESULT_F
 from edgeship.backends import REGISTRY, availability
 from edgeship.device import describe_device, pinned_cpus
 from edgeship.harness import HarnessError, HarnessSpec, measure_isolated
-from edgeship.measure import scores
+from edgeship.measure import pack_hits, scores, top1_hits
 from edgeship.version import __version__
 
 KEEP_JOBS = 32  # finished jobs whose folders stay for the host to fetch
@@ -200,8 +200,11 @@ class Agent:
         return folder
 
     def _score(self, logits_path: Path, request: JobRequest) -> dict[str, Any]:
+        """The outputs' scores, and which samples agree on top-1 (``pack_hits``): the host knows which photo each sample
+        came from, and gives the interval over photos from them."""
         labels = np.load(self.file_path(request.labels)) if request.labels else None
-        return scores(np.load(logits_path), np.load(self.file_path(request.reference)), labels)  # type: ignore[arg-type]
+        outputs, reference = np.load(logits_path), np.load(self.file_path(request.reference))
+        return {**scores(outputs, reference, labels), "top1_hits": pack_hits(top1_hits(outputs, reference))}  # type: ignore[arg-type]
 
 
 def create_app(agent: Agent, token: str, *, max_upload_bytes: int) -> FastAPI:

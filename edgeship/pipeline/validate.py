@@ -15,7 +15,7 @@ import os
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,7 +29,7 @@ from edgeship.data import model_inputs
 from edgeship.errors import StageError
 from edgeship.harness import HARNESS_VERSION, call_overhead_us
 from edgeship.macs import onnx_macs
-from edgeship.measure import output_scores, scores, top1
+from edgeship.measure import agreement_interval, output_scores, scores, top1, unpack_hits
 from edgeship.peak import PEAK_VERSION, measure_peak_isolated
 from edgeship.pipeline.base import Made, RunContext
 from edgeship.pipeline.export import INPUT_NAME
@@ -163,15 +163,15 @@ class ValidateStage:
         request = MeasureRequest(name, runs_on, engine.path, engine.meta["input_name"], timed=not predicts, cross_check=wants_check,
                                  artifact=engine, every_output=generic)
         result = measure.measure(request, folder)
-        if "scores" in result:  # scored on the device: its outputs were too large to send back
-            scored = dict(result["scores"])
-        else:
-            try:
+        try:
+            if "scores" in result:  # scored on the device: its outputs were too large to send back
+                scored = _device_scores(result["scores"], ctx.dataset.eval.groups)
+            else:
                 outputs = load_outputs(folder, every_output=generic)
                 scored = (output_scores(outputs, reference) if generic
                           else scores(outputs, reference, ctx.dataset.eval.labels, ctx.dataset.eval.groups))
-            except ValueError as exc:
-                raise StageError(self.name, f"{name}: {exc}") from None
+        except ValueError as exc:
+            raise StageError(self.name, f"{name}: {exc}") from None
         metrics: dict[str, Any] = {**scored, "threads": measure.threads, "runtime": result["runtime"], "isolated": True,
                                    **measure.where()}
         if predicts:
@@ -283,3 +283,18 @@ def _wants_cross_check(ctx: RunContext, engine: Artifact) -> bool:
     backend = engine.meta["backend"]
     section = getattr(ctx.recipe.backends, backend, None)
     return bool(getattr(section, "benchmark_app", False)) and hasattr(get_backend(backend), "cross_check")
+
+
+def _device_scores(scored: Mapping[str, Any], groups: Sequence[str] | None) -> dict[str, Any]:
+    """A device's scores of its own outputs, with the agreement's interval redone over ``groups`` (the photos, which
+    only the host knows) from the per-sample hits it sent back; an agent too old to send them keeps its interval,
+    which takes the samples as independent (``top1_agreement_groups`` None says so). ValueError on hits that do not
+    match the evaluation split."""
+    scored = dict(scored)
+    packed = scored.pop("top1_hits", None)
+    if packed is not None and groups is not None:
+        count = scored.get("eval_samples")
+        if count != len(groups):
+            raise ValueError(f"the device scored {count} samples, the evaluation split has {len(groups)}")
+        scored.update(agreement_interval(unpack_hits(packed, len(groups)), groups))
+    return scored

@@ -12,6 +12,7 @@ import pytest
 
 from edgeship.agent.protocol import EngineRef, JobRequest
 from edgeship.agent.server import Agent, create_app, read_token
+from edgeship.measure import unpack_hits
 
 TOKEN = "a-test-token-of-some-length"
 LIMIT = 1 << 20
@@ -177,6 +178,7 @@ def test_metrics_mode_scores_on_the_device(client: object, tiny_cnn_onnx: Path, 
         state = client.get(f"/jobs/{state['id']}", params={"wait": 30}).json()  # type: ignore[attr-defined]
     scores = state["result"]["scores"]
     assert scores["top1"] == pytest.approx(28 / 32) and scores["top1_agreement"] == 1.0 and scores["eval_samples"] == 32
+    assert unpack_hits(scores["top1_hits"], 32).all(), "each sample's top-1 hit goes back, for the interval over photos"
     assert state["files"] == [], "in metrics mode the outputs stay on the device"
 
 

@@ -61,6 +61,7 @@ def test_a_device_measures_the_same_outputs_and_faults_stay_with_their_device(tm
         assert remote["sha256"] == local["sha256"] and remote["latency"]["iterations"] >= 20
         assert remote["memory"]["peak_rss_bytes"] > 0 and remote["target"] == "onnxruntime@loop"
         assert found[f"{engine}@small"]["top1"] == local["top1"], "scored on the device, outputs over its limit"
+        assert found[f"{engine}@small"]["top1_agreement_ci95"] == local["top1_agreement_ci95"]
         assert found[f"{engine}@nobody"]["status"] == "failed" and "unreachable" in found[f"{engine}@nobody"]["reason"]
         assert "after 2 attempts" in found[f"{engine}@nobody"]["reason"], "the recipe's retry policy: 1 retry"
         assert "refused the token (401)" in found[f"{engine}@wrongtoken"]["reason"]

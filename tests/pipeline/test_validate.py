@@ -40,3 +40,28 @@ def test_the_cross_check_ratio_is_taken_round_by_round() -> None:
     assert _compare(older, {"p50_ms": 0.102}, None)["ratio"] == pytest.approx(0.68)
     failed = {"status": "failed", "reason": "benchmark_app not found"}
     assert _compare(failed, {"p50_ms": 0.102}, None) == failed
+
+
+def test_a_device_that_scored_itself_gets_the_interval_over_photos() -> None:
+    """The device sends its per-sample hits back; the host, which knows each crop's photo, redoes the interval over
+    photos. An agent that sent no hits keeps its own interval, marked as over independent samples."""
+    import numpy as np
+
+    from edgeship.measure import pack_hits, scores
+    from edgeship.pipeline.validate import _device_scores
+
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(400, 10))
+    outputs = reference.copy()
+    outputs[:40] = rng.normal(size=(40, 10))  # the disagreements all in the first photo
+    groups = [f"photo{i // 40}" for i in range(400)]
+    on_device = scores(outputs, reference, None)  # what the agent computes: no photo names there
+    hits = outputs.argmax(1) == reference.argmax(1)
+    redone = _device_scores({**on_device, "top1_hits": pack_hits(hits)}, groups)
+    assert redone == {**on_device, **{k: scores(outputs, reference, None, groups)[k]
+                                      for k in ("top1_agreement_ci95", "top1_agreement_groups")}}
+    assert redone["top1_agreement_groups"] == 10 and "top1_hits" not in redone
+    assert _device_scores(on_device, groups) == on_device  # an older agent
+    assert _device_scores({**on_device, "top1_hits": pack_hits(hits)}, None) == on_device  # no groups: hits dropped
+    with pytest.raises(ValueError, match="the device scored 400 samples, the evaluation split has 399"):
+        _device_scores({**on_device, "top1_hits": pack_hits(hits)}, groups[:399])
