@@ -21,7 +21,7 @@ import numpy as np
 
 from edgeship.errors import DataError
 from edgeship.images import read_image
-from edgeship.photos import SPARE_CROPS, load_crops, opencv_doc_photos
+from edgeship.photos import load_crops, opencv_doc_photos
 from edgeship.tensors import CalibrationSet, Feed, SearchSet, drop_mapped_pages, rows_of
 from edgeship_deploy import preprocess as release_preprocess
 from edgeship_deploy import resize
@@ -174,19 +174,16 @@ def substitution_note(record: Mapping[str, Any] | None) -> str:
 
 
 def _sample_photos(cfg: DataConfig, calibration: CalibrationConfig, *, seed: int, spill: Path | None = None) -> Dataset:
-    """Crops of the photographs bundled with scikit-learn and scikit-image: calibration, evaluation and, from the
-    calibration halves, the crops the calibration set left out as validation; no labels, no training data (see
-    ``edgeship.photos``)."""
+    """Crops of the photographs bundled with scikit-learn and scikit-image: calibration, validation and evaluation, each
+    from its own part of every photo; no labels, no training data (see ``edgeship.photos``)."""
     size = cfg.preprocessing.resize
     if size is None:  # the recipe validator requires it; a direct caller may not
         raise DataError("data.preprocessing.resize: the sample_photos crops need a size (height, width), e.g. [224, 224]")
     extra = opencv_doc_photos() if cfg.extra_eval_photos == "opencv-doc" else None
-    crops = load_crops(size, calibration_size=None if calibration.source is not None else calibration.size,
+    crops = load_crops(size, calibration_size=0 if calibration.source is not None else calibration.size,
                        eval_size=cfg.eval_size, seed=seed, evaluation_only=extra, spill=spill)
     cal = EMPTY if calibration.source is not None else Split(crops.calibration, None)
-    # calibration files in place of crops leave every calibration-half crop unused
-    val = (Split(crops.spare, None, groups=crops.spare_photos) if calibration.source is None
-           else Split(crops.calibration[:SPARE_CROPS], None, groups=crops.calibration_photos[:SPARE_CROPS]))
+    val = Split(crops.spare, None, groups=crops.spare_photos)
     bundled = [name for name in crops.photos if name not in crops.evaluation_only]
     source = f"{len(bundled)} photos bundled with scikit-learn and scikit-image: " + ", ".join(bundled)
     if crops.evaluation_only:

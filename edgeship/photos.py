@@ -2,9 +2,11 @@
 
 scikit-learn's ``load_sample_images`` (china.jpg, flower.jpg) and the photographs bundled in scikit-image's
 ``skimage.data`` are read straight from the installed packages (nothing is downloaded). Each photo is cut in two
-halves along its longer side; calibration crops come from one half and evaluation crops from the other (which
-half alternates from photo to photo), so no pixel is in both sets. Each half yields square crops at several
-scales and positions, each also mirrored, resized to the model's input size.
+halves along its longer side: evaluation crops come from one half; the other is cut in two again, into a quarter for
+calibration crops and a quarter for validation crops (which part goes where alternates from photo to photo). So no
+pixel is in two splits: the float-layer search and every setting chosen on validation see pixels that calibration
+did not fit its ranges to, as evaluation will. Each part yields square crops at several scales and positions, each
+also mirrored, resized to the model's input size.
 
 With ``data.extra_eval_photos: opencv-doc`` the evaluation split also takes crops of the natural photographs among
 OpenCV's sample data (Debian's ``opencv-doc``), each whole: those photos are in no calibration or validation crop, so
@@ -43,7 +45,7 @@ PHOTOS: tuple[tuple[str, str], ...] = (
 SCALES = (1.0, 0.8, 0.64, 0.5, 0.4)   # crop side as a fraction of the half's shorter side
 POSITIONS = (0.0, 0.5, 1.0)           # where the crop sits in the slack along each axis
 MAPPED_BLOCK = 64  # crops rendered or read at a time in a memory-mapped set
-SPARE_CROPS = 512  # calibration-half crops outside the calibration set kept as the validation split (divergence, keep_float: auto)
+SPARE_CROPS = 512  # validation-quarter crops kept as the validation split (divergence, keep_float: auto)
 INSTALL = "pip install 'edgeship[efficientnet]'"
 
 # Debian's opencv-doc: the photographs of natural scenes among OpenCV's sample data, one of each scene (no stereo or flow
@@ -108,16 +110,25 @@ def opencv_doc_photos(folder: Path = OPENCV_DOC) -> dict[str, Path]:
     return {Path(name).name: folder / name for name in OPENCV_PHOTOS}
 
 
-def halves(height: int, width: int) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
-    """The two halves (top, left, height, width) of a photo, cut across its longer side."""
+Region = tuple[int, int, int, int]  # (top, left, height, width) in a photo's pixels
+
+
+def halves(height: int, width: int) -> tuple[Region, Region]:
+    """The two halves of a photo, cut across its longer side."""
+    return split_region((0, 0, height, width))
+
+
+def split_region(region: Region) -> tuple[Region, Region]:
+    """The two halves of ``region``, cut across its longer side."""
+    top, left, height, width = region
     if width >= height:
         cut = width // 2
-        return (0, 0, height, cut), (0, cut, height, width - cut)
+        return (top, left, height, cut), (top, left + cut, height, width - cut)
     cut = height // 2
-    return (0, 0, cut, width), (cut, 0, height - cut, width)
+    return (top, left, cut, width), (top + cut, left, height - cut, width)
 
 
-def crops_in(photo: str, region: tuple[int, int, int, int]) -> list[Crop]:
+def crops_in(photo: str, region: Region) -> list[Crop]:
     """Square crops at every scale and position inside ``region``, plain and mirrored (duplicates removed)."""
     top, left, height, width = region
     boxes: list[tuple[int, int, int]] = []
@@ -131,20 +142,29 @@ def crops_in(photo: str, region: tuple[int, int, int, int]) -> list[Crop]:
     return [Crop(photo, box, mirrored) for box in boxes for mirrored in (False, True)]
 
 
-def crop_plan(photos: dict[str, tuple[int, int]], evaluation_only: dict[str, tuple[int, int]] | None = None,
-              ) -> tuple[list[Crop], list[Crop]]:
-    """(calibration, evaluation) crops of photos given as name → (height, width); the halves alternate by photo. Photos
-    in ``evaluation_only`` give evaluation crops only, of the whole photo."""
-    calibration: list[Crop] = []
-    evaluation: list[Crop] = []
+@dataclass(frozen=True)
+class CropPlan:
+    calibration: list[Crop]
+    validation: list[Crop]
+    evaluation: list[Crop]
+
+
+def crop_plan(photos: dict[str, tuple[int, int]], evaluation_only: dict[str, tuple[int, int]] | None = None) -> CropPlan:
+    """The crops of photos given as name → (height, width): evaluation from one half, calibration and validation from a
+    quarter each of the other; which half, and which quarter, alternate by photo. Photos in ``evaluation_only`` give
+    evaluation crops only, of the whole photo."""
+    plan = CropPlan([], [], [])
     for index, (name, (height, width)) in enumerate(photos.items()):
         first, second = halves(height, width)
-        cal_half, eval_half = (first, second) if index % 2 == 0 else (second, first)
-        calibration += crops_in(name, cal_half)
-        evaluation += crops_in(name, eval_half)
+        rest, eval_half = (first, second) if index % 2 == 0 else (second, first)
+        first, second = split_region(rest)
+        cal_quarter, val_quarter = (first, second) if index // 2 % 2 == 0 else (second, first)
+        plan.calibration.extend(crops_in(name, cal_quarter))
+        plan.validation.extend(crops_in(name, val_quarter))
+        plan.evaluation.extend(crops_in(name, eval_half))
     for name, (height, width) in (evaluation_only or {}).items():
-        evaluation += crops_in(name, (0, 0, height, width))
-    return calibration, evaluation
+        plan.evaluation.extend(crops_in(name, (0, 0, height, width)))
+    return plan
 
 
 def render(crops: list[Crop], images: dict[str, np.ndarray], size: tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:
@@ -193,7 +213,7 @@ def center_crop(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 class PhotoCrops:
     calibration: np.ndarray            # (N, H, W, 3) uint8
     evaluation: np.ndarray
-    spare: np.ndarray                  # calibration-half crops the calibration set left out: the validation split
+    spare: np.ndarray                  # validation-quarter crops: the validation split
     probes: dict[str, np.ndarray]      # photo name → its center crop, for the photos in PROBES
     photos: tuple[str, ...]
     fingerprint: str
@@ -214,16 +234,15 @@ def load_crops(size: tuple[int, int], *, calibration_size: int | None, eval_size
         raise DataError(f"evaluation-only photos share a name with the bundled ones: {', '.join(sorted(clash))}")
     images = {name: read_image(path) for name, path in paths.items()}
     extra = {name: read_image(path) for name, path in (evaluation_only or {}).items()}
-    cal_plan, eval_plan = crop_plan({name: img.shape[:2] for name, img in images.items()},
-                                    {name: img.shape[:2] for name, img in extra.items()})
+    plan = crop_plan({name: img.shape[:2] for name, img in images.items()}, {name: img.shape[:2] for name, img in extra.items()})
     images |= extra
     rng = np.random.default_rng(seed)
-    shuffled = [cal_plan[i] for i in rng.permutation(len(cal_plan))]
-    cal_plan, spare_plan = shuffled[:calibration_size], shuffled[len(shuffled) if calibration_size is None else calibration_size:]
-    eval_plan = [eval_plan[i] for i in rng.permutation(len(eval_plan))][:eval_size]
+    cal_plan = [plan.calibration[i] for i in rng.permutation(len(plan.calibration))][:calibration_size]
+    spare_plan = [plan.validation[i] for i in rng.permutation(len(plan.validation))][:SPARE_CROPS]
+    eval_plan = [plan.evaluation[i] for i in rng.permutation(len(plan.evaluation))][:eval_size]  # last: extra photos change it alone
     calibration = render(cal_plan, images, size)
     evaluation = render(eval_plan, images, size) if spill is None else render_mapped(eval_plan, images, size, spill)
-    spare = render(spare_plan[:SPARE_CROPS], images, size)
+    spare = render(spare_plan, images, size)
     probes = {name: center_crop(images[name], size) for name in PROBES if name in images}
     digest = hashlib.sha256()
     for name in images:
@@ -235,7 +254,7 @@ def load_crops(size: tuple[int, int], *, calibration_size: int | None, eval_size
         drop_mapped_pages(evaluation)
     return PhotoCrops(calibration, evaluation, spare, probes, tuple(images), digest.hexdigest(), tuple(extra),
                       tuple(crop.photo for crop in eval_plan), tuple(crop.photo for crop in cal_plan),
-                      tuple(crop.photo for crop in spare_plan[:SPARE_CROPS]))
+                      tuple(crop.photo for crop in spare_plan))
 
 
 def judge_probes(logits: dict[str, np.ndarray], class_names: tuple[str, ...]) -> list[dict[str, object]]:

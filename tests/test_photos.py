@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from edgeship import photos
-from edgeship.photos import Crop, crop_plan, crops_in, halves, judge_probes, load_crops, render
+from edgeship.photos import Crop, crop_plan, crops_in, halves, judge_probes, load_crops, render, split_region
 
 
 def _overlap(a: Crop, b: Crop) -> bool:
@@ -13,6 +13,8 @@ def _overlap(a: Crop, b: Crop) -> bool:
 def test_halves_cut_the_longer_side():
     assert halves(100, 300) == ((0, 0, 100, 150), (0, 150, 100, 150))
     assert halves(301, 100) == ((0, 0, 150, 100), (150, 0, 151, 100))
+    assert split_region((0, 150, 100, 150)) == ((0, 150, 100, 75), (0, 225, 100, 75))  # a half cut again: offsets kept
+    assert split_region((50, 150, 100, 40)) == ((50, 150, 50, 40), (100, 150, 50, 40))
 
 
 def test_crops_stay_inside_their_region_at_every_scale_and_come_mirrored():
@@ -27,29 +29,34 @@ def test_crops_stay_inside_their_region_at_every_scale_and_come_mirrored():
     assert len({(c.box, c.mirrored) for c in crops}) == len(crops)
 
 
-def test_calibration_and_evaluation_crops_never_share_a_pixel():
+def test_calibration_validation_and_evaluation_crops_never_share_a_pixel():
+    """Validation has pixels of its own: a setting chosen on it is not chosen on what calibration fitted its ranges to."""
     sizes = {"a": (427, 640), "b": (512, 512), "c": (300, 451), "d": (640, 300)}
-    calibration, evaluation = crop_plan(sizes)
-    assert calibration and evaluation
+    plan = crop_plan(sizes)
+    splits = {"calibration": plan.calibration, "validation": plan.validation, "evaluation": plan.evaluation}
     for name in sizes:
-        cal = [c for c in calibration if c.photo == name]
-        ev = [c for c in evaluation if c.photo == name]
-        assert cal and ev
-        assert not any(_overlap(a, b) for a in cal for b in ev), name
+        own = {split: [c for c in crops if c.photo == name] for split, crops in splits.items()}
+        assert all(own.values()), name
+        for first, second in (("calibration", "validation"), ("calibration", "evaluation"), ("validation", "evaluation")):
+            assert not any(_overlap(a, b) for a in own[first] for b in own[second]), (name, first, second)
 
 
-def test_the_calibration_half_alternates_from_photo_to_photo():
-    calibration, _ = crop_plan({"a": (100, 200), "b": (100, 200)})
-    left_of = {c.photo: c.box[1] < 100 for c in calibration}
-    assert left_of == {"a": True, "b": False}
+def test_the_evaluation_half_and_the_calibration_quarter_alternate_from_photo_to_photo():
+    plan = crop_plan({name: (100, 200) for name in "abcd"})
+    evaluation_left = {c.photo: c.box[1] < 100 for c in plan.evaluation}
+    assert evaluation_left == {"a": False, "b": True, "c": False, "d": True}
+    calibration_first = {c.photo: c.box[1] % 100 < 50 for c in plan.calibration}  # of its half, cut again across columns
+    assert calibration_first == {"a": True, "b": True, "c": False, "d": False}
 
 
-def test_evaluation_only_photos_give_whole_photo_evaluation_crops_and_no_calibration_crop():
-    calibration, evaluation = crop_plan({"a": (100, 200)}, {"z": (120, 160)})
-    assert {c.photo for c in calibration} == {"a"}
-    extra = [c for c in evaluation if c.photo == "z"]
+def test_evaluation_only_photos_give_whole_photo_evaluation_crops_and_no_calibration_or_validation_crop():
+    plan = crop_plan({"a": (100, 200)}, {"z": (120, 160)})
+    assert {c.photo for c in plan.calibration} == {c.photo for c in plan.validation} == {"a"}
+    extra = [c for c in plan.evaluation if c.photo == "z"]
     assert extra == crops_in("z", (0, 0, 120, 160))
-    assert crop_plan({"a": (100, 200)}) == (calibration, [c for c in evaluation if c.photo == "a"])
+    plain = crop_plan({"a": (100, 200)})
+    assert (plain.calibration, plain.validation) == (plan.calibration, plan.validation)
+    assert plain.evaluation == [c for c in plan.evaluation if c.photo == "a"]
 
 
 def test_render_resizes_and_mirrors():
@@ -78,20 +85,20 @@ def test_crop_sets_are_deterministic_disjoint_and_sized():
     assert "flower.jpg" in first.probes and first.probes["flower.jpg"].shape == (32, 32, 3)
 
 
-def test_spare_crops_are_the_calibration_halves_left_over_and_touch_no_evaluation_pixel(monkeypatch):
-    """The validation split of the photos: calibration-half crops the calibration set did not take, so they are neither
-    calibration samples nor evaluation pixels; the same ones for the same seed."""
+def test_spare_crops_are_the_validation_quarters_and_touch_no_calibration_or_evaluation_pixel(monkeypatch):
+    """The validation split of the photos: crops of each photo's validation quarter, the same ones for the same seed,
+    whatever the calibration set's size."""
     crops = load_crops((32, 32), calibration_size=20, eval_size=30, seed=0)
-    assert crops.spare.shape == (photos.SPARE_CROPS, 32, 32, 3)
-    np.testing.assert_array_equal(crops.spare, load_crops((32, 32), calibration_size=20, eval_size=30, seed=0).spare)
-    taken = {row.tobytes() for row in crops.calibration} | {row.tobytes() for row in crops.evaluation}
-    assert not any(row.tobytes() in taken for row in crops.spare)
+    assert crops.spare.shape == (photos.SPARE_CROPS, 32, 32, 3) and len(crops.spare_photos) == photos.SPARE_CROPS
+    np.testing.assert_array_equal(crops.spare, load_crops((32, 32), calibration_size=None, eval_size=30, seed=0).spare)
+    assert load_crops((32, 32), calibration_size=0, eval_size=30, seed=0).calibration.shape == (0, 32, 32, 3)
     planned = []
     monkeypatch.setattr(photos, "render", lambda plan, images, size: planned.append(list(plan)) or np.zeros((len(plan), *size, 3)))
     load_crops((32, 32), calibration_size=20, eval_size=30, seed=0)
     calibration, evaluation, spare = planned[:3]  # then the probes' center crops
-    assert not set(spare) & set(calibration)
-    assert not any(_overlap(a, b) for a in spare for b in evaluation if a.photo == b.photo)
+    assert len(spare) == photos.SPARE_CROPS and len({c.photo for c in spare}) == len(photos.available_photos())
+    for other in (calibration, evaluation):
+        assert not any(_overlap(a, b) for a in spare for b in other if a.photo == b.photo)
 
 
 def _write_photos(folder, names):
