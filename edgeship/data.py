@@ -85,12 +85,15 @@ class Dataset:
 
 def scored_on_validation(dataset: Dataset) -> Dataset:
     """The dataset with its validation split in the evaluation split's place (``validate.split: validation``): what a
-    search scores on, so the evaluation split is never what settings are chosen by. Its fingerprint is its own, so
-    validation-split results are never taken for evaluation-split ones."""
+    search scores on, so the evaluation split is never what settings are chosen by. Its fingerprint is its own and
+    covers the validation samples, so validation-split results are never taken for evaluation-split ones, nor reused
+    after the validation samples change."""
     if not len(dataset.val):
-        raise DataError(f"validate.split: validation: {dataset.name} has no validation split here (unlabelled photos have none; "
-                        "labelled data holds data.val_size out of training)")
-    fingerprint = hashlib.sha256(f"{dataset.fingerprint}:scored-on-validation".encode()).hexdigest()
+        raise DataError(f"validate.split: validation: {dataset.name} has no validation split here (labelled data holds "
+                        "data.val_size out of training)")
+    val = dataset.val
+    samples = fingerprint_arrays(val.arrays) if val.arrays else hashlib.sha256(np.ascontiguousarray(val.images).tobytes()).hexdigest()
+    fingerprint = hashlib.sha256(f"{dataset.fingerprint}:scored-on-validation:{samples}".encode()).hexdigest()
     return dataclasses.replace(dataset, eval=dataset.val, fingerprint=fingerprint)
 
 

@@ -287,5 +287,8 @@ def test_scoring_on_validation_swaps_the_split_and_keys_it_apart() -> None:
     scored = scored_on_validation(dataset)
     assert scored.eval is dataset.val and scored.val is dataset.val and scored.train is dataset.train
     assert scored.fingerprint != dataset.fingerprint  # a validation-split result is never reused as an evaluation-split one
+    other_val = dataclasses.replace(dataset.val, images=dataset.val.images[::-1].copy())
+    assert scored_on_validation(dataclasses.replace(dataset, val=other_val)).fingerprint != scored.fingerprint, \
+        "other validation samples under the same data fingerprint: not the same results"
     with pytest.raises(DataError, match="validate.split: validation: .* has no validation split"):
         scored_on_validation(dataclasses.replace(dataset, val=EMPTY))
