@@ -5,8 +5,9 @@ scikit-learn's ``load_sample_images`` (china.jpg, flower.jpg) and the photograph
 halves along its longer side: evaluation crops come from one half; the other is cut in two again, into a quarter for
 calibration crops and a quarter for validation crops (which part goes where alternates from photo to photo). So no
 pixel is in two splits: the float-layer search and every setting chosen on validation see pixels that calibration
-did not fit its ranges to, as evaluation will. Each part yields square crops at several scales and positions, each
-also mirrored, resized to the model's input size.
+did not fit its ranges to, as evaluation will. Each part yields square crops at several scales (of its half's shorter
+side, so the quarters' crops are cut at the evaluation crops' pixel sizes, the largest capped by the quarter) and
+positions, each also mirrored, resized to the model's input size.
 
 With ``data.extra_eval_photos: opencv-doc`` the evaluation split also takes crops of the natural photographs among
 OpenCV's sample data (Debian's ``opencv-doc``), each whole: those photos are in no calibration or validation crop, so
@@ -128,12 +129,15 @@ def split_region(region: Region) -> tuple[Region, Region]:
     return (top, left, cut, width), (top + cut, left, height - cut, width)
 
 
-def crops_in(photo: str, region: Region) -> list[Crop]:
-    """Square crops at every scale and position inside ``region``, plain and mirrored (duplicates removed)."""
+def crops_in(photo: str, region: Region, scale_of: int | None = None) -> list[Crop]:
+    """Square crops at every scale and position inside ``region``, plain and mirrored (duplicates removed). A crop's
+    side is a scale of ``scale_of`` (default: the region's shorter side), at most the region's shorter side: a quarter
+    cropped with its half's ``scale_of`` gives crops of the half's pixel sizes, not smaller ones that the resize to
+    the model's input blurs more (on EfficientNet-Lite0 they made FP32 far less sure than on the evaluation crops)."""
     top, left, height, width = region
     boxes: list[tuple[int, int, int]] = []
     for scale in SCALES:
-        side = max(1, round(scale * min(height, width)))
+        side = max(1, min(height, width, round(scale * (scale_of or min(height, width)))))
         for fy in POSITIONS:
             for fx in POSITIONS:
                 box = (top + round(fy * (height - side)), left + round(fx * (width - side)), side)
@@ -159,8 +163,8 @@ def crop_plan(photos: dict[str, tuple[int, int]], evaluation_only: dict[str, tup
         rest, eval_half = (first, second) if index % 2 == 0 else (second, first)
         first, second = split_region(rest)
         cal_quarter, val_quarter = (first, second) if index // 2 % 2 == 0 else (second, first)
-        plan.calibration.extend(crops_in(name, cal_quarter))
-        plan.validation.extend(crops_in(name, val_quarter))
+        plan.calibration.extend(crops_in(name, cal_quarter, scale_of=min(rest[2:])))  # the half's crop sizes, as evaluation's
+        plan.validation.extend(crops_in(name, val_quarter, scale_of=min(rest[2:])))
         plan.evaluation.extend(crops_in(name, eval_half))
     for name, (height, width) in (evaluation_only or {}).items():
         plan.evaluation.extend(crops_in(name, (0, 0, height, width)))

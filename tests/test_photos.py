@@ -41,6 +41,14 @@ def test_calibration_validation_and_evaluation_crops_never_share_a_pixel():
             assert not any(_overlap(a, b) for a in own[first] for b in own[second]), (name, first, second)
 
 
+def test_quarter_crops_are_cut_at_their_half_s_pixel_sizes_the_largest_capped():
+    """Calibration and validation crops are no smaller than evaluation's: the resize would blur them more."""
+    plan = crop_plan({"a": (100, 200)})  # halves 100×100, quarters 100×50
+    assert sorted({c.box[2] for c in plan.evaluation}) == [40, 50, 64, 80, 100]
+    assert sorted({c.box[2] for c in plan.calibration}) == sorted({c.box[2] for c in plan.validation}) == [40, 50]
+    assert sorted({c.box[2] for c in crops_in("p", (0, 0, 100, 50))}) == [20, 25, 32, 40, 50]  # of its own shorter side
+
+
 def test_the_evaluation_half_and_the_calibration_quarter_alternate_from_photo_to_photo():
     plan = crop_plan({name: (100, 200) for name in "abcd"})
     evaluation_left = {c.photo: c.box[1] < 100 for c in plan.evaluation}
