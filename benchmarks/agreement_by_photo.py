@@ -1,14 +1,16 @@
 """Each engine's top-1 agreement with FP32 on a ``sample_photos`` recipe, with the evaluation data's own noise.
 
-    python benchmarks/agreement_by_photo.py recipes/efficientnet_lite0.yaml [--resamples 2000] [--bar 0.97]
+    python benchmarks/agreement_by_photo.py recipes/efficientnet_lite0.yaml [--resamples 2000] [--bar 0.97] [--split validation]
 
 Runs the recipe (everything already built is reused from the store) and reads each engine's outputs on the evaluation
 crops. The crops of one photo are correlated (an engine that trips on a texture trips on every crop of it), so the
 noise of an agreement figure is that of the photos, not of the crops: the 95% interval here resamples whole photos
 (``edgeship.measure.grouped_interval``). Agreement is also given on the bundled photos' crops and on the opencv-doc
 photos' crops (``data.extra_eval_photos``) apart. An engine meets ``--bar`` beyond the data's noise when its
-interval's lower end is above it. Writes ``agreement-by-photo.json`` and ``.md`` in the run's folder and prints the
-table.
+interval's lower end is above it. ``--split validation`` scores every engine on the validation crops instead (the
+float-layer search's; every engine is measured again there): beside the evaluation figures, it shows whether what a
+search met on validation carries over. Writes ``agreement-by-photo.json`` and ``.md`` in the run's folder and prints
+the table.
 """
 
 from __future__ import annotations
@@ -47,13 +49,18 @@ def main() -> int:
     parser.add_argument("recipe", type=Path)
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the photos (default 2000)")
     parser.add_argument("--bar", type=float, default=0.97, help="the agreement an engine should meet beyond the noise")
+    parser.add_argument("--split", choices=("evaluation", "validation"), default="evaluation",
+                        help="the crops every engine is scored on (default evaluation)")
     args = parser.parse_args()
     console = Console(width=max(Console().width, 120))
     recipe = load_recipe(args.recipe)
+    if args.split == "validation":
+        recipe = recipe.model_copy(update={"validate_": recipe.validate_.model_copy(update={"split": "validation"})})
     if recipe.data.dataset != "sample_photos":
         parser.error(f"{args.recipe}: data.dataset is {recipe.data.dataset!r}; this reads the photo of each sample_photos crop")
     result = run(recipe, console=console, recipe_path=args.recipe)
-    groups = np.asarray(recipe_dataset(recipe, console).eval.groups)
+    dataset = recipe_dataset(recipe, console)
+    groups = np.asarray((dataset.val if args.split == "validation" else dataset.eval).groups)
     entries = {(e.stage, e.name): e for e in result.manifest.entries if e.status == "ok"}
     reference = np.load(Path(entries[("validate", BASELINE)].path).parent / "logits.npy").argmax(1)
     if len(reference) != len(groups):
@@ -66,14 +73,14 @@ def main() -> int:
             continue
         hits = (np.load(logits).argmax(1) == reference).astype(np.float64)
         engines[row["name"]] = {**rates(hits, groups, resamples=args.resamples), "predicted": entry.name != row["name"]}
-    document = {"run": str(result.run_dir), "recipe": str(args.recipe), "bar": args.bar, "resamples": args.resamples,
-                "engines": engines}
+    document = {"run": str(result.run_dir), "recipe": str(args.recipe), "split": args.split, "bar": args.bar,
+                "resamples": args.resamples, "engines": engines}
     out = result.run_dir / "agreement-by-photo"
     out.mkdir(exist_ok=True)
     (out / "agreement-by-photo.json").write_text(json.dumps(document, indent=2) + "\n")
     lines = [f"| engine | agreement | 95% interval (photos resampled) | bundled photos | opencv-doc photos | above {args.bar:.0%} |",
              "|---|---|---|---|---|---|"]
-    table = Table(title=f"top-1 agreement with FP32, {len(groups)} crops of {len(set(groups))} photos")
+    table = Table(title=f"top-1 agreement with FP32, {len(groups)} {args.split} crops of {len(set(groups))} photos")
     for column in ("engine", "agreement", "95% interval", "bundled", "opencv-doc", f"> {args.bar:.0%}"):
         table.add_column(column)
     for name, r in engines.items():
