@@ -292,7 +292,7 @@ def _device_scores(scored: Mapping[str, Any], groups: Sequence[str] | None) -> d
     match the evaluation split."""
     scored = dict(scored)
     packed = scored.pop("top1_hits", None)
-    if packed is not None and groups is not None:
+    if packed is not None and groups:  # no groups (an empty tuple): the samples are independent, Wilson's interval stands
         count = scored.get("eval_samples")
         if count != len(groups):
             raise ValueError(f"the device scored {count} samples, the evaluation split has {len(groups)}")

@@ -62,6 +62,7 @@ def test_a_device_that_scored_itself_gets_the_interval_over_photos() -> None:
                                       for k in ("top1_agreement_ci95", "top1_agreement_groups")}}
     assert redone["top1_agreement_groups"] == 10 and "top1_hits" not in redone
     assert _device_scores(on_device, groups) == on_device  # an older agent
-    assert _device_scores({**on_device, "top1_hits": pack_hits(hits)}, None) == on_device  # no groups: hits dropped
+    for none in (None, ()):  # no groups: the hits are dropped and the device's interval stands
+        assert _device_scores({**on_device, "top1_hits": pack_hits(hits)}, none) == on_device
     with pytest.raises(ValueError, match="the device scored 400 samples, the evaluation split has 399"):
         _device_scores({**on_device, "top1_hits": pack_hits(hits)}, groups[:399])
