@@ -223,7 +223,6 @@ class PhotoCrops:
     fingerprint: str
     evaluation_only: tuple[str, ...] = ()   # photos whose crops are in the evaluation split only
     evaluation_photos: tuple[str, ...] = ()  # the photo each evaluation crop was cut from, in the split's order
-    calibration_photos: tuple[str, ...] = ()  # and each calibration crop's
     spare_photos: tuple[str, ...] = ()        # and each spare (validation) crop's
 
 
@@ -257,7 +256,7 @@ def load_crops(size: tuple[int, int], *, calibration_size: int | None, eval_size
         digest.update(evaluation[start : start + MAPPED_BLOCK].tobytes())
         drop_mapped_pages(evaluation)
     return PhotoCrops(calibration, evaluation, spare, probes, tuple(images), digest.hexdigest(), tuple(extra),
-                      tuple(crop.photo for crop in eval_plan), tuple(crop.photo for crop in cal_plan),
+                      tuple(crop.photo for crop in eval_plan),
                       tuple(crop.photo for crop in spare_plan))
 
 
