@@ -133,7 +133,8 @@ def crops_in(photo: str, region: Region, scale_of: int | None = None) -> list[Cr
     """Square crops at every scale and position inside ``region``, plain and mirrored (duplicates removed). A crop's
     side is a scale of ``scale_of`` (default: the region's shorter side), at most the region's shorter side: a quarter
     cropped with its half's ``scale_of`` gives crops of the half's pixel sizes, not smaller ones that the resize to
-    the model's input blurs more (on EfficientNet-Lite0 they made FP32 far less sure than on the evaluation crops)."""
+    the model's input blurs more (on EfficientNet-Lite0 those were much harder than the evaluation crops for every
+    reduced precision, FP16 included)."""
     top, left, height, width = region
     boxes: list[tuple[int, int, int]] = []
     for scale in SCALES:
