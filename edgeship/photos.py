@@ -164,8 +164,9 @@ def crop_plan(photos: dict[str, tuple[int, int]], evaluation_only: dict[str, tup
         rest, eval_half = (first, second) if index % 2 == 0 else (second, first)
         first, second = split_region(rest)
         cal_quarter, val_quarter = (first, second) if index // 2 % 2 == 0 else (second, first)
-        plan.calibration.extend(crops_in(name, cal_quarter, scale_of=min(rest[2:])))  # the half's crop sizes, as evaluation's
-        plan.validation.extend(crops_in(name, val_quarter, scale_of=min(rest[2:])))
+        half_side = min(rest[2:])  # the quarters' crops get the half's sizes, as evaluation's do
+        plan.calibration.extend(crops_in(name, cal_quarter, scale_of=half_side))
+        plan.validation.extend(crops_in(name, val_quarter, scale_of=half_side))
         plan.evaluation.extend(crops_in(name, eval_half))
     for name, (height, width) in (evaluation_only or {}).items():
         plan.evaluation.extend(crops_in(name, (0, 0, height, width)))
@@ -241,9 +242,9 @@ def load_crops(size: tuple[int, int], *, calibration_size: int | None, eval_size
     plan = crop_plan({name: img.shape[:2] for name, img in images.items()}, {name: img.shape[:2] for name, img in extra.items()})
     images |= extra
     rng = np.random.default_rng(seed)
-    cal_plan = [plan.calibration[i] for i in rng.permutation(len(plan.calibration))][:calibration_size]
-    spare_plan = [plan.validation[i] for i in rng.permutation(len(plan.validation))][:SPARE_CROPS]
-    eval_plan = [plan.evaluation[i] for i in rng.permutation(len(plan.evaluation))][:eval_size]  # last: extra photos change it alone
+    cal_plan = _shuffled(plan.calibration, rng, calibration_size)
+    spare_plan = _shuffled(plan.validation, rng, SPARE_CROPS)
+    eval_plan = _shuffled(plan.evaluation, rng, eval_size)  # last: extra photos change it alone
     calibration = render(cal_plan, images, size)
     evaluation = render(eval_plan, images, size) if spill is None else render_mapped(eval_plan, images, size, spill)
     spare = render(spare_plan, images, size)
@@ -259,6 +260,11 @@ def load_crops(size: tuple[int, int], *, calibration_size: int | None, eval_size
     return PhotoCrops(calibration, evaluation, spare, probes, tuple(images), digest.hexdigest(), tuple(extra),
                       tuple(crop.photo for crop in eval_plan),
                       tuple(crop.photo for crop in spare_plan))
+
+
+def _shuffled(crops: list[Crop], rng: np.random.Generator, count: int | None) -> list[Crop]:
+    """The first ``count`` of ``crops`` in ``rng``'s order (None: all of them)."""
+    return [crops[i] for i in rng.permutation(len(crops))][:count]
 
 
 def judge_probes(logits: dict[str, np.ndarray], class_names: tuple[str, ...]) -> list[dict[str, object]]:
