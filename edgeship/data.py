@@ -91,8 +91,7 @@ def scored_on_validation(dataset: Dataset) -> Dataset:
     if not len(dataset.val):
         raise DataError(f"validate.split: validation: {dataset.name} has no validation split here (labelled data holds "
                         "data.val_size out of training)")
-    val = dataset.val
-    samples = fingerprint_arrays(val.arrays) if val.arrays else hashlib.sha256(np.ascontiguousarray(val.images).tobytes()).hexdigest()
+    samples = fingerprint_arrays(dataset.val.arrays or {"images": dataset.val.images})
     fingerprint = hashlib.sha256(f"{dataset.fingerprint}:scored-on-validation:{samples}".encode()).hexdigest()
     return dataclasses.replace(dataset, eval=dataset.val, fingerprint=fingerprint)
 
