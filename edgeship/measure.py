@@ -181,7 +181,7 @@ def agreement(outputs: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     b = reference.reshape(len(reference), -1).astype(np.float64)
     cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
     out = {
-        "top1_agreement": float((a.argmax(1) == b.argmax(1)).mean()),
+        "top1_agreement": float(top1_hits(a, b).mean()),
         "max_abs_error": float(np.abs(a - b).max()),
         "mean_cosine": float(cos.mean()),
     }
