@@ -55,7 +55,8 @@ RANKED_OPS = ("Conv", "Gemm", "MatMul")  # what the ranking gives back its float
 # How the ranking's model is quantized, as the backend quantizes: every op (ONNX Runtime's quantize_static), or only the
 # inputs of the ranked layers (NNCF, ModelOpt's explicit Q/DQ: their outputs and the other ops read float)
 Placement = Literal["every_op", "layer_inputs"]
-SEARCH_METHOD = "placement-ranking-3"  # in the engine's key: engines searched by an earlier method are searched again
+SEARCH_METHOD = "placement-ranking-4"  # in the engine's key: engines searched by an earlier method are searched again
+# (4: the ranking's Q/DQ run as written, so the ranking no longer depends on the CPU's integer kernels)
 BATCH = 16  # samples per call when a candidate is scored
 
 

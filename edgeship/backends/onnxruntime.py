@@ -22,6 +22,7 @@ from pydantic import Field, PositiveInt, model_validator
 from edgeship.backends.base import Availability, BackendBase, BackendInfo, CalibrationSet, Feed, Precision, Runner, TensorMeta
 from edgeship.backends.float_search import choose_float_layers
 from edgeship.backends.rounding import rounded_source
+from edgeship.backends.sensitivity import SIMULATED_QDQ
 from edgeship.backends.tooling import error_line, import_problem, loggers_at
 from edgeship.config import (
     AccuracyTarget,
@@ -160,6 +161,19 @@ class OnnxRuntimeBackend(BackendBase):
         return target
 
 
+def mark_simulated(model_path: Path, predicts: str) -> None:
+    """Stamp a Q/DQ ONNX that stands in for another runtime's INT8 engine (``predicts``) so that ``OnnxRuntimeRunner`` runs
+    its Q/DQ as written instead of through ONNX Runtime's integer kernels, whose u8×s8 pair sums saturate on x86 CPUs
+    without VNNI: the prediction is of that runtime's arithmetic, not of this CPU's kernels. Runtimes ignore the stamp."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    kept = [entry for entry in model.metadata_props if entry.key != SIMULATED_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend([*kept, onnx.StringStringEntryProto(key=SIMULATED_KEY, value=predicts)])
+    onnx.save(model, str(model_path))
+
+
 def loadable(engine: Path) -> Path:
     """``engine`` once ONNX Runtime has loaded it: its quantizer can write a graph ONNX Runtime itself refuses (a fused
     bias dequantized with a zero point of the wrong type), which is the build's failure, not the measurement's."""
@@ -175,6 +189,7 @@ def loadable(engine: Path) -> Path:
     return engine
 
 
+SIMULATED_KEY = "edgeship.simulated_qdq"  # ONNX metadata of a prediction: the engine it predicts (mark_simulated)
 DYNAMIC_OPS = ("MatMul", "Gemm")  # what dynamic INT8 quantizes: the weight products, where a transformer's time goes
 CALIBRATION_CHUNK = 16  # feeds a calibrator holds the activations of at once (quantize_qdq)
 
@@ -355,9 +370,14 @@ class OnnxRuntimeRunner(Runner):
     def __init__(self, engine: Path, *, threads: int) -> None:
         super().__init__(engine, threads=threads)
         self._session: Any = None
+        self._simulated = False
 
     def _activate(self) -> None:
+        self._simulated = False
         self._session = self._new_session()
+        if self._session.get_modelmeta().custom_metadata_map.get(SIMULATED_KEY):
+            self._simulated = True  # a prediction: its Q/DQ run as written (mark_simulated)
+            self._session = self._new_session()
         self._meta = {
             i.name: TensorMeta(i.name, np.dtype(ORT_DTYPES.get(i.type, np.float32)),
                                tuple(d if isinstance(d, int) else None for d in i.shape))
@@ -374,6 +394,8 @@ class OnnxRuntimeRunner(Runner):
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        if self._simulated:
+            options.add_session_config_entry(*SIMULATED_QDQ)
         if profile_prefix is not None:
             options.enable_profiling = True
             options.profile_file_prefix = profile_prefix

@@ -28,6 +28,7 @@ WEIGHTED_OPS = ("Conv", "Gemm")
 QMAX = 127  # symmetric INT8 weights use -127..127
 PASS_THROUGH = ("Clip", "Relu", "Identity")
 SAMPLES = 64
+SIMULATED_QDQ = ("session.disable_quant_qdq", "1")  # ONNX Runtime session entry: Q/DQ nodes run as written, not fused
 FLOAT_LAYERS_FILE = "float_layers.json"
 
 
@@ -97,11 +98,17 @@ def run_onnx(model: Any, samples: Inputs) -> np.ndarray:
 
 
 def run_onnx_outputs(model: Any, samples: Inputs) -> list[np.ndarray]:
-    """Every output of an ``onnx.ModelProto`` on ``samples`` (one input's batch, or named arrays), in the graph's order."""
+    """Every output of an ``onnx.ModelProto`` on ``samples`` (one input's batch, or named arrays), in the graph's order.
+
+    A QDQ model runs as written: each DequantizeLinear, the float op, each QuantizeLinear (``SIMULATED_QDQ``). ONNX
+    Runtime would otherwise fuse them into its integer kernels, and on an x86 CPU without VNNI those add u8×s8 products
+    in pairs into 16 bits, which saturate: what a model's quantization costs would then depend on the machine measuring
+    it, and no other backend's kernels saturate that way."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.add_session_config_entry(*SIMULATED_QDQ)
     session = ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])
     return outputs_in_batches(lambda feed: session.run(None, feed), samples, [meta.name for meta in session.get_inputs()], 16)
 

@@ -38,7 +38,7 @@ from edgeship.artifacts import sha256_file
 from edgeship.backends.base import PREPARE_INFO, Availability, BackendBase, BackendInfo, CalibrationSet, Feed, Precision, Runner, TensorMeta
 from edgeship.backends.float_search import choose_float_layers
 from edgeship.backends.modelopt_worker import MODELOPT_MISSING
-from edgeship.backends.onnxruntime import OnnxRuntimeRunner, onnx_precision, quantize_qdq
+from edgeship.backends.onnxruntime import OnnxRuntimeRunner, mark_simulated, onnx_precision, quantize_qdq
 from edgeship.backends.rounding import rounded_source
 from edgeship.backends.tooling import captured_output, error_line, fed_inputs, import_problem, importable
 from edgeship.config import (
@@ -65,6 +65,8 @@ ENGINE_FILE = "model.engine"
 ENGINE_INFO = "engine.json"
 AUTOCAST_SAMPLES = 100  # calibration inputs AutoCast runs to find activations that would overflow FP16
 CALIBRATION_BATCH = 32  # inputs per ModelOpt calibration step
+PREPARE_STEPS = "2"  # edgeship's steps on a prepared ONNX, in its key; 2: the Q/DQ ONNX stamped to run as written
+PREDICTS = "a TensorRT INT8 engine"  # what the prepared Q/DQ ONNX stands in for (mark_simulated)
 # ModelOpt's calibration holds every activation of every calibration input at once; above this it calibrates node by
 # node (``calibrate_per_node``: the same Q/DQ scales, a fraction of the memory, several times the time)
 CALIBRATION_MEMORY = 1 << 30
@@ -201,8 +203,9 @@ class TensorRtBackend(BackendBase):
         return TensorRtRunner(engine, threads=threads)
 
     def preparation_versions(self) -> dict[str, str]:
-        """The tools that may write a prepared ONNX: ModelOpt, or ONNX Runtime's quantizer in its place."""
-        return installed_versions(("nvidia-modelopt", "onnxruntime", "onnx"))
+        """The tools that may write a prepared ONNX: ModelOpt, or ONNX Runtime's quantizer in its place; and edgeship's
+        own steps on it (``PREPARE_STEPS``)."""
+        return {**installed_versions(("nvidia-modelopt", "onnxruntime", "onnx")), "edgeship-prepare": PREPARE_STEPS}
 
     # -- the ONNX-side steps -------------------------------------------------------------------------------------
 
@@ -228,13 +231,16 @@ class TensorRtBackend(BackendBase):
 
         def candidate(nodes: list[str], folder: Path) -> Path:
             self._write_qdq(source, folder / target.name, calibration, cfg, folder, nodes)
+            mark_simulated(folder / target.name, PREDICTS)
             return folder / target.name
 
         # the prepared ONNX is what a CPU can score: candidates run on ONNX Runtime, as its prediction does
         # built again once chosen: the preparation record comes from that build, and candidates leave work files
         chosen = choose_float_layers(source, calibration, cfg.keep_float, cfg.accuracy_target, target.parent, build=candidate,
                                      runner=lambda engine, threads: OnnxRuntimeRunner(engine, threads=threads))
-        return self._write_qdq(source, target, calibration, cfg, work, chosen.nodes)
+        info = self._write_qdq(source, target, calibration, cfg, work, chosen.nodes)
+        mark_simulated(target, PREDICTS)
+        return info
 
     def _write_qdq(self, source: Path, target: Path, calibration: CalibrationSet, cfg: TensorRtConfig, work: Path,
                    keep: list[str]) -> dict[str, Any]:

@@ -78,3 +78,22 @@ def test_min_max_ranges_read_in_ranges_are_the_ranges_read_at_once(trained_cnn: 
     assert quantized["ranges"].keys() == quantized["at_once"].keys()
     for name, value in quantized["ranges"].items():
         np.testing.assert_array_equal(value, quantized["at_once"][name], err_msg=name)
+
+
+def test_a_prediction_runs_its_qdq_as_written_and_an_engine_on_the_integer_kernels(tmp_path: Path) -> None:
+    """A prepared Q/DQ ONNX that stands in for another runtime's INT8 engine (``mark_simulated``) is scored for that
+    runtime's arithmetic; an ONNX Runtime INT8 engine runs as it will be deployed, on this CPU's integer kernels (which on
+    x86 without VNNI saturate this model: then the two differ)."""
+    from edgeship.backends.onnxruntime import SIMULATED_KEY, OnnxRuntimeRunner, mark_simulated
+
+    from backends.qdq import EXACT, saturating_qdq_conv
+
+    engine, feed = saturating_qdq_conv(tmp_path / "engine.onnx")
+    prediction, _ = saturating_qdq_conv(tmp_path / "prediction.onnx")
+    mark_simulated(prediction, "a TensorRT INT8 engine")
+    assert {p.key: p.value for p in onnx.load(str(prediction)).metadata_props} == {SIMULATED_KEY: "a TensorRT INT8 engine"}
+    with OnnxRuntimeRunner(prediction, threads=1) as run:
+        assert run.infer(feed)["output"].item() == EXACT
+    with OnnxRuntimeRunner(engine, threads=1) as run:
+        integer = run.infer(feed)["output"].item()
+    assert integer in (EXACT, 64 * 16384.0)  # exact with VNNI (or on ARM), saturated without

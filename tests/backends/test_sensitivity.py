@@ -80,3 +80,16 @@ def test_onnxruntime_int8_leaves_the_kept_layers_unquantized(tmp_path: Path, sam
     assert quantized_weights(1) == set()
     assert json.loads((tmp_path / "keep1" / FLOAT_LAYERS_FILE).read_text())["nodes"] == ["conv_a", "conv_b"]
     assert not (tmp_path / "keep0" / FLOAT_LAYERS_FILE).exists()
+
+
+def test_a_qdq_model_is_scored_as_written_not_by_this_cpus_integer_kernels(tmp_path: Path) -> None:
+    """The ranking scores Q/DQ models with ``run_onnx_outputs``: dequantize, the float op, quantize, the arithmetic every
+    backend's quantization means. ONNX Runtime's fused u8s8 kernels saturate this model on x86 CPUs without VNNI (64 × 16384
+    instead of 127 × 16384), so there this fails unless the Q/DQ run as written; elsewhere both ways give the exact value."""
+    from edgeship.backends.sensitivity import run_onnx_outputs
+
+    from backends.qdq import EXACT, saturating_qdq_conv
+
+    path, feed = saturating_qdq_conv(tmp_path / "saturating.onnx")
+    (output,) = run_onnx_outputs(onnx.load(str(path)), feed)
+    assert output.item() == EXACT

@@ -12,10 +12,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from onnx import numpy_helper
 
 from edgeship.backends.base import CalibrationSet, Precision
+from edgeship.backends.onnxruntime import SIMULATED_KEY
 from edgeship.backends.rounding import WEIGHT_ROUNDING_FILE, round_weights
 from edgeship.backends.tensorrt import TensorRtBackend, qdq_summary
 from edgeship.errors import BackendUnavailable, BuildError
@@ -98,6 +100,8 @@ def test_modelopt_int8_is_symmetric_qdq_and_agrees_with_fp32(prepared: dict[Prec
     assert made["calibrated_per_node"] is False, "a small model's activations fit: calibrated whole, the quick way"
     assert made["io"] == {"inputs": {"input": "FLOAT"}, "outputs": {"logits": "FLOAT"}}
     assert sorted(p.name for p in model.parent.iterdir()) == ["model.int8.onnx", "prepare.json"], "no tool leftovers"
+    assert {p.key: p.value for p in onnx.load(str(model)).metadata_props}[SIMULATED_KEY] == "a TensorRT INT8 engine", \
+        "stamped: ONNX Runtime scores the prediction with its Q/DQ as written"
     reference = predict(trained_cnn.onnx, trained_cnn.evaluation).argmax(1)
     agreement = float((predict(model, trained_cnn.evaluation).argmax(1) == reference).mean())
     assert agreement >= 0.98, f"INT8 top-1 agreement {agreement:.4f} on {len(reference)} evaluation inputs"
