@@ -67,7 +67,7 @@ class OpenVinoConfig(BackendSection):
     SUPPORTED: ClassVar[frozenset[Precision]] = frozenset(Precision)
     INT8_ONLY: ClassVar[frozenset[str]] = frozenset({"preset", "subset_size", "fast_bias_correction", "keep_float", "accuracy_target",
                                                      "weight_rounding", "model_type", "smooth_quant_alpha",
-                                                     "calibration_method"})
+                                                     "calibration_method", "overflow_fix"})
 
     precisions: tuple[Precision, ...] = (Precision.FP32, Precision.FP16, Precision.INT8)
     preset: Literal["performance", "mixed"] = Field(
@@ -89,6 +89,11 @@ class OpenVinoConfig(BackendSection):
                                                "parameter; None keeps NNCF's default, 0.95 with model_type: transformer; -1 "
                                                "turns SmoothQuant off, NNCF's convention): lower moves less of the "
                                                "activations' outliers into the weights")
+    overflow_fix: Literal["first_layer_only", "enable", "disable"] | None = Field(
+        default=None, description="INT8: NNCF's overflow fix (None keeps its default, first_layer_only): x86 CPUs without VNNI add "
+                                  "u8×s8 products in pairs into 16 bits, which saturate with full-range 8-bit weights; "
+                                  "enable quantizes every Conv/MatMul weight to half the range (7 bits), first_layer_only the "
+                                  "first convolution; disable when every target CPU has VNNI or AMX, or is ARM")
     keep_float: KeepFloat = keep_float_field()
     accuracy_target: AccuracyTarget | None = accuracy_target_field()
     weight_rounding: WeightRounding = weight_rounding_field()
@@ -175,6 +180,10 @@ class OpenVinoBackend(BackendBase):
             from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
             advanced["activations_range_estimator_params"] = getattr(RangeEstimatorParametersSet, cfg.calibration_method.upper())
+        if cfg.overflow_fix is not None:
+            from nncf.quantization.advanced_parameters import OverflowFix
+
+            advanced["overflow_fix"] = OverflowFix(cfg.overflow_fix)
         if advanced:
             from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 

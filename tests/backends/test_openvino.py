@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgeship.backends import availability
@@ -70,6 +71,25 @@ def test_calibration_method_sets_the_activation_ranges(trained_cnn: TrainedCnn, 
     assert ranges["histogram"] != ranges["mean_minmax"]
     assert all(ranges["minmax"][name] >= high * (1 - 1e-6) for name, high in ranges["mean_minmax"].items())
     assert any(ranges["minmax"][name] > high * 1.01 for name, high in ranges["mean_minmax"].items())
+
+
+def test_overflow_fix_halves_the_weights_range(trained_cnn: TrainedCnn, tmp_path: Path) -> None:
+    """``overflow_fix: enable`` (for x86 CPUs without VNNI, whose u8×s8 pair sums saturate) quantizes every weight to half
+    the 8-bit range; ``disable`` uses all of it."""
+    import openvino as ov
+
+    from edgeship.backends.openvino import OpenVinoBackend
+
+    calibration = CalibrationSet(trained_cnn.calibration, "fp")
+    largest = {}
+    for fix in ("enable", "disable"):
+        engine = OpenVinoBackend().build(onnx_artifact(trained_cnn.onnx), Precision.INT8, calibration,
+                                         OpenVinoConfig(subset_size=50, overflow_fix=fix), tmp_path / fix)
+        weights = [node.get_data() for node in ov.Core().read_model(engine).get_ops()
+                   if node.get_type_name() == "Constant" and node.get_element_type() == ov.Type.i8]
+        assert weights, "the IR keeps INT8 weights"
+        largest[fix] = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+    assert largest["enable"] <= 64 < largest["disable"], largest
 
 
 def test_benchmark_app_cross_check(trained_cnn: TrainedCnn, tmp_path: Path) -> None:
