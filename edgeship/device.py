@@ -15,6 +15,7 @@ from typing import Any
 from edgeship.version import __version__
 
 INT8_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8", "amx_bf16", "amx_tile", "asimddp", "i8mm")
+DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # x86 INT8 dot products that add u8×s8 in 32 bits, no saturation
 TOOLS = ("torch", "onnx", "onnxruntime", "onnxslim", "onnxscript", "numpy", "pydantic")
 
 
@@ -33,6 +34,15 @@ def describe_device() -> dict[str, Any]:
         "gpu": nvidia_gpu() or None,
     }
     return info
+
+
+def saturates_u8s8(device: dict[str, Any] | None) -> bool:
+    """Whether ``device`` (``describe_device``) is an x86 CPU whose INT8 products go through ``VPMADDUBSW``: u8×s8 added in
+    pairs into 16 bits, which saturates with full-range 8-bit weights (ONNX Runtime's and OpenVINO's kernels). False when
+    unknown, and on ARM, whose dot products do not saturate."""
+    if not device or device.get("machine") not in ("x86_64", "AMD64"):
+        return False
+    return not set(device.get("isa_flags") or ()) & set(DOT_PRODUCT_FLAGS)
 
 
 def tool_versions() -> dict[str, str]:

@@ -83,7 +83,7 @@ class OnnxRuntimeConfig(BackendSection):
 
 INFO = BackendInfo(name="onnxruntime", display_name="ONNX Runtime", colour="#1f77b4", config=OnnxRuntimeConfig,
                    distributions=("onnxruntime",), install="pip install edgeship", runtime_module="onnxruntime",
-                   suffixes=(".onnx",))
+                   suffixes=(".onnx",), int8_saturates=True)
 
 
 class OnnxRuntimeBackend(BackendBase):

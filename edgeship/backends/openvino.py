@@ -103,7 +103,7 @@ class OpenVinoConfig(BackendSection):
 
 INFO = BackendInfo(name="openvino", display_name="OpenVINO", colour="#9467bd", config=OpenVinoConfig, distributions=DISTRIBUTIONS,
                    install="pip install 'edgeship[openvino]'", runtime_module="openvino", suffixes=(".xml",),
-                   companions=(".bin", RUNTIME_FILE))
+                   companions=(".bin", RUNTIME_FILE), int8_saturates=True)
 
 
 class OpenVinoBackend(BackendBase):

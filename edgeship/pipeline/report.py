@@ -16,8 +16,9 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from edgeship.artifacts import Artifact, Manifest, ManifestEntry, sha256_file, write_atomic
-from edgeship.backends import REGISTRY
+from edgeship.backends import REGISTRY, display_name
 from edgeship.data import substitution_note
+from edgeship.device import saturates_u8s8
 from edgeship.errors import DataError
 from edgeship.gates import accuracy_drop, judge, recommend, release, required_engines
 from edgeship.harness import call_overhead_us
@@ -217,6 +218,9 @@ def build_report(manifest: Manifest, *, reached: bool = False) -> Report:
     for info in REGISTRY.values():
         if info.report_note and any(row.backend == info.name for row in engines):
             report["notes"].append(info.report_note)
+    saturation = _saturation_note(engines, manifest.device)
+    if saturation:
+        report["notes"].append(saturation)
     if peak is not None:
         report["notes"].append(f"Fraction of peak: each engine's multiply-accumulates per inference over its p50, against this "
                                f"machine's {peak.threads}-thread GEMM rate at its precision (FP32 {peak.fp32.gmacs:,.1f}, INT8 "
@@ -225,6 +229,22 @@ def build_report(manifest: Manifest, *, reached: bool = False) -> Report:
     report["student_vs_teacher"] = student_vs_teacher(report["prune"], report["baseline"], engines, distilled=bool(report["distill"]),
                                                       split=split)
     return Report.model_validate(report)
+
+
+def _saturation_note(engines: list[EngineRow], device: dict[str, Any] | None) -> str | None:
+    """What the report says when INT8 engines whose kernels saturate on x86 without VNNI (``BackendInfo.int8_saturates``)
+    were measured on such a CPU: their agreement is then the CPU's, not only their quantization's."""
+    saturating = sorted({row.backend for row in engines if row.backend in REGISTRY and REGISTRY[row.backend].int8_saturates
+                         and row.precision == "int8" and row.key.device is None and row.status == "ok"})
+    if not saturating or not saturates_u8s8(device):
+        return None
+    owners = " and ".join(f"{display_name(name)}'s" for name in saturating)
+    return (f"This CPU has no VNNI or AMX (INT8 flags: {', '.join((device or {}).get('isa_flags') or ['none'])}): "
+            f"{owners} INT8 kernels add u8×s8 products in pairs into 16 bits (VPMADDUBSW), which saturate with 8-bit "
+            "weights, so their INT8 engines agree with FP32 less here than their quantization does, and a float-layer search "
+            "keeps more layers in float. A CPU with VNNI, AMX or ARM's dot products does not saturate; on targets without "
+            "them, 7-bit weights (ONNX Runtime reduce_range, OpenVINO overflow_fix: enable) avoid it at a cost of their own "
+            "(docs/backends.md).")
 
 
 def _typed(fields: Mapping[str, Any]) -> EngineRow:

@@ -165,3 +165,25 @@ def test_a_cross_check_miss_is_put_down_to_the_call_only_when_the_engine_call_al
     slow = {**check, "bare_ratio": 1.2}  # the engine's own call is as far off: load, not edgeship's call
     assert "×1.20" in cross_check_reason(slow) and "not in edgeship's call" in cross_check_reason(slow)
     assert cross_check_reason({**check, "within_5pct": True}) == ""
+
+
+@pytest.mark.parametrize(("device", "said"), [
+    ({"cpu": "AMD EPYC", "machine": "x86_64", "isa_flags": ["avx2", "fma"]}, True),
+    ({"cpu": "Xeon", "machine": "x86_64", "isa_flags": ["avx2", "fma", "avx512f", "avx512_vnni"]}, False),
+    ({"cpu": "Cortex-A78", "machine": "aarch64", "isa_flags": ["asimddp"]}, False),
+    ({"cpu": "test"}, False),
+])
+def test_int8_engines_measured_on_a_cpu_whose_kernels_saturate_say_so(tmp_path: Path, device: dict[str, Any], said: bool) -> None:
+    """ONNX Runtime's and OpenVINO's INT8 kernels saturate u8×s8 pair sums on x86 without VNNI or AMX: a report of their
+    INT8 engines measured there says so once, naming them and the CPU's flags; TFLite's INT8 alone never does."""
+    case = manifest(*engine("onnxruntime/int8"), *engine("openvino/int8"), *engine("tflite/int8"))
+    case.device = device
+    report, _ = report_of(tmp_path, case)
+    notes = [note for note in report.notes if "no VNNI or AMX" in note]
+    assert len(notes) == int(said)
+    if said:
+        assert notes[0].startswith("This CPU has no VNNI or AMX (INT8 flags: avx2, fma): ONNX Runtime's and OpenVINO's INT8 kernels add")
+    tflite_only = manifest(*engine("tflite/int8"))
+    tflite_only.device = device
+    (tmp_path / "tflite").mkdir()
+    assert not [note for note in report_of(tmp_path / "tflite", tflite_only)[0].notes if "no VNNI or AMX" in note]
