@@ -13,6 +13,7 @@ OUTPUT_SCALE = 16384.0
 # 127 × 16384; ONNX Runtime's u8s8 kernels on x86 without VNNI add the products in pairs into int16 (VPMADDUBSW) and
 # saturate each pair at 32,767, giving 32 × 32,767 = 1,048,544 → 64 × 16384
 EXACT = 127 * OUTPUT_SCALE
+SATURATED = 64 * OUTPUT_SCALE
 
 
 def saturating_qdq_conv(path: Path) -> tuple[Path, dict[str, np.ndarray]]:
