@@ -170,7 +170,9 @@ def test_two_runs_sharing_a_store_finish_with_consistent_manifests(cold: RunResu
     time.sleep(1.0)  # the second starts while the first trains the model
     second = edgeship_run(recipe)
     outputs = [process.communicate(timeout=600)[0] for process in (first, second)]
-    assert [first.returncode, second.returncode] == [0, 0], outputs
+    # both finish with a verdict (exit 0, or 1 when a gate fails: OpenVINO's tiny INT8 engine can miss its gate on a CPU
+    # without VNNI, whose INT8 kernels saturate) and the same one: which gates pass is not what this test is about
+    assert first.returncode in (0, 1) and second.returncode == first.returncode, outputs
     assert "another run is building it" in outputs[1], outputs[1]
     manifests = [read_manifest(folder) for folder in sorted((tmp_path / "reports").iterdir())]
     assert len(manifests) == 2 and all(m.status == "ok" for m in manifests)
