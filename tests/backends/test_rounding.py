@@ -142,7 +142,7 @@ def test_gptq_int8_follows_fp32_closer_than_nearest(net: Path, samples: np.ndarr
         out.mkdir()
         engine = OnnxRuntimeBackend()._build_int8(net, CalibrationSet(samples, "t"),
                                                 OnnxRuntimeConfig(reduce_range=False, weight_rounding=method), out)
-        got = run_onnx(onnx.load(str(engine)), samples)  # its Q/DQ as written: the rounding's error, not this CPU's kernels'
+        got = run_onnx(onnx.load(str(engine)), samples)  # its Q/DQ as written: the rounding's error, not this CPU's kernels
         errors[method] = float(np.linalg.norm(got - reference) / np.linalg.norm(reference))
     assert errors["gptq"] < errors["nearest"], errors
 
