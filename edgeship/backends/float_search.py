@@ -12,8 +12,9 @@
    quantized engine and the whole ranking, so a search costs about log2(layers) + 2 builds.
 3. **Record.** ``float_search.json`` beside the engine: the target, the ranking, every candidate (float layers, output
    cosine, and for class scores top-1 agreement and the top-1 drop where there are labels, an in-process p50, build and
-   score time) and the chosen one. A target no candidate meets keeps the best candidate found, says so, and the engine
-   fails its gate with that reason.
+   score time) and the chosen one. Where the backend can run a Q/DQ model as written (ONNX Runtime), the fully quantized
+   candidate is scored that way too: on x86 without VNNI the integer kernels saturate, and the gap is what they cost.
+   A target no candidate meets keeps the best candidate found, says so, and the engine fails its gate with that reason.
 
 The target is top-1 agreement or drop for a classifier, output cosine for any model (named inputs of any dtype, several
 outputs). It is measured on samples neither calibration nor evaluation touches; the engine's reported figures stay on
@@ -70,14 +71,17 @@ class FloatChoice:
 
 def choose_float_layers(source: Path, calibration: CalibrationSet, setting: KeepFloat, target: AccuracyTarget | None, out_dir: Path,
                         build: Callable[[list[str], Path], Path], runner: Callable[[Path, int], Runner], *,
-                        reuse: bool = False, placement: Placement = "layer_inputs", also_ranked: tuple[str, ...] = ()) -> FloatChoice:
+                        reuse: bool = False, placement: Placement = "layer_inputs", also_ranked: tuple[str, ...] = (),
+                        as_written: Callable[[Path, int], Runner] | None = None) -> FloatChoice:
     """The ONNX node names the INT8 build of ``source`` keeps in float: ``setting`` layers of the weight-only ranking, or for
     ``auto`` the smallest top of the activation-aware ranking whose candidate (``build(nodes, folder)``, run by
     ``runner(path, threads)``) meets ``target`` on the validation split. ``reuse``: the chosen candidate's files are moved
     into ``out_dir`` and returned as the engine, instead of the caller building it again. ``placement``: where the backend
     puts its quantizers, so the ranking's model is quantized as the candidates will be. ``also_ranked``: op types beyond
     Conv/Gemm/MatMul whose quantization costs the backend accuracy of its own (TFLite's int8 residual ``Add``), ranked and
-    kept in float like layers."""
+    kept in float like layers. ``as_written``: a runner that computes a candidate's Q/DQ as written rather than on this
+    CPU's integer kernels; the fully quantized candidate is scored both ways, so the record shows what the kernels cost
+    (x86 without VNNI saturates) apart from what the quantization costs."""
     if setting != "auto":
         return FloatChoice(keep_float(source, calibration.samples, setting, out_dir) if setting else [])
     if target is None or calibration.search is None:
@@ -100,7 +104,8 @@ def choose_float_layers(source: Path, calibration: CalibrationSet, setting: Keep
             note_step(f"keep_float auto: candidate {len(candidates) + 1} ({count} of {len(ranking)} ranked layers in float)"
                       + (f"; so far {done}" if done else ""))
             nodes = with_producers(source, [row["node"] for row in ranking[:count]]) if count else []
-            candidates[count] = _score(nodes, count, build, runner, threads, search.inputs, search.labels, reference, target, out_dir)
+            candidates[count] = _score(nodes, count, build, runner, threads, search.inputs, search.labels, reference, target, out_dir,
+                                       as_written if count == 0 else None)
             if "engine" in candidates[count]:
                 engines[count] = Path(candidates[count].pop("engine"))
         return candidates[count]
@@ -176,9 +181,9 @@ def _goodness(candidate: dict[str, Any], target: AccuracyTarget) -> float:
 
 def _score(nodes: list[str], count: int, build: Callable[[list[str], Path], Path], runner: Callable[[Path, int], Runner], threads: int,
            samples: Inputs, labels: np.ndarray | None, reference: list[np.ndarray], target: AccuracyTarget,
-           out_dir: Path) -> dict[str, Any]:
+           out_dir: Path, as_written: Callable[[Path, int], Runner] | None = None) -> dict[str, Any]:
     """Build one candidate in a folder of its own (kept for the caller, under ``engine``, unless this fails), score it on the
-    validation samples and time it."""
+    validation samples and time it; with ``as_written``, also score it run by that (``choose_float_layers``)."""
     folder = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".candidate-{count}-"))
     try:
         started = time.perf_counter()
@@ -189,13 +194,16 @@ def _score(nodes: list[str], count: int, build: Callable[[list[str], Path], Path
             outputs = outputs_in_batches(lambda feed: list(run.infer(feed).values()), samples, names, BATCH)
             one = feed_of(rows_of(samples, 0, 1), names)
             p50 = float(np.median(time_calls(lambda: run.infer(one), warmup=10, iterations=30, min_seconds=TIMED_SECONDS))) / 1e6
+        written = None
+        if as_written is not None:
+            with as_written(engine, threads) as run:
+                written = outputs_in_batches(lambda feed: list(run.infer(feed).values()), samples, names, BATCH)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    scores: dict[str, Any] = {"cosine": round(output_cosine(outputs, reference), 7)}
-    if target.min_cosine is None:  # class scores: the first output's top class
-        scores["agreement"] = round(agreement(outputs[0], reference[0])["top1_agreement"], 6)
-        scores["top1_drop_points"] = None if labels is None else round(100 * (top1(reference[0], labels) - top1(outputs[0], labels)), 4)
+    scores = _fidelity(outputs, reference, labels, target)
+    if written is not None:
+        scores["as_written"] = _fidelity(written, reference, labels, target)
     if target.min_agreement is not None:
         meets = scores["agreement"] >= target.min_agreement
     elif target.min_cosine is not None:
@@ -207,6 +215,16 @@ def _score(nodes: list[str], count: int, build: Callable[[list[str], Path], Path
         meets = scores["top1_drop_points"] <= target.max_drop_points
     return {"float_layers": count, "nodes": nodes, **scores, "meets": meets, "p50_ms": round(p50, 4),
             "build_seconds": round(built, 2), "seconds": round(time.perf_counter() - started, 2), "engine": str(engine)}
+
+
+def _fidelity(outputs: list[np.ndarray], reference: list[np.ndarray], labels: np.ndarray | None,
+              target: AccuracyTarget) -> dict[str, Any]:
+    """A candidate's figures against FP32: the output cosine, and for class scores the top-1 agreement and drop."""
+    scores: dict[str, Any] = {"cosine": round(output_cosine(outputs, reference), 7)}
+    if target.min_cosine is None:  # class scores: the first output's top class
+        scores["agreement"] = round(agreement(outputs[0], reference[0])["top1_agreement"], 6)
+        scores["top1_drop_points"] = None if labels is None else round(100 * (top1(reference[0], labels) - top1(outputs[0], labels)), 4)
+    return scores
 
 
 def output_cosine(outputs: list[np.ndarray], reference: list[np.ndarray]) -> float:

@@ -147,7 +147,8 @@ class OnnxRuntimeBackend(BackendBase):
         chosen = choose_float_layers(source, calibration, cfg.keep_float, cfg.accuracy_target, out_dir,
                                      build=lambda nodes, folder: self._quantize(source, calibration, cfg, folder, nodes),
                                      runner=lambda engine, threads: self.runner(engine, threads=threads), reuse=True,
-                                     placement="every_op")  # quantize_static quantizes every op it can
+                                     placement="every_op",  # quantize_static quantizes every op it can
+                                     as_written=lambda engine, threads: OnnxRuntimeRunner(engine, threads=threads, qdq_as_written=True))
         return loadable(chosen.engine or self._quantize(source, calibration, cfg, out_dir, chosen.nodes))
 
     @staticmethod
@@ -365,18 +366,21 @@ def onnxruntime_distributions() -> tuple[tuple[str, str], ...]:
 
 
 class OnnxRuntimeRunner(Runner):
-    """One CPU InferenceSession with pinned intra-op threads and sequential execution."""
+    """One CPU InferenceSession with pinned intra-op threads and sequential execution. ``qdq_as_written``: the model's Q/DQ
+    computed as written (dequantize, float op, quantize) instead of fused into integer kernels, which is what a CPU whose
+    kernels do not saturate computes; a model stamped by ``mark_simulated`` always runs so."""
 
-    def __init__(self, engine: Path, *, threads: int) -> None:
+    def __init__(self, engine: Path, *, threads: int, qdq_as_written: bool = False) -> None:
         super().__init__(engine, threads=threads)
         self._session: Any = None
-        self._simulated = False
+        self._as_written = qdq_as_written
+        self._simulated = qdq_as_written
 
     def _activate(self) -> None:
-        self._simulated = False
+        self._simulated = self._as_written
         self._session = self._new_session()
-        if self._session.get_modelmeta().custom_metadata_map.get(SIMULATED_KEY):
-            self._simulated = True  # a prediction: its Q/DQ run as written (mark_simulated)
+        if not self._simulated and self._session.get_modelmeta().custom_metadata_map.get(SIMULATED_KEY):
+            self._simulated = True  # a prediction (mark_simulated): a second session, stamps being rare
             self._session = self._new_session()
         self._meta = {
             i.name: TensorMeta(i.name, np.dtype(ORT_DTYPES.get(i.type, np.float32)),

@@ -50,13 +50,19 @@ def float_layers_line(row: EngineRow) -> str:
     if kept.get("auto") and search:
         chosen = next(c for c in search["candidates"] if c["float_layers"] == search["chosen"])
         outcome = "meet" if search["met"] else "come closest to (none meets)"
-        figure = (f"output cosine {chosen['cosine']:.5f}" if search.get("measure") == "cosine"
-                  else f"agreement {100 * chosen['agreement']:.2f}%")
+        cosine = search.get("measure") == "cosine"
+
+        def figure(scores: Mapping[str, Any]) -> str:
+            return f"output cosine {scores['cosine']:.5f}" if cosine else f"agreement {100 * scores['agreement']:.2f}%"
+
+        full = next((c for c in search["candidates"] if c["float_layers"] == 0 and "as_written" in c), None)
+        kernels = (f"; fully quantized: {figure(full)} on this CPU's integer kernels, {figure(full['as_written'])} with its Q/DQ "
+                   "computed as written" if full else "")
         return (f"{row.name}: keep_float auto: {search['chosen']} of {len(search['ranking'])} ranked layers kept in float "
                 f"({len(kept['nodes'])} with the layers feeding them), the fewest that {outcome} {search['target_text']} on "
-                f"{search['samples']} validation samples: {figure}; "
+                f"{search['samples']} validation samples: {figure(chosen)}; "
                 f"{len(search['candidates'])} candidates built and scored in {search['seconds']:.0f} s"
-                + (f" ({search['unranked']})" if search.get("unranked") else ""))
+                + (f" ({search['unranked']})" if search.get("unranked") else "") + kernels)
     worst = ", ".join(f"{r['weight']} (cosine {r['cosine']:.4f})" for r in kept["ranking"][: kept["count"]])
     return (f"{row.name}: {len(kept['nodes'])} layers kept in float (keep_float {kept['count']} + the convolutions feeding them); "
             f"most INT8-sensitive, weights alone in INT8 on {kept['samples']} calibration samples: {worst}")

@@ -19,6 +19,7 @@ from edgeship.backends.float_search import SEARCH_FILE, _reverted, choose_float_
 from edgeship.backends.onnxruntime import OnnxRuntimeBackend, quantize_qdq
 from edgeship.backends.sensitivity import FLOAT_LAYERS_FILE, run_onnx
 from edgeship.config import AccuracyTarget
+from edgeship.device import describe_device, saturates_u8s8
 from edgeship.recipe import OnnxRuntimeConfig, OpenVinoConfig, TensorRtConfig
 from edgeship.tensors import CalibrationSet, SearchSet
 
@@ -156,6 +157,12 @@ def test_a_real_search_on_onnx_runtime_meets_its_target_on_validation_samples(tr
         else:
             assert chosen == max(record["candidates"], key=lambda c: (c["agreement"], -c["float_layers"]))
         assert not list(out.glob(".candidate-*")), "candidate folders are removed"
+        full = record["candidates"][0]  # scored on the integer kernels and with its Q/DQ as written: what the kernels cost
+        assert full["float_layers"] == 0 and [c for c in record["candidates"] if "as_written" in c] == [full]
+        written = full["as_written"]
+        assert set(written) == {"cosine", "agreement", "top1_drop_points"} and 0 <= written["agreement"] <= 1
+        if not saturates_u8s8(describe_device()):  # exact integer kernels compute what the Q/DQ says, up to rounding
+            assert abs(written["cosine"] - full["cosine"]) < 1e-3 and abs(written["agreement"] - full["agreement"]) <= 0.03
 
 
 def two_matmuls(path: Path) -> Path:

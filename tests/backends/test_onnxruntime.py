@@ -97,3 +97,5 @@ def test_a_prediction_runs_its_qdq_as_written_and_an_engine_on_the_integer_kerne
     with OnnxRuntimeRunner(engine, threads=1) as run:
         integer = run.infer(feed)["output"].item()
     assert integer in (EXACT, SATURATED)  # exact with VNNI (or on ARM), saturated without
+    with OnnxRuntimeRunner(engine, threads=1, qdq_as_written=True) as run:  # what a search compares the kernels with
+        assert run.infer(feed)["output"].item() == EXACT
