@@ -53,6 +53,7 @@ class BackendInfo:
     report_note: str = ""  # what the report says once when an engine of this backend is in it
     build_in_child: bool = False  # the run builds its engines in a child process: its converter keeps memory it never frees
     int8_saturates: bool = False  # its CPU INT8 kernels multiply u8×s8 with VPMADDUBSW, which saturates on x86 without VNNI
+    search_revision: str = ""  # how its float-layer search differs from the shared method: a change searches its engines again
 
     @property
     def precisions(self) -> frozenset[Precision]:

@@ -72,7 +72,7 @@ class FloatChoice:
 def choose_float_layers(source: Path, calibration: CalibrationSet, setting: KeepFloat, target: AccuracyTarget | None, out_dir: Path,
                         build: Callable[[list[str], Path], Path], runner: Callable[[Path, int], Runner], *,
                         reuse: bool = False, placement: Placement = "layer_inputs", also_ranked: tuple[str, ...] = (),
-                        as_written: Callable[[Path, int], Runner] | None = None) -> FloatChoice:
+                        as_written: Callable[[Path, int], Runner] | None = None, method_note: str = "") -> FloatChoice:
     """The ONNX node names the INT8 build of ``source`` keeps in float: ``setting`` layers of the weight-only ranking, or for
     ``auto`` the smallest top of the activation-aware ranking whose candidate (``build(nodes, folder)``, run by
     ``runner(path, threads)``) meets ``target`` on the validation split. ``reuse``: the chosen candidate's files are moved
@@ -81,7 +81,8 @@ def choose_float_layers(source: Path, calibration: CalibrationSet, setting: Keep
     Conv/Gemm/MatMul whose quantization costs the backend accuracy of its own (TFLite's int8 residual ``Add``), ranked and
     kept in float like layers. ``as_written``: a runner that computes a candidate's Q/DQ as written rather than on this
     CPU's integer kernels; the fully quantized candidate is scored both ways, so the record shows what the kernels cost
-    (x86 without VNNI saturates) apart from what the quantization costs."""
+    (x86 without VNNI saturates) apart from what the quantization costs. ``method_note``: how the backend's candidates
+    are built beyond that, for the record."""
     if setting != "auto":
         return FloatChoice(keep_float(source, calibration.samples, setting, out_dir) if setting else [])
     if target is None or calibration.search is None:
@@ -134,7 +135,7 @@ def choose_float_layers(source: Path, calibration: CalibrationSet, setting: Keep
               "placement": placement, "ranked_ops": [*RANKED_OPS, *also_ranked], "unranked": unranked,
               "method": f"each {'/'.join((*RANKED_OPS, *also_ranked))} given back its float inputs and weights in a QDQ model with "
                         + ("every op quantized" if placement == "every_op" else "the inputs of all of them quantized")
-                        + "; ranked by the gain in output cosine with FP32 on validation samples"}
+                        + "; ranked by the gain in output cosine with FP32 on validation samples" + method_note}
     (out_dir / SEARCH_FILE).write_text(json.dumps(record, indent=2))
     (out_dir / FLOAT_LAYERS_FILE).write_text(json.dumps({"count": chosen["float_layers"], "nodes": chosen["nodes"], "auto": True,
                                                          "samples": len(search), "ranking": ranking[:10]}, indent=2))

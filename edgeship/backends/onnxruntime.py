@@ -83,7 +83,7 @@ class OnnxRuntimeConfig(BackendSection):
 
 INFO = BackendInfo(name="onnxruntime", display_name="ONNX Runtime", colour="#1f77b4", config=OnnxRuntimeConfig,
                    distributions=("onnxruntime",), install="pip install edgeship", runtime_module="onnxruntime",
-                   suffixes=(".onnx",), int8_saturates=True)
+                   suffixes=(".onnx",), int8_saturates=True, search_revision="/shared-ranges")
 
 
 class OnnxRuntimeBackend(BackendBase):
@@ -144,21 +144,29 @@ class OnnxRuntimeBackend(BackendBase):
                                                   reduce_range=cfg.reduce_range))
         if cfg.calibration_size is not None:
             calibration = calibration.subset(cfg.calibration_size)
-        chosen = choose_float_layers(source, calibration, cfg.keep_float, cfg.accuracy_target, out_dir,
-                                     build=lambda nodes, folder: self._quantize(source, calibration, cfg, folder, nodes),
-                                     runner=lambda engine, threads: self.runner(engine, threads=threads), reuse=True,
-                                     placement="every_op",  # quantize_static quantizes every op it can
-                                     as_written=lambda engine, threads: OnnxRuntimeRunner(engine, threads=threads, qdq_as_written=True))
+        ranges = out_dir / ".activation-ranges.json"  # calibrated by the first candidate, read by the others
+        try:
+            chosen = choose_float_layers(source, calibration, cfg.keep_float, cfg.accuracy_target, out_dir,
+                                         build=lambda nodes, folder: self._quantize(source, calibration, cfg, folder, nodes, ranges),
+                                         runner=lambda engine, threads: self.runner(engine, threads=threads), reuse=True,
+                                         placement="every_op",  # quantize_static quantizes every op it can
+                                         as_written=lambda engine, threads: OnnxRuntimeRunner(engine, threads=threads,
+                                                                                             qdq_as_written=True),
+                                         method_note=SHARED_RANGES)
+        finally:
+            ranges.unlink(missing_ok=True)
         return loadable(chosen.engine or self._quantize(source, calibration, cfg, out_dir, chosen.nodes))
 
     @staticmethod
-    def _quantize(source: Path, calibration: CalibrationSet, cfg: OnnxRuntimeConfig, out_dir: Path, keep: list[str]) -> Path:
+    def _quantize(source: Path, calibration: CalibrationSet, cfg: OnnxRuntimeConfig, out_dir: Path, keep: list[str],
+                  ranges: Path | None = None) -> Path:
+        """``ranges``: a file of activation ranges to read, or to write when it does not exist yet (``quantize_qdq``)."""
         target = out_dir / "model.int8.onnx"
         extra: dict[str, Any] = {"CalibPercentile": cfg.percentile} if cfg.calibration_method == "percentile" else {}
         with rounded_source(source, calibration, cfg.weight_rounding, keep, out_dir) as rounded:
             quantize_qdq(rounded, target, calibration, method=cfg.calibration_method, per_channel=cfg.per_channel,
                          activation_type=cfg.activation_type, reduce_range=cfg.reduce_range, extra_options=extra,
-                         nodes_to_exclude=keep, float_outputs=cfg.float_outputs)
+                         nodes_to_exclude=keep, float_outputs=cfg.float_outputs, ranges=ranges)
         return target
 
 
@@ -190,6 +198,9 @@ def loadable(engine: Path) -> Path:
     return engine
 
 
+SHARED_RANGES = ("; the candidates share the activation ranges calibrated for the first one built (the fully quantized "
+                 "one): a layer kept in float differs from it by its weights' INT8 rounding, and calibrating each candidate "
+                 "again was most of its build time")
 SIMULATED_KEY = "edgeship.simulated_qdq"  # ONNX metadata of a prediction: the engine it predicts (mark_simulated)
 DYNAMIC_OPS = ("MatMul", "Gemm")  # what dynamic INT8 quantizes: the weight products, where a transformer's time goes
 CALIBRATION_CHUNK = 16  # feeds a calibrator holds the activations of at once (quantize_qdq)
@@ -249,11 +260,14 @@ SYMBOLIC_LEFTOVER = "sym_shape_infer_temp.onnx"  # what ONNX Runtime's symbolic 
 
 def quantize_qdq(source: Path, target: Path, calibration: CalibrationSet, *, method: str, per_channel: bool,
                  activation_type: str = "int8", reduce_range: bool = False, extra_options: Mapping[str, Any] | None = None,
-                 nodes_to_exclude: list[str] | None = None, float_outputs: bool = False, op_types: list[str] | None = None) -> None:
+                 nodes_to_exclude: list[str] | None = None, float_outputs: bool = False, op_types: list[str] | None = None,
+                 ranges: Path | None = None) -> None:
     """ONNX Runtime's ``quantize_static`` in QDQ format, calibrated on ``calibration``: int8 weights, symmetric;
     activations int8 (symmetric) or uint8. ``method`` is minmax | entropy | percentile; ``nodes_to_exclude`` stay float;
     ``float_outputs`` drops the Q/DQ pair on each graph output; ``op_types``: only these are quantized (None: every op
-    the quantizer can). Work files stay beside ``target`` only while it runs."""
+    the quantizer can). ``ranges``: ONNX Runtime's calibration cache, read instead of calibrating when it exists, else
+    written (the calibrators range every tensor of the op types, whichever nodes are excluded, so a fully quantized
+    build's ranges serve every subset). Work files stay beside ``target`` only while it runs."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
@@ -290,7 +304,7 @@ def quantize_qdq(source: Path, target: Path, calibration: CalibrationSet, *, met
             quantize_static(str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                             activation_type=activation, weight_type=QuantType.QInt8, calibrate_method=calibrate,
                             reduce_range=reduce_range, extra_options=extra, nodes_to_exclude=list(nodes_to_exclude or []),
-                            op_types_to_quantize=op_types)
+                            op_types_to_quantize=op_types, calibration_cache_path=ranges)
         if float_outputs:
             import onnx
 

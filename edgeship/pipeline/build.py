@@ -100,7 +100,8 @@ class BuildStage:
         if precision is Precision.INT8 and getattr(cfg, "keep_float", 0) == "auto":
             if self.search is None:
                 raise BuildError(backend_name, precision, "keep_float: auto searches on the validation split, and this data has none")
-            calibration = calibration.with_search(self.search, SEARCH_METHOD)  # a new method searches again
+            method = f"{SEARCH_METHOD}{REGISTRY[backend_name].search_revision}"
+            calibration = calibration.with_search(self.search, method)  # a new method searches again
         return calibration
 
     def _prepare_one(self, ctx: RunContext, onnx: Artifact, backend: PreparingBackend, precision: Precision,

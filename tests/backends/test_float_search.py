@@ -135,9 +135,20 @@ def test_bisection_finds_the_fewest_float_layers_in_few_builds(monkeypatch: pyte
     assert json.loads((tmp_path / FLOAT_LAYERS_FILE).read_text())["auto"] is True
 
 
-def test_a_real_search_on_onnx_runtime_meets_its_target_on_validation_samples(trained_cnn: TrainedCnn, tmp_path: Path) -> None:
+def test_a_real_search_on_onnx_runtime_meets_its_target_on_validation_samples(trained_cnn: TrainedCnn, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """The backend's own build with the chosen layers left out of the Q/DQ; the record says what each candidate scored,
-    and an unreachable target keeps the best candidate, unmet."""
+    and an unreachable target keeps the best candidate, unmet. The candidates share one calibration of the ranges."""
+    from onnxruntime.quantization import quantize as ort_quantize
+
+    calibrations: list[str] = []
+    create = ort_quantize.create_calibrator
+
+    def counted(model: Any, *args: Any, **kwargs: Any) -> Any:
+        calibrations.append(str(model))
+        return create(model, *args, **kwargs)
+
+    monkeypatch.setattr(ort_quantize, "create_calibrator", counted)
     backend = OnnxRuntimeBackend()
     search = SearchSet(trained_cnn.evaluation[:100], trained_cnn.labels[:100], "v")
     calibration = CalibrationSet(trained_cnn.calibration[:50], "c").with_search(search)
@@ -146,6 +157,7 @@ def test_a_real_search_on_onnx_runtime_meets_its_target_on_validation_samples(tr
         out = tmp_path / str(met)
         out.mkdir()
         cfg = OnnxRuntimeConfig(keep_float="auto", accuracy_target=target)
+        calibrations.clear()
         engine = backend._build_int8(trained_cnn.onnx, calibration, cfg, out)
         assert engine == out / "model.int8.onnx" and engine.is_file()  # the chosen candidate itself, not built twice
         record = json.loads((out / SEARCH_FILE).read_text())
@@ -157,6 +169,10 @@ def test_a_real_search_on_onnx_runtime_meets_its_target_on_validation_samples(tr
         else:
             assert chosen == max(record["candidates"], key=lambda c: (c["agreement"], -c["float_layers"]))
         assert not list(out.glob(".candidate-*")), "candidate folders are removed"
+        # the ranking calibrates once per process (in the first search at most), the candidates once per search
+        assert 1 <= len(calibrations) <= (2 if met else 1) and "share the activation ranges" in record["method"]
+        assert met or len(record["candidates"]) >= 2, "an unmet target builds the whole ranking in float too"
+        assert not list(out.glob(".activation-ranges*")), "the shared ranges are a work file"
         full = record["candidates"][0]  # scored on the integer kernels and with its Q/DQ as written: what the kernels cost
         assert full["float_layers"] == 0 and [c for c in record["candidates"] if "as_written" in c] == [full]
         written = full["as_written"]
