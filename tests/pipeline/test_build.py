@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from edgeship.backends import REGISTRY
 from edgeship.backends.base import Precision
 from edgeship.pipeline.build import engine_config, requested
 from edgeship.recipe import BackendsConfig, OnnxRuntimeConfig, OpenVinoConfig, TensorRtConfig, TfliteConfig
@@ -84,7 +85,8 @@ def test_a_one_image_models_identity_leaves_out_the_keys_of_other_entries() -> N
 
 
 def test_a_searched_engines_key_covers_the_validation_samples_and_the_search_method() -> None:
-    """An engine searched by an earlier method (another ranking) is searched again, not reused from the store."""
+    """An engine searched by an earlier method (another ranking, or its backend's own change: ``search_revision``) is
+    searched again, not reused from the store."""
     from types import SimpleNamespace
 
     import numpy as np
@@ -100,8 +102,12 @@ def test_a_searched_engines_key_covers_the_validation_samples_and_the_search_met
     searched = stage._calibration_for("onnxruntime", Precision.INT8, onnx, auto)  # type: ignore[arg-type]
     plain = stage._calibration_for("onnxruntime", Precision.INT8, onnx, OnnxRuntimeConfig())  # type: ignore[arg-type]
     assert searched is not None and plain is not None and searched.search is search
-    assert searched.fingerprint == f"calibration-fingerprint+search:validation-fingerprint+{SEARCH_METHOD}"
+    revision = REGISTRY["onnxruntime"].search_revision
+    assert revision and searched.fingerprint == f"calibration-fingerprint+search:validation-fingerprint+{SEARCH_METHOD}{revision}"
     assert plain.fingerprint == "calibration-fingerprint" and plain.search is None
+    openvino = stage._calibration_for("openvino", Precision.INT8, onnx, OpenVinoConfig(keep_float="auto",  # type: ignore[arg-type]
+                                                                                      accuracy_target={"min_agreement": 0.97}))
+    assert openvino is not None and openvino.fingerprint.endswith(f"+{SEARCH_METHOD}"), "another backend's revision keys only its engines"
 
 
 def test_a_build_in_a_child_process_returns_its_engine_its_notes_and_its_errors(trained_cnn: TrainedCnn, tmp_path: Path) -> None:
