@@ -127,8 +127,20 @@ def recommend(rows: Sequence[EngineRow]) -> dict[str, Recommendation]:
         fastest = passing[0]
         tied = [r for r in passing[1:] if not _significantly_faster(fastest, r)]
         chosen = max([fastest, *tied], key=lambda r: (accuracy(r)[0], -(r.size_bytes or 0)))
-        out[group] = Recommendation(engine=chosen.name, precision=chosen.precision, reason=_reason(chosen, fastest, tied, engines))
+        out[group] = Recommendation(engine=chosen.name, precision=chosen.precision,
+                                    reason=_reason(chosen, fastest, tied, engines) + _apart(passing))
     return out
+
+
+def _apart(compared: Sequence[EngineRow]) -> str:
+    """What the reason adds when the p50s it compares were not timed in one run: a result reused from the store keeps
+    the p50 of the moment it was measured, and on a shared machine two moments can differ more than two engines do."""
+    reused = [r for r in compared if r.reused.validate_]
+    if not reused or len(reused) == len(compared):
+        return ""
+    names = ", ".join(f"{_label(r)}'s" + (f" (measured {r.measured_at})" if r.measured_at else "") for r in reused)
+    return (f"; but {names} {'p50 was' if len(reused) == 1 else 'p50s were'} reused from an earlier run and the others' timed in this one: "
+            "rerun with --force validate to time them together")
 
 
 def accuracy(row: EngineRow) -> tuple[float, str]:

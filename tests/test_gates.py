@@ -126,6 +126,20 @@ def test_recommendation_is_the_fastest_passing_engine_with_the_reason() -> None:
     assert "INT8 2.38× faster than FP16" in choice.reason and choice.reason.endswith("INT8 chosen")
 
 
+def test_a_recommendation_says_when_it_compares_p50s_from_two_runs() -> None:
+    """A result reused from the store keeps its old p50: a choice between it and a fresh one is flagged, not silent."""
+    rows = judged([row("onnxruntime/fp32", p50=0.20), row("onnxruntime/int8", p50=0.08)], ALL)
+    assert "; but" not in recommend(rows)["onnxruntime"].reason  # neither reused: timed in one run
+    rows[0].reused = Reused(build=True, validate=True)
+    rows[0].measured_at = "2026-12-07T05:40:00+0000"
+    reason = recommend(rows)["onnxruntime"].reason
+    assert reason.startswith("INT8 2.50× faster than FP32") and reason.endswith(
+        "FP32's (measured 2026-12-07T05:40:00+0000) p50 was reused from an earlier run and the others' timed in this one: "
+        "rerun with --force validate to time them together")
+    rows[1].reused = Reused(build=True, validate=True)
+    assert "; but" not in recommend(rows)["onnxruntime"].reason  # both reused: nothing here was timed anew
+
+
 def test_a_faster_engine_that_fails_a_gate_is_passed_over_and_named() -> None:
     rows = judged([row("tflite/fp16", p50=0.104, top1=0.918), row("tflite/int8", p50=0.100, top1=0.904)], ALL)
     choice = recommend(rows)["tflite"]
