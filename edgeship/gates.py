@@ -135,12 +135,14 @@ def recommend(rows: Sequence[EngineRow]) -> dict[str, Recommendation]:
 def _apart(compared: Sequence[EngineRow]) -> str:
     """What the reason adds when the p50s it compares were not timed in one run: a result reused from the store keeps
     the p50 of the moment it was measured, and on a shared machine two moments can differ more than two engines do."""
-    reused = [r for r in compared if r.reused.validate_]
-    if not reused or len(reused) == len(compared):
+    runs: dict[str, list[str]] = {}
+    for row in compared:  # a result stored before runs were recorded: an earlier run when reused
+        run = row.measured_in or ("an earlier run" if row.reused.validate_ else "this run")
+        runs.setdefault(run, []).append(_label(row))
+    if len(runs) < 2:
         return ""
-    names = ", ".join(f"{_label(r)}'s" + (f" (measured {r.measured_at})" if r.measured_at else "") for r in reused)
-    return (f"; but {names} {'p50 was' if len(reused) == 1 else 'p50s were'} reused from an earlier run and the others' timed in this one: "
-            "rerun with --force validate to time them together")
+    said = "; ".join(f"{', '.join(labels)} in {run}" for run, labels in runs.items())
+    return f"; but these p50s were timed in different runs ({said}): rerun with --force validate to time them together"
 
 
 def accuracy(row: EngineRow) -> tuple[float, str]:

@@ -136,6 +136,7 @@ class EngineRow(Scores):
     runtime: dict[str, Any] | None = None
     isolated: bool | None = None
     measured_at: str | None = None
+    measured_in: str | None = None  # the run that timed it (None: a result stored before runs were recorded)
     cross_check: dict[str, Any] | None = None
     profile: OpProfile | None = None  # each layer's time from the runtime's profiler, taken after timing
     divergence: Divergence | None = None  # each tensor against the FP32 ONNX's, on validation samples

@@ -127,17 +127,20 @@ def test_recommendation_is_the_fastest_passing_engine_with_the_reason() -> None:
 
 
 def test_a_recommendation_says_when_it_compares_p50s_from_two_runs() -> None:
-    """A result reused from the store keeps its old p50: a choice between it and a fresh one is flagged, not silent."""
-    rows = judged([row("onnxruntime/fp32", p50=0.20), row("onnxruntime/int8", p50=0.08)], ALL)
-    assert "; but" not in recommend(rows)["onnxruntime"].reason  # neither reused: timed in one run
-    rows[0].reused = Reused(build=True, validate=True)
-    rows[0].measured_at = "2026-12-07T05:40:00+0000"
+    """A result reused from the store keeps its old p50: a choice between p50s timed in different runs is flagged."""
+    rows = judged([row("onnxruntime/fp32", p50=0.20), row("onnxruntime/fp16", p50=0.15), row("onnxruntime/int8", p50=0.08)], ALL)
+    for r in rows:
+        r.measured_in = "run-2"
+    assert "; but" not in recommend(rows)["onnxruntime"].reason  # timed in one run
+    rows[0].measured_in = rows[1].measured_in = "run-1"
     reason = recommend(rows)["onnxruntime"].reason
-    assert reason.startswith("INT8 2.50× faster than FP32") and reason.endswith(
-        "FP32's (measured 2026-12-07T05:40:00+0000) p50 was reused from an earlier run and the others' timed in this one: "
-        "rerun with --force validate to time them together")
-    rows[1].reused = Reused(build=True, validate=True)
-    assert "; but" not in recommend(rows)["onnxruntime"].reason  # both reused: nothing here was timed anew
+    assert reason.startswith("INT8 1.88× faster than FP16") and reason.endswith(
+        "INT8 chosen; but these p50s were timed in different runs (INT8 in run-2; FP16, FP32 in run-1): rerun with "
+        "--force validate to time them together")
+    for r in rows:  # results stored before runs were recorded: reused ones are an earlier run's
+        r.measured_in = None
+    rows[0].reused = Reused(build=True, validate=True)
+    assert "(INT8, FP16 in this run; FP32 in an earlier run)" in recommend(rows)["onnxruntime"].reason
 
 
 def test_a_faster_engine_that_fails_a_gate_is_passed_over_and_named() -> None:

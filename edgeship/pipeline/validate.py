@@ -150,7 +150,7 @@ class ValidateStage:
                    "size_bytes": model_artifact.size,
                    "threads": measure.threads, "runtime": result["runtime"], "isolated": True,
                    **{k: result[k] for k in MEASURED_KEYS if k in result}}
-        return self._write(folder, name, metrics)
+        return self._write(folder, name, metrics, ctx.run_dir.name)
 
     def _engine(self, folder: Path, name: str, engine: Artifact, reference: Any, measure: Measurer, ctx: RunContext,
                 macs: int | None = None) -> Made:
@@ -183,7 +183,7 @@ class ValidateStage:
         if wants_check:  # the harness ran the tool in its timing rounds, here or on the device
             theirs = result.get("cross_check_tool") or {"status": "failed", "reason": "the measuring harness ran no benchmark tool"}
             metrics["cross_check"] = _compare(theirs, result["latency"], result.get("bare_latency"))
-        return self._write(folder, name, metrics)
+        return self._write(folder, name, metrics, ctx.run_dir.name)
 
     def _peak(self, results: dict[str, Artifact], threads: int, cpus: tuple[int, ...] | None, device: Mapping[str, Any],
               ctx: RunContext) -> None:
@@ -207,8 +207,10 @@ class ValidateStage:
             ctx.record_problem(self.name, PEAK, "failed", exc.reason, config)
 
     @staticmethod
-    def _write(folder: Path, name: str, metrics: dict[str, Any]) -> Made:
+    def _write(folder: Path, name: str, metrics: dict[str, Any], run: str) -> Made:
+        """``measured_in``: the run that timed the engine; a later run that reuses the result compares its p50 knowing so."""
         metrics["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        metrics["measured_in"] = run
         target = folder / "result.json"
         target.write_text(json.dumps({"engine": name, "metrics": metrics}, indent=2))
         return Made(target, "validation", {"engine": name, "metrics": metrics})

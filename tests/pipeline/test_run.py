@@ -84,6 +84,9 @@ def test_warm_rerun_reuses_every_stage(recipe: Recipe, cold: RunResult) -> None:
     assert second.run_dir != first.run_dir
     assert all(e.reused for e in second.manifest.entries if e.stage != "report")
     assert [e["top1"] for e in second.report["engines"]] == [e["top1"] for e in first.report["engines"]]
+    timed = [e for e in second.report["engines"] if e.get("latency")]
+    assert timed and all(e["measured_in"] == first.run_dir.name for e in timed), "a reused result says which run timed it"
+    assert not any("; but" in choice["reason"] for choice in second.report["recommendations"].values())  # one run timed all
 
 
 def test_force_redoes_only_that_stage(recipe: Recipe, cold: RunResult) -> None:
