@@ -56,7 +56,7 @@ def float_layers_line(row: EngineRow) -> str:
             return f"output cosine {scores['cosine']:.5f}" if cosine else f"agreement {100 * scores['agreement']:.2f}%"
 
         full = next((c for c in search["candidates"] if c["float_layers"] == 0 and "as_written" in c), None)
-        kernels = (f"; fully quantized: {figure(full)} on this CPU's integer kernels, {figure(full['as_written'])} with its Q/DQ "
+        kernels = (f"; fully quantized: {figure(full)} on the build machine's integer kernels, {figure(full['as_written'])} with its Q/DQ "
                    "computed as written" if full else "")
         return (f"{row.name}: keep_float auto: {search['chosen']} of {len(search['ranking'])} ranked layers kept in float "
                 f"({len(kept['nodes'])} with the layers feeding them), the fewest that {outcome} {search['target_text']} on "
