@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from edgeship.config import AccuracyTarget
@@ -116,20 +117,57 @@ def required_engines(rows: Sequence[EngineRow], gates: GatesConfig) -> list[str]
 
 def recommend(rows: Sequence[EngineRow]) -> dict[str, Recommendation]:
     """Per backend (per backend and device, ``target``, for rows measured on a remote device): the engine to ship (the
-    fastest passing by measured p50) and the reason, or none and why."""
+    fastest passing by p50: from the rounds that timed the backend's engines together where every compared row has one,
+    else each engine's own) and the reason, or none and why."""
     out: dict[str, Recommendation] = {}
     for group in dict.fromkeys(row.target for row in rows):
         engines = [row for row in rows if row.target == group]
-        passing = sorted((r for r in engines if r.verdict == "pass"), key=lambda r: r.p50_ms)
+        timings = _timings(engines)
+        passing = sorted((r for r in engines if r.verdict == "pass"), key=lambda r: timings[r.name].p50)
         if not passing:
             out[group] = Recommendation(engine=None, reason="no engine passes every gate: " + "; ".join(_why_not(r) for r in engines))
             continue
         fastest = passing[0]
-        tied = [r for r in passing[1:] if not _significantly_faster(fastest, r)]
+        tied = [r for r in passing[1:] if not _significantly_faster(timings[fastest.name], timings[r.name])]
         chosen = max([fastest, *tied], key=lambda r: (accuracy(r)[0], -(r.size_bytes or 0)))
+        basis = _together(engines) or _apart(passing)
         out[group] = Recommendation(engine=chosen.name, precision=chosen.precision,
-                                    reason=_reason(chosen, fastest, tied, engines) + _apart(passing))
+                                    reason=_reason(chosen, fastest, tied, engines, timings) + basis)
     return out
+
+
+@dataclass(frozen=True)
+class _Timing:
+    """The p50 a recommendation compares, with its 95% interval."""
+
+    p50: float
+    low: float
+    high: float
+
+
+def _timed(engines: Sequence[EngineRow]) -> list[EngineRow]:
+    return [row for row in engines if row.latency is not None]
+
+
+def _timings(engines: Sequence[EngineRow]) -> dict[str, _Timing]:
+    """Each timed row's p50: all from the rounds that timed them together when every timed row has one, else all from each
+    row's own timing (never a mix: only figures taken together rank fairly against each other)."""
+    timed = _timed(engines)
+    if timed and all(row.timed_together is not None for row in timed):
+        return {row.name: _Timing(row.timed_together.p50_ms, *row.timed_together.p50_ci95) for row in timed}  # type: ignore[union-attr]
+    # a result without an interval (not measured by the harness) is its own interval
+    return {row.name: _Timing(row.p50_ms, *(row.latency or {}).get("ci95", {}).get("p50_ms", (row.p50_ms, row.p50_ms))) for row in timed}
+
+
+def _together(engines: Sequence[EngineRow]) -> str:
+    """What the reason adds when its p50s come from rounds that timed the engines together."""
+    timed = _timed(engines)
+    if len(timed) < 2 or not all(row.timed_together is not None for row in timed):
+        return ""
+    first = timed[0].timed_together
+    assert first is not None
+    rounds = f"{first.rounds} round" + ("s, a shuffled order each," if first.rounds > 1 else ",")
+    return f" (p50s timed together: {rounds} in {first.measured_in})"
 
 
 def _apart(compared: Sequence[EngineRow]) -> str:
@@ -261,31 +299,38 @@ def _gate(name: str, gates: GatesConfig, outcome: Outcome, value: float | None, 
     return GateResult(gate=name, title=TITLES[name], outcome=outcome, value=value, limit=limit, detail=detail, prediction=prediction)
 
 
-def _significantly_faster(a: EngineRow, b: EngineRow) -> bool:
+def _significantly_faster(a: _Timing, b: _Timing) -> bool:
     """Whether ``a``'s p50 is below ``b``'s beyond measurement noise: their 95% intervals do not overlap."""
-    a_high = a.latency["ci95"]["p50_ms"][1]  # type: ignore[index]
-    b_low = b.latency["ci95"]["p50_ms"][0]  # type: ignore[index]
-    return a_high < b_low
+    return a.high < b.low
 
 
-def _reason(chosen: EngineRow, fastest: EngineRow, tied: Sequence[EngineRow], engines: Sequence[EngineRow]) -> str:
+def _reason(chosen: EngineRow, fastest: EngineRow, tied: Sequence[EngineRow], engines: Sequence[EngineRow],
+            timings: dict[str, _Timing]) -> str:
     label = _label(chosen)
     parts = []
-    faster_failing = [r for r in engines if r.verdict == "fail" and r.p50_ms < chosen.p50_ms]
-    for other in sorted(faster_failing, key=lambda r: r.p50_ms):
-        parts.append(f"{_label(other)} {_speedup(other, chosen):.2f}× faster than {label} but fails {_failed(other)}")
+
+    def p50(row: EngineRow) -> float:
+        return timings[row.name].p50
+
+    def speedup(fast: EngineRow, slow: EngineRow) -> float:
+        return p50(slow) / p50(fast)
+
+    faster_failing = [r for r in engines if r.verdict == "fail" and r.name in timings and p50(r) < p50(chosen)]
+    for other in sorted(faster_failing, key=p50):
+        parts.append(f"{_label(other)} {speedup(other, chosen):.2f}× faster than {label} but fails {_failed(other)}")
     if chosen is not fastest:
         (mine, what), (theirs, _) = accuracy(chosen), accuracy(fastest)
-        parts.append(f"{_label(fastest)} is not measurably faster (p50 {_p50(fastest)} vs {_p50(chosen)} ms, 95% intervals overlap) "
-                     f"and {label} has the higher {what} ({100 * mine:.2f}% vs {100 * theirs:.2f}%)")
+        parts.append(f"{_label(fastest)} is not measurably faster (p50 {p50(fastest):.4f} vs {p50(chosen):.4f} ms, 95% intervals "
+                     f"overlap) and {label} has the higher {what} ({100 * mine:.2f}% vs {100 * theirs:.2f}%)")
     slower = [r for r in engines if r.verdict == "pass" and r is not chosen and r not in tied and r is not fastest]
     if slower and chosen is fastest:
-        nearest = min(slower, key=lambda r: r.p50_ms)
-        parts.append(f"{label} {_speedup(chosen, nearest):.2f}× faster than {_label(nearest)} (p50 {_p50(chosen)} vs {_p50(nearest)} ms)")
+        nearest = min(slower, key=p50)
+        parts.append(f"{label} {speedup(chosen, nearest):.2f}× faster than {_label(nearest)} (p50 {p50(chosen):.4f} vs "
+                     f"{p50(nearest):.4f} ms)")
     if tied and chosen is fastest:
         parts.append(f"{', '.join(_label(r) for r in tied)} within measurement noise, lower or equal {accuracy(chosen)[1]}")
     if not parts:
-        parts.append(f"the only engine of its backend that passes every gate (p50 {_p50(chosen)} ms)")
+        parts.append(f"the only engine of its backend that passes every gate (p50 {p50(chosen):.4f} ms)")
     return "; ".join(parts) + f": {label} chosen"
 
 
@@ -323,11 +368,3 @@ def format_value(gate: str, value: float | dict[str, float] | None) -> str:
 
 def _label(row: EngineRow) -> str:
     return row.precision.upper()
-
-
-def _p50(row: EngineRow) -> str:
-    return f"{row.p50_ms:.4f}"
-
-
-def _speedup(fast: EngineRow, slow: EngineRow) -> float:
-    return slow.p50_ms / fast.p50_ms

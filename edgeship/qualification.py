@@ -109,6 +109,21 @@ class Reused(_Record):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+class TimedTogether(_Record):
+    """An engine's p50 from rounds that timed its backend's engines together (``edgeship.pipeline.together``): what the
+    recommendation ranks, where the row has it."""
+
+    p50_ms: float
+    p50_ci95: tuple[float, float]
+    p99_ms: float
+    iterations: int
+    round_p50_ms: list[float]
+    rounds: int
+    engines: list[str]  # every engine timed in those rounds
+    measured_in: str
+    measured_at: str
+
+
 class EngineRow(Scores):
     """One engine (on one machine): how it was built, what was measured, and what the gates said."""
 
@@ -137,6 +152,7 @@ class EngineRow(Scores):
     isolated: bool | None = None
     measured_at: str | None = None
     measured_in: str | None = None  # the run that timed it (None: a result stored before runs were recorded)
+    timed_together: TimedTogether | None = None  # its p50 timed again beside its backend's other engines
     cross_check: dict[str, Any] | None = None
     profile: OpProfile | None = None  # each layer's time from the runtime's profiler, taken after timing
     divergence: Divergence | None = None  # each tensor against the FP32 ONNX's, on validation samples

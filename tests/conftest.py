@@ -22,6 +22,11 @@ needs_fashion_mnist = pytest.mark.skipif(not HAS_FASHION_MNIST, reason="needs th
                                                                        "has other shapes): sudo apt-get install dataset-fashion-mnist")
 
 
+# tests that time a backend's engines together say so (it times each engine again)
+TINY_VALIDATE = {"warmup": 2, "iterations": 20, "min_seconds": 0.05, "threads": 1, "throughput_batch_sizes": [4],
+                 "throughput_seconds": 0.02, "together_rounds": 0}
+
+
 def tiny_recipe(tmp: Path, **overrides: object) -> Recipe:
     """A recipe that trains and runs in well under a minute on 2 cores."""
     raw: dict[str, object] = {
@@ -31,8 +36,7 @@ def tiny_recipe(tmp: Path, **overrides: object) -> Recipe:
         "data": {"train_size": 3000, "val_size": 500, "eval_size": 1000},
         "calibration": {"size": 200},
         "model": {"width": 8, "train": {"epochs": 2, "optimizer": "adamw", "lr": 0.005, "weight_decay": 0.0}},
-        "validate": {"warmup": 2, "iterations": 20, "min_seconds": 0.05, "threads": 1, "throughput_batch_sizes": [4],
-                     "throughput_seconds": 0.02},
+        "validate": dict(TINY_VALIDATE),
         "prune": {"enabled": False},  # tests that prune or distill say so
         "distill": {"enabled": False},
         "divergence": {"enabled": False},  # tests that compare tensors say so (it loads every engine again)

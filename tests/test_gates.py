@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from edgeship.gates import GATES, NOTHING_QUALIFIED, format_value, judge, recommend, release, required_engines
-from edgeship.qualification import EngineKey, EngineRow, GateResult, Prediction, Reused
+from edgeship.qualification import EngineKey, EngineRow, GateResult, Prediction, Reused, TimedTogether
 from edgeship.recipe import GatesConfig, Recipe
 
 BASE = 0.92
@@ -141,6 +141,29 @@ def test_a_recommendation_says_when_it_compares_p50s_from_two_runs() -> None:
         r.measured_in = None
     rows[0].reused = Reused(build=True, validate=True)
     assert "(INT8, FP16 in this run; FP32 in an earlier run)" in recommend(rows)["onnxruntime"].reason
+
+
+def together(p50: float, ci: tuple[float, float], *, run: str = "run-3") -> TimedTogether:
+    return TimedTogether(p50_ms=p50, p50_ci95=ci, p99_ms=p50 * 1.5, iterations=600, round_p50_ms=[p50] * 3, rounds=3,
+                         engines=["onnxruntime/fp32", "onnxruntime/int8"], measured_in=run, measured_at="2026-12-07T08:00:00+0000")
+
+
+def test_the_recommendation_ranks_the_p50s_timed_together_when_every_engine_has_one() -> None:
+    """Timed apart, a disturbed FP32 p50 made INT8 look faster; timed together, FP32 is: it ships, whatever the runs."""
+    rows = judged([row("onnxruntime/fp32", p50=0.20, top1=0.919), row("onnxruntime/int8", p50=0.15, top1=0.916)], ALL)
+    rows[0].measured_in, rows[1].measured_in = "run-1", "run-2"
+    assert recommend(rows)["onnxruntime"].engine == "onnxruntime/int8"  # their own p50s
+    rows[0].timed_together, rows[1].timed_together = together(0.10, (0.099, 0.101)), together(0.14, (0.138, 0.142))
+    choice = recommend(rows)["onnxruntime"]
+    assert choice.engine == "onnxruntime/fp32"
+    assert choice.reason == ("FP32 1.40× faster than INT8 (p50 0.1000 vs 0.1400 ms): FP32 chosen (p50s timed together: 3 rounds, "
+                             "a shuffled order each, in run-3)")  # and not flagged as timed in two runs: they were timed together
+    rows[1].timed_together = together(0.0995, (0.0985, 0.1005))  # faster within noise: the more accurate one ships
+    choice = recommend(rows)["onnxruntime"]
+    assert choice.engine == "onnxruntime/fp32" and "INT8 is not measurably faster (p50 0.0995 vs 0.1000 ms" in choice.reason
+    rows[1].timed_together = None  # never a mix: one engine without a figure timed together, the single timings rank
+    choice = recommend(rows)["onnxruntime"]
+    assert choice.engine == "onnxruntime/int8" and "timed in different runs" in choice.reason and "together:" not in choice.reason
 
 
 def test_a_faster_engine_that_fails_a_gate_is_passed_over_and_named() -> None:

@@ -27,14 +27,15 @@ from edgeship.artifacts import RECORD, Artifact
 from edgeship.backends import display_name, get_backend
 from edgeship.data import model_inputs
 from edgeship.errors import StageError
-from edgeship.harness import HARNESS_VERSION, call_overhead_us
+from edgeship.harness import HARNESS_VERSION, HarnessError, call_overhead_us
 from edgeship.macs import onnx_macs
 from edgeship.measure import agreement_interval, output_scores, scores, top1, unpack_hits
 from edgeship.peak import PEAK_VERSION, measure_peak_isolated
 from edgeship.pipeline.base import Made, RunContext
 from edgeship.pipeline.export import INPUT_NAME
-from edgeship.pipeline.measurers import BASELINE_RUNTIME, DeviceMeasurer, LocalMeasurer, Measurer, MeasureRequest, retry_note
+from edgeship.pipeline.measurers import BASELINE_RUNTIME, DeviceMeasurer, LocalMeasurer, Measurer, MeasureRequest, retry_note, settings
 from edgeship.pipeline.model import ONNX_MODEL
+from edgeship.pipeline.together import TOGETHER_VERSION, EngineToTime, time_together, together_name
 from edgeship.recipe import DeviceConfig, ValidateConfig
 
 BASELINE = "pytorch/fp32"
@@ -53,7 +54,8 @@ class ValidateStage:
         threads = ctx.recipe.threads()
         cpus = cfg.affinity(threads)
         # the split is in the key through the data's fingerprint (scored_on_validation gives the validation split its own)
-        config = {**cfg.model_dump(mode="json", exclude={"split"}), "threads": threads, "cpus": list(cpus) if cpus else None}
+        config = {**cfg.model_dump(mode="json", exclude={"split", "together_rounds"}), "threads": threads,
+                  "cpus": list(cpus) if cpus else None}
         device = {k: ctx.manifest.device.get(k) for k in DEVICE_FACTS}
         key = {"eval": ctx.dataset.fingerprint, "device": device, "harness": HARNESS_VERSION}
         model = inputs["model"]
@@ -78,6 +80,8 @@ class ValidateStage:
                 except StageError as exc:
                     ctx.record_problem(self.name, name, "failed", exc.reason, engine_cfg)
                 ctx.save_manifest()
+            if cfg.together_rounds:
+                results.update(self._together(engines, results, config, cfg.together_rounds, key, measure, ctx))
             for device in ctx.recipe.devices:
                 chosen = {name: engine for name, engine in engines.items() if "predicts" not in engine.meta
                           and (device.backends is None or engine.meta["backend"] in device.backends)}
@@ -129,6 +133,46 @@ class ValidateStage:
                     ctx.record_problem(self.name, names[name], "failed", exc.reason, engine_cfg)
                 ctx.save_manifest()
         return results
+
+    def _together(self, engines: Mapping[str, Artifact], results: Mapping[str, Artifact], config: dict[str, Any], rounds: int,
+                  key: dict[str, Any], measure: LocalMeasurer, ctx: RunContext) -> dict[str, Artifact]:
+        """Per backend, its engines measured here timed again together (``edgeship.pipeline.together``), as
+        ``timed-together/<backend>``; kept in the store while the engines are the same, so a rebuilt engine has all of
+        its backend's engines timed anew. A failure is recorded and the recommendation ranks the single timings."""
+        by_backend: dict[str, list[EngineToTime]] = {}
+        parents: dict[str, list[Artifact]] = {}
+        for name, engine in sorted(engines.items()):
+            if "predicts" in engine.meta or name not in results:  # a prediction is not timed; a failed one has no p50
+                continue
+            backend = engine.meta["backend"]
+            by_backend.setdefault(backend, []).append(EngineToTime(name, backend, engine.path, engine.meta["input_name"]))
+            parents.setdefault(backend, []).append(engine)
+        together: dict[str, Artifact] = {}
+        settings_ = settings(measure.cfg, measure.threads, timed=False)
+        for backend, timed in by_backend.items():
+            if len(timed) < 2:
+                continue
+            name = together_name(backend)
+            together_cfg = {**{k: config[k] for k in ("warmup", "iterations", "min_seconds", "batch_size", "threads", "cpus")},
+                            "rounds": rounds, "engines": [e.name for e in timed]}
+
+            def make(folder: Path, timed: list[EngineToTime] = timed, name: str = name) -> Made:
+                try:
+                    metrics = time_together(timed, settings_, measure.cpus, measure.eval_inputs, rounds=rounds, folder=folder,
+                                            console=ctx.console, timing=ctx.occupancy.timing)
+                except HarnessError as exc:
+                    raise StageError(self.name, f"{name}: {exc}") from None
+                metrics.update(measured_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), measured_in=ctx.run_dir.name)
+                (folder / "together.json").write_text(json.dumps(metrics, indent=2))
+                return Made(folder / "together.json", "timed-together", {"metrics": metrics})
+
+            try:
+                together[name] = ctx.produce(self.name, name, config=together_cfg, parents=parents[backend], make=make,
+                                             extra_key={**key, "together": TOGETHER_VERSION})
+            except StageError as exc:
+                ctx.record_problem(self.name, name, "failed", exc.reason, together_cfg)
+            ctx.save_manifest()
+        return together
 
     def _baseline(self, folder: Path, name: str, model_artifact: Artifact, onnx: Artifact | None, measure: Measurer,
                   ctx: RunContext) -> Made:

@@ -124,8 +124,28 @@ def _recommendations(report: Report) -> str:
              "<span class=fail>nothing to ship</span>", escape(choice.reason)]
             for backend, choice in report.recommendations.items()]
     text = ("<p>Per backend, the engine to ship is the fastest one that passes every gate, by measured p50; where the fastest "
-            "is not measurably faster (95% intervals overlap), the more accurate of them.</p>")
-    return section("recommendations", "Recommendation per backend", text + table(["backend", "engine", "why"], rows))
+            "is not measurably faster (95% intervals overlap), the more accurate of them. The p50s compared are those of the "
+            "rounds that timed the backend's engines together, where they ran, else each engine's own.</p>")
+    return section("recommendations", "Recommendation per backend", text + table(["backend", "engine", "why"], rows) + _together(report))
+
+
+def _together(report: Report) -> str:
+    """Each engine's p50 timed together with its backend's others beside the p50 it was timed with alone."""
+    rows = [row for row in report.engines if row.timed_together is not None]
+    if not rows:
+        return ""
+    body = []
+    for row in rows:
+        together = row.timed_together
+        assert together is not None
+        low, high = together.p50_ci95
+        body.append([escape(row.name), _styled(Cell(f"{together.p50_ms:.4f}", "measured", f"{low:.4f}–{high:.4f}")),
+                     escape(", ".join(f"{p50:.4f}" for p50 in together.round_p50_ms)), _styled(latency_cell(row.latency, "p50_ms")),
+                     escape(together.measured_in)])
+    return ("<p>Timed together: each backend's engines again, each in a process of its own, in a new shuffled order each round, "
+            "so that a change of background load falls on all of them alike.</p>"
+            + table(["engine", "p50 ms together (95% CI)", "p50 ms per round", "p50 ms alone (95% CI)", "timed together in"], body,
+                    numeric=range(1, 4)))
 
 
 def _gates(report: Report) -> str:

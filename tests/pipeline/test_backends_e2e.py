@@ -14,7 +14,7 @@ from edgeship.artifacts import ArtifactStore
 from edgeship.backends import availability
 from edgeship.harness import PAIRED_ROUNDS
 
-from conftest import needs_fashion_mnist, tiny_recipe
+from conftest import TINY_VALIDATE, needs_fashion_mnist, tiny_recipe
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not (availability("openvino").available and availability("tflite").available),
@@ -25,7 +25,8 @@ ENGINES = ["onnxruntime/fp32", "onnxruntime/int8", "openvino/fp16", "openvino/fp
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
-    recipe = tiny_recipe(tmp_path_factory.mktemp("all-backends"), backends={"tensorrt": {"enabled": False}})  # test_tensorrt_e2e has it
+    recipe = tiny_recipe(tmp_path_factory.mktemp("all-backends"), backends={"tensorrt": {"enabled": False}},  # test_tensorrt_e2e has it
+                         validate={**TINY_VALIDATE, "together_rounds": 1})
     return run(recipe, console=Console(quiet=True))
 
 
@@ -51,6 +52,18 @@ def test_every_engine_is_built_validated_and_reported(result: RunResult) -> None
     assert rows["tflite/int8"]["runtime"]["input_dtypes"] == {"input": "float32"}  # quantized in the graph
     ir = rows["openvino/fp32"]
     assert ir["size_bytes"] > Path(ir["path"]).stat().st_size, "an IR's size counts its .bin"
+
+
+def test_each_backends_engines_are_timed_together_and_ranked_by_those_p50s(result: RunResult) -> None:
+    for backend in ("onnxruntime", "openvino", "tflite"):
+        rows = [row for row in result.report["engines"] if row["backend"] == backend]
+        for row in rows:
+            together = row["timed_together"]
+            assert together["engines"] == sorted(r["name"] for r in rows) and together["rounds"] == 1, row["name"]
+            low, high = together["p50_ci95"]
+            assert low <= together["p50_ms"] <= high and together["iterations"] >= 20
+        reason = result.report["recommendations"][backend]["reason"]
+        assert reason.endswith(f"(p50s timed together: 1 round, in {result.run_dir.name})"), reason
 
 
 def test_openvino_latency_is_cross_checked_with_benchmark_app(result: RunResult) -> None:

@@ -127,7 +127,8 @@ def quick(recipe: dict[str, Any], *, eval_batch_size: int) -> dict[str, Any]:
     """``recipe`` timed briefly and without the divergence stage: tests/pipeline/test_run.py and test_generic.py compare
     tensors; on a real model it would cost minutes."""
     return {**recipe, "divergence": {"enabled": False},
-            "validate": {"warmup": 2, "iterations": 10, "min_seconds": 0.1, "throughput_batch_sizes": [2], "throughput_seconds": 0.1,
+            "validate": {"together_rounds": 0,
+                         "warmup": 2, "iterations": 10, "min_seconds": 0.1, "throughput_batch_sizes": [2], "throughput_seconds": 0.1,
                          "eval_batch_size": eval_batch_size}}
 
 

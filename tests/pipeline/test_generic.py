@@ -64,7 +64,7 @@ def write_recipe(folder: Path, **overrides: object) -> Path:
         "backends": {"onnxruntime": {"precisions": ["fp32", "int8"]},
                      "openvino": {"precisions": ["int8"], "keep_float": "auto", "accuracy_target": {"min_cosine": 0.9999}},
                      "tflite": {"precisions": ["fp32"]}, "tensorrt": {"enabled": False}},
-        "validate": {"warmup": 2, "iterations": 20, "min_seconds": 0.05, "threads": 1, "throughput_batch_sizes": [4],
+        "validate": {"together_rounds": 0, "warmup": 2, "iterations": 20, "min_seconds": 0.05, "threads": 1, "throughput_batch_sizes": [4],
                      "throughput_seconds": 0.02},
         "divergence": {"samples": 4},
         "gates": {"min_cosine": 0.99, "min_sqnr_db": {"score": 15.0}, "required": ["onnxruntime/*", "openvino/*"]},

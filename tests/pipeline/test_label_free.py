@@ -74,7 +74,7 @@ def write_recipe(folder: Path, **overrides: object) -> Path:
                     "train": {"epochs": 3, "lr": 0.002, "optimizer": "adamw", "batch_size": 32}},
         "backends": {"onnxruntime": {"precisions": ["fp32"]}, "openvino": {"enabled": False}, "tflite": {"enabled": False},
                      "tensorrt": {"enabled": False}},
-        "validate": {"warmup": 2, "iterations": 20, "min_seconds": 0.05, "threads": 1, "throughput_batch_sizes": [4],
+        "validate": {"together_rounds": 0, "warmup": 2, "iterations": 20, "min_seconds": 0.05, "threads": 1, "throughput_batch_sizes": [4],
                      "throughput_seconds": 0.02},
         "divergence": {"enabled": False},
         "gates": {"min_cosine": 0.5},

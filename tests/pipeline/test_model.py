@@ -132,7 +132,8 @@ def test_the_your_model_walkthrough_goes_through_every_stage_and_backend(tmp_pat
     recipe = yaml.safe_load((example / "recipe.yaml").read_text())
     recipe["model"]["factory"] = f"{example / 'netlib' / 'models.py'}:build"
     recipe.update(store=str(tmp_path / "store"), reports=str(tmp_path / "reports"), calibration={"size": 200},
-                  validate={"warmup": 2, "iterations": 20, "min_seconds": 0.05, "threads": 1, "throughput_batch_sizes": [4],
+                  validate={"together_rounds": 0,
+                            "warmup": 2, "iterations": 20, "min_seconds": 0.05, "threads": 1, "throughput_batch_sizes": [4],
                             "throughput_seconds": 0.02},
                   prune={"keep_macs": 0.5, "steps": 1, "finetune": {"epochs": 1},
                          "sensitivity": {"val_size": 300, "ratios": [0.3, 0.6]}},

@@ -11,10 +11,11 @@ from rich.console import Console
 from edgeship import RunResult, run
 from edgeship.artifacts import Manifest, sha256_file
 from edgeship.errors import RecipeError
+from edgeship.pipeline.together import together_name
 from edgeship.pipeline.validate import PEAK
 from edgeship.recipe import Recipe
 
-from conftest import needs_fashion_mnist, tiny_recipe
+from conftest import TINY_VALIDATE, needs_fashion_mnist, tiny_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +27,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def recipe(workspace: Path) -> Recipe:
-    return tiny_recipe(workspace, divergence={"enabled": True})
+    return tiny_recipe(workspace, divergence={"enabled": True}, validate={**TINY_VALIDATE, "together_rounds": 2})
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +88,31 @@ def test_warm_rerun_reuses_every_stage(recipe: Recipe, cold: RunResult) -> None:
     timed = [e for e in second.report["engines"] if e.get("latency")]
     assert timed and all(e["measured_in"] == first.run_dir.name for e in timed), "a reused result says which run timed it"
     assert not any("; but" in choice["reason"] for choice in second.report["recommendations"].values())  # one run timed all
+    assert second.report["recommendations"]["onnxruntime"]["reason"].endswith(f"in {first.run_dir.name})"), "timed together there"
+
+
+def test_a_backends_engines_are_timed_together_in_shuffled_rounds_and_ranked_by_those(cold: RunResult) -> None:
+    import numpy as np
+
+    (entry,) = [e for e in cold.manifest.entries if e.stage == "validate" and e.name == together_name("onnxruntime")]
+    assert entry.config["rounds"] == 2 and entry.config["engines"] == ["onnxruntime/fp32", "onnxruntime/int8"]
+    assert sorted(map(sorted, entry.metrics["orders"])) == [["onnxruntime/fp32", "onnxruntime/int8"]] * 2
+    with np.load(Path(entry.path).parent / "timings.npz") as raw:
+        assert sorted(raw.files) == ["onnxruntime/fp32@round1", "onnxruntime/fp32@round2", "onnxruntime/int8@round1",
+                                     "onnxruntime/int8@round2"]
+        pooled = {name: np.concatenate([raw[f"{name}@round1"], raw[f"{name}@round2"]]) for name in entry.config["engines"]}
+    for row in cold.report["engines"]:
+        together = row["timed_together"]
+        assert together["p50_ms"] == pytest.approx(np.percentile(pooled[row["name"]], 50) / 1e6, abs=1e-4)
+        assert together["iterations"] == len(pooled[row["name"]]) >= 40 and len(together["round_p50_ms"]) == 2
+        assert together["measured_in"] == cold.run_dir.name
+    fastest = min(cold.report["engines"], key=lambda row: row["timed_together"]["p50_ms"])
+    reason = cold.report["recommendations"]["onnxruntime"]["reason"]
+    page = (cold.run_dir / "report.html").read_text()
+    assert "p50 ms together (95% CI)" in page and f"{fastest['timed_together']['p50_ms']:.4f}" in page
+    assert any(note.startswith("Each backend's engines were then timed again together, 2 round(s)") for note in cold.report["notes"])
+    assert f"{fastest['precision'].upper()} " in reason and reason.endswith(
+        f"(p50s timed together: 2 rounds, a shuffled order each, in {cold.run_dir.name})")
 
 
 def test_force_redoes_only_that_stage(recipe: Recipe, cold: RunResult) -> None:
@@ -237,7 +263,8 @@ def test_each_engine_is_measured_in_a_pinned_process_of_its_own(cold: RunResult)
         low, high = row["throughput"]["4"]["ci95"]
         assert low <= row["throughput"]["4"]["samples_per_second"] <= high
         assert len(row["latency"]["quantiles_ms"]) == 101 and row["latency"]["ci95"]["p99_ms"][1] >= row["latency"]["p99_ms"]
-    entries = [e for e in cold.manifest.entries if e.stage == "validate" and e.name != PEAK]  # the peak is no engine's
+    # the peak and the engines timed together are no single engine's
+    entries = [e for e in cold.manifest.entries if e.stage == "validate" and e.name not in (PEAK, together_name("onnxruntime"))]
     for entry in entries:
         folder = Path(entry.path).parent  # read as stored now: a later --force validate may have measured it anew
         recorded = json.loads((folder / "result.json").read_text())["metrics"]

@@ -26,7 +26,7 @@ RECIPE = {
     "model": {"width": 8, "train": {"epochs": 1}}, "prune": {"enabled": False}, "distill": {"enabled": False},
     "backends": {"onnxruntime": {"precisions": ["fp32", "int8"]}, "openvino": {"enabled": False}, "tflite": {"enabled": False},
                  "tensorrt": {"enabled": False}},
-    "validate": {"warmup": 2, "iterations": 20, "min_seconds": 0.05, "threads": 1, "throughput_batch_sizes": []},
+    "validate": {"together_rounds": 0, "warmup": 2, "iterations": 20, "min_seconds": 0.05, "threads": 1, "throughput_batch_sizes": []},
     "divergence": {"enabled": False},
 }
 SPACE = {"parameters": {"backends.onnxruntime.calibration_method": ["minmax", "entropy", "percentile"],
