@@ -1,6 +1,6 @@
 """edgeship's engines side by side with what each tool's documented defaults give, on the same data, in one harness.
 
-    python benchmarks/vs_defaults.py RECIPE [--rounds 3] [--out DIR]
+    python benchmarks/vs_defaults.py RECIPE [--rounds 10] [--out DIR]
 
 Runs the recipe (everything already built is reused from the store), then builds the flows a user would write by hand,
 each with its tool's defaults, from the run's own inputs:
@@ -16,10 +16,12 @@ each with its tool's defaults, from the run's own inputs:
 
 The quantizing flows start from the run's exported ONNX (the model edgeship's own engines were built from) and its
 calibration samples, so they differ from edgeship's engines only in how they quantize. Beside them: each backend's INT8
-engine edgeship built and the engine its report recommends. Every engine is measured by ``edgeship.harness`` in a
-process of its own, pinned like the run's validation: ``--rounds`` latency rounds in a shuffled order (pooled, so a
-change of background load falls on all alike), and one scoring pass on the evaluation split against the run's FP32
-PyTorch outputs. Writes ``vs-defaults.json``, ``vs-defaults.md`` and ``vs-defaults.html`` under ``--out`` (default:
+engine edgeship built and the engine its report recommends. Every engine is scored by ``edgeship.harness`` in a
+process of its own on the evaluation split, against the run's FP32 PyTorch outputs, then timed by
+``edgeship.interleave``: every engine loaded in a process of its own, pinned like the run's validation, and
+``--rounds`` rounds in which each times a short slice in turn, so a change of the machine's speed falls on all alike;
+the speed-ups over the plain export are the median of each round's ratio, with a bootstrap 95% interval over the
+rounds. Writes ``vs-defaults.json``, ``vs-defaults.md`` and ``vs-defaults.html`` under ``--out`` (default:
 ``<run>/vs-defaults``) and prints the table.
 """
 
@@ -46,7 +48,8 @@ from edgeship.backends import REGISTRY, display_name
 from edgeship.data import calibration_set, save_preprocessed
 from edgeship.device import describe_device
 from edgeship.harness import HarnessError, HarnessSpec, measure_isolated
-from edgeship.measure import scores, summarize
+from edgeship.interleave import time_interleaved_isolated
+from edgeship.measure import bootstrap_ci, scores, summarize
 from edgeship.models import load_model
 from edgeship.pipeline.export import INPUT_NAME, OUTPUT_NAME
 from edgeship.pipeline.measurers import settings
@@ -74,14 +77,14 @@ class Flow:
     recommended: bool = False
     reason: str = ""  # why it has no engine or no measurement
     metrics: dict[str, Any] = field(default_factory=dict)
-    timings: list[np.ndarray] = field(default_factory=list)
     hits: np.ndarray | None = None  # per evaluation sample: top-1 right (against labels, or the FP32 model's top-1)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("recipe", type=Path)
-    parser.add_argument("--rounds", type=int, default=3, help="latency rounds, each in a new shuffled order (default 3)")
+    parser.add_argument("--rounds", type=int, default=10, help="latency rounds: every engine loaded, each timing a slice in turn "
+                                                                "(default 10)")
     parser.add_argument("--out", type=Path, default=None, help="where the results go (default: <run>/vs-defaults)")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up chatter stays off the table
@@ -284,42 +287,51 @@ def _measure(flows: list[Flow], recipe: Recipe, eval_inputs: Path, reference: np
              work: Path, console: Console) -> None:
     cfg = recipe.validate_
     threads = recipe.threads()
-    cpus = cfg.affinity(threads)
-    ready = [flow for flow in flows if flow.engine is not None]
-    rng = np.random.default_rng(0)
-    for index in range(rounds):
-        order = list(ready)
-        rng.shuffle(order)
-        for flow in order:
-            if flow.reason or (flow.predicted and index > 0):
+    # the run's validation settings, without throughput, bare call or profile: only p50 and the outputs are compared
+    base = {**settings(cfg, threads, timed=False), "input_name": INPUT_NAME, "inputs": eval_inputs, "cpus": cfg.affinity(threads)}
+    ready = [flow for flow in flows if flow.engine is not None and not flow.reason]
+    for flow in ready:  # scored once, each in a process of its own
+        folder = work / _slug(flow.name) / "scores"
+        spec = HarnessSpec(**base, backend=flow.runs_on, engine=flow.engine, outputs=folder / "logits.npy")
+        with console.status(f"scoring {flow.name}"):
+            try:
+                measure_isolated(spec, folder)
+            except HarnessError as exc:
+                flow.reason = f"measurement failed: {exc}"
                 continue
-            folder = work / _slug(flow.name) / f"round{index}"
-            scoring = index == 0
-            # the run's validation settings, without throughput, bare call or profile: only p50 and the outputs are compared
-            spec = HarnessSpec(**settings(cfg, threads, timed=False), backend=flow.runs_on, engine=flow.engine, input_name=INPUT_NAME,
-                               inputs=eval_inputs, outputs=folder / "logits.npy" if scoring else None,
-                               timings=None if flow.predicted else folder / "timings.npz", cpus=cpus)
-            with console.status(f"round {index + 1}/{rounds}: {flow.name}"):
-                try:
-                    measure_isolated(spec, folder)
-                except HarnessError as exc:
-                    flow.reason = f"measurement failed: {exc}"
-                    continue
-            if scoring:
-                logits = np.load(folder / "logits.npy")
-                flow.metrics.update(scores(logits, reference, labels))
-                flow.hits = logits.argmax(1) == (labels if labels is not None else reference.argmax(1))
-            if not flow.predicted:
-                with np.load(folder / "timings.npz") as timings:
-                    flow.timings.append(timings["latency"])
-        console.print(f"round {index + 1}/{rounds} measured")
+        logits = np.load(folder / "logits.npy")
+        flow.metrics.update(scores(logits, reference, labels))
+        flow.hits = logits.argmax(1) == (labels if labels is not None else reference.argmax(1))
+    timed = {flow.name: flow for flow in ready if not flow.predicted and not flow.reason}
+    for name, chunks in _time_together(timed, base, rounds, work / "latency", console).items():
+        stats = summarize(np.concatenate(chunks), cfg.batch_size)
+        timed[name].metrics.update(p50_ms=round(stats.p50_ms, 4), p50_ci=[round(v, 4) for v in stats.ci95["p50_ms"]],
+                                   p99_ms=round(stats.p99_ms, 4), iterations=stats.iterations,
+                                   round_p50_ms=[round(float(np.median(chunk)) / 1e6, 5) for chunk in chunks])
     for flow in ready:
-        if flow.timings:
-            stats = summarize(np.concatenate(flow.timings), cfg.batch_size)
-            flow.metrics.update(p50_ms=round(stats.p50_ms, 4), p50_ci=[round(v, 4) for v in stats.ci95["p50_ms"]],
-                                p99_ms=round(stats.p99_ms, 4), iterations=stats.iterations)
         if flow.engine is not None and not flow.predicted:
             flow.metrics["size_bytes"] = _engine_bytes(flow.runs_on, flow.engine)
+
+
+def _time_together(timed: dict[str, Flow], base: dict[str, Any], rounds: int, work: Path, console: Console) -> dict[str, list[np.ndarray]]:
+    """Each engine's times per round, every engine loaded and taking turns; one that cannot run is left out with its
+    reason, and the others are timed again without it."""
+    while timed:
+        specs = {name: HarnessSpec(**base, backend=flow.runs_on, engine=flow.engine) for name, flow in timed.items()}
+        with console.status("loading every engine to time them together") as status:
+            try:
+                times, _ = time_interleaved_isolated(specs, rounds=rounds, work=work,
+                                                     on_slice=lambda i, name: status.update(f"round {i + 1}/{rounds}: {name}"))
+            except HarnessError as exc:
+                failed = next((name for name in timed if str(exc).startswith(f"{name}: ")), None)
+                if failed is None:
+                    raise
+                timed.pop(failed).reason = f"latency not measured: {exc}"
+                shutil.rmtree(work, ignore_errors=True)
+                continue
+        console.print(f"{rounds} interleaved latency rounds measured")
+        return times
+    return {}
 
 
 def _engine_bytes(backend: str, engine: Path) -> int:
@@ -342,8 +354,10 @@ def _document(flows: list[Flow], recipe: Recipe, run_dir: Path, rounds: int, lab
         row: dict[str, Any] = {"name": flow.name, "backend": flow.group, "runs_on": flow.runs_on, "precision": flow.precision,
                                "origin": flow.origin, "how": flow.how, "engine": str(flow.engine) if flow.engine else None,
                                "predicted": flow.predicted, "recommended": flow.recommended, "reason": flow.reason, **flow.metrics}
-        if plain is not None and flow.metrics.get("p50_ms"):
-            row["speedup_vs_plain"] = round(plain.metrics["p50_ms"] / flow.metrics["p50_ms"], 3)
+        if plain is not None and flow.metrics.get("p50_ms"):  # round by round: each round's two figures were taken seconds apart
+            ratios = np.asarray(plain.metrics["round_p50_ms"]) / np.asarray(flow.metrics["round_p50_ms"])
+            row["speedup_vs_plain"] = round(float(np.median(ratios)), 3)
+            row["speedup_vs_plain_ci"] = [round(v, 3) for v in bootstrap_ci(ratios)["p50_ms"]]
         if plain is not None and flow.metrics.get("size_bytes"):
             row["size_vs_plain"] = round(flow.metrics["size_bytes"] / plain.metrics["size_bytes"], 4)
         if plain is not None and flow.metrics.get(key) is not None and plain.metrics.get(key) is not None:
@@ -393,7 +407,8 @@ def _machine() -> str:
     return f"{describe_device()['cpu']}, {os.cpu_count()} logical CPUs"
 
 
-HEADERS = ("engine", "origin", "accuracy", "p50 ms (95% CI)", "size", "speed vs plain", "size vs plain", "Δ vs plain")
+HEADERS = ("engine", "origin", "accuracy", "p50 ms (95% CI)", "size", "speed vs plain (round by round, 95% CI)", "size vs plain",
+           "Δ vs plain")
 
 
 def _cells(row: dict[str, Any], key: str) -> list[str]:
@@ -404,7 +419,9 @@ def _cells(row: dict[str, Any], key: str) -> list[str]:
         f"{row['p50_ms']:.4f} ({row['p50_ci'][0]:.4f}–{row['p50_ci'][1]:.4f})" if row.get("p50_ms") else "—")
     size = f"{row['size_bytes'] / 1024:,.0f} KiB" if row.get("size_bytes") else "—"
     name = row["name"] + (" (shipped)" if row["recommended"] else "")
-    return [name, row["origin"], accuracy, latency, size, f"×{row['speedup_vs_plain']:.2f}" if row.get("speedup_vs_plain") else "—",
+    speed = (f"×{row['speedup_vs_plain']:.2f} (×{row['speedup_vs_plain_ci'][0]:.2f}–×{row['speedup_vs_plain_ci'][1]:.2f})"
+             if row.get("speedup_vs_plain") else "—")
+    return [name, row["origin"], accuracy, latency, size, speed,
             f"{row['size_vs_plain']:.3f}" if row.get("size_vs_plain") else "—",
             f"{row['accuracy_vs_plain_points']:+.2f} pt" if row.get("accuracy_vs_plain_points") is not None else "—"]
 
@@ -412,7 +429,7 @@ def _cells(row: dict[str, Any], key: str) -> list[str]:
 def _markdown(document: dict[str, Any]) -> str:
     key = document["accuracy_key"]
     lines = [f"# {document['recipe']}: edgeship vs each tool's defaults", "",
-             f"{document['date']}, {document['machine']}, {document['threads']} threads, {document['rounds']} latency rounds; "
+             f"{document['date']}, {document['machine']}, {document['threads']} threads, {document['rounds']} interleaved latency rounds; "
              f"accuracy: {document['accuracy']}; command: `{document['command']}`", "",
              "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join(_cells(row, key)) + " |" for row in document["rows"]]
@@ -435,7 +452,7 @@ def _page(document: dict[str, Any]) -> str:
             "th{background:#f4f4f4}figure svg{max-width:100%;height:auto}code{font-size:12px}</style></head><body>"
             f"<h1>{html.escape(document['recipe'])}: edgeship vs each tool's defaults</h1>"
             f"<p>{html.escape(document['date'])} · {html.escape(document['machine'])} · {document['threads']} threads · "
-            f"{document['rounds']} shuffled latency rounds · accuracy: {html.escape(document['accuracy'])}</p>"
+            f"{document['rounds']} interleaved latency rounds · accuracy: {html.escape(document['accuracy'])}</p>"
             f"<ul>{verdicts}</ul><figure>{figure}<figcaption>Every timed engine; predictions are scored, not timed.</figcaption></figure>"
             f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table><h2>How each was made</h2><ul>{hows}</ul>"
             f"<p>Command: <code>{html.escape(document['command'])}</code></p></body></html>\n")

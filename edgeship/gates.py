@@ -17,8 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from edgeship.config import AccuracyTarget
-from edgeship.measure import SQNR_CAP_DB
+from edgeship.measure import SQNR_CAP_DB, bootstrap_ci
 from edgeship.qualification import EngineRow, GatePrediction, GateResult, Outcome, Recommendation, Release, Scores, Verdict
 from edgeship.recipe import GatesConfig
 
@@ -138,11 +140,24 @@ def recommend(rows: Sequence[EngineRow]) -> dict[str, Recommendation]:
 
 @dataclass(frozen=True)
 class _Timing:
-    """The p50 a recommendation compares, with its 95% interval."""
+    """The p50 a recommendation compares, with its 95% interval, and where the engines were timed together each round's
+    p50 (the rounds of one backend's engines line up: each round's figures were taken seconds apart)."""
 
     p50: float
     low: float
     high: float
+    rounds: tuple[float, ...] = ()
+
+
+def _paired(a: _Timing, b: _Timing) -> bool:
+    return len(a.rounds) > 1 and len(a.rounds) == len(b.rounds)
+
+
+def _ratio(a: _Timing, b: _Timing) -> tuple[float, float, float]:
+    """``a``'s time over ``b``'s: the median over rounds of each round's ratio, with its bootstrap 95% interval."""
+    ratios = np.asarray(a.rounds) / np.asarray(b.rounds)
+    low, high = bootstrap_ci(ratios)["p50_ms"]  # the interval of the median, whatever the unit
+    return float(np.median(ratios)), low, high
 
 
 def _timed(engines: Sequence[EngineRow]) -> list[EngineRow]:
@@ -154,7 +169,8 @@ def _timings(engines: Sequence[EngineRow]) -> dict[str, _Timing]:
     row's own timing (never a mix: only figures taken together rank fairly against each other)."""
     timed = _timed(engines)
     if timed and all(row.timed_together is not None for row in timed):
-        return {row.name: _Timing(row.timed_together.p50_ms, *row.timed_together.p50_ci95) for row in timed}  # type: ignore[union-attr]
+        return {row.name: _Timing(row.timed_together.p50_ms, *row.timed_together.p50_ci95,  # type: ignore[union-attr]
+                                  rounds=tuple(row.timed_together.round_p50_ms)) for row in timed}  # type: ignore[union-attr]
     # a result without an interval (not measured by the harness) is its own interval
     return {row.name: _Timing(row.p50_ms, *(row.latency or {}).get("ci95", {}).get("p50_ms", (row.p50_ms, row.p50_ms))) for row in timed}
 
@@ -166,7 +182,7 @@ def _together(engines: Sequence[EngineRow]) -> str:
         return ""
     first = timed[0].timed_together
     assert first is not None
-    rounds = f"{first.rounds} round" + ("s, a shuffled order each," if first.rounds > 1 else ",")
+    rounds = f"{first.rounds} interleaved rounds" if first.rounds > 1 else "1 round"
     return f" (p50s timed together: {rounds} in {first.measured_in})"
 
 
@@ -300,7 +316,10 @@ def _gate(name: str, gates: GatesConfig, outcome: Outcome, value: float | None, 
 
 
 def _significantly_faster(a: _Timing, b: _Timing) -> bool:
-    """Whether ``a``'s p50 is below ``b``'s beyond measurement noise: their 95% intervals do not overlap."""
+    """Whether ``a``'s p50 is below ``b``'s beyond measurement noise: timed together, the interval of their ratio round
+    by round lies below 1; else their own 95% intervals do not overlap."""
+    if _paired(a, b):
+        return _ratio(a, b)[2] < 1.0
     return a.high < b.low
 
 
@@ -312,21 +331,29 @@ def _reason(chosen: EngineRow, fastest: EngineRow, tied: Sequence[EngineRow], en
     def p50(row: EngineRow) -> float:
         return timings[row.name].p50
 
-    def speedup(fast: EngineRow, slow: EngineRow) -> float:
-        return p50(slow) / p50(fast)
+    def speedup(fast: EngineRow, slow: EngineRow) -> str:
+        """How many times faster, round by round where they were timed together."""
+        a, b = timings[fast.name], timings[slow.name]
+        return f"{1 / _ratio(a, b)[0]:.2f}× faster round by round" if _paired(a, b) else f"{b.p50 / a.p50:.2f}× faster"
+
+    def overlap(fast: EngineRow, slow: EngineRow) -> str:
+        a, b = timings[fast.name], timings[slow.name]
+        if not _paired(a, b):
+            return "95% intervals overlap"
+        _, low, high = _ratio(a, b)
+        return f"round by round it takes ×{low:.3f}–×{high:.3f} the time, a 95% interval that holds ×1"
 
     faster_failing = [r for r in engines if r.verdict == "fail" and r.name in timings and p50(r) < p50(chosen)]
     for other in sorted(faster_failing, key=p50):
-        parts.append(f"{_label(other)} {speedup(other, chosen):.2f}× faster than {label} but fails {_failed(other)}")
+        parts.append(f"{_label(other)} {speedup(other, chosen)} than {label} but fails {_failed(other)}")
     if chosen is not fastest:
         (mine, what), (theirs, _) = accuracy(chosen), accuracy(fastest)
-        parts.append(f"{_label(fastest)} is not measurably faster (p50 {p50(fastest):.4f} vs {p50(chosen):.4f} ms, 95% intervals "
-                     f"overlap) and {label} has the higher {what} ({100 * mine:.2f}% vs {100 * theirs:.2f}%)")
+        parts.append(f"{_label(fastest)} is not measurably faster (p50 {p50(fastest):.4f} vs {p50(chosen):.4f} ms, "
+                     f"{overlap(fastest, chosen)}) and {label} has the higher {what} ({100 * mine:.2f}% vs {100 * theirs:.2f}%)")
     slower = [r for r in engines if r.verdict == "pass" and r is not chosen and r not in tied and r is not fastest]
     if slower and chosen is fastest:
         nearest = min(slower, key=p50)
-        parts.append(f"{label} {speedup(chosen, nearest):.2f}× faster than {_label(nearest)} (p50 {p50(chosen):.4f} vs "
-                     f"{p50(nearest):.4f} ms)")
+        parts.append(f"{label} {speedup(chosen, nearest)} than {_label(nearest)} (p50 {p50(chosen):.4f} vs {p50(nearest):.4f} ms)")
     if tied and chosen is fastest:
         parts.append(f"{', '.join(_label(r) for r in tied)} within measurement noise, lower or equal {accuracy(chosen)[1]}")
     if not parts:

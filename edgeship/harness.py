@@ -92,7 +92,7 @@ class HarnessSpec(MeasureSettings):
 def measure(spec: HarnessSpec, progress: Progress | None = None) -> dict[str, Any]:
     """Measure ``spec.engine`` in this process; see the module docstring. Raises ``HarnessError``."""
     progress = progress or (lambda task, done, total: None)
-    inputs = _load_inputs(spec)
+    inputs = load_inputs(spec)
     if _count(inputs) == 0:
         raise HarnessError(f"{spec.inputs}: no inputs")
     baseline_rss = _peak_rss()
@@ -107,10 +107,10 @@ def measure(spec: HarnessSpec, progress: Progress | None = None) -> dict[str, An
     result: dict[str, Any] = {"pid": os.getpid(), "threads": spec.threads, "cpus": usable_cpus(), "import_ms": round(import_ms, 3)}
     try:
         started = time.perf_counter()
-        with _runner(spec) as runner:
+        with open_runner(spec) as runner:
             result["load_ms"] = round((time.perf_counter() - started) * 1e3, 3)
             call = _caller(runner, every_output=spec.outputs is not None and spec.outputs.suffix == ".npz")
-            sample = _rows(inputs, spec.batch_size)
+            sample = first_rows(inputs, spec.batch_size)
             started = time.perf_counter()
             call(sample)
             result["first_inference_ms"] = round((time.perf_counter() - started) * 1e3, 3)
@@ -132,7 +132,7 @@ def measure(spec: HarnessSpec, progress: Progress | None = None) -> dict[str, An
     except HarnessError:
         raise
     except (RuntimeError, ValueError, OSError, KeyError, TypeError) as exc:
-        raise HarnessError(f"{type(exc).__name__}: {_one_line(str(exc))}") from exc
+        raise HarnessError(f"{type(exc).__name__}: {one_line(str(exc))}") from exc
     return result
 
 
@@ -144,9 +144,8 @@ def measure_isolated(spec: HarnessSpec, work_dir: Path, progress: Progress | Non
     result_path.unlink(missing_ok=True)
     command = [sys.executable, "-m", "edgeship.harness", str(spec_path), str(result_path)]
     log = work_dir / "harness-stderr.log"  # a file, not a pipe: a chatty runtime cannot fill it and stall the child
-    # the child imports what this process imports: a recipe's factory module may be importable only through sys.path
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(entry for entry in sys.path if entry)}
-    with log.open("w") as stderr, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env) as child:
+    with log.open("w") as stderr, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                                   env=child_environment()) as child:
         assert child.stdout is not None
         for line in child.stdout:
             event = _event(line)
@@ -162,7 +161,7 @@ def measure_isolated(spec: HarnessSpec, work_dir: Path, progress: Progress | Non
 def _time_engine(spec: HarnessSpec, runner: Any, inputs: Feed, progress: Progress) -> dict[str, Any]:
     """Latency at ``batch_size``, throughput at each of ``throughput_batch_sizes``, and, if asked, the bare call and the
     backend's own benchmark tool in the same rounds."""
-    sample = _rows(inputs, spec.batch_size)
+    sample = first_rows(inputs, spec.batch_size)
     bare = runner.bare_call(sample) if spec.bare_call else None
     # the feed checked once, then the lean call; the outputs it leaves are those ``infer`` scores (the contract test)
     timed: dict[str, tuple[str, Callable[[], object]]] = {"latency": ("latency", runner.timed_call(sample))}
@@ -199,12 +198,12 @@ def _time_engine(spec: HarnessSpec, runner: Any, inputs: Feed, progress: Progres
                                                               for key, chunks in parts.items()})
     throughput: dict[str, Any] = {}
     for batch in spec.throughput_batch_sizes:
-        rows = _rows(inputs, batch)
+        rows = first_rows(inputs, batch)
         try:
             times = _timed(f"throughput batch {batch}", runner.timed_call(rows), min(spec.warmup, THROUGHPUT_WARMUP),
                            THROUGHPUT_MIN_ITERATIONS, spec.throughput_seconds, progress)
         except (RuntimeError, ValueError) as exc:  # e.g. a static-batch engine: the other batch sizes still count
-            throughput[str(batch)] = {"status": "failed", "reason": _one_line(str(exc))}
+            throughput[str(batch)] = {"status": "failed", "reason": one_line(str(exc))}
             continue
         raw[f"batch{batch}"] = times
         stats = summarize(times, batch)
@@ -269,7 +268,7 @@ def _score(spec: HarnessSpec, call: Callable[[Feed], Any], inputs: Feed, progres
     return np.concatenate([np.asarray(part) for part in out])
 
 
-def _runner(spec: HarnessSpec) -> Any:
+def open_runner(spec: HarnessSpec) -> Any:
     if spec.backend == "pytorch":
         return TorchRunner(spec.engine, threads=spec.threads, model_config=spec.torch_model_config)
     return get_backend(spec.backend).runner(spec.engine, threads=spec.threads)
@@ -303,7 +302,7 @@ def _fixed_batch(runner: Any) -> int | None:
     return next(iter(sizes)) if len(sizes) == 1 and None not in sizes else None
 
 
-def _load_inputs(spec: HarnessSpec) -> Feed:
+def load_inputs(spec: HarnessSpec) -> Feed:
     """The inputs as a feed: a .npy (memory-mapped) under ``input_name``, or every array of a .npz by name."""
     if spec.inputs.suffix == ".npz":
         with np.load(spec.inputs) as archive:
@@ -315,7 +314,7 @@ def _count(inputs: Feed) -> int:
     return len(next(iter(inputs.values()))) if inputs else 0
 
 
-def _rows(inputs: Feed, count: int) -> Feed:
+def first_rows(inputs: Feed, count: int) -> Feed:
     """The first ``count`` samples of every input, repeated when there are fewer, as contiguous batches."""
     index = np.arange(count) % _count(inputs)
     return {name: np.ascontiguousarray(array[index]) for name, array in inputs.items()}
@@ -361,7 +360,7 @@ def tool_cross_check(backend: str, engine: Path, *, threads: int, batch_size: in
     return {"status": "ok", **theirs}
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[0] if lines else "no message"
 
@@ -374,7 +373,7 @@ def _event(line: str) -> dict[str, Any] | None:
     return event if isinstance(event, dict) and {"task", "done", "total"} <= set(event) else None
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """On Linux, have the kernel kill this process when its parent dies: a killed run or device agent must not leave a
     measuring process behind, using the CPUs the next measurement is pinned to."""
     if not sys.platform.startswith("linux"):
@@ -391,6 +390,23 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
+def pin_to(cpus: tuple[int, ...] | None) -> str | None:
+    """Pin this process to ``cpus`` (before any runtime starts its thread pool); why not, in one line, when it cannot."""
+    if cpus is None or not hasattr(os, "sched_setaffinity"):
+        return None
+    try:
+        os.sched_setaffinity(0, cpus)
+    except OSError as exc:
+        return f"cannot pin to CPUs {list(cpus)}: {exc.strerror}"
+    return None
+
+
+def child_environment() -> dict[str, str]:
+    """A measuring child's environment: it imports what this process imports (a recipe's factory module may be
+    importable only through ``sys.path``)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(entry for entry in sys.path if entry)}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Child entry point: ``python -m edgeship.harness SPEC.json RESULT.json``."""
     args = sys.argv[1:] if argv is None else argv
@@ -400,15 +416,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = HarnessSpec.model_validate_json(Path(args[0]).read_text())
     except (OSError, ValueError) as exc:
-        print(f"{args[0]}: not a harness spec: {_one_line(str(exc))}", file=sys.stderr)
+        print(f"{args[0]}: not a harness spec: {one_line(str(exc))}", file=sys.stderr)
         return 2
-    _die_with_parent()
-    if spec.cpus is not None and hasattr(os, "sched_setaffinity"):
-        try:
-            os.sched_setaffinity(0, spec.cpus)  # before any runtime starts its thread pool
-        except OSError as exc:
-            print(f"cannot pin to CPUs {list(spec.cpus)}: {exc.strerror}", file=sys.stderr)
-            return 2
+    die_with_parent()
+    refused = pin_to(spec.cpus)
+    if refused:
+        print(refused, file=sys.stderr)
+        return 2
     stdout = sys.stdout
 
     def progress(task: str, done: int, total: int) -> None:

@@ -338,9 +338,10 @@ class ValidateConfig(Section):
     cpus: list[Annotated[int, Field(ge=0)]] | None = Field(
         default=None, description="CPU affinity of each engine's measuring process; None: the first `threads` usable CPUs")
     eval_batch_size: PositiveInt = 250
-    together_rounds: int = Field(default=3, ge=0, description="after validation, each backend's engines are timed again together in "
-                                 "this many rounds, in a shuffled order each, and the recommendation ranks those p50s; 0: it "
-                                 "ranks the p50 each engine was timed with alone, perhaps in another run")
+    together_rounds: int = Field(default=10, ge=0, description="after validation, each backend's engines are timed again together: "
+                                 "each loaded once, then taking turns in this many short slices (min_seconds and iterations "
+                                 "shared out), and the recommendation compares them round by round; 0: it ranks the p50 each "
+                                 "engine was timed with alone, perhaps in another run")
     split: Literal["evaluation", "validation"] = Field(
         default="evaluation", description="the split engines are scored on: validation for choosing settings (a sweep's "
                                           "trials), so that the evaluation split's figures stay honest")

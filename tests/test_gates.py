@@ -143,24 +143,33 @@ def test_a_recommendation_says_when_it_compares_p50s_from_two_runs() -> None:
     assert "(INT8, FP16 in this run; FP32 in an earlier run)" in recommend(rows)["onnxruntime"].reason
 
 
-def together(p50: float, ci: tuple[float, float], *, run: str = "run-3") -> TimedTogether:
-    return TimedTogether(p50_ms=p50, p50_ci95=ci, p99_ms=p50 * 1.5, iterations=600, round_p50_ms=[p50] * 3, rounds=3,
-                         engines=["onnxruntime/fp32", "onnxruntime/int8"], measured_in=run, measured_at="2026-12-07T08:00:00+0000")
+def together(rounds: list[float], *, run: str = "run-3") -> TimedTogether:
+    p50 = sorted(rounds)[len(rounds) // 2]
+    return TimedTogether(p50_ms=p50, p50_ci95=(p50 * 0.999, p50 * 1.001), p99_ms=p50 * 1.5, iterations=600, round_p50_ms=rounds,
+                         rounds=len(rounds), engines=["onnxruntime/fp32", "onnxruntime/int8"], measured_in=run,
+                         measured_at="2026-12-07T08:00:00+0000")
 
 
-def test_the_recommendation_ranks_the_p50s_timed_together_when_every_engine_has_one() -> None:
+def test_the_recommendation_compares_engines_timed_together_round_by_round() -> None:
     """Timed apart, a disturbed FP32 p50 made INT8 look faster; timed together, FP32 is: it ships, whatever the runs."""
     rows = judged([row("onnxruntime/fp32", p50=0.20, top1=0.919), row("onnxruntime/int8", p50=0.15, top1=0.916)], ALL)
     rows[0].measured_in, rows[1].measured_in = "run-1", "run-2"
     assert recommend(rows)["onnxruntime"].engine == "onnxruntime/int8"  # their own p50s
-    rows[0].timed_together, rows[1].timed_together = together(0.10, (0.099, 0.101)), together(0.14, (0.138, 0.142))
+    rows[0].timed_together = together([0.100, 0.101, 0.150, 0.100, 0.099])  # a slow third round, for both
+    rows[1].timed_together = together([0.140, 0.141, 0.210, 0.139, 0.140])
     choice = recommend(rows)["onnxruntime"]
     assert choice.engine == "onnxruntime/fp32"
-    assert choice.reason == ("FP32 1.40× faster than INT8 (p50 0.1000 vs 0.1400 ms): FP32 chosen (p50s timed together: 3 rounds, "
-                             "a shuffled order each, in run-3)")  # and not flagged as timed in two runs: they were timed together
-    rows[1].timed_together = together(0.0995, (0.0985, 0.1005))  # faster within noise: the more accurate one ships
+    assert choice.reason == ("FP32 1.40× faster round by round than INT8 (p50 0.1000 vs 0.1400 ms): FP32 chosen (p50s timed together: "
+                             "5 interleaved rounds in run-3)")  # and not flagged as timed in two runs: they were timed together
+    # INT8's pooled p50 is lower, but round by round it is faster in some rounds and slower in others: a tie, FP32 more accurate
+    rows[1].timed_together = together([0.090, 0.110, 0.140, 0.095, 0.098])
     choice = recommend(rows)["onnxruntime"]
-    assert choice.engine == "onnxruntime/fp32" and "INT8 is not measurably faster (p50 0.0995 vs 0.1000 ms" in choice.reason
+    assert choice.engine == "onnxruntime/fp32"
+    assert choice.reason.startswith("INT8 is not measurably faster (p50 0.0980 vs 0.1000 ms, round by round it takes ×0.9")
+    assert "a 95% interval that holds ×1) and FP32 has the higher top-1 (91.90% vs 91.60%)" in choice.reason
+    rows[1].timed_together = together([0.090, 0.091, 0.135, 0.089, 0.090])  # faster in every round, by the same factor
+    choice = recommend(rows)["onnxruntime"]
+    assert choice.engine == "onnxruntime/int8" and choice.reason.startswith("INT8 1.11× faster round by round than FP32"), choice.reason
     rows[1].timed_together = None  # never a mix: one engine without a figure timed together, the single timings rank
     choice = recommend(rows)["onnxruntime"]
     assert choice.engine == "onnxruntime/int8" and "timed in different runs" in choice.reason and "together:" not in choice.reason

@@ -222,10 +222,10 @@ def build_report(manifest: Manifest, *, reached: bool = False) -> Report:
             report["notes"].append(info.report_note)
     together = next((row.timed_together for row in engines if row.timed_together is not None), None)
     if together is not None:
-        report["notes"].append(f"Each backend's engines were then timed again together, {together.rounds} round(s) in a new shuffled "
-                               "order each, each engine in a process of its own, so that a change of background load falls on all of "
-                               "them alike: the recommendation ranks those p50s (timed_together); the tables' p50s are each "
-                               "engine's own.")
+        report["notes"].append(f"Each backend's engines were then timed again together: each loaded once in a process of its own, "
+                               f"then taking turns in {together.rounds} short slices, so that a change of the machine's speed falls on "
+                               "all of them alike. The recommendation compares those figures round by round (timed_together); the "
+                               "tables' p50s are each engine's own.")
     saturation = _saturation_note(engines, manifest.device)
     if saturation:
         report["notes"].append(saturation)

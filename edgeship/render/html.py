@@ -142,8 +142,8 @@ def _together(report: Report) -> str:
         body.append([escape(row.name), _styled(Cell(f"{together.p50_ms:.4f}", "measured", f"{low:.4f}–{high:.4f}")),
                      escape(", ".join(f"{p50:.4f}" for p50 in together.round_p50_ms)), _styled(latency_cell(row.latency, "p50_ms")),
                      escape(together.measured_in)])
-    return ("<p>Timed together: each backend's engines again, each in a process of its own, in a new shuffled order each round, "
-            "so that a change of background load falls on all of them alike.</p>"
+    return ("<p>Timed together: each backend's engines again, each loaded once in a process of its own, then taking turns in "
+            "short slices (rounds), so that a change of the machine's speed falls on all of them alike.</p>"
             + table(["engine", "p50 ms together (95% CI)", "p50 ms per round", "p50 ms alone (95% CI)", "timed together in"], body,
                     numeric=range(1, 4)))
 

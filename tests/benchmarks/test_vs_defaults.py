@@ -23,12 +23,12 @@ def test_default_flows_stand_beside_edgeships_engines_in_one_harness(tmp_path: P
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe.model_dump(mode="json", by_alias=True, exclude_none=True)))
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "vs_defaults.py"), str(path), "--rounds", "1", "--out", str(out)],
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "vs_defaults.py"), str(path), "--rounds", "2", "--out", str(out)],
                           capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     document = json.loads((out / "vs-defaults.json").read_text())
     rows = {row["name"]: row for row in document["rows"]}
-    assert document["accuracy_key"] == "top1" and document["rounds"] == 1
+    assert document["accuracy_key"] == "top1" and document["rounds"] == 2
     for name in DEFAULT_FLOWS:  # every tool is installed here: each flow builds and scores
         row = rows[name]
         assert row["engine"] and not row["reason"] and 0 < row["top1"] <= 1, row
@@ -41,6 +41,9 @@ def test_default_flows_stand_beside_edgeships_engines_in_one_harness(tmp_path: P
             continue
         low, high = row["p50_ci"]
         assert low <= row["p50_ms"] <= high and row["size_bytes"] > 0 and row["iterations"] >= 20, row
+        assert len(row["round_p50_ms"]) == 2, "every engine loaded, timed a slice in each of the two rounds"
+        ratio_low, ratio_high = row["speedup_vs_plain_ci"]  # round by round against the plain export
+        assert ratio_low <= row["speedup_vs_plain"] <= ratio_high, row
     report = json.loads(next((tmp_path / "reports").glob("*/report.json")).read_text())
     shipped = {r["engine"] for r in report["recommendations"].values() if r["engine"]}
     assert {name.removeprefix("edgeship ") for name, row in rows.items() if row["recommended"]} == shipped

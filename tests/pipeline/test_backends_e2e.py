@@ -63,7 +63,7 @@ def test_each_backends_engines_are_timed_together_and_ranked_by_those_p50s(resul
             low, high = together["p50_ci95"]
             assert low <= together["p50_ms"] <= high and together["iterations"] >= 20
         reason = result.report["recommendations"][backend]["reason"]
-        assert reason.endswith(f"(p50s timed together: 1 round, in {result.run_dir.name})"), reason
+        assert reason.endswith(f"(p50s timed together: 1 round in {result.run_dir.name})"), reason
 
 
 def test_openvino_latency_is_cross_checked_with_benchmark_app(result: RunResult) -> None:

@@ -96,7 +96,8 @@ def test_a_backends_engines_are_timed_together_in_shuffled_rounds_and_ranked_by_
 
     (entry,) = [e for e in cold.manifest.entries if e.stage == "validate" and e.name == together_name("onnxruntime")]
     assert entry.config["rounds"] == 2 and entry.config["engines"] == ["onnxruntime/fp32", "onnxruntime/int8"]
-    assert sorted(map(sorted, entry.metrics["orders"])) == [["onnxruntime/fp32", "onnxruntime/int8"]] * 2
+    first, second = entry.metrics["orders"]
+    assert sorted(first) == ["onnxruntime/fp32", "onnxruntime/int8"] and second == first[::-1], "each engine takes each place in turn"
     with np.load(Path(entry.path).parent / "timings.npz") as raw:
         assert sorted(raw.files) == ["onnxruntime/fp32@round1", "onnxruntime/fp32@round2", "onnxruntime/int8@round1",
                                      "onnxruntime/int8@round2"]
@@ -104,15 +105,16 @@ def test_a_backends_engines_are_timed_together_in_shuffled_rounds_and_ranked_by_
     for row in cold.report["engines"]:
         together = row["timed_together"]
         assert together["p50_ms"] == pytest.approx(np.percentile(pooled[row["name"]], 50) / 1e6, abs=1e-4)
-        assert together["iterations"] == len(pooled[row["name"]]) >= 40 and len(together["round_p50_ms"]) == 2
+        assert together["iterations"] == len(pooled[row["name"]]) >= 20 and len(together["round_p50_ms"]) == 2
         assert together["measured_in"] == cold.run_dir.name
     fastest = min(cold.report["engines"], key=lambda row: row["timed_together"]["p50_ms"])
     reason = cold.report["recommendations"]["onnxruntime"]["reason"]
     page = (cold.run_dir / "report.html").read_text()
     assert "p50 ms together (95% CI)" in page and f"{fastest['timed_together']['p50_ms']:.4f}" in page
-    assert any(note.startswith("Each backend's engines were then timed again together, 2 round(s)") for note in cold.report["notes"])
+    assert any(note.startswith("Each backend's engines were then timed again together") and "in 2 short slices" in note
+               for note in cold.report["notes"])
     assert f"{fastest['precision'].upper()} " in reason and reason.endswith(
-        f"(p50s timed together: 2 rounds, a shuffled order each, in {cold.run_dir.name})")
+        f"(p50s timed together: 2 interleaved rounds in {cold.run_dir.name})")
 
 
 def test_force_redoes_only_that_stage(recipe: Recipe, cold: RunResult) -> None:
