@@ -109,7 +109,8 @@ def _quantize(request: dict[str, Any]) -> None:
     quantize(onnx_path=request["source"], quantize_mode="int8", calibration_data=calibration,
              calibration_method=request["method"], calibration_shapes=request["calibration_shapes"], calibration_eps=["cpu"],
              high_precision_dtype=request["high_precision"], output_path=request["target"], log_level="WARNING",
-             nodes_to_exclude=request.get("nodes_to_exclude") or None, calibrate_per_node=bool(request.get("per_node")))
+             nodes_to_exclude=request.get("nodes_to_exclude") or None, calibrate_per_node=bool(request.get("per_node")),
+             calibration_cache_path=request.get("calibration_cache"))
 
 
 def _quantize_defaults(request: dict[str, Any]) -> None:

@@ -66,6 +66,8 @@ ENGINE_INFO = "engine.json"
 AUTOCAST_SAMPLES = 100  # calibration inputs AutoCast runs to find activations that would overflow FP16
 CALIBRATION_BATCH = 32  # inputs per ModelOpt calibration step
 PREPARE_STEPS = "2"  # edgeship's steps on a prepared ONNX, in its key; 2: the Q/DQ ONNX stamped to run as written
+SHARED_SCALES = ("; the candidates share the activation scales calibrated for the first one built (the fully quantized one; "
+                 "a TensorRT calibration cache ModelOpt reads): calibrating each candidate again was most of its time")
 PREDICTS = "a TensorRT INT8 engine"  # what the prepared Q/DQ ONNX stands in for (mark_simulated)
 # ModelOpt's calibration holds every activation of every calibration input at once; above this it calibrates node by
 # node (``calibrate_per_node``: the same Q/DQ scales, a fraction of the memory, several times the time)
@@ -122,7 +124,7 @@ class TensorRtConfig(BackendSection):
 
 INFO = BackendInfo(
     name="tensorrt", display_name="TensorRT", colour="#2ca02c", config=TensorRtConfig, distributions=DISTRIBUTIONS, install=INSTALL,
-    runtime_module="tensorrt", suffixes=(".engine", ".plan", ".onnx"), companions=(ENGINE_INFO,),
+    runtime_module="tensorrt", suffixes=(".engine", ".plan", ".onnx"), companions=(ENGINE_INFO,), search_revision="/shared-scales",
     calibrated=frozenset({Precision.FP16, Precision.INT8}),  # FP16 too: AutoCast runs calibration inputs to find FP16 overflows
     report_note=("A TensorRT engine runs only on the GPU model (compute capability) and the TensorRT version it was built with (each "
                  "engine's runtime shows both); rebuild it for any other. Where no engine was built, the TensorRT-bound ONNX was "
@@ -229,55 +231,75 @@ class TensorRtBackend(BackendBase):
         if cfg.calibration_size is not None:
             calibration = calibration.subset(cfg.calibration_size)
 
+        shared = Path(tempfile.mkdtemp(dir=target.parent, prefix=".shared-calibration-"))  # the first candidate's, for the others
+
         def candidate(nodes: list[str], folder: Path) -> Path:
-            self._write_qdq(source, folder / target.name, calibration, cfg, folder, nodes)
+            self._write_qdq(source, folder / target.name, calibration, cfg, folder, nodes, shared)
             mark_simulated(folder / target.name, PREDICTS)
             return folder / target.name
 
         # the prepared ONNX is what a CPU can score: candidates run on ONNX Runtime, as its prediction does
         # built again once chosen: the preparation record comes from that build, and candidates leave work files
-        chosen = choose_float_layers(source, calibration, cfg.keep_float, cfg.accuracy_target, target.parent, build=candidate,
-                                     runner=lambda engine, threads: OnnxRuntimeRunner(engine, threads=threads))
-        info = self._write_qdq(source, target, calibration, cfg, work, chosen.nodes)
+        try:
+            chosen = choose_float_layers(source, calibration, cfg.keep_float, cfg.accuracy_target, target.parent, build=candidate,
+                                         runner=lambda engine, threads: OnnxRuntimeRunner(engine, threads=threads),
+                                         method_note=SHARED_SCALES)
+            info = self._write_qdq(source, target, calibration, cfg, work, chosen.nodes, shared)  # the scales the search scored
+        finally:
+            shutil.rmtree(shared, ignore_errors=True)
         mark_simulated(target, PREDICTS)
         return info
 
     def _write_qdq(self, source: Path, target: Path, calibration: CalibrationSet, cfg: TensorRtConfig, work: Path,
-                   keep: list[str]) -> dict[str, Any]:
+                   keep: list[str], shared: Path | None = None) -> dict[str, Any]:
         """The Q/DQ ONNX TensorRT builds from, ``keep`` left out of the Q/DQ: ModelOpt's, or ONNX Runtime's quantizer with
-        TensorRT's settings."""
+        TensorRT's settings. ``shared``: a folder where the first build leaves its activation scales (a TensorRT
+        calibration cache for ModelOpt, a range file for ONNX Runtime) and later builds read them instead of calibrating:
+        the calibrators range the float model's tensors whichever nodes are excluded, so one calibration serves every
+        subset, and calibrating again was most of a candidate's time."""
         settings: dict[str, Any] = {"calibration_method": cfg.calibration_method, "calibration_samples": calibration.count,
                                     "calibration_fingerprint": calibration.fingerprint}
+        scales = shared / "scales.cache" if shared is not None else None
+        reused = scales is not None and scales.is_file()
+        if reused:
+            settings["activation_scales"] = "shared: calibrated once, by the search's fully quantized candidate"
         if keep:
             settings["float_layers"] = keep
         settings["weight_rounding"] = cfg.weight_rounding
         with rounded_source(source, calibration, cfg.weight_rounding, keep, target.parent) as rounded:
             fallback_reason = ""
             if cfg.qdq_tool in ("auto", "modelopt"):
-                batch = _static_batch(rounded, calibration.input_name) or min(CALIBRATION_BATCH, calibration.count)
-                held = activation_bytes(rounded, calibration.arrays) * calibration.count
+                static = _static_batch(rounded, calibration.input_name)
+                feed = calibration.subset(static or 1) if reused else calibration  # the scales come from the cache
+                batch = static or min(CALIBRATION_BATCH, feed.count)
+                held = activation_bytes(rounded, calibration.arrays) * feed.count
                 settings["calibrated_per_node"] = held > CALIBRATION_MEMORY
                 if settings["calibrated_per_node"]:
                     settings["per_node_reason"] = (f"{held / (1 << 30):.1f} GiB of activations held at once otherwise "
                                                    f"(limit {CALIBRATION_MEMORY / (1 << 30):g} GiB)")
                 request = {"step": "quantize", "source": str(rounded), "target": str(target), "method": cfg.calibration_method,
-                           "per_node": settings["calibrated_per_node"],
-                           "calibration": str(_write_npz(calibration, work)), "high_precision": cfg.high_precision,
+                           "per_node": settings["calibrated_per_node"], "calibration_cache": str(scales) if reused else None,
+                           "calibration": str(_write_npz(feed, work)), "high_precision": cfg.high_precision,
                            "nodes_to_exclude": [f"^{re.escape(name)}$" for name in keep],
                            "calibration_shapes": ",".join(f"{name}:" + "x".join(map(str, (batch, *array.shape[1:])))
                                                           for name, array in calibration.arrays.items())}
                 code, message, version = run_modelopt_step(request, work)
                 if code == 0:
+                    if scales is not None and not reused:
+                        write_calibration_cache(target, scales)
                     return {"tool": "modelopt.onnx.quantization", "version": version, **settings, "high_precision": cfg.high_precision}
                 if code != MODELOPT_MISSING:
                     raise BuildError(self.name, Precision.INT8, message)
                 if cfg.qdq_tool == "modelopt":
                     raise BackendUnavailable(self.name, f"qdq_tool: modelopt: {message}; install: {PREPARE_INSTALL}")
                 fallback_reason = message
+            ranges = shared / "ranges.json" if shared is not None else None
+            if ranges is not None and ranges.is_file():
+                settings["activation_scales"] = "shared: calibrated once, by the search's fully quantized candidate"
             try:
                 quantize_qdq(rounded, target, calibration, method={"entropy": "entropy", "max": "minmax"}[cfg.calibration_method],
                              per_channel=True, activation_type="int8", reduce_range=False, extra_options=ORT_TENSORRT_OPTIONS,
-                             nodes_to_exclude=keep)
+                             nodes_to_exclude=keep, ranges=ranges)
             except Exception as exc:  # the quantizer raises anything; record its words
                 message = f"onnxruntime quantize_static: {type(exc).__name__}: {error_line(str(exc))}"
                 raise BuildError(self.name, Precision.INT8, message) from exc
@@ -287,6 +309,28 @@ class TensorRtBackend(BackendBase):
         if fallback_reason:
             info["fallback_reason"] = fallback_reason
         return info
+
+
+def write_calibration_cache(model_path: Path, target: Path) -> None:
+    """The activation scales of a Q/DQ ONNX as a TensorRT calibration cache (``name: big-endian float32 hex`` after a
+    header line), which ModelOpt's ``calibration_cache_path`` reads. Nothing is written when a tensor's name could not be
+    read back from such a line (it holds ``": "``): ModelOpt would leave its node unquantized, so each build calibrates."""
+    import struct
+
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    constants = {init.name: init for init in model.graph.initializer}
+    lines = []
+    for node in model.graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] in constants or node.input[1] not in constants:
+            continue
+        scale = numpy_helper.to_array(constants[node.input[1]])
+        if scale.size != 1 or ": " in node.input[0] or "\n" in node.input[0]:
+            return
+        lines.append(f"{node.input[0]}: {struct.pack('!f', float(scale.reshape(()))).hex()}")
+    target.write_text("TRT-8501-EntropyCalibration2\n" + "".join(f"{line}\n" for line in dict.fromkeys(lines)))
 
 
 def run_modelopt_step(request: dict[str, Any], work: Path) -> tuple[int, str, str | None]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -17,11 +18,14 @@ import pytest
 from onnx import numpy_helper
 
 from edgeship.backends.base import CalibrationSet, Precision
+from edgeship.backends.float_search import SEARCH_FILE
 from edgeship.backends.onnxruntime import SIMULATED_KEY
 from edgeship.backends.rounding import WEIGHT_ROUNDING_FILE, round_weights
 from edgeship.backends.tensorrt import TensorRtBackend, qdq_summary
+from edgeship.config import AccuracyTarget
 from edgeship.errors import BackendUnavailable, BuildError
 from edgeship.recipe import TensorRtConfig
+from edgeship.tensors import SearchSet
 
 from backends.contract import BackendContract, onnx_artifact, ort_reference
 from conftest import TrainedCnn
@@ -105,6 +109,47 @@ def test_modelopt_int8_is_symmetric_qdq_and_agrees_with_fp32(prepared: dict[Prec
     reference = predict(trained_cnn.onnx, trained_cnn.evaluation).argmax(1)
     agreement = float((predict(model, trained_cnn.evaluation).argmax(1) == reference).mean())
     assert agreement >= 0.98, f"INT8 top-1 agreement {agreement:.4f} on {len(reference)} evaluation inputs"
+
+
+def activation_scales(model: Path) -> dict[str, float]:
+    """Each activation QuantizeLinear's input tensor and its scale."""
+    graph = onnx.load(str(model)).graph
+    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    return {node.input[0]: float(constants[node.input[1]]) for node in graph.node
+            if node.op_type == "QuantizeLinear" and node.input[0] not in constants}
+
+
+def test_a_float_layer_search_calibrates_once_and_its_engine_keeps_those_scales(prepared: dict[Precision, Path], trained_cnn: TrainedCnn,
+                                                                              calibration: CalibrationSet, tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fully quantized candidate calibrates; every later candidate, and the prepared ONNX, read its scales from a
+    TensorRT calibration cache, with one calibration input only: the scales are the full calibration's."""
+    from edgeship.backends import tensorrt
+
+    written: list[tuple[str | None, int, dict[str, float]]] = []  # per ModelOpt call: its cache, its inputs, its scales
+    step = tensorrt.run_modelopt_step
+
+    def spied(request: dict[str, Any], work: Path) -> tuple[int, str, str | None]:
+        done = step(request, work)
+        with np.load(request["calibration"]) as data:
+            written.append((request.get("calibration_cache"), len(data[data.files[0]]), activation_scales(Path(request["target"]))))
+        return done
+
+    monkeypatch.setattr(tensorrt, "run_modelopt_step", spied)
+    searched = calibration.with_search(SearchSet(trained_cnn.evaluation[:100], trained_cnn.labels[:100], "v"))
+    unreachable = AccuracyTarget.model_construct(min_agreement=None, max_drop_points=-50.0)  # a gain of 50 points: every k is tried
+    cfg = TensorRtConfig(keep_float="auto", accuracy_target=unreachable)
+    model = TensorRtBackend().prepare(trained_cnn.onnx, Precision.INT8, searched, cfg, tmp_path)
+    full = activation_scales(prepared[Precision.INT8])  # the fixture: calibrated, fully quantized
+    (first_cache, first_count, first_scales), *later = written
+    assert first_cache is None and first_count == len(trained_cnn.calibration) and first_scales == pytest.approx(full)
+    assert len(later) >= 2 and all(cache is not None and count == 1 for cache, count, _ in later), written
+    for _, _, scales in later:  # the prepared ONNX (the last) too
+        assert set(scales) <= set(full) and all(scales[name] == pytest.approx(full[name], rel=1e-6) for name in scales)
+    record = json.loads((tmp_path / SEARCH_FILE).read_text())
+    assert "share the activation scales" in record["method"]
+    assert info(model)["activation_scales"].startswith("shared: calibrated once")
+    assert not list(tmp_path.glob(".shared-calibration-*")), "the cache is a work file"
 
 
 def test_qdq_summary_sees_asymmetric_activations(trained_cnn: TrainedCnn, calibration: CalibrationSet, tmp_path: Path) -> None:
