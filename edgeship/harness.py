@@ -373,7 +373,7 @@ def _event(line: str) -> dict[str, Any] | None:
     return event if isinstance(event, dict) and {"task", "done", "total"} <= set(event) else None
 
 
-def die_with_parent() -> None:
+def _die_with_parent() -> None:
     """On Linux, have the kernel kill this process when its parent dies: a killed run or device agent must not leave a
     measuring process behind, using the CPUs the next measurement is pinned to."""
     if not sys.platform.startswith("linux"):
@@ -390,15 +390,20 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
-def pin_to(cpus: tuple[int, ...] | None) -> str | None:
-    """Pin this process to ``cpus`` (before any runtime starts its thread pool); why not, in one line, when it cannot."""
-    if cpus is None or not hasattr(os, "sched_setaffinity"):
-        return None
+def start_child(spec_path: Path) -> HarnessSpec | str:
+    """What a measuring child does first: read its spec, have the kernel end it with its parent, pin it to the spec's CPUs
+    (before any runtime starts its thread pool). The spec, or in one line why not."""
     try:
-        os.sched_setaffinity(0, cpus)
-    except OSError as exc:
-        return f"cannot pin to CPUs {list(cpus)}: {exc.strerror}"
-    return None
+        spec = HarnessSpec.model_validate_json(spec_path.read_text())
+    except (OSError, ValueError) as exc:
+        return f"{spec_path}: not a harness spec: {one_line(str(exc))}"
+    _die_with_parent()
+    if spec.cpus is not None and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, spec.cpus)
+        except OSError as exc:
+            return f"cannot pin to CPUs {list(spec.cpus)}: {exc.strerror}"
+    return spec
 
 
 def child_environment() -> dict[str, str]:
@@ -413,15 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 2:
         print("usage: python -m edgeship.harness SPEC.json RESULT.json", file=sys.stderr)
         return 2
-    try:
-        spec = HarnessSpec.model_validate_json(Path(args[0]).read_text())
-    except (OSError, ValueError) as exc:
-        print(f"{args[0]}: not a harness spec: {one_line(str(exc))}", file=sys.stderr)
-        return 2
-    die_with_parent()
-    refused = pin_to(spec.cpus)
-    if refused:
-        print(refused, file=sys.stderr)
+    spec = start_child(Path(args[0]))
+    if isinstance(spec, str):
+        print(spec, file=sys.stderr)
         return 2
     stdout = sys.stdout
 

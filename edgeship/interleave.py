@@ -23,17 +23,7 @@ from typing import IO
 
 import numpy as np
 
-from edgeship.harness import (
-    HarnessError,
-    HarnessSpec,
-    child_environment,
-    die_with_parent,
-    first_rows,
-    load_inputs,
-    one_line,
-    open_runner,
-    pin_to,
-)
+from edgeship.harness import HarnessError, HarnessSpec, child_environment, first_rows, load_inputs, one_line, open_runner, start_child
 from edgeship.measure import time_calls
 
 SLICE_WARMUP = 5  # calls before each slice: another engine's threads may still be settling
@@ -138,15 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m edgeship.interleave SPEC.json", file=sys.stderr)
         return 2
-    try:
-        spec = HarnessSpec.model_validate_json(Path(args[0]).read_text())
-    except (OSError, ValueError) as exc:
-        print(f"{args[0]}: not a harness spec: {one_line(str(exc))}", file=sys.stderr)
-        return 2
-    die_with_parent()
-    refused = pin_to(spec.cpus)
-    if refused:
-        print(refused, file=sys.stderr)
+    spec = start_child(Path(args[0]))
+    if isinstance(spec, str):
+        print(spec, file=sys.stderr)
         return 2
     replies = sys.stdout
     sys.stdout = sys.stderr  # a runtime's own prints must not mix with the replies
