@@ -125,7 +125,7 @@ def recommend(rows: Sequence[EngineRow]) -> dict[str, Recommendation]:
     for group in dict.fromkeys(row.target for row in rows):
         engines = [row for row in rows if row.target == group]
         timings = _timings(engines)
-        passing = sorted((r for r in engines if r.verdict == "pass"), key=lambda r: timings[r.name].p50)
+        passing = sorted((r for r in engines if r.verdict == "pass"), key=lambda r: timings[r.name].rank)
         if not passing:
             out[group] = Recommendation(engine=None, reason="no engine passes every gate: " + "; ".join(_why_not(r) for r in engines))
             continue
@@ -140,13 +140,14 @@ def recommend(rows: Sequence[EngineRow]) -> dict[str, Recommendation]:
 
 @dataclass(frozen=True)
 class _Timing:
-    """The p50 a recommendation compares, with its 95% interval, and where the engines were timed together each round's
+    """The p50 a recommendation quotes, with its 95% interval, and where the engines were timed together each round's
     p50 (the rounds of one backend's engines line up: each round's figures were taken seconds apart)."""
 
     p50: float
     low: float
     high: float
     rounds: tuple[float, ...] = ()
+    rank: float = 0.0  # what orders them: the p50, or timed together the median over rounds of the time relative to one row's
 
 
 def _paired(a: _Timing, b: _Timing) -> bool:
@@ -168,11 +169,16 @@ def _timings(engines: Sequence[EngineRow]) -> dict[str, _Timing]:
     """Each timed row's p50: all from the rounds that timed them together when every timed row has one, else all from each
     row's own timing (never a mix: only figures taken together rank fairly against each other)."""
     timed = _timed(engines)
-    if timed and all(row.timed_together is not None for row in timed):
-        return {row.name: _Timing(row.timed_together.p50_ms, *row.timed_together.p50_ci95,  # type: ignore[union-attr]
-                                  rounds=tuple(row.timed_together.round_p50_ms)) for row in timed}  # type: ignore[union-attr]
+    together = [row.timed_together for row in timed]
+    if together and all(t is not None and len(t.round_p50_ms) == len(together[0].round_p50_ms) for t in together):  # type: ignore[union-attr]
+        reference = np.asarray(together[0].round_p50_ms)  # type: ignore[union-attr]
+        # the p50 quoted is the median of the rounds' p50s, the figure the round-by-round ratios go with
+        return {row.name: _Timing(float(np.median(t.round_p50_ms)), *t.p50_ci95, rounds=tuple(t.round_p50_ms),
+                                  rank=float(np.median(np.asarray(t.round_p50_ms) / reference)))
+                for row, t in zip(timed, together, strict=True) if t is not None}
     # a result without an interval (not measured by the harness) is its own interval
-    return {row.name: _Timing(row.p50_ms, *(row.latency or {}).get("ci95", {}).get("p50_ms", (row.p50_ms, row.p50_ms))) for row in timed}
+    return {row.name: _Timing(row.p50_ms, *(row.latency or {}).get("ci95", {}).get("p50_ms", (row.p50_ms, row.p50_ms)), rank=row.p50_ms)
+            for row in timed}
 
 
 def _together(engines: Sequence[EngineRow]) -> str:
@@ -341,10 +347,10 @@ def _reason(chosen: EngineRow, fastest: EngineRow, tied: Sequence[EngineRow], en
         if not _paired(a, b):
             return "95% intervals overlap"
         _, low, high = _ratio(a, b)
-        return f"round by round it takes ×{low:.3f}–×{high:.3f} the time, a 95% interval that holds ×1"
+        return f"round by round it takes ×{low:.3f}–×{high:.3f} the time" + (", a 95% interval that holds ×1" if low <= 1 <= high else "")
 
-    faster_failing = [r for r in engines if r.verdict == "fail" and r.name in timings and p50(r) < p50(chosen)]
-    for other in sorted(faster_failing, key=p50):
+    faster_failing = [r for r in engines if r.verdict == "fail" and r.name in timings and timings[r.name].rank < timings[chosen.name].rank]
+    for other in sorted(faster_failing, key=lambda r: timings[r.name].rank):
         parts.append(f"{_label(other)} {speedup(other, chosen)} than {label} but fails {_failed(other)}")
     if chosen is not fastest:
         (mine, what), (theirs, _) = accuracy(chosen), accuracy(fastest)
@@ -352,7 +358,7 @@ def _reason(chosen: EngineRow, fastest: EngineRow, tied: Sequence[EngineRow], en
                      f"{overlap(fastest, chosen)}) and {label} has the higher {what} ({100 * mine:.2f}% vs {100 * theirs:.2f}%)")
     slower = [r for r in engines if r.verdict == "pass" and r is not chosen and r not in tied and r is not fastest]
     if slower and chosen is fastest:
-        nearest = min(slower, key=p50)
+        nearest = min(slower, key=lambda r: timings[r.name].rank)
         parts.append(f"{label} {speedup(chosen, nearest)} than {_label(nearest)} (p50 {p50(chosen):.4f} vs {p50(nearest):.4f} ms)")
     if tied and chosen is fastest:
         parts.append(f"{', '.join(_label(r) for r in tied)} within measurement noise, lower or equal {accuracy(chosen)[1]}")

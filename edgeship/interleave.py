@@ -14,6 +14,7 @@ The child, ``python -m edgeship.interleave SPEC.json``, answers ``ready`` once l
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -132,8 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(spec, str):
         print(spec, file=sys.stderr)
         return 2
-    replies = sys.stdout
-    sys.stdout = sys.stderr  # a runtime's own prints must not mix with the replies
+    # the replies keep the pipe to themselves: whatever else writes to standard output, a runtime's C code included,
+    # goes to standard error
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     try:
         serve(spec, sys.stdin, replies)
     except (RuntimeError, ValueError, OSError, KeyError, TypeError) as exc:

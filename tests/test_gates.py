@@ -143,8 +143,8 @@ def test_a_recommendation_says_when_it_compares_p50s_from_two_runs() -> None:
     assert "(INT8, FP16 in this run; FP32 in an earlier run)" in recommend(rows)["onnxruntime"].reason
 
 
-def together(rounds: list[float], *, run: str = "run-3") -> TimedTogether:
-    p50 = sorted(rounds)[len(rounds) // 2]
+def together(rounds: list[float], *, run: str = "run-3", pooled: float | None = None) -> TimedTogether:
+    p50 = pooled or sorted(rounds)[len(rounds) // 2]
     return TimedTogether(p50_ms=p50, p50_ci95=(p50 * 0.999, p50 * 1.001), p99_ms=p50 * 1.5, iterations=600, round_p50_ms=rounds,
                          rounds=len(rounds), engines=["onnxruntime/fp32", "onnxruntime/int8"], measured_in=run,
                          measured_at="2026-12-07T08:00:00+0000")
@@ -170,6 +170,12 @@ def test_the_recommendation_compares_engines_timed_together_round_by_round() -> 
     rows[1].timed_together = together([0.090, 0.091, 0.135, 0.089, 0.090])  # faster in every round, by the same factor
     choice = recommend(rows)["onnxruntime"]
     assert choice.engine == "onnxruntime/int8" and choice.reason.startswith("INT8 1.11× faster round by round than FP32"), choice.reason
+    # pooled over every call, INT8's p50 is the lower (its slow calls fell in fewer rounds), but FP32 is faster in every round
+    rows[0].timed_together = together([0.100] * 5, pooled=0.090)
+    rows[1].timed_together = together([0.105] * 5, pooled=0.085)
+    choice = recommend(rows)["onnxruntime"]
+    assert choice.engine == "onnxruntime/fp32" and choice.reason.startswith(
+        "FP32 1.05× faster round by round than INT8 (p50 0.1000 vs 0.1050 ms)"), choice.reason  # the rounds' medians
     rows[1].timed_together = None  # never a mix: one engine without a figure timed together, the single timings rank
     choice = recommend(rows)["onnxruntime"]
     assert choice.engine == "onnxruntime/int8" and "timed in different runs" in choice.reason and "together:" not in choice.reason

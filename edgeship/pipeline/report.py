@@ -26,7 +26,7 @@ from edgeship.peak import Peak
 from edgeship.pipeline.base import RunContext
 from edgeship.pipeline.build import PREPARE, SIDE_METRICS, prediction_name
 from edgeship.pipeline.distill import ABLATION, comparison, figures_split, without_evaluation
-from edgeship.pipeline.together import together_name
+from edgeship.pipeline.together import TOGETHER, together_name
 from edgeship.pipeline.validate import BASELINES, PEAK
 from edgeship.qualification import EngineKey, EngineRow, Report
 from edgeship.recipe import GatesConfig
@@ -220,6 +220,10 @@ def build_report(manifest: Manifest, *, reached: bool = False) -> Report:
     for info in REGISTRY.values():
         if info.report_note and any(row.backend == info.name for row in engines):
             report["notes"].append(info.report_note)
+    for entry in entries:
+        if entry.stage == "validate" and entry.name.startswith(f"{TOGETHER}/") and entry.status == "failed":
+            report["notes"].append(f"Timing {display_name(entry.name.removeprefix(f'{TOGETHER}/'))}'s engines together failed "
+                                   f"({entry.reason}): its recommendation ranks each engine's own p50.")
     together = next((row.timed_together for row in engines if row.timed_together is not None), None)
     if together is not None:
         report["notes"].append(f"Each backend's engines were then timed again together: each loaded once in a process of its own, "

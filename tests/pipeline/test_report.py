@@ -187,3 +187,12 @@ def test_int8_engines_measured_on_a_cpu_whose_kernels_saturate_say_so(tmp_path: 
     tflite_only.device = device
     (tmp_path / "tflite").mkdir()
     assert not [note for note in report_of(tmp_path / "tflite", tflite_only)[0].notes if "no VNNI or AMX" in note]
+
+
+def test_a_failed_timing_together_is_said_and_the_single_timings_rank(tmp_path: Path) -> None:
+    failed = ManifestEntry(stage="validate", name="timed-together/onnxruntime", status="failed",
+                           reason="timed-together/onnxruntime: onnxruntime/int8: RuntimeError: out of memory")
+    report, _ = report_of(tmp_path, manifest(*engine("onnxruntime/fp32"), *engine("onnxruntime/int8"), failed))
+    assert ("Timing ONNX Runtime's engines together failed (timed-together/onnxruntime: onnxruntime/int8: RuntimeError: out of "
+            "memory): its recommendation ranks each engine's own p50.") in report.notes
+    assert all(row.timed_together is None for row in report.engines) and "together:" not in report.recommendations["onnxruntime"].reason
