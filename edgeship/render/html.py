@@ -5,6 +5,7 @@ which the terminal shares."""
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from html import escape
 from typing import Any
@@ -124,8 +125,9 @@ def _recommendations(report: Report) -> str:
              "<span class=fail>nothing to ship</span>", escape(choice.reason)]
             for backend, choice in report.recommendations.items()]
     text = ("<p>Per backend, the engine to ship is the fastest one that passes every gate, by measured p50; where the fastest "
-            "is not measurably faster (95% intervals overlap), the more accurate of them. The p50s compared are those of the "
-            "rounds that timed the backend's engines together, where they ran, else each engine's own.</p>")
+            "is not measurably faster, the more accurate of them. Where the backend's engines were timed together, they are "
+            "compared round by round (the 95% interval of the median of their per-round ratios), else by their own p50s "
+            "(95% intervals that overlap are a tie).</p>")
     return section("recommendations", "Recommendation per backend", text + table(["backend", "engine", "why"], rows) + _together(report))
 
 
@@ -139,13 +141,14 @@ def _together(report: Report) -> str:
         together = row.timed_together
         assert together is not None
         low, high = together.p50_ci95
-        body.append([escape(row.name), _styled(Cell(f"{together.p50_ms:.4f}", "measured", f"{low:.4f}–{high:.4f}")),
-                     escape(", ".join(f"{p50:.4f}" for p50 in together.round_p50_ms)), _styled(latency_cell(row.latency, "p50_ms")),
-                     escape(together.measured_in)])
+        body.append([escape(row.name), f"{statistics.median(together.round_p50_ms):.4f}",
+                     escape(", ".join(f"{p50:.4f}" for p50 in together.round_p50_ms)),
+                     _styled(Cell(f"{together.p50_ms:.4f}", "measured", f"{low:.4f}–{high:.4f}")),
+                     _styled(latency_cell(row.latency, "p50_ms")), escape(together.measured_in)])
     return ("<p>Timed together: each backend's engines again, each loaded once in a process of its own, then taking turns in "
             "short slices (rounds), so that a change of the machine's speed falls on all of them alike.</p>"
-            + table(["engine", "p50 ms together (95% CI)", "p50 ms per round", "p50 ms alone (95% CI)", "timed together in"], body,
-                    numeric=range(1, 4)))
+            + table(["engine", "median round p50 ms (quoted)", "p50 ms per round", "p50 ms together (95% CI)",
+                     "p50 ms alone (95% CI)", "timed together in"], body, numeric=range(1, 5)))
 
 
 def _gates(report: Report) -> str:

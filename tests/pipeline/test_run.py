@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,7 @@ def test_a_backends_engines_are_timed_together_in_shuffled_rounds_and_ranked_by_
     reason = cold.report["recommendations"]["onnxruntime"]["reason"]
     page = (cold.run_dir / "report.html").read_text()
     assert "p50 ms together (95% CI)" in page and f"{fastest['timed_together']['p50_ms']:.4f}" in page
+    assert "median round p50 ms (quoted)" in page and f"{statistics.median(fastest['timed_together']['round_p50_ms']):.4f}" in page
     assert any(note.startswith("Each backend's engines were then timed again together") and "in 2 short slices" in note
                for note in cold.report["notes"])
     assert f"{fastest['precision'].upper()} " in reason and reason.endswith(
