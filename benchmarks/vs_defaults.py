@@ -48,8 +48,8 @@ from edgeship.backends import REGISTRY, display_name
 from edgeship.data import calibration_set, save_preprocessed
 from edgeship.device import describe_device
 from edgeship.harness import HarnessError, HarnessSpec, measure_isolated
-from edgeship.interleave import time_interleaved_isolated
-from edgeship.measure import bootstrap_ci, scores, summarize
+from edgeship.interleave import round_figures, time_interleaved_isolated
+from edgeship.measure import paired_ratio, scores
 from edgeship.models import load_model
 from edgeship.pipeline.export import INPUT_NAME, OUTPUT_NAME
 from edgeship.pipeline.measurers import settings
@@ -304,10 +304,9 @@ def _measure(flows: list[Flow], recipe: Recipe, eval_inputs: Path, reference: np
         flow.hits = logits.argmax(1) == (labels if labels is not None else reference.argmax(1))
     timed = {flow.name: flow for flow in ready if not flow.predicted and not flow.reason}
     for name, chunks in _time_together(timed, base, rounds, work / "latency", console).items():
-        stats = summarize(np.concatenate(chunks), cfg.batch_size)
-        timed[name].metrics.update(p50_ms=round(stats.p50_ms, 4), p50_ci=[round(v, 4) for v in stats.ci95["p50_ms"]],
-                                   p99_ms=round(stats.p99_ms, 4), iterations=stats.iterations,
-                                   round_p50_ms=[round(float(np.median(chunk)) / 1e6, 5) for chunk in chunks])
+        figures = round_figures(chunks, cfg.batch_size)
+        figures["p50_ci"] = figures.pop("p50_ci95")  # this page's name for it
+        timed[name].metrics.update(figures)
     for flow in ready:
         if flow.engine is not None and not flow.predicted:
             flow.metrics["size_bytes"] = _engine_bytes(flow.runs_on, flow.engine)
@@ -355,9 +354,9 @@ def _document(flows: list[Flow], recipe: Recipe, run_dir: Path, rounds: int, lab
                                "origin": flow.origin, "how": flow.how, "engine": str(flow.engine) if flow.engine else None,
                                "predicted": flow.predicted, "recommended": flow.recommended, "reason": flow.reason, **flow.metrics}
         if plain is not None and flow.metrics.get("p50_ms"):  # round by round: each round's two figures were taken seconds apart
-            ratios = np.asarray(plain.metrics["round_p50_ms"]) / np.asarray(flow.metrics["round_p50_ms"])
-            row["speedup_vs_plain"] = round(float(np.median(ratios)), 3)
-            row["speedup_vs_plain_ci"] = [round(v, 3) for v in bootstrap_ci(ratios)["p50_ms"]]
+            speedup, low, high = paired_ratio(plain.metrics["round_p50_ms"], flow.metrics["round_p50_ms"])
+            row["speedup_vs_plain"] = round(speedup, 3)
+            row["speedup_vs_plain_ci"] = [round(low, 3), round(high, 3)]
         if plain is not None and flow.metrics.get("size_bytes"):
             row["size_vs_plain"] = round(flow.metrics["size_bytes"] / plain.metrics["size_bytes"], 4)
         if plain is not None and flow.metrics.get(key) is not None and plain.metrics.get(key) is not None:

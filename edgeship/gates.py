@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from edgeship.config import AccuracyTarget
-from edgeship.measure import SQNR_CAP_DB, bootstrap_ci
-from edgeship.qualification import EngineRow, GatePrediction, GateResult, Outcome, Recommendation, Release, Scores, Verdict
+from edgeship.measure import SQNR_CAP_DB, paired_ratio
+from edgeship.qualification import EngineRow, GatePrediction, GateResult, Outcome, Recommendation, Release, Scores, TimedTogether, Verdict
 from edgeship.recipe import GatesConfig
 
 __all__ = ["GATES", "TITLES", "Outcome", "Verdict", "accuracy", "accuracy_drop", "format_value", "judge", "recommend", "release",
@@ -146,8 +146,8 @@ class _Timing:
     p50: float
     low: float
     high: float
+    rank: float  # what orders them: the p50, or timed together the median over rounds of the time relative to one row's
     rounds: tuple[float, ...] = ()
-    rank: float = 0.0  # what orders them: the p50, or timed together the median over rounds of the time relative to one row's
 
 
 def _paired(a: _Timing, b: _Timing) -> bool:
@@ -155,39 +155,44 @@ def _paired(a: _Timing, b: _Timing) -> bool:
 
 
 def _ratio(a: _Timing, b: _Timing) -> tuple[float, float, float]:
-    """``a``'s time over ``b``'s: the median over rounds of each round's ratio, with its bootstrap 95% interval."""
-    ratios = np.asarray(a.rounds) / np.asarray(b.rounds)
-    low, high = bootstrap_ci(ratios)["p50_ms"]  # the interval of the median, whatever the unit
-    return float(np.median(ratios)), low, high
+    """``a``'s time over ``b``'s, round by round (``measure.paired_ratio``)."""
+    return paired_ratio(a.rounds, b.rounds)
 
 
 def _timed(engines: Sequence[EngineRow]) -> list[EngineRow]:
     return [row for row in engines if row.latency is not None]
 
 
+def _timed_together(engines: Sequence[EngineRow]) -> dict[str, TimedTogether] | None:
+    """Each timed row's figures from the rounds that timed them together, when every timed row has them from as many
+    rounds; else None (never a mix: only figures taken together rank fairly against each other)."""
+    together = {row.name: row.timed_together for row in _timed(engines)}
+    figures = [t for t in together.values() if t is not None]
+    if not figures or len(figures) < len(together) or len({len(t.round_p50_ms) for t in figures}) > 1:
+        return None
+    return together  # type: ignore[return-value]
+
+
 def _timings(engines: Sequence[EngineRow]) -> dict[str, _Timing]:
-    """Each timed row's p50: all from the rounds that timed them together when every timed row has one, else all from each
-    row's own timing (never a mix: only figures taken together rank fairly against each other)."""
-    timed = _timed(engines)
-    together = [row.timed_together for row in timed]
-    if together and all(t is not None and len(t.round_p50_ms) == len(together[0].round_p50_ms) for t in together):  # type: ignore[union-attr]
-        reference = np.asarray(together[0].round_p50_ms)  # type: ignore[union-attr]
+    """Each timed row's p50: all from the rounds that timed them together (``_timed_together``), else all from each
+    row's own timing."""
+    together = _timed_together(engines)
+    if together is not None:
+        reference = np.asarray(next(iter(together.values())).round_p50_ms)
         # the p50 quoted is the median of the rounds' p50s, the figure the round-by-round ratios go with
-        return {row.name: _Timing(float(np.median(t.round_p50_ms)), *t.p50_ci95, rounds=tuple(t.round_p50_ms),
-                                  rank=float(np.median(np.asarray(t.round_p50_ms) / reference)))
-                for row, t in zip(timed, together, strict=True) if t is not None}
+        return {name: _Timing(t.round_median_ms, *t.p50_ci95, rank=float(np.median(np.asarray(t.round_p50_ms) / reference)),
+                              rounds=tuple(t.round_p50_ms)) for name, t in together.items()}
     # a result without an interval (not measured by the harness) is its own interval
     return {row.name: _Timing(row.p50_ms, *(row.latency or {}).get("ci95", {}).get("p50_ms", (row.p50_ms, row.p50_ms)), rank=row.p50_ms)
-            for row in timed}
+            for row in _timed(engines)}
 
 
 def _together(engines: Sequence[EngineRow]) -> str:
     """What the reason adds when its p50s come from rounds that timed the engines together."""
-    timed = _timed(engines)
-    if len(timed) < 2 or not all(row.timed_together is not None for row in timed):
+    together = _timed_together(engines)
+    if together is None or len(together) < 2:
         return ""
-    first = timed[0].timed_together
-    assert first is not None
+    first = next(iter(together.values()))
     rounds = f"{first.rounds} interleaved rounds" if first.rounds > 1 else "1 round"
     return f" (p50s timed together: {rounds} in {first.measured_in})"
 

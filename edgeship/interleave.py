@@ -17,15 +17,15 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
 from edgeship.harness import HarnessError, HarnessSpec, child_environment, first_rows, load_inputs, one_line, open_runner, start_child
-from edgeship.measure import time_calls
+from edgeship.measure import summarize, time_calls
 
 SLICE_WARMUP = 5  # calls before each slice: another engine's threads may still be settling
 
@@ -102,6 +102,14 @@ def time_interleaved_isolated(specs: Mapping[str, HarnessSpec], *, rounds: int, 
                 times[name].append(children[name].time(spec.min_seconds / rounds, math.ceil(spec.iterations / rounds), path))
                 path.unlink()
     return times, orders
+
+
+def round_figures(chunks: Sequence[np.ndarray], batch_size: int) -> dict[str, Any]:
+    """One engine's rounds summarised: its p50 over every call (with its bootstrap 95% interval), p99 and call count,
+    and each round's p50, the figures round-by-round comparisons read."""
+    stats = summarize(np.concatenate(chunks), batch_size)
+    return {"p50_ms": round(stats.p50_ms, 4), "p50_ci95": [round(v, 4) for v in stats.ci95["p50_ms"]], "p99_ms": round(stats.p99_ms, 4),
+            "iterations": stats.iterations, "round_p50_ms": [round(float(np.median(chunk)) / 1e6, 5) for chunk in chunks]}
 
 
 def _slug(name: str) -> str:

@@ -83,6 +83,14 @@ def bootstrap_ci(values: np.ndarray, *, resamples: int = 1000, level: float = CI
             for name, parts in draws.items()}
 
 
+def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> tuple[float, float, float]:
+    """The median over rounds of each round's ratio of two engines' times, with its bootstrap 95% interval: each round's
+    two figures were taken seconds apart, so a change of the machine's speed between rounds cancels."""
+    ratios = np.asarray(numerator, dtype=np.float64) / np.asarray(denominator, dtype=np.float64)
+    low, high = bootstrap_ci(ratios)["p50_ms"]  # the interval of the median, whatever the unit
+    return float(np.median(ratios)), low, high
+
+
 def time_calls(call: Callable[[], object], *, warmup: int, iterations: int, min_seconds: float,
                on_step: Callable[[], None] | None = None) -> np.ndarray:
     """Per-call times (ns) of ``call`` after ``warmup`` untimed calls."""

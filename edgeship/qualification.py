@@ -11,6 +11,7 @@ backends) define them.
 
 from __future__ import annotations
 
+import statistics
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
@@ -122,6 +123,11 @@ class TimedTogether(_Record):
     engines: list[str]  # every engine timed in those rounds
     measured_in: str
     measured_at: str
+
+    @property
+    def round_median_ms(self) -> float:
+        """The median of the rounds' p50s: what the recommendation quotes, beside its round-by-round ratios."""
+        return statistics.median(self.round_p50_ms)
 
 
 class EngineRow(Scores):

@@ -68,6 +68,7 @@ CALIBRATION_BATCH = 32  # inputs per ModelOpt calibration step
 PREPARE_STEPS = "2"  # edgeship's steps on a prepared ONNX, in its key; 2: the Q/DQ ONNX stamped to run as written
 SHARED_SCALES = ("; the candidates share the activation scales calibrated for the first one built (the fully quantized one; "
                  "a TensorRT calibration cache ModelOpt reads): calibrating each candidate again was most of its time")
+SCALES_SHARED = "shared: calibrated once, by the search's fully quantized candidate"  # prepare.json's activation_scales
 PREDICTS = "a TensorRT INT8 engine"  # what the prepared Q/DQ ONNX stands in for (mark_simulated)
 # ModelOpt's calibration holds every activation of every calibration input at once; above this it calibrates node by
 # node (``calibrate_per_node``: the same Q/DQ scales, a fraction of the memory, several times the time)
@@ -262,7 +263,7 @@ class TensorRtBackend(BackendBase):
         scales = shared / "scales.cache" if shared is not None else None
         reused = scales is not None and scales.is_file()
         if reused:
-            settings["activation_scales"] = "shared: calibrated once, by the search's fully quantized candidate"
+            settings["activation_scales"] = SCALES_SHARED
         if keep:
             settings["float_layers"] = keep
         settings["weight_rounding"] = cfg.weight_rounding
@@ -295,7 +296,7 @@ class TensorRtBackend(BackendBase):
                 fallback_reason = message
             ranges = shared / "ranges.json" if shared is not None else None
             if ranges is not None and ranges.is_file():
-                settings["activation_scales"] = "shared: calibrated once, by the search's fully quantized candidate"
+                settings["activation_scales"] = SCALES_SHARED
             try:
                 quantize_qdq(rounded, target, calibration, method={"entropy": "entropy", "max": "minmax"}[cfg.calibration_method],
                              per_channel=True, activation_type="int8", reduce_range=False, extra_options=ORT_TENSORRT_OPTIONS,

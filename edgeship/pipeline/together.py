@@ -19,8 +19,7 @@ import numpy as np
 from rich.console import Console
 
 from edgeship.harness import HarnessSpec
-from edgeship.interleave import time_interleaved_isolated
-from edgeship.measure import summarize
+from edgeship.interleave import round_figures, time_interleaved_isolated
 from edgeship.progress import progress_bar
 
 TOGETHER = "timed-together"  # the validate entries' prefix: timed-together/<backend>
@@ -64,10 +63,5 @@ def time_together(engines: Sequence[EngineToTime], settings: dict[str, Any], cpu
         times, orders = time_interleaved_isolated(specs, rounds=rounds, work=folder / "children", on_slice=on_slice)
         bar.update(task, completed=rounds * len(engines))
     np.savez(folder / "timings.npz", **{f"{name}@round{i + 1}": chunk for name, chunks in times.items() for i, chunk in enumerate(chunks)})
-    figures = {}
-    for name, chunks in times.items():
-        stats = summarize(np.concatenate(chunks), settings["batch_size"])
-        figures[name] = {"p50_ms": round(stats.p50_ms, 4), "p50_ci95": [round(v, 4) for v in stats.ci95["p50_ms"]],
-                         "p99_ms": round(stats.p99_ms, 4), "iterations": stats.iterations,
-                         "round_p50_ms": [round(float(np.median(chunk)) / 1e6, 5) for chunk in chunks]}
+    figures = {name: round_figures(chunks, settings["batch_size"]) for name, chunks in times.items()}
     return {"backend": engines[0].backend, "rounds": rounds, "orders": orders, "engines": figures}

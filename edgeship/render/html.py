@@ -5,7 +5,6 @@ which the terminal shares."""
 from __future__ import annotations
 
 import json
-import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from html import escape
 from typing import Any
@@ -141,7 +140,7 @@ def _together(report: Report) -> str:
         together = row.timed_together
         assert together is not None
         low, high = together.p50_ci95
-        body.append([escape(row.name), f"{statistics.median(together.round_p50_ms):.4f}",
+        body.append([escape(row.name), f"{together.round_median_ms:.4f}",
                      escape(", ".join(f"{p50:.4f}" for p50 in together.round_p50_ms)),
                      _styled(Cell(f"{together.p50_ms:.4f}", "measured", f"{low:.4f}–{high:.4f}")),
                      _styled(latency_cell(row.latency, "p50_ms")), escape(together.measured_in)])
