@@ -8,13 +8,15 @@ shuffled order, so each engine takes each place in turn.
 
 The child, ``python -m edgeship.interleave SPEC.json``, answers ``ready`` once loaded, then for each line
 ``SECONDS ITERATIONS PATH`` on its stdin times that slice (a few warm-up calls first), writes the per-call times (ns,
-.npy) to PATH and answers ``ok``; end of input ends it. Waiting for a line, it uses no CPU.
+.npy) to PATH and answers ``ok``; end of input ends it. Waiting for a line, it uses no CPU. A child that does not
+answer in time (a runtime hung in a call) is killed and named, so a hung engine cannot hang the run.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import select
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -28,6 +30,9 @@ from edgeship.harness import HarnessError, HarnessSpec, child_environment, first
 from edgeship.measure import summarize, time_calls
 
 SLICE_WARMUP = 5  # calls before each slice: another engine's threads may still be settling
+READY_TIMEOUT_S = 900.0  # to load and warm up an engine (an OpenVINO compile or a TensorRT engine's load included)
+SLICE_GRACE_S = 300.0  # a slice's answer may take this long beyond SLICE_SLACK times its seconds (its calls, one slow)
+SLICE_SLACK = 10.0
 
 
 class _Child:
@@ -43,12 +48,20 @@ class _Child:
             self.process.stdin.flush()
         except (BrokenPipeError, OSError):
             raise self._failure() from None
-        if self._reply() != "ok":
+        if self.reply(SLICE_GRACE_S + SLICE_SLACK * seconds, f"a slice of {seconds:.3g} s") != "ok":
             raise self._failure()
         return np.load(path)
 
-    def _reply(self) -> str:
+    def reply(self, timeout_s: float, waiting_for: str) -> str:
+        """The child's next line; a child silent for ``timeout_s`` is killed and named (one reply per command, so
+        nothing waits in the pipe's buffer while ``select`` watches the pipe)."""
         assert self.process.stdout is not None
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout_s)
+        if not ready:
+            self.process.kill()
+            self.process.wait()
+            raise HarnessError(f"{self.name}: its timing process gave no answer within {timeout_s:.0f} s ({waiting_for}) "
+                               "and was stopped: the runtime hung?")
         return self.process.stdout.readline().strip()
 
     def _failure(self) -> HarnessError:
@@ -66,7 +79,7 @@ def _loaded(name: str, spec: HarnessSpec, work: Path) -> Iterator[_Child]:
                                                    stdout=subprocess.PIPE, stderr=stderr, text=True, env=child_environment()) as process:
         child = _Child(name, process, log)
         try:
-            if child._reply() != "ready":
+            if child.reply(READY_TIMEOUT_S, "loading the engine and its warm-up") != "ready":
                 raise child._failure()
             yield child
         finally:

@@ -53,3 +53,20 @@ def test_a_slice_is_timed_on_command_after_its_warmup(tiny_cnn_onnx: Path, tmp_p
     serve(spec, commands, replies)
     assert replies.getvalue() == "ready\nok\nok\n"
     assert len(np.load(tmp_path / "one.npy")) == 7 and len(np.load(tmp_path / "two with space.npy")) >= 1
+
+
+@pytest.mark.parametrize("stage", ["slice", "load"])
+def test_a_child_that_does_not_answer_in_time_is_stopped_and_named(stage: str, tiny_cnn_onnx: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgeship.interleave as interleave
+
+    if stage == "slice":  # a 60 s slice allowed half a second stands for a runtime hung in a call
+        monkeypatch.setattr(interleave, "SLICE_GRACE_S", 0.5)
+        monkeypatch.setattr(interleave, "SLICE_SLACK", 0.0)
+    else:
+        monkeypatch.setattr(interleave, "READY_TIMEOUT_S", 0.01)
+    specs = {"quick": spec_for(tiny_cnn_onnx, tmp_path), "onnxruntime/hung": spec_for(tiny_cnn_onnx, tmp_path, min_seconds=60.0)}
+    with pytest.raises(HarnessError, match=r"gave no answer within .* and was stopped") as caught:
+        time_interleaved_isolated({"onnxruntime/hung": specs["onnxruntime/hung"]} if stage == "load" else specs, rounds=1,
+                                  work=tmp_path / "work")
+    assert str(caught.value).startswith("onnxruntime/hung: ") and "\n" not in str(caught.value)
