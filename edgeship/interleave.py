@@ -117,6 +117,20 @@ def time_interleaved_isolated(specs: Mapping[str, HarnessSpec], *, rounds: int, 
     return times, orders
 
 
+def time_together_into(folder: Path, specs: Mapping[str, HarnessSpec], *, rounds: int,
+                       on_slice: Callable[[int, str], None] | None = None) -> dict[str, Any]:
+    """``time_interleaved_isolated`` with its record: the raw times in ``folder/timings.npz`` (``<name>@round<i>``),
+    each child's spec and stderr under ``folder/children``; returns the rounds, their orders and each engine's
+    ``round_figures``. Here and on a device agent alike."""
+    batch_sizes = sorted({spec.batch_size for spec in specs.values()})
+    if len(batch_sizes) != 1:
+        raise ValueError(f"engines timed together share one batch size, not {batch_sizes}")
+    times, orders = time_interleaved_isolated(specs, rounds=rounds, work=folder / "children", on_slice=on_slice)
+    np.savez(folder / "timings.npz", **{f"{name}@round{i + 1}": chunk for name, chunks in times.items() for i, chunk in enumerate(chunks)})
+    figures = {name: round_figures(chunks, batch_sizes[0]) for name, chunks in times.items()}
+    return {"rounds": rounds, "orders": orders, "engines": figures}
+
+
 def round_figures(chunks: Sequence[np.ndarray], batch_size: int) -> dict[str, Any]:
     """One engine's rounds summarised: its p50 over every call (with its bootstrap 95% interval), p99 and call count,
     and each round's p50, the figures round-by-round comparisons read."""

@@ -77,6 +77,41 @@ class JobRequest(MeasureSettings):
         return needed
 
 
+class EngineToTime(_Message):
+    """One engine of a ``TogetherRequest``: the name its figures come back under, and how it is fed."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_./@-]{0,127}$")
+    engine: EngineRef
+    input_name: str
+
+
+class TogetherRequest(MeasureSettings):
+    """Time engines together on the device (``edgeship.interleave``): each loaded once in a process of its own, then
+    taking turns in ``rounds`` short slices, so that a change of the device's speed (a throttled clock, another load)
+    falls on all of them alike. Latency only; ``min_seconds`` and ``iterations`` are shared out among the slices. The
+    job's state names the first engine (``engine``), and its ``timings.npz`` comes back under that engine's sha256."""
+
+    engines: tuple[EngineToTime, ...] = Field(min_length=2)
+    inputs: str = Field(pattern=SHA256, description=".npy of preprocessed inputs in the ONNX layout")
+    rounds: int = Field(ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> TogetherRequest:
+        names = [engine.name for engine in self.engines]
+        if len(set(names)) != len(names):
+            raise ValueError(f"engines: each name once, not {names}")
+        return self
+
+    @property
+    def engine(self) -> EngineRef:
+        return self.engines[0].engine
+
+    def hashes(self) -> dict[str, str]:
+        needed = {f"engine file {timed.name}/{name}": digest for timed in self.engines for name, digest in timed.engine.files.items()}
+        needed["inputs"] = self.inputs
+        return needed
+
+
 class ProbeRequest(_Message):
     """Run a release's acceptance probe on the device (``edgeship release verify --device``): the release folder's files
     by sha256 (``engine.main`` is its ``release.json``), the public keys it must be signed with (PEM text), and the

@@ -5,6 +5,8 @@
   to its name is refused, and so is one larger than the limit.
 - ``POST /jobs``: measure an engine with ``edgeship.harness`` (the local validate stage's own code, in a pinned
   child process); ``GET /jobs/<id>?wait=S`` its state; ``GET /jobs/<id>/files/<name>`` its outputs and timings.
+- ``POST /together``: time a backend's engines together in interleaved rounds (``edgeship.interleave``), a job like
+  the others, for the ship decision: two engines timed one after the other on a device compare two moments.
 
 One worker thread runs the jobs one after another, so two measurements never overlap; the others queue.
 Every request needs ``Authorization: Bearer <token>``. Every path the agent writes is ``<cache>/files/<sha256>``
@@ -32,10 +34,23 @@ import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request, Response  # the `agent` extra; only `agent serve` imports this module
 from fastapi.responses import FileResponse
 
-from edgeship.agent.protocol import ENGINE_HEADER, FILE_NAME, PROTOCOL, RESULT_FILES, SHA256, JobRequest, JobState, ProbeRequest, matches
+from edgeship.agent.protocol import (
+    ENGINE_HEADER,
+    FILE_NAME,
+    PROTOCOL,
+    RESULT_FILES,
+    SHA256,
+    EngineRef,
+    JobRequest,
+    JobState,
+    ProbeRequest,
+    TogetherRequest,
+    matches,
+)
 from edgeship.backends import REGISTRY, availability
 from edgeship.device import describe_device, pinned_cpus
 from edgeship.harness import HarnessError, HarnessSpec, measure_isolated
+from edgeship.interleave import time_together_into
 from edgeship.measure import pack_hits, scores, top1_hits
 from edgeship.version import __version__
 
@@ -47,7 +62,7 @@ CHUNK = 1 << 20
 class _Job:
     id: str
     seq: int
-    request: JobRequest | ProbeRequest
+    request: JobRequest | ProbeRequest | TogetherRequest
     submitted: float
     state: str = "queued"
     started: float | None = None
@@ -92,7 +107,7 @@ class Agent:
         assert matches(SHA256, digest)
         return self.cache / "files" / digest
 
-    def submit(self, request: JobRequest | ProbeRequest) -> _Job:
+    def submit(self, request: JobRequest | ProbeRequest | TogetherRequest) -> _Job:
         with self._lock:
             seq = next(self._ids)
             job = _Job(id=f"{int(time.time())}-{seq}", seq=seq, request=request, submitted=time.time())
@@ -146,8 +161,10 @@ class Agent:
     def _run(self, job: _Job) -> dict[str, Any]:
         if isinstance(job.request, ProbeRequest):
             return self._probe(job, job.request)
+        if isinstance(job.request, TogetherRequest):
+            return self._together(job, job.request)
         request = job.request
-        engine = self._engine_folder(request) / request.engine.main
+        engine = self._engine_folder(request.engine) / request.engine.main
         folder = self._job_dir(job)
         folder.mkdir(parents=True, exist_ok=True)
         spec = HarnessSpec(**request.settings(), backend=request.engine.backend, engine=engine, input_name=request.input_name,
@@ -163,6 +180,25 @@ class Agent:
             (folder / "logits.npy").unlink()
         return result
 
+    def _together(self, job: _Job, request: TogetherRequest) -> dict[str, Any]:
+        """The engines timed together in pinned children of their own, on the agent's CPUs like any job's."""
+        folder = self._job_dir(job)
+        folder.mkdir(parents=True, exist_ok=True)
+        cpus = pinned_cpus(request.threads, self.cpus)
+        specs = {timed.name: HarnessSpec(**request.settings(), backend=timed.engine.backend,
+                                         engine=self._engine_folder(timed.engine) / timed.engine.main, input_name=timed.input_name,
+                                         inputs=self.file_path(request.inputs), cpus=cpus) for timed in request.engines}
+        total = request.rounds * len(specs)
+        slices = itertools.count()
+
+        def on_slice(index: int, name: str) -> None:
+            job.progress = {"task": f"engines timed together, round {index + 1}/{request.rounds}: {name}", "done": next(slices),
+                            "total": total}
+
+        result = time_together_into(folder, specs, rounds=request.rounds, on_slice=on_slice)
+        shutil.rmtree(folder / "children", ignore_errors=True)  # the children's specs name this cache's paths
+        return result
+
     def _probe(self, job: _Job, request: ProbeRequest) -> dict[str, Any]:
         """The release verified and probed by the device loader in a process of its own, as a device would run it."""
         folder = self._job_dir(job)
@@ -171,7 +207,7 @@ class Agent:
         for n, key in enumerate(request.trusted_keys):
             keys += ["--key", str(folder / f"trusted-{n}.pub")]
             (folder / f"trusted-{n}.pub").write_text(key)
-        command = [sys.executable, "-m", "edgeship_deploy", "verify", str(self._engine_folder(request)), *keys, "--probe",
+        command = [sys.executable, "-m", "edgeship_deploy", "verify", str(self._engine_folder(request.engine)), *keys, "--probe",
                    *(["--allow-unsigned"] if request.allow_unsigned else []),
                    *(["--threads", str(request.threads)] if request.threads else [])]
         job.progress = {"task": "probe", "done": 0, "total": 1}
@@ -179,9 +215,8 @@ class Agent:
         lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
         return {"passed": done.returncode == 0, "exit_code": done.returncode, "lines": lines}
 
-    def _engine_folder(self, request: JobRequest | ProbeRequest) -> Path:
+    def _engine_folder(self, ref: EngineRef) -> Path:
         """The engine's files under their own names, linked from the hash cache into a folder named by their hashes."""
-        ref = request.engine
         key = hashlib.sha256(repr(sorted(ref.files.items())).encode()).hexdigest()[:32]
         folder = self.cache / "engines" / key
         if not folder.is_dir():
@@ -265,22 +300,33 @@ def create_app(agent: Agent, token: str, *, max_upload_bytes: int) -> FastAPI:
             staging.unlink(missing_ok=True)
         return {"sha256": digest, "size": size}
 
-    @app.post("/jobs", status_code=202)
-    def submit(request: JobRequest) -> JobState:
+    def uploaded(request: JobRequest | ProbeRequest | TogetherRequest) -> None:
         missing = [f"{role} ({digest[:12]}…)" for role, digest in request.hashes().items() if not agent.file_path(digest).is_file()]
         if missing:
             raise HTTPException(409, f"upload these first: {', '.join(missing)}")
-        backend = agent.describe()["backends"].get(request.engine.backend)
+
+    def runs_here(engine: EngineRef, what: str = "") -> None:
+        backend = agent.describe()["backends"].get(engine.backend)
         if backend is None or not backend["available"]:
             why = backend["reason"] if backend else "not a backend edgeship knows"
-            raise HTTPException(422, f"{request.engine.backend} cannot run on this device: {why}")
+            raise HTTPException(422, f"{what}{engine.backend} cannot run on this device: {why}")
+
+    @app.post("/jobs", status_code=202)
+    def submit(request: JobRequest) -> JobState:
+        uploaded(request)
+        runs_here(request.engine)
+        return agent.state(agent.submit(request))
+
+    @app.post("/together", status_code=202)
+    def together(request: TogetherRequest) -> JobState:
+        uploaded(request)
+        for timed in request.engines:
+            runs_here(timed.engine, f"{timed.name}: ")
         return agent.state(agent.submit(request))
 
     @app.post("/probes", status_code=202)
     def probe(request: ProbeRequest) -> JobState:
-        missing = [f"{role} ({digest[:12]}…)" for role, digest in request.hashes().items() if not agent.file_path(digest).is_file()]
-        if missing:
-            raise HTTPException(409, f"upload these first: {', '.join(missing)}")
+        uploaded(request)
         return agent.state(agent.submit(request))
 
     @app.get("/jobs/{job_id}")

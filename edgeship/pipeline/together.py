@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from rich.console import Console
 
 from edgeship.harness import HarnessSpec
-from edgeship.interleave import round_figures, time_interleaved_isolated
+from edgeship.interleave import time_together_into
 from edgeship.progress import progress_bar
 
 TOGETHER = "timed-together"  # the validate entries' prefix: timed-together/<backend>
@@ -59,9 +58,6 @@ def time_together(engines: Sequence[EngineToTime], settings: dict[str, Any], cpu
                        completed=done[0])
             done[0] += 1
 
-        # each child's spec and stderr stay in children/, beside the times
-        times, orders = time_interleaved_isolated(specs, rounds=rounds, work=folder / "children", on_slice=on_slice)
+        metrics = time_together_into(folder, specs, rounds=rounds, on_slice=on_slice)
         bar.update(task, completed=rounds * len(engines))
-    np.savez(folder / "timings.npz", **{f"{name}@round{i + 1}": chunk for name, chunks in times.items() for i, chunk in enumerate(chunks)})
-    figures = {name: round_figures(chunks, settings["batch_size"]) for name, chunks in times.items()}
-    return {"backend": engines[0].backend, "rounds": rounds, "orders": orders, "engines": figures}
+    return {"backend": engines[0].backend, **metrics}

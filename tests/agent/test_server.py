@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeship.agent.protocol import EngineRef, JobRequest
+from edgeship.agent.protocol import EngineRef, EngineToTime, JobRequest, TogetherRequest
 from edgeship.agent.server import Agent, create_app, read_token
 from edgeship.measure import unpack_hits
 
@@ -191,3 +191,42 @@ def test_read_token_names_the_file_and_what_it_expected(tmp_path: Path) -> None:
         read_token(tmp_path / "missing")
     path.write_text("\n  a-long-enough-token-value  \nsecond line\n")
     assert read_token(path) == "a-long-enough-token-value"
+
+
+def test_engines_are_timed_together_in_interleaved_rounds_on_the_device(client: object, tiny_cnn_onnx: Path,
+                                                                        calibration_samples: np.ndarray, tmp_path: Path) -> None:
+    one = job(client, tiny_cnn_onnx, calibration_samples[:4], tmp_path)
+    import onnx
+
+    model = onnx.load(tiny_cnn_onnx)
+    model.doc_string = "the same network, another engine"  # its sha256 differs
+    other = upload(client, model.SerializeToString())
+    engines = (EngineToTime(name="onnxruntime/fp32", engine=one.engine, input_name="input"),
+               EngineToTime(name="onnxruntime/int8", input_name="input",
+                            engine=EngineRef(backend="onnxruntime", main="model.onnx", sha256=other, files={"model.onnx": other})))
+    request = TogetherRequest(engines=engines, inputs=one.inputs, rounds=3, threads=1, warmup=1, iterations=6, min_seconds=0.0)
+    state = client.post("/together", json=request.model_dump(mode="json")).json()  # type: ignore[attr-defined]
+    while state["state"] not in ("done", "failed"):
+        state = client.get(f"/jobs/{state['id']}", params={"wait": 30}).json()  # type: ignore[attr-defined]
+    assert state["state"] == "done", state["error"]
+    result = state["result"]
+    assert result["rounds"] == 3 and [sorted(order) for order in result["orders"]] == [["onnxruntime/fp32", "onnxruntime/int8"]] * 3
+    for name in ("onnxruntime/fp32", "onnxruntime/int8"):
+        figures = result["engines"][name]
+        assert len(figures["round_p50_ms"]) == 3 and figures["iterations"] >= 6 and figures["p50_ms"] > 0
+    assert state["engine"]["sha256"] == one.engine.sha256 and state["files"] == ["timings.npz"]
+    answer = client.get(f"/jobs/{state['id']}/files/timings.npz")  # type: ignore[attr-defined]
+    assert answer.headers["x-edgeship-engine-sha256"] == one.engine.sha256
+    (tmp_path / "timings.npz").write_bytes(answer.content)
+    assert len(np.load(tmp_path / "timings.npz").files) == 6, "each engine's times in each round"
+
+
+def test_timing_together_refuses_missing_files_and_twice_the_same_name(client: object, tiny_cnn_onnx: Path) -> None:
+    digest = sha(tiny_cnn_onnx.read_bytes())
+    ref = EngineRef(backend="onnxruntime", main="model.onnx", sha256=digest, files={"model.onnx": digest})
+    engines = (EngineToTime(name="a", engine=ref, input_name="input"), EngineToTime(name="b", engine=ref, input_name="input"))
+    request = TogetherRequest(engines=engines, inputs="1" * 64, rounds=2, threads=1)
+    response = client.post("/together", json=request.model_dump(mode="json"))  # type: ignore[attr-defined]
+    assert response.status_code == 409 and "engine file a/model.onnx" in response.json()["detail"]
+    with pytest.raises(ValueError, match="each name once"):
+        TogetherRequest(engines=(engines[0], engines[0]), inputs="1" * 64, rounds=2, threads=1)
