@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edgeship.agent.protocol import ENGINE_HEADER, EngineRef, JobRequest, JobState, ProbeRequest
+from edgeship.agent.protocol import ENGINE_HEADER, EngineRef, JobRequest, JobState, ProbeRequest, TogetherRequest
 from edgeship.artifacts import sha256_file
 
 Progress = Callable[[str, int, int], None]
@@ -68,8 +68,15 @@ class AgentClient:
         self._call("PUT", f"/files/{digest}", content=chunks(), headers=headers)
         return digest
 
-    def submit(self, request: JobRequest) -> JobState:
-        state = JobState.model_validate(self._call("POST", "/jobs", json=request.model_dump(mode="json")).json())
+    def submit(self, request: JobRequest | TogetherRequest) -> JobState:
+        """``POST /jobs`` (measure one engine) or ``POST /together`` (time engines together)."""
+        together = isinstance(request, TogetherRequest)
+        route = "/together" if together else "/jobs"
+        response = self._call("POST", route, allow=(404,) if together else (), json=request.model_dump(mode="json"))
+        if response.status_code == 404:  # an agent older than the route
+            raise AgentError(f"{self.url}: this agent's edgeship cannot time engines together (it has no {route}): update it",
+                             transient=False)
+        state = JobState.model_validate(response.json())
         _check_engine(state.engine, request.engine)
         return state
 
@@ -140,8 +147,8 @@ def _reason(exc: BaseException) -> str:
     return " ".join(text.split())[:200]
 
 
-def measure_remote(client: AgentClient, request: JobRequest, files: dict[str, Path], folder: Path, *, job_timeout_s: float,
-                   progress: Progress | None = None) -> dict[str, Any]:
+def measure_remote(client: AgentClient, request: JobRequest | TogetherRequest, files: dict[str, Path], folder: Path, *,
+                   job_timeout_s: float, progress: Progress | None = None) -> dict[str, Any]:
     """One attempt: upload what the agent lacks, run the job, fetch its outputs and timings into ``folder``.
 
     ``files`` maps each sha256 of the request to the local file that has it. Returns the harness result, as the

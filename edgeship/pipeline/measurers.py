@@ -22,7 +22,7 @@ import numpy as np
 from rich.markup import escape
 
 from edgeship.agent.client import AgentClient, AgentError, measure_remote, with_retries
-from edgeship.agent.protocol import EngineRef, JobRequest
+from edgeship.agent.protocol import EngineRef, EngineToTime, JobRequest, TogetherRequest
 from edgeship.artifacts import Artifact, sha256_file
 from edgeship.backends import REGISTRY
 from edgeship.data import save_preprocessed
@@ -170,26 +170,47 @@ class DeviceMeasurer(Measurer):
         files = {digest: artifact.folder / file for file, digest in artifact.files.items()}
         files.update(dict(sent.values()))
         scoring = {role: digest for role, (digest, _) in sent.items() if role != "inputs"}
-        job = JobRequest(engine=EngineRef(backend=request.backend, main=request.engine.name, sha256=artifact.sha256,
-                                          files=dict(artifact.files)),
+        job = JobRequest(engine=_engine_ref(artifact, request.backend, request.engine.name),
                          inputs=sent["inputs"][0], input_name=request.input_name, input_shape=tuple(artifact.meta["input_shape"]),
                          **settings(self.cfg, self.threads, timed=request.timed), timed=request.timed,
                          cross_check=request.cross_check and request.timed, outputs="metrics" if scored_there else "full", **scoring)
-        with progress_bar(self.local.ctx.console) as bar:
-            task = bar.add_task(f"{request.name}: sending it to {device.name}", total=None, info=f"{device.url}, {self.threads} threads")
-
-            def progress(what: str, done: int, total: int) -> None:
-                bar.update(task, description=f"{request.name}: {what}", completed=done, total=total or None)
-
-            try:
-                result = with_retries(lambda: measure_remote(self.client, job, files, folder, job_timeout_s=device.job_timeout_s,
-                                                             progress=progress),
-                                      retries=device.retries, delay_s=device.retry_delay_s,
-                                      on_retry=retry_note(self.local.ctx, request.name))
-            except AgentError as exc:
-                raise StageError(STAGE, f"device {device.name}: {exc}") from None
+        result = self._remote(request.name, job, files, folder)
         (folder / "harness-result.json").write_text(json.dumps(result, indent=2))
         return result
+
+    def time_together(self, engines: dict[str, Artifact], rounds: int, folder: Path) -> dict[str, Any]:
+        """The engines (row name → engine) timed together on the device in ``rounds`` interleaved rounds
+        (``POST /together``): each round's figures and the raw times in ``folder/timings.npz``. Raises ``StageError``."""
+        timed = tuple(EngineToTime(name=name, input_name=engine.meta["input_name"], engine=_engine_ref(engine))
+                      for name, engine in engines.items())
+        inputs = self._sent("inputs")
+        files = {digest: engine.folder / file for engine in engines.values() for file, digest in engine.files.items()}
+        files[inputs[0]] = inputs[1]
+        job = TogetherRequest(engines=timed, inputs=inputs[0], rounds=rounds, **settings(self.cfg, self.threads, timed=False))
+        label = f"{next(iter(engines.values())).meta['backend']}@{self.device.name}"
+        return self._remote(f"{label}: engines timed together", job, files, folder)
+
+    def _remote(self, label: str, job: JobRequest | TogetherRequest, files: dict[str, Path], folder: Path) -> dict[str, Any]:
+        """One job on the device, with a progress bar and the device's retry policy."""
+        device = self.device
+        with progress_bar(self.local.ctx.console) as bar:
+            task = bar.add_task(f"{label}: sending it to {device.name}", total=None, info=f"{device.url}, {self.threads} threads")
+
+            def progress(what: str, done: int, total: int) -> None:
+                bar.update(task, description=f"{label}: {what}", completed=done, total=total or None)
+
+            try:
+                return with_retries(lambda: measure_remote(self.client, job, files, folder, job_timeout_s=device.job_timeout_s,
+                                                           progress=progress),
+                                    retries=device.retries, delay_s=device.retry_delay_s, on_retry=retry_note(self.local.ctx, label))
+            except AgentError as exc:
+                raise StageError(STAGE, f"device {device.name}: {exc}") from None
+
+
+def _engine_ref(engine: Artifact, backend: str | None = None, main: str | None = None) -> EngineRef:
+    """A stored engine as the agent rebuilds it, every file by its sha256."""
+    return EngineRef(backend=backend or engine.meta["backend"], main=main or engine.path.name, sha256=engine.sha256,
+                     files=dict(engine.files))
 
 
 def outputs_file(request: MeasureRequest) -> str:

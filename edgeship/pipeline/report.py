@@ -222,11 +222,13 @@ def build_report(manifest: Manifest, *, reached: bool = False) -> Report:
             report["notes"].append(info.report_note)
     for entry in entries:
         if entry.stage == "validate" and entry.name.startswith(f"{TOGETHER}/") and entry.status == "failed":
-            report["notes"].append(f"Timing {display_name(entry.name.removeprefix(f'{TOGETHER}/'))}'s engines together failed "
+            backend, _, device = entry.name.removeprefix(f"{TOGETHER}/").partition("@")
+            report["notes"].append(f"Timing {display_name(backend)}'s engines together{f' on {device}' if device else ''} failed "
                                    f"({entry.reason}): its recommendation ranks each engine's own p50.")
     together = next((row.timed_together for row in engines if row.timed_together is not None), None)
     if together is not None:
-        report["notes"].append(f"Each backend's engines were then timed again together: each loaded once in a process of its own, "
+        report["notes"].append(f"Each backend's engines were then timed again together, here and on each device: each loaded once "
+                               f"in a process of its own, "
                                f"then taking turns in {together.rounds} short slices, so that a change of the machine's speed falls on "
                                "all of them alike. The recommendation compares those figures round by round (timed_together); the "
                                "tables' p50s are each engine's own.")
@@ -244,9 +246,10 @@ def build_report(manifest: Manifest, *, reached: bool = False) -> Report:
 
 
 def _add_timed_together(rows: list[dict[str, Any]], validations: Mapping[str, ManifestEntry]) -> None:
-    """Each engine measured here gets its p50 from the rounds that timed its backend's engines together, where they ran."""
+    """Each engine gets its p50 from the rounds that timed its backend's engines together, where they ran: here, or on
+    its device (``timed-together/<backend>@<device>``)."""
     for row in rows:
-        entry = validations.get(together_name(row["backend"])) if "device_name" not in row else None
+        entry = validations.get(together_name(row["backend"] if "device_name" not in row else f"{row['backend']}@{row['device_name']}"))
         figures = entry.metrics["engines"].get(row["name"]) if entry is not None else None
         if figures is not None and row["status"] == "ok":
             row["timed_together"] = {**figures, "rounds": entry.metrics["rounds"], "engines": list(entry.metrics["engines"]),

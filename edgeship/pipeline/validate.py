@@ -86,13 +86,16 @@ class ValidateStage:
                 chosen = {name: engine for name, engine in engines.items() if "predicts" not in engine.meta
                           and (device.backends is None or engine.meta["backend"] in device.backends)}
                 if chosen:
-                    results.update(self._on_device(device, chosen, results[BASELINE], reference, config, measure, macs, ctx))
+                    results.update(self._on_device(device, chosen, results[BASELINE], reference, config, measure, macs, ctx,
+                                                   cfg.together_rounds))
         return results
 
     def _on_device(self, device: DeviceConfig, engines: Mapping[str, Artifact], baseline: Artifact, reference: Any,
-                   config: dict[str, Any], local: LocalMeasurer, macs: int | None, ctx: RunContext) -> dict[str, Artifact]:
-        """Every engine of the device's backends measured on it through its agent, as ``<engine>@<device>``; a device
-        that cannot be reached, or fails a job, is recorded ``failed`` for that engine with the cause, and the run goes on."""
+                   config: dict[str, Any], local: LocalMeasurer, macs: int | None, ctx: RunContext,
+                   together_rounds: int) -> dict[str, Artifact]:
+        """Every engine of the device's backends measured on it through its agent, as ``<engine>@<device>``, then each
+        backend's engines timed together there (``timed-together/<backend>@<device>``); a device that cannot be reached,
+        or fails a job, is recorded ``failed`` for that engine with the cause, and the run goes on."""
         names = {name: f"{name}@{device.name}" for name in engines}
         policy = {"retries": device.retries, "delay_s": device.retry_delay_s}
         device_cfg = {**config, "device": device.model_dump(mode="json", include={"name", "url", "threads", "outputs_limit_mib"})}
@@ -132,7 +135,37 @@ class ValidateStage:
                 except StageError as exc:
                     ctx.record_problem(self.name, names[name], "failed", exc.reason, engine_cfg)
                 ctx.save_manifest()
+            if together_rounds:
+                measured = {name: engine for name, engine in engines.items() if names[name] in results}
+                results.update(self._together_on_device(device, remote, measured, names, together_rounds,
+                                                        {**device_cfg, "threads": threads}, key, ctx))
         return results
+
+    def _together_on_device(self, device: DeviceConfig, remote: DeviceMeasurer, engines: Mapping[str, Artifact],
+                            names: Mapping[str, str], rounds: int, config: dict[str, Any], key: dict[str, Any],
+                            ctx: RunContext) -> dict[str, Artifact]:
+        """``_together`` on the device, through its agent: a device's clock may throttle as it warms, so its engines
+        timed one after the other compare two moments there too."""
+        together: dict[str, Artifact] = {}
+        for backend in sorted({engine.meta["backend"] for engine in engines.values()}):
+            mine = {names[name]: engine for name, engine in sorted(engines.items()) if engine.meta["backend"] == backend}
+            if len(mine) < 2:
+                continue
+            name = together_name(f"{backend}@{device.name}")
+            together_cfg = {**{k: config[k] for k in ("warmup", "iterations", "min_seconds", "batch_size", "threads", "device")},
+                            "rounds": rounds, "engines": list(mine)}
+
+            def make(folder: Path, mine: dict[str, Artifact] = mine, backend: str = backend) -> Made:
+                metrics = remote.time_together(mine, rounds, folder)
+                return _together_made(folder, {"backend": backend, "device_name": device.name, **metrics}, ctx.run_dir.name)
+
+            try:
+                together[name] = ctx.produce(self.name, name, config=together_cfg, parents=list(mine.values()), make=make,
+                                             extra_key={**key, "together": TOGETHER_VERSION})
+            except StageError as exc:
+                ctx.record_problem(self.name, name, "failed", exc.reason, together_cfg)
+            ctx.save_manifest()
+        return together
 
     def _together(self, engines: Mapping[str, Artifact], results: Mapping[str, Artifact], config: dict[str, Any], rounds: int,
                   key: dict[str, Any], measure: LocalMeasurer, ctx: RunContext) -> dict[str, Artifact]:
@@ -162,9 +195,7 @@ class ValidateStage:
                                             console=ctx.console, timing=ctx.occupancy.timing)
                 except HarnessError as exc:
                     raise StageError(self.name, f"{name}: {exc}") from None
-                metrics.update(measured_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), measured_in=ctx.run_dir.name)
-                (folder / "together.json").write_text(json.dumps(metrics, indent=2))
-                return Made(folder / "together.json", "timed-together", {"metrics": metrics})
+                return _together_made(folder, metrics, ctx.run_dir.name)
 
             try:
                 together[name] = ctx.produce(self.name, name, config=together_cfg, parents=parents[backend], make=make,
@@ -344,3 +375,10 @@ def _device_scores(scored: Mapping[str, Any], groups: Sequence[str] | None) -> d
             raise ValueError(f"the device scored {count} samples, the evaluation split has {len(groups)}")
         scored.update(agreement_interval(unpack_hits(packed, len(groups)), groups))
     return scored
+
+
+def _together_made(folder: Path, metrics: dict[str, Any], run: str) -> Made:
+    """A ``timed-together`` entry, stamped with when and in which run its rounds ran."""
+    metrics = {**metrics, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "measured_in": run}
+    (folder / "together.json").write_text(json.dumps(metrics, indent=2))
+    return Made(folder / "together.json", "timed-together", {"metrics": metrics})

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from edgeship.agent.client import AgentClient, AgentError, measure_remote, with_retries
-from edgeship.agent.protocol import EngineRef, JobRequest
+from edgeship.agent.protocol import EngineRef, EngineToTime, JobRequest, TogetherRequest
 
 ENGINE = EngineRef(backend="onnxruntime", main="model.onnx", sha256="a" * 64, files={"model.onnx": "a" * 64})
 OTHER = EngineRef(backend="onnxruntime", main="model.onnx", sha256="b" * 64, files={"model.onnx": "b" * 64})
@@ -86,3 +86,13 @@ def test_retries_follow_the_policy_and_stop_at_a_lasting_fault() -> None:
     with pytest.raises(AgentError, match="401"):
         with_retries(refused, retries=5, delay_s=0.0)
     assert len(calls) == 1, "a lasting fault is not retried"
+
+
+def test_an_agent_older_than_timing_together_says_so_and_is_not_retried(tmp_path: Path) -> None:
+    timed = tuple(EngineToTime(name=name, engine=engine, input_name="input") for name, engine in (("a", ENGINE), ("b", OTHER)))
+    request = TogetherRequest(engines=timed, inputs="c" * 64, rounds=2, threads=1)
+    transport = scripted({("POST", "/together"): httpx.Response(404, json={"detail": "Not Found"})})
+    with AgentClient("http://device", "t" * 20, transport=transport) as client, \
+            pytest.raises(AgentError, match=r"^http://device: this agent's edgeship cannot time engines together") as err:
+        measure_remote(client, request, {}, tmp_path, job_timeout_s=10)
+    assert not err.value.transient

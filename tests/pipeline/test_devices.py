@@ -20,8 +20,10 @@ import pytest
 from rich.console import Console
 
 from edgeship import run
+from edgeship.errors import StageError
+from edgeship.pipeline.measurers import DeviceMeasurer
 
-from conftest import TOKEN, agent_process, free_port, tiny_recipe
+from conftest import TINY_VALIDATE, TOKEN, agent_process, free_port, tiny_recipe
 
 pytestmark = pytest.mark.slow
 def device(name: str, url: str, **settings: object) -> dict[str, object]:
@@ -75,18 +77,40 @@ def test_a_device_measures_the_same_outputs_and_faults_stay_with_their_device(tm
     assert "onnxruntime/int8@loop" in html and "measured on that device by its edgeship agent" in html
 
 
-def test_a_rerun_reuses_device_results_and_the_agent_reuses_uploads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_device_times_its_engines_together_and_a_rerun_reuses_results_and_uploads(tmp_path: Path,
+                                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGESHIP_TEST_TOKEN", TOKEN)
     with agent_process(tmp_path / "agent") as agent:
-        recipe = tiny_recipe(tmp_path, devices=[device("loop", agent.url)])
-        run(recipe, console=Console(quiet=True))
+        recipe = tiny_recipe(tmp_path, devices=[device("loop", agent.url)], validate={**TINY_VALIDATE, "together_rounds": 2})
+        first = run(recipe, console=Console(quiet=True))
+        found = rows(first)
+        for engine in ("onnxruntime/fp32@loop", "onnxruntime/int8@loop"):
+            together = found[engine]["timed_together"]
+            assert together["rounds"] == 2 and len(together["round_p50_ms"]) == 2 and together["iterations"] >= 20
+            assert together["engines"] == ["onnxruntime/fp32@loop", "onnxruntime/int8@loop"], "timed beside each other there"
+            assert found[engine.removesuffix("@loop")]["timed_together"]["engines"] == ["onnxruntime/fp32", "onnxruntime/int8"]
+        entry = next(e for e in first.manifest.entries if e.name == "timed-together/onnxruntime@loop")
+        raw = np.load(Path(entry.path).parent / "timings.npz")
+        assert sorted(raw.files) == sorted(f"{e}@round{i}" for e in ("onnxruntime/fp32@loop", "onnxruntime/int8@loop") for i in (1, 2))
+        reason = first.report["recommendations"]["onnxruntime@loop"]["reason"]
+        assert "p50s timed together: 2 interleaved rounds" in reason and "different runs" not in reason, reason
         uploads = sorted(p.name for p in (agent.cache / "files").iterdir())
         again = run(recipe, console=Console(quiet=True))
         reused = {e.name: e.reused for e in again.manifest.entries if e.stage == "validate"}
         assert reused["onnxruntime/int8@loop"] and reused["onnxruntime/fp32@loop"], "same engine, same device: the result is reused"
+        assert reused["timed-together/onnxruntime@loop"], "the same engines on the same device: their rounds are reused"
+
+        def older_agent(*args: object) -> dict[str, object]:
+            raise StageError("validate", f"device loop: {agent.url}: this agent's edgeship cannot time engines together")
+
+        monkeypatch.setattr(DeviceMeasurer, "time_together", older_agent)
         forced = run(recipe, force=["validate"], console=Console(quiet=True))
         assert all(not e.reused for e in forced.manifest.entries if e.stage == "validate")
         assert sorted(p.name for p in (agent.cache / "files").iterdir()) == uploads, "nothing uploaded twice"
+        assert rows(forced)["onnxruntime/int8@loop"].get("timed_together") is None and rows(forced)["onnxruntime/int8"]["timed_together"]
+        assert any(note.startswith("Timing ONNX Runtime's engines together on loop failed (device loop: ") and "own p50" in note
+                   for note in forced.report["notes"]), forced.report["notes"]
+        assert forced.report["recommendations"]["onnxruntime@loop"]["engine"], "the device's own p50s still rank its engines"
         assert len(uploads) == 3, "two engines and one evaluation set"
 
 
