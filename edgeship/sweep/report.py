@@ -11,16 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from edgeship.recipe import recipe_from_document
 from edgeship.render import html, plots
 from edgeship.sweep.driver import SweepConfig, elapsed
 from edgeship.sweep.space import SweepSpace, recipe_point
+from edgeship.sweep.together import FrontTogether
 from edgeship.sweep.trial import EnginePoint, TrialRecord
 
 SWEEP_SCHEMA_VERSION = 1
-SECTIONS = ("summary", "fronts", "confirmed", "versus", "trials")
+SECTIONS = ("summary", "fronts", "together", "confirmed", "versus", "trials")
 TIMING = ("Each engine was timed holding the machine's timing lock ({lock}) exclusively: no other trial on the same machine "
           "trained, built or converted while it was timed (the others paused at their next wait or finished their step first), "
           "and trials on other machines do not share its CPUs. Ray's own processes (raylet, GCS, the driver) were not paused.")
@@ -66,6 +67,7 @@ class SweepReport(BaseModel):
     reuse: dict[str, Any]
     timing: str
     fronts: dict[str, list[FrontPoint]]  # per backend: the Pareto-optimal engines (accuracy up, p50 down, size down), on validation
+    fronts_together: dict[str, FrontTogether] = Field(default_factory=dict)  # per backend: its front timed together afterwards
     recipe_trial: str | None
     versus_recipe: list[Versus]  # on the validation split, as the sweep chose
     confirmed: list[TrialRecord]  # the chosen trials and the recipe's, scored on the evaluation split
@@ -236,7 +238,8 @@ def render_html(folder: Path, report: SweepReport) -> str:
     head = (f"<h1>{escape(title)}</h1><p class=muted>recipe {escape(report.recipe)} · objective {escape(report.objective)} · "
             f"{len(report.trials)} of {report.trials_requested} trials recorded, {len(ok)} ok · wall {report.wall_seconds:.0f} s "
             f"over {len(report.sessions)} session(s)</p>")
-    sections = [_summary(report), _fronts(report), _confirmed(report), _versus_section(report), _trials(folder, report)]
+    sections = [_summary(report), _fronts(report), _together(report), _confirmed(report), _versus_section(report),
+                _trials(folder, report)]
     return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><meta name=viewport content='width=device-width,initial-scale=1'>"
             f"<title>{escape(title)}</title><style>{CSS}</style></head><body>\n{head}\n" + "\n".join(sections) + "\n</body></html>\n")
 
@@ -269,6 +272,34 @@ def _fronts(report: SweepReport) -> str:
                                    f"{backend}: Pareto-optimal (accuracy up, p50 down, size down): {names}"))
     links = ", ".join(f"<a href='{escape(path)}'>{escape(trial)}</a>" for trial, path in report.pareto_recipes.items())
     return html.section("fronts", "Pareto fronts", "\n".join(figures) + f"<p>Recipes of the Pareto-optimal trials: {links}</p>")
+
+
+def _together(report: SweepReport) -> str:
+    """Each front's engines timed together: which of the fronts' speed differences hold."""
+    intro = ("<p>Each trial timed its engines at its own moment (on a cluster, on its own node), so the fronts compare p50s "
+             "taken apart. Afterwards each front's engines were timed again together on the driver's machine, holding its timing "
+             "lock: each loaded once in a process of its own, taking turns in short slices, so that a change of the machine's "
+             "speed falls on all of them alike. Speed is against the front's most accurate engine, round by round, with its 95% "
+             "interval.</p>")
+    timed = [backend for backend, points in report.fronts.items() if len(points) >= 2]
+    if not timed:
+        return html.section("together", "Fronts timed together", intro + "<p>No front has two engines or more.</p>")
+    parts = [intro]
+    for backend in timed:
+        front = report.fronts_together.get(backend)
+        if front is None:
+            parts.append(f"<p><b>{escape(backend)}</b>: not timed together.</p>")
+        elif front.reason:
+            parts.append(f"<p><b>{escape(backend)}</b>: not timed together: {escape(front.reason)}.</p>")
+            continue
+        rows = [[escape(p.trial), escape(p.engine), f"{p.accuracy:.4f}", f"{p.p50_ms:.4f}",
+                 f"×{p.speedup[0]:.2f} ({p.speedup[1]:.2f}–{p.speedup[2]:.2f})",
+                 escape(f"no faster than {p.no_faster_than} (more accurate)") if p.no_faster_than else ""] for p in front.points]
+        parts.append(f"<p><b>{escape(backend)}</b>: {front.rounds} rounds, {escape(front.measured_at)}; against "
+                     f"{escape(front.reference)}.</p>"
+                     + html.table(["trial", "engine", "accuracy (validation)", "p50 ms timed together (median of rounds)",
+                                   "speed vs the most accurate", "timed together"], rows))
+    return html.section("together", "Fronts timed together", "\n".join(parts))
 
 
 def _confirmed(report: SweepReport) -> str:

@@ -26,7 +26,7 @@ RECIPE = {
     "model": {"width": 8, "train": {"epochs": 1}}, "prune": {"enabled": False}, "distill": {"enabled": False},
     "backends": {"onnxruntime": {"precisions": ["fp32", "int8"]}, "openvino": {"enabled": False}, "tflite": {"enabled": False},
                  "tensorrt": {"enabled": False}},
-    "validate": {"together_rounds": 0, "warmup": 2, "iterations": 20, "min_seconds": 0.05, "threads": 1, "throughput_batch_sizes": []},
+    "validate": {"together_rounds": 2, "warmup": 2, "iterations": 20, "min_seconds": 0.05, "threads": 1, "throughput_batch_sizes": []},
     "divergence": {"enabled": False},
 }
 SPACE = {"parameters": {"backends.onnxruntime.calibration_method": ["minmax", "entropy", "percentile"],
@@ -104,6 +104,14 @@ def test_a_node_removed_mid_sweep_loses_no_trial(cluster: Any, store: Path, tmp_
     assert document["reuse"]["models_trained"] == 1  # the teacher was trained once, for all four
     assert not _built_twice(trials)  # nothing finished (built or measured) was made again
     assert document["recipe_trial"] == "t001" and document["fronts"]["onnxruntime"]
+    if len(document["fronts"]["onnxruntime"]) >= 2:  # the front's engines, timed together on the driver's machine afterwards
+        together = document["fronts_together"]["onnxruntime"]
+        assert together["reason"] == "" and together["rounds"] == 2, together
+        front = {(p["trial"], p["engine"]) for p in document["fronts"]["onnxruntime"]}
+        assert {(p["trial"], p["engine"]) for p in together["points"]} == front
+        assert all(len(p["round_p50_ms"]) == 2 and p["speedup"][1] <= p["speedup"][0] <= p["speedup"][2] for p in together["points"])
+    else:
+        assert document["fronts_together"] == {}
     for relative in document["pareto_recipes"].values():
         written = yaml.safe_load((_sweep_folder(tmp_path / "sweeps") / relative).read_text())
         assert written["backends"]["onnxruntime"]["precisions"] == ["fp32", "int8"]
