@@ -291,15 +291,18 @@ def _together(report: SweepReport) -> str:
             parts.append(f"<p><b>{escape(backend)}</b>: not timed together.</p>")
         elif front.reason:
             parts.append(f"<p><b>{escape(backend)}</b>: not timed together: {escape(front.reason)}.</p>")
-            continue
-        rows = [[escape(p.trial), escape(p.engine), f"{p.accuracy:.4f}", f"{p.p50_ms:.4f}",
-                 f"×{p.speedup[0]:.2f} ({p.speedup[1]:.2f}–{p.speedup[2]:.2f})",
-                 escape(f"no faster than {p.no_faster_than} (more accurate)") if p.no_faster_than else ""] for p in front.points]
-        parts.append(f"<p><b>{escape(backend)}</b>: {front.rounds} rounds, {escape(front.measured_at)}; against "
-                     f"{escape(front.reference)}.</p>"
-                     + html.table(["trial", "engine", "accuracy (validation)", "p50 ms timed together (median of rounds)",
-                                   "speed vs the most accurate", "timed together"], rows))
+        else:
+            parts.append(_together_table(backend, front))
     return html.section("together", "Fronts timed together", "\n".join(parts))
+
+
+def _together_table(backend: str, front: FrontTogether) -> str:
+    rows = [[escape(p.trial), escape(p.engine), f"{p.accuracy:.4f}", f"{p.p50_ms:.4f}",
+             f"×{p.speedup[0]:.2f} ({p.speedup[1]:.2f}–{p.speedup[2]:.2f})",
+             escape(f"no faster than {p.no_faster_than} (more accurate)") if p.no_faster_than else ""] for p in front.points]
+    return (f"<p><b>{escape(backend)}</b>: {front.rounds} rounds, {escape(front.measured_at)}; against {escape(front.reference)}.</p>"
+            + html.table(["trial", "engine", "accuracy (validation)", "p50 ms timed together (median of rounds)",
+                          "speed vs the most accurate", "timed together"], rows))
 
 
 def _confirmed(report: SweepReport) -> str:

@@ -89,11 +89,13 @@ def time_fronts(folder: Path, config: SweepConfig, fronts: Mapping[str, Sequence
                 out[backend] = FrontTogether(backend=backend, reason=str(exc))
                 continue
             accuracy = {f"{trial} {engine}": value for trial, engine, value in points}
-            out[backend] = _front(backend, rounds, accuracy, {name: tuple(f["round_p50_ms"]) for name, f in metrics["engines"].items()})
+            round_p50s = {name: tuple(figures["round_p50_ms"]) for name, figures in metrics["engines"].items()}
+            out[backend] = compare_rounds(backend, rounds, accuracy, round_p50s)
     return out
 
 
-def _front(backend: str, rounds: int, accuracy: Mapping[str, float], round_p50s: Mapping[str, tuple[float, ...]]) -> FrontTogether:
+def compare_rounds(backend: str, rounds: int, accuracy: Mapping[str, float],
+                   round_p50s: Mapping[str, tuple[float, ...]]) -> FrontTogether:
     """Speedups against the most accurate engine, and which engines a more accurate one matches or beats."""
     reference = max(accuracy, key=lambda name: accuracy[name])  # the first of equals: the fronts list them in order
     points = []

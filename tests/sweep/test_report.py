@@ -13,6 +13,7 @@ import yaml
 from edgeship.render.browser import check_page, chromium
 from edgeship.sweep.driver import SweepConfig, save_record
 from edgeship.sweep.report import SECTIONS, build_report, chosen, dominates, write_outputs
+from edgeship.sweep.together import compare_rounds
 from edgeship.sweep.trial import EnginePoint, TrialRecord, Work
 
 BASE = {"name": "r", "prune": {"keep_macs": 0.25}, "backends": {"openvino": {"enabled": False}, "tflite": {"enabled": False},
@@ -62,14 +63,20 @@ def test_fronts_reuse_and_the_recipes_point(tmp_path: Path) -> None:
     assert [p.trial for p in int8.dominated_by] == ["t002"]
     assert [v.dominated_by for v in report.versus_recipe_confirmed if v.engine == "onnxruntime/int8"] == [[]]
     assert report.reuse["models_trained"] == 1 and report.reuse["stages"]["model"]["seconds_saved"] == 90.0
+    accuracy = {"t003 onnxruntime/int8": 0.85, "t002 onnxruntime/int8": 0.89, "t001 onnxruntime/fp32": 0.90}
+    rounds = {"t003 onnxruntime/int8": (0.47, 0.46, 0.48), "t002 onnxruntime/int8": (0.45, 0.44, 0.46),
+              "t001 onnxruntime/fp32": (1.0, 1.1, 0.9)}
+    report.fronts_together = {"onnxruntime": compare_rounds("onnxruntime", 3, accuracy, rounds)}
     write_outputs(tmp_path, report)
     document = json.loads((tmp_path / "sweep.json").read_text())
+    assert document["fronts_together"]["onnxruntime"]["reference"] == "t001 onnxruntime/fp32"
     assert document["pareto_recipes"] == {"t001": "pareto/t001.yaml", "t002": "pareto/t002.yaml", "t003": "pareto/t003.yaml"}
     written = (tmp_path / "pareto" / "t002.yaml").read_text()
     assert written.startswith("# Sweep r-1, trial t002: prune.keep_macs=0.4")
     assert yaml.safe_load(written)["prune"] == {"keep_macs": 0.4} and yaml.safe_load(written)["name"] == "r-t002"
     page = (tmp_path / "sweep.html").read_text()
     assert "onnxruntime/int8: build failed" in page and "t002: 0.8900" in page and "0.8750 · 0.450 ms" in page
+    assert "no faster than t002 onnxruntime/int8 (more accurate)" in page, "timed together, t003's speed was t002's"
 
 
 def test_dominance_needs_one_strict_gain() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgeship.sweep.driver import SweepConfig
-from edgeship.sweep.together import _front, time_fronts
+from edgeship.sweep.together import compare_rounds, time_fronts
 from edgeship.sweep.trial import EnginePoint, TrialRecord
 
 from conftest import needs_fashion_mnist
@@ -20,7 +20,7 @@ def test_speed_is_against_the_most_accurate_engine_round_by_round_and_a_slower_e
     rounds = {"t1 onnxruntime/fp32": (1.0, 2.0, 1.0, 2.0, 1.0),  # the machine changes speed from round to round
               "t2 onnxruntime/int8": (0.5, 1.0, 0.5, 1.0, 0.5),  # twice as fast in every round
               "t3 onnxruntime/int8": (0.52, 1.03, 0.5, 1.01, 0.51)}  # less accurate than t2 and no faster
-    front = _front("onnxruntime", 5, accuracy, rounds)
+    front = compare_rounds("onnxruntime", 5, accuracy, rounds)
     points = {f"{p.trial} {p.engine}": p for p in front.points}
     assert front.reference == "t1 onnxruntime/fp32" and points["t1 onnxruntime/fp32"].speedup == (1.0, 1.0, 1.0)
     assert points["t2 onnxruntime/int8"].speedup[0] == pytest.approx(2.0) and points["t2 onnxruntime/int8"].no_faster_than is None
