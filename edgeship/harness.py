@@ -14,10 +14,11 @@ import importlib
 import json
 import os
 import resource
+import select
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,8 @@ HARNESS_VERSION = 9
 PAIRED_ROUNDS = 5  # latency and the bare runtime call alternate in this many rounds
 THROUGHPUT_WARMUP = 5
 THROUGHPUT_MIN_ITERATIONS = 20
+SILENCE_S = 1800.0  # a measuring child silent this long (no progress line) is stopped: a hung runtime cannot hang a run or
+                    # a device agent's queue; every stage of a measurement reports progress far more often
 
 
 class HarnessError(RuntimeError):
@@ -144,18 +147,43 @@ def measure_isolated(spec: HarnessSpec, work_dir: Path, progress: Progress | Non
     result_path.unlink(missing_ok=True)
     command = [sys.executable, "-m", "edgeship.harness", str(spec_path), str(result_path)]
     log = work_dir / "harness-stderr.log"  # a file, not a pipe: a chatty runtime cannot fill it and stall the child
-    with log.open("w") as stderr, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                                                   env=child_environment()) as child:
+    last = "starting"
+    with log.open("w") as stderr, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, env=child_environment()) as child:
         assert child.stdout is not None
-        for line in child.stdout:
-            event = _event(line)
-            if event and progress:
-                progress(event["task"], event["done"], event["total"])
+        try:
+            for line in _lines(child.stdout.fileno(), SILENCE_S):
+                event = _event(line)
+                if event:
+                    last = event["task"]
+                    if progress:
+                        progress(event["task"], event["done"], event["total"])
+        except TimeoutError:
+            child.kill()
+            child.wait()
+            raise HarnessError(f"the measuring process gave no sign of progress for {SILENCE_S:.0f} s ({last}) and was stopped: "
+                               "the runtime hung?") from None
         code = child.wait()
     if code != 0 or not result_path.is_file():
         lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
         raise HarnessError(lines[-1] if lines else f"the measuring process exited with code {code}")
     return json.loads(result_path.read_text())
+
+
+def _lines(fd: int, silence_s: float) -> Iterator[str]:
+    """The lines written to ``fd`` until it closes; ``TimeoutError`` when nothing comes for ``silence_s`` (read raw, so
+    no line waits in a buffer while ``select`` watches the pipe)."""
+    pending = b""
+    while True:
+        ready, _, _ = select.select([fd], [], [], silence_s)
+        if not ready:
+            raise TimeoutError
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            break
+        *lines, pending = (pending + chunk).split(b"\n")
+        yield from (line.decode(errors="replace") for line in lines)
+    if pending:
+        yield pending.decode(errors="replace")
 
 
 def _time_engine(spec: HarnessSpec, runner: Any, inputs: Feed, progress: Progress) -> dict[str, Any]:

@@ -63,6 +63,25 @@ def test_a_broken_engine_fails_with_one_line(tmp_path: Path) -> None:
     assert (tmp_path / "work" / "harness-stderr.log").is_file()
 
 
+def test_a_child_silent_too_long_is_stopped_and_says_where_it_was(tiny_cnn_onnx: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import time
+
+    import edgeship.harness as harness
+
+    hung = tmp_path / "hung-python"  # stands for the child: it reports one step, then hangs as a runtime stuck in a call would
+    hung.write_text('#!/bin/sh\necho \'{"task": "latency", "done": 3, "total": 15}\'\nexec sleep 60\n')
+    hung.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(hung))
+    monkeypatch.setattr(harness, "SILENCE_S", 1.0)
+    seen: list[str] = []
+    started = time.monotonic()
+    with pytest.raises(HarnessError, match=r"^the measuring process gave no sign of progress for 1 s \(latency\) and was stopped"):
+        measure_isolated(spec_for(tiny_cnn_onnx, tmp_path), tmp_path / "work", lambda task, done, total: seen.append(task))
+    assert seen == ["latency"] and time.monotonic() - started < 30, "stopped, not waited out"
+
+
 def test_wrong_input_shape_is_a_clear_error(tiny_cnn_onnx: Path, tmp_path: Path) -> None:
     spec = spec_for(tiny_cnn_onnx, tmp_path)
     np.save(spec.inputs, np.zeros((4, 3, 28, 28), np.float32))
