@@ -30,7 +30,9 @@ from edgeship.recipe import Recipe, recipe_from_document
 Value = bool | int | float | str | None
 RESERVED = {"validate.split": "trials are scored on the validation split and the chosen ones confirmed on the evaluation split",
             "store": "every trial shares the recipe's store", "reports": "trial runs go into the sweep's folder",
-            "name": "trials are named after the recipe"}
+            "name": "trials are named after the recipe",
+            "validate.together_rounds": "trials time each engine once; the sweep times its fronts together at the end, with the "
+                                        "recipe's rounds"}
 
 
 class Range(BaseModel):

@@ -98,7 +98,10 @@ def run_trial(request: TrialRequest, *, host: str = "") -> TrialRecord:
     record = TrialRecord(name=request.name, values=request.values, split=request.split, status="failed", host=host, recipe=document)
     suffix = "" if request.split == "validation" else f"-{request.split}"
     run_document = with_values(document, {"name": f"{document.get('name', 'recipe')}-{request.name}{suffix}", "store": str(request.store),
-                                          "reports": str(request.reports), "validate.split": request.split})
+                                          "reports": str(request.reports), "validate.split": request.split,
+                                          # the sweep times its fronts together at the end (sweep/together.py): the trials'
+                                          # own recommendations decide nothing, so they skip the rounds
+                                          "validate.together_rounds": 0})
     log = io.StringIO()
     lock = NodeLock(request.node_lock)
     try:

@@ -53,6 +53,7 @@ def test_shorthand_ranges_choices_and_the_default_objective(tmp_path: Path) -> N
     ({"parameters": {"seed": [0, 3]}, "budget": 3}, "'budget': Extra inputs are not permitted"),
     ("- a list", "a space is a mapping"),
     ({"parameters": {"validate.split": ["evaluation", "validation"]}}, "'validate.split': not a sweep parameter: trials are scored on"),
+    ({"parameters": {"validate.together_rounds": [0, 10]}}, "'validate.together_rounds': not a sweep parameter: trials time each"),
 ])
 def test_a_bad_space_is_one_line_naming_the_key(tmp_path: Path, space: object, message: str) -> None:
     recipe, path, base = _files(tmp_path, space)
