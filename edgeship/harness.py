@@ -418,19 +418,26 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def start_child(spec_path: Path) -> HarnessSpec | str:
-    """What a measuring child does first: read its spec, have the kernel end it with its parent, pin it to the spec's CPUs
-    (before any runtime starts its thread pool). The spec, or in one line why not."""
+def start_child(args: list[str], usage: str) -> HarnessSpec | None:
+    """What a measuring child does first: check its arguments (``usage``: the command after ``python -m``, the spec's
+    path first), read its spec, have the kernel end it with its parent, pin it to the spec's CPUs (before any runtime
+    starts its thread pool). The spec, or ``None`` once it has said why not in one line on standard error."""
+    if len(args) != len(usage.split()) - 1:
+        print(f"usage: python -m {usage}", file=sys.stderr)
+        return None
+    spec_path = Path(args[0])
     try:
         spec = HarnessSpec.model_validate_json(spec_path.read_text())
     except (OSError, ValueError) as exc:
-        return f"{spec_path}: not a harness spec: {one_line(str(exc))}"
+        print(f"{spec_path}: not a harness spec: {one_line(str(exc))}", file=sys.stderr)
+        return None
     _die_with_parent()
     if spec.cpus is not None and hasattr(os, "sched_setaffinity"):
         try:
             os.sched_setaffinity(0, spec.cpus)
         except OSError as exc:
-            return f"cannot pin to CPUs {list(spec.cpus)}: {exc.strerror}"
+            print(f"cannot pin to CPUs {list(spec.cpus)}: {exc.strerror}", file=sys.stderr)
+            return None
     return spec
 
 
@@ -443,12 +450,8 @@ def child_environment() -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     """Child entry point: ``python -m edgeship.harness SPEC.json RESULT.json``."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        print("usage: python -m edgeship.harness SPEC.json RESULT.json", file=sys.stderr)
-        return 2
-    spec = start_child(Path(args[0]))
-    if isinstance(spec, str):
-        print(spec, file=sys.stderr)
+    spec = start_child(args, "edgeship.harness SPEC.json RESULT.json")
+    if spec is None:
         return 2
     stdout = sys.stdout
 

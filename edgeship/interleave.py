@@ -160,13 +160,8 @@ def serve(spec: HarnessSpec, commands: IO[str], replies: IO[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Child entry point: ``python -m edgeship.interleave SPEC.json``."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m edgeship.interleave SPEC.json", file=sys.stderr)
-        return 2
-    spec = start_child(Path(args[0]))
-    if isinstance(spec, str):
-        print(spec, file=sys.stderr)
+    spec = start_child(sys.argv[1:] if argv is None else argv, "edgeship.interleave SPEC.json")
+    if spec is None:
         return 2
     # the replies keep the pipe to themselves: whatever else writes to standard output, a runtime's C code included,
     # goes to standard error
