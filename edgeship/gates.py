@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgeship.config import AccuracyTarget
-from edgeship.measure import SQNR_CAP_DB, paired_ratio
+from edgeship.measure import SQNR_CAP_DB, faster_round_by_round, paired_ratio
 from edgeship.qualification import EngineRow, GatePrediction, GateResult, Outcome, Recommendation, Release, Scores, TimedTogether, Verdict
 from edgeship.recipe import GatesConfig
 
@@ -330,7 +330,7 @@ def _significantly_faster(a: _Timing, b: _Timing) -> bool:
     """Whether ``a``'s p50 is below ``b``'s beyond measurement noise: timed together, the interval of their ratio round
     by round lies below 1; else their own 95% intervals do not overlap."""
     if _paired(a, b):
-        return _ratio(a, b)[2] < 1.0
+        return faster_round_by_round(a.rounds, b.rounds)
     return a.high < b.low
 
 

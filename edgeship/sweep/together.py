@@ -25,7 +25,7 @@ from edgeship.data import model_inputs
 from edgeship.errors import EdgeshipError
 from edgeship.harness import HarnessError, HarnessSpec
 from edgeship.interleave import time_together_into
-from edgeship.measure import paired_ratio
+from edgeship.measure import faster_round_by_round, paired_ratio
 from edgeship.pipeline.measurers import settings
 from edgeship.pipeline.run import recipe_dataset
 from edgeship.recipe import Recipe, recipe_from_document
@@ -102,7 +102,7 @@ def compare_rounds(backend: str, rounds: int, accuracy: Mapping[str, float],
     for name, rounds_ in round_p50s.items():
         speedup = paired_ratio(round_p50s[reference], rounds_)
         beaten_by = [other for other in round_p50s if accuracy[other] > accuracy[name]
-                     and paired_ratio(round_p50s[other], rounds_)[1] <= 1.0]  # its speedup over the other: ×1 in reach
+                     and not faster_round_by_round(rounds_, round_p50s[other])]  # as the ship decision tells engines apart
         trial, engine = name.split(" ", 1)
         points.append(TogetherPoint(trial=trial, engine=engine, accuracy=accuracy[name], p50_ms=round(float(np.median(rounds_)), 5),
                                     round_p50_ms=rounds_, speedup=tuple(round(v, 3) for v in speedup),  # type: ignore[arg-type]
