@@ -15,7 +15,7 @@ import os
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -44,6 +44,7 @@ BASELINES = (BASELINE, ONNX_BASELINE)
 PEAK = "machine-peak"  # the validate entry holding this machine's GEMM rates
 # what of a device's description keys its results: another machine measures anew, a reboot does not
 DEVICE_FACTS = ("cpu", "isa_flags", "logical_cores", "gpu")
+TOGETHER_SETTINGS = ("warmup", "iterations", "min_seconds", "batch_size", "threads")  # what keys a timed-together entry, with where
 MEASURED_KEYS = ("load_ms", "first_inference_ms", "import_ms", "latency", "bare_latency", "throughput", "memory", "cpus", "profile")
 
 
@@ -146,59 +147,53 @@ class ValidateStage:
                             ctx: RunContext) -> dict[str, Artifact]:
         """``_together`` on the device, through its agent: a device's clock may throttle as it warms, so its engines
         timed one after the other compare two moments there too."""
-        together: dict[str, Artifact] = {}
-        for backend in sorted({engine.meta["backend"] for engine in engines.values()}):
-            mine = {names[name]: engine for name, engine in sorted(engines.items()) if engine.meta["backend"] == backend}
-            if len(mine) < 2:
-                continue
-            name = together_name(f"{backend}@{device.name}")
-            together_cfg = {**{k: config[k] for k in ("warmup", "iterations", "min_seconds", "batch_size", "threads", "device")},
-                            "rounds": rounds, "engines": list(mine)}
+        groups: dict[str, dict[str, Artifact]] = {}
+        for name, engine in sorted(engines.items()):
+            groups.setdefault(together_name(f"{engine.meta['backend']}@{device.name}"), {})[names[name]] = engine
 
-            def make(folder: Path, mine: dict[str, Artifact] = mine, backend: str = backend) -> Made:
-                metrics = remote.time_together(mine, rounds, folder)
-                return _together_made(folder, {"backend": backend, "device_name": device.name, **metrics}, ctx.run_dir.name)
+        def time_them(mine: Mapping[str, Artifact], folder: Path, entry: str) -> dict[str, Any]:
+            backend = next(iter(mine.values())).meta["backend"]
+            return {"backend": backend, "device_name": device.name, **remote.time_together(dict(mine), rounds, folder)}
 
-            try:
-                together[name] = ctx.produce(self.name, name, config=together_cfg, parents=list(mine.values()), make=make,
-                                             extra_key={**key, "together": TOGETHER_VERSION})
-            except StageError as exc:
-                ctx.record_problem(self.name, name, "failed", exc.reason, together_cfg)
-            ctx.save_manifest()
-        return together
+        return self._keep_together(groups, {k: config[k] for k in (*TOGETHER_SETTINGS, "device")}, rounds, key, ctx, time_them)
 
     def _together(self, engines: Mapping[str, Artifact], results: Mapping[str, Artifact], config: dict[str, Any], rounds: int,
                   key: dict[str, Any], measure: LocalMeasurer, ctx: RunContext) -> dict[str, Artifact]:
         """Per backend, its engines measured here timed again together (``edgeship.pipeline.together``), as
         ``timed-together/<backend>``; kept in the store while the engines are the same, so a rebuilt engine has all of
         its backend's engines timed anew. A failure is recorded and the recommendation ranks the single timings."""
-        by_backend: dict[str, list[EngineToTime]] = {}
-        parents: dict[str, list[Artifact]] = {}
+        groups: dict[str, dict[str, Artifact]] = {}
         for name, engine in sorted(engines.items()):
             if "predicts" in engine.meta or name not in results:  # a prediction is not timed; a failed one has no p50
                 continue
-            backend = engine.meta["backend"]
-            by_backend.setdefault(backend, []).append(EngineToTime(name, backend, engine.path, engine.meta["input_name"]))
-            parents.setdefault(backend, []).append(engine)
-        together: dict[str, Artifact] = {}
+            groups.setdefault(together_name(engine.meta["backend"]), {})[name] = engine
         settings_ = settings(measure.cfg, measure.threads, timed=False)
-        for backend, timed in by_backend.items():
-            if len(timed) < 2:
-                continue
-            name = together_name(backend)
-            together_cfg = {**{k: config[k] for k in ("warmup", "iterations", "min_seconds", "batch_size", "threads", "cpus")},
-                            "rounds": rounds, "engines": [e.name for e in timed]}
 
-            def make(folder: Path, timed: list[EngineToTime] = timed, name: str = name) -> Made:
-                try:
-                    metrics = time_together(timed, settings_, measure.cpus, measure.eval_inputs, rounds=rounds, folder=folder,
-                                            console=ctx.console, timing=ctx.occupancy.timing)
-                except HarnessError as exc:
-                    raise StageError(self.name, f"{name}: {exc}") from None
-                return _together_made(folder, metrics, ctx.run_dir.name)
+        def time_them(mine: Mapping[str, Artifact], folder: Path, entry: str) -> dict[str, Any]:
+            timed = [EngineToTime(name, engine.meta["backend"], engine.path, engine.meta["input_name"]) for name, engine in mine.items()]
+            try:
+                return time_together(timed, settings_, measure.cpus, measure.eval_inputs, rounds=rounds, folder=folder,
+                                     console=ctx.console, timing=ctx.occupancy.timing)
+            except HarnessError as exc:
+                raise StageError(self.name, f"{entry}: {exc}") from None
+
+        return self._keep_together(groups, {k: config[k] for k in (*TOGETHER_SETTINGS, "cpus")}, rounds, key, ctx, time_them)
+
+    def _keep_together(self, groups: Mapping[str, Mapping[str, Artifact]], config: dict[str, Any], rounds: int, key: dict[str, Any],
+                       ctx: RunContext, time_them: Callable[[Mapping[str, Artifact], Path, str], dict[str, Any]]) -> dict[str, Artifact]:
+        """Each group of two engines or more (entry name → its engines by row name) timed together by ``time_them`` and kept
+        as a ``timed-together`` entry, keyed by its engines; a failure is recorded and the run goes on."""
+        together: dict[str, Artifact] = {}
+        for name, mine in groups.items():
+            if len(mine) < 2:
+                continue
+            together_cfg = {**config, "rounds": rounds, "engines": list(mine)}
+
+            def make(folder: Path, mine: Mapping[str, Artifact] = mine, name: str = name) -> Made:
+                return _together_made(folder, time_them(mine, folder, name), ctx.run_dir.name)
 
             try:
-                together[name] = ctx.produce(self.name, name, config=together_cfg, parents=parents[backend], make=make,
+                together[name] = ctx.produce(self.name, name, config=together_cfg, parents=list(mine.values()), make=make,
                                              extra_key={**key, "together": TOGETHER_VERSION})
             except StageError as exc:
                 ctx.record_problem(self.name, name, "failed", exc.reason, together_cfg)
