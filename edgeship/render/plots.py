@@ -318,3 +318,28 @@ def sweep_figure(points: Sequence[Mapping[str, Any]], backend: str, *, ylabel: s
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="precision", title_fontsize=8, markerscale=0.6)
     fig.tight_layout()
     return fig
+
+
+def together_figure(points: Sequence[Mapping[str, Any]], backend: str, *, ylabel: str, scale: float) -> Any:
+    """One backend's front engines: accuracy against p50, each drawn where its own trial timed it (hollow) and where the
+    front's engines timed together put it (filled, with the range of its round p50s), joined by an arrow; an engine no
+    faster than a more accurate one, timed together (``point["beaten"]``), in grey."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    colour = COLOURS.get(backend, "black")
+    for point in points:
+        y = scale * point["accuracy"]
+        tint = "#999999" if point["beaten"] else colour
+        marker = MARKERS.get(point["precision"], "*")
+        ax.scatter([point["trial_p50_ms"]], [y], marker=marker, s=70, facecolors="none", edgecolors=tint, linewidths=1.4)
+        ax.errorbar([point["p50_ms"]], [y], xerr=[[point["p50_ms"] - point["low_ms"]], [point["high_ms"] - point["p50_ms"]]],
+                    fmt=marker, markersize=8, color=tint, ecolor=tint, capsize=3)
+        ax.annotate("", xy=(point["p50_ms"], y), xytext=(point["trial_p50_ms"], y),
+                    arrowprops={"arrowstyle": "->", "color": tint, "alpha": 0.6, "shrinkA": 5, "shrinkB": 6})
+        ax.annotate(point["label"], (point["p50_ms"], y), textcoords="offset points", xytext=(6, 5), fontsize=8, color=tint)
+    ax.set(xscale="log", xlabel="p50 latency per call (ms, log scale)", ylabel=ylabel,
+           title=f"{backend}: the front, trial p50 (hollow) → timed together (filled)")
+    _plain_log_ticks(ax.xaxis)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    return fig

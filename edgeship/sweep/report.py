@@ -292,8 +292,24 @@ def _together(report: SweepReport) -> str:
         elif front.reason:
             parts.append(f"<p><b>{escape(backend)}</b>: not timed together: {escape(front.reason)}.</p>")
         else:
-            parts.append(_together_table(backend, front))
+            parts.append(_together_figure(report, backend, front) + _together_table(backend, front))
     return html.section("together", "Fronts timed together", "\n".join(parts))
+
+
+def _together_figure(report: SweepReport, backend: str, front: FrontTogether) -> str:
+    """Where each front engine moved from its trial's p50 to the rounds taken together: the fronts' speed differences that
+    hold are the ones that survive the move."""
+    trial_p50 = {(p.trial, p.engine): p.p50_ms for p in report.fronts.get(backend, [])}
+    data = [{"label": f"{p.trial} {p.engine.split('/')[-1]}", "precision": p.engine.split("/")[-1], "accuracy": p.accuracy,
+             "trial_p50_ms": trial_p50.get((p.trial, p.engine), p.p50_ms), "p50_ms": p.p50_ms,
+             "low_ms": min(p.round_p50_ms), "high_ms": max(p.round_p50_ms), "beaten": p.no_faster_than is not None}
+            for p in front.points]
+    ylabel, scale = LABELS.get(report.accuracy_key or "", ("accuracy", 1.0))
+    beaten = [f"{p.trial} {p.engine}" for p in front.points if p.no_faster_than]
+    caption = (f"{backend}: each front engine where its trial timed it (hollow) and timed together, {front.rounds} rounds (filled; "
+               "the bar spans its round p50s). " + (f"No faster than a more accurate engine, timed together (grey): {', '.join(beaten)}."
+                                                    if beaten else "Every speed difference of the front holds, timed together."))
+    return html.figure(lambda: plots.together_figure(data, backend, ylabel=ylabel, scale=scale), caption)
 
 
 def _together_table(backend: str, front: FrontTogether) -> str:

@@ -77,6 +77,8 @@ def test_fronts_reuse_and_the_recipes_point(tmp_path: Path) -> None:
     page = (tmp_path / "sweep.html").read_text()
     assert "onnxruntime/int8: build failed" in page and "t002: 0.8900" in page and "0.8750 · 0.450 ms" in page
     assert "no faster than t002 onnxruntime/int8 (more accurate)" in page, "timed together, t003's speed was t002's"
+    together = page[page.index("<section id=together>"):]
+    assert "<svg" in together and "No faster than a more accurate engine, timed together (grey): t003 onnxruntime/int8." in together
 
 
 def test_dominance_needs_one_strict_gain() -> None:
@@ -91,4 +93,4 @@ def test_the_page_renders_in_chromium(tmp_path: Path) -> None:
     test_fronts_reuse_and_the_recipes_point(tmp_path)
     result = check_page(tmp_path / "sweep.html", tmp_path / "sweep.png")
     assert result.ok, result.problems()
-    assert tuple(result.sections) == SECTIONS and result.plots == 1
+    assert tuple(result.sections) == SECTIONS and result.plots == 2  # the fronts, and the front timed together
