@@ -192,9 +192,9 @@ def main(argv: list[str]) -> int:
 
     crops = load_crops(SIZE, calibration_size=None, eval_size=0, seed=0)  # evaluation: none read
     train, val = _preprocess(crops.calibration), _preprocess(crops.spare)
+    calibration = train[rng.choice(len(train), CALIBRATION, replace=False)]  # ranges from the recipe's calibration parts only
     if args.extra_photos:
         train = np.concatenate([train, _preprocess(_whole_photo_crops(args.extra_photos))])
-    calibration = train[rng.choice(len(train), CALIBRATION, replace=False)]
     fp32 = efficientnet_lite0(True).eval()
     reference, targets = _logits(fp32, val), _logits(fp32, train)
     print(f"{len(train)} crops to tune on ({len(crops.calibration)} of the calibration parts), {len(val)} validation crops to judge on")
