@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import socket
 import subprocess
 import sys
@@ -10,11 +11,25 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
 
 from edgeship.recipe import FASHION_MNIST_ROOT, Recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_module(relative: str) -> ModuleType:
+    """A script outside the package (``benchmarks/x.py``, another test file), imported by its path in the repository."""
+    path = ROOT / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 HAS_FASHION_MNIST = (FASHION_MNIST_ROOT / "t10k-images-idx3-ubyte.gz").is_file()
 # tests whose figures or shapes (28×28 images) need the real data, not the 8×8 digits that stand in for it

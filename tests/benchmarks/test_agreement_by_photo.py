@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _benchmark():
-    spec = importlib.util.spec_from_file_location("agreement_by_photo", ROOT / "benchmarks" / "agreement_by_photo.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_module
 
 
 def test_rates_split_the_photo_sets_and_name_the_worst_photos() -> None:
-    rates = _benchmark().rates
+    rates = load_module("benchmarks/agreement_by_photo.py").rates
     groups = np.array(["flower.jpg"] * 50 + ["china.jpg"] * 50 + ["apple.jpg"] * 40 + ["baboon.jpg"] * 40)
     hits = np.concatenate([np.ones(50), np.r_[np.ones(45), np.zeros(5)], np.r_[np.ones(30), np.zeros(10)], np.ones(40)])
     r = rates(hits, groups, resamples=500)

@@ -3,27 +3,17 @@ importance is scored at each ratio on the validation split, and cutting more nev
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_module
 
 
 def test_each_importance_is_scored_at_each_ratio_on_validation(tmp_path: Path) -> None:
-    tokens = _load("label_free_cases", ROOT / "tests" / "pipeline" / "test_label_free.py")
+    tokens = load_module("tests/pipeline/test_label_free.py")
     recipe = tokens.write_recipe(tokens.write_folder(tmp_path))
-    benchmark = _load("prune_importance", ROOT / "benchmarks" / "prune_importance.py")
+    benchmark = load_module("benchmarks/prune_importance.py")
     measure, rows = benchmark.compare(recipe, ratios=[0.25, 0.75], importances=["l1", "activation"], val=64, batches=2)
     assert measure == "cosine" and [row["ratio"] for row in rows] == [0.25, 0.75]
     assert rows[0]["macs_kept"] > rows[1]["macs_kept"]
@@ -33,7 +23,7 @@ def test_each_importance_is_scored_at_each_ratio_on_validation(tmp_path: Path) -
 
 
 def test_a_recipe_without_declared_inputs_is_refused_in_one_line(tmp_path: Path) -> None:
-    benchmark = _load("prune_importance", ROOT / "benchmarks" / "prune_importance.py")
+    benchmark = load_module("benchmarks/prune_importance.py")
     recipe = tmp_path / "r.yaml"
     recipe.write_text("version: 1\nname: r\n")
     with pytest.raises(SystemExit, match="model.inputs"):

