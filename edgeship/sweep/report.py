@@ -306,9 +306,10 @@ def _together_figure(report: SweepReport, backend: str, front: FrontTogether) ->
             for p in front.points]
     ylabel, scale = LABELS.get(report.accuracy_key or "", ("accuracy", 1.0))
     beaten = [f"{p.trial} {p.engine}" for p in front.points if p.no_faster_than]
+    verdict = (f"No faster than a more accurate engine, timed together (grey): {', '.join(beaten)}." if beaten
+               else "Timed together, each engine is faster than every more accurate one: the front holds.")
     caption = (f"{backend}: each front engine where its trial timed it (hollow) and timed together, {front.rounds} rounds (filled; "
-               "the bar spans its round p50s). " + (f"No faster than a more accurate engine, timed together (grey): {', '.join(beaten)}."
-                                                    if beaten else "Every speed difference of the front holds, timed together."))
+               f"the bar spans its round p50s). {verdict}")
     return html.figure(lambda: plots.together_figure(data, backend, ylabel=ylabel, scale=scale), caption)
 
 
