@@ -39,6 +39,7 @@ from torch import nn
 
 from edgeship.backends.onnxruntime import quantize_qdq
 from edgeship.backends.rounding import round_weights
+from edgeship.errors import EdgeshipError
 from edgeship.images import read_image
 from edgeship.photos import crops_in, load_crops, render
 from edgeship.pipeline.export import _export
@@ -317,4 +318,8 @@ def _ort_fully_quantized(model: nn.Module, calibration: np.ndarray, val: np.ndar
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except EdgeshipError as exc:  # a photo that cannot be read, the efficientnet extra missing: one line, exit 2
+        print(f"qat_probe: {exc}", file=sys.stderr)
+        sys.exit(2)
