@@ -197,7 +197,7 @@ def main(argv: list[str]) -> int:
     if args.extra_photos:
         train = np.concatenate([train, _preprocess(_whole_photo_crops(args.extra_photos))])
     fp32 = efficientnet_lite0(True).eval()
-    reference, targets = _logits(fp32, val), _logits(fp32, train)
+    reference = _logits(fp32, val)
     print(f"{len(train)} crops to tune on ({len(crops.calibration)} of the calibration parts), {len(val)} validation crops to judge on")
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -217,6 +217,7 @@ def main(argv: list[str]) -> int:
         print(f"simulated INT8 before fine-tuning: {_agree(_logits(sim, val), reference):.2%}")
         params = [p for name, p in sim.named_parameters() if args.train == "all" or name.endswith("bias")]
         optimizer = torch.optim.Adam(params, lr=args.lr)
+        targets = None if args.augment else _logits(fp32, train)  # augmented crops get theirs batch by batch
         for epoch in range(args.epochs):
             loss = _epoch(sim, fp32, train, targets, optimizer, rng, augment=args.augment)
             print(f"epoch {epoch + 1}: loss {loss:.4f}, simulated INT8 {_agree(_logits(sim, val), reference):.2%}", flush=True)
@@ -248,7 +249,7 @@ def _agree(a: np.ndarray, b: np.ndarray) -> float:
     return float((a.argmax(1) == b.argmax(1)).mean())
 
 
-def _epoch(sim: SimulatedLite0, fp32: nn.Module, train: np.ndarray, targets: np.ndarray, optimizer: Any,
+def _epoch(sim: SimulatedLite0, fp32: nn.Module, train: np.ndarray, targets: np.ndarray | None, optimizer: Any,
            rng: np.random.Generator, *, augment: bool) -> float:
     total = 0.0
     for start in range(0, len(train), BATCH):
@@ -259,6 +260,7 @@ def _epoch(sim: SimulatedLite0, fp32: nn.Module, train: np.ndarray, targets: np.
             with torch.no_grad():
                 target = fp32(x)
         else:
+            assert targets is not None
             target = torch.from_numpy(targets[index])
         loss = F.kl_div(F.log_softmax(sim(x), 1), F.softmax(target, 1), reduction="batchmean")
         optimizer.zero_grad()
