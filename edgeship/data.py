@@ -455,7 +455,7 @@ def search_set(dataset: Dataset, preprocessing: Preprocessing, size: int = SEARC
     fingerprint = fingerprint_samples(samples, preprocessing, f"{dataset.name}:validation")
     if labels is not None:
         fingerprint = hashlib.sha256(fingerprint.encode() + np.ascontiguousarray(labels).tobytes()).hexdigest()
-    return SearchSet(samples, labels, fingerprint)
+    return SearchSet(samples, labels, fingerprint, tuple(dataset.val.groups[:size]) or None)
 
 
 def load_samples(source: Path, preprocessing: Preprocessing, *, input_shape: tuple[int, ...], what: str = "calibration data") -> np.ndarray:

@@ -64,6 +64,9 @@ def _float_search_gate(search: dict[str, Any]) -> GateResult:
     value = chosen[target.measure]
     detail = (f"{chosen['float_layers']} layers in float, on {search['samples']} validation samples; {len(search['candidates'])} "
               f"candidates searched in {search['seconds']:.0f} s")
+    if target.beyond_noise:  # the value judged is the interval's lower end: say where the estimate itself is
+        low, high = chosen["agreement_ci95"]
+        detail = f"the lower end of agreement {100 * chosen['agreement']:.2f}% (95% interval {100 * low:.2f}–{100 * high:.2f}%); {detail}"
     if not search["met"]:
         detail = f"no candidate met {search['target_text']}: the best found is kept ({detail})"
         if search.get("unranked"):

@@ -139,21 +139,23 @@ def feed_of(inputs: Inputs, names: Sequence[str]) -> Feed:
 @dataclass(frozen=True)
 class SearchSet:
     """Samples held out from calibration and evaluation (the validation split) for a build's own choices, with their
-    labels where the data has them: one input's batch (an image model) or every named input's."""
+    labels where the data has them: one input's batch (an image model) or every named input's. ``groups``: where samples
+    come in correlated groups (crops of one photo), each sample's group, so a search's figures get honest intervals."""
 
     inputs: Inputs
     labels: np.ndarray | None
     fingerprint: str
+    groups: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return count_of(self.inputs)
 
     def mapped(self, folder: Path) -> SearchSet:
         """This set with its inputs saved under ``folder`` and mapped (``mapped``)."""
-        return SearchSet(mapped(self.inputs, folder, "search"), self.labels, self.fingerprint)
+        return SearchSet(mapped(self.inputs, folder, "search"), self.labels, self.fingerprint, self.groups)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"inputs": by_file(self.inputs), "labels": self.labels, "fingerprint": self.fingerprint}
+        return {"inputs": by_file(self.inputs), "labels": self.labels, "fingerprint": self.fingerprint, "groups": self.groups}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         for key, value in {**state, "inputs": from_file(state["inputs"])}.items():

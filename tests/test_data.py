@@ -17,6 +17,7 @@ from edgeship.data import (
     read_idx,
     save_preprocessed,
     scored_on_validation,
+    search_set,
 )
 from edgeship.errors import DataError
 from edgeship.recipe import CalibrationConfig, DataConfig, Preprocessing
@@ -149,6 +150,8 @@ def test_sample_photos_with_opencv_doc_photos_widen_only_the_evaluation_split() 
     assert len(wide.eval.groups) == len(wide.eval.images) and "aero1.jpg" in wide.eval.groups and "aero1.jpg" not in plain.eval.groups
     on_validation = scored_on_validation(wide)  # the photo of each crop follows the split into the evaluation's place
     assert len(on_validation.eval.groups) == len(on_validation.eval.images) == 512 and "aero1.jpg" not in on_validation.eval.groups
+    search = search_set(plain, photos, size=300)  # a build's search samples keep their photos, for its figures' intervals
+    assert search is not None and search.groups == plain.val.groups[:300] and len(set(search.groups)) > 1
 
 
 def test_release_preprocessing_refuses_a_mean_per_channel_of_another_count() -> None:

@@ -315,3 +315,19 @@ def test_a_limit_on_an_output_the_engine_lacks_fails_as_not_measured() -> None:
     verdict, results = judge(generic_row(FIDELITY), None, GatesConfig(min_sqnr_db={"logits": 20.0}), labelled=False, task="generic")
     sqnr = next(g for g in results if g.gate == "min_sqnr_db")
     assert verdict == "fail" and sqnr.value is None and "no output named 'logits'" in sqnr.detail
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_search_beyond_the_noise_is_judged_by_its_lower_end_and_says_where_the_figure_is(strict: bool) -> None:
+    """keep_float: auto's own gate: with ``beyond_noise`` the value judged is the chosen candidate's lower end, and the
+    detail gives the figure and its interval; without, the figure itself."""
+    candidate = {"float_layers": 4, "nodes": ["a"], "agreement": 0.975, "agreement_ci95": [0.962, 0.986], "agreement_low": 0.962,
+                 "meets": not strict}
+    target = {"min_agreement": 0.97, **({"beyond_noise": True} if strict else {})}
+    engine = row("onnxruntime/int8")
+    engine.float_search = {"target": target, "target_text": "t", "met": not strict, "chosen": 4, "candidates": [candidate],
+                           "samples": 512, "seconds": 12.0}
+    _, gates = judge(engine, BASE, GatesConfig())
+    gate = next(g for g in gates if g.gate == "search_min_agreement")
+    assert (gate.outcome, gate.value, gate.limit) == (("fail", 0.962, 0.97) if strict else ("pass", 0.975, 0.97))
+    assert ("agreement 97.50% (95% interval 96.20–98.60%)" in gate.detail) is strict

@@ -12,7 +12,8 @@ from edgeship.tensors import CalibrationSet, SearchSet, outputs_in_batches
 
 def _sets(tmp_path: Path) -> tuple[CalibrationSet, CalibrationSet]:
     rng = np.random.default_rng(0)
-    search = SearchSet(rng.normal(size=(40, 3, 4, 4)).astype(np.float32), np.arange(40), "search-fp")
+    search = SearchSet(rng.normal(size=(40, 3, 4, 4)).astype(np.float32), np.arange(40), "search-fp",
+                       tuple(f"photo{i // 10}" for i in range(40)))
     plain = CalibrationSet(rng.normal(size=(30, 3, 4, 4)).astype(np.float32), "cal-fp", input_name="x", batch_size=4,
                            search=search)
     return plain, plain.mapped(tmp_path)
@@ -38,6 +39,7 @@ def test_a_mapped_set_pickles_as_its_files_and_a_plain_one_by_value(tmp_path: Pa
     assert str(again.samples.filename) == str(mapped.samples.filename) and again.fingerprint == "cal-fp"
     np.testing.assert_array_equal(again.samples, plain.samples)
     np.testing.assert_array_equal(again.search.inputs, plain.search.inputs)
+    assert again.search.groups == mapped.search.groups == plain.search.groups, "the photos of the crops travel with them"
     np.testing.assert_array_equal(again.search.labels, np.arange(40))
     # a part of a mapped set is not its file: it travels by value
     part = pickle.loads(pickle.dumps(mapped.subset(10)))

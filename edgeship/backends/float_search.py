@@ -39,14 +39,14 @@ import numpy as np
 
 from edgeship.backends.sensitivity import FLOAT_LAYERS_FILE, PASS_THROUGH, keep_float, run_onnx_outputs, with_producers
 from edgeship.device import usable_cpus
-from edgeship.measure import agreement, time_calls, top1
+from edgeship.measure import agreement, agreement_interval, time_calls, top1, top1_hits
 from edgeship.progress import note_step
 from edgeship.tensors import Inputs, feed_of, outputs_in_batches, rows_of
 
 if TYPE_CHECKING:
     from edgeship.backends.base import Runner
     from edgeship.config import AccuracyTarget, KeepFloat
-    from edgeship.tensors import CalibrationSet
+    from edgeship.tensors import CalibrationSet, SearchSet
 
 SEARCH_FILE = "float_search.json"
 RANKING_SAMPLES = 64  # validation samples the ranking scores each reverted layer on
@@ -105,7 +105,7 @@ def choose_float_layers(source: Path, calibration: CalibrationSet, setting: Keep
             note_step(f"keep_float auto: candidate {len(candidates) + 1} ({count} of {len(ranking)} ranked layers in float)"
                       + (f"; so far {done}" if done else ""))
             nodes = with_producers(source, [row["node"] for row in ranking[:count]]) if count else []
-            candidates[count] = _score(nodes, count, build, runner, threads, search.inputs, search.labels, reference, target, out_dir,
+            candidates[count] = _score(nodes, count, build, runner, threads, search, reference, target, out_dir,
                                        as_written if count == 0 else None)
             if "engine" in candidates[count]:
                 engines[count] = Path(candidates[count].pop("engine"))
@@ -171,6 +171,9 @@ def _figure(candidate: dict[str, Any], target: AccuracyTarget) -> str:
         return "—"
     if target.measure == "agreement":
         return f"{100 * value:.2f}%"
+    if target.measure == "agreement_low":
+        low, high = candidate["agreement_ci95"]
+        return f"{100 * candidate['agreement']:.2f}% ({100 * low:.2f}–{100 * high:.2f})"
     return f"{value:+.2f} pt" if target.measure == "top1_drop_points" else f"{value:.5f}"
 
 
@@ -181,10 +184,11 @@ def _goodness(candidate: dict[str, Any], target: AccuracyTarget) -> float:
 
 
 def _score(nodes: list[str], count: int, build: Callable[[list[str], Path], Path], runner: Callable[[Path, int], Runner], threads: int,
-           samples: Inputs, labels: np.ndarray | None, reference: list[np.ndarray], target: AccuracyTarget,
-           out_dir: Path, as_written: Callable[[Path, int], Runner] | None = None) -> dict[str, Any]:
+           search: SearchSet, reference: list[np.ndarray], target: AccuracyTarget, out_dir: Path,
+           as_written: Callable[[Path, int], Runner] | None = None) -> dict[str, Any]:
     """Build one candidate in a folder of its own (kept for the caller, under ``engine``, unless this fails), score it on the
     validation samples and time it; with ``as_written``, also score it run by that (``choose_float_layers``)."""
+    samples = search.inputs
     folder = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".candidate-{count}-"))
     try:
         started = time.perf_counter()
@@ -202,11 +206,11 @@ def _score(nodes: list[str], count: int, build: Callable[[list[str], Path], Path
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    scores = _fidelity(outputs, reference, labels, target)
+    scores = _fidelity(outputs, reference, search, target)
     if written is not None:
-        scores["as_written"] = _fidelity(written, reference, labels, target)
+        scores["as_written"] = _fidelity(written, reference, search, target)
     if target.min_agreement is not None:
-        meets = scores["agreement"] >= target.min_agreement
+        meets = scores[target.measure] >= target.min_agreement
     elif target.min_cosine is not None:
         meets = scores["cosine"] >= target.min_cosine
     else:
@@ -218,12 +222,17 @@ def _score(nodes: list[str], count: int, build: Callable[[list[str], Path], Path
             "build_seconds": round(built, 2), "seconds": round(time.perf_counter() - started, 2), "engine": str(engine)}
 
 
-def _fidelity(outputs: list[np.ndarray], reference: list[np.ndarray], labels: np.ndarray | None,
-              target: AccuracyTarget) -> dict[str, Any]:
-    """A candidate's figures against FP32: the output cosine, and for class scores the top-1 agreement and drop."""
+def _fidelity(outputs: list[np.ndarray], reference: list[np.ndarray], search: SearchSet, target: AccuracyTarget) -> dict[str, Any]:
+    """A candidate's figures against FP32: the output cosine, and for class scores the top-1 agreement with its 95% interval
+    (over the samples' groups where they have them: ``agreement_groups``) and the drop."""
     scores: dict[str, Any] = {"cosine": round(output_cosine(outputs, reference), 7)}
     if target.min_cosine is None:  # class scores: the first output's top class
         scores["agreement"] = round(agreement(outputs[0], reference[0])["top1_agreement"], 6)
+        interval = agreement_interval(top1_hits(outputs[0], reference[0]), search.groups)
+        scores["agreement_ci95"] = [round(bound, 6) for bound in interval["top1_agreement_ci95"]]
+        scores["agreement_low"] = scores["agreement_ci95"][0]
+        scores["agreement_groups"] = interval["top1_agreement_groups"]
+        labels = search.labels
         scores["top1_drop_points"] = None if labels is None else round(100 * (top1(reference[0], labels) - top1(outputs[0], labels)), 4)
     return scores
 

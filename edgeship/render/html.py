@@ -374,7 +374,8 @@ def _divergence(report: Report) -> str:
                         for line in [float_layers_line(row)] if line)
         parts.append("<h3>Float layers chosen against a target (keep_float: auto)</h3>"
                      + figure(lambda: plots.float_search_figure(searches), "Each candidate built by the backend itself and "
-                               "scored on the validation split; the p50 is an in-process estimate taken during the search, not "
+                               "scored on the validation split (bars: its agreement's 95% interval, whole photos resampled where "
+                               "the samples are crops of photos); the p50 is an in-process estimate taken during the search, not "
                                "the engine's measured latency.") + f"<ul>{lines}</ul>")
     return section("divergence", title, "<p class=muted>Each tensor of the FP32 ONNX against the same tensor inside the engine, "
                     "at its deployed precision, run from the input (so each carries every earlier layer's error). SQNR 40 dB is "

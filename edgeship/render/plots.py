@@ -265,9 +265,9 @@ def divergence_figure(series: Mapping[str, Sequence[Mapping[str, Any]]]) -> Any:
 
 
 def float_search_figure(searches: Mapping[str, Mapping[str, Any]]) -> Any:
-    """``keep_float: auto``: each candidate's agreement (or output cosine) with FP32 on validation samples (solid) and its
-    in-process p50 (dashed, right axis) against the number of ranked layers kept in float; the target as a line, the choice
-    circled."""
+    """``keep_float: auto``: each candidate's agreement (with its 95% interval where recorded; or output cosine) with FP32
+    on validation samples (solid) and its in-process p50 (dashed, right axis) against the number of ranked layers kept in
+    float; the target as a line, the choice circled."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 3.6))
     right = ax.twinx()
@@ -278,6 +278,12 @@ def float_search_figure(searches: Mapping[str, Mapping[str, Any]]) -> Any:
         points = sorted(search["candidates"], key=lambda c: c["float_layers"])
         counts = [c["float_layers"] for c in points]
         ax.plot(counts, [scale * c[measure] for c in points], marker="o", color=colour, label=name)
+        bounded = [c for c in points if measure == "agreement" and c.get("agreement_ci95")]
+        if bounded:  # the validation data's own noise: each candidate's 95% interval
+            ax.errorbar([c["float_layers"] for c in bounded], [scale * c[measure] for c in bounded],
+                        yerr=[[scale * (c[measure] - c["agreement_ci95"][0]) for c in bounded],
+                              [scale * (c["agreement_ci95"][1] - c[measure]) for c in bounded]],
+                        fmt="none", ecolor=colour, alpha=0.35, capsize=2)
         right.plot(counts, [c["p50_ms"] for c in points], marker="s", linestyle="--", color=colour, alpha=0.6)
         chosen = next(c for c in points if c["float_layers"] == search["chosen"])
         ax.scatter([chosen["float_layers"]], [scale * chosen[measure]], s=160, facecolors="none", edgecolors=colour, linewidths=2)

@@ -52,15 +52,20 @@ def float_layers_line(row: EngineRow) -> str:
         outcome = "meet" if search["met"] else "come closest to (none meets)"
         cosine = search.get("measure") == "cosine"
 
-        def figure(scores: Mapping[str, Any]) -> str:
-            return f"output cosine {scores['cosine']:.5f}" if cosine else f"agreement {100 * scores['agreement']:.2f}%"
+        def figure(scores: Mapping[str, Any], *, spread: bool = False) -> str:
+            if cosine:
+                return f"output cosine {scores['cosine']:.5f}"
+            interval = scores.get("agreement_ci95") if spread else None  # searches recorded before the intervals have none
+            around = "" if not interval else (f" (95% interval {100 * interval[0]:.2f}–{100 * interval[1]:.2f}%"
+                                              + (f" over {scores['agreement_groups']} photos)" if scores.get("agreement_groups") else ")"))
+            return f"agreement {100 * scores['agreement']:.2f}%{around}"
 
         full = next((c for c in search["candidates"] if c["float_layers"] == 0 and "as_written" in c), None)
         kernels = (f"; fully quantized: {figure(full)} on the build machine's integer kernels, {figure(full['as_written'])} with its Q/DQ "
                    "computed as written" if full else "")
         return (f"{row.name}: keep_float auto: {search['chosen']} of {len(search['ranking'])} ranked layers kept in float "
                 f"({len(kept['nodes'])} with the layers feeding them), the fewest that {outcome} {search['target_text']} on "
-                f"{search['samples']} validation samples: {figure(chosen)}; "
+                f"{search['samples']} validation samples: {figure(chosen, spread=True)}; "
                 f"{len(search['candidates'])} candidates built and scored in {search['seconds']:.0f} s"
                 + (f" ({search['unranked']})" if search.get("unranked") else "") + kernels)
     worst = ", ".join(f"{r['weight']} (cosine {r['cosine']:.4f})" for r in kept["ranking"][: kept["count"]])

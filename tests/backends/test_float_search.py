@@ -35,6 +35,7 @@ from conftest import TrainedCnn
     (OpenVinoConfig, {"keep_float": "auto", "accuracy_target": {"min_cosine": 1.5}}, "less than or equal to 1"),
     (OnnxRuntimeConfig, {"keep_float": "auto", "accuracy_target": {"min_agreement": 0.97, "max_drop_points": 1}}, "exactly one"),
     (OnnxRuntimeConfig, {"keep_float": "all"}, "auto"),
+    (OnnxRuntimeConfig, {"keep_float": "auto", "accuracy_target": {"min_cosine": 0.99, "beyond_noise": True}}, "goes with min_agreement"),
 ])
 def test_bad_float_search_keys_are_recipe_errors(section: Any, keys: dict[str, Any], pattern: str) -> None:
     with pytest.raises(ValidationError, match=pattern):
@@ -45,6 +46,14 @@ def test_a_number_of_float_layers_keeps_working() -> None:
     assert OnnxRuntimeConfig.model_validate({"keep_float": 6}).keep_float == 6
     cfg = OnnxRuntimeConfig.model_validate({"keep_float": "auto", "accuracy_target": {"max_drop_points": 0.5}})
     assert cfg.accuracy_target is not None and cfg.accuracy_target.describe() == "top-1 drop ≤ 0.5 pt"
+
+
+def test_a_target_without_beyond_noise_dumps_as_before() -> None:
+    """Engines are keyed by their section's dump: a target that does not ask for the margin keeps its old key."""
+    assert AccuracyTarget(min_agreement=0.97).model_dump() == {"min_agreement": 0.97, "max_drop_points": None, "min_cosine": None}
+    strict = AccuracyTarget(min_agreement=0.97, beyond_noise=True)
+    assert strict.model_dump(exclude_none=True) == {"min_agreement": 0.97, "beyond_noise": True}
+    assert strict.measure == "agreement_low" and strict.describe() == "top-1 agreement ≥ 97% at the lower end of its 95% interval"
 
 
 @pytest.mark.parametrize(("activations", "start"), [("int8", "ra"), ("uint8", "ya")])
@@ -177,9 +186,68 @@ def test_a_real_search_on_onnx_runtime_meets_its_target_on_validation_samples(tr
         full = record["candidates"][0]  # scored on the integer kernels and with its Q/DQ as written: what the kernels cost
         assert full["float_layers"] == 0 and [c for c in record["candidates"] if "as_written" in c] == [full]
         written = full["as_written"]
-        assert set(written) == {"cosine", "agreement", "top1_drop_points"} and 0 <= written["agreement"] <= 1
+        assert set(written) == {"cosine", "agreement", "agreement_ci95", "agreement_low", "agreement_groups", "top1_drop_points"}
+        assert 0 <= written["agreement"] <= 1
+        for candidate in record["candidates"]:  # independent samples: Wilson's interval, around the figure itself
+            low, high = candidate["agreement_ci95"]
+            assert low == candidate["agreement_low"] <= candidate["agreement"] <= high and candidate["agreement_groups"] is None
         if not saturates_u8s8(describe_device()):  # exact integer kernels compute what the Q/DQ says, up to rounding
             assert abs(written["cosine"] - full["cosine"]) < 1e-3 and abs(written["agreement"] - full["agreement"]) <= 0.03
+
+
+def test_a_search_beyond_the_noise_records_intervals_over_whole_groups(trained_cnn: TrainedCnn, tmp_path: Path) -> None:
+    """A real search with ``beyond_noise``: every candidate's interval is taken over the samples' groups, and a candidate
+    meets the target by its interval's lower end."""
+    groups = tuple(f"photo{i % 10}" for i in range(100))
+    search = SearchSet(trained_cnn.evaluation[:100], trained_cnn.labels[:100], "v", groups)
+    calibration = CalibrationSet(trained_cnn.calibration[:50], "c").with_search(search)
+    cfg = OnnxRuntimeConfig(keep_float="auto", accuracy_target=AccuracyTarget(min_agreement=0.9, beyond_noise=True))
+    OnnxRuntimeBackend()._build_int8(trained_cnn.onnx, calibration, cfg, tmp_path)
+    record = json.loads((tmp_path / SEARCH_FILE).read_text())
+    assert record["target"] == {"min_agreement": 0.9, "beyond_noise": True} and "lower end" in record["target_text"]
+    for candidate in record["candidates"]:
+        low, high = candidate["agreement_ci95"]
+        assert candidate["agreement_groups"] == 10 and low <= candidate["agreement"] <= high
+        assert candidate["meets"] is (low >= 0.9)
+
+
+class _Outputs:
+    """A runner whose engine answers ``hits`` (True: the reference's class 0; False: class 1) in the order asked."""
+
+    def __init__(self, hits: np.ndarray) -> None:
+        self.hits, self.given = hits, 0
+
+    def __enter__(self) -> _Outputs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def input_metadata(self) -> dict[str, Any]:
+        return {"input": None}
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        count = len(feed["input"])
+        hits = self.hits[self.given:self.given + count] if count > 1 else self.hits[:1]
+        self.given += count if count > 1 else 0
+        return {"logits": np.stack([hits, ~hits], axis=1).astype(np.float32)}
+
+
+@pytest.mark.parametrize(("spread", "meets_strictly"), [(True, True), (False, False)])
+def test_beyond_the_noise_a_figure_met_by_correlated_samples_is_not_met(tmp_path: Path, spread: bool, meets_strictly: bool) -> None:
+    """Ten photos of 30 crops, 97% agreement: with the misses spread over the photos the interval is narrow and its lower
+    end meets 95%; with all of them in one photo, resampling whole photos puts its lower end below 95%. Judged by the
+    figure alone, both meet it."""
+    hits = np.ones(300, bool)
+    hits[np.arange(9) * 30 + 3 if spread else np.arange(9)] = False
+    search = SearchSet(np.zeros((300, 1, 2, 2), np.float32), None, "v", tuple(f"photo{i // 30}" for i in range(300)))
+    reference = [np.tile(np.array([[1.0, 0.0]], np.float32), (300, 1))]
+    for strict, expected in ((False, True), (True, meets_strictly)):
+        target = AccuracyTarget(min_agreement=0.95, beyond_noise=strict)
+        scored = float_search._score([], 0, lambda nodes, folder: folder / "engine", lambda engine, threads: _Outputs(hits),
+                                     1, search, reference, target, tmp_path)
+        assert scored["agreement"] == 0.97 and scored["agreement_groups"] == 10
+        assert scored["meets"] is expected, (strict, scored["agreement_ci95"])
 
 
 def two_matmuls(path: Path) -> Path:

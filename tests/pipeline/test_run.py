@@ -199,6 +199,8 @@ def test_keep_float_auto_searches_on_the_validation_split_and_the_report_shows_i
     assert gate["outcome"] == ("pass" if search["met"] else "fail") and gate["value"] == chosen["agreement"] and gate["limit"] == 0.99
     page = (result.run_dir / "report.html").read_text()
     assert "Float layers chosen against a target" in page and "keep_float auto:" in page
+    low, high = chosen["agreement_ci95"]  # the search's own noise: 500 independent samples, Wilson's interval
+    assert f"{100 * chosen['agreement']:.2f}% (95% interval {100 * low:.2f}–{100 * high:.2f}%)" in page
     written = search["candidates"][0]["as_written"]["agreement"]  # what the build machine's integer kernels cost, shown beside
     assert f"integer kernels, agreement {100 * written:.2f}% with its Q/DQ computed as written" in page
 
