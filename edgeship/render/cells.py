@@ -113,6 +113,14 @@ def _figure(value: float | None, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
+def overhead_text(us: float | None) -> str:
+    """The per-call overhead in µs. The timed call does all the runtime's call does and more, so a negative figure is
+    the rounds' noise, said so rather than shown as a saving."""
+    if us is None:
+        return "—"
+    return f"{us:.1f}" if us >= 0 else f"{us:.1f} (below the noise)"
+
+
 def db_text(value: float | None) -> str:
     """An SQNR in dB; the cap (``measure.SQNR_CAP_DB``: no difference at all) reads as identical."""
     if value is None:

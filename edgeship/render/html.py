@@ -13,7 +13,7 @@ from edgeship.gates import FIDELITY_GATES, GATES, TITLES, format_value
 from edgeship.qualification import Report
 from edgeship.recipe import GatesConfig
 from edgeship.render import plots
-from edgeship.render.cells import Cell, engine_cells, latency_cell, release_headline
+from edgeship.render.cells import Cell, engine_cells, latency_cell, overhead_text, release_headline
 from edgeship.render.text import change_points, dataset_warnings, db, float_layers_line, int8_weight_lines, verdict_measure
 from edgeship.render.text import pct as _pct
 from edgeship.render.text import size as _size
@@ -244,7 +244,8 @@ def _latency(report: Report) -> str:
                    numeric=range(1, 13), rows=[[escape(r["name"]), str(r["latency"]["iterations"]),
                                                 *(_styled(latency_cell(r["latency"], k)) for k in statistics),
                                                 f"{r['latency']['max_ms']:.3f}", _styled(latency_cell(r.get("bare_latency"), "p50_ms")),
-                                                _num(r.get("call_overhead_us")), _num(r.get("load_ms")), _num(r.get("first_inference_ms"))]
+                                                overhead_text(r.get("call_overhead_us")), _num(r.get("load_ms")),
+                                                _num(r.get("first_inference_ms"))]
                                                for r in rows])
     return section("latency", "Latency distribution per engine",
                     figure(lambda: plots.latency_figure(rows), "Per-iteration latency up to the 99th percentile, each engine measured "

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from edgeship.gates import format_value
 from edgeship.qualification import EngineRow, Report
-from edgeship.render.cells import COLUMNS, Cell, db_text, engine_cells, latency_cell, release_headline
+from edgeship.render.cells import COLUMNS, Cell, db_text, engine_cells, latency_cell, overhead_text, release_headline
 from edgeship.render.text import MEASURE_NAMES, change_points, dataset_warnings, db, int8_weight_lines, student_measure, verdict_measure
 from edgeship.render.text import pct as _pct
 from edgeship.render.text import size as _size
@@ -77,7 +77,7 @@ def print_summary(report: Report, console: Console) -> None:
     for row in report.engines:
         for line in int8_weight_lines(row):
             console.print(line, soft_wrap=True)
-    overheads = [f"{row.name} {row.call_overhead_us:.1f}" for row in report.engines if row.call_overhead_us is not None]
+    overheads = [f"{row.name} {overhead_text(row.call_overhead_us)}" for row in report.engines if row.call_overhead_us is not None]
     if overheads:
         console.print("per-call overhead, µs (the timed call's p50 − the runtime's own call): " + ", ".join(overheads), soft_wrap=True)
     fractions = [f"{row.name} {100 * row.fraction_of_peak:.1f}%" for row in report.engines if row.fraction_of_peak is not None]
