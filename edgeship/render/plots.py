@@ -327,9 +327,10 @@ def sweep_figure(points: Sequence[Mapping[str, Any]], backend: str, *, ylabel: s
 
 
 def together_figure(points: Sequence[Mapping[str, Any]], backend: str, *, ylabel: str, scale: float) -> Any:
-    """One backend's front engines: accuracy against p50, each drawn where its own trial timed it (hollow) and where the
-    front's engines timed together put it (filled, with the range of its round p50s), joined by an arrow; an engine no
-    faster than a more accurate one, timed together (``point["beaten"]``), in grey."""
+    """One backend's front engines and contenders: accuracy against p50, each drawn where its own trial timed it (hollow)
+    and where the engines timed together put it (filled, with the range of its round p50s), joined by an arrow, dashed
+    for a contender from off the front (``point["on_front"]`` false); an engine no faster than a more accurate one, timed
+    together (``point["beaten"]``), in grey."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.2))
     colour = COLOURS.get(backend, "black")
@@ -341,10 +342,11 @@ def together_figure(points: Sequence[Mapping[str, Any]], backend: str, *, ylabel
         ax.errorbar([point["p50_ms"]], [y], xerr=[[point["p50_ms"] - point["low_ms"]], [point["high_ms"] - point["p50_ms"]]],
                     fmt=marker, markersize=8, color=tint, ecolor=tint, capsize=3)
         ax.annotate("", xy=(point["p50_ms"], y), xytext=(point["trial_p50_ms"], y),
-                    arrowprops={"arrowstyle": "->", "color": tint, "alpha": 0.6, "shrinkA": 5, "shrinkB": 6})
+                    arrowprops={"arrowstyle": "->", "color": tint, "alpha": 0.6, "shrinkA": 5, "shrinkB": 6,
+                                "linestyle": "-" if point.get("on_front", True) else "--"})
         ax.annotate(point["label"], (point["p50_ms"], y), textcoords="offset points", xytext=(6, 5), fontsize=8, color=tint)
     ax.set(xscale="log", xlabel="p50 latency per call (ms, log scale)", ylabel=ylabel,
-           title=f"{backend}: the front, trial p50 (hollow) → timed together (filled)")
+           title=f"{backend}: the front and its contenders, trial p50 (hollow) → timed together (filled)")
     _plain_log_ticks(ax.xaxis)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()

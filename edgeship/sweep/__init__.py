@@ -10,7 +10,7 @@ from rich.console import Console
 
 from edgeship.sweep.driver import load_config, new_sweep, run_sweep
 from edgeship.sweep.node import default_path
-from edgeship.sweep.report import SweepReport, build_report, chosen, write_outputs
+from edgeship.sweep.report import SweepReport, add_joined_recipes, build_report, chosen, write_outputs
 from edgeship.sweep.together import time_fronts
 
 
@@ -40,7 +40,9 @@ def sweep(recipe: Path | None, space: Path | None, *, trials: int = 16, address:
                                    choose=lambda found: chosen(config, found))
     report = build_report(folder, config, records, confirmed, lock=str(default_path()))
     fronts = {backend: [(p.trial, p.engine, p.accuracy) for p in points] for backend, points in report.fronts.items()}
-    report.fronts_together = time_fronts(folder, config, fronts, records, console=console)
+    near = {backend: [(p.trial, p.engine, p.accuracy) for p in points] for backend, points in report.contenders.items()}
+    report.fronts_together = time_fronts(folder, config, fronts, records, console=console, contenders=near)
+    add_joined_recipes(report)
     write_outputs(folder, report)
     console.print(f"sweep: {folder / 'sweep.html'}")
     return SweepResult(folder, report)

@@ -17,7 +17,7 @@ from edgeship.recipe import recipe_from_document
 from edgeship.render import html, plots
 from edgeship.sweep.driver import SweepConfig, elapsed
 from edgeship.sweep.space import SweepSpace, recipe_point
-from edgeship.sweep.together import FrontTogether
+from edgeship.sweep.together import FrontTogether, TogetherPoint
 from edgeship.sweep.trial import EnginePoint, TrialRecord
 
 SWEEP_SCHEMA_VERSION = 1
@@ -25,6 +25,7 @@ SECTIONS = ("summary", "fronts", "together", "confirmed", "versus", "trials")
 TIMING = ("Each engine was timed holding the machine's timing lock ({lock}) exclusively: no other trial on the same machine "
           "trained, built or converted while it was timed (the others paused at their next wait or finished their step first), "
           "and trials on other machines do not share its CPUs. Ray's own processes (raylet, GCS, the driver) were not paused.")
+MAX_TIMED_TOGETHER = 8  # engines per backend timed together after the trials: the front, then its nearest contenders
 LABELS = {"top1": ("top-1 (%)", 100.0), "top1_agreement": ("top-1 agreement with FP32 (%)", 100.0),
           "min_cosine": ("output cosine with FP32 (worst output)", 1.0)}
 
@@ -67,7 +68,8 @@ class SweepReport(BaseModel):
     reuse: dict[str, Any]
     timing: str
     fronts: dict[str, list[FrontPoint]]  # per backend: the Pareto-optimal engines (accuracy up, p50 down, size down), on validation
-    fronts_together: dict[str, FrontTogether] = Field(default_factory=dict)  # per backend: its front timed together afterwards
+    contenders: dict[str, list[FrontPoint]] = Field(default_factory=dict)  # per backend: off the front within their trial's noise
+    fronts_together: dict[str, FrontTogether] = Field(default_factory=dict)  # per backend: its front (and contenders) timed together
     recipe_trial: str | None
     versus_recipe: list[Versus]  # on the validation split, as the sweep chose
     confirmed: list[TrialRecord]  # the chosen trials and the recipe's, scored on the evaluation split
@@ -85,9 +87,10 @@ def build_report(folder: Path, config: SweepConfig, records: Sequence[TrialRecor
     confirmed_ok = [r for r in confirmed if r.status == "ok"]
     confirmed_recipe = next((r for r in confirmed_ok if recipe_trial and r.name == recipe_trial.name), None)
     optimal = sorted({trial for points in fronts.values() for trial in (p.trial for p in points)})
+    near = {backend: [_front_point(r, p, shared) for r, p in found] for backend, found in contenders(ok).items() if found}
     return SweepReport(id=config.id, recipe=str(config.recipe_path), space=config.space, objective=config.target, accuracy_key=key,
                        trials_requested=config.trials, trials=list(records), wall_seconds=round(elapsed(folder, config), 1),
-                       sessions=config.sessions, reuse=reuse(records), timing=TIMING.format(lock=lock), fronts=fronts,
+                       sessions=config.sessions, reuse=reuse(records), timing=TIMING.format(lock=lock), fronts=fronts, contenders=near,
                        recipe_trial=recipe_trial.name if recipe_trial else None,
                        versus_recipe=_versus(recipe_trial, ok) if recipe_trial else [], confirmed=list(confirmed),
                        versus_recipe_confirmed=_versus(confirmed_recipe, confirmed_ok) if confirmed_recipe else [],
@@ -150,6 +153,28 @@ def pareto(points: Sequence[tuple[TrialRecord, EnginePoint]]) -> list[tuple[Tria
     return sorted(front, key=lambda rp: (rp[1].p50_ms, rp[0].name))
 
 
+def contenders(records: Sequence[TrialRecord]) -> dict[str, list[tuple[TrialRecord, EnginePoint]]]:
+    """Per backend, the engines off the front that their trial's own timing may have put there: at the lower end of its
+    p50 interval, no engine at least as accurate is faster. The sweep times them with the front, so that one a slow
+    moment pushed off can come back. The most accurate first, at most ``MAX_TIMED_TOGETHER`` engines with the front."""
+    out = {}
+    for backend, points in by_backend(records).items():
+        front = pareto(points)
+        on_front = {id(p) for _, p in front}
+        near = []
+        for record, point in points:
+            if id(point) in on_front:
+                continue
+            assert point.accuracy is not None and point.p50_ms is not None
+            best_case = point.p50_ci[0] if point.p50_ci else point.p50_ms
+            if not any(q is not point and q.accuracy is not None and q.p50_ms is not None and q.accuracy >= point.accuracy
+                       and q.p50_ms < best_case for _, q in points):
+                near.append((record, point))
+        near.sort(key=lambda rp: (-(rp[1].accuracy or 0.0), rp[1].p50_ms or 0.0, rp[0].name))
+        out[backend] = near[:max(0, MAX_TIMED_TOGETHER - len(front))]
+    return out
+
+
 def reuse(records: Sequence[TrialRecord]) -> dict[str, Any]:
     """What the shared store saved: per stage, artifacts built and reused, the seconds building took and the seconds
     reuse saved (an artifact reused by a trial had been built by another trial of this sweep in ``seconds``; one built
@@ -210,9 +235,24 @@ def write_outputs(folder: Path, report: SweepReport) -> None:
     _atomic(folder / "sweep.html", render_html(folder, report))
 
 
+def joined(report: SweepReport) -> list[tuple[str, str]]:
+    """(trial, engine) of each contender that joined its front when timed together."""
+    return [(p.trial, p.engine) for front in report.fronts_together.values() for p in front.points
+            if not p.on_front and p.no_faster_than is None]
+
+
+def add_joined_recipes(report: SweepReport) -> None:
+    """The recipes of the trials whose contender joined a front join the Pareto-optimal ones, to run again."""
+    for trial, _ in joined(report):
+        report.pareto_recipes.setdefault(trial, f"pareto/{trial}.yaml")
+
+
 def _recipe_yaml(record: TrialRecord, report: SweepReport) -> str:
     places = [f"{p.engine} ({p.accuracy:.4f}, p50 {p.p50_ms:.3f} ms, {p.size_mib:.2f} MiB)"
               for points in report.fronts.values() for p in points if p.trial == record.name]
+    came_back = set(joined(report))
+    places += [f"{p.engine} ({p.accuracy:.4f}, p50 {p.p50_ms:.3f} ms in its trial; off the front, it joined it timed together)"
+               for points in report.contenders.values() for p in points if p.trial == record.name and (p.trial, p.engine) in came_back]
     values = ", ".join(f"{k}={v}" for k, v in record.values.items())
     head = (f"# Sweep {report.id}, trial {record.name}: {values}\n# Pareto-optimal: " + "; ".join(places) +
             "\n# Measured in the sweep on its machine. `edgeship run` this file to rebuild and measure it; the store reuses what "
@@ -275,15 +315,17 @@ def _fronts(report: SweepReport) -> str:
 
 
 def _together(report: SweepReport) -> str:
-    """Each front's engines timed together: which of the fronts' speed differences hold."""
+    """Each front's engines, and its contenders, timed together: which of the fronts' speed differences hold."""
     intro = ("<p>Each trial timed its engines at its own moment (on a cluster, on its own node), so the fronts compare p50s "
              "taken apart. Afterwards each front's engines were timed again together on the driver's machine, holding its timing "
              "lock: each loaded once in a process of its own, taking turns in short slices, so that a change of the machine's "
-             "speed falls on all of them alike. Speed is against the front's most accurate engine, round by round, with its 95% "
-             "interval.</p>")
-    timed = [backend for backend, points in report.fronts.items() if len(points) >= 2]
+             "speed falls on all of them alike. With them went the contenders: engines off the front that their own trial's "
+             "timing may have put there (at the lower end of their p50 interval, no engine at least as accurate was faster). "
+             "Speed is against the most accurate engine, round by round, with its 95% interval.</p>")
+    timed = [backend for backend, points in report.fronts.items() if len(points) + len(report.contenders.get(backend, [])) >= 2]
     if not timed:
-        return html.section("together", "Fronts timed together", intro + "<p>No front has two engines or more.</p>")
+        return html.section("together", "Fronts timed together", intro + "<p>No front has two engines or more, with its "
+                                                                          "contenders.</p>")
     parts = [intro]
     for backend in timed:
         front = report.fronts_together.get(backend)
@@ -297,28 +339,44 @@ def _together(report: SweepReport) -> str:
 
 
 def _together_figure(report: SweepReport, backend: str, front: FrontTogether) -> str:
-    """Where each front engine moved from its trial's p50 to the rounds taken together: the fronts' speed differences that
-    hold are the ones that survive the move."""
-    trial_p50 = {(p.trial, p.engine): p.p50_ms for p in report.fronts.get(backend, [])}
+    """Where each engine moved from its trial's p50 to the rounds taken together: the fronts' speed differences that hold
+    are the ones that survive the move, and a contender that no more accurate engine beats joins the front."""
+    trial_p50 = {(p.trial, p.engine): p.p50_ms for p in [*report.fronts.get(backend, []), *report.contenders.get(backend, [])]}
     data = [{"label": f"{p.trial} {p.engine.split('/')[-1]}", "precision": p.engine.split("/")[-1], "accuracy": p.accuracy,
              "trial_p50_ms": trial_p50.get((p.trial, p.engine), p.p50_ms), "p50_ms": p.p50_ms,
-             "low_ms": min(p.round_p50_ms), "high_ms": max(p.round_p50_ms), "beaten": p.no_faster_than is not None}
+             "low_ms": min(p.round_p50_ms), "high_ms": max(p.round_p50_ms), "beaten": p.no_faster_than is not None,
+             "on_front": p.on_front}
             for p in front.points]
     ylabel, scale = LABELS.get(report.accuracy_key or "", ("accuracy", 1.0))
-    beaten = [f"{p.trial} {p.engine}" for p in front.points if p.no_faster_than]
-    verdict = (f"No faster than a more accurate engine, timed together (grey): {', '.join(beaten)}." if beaten
-               else "Timed together, each engine is faster than every more accurate one: the front holds.")
-    caption = (f"{backend}: each front engine where its trial timed it (hollow) and timed together, {front.rounds} rounds (filled; "
-               f"the bar spans its round p50s). {verdict}")
+    beaten = [f"{p.trial} {p.engine}" for p in front.points if p.on_front and p.no_faster_than]
+    joined = [f"{p.trial} {p.engine}" for p in front.points if not p.on_front and not p.no_faster_than]
+    stayed = [f"{p.trial} {p.engine}" for p in front.points if not p.on_front and p.no_faster_than]
+    verdict = []
+    if beaten:
+        verdict.append(f"No faster than a more accurate engine, timed together (grey): {', '.join(beaten)}.")
+    if joined:
+        verdict.append(f"Off the trials' front, and beaten by no engine as accurate when timed together, so it joins the front: "
+                       f"{', '.join(joined)}.")
+    if stayed:
+        verdict.append(f"Contenders that stay off the front (grey, dashed): {', '.join(stayed)}.")
+    if not beaten and not joined:
+        verdict.append("Timed together, each front engine is faster than every more accurate one: the front holds.")
+    caption = (f"{backend}: each engine where its trial timed it (hollow) and timed together, {front.rounds} rounds (filled; "
+               f"the bar spans its round p50s; dashed arrows: contenders from off the front). {' '.join(verdict)}")
     return html.figure(lambda: plots.together_figure(data, backend, ylabel=ylabel, scale=scale), caption)
 
 
 def _together_table(backend: str, front: FrontTogether) -> str:
-    rows = [[escape(p.trial), escape(p.engine), f"{p.accuracy:.4f}", f"{p.p50_ms:.4f}",
-             f"×{p.speedup[0]:.2f} ({p.speedup[1]:.2f}–{p.speedup[2]:.2f})",
-             escape(f"no faster than {p.no_faster_than} (more accurate)") if p.no_faster_than else ""] for p in front.points]
+    def outcome(p: TogetherPoint) -> str:
+        if p.no_faster_than:
+            return escape(f"no faster than {p.no_faster_than} (at least as accurate)" if not p.on_front
+                          else f"no faster than {p.no_faster_than} (more accurate)")
+        return "" if p.on_front else "joins the front"
+
+    rows = [[escape(p.trial), escape(p.engine), "front" if p.on_front else "contender", f"{p.accuracy:.4f}", f"{p.p50_ms:.4f}",
+             f"×{p.speedup[0]:.2f} ({p.speedup[1]:.2f}–{p.speedup[2]:.2f})", outcome(p)] for p in front.points]
     return (f"<p><b>{escape(backend)}</b>: {front.rounds} rounds, {escape(front.measured_at)}; against {escape(front.reference)}.</p>"
-            + html.table(["trial", "engine", "accuracy (validation)", "p50 ms timed together (median of rounds)",
+            + html.table(["trial", "engine", "trials' p50s put it", "accuracy (validation)", "p50 ms timed together (median of rounds)",
                           "speed vs the most accurate", "timed together"], rows))
 
 

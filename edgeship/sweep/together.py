@@ -5,8 +5,10 @@ and machines apart, and on a shared machine one moment can be half again as slow
 front engines are timed again together (``edgeship.interleave``): each loaded once in a process of its own, taking
 turns in the base recipe's ``validate.together_rounds`` short slices, holding the machine's timing lock. Each engine's
 speed is then given against the front's most accurate engine, round by round, with its interval, and an engine that is
-no faster than a more accurate one, timed together, is said to be. The fronts stay as the trials drew them (the
-validation split chose them); these figures say which of their speed differences hold.
+no faster than a more accurate one, timed together, is said to be. The engines just off a front that their trial's own
+timing noise may have put there (``report.contenders``) are timed with it, and one that no more accurate engine beats
+together is said to join the front. The fronts stay as the trials drew them (the validation split chose them, and the
+chosen trials were confirmed on evaluation); these figures say which of their speed differences hold.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ class TogetherPoint(BaseModel):
     p50_ms: float  # the median of its round p50s
     round_p50_ms: tuple[float, ...]
     speedup: tuple[float, float, float]  # times faster than the front's most accurate engine: median round ratio, 95% interval
-    no_faster_than: str | None = None  # a more accurate engine of the front it does not beat beyond the noise, timed together
+    no_faster_than: str | None = None  # a more accurate engine timed with it that it does not beat beyond the noise
+    on_front: bool = True  # False: a contender, off the front the trials' own p50s drew
 
 
 class FrontTogether(BaseModel):
@@ -62,13 +65,15 @@ class FrontTogether(BaseModel):
 
 
 def time_fronts(folder: Path, config: SweepConfig, fronts: Mapping[str, Sequence[tuple[str, str, float]]],
-                records: Sequence[TrialRecord], *, console: Console, lock: NodeLock | None = None) -> dict[str, FrontTogether]:
-    """Each front of two engines or more (backend → (trial, engine, accuracy) points) timed together with the base
-    recipe's validation settings, holding ``lock`` (the machine's timing lock) exclusively. A front that cannot be timed
-    gets its reason; the sweep goes on."""
+                records: Sequence[TrialRecord], *, console: Console, lock: NodeLock | None = None,
+                contenders: Mapping[str, Sequence[tuple[str, str, float]]] | None = None) -> dict[str, FrontTogether]:
+    """Each front (backend → (trial, engine, accuracy) points) with its ``contenders``, when they make two engines or more,
+    timed together with the base recipe's validation settings, holding ``lock`` (the machine's timing lock) exclusively.
+    A front that cannot be timed gets its reason; the sweep goes on."""
     base = _recipe(config, config.base)
     rounds = base.validate_.together_rounds
-    timed = {backend: points for backend, points in fronts.items() if len(points) >= 2}
+    near = {backend: list((contenders or {}).get(backend, ())) for backend in fronts}
+    timed = {backend: [*points, *near[backend]] for backend, points in fronts.items() if len(points) + len(near[backend]) >= 2}
     if not timed:
         return {}
     if not rounds:
@@ -90,23 +95,28 @@ def time_fronts(folder: Path, config: SweepConfig, fronts: Mapping[str, Sequence
                 continue
             accuracy = {f"{trial} {engine}": value for trial, engine, value in points}
             round_p50s = {name: tuple(figures["round_p50_ms"]) for name, figures in metrics["engines"].items()}
-            out[backend] = compare_rounds(backend, rounds, accuracy, round_p50s)
+            out[backend] = compare_rounds(backend, rounds, accuracy, round_p50s,
+                                          off_front=frozenset(f"{trial} {engine}" for trial, engine, _ in near[backend]))
     return out
 
 
-def compare_rounds(backend: str, rounds: int, accuracy: Mapping[str, float],
-                   round_p50s: Mapping[str, tuple[float, ...]]) -> FrontTogether:
-    """Speedups against the most accurate engine, and which engines a more accurate one matches or beats."""
+def compare_rounds(backend: str, rounds: int, accuracy: Mapping[str, float], round_p50s: Mapping[str, tuple[float, ...]],
+                   off_front: frozenset[str] = frozenset()) -> FrontTogether:
+    """Speedups against the most accurate engine, and which engines a more accurate one matches or beats; ``off_front``:
+    the contenders among them."""
     reference = max(accuracy, key=lambda name: accuracy[name])  # the first of equals: the fronts list them in order
     points = []
     for name, rounds_ in round_p50s.items():
         speedup = paired_ratio(round_p50s[reference], rounds_)
-        beaten_by = [other for other in round_p50s if accuracy[other] > accuracy[name]
+        contender = name in off_front  # joins the front only by beating every engine as accurate as it, too
+        beaten_by = [other for other in round_p50s if other != name
+                     and (accuracy[other] > accuracy[name] or (contender and accuracy[other] == accuracy[name]))
                      and not faster_round_by_round(rounds_, round_p50s[other])]  # as the ship decision tells engines apart
         trial, engine = name.split(" ", 1)
         points.append(TogetherPoint(trial=trial, engine=engine, accuracy=accuracy[name], p50_ms=round(float(np.median(rounds_)), 5),
                                     round_p50_ms=rounds_, speedup=tuple(round(v, 3) for v in speedup),  # type: ignore[arg-type]
-                                    no_faster_than=max(beaten_by, key=lambda o: accuracy[o]) if beaten_by else None))
+                                    no_faster_than=max(beaten_by, key=lambda o: accuracy[o]) if beaten_by else None,
+                                    on_front=name not in off_front))
     return FrontTogether(backend=backend, rounds=rounds, measured_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), reference=reference,
                          points=tuple(points))
 

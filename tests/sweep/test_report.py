@@ -12,7 +12,16 @@ import yaml
 
 from edgeship.render.browser import check_page, chromium
 from edgeship.sweep.driver import SweepConfig, save_record
-from edgeship.sweep.report import SECTIONS, build_report, chosen, dominates, write_outputs
+from edgeship.sweep.report import (
+    MAX_TIMED_TOGETHER,
+    SECTIONS,
+    add_joined_recipes,
+    build_report,
+    chosen,
+    contenders,
+    dominates,
+    write_outputs,
+)
 from edgeship.sweep.together import compare_rounds
 from edgeship.sweep.trial import EnginePoint, TrialRecord, Work
 
@@ -82,7 +91,35 @@ def test_fronts_reuse_and_the_recipes_point(tmp_path: Path) -> None:
     rounds["t003 onnxruntime/int8"] = (0.30, 0.31, 0.29)  # now faster than t002 in every round: the front holds
     report.fronts_together = {"onnxruntime": compare_rounds("onnxruntime", 3, accuracy, rounds)}
     write_outputs(tmp_path, report)
-    assert "each engine is faster than every more accurate one: the front holds" in (tmp_path / "sweep.html").read_text()
+    assert "each front engine is faster than every more accurate one: the front holds" in (tmp_path / "sweep.html").read_text()
+    # t004's INT8 (0.87, its trial's p50 0.60 ms, interval 0.54–0.66) was off the front; timed with it, it beats t003
+    accuracy["t004 onnxruntime/int8"] = 0.87
+    rounds["t004 onnxruntime/int8"] = (0.25, 0.26, 0.24)  # faster than t003 (0.30 ms) and t002, in every round
+    report.contenders = {"onnxruntime": [report.fronts["onnxruntime"][0].model_copy(update={"trial": "t004", "accuracy": 0.87,
+                                                                                            "p50_ms": 0.60})]}
+    report.fronts_together = {"onnxruntime": compare_rounds("onnxruntime", 3, accuracy, rounds,
+                                                            off_front=frozenset({"t004 onnxruntime/int8"}))}
+    write_outputs(tmp_path, report)
+    page = (tmp_path / "sweep.html").read_text()
+    assert "so it joins the front: t004 onnxruntime/int8." in page and ">contender</td>" in page and ">joins the front</td>" in page
+    assert "No faster than a more accurate engine, timed together (grey): t003 onnxruntime/int8." in page, "t004 beats t003"
+    add_joined_recipes(report)  # the joined contender's recipe, to run again
+    write_outputs(tmp_path, report)
+    assert json.loads((tmp_path / "sweep.json").read_text())["pareto_recipes"]["t004"] == "pareto/t004.yaml"
+    assert "onnxruntime/int8 (0.8700, p50 0.600 ms in its trial; off the front, it joined it timed together)" in \
+        (tmp_path / "pareto" / "t004.yaml").read_text().splitlines()[1]
+
+
+def test_contenders_are_the_engines_off_the_front_that_their_own_timing_noise_may_have_put_there() -> None:
+    records = [_record("t001", 0.25, (0.88, 0.50, 1.0), built=True),
+               _record("t002", 0.40, (0.87, 0.52, 1.0), built=False),  # best case 0.468 ms: faster than t001's 0.50
+               _record("t003", 0.30, (0.86, 0.70, 1.0), built=False)]  # best case 0.63 ms: t001 and t002 are faster
+    found = contenders(records)
+    assert [(r.name, p.engine) for r, p in found["onnxruntime"]] == [("t002", "onnxruntime/int8")]
+    narrow = [r.model_copy(update={"engines": [p.model_copy(update={"p50_ci": None}) for p in r.engines]}) for r in records]
+    assert contenders(narrow) == {"onnxruntime": []}, "without an interval, the trial's p50 is its best case"
+    many = [_record(f"t{i:03d}", 0.3, (0.80 - i / 1000, 0.50 + i / 1000, 1.0), built=False) for i in range(20)]
+    assert len(contenders([records[0], *many])["onnxruntime"]) == MAX_TIMED_TOGETHER - 2  # beside t001's two front engines
 
 
 def test_dominance_needs_one_strict_gain() -> None:

@@ -28,6 +28,18 @@ def test_speed_is_against_the_most_accurate_engine_round_by_round_and_a_slower_e
     assert points["t2 onnxruntime/int8"].p50_ms == 0.5, "the median of its round p50s"
 
 
+def test_a_contender_joins_the_front_only_by_beating_every_engine_at_least_as_accurate() -> None:
+    accuracy = {"t1 onnxruntime/fp32": 0.92, "t2 onnxruntime/int8": 0.91, "t3 onnxruntime/int8": 0.91, "t4 onnxruntime/int8": 0.90}
+    rounds = {"t1 onnxruntime/fp32": (1.0, 1.0, 1.0), "t2 onnxruntime/int8": (0.5, 0.5, 0.5),
+              "t3 onnxruntime/int8": (0.5, 0.51, 0.49),  # as accurate as t2 and as fast: not beyond the noise
+              "t4 onnxruntime/int8": (0.3, 0.3, 0.3)}  # less accurate, faster than both: joins
+    front = compare_rounds("onnxruntime", 3, accuracy, rounds, off_front=frozenset({"t3 onnxruntime/int8", "t4 onnxruntime/int8"}))
+    points = {f"{p.trial} {p.engine}": p for p in front.points}
+    assert points["t2 onnxruntime/int8"].on_front and points["t2 onnxruntime/int8"].no_faster_than is None
+    assert not points["t3 onnxruntime/int8"].on_front and points["t3 onnxruntime/int8"].no_faster_than == "t2 onnxruntime/int8"
+    assert not points["t4 onnxruntime/int8"].on_front and points["t4 onnxruntime/int8"].no_faster_than is None
+
+
 def _config(tmp_path: Path, rounds: int) -> SweepConfig:
     base = {"name": "r", "validate": {"together_rounds": rounds, "threads": 1}, "data": {"train_size": 600, "val_size": 100,
                                                                                           "eval_size": 100}}
