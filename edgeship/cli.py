@@ -28,7 +28,7 @@ from edgeship.pipeline.report import load_report, rebuild
 from edgeship.recipe import load_recipe
 from edgeship.release import make_releases, new_key_pair
 from edgeship.release.device import verify_on_device
-from edgeship.render.terminal import print_divergence, print_summary
+from edgeship.render.terminal import print_divergence, print_float_search, print_summary
 from edgeship.sweep import sweep
 from edgeship.version import __version__
 
@@ -275,11 +275,15 @@ def _debug(args: argparse.Namespace, console: Console) -> int:
     if row is None:
         names = ", ".join(r.name for r in report.engines)
         raise DataError(f"{args.run}: no engine named {args.engine!r}; this run has {names}")
+    searched = print_float_search(row, console)
     try:
         print_divergence(row, console, count=args.count)
     except ValueError as exc:
-        precision = "" if row.precision != "fp32" else " (an FP32 engine is the reference's own precision: nothing to compare)"
-        raise DataError(f"{args.run}: {exc}{precision}") from None
+        why = (f"{row.name}: an FP32 engine is the reference's own precision: nothing to compare" if row.precision == "fp32"
+               else str(exc))
+        if not searched:
+            raise DataError(f"{args.run}: {why}") from None
+        console.print(f"[dim]{escape(why)}[/dim]", soft_wrap=True)
     return 0
 
 

@@ -174,12 +174,38 @@ def cross_check_reason(check: Mapping[str, Any]) -> str:
             "call), which the tool leaves out and every backend's p50 here includes")
 
 
+def print_float_search(row: EngineRow, console: Console) -> bool:
+    """``edgeship debug``: the candidates ``keep_float: auto`` built for ``row``'s engine, each with its figure on the
+    validation samples (and its 95% interval where recorded) and its in-search p50; False when the engine had no search."""
+    search = row.float_search
+    if not search:
+        return False
+    cosine = search.get("measure") == "cosine"
+    outcome = "met" if search["met"] else "not met: the best candidate found is kept"
+    console.print(f"[bold]{escape(row.name)}[/bold]: keep_float auto against {escape(search['target_text'])} on {search['samples']} "
+                  f"validation samples ({outcome}); {len(search['candidates'])} candidates in {search['seconds']:.0f} s, the ranking "
+                  f"{search['ranking_seconds']:.0f} s of it", soft_wrap=True)
+    table = Table(title="candidates (layers: ranked layers in float; nodes: with those feeding them)")
+    for column in ("layers", "nodes", "output cosine" if cosine else "agreement", *([] if cosine else ["95% interval"]),
+                   "p50 ms in the search", "meets", ""):
+        table.add_column(column, justify="right")
+    for candidate in search["candidates"]:
+        interval = candidate.get("agreement_ci95")
+        figures = [f"{candidate['cosine']:.5f}"] if cosine else [
+            f"{100 * candidate['agreement']:.2f}%", f"{100 * interval[0]:.2f}–{100 * interval[1]:.2f}%" if interval else "—"]
+        table.add_row(str(candidate["float_layers"]), str(len(candidate["nodes"])), *figures, f"{candidate['p50_ms']:.3f}",
+                      "yes" if candidate["meets"] else "no", "chosen" if candidate["float_layers"] == search["chosen"] else "")
+    console.print(table)
+    return True
+
+
 def print_divergence(row: EngineRow, console: Console, *, count: int = 10) -> None:
     """``edgeship debug``: the ``count`` tensors of ``row``'s engine furthest from FP32, and the layers whose own error is
     largest (where the runtime runs a layer alone) or, where it cannot, where the accumulated SQNR falls most."""
     d = row.divergence
     if d is None or not d.available:
-        raise ValueError(f"{row.name}: no layer-wise comparison" + (f": {d.reason}" if d is not None else ""))
+        raise ValueError(f"{row.name}: no layer-wise comparison" + (f": {d.reason}" if d is not None else
+                         " (the run's divergence stage is off in its recipe, or failed: its manifest says which)"))
     console.print(f"[bold]{escape(row.name)}[/bold]: {len(d.rows)} tensors of the FP32 ONNX compared on {d.samples} {d.split} "
                   f"samples ({escape(d.method)}); {len(d.unmapped)} not in the engine", soft_wrap=True)
     for text in (d.note, f"layers alone: {d.local_note}" if d.local_note else ""):

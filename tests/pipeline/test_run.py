@@ -183,9 +183,13 @@ def test_a_divergence_that_cannot_be_computed_is_a_recorded_failure_not_a_crash(
     assert (result.run_dir / "report.html").is_file() and result.report["engines"][1].get("divergence") is None
 
 
-def test_keep_float_auto_searches_on_the_validation_split_and_the_report_shows_it(workspace: Path, cold: RunResult) -> None:
+def test_keep_float_auto_searches_on_the_validation_split_and_the_report_shows_it(workspace: Path, cold: RunResult,
+                                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     """The ONNX Runtime INT8 engine's float layers chosen against a target on the validation split: the report row has
-    the search, the engine an extra gate for its target, and the page the candidates' chart."""
+    the search, the engine an extra gate for its target, the page the candidates' chart, and ``edgeship debug`` the
+    candidates."""
+    from edgeship.cli import main
+
     recipe = tiny_recipe(workspace, backends={"onnxruntime": {"precisions": ["int8"], "keep_float": "auto",
                                                               "accuracy_target": {"min_agreement": 0.99}},
                                               "openvino": {"enabled": False}, "tflite": {"enabled": False}, "tensorrt": {"enabled": False}})
@@ -203,6 +207,11 @@ def test_keep_float_auto_searches_on_the_validation_split_and_the_report_shows_i
     assert f"{100 * chosen['agreement']:.2f}% (95% interval {100 * low:.2f}–{100 * high:.2f}%)" in page
     written = search["candidates"][0]["as_written"]["agreement"]  # what the build machine's integer kernels cost, shown beside
     assert f"integer kernels, agreement {100 * written:.2f}% with its Q/DQ computed as written" in page
+    capsys.readouterr()
+    assert main(["debug", str(result.run_dir), "onnxruntime/int8"]) == 0
+    out = capsys.readouterr().out
+    assert "keep_float auto against top-1 agreement ≥ 99% on 500 validation samples" in out and "chosen" in out
+    assert f"{100 * chosen['agreement']:.2f}%" in out and f"{100 * low:.2f}–{100 * high:.2f}%" in out
 
 
 def test_unknown_force_stage_is_a_recipe_error(recipe: Recipe) -> None:
