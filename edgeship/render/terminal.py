@@ -184,7 +184,7 @@ def print_float_search(row: EngineRow, console: Console) -> bool:
     outcome = "met" if search["met"] else "not met: the best candidate found is kept"
     console.print(f"[bold]{escape(row.name)}[/bold]: keep_float auto against {escape(search['target_text'])} on {search['samples']} "
                   f"validation samples ({outcome}); {len(search['candidates'])} candidates in {search['seconds']:.0f} s, the ranking "
-                  f"{search['ranking_seconds']:.0f} s of it", soft_wrap=True)
+                  f"{search.get('ranking_seconds', 0):.0f} s of it", soft_wrap=True)
     table = Table(title="candidates (layers: ranked layers in float; nodes: with those feeding them)")
     for column in ("layers", "nodes", "output cosine" if cosine else "agreement", *([] if cosine else ["95% interval"]),
                    "p50 ms in the search", "meets", ""):
