@@ -10,8 +10,9 @@ from rich.console import Console
 
 from edgeship.sweep.driver import load_config, new_sweep, run_sweep
 from edgeship.sweep.node import default_path
-from edgeship.sweep.report import SweepReport, add_joined_recipes, build_report, chosen, write_outputs
-from edgeship.sweep.together import time_fronts
+from edgeship.sweep.report import SweepReport, add_joined_recipes, build_report, chosen, joined_in, timed_points, write_outputs
+from edgeship.sweep.together import FrontTogether, time_fronts
+from edgeship.sweep.trial import TrialRecord
 
 
 @dataclass(frozen=True)
@@ -36,12 +37,17 @@ def sweep(recipe: Path | None, space: Path | None, *, trials: int = 16, address:
         folder, config = new_sweep(recipe, space, trials=trials, out=out, cpus_per_trial=cpus_per_trial)
     console.print(f"[bold]edgeship[/bold] sweep [cyan]{config.id}[/cyan] → {folder}: {config.trials} trials of "
                   f"{config.recipe_path.name}, objective {config.target}{' (resumed)' if resume else ''}")
-    records, confirmed = run_sweep(folder, config, address=address, resume=resume is not None, console=console,
-                                   choose=lambda found: chosen(config, found))
+    together: dict[str, FrontTogether] = {}
+
+    def choose(found: list[TrialRecord]) -> list[TrialRecord]:
+        """The fronts and their contenders timed together first, so the contenders that join a front are confirmed too."""
+        fronts, near = timed_points(found)
+        together.update(time_fronts(folder, config, fronts, found, console=console, contenders=near))
+        return chosen(config, found, also=[trial for trial, _ in joined_in(together)])
+
+    records, confirmed = run_sweep(folder, config, address=address, resume=resume is not None, console=console, choose=choose)
     report = build_report(folder, config, records, confirmed, lock=str(default_path()))
-    fronts = {backend: [(p.trial, p.engine, p.accuracy) for p in points] for backend, points in report.fronts.items()}
-    near = {backend: [(p.trial, p.engine, p.accuracy) for p in points] for backend, points in report.contenders.items()}
-    report.fronts_together = time_fronts(folder, config, fronts, records, console=console, contenders=near)
+    report.fronts_together = together
     add_joined_recipes(report)
     write_outputs(folder, report)
     console.print(f"sweep: {folder / 'sweep.html'}")

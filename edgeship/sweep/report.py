@@ -97,10 +97,11 @@ def build_report(folder: Path, config: SweepConfig, records: Sequence[TrialRecor
                        pareto_recipes={t: f"pareto/{t}.yaml" for t in optimal})
 
 
-def chosen(config: SweepConfig, records: Sequence[TrialRecord]) -> list[TrialRecord]:
-    """The trials to confirm on the evaluation split: every Pareto-optimal one of any backend, and the recipe's own."""
+def chosen(config: SweepConfig, records: Sequence[TrialRecord], also: Sequence[str] = ()) -> list[TrialRecord]:
+    """The trials to confirm on the evaluation split: every Pareto-optimal one of any backend, the recipe's own, and
+    ``also`` (the trials of contenders that joined a front timed together)."""
     ok = [r for r in records if r.status == "ok"]
-    names = {r.name for points in by_backend(ok).values() for r, _ in pareto(points)}
+    names = {r.name for points in by_backend(ok).values() for r, _ in pareto(points)} | set(also)
     recipe_trial = _recipe_trial(config, ok)
     if recipe_trial is not None:
         names.add(recipe_trial.name)
@@ -235,9 +236,25 @@ def write_outputs(folder: Path, report: SweepReport) -> None:
     _atomic(folder / "sweep.html", render_html(folder, report))
 
 
+def timed_points(records: Sequence[TrialRecord]) -> tuple[dict[str, list[tuple[str, str, float]]], dict[str, list[tuple[str, str, float]]]]:
+    """Per backend, the (trial, engine, accuracy) of the front's engines and of its contenders, as ``time_fronts`` takes them."""
+    ok = [r for r in records if r.status == "ok"]
+
+    def points(found: Sequence[tuple[TrialRecord, EnginePoint]]) -> list[tuple[str, str, float]]:
+        return [(r.name, p.engine, p.accuracy) for r, p in found if p.accuracy is not None]
+
+    near = contenders(ok)
+    return ({backend: points(pareto(found)) for backend, found in by_backend(ok).items()},
+            {backend: points(found) for backend, found in near.items()})
+
+
 def joined(report: SweepReport) -> list[tuple[str, str]]:
     """(trial, engine) of each contender that joined its front when timed together."""
-    return [(p.trial, p.engine) for front in report.fronts_together.values() for p in front.points
+    return joined_in(report.fronts_together)
+
+
+def joined_in(fronts_together: Mapping[str, FrontTogether]) -> list[tuple[str, str]]:
+    return [(p.trial, p.engine) for front in fronts_together.values() for p in front.points
             if not p.on_front and p.no_faster_than is None]
 
 
@@ -385,16 +402,18 @@ def _confirmed(report: SweepReport) -> str:
     scored = {(r.name, p.engine): p for r in report.confirmed if r.status == "ok" for p in r.engines}
     trials = {r.name: r for r in report.confirmed}
     rows = []
+    came_back = set(joined(report))
     for backend, points in report.fronts.items():
-        for p in points:
+        for p in [*points, *(q for q in report.contenders.get(backend, []) if (q.trial, q.engine) in came_back)]:
             evaluation = scored.get((p.trial, p.engine))
             failed = trials.get(p.trial)
             rows.append([escape(backend), escape(p.trial), escape(p.engine), f"{p.accuracy:.4f} · {p.p50_ms:.3f} ms",
                          f"{evaluation.accuracy:.4f} · {evaluation.p50_ms:.3f} ms" if evaluation and evaluation.measured
                          else escape(failed.reason if failed else "not confirmed")])
     return html.section("confirmed", "Confirmed on the evaluation split",
-                    "<p>Trials are scored on the validation split, which chose the fronts above; the chosen trials and the recipe's "
-                    "own ran again with their engines scored on the evaluation split (everything else reused). Quote these.</p>"
+                    "<p>Trials are scored on the validation split, which chose the fronts above; the chosen trials (the fronts', "
+                    "the contenders' that joined them when timed together) and the recipe's own ran again with their engines scored "
+                    "on the evaluation split (everything else reused). Quote these.</p>"
                     + html.table(["backend", "trial", "engine", "validation: accuracy · p50", "evaluation: accuracy · p50"], rows))
 
 

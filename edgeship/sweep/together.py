@@ -1,4 +1,5 @@
-"""A sweep's Pareto-optimal engines timed together, on the driver's machine, after the confirmations.
+"""A sweep's Pareto-optimal engines timed together, on the driver's machine, after its trials and before the
+confirmations.
 
 Each trial timed its engines at its own moment, and on a cluster on its own node: a front compares p50s taken minutes
 and machines apart, and on a shared machine one moment can be half again as slow as another. So every backend's
@@ -7,8 +8,8 @@ turns in the base recipe's ``validate.together_rounds`` short slices, holding th
 speed is then given against the front's most accurate engine, round by round, with its interval, and an engine that is
 no faster than a more accurate one, timed together, is said to be. The engines just off a front that their trial's own
 timing noise may have put there (``report.contenders``) are timed with it, and one that no more accurate engine beats
-together is said to join the front. The fronts stay as the trials drew them (the validation split chose them, and the
-chosen trials were confirmed on evaluation); these figures say which of their speed differences hold.
+together is said to join the front, and its trial is confirmed on evaluation with the fronts'. The fronts stay as the
+trials drew them (the validation split chose them); these figures say which of their speed differences hold.
 """
 
 from __future__ import annotations

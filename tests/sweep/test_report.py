@@ -20,6 +20,7 @@ from edgeship.sweep.report import (
     chosen,
     contenders,
     dominates,
+    timed_points,
     write_outputs,
 )
 from edgeship.sweep.together import compare_rounds
@@ -60,6 +61,11 @@ def test_fronts_reuse_and_the_recipes_point(tmp_path: Path) -> None:
     for record in records:
         save_record(tmp_path, record)
     assert [r.name for r in chosen(config, records)] == ["t001", "t002", "t003"]  # the fronts' trials and the recipe's own
+    assert [r.name for r in chosen(config, records, also=["t004"])] == ["t001", "t002", "t003", "t004"]  # a joined contender's
+    fronts, near = timed_points(records)  # what the sweep times together before the confirmations
+    assert fronts["onnxruntime"] == [("t003", "onnxruntime/int8", 0.85), ("t002", "onnxruntime/int8", 0.89),
+                                     ("t001", "onnxruntime/fp32", 0.90)]
+    assert near == {"onnxruntime": [("t001", "onnxruntime/int8", 0.88)]}, "t002 at 0.45 ms is no faster than its best case"
     # on the evaluation split the recipe's INT8 is beaten by nothing: t002's gain was the validation split's
     confirmed = [_record("t001", 0.25, (0.880, 0.50, 1.0), built=False).model_copy(update={"split": "evaluation"}),
                  _record("t002", 0.40, (0.875, 0.45, 1.0), built=False).model_copy(update={"split": "evaluation"})]
@@ -108,6 +114,8 @@ def test_fronts_reuse_and_the_recipes_point(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "sweep.json").read_text())["pareto_recipes"]["t004"] == "pareto/t004.yaml"
     assert "onnxruntime/int8 (0.8700, p50 0.600 ms in its trial; off the front, it joined it timed together)" in \
         (tmp_path / "pareto" / "t004.yaml").read_text().splitlines()[1]
+    confirmed_table = (tmp_path / "sweep.html").read_text().split("<section id=confirmed>")[1].split("</section>")[0]
+    assert "<td class=l>t004</td>" in confirmed_table and "not confirmed" in confirmed_table, "the joined contender is listed"
 
 
 def test_contenders_are_the_engines_off_the_front_that_their_own_timing_noise_may_have_put_there() -> None:
