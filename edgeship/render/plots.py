@@ -265,12 +265,11 @@ def divergence_figure(series: Mapping[str, Sequence[Mapping[str, Any]]]) -> Any:
 
 
 def float_search_figure(searches: Mapping[str, Mapping[str, Any]]) -> Any:
-    """``keep_float: auto``: each candidate's agreement (with its 95% interval where recorded; or output cosine) with FP32
-    on validation samples (solid) and its in-process p50 (dashed, right axis) against the number of ranked layers kept in
-    float; the target as a line, the choice circled."""
+    """``keep_float: auto``: above, each candidate's agreement (with its 95% interval where recorded; or output cosine)
+    with FP32 on validation samples, the target as a line; below, its in-process p50; both against the number of ranked
+    layers kept in float, the choice circled. Two panels, so that neither figure reads off the other's axis."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 3.6))
-    right = ax.twinx()
+    fig, (ax, low) = plt.subplots(2, 1, sharex=True, figsize=(8, 5.0), gridspec_kw={"height_ratios": [2, 1]})
     cosine = any(search.get("measure") == "cosine" for search in searches.values())
     for name, search in searches.items():
         colour = COLOURS.get(name.split("/")[0], "grey")
@@ -284,16 +283,18 @@ def float_search_figure(searches: Mapping[str, Mapping[str, Any]]) -> Any:
                         yerr=[[scale * (c[measure] - c["agreement_ci95"][0]) for c in bounded],
                               [scale * (c["agreement_ci95"][1] - c[measure]) for c in bounded]],
                         fmt="none", ecolor=colour, alpha=0.35, capsize=2)
-        right.plot(counts, [c["p50_ms"] for c in points], marker="s", linestyle="--", color=colour, alpha=0.6)
+        low.plot(counts, [c["p50_ms"] for c in points], marker="s", color=colour, alpha=0.8)
         chosen = next(c for c in points if c["float_layers"] == search["chosen"])
         ax.scatter([chosen["float_layers"]], [scale * chosen[measure]], s=160, facecolors="none", edgecolors=colour, linewidths=2)
+        low.scatter([chosen["float_layers"]], [chosen["p50_ms"]], s=160, facecolors="none", edgecolors=colour, linewidths=2)
         limit = search["target"].get("min_cosine" if measure == "cosine" else "min_agreement")
         if limit is not None:
             ax.axhline(scale * limit, color=colour, linestyle=":", linewidth=1)
-    ylabel = "output cosine with FP32, validation" if cosine else "top-1 agreement with FP32, validation (%)"
-    ax.set(xlabel="ranked layers kept in float", ylabel=ylabel, title="keep_float: auto — candidates searched")
-    right.set_ylabel("p50 in the search (ms, dashed)")
-    ax.grid(alpha=0.3)
+    ylabel = "output cosine with FP32,\nvalidation" if cosine else "top-1 agreement with\nFP32, validation (%)"
+    ax.set(ylabel=ylabel, title="keep_float: auto — candidates searched")
+    low.set(xlabel="ranked layers kept in float", ylabel="p50 in the\nsearch (ms)")
+    for axis in (ax, low):
+        axis.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
