@@ -14,7 +14,7 @@ from typing import Literal
 
 from edgeship.measure import SQNR_CAP_DB
 from edgeship.qualification import EngineRow, Release, Scores
-from edgeship.render.text import change_points, pct, size
+from edgeship.render.text import change_points, interval_text, pct, size
 
 Kind = Literal["measured", "predicted", "missing", "pass", "fail", "skipped", "error"]
 
@@ -87,11 +87,8 @@ def accuracy_cells(row: EngineRow, *, basis: str) -> dict[str, Cell]:
 
 def agreement_interval_text(scores: Scores) -> str:
     """``96.21–97.90%``: the agreement's 95% interval; over photos when whole photos were resampled."""
-    if scores.top1_agreement_ci95 is None:
-        return ""
-    low, high = scores.top1_agreement_ci95
-    groups = scores.top1_agreement_groups
-    return f"{100 * low:.2f}–{100 * high:.2f}%" + (f" over {groups} photos" if groups else "")
+    return interval_text(scores.top1_agreement_ci95, scores.top1_agreement_groups)
+
 
 
 def latency_cell(latency: dict[str, object] | None, key: str) -> Cell:

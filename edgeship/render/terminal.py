@@ -17,7 +17,16 @@ from rich.table import Table
 from edgeship.gates import format_value
 from edgeship.qualification import EngineRow, Report
 from edgeship.render.cells import COLUMNS, Cell, db_text, engine_cells, latency_cell, overhead_text, release_headline
-from edgeship.render.text import MEASURE_NAMES, change_points, dataset_warnings, db, int8_weight_lines, student_measure, verdict_measure
+from edgeship.render.text import (
+    MEASURE_NAMES,
+    change_points,
+    dataset_warnings,
+    db,
+    int8_weight_lines,
+    interval_text,
+    student_measure,
+    verdict_measure,
+)
 from edgeship.render.text import pct as _pct
 from edgeship.render.text import size as _size
 
@@ -190,9 +199,8 @@ def print_float_search(row: EngineRow, console: Console) -> bool:
                    "p50 ms in the search", "meets", ""):
         table.add_column(column, justify="right")
     for candidate in search["candidates"]:
-        interval = candidate.get("agreement_ci95")
         figures = [f"{candidate['cosine']:.5f}"] if cosine else [
-            f"{100 * candidate['agreement']:.2f}%", f"{100 * interval[0]:.2f}–{100 * interval[1]:.2f}%" if interval else "—"]
+            f"{100 * candidate['agreement']:.2f}%", interval_text(candidate.get("agreement_ci95")) or "—"]
         table.add_row(str(candidate["float_layers"]), str(len(candidate["nodes"])), *figures, f"{candidate['p50_ms']:.3f}",
                       "yes" if candidate["meets"] else "no", "chosen" if candidate["float_layers"] == search["chosen"] else "")
     console.print(table)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from edgeship.data import substitution_note
@@ -41,6 +41,14 @@ def weight_rounding_line(row: EngineRow) -> str:
             f"calibration samples{gain}" + (f"; {len(done['skipped'])} layers not rounded" if done.get("skipped") else ""))
 
 
+def interval_text(ci95: Sequence[float] | None, groups: int | None = None) -> str:
+    """``96.21–97.90%`` (``… over 16 photos`` with ``groups``): an agreement's 95% interval, or "" without one."""
+    if ci95 is None:
+        return ""
+    low, high = ci95
+    return f"{100 * low:.2f}–{100 * high:.2f}%" + (f" over {groups} photos" if groups else "")
+
+
 def float_layers_line(row: EngineRow) -> str:
     """Which layers an INT8 engine keeps in float (``keep_float``) and how INT8 scored them alone."""
     kept = row.float_layers
@@ -55,10 +63,8 @@ def float_layers_line(row: EngineRow) -> str:
         def figure(scores: Mapping[str, Any], *, spread: bool = False) -> str:
             if cosine:
                 return f"output cosine {scores['cosine']:.5f}"
-            interval = scores.get("agreement_ci95") if spread else None  # searches recorded before the intervals have none
-            around = "" if not interval else (f" (95% interval {100 * interval[0]:.2f}–{100 * interval[1]:.2f}%"
-                                              + (f" over {scores['agreement_groups']} photos)" if scores.get("agreement_groups") else ")"))
-            return f"agreement {100 * scores['agreement']:.2f}%{around}"
+            interval = interval_text(scores.get("agreement_ci95"), scores.get("agreement_groups")) if spread else ""
+            return f"agreement {100 * scores['agreement']:.2f}%" + (f" (95% interval {interval})" if interval else "")
 
         full = next((c for c in search["candidates"] if c["float_layers"] == 0 and "as_written" in c), None)
         kernels = (f"; fully quantized: {figure(full)} on the build machine's integer kernels, {figure(full['as_written'])} with its Q/DQ "
