@@ -10,7 +10,7 @@ from rich.console import Console
 
 from edgeship.sweep.driver import load_config, new_sweep, run_sweep
 from edgeship.sweep.node import default_path
-from edgeship.sweep.report import SweepReport, add_joined_recipes, build_report, chosen, joined_in, timed_points, write_outputs
+from edgeship.sweep.report import SweepReport, add_joined_recipes, build_report, chosen, joined, timed_points, write_outputs
 from edgeship.sweep.together import FrontTogether, time_fronts
 from edgeship.sweep.trial import TrialRecord
 
@@ -43,7 +43,7 @@ def sweep(recipe: Path | None, space: Path | None, *, trials: int = 16, address:
         """The fronts and their contenders timed together first, so the contenders that join a front are confirmed too."""
         fronts, near = timed_points(found)
         together.update(time_fronts(folder, config, fronts, found, console=console, contenders=near))
-        return chosen(config, found, also=[trial for trial, _ in joined_in(together)])
+        return chosen(config, found, also=[trial for trial, _ in joined(together)])
 
     records, confirmed = run_sweep(folder, config, address=address, resume=resume is not None, console=console, choose=choose)
     report = build_report(folder, config, records, confirmed, lock=str(default_path()))

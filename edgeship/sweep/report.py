@@ -248,26 +248,22 @@ def timed_points(records: Sequence[TrialRecord]) -> tuple[dict[str, list[tuple[s
             {backend: points(found) for backend, found in near.items()})
 
 
-def joined(report: SweepReport) -> list[tuple[str, str]]:
+def joined(fronts_together: Mapping[str, FrontTogether]) -> list[tuple[str, str]]:
     """(trial, engine) of each contender that joined its front when timed together."""
-    return joined_in(report.fronts_together)
-
-
-def joined_in(fronts_together: Mapping[str, FrontTogether]) -> list[tuple[str, str]]:
     return [(p.trial, p.engine) for front in fronts_together.values() for p in front.points
             if not p.on_front and p.no_faster_than is None]
 
 
 def add_joined_recipes(report: SweepReport) -> None:
     """The recipes of the trials whose contender joined a front join the Pareto-optimal ones, to run again."""
-    for trial, _ in joined(report):
+    for trial, _ in joined(report.fronts_together):
         report.pareto_recipes.setdefault(trial, f"pareto/{trial}.yaml")
 
 
 def _recipe_yaml(record: TrialRecord, report: SweepReport) -> str:
     places = [f"{p.engine} ({p.accuracy:.4f}, p50 {p.p50_ms:.3f} ms, {p.size_mib:.2f} MiB)"
               for points in report.fronts.values() for p in points if p.trial == record.name]
-    came_back = set(joined(report))
+    came_back = set(joined(report.fronts_together))
     places += [f"{p.engine} ({p.accuracy:.4f}, p50 {p.p50_ms:.3f} ms in its trial; off the front, it joined it timed together)"
                for points in report.contenders.values() for p in points if p.trial == record.name and (p.trial, p.engine) in came_back]
     values = ", ".join(f"{k}={v}" for k, v in record.values.items())
@@ -402,7 +398,7 @@ def _confirmed(report: SweepReport) -> str:
     scored = {(r.name, p.engine): p for r in report.confirmed if r.status == "ok" for p in r.engines}
     trials = {r.name: r for r in report.confirmed}
     rows = []
-    came_back = set(joined(report))
+    came_back = set(joined(report.fronts_together))
     for backend, points in report.fronts.items():
         for p in [*points, *(q for q in report.contenders.get(backend, []) if (q.trial, q.engine) in came_back)]:
             evaluation = scored.get((p.trial, p.engine))
