@@ -34,6 +34,7 @@ from edgeship.tensors import CalibrationSet
 WEIGHT_ROUNDING_FILE = "weight_rounding.json"
 SAMPLES = 64  # calibration samples the input statistics come from
 DAMPING = 0.01  # of the mean diagonal of H, added to it (GPTQ's default)
+BLOCK = 128  # columns whose errors reach the later columns in one product (GPTQ's lazy batch update)
 BATCH = 1  # samples per run of the model with every layer input as an output: one sample's activations are what it holds
 
 
@@ -141,42 +142,50 @@ def gptq(weight: np.ndarray, hessian: np.ndarray) -> tuple[np.ndarray, float, fl
 
     out_channels = weight.shape[0]
     groups = hessian.shape[0]
-    flat = weight.reshape(out_channels, -1).astype(np.float64)
+    flat = weight.reshape(groups, out_channels // groups, -1).astype(np.float64)
     scale = channel_scales(weight)
-    integers = np.empty_like(flat)
-    per_group = out_channels // groups
-    for g in range(groups):
-        rows = slice(g * per_group, (g + 1) * per_group)
-        integers[rows] = _gptq_group(torch.from_numpy(flat[rows]), torch.from_numpy(scale[rows].astype(np.float64)),
-                                     torch.from_numpy(hessian[g])).numpy()
-    rounded = (integers.astype(np.float32) * scale[:, None]).reshape(weight.shape)
+    integers = _gptq_groups(torch.from_numpy(flat), torch.from_numpy(scale.reshape(groups, -1).astype(np.float64)),
+                            torch.from_numpy(hessian)).numpy()
+    rounded = (integers.astype(np.float32).reshape(out_channels, -1) * scale[:, None]).reshape(weight.shape)
     nearest = fake_quantize(weight)
     return rounded, _output_error(weight, nearest, hessian), _output_error(weight, rounded, hessian)
 
 
-def _gptq_group(weight: Any, scale: Any, hessian: Any) -> Any:
-    """Integers for the rows of one group that share ``hessian``: columns in order of decreasing input energy, the
-    error of each spread over the columns left through the Cholesky factor of ``H⁻¹``; each row's largest weight is
-    never moved, so it stays ``±127`` and keeps the row's scale."""
+def _gptq_groups(weight: Any, scale: Any, hessian: Any) -> Any:
+    """Integers for ``weight`` (groups, rows, K), each group's rows sharing one (K, K) ``hessian``: columns in order of
+    decreasing input energy, the error of each spread over the columns left through the Cholesky factor of ``H⁻¹``;
+    each row's largest weight is never moved, so it stays ``±127`` and keeps the row's scale.
+
+    Every group goes at once (a depthwise layer is hundreds of groups of nine inputs), and the error reaches the
+    columns beyond a block of ``BLOCK`` in one product per block, GPTQ's lazy batch update: the same arithmetic as
+    column by column, without touching every later column at each step."""
     import torch
 
+    groups, rows, width = weight.shape
     weight, hessian = weight.clone(), hessian.clone()
-    diagonal = torch.diagonal(hessian)
-    dead = diagonal == 0
-    hessian[dead, dead] = 1.0
-    order = torch.argsort(torch.diagonal(hessian), descending=True)
-    weight, hessian = weight[:, order], hessian[order][:, order]
+    dead = torch.diagonal(hessian, dim1=1, dim2=2) == 0
+    torch.diagonal(hessian, dim1=1, dim2=2)[dead] = 1.0
+    order = torch.argsort(torch.diagonal(hessian, dim1=1, dim2=2), dim=1, descending=True, stable=True)
+    weight = torch.gather(weight, 2, order[:, None, :].expand(groups, rows, width))
+    hessian = torch.gather(torch.gather(hessian, 1, order[:, :, None].expand(groups, width, width)), 2,
+                           order[:, None, :].expand(groups, width, width))
     movable = torch.ones_like(weight, dtype=torch.bool)
-    movable[torch.arange(weight.shape[0]), weight.abs().argmax(dim=1)] = False
-    hessian += DAMPING * torch.mean(torch.diagonal(hessian)) * torch.eye(hessian.shape[0], dtype=hessian.dtype)
+    movable.scatter_(2, weight.abs().argmax(dim=2, keepdim=True), False)
+    mean_diagonal = torch.diagonal(hessian, dim1=1, dim2=2).mean(dim=1)
+    hessian += DAMPING * mean_diagonal[:, None, None] * torch.eye(width, dtype=hessian.dtype)
     factor = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(hessian)), upper=True)
     integers = torch.empty_like(weight)
-    for j in range(weight.shape[1]):
-        q = torch.clamp(torch.round(weight[:, j] / scale), -QMAX, QMAX)
-        integers[:, j] = q
-        error = (weight[:, j] - q * scale) / factor[j, j]
-        weight[:, j + 1:] -= (error[:, None] * factor[j, j + 1:][None, :]) * movable[:, j + 1:]
-    return integers[:, torch.argsort(order)]
+    for start in range(0, width, BLOCK):
+        end = min(start + BLOCK, width)
+        errors = torch.empty(groups, rows, end - start, dtype=weight.dtype)
+        for j in range(start, end):
+            q = torch.clamp(torch.round(weight[:, :, j] / scale), -QMAX, QMAX)
+            integers[:, :, j] = q
+            error = (weight[:, :, j] - q * scale) / factor[:, j, j, None]
+            errors[:, :, j - start] = error
+            weight[:, :, j + 1 : end] -= error[:, :, None] * factor[:, None, j, j + 1 : end] * movable[:, :, j + 1 : end]
+        weight[:, :, end:] -= torch.bmm(errors, factor[:, start:end, end:]) * movable[:, :, end:]
+    return torch.gather(integers, 2, torch.argsort(order, dim=1)[:, None, :].expand(groups, rows, width))
 
 
 def _output_error(weight: np.ndarray, rounded: np.ndarray, hessian: np.ndarray) -> float:
@@ -184,8 +193,8 @@ def _output_error(weight: np.ndarray, rounded: np.ndarray, hessian: np.ndarray) 
     groups = hessian.shape[0]
     w = weight.reshape(groups, weight.shape[0] // groups, -1).astype(np.float64)
     d = rounded.reshape(w.shape).astype(np.float64) - w
-    energy = np.einsum("gok,gkl,gol->", w, hessian, w)
-    return math.sqrt(max(np.einsum("gok,gkl,gol->", d, hessian, d), 0.0) / energy) if energy > 0 else 0.0
+    energy = float(np.sum(np.matmul(w, hessian) * w))  # a batched product: the three-operand einsum loops in C, not BLAS
+    return math.sqrt(max(float(np.sum(np.matmul(d, hessian) * d)), 0.0) / energy) if energy > 0 else 0.0
 
 
 def _hessians(path: str, samples: np.ndarray) -> dict[str, np.ndarray]:
@@ -219,7 +228,7 @@ def _hessians(path: str, samples: np.ndarray) -> dict[str, np.ndarray]:
                 parts = (_im2col(x[i : i + 1], node, F) for i in range(len(x)))
             for part in parts:
                 columns = part.double()
-                update = torch.einsum("gni,gnj->gij", columns, columns)
+                update = torch.bmm(columns.transpose(1, 2), columns)
                 sums[node.name] = update if node.name not in sums else sums[node.name] + update
     return {name: value.numpy() for name, value in sums.items()}
 
@@ -233,6 +242,8 @@ def _im2col(x: Any, node: Any, functional: Any) -> Any:
     if kernel is None:
         raise ValueError(f"{node.name}: Conv without kernel_shape")
     pads = _pads(a, x.shape[2:], kernel, strides, dilations)
+    if kernel == [1, 1] and strides == [1, 1] and groups == 1 and not any(pads):  # pointwise: the patches are the pixels
+        return x.permute(0, 2, 3, 1).reshape(1, -1, x.shape[1])
     x = functional.pad(x, (pads[1], pads[3], pads[0], pads[2]))
     patches = functional.unfold(x, kernel, dilation=dilations, stride=strides)  # (B, C·kh·kw, L)
     batch, width, positions = patches.shape

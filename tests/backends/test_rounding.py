@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgeship.backends.base import CalibrationSet
 from edgeship.backends.onnxruntime import OnnxRuntimeBackend, unquantize_outputs
-from edgeship.backends.rounding import WEIGHT_ROUNDING_FILE, _hessians, _im2col, eligible_layers, round_weights
+from edgeship.backends.rounding import BLOCK, WEIGHT_ROUNDING_FILE, _hessians, _im2col, eligible_layers, gptq, round_weights
 from edgeship.backends.sensitivity import fake_quantize, run_onnx
 from edgeship.recipe import OnnxRuntimeConfig
 
@@ -62,7 +62,8 @@ def test_patches_times_weights_is_the_convolution(net: Path, samples: np.ndarray
     import torch.nn.functional as F  # noqa: N812
 
     model = onnx.load(str(net))
-    inputs = {"stem": samples[:4], "dw": np.abs(samples[:4, :, ::2, ::2].repeat(3, axis=1)[:, :8])}
+    dw_input = np.abs(samples[:4, :, ::2, ::2].repeat(3, axis=1)[:, :8])
+    inputs = {"stem": samples[:4], "dw": dw_input, "pw": dw_input}  # pw: the pointwise path, pixels as patches
     for node in (n for n in model.graph.node if n.name in inputs):
         weight = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == node.input[1]))
         x = inputs[node.name]
@@ -92,6 +93,44 @@ def test_gptq_lowers_every_layers_output_error_on_the_backends_grid(net: Path, s
         assert np.allclose(np.abs(r.reshape(len(r), -1)).max(1), QMAX * scale, rtol=1e-6), "each channel keeps its scale"
         assert not np.array_equal(r, fake_quantize(w)), "GPTQ chose other integers than nearest rounding"
     assert record["median_error_ratio"] < 1
+
+
+def column_by_column(weight: np.ndarray, hessian: np.ndarray) -> np.ndarray:
+    """GPTQ as the paper writes it, one group and one column at a time, every later column updated at each step: the
+    reference the batched, blocked implementation must reproduce."""
+    groups = hessian.shape[0]
+    flat = weight.reshape(weight.shape[0], -1).astype(np.float64)
+    scale = np.abs(flat).max(1) / QMAX
+    per_group = len(flat) // groups
+    out = np.empty_like(flat)
+    for g in range(groups):
+        w, h, s = flat[g * per_group : (g + 1) * per_group].copy(), hessian[g].copy(), scale[g * per_group : (g + 1) * per_group]
+        order = np.argsort(-np.diag(h), kind="stable")
+        w, h = w[:, order], h[np.ix_(order, order)]
+        movable = np.ones_like(w, dtype=bool)
+        movable[np.arange(len(w)), np.abs(w).argmax(1)] = False
+        h += 0.01 * np.mean(np.diag(h)) * np.eye(len(h))
+        factor = np.linalg.cholesky(np.linalg.inv(h)).T  # upper Cholesky factor of H⁻¹
+        q = np.empty_like(w)
+        for j in range(w.shape[1]):
+            q[:, j] = np.clip(np.round(w[:, j] / s), -QMAX, QMAX)
+            error = (w[:, j] - q[:, j] * s) / factor[j, j]
+            w[:, j + 1 :] -= error[:, None] * factor[j, j + 1 :][None, :] * movable[:, j + 1 :]
+        out[g * per_group : (g + 1) * per_group] = q[:, np.argsort(order)] * s[:, None]
+    return out.reshape(weight.shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape, groups", [((24, 3 * BLOCK + 5), 1), ((48, 1, 3, 3), 48), ((12, 4, 3, 3), 3)],
+                         ids=["wider than three blocks", "depthwise", "grouped"])
+def test_gptq_is_the_column_by_column_algorithm(shape: tuple[int, ...], groups: int) -> None:
+    rng = np.random.default_rng(2)
+    weight = rng.normal(0, 0.3, shape).astype(np.float32)
+    width = int(np.prod(shape[1:]))
+    inputs = rng.normal(size=(groups, 4 * width, width)) @ rng.normal(size=(groups, width, width))  # correlated inputs
+    hessian = np.einsum("gni,gnj->gij", inputs, inputs)
+    rounded, nearest_error, gptq_error = gptq(weight, hessian)
+    np.testing.assert_allclose(rounded, column_by_column(weight, hessian), rtol=0, atol=1e-7)
+    assert gptq_error < nearest_error
 
 
 def test_kept_layers_and_shared_weights_are_not_rounded(net: Path, samples: np.ndarray) -> None:
