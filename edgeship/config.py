@@ -74,6 +74,10 @@ class AccuracyTarget(Section):
                                "agreement's 95% interval on the validation samples does (whole photos resampled where the "
                                "samples are crops of photos), so the margin is the validation data's own noise; it costs "
                                "more float layers")
+    max_slowdown: float | None = Field(default=None, ge=1, description="a latency budget beside the figure: a candidate is "
+                                       "chosen only if its p50 is at most this multiple of the fully quantized candidate's "
+                                       "(the median of their round-by-round ratios, every candidate timed in the same "
+                                       "interleaved rounds after the search), e.g. 1.3")
 
     @model_validator(mode="after")
     def _one(self) -> AccuracyTarget:
@@ -85,10 +89,13 @@ class AccuracyTarget(Section):
 
     @model_serializer(mode="wrap")
     def _unset_noise(self, handler: Any) -> dict[str, Any]:
-        """Without ``beyond_noise`` the target dumps as before, so the engines it identifies keep their keys."""
+        """Without ``beyond_noise`` or ``max_slowdown`` the target dumps as before, so the engines it identifies keep their
+        keys."""
         dumped = handler(self)
         if not self.beyond_noise:
             dumped.pop("beyond_noise", None)
+        if self.max_slowdown is None:
+            dumped.pop("max_slowdown", None)
         return dumped
 
     @property
@@ -100,12 +107,13 @@ class AccuracyTarget(Section):
         return "top1_drop_points" if self.max_drop_points is not None else "cosine"
 
     def describe(self) -> str:
+        budget = "" if self.max_slowdown is None else f", within {self.max_slowdown:g}× the fully quantized engine's p50"
         if self.min_agreement is not None:
             noise = " at the lower end of its 95% interval" if self.beyond_noise else ""
-            return f"top-1 agreement ≥ {100 * self.min_agreement:g}%{noise}"
+            return f"top-1 agreement ≥ {100 * self.min_agreement:g}%{noise}{budget}"
         if self.min_cosine is not None:
-            return f"output cosine ≥ {self.min_cosine:g}"
-        return f"top-1 drop ≤ {self.max_drop_points:g} pt"
+            return f"output cosine ≥ {self.min_cosine:g}{budget}"
+        return f"top-1 drop ≤ {self.max_drop_points:g} pt{budget}"
 
 
 def keep_float_field(what: str = "in float") -> Any:

@@ -67,8 +67,18 @@ def _float_search_gate(search: dict[str, Any]) -> GateResult:
     if target.beyond_noise:  # the value judged is the interval's lower end: say where the estimate itself is
         low, high = chosen["agreement_ci95"]
         detail = f"the lower end of agreement {100 * chosen['agreement']:.2f}% (95% interval {100 * low:.2f}–{100 * high:.2f}%); {detail}"
+    if "slowdown" in chosen:  # a latency budget: where the chosen one stands, timed with the others
+        low, high = chosen["slowdown_ci95"]
+        detail = (f"{detail}; p50 {chosen['slowdown']:.2f}× the fully quantized engine's (95% interval {low:.2f}–{high:.2f}), "
+                  f"all candidates timed together in {search['together']['rounds']} rounds")
     if not search["met"]:
-        detail = f"no candidate met {search['target_text']}: the best found is kept ({detail})"
+        detail = (f"no candidate met {search['target_text']}: the best found"
+                  + (" within the budget" if "slowdown" in chosen else "") + f" is kept ({detail})")
+        over = sorted((c for c in search["candidates"] if c["meets"] and not c.get("within_budget", True)),
+                      key=lambda c: c["float_layers"])
+        if over:  # the figure was met, at a price over the budget: say what it would cost
+            detail = (f"{detail}; the fewest layers that reach the figure, {over[0]['float_layers']}, cost "
+                      f"{over[0]['slowdown']:.2f}× the fully quantized engine's p50")
         if search.get("unranked"):
             detail = f"{detail}; {search['unranked']}"
     name = f"search_{key}"

@@ -331,3 +331,21 @@ def test_a_search_beyond_the_noise_is_judged_by_its_lower_end_and_says_where_the
     gate = next(g for g in gates if g.gate == "search_min_agreement")
     assert (gate.outcome, gate.value, gate.limit) == (("fail", 0.962, 0.97) if strict else ("pass", 0.975, 0.97))
     assert ("agreement 97.50% (95% interval 96.20–98.60%)" in gate.detail) is strict
+
+
+def test_a_search_over_its_latency_budget_fails_and_says_what_the_figure_would_cost() -> None:
+    """With ``max_slowdown``, the gate gives the kept candidate's ratio to the fully quantized engine, and when the fewest
+    layers that reach the figure are over the budget, what they cost."""
+    candidates = [{"float_layers": 0, "nodes": [], "agreement": 0.91, "meets": False, "slowdown": 1.0, "slowdown_ci95": [1.0, 1.0],
+                   "within_budget": True},
+                  {"float_layers": 12, "nodes": ["a"], "agreement": 0.972, "meets": True, "slowdown": 1.57,
+                   "slowdown_ci95": [1.49, 1.63], "within_budget": False}]
+    engine = row("onnxruntime/int8")
+    engine.float_search = {"target": {"min_agreement": 0.97, "max_slowdown": 1.3}, "target_text": "t", "met": False, "chosen": 0,
+                           "candidates": candidates, "samples": 512, "seconds": 12.0, "together": {"rounds": 9}}
+    _, gates = judge(engine, BASE, GatesConfig())
+    gate = next(g for g in gates if g.gate == "search_min_agreement")
+    assert (gate.outcome, gate.value, gate.limit) == ("fail", 0.91, 0.97)
+    assert "the best found within the budget is kept" in gate.detail
+    assert "p50 1.00× the fully quantized engine's (95% interval 1.00–1.00), all candidates timed together in 9 rounds" in gate.detail
+    assert gate.detail.endswith("the fewest layers that reach the figure, 12, cost 1.57× the fully quantized engine's p50")

@@ -15,6 +15,10 @@
    score time) and the chosen one. Where the backend can run a Q/DQ model as written (ONNX Runtime), the fully quantized
    candidate is scored that way too: on x86 without VNNI the integer kernels saturate, and the gap is what they cost.
    A target no candidate meets keeps the best candidate found, says so, and the engine fails its gate with that reason.
+4. **A latency budget** (``max_slowdown``): after the search, every candidate built is timed in the same interleaved
+   rounds, and one whose p50 exceeds the budget times the fully quantized candidate's (the median of the round-by-round
+   ratios) is not chosen. The search itself stays on the figure: it does not build candidates for the budget's sake, so
+   when the fewest layers that meet the figure do not fit, the best of the candidates built that fit is kept.
 
 The target is top-1 agreement or drop for a classifier, output cosine for any model (named inputs of any dtype, several
 outputs). It is measured on samples neither calibration nor evaluation touches; the engine's reported figures stay on
@@ -23,6 +27,7 @@ the evaluation split.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -39,7 +44,7 @@ import numpy as np
 
 from edgeship.backends.sensitivity import FLOAT_LAYERS_FILE, PASS_THROUGH, keep_float, run_onnx_outputs, with_producers
 from edgeship.device import usable_cpus
-from edgeship.measure import agreement, agreement_interval, time_calls, top1, top1_hits
+from edgeship.measure import agreement, agreement_interval, paired_ratio, time_calls, top1, top1_hits
 from edgeship.progress import note_step
 from edgeship.tensors import Inputs, feed_of, outputs_in_batches, rows_of
 
@@ -59,6 +64,8 @@ Placement = Literal["every_op", "layer_inputs"]
 SEARCH_METHOD = "placement-ranking-4"  # in the engine's key: engines searched by an earlier method are searched again
 # (4: the ranking's Q/DQ run as written, so the ranking no longer depends on the CPU's integer kernels)
 BATCH = 16  # samples per call when a candidate is scored
+TOGETHER_ROUNDS = 9  # interleaved rounds that time every candidate against a latency budget (max_slowdown)
+TOGETHER_SECONDS = 0.05  # each candidate's share of a round
 
 
 @dataclass(frozen=True)
@@ -117,16 +124,16 @@ def choose_float_layers(source: Path, calibration: CalibrationSet, setting: Keep
             while high - low > 1:  # low fails, high meets
                 middle = (low + high) // 2
                 low, high = (low, middle) if measure(middle)["meets"] else (middle, high)
-            chosen = measure(high)
-        elif candidates[low]["meets"]:
-            chosen = candidates[low]
-        else:  # not even the whole ranking in float meets it: the best candidate found
-            chosen = max(candidates.values(), key=lambda c: (_goodness(c, target), -c["float_layers"]))
+        together = None
+        if target.max_slowdown is not None:
+            note_step(f"keep_float auto: timing the {len(engines)} candidates together against the latency budget")
+            together = _time_against_budget(candidates, engines, runner, threads, search, target.max_slowdown)
+        chosen, met = choose(candidates, target)
         engine = _adopt(engines[chosen["float_layers"]], out_dir) if reuse and chosen["float_layers"] in engines else None
     finally:
         for folder in {path.parent for path in engines.values()}:
             shutil.rmtree(folder, ignore_errors=True)
-    record = {"target": target.model_dump(exclude_none=True), "target_text": target.describe(), "met": chosen["meets"],
+    record = {"target": target.model_dump(exclude_none=True), "target_text": target.describe(), "met": met, "together": together,
               "measure": "cosine" if target.min_cosine is not None else "agreement",
               "chosen": chosen["float_layers"], "nodes": chosen["nodes"], "samples": len(search), "split": "validation",
               "ranking_samples": min(RANKING_SAMPLES, len(search)), "ranking_seconds": round(ranked_at, 2),
@@ -140,6 +147,43 @@ def choose_float_layers(source: Path, calibration: CalibrationSet, setting: Keep
     (out_dir / FLOAT_LAYERS_FILE).write_text(json.dumps({"count": chosen["float_layers"], "nodes": chosen["nodes"], "auto": True,
                                                          "samples": len(search), "ranking": ranking[:10]}, indent=2))
     return FloatChoice(list(chosen["nodes"]), engine)
+
+
+def choose(candidates: dict[int, dict[str, Any]], target: AccuracyTarget) -> tuple[dict[str, Any], bool]:
+    """The candidate with the fewest float layers that meets the target (and fits the latency budget, where the target
+    sets one), and True; else the best by the target's measure among those that fit the budget, and False. Bisection
+    leaves the fewest meeting layers among those it built as the smallest meeting candidate, so this is its answer."""
+    fitting = [c for c in candidates.values() if c.get("within_budget", True)]
+    meeting = [c for c in fitting if c["meets"]]
+    if meeting:
+        return min(meeting, key=lambda c: c["float_layers"]), True
+    return max(fitting, key=lambda c: (_goodness(c, target), -c["float_layers"])), False
+
+
+def _time_against_budget(candidates: dict[int, dict[str, Any]], engines: dict[int, Path], runner: Callable[[Path, int], Runner],
+                         threads: int, search: SearchSet, budget: float) -> dict[str, Any]:
+    """Every candidate's p50 in the same interleaved rounds, and its ratio to the fully quantized candidate's round by
+    round (``measure.paired_ratio``): the in-search p50s were each taken at another moment of a shared machine, and a
+    budget of a few tens of percent is within what the machine's load moves between them. Writes ``p50_together_ms``,
+    ``slowdown``, ``slowdown_ci95`` and ``within_budget`` into each candidate."""
+    started = time.perf_counter()
+    per_round: dict[int, list[float]] = {count: [] for count in sorted(engines)}
+    with contextlib.ExitStack() as stack:
+        runs = {count: stack.enter_context(runner(engines[count], threads)) for count in per_round}
+        names = list(next(iter(runs.values())).input_metadata())
+        one = feed_of(rows_of(search.inputs, 0, 1), names)
+        for run in runs.values():
+            time_calls(lambda run=run: run.infer(one), warmup=10, iterations=1, min_seconds=0)
+        for _ in range(TOGETHER_ROUNDS):
+            for count, run in runs.items():
+                times = time_calls(lambda run=run: run.infer(one), warmup=2, iterations=10, min_seconds=TOGETHER_SECONDS)
+                per_round[count].append(float(np.median(times)) / 1e6)
+    for count, times in per_round.items():
+        ratio, low, high = paired_ratio(times, per_round[0])
+        candidates[count].update(p50_together_ms=round(float(np.median(times)), 4), slowdown=round(ratio, 4),
+                                 slowdown_ci95=[round(low, 4), round(high, 4)], within_budget=ratio <= budget)
+    return {"rounds": TOGETHER_ROUNDS, "max_slowdown": budget, "seconds": round(time.perf_counter() - started, 2),
+            "threads": threads}
 
 
 def _why_unranked(source: Path, ranked: tuple[str, ...]) -> str:

@@ -122,6 +122,15 @@ class TensorRtConfig(BackendSection):
                                                                 "beside each engine")
     batch: TensorRtProfile = TensorRtProfile()
 
+    @model_validator(mode="after")
+    def _no_budget(self) -> TensorRtConfig:
+        """A latency budget would time the search's candidates, which are predictions run on ONNX Runtime: their p50s say
+        nothing of TensorRT's."""
+        if self.accuracy_target is not None and self.accuracy_target.max_slowdown is not None:
+            raise ValueError("accuracy_target.max_slowdown: TensorRT's search scores predictions on ONNX Runtime, whose "
+                             "latency says nothing of TensorRT's engines; time them on the GPU instead")
+        return self
+
 
 INFO = BackendInfo(
     name="tensorrt", display_name="TensorRT", colour="#2ca02c", config=TensorRtConfig, distributions=DISTRIBUTIONS, install=INSTALL,

@@ -194,16 +194,22 @@ def print_float_search(row: EngineRow, console: Console) -> bool:
     console.print(f"[bold]{escape(row.name)}[/bold]: keep_float auto against {escape(search['target_text'])} on {search['samples']} "
                   f"validation samples ({outcome}); {len(search['candidates'])} candidates in {search['seconds']:.0f} s, the ranking "
                   f"{search.get('ranking_seconds', 0):.0f} s of it", soft_wrap=True)
+    budget = search.get("together")
     table = Table(title="candidates (layers: ranked layers in float; nodes: with those feeding them)")
     for column in ("layers", "nodes", "output cosine" if cosine else "agreement", *([] if cosine else ["95% interval"]),
-                   "p50 ms in the search", "meets", ""):
+                   "p50 ms in the search", *(["× fully quantized, together", "within budget"] if budget else []), "meets", ""):
         table.add_column(column, justify="right")
     for candidate in search["candidates"]:
         figures = [f"{candidate['cosine']:.5f}"] if cosine else [
             f"{100 * candidate['agreement']:.2f}%", interval_text(candidate.get("agreement_ci95")) or "—"]
-        table.add_row(str(candidate["float_layers"]), str(len(candidate["nodes"])), *figures, f"{candidate['p50_ms']:.3f}",
+        timed = [f"{candidate['slowdown']:.2f}", "yes" if candidate["within_budget"] else "no"] if budget else []
+        table.add_row(str(candidate["float_layers"]), str(len(candidate["nodes"])), *figures, f"{candidate['p50_ms']:.3f}", *timed,
                       "yes" if candidate["meets"] else "no", "chosen" if candidate["float_layers"] == search["chosen"] else "")
     console.print(table)
+    if budget:
+        console.print(f"[dim]the budget: p50 at most {budget['max_slowdown']:g}× the fully quantized candidate's, the median of "
+                      f"their ratios over {budget['rounds']} interleaved rounds ({budget['seconds']:.0f} s); \"meets\" is the "
+                      "figure alone[/dim]", soft_wrap=True)
     return True
 
 

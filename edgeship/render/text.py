@@ -71,7 +71,9 @@ def float_layers_line(row: EngineRow) -> str:
                    "computed as written" if full else "")
         return (f"{row.name}: keep_float auto: {search['chosen']} of {len(search['ranking'])} ranked layers kept in float "
                 f"({len(kept['nodes'])} with the layers feeding them), the fewest that {outcome} {search['target_text']} on "
-                f"{search['samples']} validation samples: {figure(chosen, spread=True)}; "
+                f"{search['samples']} validation samples: {figure(chosen, spread=True)}"
+                + (f", p50 {chosen['slowdown']:.2f}× the fully quantized engine's, timed together" if "slowdown" in chosen else "")
+                + "; "
                 f"{len(search['candidates'])} candidates built and scored in {search['seconds']:.0f} s"
                 + (f" ({search['unranked']})" if search.get("unranked") else "") + kernels)
     worst = ", ".join(f"{r['weight']} (cosine {r['cosine']:.4f})" for r in kept["ranking"][: kept["count"]])

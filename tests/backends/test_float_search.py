@@ -4,6 +4,7 @@ search on ONNX Runtime."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,8 @@ from conftest import TrainedCnn
     (OnnxRuntimeConfig, {"keep_float": "auto", "accuracy_target": {"min_agreement": 0.97, "max_drop_points": 1}}, "exactly one"),
     (OnnxRuntimeConfig, {"keep_float": "all"}, "auto"),
     (OnnxRuntimeConfig, {"keep_float": "auto", "accuracy_target": {"min_cosine": 0.99, "beyond_noise": True}}, "goes with min_agreement"),
+    (OnnxRuntimeConfig, {"keep_float": "auto", "accuracy_target": {"min_agreement": 0.97, "max_slowdown": 0.9}}, "greater than or equal"),
+    (TensorRtConfig, {"keep_float": "auto", "accuracy_target": {"min_agreement": 0.97, "max_slowdown": 1.3}}, "says nothing of TensorRT"),
 ])
 def test_bad_float_search_keys_are_recipe_errors(section: Any, keys: dict[str, Any], pattern: str) -> None:
     with pytest.raises(ValidationError, match=pattern):
@@ -54,6 +57,9 @@ def test_a_target_without_beyond_noise_dumps_as_before() -> None:
     strict = AccuracyTarget(min_agreement=0.97, beyond_noise=True)
     assert strict.model_dump(exclude_none=True) == {"min_agreement": 0.97, "beyond_noise": True}
     assert strict.measure == "agreement_low" and strict.describe() == "top-1 agreement ≥ 97% at the lower end of its 95% interval"
+    budget = AccuracyTarget(min_agreement=0.97, max_slowdown=1.3)
+    assert budget.model_dump(exclude_none=True) == {"min_agreement": 0.97, "max_slowdown": 1.3}
+    assert budget.describe() == "top-1 agreement ≥ 97%, within 1.3× the fully quantized engine's p50"
 
 
 @pytest.mark.parametrize(("activations", "start"), [("int8", "ra"), ("uint8", "ya")])
@@ -144,6 +150,70 @@ def test_bisection_finds_the_fewest_float_layers_in_few_builds(monkeypatch: pyte
     assert json.loads((tmp_path / FLOAT_LAYERS_FILE).read_text())["auto"] is True
 
 
+@pytest.mark.parametrize(("meets", "fits", "chosen", "met"), [
+    ({0: False, 10: False, 20: True, 40: True}, {0: True, 10: True, 20: True, 40: False}, 20, True),
+    ({0: False, 10: False, 20: True, 40: True}, {0: True, 10: True, 20: False, 40: False}, 10, False),
+    ({0: True, 10: True, 20: True, 40: True}, {0: True, 10: True, 20: True, 40: True}, 0, True),
+    ({0: False, 10: False, 20: False, 40: False}, {0: True, 10: True, 20: True, 40: True}, 40, False),
+], ids=["fewest meeting fits", "over budget: the best that fits", "fully quantized meets", "nothing meets: the best"])
+def test_the_choice_is_the_fewest_layers_meeting_the_target_within_the_budget(meets: dict[int, bool], fits: dict[int, bool],
+                                                                               chosen: int, met: bool) -> None:
+    candidates = {k: {"float_layers": k, "agreement": 0.9 + k / 1000, "meets": meets[k], "within_budget": fits[k]} for k in meets}
+    choice, ok = float_search.choose(candidates, AccuracyTarget(min_agreement=0.95, max_slowdown=1.3))
+    assert (choice["float_layers"], ok) == (chosen, met)
+
+
+class SleepingRunner:
+    """A runner whose call takes longer the more layers its candidate keeps in float (the engine's name is the count)."""
+
+    def __init__(self, engine: Path, threads: int) -> None:
+        self.seconds = 0.001 * (1 + int(engine.name) / 10)
+
+    def __enter__(self) -> SleepingRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def input_metadata(self) -> dict[str, Any]:
+        return {"input": None}
+
+    def infer(self, feed: Any) -> dict[str, Any]:
+        time.sleep(self.seconds)
+        return {}
+
+
+def test_a_candidate_over_the_latency_budget_is_not_chosen(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Every candidate timed in the same rounds against the fully quantized one: the fewest layers that meet the figure
+    (13, 2.3× slower) are over a 1.3× budget, so the best that fits is kept, unmet, and the record says why."""
+    _fake_search(monkeypatch, 40, 13)
+    monkeypatch.setattr(float_search, "_score", _scored_with_engines(float_search._score, tmp_path))
+    search = SearchSet(np.zeros((8, 1, 4, 4), np.float32), None, "s")
+    calibration = CalibrationSet(np.zeros((4, 1, 4, 4), np.float32), "c").with_search(search)
+    for budget, chosen, met in ((1.3, 0, False), (4.0, 13, True)):
+        out = tmp_path / str(budget)
+        out.mkdir()
+        choice = choose_float_layers(tmp_path / "m.onnx", calibration, "auto", AccuracyTarget(min_agreement=0.95, max_slowdown=budget),
+                                     out, build=lambda *a: tmp_path, runner=SleepingRunner)  # type: ignore[arg-type]
+        record = json.loads((out / SEARCH_FILE).read_text())
+        assert (record["chosen"], record["met"], len(choice.nodes)) == (chosen, met, chosen)
+        assert record["together"]["rounds"] == float_search.TOGETHER_ROUNDS and record["together"]["max_slowdown"] == budget
+        by_count = {c["float_layers"]: c for c in record["candidates"]}
+        assert by_count[0]["slowdown"] == 1.0 and by_count[0]["within_budget"]
+        assert 1.5 < by_count[13]["slowdown"] < 2.6 and by_count[13]["within_budget"] is (budget > 2.6)  # 2.3, and a sleep overshoots
+        assert all(c["slowdown_ci95"][0] <= c["slowdown"] <= c["slowdown_ci95"][1] for c in record["candidates"])
+        assert all(c["within_budget"] is (c["slowdown"] <= budget) for c in record["candidates"])
+
+
+def _scored_with_engines(score: Any, tmp_path: Path) -> Any:
+    """``_fake_search``'s candidates with an engine each, named by its count, for the timing rounds to open."""
+    def with_engine(nodes: list[str], count: int, *args: Any) -> dict[str, Any]:
+        folder = tmp_path / f".candidate-{count}"
+        folder.mkdir(exist_ok=True)
+        return {**score(nodes, count, *args), "engine": str(folder / str(count))}
+    return with_engine
+
+
 def test_a_real_search_on_onnx_runtime_meets_its_target_on_validation_samples(trained_cnn: TrainedCnn, tmp_path: Path,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """The backend's own build with the chosen layers left out of the Q/DQ; the record says what each candidate scored,
@@ -195,20 +265,24 @@ def test_a_real_search_on_onnx_runtime_meets_its_target_on_validation_samples(tr
             assert abs(written["cosine"] - full["cosine"]) < 1e-3 and abs(written["agreement"] - full["agreement"]) <= 0.03
 
 
-def test_a_search_beyond_the_noise_records_intervals_over_whole_groups(trained_cnn: TrainedCnn, tmp_path: Path) -> None:
-    """A real search with ``beyond_noise``: every candidate's interval is taken over the samples' groups, and a candidate
-    meets the target by its interval's lower end."""
+def test_a_search_beyond_the_noise_and_within_a_budget_records_intervals_and_ratios(trained_cnn: TrainedCnn, tmp_path: Path) -> None:
+    """A real search with ``beyond_noise`` and a latency budget: every candidate's interval is taken over the samples'
+    groups, a candidate meets the target by its interval's lower end, and every engine built was timed against the fully
+    quantized one in the same rounds, on ONNX Runtime itself."""
     groups = tuple(f"photo{i % 10}" for i in range(100))
     search = SearchSet(trained_cnn.evaluation[:100], trained_cnn.labels[:100], "v", groups)
     calibration = CalibrationSet(trained_cnn.calibration[:50], "c").with_search(search)
-    cfg = OnnxRuntimeConfig(keep_float="auto", accuracy_target=AccuracyTarget(min_agreement=0.9, beyond_noise=True))
-    OnnxRuntimeBackend()._build_int8(trained_cnn.onnx, calibration, cfg, tmp_path)
+    target = AccuracyTarget(min_agreement=0.9, beyond_noise=True, max_slowdown=50)
+    OnnxRuntimeBackend()._build_int8(trained_cnn.onnx, calibration, OnnxRuntimeConfig(keep_float="auto", accuracy_target=target), tmp_path)
     record = json.loads((tmp_path / SEARCH_FILE).read_text())
-    assert record["target"] == {"min_agreement": 0.9, "beyond_noise": True} and "lower end" in record["target_text"]
+    assert record["target"] == {"min_agreement": 0.9, "beyond_noise": True, "max_slowdown": 50} and "lower end" in record["target_text"]
+    assert record["together"]["rounds"] == float_search.TOGETHER_ROUNDS
     for candidate in record["candidates"]:
         low, high = candidate["agreement_ci95"]
         assert candidate["agreement_groups"] == 10 and low <= candidate["agreement"] <= high
         assert candidate["meets"] is (low >= 0.9)
+        assert candidate["p50_together_ms"] > 0 and candidate["within_budget"] is (candidate["slowdown"] <= 50)
+    assert record["candidates"][0]["float_layers"] == 0 and record["candidates"][0]["slowdown"] == 1.0
 
 
 class _Outputs:

@@ -74,3 +74,30 @@ def test_agreement_shows_its_interval_on_the_page_and_only_the_figure_in_the_ter
     assert cell == Cell("97.12%", "measured", "96.21–97.90% over 36 photos")
     assert "(96.21–97.90% over 36 photos)" in html._styled(cell) and terminal._styled(cell) == "97.12%"
     assert accuracy_cells(_row(top1=None), basis="agreement")["top-1 agreement"] == Cell("99.00%", "measured")
+
+
+def test_a_budgeted_search_shows_each_candidates_ratio_in_the_debug_table_the_line_and_the_chart() -> None:
+    from edgeship.render import plots
+    from edgeship.render.text import float_layers_line
+
+    candidates = [{"float_layers": count, "nodes": [f"n{i}" for i in range(count)], "agreement": agreement, "cosine": 0.99,
+                   "agreement_ci95": [agreement - 0.01, min(agreement + 0.01, 1.0)], "p50_ms": p50, "meets": agreement >= 0.97,
+                   "p50_together_ms": p50, "slowdown": ratio, "slowdown_ci95": [ratio - 0.02, ratio + 0.02], "within_budget": ratio <= 1.3}
+                  for count, agreement, p50, ratio in ((0, 0.91, 2.4, 1.0), (4, 0.93, 3.1, 1.29), (12, 0.972, 3.7, 1.57))]
+    search = {"target": {"min_agreement": 0.97, "max_slowdown": 1.3}, "target_text": "top-1 agreement ≥ 97%, within 1.3× the fully "
+              "quantized engine's p50", "met": False, "chosen": 4, "candidates": candidates, "samples": 512, "seconds": 60.0,
+              "ranking_seconds": 20.0, "ranking": [{"node": f"n{i}"} for i in range(20)],
+              "together": {"rounds": 9, "max_slowdown": 1.3, "seconds": 4.0, "threads": 2}}
+    row = _row(float_search=search, float_layers={"auto": True, "count": 4, "nodes": ["n0", "n1", "n2", "n3"]})
+    console = Console(file=StringIO(), width=240, color_system=None)
+    assert terminal.print_float_search(row, console)
+    text = console.file.getvalue()
+    assert "× fully quantized, together" in text and "1.57" in text and "at most 1.3× the fully quantized candidate's" in text
+    table_row = next(line for line in text.splitlines() if "1.57" in line)
+    assert table_row.split("1.57")[1].split()[:3] == ["│", "no", "│"], "over the budget"
+    assert "p50 1.29× the fully quantized engine's, timed together" in float_layers_line(row)
+    figure = plots.float_search_figure({"onnxruntime/int8": search})
+    low = figure.axes[1]
+    assert [tuple(line.get_ydata()) for line in low.lines][0] == (2.4, 3.1, 3.7)
+    assert any(set(line.get_ydata()) == {1.3 * 2.4} for line in low.lines[1:]), "the budget drawn"
+    assert "timed together" in low.get_ylabel()
