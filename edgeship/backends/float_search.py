@@ -65,7 +65,8 @@ SEARCH_METHOD = "placement-ranking-4"  # in the engine's key: engines searched b
 # (4: the ranking's Q/DQ run as written, so the ranking no longer depends on the CPU's integer kernels)
 BATCH = 16  # samples per call when a candidate is scored
 TOGETHER_ROUNDS = 9  # interleaved rounds that time every candidate against a latency budget (max_slowdown)
-TOGETHER_SECONDS = 0.05  # each candidate's share of a round
+TOGETHER_SECONDS = 0.05  # each candidate's timed share of a round
+TOGETHER_WARMUP_SECONDS = 0.05  # and its untimed calls before, which outlast the thread spinning the engine before leaves
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,10 @@ def _time_against_budget(candidates: dict[int, dict[str, Any]], engines: dict[in
             time_calls(lambda run=run: run.infer(one), warmup=10, iterations=1, min_seconds=0)
         for _ in range(TOGETHER_ROUNDS):
             for count, run in runs.items():
-                times = time_calls(lambda run=run: run.infer(one), warmup=2, iterations=10, min_seconds=TOGETHER_SECONDS)
+                # untimed first: the engine timed before may leave its threads spinning for a while (ONNX Runtime's
+                # thread pool does), which would be charged to this one
+                time_calls(lambda run=run: run.infer(one), warmup=0, iterations=3, min_seconds=TOGETHER_WARMUP_SECONDS)
+                times = time_calls(lambda run=run: run.infer(one), warmup=0, iterations=10, min_seconds=TOGETHER_SECONDS)
                 per_round[count].append(float(np.median(times)) / 1e6)
     for count, times in per_round.items():
         ratio, low, high = paired_ratio(times, per_round[0])
