@@ -17,8 +17,9 @@
    A target no candidate meets keeps the best candidate found, says so, and the engine fails its gate with that reason.
 4. **A latency budget** (``max_slowdown``): after the search, every candidate built is timed in the same interleaved
    rounds, and one whose p50 exceeds the budget times the fully quantized candidate's (the median of the round-by-round
-   ratios) is not chosen. The search itself stays on the figure: it does not build candidates for the budget's sake, so
-   when the fewest layers that meet the figure do not fit, the best of the candidates built that fit is kept.
+   ratios) is not chosen. When the fewest layers that meet the figure do not fit, a second bisection, each step timed
+   against the fully quantized candidate, finds the most float layers that fit, and the best candidate that fits is kept
+   (the target unmet); then every candidate is timed together once more for the record.
 
 The target is top-1 agreement or drop for a classifier, output cosine for any model (named inputs of any dtype, several
 outputs). It is measured on samples neither calibration nor evaluation touches; the engine's reported figures stay on
@@ -129,6 +130,19 @@ def choose_float_layers(source: Path, calibration: CalibrationSet, setting: Keep
         if target.max_slowdown is not None:
             note_step(f"keep_float auto: timing the {len(engines)} candidates together against the latency budget")
             together = _time_against_budget(candidates, engines, runner, threads, search, target.max_slowdown)
+            fit = max(count for count, c in candidates.items() if c["within_budget"])  # the fully quantized one fits
+            over = min((count for count, c in candidates.items() if count > fit and not c["within_budget"]), default=None)
+            if not choose(candidates, target)[1] and over is not None and over - fit > 1:
+                # the fewest layers that meet the target do not fit: bisect the budget's edge for the most that do
+                while over - fit > 1:
+                    middle = (fit + over) // 2
+                    measure(middle)
+                    note_step(f"keep_float auto: timing {middle} float layers against the fully quantized candidate")
+                    _time_against_budget(candidates, {0: engines[0], middle: engines[middle]}, runner, threads, search,
+                                         target.max_slowdown)
+                    fit, over = (middle, over) if candidates[middle]["within_budget"] else (fit, middle)
+                note_step(f"keep_float auto: timing the {len(engines)} candidates together again, for the record")
+                together = _time_against_budget(candidates, engines, runner, threads, search, target.max_slowdown)
         chosen, met = choose(candidates, target)
         engine = _adopt(engines[chosen["float_layers"]], out_dir) if reuse and chosen["float_layers"] in engines else None
     finally:
