@@ -70,7 +70,7 @@ def _float_search_gate(search: dict[str, Any]) -> GateResult:
     if "slowdown" in chosen:  # a latency budget: where the chosen one stands, timed with the others
         low, high = chosen["slowdown_ci95"]
         detail = (f"{detail}; p50 {chosen['slowdown']:.2f}× the fully quantized engine's (95% interval {low:.2f}–{high:.2f}), "
-                  f"all candidates timed together in {search['together']['rounds']} rounds")
+                  f"timed with it in {search['together']['rounds']} interleaved rounds")
     if not search["met"]:
         detail = (f"no candidate met {search['target_text']}: the best found"
                   + (" within the budget" if "slowdown" in chosen else "") + f" is kept ({detail})")

@@ -347,5 +347,5 @@ def test_a_search_over_its_latency_budget_fails_and_says_what_the_figure_would_c
     gate = next(g for g in gates if g.gate == "search_min_agreement")
     assert (gate.outcome, gate.value, gate.limit) == ("fail", 0.91, 0.97)
     assert "the best found within the budget is kept" in gate.detail
-    assert "p50 1.00× the fully quantized engine's (95% interval 1.00–1.00), all candidates timed together in 9 rounds" in gate.detail
+    assert "p50 1.00× the fully quantized engine's (95% interval 1.00–1.00), timed with it in 9 interleaved rounds" in gate.detail
     assert gate.detail.endswith("the fewest layers that reach the figure, 12, cost 1.57× the fully quantized engine's p50")

@@ -18,8 +18,9 @@
 4. **A latency budget** (``max_slowdown``): after the search, every candidate built is timed in the same interleaved
    rounds, and one whose p50 exceeds the budget times the fully quantized candidate's (the median of the round-by-round
    ratios) is not chosen. When the fewest layers that meet the figure do not fit, a second bisection, each step timed
-   against the fully quantized candidate, finds the most float layers that fit, and the best candidate that fits is kept
-   (the target unmet); then every candidate is timed together once more for the record.
+   with the fully quantized candidate alone, finds the most float layers that fit, and the best candidate that fits is
+   kept (the target unmet). Each candidate's ratio is the one from the rounds that judged it: timing them all again
+   would judge a candidate at the budget's edge twice, and the noise could overturn the first answer.
 
 The target is top-1 agreement or drop for a classifier, output cosine for any model (named inputs of any dtype, several
 outputs). It is measured on samples neither calibration nor evaluation touches; the engine's reported figures stay on
@@ -138,11 +139,10 @@ def choose_float_layers(source: Path, calibration: CalibrationSet, setting: Keep
                     middle = (fit + over) // 2
                     measure(middle)
                     note_step(f"keep_float auto: timing {middle} float layers against the fully quantized candidate")
-                    _time_against_budget(candidates, {0: engines[0], middle: engines[middle]}, runner, threads, search,
-                                         target.max_slowdown)
+                    pair = _time_against_budget(candidates, {0: engines[0], middle: engines[middle]}, runner, threads,
+                                                search, target.max_slowdown)
+                    together = {**together, "seconds": together["seconds"] + pair["seconds"], "pairs": together.get("pairs", 0) + 1}
                     fit, over = (middle, over) if candidates[middle]["within_budget"] else (fit, middle)
-                note_step(f"keep_float auto: timing the {len(engines)} candidates together again, for the record")
-                together = _time_against_budget(candidates, engines, runner, threads, search, target.max_slowdown)
         chosen, met = choose(candidates, target)
         engine = _adopt(engines[chosen["float_layers"]], out_dir) if reuse and chosen["float_layers"] in engines else None
     finally:
@@ -177,10 +177,10 @@ def choose(candidates: dict[int, dict[str, Any]], target: AccuracyTarget) -> tup
 
 def _time_against_budget(candidates: dict[int, dict[str, Any]], engines: dict[int, Path], runner: Callable[[Path, int], Runner],
                          threads: int, search: SearchSet, budget: float) -> dict[str, Any]:
-    """Every candidate's p50 in the same interleaved rounds, and its ratio to the fully quantized candidate's round by
-    round (``measure.paired_ratio``): the in-search p50s were each taken at another moment of a shared machine, and a
-    budget of a few tens of percent is within what the machine's load moves between them. Writes ``p50_together_ms``,
-    ``slowdown``, ``slowdown_ci95`` and ``within_budget`` into each candidate."""
+    """The p50 of each candidate in ``engines`` (the fully quantized one among them) in the same interleaved rounds, and
+    its ratio to the fully quantized candidate's round by round (``measure.paired_ratio``): the in-search p50s were each
+    taken at another moment of a shared machine, and a budget of a few tens of percent is within what the machine's load
+    moves between them. Writes ``p50_together_ms``, ``slowdown``, ``slowdown_ci95`` and ``within_budget`` into each."""
     started = time.perf_counter()
     per_round: dict[int, list[float]] = {count: [] for count in sorted(engines)}
     with contextlib.ExitStack() as stack:

@@ -377,9 +377,9 @@ def _divergence(report: Report) -> str:
                      + figure(lambda: plots.float_search_figure(searches), "Each candidate built by the backend itself and "
                                "scored on the validation split (bars: its agreement's 95% interval, whole photos resampled where "
                                "the samples are crops of photos); the p50 is an in-process estimate taken during the search, not "
-                               "the engine's measured latency. Where the target sets a latency budget (max_slowdown), every "
-                               "candidate was timed again in the same interleaved rounds, and those p50s are drawn, the "
-                               "budget dotted.") + f"<ul>{lines}</ul>")
+                               "the engine's measured latency. Where the target sets a latency budget (max_slowdown), each "
+                               "candidate was timed again in interleaved rounds with the fully quantized one, and its p50's "
+                               "ratio to that engine's, round by round, is drawn instead, the budget dotted.") + f"<ul>{lines}</ul>")
     return section("divergence", title, "<p class=muted>Each tensor of the FP32 ONNX against the same tensor inside the engine, "
                     "at its deployed precision, run from the input (so each carries every earlier layer's error). SQNR 40 dB is "
                     "an error of 1% of the signal, 20 dB of 10%. <code>edgeship debug RUN ENGINE</code> prints the same per "

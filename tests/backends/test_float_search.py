@@ -205,6 +205,7 @@ def test_a_candidate_over_the_latency_budget_is_not_chosen(monkeypatch: pytest.M
         record = json.loads((out / SEARCH_FILE).read_text())
         assert (record["chosen"], record["met"], len(choice.nodes)) == (chosen, met, chosen)
         assert record["together"]["rounds"] == float_search.TOGETHER_ROUNDS and record["together"]["max_slowdown"] == budget
+        assert record["together"].get("pairs", 0) == len(also_built), "the budget's edge found one candidate at a time"
         by_count = {c["float_layers"]: c for c in record["candidates"]}
         assert by_count[0]["slowdown"] == 1.0 and by_count[0]["within_budget"]
         assert 2.0 < by_count[13]["slowdown"] < 3.5 and by_count[13]["within_budget"] is (budget > 3.5)  # 3, and a sleep overshoots

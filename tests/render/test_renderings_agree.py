@@ -87,17 +87,18 @@ def test_a_budgeted_search_shows_each_candidates_ratio_in_the_debug_table_the_li
     search = {"target": {"min_agreement": 0.97, "max_slowdown": 1.3}, "target_text": "top-1 agreement ≥ 97%, within 1.3× the fully "
               "quantized engine's p50", "met": False, "chosen": 4, "candidates": candidates, "samples": 512, "seconds": 60.0,
               "ranking_seconds": 20.0, "ranking": [{"node": f"n{i}"} for i in range(20)],
-              "together": {"rounds": 9, "max_slowdown": 1.3, "seconds": 4.0, "threads": 2}}
+              "together": {"rounds": 9, "max_slowdown": 1.3, "seconds": 4.0, "threads": 2, "pairs": 2}}
     row = _row(float_search=search, float_layers={"auto": True, "count": 4, "nodes": ["n0", "n1", "n2", "n3"]})
     console = Console(file=StringIO(), width=240, color_system=None)
     assert terminal.print_float_search(row, console)
     text = console.file.getvalue()
     assert "× fully quantized, together" in text and "1.57" in text and "at most 1.3× the fully quantized candidate's" in text
+    assert "2 candidates timed with it alone to find the budget's edge" in text
     table_row = next(line for line in text.splitlines() if "1.57" in line)
     assert table_row.split("1.57")[1].split()[:3] == ["│", "no", "│"], "over the budget"
     assert "p50 1.29× the fully quantized engine's, timed together" in float_layers_line(row)
     figure = plots.float_search_figure({"onnxruntime/int8": search})
     low = figure.axes[1]
-    assert [tuple(line.get_ydata()) for line in low.lines][0] == (2.4, 3.1, 3.7)
-    assert any(set(line.get_ydata()) == {1.3 * 2.4} for line in low.lines[1:]), "the budget drawn"
-    assert "timed together" in low.get_ylabel()
+    assert [tuple(line.get_ydata()) for line in low.lines][0] == (1.0, 1.29, 1.57), "each ratio from the rounds that judged it"
+    assert any(set(line.get_ydata()) == {1.3} for line in low.lines[1:]), "the budget drawn"
+    assert "÷ fully quantized" in low.get_ylabel()
