@@ -141,7 +141,8 @@ def choose_float_layers(source: Path, calibration: CalibrationSet, setting: Keep
                     note_step(f"keep_float auto: timing {middle} float layers against the fully quantized candidate")
                     pair = _time_against_budget(candidates, {0: engines[0], middle: engines[middle]}, runner, threads,
                                                 search, target.max_slowdown)
-                    together = {**together, "seconds": together["seconds"] + pair["seconds"], "pairs": together.get("pairs", 0) + 1}
+                    together = {**together, "seconds": round(together["seconds"] + pair["seconds"], 2),
+                                "pairs": together.get("pairs", 0) + 1}
                     fit, over = (middle, over) if candidates[middle]["within_budget"] else (fit, middle)
         chosen, met = choose(candidates, target)
         engine = _adopt(engines[chosen["float_layers"]], out_dir) if reuse and chosen["float_layers"] in engines else None
