@@ -76,8 +76,8 @@ class AccuracyTarget(Section):
                                "more float layers")
     max_slowdown: float | None = Field(default=None, ge=1, description="a latency budget beside the figure: a candidate is "
                                        "chosen only if its p50 is at most this multiple of the fully quantized candidate's "
-                                       "(the median of their round-by-round ratios, every candidate timed in the same "
-                                       "interleaved rounds after the search), e.g. 1.3")
+                                       "(the median of their round-by-round ratios, each candidate timed in interleaved "
+                                       "rounds with it after the search), e.g. 1.3")
 
     @model_validator(mode="after")
     def _one(self) -> AccuracyTarget:
