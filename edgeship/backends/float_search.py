@@ -15,12 +15,12 @@
    score time) and the chosen one. Where the backend can run a Q/DQ model as written (ONNX Runtime), the fully quantized
    candidate is scored that way too: on x86 without VNNI the integer kernels saturate, and the gap is what they cost.
    A target no candidate meets keeps the best candidate found, says so, and the engine fails its gate with that reason.
-4. **A latency budget** (``max_slowdown``): after the search, every candidate built is timed in the same interleaved
-   rounds, and one whose p50 exceeds the budget times the fully quantized candidate's (the median of the round-by-round
-   ratios) is not chosen. When the fewest layers that meet the figure do not fit, a second bisection, each step timed
-   with the fully quantized candidate alone, finds the most float layers that fit, and the best candidate that fits is
-   kept (the target unmet). Each candidate's ratio is the one from the rounds that judged it: timing them all again
-   would judge a candidate at the budget's edge twice, and the noise could overturn the first answer.
+4. **A latency budget** (``max_slowdown``): after the search, each candidate built is timed in interleaved rounds with
+   the fully quantized candidate alone (two engines open at a time, whatever the model's size), and one whose p50
+   exceeds the budget times the fully quantized candidate's (the median of the round-by-round ratios) is not chosen.
+   When the fewest layers that meet the figure do not fit, a second bisection, each step built and timed the same way,
+   finds the most float layers that fit, and the best candidate that fits is kept (the target unmet). Each candidate is
+   judged once, by its own rounds: judging one at the budget's edge twice would let the noise overturn the first answer.
 
 The target is top-1 agreement or drop for a classifier, output cosine for any model (named inputs of any dtype, several
 outputs). It is measured on samples neither calibration nor evaluation touches; the engine's reported figures stay on
@@ -129,21 +129,30 @@ def choose_float_layers(source: Path, calibration: CalibrationSet, setting: Keep
                 low, high = (low, middle) if measure(middle)["meets"] else (middle, high)
         together = None
         if target.max_slowdown is not None:
-            note_step(f"keep_float auto: timing the {len(engines)} candidates together against the latency budget")
-            together = _time_against_budget(candidates, engines, runner, threads, search, target.max_slowdown)
-            fit = max(count for count, c in candidates.items() if c["within_budget"])  # the fully quantized one fits
+            budget = target.max_slowdown
+            timings = []
+
+            def against_budget(count: int) -> bool:
+                """``count``'s candidate timed with the fully quantized one alone: two engines open at a time, however
+                many candidates there are and however large the model."""
+                note_step(f"keep_float auto: timing {count} float layers against the fully quantized candidate")
+                timings.append(_time_against_budget(candidates, {0: engines[0], count: engines[count]}, runner, threads,
+                                                    search, budget))
+                return candidates[count]["within_budget"]
+
+            for count in sorted(candidates)[1:]:
+                against_budget(count)
+            candidates[0].update(slowdown=1.0, slowdown_ci95=[1.0, 1.0], within_budget=True)
+            fit = max(count for count, c in candidates.items() if c["within_budget"])
             over = min((count for count, c in candidates.items() if count > fit and not c["within_budget"]), default=None)
-            if not choose(candidates, target)[1] and over is not None and over - fit > 1:
+            if not choose(candidates, target)[1] and over is not None:
                 # the fewest layers that meet the target do not fit: bisect the budget's edge for the most that do
                 while over - fit > 1:
                     middle = (fit + over) // 2
                     measure(middle)
-                    note_step(f"keep_float auto: timing {middle} float layers against the fully quantized candidate")
-                    pair = _time_against_budget(candidates, {0: engines[0], middle: engines[middle]}, runner, threads,
-                                                search, target.max_slowdown)
-                    together = {**together, "seconds": round(together["seconds"] + pair["seconds"], 2),
-                                "pairs": together.get("pairs", 0) + 1}
-                    fit, over = (middle, over) if candidates[middle]["within_budget"] else (fit, middle)
+                    fit, over = (middle, over) if against_budget(middle) else (fit, middle)
+            together = {"rounds": TOGETHER_ROUNDS, "max_slowdown": budget, "pairs": len(timings), "threads": threads,
+                        "seconds": round(sum(timing["seconds"] for timing in timings), 2)}
         chosen, met = choose(candidates, target)
         engine = _adopt(engines[chosen["float_layers"]], out_dir) if reuse and chosen["float_layers"] in engines else None
     finally:
@@ -181,7 +190,8 @@ def _time_against_budget(candidates: dict[int, dict[str, Any]], engines: dict[in
     """The p50 of each candidate in ``engines`` (the fully quantized one among them) in the same interleaved rounds, and
     its ratio to the fully quantized candidate's round by round (``measure.paired_ratio``): the in-search p50s were each
     taken at another moment of a shared machine, and a budget of a few tens of percent is within what the machine's load
-    moves between them. Writes ``p50_together_ms``, ``slowdown``, ``slowdown_ci95`` and ``within_budget`` into each."""
+    moves between them. Writes ``p50_together_ms``, ``slowdown``, ``slowdown_ci95`` and ``within_budget`` into each
+    (the fully quantized one's p50 is that of these rounds)."""
     started = time.perf_counter()
     per_round: dict[int, list[float]] = {count: [] for count in sorted(engines)}
     with contextlib.ExitStack() as stack:

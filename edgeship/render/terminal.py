@@ -208,9 +208,8 @@ def print_float_search(row: EngineRow, console: Console) -> bool:
     console.print(table)
     if budget:
         console.print(f"[dim]the budget: p50 at most {budget['max_slowdown']:g}× the fully quantized candidate's, the median of "
-                      f"their ratios over {budget['rounds']} interleaved rounds ({budget['seconds']:.0f} s of timing"
-                      + (f", {budget['pairs']} candidates timed with it alone to find the budget's edge" if budget.get("pairs") else "")
-                      + "); \"meets\" is the figure alone[/dim]", soft_wrap=True)
+                      f"their ratios over {budget['rounds']} interleaved rounds, each candidate timed with it alone "
+                      f"({budget['pairs']} pairs, {budget['seconds']:.0f} s); \"meets\" is the figure alone[/dim]", soft_wrap=True)
     return True
 
 

@@ -185,7 +185,7 @@ class SleepingRunner:
 
 
 def test_a_candidate_over_the_latency_budget_is_not_chosen(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Every candidate timed in the same rounds against the fully quantized one: the fewest layers that meet the figure
+    """Each candidate timed in rounds with the fully quantized one: the fewest layers that meet the figure
     (13, 3× slower) are over a 1.3× budget, so a second bisection finds the most float layers that fit (2), which are
     kept, the target unmet, and the record says why; a budget they fit leaves the first answer alone."""
     built = _fake_search(monkeypatch, 40, 13)
@@ -205,7 +205,7 @@ def test_a_candidate_over_the_latency_budget_is_not_chosen(monkeypatch: pytest.M
         record = json.loads((out / SEARCH_FILE).read_text())
         assert (record["chosen"], record["met"], len(choice.nodes)) == (chosen, met, chosen)
         assert record["together"]["rounds"] == float_search.TOGETHER_ROUNDS and record["together"]["max_slowdown"] == budget
-        assert record["together"].get("pairs", 0) == len(also_built), "the budget's edge found one candidate at a time"
+        assert record["together"]["pairs"] == len(built) - 1, "each candidate timed with the fully quantized one alone"
         by_count = {c["float_layers"]: c for c in record["candidates"]}
         assert by_count[0]["slowdown"] == 1.0 and by_count[0]["within_budget"]
         assert 2.0 < by_count[13]["slowdown"] < 3.5 and by_count[13]["within_budget"] is (budget > 3.5)  # 3, and a sleep overshoots
@@ -273,23 +273,38 @@ def test_a_real_search_on_onnx_runtime_meets_its_target_on_validation_samples(tr
             assert abs(written["cosine"] - full["cosine"]) < 1e-3 and abs(written["agreement"] - full["agreement"]) <= 0.03
 
 
-def test_a_search_beyond_the_noise_and_within_a_budget_records_intervals_and_ratios(trained_cnn: TrainedCnn, tmp_path: Path) -> None:
-    """A real search with ``beyond_noise`` and a latency budget: every candidate's interval is taken over the samples'
-    groups, a candidate meets the target by its interval's lower end, and every engine built was timed against the fully
-    quantized one in the same rounds, on ONNX Runtime itself."""
+def test_a_search_beyond_the_noise_records_intervals_over_whole_groups(trained_cnn: TrainedCnn, tmp_path: Path) -> None:
+    """A real search with ``beyond_noise``: every candidate's interval is taken over the samples' groups, and a candidate
+    meets the target by its interval's lower end."""
     groups = tuple(f"photo{i % 10}" for i in range(100))
     search = SearchSet(trained_cnn.evaluation[:100], trained_cnn.labels[:100], "v", groups)
     calibration = CalibrationSet(trained_cnn.calibration[:50], "c").with_search(search)
-    target = AccuracyTarget(min_agreement=0.9, beyond_noise=True, max_slowdown=50)
-    OnnxRuntimeBackend()._build_int8(trained_cnn.onnx, calibration, OnnxRuntimeConfig(keep_float="auto", accuracy_target=target), tmp_path)
+    cfg = OnnxRuntimeConfig(keep_float="auto", accuracy_target=AccuracyTarget(min_agreement=0.9, beyond_noise=True))
+    OnnxRuntimeBackend()._build_int8(trained_cnn.onnx, calibration, cfg, tmp_path)
     record = json.loads((tmp_path / SEARCH_FILE).read_text())
-    assert record["target"] == {"min_agreement": 0.9, "beyond_noise": True, "max_slowdown": 50} and "lower end" in record["target_text"]
-    assert record["together"]["rounds"] == float_search.TOGETHER_ROUNDS
+    assert record["target"] == {"min_agreement": 0.9, "beyond_noise": True} and "lower end" in record["target_text"]
     for candidate in record["candidates"]:
         low, high = candidate["agreement_ci95"]
         assert candidate["agreement_groups"] == 10 and low <= candidate["agreement"] <= high
         assert candidate["meets"] is (low >= 0.9)
+
+
+def test_a_real_search_times_each_candidate_against_the_fully_quantized_one(trained_cnn: TrainedCnn, tmp_path: Path) -> None:
+    """A latency budget on ONNX Runtime itself: an unreachable figure builds the ends of the ranking, and each candidate
+    beyond the fully quantized one is timed with it in rounds of its own."""
+    search = SearchSet(trained_cnn.evaluation[:100], trained_cnn.labels[:100], "v")
+    calibration = CalibrationSet(trained_cnn.calibration[:50], "c").with_search(search)
+    unreachable = AccuracyTarget.model_construct(min_agreement=None, min_cosine=None, beyond_noise=False, max_drop_points=-50.0,
+                                                 max_slowdown=50.0)  # a gain of 50 points
+    OnnxRuntimeBackend()._build_int8(trained_cnn.onnx, calibration, OnnxRuntimeConfig(keep_float="auto", accuracy_target=unreachable),
+                                     tmp_path)
+    record = json.loads((tmp_path / SEARCH_FILE).read_text())
+    assert record["together"]["rounds"] == float_search.TOGETHER_ROUNDS and record["met"] is False
+    assert len(record["candidates"]) >= 2 and record["together"]["pairs"] == len(record["candidates"]) - 1
+    for candidate in record["candidates"]:
         assert candidate["p50_together_ms"] > 0 and candidate["within_budget"] is (candidate["slowdown"] <= 50)
+        low, high = candidate["slowdown_ci95"]
+        assert 0 < low <= candidate["slowdown"] <= high
     assert record["candidates"][0]["float_layers"] == 0 and record["candidates"][0]["slowdown"] == 1.0
 
 

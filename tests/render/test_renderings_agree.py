@@ -93,7 +93,7 @@ def test_a_budgeted_search_shows_each_candidates_ratio_in_the_debug_table_the_li
     assert terminal.print_float_search(row, console)
     text = console.file.getvalue()
     assert "× fully quantized, together" in text and "1.57" in text and "at most 1.3× the fully quantized candidate's" in text
-    assert "2 candidates timed with it alone to find the budget's edge" in text
+    assert "each candidate timed with it alone (2 pairs, 4 s)" in text
     table_row = next(line for line in text.splitlines() if "1.57" in line)
     assert table_row.split("1.57")[1].split()[:3] == ["│", "no", "│"], "over the budget"
     assert "p50 1.29× the fully quantized engine's, timed together" in float_layers_line(row)
