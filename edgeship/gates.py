@@ -67,7 +67,7 @@ def _float_search_gate(search: dict[str, Any]) -> GateResult:
     if target.beyond_noise:  # the value judged is the interval's lower end: say where the estimate itself is
         low, high = chosen["agreement_ci95"]
         detail = f"the lower end of agreement {100 * chosen['agreement']:.2f}% (95% interval {100 * low:.2f}–{100 * high:.2f}%); {detail}"
-    if "slowdown" in chosen:  # a latency budget: where the chosen one stands, timed with the others
+    if "slowdown" in chosen:  # a latency budget: where the chosen one stands, timed with the fully quantized one
         low, high = chosen["slowdown_ci95"]
         detail = (f"{detail}; p50 {chosen['slowdown']:.2f}× the fully quantized engine's (95% interval {low:.2f}–{high:.2f}), "
                   f"timed with it in {search['together']['rounds']} interleaved rounds")

@@ -73,7 +73,7 @@ def accuracy_cells(row: EngineRow, *, basis: str) -> dict[str, Cell]:
         cosine = source.mean_cosine
         top1 = cell(pct(source.top1_agreement))
         if top1 is not MISSING and source.top1_agreement_ci95 is not None:
-            top1 = Cell(top1.text, top1.kind, agreement_interval_text(source))
+            top1 = Cell(top1.text, top1.kind, interval_text(source.top1_agreement_ci95, source.top1_agreement_groups))
         return {"top-1 agreement": top1, "top-5 agreement": cell(pct(source.top5_agreement)),
                 "cosine": cell("—" if cosine is None else f"{cosine:.5f}")}
     # against its own backend's FP32: nothing to say for an FP32 engine; a prediction compares with the exported ONNX
@@ -83,12 +83,6 @@ def accuracy_cells(row: EngineRow, *, basis: str) -> dict[str, Cell]:
         vs_own = "—" if row.precision == "fp32" else change_points(row.top1_drop_vs_backend_fp32_points)
     return {"top-1": cell(pct(source.top1)), "Δ top-1 vs baseline": cell(change_points(source.top1_drop_points)),
             "Δ top-1 vs own FP32": cell(vs_own), "agreement": cell(pct(source.top1_agreement))}
-
-
-def agreement_interval_text(scores: Scores) -> str:
-    """``96.21–97.90%``: the agreement's 95% interval; over photos when whole photos were resampled."""
-    return interval_text(scores.top1_agreement_ci95, scores.top1_agreement_groups)
-
 
 
 def latency_cell(latency: dict[str, object] | None, key: str) -> Cell:

@@ -296,9 +296,11 @@ def float_search_figure(searches: Mapping[str, Mapping[str, Any]]) -> Any:
             ax.axhline(scale * limit, color=colour, linestyle=":", linewidth=1)
     ylabel = "output cosine with FP32,\nvalidation" if cosine else "top-1 agreement with\nFP32, validation (%)"
     ax.set(ylabel=ylabel, title="keep_float: auto — candidates searched")
-    budgets = {bool(search.get("together")) for search in searches.values()}
-    ylabel = {frozenset({True}): "p50 ÷ fully quantized,\nround by round", frozenset({False}): "p50 in the\nsearch (ms)"}.get(
-        frozenset(budgets), "p50: ms, or ÷ fully\nquantized where budgeted")
+    budgeted = [bool(search.get("together")) for search in searches.values()]
+    if all(budgeted):
+        ylabel = "p50 ÷ fully quantized,\nround by round"
+    else:
+        ylabel = "p50: ms, or ÷ fully\nquantized where budgeted" if any(budgeted) else "p50 in the\nsearch (ms)"
     low.set(xlabel="ranked layers kept in float", ylabel=ylabel)
     for axis in (ax, low):
         axis.grid(alpha=0.3)
