@@ -29,7 +29,6 @@ the evaluation split.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
@@ -48,7 +47,7 @@ from edgeship.backends.sensitivity import FLOAT_LAYERS_FILE, PASS_THROUGH, keep_
 from edgeship.device import usable_cpus
 from edgeship.measure import agreement, agreement_interval, paired_ratio, time_calls, top1, top1_hits
 from edgeship.progress import note_step
-from edgeship.tensors import Inputs, feed_of, outputs_in_batches, rows_of
+from edgeship.tensors import Feed, Inputs, feed_of, outputs_in_batches, rows_of
 
 if TYPE_CHECKING:
     from edgeship.backends.base import Runner
@@ -130,29 +129,31 @@ def choose_float_layers(source: Path, calibration: CalibrationSet, setting: Keep
         together = None
         if target.max_slowdown is not None:
             budget = target.max_slowdown
-            timings = []
+            timings: list[float] = []
+            with runner(engines[0], threads) as fully_quantized:  # open once, beside one candidate at a time
+                one = feed_of(rows_of(search.inputs, 0, 1), list(fully_quantized.input_metadata()))
 
-            def against_budget(count: int) -> bool:
-                """``count``'s candidate timed with the fully quantized one alone: two engines open at a time, however
-                many candidates there are and however large the model."""
-                note_step(f"keep_float auto: timing {count} float layers against the fully quantized candidate")
-                timings.append(_time_against_budget(candidates, {0: engines[0], count: engines[count]}, runner, threads,
-                                                    search, budget))
-                return candidates[count]["within_budget"]
+                def against_budget(count: int) -> bool:
+                    """``count``'s candidate timed with the fully quantized one alone: two engines open at a time,
+                    however many candidates there are and however large the model."""
+                    note_step(f"keep_float auto: timing {count} float layers against the fully quantized candidate")
+                    timings.append(_time_against_budget(candidates[0], candidates[count], fully_quantized, engines[count],
+                                                        runner, threads, one, budget))
+                    return candidates[count]["within_budget"]
 
-            for count in sorted(candidates)[1:]:
-                against_budget(count)
-            candidates[0].update(slowdown=1.0, slowdown_ci95=[1.0, 1.0], within_budget=True)
-            fit = max(count for count, c in candidates.items() if c["within_budget"])
-            over = min((count for count, c in candidates.items() if count > fit and not c["within_budget"]), default=None)
-            if not choose(candidates, target)[1] and over is not None:
-                # the fewest layers that meet the target do not fit: bisect the budget's edge for the most that do
-                while over - fit > 1:
-                    middle = (fit + over) // 2
-                    measure(middle)
-                    fit, over = (middle, over) if against_budget(middle) else (fit, middle)
+                for count in sorted(candidates)[1:]:
+                    against_budget(count)
+                candidates[0].update(slowdown=1.0, slowdown_ci95=[1.0, 1.0], within_budget=True)
+                fit = max(count for count, c in candidates.items() if c["within_budget"])
+                over = min((count for count, c in candidates.items() if count > fit and not c["within_budget"]), default=None)
+                if not choose(candidates, target)[1] and over is not None:
+                    # the fewest layers that meet the target do not fit: bisect the budget's edge for the most that do
+                    while over - fit > 1:
+                        middle = (fit + over) // 2
+                        measure(middle)
+                        fit, over = (middle, over) if against_budget(middle) else (fit, middle)
             together = {"rounds": TOGETHER_ROUNDS, "max_slowdown": budget, "pairs": len(timings), "threads": threads,
-                        "seconds": round(sum(timing["seconds"] for timing in timings), 2)}
+                        "seconds": round(sum(timings), 2)}
         chosen, met = choose(candidates, target)
         engine = _adopt(engines[chosen["float_layers"]], out_dir) if reuse and chosen["float_layers"] in engines else None
     finally:
@@ -185,34 +186,32 @@ def choose(candidates: dict[int, dict[str, Any]], target: AccuracyTarget) -> tup
     return max(fitting, key=lambda c: (_goodness(c, target), -c["float_layers"])), False
 
 
-def _time_against_budget(candidates: dict[int, dict[str, Any]], engines: dict[int, Path], runner: Callable[[Path, int], Runner],
-                         threads: int, search: SearchSet, budget: float) -> dict[str, Any]:
-    """The p50 of each candidate in ``engines`` (the fully quantized one among them) in the same interleaved rounds, and
-    its ratio to the fully quantized candidate's round by round (``measure.paired_ratio``): the in-search p50s were each
-    taken at another moment of a shared machine, and a budget of a few tens of percent is within what the machine's load
-    moves between them. Writes ``p50_together_ms``, ``slowdown``, ``slowdown_ci95`` and ``within_budget`` into each
-    (the fully quantized one's p50 is that of these rounds)."""
+def _time_against_budget(full: dict[str, Any], candidate: dict[str, Any], fully_quantized: Runner, engine: Path,
+                         runner: Callable[[Path, int], Runner], threads: int, one: Feed, budget: float) -> float:
+    """``candidate`` (its engine at ``engine``) and the fully quantized candidate (``full``, already open as
+    ``fully_quantized``) timed in the same interleaved rounds, and the candidate's p50 as a ratio to the fully quantized
+    one's round by round (``measure.paired_ratio``): the in-search p50s were each taken at another moment of a shared
+    machine, and a budget of a few tens of percent is within what the machine's load moves between them. Writes
+    ``p50_together_ms`` into both, and ``slowdown``, ``slowdown_ci95`` and ``within_budget`` into ``candidate``; returns
+    the seconds it took."""
     started = time.perf_counter()
-    per_round: dict[int, list[float]] = {count: [] for count in sorted(engines)}
-    with contextlib.ExitStack() as stack:
-        runs = {count: stack.enter_context(runner(engines[count], threads)) for count in per_round}
-        names = list(next(iter(runs.values())).input_metadata())
-        one = feed_of(rows_of(search.inputs, 0, 1), names)
-        for run in runs.values():
-            time_calls(lambda run=run: run.infer(one), warmup=10, iterations=1, min_seconds=0)
+    per_round: tuple[list[float], list[float]] = ([], [])
+    with runner(engine, threads) as run:
+        pair = (fully_quantized, run)
+        for each in pair:
+            time_calls(lambda each=each: each.infer(one), warmup=10, iterations=1, min_seconds=0)
         for _ in range(TOGETHER_ROUNDS):
-            for count, run in runs.items():
+            for times, each in zip(per_round, pair, strict=True):
                 # untimed first: the engine timed before may leave its threads spinning for a while (ONNX Runtime's
                 # thread pool does), which would be charged to this one
-                time_calls(lambda run=run: run.infer(one), warmup=0, iterations=3, min_seconds=TOGETHER_WARMUP_SECONDS)
-                times = time_calls(lambda run=run: run.infer(one), warmup=0, iterations=10, min_seconds=TOGETHER_SECONDS)
-                per_round[count].append(float(np.median(times)) / 1e6)
-    for count, times in per_round.items():
-        ratio, low, high = paired_ratio(times, per_round[0])
-        candidates[count].update(p50_together_ms=round(float(np.median(times)), 4), slowdown=round(ratio, 4),
-                                 slowdown_ci95=[round(low, 4), round(high, 4)], within_budget=ratio <= budget)
-    return {"rounds": TOGETHER_ROUNDS, "max_slowdown": budget, "seconds": round(time.perf_counter() - started, 2),
-            "threads": threads}
+                time_calls(lambda each=each: each.infer(one), warmup=0, iterations=3, min_seconds=TOGETHER_WARMUP_SECONDS)
+                calls = time_calls(lambda each=each: each.infer(one), warmup=0, iterations=10, min_seconds=TOGETHER_SECONDS)
+                times.append(float(np.median(calls)) / 1e6)
+    ratio, low, high = paired_ratio(per_round[1], per_round[0])
+    full["p50_together_ms"] = round(float(np.median(per_round[0])), 4)
+    candidate.update(p50_together_ms=round(float(np.median(per_round[1])), 4), slowdown=round(ratio, 4),
+                     slowdown_ci95=[round(low, 4), round(high, 4)], within_budget=ratio <= budget)
+    return round(time.perf_counter() - started, 2)
 
 
 def _why_unranked(source: Path, ranked: tuple[str, ...]) -> str:
