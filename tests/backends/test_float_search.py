@@ -163,14 +163,10 @@ def test_the_choice_is_the_fewest_layers_meeting_the_target_within_the_budget(me
     assert (choice["float_layers"], ok) == (chosen, met)
 
 
-class SleepingRunner:
-    """A runner whose call takes longer the more layers its candidate keeps in float (the engine's name is the count):
-    1 + k²/20 times the fully quantized one's, up to 3 times; 2 float layers fit a 1.3× budget, 3 do not."""
+class FakeRunner:
+    """What the search asks of a runner, one input named ``input``; a fake's ``infer`` says what its engine does."""
 
-    def __init__(self, engine: Path, threads: int) -> None:
-        self.seconds = 0.002 * min(1 + int(engine.name) ** 2 / 20, 3.0)
-
-    def __enter__(self) -> SleepingRunner:
+    def __enter__(self) -> FakeRunner:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -178,6 +174,14 @@ class SleepingRunner:
 
     def input_metadata(self) -> dict[str, Any]:
         return {"input": None}
+
+
+class SleepingRunner(FakeRunner):
+    """A runner whose call takes longer the more layers its candidate keeps in float (the engine's name is the count):
+    1 + k²/20 times the fully quantized one's, up to 3 times; 2 float layers fit a 1.3× budget, 3 do not."""
+
+    def __init__(self, engine: Path, threads: int) -> None:
+        self.seconds = 0.002 * min(1 + int(engine.name) ** 2 / 20, 3.0)
 
     def infer(self, feed: Any) -> dict[str, Any]:
         time.sleep(self.seconds)
@@ -308,20 +312,11 @@ def test_a_real_search_times_each_candidate_against_the_fully_quantized_one(trai
     assert record["candidates"][0]["float_layers"] == 0 and record["candidates"][0]["slowdown"] == 1.0
 
 
-class _Outputs:
+class _Outputs(FakeRunner):
     """A runner whose engine answers ``hits`` (True: the reference's class 0; False: class 1) in the order asked."""
 
     def __init__(self, hits: np.ndarray) -> None:
         self.hits, self.given = hits, 0
-
-    def __enter__(self) -> _Outputs:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def input_metadata(self) -> dict[str, Any]:
-        return {"input": None}
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         count = len(feed["input"])
