@@ -33,6 +33,11 @@ class BackendSection(Section):
     enabled: bool = True
     precisions: tuple[Precision, ...] = ()
 
+    def narrowed_weights(self) -> str | None:
+        """Which INT8 weights this section's quantizer puts on a grid narrower than 8 bits (GPTQ rounds those on it, so
+        it is in the engine's key), or None."""
+        return None
+
     @model_validator(mode="after")
     def _float_search(self) -> BackendSection:
         """``keep_float: auto`` needs a target, a target needs ``auto``, and both need an INT8 engine to steer."""

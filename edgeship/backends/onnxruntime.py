@@ -21,7 +21,7 @@ from pydantic import Field, PositiveInt, model_validator
 
 from edgeship.backends.base import Availability, BackendBase, BackendInfo, CalibrationSet, Feed, Precision, Runner, TensorMeta
 from edgeship.backends.float_search import choose_float_layers
-from edgeship.backends.rounding import rounded_source
+from edgeship.backends.rounding import WeightGrid, rounded_source
 from edgeship.backends.sensitivity import SIMULATED_QDQ
 from edgeship.backends.tooling import error_line, import_problem, loggers_at
 from edgeship.config import (
@@ -69,6 +69,9 @@ class OnnxRuntimeConfig(BackendSection):
     weight_rounding: WeightRounding = weight_rounding_field()
     float_outputs: bool = Field(default=True, description="INT8: no Q/DQ pair on the model's outputs; rounding the logits to 8 bits "
                                                           "turns near-ties into ties (top-1 then follows the index)")
+
+    def narrowed_weights(self) -> str | None:
+        return "every layer on 7 bits (reduce_range)" if self.reduce_range else None
 
     @model_validator(mode="after")
     def _dynamic_takes_no_calibration_options(self) -> OnnxRuntimeConfig:
@@ -163,11 +166,19 @@ class OnnxRuntimeBackend(BackendBase):
         """``ranges``: a file of activation ranges to read, or to write when it does not exist yet (``quantize_qdq``)."""
         target = out_dir / "model.int8.onnx"
         extra: dict[str, Any] = {"CalibPercentile": cfg.percentile} if cfg.calibration_method == "percentile" else {}
-        with rounded_source(source, calibration, cfg.weight_rounding, keep, out_dir) as rounded:
+        with rounded_source(source, calibration, cfg.weight_rounding, keep, out_dir, weight_grid(cfg)) as rounded:
             quantize_qdq(rounded, target, calibration, method=cfg.calibration_method, per_channel=cfg.per_channel,
                          activation_type=cfg.activation_type, reduce_range=cfg.reduce_range, extra_options=extra,
                          nodes_to_exclude=keep, float_outputs=cfg.float_outputs, ranges=ranges)
         return target
+
+
+REDUCED_QMAX = 64  # quantize_static's symmetric int8 weights with reduce_range: -64..64, scale max|w| / 64
+
+
+def weight_grid(cfg: OnnxRuntimeConfig) -> WeightGrid:
+    """The grid ``quantize_static`` puts every weight on: 7 bits with ``reduce_range``, so GPTQ rounds on that one."""
+    return WeightGrid(REDUCED_QMAX) if cfg.reduce_range else WeightGrid()
 
 
 def mark_simulated(model_path: Path, predicts: str) -> None:

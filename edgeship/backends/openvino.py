@@ -15,7 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -36,7 +36,7 @@ from edgeship.backends.base import (
 )
 from edgeship.backends.float_search import choose_float_layers
 from edgeship.backends.openvino_native import NativeError, NativeRequest
-from edgeship.backends.rounding import rounded_source
+from edgeship.backends.rounding import WeightGrid, rounded_source
 from edgeship.backends.tooling import import_problem
 from edgeship.config import (
     AccuracyTarget,
@@ -99,6 +99,10 @@ class OpenVinoConfig(BackendSection):
     weight_rounding: WeightRounding = weight_rounding_field()
     performance_hint: Literal["latency", "throughput"] = "latency"
     benchmark_app: bool = Field(default=True, description="cross-check our latency with OpenVINO's benchmark_app on the same IR")
+
+    def narrowed_weights(self) -> str | None:
+        return {"disable": None, "enable": "plain convolutions and MatMuls on 7 bits (overflow_fix)"}.get(
+            self.overflow_fix or "", "the first convolutions on 7 bits (overflow_fix: first_layer_only)")
 
 
 INFO = BackendInfo(name="openvino", display_name="OpenVINO", colour="#9467bd", config=OpenVinoConfig, distributions=DISTRIBUTIONS,
@@ -166,7 +170,7 @@ class OpenVinoBackend(BackendBase):
         import nncf
         import openvino as ov
 
-        with rounded_source(source, calibration, cfg.weight_rounding, keep, out_dir) as rounded:
+        with rounded_source(source, calibration, cfg.weight_rounding, keep, out_dir, weight_grid(source, cfg, keep)) as rounded:
             model = ov.convert_model(str(rounded))
         ignored = nncf.IgnoredScope(patterns=[f"^{re.escape(name)}(/.*)?$" for name in keep], validate=False) if keep else None
         nncf.set_log_level(logging.WARNING)  # it logs every node an ignored scope leaves out, on the user's terminal
@@ -223,6 +227,57 @@ class _Dropping(logging.Filter):
 
 
 GENERATED_NAME = re.compile(r"^([A-Za-z][A-Za-z0-9]*)_(\d+)$")
+
+
+# NNCF's overflow fix puts a weight on 128 levels of step max|w| / 63.5 (stored as INT8 from -64 to 64): every value but
+# each channel's largest is a multiple of that step, and the largest, at 63.5 steps, NNCF rounds to 64 itself
+OVERFLOW_FIX_QMAX = 63.5
+
+
+def weight_grid(source: Path, cfg: OpenVinoConfig, keep: list[str]) -> WeightGrid:
+    """The grid NNCF puts each weight on: its overflow fix quantizes the weights it fixes to 7 bits (with ``enable``
+    every plain convolution and MatMul, not depthwise ones; by default, ``first_layer_only``, the first convolutions
+    after the inputs), so GPTQ rounds those on that grid, or NNCF would round GPTQ's integers again."""
+    if cfg.overflow_fix == "disable":
+        return WeightGrid()
+    import onnx
+
+    model = onnx.load(str(source), load_external_data=False)
+    if cfg.overflow_fix == "enable":
+        fixed = [node.name for node in model.graph.node
+                 if node.op_type == "Gemm" or (node.op_type == "Conv" and _attribute(node, "group", 1) == 1)]
+    else:
+        fixed = first_convolutions(model, set(keep))
+    return WeightGrid(narrower=tuple((name, OVERFLOW_FIX_QMAX) for name in fixed))
+
+
+def first_convolutions(model: Any, keep: set[str]) -> list[str]:
+    """The convolutions NNCF's ``first_layer_only`` overflow fix narrows, found as NNCF finds them: from each graph input,
+    breadth first, the first quantized plain convolution on every path (a grouped or depthwise one is OpenVINO's
+    GroupConvolution, which it walks past, as it walks past a node left in float)."""
+    consumers: dict[str, list[Any]] = defaultdict(list)
+    for node in model.graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    weights = {init.name for init in model.graph.initializer}
+    queue = deque(node for graph_input in model.graph.input for node in consumers[graph_input.name])
+    seen: set[str] = set()
+    first: list[str] = []
+    while queue:
+        node = queue.popleft()
+        if node.name in seen:
+            continue
+        seen.add(node.name)
+        quantized = node.name not in keep and len(node.input) > 1 and node.input[1] in weights
+        if node.op_type == "Conv" and _attribute(node, "group", 1) == 1 and quantized:
+            first.append(node.name)
+            continue
+        queue.extend(consumer for output in node.output for consumer in consumers[output])
+    return first
+
+
+def _attribute(node: Any, name: str, default: int) -> int:
+    return next((attribute.i for attribute in node.attribute if attribute.name == name), default)
 
 
 def _onnx_names(source: Path) -> set[str]:

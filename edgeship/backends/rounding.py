@@ -4,9 +4,11 @@ layer's outputs closest to FP32 on calibration data, before a backend's quantize
 Rounding each weight to the nearest grid point is what every quantizer here does. GPTQ (Frantar et al., 2023, after
 Optimal Brain Quantization) rounds one input column at a time and moves the columns not yet rounded to cancel the
 error so far, weighted by ``H = Σ x xᵀ`` of the layer's inputs on calibration samples. The grid is the one the
-backends use (symmetric, one scale per output channel, ``max|w| / 127``), and each channel's largest weight is
-pinned, so every backend's quantizer computes the same scale and reads back exactly the integers chosen here: the
-result is an ordinary FP32 ONNX that any INT8 path consumes (ONNX Runtime, NNCF, ModelOpt, the TFLite converter).
+backends use (symmetric, one scale per output channel, ``max|w| / 127``, or the 7-bit grid a backend puts a layer on
+instead, a ``WeightGrid``), and each channel's largest weight is pinned, so every backend's quantizer computes the same
+scale and reads back exactly the integers chosen here: the result is an ordinary FP32 ONNX that any INT8 path consumes
+(ONNX Runtime, NNCF, ModelOpt, the TFLite converter). Rounded on another grid than the quantizer's, the integers would be
+rounded again, to the nearest point of the quantizer's grid, and GPTQ's work lost.
 
 On EfficientNet-Lite0 with every weight in INT8 and activations in float it takes top-1 agreement with FP32 from
 82.0% to 94.2% on the sample-photo crops (measured, 64 samples); in the recipe's ONNX Runtime INT8 engine, from 93.8%
@@ -22,12 +24,13 @@ import math
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgeship.backends.sensitivity import QMAX, WEIGHTED_OPS, channel_scales, fake_quantize
+from edgeship.backends.sensitivity import QMAX, WEIGHTED_OPS, channel_scales, fake_quantize, keep_peaks
 from edgeship.memory import release_freed_memory
 from edgeship.tensors import CalibrationSet
 
@@ -38,17 +41,34 @@ BLOCK = 128  # columns whose errors reach the later columns in one product (GPTQ
 BATCH = 1  # samples per run of the model with every layer input as an output: one sample's activations are what it holds
 
 
+@dataclass(frozen=True)
+class WeightGrid:
+    """The symmetric per-channel grid a backend's quantizer puts each layer's weights on, as ``max|w|`` over its step:
+    ``qmax`` for every layer but the ``narrower`` ones (node name, qmax). 127 is INT8; ONNX Runtime's ``reduce_range``
+    puts every layer on 64 and NNCF's overflow fix the layers it fixes on 63.5 (both 7 bits, against saturation on x86
+    without VNNI). A half-integer grid leaves each channel's largest weight where it is, between two steps."""
+
+    qmax: float = QMAX
+    narrower: tuple[tuple[str, float], ...] = ()
+
+    def of(self, node: str) -> float:
+        return dict(self.narrower).get(node, self.qmax)
+
+
 @contextlib.contextmanager
-def rounded_source(source: Path, calibration: CalibrationSet, method: str, keep: Sequence[str], out_dir: Path) -> Iterator[Path]:
+def rounded_source(source: Path, calibration: CalibrationSet, method: str, keep: Sequence[str], out_dir: Path,
+                   grid: WeightGrid = WeightGrid()) -> Iterator[Path]:
     """The ONNX an INT8 quantizer should read: ``source`` itself for ``nearest``, or for ``gptq`` a copy with the
-    weights of every Conv/Gemm outside ``keep`` rounded by GPTQ, recorded in ``weight_rounding.json`` beside the
-    engine (a side file). The copy, named like ``source``, lives under ``out_dir`` only while the caller quantizes it."""
+    weights of every Conv/Gemm outside ``keep`` rounded by GPTQ on the quantizer's ``grid``, recorded in
+    ``weight_rounding.json`` beside the engine (a side file). The copy, named like ``source``, lives under ``out_dir``
+    only while the caller quantizes it."""
     if method == "nearest":
         yield source
         return
     import onnx
 
-    model, record = round_weights(source, calibration.samples, keep)  # one image input: refused with the reason otherwise
+    model, record = round_weights(source, calibration.samples, keep, grid)  # one image input: refused with the reason otherwise
+    out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=out_dir, prefix=".rounding-"))
     try:
         target = work / source.name
@@ -59,17 +79,18 @@ def rounded_source(source: Path, calibration: CalibrationSet, method: str, keep:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def round_weights(source: Path, samples: np.ndarray, keep: Sequence[str] = ()) -> tuple[Any, dict[str, Any]]:
-    """``source`` with GPTQ-rounded weights (an ``onnx.ModelProto``), and what was done: per layer, the relative
-    output error ``‖ΔW X‖ / ‖W X‖`` on the calibration inputs with nearest rounding and with GPTQ, and which of the
-    two the layer keeps (the lower)."""
+def round_weights(source: Path, samples: np.ndarray, keep: Sequence[str] = (),
+                  grid: WeightGrid = WeightGrid()) -> tuple[Any, dict[str, Any]]:
+    """``source`` with GPTQ-rounded weights (an ``onnx.ModelProto``), and what was done: per layer, its grid, the
+    relative output error ``‖ΔW X‖ / ‖W X‖`` on the calibration inputs with nearest rounding and with GPTQ, and which
+    of the two the layer keeps (the lower)."""
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load(str(source))
     inits = {init.name: init for init in model.graph.initializer}
     layers, skipped = eligible_layers(model, set(keep))
-    every_layer = _rounded_layers(str(source), source.stat().st_mtime_ns, samples[:SAMPLES].tobytes(), samples[:SAMPLES].shape)
+    every_layer = _rounded_layers(str(source), source.stat().st_mtime_ns, samples[:SAMPLES].tobytes(), samples[:SAMPLES].shape, grid)
     rows = []
     for node in layers:
         weight, row = every_layer[node.name]
@@ -82,27 +103,35 @@ def round_weights(source: Path, samples: np.ndarray, keep: Sequence[str] = ()) -
 
 
 @functools.lru_cache(maxsize=2)
-def _rounded_layers(path: str, _mtime: int, data: bytes, shape: tuple[int, ...]) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
-    """Every eligible layer's rounded weight and record: computed once per model and samples, as each INT8 backend of a
-    run asks for the same rounding (a backend's ``keep`` only leaves some of them out)."""
+def _rounded_layers(path: str, _mtime: int, data: bytes, shape: tuple[int, ...],
+                    grid: WeightGrid) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
+    """Every eligible layer's rounded weight and record: computed once per model, samples and grid, as each INT8 backend
+    of a run asks for the same rounding (a backend's ``keep`` only leaves some of them out)."""
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load(path)
     inits = {init.name: init for init in model.graph.initializer}
-    statistics = _hessians(path, np.frombuffer(data, np.float32).reshape(shape))
-    release_freed_memory()  # the activations' pages, before a converter loads beside the result
+    statistics = _hessians_of(path, data, shape)
     out = {}
     for node in eligible_layers(model, set())[0]:
-        weight = numpy_helper.to_array(inits[node.input[1]])
-        rounded, before, after = gptq(weight, statistics[node.name])
-        if not np.array_equal(fake_quantize(rounded), rounded):  # a backend's quantizer would pick other integers
+        weight, qmax = numpy_helper.to_array(inits[node.input[1]]), grid.of(node.name)
+        rounded, before, after = gptq(weight, statistics[node.name], qmax)
+        if not np.array_equal(fake_quantize(rounded, qmax), rounded):  # a backend's quantizer would pick other integers
             raise RuntimeError(f"GPTQ rounding of {node.input[1]} is not reproducible by a per-channel max-abs quantizer")
         chosen = "gptq" if after < before else "nearest"  # GPTQ is greedy: on a layer it does not help, nearest stays
-        out[node.name] = (rounded if chosen == "gptq" else fake_quantize(weight),
-                          {"node": node.name, "weight": node.input[1], "nearest_error": round(before, 6),
+        out[node.name] = (rounded if chosen == "gptq" else fake_quantize(weight, qmax),
+                          {"node": node.name, "weight": node.input[1], "qmax": qmax, "nearest_error": round(before, 6),
                            "gptq_error": round(after, 6), "chosen": chosen})
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def _hessians_of(path: str, data: bytes, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """``_hessians`` once per model and samples, whichever grids the run's backends round on."""
+    statistics = _hessians(path, np.frombuffer(data, np.float32).reshape(shape))
+    release_freed_memory()  # the activations' pages, before a converter loads beside the result
+    return statistics
 
 
 def eligible_layers(model: Any, keep: set[str]) -> tuple[list[Any], dict[str, str]]:
@@ -135,26 +164,26 @@ def eligible_layers(model: Any, keep: set[str]) -> tuple[list[Any], dict[str, st
     return layers, skipped
 
 
-def gptq(weight: np.ndarray, hessian: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """``weight`` (output channels first) on its per-channel symmetric INT8 grid by GPTQ, given ``hessian`` of shape
-    (groups, K, K) for the K inputs each output channel sees; and the relative output error of nearest and of GPTQ."""
+def gptq(weight: np.ndarray, hessian: np.ndarray, qmax: float = QMAX) -> tuple[np.ndarray, float, float]:
+    """``weight`` (output channels first) on its per-channel symmetric grid of ``±qmax`` by GPTQ, given ``hessian`` of
+    shape (groups, K, K) for the K inputs each output channel sees; and the relative output error of nearest and of GPTQ."""
     import torch
 
     out_channels = weight.shape[0]
     groups = hessian.shape[0]
     flat = weight.reshape(groups, out_channels // groups, -1).astype(np.float64)
-    scale = channel_scales(weight)
+    scale = channel_scales(weight, qmax)
     integers = _gptq_groups(torch.from_numpy(flat), torch.from_numpy(scale.reshape(groups, -1).astype(np.float64)),
-                            torch.from_numpy(hessian)).numpy()
-    rounded = (integers.astype(np.float32).reshape(out_channels, -1) * scale[:, None]).reshape(weight.shape)
-    nearest = fake_quantize(weight)
+                            torch.from_numpy(hessian), qmax).numpy()
+    rounded = keep_peaks(weight, (integers.astype(np.float32).reshape(out_channels, -1) * scale[:, None]).reshape(weight.shape), qmax)
+    nearest = fake_quantize(weight, qmax)
     return rounded, _output_error(weight, nearest, hessian), _output_error(weight, rounded, hessian)
 
 
-def _gptq_groups(weight: Any, scale: Any, hessian: Any) -> Any:
+def _gptq_groups(weight: Any, scale: Any, hessian: Any, qmax: float = QMAX) -> Any:
     """Integers for ``weight`` (groups, rows, K), each group's rows sharing one (K, K) ``hessian``: columns in order of
     decreasing input energy, the error of each spread over the columns left through the Cholesky factor of ``H⁻¹``;
-    each row's largest weight is never moved, so it stays ``±127`` and keeps the row's scale.
+    each row's largest weight is never moved, so it stays ``±qmax`` and keeps the row's scale.
 
     Every group goes at once (a depthwise layer is hundreds of groups of nine inputs), and the error reaches the
     columns beyond a block of ``BLOCK`` in one product per block, GPTQ's lazy batch update: the same arithmetic as
@@ -175,11 +204,15 @@ def _gptq_groups(weight: Any, scale: Any, hessian: Any) -> Any:
     hessian += DAMPING * mean_diagonal[:, None, None] * torch.eye(width, dtype=hessian.dtype)
     factor = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(hessian)), upper=True)
     integers = torch.empty_like(weight)
+    half_steps = not float(qmax).is_integer()
+    bound = math.floor(qmax)  # on a half-integer grid the others stay a step inside the peak, which sets the scale
     for start in range(0, width, BLOCK):
         end = min(start + BLOCK, width)
         errors = torch.empty(groups, rows, end - start, dtype=weight.dtype)
         for j in range(start, end):
-            q = torch.clamp(torch.round(weight[:, :, j] / scale), -QMAX, QMAX)
+            q = torch.clamp(torch.round(weight[:, :, j] / scale), -bound, bound)
+            if half_steps:  # the pinned peak of a half-integer grid stays where it is (``keep_peaks``): no error to spread
+                q = torch.where(movable[:, :, j], q, weight[:, :, j] / scale)
             integers[:, :, j] = q
             error = (weight[:, :, j] - q * scale) / factor[:, j, j, None]
             errors[:, :, j - start] = error

@@ -81,15 +81,26 @@ def _rank(path: str, _mtime: int, data: bytes, shape: tuple[int, ...]) -> tuple[
     return tuple(tuple(row.items()) for row in rows)
 
 
-def channel_scales(weight: np.ndarray) -> np.ndarray:
-    """The per-output-channel (axis 0) symmetric INT8 scale every backend's quantizer gives a weight: ``max|w| / 127``."""
-    return (np.maximum(np.abs(weight.reshape(weight.shape[0], -1)).max(axis=1), np.finfo(np.float32).tiny) / QMAX).astype(np.float32)
+def channel_scales(weight: np.ndarray, qmax: float = QMAX) -> np.ndarray:
+    """The per-output-channel (axis 0) symmetric scale a backend's quantizer gives a weight: ``max|w| / qmax`` (127 for
+    INT8; the 7-bit grids of ONNX Runtime's ``reduce_range`` and NNCF's overflow fix are 64 and 63.5)."""
+    return (np.maximum(np.abs(weight.reshape(weight.shape[0], -1)).max(axis=1), np.finfo(np.float32).tiny) / qmax).astype(np.float32)
 
 
-def fake_quantize(weight: np.ndarray) -> np.ndarray:
-    """Round to symmetric INT8 with one scale per output channel (axis 0), back in float32."""
-    scale = channel_scales(weight).reshape(-1, *[1] * (weight.ndim - 1))
-    return (np.clip(np.round(weight / scale), -QMAX, QMAX) * scale).astype(np.float32)
+def fake_quantize(weight: np.ndarray, qmax: float = QMAX) -> np.ndarray:
+    """Round to the symmetric grid of ``qmax`` with one scale per output channel (axis 0), back in float32."""
+    scale = channel_scales(weight, qmax).reshape(-1, *[1] * (weight.ndim - 1))
+    return keep_peaks(weight, (np.clip(np.round(weight / scale), -qmax, qmax) * scale).astype(np.float32), qmax)
+
+
+def keep_peaks(weight: np.ndarray, rounded: np.ndarray, qmax: float) -> np.ndarray:
+    """``rounded`` with each channel's largest weight as it was, on a half-integer grid (``qmax`` 63.5): that weight sets
+    the scale and sits between two steps, where the quantizer itself rounds it; on an integer grid, ``rounded``."""
+    if float(qmax).is_integer():
+        return rounded
+    flat = weight.reshape(weight.shape[0], -1)
+    peaks = np.abs(flat) == np.abs(flat).max(axis=1, keepdims=True)
+    return np.where(peaks, flat, rounded.reshape(flat.shape)).reshape(weight.shape).astype(np.float32)
 
 
 def run_onnx(model: Any, samples: Inputs) -> np.ndarray:

@@ -29,6 +29,7 @@ from edgeship.backends.base import PREPARE_INFO, CalibrationSet, Precision, Prep
 from edgeship.backends.float_search import SEARCH_FILE, SEARCH_METHOD
 from edgeship.backends.rounding import WEIGHT_ROUNDING_FILE
 from edgeship.backends.sensitivity import FLOAT_LAYERS_FILE
+from edgeship.config import BackendSection
 from edgeship.errors import BackendUnavailable, BuildError, StageError
 from edgeship.pipeline.base import Made, RunContext
 from edgeship.pipeline.child import CHILD_MODEL_BYTES, in_child
@@ -187,6 +188,9 @@ def engine_config(backend: str, precision: Precision, cfg: BaseModel) -> dict[st
     ignored = {"enabled", "precisions"} | (set() if precision is Precision.INT8 else set(getattr(cfg, "INT8_ONLY", ())))
     settings = {k: v for k, v in cfg.model_dump(mode="json").items()
                 if k not in ignored and not (k in DEFAULT_UNKEYED and v == DEFAULT_UNKEYED[k])}
+    narrowed = cfg.narrowed_weights() if isinstance(cfg, BackendSection) else None
+    if precision is Precision.INT8 and settings.get("weight_rounding") == "gptq" and narrowed:
+        settings["gptq_grid"] = narrowed  # GPTQ rounds these on the 7-bit grid since 2026-12-07; before, on 8 bits
     return {"backend": backend, "precision": precision.value, **settings}
 
 

@@ -92,6 +92,73 @@ def test_overflow_fix_halves_the_weights_range(trained_cnn: TrainedCnn, tmp_path
     assert largest["enable"] <= 64 < largest["disable"], largest
 
 
+
+def test_first_convolutions_are_the_ones_nncf_narrows() -> None:
+    """NNCF's ``first_layer_only`` overflow fix narrows the first plain convolution on each path from an input; it walks
+    past grouped (depthwise) convolutions and past nodes left in float, as ``first_convolutions`` does."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeship.backends.openvino import first_convolutions
+
+    weights = [numpy_helper.from_array(np.ones(shape, np.float32), name)
+               for name, shape in (("w_stem", (4, 3, 3, 3)), ("w_dw", (4, 1, 3, 3)), ("w_pw", (8, 4, 1, 1)), ("w_side", (8, 3, 1, 1)))]
+    nodes = [helper.make_node("Relu", ["input"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w_stem"], ["s"], name="stem", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["s", "w_dw"], ["d"], name="dw", group=4, pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["d", "w_pw"], ["p"], name="pw"),
+             helper.make_node("Conv", ["input", "w_side"], ["q"], name="side"),
+             helper.make_node("Add", ["p", "q"], ["out"], name="add")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 8, 8])], weights)
+    model = helper.make_model(graph)
+    assert first_convolutions(model, set()) == ["side", "stem"]
+    assert first_convolutions(model, {"stem"}) == ["side", "pw"]
+
+
+def dequantized_weights(engine: Path) -> list[np.ndarray]:
+    """Each INT8 weight of an OpenVINO IR as its integers times its scale (Constant i8 → Convert → Multiply)."""
+    import openvino as ov
+
+    out = []
+    for node in ov.Core().read_model(engine).get_ops():
+        if node.get_type_name() != "Multiply":
+            continue
+        convert, scale = node.input_value(0).get_node(), node.input_value(1).get_node()
+        if convert.get_type_name() == "Convert" and convert.input_value(0).get_node().get_element_type() == ov.Type.i8:
+            out.append(convert.input_value(0).get_node().get_data().astype(np.float64) * scale.get_data().astype(np.float64))
+    return out
+
+
+@pytest.mark.parametrize("overflow_fix", [None, "enable", "disable"])
+def test_nncf_keeps_the_gptq_integers(trained_cnn: TrainedCnn, tmp_path: Path, overflow_fix: str | None) -> None:
+    """GPTQ rounds each weight on the grid NNCF will put it on, 7 bits where the overflow fix narrows it: NNCF then keeps
+    every integer GPTQ chose but each channel's largest weight on a narrowed grid, which sits between two steps."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgeship.backends.openvino import OpenVinoBackend, weight_grid
+    from edgeship.backends.rounding import round_weights
+
+    calibration = CalibrationSet(trained_cnn.calibration, "fp")
+    cfg = OpenVinoConfig(subset_size=50, overflow_fix=overflow_fix, weight_rounding="gptq")
+    engine = OpenVinoBackend().build(onnx_artifact(trained_cnn.onnx), Precision.INT8, calibration, cfg, tmp_path / "ov")
+    grid = weight_grid(trained_cnn.onnx, cfg, [])
+    rounded = {init.name: numpy_helper.to_array(init).astype(np.float64)
+               for init in round_weights(trained_cnn.onnx, calibration.samples, (), grid)[0].graph.initializer}
+    layers = {node.input[1]: node.name for node in onnx.load(str(trained_cnn.onnx)).graph.node if node.op_type in ("Conv", "Gemm")}
+    narrowed = 0
+    for weight in dequantized_weights(engine):
+        name, ours = min(((name, rounded[name]) for name in layers if rounded[name].size == weight.size),
+                         key=lambda item: np.abs(item[1].reshape(-1) - weight.reshape(-1)).mean())
+        ours, theirs = ours.reshape(len(ours), -1), weight.reshape(len(ours), -1)
+        moved = ~np.isclose(ours, theirs, rtol=1e-5, atol=1e-7 * np.abs(ours).max())
+        if grid.of(layers[name]) == 127:
+            assert not moved.any(), f"{name}: NNCF moved {moved.sum()} of GPTQ's integers"
+        else:
+            narrowed += 1
+            assert (moved <= (np.abs(ours) == np.abs(ours).max(1, keepdims=True))).all(), f"{name}: NNCF moved more than the peaks"
+    assert narrowed == len(grid.narrower) == {None: 1, "enable": len(layers), "disable": 0}[overflow_fix]
+
 def test_benchmark_app_cross_check(trained_cnn: TrainedCnn, tmp_path: Path) -> None:
     from edgeship.backends.openvino import OpenVinoBackend, benchmark_app
 

@@ -12,8 +12,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeship.backends.base import CalibrationSet
-from edgeship.backends.onnxruntime import OnnxRuntimeBackend, unquantize_outputs
-from edgeship.backends.rounding import BLOCK, WEIGHT_ROUNDING_FILE, _hessians, _im2col, eligible_layers, gptq, round_weights
+from edgeship.backends.onnxruntime import OnnxRuntimeBackend, quantize_qdq, unquantize_outputs
+from edgeship.backends.rounding import BLOCK, WEIGHT_ROUNDING_FILE, WeightGrid, _hessians, _im2col, eligible_layers, gptq, round_weights
 from edgeship.backends.sensitivity import fake_quantize, run_onnx
 from edgeship.recipe import OnnxRuntimeConfig
 
@@ -154,23 +154,57 @@ def test_statistics_come_from_the_samples_given(net: Path, samples: np.ndarray) 
     assert not np.allclose(one["pw"], two["pw"])
 
 
-def test_onnxruntime_int8_stores_the_gptq_integers(net: Path, samples: np.ndarray, tmp_path: Path) -> None:
-    """ONNX Runtime's quantizer re-derives each scale from the rounded weights and lands on the integers GPTQ chose."""
+@pytest.mark.parametrize("reduce_range, qmax", [(False, QMAX), (True, 64)], ids=["8-bit", "reduce_range"])
+def test_onnxruntime_int8_stores_the_gptq_integers(net: Path, samples: np.ndarray, tmp_path: Path, reduce_range: bool, qmax: int) -> None:
+    """ONNX Runtime's quantizer re-derives each scale from the rounded weights and lands on the integers GPTQ chose, on
+    the grid it quantizes to: 7 bits (±64) with ``reduce_range``."""
     out = tmp_path / "gptq"
     out.mkdir()
-    cfg = OnnxRuntimeConfig(reduce_range=False, weight_rounding="gptq")
+    cfg = OnnxRuntimeConfig(reduce_range=reduce_range, weight_rounding="gptq")
     engine = OnnxRuntimeBackend()._build_int8(net, CalibrationSet(samples, "t"), cfg, out)
-    model, _ = round_weights(net, samples)
+    model, _ = round_weights(net, samples, grid=WeightGrid(qmax))
     rounded = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     stored = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(engine)).graph.initializer}
     for name in ("w_stem", "w_dw", "w_pw", "w_fc"):
         w = rounded[name]
-        scale = np.abs(w.reshape(len(w), -1)).max(1) / QMAX
+        scale = np.abs(w.reshape(len(w), -1)).max(1) / qmax
         expected = np.round(w.reshape(len(w), -1) / scale[:, None]).reshape(w.shape)
         np.testing.assert_array_equal(stored[f"{name}_quantized"].astype(np.float32), expected)
+        assert np.abs(expected).max() == qmax
     record = json.loads((out / WEIGHT_ROUNDING_FILE).read_text())
     assert [row["weight"] for row in record["layers"]] == ["w_stem", "w_dw", "w_pw", "w_fc"]
+    assert {row["qmax"] for row in record["layers"]} == {qmax}
     assert sorted(p.name for p in out.iterdir()) == ["model.int8.onnx", WEIGHT_ROUNDING_FILE]
+
+
+def test_gptq_on_the_quantizers_grid_beats_gptq_rounded_again(net: Path, samples: np.ndarray, tmp_path: Path) -> None:
+    """With 7-bit weights, GPTQ's integers for the 8-bit grid are rounded again by the quantizer, and most of what GPTQ
+    chose is lost: rounded on the quantizer's own grid, the engine follows FP32 closer."""
+    reference = ort.InferenceSession(str(net), providers=["CPUExecutionProvider"]).run(None, {"input": samples})[0]
+    errors = {}
+    for name, grid in (("8-bit grid", WeightGrid()), ("7-bit grid", WeightGrid(64))):
+        source, target = tmp_path / f"{name}.onnx", tmp_path / f"{name}.int8.onnx"
+        onnx.save(round_weights(net, samples, grid=grid)[0], str(source))
+        quantize_qdq(source, target, CalibrationSet(samples, "t"), method="minmax", per_channel=True, activation_type="uint8",
+                     reduce_range=True)
+        got = run_onnx(onnx.load(str(target)), samples)
+        errors[name] = float(np.linalg.norm(got - reference) / np.linalg.norm(reference))
+    assert errors["7-bit grid"] < errors["8-bit grid"], errors
+
+
+def test_a_half_integer_grid_keeps_each_channels_peak(net: Path, samples: np.ndarray) -> None:
+    """NNCF's overflow fix puts weights on steps of max|w| / 63.5: every other weight lands on a step, and the largest,
+    which sets the scale, stays where it is (the quantizer rounds it itself)."""
+    model, record = round_weights(net, samples, grid=WeightGrid(narrower=(("stem", 63.5),)))
+    original = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(net)).graph.initializer}
+    rounded = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    w, r = original["w_stem"].reshape(8, -1), rounded["w_stem"].reshape(8, -1)
+    peaks = np.abs(w) == np.abs(w).max(1, keepdims=True)
+    np.testing.assert_array_equal(r[peaks], w[peaks])
+    steps = r / (np.abs(w).max(1, keepdims=True) / 63.5)
+    np.testing.assert_allclose(steps[~peaks], np.round(steps[~peaks]), atol=1e-4)
+    assert np.abs(np.round(steps[~peaks])).max() <= 63
+    assert {row["node"]: row["qmax"] for row in record["layers"]} == {"stem": 63.5, "dw": QMAX, "pw": QMAX, "fc": QMAX}
 
 
 def test_gptq_int8_follows_fp32_closer_than_nearest(net: Path, samples: np.ndarray, tmp_path: Path) -> None:
@@ -205,8 +239,8 @@ def test_a_layer_gptq_does_not_help_keeps_nearest_rounding(net: Path, samples: n
 
     real = rounding.gptq
 
-    def worse_on_dw(weight: np.ndarray, hessian: np.ndarray) -> tuple[np.ndarray, float, float]:
-        rounded, before, after = real(weight, hessian)
+    def worse_on_dw(weight: np.ndarray, hessian: np.ndarray, qmax: float) -> tuple[np.ndarray, float, float]:
+        rounded, before, after = real(weight, hessian, qmax)
         return (rounded, before, before * 1.5) if weight.shape[1] == 1 else (rounded, before, after)
 
     monkeypatch.setattr(rounding, "gptq", worse_on_dw)
