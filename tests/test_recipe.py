@@ -60,6 +60,8 @@ def test_nested_typo_lists_that_sections_keys(tmp_path: Path) -> None:
         ("task: generic\nmodel: {factory: 'a.b:c', inputs: [{name: x, shape: [b, 3]}]}\ndistill: {ablation: true}",
          r"distill.ablation: the hard-label fine-tune needs labels"),
         ("backends: {onnxruntime: {mode: dynamic, keep_float: 2}}", r"keep_float shapes a static INT8 build; mode: dynamic"),
+        ("backends: {onnxruntime: {weight_rounding: gptq, per_channel: false}}",
+         r"weight_rounding: gptq rounds each output channel on its own scale, and per_channel: false"),
         ("backends: {openvino: {model_type: bert}}", r"'backends.openvino.model_type'"),
         ("model: {onnx: net.pt}", r"'model': onnx: expected a .onnx file or 'package://<package>/<file>.onnx'"),
         ("data: {dataset: arrays}", r"'data': dataset arrays needs path"),

@@ -81,6 +81,9 @@ class OnnxRuntimeConfig(BackendSection):
             if static:
                 raise ValueError(f"{static[0]} shapes a static INT8 build; mode: dynamic quantizes MatMul/Gemm weights only "
                                  "and calibrates nothing")
+        if self.weight_rounding == "gptq" and not self.per_channel:
+            raise ValueError("weight_rounding: gptq rounds each output channel on its own scale, and per_channel: false gives "
+                             "a weight one scale, which would round GPTQ's integers again: set per_channel: true")
         return self
 
 

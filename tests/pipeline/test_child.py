@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 
@@ -46,3 +48,23 @@ def test_a_stage_error_in_the_child_is_the_same_one_line_error_in_the_parent() -
     with pytest.raises(StageError, match=r"stage 'export' failed: torch.onnx.export failed: UnsupportedOperatorError") as caught:
         in_child(_export_fails)
     assert (caught.value.stage, caught.value.reason) == ("export", "torch.onnx.export failed: UnsupportedOperatorError: aten::weird")
+
+
+def test_a_child_ends_when_its_run_is_killed() -> None:
+    """A run killed outright (SIGKILL: no chance to stop its children) leaves no build child working on."""
+    run = subprocess.Popen([sys.executable, "-c", "import time\nfrom edgeship.pipeline.child import in_child\nin_child(time.sleep, 120)"])
+    try:
+        deadline = time.monotonic() + 60
+        workers: list[psutil.Process] = []
+        while not workers and time.monotonic() < deadline:
+            time.sleep(0.2)
+            workers = [child for child in psutil.Process(run.pid).children(recursive=True)
+                       if "spawn_main" in " ".join(child.cmdline()) and "resource_tracker" not in " ".join(child.cmdline())]
+        assert workers, "the run started no child"
+        time.sleep(1.0)  # the child's initializer has run by the time it takes work; give its watch a moment to start
+        run.kill()
+        run.wait()
+        _, alive = psutil.wait_procs(workers, timeout=10)
+        assert not alive, f"the child outlived its run: {[p.pid for p in alive]}"
+    finally:
+        run.kill()
