@@ -37,8 +37,10 @@ def weight_rounding_line(row: EngineRow) -> str:
     layers = done["layers"]
     ratio = done.get("median_error_ratio")
     gain = f"; each layer's output error on them is ×{ratio:.2f} of nearest rounding's (median)" if ratio is not None else ""
+    narrowed = sum(1 for layer in layers if layer.get("qmax", 127) != 127)  # records from before grids were kept: 8 bits
+    grid = f" ({narrowed} of them on the quantizer's 7-bit grid)" if narrowed else ""
     return (f"{row.name}: {len(layers)} layers' INT8 weights rounded by {done['method'].upper()} on {done['samples']} "
-            f"calibration samples{gain}" + (f"; {len(done['skipped'])} layers not rounded" if done.get("skipped") else ""))
+            f"calibration samples{grid}{gain}" + (f"; {len(done['skipped'])} layers not rounded" if done.get("skipped") else ""))
 
 
 def interval_text(ci95: Sequence[float] | None, groups: int | None = None) -> str:

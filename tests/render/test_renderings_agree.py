@@ -102,3 +102,14 @@ def test_a_budgeted_search_shows_each_candidates_ratio_in_the_debug_table_the_li
     assert [tuple(line.get_ydata()) for line in low.lines][0] == (1.0, 1.29, 1.57), "each ratio from the rounds that judged it"
     assert any(set(line.get_ydata()) == {1.3} for line in low.lines[1:]), "the budget drawn"
     assert "÷ fully quantized" in low.get_ylabel()
+
+
+def test_the_rounding_line_says_how_many_layers_went_on_a_7_bit_grid() -> None:
+    from edgeship.render.text import weight_rounding_line
+
+    layers = [{"node": "stem", "qmax": 63.5}, {"node": "dw", "qmax": 127}, {"node": "fc"}]  # "fc": a record without grids
+    row = _row(weight_rounding={"method": "gptq", "samples": 64, "layers": layers, "skipped": {}, "median_error_ratio": 0.5})
+    line = weight_rounding_line(row)
+    assert line.startswith("onnxruntime/int8: 3 layers' INT8 weights rounded by GPTQ on 64 calibration samples (1 of them on "
+                           "the quantizer's 7-bit grid); each layer's output error")
+    assert "7-bit" not in weight_rounding_line(_row(weight_rounding={"method": "gptq", "samples": 64, "layers": layers[1:]}))
