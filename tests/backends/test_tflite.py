@@ -325,3 +325,20 @@ def test_with_gptq_a_kept_layer_gets_its_own_weights_back_from_one_shared_conver
         float_weights = [interpreter.get_tensor(t["index"]) for t in interpreter.get_tensor_details()
                          if t["dtype"] == np.float32 and tuple(t["shape"]) == ohwi.shape]
         assert any(np.array_equal(w, ohwi) for w in float_weights) is kept, f"{name}: the exported weights in float, OHWI"
+    # the fully quantized engine stores GPTQ's integers on every layer, the dense one included (per-channel scales)
+    from edgeship.backends.rounding import round_weights
+
+    rounded = [numpy_helper.to_array(init) for init in round_weights(trained_cnn.onnx, calibration.samples)[0].graph.initializer
+               if init.name in {node.input[1] for node in graph.node if node.op_type in ("Conv", "Gemm")}]
+    interpreter = tflite._interpreter(tmp_path / "none" / "model.int8.tflite", threads=1)
+    stored = 0
+    for tensor in interpreter.get_tensor_details():
+        scales, axis = tensor["quantization_parameters"]["scales"], tensor["quantization_parameters"]["quantized_dimension"]
+        if tensor["dtype"] != np.int8 or len(tensor["shape"]) not in (2, 4) or len(scales) < 2:
+            continue
+        integers = interpreter.get_tensor(tensor["index"]).astype(np.float64)
+        values = np.sort((integers * np.expand_dims(scales, [d for d in range(integers.ndim) if d != axis])).ravel())
+        assert any(w.size == values.size and np.allclose(np.sort(w.ravel()), values, rtol=1e-6, atol=1e-6 * np.abs(w).max())
+                   for w in rounded), f"{tensor['name']}: not GPTQ's values"
+        stored += 1
+    assert stored == len(rounded), (stored, len(rounded))
