@@ -101,8 +101,11 @@ class OpenVinoConfig(BackendSection):
     benchmark_app: bool = Field(default=True, description="cross-check our latency with OpenVINO's benchmark_app on the same IR")
 
     def narrowed_weights(self) -> str | None:
-        return {"disable": None, "enable": "plain convolutions and MatMuls on 7 bits (overflow_fix)"}.get(
-            self.overflow_fix or "", "the first convolutions on 7 bits (overflow_fix: first_layer_only)")
+        if self.overflow_fix == "disable":
+            return None
+        if self.overflow_fix == "enable":
+            return "plain convolutions and MatMuls on 7 bits (overflow_fix)"
+        return "the first convolutions on 7 bits (overflow_fix: first_layer_only)"  # NNCF's default, None here
 
 
 INFO = BackendInfo(name="openvino", display_name="OpenVINO", colour="#9467bd", config=OpenVinoConfig, distributions=DISTRIBUTIONS,

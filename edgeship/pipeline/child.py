@@ -33,7 +33,7 @@ def in_child(work: Callable[..., T], *args: Any, show: Callable[[str], None] = l
     to ``show`` while it runs, its result returned."""
     context = multiprocessing.get_context("spawn")
     notes = context.SimpleQueue()
-    with ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_take_notes, initargs=(notes, os.getpid())) as pool:
+    with ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_set_up, initargs=(notes, os.getpid())) as pool:
         future = pool.submit(_noting, work, *args)
         # multiprocessing's queue feeder thread keeps the last call it sent, pickled, until it sends another: an empty
         # call after the work lets go of the work's arguments (a calibration set: hundreds of MB) while the child runs
@@ -45,7 +45,8 @@ def in_child(work: Callable[..., T], *args: Any, show: Callable[[str], None] = l
         return future.result()
 
 
-def _take_notes(notes: Any, parent: int) -> None:
+def _set_up(notes: Any, parent: int) -> None:
+    """In the child, before any work: its notes go to ``notes``, and it ends when ``parent``, its run, is gone."""
     global _NOTES
     _NOTES = notes
     threading.Thread(target=_end_with, args=(parent,), name="edgeship-parent-watch", daemon=True).start()
