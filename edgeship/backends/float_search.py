@@ -81,7 +81,8 @@ class FloatChoice:
 def choose_float_layers(source: Path, calibration: CalibrationSet, setting: KeepFloat, target: AccuracyTarget | None, out_dir: Path,
                         build: Callable[[list[str], Path], Path], runner: Callable[[Path, int], Runner], *,
                         reuse: bool = False, placement: Placement = "layer_inputs", also_ranked: tuple[str, ...] = (),
-                        as_written: Callable[[Path, int], Runner] | None = None, method_note: str = "") -> FloatChoice:
+                        as_written: Callable[[Path, int], Runner] | None = None,
+                        weights_alone: Callable[[], tuple[Any, int]] | None = None, method_note: str = "") -> FloatChoice:
     """The ONNX node names the INT8 build of ``source`` keeps in float: ``setting`` layers of the weight-only ranking, or for
     ``auto`` the smallest top of the activation-aware ranking whose candidate (``build(nodes, folder)``, run by
     ``runner(path, threads)``) meets ``target`` on the validation split. ``reuse``: the chosen candidate's files are moved
@@ -90,8 +91,10 @@ def choose_float_layers(source: Path, calibration: CalibrationSet, setting: Keep
     Conv/Gemm/MatMul whose quantization costs the backend accuracy of its own (TFLite's int8 residual ``Add``), ranked and
     kept in float like layers. ``as_written``: a runner that computes a candidate's Q/DQ as written rather than on this
     CPU's integer kernels; the fully quantized candidate is scored both ways, so the record shows what the kernels cost
-    (x86 without VNNI saturates) apart from what the quantization costs. ``method_note``: how the backend's candidates
-    are built beyond that, for the record."""
+    (x86 without VNNI saturates) apart from what the quantization costs. ``weights_alone``: the FP32 ONNX with its weights
+    on the values the engine stores and how many layers those are (``rounding.weights_alone``); scored beside the fully
+    quantized candidate, it splits that candidate's loss between weights and activations. ``method_note``: how the
+    backend's candidates are built beyond that, for the record."""
     if setting != "auto":
         return FloatChoice(keep_float(source, calibration.samples, setting, out_dir) if setting else [])
     if target is None or calibration.search is None:
@@ -118,6 +121,8 @@ def choose_float_layers(source: Path, calibration: CalibrationSet, setting: Keep
                                        as_written if count == 0 else None)
             if "engine" in candidates[count]:
                 engines[count] = Path(candidates[count].pop("engine"))
+            if count == 0 and weights_alone is not None:
+                candidates[0]["weights_alone"] = _score_weights_alone(weights_alone, reference, search, target)
         return candidates[count]
 
     try:
@@ -292,6 +297,18 @@ def _score(nodes: list[str], count: int, build: Callable[[list[str], Path], Path
         meets = scores["top1_drop_points"] <= target.max_drop_points
     return {"float_layers": count, "nodes": nodes, **scores, "meets": meets, "p50_ms": round(p50, 4),
             "build_seconds": round(built, 2), "seconds": round(time.perf_counter() - started, 2), "engine": str(engine)}
+
+
+def _score_weights_alone(weights_alone: Callable[[], tuple[Any, int]], reference: list[np.ndarray], search: SearchSet,
+                         target: AccuracyTarget) -> dict[str, Any]:
+    """The figures of the FP32 model with its weights on their INT8 values (``weights_alone``) and how many layers those are;
+    only the count where no layer is quantized that way (a transformer's MatMuls read activations on both sides)."""
+    note_step("keep_float auto: scoring the weights alone in INT8, the activations in float")
+    model, layers = weights_alone()
+    if not layers:
+        return {"layers": 0}
+    outputs = [output.astype(np.float32) for output in run_onnx_outputs(model, search.inputs)]
+    return {**_fidelity(outputs, reference, search, target), "layers": layers}
 
 
 def _fidelity(outputs: list[np.ndarray], reference: list[np.ndarray], search: SearchSet, target: AccuracyTarget) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from pydantic import Field, PositiveInt, model_validator
 
 from edgeship.backends.base import Availability, BackendBase, BackendInfo, CalibrationSet, Feed, Precision, Runner, TensorMeta
 from edgeship.backends.float_search import choose_float_layers
-from edgeship.backends.rounding import WeightGrid, rounded_source
+from edgeship.backends.rounding import WeightGrid, rounded_source, weights_alone
 from edgeship.backends.sensitivity import SIMULATED_QDQ
 from edgeship.backends.tooling import error_line, import_problem, loggers_at
 from edgeship.config import (
@@ -158,6 +158,9 @@ class OnnxRuntimeBackend(BackendBase):
                                          placement="every_op",  # quantize_static quantizes every op it can
                                          as_written=lambda engine, threads: OnnxRuntimeRunner(engine, threads=threads,
                                                                                              qdq_as_written=True),
+                                         # per-tensor weights (per_channel: false) sit on a grid weights_alone does not model
+                                         weights_alone=(lambda: weights_alone(source, calibration, cfg.weight_rounding,
+                                                                              weight_grid(cfg))) if cfg.per_channel else None,
                                          method_note=SHARED_RANGES)
         finally:
             ranges.unlink(missing_ok=True)

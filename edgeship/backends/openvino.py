@@ -36,7 +36,7 @@ from edgeship.backends.base import (
 )
 from edgeship.backends.float_search import choose_float_layers
 from edgeship.backends.openvino_native import NativeError, NativeRequest
-from edgeship.backends.rounding import WeightGrid, rounded_source
+from edgeship.backends.rounding import WeightGrid, rounded_source, weights_alone
 from edgeship.backends.tooling import import_problem
 from edgeship.config import (
     AccuracyTarget,
@@ -160,7 +160,9 @@ class OpenVinoBackend(BackendBase):
             chosen = choose_float_layers(source, calibration, cfg.keep_float, cfg.accuracy_target, out_dir,
                                          build=lambda nodes, folder: self._save(self._quantize(source, calibration, cfg, folder, nodes),
                                                                                 source, precision, cfg, folder),
-                                         runner=lambda engine, threads: self.runner(engine, threads=threads), reuse=True)
+                                         runner=lambda engine, threads: self.runner(engine, threads=threads), reuse=True,
+                                         weights_alone=lambda: weights_alone(source, calibration, cfg.weight_rounding,
+                                                                             weight_grid(source, cfg, [])))
             if chosen.engine is not None:
                 return chosen.engine
             model = self._quantize(source, calibration, cfg, out_dir, chosen.nodes)

@@ -79,6 +79,26 @@ def rounded_source(source: Path, calibration: CalibrationSet, method: str, keep:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def weights_alone(source: Path, calibration: CalibrationSet, method: str, grid: WeightGrid = WeightGrid()) -> tuple[Any, int]:
+    """``source`` (an ``onnx.ModelProto``) with the weights of every layer an INT8 engine quantizes here
+    (``eligible_layers``) on the values it stores — GPTQ's (``method`` ``gptq``) or the nearest, on ``grid`` — and every
+    activation left in float; and how many layers that is. Scored beside the fully quantized engine, it tells how much of
+    the engine's INT8 loss its weights account for, and so whether better rounding or better activation ranges would pay."""
+    if method == "gptq":
+        model, record = round_weights(source, calibration.samples, (), grid)
+        return model, len(record["layers"])
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(source))
+    inits = {init.name: init for init in model.graph.initializer}
+    layers, _ = eligible_layers(model, set())
+    for node in layers:
+        weight = fake_quantize(numpy_helper.to_array(inits[node.input[1]]), grid.of(node.name))
+        inits[node.input[1]].CopyFrom(numpy_helper.from_array(weight, node.input[1]))
+    return model, len(layers)
+
+
 def round_weights(source: Path, samples: np.ndarray, keep: Sequence[str] = (),
                   grid: WeightGrid = WeightGrid()) -> tuple[Any, dict[str, Any]]:
     """``source`` with GPTQ-rounded weights (an ``onnx.ModelProto``), and what was done: per layer, its grid, the

@@ -39,7 +39,7 @@ from edgeship.backends.base import PREPARE_INFO, Availability, BackendBase, Back
 from edgeship.backends.float_search import choose_float_layers
 from edgeship.backends.modelopt_worker import MODELOPT_MISSING
 from edgeship.backends.onnxruntime import OnnxRuntimeRunner, mark_simulated, onnx_precision, quantize_qdq
-from edgeship.backends.rounding import rounded_source
+from edgeship.backends.rounding import rounded_source, weights_alone
 from edgeship.backends.tooling import captured_output, error_line, fed_inputs, import_problem, importable
 from edgeship.config import (
     AccuracyTarget,
@@ -253,6 +253,7 @@ class TensorRtBackend(BackendBase):
         try:
             chosen = choose_float_layers(source, calibration, cfg.keep_float, cfg.accuracy_target, target.parent, build=candidate,
                                          runner=lambda engine, threads: OnnxRuntimeRunner(engine, threads=threads),
+                                         weights_alone=lambda: weights_alone(source, calibration, cfg.weight_rounding),
                                          method_note=SHARED_SCALES)
             info = self._write_qdq(source, target, calibration, cfg, work, chosen.nodes, shared)  # the scales the search scored
         finally:

@@ -31,7 +31,7 @@ from pydantic import Field, PositiveInt, model_validator
 
 from edgeship.backends.base import Availability, BackendBase, BackendInfo, CalibrationSet, Feed, Precision, Runner, TensorMeta
 from edgeship.backends.float_search import choose_float_layers
-from edgeship.backends.rounding import WEIGHT_ROUNDING_FILE, round_weights, rounded_source
+from edgeship.backends.rounding import WEIGHT_ROUNDING_FILE, round_weights, rounded_source, weights_alone
 from edgeship.backends.sensitivity import PASS_THROUGH, run_onnx_outputs
 from edgeship.backends.tooling import captured_output, error_line, fed_inputs, import_problem, importable
 from edgeship.config import (
@@ -158,7 +158,8 @@ class TfliteBackend(BackendBase):
                                      build=lambda nodes, folder: quantizer.build(onnx, nodes, folder),
                                      runner=lambda engine, threads: self.runner(engine, threads=threads), reuse=True,
                                      placement="every_op",  # the converter quantizes every op it has an INT8 kernel for
-                                     also_ranked=("Add",))  # its int8 Adds (residual sums) cost accuracy of their own
+                                     also_ranked=("Add",),  # its int8 Adds (residual sums) cost accuracy of their own
+                                     weights_alone=lambda: weights_alone(onnx, calibration, cfg.weight_rounding))
         return chosen.engine or quantizer.build(onnx, chosen.nodes, out_dir)
 
     def runner(self, engine: Path, *, threads: int) -> TfliteRunner:

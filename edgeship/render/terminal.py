@@ -26,6 +26,7 @@ from edgeship.render.text import (
     interval_text,
     student_measure,
     verdict_measure,
+    weights_alone_text,
 )
 from edgeship.render.text import pct as _pct
 from edgeship.render.text import size as _size
@@ -206,6 +207,9 @@ def print_float_search(row: EngineRow, console: Console) -> bool:
         table.add_row(str(candidate["float_layers"]), str(len(candidate["nodes"])), *figures, f"{candidate['p50_ms']:.3f}", *timed,
                       "yes" if candidate["meets"] else "no", "chosen" if candidate["float_layers"] == search["chosen"] else "")
     console.print(table)
+    alone = weights_alone_text(search)
+    if alone:
+        console.print(f"[dim]{escape(alone)}; the gap between the two comes with the activations in INT8[/dim]", soft_wrap=True)
     if budget:
         console.print(f"[dim]the budget: p50 at most {budget['max_slowdown']:g}× the fully quantized candidate's, the median of "
                       f"their ratios over {budget['rounds']} interleaved rounds, each candidate timed with it alone "

@@ -17,10 +17,12 @@ from test_sensitivity import two_convs
 
 from edgeship.backends import float_search
 from edgeship.backends.float_search import SEARCH_FILE, _reverted, choose_float_layers, rank_by_reverting
-from edgeship.backends.onnxruntime import OnnxRuntimeBackend, quantize_qdq
+from edgeship.backends.onnxruntime import OnnxRuntimeBackend, quantize_qdq, weight_grid
+from edgeship.backends.rounding import eligible_layers, weights_alone
 from edgeship.backends.sensitivity import FLOAT_LAYERS_FILE, run_onnx
 from edgeship.config import AccuracyTarget
 from edgeship.device import describe_device, saturates_u8s8
+from edgeship.measure import agreement
 from edgeship.recipe import OnnxRuntimeConfig, OpenVinoConfig, TensorRtConfig
 from edgeship.tensors import CalibrationSet, SearchSet
 
@@ -270,6 +272,13 @@ def test_a_real_search_on_onnx_runtime_meets_its_target_on_validation_samples(tr
         written = full["as_written"]
         assert set(written) == {"cosine", "agreement", "agreement_ci95", "agreement_low", "agreement_groups", "top1_drop_points"}
         assert 0 <= written["agreement"] <= 1
+        alone = full["weights_alone"]  # its weights alone in INT8, the activations in float: the other half of its loss
+        assert set(alone) == {*written, "layers"} and alone["layers"] == len(eligible_layers(onnx.load(str(trained_cnn.onnx)), set())[0])
+        weights, _ = weights_alone(trained_cnn.onnx, calibration, cfg.weight_rounding, weight_grid(cfg))  # 7 bits here
+        expected = agreement(run_onnx(weights, search.inputs), run_onnx(onnx.load(str(trained_cnn.onnx)), search.inputs))
+        assert alone["cosine"] == pytest.approx(expected["mean_cosine"], abs=1e-6) and alone["cosine"] < 1
+        assert alone["agreement"] == pytest.approx(expected["top1_agreement"], abs=1e-6)
+        assert [c for c in record["candidates"] if "weights_alone" in c] == [full]
         for candidate in record["candidates"]:  # independent samples: Wilson's interval, around the figure itself
             low, high = candidate["agreement_ci95"]
             assert low == candidate["agreement_low"] <= candidate["agreement"] <= high and candidate["agreement_groups"] is None

@@ -13,7 +13,17 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgeship.backends.base import CalibrationSet
 from edgeship.backends.onnxruntime import OnnxRuntimeBackend, quantize_qdq, unquantize_outputs
-from edgeship.backends.rounding import BLOCK, WEIGHT_ROUNDING_FILE, WeightGrid, _hessians, _im2col, eligible_layers, gptq, round_weights
+from edgeship.backends.rounding import (
+    BLOCK,
+    WEIGHT_ROUNDING_FILE,
+    WeightGrid,
+    _hessians,
+    _im2col,
+    eligible_layers,
+    gptq,
+    round_weights,
+    weights_alone,
+)
 from edgeship.backends.sensitivity import fake_quantize, run_onnx
 from edgeship.recipe import OnnxRuntimeConfig
 
@@ -175,6 +185,28 @@ def test_onnxruntime_int8_stores_the_gptq_integers(net: Path, samples: np.ndarra
     assert [row["weight"] for row in record["layers"]] == ["w_stem", "w_dw", "w_pw", "w_fc"]
     assert {row["qmax"] for row in record["layers"]} == {qmax}
     assert sorted(p.name for p in out.iterdir()) == ["model.int8.onnx", WEIGHT_ROUNDING_FILE]
+
+
+@pytest.mark.parametrize("method", ["nearest", "gptq"])
+@pytest.mark.parametrize("reduce_range", [False, True], ids=["8-bit", "reduce_range"])
+def test_the_weights_alone_are_the_values_the_engine_stores(net: Path, samples: np.ndarray, tmp_path: Path, method: str,
+                                                            reduce_range: bool) -> None:
+    """``weights_alone``, which the search scores beside the fully quantized engine, holds each layer's weights as the
+    engine dequantizes them (its integers times its scales), and every other value as in the FP32 model."""
+    cfg = OnnxRuntimeConfig(reduce_range=reduce_range, weight_rounding=method)
+    engine = OnnxRuntimeBackend()._build_int8(net, CalibrationSet(samples, "t"), cfg, tmp_path)
+    stored = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(engine)).graph.initializer}
+    model, layers = weights_alone(net, CalibrationSet(samples, "t"), method, WeightGrid(64 if reduce_range else QMAX))
+    alone = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    original = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(net)).graph.initializer}
+    assert layers == 4 and set(alone) == set(original)
+    for name, value in alone.items():
+        if name in ("w_stem", "w_dw", "w_pw", "w_fc"):
+            dequantized = stored[f"{name}_quantized"].astype(np.float32) * stored[f"{name}_scale"].reshape(-1, *[1] * (value.ndim - 1))
+            np.testing.assert_allclose(value, dequantized, rtol=1e-6, atol=0)
+            assert not np.array_equal(value, original[name])
+        else:
+            np.testing.assert_array_equal(value, original[name])
 
 
 def test_gptq_on_the_quantizers_grid_beats_gptq_rounded_again(net: Path, samples: np.ndarray, tmp_path: Path) -> None:
