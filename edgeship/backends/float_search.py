@@ -302,7 +302,8 @@ def _score(nodes: list[str], count: int, build: Callable[[list[str], Path], Path
 def _score_weights_alone(weights_alone: Callable[[], tuple[Any, int]], reference: list[np.ndarray], search: SearchSet,
                          target: AccuracyTarget) -> dict[str, Any]:
     """The figures of the FP32 model with its weights on their INT8 values (``weights_alone``) and how many layers those are;
-    only the count where no layer is quantized that way (a transformer's MatMuls read activations on both sides)."""
+    only the count where the model has no such layer (``weights_alone`` rounds Conv and Gemm weights; a transformer's
+    weights are MatMul inputs)."""
     note_step("keep_float auto: scoring the weights alone in INT8, the activations in float")
     model, layers = weights_alone()
     if not layers:
