@@ -71,8 +71,8 @@ def float_layers_line(row: EngineRow) -> str:
         full = next((c for c in search["candidates"] if c["float_layers"] == 0 and "as_written" in c), None)
         kernels = (f"; fully quantized: {figure(full)} on the build machine's integer kernels, {figure(full['as_written'])} with its Q/DQ "
                    "computed as written" if full else "")
-        alone = weights_alone_text(search)
-        kernels += f"; {alone}" if alone else ""
+        alone = weights_alone_text(search, with_engine=not full)  # beside the figures above, or with the engine's own
+        kernels += f"{',' if full else ';'} {alone}" if alone else ""
         return (f"{row.name}: keep_float auto: {search['chosen']} of {len(search['ranking'])} ranked layers kept in float "
                 f"({len(kept['nodes'])} with the layers feeding them), the fewest that {outcome} {search['target_text']} on "
                 f"{search['samples']} validation samples: {figure(chosen, spread=True)}"
@@ -85,18 +85,19 @@ def float_layers_line(row: EngineRow) -> str:
             f"most INT8-sensitive, weights alone in INT8 on {kept['samples']} calibration samples: {worst}")
 
 
-def weights_alone_text(search: Mapping[str, Any]) -> str:
-    """The fully quantized candidate beside its weights alone in INT8 (activations in float), where the search scored them:
-    which half of the INT8 loss a user should work on. Empty for searches recorded without it."""
+def weights_alone_text(search: Mapping[str, Any], *, with_engine: bool = True) -> str:
+    """The fully quantized candidate's weights alone in INT8 (activations in float), where the search scored them, after
+    the engine's own figure (``with_engine``): which half of the INT8 loss a user should work on. Empty for searches
+    recorded without it."""
     full = next((c for c in search["candidates"] if c["float_layers"] == 0), None)
     alone = full.get("weights_alone") if full else None
-    if not alone or not alone.get("layers"):
+    if not full or not alone or not alone.get("layers"):
         return ""
-    if search.get("measure") == "cosine":
-        return (f"fully quantized output cosine {full['cosine']:.5f}, its weights alone in INT8 ({alone['layers']} layers, "
-                f"activations in float) {alone['cosine']:.5f}")
-    return (f"fully quantized agreement {100 * full['agreement']:.2f}%, its weights alone in INT8 ({alone['layers']} layers, "
-            f"activations in float) {100 * alone['agreement']:.2f}%")
+    cosine = search.get("measure") == "cosine"
+    figure = (lambda scores: f"output cosine {scores['cosine']:.5f}") if cosine else (
+        lambda scores: f"agreement {100 * scores['agreement']:.2f}%")
+    engine = f"fully quantized {figure(full)}, " if with_engine else ""
+    return f"{engine}its weights alone in INT8 ({alone['layers']} layers, activations in float) {figure(alone)}"
 
 
 def dataset_warnings(report: Report) -> list[str]:
