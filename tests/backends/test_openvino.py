@@ -129,22 +129,23 @@ def dequantized_weights(engine: Path) -> list[np.ndarray]:
     return out
 
 
-@pytest.mark.parametrize("overflow_fix", [None, "enable", "disable"])
-def test_nncf_keeps_the_gptq_integers(trained_cnn: TrainedCnn, tmp_path: Path, overflow_fix: str | None) -> None:
+@pytest.mark.parametrize("overflow_fix, rounding", [(None, "gptq"), ("enable", "gptq"), ("disable", "gptq"), (None, "nearest")])
+def test_nncf_keeps_the_gptq_integers(trained_cnn: TrainedCnn, tmp_path: Path, overflow_fix: str | None, rounding: str) -> None:
     """GPTQ rounds each weight on the grid NNCF will put it on, 7 bits where the overflow fix narrows it: NNCF then keeps
-    every integer GPTQ chose but each channel's largest weight on a narrowed grid, which sits between two steps."""
+    every integer GPTQ chose but each channel's largest weight on a narrowed grid, which sits between two steps. The
+    weights a search scores alone (``weights_alone``, nearest rounding too) are those NNCF stores, on the same terms."""
     import onnx
     from onnx import numpy_helper
 
     from edgeship.backends.openvino import OpenVinoBackend, weight_grid
-    from edgeship.backends.rounding import round_weights
+    from edgeship.backends.rounding import weights_alone
 
     calibration = CalibrationSet(trained_cnn.calibration, "fp")
-    cfg = OpenVinoConfig(subset_size=50, overflow_fix=overflow_fix, weight_rounding="gptq")
+    cfg = OpenVinoConfig(subset_size=50, overflow_fix=overflow_fix, weight_rounding=rounding)
     engine = OpenVinoBackend().build(onnx_artifact(trained_cnn.onnx), Precision.INT8, calibration, cfg, tmp_path / "ov")
     grid = weight_grid(trained_cnn.onnx, cfg, [])
     rounded = {init.name: numpy_helper.to_array(init).astype(np.float64)
-               for init in round_weights(trained_cnn.onnx, calibration.samples, (), grid)[0].graph.initializer}
+               for init in weights_alone(trained_cnn.onnx, calibration, rounding, grid)[0].graph.initializer}
     layers = {node.input[1]: node.name for node in onnx.load(str(trained_cnn.onnx)).graph.node if node.op_type in ("Conv", "Gemm")}
     narrowed = 0
     for weight in dequantized_weights(engine):
