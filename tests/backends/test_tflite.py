@@ -325,10 +325,11 @@ def test_with_gptq_a_kept_layer_gets_its_own_weights_back_from_one_shared_conver
         float_weights = [interpreter.get_tensor(t["index"]) for t in interpreter.get_tensor_details()
                          if t["dtype"] == np.float32 and tuple(t["shape"]) == ohwi.shape]
         assert any(np.array_equal(w, ohwi) for w in float_weights) is kept, f"{name}: the exported weights in float, OHWI"
-    # the fully quantized engine stores GPTQ's integers on every layer, the dense one included (per-channel scales)
-    from edgeship.backends.rounding import round_weights
+    # the fully quantized engine stores GPTQ's integers on every layer, the dense one included (per-channel scales): the
+    # weights its search scores alone (``weights_alone``)
+    from edgeship.backends.rounding import weights_alone
 
-    rounded = [numpy_helper.to_array(init) for init in round_weights(trained_cnn.onnx, calibration.samples)[0].graph.initializer
+    rounded = [numpy_helper.to_array(init) for init in weights_alone(trained_cnn.onnx, calibration, "gptq")[0].graph.initializer
                if init.name in {node.input[1] for node in graph.node if node.op_type in ("Conv", "Gemm")}]
     interpreter = tflite._interpreter(tmp_path / "none" / "model.int8.tflite", threads=1)
     stored = 0
