@@ -130,7 +130,8 @@ def dequantized_weights(engine: Path) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("overflow_fix, rounding", [(None, "gptq"), ("enable", "gptq"), ("disable", "gptq"), (None, "nearest")])
-def test_nncf_keeps_the_gptq_integers(trained_cnn: TrainedCnn, tmp_path: Path, overflow_fix: str | None, rounding: str) -> None:
+def test_nncf_stores_the_rounded_weights_and_the_search_scores_them_alone(trained_cnn: TrainedCnn, tmp_path: Path,
+                                                                          overflow_fix: str | None, rounding: str) -> None:
     """GPTQ rounds each weight on the grid NNCF will put it on, 7 bits where the overflow fix narrows it: NNCF then keeps
     every integer GPTQ chose but each channel's largest weight on a narrowed grid, which sits between two steps. The
     weights a search scores alone (``weights_alone``, nearest rounding too) are those NNCF stores, on the same terms."""
