@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -60,14 +61,7 @@ def float_layers_line(row: EngineRow) -> str:
     if kept.get("auto") and search:
         chosen = next(c for c in search["candidates"] if c["float_layers"] == search["chosen"])
         outcome = "meet" if search["met"] else "come closest to (none meets)"
-        cosine = search.get("measure") == "cosine"
-
-        def figure(scores: Mapping[str, Any], *, spread: bool = False) -> str:
-            if cosine:
-                return f"output cosine {scores['cosine']:.5f}"
-            interval = interval_text(scores.get("agreement_ci95"), scores.get("agreement_groups")) if spread else ""
-            return f"agreement {100 * scores['agreement']:.2f}%" + (f" (95% interval {interval})" if interval else "")
-
+        figure = functools.partial(search_figure, cosine=search.get("measure") == "cosine")
         full = next((c for c in search["candidates"] if c["float_layers"] == 0 and "as_written" in c), None)
         kernels = (f"; fully quantized: {figure(full)} on the build machine's integer kernels, {figure(full['as_written'])} with its Q/DQ "
                    "computed as written" if full else "")
@@ -85,6 +79,15 @@ def float_layers_line(row: EngineRow) -> str:
             f"most INT8-sensitive, weights alone in INT8 on {kept['samples']} calibration samples: {worst}")
 
 
+def search_figure(scores: Mapping[str, Any], *, cosine: bool, spread: bool = False) -> str:
+    """A search candidate's figure by its target's measure: output cosine, or top-1 agreement (with its 95% interval where
+    ``spread`` and recorded)."""
+    if cosine:
+        return f"output cosine {scores['cosine']:.5f}"
+    interval = interval_text(scores.get("agreement_ci95"), scores.get("agreement_groups")) if spread else ""
+    return f"agreement {100 * scores['agreement']:.2f}%" + (f" (95% interval {interval})" if interval else "")
+
+
 def weights_alone_text(search: Mapping[str, Any], *, with_engine: bool = True) -> str:
     """The fully quantized candidate's weights alone in INT8 (activations in float), where the search scored them, after
     the engine's own figure (``with_engine``): which half of the INT8 loss a user should work on. Empty for searches
@@ -93,9 +96,7 @@ def weights_alone_text(search: Mapping[str, Any], *, with_engine: bool = True) -
     alone = full.get("weights_alone") if full else None
     if not full or not alone or not alone.get("layers"):
         return ""
-    cosine = search.get("measure") == "cosine"
-    figure = (lambda scores: f"output cosine {scores['cosine']:.5f}") if cosine else (
-        lambda scores: f"agreement {100 * scores['agreement']:.2f}%")
+    figure = functools.partial(search_figure, cosine=search.get("measure") == "cosine")
     engine = f"fully quantized {figure(full)}, " if with_engine else ""
     return f"{engine}its weights alone in INT8 ({alone['layers']} layers, activations in float) {figure(alone)}"
 
